@@ -318,9 +318,10 @@ class Datapath:
         cfg.flags = (cfg.flags & ~CFG_ALL_PORTS) | (CFG_ALL_PORTS if all_ports else 0)
         m.update(U32(ifindex), cfg)
 
-    def unbind(self, ifindex: int, address: ipaddress.IPv4Address) -> None:
+    def unbind(self, ifindex: int | None, address: ipaddress.IPv4Address) -> None:
         """Unpublish a sandbox and forget its flows (the address will serve another sandbox)."""
-        self.maps["cvs_cfg"].delete(U32(ifindex))
+        if ifindex is not None:
+            self.maps["cvs_cfg"].delete(U32(ifindex))
         self.maps["cvs_addr"].delete(U32(be32(address)))
         self.flush_flows(address, ifindex)
 

@@ -31,8 +31,9 @@ class Settings:
     pool_cidr: str = DEFAULT_POOL_CIDR
     # The proxy connects to sandboxes from this address; None = first host of the pool.
     proxy_addr: str | None = None
-    # Dummy device that holds the proxy address.
-    proxy_dev: str = "cube-proxy0"
+    # Device that holds the proxy address ("lo" works everywhere; another name is created as a
+    # dummy device where the kernel has them).
+    proxy_dev: str = "lo"
     # Tap names are <tap_prefix><6 hex>; reconcile treats every link with this prefix as ours.
     tap_prefix: str = "cvs"
     # Warm taps kept ready so that Allocate does not create one.

@@ -1,0 +1,299 @@
+"""A disposable network lab for CubeVS tests and benchmarks: namespaces, veths, servers, guests.
+
+Topology (every namespace is created here, named ``cvt<id>-*``, and deleted on close):
+
+    [inet 203.0.113.10] --veth-- [node] --veth-- [meta 169.254.169.254]
+                                   |  \\--veth-- [lan 10.77.0.10]
+                                 taps (CubeVS) -- tapbridge -- [guest netns per sandbox]
+
+The node namespace runs the datapath; its default route points at the "internet" host, and the
+metadata and LAN hosts hang off their own links. No traffic ever leaves these namespaces: every
+address used here is either in a namespace created here or is the documentation range
+203.0.113.0/24 that only the inet namespace owns.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services.vs.guest import GuestNetwork
+from services.vs.netns import call_in
+
+REPO = Path(__file__).resolve().parents[2]
+
+INET_IP, NODE_INET_IP = "203.0.113.10", "203.0.113.1"
+META_IP, NODE_META_IP = "169.254.169.254", "169.254.169.1"
+LAN_IP, NODE_LAN_IP = "10.77.0.10", "10.77.0.1"
+
+
+def sh(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+def ns_exists(name: str) -> bool:
+    return os.path.exists(f"/run/netns/{name}")
+
+
+def links(ns: str) -> list[str]:
+    out = sh("ip", "-n", ns, "-o", "link", "show").stdout
+    return [line.split(":")[1].strip().split("@")[0] for line in out.splitlines()]
+
+
+# -- sockets inside namespaces -------------------------------------------------------------
+
+def ns_socket(ns: str, family=socket.AF_INET, type_=socket.SOCK_STREAM) -> socket.socket:
+    """A socket that lives in ``ns`` (created by a thread switched into it)."""
+    return call_in(ns, socket.socket, family, type_)
+
+
+def tcp_request(ns: str, host: str, port: int, payload: bytes = b"ping", timeout: float = 2.0,
+                bind: str | None = None) -> bytes:
+    """Connect, send, half-close, read everything. Raises OSError/TimeoutError on failure."""
+    s = ns_socket(ns)
+    try:
+        s.settimeout(timeout)
+        if bind:
+            s.bind((bind, 0))
+        s.connect((host, port))
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            b = s.recv(65536)
+            if not b:
+                break
+            chunks.append(b)
+        return b"".join(chunks)
+    finally:
+        s.close()
+
+
+def tcp_reachable(ns: str, host: str, port: int, timeout: float = 1.0, bind: str | None = None) -> bool:
+    try:
+        return tcp_request(ns, host, port, b"probe", timeout=timeout, bind=bind).endswith(b"probe")
+    except OSError:
+        return False
+
+
+def udp_request(ns: str, host: str, port: int, payload: bytes = b"ping", timeout: float = 1.0) -> bytes | None:
+    s = ns_socket(ns, type_=socket.SOCK_DGRAM)
+    try:
+        s.settimeout(timeout)
+        s.sendto(payload, (host, port))
+        return s.recvfrom(65536)[0]
+    except OSError:
+        return None
+    finally:
+        s.close()
+
+
+class Server:
+    """A TCP (and UDP) echo server in a namespace. Replies ``<name>|<peer ip>:<peer port>|<data>``
+    so a test can see who answered and which source address the server saw."""
+
+    def __init__(self, ns: str, addr: str, port: int, name: str, udp: bool = True, raw_echo: bool = False):
+        self.name, self.port = name, port
+        self.raw_echo = raw_echo
+        self.peers: list[tuple[str, int]] = []
+        self._stop = threading.Event()
+        self._tcp = ns_socket(ns)
+        self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._tcp.bind((addr, port))
+        self._tcp.listen(64)
+        self._tcp.settimeout(0.2)
+        self._threads = [threading.Thread(target=self._serve_tcp, daemon=True)]
+        self._udp = None
+        if udp:
+            self._udp = ns_socket(ns, type_=socket.SOCK_DGRAM)
+            self._udp.bind((addr, port))
+            self._udp.settimeout(0.2)
+            self._threads.append(threading.Thread(target=self._serve_udp, daemon=True))
+        for t in self._threads:
+            t.start()
+
+    def _reply(self, peer, data: bytes) -> bytes:
+        if self.raw_echo:
+            return data
+        return f"{self.name}|{peer[0]}:{peer[1]}|".encode() + data
+
+    def _serve_tcp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, peer = self._tcp.accept()
+            except OSError:
+                continue
+            self.peers.append(peer)
+            threading.Thread(target=self._handle, args=(conn, peer), daemon=True).start()
+
+    def _handle(self, conn: socket.socket, peer) -> None:
+        try:
+            conn.settimeout(30)
+            if self.raw_echo:  # streaming echo (latency/throughput)
+                while True:
+                    b = conn.recv(262144)
+                    if not b:
+                        break
+                    conn.sendall(b)
+                return
+            chunks = []
+            while True:
+                b = conn.recv(65536)
+                if not b:
+                    break
+                chunks.append(b)
+            conn.sendall(self._reply(peer, b"".join(chunks)))
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _serve_udp(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, peer = self._udp.recvfrom(65536)
+            except OSError:
+                continue
+            self.peers.append(peer)
+            try:
+                self._udp.sendto(self._reply(peer, data), peer)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=2)
+        self._tcp.close()
+        if self._udp:
+            self._udp.close()
+
+
+# -- the guest side ------------------------------------------------------------------------
+
+@dataclass
+class GuestEndpoint:
+    """The sandbox side of a tap: a guest netns with the guest identity, fed by a tapbridge
+    process that holds the node tap's fd (what QEMU will do once VM-backed tests exist)."""
+
+    ns: str
+    tap: str
+    guest: GuestNetwork
+    proc: subprocess.Popen | None = None
+
+    @property
+    def ip(self) -> str:
+        return self.guest.ip
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        if ns_exists(self.ns):
+            sh("ip", "netns", "del", self.ns, check=False)
+
+
+def start_guest(node_ns: str, tap: str, ns: str, guest: GuestNetwork, offload: bool = True,
+                timeout: float = 20.0) -> GuestEndpoint:
+    sh("ip", "netns", "add", ns)
+    ep = GuestEndpoint(ns=ns, tap=tap, guest=guest)
+    try:
+        cmd = [sys.executable, "-m", "tests.vs.tapbridge", "--node-ns", node_ns, "--tap", tap, "--guest-ns", ns,
+               "--ip", guest.ip, "--prefix", str(guest.prefix_len), "--gateway", guest.gateway_ip, "--mac", guest.mac]
+        if not offload:
+            cmd.append("--no-offload")
+        ep.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + timeout
+        line = ""
+        # readline blocks; the bridge prints promptly or dies (then readline returns "").
+        while time.monotonic() < deadline:
+            line = ep.proc.stdout.readline()
+            if line.strip() == "ready" or not line:
+                break
+        if line.strip() != "ready":
+            raise RuntimeError(f"tapbridge for {tap} did not come up (exit {ep.proc.poll()})")
+        return ep
+    except BaseException:
+        ep.close()
+        raise
+
+
+# -- the lab ---------------------------------------------------------------------------------
+
+@dataclass
+class Lab:
+    id: str = field(default_factory=lambda: secrets.token_hex(3))
+    namespaces: list[str] = field(default_factory=list)
+    servers: list[Server] = field(default_factory=list)
+    guests: list[GuestEndpoint] = field(default_factory=list)
+
+    def ns(self, role: str) -> str:
+        return f"cvt{self.id}-{role}"
+
+    @property
+    def node(self) -> str:
+        return self.ns("node")
+
+    @property
+    def uplinks(self) -> tuple[str, ...]:
+        return ("up-inet", "up-meta", "up-lan")
+
+    def _add_ns(self, role: str) -> str:
+        name = self.ns(role)
+        sh("ip", "netns", "add", name)
+        self.namespaces.append(name)
+        sh("ip", "-n", name, "link", "set", "lo", "up")
+        return name
+
+    def _link(self, host_role: str, node_dev: str, node_ip: str, host_ip: str, prefix: int) -> str:
+        host = self._add_ns(host_role)
+        sh("ip", "-n", self.node, "link", "add", node_dev, "type", "veth", "peer", "name", "eth0", "netns", host)
+        sh("ip", "-n", self.node, "addr", "add", f"{node_ip}/{prefix}", "dev", node_dev)
+        sh("ip", "-n", self.node, "link", "set", node_dev, "up")
+        sh("ip", "-n", host, "addr", "add", f"{host_ip}/{prefix}", "dev", "eth0")
+        sh("ip", "-n", host, "link", "set", "eth0", "up")
+        return host
+
+    def build(self, with_hosts: bool = True) -> "Lab":
+        self._add_ns("node")
+        if with_hosts:
+            self._link("inet", "up-inet", NODE_INET_IP, INET_IP, 24)
+            self._link("meta", "up-meta", NODE_META_IP, META_IP, 24)
+            self._link("lan", "up-lan", NODE_LAN_IP, LAN_IP, 24)
+            sh("ip", "-n", self.node, "route", "add", "default", "via", INET_IP)
+        return self
+
+    def server(self, role: str, addr: str, port: int, name: str | None = None, **kw) -> Server:
+        srv = Server(self.ns(role), addr, port, name or role, **kw)
+        self.servers.append(srv)
+        return srv
+
+    def guest(self, tap: str, guest: GuestNetwork | None = None, offload: bool = True) -> GuestEndpoint:
+        n = len(self.guests)
+        ep = start_guest(self.node, tap, self.ns(f"g{n}"), guest or GuestNetwork(), offload=offload)
+        self.guests.append(ep)
+        return ep
+
+    def close_guest(self, ep: GuestEndpoint) -> None:
+        ep.close()
+        if ep in self.guests:
+            self.guests.remove(ep)
+
+    def close(self) -> None:
+        for s in self.servers:
+            s.close()
+        for g in self.guests:
+            g.close()
+        for name in reversed(self.namespaces):
+            sh("ip", "netns", "del", name, check=False)
