@@ -131,6 +131,7 @@ class NodeNetwork:
                 self._ipr.close()
                 self._ipr = None
             self.datapath.close()
+            self._started = False
 
     def teardown(self) -> None:
         """Remove everything: sandboxes' taps, warm taps, programs, pins, routes, state."""
@@ -148,6 +149,7 @@ class NodeNetwork:
                 self._ipr.close()
                 self._ipr = None
             self.state.remove()
+            self._started = False
 
     def _setup_proxy_address(self) -> None:
         s = self.settings

@@ -95,6 +95,39 @@ def udp_request(ns: str, host: str, port: int, payload: bytes = b"ping", timeout
         s.close()
 
 
+def _icmp_checksum(b: bytes) -> int:
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(int.from_bytes(b[i:i + 2], "big") for i in range(0, len(b), 2))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+def icmp_echo(ns: str, host: str, ident: int = 0x4242, timeout: float = 1.5) -> bool:
+    """One ICMP echo request from ``ns`` (raw socket; there is no ping binary); True on reply."""
+    s = call_in(ns, socket.socket, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    try:
+        payload = b"cube-vs-echo"
+        hdr = bytes([8, 0, 0, 0]) + ident.to_bytes(2, "big") + (1).to_bytes(2, "big")
+        csum = _icmp_checksum(hdr + payload)
+        pkt = hdr[:2] + csum.to_bytes(2, "big") + hdr[4:] + payload
+        s.sendto(pkt, (host, 0))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data, peer = s.recvfrom(2048)
+            except OSError:
+                return False
+            icmp = data[(data[0] & 0x0F) * 4:]
+            if peer[0] == host and icmp[0] == 0 and int.from_bytes(icmp[4:6], "big") == ident:
+                return True
+        return False
+    finally:
+        s.close()
+
+
 class Server:
     """A TCP (and UDP) echo server in a namespace. Replies ``<name>|<peer ip>:<peer port>|<data>``
     so a test can see who answered and which source address the server saw."""

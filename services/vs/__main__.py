@@ -1,0 +1,51 @@
+"""cube-vs: run CubeVS on this node.
+
+    cube-vs [--listen unix:///run/cube/vs.sock] [--pool-cidr 198.19.0.0/16] [--uplinks eth0] ...
+    cube-vs teardown   # remove everything CubeVS put in the kernel (taps, programs, pins)
+
+Every flag has a CUBE_VS_* environment variable (see settings.py). Stopping the service (SIGTERM)
+leaves the datapath in place: running sandboxes keep their network and the next start re-adopts
+it. ``teardown`` is for uninstalling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+
+from services.vs import log as vslog
+from services.vs.network import NodeNetwork
+from services.vs.server import serve
+from services.vs.settings import add_arguments, from_args
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="cube-vs", description="Cube per-node network service (eBPF datapath)")
+    ap.add_argument("command", nargs="?", default="serve", choices=("serve", "teardown"))
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    settings = from_args(args)
+    vslog.setup(settings.log_level)
+    log = vslog.get_logger("main")
+
+    node = NodeNetwork(settings)
+    node.start()
+    if args.command == "teardown":
+        node.teardown()
+        log.info("teardown complete")
+        return
+
+    server = serve(node, settings.listen)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    log.info("stopping; the datapath stays for the next start")
+    server.stop(grace=5).wait()
+    node.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
