@@ -1,0 +1,252 @@
+"""Plain-HTTP envd endpoints: `GET/POST /files` (streamed both ways), `GET /health`,
+`POST /init`, `GET /envs`. Errors are JSON `{"code": <http status>, "message": ...}`."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import posixpath
+import stat
+
+from aiohttp import web
+from aiohttp.multipart import BodyPartReader, MultipartReader
+
+from . import users
+from .auth import resolve_user
+from .connect import ConnectError
+from .entries import resolve_path, write_metadata
+from .identity import Identity, InitError, InitRequest
+from .users import User, run_as
+
+log = logging.getLogger("envd.files")
+
+CHUNK = 1024 * 1024
+METADATA_HEADER_PREFIX = "x-metadata-"
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def json_error(status: int, message: str) -> web.Response:
+    return web.json_response({"code": status, "message": message}, status=status)
+
+
+def _http_from_os(e: OSError, path: str) -> HttpError:
+    if e.errno == errno.ENOENT:
+        return HttpError(404, f"path '{path}' does not exist")
+    if e.errno == errno.EISDIR:
+        return HttpError(400, f"path '{path}' is a directory")
+    if e.errno == errno.ENOTDIR:
+        return HttpError(400, f"a component of path '{path}' is not a directory")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return HttpError(403, f"permission denied: '{path}'")
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return HttpError(507, f"not enough disk space to write '{path}'")
+    if e.errno == errno.ENAMETOOLONG:
+        return HttpError(400, f"path '{path}' is too long")
+    return HttpError(500, f"{path}: {e.strerror or e}")
+
+
+def _open_for_read(path: str) -> tuple[int, int]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    st = os.fstat(fd)
+    if stat.S_ISDIR(st.st_mode):
+        os.close(fd)
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    return fd, st.st_size
+
+
+def _open_for_write(path: str) -> int:
+    parent = posixpath.dirname(path)
+    if parent and not os.path.isdir(parent):
+        os.makedirs(parent, exist_ok=True)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "is a directory", path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class FilesHttp:
+    def __init__(self, identity: Identity) -> None:
+        self.identity = identity
+
+    def install(self, app: web.Application) -> None:
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/files", self.download)
+        app.router.add_post("/files", self.upload)
+        app.router.add_post("/init", self.init)
+        app.router.add_get("/envs", self.envs)
+
+    # -- auth ---------------------------------------------------------------------------------
+
+    def _authorize_files(self, request: web.Request, operation: str) -> User:
+        q = request.query
+        username = q.get("username") or None
+        if not self.identity.token_ok(request.headers.get("X-Access-Token")):
+            if not self.identity.signature_ok(
+                q.get("path", ""), operation, username, q.get("signature"),
+                q.get("signature_expiration"),
+            ):
+                if q.get("signature"):
+                    raise HttpError(401, "invalid or expired signature")
+                raise HttpError(401, "missing or invalid access token")
+        try:
+            return resolve_user(self.identity, username)
+        except users.UnknownUser:
+            raise HttpError(401, f"invalid username: '{username}'")
+
+    def _path(self, raw: str, user: User) -> str:
+        try:
+            return resolve_path(raw, user)
+        except ConnectError as e:
+            raise HttpError(400, e.message)
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    async def envs(self, request: web.Request) -> web.Response:
+        return web.json_response(self.identity.env_vars)
+
+    async def init(self, request: web.Request) -> web.Response:
+        try:
+            body = json.loads(await request.read() or b"{}")
+            req = InitRequest.from_json(body)
+        except (ValueError, InitError) as e:
+            return json_error(400, f"invalid init request: {e}")
+        if req.default_user:
+            try:
+                users.lookup(req.default_user)
+            except users.UnknownUser:
+                return json_error(400, f"defaultUser '{req.default_user}' does not exist")
+        self.identity.apply(req)
+        return web.Response(status=204)
+
+    async def download(self, request: web.Request) -> web.StreamResponse:
+        try:
+            user = self._authorize_files(request, "read")
+            raw = request.query.get("path")
+            if not raw:
+                raise HttpError(400, "query parameter 'path' is required")
+            path = self._path(raw, user)
+            try:
+                fd, size = await run_as(user, _open_for_read, path)
+            except OSError as e:
+                raise _http_from_os(e, path)
+        except HttpError as e:
+            return json_error(e.status, e.message)
+
+        loop = asyncio.get_running_loop()
+        try:
+            resp = web.StreamResponse(status=200)
+            resp.content_type = "application/octet-stream"
+            resp.content_length = size
+            name = posixpath.basename(path).replace('"', "")
+            resp.headers["Content-Disposition"] = f'attachment; filename="{name}"'
+            await resp.prepare(request)
+            sent = 0
+            while sent < size:
+                chunk = await loop.run_in_executor(users.FS_POOL, os.read, fd, min(CHUNK, size - sent))
+                if not chunk:
+                    break  # truncated while being read; the client sees a short body
+                await resp.write(chunk)
+                sent += len(chunk)
+            await resp.write_eof()
+            return resp
+        finally:
+            os.close(fd)
+
+    async def upload(self, request: web.Request) -> web.Response:
+        try:
+            user = self._authorize_files(request, "write")
+            metadata = {
+                k[len(METADATA_HEADER_PREFIX):].lower(): v
+                for k, v in request.headers.items()
+                if k.lower().startswith(METADATA_HEADER_PREFIX) and len(k) > len(METADATA_HEADER_PREFIX)
+            }
+            path_param = request.query.get("path") or None
+            written = []
+            if request.content_type.startswith("multipart/"):
+                reader = await request.multipart()
+                async for part in _file_parts(reader):
+                    raw = path_param or part.filename
+                    if not raw:
+                        raise HttpError(400, "a file part needs a filename or the 'path' parameter")
+                    path = self._path(raw, user)
+                    await self._write(user, path, _part_chunks(part), metadata)
+                    written.append(self._written(path, metadata))
+            else:
+                if not path_param:
+                    raise HttpError(400, "query parameter 'path' is required for a raw upload")
+                path = self._path(path_param, user)
+                await self._write(user, path, request.content.iter_chunked(CHUNK), metadata)
+                written.append(self._written(path, metadata))
+            if not written:
+                raise HttpError(400, "no file in the upload")
+            return web.json_response(written)
+        except HttpError as e:
+            return json_error(e.status, e.message)
+        except ValueError as e:  # malformed multipart bodies surface as ValueError in aiohttp
+            return json_error(400, f"malformed upload: {e}")
+
+    @staticmethod
+    def _written(path: str, metadata: dict[str, str]) -> dict:
+        out = {"name": posixpath.basename(path), "type": "file", "path": path}
+        if metadata:
+            out["metadata"] = metadata
+        return out
+
+    async def _write(self, user: User, path: str, chunks, metadata: dict[str, str]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            fd = await run_as(user, _open_for_write, path)
+        except OSError as e:
+            raise _http_from_os(e, path)
+        try:
+            async for chunk in chunks:
+                if chunk:
+                    await loop.run_in_executor(users.FS_POOL, _write_all, fd, chunk)
+            if metadata:
+                await loop.run_in_executor(users.FS_POOL, write_metadata, path, metadata)
+        except OSError as e:
+            raise _http_from_os(e, path)
+        finally:
+            os.close(fd)
+
+
+async def _file_parts(reader: MultipartReader):
+    """File parts of a multipart body, nested multiparts flattened; other fields skipped."""
+    while True:
+        part = await reader.next()
+        if part is None:
+            return
+        if isinstance(part, MultipartReader):
+            async for inner in _file_parts(part):
+                yield inner
+            continue
+        assert isinstance(part, BodyPartReader)
+        if part.filename is None and part.name != "file":
+            await part.release()
+            continue
+        yield part
+
+
+async def _part_chunks(part: BodyPartReader):
+    while True:
+        chunk = await part.read_chunk(CHUNK)
+        if not chunk:
+            return
+        yield chunk

@@ -1,0 +1,232 @@
+"""The sandbox identity the host hands over with POST /init, and the one place that owns it.
+
+After a snapshot restore every clone shares the template's memory, so the host tells each clone
+who it is: its access token, env vars, clock and fresh entropy. Everything that depends on that
+(auth checks, process and kernel environments, log lines) reads it from one `Identity`.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import fcntl
+import hashlib
+import hmac
+import logging
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from . import log as envd_log
+from .users import User
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+log = logging.getLogger("envd.identity")
+
+# Below this drift the guest clock is left alone: stepping it costs more than it fixes, and on a
+# developer host (tests) the agent must never move the host's clock.
+CLOCK_STEP_THRESHOLD_S = 1.0
+RNDADDENTROPY = 0x40085203
+
+
+class InitError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class InitRequest:
+    access_token: str | None = None
+    env_vars: dict[str, str] | None = None
+    timestamp: float | None = None  # unix seconds
+    default_user: str | None = None
+    default_workdir: str | None = None
+    entropy: bytes | None = None
+    sandbox_id: str | None = None
+
+    @classmethod
+    def from_json(cls, body: object) -> "InitRequest":
+        if not isinstance(body, dict):
+            raise InitError("body must be a JSON object")
+        env = body.get("envVars")
+        if env is not None and (
+            not isinstance(env, dict)
+            or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+        ):
+            raise InitError("envVars must map strings to strings")
+        token = body.get("accessToken")
+        if token is not None and not isinstance(token, str):
+            raise InitError("accessToken must be a string")
+        entropy = body.get("entropy")
+        if entropy is not None:
+            try:
+                entropy = base64.b64decode(entropy, validate=True)
+            except (ValueError, TypeError):
+                raise InitError("entropy must be base64")
+        for key in ("defaultUser", "defaultWorkdir", "sandboxID"):
+            if body.get(key) is not None and not isinstance(body[key], str):
+                raise InitError(f"{key} must be a string")
+        return cls(
+            access_token=token,
+            env_vars=env,
+            timestamp=_parse_timestamp(body.get("timestamp")),
+            default_user=body.get("defaultUser") or None,
+            default_workdir=body.get("defaultWorkdir") or None,
+            entropy=entropy,
+            sandbox_id=body.get("sandboxID") or body.get("sandboxId") or None,
+        )
+
+
+def _parse_timestamp(value: object) -> float | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise InitError("timestamp must be RFC 3339 or unix seconds")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+        text = value.strip()
+        if text.endswith("Z") or text.endswith("z"):
+            text = text[:-1] + "+00:00"
+        # Python 3.11 takes at most 6 fractional digits; Go sends 9.
+        if "." in text:
+            head, rest = text.split(".", 1)
+            digits = "".join(c for c in rest if c.isdigit())
+            tz = rest[len(digits):]
+            text = f"{head}.{digits[:6]}{tz}"
+        try:
+            dt = datetime.fromisoformat(text)
+        except ValueError:
+            raise InitError(f"timestamp {value!r} is neither RFC 3339 nor unix seconds")
+        if dt.tzinfo is None:
+            raise InitError("timestamp needs a UTC offset")
+        return dt.timestamp()
+    raise InitError("timestamp must be RFC 3339 or unix seconds")
+
+
+@dataclass
+class Identity:
+    default_user: str = "user"
+    access_token: str | None = None
+    env_vars: dict[str, str] = field(default_factory=dict)
+    default_workdir: str | None = None
+    sandbox_id: str | None = None
+    # Bumped on every /init so long-lived kernels can pick up new env vars lazily.
+    generation: int = 0
+
+    def process_env(self, user: User) -> dict[str, str]:
+        """The environment every process and kernel starts from: a login-like base for the
+        user, then the sandbox env vars from /init. Per-call env vars go on top of this."""
+        env = {
+            "PATH": DEFAULT_PATH,
+            "HOME": user.home,
+            "USER": user.name,
+            "LOGNAME": user.name,
+            "SHELL": user.shell,
+            "LANG": "C.UTF-8",
+        }
+        env.update(self.env_vars)
+        return env
+
+    # -- auth ---------------------------------------------------------------------------------
+
+    def token_required(self) -> bool:
+        return bool(self.access_token)
+
+    def token_ok(self, presented: str | None) -> bool:
+        if not self.access_token:
+            return True
+        if not presented:
+            return False
+        return hmac.compare_digest(presented.encode(), self.access_token.encode())
+
+    def signature_ok(
+        self, path: str, operation: str, username: str | None, signature: str | None,
+        expiration: str | None,
+    ) -> bool:
+        """A v1 signed-URL signature: base64(sha256("path:op:user:token[:exp]")) unpadded."""
+        if not self.access_token or not signature or not signature.startswith("v1_"):
+            return False
+        raw = f"{path}:{operation}:{username or ''}:{self.access_token}"
+        if expiration:
+            try:
+                exp = int(expiration)
+            except ValueError:
+                return False
+            if exp < time.time():
+                return False
+            raw += f":{exp}"
+        want = base64.b64encode(hashlib.sha256(raw.encode()).digest()).rstrip(b"=").decode()
+        return hmac.compare_digest(signature[3:].encode(), want.encode())
+
+    # -- /init --------------------------------------------------------------------------------
+
+    def apply(self, req: InitRequest) -> None:
+        if req.access_token is not None:
+            self.access_token = req.access_token or None
+        if req.env_vars is not None:
+            self.env_vars = dict(req.env_vars)
+        if req.default_user:
+            self.default_user = req.default_user
+        if req.default_workdir:
+            self.default_workdir = req.default_workdir
+        if req.sandbox_id:
+            self.sandbox_id = req.sandbox_id
+            envd_log.set_sandbox_id(req.sandbox_id)
+        if req.timestamp is not None:
+            set_clock(req.timestamp)
+        if req.entropy:
+            add_entropy(req.entropy)
+        self.generation += 1
+        log.info("identity initialised", extra={
+            "token_set": bool(self.access_token), "env_vars": len(self.env_vars),
+            "default_user": self.default_user, "generation": self.generation,
+        })
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+def set_clock(unix_seconds: float) -> bool:
+    """Steps CLOCK_REALTIME to the host's time after a restore; returns whether it stepped."""
+    drift = unix_seconds - time.time()
+    if abs(drift) < CLOCK_STEP_THRESHOLD_S:
+        return False
+    ts = _Timespec(int(unix_seconds), int((unix_seconds % 1) * 1e9))
+    if _libc.clock_settime(0, ctypes.byref(ts)) != 0:
+        err = ctypes.get_errno()
+        log.warning("could not set the clock", extra={"error": os.strerror(err), "drift_s": drift})
+        return False
+    log.info("clock stepped", extra={"drift_s": round(drift, 3)})
+    return True
+
+
+def add_entropy(data: bytes) -> bool:
+    """Mixes host-provided bytes into the kernel RNG and credits them (RNDADDENTROPY, root only);
+    clones restored from one snapshot would otherwise share RNG state."""
+    try:
+        fd = os.open("/dev/urandom", os.O_WRONLY)
+    except OSError as e:
+        log.warning("no /dev/urandom for entropy", extra={"error": str(e)})
+        return False
+    try:
+        buf = struct.pack("ii", len(data) * 8, len(data)) + data
+        try:
+            fcntl.ioctl(fd, RNDADDENTROPY, buf)
+            return True
+        except OSError:
+            # Without CAP_SYS_ADMIN a plain write still mixes the bytes in (uncredited).
+            os.write(fd, data)
+            return True
+    finally:
+        os.close(fd)

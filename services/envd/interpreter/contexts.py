@@ -1,0 +1,145 @@
+"""Code contexts: one kernel each, with isolated state. Default contexts (one per language) are
+what /execute uses when the client names no context."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from dataclasses import dataclass, field
+
+from .. import users
+from ..identity import Identity
+from .kernels import Kernel, KernelLaunch, KernelStartError, Language
+
+log = logging.getLogger("envd.contexts")
+
+# Jupyter's inline backend makes matplotlib figures come back as image/png display data.
+KERNEL_ENV = {"MPLBACKEND": "module://matplotlib_inline.backend_inline", "PYTHONUNBUFFERED": "1"}
+
+
+class ContextNotFound(LookupError):
+    pass
+
+
+@dataclass
+class Context:
+    id: str
+    language: Language
+    cwd: str
+    user: users.User
+    kernel: Kernel | None = None
+    # Serialises executions: a kernel runs one cell at a time and its iopub stream is shared.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    ready: asyncio.Future | None = None
+    env_generation: int = -1
+    is_default: bool = False
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "language": self.language.value, "cwd": self.cwd}
+
+
+class ContextRegistry:
+    def __init__(self, identity: Identity, launch: KernelLaunch) -> None:
+        self.identity = identity
+        self.launch = launch
+        self._contexts: dict[str, Context] = {}
+        self._defaults: dict[Language, str] = {}
+        self._default_lock = asyncio.Lock()
+
+    def _new(self, language: Language, cwd: str | None, is_default: bool) -> Context:
+        user = users.lookup(self.identity.default_user)
+        ctx = Context(
+            id=str(uuid.uuid4()),
+            language=language,
+            cwd=cwd or self.identity.default_workdir or user.home,
+            user=user,
+            is_default=is_default,
+        )
+        self._contexts[ctx.id] = ctx
+        ctx.ready = asyncio.ensure_future(self._start_kernel(ctx))
+        # A failed start is reported to whoever waits for the context; never "unretrieved".
+        ctx.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return ctx
+
+    async def _start_kernel(self, ctx: Context) -> None:
+        env = self.identity.process_env(ctx.user)
+        env.update(KERNEL_ENV)
+        kernel = Kernel(ctx.language, self.launch, ctx.user, ctx.cwd, env)
+        ctx.env_generation = self.identity.generation
+        await kernel.start()
+        ctx.kernel = kernel
+
+    async def create(self, language: Language, cwd: str | None) -> Context:
+        ctx = self._new(language, cwd, is_default=False)
+        try:
+            await self.wait_ready(ctx)
+        except KernelStartError:
+            self._contexts.pop(ctx.id, None)
+            raise
+        return ctx
+
+    def start_defaults(self, languages: list[Language]) -> None:
+        for lang in languages:
+            self._defaults[lang] = self._new(lang, None, is_default=True).id
+
+    async def default(self, language: Language) -> Context:
+        async with self._default_lock:
+            cid = self._defaults.get(language)
+            ctx = self._contexts.get(cid) if cid else None
+            if ctx is None:
+                ctx = self._new(language, None, is_default=True)
+                self._defaults[language] = ctx.id
+        return ctx
+
+    async def wait_ready(self, ctx: Context) -> None:
+        """Waits for the context's kernel, starting a new one if it died or never started."""
+        assert ctx.ready is not None
+        try:
+            await asyncio.shield(ctx.ready)
+        except KernelStartError:
+            # Try once more: the cause may have been transient (e.g. the root was still busy).
+            if ctx.kernel is None and ctx.ready.done():
+                ctx.ready = asyncio.ensure_future(self._start_kernel(ctx))
+                ctx.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+                await asyncio.shield(ctx.ready)
+            else:
+                raise
+        if ctx.kernel is None or not ctx.kernel.alive():
+            await self.restart(ctx)
+
+    def get(self, cid: str) -> Context:
+        ctx = self._contexts.get(cid)
+        if ctx is None:
+            raise ContextNotFound(cid)
+        return ctx
+
+    def list(self) -> list[Context]:
+        return list(self._contexts.values())
+
+    async def restart(self, ctx: Context) -> None:
+        old = ctx.kernel
+        ctx.kernel = None
+        if old is not None:
+            await old.stop()
+        ctx.ready = asyncio.ensure_future(self._start_kernel(ctx))
+        ctx.ready.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.shield(ctx.ready)
+
+    async def remove(self, cid: str) -> None:
+        ctx = self.get(cid)
+        del self._contexts[cid]
+        for lang, d in list(self._defaults.items()):
+            if d == cid:
+                del self._defaults[lang]
+        if ctx.ready is not None and not ctx.ready.done():
+            ctx.ready.cancel()
+        if ctx.kernel is not None:
+            await ctx.kernel.stop()
+
+    async def shutdown(self) -> None:
+        for cid in list(self._contexts):
+            try:
+                await self.remove(cid)
+            except Exception:
+                log.exception("context shutdown failed", extra={"context": cid})

@@ -1,0 +1,155 @@
+"""Wires the agent together: sockets, root entry, the two aiohttp apps, startup and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+
+from aiohttp import web
+
+from . import preload, rootfs, users
+from .connect import Code, ConnectError, ConnectRouter, error_response
+from .files_http import FilesHttp, json_error
+from .filesystem_service import FilesystemService
+from .identity import Identity
+from .interpreter.api import InterpreterApi
+from .interpreter.contexts import ContextRegistry
+from .interpreter.kernels import KernelLaunch, Language
+from .process_service import ProcessService
+from .processes import ProcessTable
+from .settings import Settings
+from .version import ENVD_VERSION
+
+log = logging.getLogger("envd.server")
+
+# Paths of the envd port that authenticate themselves (header or URL signature) or need none.
+_SELF_AUTHENTICATED = {"/health", "/files"}
+
+
+def bind(hosts: tuple[str, ...], port: int) -> list[socket.socket]:
+    socks = []
+    errors = []
+    for host in hosts:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        s = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            s.bind((host, port))
+            s.listen(1024)
+            s.setblocking(False)
+            socks.append(s)
+        except OSError as e:
+            s.close()
+            errors.append(f"{host}:{port}: {e}")
+    if not socks:
+        raise OSError(f"cannot listen on port {port}: {'; '.join(errors)}")
+    for err in errors:
+        log.warning("listen address skipped", extra={"error": err})
+    return socks
+
+
+class Agent:
+    def __init__(self, settings: Settings, js_kernel_source: str) -> None:
+        self.settings = settings
+        self.identity = Identity(default_user=settings.default_user)
+        self.processes = ProcessTable()
+        self.filesystem = FilesystemService(self.identity)
+        self.router = ConnectRouter()
+        ProcessService(self.identity, self.processes).register(self.router)
+        self.filesystem.register(self.router)
+        self.files = FilesHttp(self.identity)
+        self._js_kernel_source = js_kernel_source
+        self.registry: ContextRegistry | None = None
+        self._runners: list[web.AppRunner] = []
+
+    # -- envd app -----------------------------------------------------------------------------
+
+    def envd_app(self) -> web.Application:
+        @web.middleware
+        async def guard(request: web.Request, handler):
+            path = request.path
+            if path not in _SELF_AUTHENTICATED and not self.identity.token_ok(
+                    request.headers.get("X-Access-Token")):
+                if self.router.is_connect_path(path):
+                    return error_response(ConnectError(Code.UNAUTHENTICATED, "missing or invalid access token"))
+                return json_error(401, "missing or invalid access token")
+            try:
+                return await handler(request)
+            except web.HTTPNotFound:
+                if path.count("/") == 2 and "." in path.split("/")[1]:
+                    return error_response(ConnectError(Code.UNIMPLEMENTED, f"unknown procedure {path}"))
+                return json_error(404, f"no route for {request.method} {path}")
+            except web.HTTPMethodNotAllowed:
+                return json_error(405, f"method {request.method} not allowed on {path}")
+
+        app = web.Application(middlewares=[guard], client_max_size=64 * 1024 * 1024)
+        self.router.install(app)
+        self.files.install(app)
+        return app
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def _prepare_root(self) -> KernelLaunch:
+        s = self.settings
+        users.ensure_user(s.default_user)
+        os.makedirs(s.runtime_dir, mode=0o755, exist_ok=True)
+        os.makedirs(os.path.join(s.runtime_dir, "kernels"), mode=0o755, exist_ok=True)
+        js_path = os.path.join(s.runtime_dir, "js_kernel.py")
+        with open(js_path, "w", encoding="utf-8") as f:
+            f.write(self._js_kernel_source)
+        os.chmod(js_path, 0o644)
+        return KernelLaunch(kernel_python=s.kernel_python, runtime_dir=s.runtime_dir, js_kernel_path=js_path)
+
+    async def serve(self, envd_socks: list[socket.socket], interp_socks: list[socket.socket]) -> None:
+        launch = self._prepare_root()
+        runner = web.AppRunner(self.envd_app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        for s in envd_socks:
+            await web.SockSite(runner, s).start()
+        if self.settings.interpreter:
+            self.registry = ContextRegistry(self.identity, launch)
+            app = web.Application(client_max_size=64 * 1024 * 1024)
+            InterpreterApi(self.identity, self.registry).install(app)
+            irunner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await irunner.setup()
+            self._runners.append(irunner)
+            for s in interp_socks:
+                await web.SockSite(irunner, s).start()
+            if self.settings.default_contexts:
+                self.registry.start_defaults([Language.PYTHON, Language.JAVASCRIPT])
+        log.info("envd serving", extra={
+            "version": ENVD_VERSION, "envd_port": self.settings.envd_port,
+            "interpreter_port": self.settings.interpreter_port if self.settings.interpreter else None,
+            "root": self.settings.root, "pid": os.getpid(),
+        })
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        log.info("envd stopping")
+        for r in self._runners:
+            await r.cleanup()
+        if self.registry is not None:
+            await self.registry.shutdown()
+        self.filesystem.close()
+        await self.processes.shutdown()
+
+
+def run(settings: Settings) -> None:
+    preload.load_everything()
+    js_source = preload.js_kernel_source()
+    envd_socks = bind(settings.hosts, settings.envd_port)
+    interp_socks = bind(settings.hosts, settings.interpreter_port) if settings.interpreter else []
+    rootfs.enter_root(settings.root, tmpfs_tmp=settings.tmpfs_tmp)
+    agent = Agent(settings, js_source)
+    asyncio.run(agent.serve(envd_socks, interp_socks))

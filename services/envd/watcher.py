@@ -1,0 +1,185 @@
+"""Directory watches on inotify (through libc, no extra package), optionally recursive.
+
+Events are named relative to the watched directory and typed like fsnotify's (which upstream
+envd uses): a file moved in is a CREATE, moved out a RENAME, metadata changes a CHMOD.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import logging
+import os
+import posixpath
+import struct
+from dataclasses import dataclass
+
+from .gen import filesystem_pb2 as pb
+
+log = logging.getLogger("envd.watcher")
+
+IN_MODIFY = 0x00000002
+IN_ATTRIB = 0x00000004
+IN_CLOSE_WRITE = 0x00000008
+IN_MOVED_FROM = 0x00000040
+IN_MOVED_TO = 0x00000080
+IN_CREATE = 0x00000100
+IN_DELETE = 0x00000200
+IN_DELETE_SELF = 0x00000400
+IN_MOVE_SELF = 0x00000800
+IN_Q_OVERFLOW = 0x00004000
+IN_IGNORED = 0x00008000
+IN_ONLYDIR = 0x01000000
+IN_ISDIR = 0x40000000
+IN_NONBLOCK = 0o4000
+IN_CLOEXEC = 0o2000000
+
+WATCH_MASK = (IN_MODIFY | IN_ATTRIB | IN_MOVED_FROM | IN_MOVED_TO | IN_CREATE | IN_DELETE
+              | IN_DELETE_SELF | IN_MOVE_SELF)
+_EVENT = struct.Struct("iIII")
+# A watcher that nobody polls must not grow without bound.
+MAX_PENDING_EVENTS = 10_000
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+@dataclass(frozen=True)
+class FsEvent:
+    name: str  # relative to the watched directory
+    type: int  # filesystem_pb2.EventType
+    path: str  # absolute
+
+
+def _type_of(mask: int) -> int | None:
+    if mask & (IN_CREATE | IN_MOVED_TO):
+        return pb.EVENT_TYPE_CREATE
+    if mask & IN_MODIFY:
+        return pb.EVENT_TYPE_WRITE
+    if mask & (IN_DELETE | IN_DELETE_SELF):
+        return pb.EVENT_TYPE_REMOVE
+    if mask & (IN_MOVED_FROM | IN_MOVE_SELF):
+        return pb.EVENT_TYPE_RENAME
+    if mask & IN_ATTRIB:
+        return pb.EVENT_TYPE_CHMOD
+    return None
+
+
+class DirectoryWatcher:
+    """Collects events under `root` into an asyncio queue until closed."""
+
+    def __init__(self, root: str, recursive: bool) -> None:
+        self.root = root
+        self.recursive = recursive
+        self.queue: asyncio.Queue[FsEvent | None] = asyncio.Queue(MAX_PENDING_EVENTS)
+        self.overflowed = False
+        self._fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
+        if self._fd < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        self._dirs: dict[int, str] = {}
+        self._closed = False
+
+    def add_tree(self) -> None:
+        """Adds the watches (blocking; run it as the requesting user)."""
+        self._add(self.root, top=True)
+        if self.recursive:
+            for d, subdirs, _ in os.walk(self.root):
+                for s in subdirs:
+                    p = posixpath.join(d, s)
+                    if not os.path.islink(p):
+                        self._add(p)
+
+    def _add(self, path: str, top: bool = False) -> None:
+        wd = _libc.inotify_add_watch(self._fd, os.fsencode(path), WATCH_MASK | IN_ONLYDIR)
+        if wd < 0:
+            err = ctypes.get_errno()
+            if top:
+                raise OSError(err, os.strerror(err), path)
+            return
+        self._dirs[wd] = path
+
+    def start(self) -> None:
+        asyncio.get_running_loop().add_reader(self._fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            buf = os.read(self._fd, 64 * 1024)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            log.warning("inotify read failed", extra={"error": str(e)})
+            self.close()
+            return
+        off = 0
+        while off + _EVENT.size <= len(buf):
+            wd, mask, _cookie, length = _EVENT.unpack_from(buf, off)
+            raw = buf[off + _EVENT.size: off + _EVENT.size + length]
+            off += _EVENT.size + length
+            name = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            self._handle(wd, mask, name)
+
+    def _handle(self, wd: int, mask: int, name: str) -> None:
+        if mask & IN_Q_OVERFLOW:
+            self.overflowed = True
+            return
+        if mask & IN_IGNORED:
+            self._dirs.pop(wd, None)
+            return
+        d = self._dirs.get(wd)
+        if d is None:
+            return
+        path = posixpath.join(d, name) if name else d
+        if mask & (IN_DELETE_SELF | IN_MOVE_SELF) and path != self.root:
+            return  # the parent's watch already reported it by name
+        if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
+            self._add(path)
+            # A tree moved or made in one go: its contents appeared before the watch existed.
+            for sub, subdirs, files in os.walk(path):
+                for s in subdirs:
+                    self._add(posixpath.join(sub, s))
+        etype = _type_of(mask)
+        if etype is None:
+            return
+        rel = posixpath.relpath(path, self.root) if path != self.root else ""
+        self._put(FsEvent(rel, etype, path))
+
+    def _put(self, ev: FsEvent) -> None:
+        try:
+            self.queue.put_nowait(ev)
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    def drain(self) -> list[FsEvent]:
+        out = []
+        while not self.queue.empty():
+            ev = self.queue.get_nowait()
+            if ev is not None:
+                out.append(ev)
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            asyncio.get_running_loop().remove_reader(self._fd)
+        except RuntimeError:
+            pass
+        os.close(self._fd)
+        try:
+            self.queue.put_nowait(None)  # wakes a stream waiting for events
+        except asyncio.QueueFull:
+            pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+def is_inotify_supported() -> bool:
+    fd = _libc.inotify_init1(IN_CLOEXEC)
+    if fd < 0:
+        return ctypes.get_errno() != errno.ENOSYS
+    os.close(fd)
+    return True
