@@ -131,6 +131,7 @@ class NodeNetwork:
                 self._ipr.close()
                 self._ipr = None
             self.datapath.close()
+            self.taps.close()
             self._started = False
 
     def teardown(self) -> None:
@@ -149,6 +150,7 @@ class NodeNetwork:
                 self._ipr.close()
                 self._ipr = None
             self.state.remove()
+            self.taps.close()
             self._started = False
 
     def _setup_proxy_address(self) -> None:

@@ -62,6 +62,20 @@ class TapFactory:
     def __init__(self, settings: Settings, attach: Callable[[int], None]):
         self.settings = settings
         self._attach = attach
+        self._ipr = None
+        self._ipr_lock = threading.Lock()
+
+    def _rtnl(self):
+        # One netlink socket for the factory's life (opening one in another netns forks).
+        if self._ipr is None:
+            self._ipr = netns.iproute(self.settings.netns)
+        return self._ipr
+
+    def close(self) -> None:
+        with self._ipr_lock:
+            if self._ipr is not None:
+                self._ipr.close()
+                self._ipr = None
 
     def new_name(self) -> str:
         return f"{self.settings.tap_prefix}{secrets.token_hex(3)}"
@@ -76,7 +90,8 @@ class TapFactory:
         netns.call_in(ns, _make_persistent_tap, name)
         try:
             netns.call_in(ns, _set_ipv6_off, name)
-            with netns.iproute(ns) as ipr:
+            with self._ipr_lock:
+                ipr = self._rtnl()
                 idx = ipr.link_lookup(ifname=name)[0]
                 ipr.link("set", index=idx, address=mac, state="up")
             self._attach(idx)
@@ -86,7 +101,8 @@ class TapFactory:
             raise
 
     def delete(self, name: str) -> bool:
-        with netns.iproute(self.settings.netns) as ipr:
+        with self._ipr_lock:
+            ipr = self._rtnl()
             idx = ipr.link_lookup(ifname=name)
             if not idx:
                 return False
@@ -98,7 +114,8 @@ class TapFactory:
             return True
 
     def list_ours(self) -> list[Tap]:
-        with netns.iproute(self.settings.netns) as ipr:
+        with self._ipr_lock:
+            ipr = self._rtnl()
             out = []
             for link in ipr.get_links():
                 name = link.get_attr("IFLA_IFNAME")
