@@ -8,7 +8,7 @@ APT_PACKAGES=(
   qemu-system-x86 qemu-utils        # microVMs (TCG here, KVM on bare metal)
   mmdebstrap                         # guest base image and default template root
   e2fsprogs erofs-utils cpio zstd    # images and initramfs
-  busybox-static                     # initramfs userland
+  busybox-static kmod                # initramfs userland; depmod for the unpacked kernel
   iproute2                           # taps and network namespaces
   etcd-server etcd-client            # cluster state
   clang llvm libbpf1 libbpf-dev bpftool   # eBPF datapath

@@ -1,0 +1,1 @@
+"""Guest-side artifacts: kernel, initramfs, base image, and the guest init that runs inside."""

@@ -1,0 +1,366 @@
+#!/usr/bin/python3 -I
+"""cube-init: PID 1 inside every Cube guest (runs from the read-only guest base image).
+
+Standard library only: it is the first thing the guest runs and everything else depends on it.
+
+1. Mounts the kernel filesystems, the template root (disk serial `cube-tpl`, read-only) and the
+   writable layer (serial `cube-rw`), and composes them with overlayfs at /run/cube/root.
+2. Reads the machine's guest configuration from the writable layer (`/cube/guest.json`, written by
+   the host when it made the layer, so it is outside the overlay's upper dir and invisible to
+   sandbox code), configures the network, and starts the configured services (the guest agent from
+   the base image, the template's own command chrooted into the template root), restarting them
+   when they die.
+3. Serves the host control channel, a virtio-serial port named `cube.ctl`: one JSON object per line
+   each way. After every snapshot restore the host sends the wall clock and fresh entropy here,
+   because all clones wake up with the snapshot's clock and RNG state.
+"""
+from __future__ import annotations
+
+import base64
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+CTL_PORT_NAME = "cube.ctl"
+CONFIG_PATH = "/run/cube/rw/cube/guest.json"
+ROOT = "/run/cube/root"
+RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2])
+RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07): reseed the crng now instead of at its next interval
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def log(msg: str) -> None:
+    try:
+        with open("/dev/console", "w") as c:
+            c.write(f"cube-init: {msg}\n")
+    except OSError:
+        pass
+
+
+def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "") -> None:
+    os.makedirs(target, exist_ok=True)
+    if libc.mount(source.encode(), target.encode(), fstype.encode(), flags, data.encode() or None) != 0:
+        e = ctypes.get_errno()
+        if e != errno.EBUSY:
+            raise OSError(e, f"mount {fstype} {source} on {target}: {os.strerror(e)}")
+
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC = 1, 2, 4, 8, 4096, 16384
+
+
+def disk_by_serial(serial: str, wait_s: float = 5.0) -> str | None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            for name in os.listdir("/sys/block"):
+                try:
+                    with open(f"/sys/block/{name}/serial") as f:
+                        if f.read().strip() == serial:
+                            return f"/dev/{name}"
+                except OSError:
+                    continue
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.02)
+
+
+def mount_system() -> None:
+    mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID)
+    mount("devpts", "/dev/pts", "devpts", MS_NOSUID | MS_NOEXEC, "gid=5,mode=620,ptmxmode=666")
+    mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV)
+    mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV)
+
+
+def mount_layers() -> bool:
+    """Compose template + writable layer at ROOT. False when this machine has no template disk."""
+    tpl = disk_by_serial("cube-tpl")
+    rw = disk_by_serial("cube-rw")
+    if not tpl or not rw:
+        log("no template/writable disks: running the base image only")
+        return False
+    mount(tpl, "/run/cube/lower", "ext4", MS_RDONLY, "noload")
+    mount(rw, "/run/cube/rw", "ext4", 0)
+    for d in ("/run/cube/rw/upper", "/run/cube/rw/work"):
+        os.makedirs(d, exist_ok=True)
+    mount("overlay", ROOT, "overlay", 0,
+          "lowerdir=/run/cube/lower,upperdir=/run/cube/rw/upper,workdir=/run/cube/rw/work")
+    # Kernel filesystems inside the sandbox root, shared by the agent and the template's service.
+    for src, sub, fstype, flags, data in (
+        ("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
+        ("sysfs", "sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
+        ("/dev", "dev", "", MS_BIND | MS_REC, ""),
+        ("tmpfs", "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
+        ("tmpfs", "run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755"),
+    ):
+        target = f"{ROOT}/{sub}"
+        try:
+            if os.path.islink(target):
+                continue  # e.g. images whose /run is a symlink; never follow links out of the root
+            mount(src, target, fstype, flags, data)
+        except OSError as e:
+            log(f"{e}")
+    return True
+
+
+def configure_network(net: dict) -> None:
+    ifaces = sorted(n for n in os.listdir("/sys/class/net") if n != "lo")
+    cmds = [["ip", "link", "set", "lo", "up"]]
+    if ifaces and net.get("ip"):
+        dev = ifaces[0]
+        cmds += [
+            ["ip", "addr", "add", f"{net['ip']}/{net.get('prefix', 30)}", "dev", dev],
+            ["ip", "link", "set", dev, "up"],
+        ]
+        if net.get("gateway"):
+            cmds.append(["ip", "route", "add", "default", "via", net["gateway"], "dev", dev])
+    for cmd in cmds:
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            log(f"{' '.join(cmd)}: {r.stderr.strip()}")
+    dns = net.get("dns") or []
+    if dns and os.path.isdir(f"{ROOT}/etc"):
+        resolv = f"{ROOT}/etc/resolv.conf"
+        try:
+            if os.path.islink(resolv):
+                os.unlink(resolv)
+            with open(resolv, "w") as f:
+                f.write("".join(f"nameserver {s}\n" for s in dns))
+        except OSError as e:
+            log(f"resolv.conf: {e}")
+
+
+class Service:
+    """One supervised process. Output goes to the console with a `[name]` prefix."""
+
+    def __init__(self, spec: dict) -> None:
+        self.name: str = spec["name"]
+        self.argv: list[str] = spec["argv"]
+        self.env: dict[str, str] = spec.get("env", {})
+        self.cwd: str = spec.get("cwd", "/")
+        self.in_template: bool = spec.get("root", "base") == "template"
+        self.uid: int = int(spec.get("uid", 0))
+        self.gid: int = int(spec.get("gid", 0))
+        self.restart: bool = spec.get("restart", True)
+        self.proc: subprocess.Popen | None = None
+        self.started_at = 0.0
+        self.restarts = 0
+
+    def _preexec(self) -> None:
+        os.setsid()
+        if self.in_template:
+            os.chroot(ROOT)
+        os.chdir(self.cwd if os.path.isdir(self.cwd) else "/")
+        if self.gid:
+            os.setgid(self.gid)
+        if self.uid:
+            os.setuid(self.uid)
+
+    def start(self) -> None:
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", **self.env}
+        try:
+            console = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY)
+            self.proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, stdout=console,
+                                         stderr=console, preexec_fn=self._preexec, close_fds=True)
+            os.close(console)
+            self.started_at = time.monotonic()
+            log(f"service {self.name} started pid {self.proc.pid}")
+        except (OSError, subprocess.SubprocessError) as e:
+            self.proc = None
+            log(f"service {self.name} failed to start: {e}")
+
+    def status(self) -> dict:
+        running = self.proc is not None and self.proc.poll() is None
+        return {"name": self.name, "running": running, "pid": self.proc.pid if self.proc else 0,
+                "restarts": self.restarts}
+
+
+class ControlChannel:
+    """The guest end of the host control channel (virtio-serial port `cube.ctl`)."""
+
+    def __init__(self, services: list[Service]) -> None:
+        self.services = services
+        self.fd: int | None = None
+        self.buf = b""
+        self.host_connected = False
+
+    def open(self) -> None:
+        for port in os.listdir("/sys/class/virtio-ports") if os.path.isdir("/sys/class/virtio-ports") else []:
+            try:
+                with open(f"/sys/class/virtio-ports/{port}/name") as f:
+                    if f.read().strip() != CTL_PORT_NAME:
+                        continue
+            except OSError:
+                continue
+            self.fd = os.open(f"/dev/{port}", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+            # SIGIO arrives when the host connects or sends data, so an idle guest whose host
+            # end is closed sleeps instead of polling a port that reports POLLHUP.
+            fcntl.fcntl(self.fd, fcntl.F_SETOWN, os.getpid())
+            fcntl.fcntl(self.fd, fcntl.F_SETFL, fcntl.fcntl(self.fd, fcntl.F_GETFL) | os.O_ASYNC)
+            log(f"control channel on /dev/{port}")
+            return
+        log("no control channel port")
+
+    def readable_fd(self) -> int | None:
+        """The fd to wait on, or None while the host end is closed (wait for SIGIO instead)."""
+        if self.fd is None:
+            return None
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        events = p.poll(0)
+        if events and events[0][1] & select.POLLHUP and not events[0][1] & select.POLLIN:
+            return None
+        return self.fd
+
+    def pump(self) -> None:
+        if self.fd is None:
+            return
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.buf += chunk
+            while b"\n" in self.buf:
+                line, self.buf = self.buf.split(b"\n", 1)
+                if line.strip():
+                    self.reply(self.handle(line))
+
+    def reply(self, obj: dict) -> None:
+        data = json.dumps(obj).encode() + b"\n"
+        while data:
+            try:
+                n = os.write(self.fd, data)
+                data = data[n:]
+            except BlockingIOError:
+                select.select([], [self.fd], [], 1.0)
+            except OSError:
+                return
+
+    def handle(self, line: bytes) -> dict:
+        try:
+            msg = json.loads(line)
+            op = msg.get("op")
+            seq = msg.get("seq")
+            if op == "ping":
+                result = {"uptime": float(open("/proc/uptime").read().split()[0])}
+            elif op == "sync":
+                result = self.sync(msg)
+            elif op == "sync_fs":
+                os.sync()
+                result = {}
+            elif op == "status":
+                result = {"services": [s.status() for s in self.services]}
+            else:
+                return {"seq": seq, "ok": False, "error": f"unknown op {op!r}"}
+            return {"seq": seq, "ok": True, **result}
+        except Exception as e:  # a bad message must never take PID 1 down
+            return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+
+    @staticmethod
+    def sync(msg: dict) -> dict:
+        """Set the wall clock and mix host entropy into the kernel RNG, then force a reseed."""
+        if "realtime_ns" in msg:
+            ns = int(msg["realtime_ns"])
+            ts = struct.pack("qq", ns // 1_000_000_000, ns % 1_000_000_000)
+            if libc.clock_settime(0, ctypes.c_char_p(ts)) != 0:  # CLOCK_REALTIME
+                raise OSError(ctypes.get_errno(), "clock_settime")
+        reseeded = False
+        if msg.get("entropy"):
+            data = base64.b64decode(msg["entropy"])
+            with open("/dev/random", "wb", buffering=0) as rnd:
+                fcntl.ioctl(rnd, RNDADDENTROPY, struct.pack("ii", len(data) * 8, len(data)) + data)
+                fcntl.ioctl(rnd, RNDRESEEDCRNG)
+            reseeded = True
+        return {"realtime_ns": time.time_ns(), "reseeded": reseeded}
+
+
+def main() -> None:
+    if os.getpid() != 1:
+        print("cube-init must run as PID 1", file=sys.stderr)
+        sys.exit(1)
+    mount_system()
+    has_root = mount_layers()
+    cfg: dict = {}
+    if has_root:
+        try:
+            with open(CONFIG_PATH) as f:
+                cfg = json.load(f)
+        except (OSError, ValueError) as e:
+            log(f"no guest config: {e}")
+    socket.sethostname(cfg.get("hostname", "cube"))
+    configure_network(cfg.get("network", {}))
+    services = [Service(s) for s in cfg.get("services", []) if has_root or s.get("root", "base") == "base"]
+
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    signal.set_wakeup_fd(wake_w.fileno())
+    for sig in (signal.SIGCHLD, signal.SIGIO, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+
+    ctl = ControlChannel(services)
+    ctl.open()
+    for s in services:
+        s.start()
+    log("ready")
+
+    while True:
+        fds = [wake_r.fileno()]
+        port_fd = ctl.readable_fd()
+        if port_fd is not None:
+            fds.append(port_fd)
+        try:
+            readable, _, _ = select.select(fds, [], [], 60.0)
+        except InterruptedError:
+            readable = []
+        if wake_r.fileno() in readable:
+            try:
+                while wake_r.recv(512):
+                    pass
+            except BlockingIOError:
+                pass
+        ctl.pump()
+        reap(services)
+
+
+def reap(services: list[Service]) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        for s in services:
+            if s.proc is not None and s.proc.pid == pid:
+                s.proc.returncode = os.waitstatus_to_exitcode(status)
+                log(f"service {s.name} exited with {s.proc.returncode}")
+                if s.restart:
+                    # Back off a crash loop so a broken service cannot eat the guest's CPU.
+                    if time.monotonic() - s.started_at < 1.0:
+                        time.sleep(1.0)
+                    s.restarts += 1
+                    s.start()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,370 @@
+"""A running QEMU `microvm` and everything needed to control it.
+
+QEMU is started in its own session (not as a daemon, so its errors land in qemu.log), so machines
+outlive the process that started them: a restarted node agent re-attaches from the machine's record (`machine.json` with
+the pid) and its QMP socket. Every file a machine owns lives in its runtime directory, which
+`kill()` removes together with the process.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from qemu.qmp import QMPClient
+from qemu.qmp.error import QMPError
+
+from . import accel as accel_mod
+from . import netns
+from .control import ControlChannel
+from .errors import BootError, GuestTimeoutError, InvalidSpecError, MachineGoneError, VmmError
+from .settings import VmmSettings
+from .spec import MachinePaths, MachineRecord, MachineSpec
+
+log = logging.getLogger("vmm_core.machine")
+
+BASE_CMDLINE = "console=ttyS0 panic=-1 reboot=t cube.root_serial=cube-base"
+CTL_PORT_NAME = "cube.ctl"
+
+
+@dataclass(frozen=True)
+class MachineStats:
+    pid: int
+    pss_bytes: int
+    private_dirty_bytes: int
+    rss_bytes: int
+    cpu_seconds: float
+    writable_disk_bytes: int
+
+
+def console_tail(path: Path, lines: int = 40) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _pid_owns(pid: int, paths: MachinePaths) -> bool:
+    """Guard against pid reuse: the process must be QEMU with this machine's QMP socket."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return str(paths.qmp).encode() in f.read()
+    except OSError:
+        return False
+
+
+def build_argv(settings: VmmSettings, spec: MachineSpec, paths: MachinePaths, *, share_memory: bool,
+               incoming: bool) -> list[str]:
+    acc = accel_mod.resolve(spec.accel)
+    mem = f"size={spec.memory_mb}M"
+    if spec.memory_file is not None:
+        backend = f"memory-backend-file,id=mem,{mem},mem-path={spec.memory_file},share={'on' if share_memory else 'off'}"
+    else:
+        backend = f"memory-backend-ram,id=mem,{mem}"
+    argv = [
+        settings.qemu_binary, "-M", "microvm,memory-backend=mem", *accel_mod.qemu_args(acc, settings.tcg_tb_size_mb),
+        "-smp", str(spec.vcpus), "-m", f"{spec.memory_mb}M", "-object", backend,
+        "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        "-chardev", f"file,id=con,path={paths.console}", "-serial", "chardev:con",
+        "-kernel", str(spec.kernel), "-initrd", str(spec.initramfs),
+        "-append", " ".join(filter(None, (BASE_CMDLINE, accel_mod.kernel_args(acc), spec.cmdline))),
+        "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng0",
+        "-device", "virtio-serial-device",
+        "-chardev", f"socket,id=ctl,path={paths.control},server=on,wait=off",
+        "-device", f"virtserialport,chardev=ctl,name={CTL_PORT_NAME}",
+        "-qmp", f"unix:{paths.qmp},server=on,wait=off",
+    ]
+    for i, disk in enumerate(spec.disks):
+        opts = f"id=d{i},file={disk.path},format={disk.format.value},if=none"
+        if disk.readonly:
+            opts += ",readonly=on"
+        else:
+            opts += ",discard=unmap"
+        argv += ["-drive", opts, "-device", f"virtio-blk-device,drive=d{i},serial={disk.serial}"]
+    if spec.network is not None:
+        argv += ["-netdev", f"tap,id=net0,ifname={spec.network.tap},script=no,downscript=no",
+                 "-device", f"virtio-net-device,netdev=net0,mac={spec.network.mac}"]
+    if incoming:
+        argv += ["-incoming", "defer"]
+    return argv
+
+
+def validate_spec(spec: MachineSpec) -> None:
+    for label, path in (("kernel", spec.kernel), ("initramfs", spec.initramfs)):
+        if not path.is_file() or path.stat().st_size == 0:
+            raise InvalidSpecError(f"{label} {path} is missing or empty")
+    for disk in spec.disks:
+        if not disk.path.is_file():
+            raise InvalidSpecError(f"disk {disk.serial} image {disk.path} does not exist")
+    if spec.network is not None and not netns.interface_exists(spec.network.netns, spec.network.tap):
+        where = f" in namespace {spec.network.netns}" if spec.network.netns else ""
+        raise InvalidSpecError(f"tap device {spec.network.tap!r} does not exist{where}")
+
+
+class Machine:
+    """Handle on one microVM. Obtain one from `boot()`, `attach()`, or vmm_core.snapshot."""
+
+    def __init__(self, settings: VmmSettings, record: MachineRecord, paths: MachinePaths) -> None:
+        self.settings = settings
+        self.record = record
+        self.paths = paths
+        self.qmp: QMPClient | None = None
+        self.control = ControlChannel(paths.control)
+
+    @property
+    def vm_id(self) -> str:
+        return self.record.vm_id
+
+    @property
+    def spec(self) -> MachineSpec:
+        return self.record.spec
+
+    @property
+    def pid(self) -> int:
+        return self.record.pid
+
+    def __repr__(self) -> str:
+        return f"Machine({self.vm_id}, pid={self.pid})"
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    @classmethod
+    async def launch(cls, settings: VmmSettings, vm_id: str, spec: MachineSpec, *, incoming: bool = False,
+                     share_memory: bool = True, labels: dict[str, str] | None = None,
+                     prepare=None, rollback=None) -> "Machine":
+        """Start QEMU for `spec` in a fresh runtime dir and connect QMP. Used by boot and clones.
+
+        `prepare(paths)` runs after the runtime dir exists and before QEMU starts (e.g. to create
+        the copy-on-write overlay); `rollback(paths)` undoes it on failure, before the runtime dir
+        is removed. On any failure nothing is left behind.
+        """
+        if prepare is None:
+            validate_spec(spec)
+        paths = MachinePaths(settings.vms_dir / vm_id)
+        if paths.dir.exists():
+            raise InvalidSpecError(f"machine {vm_id} already exists")
+        paths.dir.mkdir(parents=True)
+        machine: Machine | None = None
+        try:
+            if prepare is not None:
+                spec = prepare(paths) or spec
+                validate_spec(spec)
+            argv = build_argv(settings, spec, paths, share_memory=share_memory, incoming=incoming)
+            preexec = netns.enter_in_child(spec.network.netns) if spec.network and spec.network.netns else None
+            # Not -daemonize: QEMU's own error messages (a bad migration stream, a missing tap) go to
+            # qemu.log where they can be reported. Its own session keeps it alive when the
+            # controller's process group is signalled; asyncio's child watcher reaps it.
+            with open(paths.qemu_log, "ab") as qlog:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=qlog,
+                    preexec_fn=preexec, start_new_session=True)
+            pid = proc.pid
+            paths.pidfile.write_text(str(pid))
+            record = MachineRecord(vm_id, spec, pid, labels or {})
+            record.dump(paths.record)
+            machine = cls(settings, record, paths)
+            await machine._connect_qmp()
+            return machine
+        except BaseException as e:
+            if rollback is not None:
+                rollback(paths)
+            if machine is not None:
+                await machine.kill()
+            else:
+                _kill_pidfile(paths)
+                shutil.rmtree(paths.dir, ignore_errors=True)
+            if isinstance(e, (VmmError, asyncio.CancelledError)):
+                raise
+            if isinstance(e, ValueError):
+                raise InvalidSpecError(str(e)) from e
+            raise BootError(f"starting machine {vm_id} failed: {e}", console_tail=console_tail(paths.console)) from e
+
+    @classmethod
+    async def attach(cls, settings: VmmSettings, vm_id: str) -> "Machine":
+        """Re-attach to a machine started by an earlier controller process."""
+        paths = MachinePaths(settings.vms_dir / vm_id)
+        try:
+            record = MachineRecord.load(paths.record)
+        except (OSError, ValueError, KeyError) as e:
+            raise MachineGoneError(f"machine {vm_id} has no usable record: {e}") from e
+        if not pid_alive(record.pid) or not _pid_owns(record.pid, paths):
+            raise MachineGoneError(f"machine {vm_id} (pid {record.pid}) is not running",
+                                   console_tail=console_tail(paths.console))
+        machine = cls(settings, record, paths)
+        await machine._connect_qmp()
+        return machine
+
+    async def _connect_qmp(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            client = QMPClient(self.vm_id)
+            try:
+                await client.connect(str(self.paths.qmp))
+                self.qmp = client
+                return
+            except (QMPError, OSError) as e:
+                if not pid_alive(self.pid):
+                    raise BootError(f"QEMU exited at start: {self.qemu_errors() or e}",
+                                    console_tail=self.console_tail()) from e
+                if time.monotonic() > deadline:
+                    raise BootError(f"QMP socket did not answer: {e}", console_tail=self.console_tail()) from e
+                await asyncio.sleep(0.005)
+
+    async def execute(self, cmd: str, args: dict | None = None) -> object:
+        if self.qmp is None:
+            raise MachineGoneError(f"machine {self.vm_id} is not connected")
+        try:
+            return await self.qmp.execute(cmd, args)
+        except (QMPError, OSError, EOFError) as e:
+            if not pid_alive(self.pid):
+                raise MachineGoneError(f"machine {self.vm_id} died during {cmd}",
+                                       console_tail=self.console_tail()) from e
+            raise VmmError(f"QMP {cmd} failed: {e}") from e
+
+    async def run_state(self) -> str:
+        status = await self.execute("query-status")
+        return status["status"]  # type: ignore[index]
+
+    async def pause(self) -> None:
+        """Stop the vCPUs in place; memory and devices stay as they are."""
+        await self.execute("stop")
+
+    async def resume(self) -> None:
+        await self.execute("cont")
+        # The guest's wall clock stood still while paused.
+        await self.control.sync_identity()
+
+    async def wait_exit(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while pid_alive(self.pid):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    async def kill(self) -> None:
+        """Stop the VMM process and remove every file this machine owns. Idempotent."""
+        self.control.close()
+        if self.qmp is not None:
+            try:
+                await asyncio.wait_for(self.qmp.disconnect(), 2)
+            except Exception:  # the process is killed next; a broken QMP session does not matter
+                pass
+            self.qmp = None
+        if pid_alive(self.pid) and _pid_owns(self.pid, self.paths):
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            await self.wait_exit(10)
+        shutil.rmtree(self.paths.dir, ignore_errors=True)
+        log.info("machine killed", extra={"vm_id": self.vm_id})
+
+    async def quit(self) -> None:
+        """Ask QEMU to exit (after a snapshot/save), without removing the runtime dir."""
+        try:
+            await self.execute("quit")
+        except VmmError:
+            pass
+        if self.qmp is not None:
+            try:
+                await asyncio.wait_for(self.qmp.disconnect(), 2)
+            except Exception:
+                pass
+            self.qmp = None
+        self.control.close()
+        if not await self.wait_exit(10):
+            os.kill(self.pid, signal.SIGKILL)
+            await self.wait_exit(5)
+
+    # ---- observation -----------------------------------------------------------------------
+
+    def console_tail(self, lines: int = 40) -> str:
+        return console_tail(self.paths.console, lines)
+
+    def qemu_errors(self) -> str:
+        """What QEMU itself printed (it prints only on errors)."""
+        return console_tail(self.paths.qemu_log, 20).strip()
+
+    async def wait_guest(self, timeout: float = 60.0) -> float:
+        """Wait until the guest init answers on the control channel; returns the guest's uptime."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if not pid_alive(self.pid):
+                raise MachineGoneError(f"machine {self.vm_id} exited: {self.qemu_errors()}",
+                                       console_tail=self.console_tail())
+            try:
+                reply = await self.control.call("ping", timeout=max(0.1, min(2.0, deadline - time.monotonic())))
+                return float(reply["uptime"])
+            except (GuestTimeoutError, MachineGoneError):
+                self.control.close()
+                if time.monotonic() > deadline:
+                    raise GuestTimeoutError(f"guest of {self.vm_id} did not come up within {timeout}s",
+                                            console_tail=self.console_tail()) from None
+                await asyncio.sleep(0.05)
+
+    def writable_disk(self) -> Path | None:
+        for d in self.spec.disks:
+            if not d.readonly:
+                return d.path
+        return None
+
+    def stats(self) -> MachineStats:
+        from .accounting import process_memory, process_cpu_seconds
+        from .disks import allocated_bytes
+
+        mem = process_memory(self.pid)
+        disk = self.writable_disk()
+        return MachineStats(self.pid, mem.pss, mem.private_dirty, mem.rss, process_cpu_seconds(self.pid),
+                            allocated_bytes(disk) if disk else 0)
+
+
+def _kill_pidfile(paths: MachinePaths) -> None:
+    try:
+        pid = int(paths.pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return
+    if pid_alive(pid) and _pid_owns(pid, paths):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + 5
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+async def boot(settings: VmmSettings, vm_id: str, spec: MachineSpec, *, labels: dict[str, str] | None = None) -> Machine:
+    """Cold-boot a machine. Returns once QEMU runs; wait for the guest with a probe or `control`."""
+    return await Machine.launch(settings, vm_id, spec, labels=labels)
+
+
+def list_machines(settings: VmmSettings) -> list[str]:
+    if not settings.vms_dir.is_dir():
+        return []
+    return sorted(p.name for p in settings.vms_dir.iterdir() if (p / "machine.json").exists())

@@ -1,0 +1,51 @@
+"""Typed settings for vmm_core, read once from the environment."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+
+class Accel(str, Enum):
+    AUTO = "auto"
+    KVM = "kvm"
+    TCG = "tcg"
+
+
+@dataclass(frozen=True)
+class VmmSettings:
+    # Everything built or run lives here: kernel, initramfs, images, snapshots, VM runtime dirs.
+    state_dir: Path = Path("/var/lib/cube")
+    accel: Accel = Accel.AUTO
+    qemu_binary: str = "qemu-system-x86_64"
+    qemu_img: str = "qemu-img"
+    # The Debian package whose dependency names the guest kernel (never installed on the host).
+    kernel_package: str = "linux-image-cloud-amd64"
+    # TCG's translation cache is allocated per VM; the default (1 GiB reservation, lazily touched)
+    # is far more than an idle sandbox needs, and every touched page counts against PSS.
+    tcg_tb_size_mb: int = 32
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> "VmmSettings":
+        env = dict(os.environ if env is None else env)
+        return cls(
+            state_dir=Path(env.get("CUBE_STATE_DIR", "/var/lib/cube")),
+            accel=Accel(env.get("CUBE_ACCEL", "auto").lower()),
+            qemu_binary=env.get("CUBE_QEMU", "qemu-system-x86_64"),
+            kernel_package=env.get("CUBE_KERNEL_PACKAGE", "linux-image-cloud-amd64"),
+            tcg_tb_size_mb=int(env.get("CUBE_TCG_TB_MB", "32")),
+        )
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.state_dir / "artifacts"
+
+    @property
+    def vms_dir(self) -> Path:
+        return self.state_dir / "vms"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.state_dir / "snapshots"

@@ -1,0 +1,306 @@
+"""Snapshots, copy-on-write clones, and save/restore.
+
+Two kinds of snapshot:
+
+* TEMPLATE: taken from a machine whose RAM lives in a shared file. QEMU migrates with the
+  `x-ignore-shared` capability, so the state stream holds only device state (~50 KB) and the RAM
+  stays in the file. A clone maps that file private (MAP_PRIVATE): it starts in tens of
+  milliseconds and only the pages it writes cost memory. Its writable disk is a qcow2 overlay on
+  the frozen writable layer. The source machine is consumed.
+* SAVED: a full migration stream (RAM included) plus the machine's own disk overlay; `restore()`
+  brings back exactly that one machine, any number of save/restore cycles later.
+
+Every clone starts with the snapshot's clock and RNG state, so clone() and restore() hand the guest
+the current time and fresh entropy over the control channel before returning.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shlex
+import shutil
+import time
+from dataclasses import dataclass, replace
+from enum import Enum
+from pathlib import Path
+
+from .disks import cow_overlay
+from .errors import InvalidSpecError, MachineGoneError, SnapshotError, VmmError
+from .machine import Machine, pid_alive
+from .settings import VmmSettings
+from .spec import Disk, DiskFormat, MachinePaths, MachineSpec, NetworkAttachment
+
+log = logging.getLogger("vmm_core.snapshot")
+
+# Migration to a local pipe: no reason to throttle (QEMU's default is 128 MiB/s).
+_MAX_BANDWIDTH = 8 << 30
+
+
+class SnapshotKind(str, Enum):
+    TEMPLATE = "template"
+    SAVED = "saved"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    dir: Path
+    kind: SnapshotKind
+    spec: MachineSpec  # the machine as it must be recreated (paths point into `dir` where moved)
+    created_at: float
+
+    @property
+    def state(self) -> Path:
+        return self.dir / "state"
+
+    @property
+    def memory(self) -> Path:
+        return self.dir / "memory"
+
+    @property
+    def disk(self) -> Path:
+        return self.dir / ("disk.img" if self.kind is SnapshotKind.TEMPLATE else "disk.qcow2")
+
+    @property
+    def meta(self) -> Path:
+        return self.dir / "snapshot.json"
+
+    def write_meta(self) -> None:
+        self.meta.write_text(json.dumps({"kind": self.kind.value, "spec": self.spec.to_dict(),
+                                         "created_at": self.created_at}, indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> "Snapshot":
+        try:
+            d = json.loads((path / "snapshot.json").read_text())
+            snap = cls(path, SnapshotKind(d["kind"]), MachineSpec.from_dict(d["spec"]), d["created_at"])
+        except (OSError, ValueError, KeyError) as e:
+            raise SnapshotError(f"{path} is not a usable snapshot: {e}") from e
+        snap.verify()
+        return snap
+
+    def verify(self) -> None:
+        """Cheap integrity checks before spending a QEMU process on the snapshot."""
+        if not self.state.is_file() or self.state.stat().st_size == 0:
+            raise SnapshotError(f"snapshot {self.dir} has no device state")
+        if not self.disk.is_file():
+            raise SnapshotError(f"snapshot {self.dir} has no disk image")
+        if self.kind is SnapshotKind.TEMPLATE:
+            want = self.spec.memory_mb << 20
+            if not self.memory.is_file() or self.memory.stat().st_size != want:
+                have = self.memory.stat().st_size if self.memory.exists() else 0
+                raise SnapshotError(f"snapshot {self.dir} memory file is {have} bytes, expected {want}")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def _wait_migration(machine: Machine, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        info = await machine.execute("query-migrate")
+        status = info.get("status")  # type: ignore[union-attr]
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise SnapshotError(f"migration {status}: {info.get('error-desc', '')}",  # type: ignore[union-attr]
+                                console_tail=machine.console_tail())
+        if time.monotonic() > deadline:
+            raise SnapshotError(f"migration did not finish within {timeout}s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+async def _wait_incoming(machine: Machine, timeout: float = 120.0) -> None:
+    """Wait until an incoming migration has loaded and the vCPUs run."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while True:
+        if not pid_alive(machine.pid):
+            raise SnapshotError(f"QEMU exited while restoring: {machine.qemu_errors()}",
+                                console_tail=machine.console_tail())
+        try:
+            status = await machine.run_state()
+        except MachineGoneError as e:
+            raise SnapshotError(f"QEMU exited while restoring: {machine.qemu_errors()}",
+                                console_tail=machine.console_tail()) from e
+        if status == "running":
+            return
+        if status == "paused":
+            # The stream carries the source's run state, and sources are stopped before saving.
+            mig = await machine.execute("query-migrate")
+            if mig.get("status") == "completed":  # type: ignore[union-attr]
+                await machine.execute("cont")
+                continue
+            if mig.get("status") == "failed":  # type: ignore[union-attr]
+                raise SnapshotError(f"restore failed: {mig.get('error-desc', '')} {machine.qemu_errors()}",  # type: ignore[union-attr]
+                                    console_tail=machine.console_tail())
+        elif status not in ("inmigrate", "prelaunch", "restore-vm"):
+            raise SnapshotError(f"restore ended in state {status!r}: {machine.qemu_errors()}",
+                                console_tail=machine.console_tail())
+        if time.monotonic() > deadline:
+            raise SnapshotError(f"restore did not finish within {timeout}s")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+async def _set_ignore_shared(machine: Machine, on: bool) -> None:
+    await machine.execute("migrate-set-capabilities",
+                          {"capabilities": [{"capability": "x-ignore-shared", "state": on}]})
+
+
+def _staging(dest: Path) -> Path:
+    if dest.exists():
+        raise InvalidSpecError(f"snapshot destination {dest} already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+async def snapshot(machine: Machine, dest: Path) -> Snapshot:
+    """Take a TEMPLATE snapshot of a machine booted with a shared memory file. Consumes it."""
+    spec = machine.spec
+    rw = machine.writable_disk()
+    if spec.memory_file is None:
+        raise InvalidSpecError("template snapshots need a machine booted with memory_file")
+    if rw is None:
+        raise InvalidSpecError("template snapshots need a writable disk")
+    tmp = _staging(dest)
+    try:
+        # Let the guest write back dirty pages first: they would be consistent either way (RAM and
+        # disk are captured at the same instant), but a clean page cache is cheaper in every clone.
+        try:
+            await machine.control.call("sync_fs", timeout=30)
+        except VmmError as e:
+            log.warning("guest sync before snapshot failed: %s", e)
+        await machine.execute("stop")
+        await _set_ignore_shared(machine, True)
+        await machine.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp / 'state'))}"})
+        await _wait_migration(machine)
+        await machine.quit()
+        os.rename(spec.memory_file, tmp / "memory")
+        os.rename(rw, tmp / "disk.img")
+        # The snapshot's files are now the shared, read-only base of every clone.
+        for f in ("memory", "disk.img", "state"):
+            os.chmod(tmp / f, 0o444)
+        disks = tuple(replace(d, path=dest / "disk.img", format=DiskFormat.RAW) if not d.readonly else d
+                      for d in spec.disks)
+        snap = Snapshot(dest, SnapshotKind.TEMPLATE,
+                        replace(spec, memory_file=dest / "memory", disks=disks, network=None), time.time())
+        Snapshot(tmp, snap.kind, snap.spec, snap.created_at).write_meta()
+        os.rename(tmp, dest)
+        await machine.kill()  # removes the runtime dir
+        return snap
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        await machine.kill()
+        raise
+
+
+def _with_writable(spec: MachineSpec, path: Path, fmt: DiskFormat) -> MachineSpec:
+    return replace(spec, disks=tuple(replace(d, path=path, format=fmt) if not d.readonly else d for d in spec.disks))
+
+
+async def _restore_into(settings: VmmSettings, snap: Snapshot, vm_id: str, spec: MachineSpec, prepare,
+                        *, ignore_shared: bool, labels: dict[str, str] | None, sync: bool,
+                        rollback=None) -> Machine:
+    machine = await Machine.launch(settings, vm_id, spec, incoming=True, share_memory=False, prepare=prepare,
+                                   labels=labels, rollback=rollback)
+    try:
+        await _set_ignore_shared(machine, ignore_shared)
+        await machine.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(snap.state))}"})
+        await _wait_incoming(machine)
+        if sync:
+            await machine.control.sync_identity()
+        return machine
+    except BaseException as e:
+        errors = machine.qemu_errors()
+        tail = machine.console_tail()
+        if rollback is not None:
+            rollback(machine.paths)
+        await machine.kill()
+        if isinstance(e, SnapshotError) or isinstance(e, asyncio.CancelledError):
+            raise
+        raise SnapshotError(f"restoring {snap.dir.name} into {vm_id} failed: {e} {errors}".strip(),
+                            console_tail=tail) from e
+
+
+async def clone(settings: VmmSettings, snap: Snapshot, vm_id: str, network: NetworkAttachment | None, *,
+                memory_mb: int | None = None, labels: dict[str, str] | None = None, sync: bool = True) -> Machine:
+    """A new machine running from a TEMPLATE snapshot, copy-on-write in memory and on disk."""
+    if snap.kind is not SnapshotKind.TEMPLATE:
+        raise InvalidSpecError("clone() takes a template snapshot; use restore() for a saved one")
+    if memory_mb is not None and memory_mb != snap.spec.memory_mb:
+        raise InvalidSpecError(f"snapshot {snap.dir.name} needs exactly {snap.spec.memory_mb} MB of memory, "
+                               f"not {memory_mb} MB")
+    snap.verify()
+    spec = snap.spec.with_network(network)
+
+    def prepare(paths: MachinePaths) -> MachineSpec:
+        overlay = cow_overlay(snap.disk, paths.dir / "rw.qcow2", settings.qemu_img)
+        return _with_writable(spec, overlay, DiskFormat.QCOW2)
+
+    return await _restore_into(settings, snap, vm_id, spec, prepare, ignore_shared=True, labels=labels, sync=sync)
+
+
+async def save(machine: Machine, dest: Path) -> Snapshot:
+    """Write the machine's full state (RAM, devices) and keep its disk overlay; the machine is gone
+    afterwards. If saving fails the machine keeps running."""
+    rw = machine.writable_disk()
+    if rw is None:
+        raise InvalidSpecError("save() needs a machine with a writable disk")
+    tmp = _staging(dest)
+    try:
+        await machine.execute("stop")
+        await _set_ignore_shared(machine, False)
+        await machine.execute("migrate-set-parameters", {"max-bandwidth": _MAX_BANDWIDTH})
+        await machine.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp / 'state'))}"})
+        await _wait_migration(machine)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if pid_alive(machine.pid):
+            try:
+                await machine.execute("cont")
+            except VmmError:
+                pass
+        raise
+    await machine.quit()
+    os.rename(rw, tmp / "disk.qcow2")
+    fmt = DiskFormat.QCOW2 if rw.suffix == ".qcow2" else DiskFormat.RAW
+    snap = Snapshot(dest, SnapshotKind.SAVED, _with_writable(machine.spec, dest / "disk.qcow2", fmt).with_network(None),
+                    time.time())
+    Snapshot(tmp, snap.kind, snap.spec, snap.created_at).write_meta()
+    os.rename(tmp, dest)
+    await machine.kill()
+    return snap
+
+
+async def restore(settings: VmmSettings, snap: Snapshot, vm_id: str, network: NetworkAttachment | None, *,
+                  labels: dict[str, str] | None = None) -> Machine:
+    """Bring a SAVED machine back. On success the saved snapshot is consumed (its disk now belongs to
+    the running machine); on failure it is left exactly as it was."""
+    if snap.kind is not SnapshotKind.SAVED:
+        raise InvalidSpecError("restore() takes a saved snapshot; use clone() for a template")
+    snap.verify()
+    spec = snap.spec.with_network(network)
+    fmt = next(d.format for d in snap.spec.disks if not d.readonly)
+
+    def prepare(paths: MachinePaths) -> MachineSpec:
+        disk = paths.dir / "rw.qcow2"
+        os.rename(snap.disk, disk)
+        return _with_writable(spec, disk, fmt)
+
+    def rollback(paths: MachinePaths) -> None:
+        # Runs before the runtime dir is removed: the sandbox's disk must never go with it.
+        disk = paths.dir / "rw.qcow2"
+        if disk.exists() and not snap.disk.exists():
+            os.rename(disk, snap.disk)
+
+    machine = await _restore_into(settings, snap, vm_id, spec, prepare, ignore_shared=False, labels=labels,
+                                  sync=True, rollback=rollback)
+    snap.remove()
+    return machine

@@ -1,0 +1,136 @@
+"""Typed description of a microVM and of where its runtime files live."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
+from pathlib import Path
+
+from .settings import Accel
+
+
+class DiskFormat(str, Enum):
+    RAW = "raw"
+    QCOW2 = "qcow2"
+
+
+@dataclass(frozen=True)
+class Disk:
+    path: Path
+    serial: str  # how the guest finds it: /sys/block/vdX/serial (mmio probe order is not stable)
+    readonly: bool = True
+    format: DiskFormat = DiskFormat.RAW
+
+
+@dataclass(frozen=True)
+class NetworkAttachment:
+    tap: str  # an existing tap device in `netns` (or in QEMU's own namespace)
+    mac: str = "02:fc:00:00:00:15"
+    netns: str | None = None  # a named namespace (/run/netns/<name>) QEMU is started in
+
+
+@dataclass(frozen=True)
+class MachineSpec:
+    kernel: Path
+    initramfs: Path
+    disks: tuple[Disk, ...]
+    vcpus: int = 1
+    memory_mb: int = 512
+    network: NetworkAttachment | None = None
+    accel: Accel = Accel.AUTO
+    cmdline: str = ""
+    # Guest RAM in this file, mapped shared, so that a snapshot can later keep it in place.
+    # None: anonymous RAM (a machine that will never be the source of a template snapshot).
+    memory_file: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.vcpus < 1 or self.vcpus > 64:
+            raise ValueError(f"vcpus must be 1..64, not {self.vcpus}")
+        if self.memory_mb < 128:
+            raise ValueError(f"memory_mb must be at least 128, not {self.memory_mb}")
+
+    def with_network(self, network: NetworkAttachment | None) -> "MachineSpec":
+        return replace(self, network=network)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+
+        def norm(v):
+            if isinstance(v, Path):
+                return str(v)
+            if isinstance(v, Enum):
+                return v.value
+            if isinstance(v, dict):
+                return {k: norm(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [norm(x) for x in v]
+            return v
+
+        return norm(d)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "MachineSpec":
+        net = d.get("network")
+        return cls(
+            kernel=Path(d["kernel"]),
+            initramfs=Path(d["initramfs"]),
+            disks=tuple(Disk(Path(x["path"]), x["serial"], x["readonly"], DiskFormat(x["format"])) for x in d["disks"]),
+            vcpus=d["vcpus"],
+            memory_mb=d["memory_mb"],
+            network=NetworkAttachment(**net) if net else None,
+            accel=Accel(d["accel"]),
+            cmdline=d.get("cmdline", ""),
+            memory_file=Path(d["memory_file"]) if d.get("memory_file") else None,
+        )
+
+
+@dataclass(frozen=True)
+class MachinePaths:
+    """Every file a running machine owns. Removing `dir` removes all of them."""
+
+    dir: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.dir / "qmp.sock"
+
+    @property
+    def control(self) -> Path:
+        return self.dir / "ctl.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.dir / "console.log"
+
+    @property
+    def qemu_log(self) -> Path:
+        return self.dir / "qemu.log"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.dir / "qemu.pid"
+
+    @property
+    def record(self) -> Path:
+        return self.dir / "machine.json"
+
+
+@dataclass
+class MachineRecord:
+    """What a restarted controller needs to re-attach to a running machine (machine.json)."""
+
+    vm_id: str
+    spec: MachineSpec
+    pid: int
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def dump(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"vm_id": self.vm_id, "spec": self.spec.to_dict(), "pid": self.pid,
+                                   "labels": self.labels}, indent=1))
+        tmp.rename(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "MachineRecord":
+        d = json.loads(path.read_text())
+        return cls(d["vm_id"], MachineSpec.from_dict(d["spec"]), d["pid"], d.get("labels", {}))
