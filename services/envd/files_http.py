@@ -9,7 +9,9 @@ import json
 import logging
 import os
 import posixpath
+import re
 import stat
+from urllib.parse import unquote
 
 from aiohttp import web
 from aiohttp.multipart import BodyPartReader, MultipartReader
@@ -182,7 +184,7 @@ class FilesHttp:
             if request.content_type.startswith("multipart/"):
                 reader = await request.multipart()
                 async for part in _file_parts(reader):
-                    raw = path_param or part.filename
+                    raw = path_param or raw_filename(part.headers.get("Content-Disposition", ""))
                     if not raw:
                         raise HttpError(400, "a file part needs a filename or the 'path' parameter")
                     path = self._path(raw, user)
@@ -230,7 +232,12 @@ class FilesHttp:
 async def _file_parts(reader: MultipartReader):
     """File parts of a multipart body, nested multiparts flattened; other fields skipped."""
     while True:
-        part = await reader.next()
+        try:
+            part = await reader.next()
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as e:  # aiohttp raises assorted types for a malformed body
+            raise HttpError(400, f"malformed multipart body: {e or type(e).__name__}")
         if part is None:
             return
         if isinstance(part, MultipartReader):
@@ -238,10 +245,34 @@ async def _file_parts(reader: MultipartReader):
                 yield inner
             continue
         assert isinstance(part, BodyPartReader)
-        if part.filename is None and part.name != "file":
+        if raw_filename(part.headers.get("Content-Disposition", "")) is None and part.name != "file":
             await part.release()
             continue
         yield part
+
+
+_DISPOSITION_PARAM = re.compile(
+    r""";\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+\*?)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)"""
+)
+
+
+def raw_filename(header: str) -> str | None:
+    """The `filename` of a Content-Disposition header exactly as sent, directories included.
+    aiohttp's own parser strips leading slashes, and the SDK puts the destination path there."""
+    params: dict[str, str] = {}
+    for key, value in _DISPOSITION_PARAM.findall(header):
+        value = value.strip()
+        if value.startswith('"') and value.endswith('"') and len(value) >= 2:
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        params.setdefault(key.lower(), value)
+    if "filename*" in params:
+        charset, _, rest = params["filename*"].partition("'")
+        _lang, _, encoded = rest.partition("'")
+        try:
+            return unquote(encoded, charset or "utf-8", "strict")
+        except (LookupError, UnicodeDecodeError):
+            pass
+    return params.get("filename") or None
 
 
 async def _part_chunks(part: BodyPartReader):

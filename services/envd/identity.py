@@ -97,8 +97,10 @@ def _parse_timestamp(value: object) -> float | None:
         # Python 3.11 takes at most 6 fractional digits; Go sends 9.
         if "." in text:
             head, rest = text.split(".", 1)
-            digits = "".join(c for c in rest if c.isdigit())
-            tz = rest[len(digits):]
+            n = 0
+            while n < len(rest) and rest[n].isdigit():
+                n += 1
+            digits, tz = rest[:n], rest[n:]
             text = f"{head}.{digits[:6]}{tz}"
         try:
             dt = datetime.fromisoformat(text)
