@@ -30,6 +30,8 @@ _MODULES = [
     "aiohttp.http_parser", "aiohttp.http_writer", "aiohttp.compression_utils",
     "aiohttp.web_exceptions", "aiohttp.web_urldispatcher", "multidict", "yarl",
     "google.protobuf", "google.protobuf.json_format", "google.protobuf.timestamp_pb2",
+    "google.protobuf.descriptor_pb2", "google.protobuf.struct_pb2", "google.protobuf.any_pb2",
+    "google.protobuf.duration_pb2", "google.protobuf.field_mask_pb2", "google.protobuf.wrappers_pb2",
     "google.protobuf.descriptor_pool", "google.protobuf.internal.well_known_types",
     "zmq", "zmq.asyncio", "zmq.backend", "zmq.sugar", "zmq.utils.jsonapi",
     "jupyter_client", "jupyter_client.asynchronous", "jupyter_client.asynchronous.client",
@@ -63,6 +65,7 @@ def load_everything() -> None:
     ts.FromNanoseconds(1)
     json_format.MessageToDict(ts)
     json_format.Parse('"1970-01-01T00:00:00Z"', timestamp_pb2.Timestamp())
+    _warm_messages()
     import datetime
 
     datetime.datetime.fromisoformat("2025-01-01T00:00:00+00:00")
@@ -70,6 +73,45 @@ def load_everything() -> None:
     import time
 
     time.strftime("%Y")  # loads locale/time state
+
+
+def _warm_messages() -> None:
+    """Runs the proto3-JSON mapping over every message shape the services use (maps, oneofs,
+    bytes, enums, int64, Timestamp): json_format imports helpers on first use of each."""
+    from google.protobuf import json_format
+
+    from .gen import filesystem_pb2 as fs
+    from .gen import process_pb2 as pr
+
+    samples = [
+        (pr.StartRequest, {"process": {"cmd": "/bin/sh", "args": ["-c", "x"], "envs": {"A": "b"},
+                                       "cwd": "/"}, "pty": {"size": {"cols": 80, "rows": 24}},
+                           "tag": "t", "stdin": False}),
+        (pr.SendInputRequest, {"process": {"pid": 1}, "input": {"stdin": "eA=="}}),
+        (pr.StreamInputRequest, {"data": {"input": {"pty": "eA=="}}}),
+        (pr.SendSignalRequest, {"process": {"tag": "t"}, "signal": "SIGNAL_SIGKILL"}),
+        (pr.UpdateRequest, {"process": {"pid": 1}, "pty": {"size": {"cols": 1, "rows": 1}}}),
+        (fs.WatchDirRequest, {"path": "/", "recursive": True, "includeEntry": True}),
+        (fs.EntryInfo, {"name": "a", "type": "FILE_TYPE_FILE", "path": "/a", "size": "5",
+                        "mode": 420, "modifiedTime": "2025-01-01T00:00:00Z", "symlinkTarget": "/b",
+                        "metadata": {"k": "v"}, "isSymlink": True}),
+        (fs.ListDirResponse, {"entries": [{"name": "a", "size": 1}]}),
+        (fs.GetWatcherEventsResponse, {"events": [{"name": "a", "type": "EVENT_TYPE_CREATE"}]}),
+    ]
+    for cls, body in samples:
+        import json
+
+        msg = json_format.Parse(json.dumps(body), cls(), ignore_unknown_fields=True)
+        json_format.Parse(json_format.MessageToJson(msg), cls())
+        json_format.MessageToDict(msg, preserving_proto_field_name=False)
+    end = pr.ProcessEvent(end=pr.ProcessEvent.EndEvent(exit_code=-1, status="s", error="e"))
+    json_format.MessageToDict(pr.StartResponse(event=end))
+    json_format.MessageToDict(pr.ListResponse(processes=[pr.ProcessInfo(pid=1, tag="t")]))
+    import signal
+    import stat
+
+    signal.strsignal(signal.SIGKILL)
+    stat.filemode(0o100644)
 
 
 def js_kernel_source() -> str:

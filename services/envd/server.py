@@ -25,6 +25,8 @@ from .version import ENVD_VERSION
 
 log = logging.getLogger("envd.server")
 
+# How long in-flight requests (open watch streams, say) get to finish at shutdown.
+SHUTDOWN_GRACE_S = 2.0
 # Paths of the envd port that authenticate themselves (header or URL signature) or need none.
 _SELF_AUTHENTICATED = {"/health", "/files"}
 
@@ -107,7 +109,8 @@ class Agent:
 
     async def serve(self, envd_socks: list[socket.socket], interp_socks: list[socket.socket]) -> None:
         launch = self._prepare_root()
-        runner = web.AppRunner(self.envd_app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.envd_app(), access_log=None, handle_signals=False,
+                               shutdown_timeout=SHUTDOWN_GRACE_S)
         await runner.setup()
         self._runners.append(runner)
         for s in envd_socks:
@@ -116,7 +119,8 @@ class Agent:
             self.registry = ContextRegistry(self.identity, launch)
             app = web.Application(client_max_size=64 * 1024 * 1024)
             InterpreterApi(self.identity, self.registry).install(app)
-            irunner = web.AppRunner(app, access_log=None, handle_signals=False)
+            irunner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                    shutdown_timeout=SHUTDOWN_GRACE_S)
             await irunner.setup()
             self._runners.append(irunner)
             for s in interp_socks:
@@ -137,12 +141,14 @@ class Agent:
 
     async def shutdown(self) -> None:
         log.info("envd stopping")
-        for r in self._runners:
-            await r.cleanup()
+        # End what open streams are waiting on first, so the servers can close promptly.
+        await self.processes.shutdown()
+        self.filesystem.close()
         if self.registry is not None:
             await self.registry.shutdown()
-        self.filesystem.close()
-        await self.processes.shutdown()
+        for r in self._runners:
+            await r.cleanup()
+        log.info("envd stopped")
 
 
 def run(settings: Settings) -> None:
