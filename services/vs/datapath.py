@@ -61,7 +61,8 @@ class SbxCfg(ctypes.Structure):
 
 class NodeCfg(ctypes.Structure):
     _fields_ = [("pool_net", u32), ("pool_mask", u32), ("proxy_addr", u32),
-                ("nat_port_lo", u16), ("nat_port_hi", u16), ("proxy_ct_ttl_ns", u64)]
+                ("nat_port_lo", u16), ("nat_port_hi", u16), ("mss_max", u16), ("pad", u16), ("pad2", u32),
+                ("proxy_ct_ttl_ns", u64)]
 
 
 class UplinkCfg(ctypes.Structure):
@@ -279,12 +280,12 @@ class Datapath:
 
     # -- node-wide configuration -----------------------------------------------------------
 
-    def configure_node(self, infra: list[InfraRule]) -> None:
+    def configure_node(self, infra: list[InfraRule], mss_max: int = 0) -> None:
         s = self.settings
         pool = s.pool
         cfg = NodeCfg(pool_net=be32(pool.network_address), pool_mask=be32(pool.netmask),
                       proxy_addr=be32(s.proxy_ip), nat_port_lo=s.nat_port_lo, nat_port_hi=s.nat_port_hi,
-                      proxy_ct_ttl_ns=s.proxy_idle_timeout_s * 1_000_000_000)
+                      mss_max=mss_max, proxy_ct_ttl_ns=s.proxy_idle_timeout_s * 1_000_000_000)
         self.maps["cvs_node"].update(U32(0), cfg)
         m = self.maps["cvs_infra"]
         wanted = {(r.network.prefixlen, be32(r.network.network_address)): int(r.action) for r in infra}

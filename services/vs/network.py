@@ -98,6 +98,7 @@ class NodeNetwork:
         self._free_slots: list[int] = []
         self._next_policy_id = 1
         self._uplinks: dict[int, str] = {}
+        self._uplink_mtus: dict[int, int] = {}
         self._lock = threading.RLock()
         self._ipr = None
         self._started = False
@@ -107,12 +108,12 @@ class NodeNetwork:
     def start(self) -> None:
         s = self.settings
         self.datapath.load()
-        self.datapath.configure_node(infra_rules(s.allow_cidrs, s.deny_cidrs))
         self._ipr = netns.iproute(s.netns)
         # The node routes between taps and uplinks.
         netns.write_sysctl(s.netns, "net.ipv4.ip_forward", "1")
         self._setup_proxy_address()
         self._attach_uplinks()
+        self.datapath.configure_node(infra_rules(s.allow_cidrs, s.deny_cidrs), self.mss_clamp)
         records, self._next_policy_id = self.state.load()
         self._free_slots = list(range(s.max_sandboxes))
         self._adopt(records)
@@ -179,6 +180,14 @@ class NodeNetwork:
             except NetlinkError:
                 pass
 
+    @property
+    def mss_clamp(self) -> int:
+        if self.settings.mss_clamp > 0:
+            return self.settings.mss_clamp
+        if self.settings.mss_clamp < 0 or not self._uplink_mtus:
+            return 0
+        return min(self._uplink_mtus.values()) - 40  # IPv4 + TCP headers
+
     def _attach_uplinks(self) -> None:
         ipr = self._ipr
         names = list(self.settings.uplinks)
@@ -198,6 +207,7 @@ class NodeNetwork:
                 raise InvalidArgument(f"uplink {name!r} has no IPv4 address to NAT to")
             self.datapath.attach_uplink(idx[0], ipaddress.IPv4Address(addrs[0]))
             self._uplinks[idx[0]] = name
+            self._uplink_mtus[idx[0]] = ipr.get_links(idx[0])[0].get_attr("IFLA_MTU")
 
     # -- adopt / reconcile -----------------------------------------------------------------
 
@@ -364,7 +374,8 @@ class NodeNetwork:
             return {"sandboxes": len(self._records), "warm_taps": len(self.pool.free()),
                     "pool_size": self.settings.pool_size, "max_sandboxes": self.settings.max_sandboxes,
                     "pool_cidr": self.settings.pool_cidr, "proxy_address": str(self.settings.proxy_ip),
-                    "uplinks": list(self._uplinks.values()), "nat_flows": self.datapath.nat_flows()}
+                    "uplinks": list(self._uplinks.values()), "nat_flows": self.datapath.nat_flows(),
+                    "mss_clamp": self.mss_clamp}
 
     def _get(self, sandbox_id: str) -> Allocation:
         rec = self._records.get(sandbox_id)

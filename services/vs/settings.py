@@ -54,6 +54,9 @@ class Settings:
     max_ports: int = 256
     # Idle time after which a proxy connection no longer admits replies (> Envoy's 1 h default).
     proxy_idle_timeout_s: int = 3900
+    # Largest TCP MSS sandboxes may use: 0 = the smallest uplink MTU - 40 (set it lower when
+    # the path beyond the uplink has a smaller MTU), -1 = no clamping.
+    mss_clamp: int = 0
     # Run the node datapath inside this named network namespace (tests, benchmarks).
     netns: str | None = None
     log_level: str = "INFO"

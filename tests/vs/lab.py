@@ -136,6 +136,7 @@ class Server:
         self.name, self.port = name, port
         self.raw_echo = raw_echo
         self.peers: list[tuple[str, int]] = []
+        self.mss: list[int] = []  # TCP_MAXSEG of each accepted connection: the MSS the peer announced
         self._stop = threading.Event()
         self._tcp = ns_socket(ns)
         self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -164,6 +165,7 @@ class Server:
             except OSError:
                 continue
             self.peers.append(peer)
+            self.mss.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG))
             threading.Thread(target=self._handle, args=(conn, peer), daemon=True).start()
 
     def _handle(self, conn: socket.socket, peer) -> None:

@@ -7,6 +7,7 @@ reachable by someone who may reach it, and with the drop counter that explains i
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import threading
 import time
@@ -95,10 +96,12 @@ def test_sandbox_cannot_reach_the_node(lab, node, guest_endpoint):
 
 def test_sandbox_cannot_open_connection_to_proxy_address_even_from_exposed_port(lab, node, guest_endpoint):
     lab.server("node", "0.0.0.0", 2379, "etcd")
+    lab.server("inet", "0.0.0.0", 8080)
     sb = node.allocate("sbx-a", NetworkPolicy(exposed_ports=(9000,)))
     g = guest_endpoint(sb)
+    assert tcp_reachable(g.ns, INET_IP, 8080, timeout=3)  # control: the guest's link works
     s = ns_socket(g.ns)
-    s.settimeout(1.0)
+    s.settimeout(1.5)
     s.bind(("0.0.0.0", 9000))  # pretend to be a reply from the exposed port
     with pytest.raises(OSError):
         s.connect((str(sb.proxy_address), 2379))
@@ -428,3 +431,52 @@ def test_unknown_sandbox_and_bad_input(node):
     with pytest.raises(PolicyError):
         node.update_policy("sbx-a", NetworkPolicy(deny_out=("300.1.1.1",)))
     assert node.get("sbx-a").policy == NetworkPolicy()  # the bad update changed nothing
+
+
+def test_tcp_mss_is_clamped(lab, make_node, guest_endpoint):
+    # Guests keep their template's MTU (1500) while the uplink or the path behind it may carry
+    # less; the datapath lowers the MSS option of SYNs both ways so TCP never sends more.
+    srv = lab.server("inet", "0.0.0.0", 8080)
+    big = os.urandom(100_000)
+
+    unclamped = make_node(mss_clamp=-1)
+    assert unclamped.status()["mss_clamp"] == 0
+    g = guest_endpoint(unclamped.allocate("sbx-a"))
+    assert tcp_request(g.ns, INET_IP, 8080, big, timeout=10).endswith(big)
+    assert srv.mss[-1] > 1400  # the control: the guest announces what its 1500 MTU allows
+    lab.close_guest(g)
+    unclamped.teardown()
+
+    # Auto mode: the smallest uplink MTU - 40.
+    sh("ip", "-n", lab.node, "link", "set", "up-meta", "mtu", "1400")
+    auto = make_node()
+    assert auto.status()["mss_clamp"] == 1360
+    g = guest_endpoint(auto.allocate("sbx-b"))
+    assert tcp_request(g.ns, INET_IP, 8080, big, timeout=10).endswith(big)
+    assert srv.mss[-1] <= 1360
+    lab.close_guest(g)
+    auto.teardown()
+
+    node = make_node(mss_clamp=1200)
+    sb = node.allocate("sbx-c", NetworkPolicy(exposed_ports=(9000,)))
+    g = guest_endpoint(sb)
+    gsrv = lab.server(g.ns.split("-")[-1], "0.0.0.0", 9000, "guest")
+    assert tcp_request(g.ns, INET_IP, 8080, big, timeout=10).endswith(big)
+    assert srv.mss[-1] <= 1200
+    # The SYN towards the guest (from the proxy) is clamped as well.
+    assert tcp_request(lab.node, str(sb.address), 9000, big, timeout=10, bind=str(sb.proxy_address)).endswith(big)
+    assert gsrv.mss[-1] <= 1200
+
+
+def test_checksums_without_offload(lab, node, guest_endpoint):
+    # Frames with complete checksums (no virtio-net offload) must come out right after NAT too.
+    lab.server("inet", "0.0.0.0", 8080)
+    sb = node.allocate("sbx-a", NetworkPolicy(exposed_ports=(9000,)))
+    g = guest_endpoint(sb, offload=False)
+    lab.server(g.ns.split("-")[-1], "0.0.0.0", 9000, "guest")
+    payload = os.urandom(100_000)
+    assert tcp_request(g.ns, INET_IP, 8080, payload, timeout=10).endswith(payload)
+    assert udp_request(g.ns, INET_IP, 8080, b"u" * 1000).endswith(b"u" * 1000)
+    assert tcp_request(lab.node, str(sb.address), 9000, payload, timeout=10,
+                       bind=str(sb.proxy_address)).endswith(payload)
+    assert icmp_echo(g.ns, INET_IP)

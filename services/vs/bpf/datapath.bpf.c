@@ -72,6 +72,9 @@ struct node_cfg {		/* single entry */
 	__be32 proxy_addr;	/* the only source that may reach exposed ports */
 	__u16 nat_port_lo;	/* host order */
 	__u16 nat_port_hi;
+	__u16 mss_max;		/* clamp TCP MSS of SYNs both ways to this (0: off) */
+	__u16 pad;
+	__u32 pad2;
 	__u64 proxy_ct_ttl_ns;	/* idle time after which a proxy flow is forgotten */
 };
 
@@ -404,6 +407,31 @@ static __always_inline int rewrite_port(struct __sk_buff *skb, __u8 proto, int i
 	return bpf_skb_store_bytes(skb, off, &new, 2, 0);
 }
 
+/* Clamp the MSS option of a TCP SYN (ihl == 5 checked by the caller). Guests keep the MTU of
+ * their template (1500) while an uplink may be smaller (this kind of VM: 1400); the node
+ * would answer their full-size segments with ICMP "fragmentation needed", which we do not
+ * translate back into the guest, so TCP would stall. Only the first option is looked at:
+ * every mainstream stack puts MSS first in a SYN. */
+static __always_inline void clamp_mss(struct __sk_buff *skb, __u16 mss_max)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct tcphdr *th = data + L4_OFF;
+	__u8 *opt = (void *)(th + 1);
+	__be16 old, new;
+
+	if (!mss_max || (void *)(opt + 4) > data_end)
+		return;
+	if (!th->syn || th->doff < 6 || opt[0] != 2 || opt[1] != 4)
+		return;
+	old = *(__be16 *)(opt + 2);
+	if (bpf_ntohs(old) <= mss_max)
+		return;
+	new = bpf_htons(mss_max);
+	bpf_l4_csum_replace(skb, TCP_CSUM_OFF, old, new, 2);
+	bpf_skb_store_bytes(skb, L4_OFF + sizeof(struct tcphdr) + 2, &new, 2, 0);
+}
+
 /* Answer the guest's ARP request for its gateway from here, with the gateway MAC the
  * template was built with: no address on the tap, no proxy_arp, and the ARP cache that a
  * snapshot carries stays valid in every clone. */
@@ -552,6 +580,8 @@ int cvs_tap_in(struct __sk_buff *skb)
 
 pass:
 	count(cfg->slot, skb->len, 1);
+	if (proto == IPPROTO_TCP && (tcp_flags & 0x02))
+		clamp_mss(skb, node->mss_max);
 	if (rewrite_addr(skb, proto, 1, cfg->guest_ip, cfg->sbx_addr))
 		return drop(cfg->slot, DROP_MALFORMED);
 	return TC_ACT_OK;
@@ -645,6 +675,8 @@ int cvs_tap_out(struct __sk_buff *skb)
 	}
 
 	count(cfg->slot, skb->len, 0);
+	if (proto == IPPROTO_TCP && (tcp_flags & 0x02))
+		clamp_mss(skb, node->mss_max);
 	if (rewrite_addr(skb, proto, 0, dst, cfg->guest_ip))
 		return drop(cfg->slot, DROP_MALFORMED);
 	return TC_ACT_OK;

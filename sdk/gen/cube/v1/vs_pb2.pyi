@@ -149,7 +149,7 @@ class StatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("sandboxes", "max_sandboxes", "warm_taps", "pool_size", "pool_cidr", "proxy_address", "uplinks", "nat_flows")
+    __slots__ = ("sandboxes", "max_sandboxes", "warm_taps", "pool_size", "pool_cidr", "proxy_address", "uplinks", "nat_flows", "mss_clamp")
     SANDBOXES_FIELD_NUMBER: _ClassVar[int]
     MAX_SANDBOXES_FIELD_NUMBER: _ClassVar[int]
     WARM_TAPS_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class StatusResponse(_message.Message):
     PROXY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     UPLINKS_FIELD_NUMBER: _ClassVar[int]
     NAT_FLOWS_FIELD_NUMBER: _ClassVar[int]
+    MSS_CLAMP_FIELD_NUMBER: _ClassVar[int]
     sandboxes: int
     max_sandboxes: int
     warm_taps: int
@@ -166,4 +167,5 @@ class StatusResponse(_message.Message):
     proxy_address: str
     uplinks: _containers.RepeatedScalarFieldContainer[str]
     nat_flows: int
-    def __init__(self, sandboxes: _Optional[int] = ..., max_sandboxes: _Optional[int] = ..., warm_taps: _Optional[int] = ..., pool_size: _Optional[int] = ..., pool_cidr: _Optional[str] = ..., proxy_address: _Optional[str] = ..., uplinks: _Optional[_Iterable[str]] = ..., nat_flows: _Optional[int] = ...) -> None: ...
+    mss_clamp: int
+    def __init__(self, sandboxes: _Optional[int] = ..., max_sandboxes: _Optional[int] = ..., warm_taps: _Optional[int] = ..., pool_size: _Optional[int] = ..., pool_cidr: _Optional[str] = ..., proxy_address: _Optional[str] = ..., uplinks: _Optional[_Iterable[str]] = ..., nat_flows: _Optional[int] = ..., mss_clamp: _Optional[int] = ...) -> None: ...

@@ -203,6 +203,7 @@ class StatusResponse(betterproto.Message):
     proxy_address: str = betterproto.string_field(6)
     uplinks: List[str] = betterproto.string_field(7)
     nat_flows: int = betterproto.uint64_field(8)
+    mss_clamp: int = betterproto.uint32_field(9)
 
 
 class CubeVsStub(betterproto.ServiceStub):
