@@ -132,17 +132,20 @@ class DirectoryWatcher:
         path = posixpath.join(d, name) if name else d
         if mask & (IN_DELETE_SELF | IN_MOVE_SELF) and path != self.root:
             return  # the parent's watch already reported it by name
+        etype = _type_of(mask)
+        if etype is not None:
+            rel = posixpath.relpath(path, self.root) if path != self.root else ""
+            self._put(FsEvent(rel, etype, path))
         if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
             self._add(path)
-            # A tree moved or made in one go: its contents appeared before the watch existed.
+            # Whatever appeared inside before the new watch existed (`mkdir a && touch a/b`,
+            # a tree moved in) is reported as created, as it would have been with a watch.
             for sub, subdirs, files in os.walk(path):
-                for s in subdirs:
-                    self._add(posixpath.join(sub, s))
-        etype = _type_of(mask)
-        if etype is None:
-            return
-        rel = posixpath.relpath(path, self.root) if path != self.root else ""
-        self._put(FsEvent(rel, etype, path))
+                for name in subdirs + files:
+                    child = posixpath.join(sub, name)
+                    if name in subdirs:
+                        self._add(child)
+                    self._put(FsEvent(posixpath.relpath(child, self.root), pb.EVENT_TYPE_CREATE, child))
 
     def _put(self, ev: FsEvent) -> None:
         try:

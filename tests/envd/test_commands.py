@@ -128,3 +128,15 @@ async def test_async_sandbox_commands(agent):
     assert r.stdout == "async\nroot\n"
     h = await sbx.commands.run("sleep 0.3; echo bg", background=True)
     assert (await h.wait()).stdout == "bg\n"
+
+
+async def test_concurrent_calls(agent):
+    import asyncio
+
+    from e2b import AsyncSandbox
+
+    sbx = await AsyncSandbox.create()
+    results = await asyncio.gather(*[
+        sbx.commands.run(f"sleep 0.2; echo {i}") for i in range(20)
+    ])
+    assert [r.stdout for r in results] == [f"{i}\n" for i in range(20)]
