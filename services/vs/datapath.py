@@ -172,19 +172,28 @@ class Datapath:
 
     def load(self) -> None:
         """Build if needed, load, pin (or re-adopt pinned) maps."""
+        obj_path = str(build.ensure_object(self.settings.state_dir))
         ensure_bpffs(str(self.settings.bpffs))
         pin_dir = str(self.settings.pin_dir)
+        fresh = not os.path.isdir(pin_dir)
         os.makedirs(pin_dir, exist_ok=True)
-        obj_path = str(build.ensure_object(self.settings.state_dir))
         try:
-            self._obj = libbpf.load_object(obj_path, pin_dir)
-        except libbpf.BpfError as e:
-            # Pinned maps from an incompatible build: flows are lost, sandboxes are not (the
-            # node network re-writes every sandbox from its records after load).
-            log.warning("pinned maps not reusable, recreating", extra={"error": str(e)})
-            self._unpin_all()
-            os.makedirs(pin_dir, exist_ok=True)
-            self._obj = libbpf.load_object(obj_path, pin_dir)
+            try:
+                self._obj = libbpf.load_object(obj_path, pin_dir)
+            except libbpf.BpfError as e:
+                if fresh:
+                    raise
+                # Pinned maps from an incompatible build: flows are lost, sandboxes are not
+                # (the node network re-writes every sandbox from its records after load).
+                log.warning("pinned maps not reusable, recreating", extra={"error": str(e)})
+                self._unpin_all()
+                fresh = True
+                os.makedirs(pin_dir, exist_ok=True)
+                self._obj = libbpf.load_object(obj_path, pin_dir)
+        except BaseException:
+            if fresh:  # do not leave pins of a load that failed (e.g. verifier rejection)
+                self._unpin_all()
+            raise
         for name, (k, v, per_cpu) in _MAP_TYPES.items():
             self.maps[name] = Map(name, self._obj.maps[name], k, v, per_cpu)
         self._ipr = netns.iproute(self.settings.netns)

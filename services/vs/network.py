@@ -107,13 +107,14 @@ class NodeNetwork:
 
     def start(self) -> None:
         s = self.settings
+        infra = infra_rules(s.allow_cidrs, s.deny_cidrs)  # bad configuration fails before any change
         self.datapath.load()
         self._ipr = netns.iproute(s.netns)
         # The node routes between taps and uplinks.
         netns.write_sysctl(s.netns, "net.ipv4.ip_forward", "1")
         self._setup_proxy_address()
         self._attach_uplinks()
-        self.datapath.configure_node(infra_rules(s.allow_cidrs, s.deny_cidrs), self.mss_clamp)
+        self.datapath.configure_node(infra, self.mss_clamp)
         records, self._next_policy_id = self.state.load()
         self._free_slots = list(range(s.max_sandboxes))
         self._adopt(records)

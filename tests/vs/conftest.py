@@ -72,9 +72,6 @@ def make_node(lab, tmp_path):
             node.teardown()
         except Exception as e:  # keep cleaning the others
             errors.append(f"teardown: {e!r}")
-        pin_root = node.settings.bpffs / f"cube-test-{lab.id}"
-        if pin_root.exists():
-            errors.append(f"pins left in {pin_root}: {list(pin_root.rglob('*'))}")
         if ns_exists(lab.node):
             taps = [l for l in links(lab.node) if node.taps.is_ours(l)]
             if taps:
@@ -83,6 +80,10 @@ def make_node(lab, tmp_path):
             errors.append(f"programs left: {ids.programs}")
         if not _wait_gone(lambda: not any(libbpf.map_exists(i) for i in ids.maps.values())):
             errors.append(f"maps left: {ids.maps}")
+    # Also when a node failed to start (it never made it into `nodes`).
+    pin_root = Settings().bpffs / f"cube-test-{lab.id}"
+    if pin_root.exists():
+        errors.append(f"pins left in {pin_root}: {list(pin_root.rglob('*'))}")
     assert not errors, "; ".join(errors)
 
 
