@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
+# protoc finds the betterproto plugin (protoc-gen-python_betterproto) on PATH.
+export PATH="$PWD/.venv/bin:$PATH"
 mapfile -t PROTOS < <(find protos/cube -name '*.proto' | sort)
 ((${#PROTOS[@]})) || { echo "no protos"; exit 0; }
 
