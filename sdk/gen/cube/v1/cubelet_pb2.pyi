@@ -1,0 +1,374 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from sdk.gen.cube.v1 import network_pb2 as _network_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SandboxState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SANDBOX_STATE_UNSPECIFIED: _ClassVar[SandboxState]
+    SANDBOX_STATE_RUNNING: _ClassVar[SandboxState]
+    SANDBOX_STATE_PAUSED: _ClassVar[SandboxState]
+
+class TemplateBuildPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TEMPLATE_BUILD_PHASE_UNSPECIFIED: _ClassVar[TemplateBuildPhase]
+    PULLING: _ClassVar[TemplateBuildPhase]
+    UNPACKING: _ClassVar[TemplateBuildPhase]
+    BUILDING_IMAGE: _ClassVar[TemplateBuildPhase]
+    BOOTING: _ClassVar[TemplateBuildPhase]
+    PROBING: _ClassVar[TemplateBuildPhase]
+    SNAPSHOTTING: _ClassVar[TemplateBuildPhase]
+    READY: _ClassVar[TemplateBuildPhase]
+    FAILED: _ClassVar[TemplateBuildPhase]
+SANDBOX_STATE_UNSPECIFIED: SandboxState
+SANDBOX_STATE_RUNNING: SandboxState
+SANDBOX_STATE_PAUSED: SandboxState
+TEMPLATE_BUILD_PHASE_UNSPECIFIED: TemplateBuildPhase
+PULLING: TemplateBuildPhase
+UNPACKING: TemplateBuildPhase
+BUILDING_IMAGE: TemplateBuildPhase
+BOOTING: TemplateBuildPhase
+PROBING: TemplateBuildPhase
+SNAPSHOTTING: TemplateBuildPhase
+READY: TemplateBuildPhase
+FAILED: TemplateBuildPhase
+
+class SandboxRef(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class RunSandboxRequest(_message.Message):
+    __slots__ = ("sandbox_id", "template_id", "env_vars", "envd_access_token", "network", "metadata")
+    class EnvVarsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    ENV_VARS_FIELD_NUMBER: _ClassVar[int]
+    ENVD_ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    template_id: str
+    env_vars: _containers.ScalarMap[str, str]
+    envd_access_token: str
+    network: _network_pb2.NetworkPolicy
+    metadata: _containers.ScalarMap[str, str]
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ResumeSandboxRequest(_message.Message):
+    __slots__ = ("sandbox_id", "env_vars", "envd_access_token", "network")
+    class EnvVarsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    ENV_VARS_FIELD_NUMBER: _ClassVar[int]
+    ENVD_ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    env_vars: _containers.ScalarMap[str, str]
+    envd_access_token: str
+    network: _network_pb2.NetworkPolicy
+    def __init__(self, sandbox_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ...) -> None: ...
+
+class SandboxStatus(_message.Message):
+    __slots__ = ("sandbox_id", "template_id", "node_id", "state", "host_address", "proxy_source_address", "started_at", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "network", "metadata", "from_warm_pool")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    HOST_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PROXY_SOURCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    DISK_SIZE_MB_FIELD_NUMBER: _ClassVar[int]
+    ENVD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    FROM_WARM_POOL_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    template_id: str
+    node_id: str
+    state: SandboxState
+    host_address: str
+    proxy_source_address: str
+    started_at: _timestamp_pb2.Timestamp
+    vcpus: int
+    memory_mb: int
+    disk_size_mb: int
+    envd_version: str
+    network: _network_pb2.NetworkPolicy
+    metadata: _containers.ScalarMap[str, str]
+    from_warm_pool: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[SandboxState, str]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., from_warm_pool: bool = ...) -> None: ...
+
+class KillSandboxResponse(_message.Message):
+    __slots__ = ("killed",)
+    KILLED_FIELD_NUMBER: _ClassVar[int]
+    killed: bool
+    def __init__(self, killed: bool = ...) -> None: ...
+
+class ListSandboxesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListSandboxesResponse(_message.Message):
+    __slots__ = ("sandboxes",)
+    SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    sandboxes: _containers.RepeatedCompositeFieldContainer[SandboxStatus]
+    def __init__(self, sandboxes: _Optional[_Iterable[_Union[SandboxStatus, _Mapping]]] = ...) -> None: ...
+
+class UpdateNetworkRequest(_message.Message):
+    __slots__ = ("sandbox_id", "network")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    network: _network_pb2.NetworkPolicy
+    def __init__(self, sandbox_id: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ...) -> None: ...
+
+class SandboxMetric(_message.Message):
+    __slots__ = ("timestamp", "cpu_count", "cpu_used_pct", "mem_used_bytes", "mem_total_bytes", "mem_cache_bytes", "disk_used_bytes", "disk_total_bytes")
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    CPU_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CPU_USED_PCT_FIELD_NUMBER: _ClassVar[int]
+    MEM_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEM_CACHE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    timestamp: _timestamp_pb2.Timestamp
+    cpu_count: int
+    cpu_used_pct: float
+    mem_used_bytes: int
+    mem_total_bytes: int
+    mem_cache_bytes: int
+    disk_used_bytes: int
+    disk_total_bytes: int
+    def __init__(self, timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., cpu_count: _Optional[int] = ..., cpu_used_pct: _Optional[float] = ..., mem_used_bytes: _Optional[int] = ..., mem_total_bytes: _Optional[int] = ..., mem_cache_bytes: _Optional[int] = ..., disk_used_bytes: _Optional[int] = ..., disk_total_bytes: _Optional[int] = ...) -> None: ...
+
+class SandboxMetricsResponse(_message.Message):
+    __slots__ = ("metrics",)
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    metrics: _containers.RepeatedCompositeFieldContainer[SandboxMetric]
+    def __init__(self, metrics: _Optional[_Iterable[_Union[SandboxMetric, _Mapping]]] = ...) -> None: ...
+
+class SandboxLogsRequest(_message.Message):
+    __slots__ = ("sandbox_id", "since", "limit")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    since: _timestamp_pb2.Timestamp
+    limit: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class LogLine(_message.Message):
+    __slots__ = ("timestamp", "line")
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    LINE_FIELD_NUMBER: _ClassVar[int]
+    timestamp: _timestamp_pb2.Timestamp
+    line: str
+    def __init__(self, timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., line: _Optional[str] = ...) -> None: ...
+
+class SandboxLogsResponse(_message.Message):
+    __slots__ = ("lines",)
+    LINES_FIELD_NUMBER: _ClassVar[int]
+    lines: _containers.RepeatedCompositeFieldContainer[LogLine]
+    def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+
+class OciImageSource(_message.Message):
+    __slots__ = ("reference", "username", "password", "insecure_registry")
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    reference: str
+    username: str
+    password: str
+    insecure_registry: bool
+    def __init__(self, reference: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ..., insecure_registry: bool = ...) -> None: ...
+
+class DefaultImageSource(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class BuildTemplateRequest(_message.Message):
+    __slots__ = ("template_id", "default_image", "oci_image", "vcpus", "memory_mb", "writable_layer_mb", "expose_ports", "probe_port", "probe_path", "env", "cmd", "args", "no_memory_sharing")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    OCI_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    WRITABLE_LAYER_MB_FIELD_NUMBER: _ClassVar[int]
+    EXPOSE_PORTS_FIELD_NUMBER: _ClassVar[int]
+    PROBE_PORT_FIELD_NUMBER: _ClassVar[int]
+    PROBE_PATH_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    CMD_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    NO_MEMORY_SHARING_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    default_image: DefaultImageSource
+    oci_image: OciImageSource
+    vcpus: int
+    memory_mb: int
+    writable_layer_mb: int
+    expose_ports: _containers.RepeatedScalarFieldContainer[int]
+    probe_port: int
+    probe_path: str
+    env: _containers.ScalarMap[str, str]
+    cmd: _containers.RepeatedScalarFieldContainer[str]
+    args: _containers.RepeatedScalarFieldContainer[str]
+    no_memory_sharing: bool
+    def __init__(self, template_id: _Optional[str] = ..., default_image: _Optional[_Union[DefaultImageSource, _Mapping]] = ..., oci_image: _Optional[_Union[OciImageSource, _Mapping]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., writable_layer_mb: _Optional[int] = ..., expose_ports: _Optional[_Iterable[int]] = ..., probe_port: _Optional[int] = ..., probe_path: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cmd: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., no_memory_sharing: bool = ...) -> None: ...
+
+class TemplateBuildEvent(_message.Message):
+    __slots__ = ("phase", "message", "bytes_done", "bytes_total", "layers_done", "layers_total", "timestamp", "template", "error")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_DONE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    phase: TemplateBuildPhase
+    message: str
+    bytes_done: int
+    bytes_total: int
+    layers_done: int
+    layers_total: int
+    timestamp: _timestamp_pb2.Timestamp
+    template: TemplateInfo
+    error: str
+    def __init__(self, phase: _Optional[_Union[TemplateBuildPhase, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., template: _Optional[_Union[TemplateInfo, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class TemplateInfo(_message.Message):
+    __slots__ = ("template_id", "vcpus", "memory_mb", "writable_layer_mb", "envd_version", "created_at", "snapshot_bytes", "expose_ports", "source", "node_id", "phase_ms", "no_memory_sharing")
+    class PhaseMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    WRITABLE_LAYER_MB_FIELD_NUMBER: _ClassVar[int]
+    ENVD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXPOSE_PORTS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_MS_FIELD_NUMBER: _ClassVar[int]
+    NO_MEMORY_SHARING_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    vcpus: int
+    memory_mb: int
+    writable_layer_mb: int
+    envd_version: str
+    created_at: _timestamp_pb2.Timestamp
+    snapshot_bytes: int
+    expose_ports: _containers.RepeatedScalarFieldContainer[int]
+    source: str
+    node_id: str
+    phase_ms: _containers.ScalarMap[str, int]
+    no_memory_sharing: bool
+    def __init__(self, template_id: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., writable_layer_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., expose_ports: _Optional[_Iterable[int]] = ..., source: _Optional[str] = ..., node_id: _Optional[str] = ..., phase_ms: _Optional[_Mapping[str, int]] = ..., no_memory_sharing: bool = ...) -> None: ...
+
+class ListTemplatesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTemplatesResponse(_message.Message):
+    __slots__ = ("templates",)
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    templates: _containers.RepeatedCompositeFieldContainer[TemplateInfo]
+    def __init__(self, templates: _Optional[_Iterable[_Union[TemplateInfo, _Mapping]]] = ...) -> None: ...
+
+class DeleteTemplateRequest(_message.Message):
+    __slots__ = ("template_id", "force")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    force: bool
+    def __init__(self, template_id: _Optional[str] = ..., force: bool = ...) -> None: ...
+
+class DeleteTemplateResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: bool = ...) -> None: ...
+
+class GetNodeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("node_id", "address", "proxy_address", "vcpus_total", "memory_total_bytes", "memory_available_bytes", "sandboxes_running", "sandboxes_paused", "templates", "accel", "max_sandboxes")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PROXY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SANDBOXES_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    SANDBOXES_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    ACCEL_FIELD_NUMBER: _ClassVar[int]
+    MAX_SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    proxy_address: str
+    vcpus_total: int
+    memory_total_bytes: int
+    memory_available_bytes: int
+    sandboxes_running: int
+    sandboxes_paused: int
+    templates: _containers.RepeatedScalarFieldContainer[str]
+    accel: str
+    max_sandboxes: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., proxy_address: _Optional[str] = ..., vcpus_total: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., sandboxes_running: _Optional[int] = ..., sandboxes_paused: _Optional[int] = ..., templates: _Optional[_Iterable[str]] = ..., accel: _Optional[str] = ..., max_sandboxes: _Optional[int] = ...) -> None: ...
