@@ -1,0 +1,426 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from sdk.gen.cube.v1 import network_pb2 as _network_pb2
+from sdk.gen.cube.v1 import cubelet_pb2 as _cubelet_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class SandboxPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SANDBOX_PHASE_UNSPECIFIED: _ClassVar[SandboxPhase]
+    SANDBOX_PHASE_CREATING: _ClassVar[SandboxPhase]
+    SANDBOX_PHASE_RUNNING: _ClassVar[SandboxPhase]
+    SANDBOX_PHASE_PAUSING: _ClassVar[SandboxPhase]
+    SANDBOX_PHASE_PAUSED: _ClassVar[SandboxPhase]
+    SANDBOX_PHASE_RESUMING: _ClassVar[SandboxPhase]
+    SANDBOX_PHASE_KILLING: _ClassVar[SandboxPhase]
+
+class TemplateStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TEMPLATE_STATUS_UNSPECIFIED: _ClassVar[TemplateStatus]
+    TEMPLATE_STATUS_BUILDING: _ClassVar[TemplateStatus]
+    TEMPLATE_STATUS_READY: _ClassVar[TemplateStatus]
+    TEMPLATE_STATUS_ERROR: _ClassVar[TemplateStatus]
+SANDBOX_PHASE_UNSPECIFIED: SandboxPhase
+SANDBOX_PHASE_CREATING: SandboxPhase
+SANDBOX_PHASE_RUNNING: SandboxPhase
+SANDBOX_PHASE_PAUSING: SandboxPhase
+SANDBOX_PHASE_PAUSED: SandboxPhase
+SANDBOX_PHASE_RESUMING: SandboxPhase
+SANDBOX_PHASE_KILLING: SandboxPhase
+TEMPLATE_STATUS_UNSPECIFIED: TemplateStatus
+TEMPLATE_STATUS_BUILDING: TemplateStatus
+TEMPLATE_STATUS_READY: TemplateStatus
+TEMPLATE_STATUS_ERROR: TemplateStatus
+
+class Sandbox(_message.Message):
+    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class EnvVarsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    END_AT_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    ENV_VARS_FIELD_NUMBER: _ClassVar[int]
+    ENVD_ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ENVD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    DISK_SIZE_MB_FIELD_NUMBER: _ClassVar[int]
+    AUTO_PAUSE_FIELD_NUMBER: _ClassVar[int]
+    AUTO_RESUME_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    HOST_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    PROXY_SOURCE_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    PHASE_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_AT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    template_id: str
+    alias: str
+    client_id: str
+    node_id: str
+    phase: SandboxPhase
+    started_at: _timestamp_pb2.Timestamp
+    end_at: _timestamp_pb2.Timestamp
+    metadata: _containers.ScalarMap[str, str]
+    env_vars: _containers.ScalarMap[str, str]
+    envd_access_token: str
+    envd_version: str
+    vcpus: int
+    memory_mb: int
+    disk_size_mb: int
+    auto_pause: bool
+    auto_resume: bool
+    network: _network_pb2.NetworkPolicy
+    host_address: str
+    proxy_source_address: str
+    traffic_access_token: str
+    phase_deadline: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    created_at: _timestamp_pb2.Timestamp
+    paused_at: _timestamp_pb2.Timestamp
+    timeout_s: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ...) -> None: ...
+
+class CreateSandboxRequest(_message.Message):
+    __slots__ = ("template", "timeout_s", "metadata", "env_vars", "auto_pause", "auto_resume", "network", "client_id")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class EnvVarsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    ENV_VARS_FIELD_NUMBER: _ClassVar[int]
+    AUTO_PAUSE_FIELD_NUMBER: _ClassVar[int]
+    AUTO_RESUME_FIELD_NUMBER: _ClassVar[int]
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    template: str
+    timeout_s: int
+    metadata: _containers.ScalarMap[str, str]
+    env_vars: _containers.ScalarMap[str, str]
+    auto_pause: bool
+    auto_resume: bool
+    network: _network_pb2.NetworkPolicy
+    client_id: str
+    def __init__(self, template: _Optional[str] = ..., timeout_s: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class GetSandboxRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class ListSandboxRecordsRequest(_message.Message):
+    __slots__ = ("metadata", "phases", "limit", "page_token", "ascending", "started_after", "template")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    PHASES_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ASCENDING_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AFTER_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    metadata: _containers.ScalarMap[str, str]
+    phases: _containers.RepeatedScalarFieldContainer[SandboxPhase]
+    limit: int
+    page_token: str
+    ascending: bool
+    started_after: _timestamp_pb2.Timestamp
+    template: str
+    def __init__(self, metadata: _Optional[_Mapping[str, str]] = ..., phases: _Optional[_Iterable[_Union[SandboxPhase, str]]] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ..., ascending: bool = ..., started_after: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., template: _Optional[str] = ...) -> None: ...
+
+class ListSandboxRecordsResponse(_message.Message):
+    __slots__ = ("sandboxes", "next_page_token")
+    SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    sandboxes: _containers.RepeatedCompositeFieldContainer[Sandbox]
+    next_page_token: str
+    def __init__(self, sandboxes: _Optional[_Iterable[_Union[Sandbox, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class KillSandboxRecordRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class KillSandboxRecordResponse(_message.Message):
+    __slots__ = ("killed",)
+    KILLED_FIELD_NUMBER: _ClassVar[int]
+    killed: bool
+    def __init__(self, killed: bool = ...) -> None: ...
+
+class SetSandboxTimeoutRequest(_message.Message):
+    __slots__ = ("sandbox_id", "timeout_s", "extend_only")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    EXTEND_ONLY_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    timeout_s: int
+    extend_only: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., timeout_s: _Optional[int] = ..., extend_only: bool = ...) -> None: ...
+
+class PauseSandboxRecordRequest(_message.Message):
+    __slots__ = ("sandbox_id",)
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+
+class ConnectSandboxRequest(_message.Message):
+    __slots__ = ("sandbox_id", "timeout_s")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    timeout_s: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., timeout_s: _Optional[int] = ...) -> None: ...
+
+class ConnectSandboxResponse(_message.Message):
+    __slots__ = ("sandbox", "resumed")
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    resumed: bool
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., resumed: bool = ...) -> None: ...
+
+class GetSandboxMetricsRequest(_message.Message):
+    __slots__ = ("sandbox_id", "start", "end")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    start: _timestamp_pb2.Timestamp
+    end: _timestamp_pb2.Timestamp
+    def __init__(self, sandbox_id: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Template(_message.Message):
+    __slots__ = ("template_id", "aliases", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "created_at", "updated_at", "source", "status", "spawn_count", "last_spawned_at", "snapshot_bytes", "no_memory_sharing", "expose_ports", "node_ids", "build_id")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    DISK_SIZE_MB_FIELD_NUMBER: _ClassVar[int]
+    ENVD_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SPAWN_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAST_SPAWNED_AT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NO_MEMORY_SHARING_FIELD_NUMBER: _ClassVar[int]
+    EXPOSE_PORTS_FIELD_NUMBER: _ClassVar[int]
+    NODE_IDS_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    vcpus: int
+    memory_mb: int
+    disk_size_mb: int
+    envd_version: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    source: str
+    status: TemplateStatus
+    spawn_count: int
+    last_spawned_at: _timestamp_pb2.Timestamp
+    snapshot_bytes: int
+    no_memory_sharing: bool
+    expose_ports: _containers.RepeatedScalarFieldContainer[int]
+    node_ids: _containers.RepeatedScalarFieldContainer[str]
+    build_id: str
+    def __init__(self, template_id: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., status: _Optional[_Union[TemplateStatus, str]] = ..., spawn_count: _Optional[int] = ..., last_spawned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., no_memory_sharing: bool = ..., expose_ports: _Optional[_Iterable[int]] = ..., node_ids: _Optional[_Iterable[str]] = ..., build_id: _Optional[str] = ...) -> None: ...
+
+class TemplateAlias(_message.Message):
+    __slots__ = ("alias", "template_id")
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    template_id: str
+    def __init__(self, alias: _Optional[str] = ..., template_id: _Optional[str] = ...) -> None: ...
+
+class ListTemplateRecordsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTemplateRecordsResponse(_message.Message):
+    __slots__ = ("templates",)
+    TEMPLATES_FIELD_NUMBER: _ClassVar[int]
+    templates: _containers.RepeatedCompositeFieldContainer[Template]
+    def __init__(self, templates: _Optional[_Iterable[_Union[Template, _Mapping]]] = ...) -> None: ...
+
+class GetTemplateRequest(_message.Message):
+    __slots__ = ("template",)
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    template: str
+    def __init__(self, template: _Optional[str] = ...) -> None: ...
+
+class DeleteTemplateRecordRequest(_message.Message):
+    __slots__ = ("template", "force")
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    template: str
+    force: bool
+    def __init__(self, template: _Optional[str] = ..., force: bool = ...) -> None: ...
+
+class DeleteTemplateRecordResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: bool = ...) -> None: ...
+
+class PutTemplateRequest(_message.Message):
+    __slots__ = ("template",)
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    template: Template
+    def __init__(self, template: _Optional[_Union[Template, _Mapping]] = ...) -> None: ...
+
+class ResolveTemplateAliasRequest(_message.Message):
+    __slots__ = ("alias",)
+    ALIAS_FIELD_NUMBER: _ClassVar[int]
+    alias: str
+    def __init__(self, alias: _Optional[str] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Node(_message.Message):
+    __slots__ = ("status", "sandboxes_running", "sandboxes_paused")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SANDBOXES_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    SANDBOXES_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    status: _cubelet_pb2.NodeStatus
+    sandboxes_running: int
+    sandboxes_paused: int
+    def __init__(self, status: _Optional[_Union[_cubelet_pb2.NodeStatus, _Mapping]] = ..., sandboxes_running: _Optional[int] = ..., sandboxes_paused: _Optional[int] = ...) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[Node]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class ApiKey(_message.Message):
+    __slots__ = ("key_id", "name", "sha256", "mask", "created_at")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    name: str
+    sha256: str
+    mask: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., sha256: _Optional[str] = ..., mask: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateApiKeyRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class CreateApiKeyResponse(_message.Message):
+    __slots__ = ("api_key", "key")
+    API_KEY_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    api_key: ApiKey
+    key: str
+    def __init__(self, api_key: _Optional[_Union[ApiKey, _Mapping]] = ..., key: _Optional[str] = ...) -> None: ...
+
+class ListApiKeysRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListApiKeysResponse(_message.Message):
+    __slots__ = ("api_keys",)
+    API_KEYS_FIELD_NUMBER: _ClassVar[int]
+    api_keys: _containers.RepeatedCompositeFieldContainer[ApiKey]
+    def __init__(self, api_keys: _Optional[_Iterable[_Union[ApiKey, _Mapping]]] = ...) -> None: ...
+
+class RevokeApiKeyRequest(_message.Message):
+    __slots__ = ("key_id",)
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    def __init__(self, key_id: _Optional[str] = ...) -> None: ...
+
+class RevokeApiKeyResponse(_message.Message):
+    __slots__ = ("revoked",)
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    revoked: bool
+    def __init__(self, revoked: bool = ...) -> None: ...
+
+class ValidateApiKeyRequest(_message.Message):
+    __slots__ = ("key",)
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    def __init__(self, key: _Optional[str] = ...) -> None: ...
+
+class GetClusterStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class MasterIdentity(_message.Message):
+    __slots__ = ("master_id", "address", "since")
+    MASTER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    master_id: str
+    address: str
+    since: _timestamp_pb2.Timestamp
+    def __init__(self, master_id: _Optional[str] = ..., address: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ClusterStatus(_message.Message):
+    __slots__ = ("leader", "self", "is_leader")
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    SELF_FIELD_NUMBER: _ClassVar[int]
+    IS_LEADER_FIELD_NUMBER: _ClassVar[int]
+    leader: MasterIdentity
+    self: MasterIdentity
+    is_leader: bool
+    def __init__(self_, leader: _Optional[_Union[MasterIdentity, _Mapping]] = ..., self: _Optional[_Union[MasterIdentity, _Mapping]] = ..., is_leader: bool = ...) -> None: ...
