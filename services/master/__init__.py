@@ -1,0 +1,1 @@
+"""cube-master: the cluster brain (gRPC). State in etcd, scheduling, timeouts, reconciliation."""

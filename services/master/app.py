@@ -1,0 +1,89 @@
+"""Wiring of one master process: store, node clients, registries, gRPC server, election and the
+leader's duties (default aliases, reconciler, timeouts)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import grpc
+
+from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
+from services.master import reconcile, timeouts
+from services.master.apikeys import ApiKeys
+from services.master.leader import Election
+from services.master.log import get_logger
+from services.master.nodes import NodeClients
+from services.master.reconcile import Reconciler
+from services.master.sandboxes import Sandboxes
+from services.master.server import MasterService
+from services.master.settings import Settings
+from services.master.store import Store, StoreUnavailable
+from services.master.templates import Templates
+
+log = get_logger("app")
+
+
+class Master:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        s = settings
+        self.store = Store(s.etcd_endpoints, s.prefix, s.etcd_timeout_s)
+        self.nodes = NodeClients(s.node_rpc_timeout_s)
+        self.templates = Templates(self.store, self.nodes, s)
+        self.sandboxes = Sandboxes(self.store, self.nodes, self.templates, s)
+        self.apikeys = ApiKeys(self.store)
+        self.reconciler = Reconciler(self.sandboxes, s.reconcile_grace_s, s.orphan_grace_s)
+        identity = master_pb2.MasterIdentity(master_id=s.master_id, address=s.advertised)
+        self.election = Election(self.store, identity, s.leader_ttl_s, self._duties)
+        self.server: grpc.aio.Server | None = None
+        self._election_task: asyncio.Task | None = None
+
+    def _duties(self):
+        return [self._aliases_then_reconcile(), timeouts.run(self.sandboxes, self.settings.timeout_tick_s)]
+
+    async def _aliases_then_reconcile(self):
+        while True:
+            try:
+                await self.templates.ensure_default_aliases()
+                break
+            except StoreUnavailable:
+                await asyncio.sleep(1)
+        await reconcile.run(self.reconciler, self.settings.reconcile_interval_s)
+
+    async def start(self) -> int:
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        master_pb2_grpc.add_MasterServicer_to_server(
+            MasterService(self.sandboxes, self.templates, self.apikeys, self.election), self.server)
+        port = self.server.add_insecure_port(self.settings.listen)
+        if port == 0:
+            raise RuntimeError(f"cannot listen on {self.settings.listen}")
+        await self.server.start()
+        self._election_task = asyncio.ensure_future(self.election.run())
+        log.info("listening", extra={"listen": self.settings.listen, "master_id": self.settings.master_id,
+                                     "etcd": list(self.settings.etcd_endpoints), "prefix": self.settings.prefix})
+        return port
+
+    async def stop(self) -> None:
+        if self._election_task is not None:
+            self._election_task.cancel()
+            try:
+                await self._election_task
+            except BaseException:
+                pass
+        if self.server is not None:
+            await self.server.stop(grace=3)
+        await self.nodes.close()
+        await self.store.close()
+
+
+async def serve(settings: Settings) -> None:
+    master = Master(settings)
+    await master.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    await master.stop()

@@ -1,0 +1,33 @@
+"""The master's domain errors; server.py maps each to one gRPC status code."""
+
+
+class MasterError(Exception):
+    pass
+
+
+class NotFound(MasterError):
+    pass
+
+
+class InvalidArgument(MasterError):
+    pass
+
+
+class FailedPrecondition(MasterError):
+    """Wrong state for the operation (pause a paused sandbox, delete a template in use)."""
+
+
+class AlreadyExists(MasterError):
+    pass
+
+
+class Exhausted(MasterError):
+    """No node has room; retrying right away will not help."""
+
+
+class Unavailable(MasterError):
+    """etcd or a node could not be reached; nothing was left half-written."""
+
+
+class Unauthenticated(MasterError):
+    pass

@@ -1,0 +1,115 @@
+"""Leader election through etcd: the leader holds <prefix>/leader under a lease it keeps alive.
+
+Every master serves reads and writes (all state is in etcd); only the leader runs the timers and
+the reconciler, so an expired sandbox is acted on once. A leader that cannot refresh its lease
+for a TTL steps down (its tasks are cancelled) before any standby can have taken over: the
+standby needs the key gone, which takes the lease's full TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Awaitable, Callable
+
+from sdk.gen.cube.v1 import master_pb2
+from services.master.clock import ts
+from services.master.log import get_logger
+from services.master.store import Store, StoreUnavailable, from_json, to_json
+
+log = get_logger("leader")
+
+
+class Election:
+    def __init__(self, store: Store, identity: master_pb2.MasterIdentity, ttl_s: int,
+                 duties: Callable[[], list[Awaitable]]):
+        self.store = store
+        self.identity = identity
+        self.ttl_s = ttl_s
+        self.duties = duties
+        self.is_leader = False
+        self._lease_id: int | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    @property
+    def key(self) -> bytes:
+        return self.store.key("leader")
+
+    async def current(self) -> master_pb2.MasterIdentity | None:
+        r = await self.store.call(lambda c: c.get(self.key))
+        return from_json(r.value, master_pb2.MasterIdentity) if r else None
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    if await self._campaign():
+                        await self._lead()
+                    else:
+                        await asyncio.sleep(max(0.2, self.ttl_s / 4))
+                except StoreUnavailable:
+                    await asyncio.sleep(1)
+        finally:
+            await self._step_down("stopping")
+
+    async def _campaign(self) -> bool:
+        lease = await self.store.call(lambda c: c.lease(self.ttl_s))
+        me = master_pb2.MasterIdentity()
+        me.CopyFrom(self.identity)
+        me.since.CopyFrom(ts())
+        t = self.store.t
+        try:
+            ok, _ = await self.store.txn([t.create(self.key) == 0], [t.put(self.key, to_json(me), lease=lease.id)])
+        except StoreUnavailable:
+            await self._revoke(lease.id)
+            raise
+        if not ok:
+            await self._revoke(lease.id)
+            return False
+        self._lease_id = lease.id
+        self.is_leader = True
+        log.info("elected leader", extra={"master_id": self.identity.master_id})
+        self._tasks = [asyncio.ensure_future(d) for d in self.duties()]
+        return True
+
+    async def _lead(self) -> None:
+        last_ok = time.monotonic()
+        while True:
+            await asyncio.sleep(self.ttl_s / 3)
+            for t in self._tasks:
+                if t.done() and not t.cancelled() and t.exception() is not None:
+                    log.error("leader duty died", extra={"error": repr(t.exception())})
+            try:
+                reply = await self.store.call(lambda c: c.refresh_lease(self._lease_id))
+                if reply is None or reply.TTL <= 0:
+                    await self._step_down("lease expired")
+                    return
+                last_ok = time.monotonic()
+            except StoreUnavailable:
+                # Step down before the lease can have expired on the server (a standby may then win).
+                if time.monotonic() - last_ok > self.ttl_s * 2 / 3:
+                    await self._step_down("etcd unreachable")
+                    return
+
+    async def _revoke(self, lease_id: int) -> None:
+        try:
+            await self.store.call(lambda c: c.revoke_lease(lease_id))
+        except StoreUnavailable:
+            pass
+
+    async def _step_down(self, why: str) -> None:
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await t
+            except BaseException:
+                pass
+        if self.is_leader:
+            log.info("stepped down", extra={"master_id": self.identity.master_id, "reason": why})
+        self.is_leader = False
+        if self._lease_id is not None:
+            lease_id, self._lease_id = self._lease_id, None
+            if why == "stopping":
+                await self._revoke(lease_id)  # hand over at once on a clean shutdown

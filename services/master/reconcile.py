@@ -1,0 +1,158 @@
+"""The reconciler (leader only, at election and periodically): makes etcd and the nodes agree.
+
+* A record left in a transitional phase past its deadline (its master died, or etcd went away
+  between the two writes) is resolved by asking its node: CREATING and KILLING are undone (VM
+  killed, record and route deleted: the client never got an answer), PAUSING and RESUMING settle
+  on whatever the node reports.
+* A RUNNING record whose VM its node no longer has (and confirms NOT_FOUND) is removed.
+* A route without a sandbox record is deleted.
+* A VM a node runs that etcd does not know is killed once it is older than the orphan grace, so
+  a create in flight (record written before the VM starts) is never raced.
+* Templates the nodes report and etcd lacks are registered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sdk.gen.cube.v1 import cubelet_pb2, master_pb2
+from services.master import errors
+from services.master.clock import secs
+from services.master.log import get_logger
+from services.master.sandboxes import Sandboxes
+from services.master.store import Conflict, StoreUnavailable
+
+log = get_logger("reconcile")
+P = master_pb2
+TRANSITIONAL = (P.SANDBOX_PHASE_CREATING, P.SANDBOX_PHASE_KILLING, P.SANDBOX_PHASE_PAUSING, P.SANDBOX_PHASE_RESUMING)
+
+
+class Reconciler:
+    def __init__(self, sandboxes: Sandboxes, grace_s: float, orphan_grace_s: float):
+        self.sb = sandboxes
+        self.store = sandboxes.store
+        self.nodes = sandboxes.nodes
+        self.grace_s = grace_s
+        self.orphan_grace_s = orphan_grace_s
+        # First time each unknown VM was seen (sandbox id -> monotonic), for VMs without a start time.
+        self._orphans_seen: dict[str, float] = {}
+
+    async def run_once(self) -> dict[str, int]:
+        stats = {"resolved": 0, "vanished": 0, "routes": 0, "orphans": 0, "templates": 0}
+        now = time.time()
+        records = {v.value.sandbox_id: v for v in await self.store.list_sandboxes()}
+        nodes = {n.node_id: n for n in await self.store.list_nodes()}
+
+        for v in records.values():
+            r = v.value
+            if r.phase in TRANSITIONAL and secs(r.phase_deadline) + self.grace_s <= now:
+                try:
+                    await self._resolve(v, nodes.get(r.node_id))
+                    stats["resolved"] += 1
+                except (errors.MasterError, Conflict) as e:
+                    log.warning("could not resolve", extra={"sandbox_id": r.sandbox_id, "error": str(e)})
+
+        for route in await self.store.list_routes():
+            sid = route.value.sandbox_id
+            if sid not in records and await self.store.delete_route_if_orphan(sid, route.mod_revision):
+                log.info("orphan route deleted", extra={"sandbox_id": sid})
+                stats["routes"] += 1
+
+        for node in nodes.values():
+            try:
+                listed = await self.nodes.call(node, "ListSandboxes", cubelet_pb2.ListSandboxesRequest())
+            except errors.MasterError as e:
+                log.warning("node unreachable", extra={"node_id": node.node_id, "error": str(e)})
+                continue
+            on_node = {s.sandbox_id: s for s in listed.sandboxes}
+            for sid, st in on_node.items():
+                v = records.get(sid) or await self.store.get_sandbox(sid)
+                if v is not None and v.value.node_id == node.node_id:
+                    self._orphans_seen.pop(sid, None)
+                    continue
+                if self._old_enough(sid, st, now):
+                    await self._kill_vm(node, sid)
+                    stats["orphans"] += 1
+            for sid, v in records.items():
+                r = v.value
+                if (r.node_id == node.node_id and r.phase == P.SANDBOX_PHASE_RUNNING and sid not in on_node
+                        and secs(r.updated_at) + self.grace_s <= now):
+                    if await self._vm_gone(node, sid):
+                        try:
+                            await self.store.delete_sandbox(sid, v.mod_revision)
+                            log.info("vm vanished; record removed", extra={"sandbox_id": sid, "node_id": node.node_id})
+                            stats["vanished"] += 1
+                        except Conflict:
+                            pass
+        self._orphans_seen = {k: t for k, t in self._orphans_seen.items() if time.monotonic() - t < 3600}
+        try:
+            stats["templates"] = await self.sb.templates.sync_from_nodes()
+        except errors.MasterError:
+            pass
+        if any(stats.values()):
+            log.info("reconciled", extra=stats)
+        return stats
+
+    def _old_enough(self, sid: str, st: cubelet_pb2.SandboxStatus, now: float) -> bool:
+        first = self._orphans_seen.setdefault(sid, time.monotonic())
+        if st.HasField("started_at") and st.started_at.seconds > 0:
+            return now - secs(st.started_at) >= self.orphan_grace_s
+        return time.monotonic() - first >= self.orphan_grace_s
+
+    async def _kill_vm(self, node, sid: str) -> None:
+        try:
+            await self.nodes.call(node, "KillSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
+            log.info("orphan vm killed", extra={"sandbox_id": sid, "node_id": node.node_id})
+        except errors.NotFound:
+            pass
+        except errors.MasterError as e:
+            log.warning("orphan kill failed", extra={"sandbox_id": sid, "error": str(e)})
+        self._orphans_seen.pop(sid, None)
+
+    async def _vm_gone(self, node, sid: str) -> bool:
+        try:
+            await self.nodes.call(node, "GetSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
+            return False
+        except errors.NotFound:
+            return True
+        except errors.MasterError:
+            return False
+
+    async def _resolve(self, v, node) -> None:
+        r = v.value
+        sid = r.sandbox_id
+        if r.phase in (P.SANDBOX_PHASE_CREATING, P.SANDBOX_PHASE_KILLING):
+            if node is not None:
+                try:
+                    await self.nodes.call(node, "KillSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
+                except errors.NotFound:
+                    pass
+            # (node None: its VM, if the node ever comes back, is an orphan and gets killed.)
+            await self.store.delete_sandbox(sid, v.mod_revision)
+            log.info("stale record undone", extra={"sandbox_id": sid, "phase": P.SandboxPhase.Name(r.phase)})
+            return
+        # PAUSING / RESUMING: settle on what the node says.
+        if node is None:
+            raise errors.Unavailable(f"node '{r.node_id}' is not registered")
+        try:
+            st = await self.nodes.call(node, "GetSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
+        except errors.NotFound:
+            await self.store.delete_sandbox(sid, v.mod_revision)
+            log.info("stale record removed; node has no such sandbox", extra={"sandbox_id": sid})
+            return
+        phase = P.SANDBOX_PHASE_PAUSED if st.state == cubelet_pb2.SANDBOX_STATE_PAUSED else P.SANDBOX_PHASE_RUNNING
+        out = await self.sb._settle(r, v.mod_revision, phase, node, st)
+        log.info("stale record settled", extra={"sandbox_id": sid, "phase": P.SandboxPhase.Name(phase),
+                                                "ok": out is not None})
+
+
+async def run(reconciler: Reconciler, interval_s: float) -> None:
+    while True:
+        try:
+            await reconciler.run_once()
+        except StoreUnavailable:
+            pass
+        except Exception:
+            log.exception("reconcile error")
+        await asyncio.sleep(interval_s)

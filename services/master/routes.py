@@ -1,0 +1,45 @@
+"""Sandbox routes for the proxies: built from a sandbox record and its node, written by the
+store together with the record, then waited on until every proxy has applied them."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sdk.gen.cube.v1 import cubelet_pb2, master_pb2, route_pb2
+from services.master.errors import Unavailable
+from services.master.log import get_logger
+
+log = get_logger("routes")
+
+
+def build_route(rec: master_pb2.Sandbox, node: cubelet_pb2.NodeStatus, paused: bool = False) -> route_pb2.SandboxRoute:
+    return route_pb2.SandboxRoute(
+        sandbox_id=rec.sandbox_id, node_id=rec.node_id, node_proxy_address=node.proxy_address,
+        host_address=rec.host_address, proxy_source_address=rec.proxy_source_address,
+        state=route_pb2.ROUTE_STATE_PAUSED if paused else route_pb2.ROUTE_STATE_RUNNING,
+        traffic_access_token=rec.traffic_access_token)
+
+
+def _ack_helper():
+    # The proxy owns the acknowledgement protocol (services/proxy/ack.py). Looked up at each
+    # call, so a master keeps working (without waiting) on a tree where the proxy is absent.
+    try:
+        from services.proxy.ack import wait_routes_applied  # type: ignore
+    except ImportError:
+        return None
+    return wait_routes_applied
+
+
+async def wait_applied(etcd_client, revision: int, timeout_s: float, sandbox_id: str = "") -> None:
+    """Return once every live proxy has applied the etcd state up to ``revision``; raise
+    Unavailable when they have not within ``timeout_s``."""
+    helper = _ack_helper()
+    if helper is None:
+        log.debug("no proxy ack helper; not waiting for route", extra={"sandbox_id": sandbox_id})
+        return
+    try:
+        ok = await helper(etcd_client, revision, timeout_s)
+    except (asyncio.TimeoutError, TimeoutError) as e:
+        raise Unavailable(f"the proxies did not apply the route within {timeout_s:g}s") from e
+    if ok is False:
+        raise Unavailable(f"the proxies did not apply the route within {timeout_s:g}s")

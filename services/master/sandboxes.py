@@ -1,0 +1,511 @@
+"""Sandbox lifecycle: create, get, list, kill, timeouts, pause, connect/resume, metrics, logs.
+
+Every change is a small state machine over the record at <prefix>/sandboxes/<id>:
+
+    create:  (none) -> CREATING -> [node RunSandbox] -> RUNNING + route
+    pause:   RUNNING -> PAUSING -> [node PauseSandbox] -> PAUSED + route(paused)
+    resume:  PAUSED -> RESUMING -> [node ResumeSandbox] -> RUNNING + route(running)
+    kill:    any -> KILLING (route deleted) -> [node KillSandbox] -> (none)
+
+A transitional phase is written (compare-and-swap on the record's revision) before the node is
+asked, with a deadline; the final phase is written with a CAS too. Whoever loses a CAS re-reads
+and yields (a kill always wins: a create or resume that finds its record KILLING or gone kills
+its VM again). If this master dies, or etcd goes away between the two writes, the leader's
+reconciler finds the transitional record after its deadline and finishes or undoes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import secrets
+import string
+import time
+
+from sdk.gen.cube.v1 import cubelet_pb2, master_pb2, network_pb2
+from services.master import errors
+from services.master.clock import secs, ts
+from services.master.log import get_logger
+from services.master.nodes import NodeClients
+from services.master.routes import build_route, wait_applied
+from services.master.scheduler import load_by_node, rank
+from services.master.settings import Settings
+from services.master.store import Conflict, Store, StoreUnavailable, Versioned
+from services.master.templates import Templates
+
+log = get_logger("sandboxes")
+
+P = master_pb2
+ID_ALPHABET = string.ascii_lowercase + string.digits
+ID_RE = re.compile(r"^[a-z0-9]{1,64}$")
+# What E2B calls running / paused (PAUSING and RESUMING: the call has not answered yet).
+RUNNING_PHASES = (P.SANDBOX_PHASE_RUNNING,)
+PAUSED_PHASES = (P.SANDBOX_PHASE_PAUSED, P.SANDBOX_PHASE_PAUSING, P.SANDBOX_PHASE_RESUMING)
+VISIBLE_PHASES = RUNNING_PHASES + PAUSED_PHASES
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CAS_RETRIES = 8
+
+
+def new_sandbox_id() -> str:
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(20))
+
+
+def phase_name(phase: int) -> str:
+    return P.SandboxPhase.Name(phase).removeprefix("SANDBOX_PHASE_").lower()
+
+
+def _copy(rec: P.Sandbox) -> P.Sandbox:
+    out = P.Sandbox()
+    out.CopyFrom(rec)
+    return out
+
+
+def _extra(rec_or_id, **kw) -> dict:
+    sid = rec_or_id if isinstance(rec_or_id, str) else rec_or_id.sandbox_id
+    return {"sandbox_id": sid, **kw}
+
+
+# ---- list paging ------------------------------------------------------------------------------
+
+def _sort_key(rec: P.Sandbox) -> tuple[int, str]:
+    return (rec.started_at.ToNanoseconds(), rec.sandbox_id)
+
+
+def encode_page_token(rec: P.Sandbox) -> str:
+    ns, sid = _sort_key(rec)
+    return base64.urlsafe_b64encode(f"{ns}:{sid}".encode()).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        ns, sid = raw.split(":", 1)
+        if not ID_RE.match(sid):
+            raise ValueError(sid)
+        return int(ns), sid
+    except Exception as e:
+        raise errors.InvalidArgument(f"invalid page token '{token}'") from e
+
+
+class Sandboxes:
+    def __init__(self, store: Store, nodes: NodeClients, templates: Templates, settings: Settings):
+        self.store = store
+        self.nodes = nodes
+        self.templates = templates
+        self.settings = settings
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    async def _record(self, sid: str, phases=VISIBLE_PHASES) -> Versioned[P.Sandbox]:
+        if not ID_RE.match(sid or ""):
+            raise errors.NotFound(f"sandbox '{sid}' not found")
+        v = await self.store.get_sandbox(sid)
+        if v is None or v.value.phase not in phases:
+            raise errors.NotFound(f"sandbox '{sid}' not found")
+        return v
+
+    async def _node(self, node_id: str) -> cubelet_pb2.NodeStatus | None:
+        return await self.store.get_node(node_id)
+
+    def _deadline(self, rec: P.Sandbox, seconds: float) -> None:
+        rec.phase_deadline.CopyFrom(ts(time.time() + seconds))
+        rec.updated_at.CopyFrom(ts())
+
+    def _check_timeout(self, timeout_s: int) -> None:
+        if timeout_s < 0 or timeout_s > self.settings.max_timeout_s:
+            raise errors.InvalidArgument(
+                f"timeout must be between 0 and {self.settings.max_timeout_s} seconds, got {timeout_s}")
+
+    def _check_maps(self, metadata, env_vars) -> None:
+        s = self.settings
+        if len(metadata) > s.max_metadata_entries:
+            raise errors.InvalidArgument(f"metadata has {len(metadata)} entries; at most {s.max_metadata_entries}")
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in metadata.items())
+        if size > s.max_metadata_bytes:
+            raise errors.InvalidArgument(f"metadata is {size} bytes; at most {s.max_metadata_bytes}")
+        if any(not k for k in metadata):
+            raise errors.InvalidArgument("metadata keys must not be empty")
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in env_vars.items())
+        if size > s.max_env_bytes:
+            raise errors.InvalidArgument(f"envVars are {size} bytes; at most {s.max_env_bytes}")
+        for k in env_vars:
+            if not ENV_NAME_RE.match(k):
+                raise errors.InvalidArgument(f"invalid environment variable name '{k}'")
+
+    async def _kill_on_node(self, rec: P.Sandbox) -> bool:
+        """Kill the VM wherever the record says it is. False when the node could not be asked
+        (the reconciler retries); True when it is gone (or its node is)."""
+        node = await self._node(rec.node_id) if rec.node_id else None
+        if node is None:
+            return True
+        try:
+            await self.nodes.call(node, "KillSandbox", cubelet_pb2.SandboxRef(sandbox_id=rec.sandbox_id))
+        except errors.NotFound:
+            pass
+        except errors.MasterError as e:
+            log.warning("kill on node failed", extra=_extra(rec, node_id=rec.node_id, error=str(e)))
+            return False
+        return True
+
+    # ---- create -------------------------------------------------------------------------------
+
+    async def create(self, req: P.CreateSandboxRequest) -> P.Sandbox:
+        timeout = req.timeout_s or self.settings.default_timeout_s
+        self._check_timeout(timeout)
+        if timeout < 1:
+            raise errors.InvalidArgument("timeout must be at least 1 second")
+        self._check_maps(req.metadata, req.env_vars)
+        tpl, alias = await self.templates.resolve(req.template)
+        if tpl.status not in (P.TEMPLATE_STATUS_READY, P.TEMPLATE_STATUS_UNSPECIFIED):
+            raise errors.FailedPrecondition(f"template '{tpl.template_id}' is not ready")
+        records = [v.value for v in await self.store.list_sandboxes()]
+        candidates = rank(await self.store.list_nodes(), tpl.template_id, tpl.memory_mb or 512, load_by_node(records))
+        node = candidates[0].node
+
+        now = time.time()
+        rec = P.Sandbox(
+            sandbox_id=new_sandbox_id(), template_id=tpl.template_id, alias=alias, client_id=req.client_id,
+            node_id=node.node_id, phase=P.SANDBOX_PHASE_CREATING, metadata=dict(req.metadata),
+            env_vars=dict(req.env_vars), envd_access_token=secrets.token_hex(16),
+            envd_version=tpl.envd_version or self.settings.envd_version, vcpus=tpl.vcpus or 1,
+            memory_mb=tpl.memory_mb or 512, disk_size_mb=tpl.disk_size_mb or 1024, auto_pause=req.auto_pause,
+            auto_resume=req.auto_resume, timeout_s=timeout)
+        if req.HasField("network"):
+            rec.network.CopyFrom(req.network)
+        rec.created_at.CopyFrom(ts(now))
+        rec.started_at.CopyFrom(ts(now))
+        rec.end_at.CopyFrom(ts(now + timeout))
+        self._deadline(rec, self.settings.node_op_timeout_s)
+        rev = await self.store.create_sandbox(rec)  # nothing is written if this fails
+        log.info("creating", extra=_extra(rec, node_id=node.node_id, template_id=tpl.template_id))
+        try:
+            return await self._finish_create(rec, rev, node)
+        except BaseException as e:
+            # Undo whatever the failure (node error, etcd gone, the caller cancelled): shielded
+            # so a cancellation cannot cut the undo short. What cannot be undone now (etcd down)
+            # stays CREATING and is undone by the reconciler after the deadline.
+            await asyncio.shield(self._undo_create(rec, rev))
+            if isinstance(e, StoreUnavailable):
+                raise errors.Unavailable(f"cluster state unavailable: {e}") from e
+            raise
+
+    async def _finish_create(self, rec: P.Sandbox, rev: int, node: cubelet_pb2.NodeStatus) -> P.Sandbox:
+        run = cubelet_pb2.RunSandboxRequest(
+            sandbox_id=rec.sandbox_id, template_id=rec.template_id, env_vars=dict(rec.env_vars),
+            envd_access_token=rec.envd_access_token, metadata=dict(rec.metadata))
+        if rec.HasField("network"):
+            run.network.CopyFrom(rec.network)
+        t0 = time.monotonic()
+        status = await self.nodes.call(node, "RunSandbox", run, timeout=self.settings.node_op_timeout_s * 0.8)
+        boot_ms = int((time.monotonic() - t0) * 1000)
+
+        done = _copy(rec)
+        now = time.time()
+        done.phase = P.SANDBOX_PHASE_RUNNING
+        done.ClearField("phase_deadline")
+        done.started_at.CopyFrom(ts(now))
+        done.end_at.CopyFrom(ts(now + rec.timeout_s))
+        done.updated_at.CopyFrom(ts(now))
+        done.host_address = status.host_address
+        done.proxy_source_address = status.proxy_source_address
+        if status.envd_version:
+            done.envd_version = status.envd_version
+        for f in ("vcpus", "memory_mb", "disk_size_mb"):
+            if getattr(status, f):
+                setattr(done, f, getattr(status, f))
+        try:
+            rev2 = await self.store.update_sandbox(done, rev, route=build_route(done, node))
+        except Conflict:
+            raise errors.NotFound(f"sandbox '{rec.sandbox_id}' was killed while it was being created")
+        await wait_applied(self.store.client, rev2, self.settings.route_ack_timeout_s, rec.sandbox_id)
+        self.templates.note_spawn(rec.template_id)
+        log.info("created", extra=_extra(done, node_id=node.node_id, boot_ms=boot_ms,
+                                         from_warm_pool=status.from_warm_pool))
+        return done
+
+    async def _undo_create(self, rec: P.Sandbox, rev: int) -> None:
+        try:
+            killed = await self._kill_on_node(rec)
+            cur = await self.store.get_sandbox(rec.sandbox_id)
+            if cur is None:
+                return
+            if not killed:
+                # Leave a KILLING record (route deleted) for the reconciler to retry the kill.
+                k = _copy(cur.value)
+                k.phase = P.SANDBOX_PHASE_KILLING
+                self._deadline(k, 0)
+                await self.store.update_sandbox(k, cur.mod_revision, delete_route=True)
+                return
+            await self.store.delete_sandbox(rec.sandbox_id, cur.mod_revision)
+            log.info("create undone", extra=_extra(rec))
+        except (StoreUnavailable, Conflict) as e:
+            log.warning("create undo incomplete; the reconciler finishes it", extra=_extra(rec, error=str(e)))
+        except Exception:
+            log.exception("create undo failed", extra=_extra(rec))
+
+    # ---- read ---------------------------------------------------------------------------------
+
+    async def get(self, sid: str) -> P.Sandbox:
+        return (await self._record(sid)).value
+
+    async def list(self, req: P.ListSandboxRecordsRequest) -> P.ListSandboxRecordsResponse:
+        want = set(req.phases) or {P.SANDBOX_PHASE_RUNNING, P.SANDBOX_PHASE_PAUSED}
+        phases = set()
+        if P.SANDBOX_PHASE_RUNNING in want:
+            phases.update(RUNNING_PHASES)
+        if P.SANDBOX_PHASE_PAUSED in want:
+            phases.update(PAUSED_PHASES)
+        limit = req.limit or 100
+        if limit > 1000:
+            raise errors.InvalidArgument("limit must be at most 1000")
+        template_ids = None
+        if req.template:
+            try:
+                tpl, _ = await self.templates.resolve(req.template)
+                template_ids = {tpl.template_id, req.template}
+            except errors.NotFound:
+                template_ids = {req.template}
+        after_ns = req.started_after.ToNanoseconds() if req.HasField("started_after") else None
+        out = []
+        for v in await self.store.list_sandboxes():
+            r = v.value
+            if r.phase not in phases:
+                continue
+            if any(r.metadata.get(k) != val for k, val in req.metadata.items()):
+                continue
+            if template_ids is not None and r.template_id not in template_ids and r.alias not in template_ids:
+                continue
+            if after_ns is not None and r.started_at.ToNanoseconds() <= after_ns:
+                continue
+            out.append(r)
+        out.sort(key=_sort_key, reverse=not req.ascending)
+        if req.page_token:
+            cursor = decode_page_token(req.page_token)
+            out = [r for r in out if (_sort_key(r) > cursor if req.ascending else _sort_key(r) < cursor)]
+        page = out[:limit]
+        resp = P.ListSandboxRecordsResponse(sandboxes=page)
+        if len(out) > limit:
+            resp.next_page_token = encode_page_token(page[-1])
+        return resp
+
+    # ---- kill ---------------------------------------------------------------------------------
+
+    async def kill(self, sid: str, reason: str = "request") -> bool:
+        phases = VISIBLE_PHASES + (P.SANDBOX_PHASE_CREATING,)
+        for _ in range(CAS_RETRIES):
+            v = await self._record(sid, phases)
+            rec = _copy(v.value)
+            rec.phase = P.SANDBOX_PHASE_KILLING
+            self._deadline(rec, self.settings.node_rpc_timeout_s * 2)
+            try:
+                # The route goes with the phase change: traffic stops before the VM does.
+                rev = await self.store.update_sandbox(rec, v.mod_revision, delete_route=True)
+                break
+            except Conflict:
+                continue
+        else:
+            raise errors.Unavailable(f"sandbox '{sid}' is changing too fast; try again")
+        if not await self._kill_on_node(rec):
+            # Answered as killed: it is unreachable and unlisted; the reconciler retries the node.
+            log.info("kill deferred to reconciler", extra=_extra(rec, reason=reason))
+            return True
+        try:
+            await self.store.delete_sandbox(sid, rev)
+        except Conflict:
+            pass
+        log.info("killed", extra=_extra(rec, reason=reason, node_id=rec.node_id))
+        return True
+
+    # ---- timeouts -----------------------------------------------------------------------------
+
+    async def set_timeout(self, sid: str, timeout_s: int, extend_only: bool = False) -> P.Sandbox:
+        self._check_timeout(timeout_s)
+        for _ in range(CAS_RETRIES):
+            v = await self._record(sid)
+            rec = _copy(v.value)
+            end = time.time() + timeout_s
+            if extend_only and end <= secs(rec.end_at):
+                return rec
+            rec.end_at.CopyFrom(ts(end))
+            rec.timeout_s = max(timeout_s, 1)
+            rec.updated_at.CopyFrom(ts())
+            try:
+                await self.store.update_sandbox(rec, v.mod_revision)
+                log.info("timeout set", extra=_extra(rec, timeout_s=timeout_s, extend_only=extend_only))
+                return rec
+            except Conflict:
+                continue
+        raise errors.Unavailable(f"sandbox '{sid}' is changing too fast; try again")
+
+    # ---- pause --------------------------------------------------------------------------------
+
+    async def pause(self, sid: str, reason: str = "request") -> P.Sandbox:
+        v = await self._record(sid)
+        if v.value.phase in PAUSED_PHASES:
+            raise errors.FailedPrecondition(f"sandbox '{sid}' is already paused")
+        rec = _copy(v.value)
+        rec.phase = P.SANDBOX_PHASE_PAUSING
+        self._deadline(rec, self.settings.node_op_timeout_s)
+        try:
+            rev = await self.store.update_sandbox(rec, v.mod_revision)
+        except Conflict:
+            raise errors.FailedPrecondition(f"sandbox '{sid}' changed state meanwhile; try again")
+        node = await self._node(rec.node_id)
+        if node is None:
+            await self._settle(rec, rev, P.SANDBOX_PHASE_RUNNING, None)
+            raise errors.Unavailable(f"node '{rec.node_id}' of sandbox '{sid}' is not registered")
+        try:
+            await self.nodes.call(node, "PauseSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid),
+                                  timeout=self.settings.node_op_timeout_s * 0.8)
+        except errors.FailedPrecondition:
+            pass  # the node has it paused already: settle as paused
+        except errors.NotFound:
+            await self._forget(rec, rev, "vm gone at pause")
+            raise errors.NotFound(f"sandbox '{sid}' not found")
+        except errors.MasterError:
+            await self._settle(rec, rev, P.SANDBOX_PHASE_RUNNING, node)
+            raise
+        out = await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, node)
+        if out is None:
+            raise errors.NotFound(f"sandbox '{sid}' was killed while it was being paused")
+        log.info("paused", extra=_extra(rec, reason=reason))
+        return out[0]
+
+    async def _settle(self, rec: P.Sandbox, rev: int, phase: int, node, status: cubelet_pb2.SandboxStatus | None = None):
+        """Write the final phase of a pause/resume (and the route that goes with it). Returns the
+        record, or None when it was killed meanwhile (then the VM is killed again)."""
+        done = _copy(rec)
+        done.phase = phase
+        done.ClearField("phase_deadline")
+        done.updated_at.CopyFrom(ts())
+        if status is not None:
+            done.host_address = status.host_address or done.host_address
+            done.proxy_source_address = status.proxy_source_address or done.proxy_source_address
+        if phase == P.SANDBOX_PHASE_PAUSED:
+            done.paused_at.CopyFrom(ts())
+        route = build_route(done, node, paused=phase == P.SANDBOX_PHASE_PAUSED) if node is not None else None
+        try:
+            new_rev = await self.store.update_sandbox(done, rev, route=route)
+        except Conflict:
+            await self._kill_on_node(rec)
+            return None
+        return done, new_rev
+
+    async def _forget(self, rec: P.Sandbox, rev: int, why: str) -> None:
+        try:
+            await self.store.delete_sandbox(rec.sandbox_id, rev)
+            log.info("record removed", extra=_extra(rec, reason=why))
+        except Conflict:
+            pass
+
+    # ---- connect / resume ---------------------------------------------------------------------
+
+    async def connect(self, sid: str, timeout_s: int) -> tuple[P.Sandbox, bool]:
+        timeout_s = timeout_s or self.settings.default_timeout_s
+        self._check_timeout(timeout_s)
+        deadline = time.monotonic() + self.settings.node_op_timeout_s
+        while True:
+            v = await self._record(sid)
+            phase = v.value.phase
+            if phase == P.SANDBOX_PHASE_RUNNING:
+                return await self.set_timeout(sid, timeout_s, extend_only=True), False
+            if phase == P.SANDBOX_PHASE_PAUSED:
+                resumed = await self._resume(v, timeout_s)
+                if resumed is not None:
+                    return resumed, True
+                continue
+            # PAUSING or RESUMING by another call: wait for it to settle.
+            if time.monotonic() > deadline:
+                raise errors.Unavailable(f"sandbox '{sid}' is still {phase_name(phase)}; try again")
+            await asyncio.sleep(0.1)
+
+    async def _resume(self, v: Versioned[P.Sandbox], timeout_s: int) -> P.Sandbox | None:
+        """Resume a paused sandbox. None when another caller changed it first (look again)."""
+        sid = v.value.sandbox_id
+        rec = _copy(v.value)
+        rec.phase = P.SANDBOX_PHASE_RESUMING
+        rec.timeout_s = timeout_s
+        self._deadline(rec, self.settings.node_op_timeout_s)
+        try:
+            rev = await self.store.update_sandbox(rec, v.mod_revision)
+        except Conflict:
+            return None
+        node = await self._node(rec.node_id)
+        if node is None:
+            await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, None)
+            raise errors.Unavailable(f"node '{rec.node_id}' holding paused sandbox '{sid}' is not registered")
+        req = cubelet_pb2.ResumeSandboxRequest(sandbox_id=sid, env_vars=dict(rec.env_vars),
+                                               envd_access_token=rec.envd_access_token)
+        if rec.HasField("network"):
+            req.network.CopyFrom(rec.network)
+        try:
+            status = await self.nodes.call(node, "ResumeSandbox", req, timeout=self.settings.node_op_timeout_s * 0.8)
+        except errors.FailedPrecondition:
+            # Already running on the node (an earlier resume whose answer was lost).
+            status = await self.nodes.call(node, "GetSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
+        except errors.NotFound:
+            await self._forget(rec, rev, "saved state gone at resume")
+            raise errors.NotFound(f"sandbox '{sid}' not found")
+        except errors.MasterError:
+            await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, node)
+            raise
+        now = time.time()
+        rec.started_at.CopyFrom(ts(now))
+        rec.end_at.CopyFrom(ts(now + timeout_s))
+        out = await self._settle(rec, rev, P.SANDBOX_PHASE_RUNNING, node, status)
+        if out is None:
+            raise errors.NotFound(f"sandbox '{sid}' was killed while it was being resumed")
+        done, new_rev = out
+        await wait_applied(self.store.client, new_rev, self.settings.route_ack_timeout_s, sid)
+        log.info("resumed", extra=_extra(done, node_id=node.node_id))
+        return done
+
+    # ---- metrics, logs, network ---------------------------------------------------------------
+
+    async def metrics(self, req: P.GetSandboxMetricsRequest) -> cubelet_pb2.SandboxMetricsResponse:
+        rec = (await self._record(req.sandbox_id)).value
+        if rec.phase != P.SANDBOX_PHASE_RUNNING:
+            return cubelet_pb2.SandboxMetricsResponse()
+        node = await self._node(rec.node_id)
+        if node is None:
+            return cubelet_pb2.SandboxMetricsResponse()
+        resp = await self.nodes.call(node, "SandboxMetrics", cubelet_pb2.SandboxRef(sandbox_id=rec.sandbox_id))
+        lo = req.start.ToNanoseconds() if req.HasField("start") else None
+        hi = req.end.ToNanoseconds() if req.HasField("end") else None
+        keep = [m for m in resp.metrics
+                if (lo is None or m.timestamp.ToNanoseconds() >= lo) and (hi is None or m.timestamp.ToNanoseconds() <= hi)]
+        return cubelet_pb2.SandboxMetricsResponse(metrics=keep)
+
+    async def logs(self, req: cubelet_pb2.SandboxLogsRequest) -> cubelet_pb2.SandboxLogsResponse:
+        rec = (await self._record(req.sandbox_id)).value
+        node = await self._node(rec.node_id)
+        if node is None:
+            return cubelet_pb2.SandboxLogsResponse()
+        try:
+            return await self.nodes.call(node, "SandboxLogs", req)
+        except errors.NotFound:
+            return cubelet_pb2.SandboxLogsResponse()
+
+    async def update_network(self, sid: str, policy: network_pb2.NetworkPolicy) -> P.Sandbox:
+        for _ in range(CAS_RETRIES):
+            v = await self._record(sid)
+            rec = _copy(v.value)
+            if rec.phase == P.SANDBOX_PHASE_RUNNING:
+                node = await self._node(rec.node_id)
+                if node is None:
+                    raise errors.Unavailable(f"node '{rec.node_id}' is not registered")
+                await self.nodes.call(node, "UpdateNetwork", cubelet_pb2.UpdateNetworkRequest(sandbox_id=sid, network=policy))
+            # A paused sandbox gets the policy with its resume.
+            rec.network.CopyFrom(policy)
+            rec.updated_at.CopyFrom(ts())
+            try:
+                await self.store.update_sandbox(rec, v.mod_revision)
+                return rec
+            except Conflict:
+                continue
+        raise errors.Unavailable(f"sandbox '{sid}' is changing too fast; try again")
+
+    async def using_template(self, template_id: str) -> list[str]:
+        return [v.value.sandbox_id for v in await self.store.list_sandboxes()
+                if v.value.template_id == template_id and v.value.phase != P.SANDBOX_PHASE_KILLING]

@@ -1,0 +1,261 @@
+"""Typed access to the cluster state in etcd.
+
+Layout (every value is proto3 JSON of one cube.v1 message, so ``etcdctl get --prefix /cube/``
+explains the cluster):
+
+    <prefix>/sandboxes/<sandbox_id>        Sandbox         (master)
+    <prefix>/routes/<sandbox_id>           SandboxRoute    (master; the proxies watch it)
+    <prefix>/templates/<template_id>       Template        (master)
+    <prefix>/template-aliases/<alias>      TemplateAlias   (master)
+    <prefix>/apikeys/<key_id>              ApiKey          (master; only a SHA-256 of the key)
+    <prefix>/nodes/<node_id>               NodeStatus      (each cubelet, under its lease)
+    <prefix>/leader                        MasterIdentity  (the leader, under its lease)
+
+Writes that change a sandbox compare its mod revision (optimistic concurrency), so two masters
+(or a master and the reconciler) never overwrite each other; a sandbox and its route change in
+one transaction. Any etcd failure surfaces as ``StoreUnavailable`` within the configured
+deadline, never as a hang.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import aetcd
+import aetcd.exceptions
+import grpc
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from sdk.gen.cube.v1 import cubelet_pb2, master_pb2, route_pb2
+from services.master.log import get_logger
+
+log = get_logger("store")
+
+M = TypeVar("M", bound=Message)
+
+
+class StoreUnavailable(Exception):
+    """etcd could not be reached (or did not answer in time)."""
+
+
+class Conflict(Exception):
+    """A compare-and-swap lost: the record changed (or appeared, or vanished) meanwhile."""
+
+
+@dataclass(frozen=True)
+class Versioned(Generic[M]):
+    value: M
+    mod_revision: int
+
+
+def to_json(msg: Message) -> bytes:
+    return json_format.MessageToJson(msg, indent=None, sort_keys=True).encode()
+
+
+def from_json(data: bytes, cls: type[M]) -> M:
+    return json_format.Parse(data, cls(), ignore_unknown_fields=True)
+
+
+class Store:
+    def __init__(self, endpoints: tuple[str, ...], prefix: str = "/cube", timeout_s: float = 3.0):
+        self.endpoints = endpoints
+        self.prefix = "/" + prefix.strip("/")
+        self.timeout_s = timeout_s
+        self._ep = 0
+        self._client: aetcd.Client | None = None
+
+    # ---- plumbing -------------------------------------------------------------------------
+
+    def key(self, *parts: str) -> bytes:
+        return "/".join((self.prefix, *parts)).encode()
+
+    @property
+    def client(self) -> aetcd.Client:
+        if self._client is None:
+            host, _, port = self.endpoints[self._ep % len(self.endpoints)].rpartition(":")
+            # timeout is the per-call gRPC deadline; keepalive so a dead etcd is noticed.
+            self._client = aetcd.Client(host=host, port=int(port), timeout=self.timeout_s,
+                                        connect_wait_timeout=int(self.timeout_s) or 1,
+                                        options={"grpc.keepalive_time_ms": 5000,
+                                                 "grpc.keepalive_timeout_ms": 2000})
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            client, self._client = self._client, None
+            try:
+                await asyncio.wait_for(client.close(), 2)
+            except Exception:
+                pass
+
+    async def _rotate(self) -> None:
+        # Next call goes to the next endpoint (if there is more than one).
+        self._ep += 1
+        await self.close()
+
+    async def call(self, make):
+        """Run ``make(client)`` (a coroutine factory) with the deadline and error mapping."""
+        try:
+            return await asyncio.wait_for(make(self.client), self.timeout_s + 0.5)
+        except (aetcd.exceptions.ClientError, grpc.RpcError, asyncio.TimeoutError, OSError) as e:
+            log.warning("etcd unavailable", extra={"error": f"{type(e).__name__}: {e}"})
+            if len(self.endpoints) > 1 or isinstance(e, asyncio.TimeoutError):
+                await self._rotate()
+            raise StoreUnavailable(str(e) or type(e).__name__) from e
+
+    async def _get(self, key: bytes, cls: type[M]) -> Versioned[M] | None:
+        r = await self.call(lambda c: c.get(key))
+        if r is None:
+            return None
+        return Versioned(from_json(r.value, cls), r.mod_revision)
+
+    async def _list(self, sub: str, cls: type[M]) -> list[Versioned[M]]:
+        pfx = self.key(sub) + b"/"
+        r = await self.call(lambda c: c.get_prefix(pfx))
+        out = []
+        for kv in r.kvs:
+            try:
+                out.append(Versioned(from_json(kv.value, cls), kv.mod_revision))
+            except json_format.ParseError:
+                log.warning("unparsable value in etcd", extra={"key": kv.key.decode(errors="replace")})
+        return out
+
+    async def txn(self, compare, success, failure=()) -> tuple[bool, int]:
+        """One transaction; returns (succeeded, revision of the write or 0)."""
+        ok, responses = await self.call(lambda c: c.transaction(compare=list(compare), success=list(success),
+                                                                failure=list(failure)))
+        rev = 0
+        for r in responses:
+            if hasattr(r, "response_put") and r.HasField("response_put"):
+                rev = max(rev, r.response_put.header.revision)
+            elif hasattr(r, "response_delete_range") and r.HasField("response_delete_range"):
+                rev = max(rev, r.response_delete_range.header.revision)
+        return ok, rev
+
+    @property
+    def t(self):
+        return self.client.transactions
+
+    async def current_revision(self) -> int:
+        r = await self.call(lambda c: c.get_prefix(self.key("leader"), keys_only=True))
+        return r.header.revision
+
+    # ---- sandboxes and routes -------------------------------------------------------------
+
+    def sandbox_key(self, sid: str) -> bytes:
+        return self.key("sandboxes", sid)
+
+    def route_key(self, sid: str) -> bytes:
+        return self.key("routes", sid)
+
+    async def get_sandbox(self, sid: str) -> Versioned[master_pb2.Sandbox] | None:
+        return await self._get(self.sandbox_key(sid), master_pb2.Sandbox)
+
+    async def list_sandboxes(self) -> list[Versioned[master_pb2.Sandbox]]:
+        return await self._list("sandboxes", master_pb2.Sandbox)
+
+    async def create_sandbox(self, rec: master_pb2.Sandbox) -> int:
+        t = self.t
+        k = self.sandbox_key(rec.sandbox_id)
+        ok, rev = await self.txn([t.create(k) == 0], [t.put(k, to_json(rec))])
+        if not ok:
+            raise Conflict(f"sandbox {rec.sandbox_id} exists")
+        return rev
+
+    async def update_sandbox(self, rec: master_pb2.Sandbox, expect_rev: int,
+                             route: route_pb2.SandboxRoute | None = None, delete_route: bool = False) -> int:
+        """Replace the record if it is still at ``expect_rev``; optionally write or delete its
+        route in the same transaction. Returns the new revision."""
+        t = self.t
+        k = self.sandbox_key(rec.sandbox_id)
+        ops = [t.put(k, to_json(rec))]
+        if route is not None:
+            ops.append(t.put(self.route_key(rec.sandbox_id), to_json(route)))
+        elif delete_route:
+            ops.append(t.delete(self.route_key(rec.sandbox_id)))
+        ok, rev = await self.txn([t.mod(k) == expect_rev], ops)
+        if not ok:
+            raise Conflict(f"sandbox {rec.sandbox_id} changed")
+        return rev
+
+    async def delete_sandbox(self, sid: str, expect_rev: int | None = None) -> int:
+        """Delete the record and its route together."""
+        t = self.t
+        k = self.sandbox_key(sid)
+        cmp = [t.mod(k) == expect_rev] if expect_rev is not None else []
+        ok, rev = await self.txn(cmp, [t.delete(k), t.delete(self.route_key(sid))])
+        if not ok:
+            raise Conflict(f"sandbox {sid} changed")
+        return rev
+
+    async def list_routes(self) -> list[Versioned[route_pb2.SandboxRoute]]:
+        return await self._list("routes", route_pb2.SandboxRoute)
+
+    async def delete_route_if_orphan(self, sid: str, route_rev: int) -> bool:
+        """Delete a route only if it is unchanged and its sandbox record does not exist."""
+        t = self.t
+        ok, _ = await self.txn([t.mod(self.route_key(sid)) == route_rev, t.create(self.sandbox_key(sid)) == 0],
+                               [t.delete(self.route_key(sid))])
+        return ok
+
+    # ---- templates and aliases ------------------------------------------------------------
+
+    async def get_template(self, tid: str) -> Versioned[master_pb2.Template] | None:
+        return await self._get(self.key("templates", tid), master_pb2.Template)
+
+    async def list_templates(self) -> list[Versioned[master_pb2.Template]]:
+        return await self._list("templates", master_pb2.Template)
+
+    async def put_template(self, tpl: master_pb2.Template) -> int:
+        r = await self.call(lambda c: c.put(self.key("templates", tpl.template_id), to_json(tpl)))
+        return r.header.revision
+
+    async def delete_template(self, tid: str, aliases: list[str]) -> bool:
+        t = self.t
+        k = self.key("templates", tid)
+        ops = [t.delete(k)] + [t.delete(self.key("template-aliases", a)) for a in aliases]
+        ok, _ = await self.txn([t.create(k) > 0], ops)
+        return ok
+
+    async def get_alias(self, alias: str) -> Versioned[master_pb2.TemplateAlias] | None:
+        return await self._get(self.key("template-aliases", alias), master_pb2.TemplateAlias)
+
+    async def list_aliases(self) -> list[Versioned[master_pb2.TemplateAlias]]:
+        return await self._list("template-aliases", master_pb2.TemplateAlias)
+
+    async def put_alias(self, alias: master_pb2.TemplateAlias, only_if_absent: bool = False) -> bool:
+        t = self.t
+        k = self.key("template-aliases", alias.alias)
+        ok, _ = await self.txn([t.create(k) == 0] if only_if_absent else [], [t.put(k, to_json(alias))])
+        return ok
+
+    # ---- API keys -------------------------------------------------------------------------
+
+    async def get_apikey(self, key_id: str) -> master_pb2.ApiKey | None:
+        v = await self._get(self.key("apikeys", key_id), master_pb2.ApiKey)
+        return v.value if v else None
+
+    async def list_apikeys(self) -> list[master_pb2.ApiKey]:
+        return [v.value for v in await self._list("apikeys", master_pb2.ApiKey)]
+
+    async def create_apikey(self, key: master_pb2.ApiKey) -> bool:
+        t = self.t
+        k = self.key("apikeys", key.key_id)
+        ok, _ = await self.txn([t.create(k) == 0], [t.put(k, to_json(key))])
+        return ok
+
+    async def delete_apikey(self, key_id: str) -> bool:
+        r = await self.call(lambda c: c.delete(self.key("apikeys", key_id)))
+        return r is not None
+
+    # ---- nodes (written by the cubelets) --------------------------------------------------
+
+    async def list_nodes(self) -> list[cubelet_pb2.NodeStatus]:
+        return [v.value for v in await self._list("nodes", cubelet_pb2.NodeStatus)]
+
+    async def get_node(self, node_id: str) -> cubelet_pb2.NodeStatus | None:
+        v = await self._get(self.key("nodes", node_id), cubelet_pb2.NodeStatus)
+        return v.value if v else None

@@ -1,0 +1,206 @@
+"""The template registry: records at <prefix>/templates/<id>, aliases at
+<prefix>/template-aliases/<alias>.
+
+Templates are built (and their snapshots kept) by the cubelets; a node lists the ones it has in
+NodeStatus.templates. The registry learns a template the first time it is asked for one a node
+has (and the leader syncs them periodically), so a template built on a node is usable without
+a separate registration step. The SDKs' default names (`base`, `code-interpreter-v1`) are aliases
+of the default template, created by the leader when absent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from sdk.gen.cube.v1 import cubelet_pb2, master_pb2
+from services.master import errors
+from services.master.clock import ts
+from services.master.log import get_logger
+from services.master.nodes import NodeClients
+from services.master.settings import Settings
+from services.master.store import Store, StoreUnavailable
+
+log = get_logger("templates")
+
+# Template ids and aliases become etcd key segments: no slashes, nothing odd.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+def from_info(info: cubelet_pb2.TemplateInfo, default_envd: str) -> master_pb2.Template:
+    t = master_pb2.Template(
+        template_id=info.template_id, vcpus=info.vcpus or 1, memory_mb=info.memory_mb or 512,
+        disk_size_mb=info.writable_layer_mb or 1024, envd_version=info.envd_version or default_envd,
+        source=info.source, status=master_pb2.TEMPLATE_STATUS_READY, snapshot_bytes=info.snapshot_bytes,
+        no_memory_sharing=info.no_memory_sharing, expose_ports=list(info.expose_ports),
+        build_id=info.template_id)
+    t.created_at.CopyFrom(info.created_at if info.HasField("created_at") else ts())
+    t.updated_at.CopyFrom(t.created_at)
+    return t
+
+
+class Templates:
+    def __init__(self, store: Store, nodes: NodeClients, settings: Settings):
+        self.store = store
+        self.nodes = nodes
+        self.settings = settings
+        self._bg: set[asyncio.Task] = set()
+
+    async def _decorate(self, tpl: master_pb2.Template, aliases=None, nodes=None) -> master_pb2.Template:
+        out = master_pb2.Template()
+        out.CopyFrom(tpl)
+        aliases = aliases if aliases is not None else await self.store.list_aliases()
+        nodes = nodes if nodes is not None else await self.store.list_nodes()
+        del out.aliases[:]
+        out.aliases.extend(sorted(a.value.alias for a in aliases if a.value.template_id == tpl.template_id))
+        del out.node_ids[:]
+        out.node_ids.extend(sorted(n.node_id for n in nodes if tpl.template_id in n.templates))
+        return out
+
+    async def resolve(self, ref: str) -> tuple[master_pb2.Template, str]:
+        """Template record for an id or alias, and the alias used ("" for an id)."""
+        if not ref or not NAME_RE.match(ref):
+            raise errors.NotFound(f"template '{ref}' not found")
+        alias = ""
+        tid = ref
+        a = await self.store.get_alias(ref)
+        if a is not None:
+            alias, tid = ref, a.value.template_id
+        rec = await self.store.get_template(tid)
+        if rec is not None:
+            return rec.value, alias
+        found = await self.discover(tid)
+        if found is None:
+            raise errors.NotFound(f"template '{ref}' not found")
+        return found, alias
+
+    async def discover(self, tid: str) -> master_pb2.Template | None:
+        """Register a template a node reports having (NodeStatus.templates) but etcd lacks."""
+        for node in await self.store.list_nodes():
+            if tid not in node.templates:
+                continue
+            try:
+                resp = await self.nodes.call(node, "ListTemplates", cubelet_pb2.ListTemplatesRequest())
+            except errors.MasterError:
+                continue
+            for info in resp.templates:
+                if info.template_id == tid:
+                    tpl = from_info(info, self.settings.envd_version)
+                    await self.store.put_template(tpl)
+                    log.info("template registered from node", extra={"template_id": tid, "node_id": node.node_id})
+                    return tpl
+        return None
+
+    async def sync_from_nodes(self) -> int:
+        """Leader: register every template some node has and etcd lacks. Returns how many."""
+        known = {t.value.template_id for t in await self.store.list_templates()}
+        added = 0
+        for node in await self.store.list_nodes():
+            missing = [t for t in node.templates if t not in known]
+            if not missing:
+                continue
+            try:
+                resp = await self.nodes.call(node, "ListTemplates", cubelet_pb2.ListTemplatesRequest())
+            except errors.MasterError:
+                continue
+            for info in resp.templates:
+                if info.template_id in missing and info.template_id not in known and NAME_RE.match(info.template_id):
+                    await self.store.put_template(from_info(info, self.settings.envd_version))
+                    known.add(info.template_id)
+                    added += 1
+        return added
+
+    async def ensure_default_aliases(self) -> None:
+        for alias in self.settings.default_aliases:
+            if await self.store.put_alias(master_pb2.TemplateAlias(alias=alias, template_id=self.settings.default_template),
+                                          only_if_absent=True):
+                log.info("default alias created", extra={"alias": alias, "template_id": self.settings.default_template})
+
+    async def list(self) -> list[master_pb2.Template]:
+        aliases = await self.store.list_aliases()
+        nodes = await self.store.list_nodes()
+        recs = await self.store.list_templates()
+        return [await self._decorate(r.value, aliases, nodes) for r in sorted(recs, key=lambda r: r.value.template_id)]
+
+    async def get(self, ref: str) -> master_pb2.Template:
+        tpl, _ = await self.resolve(ref)
+        return await self._decorate(tpl)
+
+    async def put(self, tpl: master_pb2.Template) -> master_pb2.Template:
+        if not NAME_RE.match(tpl.template_id):
+            raise errors.InvalidArgument(f"invalid template id '{tpl.template_id}'")
+        for a in tpl.aliases:
+            if not NAME_RE.match(a):
+                raise errors.InvalidArgument(f"invalid alias '{a}'")
+        rec = master_pb2.Template()
+        rec.CopyFrom(tpl)
+        del rec.aliases[:]
+        del rec.node_ids[:]
+        if not rec.HasField("created_at"):
+            rec.created_at.CopyFrom(ts())
+        rec.updated_at.CopyFrom(ts())
+        if not rec.envd_version:
+            rec.envd_version = self.settings.envd_version
+        if rec.status == master_pb2.TEMPLATE_STATUS_UNSPECIFIED:
+            rec.status = master_pb2.TEMPLATE_STATUS_READY
+        await self.store.put_template(rec)
+        for a in tpl.aliases:
+            await self.store.put_alias(master_pb2.TemplateAlias(alias=a, template_id=rec.template_id))
+        return await self._decorate(rec)
+
+    async def set_alias(self, alias: master_pb2.TemplateAlias) -> master_pb2.TemplateAlias:
+        if not NAME_RE.match(alias.alias):
+            raise errors.InvalidArgument(f"invalid alias '{alias.alias}'")
+        if await self.store.get_template(alias.template_id) is None and await self.discover(alias.template_id) is None:
+            raise errors.NotFound(f"template '{alias.template_id}' not found")
+        await self.store.put_alias(alias)
+        return alias
+
+    async def resolve_alias(self, alias: str) -> master_pb2.TemplateAlias:
+        a = await self.store.get_alias(alias) if NAME_RE.match(alias or "") else None
+        if a is None:
+            raise errors.NotFound(f"template alias '{alias}' not found")
+        return a.value
+
+    async def delete(self, ref: str, in_use: list[str], kill) -> bool:
+        """Delete a template everywhere: on its nodes first (so a failure leaves the record for a
+        retry), then its record and aliases. ``in_use`` are the sandboxes that use it; without
+        ``kill`` (a coroutine function killing one) they make this FAILED_PRECONDITION."""
+        tpl, _ = await self.resolve(ref)
+        tid = tpl.template_id
+        if in_use:
+            if kill is None:
+                raise errors.FailedPrecondition(
+                    f"template '{tid}' is used by {len(in_use)} sandbox(es); kill them first or force")
+            for sid in in_use:
+                try:
+                    await kill(sid)
+                except errors.NotFound:
+                    pass
+        for node in await self.store.list_nodes():
+            if tid in node.templates:
+                try:
+                    await self.nodes.call(node, "DeleteTemplate", cubelet_pb2.DeleteTemplateRequest(template_id=tid, force=True))
+                except errors.NotFound:
+                    pass
+        aliases = [a.value.alias for a in await self.store.list_aliases() if a.value.template_id == tid]
+        ok = await self.store.delete_template(tid, aliases)
+        log.info("template deleted", extra={"template_id": tid, "aliases": aliases})
+        return ok
+
+    def note_spawn(self, tid: str) -> None:
+        """Count a spawn in the template's record, in the background (statistics only)."""
+        async def bump():
+            try:
+                rec = await self.store.get_template(tid)
+                if rec is None:
+                    return
+                t = rec.value
+                t.spawn_count += 1
+                t.last_spawned_at.CopyFrom(ts())
+                await self.store.put_template(t)
+            except StoreUnavailable:
+                pass
+        task = asyncio.get_running_loop().create_task(bump())
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)

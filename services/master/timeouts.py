@@ -1,0 +1,52 @@
+"""End-time enforcement (leader only): a running sandbox past its end time is killed, or paused
+when it was created with auto-pause. set_timeout, connect and refreshes move the end time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sdk.gen.cube.v1 import master_pb2
+from services.master import errors
+from services.master.clock import secs
+from services.master.log import get_logger
+from services.master.sandboxes import Sandboxes
+from services.master.store import StoreUnavailable
+
+log = get_logger("timeouts")
+CONCURRENCY = 8
+
+
+async def expire_once(sandboxes: Sandboxes, now: float | None = None) -> list[str]:
+    """Act on every running sandbox whose end time has passed. Returns the ids acted on."""
+    now = time.time() if now is None else now
+    due = [v.value for v in await sandboxes.store.list_sandboxes()
+           if v.value.phase == master_pb2.SANDBOX_PHASE_RUNNING and secs(v.value.end_at) <= now]
+    sem = asyncio.Semaphore(CONCURRENCY)
+
+    async def act(rec: master_pb2.Sandbox) -> None:
+        async with sem:
+            try:
+                if rec.auto_pause:
+                    await sandboxes.pause(rec.sandbox_id, reason="timeout")
+                else:
+                    await sandboxes.kill(rec.sandbox_id, reason="timeout")
+            except (errors.NotFound, errors.FailedPrecondition):
+                pass  # killed, paused or extended meanwhile
+            except (errors.MasterError, StoreUnavailable) as e:
+                log.warning("timeout action failed; retrying next tick",
+                            extra={"sandbox_id": rec.sandbox_id, "error": str(e)})
+
+    await asyncio.gather(*(act(r) for r in due))
+    return [r.sandbox_id for r in due]
+
+
+async def run(sandboxes: Sandboxes, tick_s: float) -> None:
+    while True:
+        try:
+            await expire_once(sandboxes)
+        except StoreUnavailable:
+            pass
+        except Exception:
+            log.exception("timeout loop error")
+        await asyncio.sleep(tick_s)
