@@ -1,0 +1,46 @@
+"""`python -m services.proxy` / `cube-proxy`: run CubeProxy in the foreground until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+# Spawning Envoy forks while gRPC threads run; gRPC's fork handlers are not wanted (exec follows).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+from . import log as proxy_log
+from .service import ProxyService
+from .settings import ProxySettings
+
+
+async def _run(settings: ProxySettings) -> int:
+    service = ProxyService(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await service.start()
+        waiter = asyncio.ensure_future(service.wait())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        if waiter.done() and waiter.exception() is not None:
+            raise waiter.exception()
+        waiter.cancel()
+        stopper.cancel()
+        return code
+    finally:
+        await service.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = ProxySettings.from_args(argv)
+    proxy_log.setup(settings.log_level, proxy_id=settings.proxy_id)
+    sys.exit(asyncio.run(_run(settings)))
+
+
+if __name__ == "__main__":
+    main()

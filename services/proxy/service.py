@@ -1,0 +1,124 @@
+"""CubeProxy as one process: etcd route watch → xDS resources → ADS → the Envoy child, plus the
+applied-revision publisher that lets the master wait for routes (ack.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+import aetcd
+
+from . import xds
+from .ack import AppliedRevisionPublisher
+from .ads import AdsServer
+from .envoy import EnvoyProcess
+from .routes import RouteTable, RouteWatcher
+from .settings import Endpoint, ProxySettings
+from .tls import TlsFiles, ensure_certificates
+
+log = logging.getLogger("cube.proxy")
+
+
+def bindable(ep: Endpoint) -> bool:
+    """Whether this host has the address at all (e.g. no ::1 inside some containers)."""
+    family = socket.AF_INET6 if ep.is_ipv6 else socket.AF_INET
+    try:
+        infos = socket.getaddrinfo(ep.host, 0, family, socket.SOCK_STREAM)
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.bind(infos[0][4])
+        return True
+    except OSError:
+        return False
+
+
+class ProxyService:
+    def __init__(self, settings: ProxySettings):
+        self.settings = settings
+        self.tls: TlsFiles | None = None
+        self.etcd: aetcd.Client | None = None
+        self.ads: AdsServer | None = None
+        self.envoy: EnvoyProcess | None = None
+        self.watcher: RouteWatcher | None = None
+        self.publisher: AppliedRevisionPublisher | None = None
+        self._changed = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._https: list[Endpoint] = []
+        self._http: list[Endpoint] = []
+
+    def _usable(self, eps) -> list[Endpoint]:
+        out = []
+        for ep in eps:
+            if bindable(ep):
+                out.append(ep)
+            else:
+                log.warning("listen address not available on this host; skipped", extra={"address": str(ep)})
+        return out
+
+    async def start(self) -> None:
+        s = self.settings
+        s.runtime_dir.mkdir(parents=True, exist_ok=True)
+        self._https = self._usable(s.https_listeners)
+        self._http = self._usable(s.http_listeners)
+        if not self._https and not self._http:
+            raise RuntimeError("none of the listen addresses exists on this host")
+        if self._https:
+            self.tls = ensure_certificates(s.tls_dir, s.domain)
+        ep = s.etcd_endpoints[0]
+        self.etcd = aetcd.Client(host=ep.host, port=ep.port, timeout=10)
+        self.publisher = AppliedRevisionPublisher(self.etcd, s.etcd_prefix, s.proxy_id, s.lease_ttl)
+        self.ads = AdsServer(on_routes_applied=self.publisher.applied, on_streams_changed=self._streams_changed)
+        sock = s.runtime_dir / "ads.sock"
+        sock.unlink(missing_ok=True)
+        await self.ads.start(f"unix:{sock}")
+        self.watcher = RouteWatcher(self.etcd, s.routes_prefix, s.node_id, self._on_routes)
+        self.envoy = EnvoyProcess(s, sock)
+        for coro in (self.watcher.run(), self._push_loop(), self.publisher.run(), self.envoy.run()):
+            self._tasks.append(asyncio.ensure_future(coro))
+        log.info("CubeProxy started", extra={
+            "proxy_id": s.proxy_id, "node_id": s.node_id, "domain": s.domain,
+            "https": [str(e) for e in self._https], "http": [str(e) for e in self._http],
+            "ca": str(self.tls.ca_cert) if self.tls else None, "etcd": str(ep)})
+
+    def _streams_changed(self, n: int) -> None:
+        if n == 0 and self.publisher is not None:
+            self.publisher.withdraw()
+
+    def _on_routes(self, table: RouteTable) -> None:
+        self._changed.set()
+
+    async def _push_loop(self) -> None:
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            table = self.watcher.table
+            try:
+                resources = xds.build_resources(table, self.settings, self.tls, self._https, self._http)
+            except Exception:  # a bug, not bad input (routes.py validated it): keep serving the last state
+                log.exception("cannot build Envoy resources", extra={"revision": table.revision})
+                continue
+            self.ads.set_resources(resources, table.revision)
+
+    async def wait(self) -> None:
+        """Until a component fails for good (they retry internally, so normally forever)."""
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t.exception():
+                raise t.exception()
+
+    async def stop(self) -> None:
+        if self.envoy is not None:
+            await self.envoy.stop()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.publisher is not None:
+            await self.publisher.close()
+        if self.ads is not None:
+            await self.ads.stop()
+        if self.etcd is not None:
+            try:
+                await asyncio.wait_for(self.etcd.close(), 3)
+            except Exception:
+                pass
+        log.info("CubeProxy stopped")

@@ -1,0 +1,444 @@
+"""Route table → Envoy resources (listeners, clusters, one route configuration).
+
+Routing scheme (why it looks like this):
+
+* A Lua filter runs first on every request and *normalises* it: the sandbox id and guest port
+  come from `E2b-Sandbox-Id`/`E2b-Sandbox-Port` when both are present, else from the leftmost
+  Host label `<port>-<sandboxID>`. It answers malformed requests (400) and envd's internal routes
+  (`/init`, ... on 49983: 403) itself, stores id and port as dynamic metadata (namespace `cube`,
+  used by error bodies and the upstream address), sets the internal header `x-cube-sandbox`
+  (client copies are dropped first) and clears the route cache.
+* The route configuration has a single virtual host whose routes are a *match tree* keyed on
+  `x-cube-sandbox` (`exact_match_map`: a hash lookup per request, not a linear scan of
+  thousands of routes). Each sandbox is one map entry: a forward route, a paused 502, or a small
+  nested matcher that checks `E2B-Traffic-Access-Token` for ports other than 49983.
+* Upstreams never depend on the sandbox: one ORIGINAL_DST cluster per source address the proxy
+  must bind (CubeVS gives one per node, so in practice one cluster) takes the destination from
+  the `x-cube-upstream` header that the sandbox's route sets to `<host_address>:<port>`, the
+  port coming from the request. Creating or deleting sandboxes therefore only changes the route
+  configuration (RDS), never clusters (CDS), so churn costs no cluster warming and no connection
+  drains; each sandbox costs ~300 bytes of route config. Sandboxes on other nodes route to a
+  STATIC (or DNS) cluster per remote node proxy.
+* Errors: no map entry = Envoy's "no route" (NR) and a connect failure or reset by the guest
+  (UF/UC) become the SDK's 502 bodies through local-reply mappers (errors.py).
+
+Only RDS changes per sandbox. Envoy's state-of-the-world RDS resends the whole route
+configuration on a change; the control plane coalesces bursts (ads.py), so this stays cheap
+(Envoy rebuilds a hash map) up to thousands of sandboxes per node.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from google.protobuf import any_pb2, json_format
+from google.protobuf.message import Message
+
+# Importing these registers the message types that appear inside `Any` fields.
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
+from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from envoy.type.matcher.v3 import http_inputs_pb2  # noqa: F401
+
+from . import errors
+from .routes import Route, RouteState, RouteTable
+from .settings import Endpoint, ProxySettings
+from .tls import TlsFiles
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+ROUTE_CONFIG_NAME = "cube_sandboxes"
+ENVD_PORT = 49983
+SANDBOX_HEADER = "x-cube-sandbox"
+PORT_HEADER = "x-cube-port"
+UPSTREAM_HEADER = "x-cube-upstream"
+TOKEN_HEADER = "e2b-traffic-access-token"
+# envd routes only the orchestrator may call (upstream E2B blocks the same list at its proxy).
+BLOCKED_ENVD_PATHS = ("/init", "/freeze", "/unfreeze", "/fsfreeze", "/fsthaw", "/collapse", "/upgrade")
+
+HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HEADER_INPUT = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
+ROUTE_ACTION = "type.googleapis.com/envoy.config.route.v3.Route"
+
+LUA_SOURCE = r"""
+-- CubeProxy request normaliser: which sandbox and port does this request want?
+local ENVD_PORT = "49983"
+local BLOCKED = {}
+for _, p in ipairs({%(blocked)s}) do BLOCKED[p] = true end
+
+local function reply(h, status, message, sandbox_id)
+  local body = '{"code":' .. status .. ',"message":"' .. message .. '"'
+  if sandbox_id ~= nil then body = body .. ',"sandboxId":"' .. sandbox_id .. '"' end
+  h:respond({[":status"] = tostring(status), ["content-type"] = "application/json"}, body .. "}")
+end
+
+local function valid_id(id)
+  return id ~= nil and #id <= 128 and id:match("^[%%w][%%w_%%-]*$") ~= nil
+end
+
+local function canonical_port(p)
+  if p == nil or #p > 5 or p:match("^%%d+$") == nil then return nil end
+  local n = tonumber(p)
+  if n < 1 or n > 65535 then return nil end
+  return tostring(n)
+end
+
+-- The path as the guest's router will see it: no query, %%XX decoded, no repeated or trailing
+-- slashes, so "/%%69nit" or "//init/" cannot slip past the block list.
+local function canonical_path(p)
+  p = p:match("^[^?#]*") or ""
+  p = p:gsub("%%%%(%%x%%x)", function(x) return string.char(tonumber(x, 16)) end)
+  p = p:gsub("/+", "/")
+  if #p > 1 then p = p:gsub("/$", "") end
+  return p
+end
+
+function envoy_on_request(h)
+  local hd = h:headers()
+  hd:remove("%(sandbox)s")
+  hd:remove("%(port)s")
+  hd:remove("%(upstream)s")
+  local id = hd:get("e2b-sandbox-id")
+  local port = hd:get("e2b-sandbox-port")
+  if id == nil or port == nil then
+    local label = (hd:get(":authority") or ""):match("^[^.:]+")
+    if label ~= nil then port, id = label:match("^(%%d+)%%-(.+)$") end
+    if id == nil then
+      return reply(h, 400, "no sandbox in the request: use the host <port>-<sandboxID>.<domain> or the E2b-Sandbox-Id and E2b-Sandbox-Port headers")
+    end
+    id = id:lower()
+  end
+  if not valid_id(id) then return reply(h, 400, "invalid sandbox id") end
+  local p = canonical_port(port)
+  if p == nil then return reply(h, 400, "invalid sandbox port", id) end
+  local md = h:streamInfo():dynamicMetadata()
+  md:set("cube", "sandbox_id", id)
+  md:set("cube", "port", p)
+  if p == ENVD_PORT and BLOCKED[canonical_path(hd:get(":path") or "/")] then
+    return reply(h, 403, "this envd route is internal to Cube", id)
+  end
+  hd:replace("%(sandbox)s", id)
+  hd:replace("%(port)s", p)
+  h:clearRouteCache()
+end
+""" % {
+    "blocked": ", ".join(f'"{p}"' for p in BLOCKED_ENVD_PATHS),
+    "sandbox": SANDBOX_HEADER, "port": PORT_HEADER, "upstream": UPSTREAM_HEADER,
+}
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Everything Envoy gets over ADS, by type URL: resource name → message."""
+
+    listeners: dict[str, Message]
+    clusters: dict[str, Message]
+    routes: dict[str, Message]
+
+    def by_type(self) -> dict[str, dict[str, Message]]:
+        return {LISTENER_TYPE: self.listeners, CLUSTER_TYPE: self.clusters, ROUTE_TYPE: self.routes}
+
+
+def _parse(d: dict, cls):
+    return json_format.ParseDict(d, cls())
+
+
+def _address(ep: Endpoint) -> dict:
+    return {"socket_address": {"address": ep.host, "port_value": ep.port}}
+
+
+def _safe(text: str) -> str:
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    return re.sub(r"[^A-Za-z0-9]", "_", text)[:40] + "_" + digest
+
+
+# -- clusters ---------------------------------------------------------------------------------
+
+def local_cluster_name(source_address: str) -> str:
+    return "cube_local" if not source_address else "cube_local_src_" + _safe(source_address)
+
+
+def remote_cluster_name(remote: Endpoint) -> str:
+    return "cube_node_" + _safe(str(remote))
+
+
+_UNLIMITED = {"thresholds": [{"priority": "DEFAULT", "max_connections": 1000000, "max_pending_requests": 1000000,
+                              "max_requests": 1000000, "max_retries": 1000}]}
+
+
+def _http1_upstream() -> dict:
+    # Guests (envd, the code interpreter, user servers) speak HTTP/1.1. Idle upstream
+    # connections are kept an hour; no per-request timeout (streams may be silent for minutes).
+    return {HTTP_OPTIONS: {"@type": "type.googleapis.com/" + HTTP_OPTIONS,
+                           "common_http_protocol_options": {"idle_timeout": "3600s"},
+                           "explicit_http_config": {"http_protocol_options": {}}}}
+
+
+def _local_cluster(source_address: str, s: ProxySettings) -> cluster_pb2.Cluster:
+    d = {
+        "name": local_cluster_name(source_address),
+        "type": "ORIGINAL_DST",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "original_dst_lb_config": {"use_http_header": True, "http_header_name": UPSTREAM_HEADER},
+        # Keep per-guest connection pools around between bursts of SDK calls.
+        "cleanup_interval": "60s",
+        "connect_timeout": f"{s.upstream_connect_timeout}s",
+        "circuit_breakers": _UNLIMITED,
+        "typed_extension_protocol_options": _http1_upstream(),
+    }
+    if source_address:
+        # CubeVS admits only this source into the sandbox network.
+        d["upstream_bind_config"] = {"source_address": {"address": source_address, "port_value": 0}}
+    return _parse(d, cluster_pb2.Cluster)
+
+
+def _remote_cluster(remote: Endpoint, s: ProxySettings) -> cluster_pb2.Cluster:
+    name = remote_cluster_name(remote)
+    try:
+        import ipaddress
+        ipaddress.ip_address(remote.host)
+        kind = "STATIC"
+    except ValueError:
+        kind = "STRICT_DNS"
+    return _parse({
+        "name": name,
+        "type": kind,
+        "connect_timeout": f"{s.upstream_connect_timeout}s",
+        "circuit_breakers": _UNLIMITED,
+        "typed_extension_protocol_options": _http1_upstream(),
+        "load_assignment": {"cluster_name": name, "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": _address(remote)}}]}]},
+    }, cluster_pb2.Cluster)
+
+
+def build_clusters(table: RouteTable, s: ProxySettings) -> dict[str, Message]:
+    clusters = {"cube_local": _local_cluster("", s)}
+    for r in table.routes.values():
+        if r.state is not RouteState.RUNNING:
+            continue
+        if r.remote is not None:
+            name = remote_cluster_name(r.remote)
+            if name not in clusters:
+                clusters[name] = _remote_cluster(r.remote, s)
+        elif r.proxy_source_address:
+            name = local_cluster_name(r.proxy_source_address)
+            if name not in clusters:
+                clusters[name] = _local_cluster(r.proxy_source_address, s)
+    return clusters
+
+
+# -- routes -----------------------------------------------------------------------------------
+
+def _json_headers() -> list[dict]:
+    return [{"header": {"key": "content-type", "value": "application/json"},
+             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+
+
+def _direct(status: int, body: dict) -> dict:
+    return {"match": {"prefix": "/"}, "direct_response": {"status": status, "body": {"inline_string": errors.dumps(body)}},
+            "response_headers_to_add": _json_headers()}
+
+
+def _set(key: str, value: str) -> dict:
+    return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
+
+
+def _forward(r: Route) -> dict:
+    if r.remote is not None:
+        # The owning node's proxy routes by header; the Host (and so the guest's view) is kept.
+        return {"match": {"prefix": "/"},
+                "route": {"cluster": remote_cluster_name(r.remote), "timeout": "0s"},
+                "request_headers_to_add": [_set("e2b-sandbox-id", r.sandbox_id),
+                                           _set("e2b-sandbox-port", errors.ENVOY_PORT)]}
+    host = f"[{r.host_address}]" if ":" in r.host_address else r.host_address
+    return {"match": {"prefix": "/"},
+            "route": {"cluster": local_cluster_name(r.proxy_source_address), "timeout": "0s"},
+            "request_headers_to_add": [_set(UPSTREAM_HEADER, f"{host}:{errors.ENVOY_PORT}")]}
+
+
+def _action(route: dict) -> dict:
+    return {"action": {"name": "route", "typed_config": {"@type": ROUTE_ACTION, **route}}}
+
+
+def _header_input(name: str) -> dict:
+    return {"name": name, "typed_config": {"@type": HEADER_INPUT, "header_name": name}}
+
+
+def _on_match(r: Route) -> dict:
+    if r.state is RouteState.PAUSED:
+        return _action(_direct(502, errors.paused(r.sandbox_id)))
+    forward = _action(_forward(r))
+    if not r.traffic_access_token:
+        return forward
+    # Ports other than envd's need E2B-Traffic-Access-Token: missing → 401, wrong → 403.
+    token_check = {
+        "matcher_list": {"matchers": [
+            {"predicate": {"single_predicate": {"input": _header_input(TOKEN_HEADER),
+                                                "value_match": {"exact": r.traffic_access_token}}},
+             "on_match": forward},
+            {"predicate": {"single_predicate": {"input": _header_input(TOKEN_HEADER),
+                                                "value_match": {"prefix": ""}}},
+             "on_match": _action(_direct(403, errors.client_error(
+                 403, "invalid E2B-Traffic-Access-Token", r.sandbox_id)))},
+        ]},
+        "on_no_match": _action(_direct(401, errors.client_error(
+            401, "missing E2B-Traffic-Access-Token", r.sandbox_id))),
+    }
+    return {"matcher": {
+        "matcher_tree": {"input": _header_input(PORT_HEADER),
+                         "exact_match_map": {"map": {str(ENVD_PORT): forward}}},
+        "on_no_match": {"matcher": token_check},
+    }}
+
+
+def build_route_config(table: RouteTable) -> route_pb2.RouteConfiguration:
+    vhost: dict = {
+        "name": "sandboxes",
+        "domains": ["*"],
+        # The internal routing headers never reach the guest (x-cube-upstream must stay: the
+        # ORIGINAL_DST load balancer reads it after route headers are applied).
+        "request_headers_to_remove": [SANDBOX_HEADER, PORT_HEADER],
+    }
+    if table.routes:
+        vhost["matcher"] = {"matcher_tree": {
+            "input": _header_input(SANDBOX_HEADER),
+            "exact_match_map": {"map": {sid: _on_match(r) for sid, r in sorted(table.routes.items())}},
+        }}
+    # No entry → no route (NR) → the "was not found" 502 from the local-reply mapper.
+    return _parse({"name": ROUTE_CONFIG_NAME, "virtual_hosts": [vhost]}, route_pb2.RouteConfiguration)
+
+
+# -- listeners --------------------------------------------------------------------------------
+
+def _local_reply_config() -> dict:
+    def mapper(flags: list[str], text: str) -> dict:
+        return {"filter": {"response_flag_filter": {"flags": flags}}, "status_code": 502,
+                "body_format_override": {"text_format_source": {"inline_string": text},
+                                         "content_type": "application/json"}}
+    return {"mappers": [
+        mapper(["NR"], errors.ENVOY_NOT_FOUND),
+        # Refused or reset by the guest (or the connect timed out): the sandbox is there, the
+        # port is not serving.
+        mapper(["UF", "UC", "URX"], errors.ENVOY_PORT_NOT_OPEN),
+        mapper(["UH", "NC", "UO"], errors.ENVOY_UNREACHABLE),
+    ]}
+
+
+ACCESS_LOG_FORMAT = {
+    "component": "envoy-access",
+    "sandbox_id": errors.ENVOY_SANDBOX_ID,
+    "port": errors.ENVOY_PORT,
+    "method": "%REQ(:METHOD)%",
+    "path": "%PATH(WQ:ORIG)%",  # no query: signed URLs carry their signature there
+    "protocol": "%PROTOCOL%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "details": "%RESPONSE_CODE_DETAILS%",
+    "upstream": "%UPSTREAM_HOST%",
+    "bytes_in": "%BYTES_RECEIVED%",
+    "bytes_out": "%BYTES_SENT%",
+    "duration_ms": "%DURATION%",
+}
+
+
+def _access_log(mode: str) -> list[dict]:
+    if mode == "off":
+        return []
+    log = {"name": "envoy.access_loggers.stdout", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+        "log_format": {"json_format": ACCESS_LOG_FORMAT}}}
+    if mode == "errors":
+        log["filter"] = {"or_filter": {"filters": [
+            {"status_code_filter": {"comparison": {"op": "GE", "value": {"default_value": 400, "runtime_key": "cube_access_log_min_status"}}}},
+            {"response_flag_filter": {}},
+        ]}}
+    return [log]
+
+
+def _hcm(stat_prefix: str, s: ProxySettings) -> dict:
+    return {
+        "@type": HCM,
+        "stat_prefix": stat_prefix,
+        "codec_type": "AUTO",
+        "rds": {"config_source": {"ads": {}, "resource_api_version": "V3"}, "route_config_name": ROUTE_CONFIG_NAME},
+        "http_filters": [
+            {"name": "envoy.filters.http.lua", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": LUA_SOURCE}}},
+            {"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+                "suppress_envoy_headers": True}},
+        ],
+        # Pass requests and responses through as they are: no request ids, no server rewrite,
+        # no compression filter, no buffering filter.
+        "generate_request_id": False,
+        "server_header_transformation": "PASS_THROUGH",
+        # envd streams idle ~50 s between keepalives, /execute ~5 s: never cut a quiet stream
+        # short; no overall request timeout (long downloads, long-running commands).
+        "stream_idle_timeout": "3600s",
+        "request_timeout": "0s",
+        "request_headers_timeout": "60s",
+        "common_http_protocol_options": {"idle_timeout": "3600s"},
+        "http2_protocol_options": {"initial_stream_window_size": 4 * 1024 * 1024,
+                                   "initial_connection_window_size": 16 * 1024 * 1024,
+                                   "max_concurrent_streams": 1024},
+        "local_reply_config": _local_reply_config(),
+        "access_log": _access_log(s.access_log),
+    }
+
+
+def _listener_name(kind: str, ep: Endpoint) -> str:
+    return f"{kind}_{_safe(str(ep))}"
+
+
+def build_listeners(s: ProxySettings, tls: TlsFiles | None, https: list[Endpoint],
+                    http: list[Endpoint]) -> dict[str, Message]:
+    out: dict[str, Message] = {}
+    for ep in https:
+        assert tls is not None
+        name = _listener_name("https", ep)
+        chain = {
+            "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": _hcm("https", s)}],
+            "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                "common_tls_context": {
+                    "tls_certificates": [{"certificate_chain": {"filename": str(tls.cert)},
+                                          "private_key": {"filename": str(tls.key)}}],
+                    # The SDK uses h2 for RPC when offered and forces HTTP/1.1 elsewhere.
+                    "alpn_protocols": ["h2", "http/1.1"],
+                }}},
+        }
+        out[name] = _parse({"name": name, "address": _address(ep), "filter_chains": [chain],
+                            "enable_reuse_port": False}, listener_pb2.Listener)
+    for ep in http:
+        name = _listener_name("http", ep)
+        chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": _hcm("http", s)}]}
+        out[name] = _parse({"name": name, "address": _address(ep), "filter_chains": [chain],
+                            "enable_reuse_port": False}, listener_pb2.Listener)
+    return out
+
+
+def build_resources(table: RouteTable, s: ProxySettings, tls: TlsFiles | None,
+                    https: list[Endpoint], http: list[Endpoint]) -> Resources:
+    return Resources(
+        listeners=build_listeners(s, tls, https, http),
+        clusters=build_clusters(table, s),
+        routes={ROUTE_CONFIG_NAME: build_route_config(table)},
+    )
+
+
+def pack(message: Message) -> any_pb2.Any:
+    a = any_pb2.Any()
+    a.Pack(message)
+    return a
