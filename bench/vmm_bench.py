@@ -1,0 +1,139 @@
+"""vmm_core benchmark: cold boot vs copy-on-write clones, and what an idle clone costs.
+
+    .venv/bin/python bench/vmm_bench.py [--cold 3] [--sequential 30] [--concurrent 10] [--alive 20]
+
+Readiness is measured from the moment QEMU is asked to start until a TCP service in the guest
+accepts a connection (busybox httpd of a tiny static template), for cold boots and for clones of
+that template's snapshot, in the same run. Each machine gets its own network namespace (every
+clone has the same guest address). Progress goes to stderr; the last stdout line is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.common import emit, machine, percentile, progress, summary  # noqa: E402
+from tests.vmm import probe_root  # noqa: E402
+from tests.vmm.netlab import TestNet  # noqa: E402
+from vmm_core import (GuestConfig, GuestService, VmmSettings, accel, boot, clone, ensure_guest_artifacts,  # noqa: E402
+                      snapshot)
+from vmm_core.disks import ext4_from_dir, writable_layer  # noqa: E402
+
+MEMORY_MB = 256
+PORT = probe_root.HTTP_PORT
+IDLE_CONFIG = GuestConfig(services=(GuestService("http", ("/bin/httpd", "-f", "-p", str(PORT), "-h", "/www")),))
+
+
+async def cold_boot(settings, guest, image, work: Path, net: TestNet, i: int) -> float:
+    rw = writable_layer(work / f"cold-{i}.img", 32, IDLE_CONFIG)
+    spec = guest.machine_spec(image, rw, memory_mb=MEMORY_MB, network=net.attachment)
+    t0 = time.monotonic()
+    m = await boot(settings, f"cold{i}", spec)
+    try:
+        await net.wait_tcp(PORT, timeout=180)
+        return (time.monotonic() - t0) * 1000
+    finally:
+        await m.kill()
+        rw.unlink(missing_ok=True)
+
+
+async def clone_ready(settings, snap, net: TestNet, vm_id: str, sync: bool) -> tuple[float, object]:
+    t0 = time.monotonic()
+    m = await clone(settings, snap, vm_id, net.attachment, sync=sync)
+    await net.wait_tcp(PORT, timeout=60)
+    return (time.monotonic() - t0) * 1000, m
+
+
+async def main(args) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="cube-vmm-bench-"))
+    base = VmmSettings.from_env()
+    settings = VmmSettings(state_dir=base.state_dir, accel=base.accel, tcg_tb_size_mb=base.tcg_tb_size_mb,
+                           runtime_dir=work / "vms")
+    nets = [TestNet.create() for _ in range(max(args.concurrent, args.alive) + 1)]
+    try:
+        progress("building guest artifacts (cached)")
+        guest = ensure_guest_artifacts(settings)
+        image = ext4_from_dir(probe_root.build(work / "root"), work / "probe.ext4")
+
+        progress(f"cold boots x{args.cold}")
+        cold = [await cold_boot(settings, guest, image, work, nets[0], i) for i in range(args.cold)]
+        progress(f"  cold boot p50 {percentile(cold, 50):.0f} ms")
+
+        progress("template snapshot")
+        rw = writable_layer(work / "tpl.img", 32, IDLE_CONFIG)
+        m = await boot(settings, "tpl", guest.machine_spec(image, rw, memory_mb=MEMORY_MB, network=nets[0].attachment,
+                                                           memory_file=work / "tpl-mem"))
+        await m.wait_guest(180)
+        await nets[0].wait_tcp(PORT, timeout=180)
+        snap = await snapshot(m, work / "snap")
+
+        progress(f"sequential clones x{args.sequential}")
+        seq: list[float] = []
+        seq_synced: list[float] = []
+        for i in range(args.sequential):
+            ms, c = await clone_ready(settings, snap, nets[0], f"seq{i}", sync=False)
+            seq.append(ms)
+            await c.kill()
+        for i in range(max(5, args.sequential // 3)):
+            ms, c = await clone_ready(settings, snap, nets[0], f"syn{i}", sync=True)
+            seq_synced.append(ms)
+            await c.kill()
+        progress(f"  clone p50 {percentile(seq, 50):.0f} ms, with identity sync {percentile(seq_synced, 50):.0f} ms")
+
+        progress(f"concurrent clones x{args.concurrent}")
+        results = await asyncio.gather(*(clone_ready(settings, snap, nets[i], f"con{i}", sync=False)
+                                         for i in range(args.concurrent)))
+        conc = [ms for ms, _ in results]
+        await asyncio.gather(*(c.kill() for _, c in results))
+
+        progress(f"{args.alive} idle clones alive")
+        alive = await asyncio.gather(*(clone(settings, snap, f"idle{i}", nets[i].attachment)
+                                       for i in range(args.alive)))
+        await asyncio.gather(*(nets[i].wait_tcp(PORT) for i in range(args.alive)))
+        await asyncio.sleep(args.settle)
+        stats = [c.stats() for c in alive]
+        await asyncio.gather(*(c.kill() for c in alive))
+        pss = sum(s.pss_bytes for s in stats) / len(stats) / 2**20
+        dirty = sum(s.private_dirty_bytes for s in stats) / len(stats) / 2**20
+        rss = sum(s.rss_bytes for s in stats) / len(stats) / 2**20
+
+        all_clones = seq + conc
+        return {
+            "accel": accel.resolve(settings.accel).value,
+            "guest_memory_mb": MEMORY_MB,
+            "cold_boot_ms": round(percentile(cold, 50), 1),
+            "cold_boot": summary(cold),
+            "clone_ready_ms_p50": round(percentile(all_clones, 50), 1),
+            "clone_ready_ms_p99": round(percentile(all_clones, 99), 1),
+            "clone_sequential": summary(seq),
+            "clone_concurrent": summary(conc),
+            "clone_with_identity_sync": summary(seq_synced),
+            "clone_vs_cold_ratio": round(percentile(cold, 50) / percentile(all_clones, 50), 1),
+            "pss_per_idle_clone_mb": round(pss, 1),
+            "private_dirty_per_idle_clone_mb": round(dirty, 1),
+            "rss_per_idle_clone_mb": round(rss, 1),
+            "idle_clones": args.alive,
+            "machine": machine(),
+        }
+    finally:
+        for n in nets:
+            n.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--cold", type=int, default=3)
+    p.add_argument("--sequential", type=int, default=30)
+    p.add_argument("--concurrent", type=int, default=10)
+    p.add_argument("--alive", type=int, default=20)
+    p.add_argument("--settle", type=float, default=5.0, help="seconds idle before measuring memory")
+    emit(asyncio.run(main(p.parse_args())))
