@@ -1,0 +1,1 @@
+"""cube-api: the E2B-compatible REST facade (Sanic). Stateless; talks gRPC to the master."""

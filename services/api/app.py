@@ -1,0 +1,53 @@
+"""The Sanic application: settings, the master client, auth, error shape, routes."""
+
+from __future__ import annotations
+
+import itertools
+import time
+
+from sanic import Sanic
+
+from services.api import auth, errors
+from services.api.log import get_logger
+from services.api.master_client import MasterClient
+from services.api.routes import meta, sandboxes, templates
+from services.api.settings import Settings
+
+log = get_logger("app")
+_names = itertools.count()
+
+
+def create_app(settings: Settings, name: str | None = None) -> Sanic:
+    app = Sanic(name or f"cube_api_{next(_names)}")
+    app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
+    app.config.FALLBACK_ERROR_FORMAT = "json"
+    app.config.KEEP_ALIVE_TIMEOUT = 75  # the SDK keeps connections for up to 300 s
+    app.ctx.settings = settings
+    app.blueprint(sandboxes.bp)
+    app.blueprint(templates.bp)
+    app.blueprint(meta.bp)
+    app.error_handler.add(Exception, errors.handle_exception)
+
+    @app.before_server_start
+    async def connect_master(app):
+        app.ctx.master = MasterClient(settings)
+
+    @app.after_server_stop
+    async def close_master(app):
+        await app.ctx.master.close()
+
+    @app.on_request
+    async def _auth(request):
+        request.ctx.t0 = time.monotonic()
+        await auth.authenticate(request)
+
+    @app.on_response
+    async def _log(request, response):
+        sid = (request.match_info or {}).get("raw_id")
+        extra = {"method": request.method, "path": request.path, "status": response.status,
+                 "ms": round((time.monotonic() - getattr(request.ctx, "t0", time.monotonic())) * 1000, 1)}
+        if sid:
+            extra["sandbox_id"] = sid.split("-", 1)[0]
+        log.info("request", extra=extra)
+
+    return app

@@ -1,0 +1,242 @@
+"""E2B request and response bodies as dataclasses, and their mapping to and from the master's
+protos. JSON keys follow the E2B OpenAPI spec exactly (camelCase, except the create request's
+``allow_internet_access``)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sdk.gen.cube.v1 import cubelet_pb2, master_pb2 as P, network_pb2
+from services.api.errors import bad_request
+
+MAX_UINT32 = 2**32 - 1
+
+
+# ---- request parsing --------------------------------------------------------------------------
+
+def parse_body(raw: bytes | None, required: bool = True) -> dict:
+    """The JSON object in a request body; an absent body is {} unless it is required."""
+    if not raw or not raw.strip():
+        if required:
+            raise bad_request("request body is required (a JSON object)")
+        return {}
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise bad_request(f"invalid JSON body: {e}")
+    if not isinstance(body, dict):
+        raise bad_request("request body must be a JSON object")
+    return body
+
+
+def opt_int(body: dict, key: str, lo: int = 0, hi: int = MAX_UINT32) -> int | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise bad_request(f"'{key}' must be an integer")
+    if v < lo or v > hi:
+        raise bad_request(f"'{key}' must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def opt_bool(body: dict, key: str) -> bool | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, bool):
+        raise bad_request(f"'{key}' must be a boolean")
+    return v
+
+
+def str_map(body: dict, key: str) -> dict[str, str]:
+    v = body.get(key)
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+        raise bad_request(f"'{key}' must be an object of strings")
+    return v
+
+
+def str_list(body: dict, key: str) -> list[str]:
+    v = body.get(key)
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise bad_request(f"'{key}' must be an array of strings")
+    return v
+
+
+def query_int(args, key: str, lo: int = 0, hi: int = 2**63 - 1) -> int | None:
+    v = args.get(key)
+    if v is None or v == "":
+        return None
+    try:
+        n = int(v)
+    except ValueError:
+        raise bad_request(f"query parameter '{key}' must be an integer")
+    if n < lo or n > hi:
+        raise bad_request(f"query parameter '{key}' must be between {lo} and {hi}")
+    return n
+
+
+def parse_network(body: dict, snake_allow: str = "allow_internet_access") -> network_pb2.NetworkPolicy | None:
+    """E2B `allow_internet_access` + `network` (create) or the update body, as a NetworkPolicy."""
+    allow = opt_bool(body, snake_allow)
+    net = body.get("network", body if "allowOut" in body or "denyOut" in body else None)
+    if net is not None and not isinstance(net, dict):
+        raise bad_request("'network' must be an object")
+    if allow is None and not net:
+        return None
+    p = network_pb2.NetworkPolicy()
+    if allow is not None:
+        p.allow_internet_access = allow
+    if net:
+        p.allow_out.extend(str_list(net, "allowOut"))
+        p.deny_out.extend(str_list(net, "denyOut"))
+        if net.get("allowPublicTraffic") is False:
+            raise bad_request("'network.allowPublicTraffic': false is not supported by this server")
+        if net.get("egressProxy") is not None:
+            raise bad_request("'network.egressProxy' is not supported by this server")
+    p.expose_all_ports = True  # E2B exposes every guest port through its proxy
+    return p
+
+
+@dataclass
+class NewSandbox:
+    """POST /sandboxes (v1, older SDKs) and POST /v2/sandboxes bodies."""
+    template_id: str
+    timeout: int | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    env_vars: dict[str, str] = field(default_factory=dict)
+    auto_pause: bool = False
+    auto_resume: bool = False
+    network: network_pb2.NetworkPolicy | None = None
+
+    @classmethod
+    def parse(cls, body: dict) -> "NewSandbox":
+        tid = body.get("templateID")
+        if not isinstance(tid, str) or not tid:
+            raise bad_request("'templateID' is required (a string)")
+        for unsupported in ("mcp", "volumeMounts", "iam"):
+            if body.get(unsupported):
+                raise bad_request(f"'{unsupported}' is not supported by this server")
+        ar = body.get("autoResume")
+        if ar is not None and not (isinstance(ar, dict) and isinstance(ar.get("enabled", False), bool)):
+            raise bad_request("'autoResume' must be an object {\"enabled\": bool}")
+        return cls(template_id=tid, timeout=opt_int(body, "timeout"), metadata=str_map(body, "metadata"),
+                   env_vars=str_map(body, "envVars"), auto_pause=bool(opt_bool(body, "autoPause")),
+                   auto_resume=bool((ar or {}).get("enabled", False)), network=parse_network(body))
+
+    def to_proto(self, client_id: str) -> P.CreateSandboxRequest:
+        req = P.CreateSandboxRequest(template=self.template_id, timeout_s=self.timeout or 0, metadata=self.metadata,
+                                     env_vars=self.env_vars, auto_pause=self.auto_pause,
+                                     auto_resume=self.auto_resume, client_id=client_id)
+        if self.network is not None:
+            req.network.CopyFrom(self.network)
+        return req
+
+
+# ---- responses --------------------------------------------------------------------------------
+
+def rfc3339(t: Timestamp) -> str:
+    return t.ToJsonString()
+
+
+def e2b_state(phase: int) -> str:
+    return "running" if phase == P.SANDBOX_PHASE_RUNNING else "paused"
+
+
+def sandbox_body(rec: P.Sandbox, domain: str) -> dict:
+    """The `Sandbox` object (create, connect, resume)."""
+    out = {"templateID": rec.template_id, "sandboxID": rec.sandbox_id, "clientID": rec.client_id or "local",
+           "envdVersion": rec.envd_version, "envdAccessToken": rec.envd_access_token,
+           "trafficAccessToken": rec.traffic_access_token or None, "domain": domain}
+    if rec.alias:
+        out["alias"] = rec.alias
+    return out
+
+
+def listed_body(rec: P.Sandbox) -> dict:
+    """`ListedSandbox` (GET /v2/sandboxes, GET /sandboxes)."""
+    out = {"templateID": rec.template_id, "sandboxID": rec.sandbox_id, "clientID": rec.client_id or "local",
+           "startedAt": rfc3339(rec.started_at), "endAt": rfc3339(rec.end_at), "cpuCount": rec.vcpus,
+           "memoryMB": rec.memory_mb, "diskSizeMB": rec.disk_size_mb, "state": e2b_state(rec.phase),
+           "envdVersion": rec.envd_version, "metadata": dict(rec.metadata)}
+    if rec.alias:
+        out["alias"] = rec.alias
+    return out
+
+
+def detail_body(rec: P.Sandbox, domain: str) -> dict:
+    """`SandboxDetail` (GET /sandboxes/{id}); carries the token and domain for SDKs 1.3.1-2.5."""
+    out = listed_body(rec)
+    out.update({"domain": domain, "envdAccessToken": rec.envd_access_token,
+                "lifecycle": {"autoResume": rec.auto_resume, "onTimeout": "pause" if rec.auto_pause else "kill"}})
+    if rec.HasField("network"):
+        n = rec.network
+        out["allowInternetAccess"] = n.allow_internet_access if n.HasField("allow_internet_access") else True
+        out["network"] = {"allowOut": list(n.allow_out), "denyOut": list(n.deny_out)}
+    else:
+        out["allowInternetAccess"] = True
+    return out
+
+
+def metric_body(m: cubelet_pb2.SandboxMetric) -> dict:
+    return {"timestamp": rfc3339(m.timestamp), "timestampUnix": m.timestamp.seconds, "cpuCount": m.cpu_count,
+            "cpuUsedPct": m.cpu_used_pct, "memUsed": m.mem_used_bytes, "memTotal": m.mem_total_bytes,
+            "memCache": m.mem_cache_bytes, "diskUsed": m.disk_used_bytes, "diskTotal": m.disk_total_bytes}
+
+
+def log_bodies(resp: cubelet_pb2.SandboxLogsResponse) -> tuple[list[dict], list[dict]]:
+    """(`SandboxLog` list, `SandboxLogEntry` list)."""
+    logs = [{"timestamp": rfc3339(l.timestamp), "line": l.line} for l in resp.lines]
+    entries = [{"timestamp": rfc3339(l.timestamp), "message": l.line, "level": "info", "fields": {}}
+               for l in resp.lines]
+    return logs, entries
+
+
+def build_id(template_id: str) -> str:
+    # E2B build ids are UUIDs; ours are stable per template (one build each).
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cube-template:{template_id}"))
+
+
+_BUILD_STATUS = {P.TEMPLATE_STATUS_BUILDING: "building", P.TEMPLATE_STATUS_READY: "ready",
+                 P.TEMPLATE_STATUS_ERROR: "error", P.TEMPLATE_STATUS_UNSPECIFIED: "ready"}
+
+
+def template_body(t: P.Template) -> dict:
+    """`Template` (GET /templates)."""
+    return {"templateID": t.template_id, "buildID": build_id(t.template_id), "cpuCount": t.vcpus,
+            "memoryMB": t.memory_mb, "diskSizeMB": t.disk_size_mb, "public": False, "aliases": list(t.aliases),
+            "names": list(t.aliases) or [t.template_id], "createdAt": rfc3339(t.created_at),
+            "updatedAt": rfc3339(t.updated_at if t.HasField("updated_at") else t.created_at), "createdBy": None,
+            "lastSpawnedAt": rfc3339(t.last_spawned_at) if t.HasField("last_spawned_at") else None,
+            "spawnCount": t.spawn_count, "buildCount": 1, "envdVersion": t.envd_version,
+            "buildStatus": _BUILD_STATUS.get(t.status, "ready")}
+
+
+def template_detail_body(t: P.Template) -> dict:
+    """`TemplateWithBuilds` (GET /templates/{id})."""
+    out = template_body(t)
+    out["builds"] = [{"buildID": out["buildID"], "status": out["buildStatus"], "createdAt": out["createdAt"],
+                      "updatedAt": out["updatedAt"], "finishedAt": out["updatedAt"], "cpuCount": t.vcpus,
+                      "memoryMB": t.memory_mb, "diskSizeMB": t.disk_size_mb, "envdVersion": t.envd_version}]
+    return out
+
+
+def parse_time(value: str, name: str) -> Timestamp:
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad_request(f"query parameter '{name}' must be an RFC 3339 date-time")
+    if dt.tzinfo is None:
+        raise bad_request(f"query parameter '{name}' needs a UTC offset")
+    t = Timestamp()
+    t.FromDatetime(dt)
+    return t

@@ -1,0 +1,187 @@
+"""The OpenAPI 3.0 document of cube-api (served at /openapi.json).
+
+Schemas follow E2B's spec for the parts the SDKs use; a test checks that every route the app
+serves is described here, and nothing else.
+"""
+
+from __future__ import annotations
+
+from services.envd.version import ENVD_VERSION
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _arr(schema: dict) -> dict:
+    return {"type": "array", "items": schema}
+
+
+STR = {"type": "string"}
+INT = {"type": "integer"}
+BOOL = {"type": "boolean"}
+TIME = {"type": "string", "format": "date-time"}
+STRMAP = {"type": "object", "additionalProperties": STR}
+
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["code", "message"],
+              "properties": {"code": INT, "message": STR}},
+    "NetworkConfig": {"type": "object", "properties": {"allowOut": _arr(STR), "denyOut": _arr(STR)}},
+    "NewSandbox": {"type": "object", "required": ["templateID"], "properties": {
+        "templateID": STR, "timeout": {"type": "integer", "minimum": 1, "default": 300},
+        "autoPause": BOOL, "autoResume": {"type": "object", "properties": {"enabled": BOOL}},
+        "allow_internet_access": BOOL, "network": _ref("NetworkConfig"), "metadata": STRMAP, "envVars": STRMAP,
+        "secure": {"type": "boolean", "description": "ignored: every sandbox has an envd access token"}}},
+    "Sandbox": {"type": "object", "required": ["templateID", "sandboxID", "clientID", "envdVersion"], "properties": {
+        "templateID": STR, "sandboxID": STR, "clientID": STR, "alias": STR,
+        "envdVersion": {"type": "string", "example": ENVD_VERSION}, "envdAccessToken": STR,
+        "trafficAccessToken": {"type": "string", "nullable": True}, "domain": {"type": "string", "nullable": True}}},
+    "ListedSandbox": {"type": "object", "required": [
+        "templateID", "sandboxID", "clientID", "startedAt", "endAt", "cpuCount", "memoryMB", "diskSizeMB", "state",
+        "envdVersion"], "properties": {
+        "templateID": STR, "sandboxID": STR, "clientID": STR, "alias": STR, "startedAt": TIME, "endAt": TIME,
+        "cpuCount": INT, "memoryMB": INT, "diskSizeMB": INT, "state": {"type": "string", "enum": ["running", "paused"]},
+        "envdVersion": STR, "metadata": STRMAP}},
+    "SandboxDetail": {"allOf": [_ref("ListedSandbox"), {"type": "object", "properties": {
+        "domain": {"type": "string", "nullable": True}, "envdAccessToken": STR, "allowInternetAccess": BOOL,
+        "network": _ref("NetworkConfig"),
+        "lifecycle": {"type": "object", "properties": {"autoResume": BOOL,
+                                                        "onTimeout": {"type": "string", "enum": ["kill", "pause"]}}}}}]},
+    "ConnectSandbox": {"type": "object", "properties": {"timeout": INT, "memory": BOOL}},
+    "ResumedSandbox": {"type": "object", "properties": {"timeout": INT, "autoPause": BOOL}},
+    "SandboxTimeoutRequest": {"type": "object", "required": ["timeout"], "properties": {"timeout": INT}},
+    "SandboxRefreshRequest": {"type": "object", "properties": {"duration": {"type": "integer", "maximum": 3600}}},
+    "SandboxPauseRequest": {"type": "object", "properties": {"memory": BOOL, "requireHealthyGuest": BOOL}},
+    "SandboxNetworkUpdate": {"type": "object", "properties": {
+        "allowOut": _arr(STR), "denyOut": _arr(STR), "allow_internet_access": BOOL}},
+    "SandboxMetric": {"type": "object", "required": [
+        "timestamp", "timestampUnix", "cpuCount", "cpuUsedPct", "memUsed", "memTotal", "memCache", "diskUsed",
+        "diskTotal"], "properties": {
+        "timestamp": TIME, "timestampUnix": INT, "cpuCount": INT, "cpuUsedPct": {"type": "number"}, "memUsed": INT,
+        "memTotal": INT, "memCache": INT, "diskUsed": INT, "diskTotal": INT}},
+    "SandboxesWithMetrics": {"type": "object", "properties": {
+        "sandboxes": {"type": "object", "additionalProperties": _ref("SandboxMetric")}}},
+    "SandboxLog": {"type": "object", "properties": {"timestamp": TIME, "line": STR}},
+    "SandboxLogEntry": {"type": "object", "properties": {
+        "timestamp": TIME, "message": STR, "level": {"type": "string", "enum": ["debug", "info", "warn", "error"]},
+        "fields": STRMAP}},
+    "SandboxLogs": {"type": "object", "properties": {"logs": _arr(_ref("SandboxLog")),
+                                                     "logEntries": _arr(_ref("SandboxLogEntry"))}},
+    "SandboxLogsV2": {"type": "object", "properties": {"logs": _arr(_ref("SandboxLogEntry"))}},
+    "Template": {"type": "object", "properties": {
+        "templateID": STR, "buildID": STR, "cpuCount": INT, "memoryMB": INT, "diskSizeMB": INT, "public": BOOL,
+        "aliases": _arr(STR), "names": _arr(STR), "createdAt": TIME, "updatedAt": TIME,
+        "createdBy": {"nullable": True}, "lastSpawnedAt": {"type": "string", "format": "date-time", "nullable": True},
+        "spawnCount": INT, "buildCount": INT, "envdVersion": STR,
+        "buildStatus": {"type": "string", "enum": ["building", "waiting", "ready", "error"]}}},
+    "TemplateWithBuilds": {"allOf": [_ref("Template"), {"type": "object", "properties": {
+        "builds": _arr({"type": "object"})}}]},
+    "TemplateAliasResponse": {"type": "object", "properties": {"templateID": STR, "public": BOOL}},
+}
+
+
+def _errors(*codes: int) -> dict:
+    return {str(c): {"description": "error", "content": {"application/json": {"schema": _ref("Error")}}} for c in codes}
+
+
+def _ok(code: int, schema: dict | None = None, headers: dict | None = None) -> dict:
+    r: dict = {"description": "success"}
+    if schema is not None:
+        r["content"] = {"application/json": {"schema": schema}}
+    if headers:
+        r["headers"] = headers
+    return {str(code): r}
+
+
+def _body(name: str, required: bool = True) -> dict:
+    return {"required": required, "content": {"application/json": {"schema": _ref(name)}}}
+
+
+SID = {"name": "sandboxID", "in": "path", "required": True, "schema": STR}
+TID = {"name": "templateID", "in": "path", "required": True, "schema": STR}
+
+
+def _q(name: str, schema: dict, desc: str = "") -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": desc}
+
+
+LIST_PARAMS = [
+    _q("metadata", STR, "k=v&k2=v2, each key and value percent-encoded, the whole encoded again"),
+    _q("state", STR, "comma-separated: running, paused"), _q("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
+    _q("nextToken", STR), _q("order", {"type": "string", "enum": ["asc", "desc"]}),
+    _q("startedAfter", TIME), _q("template", STR)]
+NEXT = {"X-Next-Token": {"schema": STR, "description": "cursor of the next page; absent on the last"}}
+
+# (method, path, summary, parameters, request body, responses)
+OPERATIONS = [
+    ("post", "/v2/sandboxes", "Create a sandbox", [], _body("NewSandbox"),
+     {**_ok(201, _ref("Sandbox")), **_errors(400, 401, 404, 409, 429, 500, 503, 504)}),
+    ("post", "/sandboxes", "Create a sandbox (v1, older SDKs)", [], _body("NewSandbox"),
+     {**_ok(201, _ref("Sandbox")), **_errors(400, 401, 404, 409, 429, 500, 503, 504)}),
+    ("get", "/v2/sandboxes", "List sandboxes (paged)", LIST_PARAMS, None,
+     {**_ok(200, _arr(_ref("ListedSandbox")), NEXT), **_errors(400, 401, 500, 503)}),
+    ("get", "/sandboxes", "List running sandboxes (v1, unpaged)", [LIST_PARAMS[0]], None,
+     {**_ok(200, _arr(_ref("ListedSandbox"))), **_errors(400, 401, 500, 503)}),
+    ("get", "/sandboxes/{sandboxID}", "Get a sandbox", [SID], None,
+     {**_ok(200, _ref("SandboxDetail")), **_errors(401, 404, 500, 503)}),
+    ("delete", "/sandboxes/{sandboxID}", "Kill a sandbox", [SID], None,
+     {**_ok(204), **_errors(401, 404, 500, 503)}),
+    ("post", "/v2/sandboxes/{sandboxID}/connect", "Connect: extend a running sandbox's end time or resume a paused one",
+     [SID], _body("ConnectSandbox", False),
+     {**_ok(200, _ref("Sandbox")), **_ok(201, _ref("Sandbox")), **_errors(400, 401, 404, 409, 429, 500, 503)}),
+    ("post", "/sandboxes/{sandboxID}/connect", "Connect (v1 path)", [SID], _body("ConnectSandbox", False),
+     {**_ok(200, _ref("Sandbox")), **_ok(201, _ref("Sandbox")), **_errors(400, 401, 404, 409, 429, 500, 503)}),
+    ("post", "/sandboxes/{sandboxID}/resume", "Resume a paused sandbox (409 when running)", [SID],
+     _body("ResumedSandbox", False), {**_ok(201, _ref("Sandbox")), **_errors(400, 401, 404, 409, 429, 500, 503)}),
+    ("post", "/sandboxes/{sandboxID}/timeout", "Set the end time to now + timeout", [SID],
+     _body("SandboxTimeoutRequest"), {**_ok(204), **_errors(400, 401, 404, 500, 503)}),
+    ("post", "/sandboxes/{sandboxID}/refreshes", "Extend the end time (never shortens)", [SID],
+     _body("SandboxRefreshRequest", False), {**_ok(204), **_errors(400, 401, 404, 500, 503)}),
+    ("post", "/sandboxes/{sandboxID}/pause", "Pause a sandbox", [SID], _body("SandboxPauseRequest", False),
+     {**_ok(204), **_errors(401, 404, 409, 500, 503)}),
+    ("get", "/sandboxes/{sandboxID}/metrics", "Sandbox metrics", [SID, _q("start", INT, "unix seconds"),
+                                                                    _q("end", INT, "unix seconds")], None,
+     {**_ok(200, _arr(_ref("SandboxMetric"))), **_errors(400, 401, 404, 500, 503)}),
+    ("get", "/sandboxes/metrics", "Latest metrics of several sandboxes",
+     [{"name": "sandbox_ids", "in": "query", "required": True, "schema": STR}], None,
+     {**_ok(200, _ref("SandboxesWithMetrics")), **_errors(400, 401, 500, 503)}),
+    ("get", "/sandboxes/{sandboxID}/logs", "Sandbox logs", [SID, _q("start", INT, "unix ms"), _q("limit", INT)], None,
+     {**_ok(200, _ref("SandboxLogs")), **_errors(401, 404, 500, 503)}),
+    ("get", "/v2/sandboxes/{sandboxID}/logs", "Sandbox logs (v2)",
+     [SID, _q("cursor", INT, "unix ms"), _q("limit", INT), _q("direction", {"type": "string", "enum": ["forward", "backward"]})],
+     None, {**_ok(200, _ref("SandboxLogsV2")), **_errors(401, 404, 500, 503)}),
+    ("put", "/sandboxes/{sandboxID}/network", "Update the egress policy", [SID], _body("SandboxNetworkUpdate"),
+     {**_ok(204), **_errors(400, 401, 404, 500, 503)}),
+    ("get", "/templates", "List templates", [], None, {**_ok(200, _arr(_ref("Template"))), **_errors(401, 500, 503)}),
+    ("get", "/templates/{templateID}", "Get a template (id or alias)", [TID], None,
+     {**_ok(200, _ref("TemplateWithBuilds")), **_errors(401, 404, 500, 503)}),
+    ("delete", "/templates/{templateID}", "Delete a template (409 while sandboxes use it)", [TID], None,
+     {**_ok(204), **_errors(401, 404, 409, 500, 503)}),
+    ("get", "/templates/aliases/{alias}", "Resolve a template alias",
+     [{"name": "alias", "in": "path", "required": True, "schema": STR}], None,
+     {**_ok(200, _ref("TemplateAliasResponse")), **_errors(400, 401, 404, 500, 503)}),
+    ("get", "/health", "Liveness of the API process (no auth)", [], None, _ok(200, {"type": "object"})),
+    ("get", "/openapi.json", "This document (no auth)", [], None, _ok(200, {"type": "object"})),
+]
+
+
+def document(settings=None) -> dict:
+    paths: dict = {}
+    for method, path, summary, params, body, responses in OPERATIONS:
+        op: dict = {"summary": summary, "operationId": f"{method}{path.replace('/', '_').replace('{', '').replace('}', '')}",
+                    "parameters": params, "responses": responses}
+        if body is not None:
+            op["requestBody"] = body
+        if path not in ("/health", "/openapi.json"):
+            op["security"] = [{"ApiKeyAuth": []}]
+        paths.setdefault(path, {})[method] = op
+    domain = getattr(settings, "domain", "cube.localhost")
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "Cube API (E2B-compatible)", "version": "1.0.0",
+                 "description": f"E2B control plane for self-hosted sandboxes; sandbox traffic goes to "
+                                f"https://<port>-<sandboxID>.{domain}. Errors are {{code, message}}."},
+        "paths": paths,
+        "components": {"schemas": SCHEMAS,
+                       "securitySchemes": {"ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-KEY"}}},
+    }

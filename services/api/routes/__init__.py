@@ -1,0 +1,20 @@
+"""HTTP routes of cube-api, one blueprint per resource."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.api.errors import from_grpc
+
+
+async def master_call(request, method: str, req, slow: bool = False):
+    """Call the master; its gRPC errors become E2B errors."""
+    try:
+        return await request.app.ctx.master.call(method, req, slow)
+    except grpc.RpcError as e:
+        raise from_grpc(e) from None
+
+
+def sandbox_id(raw: str) -> str:
+    # SDKs <= 1.5.6 address sandboxes as <sandboxID>-<clientID>; ids never contain '-'.
+    return raw.split("-", 1)[0]

@@ -1,0 +1,240 @@
+"""Sandbox endpoints (E2B spec §2.3, plus the older SDKs' v1 paths of §8)."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote_plus
+
+from sanic import Blueprint, response
+
+from sdk.gen.cube.v1 import cubelet_pb2, master_pb2 as P, network_pb2
+from services.api import models as M
+from services.api.errors import ApiError, bad_request
+from services.api.routes import master_call, sandbox_id
+
+bp = Blueprint("sandboxes")
+
+MAX_LIST_LIMIT = 100
+
+
+def parse_metadata_query(value: str | None) -> dict[str, str]:
+    """The SDK's metadata filter: percent-encoded pairs, form-encoded, encoded again as a query
+    value. Sanic decoded the query once; decode the whole string again, split, decode each."""
+    if not value:
+        return {}
+    out = {}
+    for pair in unquote_plus(value).split("&"):
+        if not pair:
+            continue
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise bad_request(f"invalid metadata filter '{value}' (want key=value pairs)")
+        out[unquote_plus(k)] = unquote_plus(v)
+    return out
+
+
+def parse_states(value: str | None) -> list[int]:
+    phases = []
+    for s in (value or "").split(","):
+        s = s.strip().lower()
+        if not s:
+            continue
+        if s == "running":
+            phases.append(P.SANDBOX_PHASE_RUNNING)
+        elif s == "paused":
+            phases.append(P.SANDBOX_PHASE_PAUSED)
+        else:
+            raise bad_request(f"invalid state '{s}' (want running or paused)")
+    return phases
+
+
+# ---- create / connect / resume ----------------------------------------------------------------
+
+async def _create(request):
+    new = M.NewSandbox.parse(M.parse_body(request.body))
+    rec = await master_call(request, "CreateSandbox", new.to_proto(request.ctx.client_id), slow=True)
+    return response.json(M.sandbox_body(rec, request.app.ctx.settings.domain), status=201)
+
+
+@bp.post("/v2/sandboxes")
+async def create_v2(request):
+    return await _create(request)
+
+
+@bp.post("/sandboxes")
+async def create_v1(request):
+    return await _create(request)
+
+
+async def _connect(request, raw_id: str):
+    body = M.parse_body(request.body, required=False)
+    timeout = M.opt_int(body, "timeout")
+    resp = await master_call(request, "ConnectSandbox",
+                             P.ConnectSandboxRequest(sandbox_id=sandbox_id(raw_id), timeout_s=timeout or 0), slow=True)
+    return response.json(M.sandbox_body(resp.sandbox, request.app.ctx.settings.domain),
+                         status=201 if resp.resumed else 200)
+
+
+@bp.post("/v2/sandboxes/<raw_id>/connect")
+async def connect_v2(request, raw_id: str):
+    return await _connect(request, raw_id)
+
+
+@bp.post("/sandboxes/<raw_id>/connect")
+async def connect_v1(request, raw_id: str):
+    return await _connect(request, raw_id)
+
+
+@bp.post("/sandboxes/<raw_id>/resume")
+async def resume(request, raw_id: str):
+    """SDK 2.0-2.5: 201 when resumed, 409 when it was running (those SDKs take that as OK)."""
+    body = M.parse_body(request.body, required=False)
+    timeout = M.opt_int(body, "timeout")
+    rec = await master_call(request, "GetSandbox", P.GetSandboxRequest(sandbox_id=sandbox_id(raw_id)))
+    if rec.phase == P.SANDBOX_PHASE_RUNNING:
+        raise ApiError(409, f"sandbox '{rec.sandbox_id}' is already running")
+    resp = await master_call(request, "ConnectSandbox",
+                             P.ConnectSandboxRequest(sandbox_id=rec.sandbox_id, timeout_s=timeout or 0), slow=True)
+    return response.json(M.sandbox_body(resp.sandbox, request.app.ctx.settings.domain), status=201)
+
+
+# ---- read -------------------------------------------------------------------------------------
+
+@bp.get("/v2/sandboxes")
+async def list_v2(request):
+    args = request.args
+    req = P.ListSandboxRecordsRequest(metadata=parse_metadata_query(args.get("metadata")),
+                                      phases=parse_states(args.get("state")),
+                                      limit=M.query_int(args, "limit", 1, MAX_LIST_LIMIT) or MAX_LIST_LIMIT,
+                                      page_token=args.get("nextToken") or "", template=args.get("template") or "")
+    order = (args.get("order") or "desc").lower()
+    if order not in ("asc", "desc"):
+        raise bad_request(f"invalid order '{order}' (want asc or desc)")
+    req.ascending = order == "asc"
+    if args.get("startedAfter"):
+        req.started_after.CopyFrom(M.parse_time(args.get("startedAfter"), "startedAfter"))
+    resp = await master_call(request, "ListSandboxRecords", req)
+    headers = {"X-Next-Token": resp.next_page_token} if resp.next_page_token else {}
+    return response.json([M.listed_body(r) for r in resp.sandboxes], headers=headers)
+
+
+@bp.get("/sandboxes")
+async def list_v1(request):
+    """The v1 list: every running sandbox, unpaged (SDK 1.x)."""
+    meta = parse_metadata_query(request.args.get("metadata"))
+    out, token = [], ""
+    while True:
+        resp = await master_call(request, "ListSandboxRecords", P.ListSandboxRecordsRequest(
+            metadata=meta, phases=[P.SANDBOX_PHASE_RUNNING], limit=1000, page_token=token))
+        out.extend(M.listed_body(r) for r in resp.sandboxes)
+        token = resp.next_page_token
+        if not token:
+            return response.json(out)
+
+
+@bp.get("/sandboxes/<raw_id>")
+async def get_sandbox(request, raw_id: str):
+    rec = await master_call(request, "GetSandbox", P.GetSandboxRequest(sandbox_id=sandbox_id(raw_id)))
+    return response.json(M.detail_body(rec, request.app.ctx.settings.domain))
+
+
+# ---- kill / timeouts / pause ------------------------------------------------------------------
+
+@bp.delete("/sandboxes/<raw_id>")
+async def kill(request, raw_id: str):
+    await master_call(request, "KillSandboxRecord", P.KillSandboxRecordRequest(sandbox_id=sandbox_id(raw_id)))
+    return response.empty(status=204)
+
+
+@bp.post("/sandboxes/<raw_id>/timeout")
+async def set_timeout(request, raw_id: str):
+    body = M.parse_body(request.body)
+    timeout = M.opt_int(body, "timeout")
+    if timeout is None:
+        raise bad_request("'timeout' is required (seconds)")
+    await master_call(request, "SetSandboxTimeout",
+                      P.SetSandboxTimeoutRequest(sandbox_id=sandbox_id(raw_id), timeout_s=timeout))
+    return response.empty(status=204)
+
+
+@bp.post("/sandboxes/<raw_id>/refreshes")
+async def refresh(request, raw_id: str):
+    body = M.parse_body(request.body, required=False)
+    duration = M.opt_int(body, "duration", 0, 3600)
+    await master_call(request, "SetSandboxTimeout", P.SetSandboxTimeoutRequest(
+        sandbox_id=sandbox_id(raw_id), timeout_s=60 if duration is None else duration, extend_only=True))
+    return response.empty(status=204)
+
+
+@bp.post("/sandboxes/<raw_id>/pause")
+async def pause(request, raw_id: str):
+    M.parse_body(request.body, required=False)
+    await master_call(request, "PauseSandboxRecord", P.PauseSandboxRecordRequest(sandbox_id=sandbox_id(raw_id)),
+                      slow=True)
+    return response.empty(status=204)
+
+
+# ---- metrics, logs, network -------------------------------------------------------------------
+
+@bp.get("/sandboxes/<raw_id>/metrics")
+async def metrics(request, raw_id: str):
+    req = P.GetSandboxMetricsRequest(sandbox_id=sandbox_id(raw_id))
+    start = M.query_int(request.args, "start")
+    end = M.query_int(request.args, "end")
+    if start is not None:
+        req.start.FromSeconds(start)
+    if end is not None:
+        req.end.FromSeconds(end)
+    resp = await master_call(request, "GetSandboxMetrics", req)
+    return response.json([M.metric_body(m) for m in resp.metrics])
+
+
+@bp.get("/sandboxes/metrics")
+async def metrics_many(request):
+    ids = [sandbox_id(s) for s in (request.args.get("sandbox_ids") or "").split(",") if s]
+    if not ids:
+        raise bad_request("query parameter 'sandbox_ids' is required")
+    if len(ids) > 100:
+        raise bad_request("at most 100 sandbox_ids")
+    out = {}
+    for sid in ids:
+        try:
+            resp = await master_call(request, "GetSandboxMetrics", P.GetSandboxMetricsRequest(sandbox_id=sid))
+        except ApiError as e:
+            if e.status == 404:
+                continue
+            raise
+        if resp.metrics:
+            out[sid] = M.metric_body(resp.metrics[-1])
+    return response.json({"sandboxes": out})
+
+
+async def _logs(request, raw_id: str, start_key: str):
+    req = cubelet_pb2.SandboxLogsRequest(sandbox_id=sandbox_id(raw_id))
+    start_ms = M.query_int(request.args, start_key)
+    if start_ms is not None:
+        req.since.FromMilliseconds(start_ms)
+    req.limit = M.query_int(request.args, "limit", 0, 10000) or 1000
+    return await master_call(request, "GetSandboxLogs", req)
+
+
+@bp.get("/sandboxes/<raw_id>/logs")
+async def logs_v1(request, raw_id: str):
+    logs, entries = M.log_bodies(await _logs(request, raw_id, "start"))
+    return response.json({"logs": logs, "logEntries": entries})
+
+
+@bp.get("/v2/sandboxes/<raw_id>/logs")
+async def logs_v2(request, raw_id: str):
+    _, entries = M.log_bodies(await _logs(request, raw_id, "cursor"))
+    if (request.args.get("direction") or "forward") == "backward":
+        entries.reverse()
+    return response.json({"logs": entries})
+
+
+@bp.put("/sandboxes/<raw_id>/network")
+async def update_network(request, raw_id: str):
+    body = M.parse_body(request.body)
+    policy = M.parse_network(body) or network_pb2.NetworkPolicy(expose_all_ports=True)
+    await master_call(request, "UpdateSandboxNetwork", cubelet_pb2.UpdateNetworkRequest(
+        sandbox_id=sandbox_id(raw_id), network=policy))
+    return response.empty(status=204)
