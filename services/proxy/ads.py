@@ -172,7 +172,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             del stream.pending_nonce[t]
             if req.HasField("error_detail"):
                 log.error("Envoy rejected a config (NACK)", extra={
-                    "type": SHORT[t], "version": stream.sent_version.get(t), "error": req.error_detail.message})
+                    "type": SHORT[t], "version": stream.sent_version.get(t), "error": req.error_detail.message[-4000:]})
                 # Forget what we sent so the same content is not re-sent forever in a loop;
                 # it is sent again only when the desired state changes.
             else:

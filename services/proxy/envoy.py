@@ -130,7 +130,7 @@ class EnvoyProcess:
             line = raw.decode("utf-8", "replace").rstrip()
             level, _, rest = line.partition("|")
             logger_name, _, msg = rest.partition("|")
-            if not msg:
+            if not msg or level not in _LEVELS:  # a continuation of a multi-line message
                 log.info(line)
                 continue
             log.log(_LEVELS.get(level.strip(), logging.INFO), msg, extra={"envoy_logger": logger_name})

@@ -288,7 +288,7 @@ def _on_match(r: Route) -> dict:
                                                 "value_match": {"exact": r.traffic_access_token}}},
              "on_match": forward},
             {"predicate": {"single_predicate": {"input": _header_input(TOKEN_HEADER),
-                                                "value_match": {"prefix": ""}}},
+                                                "value_match": {"safe_regex": {"google_re2": {}, "regex": ".*"}}}},
              "on_match": _action(_direct(403, errors.client_error(
                  403, "invalid E2B-Traffic-Access-Token", r.sandbox_id)))},
         ]},

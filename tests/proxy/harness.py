@@ -1,0 +1,176 @@
+"""Processes for the proxy tests and benchmark: CubeProxy itself and stand-in guest servers.
+
+Every process is started here and stopped by its owner (fixtures use try/finally), by pid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from sdk.gen.cube.v1 import route_pb2
+from tests.support.etcd import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = dict(os.environ, PYTHONPATH=str(REPO), GRPC_ENABLE_FORK_SUPPORT="false")
+
+
+def wait_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {host}:{port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port}")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@dataclass
+class Upstream:
+    host: str
+    port: int = field(default_factory=lambda: 0)
+    proc: subprocess.Popen | None = None
+
+    def start(self) -> "Upstream":
+        if not self.port:
+            self.port = free_port(self.host)
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.proxy.upstream", self.host, str(self.port)],
+                                     cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.host, self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@dataclass
+class Proxy:
+    etcd_endpoint: str
+    prefix: str
+    node_id: str = "node-a"
+    proxy_id: str = ""
+    state_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cube-proxy-test-")))
+    https_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    extra: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    log_path: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.proxy_id = self.proxy_id or self.node_id
+        self.log_path = self.state_dir / "proxy.log"
+
+    @property
+    def ca(self) -> str:
+        return str(self.state_dir / "tls" / "ca.pem")
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def envoy_pid_file(self) -> Path:
+        return self.state_dir / "proxy" / self.proxy_id / "envoy.pid"
+
+    def envoy_pid(self) -> int:
+        return int(self.envoy_pid_file.read_text())
+
+    def start(self, timeout: float = 30.0) -> "Proxy":
+        cmd = [sys.executable, "-m", "services.proxy", "--domain", "cube.localhost",
+               "--https", f"127.0.0.1:{self.https_port},[::1]:{self.https_port}",
+               "--http", f"127.0.0.1:{self.http_port}", "--admin", f"127.0.0.1:{self.admin_port}",
+               "--etcd", self.etcd_endpoint, "--etcd-prefix", self.prefix, "--node-id", self.node_id,
+               "--proxy-id", self.proxy_id, "--state-dir", str(self.state_dir), "--lease-ttl", "5",
+               "--concurrency", "2", "--access-log", "all", *self.extra]
+        out = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=out, stderr=out)
+        out.close()
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Envoy up, initialised (first xDS answered) and listening."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is None or self.proc.poll() is not None:
+                raise RuntimeError(f"cube-proxy exited during startup:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        wait_port("127.0.0.1", self.http_port, 5)
+                        wait_port("127.0.0.1", self.https_port, 5)
+                        return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"cube-proxy not ready in {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text().splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def log_records(self) -> list[dict]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def kill9(self) -> int:
+        """SIGKILL the Python process; returns the Envoy pid it had (which must die with it)."""
+        envoy = self.envoy_pid()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+        return envoy
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def route_json(sandbox_id: str, host: str = "", state: int = route_pb2.ROUTE_STATE_RUNNING, token: str = "",
+               node_id: str = "", node_proxy_address: str = "", source: str = "") -> bytes:
+    msg = route_pb2.SandboxRoute(sandbox_id=sandbox_id, host_address=host, state=state,
+                                 traffic_access_token=token, node_id=node_id,
+                                 node_proxy_address=node_proxy_address, proxy_source_address=source)
+    return json_format.MessageToJson(msg).encode()
