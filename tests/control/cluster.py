@@ -1,0 +1,210 @@
+"""Processes for control-plane tests: real cube-master(s) and cube-api as subprocesses against a
+real etcd, and fake cubelets (the TEST DOUBLE in fake_cubelet.py) in this process.
+
+Every process gets its own etcd prefix, log file and ports; ``stop()`` ends exactly the
+processes this harness started (by their pid) and removes the prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+
+from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
+from tests.control.etcd_http import EtcdHttp
+from tests.control.fake_cubelet import FakeCubelet
+from tests.support.etcd import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Fast leader duties so tests see timeouts and reconciliation within a second or two.
+FAST_MASTER = {
+    "CUBE_MASTER_LEADER_TTL_S": "2",
+    "CUBE_MASTER_TIMEOUT_TICK_S": "0.2",
+    "CUBE_MASTER_RECONCILE_INTERVAL_S": "0.5",
+    "CUBE_MASTER_RECONCILE_GRACE_S": "0.5",
+    "CUBE_MASTER_ORPHAN_GRACE_S": "2",
+    "CUBE_MASTER_ETCD_TIMEOUT_S": "1.5",
+    "CUBE_MASTER_NODE_OP_TIMEOUT_S": "20",
+}
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen
+    log: Path
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            self.popen.terminate()
+            try:
+                self.popen.wait(10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@dataclass
+class Cluster:
+    etcd_endpoint: str
+    prefix: str = field(default_factory=lambda: f"/test-{uuid.uuid4().hex[:8]}")
+    master_env: dict = field(default_factory=dict)
+    api_env: dict = field(default_factory=dict)
+    procs: list[Proc] = field(default_factory=list)
+    cubelets: list[FakeCubelet] = field(default_factory=list)
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cube-ctl-")))
+
+    def __post_init__(self):
+        self.etcd = EtcdHttp(self.etcd_endpoint)
+        self.masters: list[Proc] = []
+        self.api: Proc | None = None
+
+    # ---- processes ----
+
+    def _spawn(self, name: str, module: str, env: dict, port: int) -> Proc:
+        log = self.workdir / f"{name}.log"
+        full = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **env}
+        popen = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=full,
+                                 stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        p = Proc(name, popen, log, port)
+        self.procs.append(p)
+        return p
+
+    def start_master(self, name: str | None = None, wait_leader: bool = True, **env) -> Proc:
+        name = name or f"master{len(self.masters)}"
+        port = free_port()
+        e = {**FAST_MASTER, "CUBE_MASTER_LISTEN": f"127.0.0.1:{port}", "CUBE_ETCD_ENDPOINTS": self.etcd_endpoint,
+             "CUBE_ETCD_PREFIX": self.prefix, "CUBE_MASTER_MASTER_ID": name, **self.master_env, **env}
+        p = self._spawn(name, "services.master", e, port)
+        self.masters.append(p)
+        self._wait(lambda: self._grpc_ready(p), f"{name} serving", p)
+        if wait_leader:
+            self._wait(lambda: self.leader() is not None, "a leader", p)
+        return p
+
+    def start_api(self, **env) -> Proc:
+        port = free_port()
+        master = self.masters[0].address if self.masters else "127.0.0.1:1"
+        e = {"CUBE_API_HOST": "127.0.0.1", "CUBE_API_PORT": str(port), "CUBE_MASTER_ADDR": master,
+             "CUBE_DOMAIN": "cube.localhost", **self.api_env, **env}
+        p = self._spawn("api", "services.api", e, port)
+        self.api = p
+        self._wait(lambda: self._http_ready(p), "api serving", p)
+        return p
+
+    def add_cubelet(self, node_id: str = "node-a", **kw) -> FakeCubelet:
+        c = FakeCubelet(node_id=node_id, **kw).start()
+        c.register(self.etcd, self.prefix)
+        self.cubelets.append(c)
+        return c
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api.address}"
+
+    def _wait(self, cond, what: str, proc: Proc, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited while waiting for {what}:\n{proc.output()[-3000:]}")
+            try:
+                if cond():
+                    return
+            except Exception:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"timed out waiting for {what}:\n{proc.output()[-3000:]}")
+
+    @staticmethod
+    def _grpc_ready(p: Proc) -> bool:
+        with grpc.insecure_channel(p.address) as ch:
+            grpc.channel_ready_future(ch).result(timeout=1)
+        return True
+
+    @staticmethod
+    def _http_ready(p: Proc) -> bool:
+        return httpx.get(f"http://{p.address}/health", timeout=1).status_code == 200
+
+    # ---- state ----
+
+    def leader(self) -> dict | None:
+        return self.etcd.get_json(f"{self.prefix}/leader")
+
+    def keys(self, sub: str = "") -> list[str]:
+        return self.etcd.keys(f"{self.prefix}/{sub}")
+
+    def sandbox_ids(self) -> set[str]:
+        return {k.rsplit("/", 1)[1] for k in self.keys("sandboxes/")}
+
+    def route_ids(self) -> set[str]:
+        return {k.rsplit("/", 1)[1] for k in self.keys("routes/")}
+
+    def record(self, sid: str) -> dict | None:
+        return self.etcd.get_json(f"{self.prefix}/sandboxes/{sid}")
+
+    def master_stub(self, proc: Proc | None = None) -> tuple[grpc.Channel, master_pb2_grpc.MasterStub]:
+        ch = grpc.insecure_channel((proc or self.masters[0]).address)
+        return ch, master_pb2_grpc.MasterStub(ch)
+
+    def wipe_sandboxes(self) -> None:
+        """Forget every sandbox (between tests sharing a cluster)."""
+        self.etcd.delete_prefix(f"{self.prefix}/sandboxes/")
+        self.etcd.delete_prefix(f"{self.prefix}/routes/")
+        for c in self.cubelets:
+            with c._lock:
+                c.sandboxes.clear()
+            c.calls.clear()
+            c.run_delay_s = 0
+            c.fail_run = c.fail_all = None
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        for c in self.cubelets:
+            c.stop()
+        try:
+            self.etcd.delete_prefix(self.prefix + "/")
+        except Exception:
+            pass
+        self.etcd.close()
+
+
+def wait_until(cond, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = cond()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+__all__ = ["Cluster", "Proc", "wait_until", "master_pb2"]

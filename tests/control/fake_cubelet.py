@@ -1,0 +1,195 @@
+"""TEST DOUBLE of the node agent: an in-memory ``cube.v1.Cubelet`` for control-plane tests.
+
+It runs no VM. It keeps sandboxes in a dict, answers with the status codes cubelet.proto
+promises, registers its NodeStatus in etcd the way a cubelet does (<prefix>/nodes/<node_id>,
+proto3 JSON), and lets a test slow down or fail calls and read what was asked of it.
+The end-to-end tests use the real cubelet.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sdk.gen.cube.v1 import cubelet_pb2 as C, cubelet_pb2_grpc
+from tests.control.etcd_http import EtcdHttp
+
+
+def _now() -> Timestamp:
+    t = Timestamp()
+    t.GetCurrentTime()
+    return t
+
+
+@dataclass
+class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
+    node_id: str = "node-a"
+    templates: tuple[str, ...] = ("code-interpreter", "tiny")
+    max_sandboxes: int = 0
+    # Knobs a test may turn while it runs.
+    run_delay_s: float = 0.0
+    fail_run: grpc.StatusCode | None = None
+    fail_all: grpc.StatusCode | None = None
+    sandboxes: dict[str, C.SandboxStatus] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    envd_version: str = "0.6.13"
+    address: str = ""
+    proxy_address: str = "127.0.0.1:1"
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+        self._server: grpc.Server | None = None
+        self._n = 0
+        self.run_started = threading.Event()
+
+    # ---- lifecycle of the double ----
+
+    def start(self) -> "FakeCubelet":
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=[("grpc.so_reuseport", 0)])
+        cubelet_pb2_grpc.add_CubeletServicer_to_server(self, self._server)
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        self._server.start()
+        self.address = f"127.0.0.1:{port}"
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop(0).wait()
+            self._server = None
+
+    def node_status(self) -> C.NodeStatus:
+        with self._lock:
+            running = sum(s.state == C.SANDBOX_STATE_RUNNING for s in self.sandboxes.values())
+            paused = len(self.sandboxes) - running
+        return C.NodeStatus(node_id=self.node_id, address=self.address, proxy_address=self.proxy_address,
+                            vcpus_total=2, memory_total_bytes=8 << 30, memory_available_bytes=6 << 30,
+                            sandboxes_running=running, sandboxes_paused=paused, templates=list(self.templates),
+                            accel="tcg", max_sandboxes=self.max_sandboxes)
+
+    def register(self, etcd: EtcdHttp, prefix: str) -> None:
+        etcd.put(f"{prefix}/nodes/{self.node_id}", json_format.MessageToJson(self.node_status(), indent=None))
+
+    def ids(self, state=None) -> set[str]:
+        with self._lock:
+            return {k for k, s in self.sandboxes.items() if state is None or s.state == state}
+
+    def calls_of(self, method: str) -> list[str]:
+        return [sid for m, sid in self.calls if m == method]
+
+    # ---- Cubelet ----
+
+    def _enter(self, context, method: str, sid: str = "") -> None:
+        self.calls.append((method, sid))
+        if self.fail_all is not None:
+            context.abort(self.fail_all, f"fake failure of {method}")
+
+    def _get(self, context, sid: str) -> C.SandboxStatus:
+        s = self.sandboxes.get(sid)
+        if s is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"sandbox {sid} not found")
+        return s
+
+    def RunSandbox(self, request, context):
+        self._enter(context, "RunSandbox", request.sandbox_id)
+        self.run_started.set()
+        if self.run_delay_s:
+            time.sleep(self.run_delay_s)
+        if self.fail_run is not None:
+            context.abort(self.fail_run, "fake run failure")
+        if request.template_id not in self.templates:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"template {request.template_id} not found")
+        with self._lock:
+            if request.sandbox_id in self.sandboxes:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, "exists")
+            self._n += 1
+            st = C.SandboxStatus(sandbox_id=request.sandbox_id, template_id=request.template_id, node_id=self.node_id,
+                                 state=C.SANDBOX_STATE_RUNNING, host_address=f"198.19.0.{self._n % 250 + 2}",
+                                 proxy_source_address="198.19.0.1", started_at=_now(), vcpus=1, memory_mb=512,
+                                 disk_size_mb=1024, envd_version=self.envd_version, network=request.network,
+                                 metadata=dict(request.metadata))
+            self.sandboxes[request.sandbox_id] = st
+        return st
+
+    def KillSandbox(self, request, context):
+        self._enter(context, "KillSandbox", request.sandbox_id)
+        with self._lock:
+            return C.KillSandboxResponse(killed=self.sandboxes.pop(request.sandbox_id, None) is not None)
+
+    def PauseSandbox(self, request, context):
+        self._enter(context, "PauseSandbox", request.sandbox_id)
+        with self._lock:
+            s = self._get(context, request.sandbox_id)
+            if s.state == C.SANDBOX_STATE_PAUSED:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "already paused")
+            s.state = C.SANDBOX_STATE_PAUSED
+            return s
+
+    def ResumeSandbox(self, request, context):
+        self._enter(context, "ResumeSandbox", request.sandbox_id)
+        with self._lock:
+            s = self._get(context, request.sandbox_id)
+            if s.state == C.SANDBOX_STATE_RUNNING:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, "already running")
+            s.state = C.SANDBOX_STATE_RUNNING
+            return s
+
+    def GetSandbox(self, request, context):
+        self._enter(context, "GetSandbox", request.sandbox_id)
+        with self._lock:
+            return self._get(context, request.sandbox_id)
+
+    def ListSandboxes(self, request, context):
+        self._enter(context, "ListSandboxes")
+        with self._lock:
+            return C.ListSandboxesResponse(sandboxes=list(self.sandboxes.values()))
+
+    def UpdateNetwork(self, request, context):
+        self._enter(context, "UpdateNetwork", request.sandbox_id)
+        with self._lock:
+            s = self._get(context, request.sandbox_id)
+            s.network.CopyFrom(request.network)
+            return s
+
+    def SandboxMetrics(self, request, context):
+        self._enter(context, "SandboxMetrics", request.sandbox_id)
+        with self._lock:
+            self._get(context, request.sandbox_id)
+        t1, t2 = Timestamp(), Timestamp()
+        t2.GetCurrentTime()
+        t1.FromSeconds(t2.seconds - 5)
+        m = dict(cpu_count=1, cpu_used_pct=12.5, mem_used_bytes=64 << 20, mem_total_bytes=512 << 20,
+                 mem_cache_bytes=8 << 20, disk_used_bytes=10 << 20, disk_total_bytes=1024 << 20)
+        return C.SandboxMetricsResponse(metrics=[C.SandboxMetric(timestamp=t1, **m), C.SandboxMetric(timestamp=t2, **m)])
+
+    def SandboxLogs(self, request, context):
+        self._enter(context, "SandboxLogs", request.sandbox_id)
+        with self._lock:
+            self._get(context, request.sandbox_id)
+        return C.SandboxLogsResponse(lines=[C.LogLine(timestamp=_now(), line="booted"),
+                                            C.LogLine(timestamp=_now(), line="envd ready")])
+
+    def ListTemplates(self, request, context):
+        self._enter(context, "ListTemplates")
+        ts = Timestamp()
+        ts.FromSeconds(1_700_000_000)
+        return C.ListTemplatesResponse(templates=[
+            C.TemplateInfo(template_id=t, vcpus=1, memory_mb=512, writable_layer_mb=1024, envd_version=self.envd_version,
+                           created_at=ts, source="default" if t == "code-interpreter" else f"oci:{t}",
+                           node_id=self.node_id, snapshot_bytes=1 << 20)
+            for t in self.templates])
+
+    def DeleteTemplate(self, request, context):
+        self._enter(context, "DeleteTemplate", request.template_id)
+        if request.template_id not in self.templates:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no such template")
+        self.templates = tuple(t for t in self.templates if t != request.template_id)
+        return C.DeleteTemplateResponse(deleted=True)
+
+    def GetNode(self, request, context):
+        return self.node_status()
