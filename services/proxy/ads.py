@@ -20,6 +20,7 @@ Protocol as implemented (envoy api/envoy/service/discovery/v3 semantics):
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import logging
 import os
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import grpc
+from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -43,7 +45,7 @@ SHORT = {xds.CLUSTER_TYPE: "CDS", xds.LISTENER_TYPE: "LDS", xds.ROUTE_TYPE: "RDS
 @dataclass
 class _TypeState:
     version: str
-    resources: dict[str, Message]
+    resources: dict[str, any_pb2.Any]  # serialised when published: builders may reuse messages
     digest: bytes
 
 
@@ -68,9 +70,14 @@ class _Stream:
     node_id: str = ""
 
 
-def _digest(resources: dict[str, Message]) -> bytes:
-    return b"\0".join(name.encode() + b"\1" + m.SerializeToString(deterministic=True)
-                      for name, m in sorted(resources.items()))
+def _pack_one(m: Message) -> any_pb2.Any:
+    return any_pb2.Any(type_url="type.googleapis.com/" + m.DESCRIPTOR.full_name,
+                       value=m.SerializeToString(deterministic=True))
+
+
+def _digest(packed: dict[str, any_pb2.Any]) -> bytes:
+    return hashlib.sha256(b"".join(name.encode() + b"\0" + a.value + b"\0"
+                                   for name, a in sorted(packed.items()))).digest()
 
 
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -84,6 +91,23 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self._on_routes_applied = on_routes_applied or (lambda rev: None)
         self._on_streams_changed = on_streams_changed or (lambda n: None)
         self._server: grpc.aio.Server | None = None
+        self._packed: dict[str, dict[str, tuple[Message, any_pb2.Any]]] = {}
+
+    def _pack(self, type_url: str, resources: dict[str, Message]) -> dict[str, any_pb2.Any]:
+        """Serialise now. Listener and cluster messages are immutable once built (the builder
+        reuses the same objects), so their bytes are cached by identity; the route configuration
+        is edited in place between builds and is always serialised afresh."""
+        if type_url == xds.ROUTE_TYPE:
+            return {name: _pack_one(m) for name, m in resources.items()}
+        cache = self._packed.setdefault(type_url, {})
+        out, fresh = {}, {}
+        for name, m in resources.items():
+            hit = cache.get(name)
+            a = hit[1] if hit is not None and hit[0] is m else _pack_one(m)
+            out[name] = a
+            fresh[name] = (m, a)
+        self._packed[type_url] = fresh
+        return out
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -92,12 +116,13 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         old = self._snapshot.types if self._snapshot else {}
         types = {}
         for type_url, res in resources.by_type().items():
-            digest = _digest(res)
+            packed = self._pack(type_url, res)
+            digest = _digest(packed)
             prev = old.get(type_url)
             if prev is not None and prev.digest == digest:
-                types[type_url] = _TypeState(prev.version, res, digest)
+                types[type_url] = prev
             else:
-                types[type_url] = _TypeState(f"{self._boot}-{next(self._counter)}", res, digest)
+                types[type_url] = _TypeState(f"{self._boot}-{next(self._counter)}", packed, digest)
         self._snapshot = _Snapshot(types, route_revision)
         for s in self._streams:
             s.wake.set()
@@ -210,7 +235,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             nonce = str(next(self._nonces))
             out.append(discovery_pb2.DiscoveryResponse(
                 version_info=state.version, type_url=t, nonce=nonce,
-                resources=[xds.pack(m) for _, m in sorted(selected.items())]))
+                resources=[a for _, a in sorted(selected.items())]))
             stream.pending_nonce[t] = nonce
             stream.sent_version[t] = state.version
             stream.sent_names[t] = names

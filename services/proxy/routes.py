@@ -53,7 +53,8 @@ class Route:
     remote: Endpoint | None = None
     node_id: str = ""
     traffic_access_token: str = ""
-    mod_revision: int = 0
+    # Not part of a route's identity: an identical put at a newer revision is the same route.
+    mod_revision: int = field(default=0, compare=False)
 
     @property
     def is_local(self) -> bool:

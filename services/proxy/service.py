@@ -73,6 +73,7 @@ class ProxyService:
         await self.ads.start(f"unix:{sock}")
         self.watcher = RouteWatcher(self.etcd, s.routes_prefix, s.node_id, self._on_routes)
         self.envoy = EnvoyProcess(s, sock)
+        self._builder = xds.ResourceBuilder(s, self.tls, self._https, self._http)
         for coro in (self.watcher.run(), self._push_loop(), self.publisher.run(), self.envoy.run()):
             self._tasks.append(asyncio.ensure_future(coro))
         log.info("CubeProxy started", extra={
@@ -93,7 +94,7 @@ class ProxyService:
             self._changed.clear()
             table = self.watcher.table
             try:
-                resources = xds.build_resources(table, self.settings, self.tls, self._https, self._http)
+                resources = self._builder.build(table)
             except Exception:  # a bug, not bad input (routes.py validated it): keep serving the last state
                 log.exception("cannot build Envoy resources", extra={"revision": table.revision})
                 continue

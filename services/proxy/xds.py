@@ -33,7 +33,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-from google.protobuf import any_pb2, json_format
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 # Importing these registers the message types that appear inside `Any` fields.
@@ -47,6 +47,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from envoy.type.matcher.v3 import http_inputs_pb2  # noqa: F401
+from xds.type.matcher.v3 import matcher_pb2
 
 from . import errors
 from .routes import Route, RouteState, RouteTable
@@ -222,19 +223,29 @@ def _remote_cluster(remote: Endpoint, s: ProxySettings) -> cluster_pb2.Cluster:
     }, cluster_pb2.Cluster)
 
 
-def build_clusters(table: RouteTable, s: ProxySettings) -> dict[str, Message]:
-    clusters = {"cube_local": _local_cluster("", s)}
+def build_clusters(table: RouteTable, s: ProxySettings, cache: dict | None = None) -> dict[str, Message]:
+    """Clusters by name; `cache` (name → message) avoids re-parsing unchanged clusters."""
+    cache = {} if cache is None else cache
+
+    def get(name: str, make) -> Message:
+        if name not in cache:
+            cache[name] = make()
+        return cache[name]
+
+    clusters = {"cube_local": get("cube_local", lambda: _local_cluster("", s))}
     for r in table.routes.values():
         if r.state is not RouteState.RUNNING:
             continue
         if r.remote is not None:
             name = remote_cluster_name(r.remote)
             if name not in clusters:
-                clusters[name] = _remote_cluster(r.remote, s)
+                clusters[name] = get(name, lambda: _remote_cluster(r.remote, s))
         elif r.proxy_source_address:
             name = local_cluster_name(r.proxy_source_address)
             if name not in clusters:
-                clusters[name] = _local_cluster(r.proxy_source_address, s)
+                clusters[name] = get(name, lambda: _local_cluster(r.proxy_source_address, s))
+    for name in [n for n in cache if n not in clusters]:
+        del cache[name]
     return clusters
 
 
@@ -302,21 +313,63 @@ def _on_match(r: Route) -> dict:
     }}
 
 
-def build_route_config(table: RouteTable) -> route_pb2.RouteConfiguration:
-    vhost: dict = {
+def _vhost_base() -> dict:
+    return {
         "name": "sandboxes",
         "domains": ["*"],
         # The internal routing headers never reach the guest (x-cube-upstream must stay: the
         # ORIGINAL_DST load balancer reads it after route headers are applied).
         "request_headers_to_remove": [SANDBOX_HEADER, PORT_HEADER],
     }
-    if table.routes:
-        vhost["matcher"] = {"matcher_tree": {
-            "input": _header_input(SANDBOX_HEADER),
-            "exact_match_map": {"map": {sid: _on_match(r) for sid, r in sorted(table.routes.items())}},
-        }}
-    # No entry → no route (NR) → the "was not found" 502 from the local-reply mapper.
-    return _parse({"name": ROUTE_CONFIG_NAME, "virtual_hosts": [vhost]}, route_pb2.RouteConfiguration)
+
+
+def build_route_config(table: RouteTable) -> route_pb2.RouteConfiguration:
+    """The one RouteConfiguration, from scratch (ResourceBuilder keeps one up to date instead)."""
+    rc = _parse({"name": ROUTE_CONFIG_NAME, "virtual_hosts": [_vhost_base()]}, route_pb2.RouteConfiguration)
+    if not table.routes:
+        return rc  # no entry → no route (NR) → the "was not found" 502 from the local-reply mapper
+    tree = rc.virtual_hosts[0].matcher.matcher_tree
+    json_format.ParseDict(_header_input(SANDBOX_HEADER), tree.input)
+    for sid, r in sorted(table.routes.items()):
+        tree.exact_match_map.map[sid].CopyFrom(_parse(_on_match(r), matcher_pb2.Matcher.OnMatch))
+    return rc
+
+
+class ResourceBuilder:
+    """Builds Resources for successive route tables, reusing what did not change: listeners are
+    built once, and the route configuration is edited in place (only changed sandboxes' map
+    entries are parsed and copied). The returned messages are serialised by the ADS server
+    before the next build edits them."""
+
+    def __init__(self, settings: ProxySettings, tls: TlsFiles | None, https: list[Endpoint], http: list[Endpoint]):
+        self._settings = settings
+        self._listeners = build_listeners(settings, tls, https, http)  # depend on settings only
+        self._rc = build_route_config(RouteTable())
+        self._clusters: dict[str, Message] = {}
+        self._current: dict[str, Route] = {}  # sandbox id → route, as in _rc
+
+    def _routes(self, table: RouteTable) -> route_pb2.RouteConfiguration:
+        wanted = table.routes
+        if not wanted:
+            self._rc = build_route_config(RouteTable())
+            self._current = {}
+            return self._rc
+        vhost = self._rc.virtual_hosts[0]
+        if not self._current:
+            json_format.ParseDict(_header_input(SANDBOX_HEADER), vhost.matcher.matcher_tree.input)
+        entries = vhost.matcher.matcher_tree.exact_match_map.map
+        for sid in [sid for sid in self._current if sid not in wanted]:
+            del entries[sid]
+            del self._current[sid]
+        for sid, r in wanted.items():
+            if self._current.get(sid) != r:
+                entries[sid].CopyFrom(_parse(_on_match(r), matcher_pb2.Matcher.OnMatch))
+                self._current[sid] = r
+        return self._rc
+
+    def build(self, table: RouteTable) -> Resources:
+        return Resources(listeners=self._listeners, clusters=build_clusters(table, self._settings, self._clusters),
+                         routes={ROUTE_CONFIG_NAME: self._routes(table)})
 
 
 # -- listeners --------------------------------------------------------------------------------
@@ -436,9 +489,3 @@ def build_resources(table: RouteTable, s: ProxySettings, tls: TlsFiles | None,
         clusters=build_clusters(table, s),
         routes={ROUTE_CONFIG_NAME: build_route_config(table)},
     )
-
-
-def pack(message: Message) -> any_pb2.Any:
-    a = any_pb2.Any()
-    a.Pack(message)
-    return a

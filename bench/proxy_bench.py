@@ -1,0 +1,194 @@
+"""CubeProxy benchmark: route propagation, request latency and throughput through the proxy,
+each against a baseline measured in the same run (the same stand-in guest reached directly).
+
+Starts its own etcd, a stand-in guest (aiohttp, 127.0.0.2) and cube-proxy (real Envoy) on free
+loopback ports. Progress goes to stderr; the LAST stdout line is one JSON object.
+
+    .venv/bin/python bench/proxy_bench.py [--routes 60] [--requests 500] [--mb 300]
+
+* propagation: etcd put of a new route → first 200 through Envoy (polling over a keep-alive
+  connection), and put → `wait_routes_applied` returning (what the master waits for); `--routes`
+  samples of each, on an empty table and again with `--preload` other routes present.
+* latency: small GET (2-byte body), keep-alive HTTP/1.1 client; direct vs proxy (plain HTTP,
+  header routing) vs proxy (HTTPS, host routing); batches interleaved.
+* throughput: a streamed download with curl, direct vs proxy (plain HTTP and HTTPS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import ssl
+import subprocess
+import sys
+import time
+import uuid
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+import aetcd  # noqa: E402
+import httpx  # noqa: E402
+
+from bench.common import emit, machine, progress, summary  # noqa: E402
+from services.proxy.ack import wait_routes_applied  # noqa: E402
+from tests.proxy.harness import Proxy, Upstream, route_json  # noqa: E402
+from tests.support.etcd import EtcdServer  # noqa: E402
+
+DOMAIN = "cube.localhost"
+
+
+async def propagation(proxy: Proxy, etcd_port: int, up: Upstream, n: int) -> tuple[list[float], list[float]]:
+    client = aetcd.Client(port=etcd_port, timeout=10)
+    served, acked = [], []
+    try:
+        async with httpx.AsyncClient(base_url=proxy.http_url, timeout=10) as http:
+            for i in range(2 * n):
+                sid = "bench" + uuid.uuid4().hex[:12]
+                headers = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": str(up.port)}
+                key = f"{proxy.prefix}/routes/{sid}".encode()
+                assert (await http.get("/small", headers=headers)).status_code == 502  # warm connection
+                if i % 2 == 0:  # put → first successful request
+                    t0 = time.perf_counter()
+                    await client.put(key, route_json(sid, host=up.host))
+                    while (await http.get("/small", headers=headers)).status_code != 200:
+                        if time.perf_counter() - t0 > 10:
+                            raise TimeoutError(f"route {sid} not served in 10 s")
+                    served.append((time.perf_counter() - t0) * 1000)
+                else:  # put → every proxy acked (the master's wait)
+                    t0 = time.perf_counter()
+                    rev = (await client.put(key, route_json(sid, host=up.host))).header.revision
+                    await wait_routes_applied(client, rev, timeout=10, prefix=proxy.prefix)
+                    acked.append((time.perf_counter() - t0) * 1000)
+                    assert (await http.get("/small", headers=headers)).status_code == 200
+    finally:
+        await client.close()
+    return served, acked
+
+
+def latency(proxy: Proxy, up: Upstream, sid: str, n: int) -> dict:
+    direct = httpx.Client(base_url=f"http://{up.host}:{up.port}", timeout=10)
+    via_http = httpx.Client(base_url=proxy.http_url, timeout=10,
+                            headers={"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": str(up.port)})
+    name = f"{up.port}-{sid}.{DOMAIN}"
+    via_https = httpx.Client(base_url=f"https://127.0.0.1:{proxy.https_port}", timeout=10,
+                             verify=ssl.create_default_context(cafile=proxy.ca), headers={"Host": name})
+    series = {"direct": [], "proxy_http": [], "proxy_https": []}
+    clients = {"direct": (direct, {}), "proxy_http": (via_http, {}),
+               "proxy_https": (via_https, {"sni_hostname": name})}
+    try:
+        for c, ext in clients.values():  # connect and warm up
+            for _ in range(20):
+                assert c.get("/small", extensions=ext).status_code == 200
+        batch = 50
+        for _ in range(max(1, n // batch)):
+            for name_, (c, ext) in clients.items():
+                for _ in range(batch):
+                    t0 = time.perf_counter()
+                    r = c.get("/small", extensions=ext)
+                    series[name_].append((time.perf_counter() - t0) * 1000)
+                    assert r.status_code == 200
+    finally:
+        for c, _ in clients.values():
+            c.close()
+    return {k: summary(v, 3) for k, v in series.items()}
+
+
+def curl_speed(url: str, extra: list[str]) -> float:
+    out = subprocess.run(["curl", "-sS", "-o", "/dev/null", "-w", "%{speed_download} %{size_download}", *extra, url],
+                         capture_output=True, text=True, check=True, timeout=300).stdout.split()
+    return float(out[0]) / 2**20
+
+
+def throughput(proxy: Proxy, up: Upstream, sid: str, mb: int, rounds: int = 3) -> dict:
+    name = f"{up.port}-{sid}.{DOMAIN}"
+    path = f"/download?mb={mb}"
+    cases = {
+        "direct": (f"http://{up.host}:{up.port}{path}", []),
+        "proxy_http": (proxy.http_url + path, ["-H", f"Host: {name}"]),
+        "proxy_https_h1": (f"https://{name}:{proxy.https_port}{path}",
+                           ["--http1.1", "--cacert", proxy.ca, "--resolve", f"{name}:{proxy.https_port}:127.0.0.1"]),
+        "proxy_https_h2": (f"https://{name}:{proxy.https_port}{path}",
+                           ["--http2", "--cacert", proxy.ca, "--resolve", f"{name}:{proxy.https_port}:127.0.0.1"]),
+    }
+    speeds = {k: [] for k in cases}
+    for _ in range(rounds):
+        for k, (url, extra) in cases.items():
+            speeds[k].append(curl_speed(url, extra))
+    return {k: round(sorted(v)[len(v) // 2], 1) for k, v in speeds.items()}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--routes", type=int, default=60)
+    ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--mb", type=int, default=300)
+    ap.add_argument("--preload", type=int, default=1000, help="routes present for the second propagation run")
+    a = ap.parse_args()
+    etcd = EtcdServer().start()
+    up = Upstream("127.0.0.2").start()
+    proxy = Proxy(etcd.endpoint, prefix=f"/bench-{uuid.uuid4().hex[:6]}", node_id="bench",
+                  extra=["--access-log", "errors", "--log-level", "WARNING"])
+    try:
+        t0 = time.monotonic()
+        proxy.start()
+        progress(f"proxy ready in {time.monotonic() - t0:.2f} s (state {proxy.state_dir})")
+        progress(f"propagation: {a.routes} routes")
+        served, acked = asyncio.run(propagation(proxy, etcd.client_port, up, a.routes))
+        progress(f"propagation with {a.preload} more routes present")
+        t0 = time.monotonic()
+        asyncio.run(preload(etcd.client_port, proxy, up, a.preload))
+        progress(f"  {a.preload} routes put and applied in {time.monotonic() - t0:.2f} s")
+        served_big, acked_big = asyncio.run(propagation(proxy, etcd.client_port, up, a.routes))
+        sid = "benchlat"
+        asyncio.run(_put(etcd.client_port, proxy, sid, up))
+        progress(f"latency: {a.requests} requests per path")
+        lat = latency(proxy, up, sid, a.requests)
+        progress(f"throughput: {a.mb} MB downloads")
+        thr = throughput(proxy, up, sid, a.mb)
+        result = {
+            "benchmark": "proxy",
+            "propagation_put_to_served_ms": summary(served, 2),
+            "propagation_put_to_ack_ms": summary(acked, 2),
+            f"propagation_put_to_served_ms_with_{a.preload}_routes": summary(served_big, 2),
+            f"propagation_put_to_ack_ms_with_{a.preload}_routes": summary(acked_big, 2),
+            "latency_small_get_ms": lat,
+            "latency_overhead_p50_ms": {
+                "proxy_http": round(lat["proxy_http"]["p50"] - lat["direct"]["p50"], 3),
+                "proxy_https": round(lat["proxy_https"]["p50"] - lat["direct"]["p50"], 3)},
+            "throughput_download_MBps": thr,
+            "throughput_ratio_proxy_http_to_direct": round(thr["proxy_http"] / thr["direct"], 2),
+            "machine": machine(),
+        }
+        emit(result)
+    finally:
+        proxy.stop()
+        up.stop()
+        etcd.destroy()
+
+
+async def preload(port: int, proxy: Proxy, up: Upstream, n: int) -> None:
+    """`n` more routes in one burst (the proxy coalesces them), waited for."""
+    c = aetcd.Client(port=port, timeout=10)
+    try:
+        rev = 0
+        for i in range(n):
+            sid = f"bg{i:05d}"
+            rev = (await c.put(f"{proxy.prefix}/routes/{sid}".encode(), route_json(sid, host=up.host))).header.revision
+        await wait_routes_applied(c, rev, timeout=60, prefix=proxy.prefix)
+    finally:
+        await c.close()
+
+
+async def _put(port: int, proxy: Proxy, sid: str, up: Upstream) -> None:
+    c = aetcd.Client(port=port, timeout=10)
+    try:
+        rev = (await c.put(f"{proxy.prefix}/routes/{sid}".encode(), route_json(sid, host=up.host))).header.revision
+        await wait_routes_applied(c, rev, timeout=10, prefix=proxy.prefix)
+    finally:
+        await c.close()
+
+
+if __name__ == "__main__":
+    main()
