@@ -98,11 +98,15 @@ class Store:
 
     async def call(self, make):
         """Run ``make(client)`` (a coroutine factory) with the deadline and error mapping."""
+        client = self.client
         try:
-            return await asyncio.wait_for(make(self.client), self.timeout_s + 0.5)
+            return await asyncio.wait_for(make(client), self.timeout_s + 0.5)
         except (aetcd.exceptions.ClientError, grpc.RpcError, asyncio.TimeoutError, OSError) as e:
             log.warning("etcd unavailable", extra={"error": f"{type(e).__name__}: {e}"})
-            if len(self.endpoints) > 1 or isinstance(e, asyncio.TimeoutError):
+            # A fresh channel (to the next endpoint) for the next call: it connects at once
+            # instead of waiting out the old channel's reconnect backoff. Only if no other
+            # failing call replaced it already.
+            if self._client is client:
                 await self._rotate()
             raise StoreUnavailable(str(e) or type(e).__name__) from e
 

@@ -97,9 +97,9 @@ class Cluster:
         self.procs.append(p)
         return p
 
-    def start_master(self, name: str | None = None, wait_leader: bool = True, **env) -> Proc:
+    def start_master(self, name: str | None = None, wait_leader: bool = True, port: int | None = None, **env) -> Proc:
         name = name or f"master{len(self.masters)}"
-        port = free_port()
+        port = port or free_port()
         e = {**FAST_MASTER, "CUBE_MASTER_LISTEN": f"127.0.0.1:{port}", "CUBE_ETCD_ENDPOINTS": self.etcd_endpoint,
              "CUBE_ETCD_PREFIX": self.prefix, "CUBE_MASTER_MASTER_ID": name, **self.master_env, **env}
         p = self._spawn(name, "services.master", e, port)
