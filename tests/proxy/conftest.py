@@ -108,21 +108,50 @@ def http_request(proxy: Proxy, method: str, path: str, host: str | None = None, 
     return httpx.request(method, proxy.http_url + path, headers=headers, timeout=30, **kw)
 
 
+ENVD_HOST = "127.0.0.77"
+
+
 @pytest.fixture(scope="session")
 def envd_agent():
-    """The repo's real guest agent on this host (throwaway overlay root) on free ports."""
+    """The repo's real guest agent on this host (throwaway overlay root), like a guest: envd on
+    port 49983, but on its own loopback address so it never meets another envd on 127.0.0.1."""
     if os.geteuid() != 0:
         pytest.skip("envd needs root (overlay mount and chroot)")
-    from services.envd.devroot import DevRoot
-    from tests.support.etcd import free_port
+    import subprocess
+    import sys
     import tempfile
+
+    from services.envd.devroot import REPO, DevRoot
+    from tests.proxy.harness import wait_port
+    from tests.support.etcd import free_port
+
+    class Agent(DevRoot):
+        host = ENVD_HOST
+
+        def _spawn(self) -> None:
+            cmd = [sys.executable, "-m", "services.envd", "--root", self.root, "--host", self.host,
+                   "--envd-port", str(self.envd_port), "--interpreter-port", str(self.interpreter_port),
+                   "--kernel-python", self.kernel_python, "--tmpfs-tmp", *self.extra_args]
+            with open(self.log_path, "ab") as out:
+                self.proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
+                                             stdout=out, stderr=out)
+
+        def _wait_ready(self, timeout: float) -> None:
+            wait_port(self.host, self.envd_port, timeout, proc=self.proc)
+
     log = tempfile.NamedTemporaryFile(prefix="proxy-envd-", suffix=".log", delete=False)
     log.close()
-    dev = DevRoot(envd_port=free_port(), interpreter_port=free_port(), log_path=log.name,
-                  extra_args=["--no-interpreter"])
+    dev = Agent(envd_port=49983, interpreter_port=free_port(), log_path=log.name, extra_args=["--no-interpreter"])
+    # DevRoot checks 127.0.0.1/::1 for free ports; ours is another address, so skip that check.
+    import services.envd.devroot as devroot
+    orig = devroot._port_free
+    devroot._port_free = lambda port: True
     try:
         dev.start()
         yield dev
+    except RuntimeError as e:
+        pytest.skip(f"cannot run envd on {ENVD_HOST}:49983: {e}")
     finally:
+        devroot._port_free = orig
         dev.stop()
         print(f"\nenvd log: {log.name}")

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.proxy.conftest import DOMAIN, http_request, https_request, new_id, tls_client
+from tests.proxy.conftest import DOMAIN, ENVD_HOST, http_request, https_request, new_id, tls_client
 from tests.proxy.upstream import PATTERN
 
 
@@ -62,7 +62,7 @@ async def test_ndjson_stream_is_not_buffered(proxy, upstreams, routes, http2):
 async def test_envd_connect_server_stream(proxy, routes, envd_agent, http2):
     """/process.Process/Start against the real guest agent: events arrive while the process runs."""
     sid = new_id()
-    await routes.put(sid, host="127.0.0.1")
+    await routes.put(sid, host=ENVD_HOST)
     host = f"{envd_agent.envd_port}-{sid}.{DOMAIN}"
     body = envelope({"process": {"cmd": "/bin/sh", "args": ["-c", "echo one; sleep 2; echo two"]}})
     headers = {"Content-Type": "application/connect+json", "Connect-Protocol-Version": "1",
@@ -92,7 +92,7 @@ async def test_envd_connect_server_stream(proxy, routes, envd_agent, http2):
 
 async def test_envd_health_and_files_through_proxy(proxy, routes, envd_agent):
     sid = new_id()
-    await routes.put(sid, host="127.0.0.1")
+    await routes.put(sid, host=ENVD_HOST)
     with tls_client(proxy) as c:
         r = https_request(c, proxy, "GET", f"{envd_agent.envd_port}-{sid}.{DOMAIN}", "/health")
         assert r.status_code == 204
