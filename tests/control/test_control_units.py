@@ -1,0 +1,108 @@
+"""Unit tests of the control plane's pure parts: placement, paging tokens, the metadata filter
+decoding, API-key hashing, settings."""
+
+from __future__ import annotations
+
+import urllib.parse
+
+import pytest
+
+from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
+from services.api.errors import ApiError
+from services.api.routes.sandboxes import parse_metadata_query, parse_states
+from services.api.settings import Settings as ApiSettings
+from services.master import apikeys, errors
+from services.master.scheduler import NodeLoad, load_by_node, rank
+from services.master.sandboxes import decode_page_token, encode_page_token, new_sandbox_id
+from services.master.settings import Settings as MasterSettings
+
+
+def node(nid, templates=(), running=0, max_sb=0, avail_gib=6, addr="127.0.0.1:1"):
+    return C.NodeStatus(node_id=nid, address=addr, templates=list(templates), sandboxes_running=running,
+                        max_sandboxes=max_sb, memory_total_bytes=8 << 30, memory_available_bytes=avail_gib << 30)
+
+
+def test_rank_prefers_locality_over_load():
+    nodes = [node("busy-local", ["t"], running=5, max_sb=10), node("idle-remote", [], running=0, max_sb=10)]
+    assert [c.node.node_id for c in rank(nodes, "t", 512, {})] == ["busy-local", "idle-remote"]
+
+
+def test_rank_prefers_less_loaded_among_equals():
+    nodes = [node("a", ["t"], running=8, max_sb=10), node("b", ["t"], running=1, max_sb=10)]
+    assert rank(nodes, "t", 512, {})[0].node.node_id == "b"
+
+
+def test_rank_counts_creates_in_flight_and_capacity():
+    nodes = [node("a", ["t"], max_sb=2), node("b", ["t"], max_sb=2)]
+    load = {"a": NodeLoad(active=2)}
+    assert [c.node.node_id for c in rank(nodes, "t", 512, load)] == ["b"]
+    with pytest.raises(errors.Exhausted):
+        rank(nodes, "t", 512, {"a": NodeLoad(active=2), "b": NodeLoad(active=2)})
+    with pytest.raises(errors.Exhausted):
+        rank([node("small", ["t"], avail_gib=0)], "t", 4096, {})
+    with pytest.raises(errors.Unavailable):
+        rank([], "t", 512, {})
+
+
+def test_load_by_node():
+    recs = [P.Sandbox(node_id="a", phase=P.SANDBOX_PHASE_RUNNING, memory_mb=512),
+            P.Sandbox(node_id="a", phase=P.SANDBOX_PHASE_CREATING, memory_mb=256),
+            P.Sandbox(node_id="a", phase=P.SANDBOX_PHASE_PAUSED, memory_mb=512)]
+    ld = load_by_node(recs)["a"]
+    assert ld.active == 2 and ld.pending_memory_mb == 256
+
+
+def test_sandbox_ids_are_20_lowercase_alnum():
+    ids = {new_sandbox_id() for _ in range(200)}
+    assert len(ids) == 200
+    assert all(len(i) == 20 and i.isalnum() and i == i.lower() for i in ids)
+
+
+def test_page_token_roundtrip_and_garbage():
+    rec = P.Sandbox(sandbox_id="abc123")
+    rec.started_at.FromNanoseconds(1_700_000_000_123_456_789)
+    assert decode_page_token(encode_page_token(rec)) == (1_700_000_000_123_456_789, "abc123")
+    import base64
+    for bad in ("", "!!", "bm9wZQ", base64.urlsafe_b64encode(b"12:Bad-Id").decode(),
+                base64.urlsafe_b64encode(b"soon:abc").decode()):
+        with pytest.raises(errors.InvalidArgument):
+            decode_page_token(bad)
+
+
+def _sdk_encoding(meta: dict[str, str]) -> str:
+    # Exactly what e2b's SandboxPaginator does, then what the server's query parser undoes once.
+    quoted = {urllib.parse.quote(k): urllib.parse.quote(v) for k, v in meta.items()}
+    return urllib.parse.urlencode(quoted)
+
+
+@pytest.mark.parametrize("meta", [{"user": "a b"}, {"k&=": "v&=%+ü/"}, {"a": "", "b": "1"}, {"x": "+"}])
+def test_metadata_query_decoding_matches_the_sdk(meta):
+    assert parse_metadata_query(_sdk_encoding(meta)) == meta
+
+
+def test_states():
+    assert parse_states("running,paused") == [P.SANDBOX_PHASE_RUNNING, P.SANDBOX_PHASE_PAUSED]
+    assert parse_states(None) == []
+    with pytest.raises(ApiError):
+        parse_states("dead")
+
+
+def test_api_keys_hash_and_shape():
+    key = "e2b_" + "ab" * 20
+    assert apikeys.KEY_RE.match(key)
+    assert apikeys.key_id_of(key) == apikeys.digest(key)[:16]
+    assert not apikeys.KEY_RE.match("e2b_ABC") and not apikeys.KEY_RE.match("sk-123")
+
+
+def test_settings_from_env():
+    s = MasterSettings.from_env({"CUBE_ETCD_ENDPOINTS": "10.0.0.1:2379,10.0.0.2:2379", "CUBE_ETCD_PREFIX": "/x/",
+                                 "CUBE_MASTER_LEADER_TTL_S": "5", "CUBE_MASTER_TIMEOUT_TICK_S": "0.5"})
+    assert s.etcd_endpoints == ("10.0.0.1:2379", "10.0.0.2:2379") and s.prefix == "/x"
+    assert s.leader_ttl_s == 5 and s.timeout_tick_s == 0.5 and s.default_timeout_s == 300
+    with pytest.raises(ValueError):
+        MasterSettings.from_env({"CUBE_ETCD_ENDPOINTS": "nohostport"})
+    a = ApiSettings.from_env({"CUBE_AUTH": "on", "CUBE_DOMAIN": "sbx.example.com", "CUBE_MASTER_ADDR": "m:1"})
+    assert a.auth is True and a.domain == "sbx.example.com" and a.master_addr == "m:1" and a.port == 3000
+    assert ApiSettings.from_env({}).auth is False and ApiSettings.from_env({}).domain == "cube.localhost"
+    with pytest.raises(ValueError):
+        ApiSettings.from_env({"CUBE_DOMAIN": "e2b.app"})  # the SDK would send sandbox traffic to E2B
