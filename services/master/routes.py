@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import aetcd.exceptions
+import grpc
+
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2, route_pb2
 from services.master.errors import Unavailable
 from services.master.log import get_logger
@@ -30,16 +33,19 @@ def _ack_helper():
     return wait_routes_applied
 
 
-async def wait_applied(etcd_client, revision: int, timeout_s: float, sandbox_id: str = "") -> None:
+async def wait_applied(store, revision: int, timeout_s: float, sandbox_id: str = "") -> None:
     """Return once every live proxy has applied the etcd state up to ``revision``; raise
-    Unavailable when they have not within ``timeout_s``."""
+    Unavailable when they have not within ``timeout_s`` (or etcd failed meanwhile)."""
     helper = _ack_helper()
     if helper is None:
         log.debug("no proxy ack helper; not waiting for route", extra={"sandbox_id": sandbox_id})
         return
     try:
-        ok = await helper(etcd_client, revision, timeout_s)
+        ok = await helper(store.client, revision, timeout_s, prefix=store.prefix)
     except (asyncio.TimeoutError, TimeoutError) as e:
+        log.warning("route not applied in time", extra={"sandbox_id": sandbox_id, "error": str(e)})
         raise Unavailable(f"the proxies did not apply the route within {timeout_s:g}s") from e
+    except (aetcd.exceptions.ClientError, grpc.RpcError) as e:
+        raise Unavailable(f"cluster state unavailable while waiting for the route: {e}") from e
     if ok is False:
         raise Unavailable(f"the proxies did not apply the route within {timeout_s:g}s")

@@ -218,7 +218,7 @@ class Sandboxes:
             rev2 = await self.store.update_sandbox(done, rev, route=build_route(done, node))
         except Conflict:
             raise errors.NotFound(f"sandbox '{rec.sandbox_id}' was killed while it was being created")
-        await wait_applied(self.store.client, rev2, self.settings.route_ack_timeout_s, rec.sandbox_id)
+        await wait_applied(self.store, rev2, self.settings.route_ack_timeout_s, rec.sandbox_id)
         self.templates.note_spawn(rec.template_id)
         log.info("created", extra=_extra(done, node_id=node.node_id, boot_ms=boot_ms,
                                          from_warm_pool=status.from_warm_pool))
@@ -457,7 +457,7 @@ class Sandboxes:
         if out is None:
             raise errors.NotFound(f"sandbox '{sid}' was killed while it was being resumed")
         done, new_rev = out
-        await wait_applied(self.store.client, new_rev, self.settings.route_ack_timeout_s, sid)
+        await wait_applied(self.store, new_rev, self.settings.route_ack_timeout_s, sid)
         log.info("resumed", extra=_extra(done, node_id=node.node_id))
         return done
 
