@@ -13,6 +13,8 @@ from services.proxy.ack import RoutesNotApplied, applied_key, wait_routes_applie
 from tests.proxy.conftest import DOMAIN, Routes, http_request, new_id
 from tests.proxy.harness import Proxy, pid_alive, route_json
 
+pytestmark = pytest.mark.timeout(180)
+
 
 def host(port: int, sid: str) -> str:
     return f"{port}-{sid}.{DOMAIN}"

@@ -12,6 +12,8 @@ from tests.proxy.harness import REPO
 
 SCRIPT = str(REPO / "scripts" / "local_dns.sh")
 
+pytestmark = pytest.mark.timeout(180)
+
 
 def run(path) -> str:
     r = subprocess.run(["bash", SCRIPT], env=dict(os.environ, NSSWITCH=str(path)), capture_output=True, text=True)

@@ -9,6 +9,8 @@ import pytest
 from sdk.gen.cube.v1 import route_pb2
 from tests.proxy.conftest import DOMAIN, http_request, https_request, new_id, tls_client
 
+pytestmark = pytest.mark.timeout(180)
+
 
 def host(port: int, sid: str) -> str:
     return f"{port}-{sid}.{DOMAIN}"

@@ -14,6 +14,8 @@ from aiohttp import web
 from tests.proxy.conftest import ENVD_HOST, new_id
 from tests.support.etcd import free_port
 
+pytestmark = pytest.mark.timeout(180)
+
 
 @pytest.fixture
 def fake_api():

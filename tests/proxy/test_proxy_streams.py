@@ -14,6 +14,8 @@ import pytest
 from tests.proxy.conftest import DOMAIN, ENVD_HOST, http_request, https_request, new_id, tls_client
 from tests.proxy.upstream import PATTERN
 
+pytestmark = pytest.mark.timeout(180)
+
 
 def envelope(msg: dict, flags: int = 0) -> bytes:
     data = json.dumps(msg).encode()

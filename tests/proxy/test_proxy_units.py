@@ -15,6 +15,8 @@ from tests.proxy.harness import route_json
 
 P = "/cube/routes/"
 
+pytestmark = pytest.mark.timeout(180)
+
 
 def parse(sid: str, value: bytes, node: str = "n1"):
     return parse_route(P + sid, value, P, node)
