@@ -163,7 +163,7 @@ def main() -> None:
         }
         emit(result)
     finally:
-        proxy.stop()
+        proxy.destroy()
         up.stop()
         etcd.destroy()
 

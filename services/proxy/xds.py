@@ -30,6 +30,7 @@ configuration on a change; the control plane coalesces bursts (ads.py), so this 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass
 
@@ -207,7 +208,6 @@ def _local_cluster(source_address: str, s: ProxySettings) -> cluster_pb2.Cluster
 def _remote_cluster(remote: Endpoint, s: ProxySettings) -> cluster_pb2.Cluster:
     name = remote_cluster_name(remote)
     try:
-        import ipaddress
         ipaddress.ip_address(remote.host)
         kind = "STATIC"
     except ValueError:

@@ -4,7 +4,6 @@ cube-proxy), stand-in guests on 127.0.0.2/127.0.0.3, all on loopback."""
 from __future__ import annotations
 
 import os
-import shutil
 import ssl
 import uuid
 
@@ -37,8 +36,9 @@ def proxy(etcd_server):
         p.start()
         yield p
     finally:
-        p.stop()
-        print(f"\ncube-proxy log: {p.log_path}")
+        if p.proc is not None and p.proc.poll() is not None:
+            print(f"\ncube-proxy exited early; log:\n{p.log_tail()}")
+        p.destroy()
 
 
 @pytest.fixture
@@ -154,4 +154,7 @@ def envd_agent():
     finally:
         devroot._port_free = orig
         dev.stop()
-        print(f"\nenvd log: {log.name}")
+        if os.environ.get("CUBE_KEEP_TEST_STATE"):
+            print(f"\nenvd log: {log.name}")
+        else:
+            os.unlink(log.name)

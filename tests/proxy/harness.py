@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -166,6 +167,12 @@ class Proxy:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+    def destroy(self) -> None:
+        """Stop and remove the state dir (set CUBE_KEEP_TEST_STATE=1 to keep logs and TLS files)."""
+        self.stop()
+        if not os.environ.get("CUBE_KEEP_TEST_STATE"):
+            shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 def route_json(sandbox_id: str, host: str = "", state: int = route_pb2.ROUTE_STATE_RUNNING, token: str = "",

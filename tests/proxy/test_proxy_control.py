@@ -11,7 +11,7 @@ import pytest
 
 from services.proxy.ack import RoutesNotApplied, applied_key, wait_routes_applied
 from tests.proxy.conftest import DOMAIN, Routes, http_request, new_id
-from tests.proxy.harness import Proxy, pid_alive, route_json
+from tests.proxy.harness import Proxy, pid_alive
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -145,7 +145,7 @@ async def test_kill9_restart_rebuilds_from_etcd(etcd_server, etcd, upstreams, ow
         got = await etcd.get(applied_key(own_prefix, p.proxy_id).encode())
         assert got is not None and int(got.value) >= rev
     finally:
-        p.stop()
+        p.destroy()
 
 
 async def test_envoy_crash_is_restarted(etcd_server, etcd, upstreams, own_prefix):
@@ -176,7 +176,7 @@ async def test_envoy_crash_is_restarted(etcd_server, etcd, upstreams, own_prefix
         for s in (sid, sid2):
             assert http_request(p, "GET", "/echo", host=host(up.port, s)).status_code == 200
     finally:
-        p.stop()
+        p.destroy()
 
 
 async def test_remote_node_forwarding(etcd_server, etcd, upstreams, own_prefix):
@@ -200,8 +200,8 @@ async def test_remote_node_forwarding(etcd_server, etcd, upstreams, own_prefix):
         r = http_request(a, "GET", "/echo", host=host(up.port, sid))
         assert r.status_code == 401
     finally:
-        a.stop()
-        b.stop()
+        a.destroy()
+        b.destroy()
 
 
 async def test_stop_leaves_nothing(etcd_server, etcd, own_prefix):
@@ -216,7 +216,7 @@ async def test_stop_leaves_nothing(etcd_server, etcd, own_prefix):
         assert await etcd.get(key) is not None
         python_pid = p.proc.pid
     finally:
-        p.stop()
+        p.destroy()
     assert not pid_alive(python_pid) and not pid_alive(envoy_pid)
     assert await etcd.get(key) is None  # lease revoked on a graceful stop
     assert not p.envoy_pid_file.exists()
