@@ -13,12 +13,17 @@ test: setup
 	@$(PY) -m vmm_core artifacts >/dev/null
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
-# Bring the service up on this node (builds guest artifacts on first use).
+# Bring the whole service up on this node with the default template (first run builds it).
 up: setup
-	$(PY) -m vmm_core artifacts
+	@bash scripts/node_up.sh
 
+# Stop every service and sandbox of this node; nothing of Cube stays running.
 down:
-	@true
+	@$(PY) -m deploy.supervisor stop
+
+# The exports the unmodified E2B SDKs need: eval "$$(make -s env)"
+env:
+	@$(PY) -m deploy.env
 
 artifacts: setup
 	$(PY) -m vmm_core artifacts

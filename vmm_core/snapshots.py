@@ -82,8 +82,16 @@ class Snapshot:
             snap = cls(path, SnapshotKind(d["kind"]), MachineSpec.from_dict(d["spec"]), d["created_at"])
         except (OSError, ValueError, KeyError) as e:
             raise SnapshotError(f"{path} is not a usable snapshot: {e}") from e
+        snap = snap._relocated()
         snap.verify()
         return snap
+
+    def _relocated(self) -> "Snapshot":
+        """Point the files the snapshot owns (memory, writable disk) into its current directory,
+        so a snapshot directory can be moved as a whole."""
+        disks = tuple(replace(d, path=self.disk) if not d.readonly else d for d in self.spec.disks)
+        memory = self.memory if self.kind is SnapshotKind.TEMPLATE else self.spec.memory_file
+        return replace(self, spec=replace(self.spec, disks=disks, memory_file=memory))
 
     def verify(self) -> None:
         """Cheap integrity checks before spending a QEMU process on the snapshot."""

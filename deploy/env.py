@@ -1,0 +1,29 @@
+"""`make env`: the variables the unmodified E2B SDKs need to use this node."""
+from __future__ import annotations
+
+import shlex
+
+from deploy.supervisor import NodeConfig
+
+DEFAULT_TEMPLATE = "code-interpreter"
+# Auth is off by default: any non-empty key is accepted. The key has E2B's shape so that SDK
+# versions that check the format locally accept it too.
+LOCAL_KEY = "e2b_" + "0" * 40
+
+
+def sdk_env(cfg: NodeConfig) -> dict[str, str]:
+    return {
+        "E2B_API_URL": f"http://localhost:{cfg.api_port}",
+        "E2B_API_KEY": LOCAL_KEY,
+        "SSL_CERT_FILE": str(cfg.state_dir / "tls" / "ca.pem"),
+        "CUBE_TEMPLATE_ID": DEFAULT_TEMPLATE,
+    }
+
+
+def main() -> None:
+    for k, v in sdk_env(NodeConfig()).items():
+        print(f"export {k}={shlex.quote(v)}")
+
+
+if __name__ == "__main__":
+    main()

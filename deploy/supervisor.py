@@ -1,0 +1,268 @@
+"""One-node supervisor: etcd and every Cube service on this machine, for `make up` / `make down`.
+
+    python -m deploy.supervisor run        # foreground: start everything, restart what crashes
+    python -m deploy.supervisor stop       # stop a running supervisor and everything it started
+
+Programs start in dependency order, each after the previous one is ready; a program that exits
+is restarted with backoff. Logs go to `<state>/logs/<program>.log`; the supervisor's pid is in
+`<state>/run/supervisor.pid`. Sandboxes (QEMU processes) outlive a cubelet restart on purpose, so
+`stop` also tells the cubelet's managers to remove every sandbox and CubeVS to tear its datapath
+down: after `make down` nothing of Cube is left running.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    state_dir: Path = Path(os.environ.get("CUBE_STATE_DIR", "/var/lib/cube"))
+    etcd_client_port: int = int(os.environ.get("CUBE_ETCD_PORT", "2379"))
+    etcd_peer_port: int = int(os.environ.get("CUBE_ETCD_PEER_PORT", "2380"))
+    api_port: int = int(os.environ.get("CUBE_API_PORT", "3000"))
+    master_addr: str = os.environ.get("CUBE_MASTER_ADDR", "127.0.0.1:50051")
+    cubelet_addr: str = os.environ.get("CUBE_CUBELET_LISTEN", "127.0.0.1:50052")
+    vs_socket: str = os.environ.get("CUBE_VS_SOCKET", "/run/cube/vs.sock")
+    proxy_http_port: int = int(os.environ.get("CUBE_PROXY_HTTP_PORT", "3002"))
+    domain: str = os.environ.get("CUBE_DOMAIN", "cube.localhost")
+
+    @property
+    def logs(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def run(self) -> Path:
+        return self.state_dir / "run"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.run / "supervisor.pid"
+
+    @property
+    def etcd_endpoint(self) -> str:
+        return f"127.0.0.1:{self.etcd_client_port}"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "CUBE_STATE_DIR": str(self.state_dir),
+            "CUBE_ETCD_ENDPOINTS": self.etcd_endpoint,
+            "CUBE_MASTER_ADDR": self.master_addr,
+            "CUBE_DOMAIN": self.domain,
+            "CUBE_NODE_ID": socket.gethostname(),
+            "CUBE_VS_LISTEN": f"unix://{self.vs_socket}",
+            "CUBE_CUBELET_LISTEN": self.cubelet_addr,
+            "CUBE_CUBELET_VS_ADDRESS": f"unix://{self.vs_socket}",
+            "CUBE_CUBELET_PROXY_ADDRESS": f"127.0.0.1:{self.proxy_http_port}",
+            "CUBE_API_PORT": str(self.api_port),
+        }
+
+
+@dataclass
+class Program:
+    name: str
+    argv: list[str]
+    ready: object  # callable returning bool
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    backoff: float = 0.5
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _unix_open(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.settimeout(0.5)
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _etcd_healthy(endpoint: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{endpoint}/health", timeout=1) as r:
+            return b'"true"' in r.read()
+    except OSError:
+        return False
+
+
+def programs(cfg: NodeConfig) -> list[Program]:
+    host, port = cfg.master_addr.rsplit(":", 1)
+    chost, cport = cfg.cubelet_addr.rsplit(":", 1)
+    return [
+        Program("etcd", ["etcd", "--name", "cube", "--data-dir", str(cfg.state_dir / "etcd"),
+                         "--listen-client-urls", f"http://{cfg.etcd_endpoint}",
+                         "--advertise-client-urls", f"http://{cfg.etcd_endpoint}",
+                         "--listen-peer-urls", f"http://127.0.0.1:{cfg.etcd_peer_port}",
+                         "--initial-advertise-peer-urls", f"http://127.0.0.1:{cfg.etcd_peer_port}",
+                         "--initial-cluster", f"cube=http://127.0.0.1:{cfg.etcd_peer_port}"],
+                lambda: _etcd_healthy(cfg.etcd_endpoint)),
+        Program("vs", [PY, "-m", "services.vs"], lambda: _unix_open(cfg.vs_socket)),
+        Program("cubelet", [PY, "-m", "services.cubelet"], lambda: _tcp_open(chost, int(cport))),
+        Program("master", [PY, "-m", "services.master"], lambda: _tcp_open(host, int(port))),
+        Program("proxy", [PY, "-m", "services.proxy"], lambda: _tcp_open("127.0.0.1", cfg.proxy_http_port)),
+        Program("api", [PY, "-m", "services.api"], lambda: _tcp_open("127.0.0.1", cfg.api_port)),
+    ]
+
+
+class Supervisor:
+    def __init__(self, cfg: NodeConfig) -> None:
+        self.cfg = cfg
+        self.programs = programs(cfg)
+        self.stopping = False
+
+    def _start(self, p: Program) -> None:
+        log = open(self.cfg.logs / f"{p.name}.log", "ab")
+        log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} starting {p.name} ---\n".encode())
+        log.flush()
+        p.proc = subprocess.Popen(p.argv, cwd=REPO, env={**self.cfg.env(), **p.extra_env}, stdout=log,
+                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        p.started_at = time.monotonic()
+
+    def say(self, msg: str) -> None:
+        line = json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "service": "supervisor",
+                           "msg": msg})
+        with open(self.cfg.logs / "supervisor.log", "a") as f:
+            f.write(line + "\n")
+        print(msg, flush=True)
+
+    def start_all(self, timeout: float = 300.0) -> None:
+        for p in self.programs:
+            self._start(p)
+            deadline = time.monotonic() + timeout
+            while not p.ready():
+                if p.proc.poll() is not None:
+                    raise SystemExit(f"{p.name} exited with {p.proc.returncode} while starting; "
+                                     f"see {self.cfg.logs / (p.name + '.log')}")
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{p.name} not ready after {timeout}s; see {self.cfg.logs / (p.name + '.log')}")
+                time.sleep(0.1)
+            self.say(f"{p.name} ready (pid {p.proc.pid})")
+
+    def watch(self) -> None:
+        while not self.stopping:
+            for p in self.programs:
+                if p.proc is not None and p.proc.poll() is not None and not self.stopping:
+                    code = p.proc.returncode
+                    # A program that ran for a while restarts at once; a crash loop backs off.
+                    p.backoff = 0.5 if time.monotonic() - p.started_at > 30 else min(p.backoff * 2, 30)
+                    self.say(f"{p.name} exited with {code}; restarting in {p.backoff:.1f}s")
+                    time.sleep(p.backoff)
+                    p.restarts += 1
+                    self._start(p)
+            time.sleep(0.2)
+
+    def stop_all(self) -> None:
+        self.stopping = True
+        for p in reversed(self.programs):
+            if p.proc is not None and p.proc.poll() is None:
+                p.proc.terminate()
+                try:
+                    p.proc.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.proc.kill()
+                    p.proc.wait()
+                self.say(f"{p.name} stopped")
+
+
+def run(cfg: NodeConfig) -> None:
+    cfg.logs.mkdir(parents=True, exist_ok=True)
+    cfg.run.mkdir(parents=True, exist_ok=True)
+    Path(cfg.vs_socket).parent.mkdir(parents=True, exist_ok=True)
+    if cfg.pidfile.exists():
+        try:
+            os.kill(int(cfg.pidfile.read_text()), 0)
+            raise SystemExit(f"a supervisor is already running (pid {cfg.pidfile.read_text().strip()})")
+        except (ProcessLookupError, ValueError):
+            cfg.pidfile.unlink()
+    cfg.pidfile.write_text(str(os.getpid()))
+    sup = Supervisor(cfg)
+
+    def on_signal(signum, frame):
+        sup.stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        sup.start_all()
+        (cfg.run / "ready").write_text(str(time.time()))
+        sup.watch()
+    finally:
+        (cfg.run / "ready").unlink(missing_ok=True)
+        sup.stop_all()
+        cleanup_node(cfg, sup)
+        cfg.pidfile.unlink(missing_ok=True)
+
+
+def cleanup_node(cfg: NodeConfig, sup: Supervisor) -> None:
+    """Nothing of Cube stays running: remove sandboxes' VMs and CubeVS's datapath."""
+    env = cfg.env()
+    subprocess.run([PY, "-m", "deploy.cleanup"], cwd=REPO, env=env)
+    sup.say("node cleaned up")
+
+
+def stop(cfg: NodeConfig, timeout: float = 120.0) -> None:
+    try:
+        pid = int(cfg.pidfile.read_text())
+    except (OSError, ValueError):
+        print("no supervisor running")
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        cfg.pidfile.unlink(missing_ok=True)
+        print("no supervisor running")
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print("stopped")
+            return
+        time.sleep(0.2)
+    os.kill(pid, signal.SIGKILL)
+    print("supervisor killed after timeout")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(prog="python -m deploy.supervisor")
+    ap.add_argument("command", choices=["run", "stop"])
+    args = ap.parse_args()
+    cfg = NodeConfig()
+    if args.command == "run":
+        run(cfg)
+    else:
+        stop(cfg)
+
+
+if __name__ == "__main__":
+    main()

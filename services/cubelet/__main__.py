@@ -1,0 +1,58 @@
+"""`cube-cubelet`: the node agent (gRPC). Sandboxes keep running across its restarts."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import grpc
+
+from sdk.gen.cube.v1 import cubelet_pb2_grpc
+from services import jsonlog
+from vmm_core import VmmSettings, accel
+
+from .registration import NodeRegistration
+from .sandboxes import SandboxManager
+from .server import CubeletService
+from .settings import CubeletSettings
+from .templates import TemplateStore
+from .vs_client import VsClient
+
+log = logging.getLogger("cubelet")
+
+
+async def serve(settings: CubeletSettings) -> None:
+    vmm = VmmSettings.from_env()
+    vs = VsClient(settings.vs_address)
+    templates = TemplateStore(settings, vmm, vs)
+    sandboxes = SandboxManager(settings, vmm, vs, templates)
+    await sandboxes.start()
+    service = CubeletService(settings, sandboxes, templates, accel.resolve(vmm.accel).value)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 << 20)])
+    cubelet_pb2_grpc.add_CubeletServicer_to_server(service, server)
+    server.add_insecure_port(settings.listen)
+    await server.start()
+    registration = NodeRegistration(settings, service.node_status)
+    await registration.start()
+    log.info("cubelet serving", extra={"listen": settings.listen, "node_id": settings.node_id})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("cubelet stopping; sandboxes keep running")
+    await registration.stop()
+    await server.stop(grace=5)
+    await sandboxes.stop()
+    await vs.close()
+
+
+def main() -> None:
+    settings = CubeletSettings.from_env(argv=sys.argv[1:])
+    jsonlog.setup("cube-cubelet")
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

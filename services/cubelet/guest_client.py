@@ -1,0 +1,86 @@
+"""The cubelet talking to the agent inside a sandbox, through the sandbox's CubeVS address.
+
+CubeVS lets only the node's proxy source address reach a guest, so these requests bind it too.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import time
+from dataclasses import dataclass
+
+import httpx
+
+ENVD_PORT = 49983
+INTERPRETER_PORT = 49999
+
+
+class GuestAgentError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class GuestEndpoint:
+    host_address: str
+    source_address: str  # empty: don't bind (no CubeVS, e.g. tests on a namespace)
+
+    def url(self, port: int, path: str) -> str:
+        return f"http://{self.host_address}:{port}{path}"
+
+    def client(self, timeout: float) -> httpx.AsyncClient:
+        transport = httpx.AsyncHTTPTransport(local_address=self.source_address or None, retries=0)
+        return httpx.AsyncClient(transport=transport, timeout=timeout)
+
+
+async def init_identity(ep: GuestEndpoint, *, sandbox_id: str, access_token: str, env_vars: dict[str, str],
+                        current_token: str = "", timeout: float = 30.0) -> None:
+    """POST /init: token, env vars, clock and entropy for the agent of a freshly restored sandbox."""
+    body = {
+        "sandboxID": sandbox_id,
+        "accessToken": access_token,
+        "envVars": env_vars,
+        "timestamp": time.time(),
+        "entropy": base64.b64encode(os.urandom(64)).decode(),
+    }
+    headers = {"X-Access-Token": current_token} if current_token else {}
+    async with ep.client(timeout) as c:
+        try:
+            r = await c.post(ep.url(ENVD_PORT, "/init"), json=body, headers=headers)
+        except httpx.HTTPError as e:
+            raise GuestAgentError(f"agent /init unreachable: {e!r}") from e
+    if r.status_code >= 300:
+        raise GuestAgentError(f"agent /init answered {r.status_code}: {r.text[:300]}")
+
+
+async def wait_healthy(ep: GuestEndpoint, ports: tuple[int, ...] = (ENVD_PORT, INTERPRETER_PORT),
+                       timeout: float = 120.0) -> None:
+    """Until every port answers GET /health with a 2xx."""
+    deadline = time.monotonic() + timeout
+    async with ep.client(5.0) as c:
+        for port in ports:
+            while True:
+                try:
+                    r = await c.get(ep.url(port, "/health"))
+                    if r.status_code < 300:
+                        break
+                    last = f"HTTP {r.status_code}"
+                except httpx.HTTPError as e:
+                    last = repr(e)
+                if time.monotonic() > deadline:
+                    raise GuestAgentError(f"port {port} not healthy within {timeout}s: {last}")
+                await asyncio.sleep(0.05)
+
+
+async def wait_tcp(ep: GuestEndpoint, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, w = await asyncio.wait_for(asyncio.open_connection(
+                ep.host_address, port, local_addr=(ep.source_address, 0) if ep.source_address else None), 2.0)
+            w.close()
+            return
+        except (OSError, asyncio.TimeoutError) as e:
+            if time.monotonic() > deadline:
+                raise GuestAgentError(f"port {port} did not accept connections within {timeout}s: {e!r}") from e
+            await asyncio.sleep(0.05)

@@ -1,0 +1,446 @@
+"""Sandboxes on this node: run, kill, pause/resume, metrics, logs, and re-adoption after a restart.
+
+`SandboxManager` is the one owner of sandbox state on the node. Every sandbox has a record file
+(`<sandboxes_dir>/<id>.json`) written before anything is started and removed last, so that a
+cubelet killed at any point can tell, on restart, what it was doing: a record whose VM still runs
+is re-adopted, one whose VM is gone is cleaned up, and a VM or network without a record is removed.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sdk.gen.cube.v1 import cubelet_pb2 as pb
+from sdk.gen.cube.v1 import network_pb2
+from vmm_core import (Machine, MachineGoneError, NetworkAttachment, Snapshot, VmmError, VmmSettings, clone, restore,
+                      save)
+from vmm_core.machine import list_machines
+
+from .guest_client import (ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, init_identity,
+                           wait_healthy)
+from .settings import CubeletSettings
+from .templates import TemplateStore
+from .vs_client import VsClient
+from .warm_pool import PoolEntry, WarmPool
+
+log = logging.getLogger("cubelet.sandboxes")
+_SANDBOX_ID = re.compile(r"[a-z0-9]{1,64}")
+
+
+class SandboxError(Exception):
+    """A failure with the gRPC status the caller should see."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code  # a grpc.StatusCode name: NOT_FOUND, FAILED_PRECONDITION, ...
+
+
+class State(str, Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    RESUMING = "resuming"
+
+
+@dataclass
+class SandboxRecord:
+    sandbox_id: str
+    template_id: str
+    state: State
+    vm_id: str
+    vs_id: str
+    access_token: str
+    env_vars: dict[str, str]
+    metadata: dict[str, str]
+    policy: dict  # NetworkPolicy as proto JSON
+    vcpus: int
+    memory_mb: int
+    disk_mb: int
+    envd_version: str
+    started_at: float
+    host_address: str = ""
+    proxy_address: str = ""
+    from_pool: bool = False
+
+    def dump(self, path: Path) -> None:
+        d = asdict(self)
+        d["state"] = self.state.value
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(d, indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "SandboxRecord":
+        d = json.loads(path.read_text())
+        d["state"] = State(d["state"])
+        return cls(**d)
+
+    def network_policy(self) -> network_pb2.NetworkPolicy:
+        return json_format.ParseDict(self.policy, network_pb2.NetworkPolicy())
+
+    def status(self, node_id: str) -> pb.SandboxStatus:
+        ts = Timestamp()
+        ts.FromNanoseconds(int(self.started_at * 1e9))
+        return pb.SandboxStatus(
+            sandbox_id=self.sandbox_id, template_id=self.template_id, node_id=node_id,
+            state=pb.SANDBOX_STATE_PAUSED if self.state in (State.PAUSED, State.PAUSING) else pb.SANDBOX_STATE_RUNNING,
+            host_address=self.host_address, proxy_source_address=self.proxy_address, started_at=ts,
+            vcpus=self.vcpus, memory_mb=self.memory_mb, disk_size_mb=self.disk_mb, envd_version=self.envd_version,
+            network=self.network_policy(), metadata=self.metadata, from_warm_pool=self.from_pool)
+
+
+@dataclass
+class _Live:
+    record: SandboxRecord
+    machine: Machine | None = None
+    metrics: collections.deque = field(default_factory=lambda: collections.deque(maxlen=120))
+    last_cpu: tuple[float, float] | None = None  # (monotonic time, cpu seconds)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class SandboxManager:
+    def __init__(self, settings: CubeletSettings, vmm: VmmSettings, vs: VsClient, templates: TemplateStore) -> None:
+        self.settings = settings
+        self.vmm = vmm
+        self.vs = vs
+        self.templates = templates
+        self.pool = WarmPool(settings, vmm, vs, templates)
+        self._live: dict[str, _Live] = {}
+        self._metrics_task: asyncio.Task | None = None
+        settings.sandboxes_dir.mkdir(parents=True, exist_ok=True)
+        settings.paused_dir.mkdir(parents=True, exist_ok=True)
+
+    def _record_path(self, sandbox_id: str) -> Path:
+        return self.settings.sandboxes_dir / f"{sandbox_id}.json"
+
+    def _saved_dir(self, sandbox_id: str) -> Path:
+        return self.settings.paused_dir / sandbox_id
+
+    def _save_record(self, rec: SandboxRecord) -> None:
+        rec.dump(self._record_path(rec.sandbox_id))
+
+    def _forget(self, sandbox_id: str) -> None:
+        self._record_path(sandbox_id).unlink(missing_ok=True)
+        self._live.pop(sandbox_id, None)
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, req: pb.RunSandboxRequest) -> pb.SandboxStatus:
+        sid = req.sandbox_id
+        if not _SANDBOX_ID.fullmatch(sid):
+            raise SandboxError("INVALID_ARGUMENT", f"invalid sandbox id {sid!r}")
+        if sid in self._live or self._record_path(sid).exists():
+            raise SandboxError("ALREADY_EXISTS", f"sandbox {sid} already exists on this node")
+        if len(self._live) >= self.settings.max_sandboxes:
+            raise SandboxError("RESOURCE_EXHAUSTED", f"node {self.settings.node_id} is full "
+                                                     f"({self.settings.max_sandboxes} sandboxes)")
+        tpl = self.templates.get(req.template_id)
+        if tpl is None:
+            raise SandboxError("NOT_FOUND", f"template {req.template_id!r} is not built on this node")
+        policy = network_pb2.NetworkPolicy()
+        policy.CopyFrom(req.network)
+        policy.expose_all_ports = True  # E2B: every guest port is reachable through the proxy
+        rec = SandboxRecord(
+            sandbox_id=sid, template_id=tpl.template_id, state=State.STARTING, vm_id=sid, vs_id=sid,
+            access_token=req.envd_access_token, env_vars=dict(req.env_vars), metadata=dict(req.metadata),
+            policy=json_format.MessageToDict(policy), vcpus=tpl.info.vcpus, memory_mb=tpl.info.memory_mb,
+            disk_mb=tpl.info.writable_layer_mb, envd_version=tpl.info.envd_version, started_at=time.time())
+        live = _Live(rec)
+        self._live[sid] = live
+        self._save_record(rec)
+        try:
+            async with live.lock:
+                await asyncio.wait_for(self._start(live, tpl, policy), self.settings.create_timeout_s)
+                rec.state = State.RUNNING
+                self._save_record(rec)
+        except BaseException as e:
+            await self._teardown(live)
+            if isinstance(e, SandboxError):
+                raise
+            if isinstance(e, asyncio.TimeoutError):
+                raise SandboxError("DEADLINE_EXCEEDED", f"sandbox {sid} did not start within "
+                                                        f"{self.settings.create_timeout_s}s") from e
+            if isinstance(e, (VmmError, GuestAgentError)):
+                raise SandboxError("INTERNAL", f"sandbox {sid} failed to start: {e}") from e
+            raise
+        log.info("sandbox running", extra={"sandbox_id": sid, "from_pool": rec.from_pool})
+        return rec.status(self.settings.node_id)
+
+    async def _start(self, live: _Live, tpl, policy: network_pb2.NetworkPolicy) -> None:
+        rec = live.record
+        entry: PoolEntry | None = self.pool.claim(tpl.template_id)
+        if entry is not None:
+            # A clone restored and warmed up ahead of time: adopt its VM and network.
+            rec.vm_id, rec.vs_id, rec.from_pool = entry.machine.vm_id, entry.vs_id, True
+            self._save_record(rec)
+            live.machine = entry.machine
+            net = await self.vs.update_policy(entry.vs_id, policy)
+            entry.machine.record.labels.update({"sandbox_id": rec.sandbox_id, "role": "sandbox"})
+            entry.machine.record.dump(entry.machine.paths.record)
+        else:
+            net = await self.vs.allocate(rec.vs_id, policy)
+            rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
+            self._save_record(rec)
+            live.machine = await clone(self.vmm, tpl.load_snapshot(), rec.vm_id,
+                                       NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
+                                       labels={"sandbox_id": rec.sandbox_id, "role": "sandbox"}, sync=False)
+        rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
+        self._save_record(rec)
+        await self._hand_identity(live)
+        self.pool.request_refill(tpl.template_id)
+
+    async def _hand_identity(self, live: _Live, current_token: str = "") -> None:
+        """Clock, entropy (with a forced CRNG reseed: clones share the snapshot's RNG state), then
+        the agent's token and env vars. Both before the API answers, so no user code ever runs
+        with another sandbox's identity."""
+        rec = live.record
+        ep = GuestEndpoint(rec.host_address, rec.proxy_address)
+        assert live.machine is not None
+        await asyncio.gather(
+            live.machine.control.sync_identity(timeout=30),
+            init_identity(ep, sandbox_id=rec.sandbox_id, access_token=rec.access_token, env_vars=rec.env_vars,
+                          current_token=current_token),
+        )
+
+    async def _teardown(self, live: _Live) -> None:
+        rec = live.record
+        if live.machine is not None:
+            await live.machine.kill()
+            live.machine = None
+        await self.vs.release(rec.vs_id)
+        shutil.rmtree(self._saved_dir(rec.sandbox_id), ignore_errors=True)
+        self._forget(rec.sandbox_id)
+
+    def _get(self, sandbox_id: str) -> _Live:
+        live = self._live.get(sandbox_id)
+        if live is None:
+            raise SandboxError("NOT_FOUND", f"sandbox {sandbox_id} is not on this node")
+        return live
+
+    async def kill(self, sandbox_id: str) -> bool:
+        live = self._live.get(sandbox_id)
+        if live is None:
+            return False
+        async with live.lock:
+            await self._teardown(live)
+        log.info("sandbox killed", extra={"sandbox_id": sandbox_id})
+        return True
+
+    async def pause(self, sandbox_id: str) -> pb.SandboxStatus:
+        live = self._get(sandbox_id)
+        async with live.lock:
+            rec = live.record
+            if rec.state is not State.RUNNING or live.machine is None:
+                raise SandboxError("FAILED_PRECONDITION", f"sandbox {sandbox_id} is {rec.state.value}, not running")
+            rec.state = State.PAUSING
+            self._save_record(rec)
+            try:
+                await save(live.machine, self._saved_dir(sandbox_id))
+            except VmmError as e:
+                rec.state = State.RUNNING
+                self._save_record(rec)
+                raise SandboxError("INTERNAL", f"pausing {sandbox_id} failed: {e}") from e
+            live.machine = None
+            # The tap goes back to CubeVS: a paused sandbox costs disk, not node resources.
+            await self.vs.release(rec.vs_id)
+            rec.state, rec.host_address, rec.proxy_address = State.PAUSED, "", ""
+            rec.vs_id = rec.vm_id = sandbox_id
+            self._save_record(rec)
+            live.last_cpu = None
+        log.info("sandbox paused", extra={"sandbox_id": sandbox_id})
+        return rec.status(self.settings.node_id)
+
+    async def resume(self, req: pb.ResumeSandboxRequest) -> pb.SandboxStatus:
+        live = self._get(req.sandbox_id)
+        async with live.lock:
+            rec = live.record
+            if rec.state is not State.PAUSED:
+                raise SandboxError("FAILED_PRECONDITION", f"sandbox {rec.sandbox_id} is {rec.state.value}, not paused")
+            old_token = rec.access_token
+            if req.envd_access_token:
+                rec.access_token = req.envd_access_token
+            if req.env_vars:
+                rec.env_vars = dict(req.env_vars)
+            if req.HasField("network"):
+                policy = network_pb2.NetworkPolicy()
+                policy.CopyFrom(req.network)
+                policy.expose_all_ports = True
+                rec.policy = json_format.MessageToDict(policy)
+            rec.state = State.RESUMING
+            self._save_record(rec)
+            try:
+                net = await self.vs.allocate(rec.vs_id, rec.network_policy())
+                rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
+                self._save_record(rec)
+                saved = Snapshot.load(self._saved_dir(rec.sandbox_id))
+                live.machine = await restore(self.vmm, saved, rec.vm_id,
+                                             NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
+                                             labels={"sandbox_id": rec.sandbox_id, "role": "sandbox"})
+                ep = GuestEndpoint(rec.host_address, rec.proxy_address)
+                await init_identity(ep, sandbox_id=rec.sandbox_id, access_token=rec.access_token,
+                                    env_vars=rec.env_vars, current_token=old_token)
+            except BaseException as e:
+                # The saved state is intact (restore() gives the disk back on failure): stay paused.
+                if live.machine is not None:
+                    # The VM came back (restore consumed the saved state) but the agent did not
+                    # take its identity: save it again so nothing written is lost.
+                    try:
+                        await save(live.machine, self._saved_dir(rec.sandbox_id))
+                    except VmmError as save_error:
+                        log.error("sandbox state lost: re-saving after a failed resume failed",
+                                  extra={"sandbox_id": rec.sandbox_id, "error": str(save_error)})
+                        await live.machine.kill()
+                    live.machine = None
+                await self.vs.release(rec.vs_id)
+                rec.state, rec.host_address, rec.proxy_address, rec.access_token = State.PAUSED, "", "", old_token
+                self._save_record(rec)
+                if isinstance(e, (VmmError, GuestAgentError)):
+                    raise SandboxError("INTERNAL", f"resuming {rec.sandbox_id} failed: {e}") from e
+                raise
+            rec.state = State.RUNNING
+            self._save_record(rec)
+        log.info("sandbox resumed", extra={"sandbox_id": rec.sandbox_id})
+        return rec.status(self.settings.node_id)
+
+    async def update_network(self, sandbox_id: str, policy: network_pb2.NetworkPolicy) -> pb.SandboxStatus:
+        live = self._get(sandbox_id)
+        async with live.lock:
+            rec = live.record
+            p = network_pb2.NetworkPolicy()
+            p.CopyFrom(policy)
+            p.expose_all_ports = True
+            if rec.state is State.RUNNING:
+                await self.vs.update_policy(rec.vs_id, p)
+            rec.policy = json_format.MessageToDict(p)
+            self._save_record(rec)
+            return rec.status(self.settings.node_id)
+
+    # ---- observation -------------------------------------------------------------------------
+
+    def get(self, sandbox_id: str) -> pb.SandboxStatus:
+        return self._get(sandbox_id).record.status(self.settings.node_id)
+
+    def list(self) -> list[pb.SandboxStatus]:
+        return [l.record.status(self.settings.node_id) for l in self._live.values()
+                if l.record.state is not State.STARTING]
+
+    def counts(self) -> tuple[int, int]:
+        running = sum(1 for l in self._live.values() if l.record.state is State.RUNNING)
+        paused = sum(1 for l in self._live.values() if l.record.state is State.PAUSED)
+        return running, paused
+
+    def metrics(self, sandbox_id: str) -> list[pb.SandboxMetric]:
+        live = self._get(sandbox_id)
+        return list(live.metrics)
+
+    def logs(self, sandbox_id: str, limit: int = 1000) -> list[pb.LogLine]:
+        live = self._get(sandbox_id)
+        path = self.vmm.vms_dir / live.record.vm_id / "console.log"
+        try:
+            mtime = path.stat().st_mtime
+            lines = path.read_text(errors="replace").splitlines()[-(limit or 1000):]
+        except OSError:
+            return []
+        ts = Timestamp()
+        ts.FromNanoseconds(int(mtime * 1e9))
+        return [pb.LogLine(timestamp=ts, line=l) for l in lines]
+
+    def _sample(self, live: _Live) -> None:
+        m = live.machine
+        if m is None or live.record.state is not State.RUNNING:
+            return
+        try:
+            s = m.stats()
+        except (OSError, MachineGoneError):
+            return
+        now = time.monotonic()
+        pct = 0.0
+        if live.last_cpu is not None:
+            dt = now - live.last_cpu[0]
+            if dt > 0:
+                pct = max(0.0, 100.0 * (s.cpu_seconds - live.last_cpu[1]) / dt / max(1, live.record.vcpus))
+        live.last_cpu = (now, s.cpu_seconds)
+        ts = Timestamp()
+        ts.GetCurrentTime()
+        live.metrics.append(pb.SandboxMetric(
+            timestamp=ts, cpu_count=live.record.vcpus, cpu_used_pct=round(pct, 2), mem_used_bytes=s.pss_bytes,
+            mem_total_bytes=live.record.memory_mb << 20, mem_cache_bytes=0, disk_used_bytes=s.writable_disk_bytes,
+            disk_total_bytes=live.record.disk_mb << 20))
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            for live in list(self._live.values()):
+                self._sample(live)
+            await asyncio.sleep(self.settings.metrics_interval_s)
+
+    # ---- start-up: re-adopt, clean up --------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.recover()
+        self._metrics_task = asyncio.create_task(self._metrics_loop())
+        await self.pool.start()
+
+    async def stop(self) -> None:
+        """Stop background work. Sandboxes keep running: a restarted cubelet re-adopts them."""
+        if self._metrics_task:
+            self._metrics_task.cancel()
+        await self.pool.stop()
+
+    async def recover(self) -> None:
+        adopted_vms: set[str] = set()
+        for path in sorted(self.settings.sandboxes_dir.glob("*.json")):
+            try:
+                rec = SandboxRecord.load(path)
+            except (OSError, ValueError, TypeError, KeyError) as e:
+                log.warning("unreadable sandbox record removed", extra={"path": str(path), "error": str(e)})
+                path.unlink(missing_ok=True)
+                continue
+            live = _Live(rec)
+            if rec.state is State.PAUSED and (self._saved_dir(rec.sandbox_id) / "snapshot.json").exists():
+                self._live[rec.sandbox_id] = live
+                continue
+            if rec.state is State.RUNNING:
+                try:
+                    live.machine = await Machine.attach(self.vmm, rec.vm_id)
+                    self._live[rec.sandbox_id] = live
+                    adopted_vms.add(rec.vm_id)
+                    log.info("sandbox re-adopted", extra={"sandbox_id": rec.sandbox_id, "pid": live.machine.pid})
+                    continue
+                except VmmError as e:
+                    log.warning("sandbox lost while the cubelet was down",
+                                extra={"sandbox_id": rec.sandbox_id, "error": str(e)})
+            # STARTING/PAUSING/RESUMING when we died, or its VM is gone: finish the job by removing it.
+            if rec.state in (State.PAUSING, State.RESUMING) and (self._saved_dir(rec.sandbox_id) / "snapshot.json").exists():
+                rec.state = State.PAUSED
+                self._save_record(rec)
+                self._live[rec.sandbox_id] = live
+                continue
+            await self._teardown(live)
+        # VMs that no record owns: pool entries, template builds, half-started creates.
+        for vm_id in list_machines(self.vmm):
+            if vm_id in adopted_vms:
+                continue
+            try:
+                m = await Machine.attach(self.vmm, vm_id)
+                await m.kill()
+            except VmmError:
+                shutil.rmtree(self.vmm.vms_dir / vm_id, ignore_errors=True)
+            log.info("orphan machine removed", extra={"vm_id": vm_id})
+        for d in self.settings.paused_dir.iterdir():
+            if d.name not in self._live:
+                shutil.rmtree(d, ignore_errors=True)
+        live_vs = [l.record.vs_id for l in self._live.values() if l.record.state is State.RUNNING]
+        await self.vs.reconcile(live_vs)

@@ -1,0 +1,114 @@
+"""The Cubelet gRPC service (cube.v1.Cubelet): translates calls to the node's managers."""
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from sdk.gen.cube.v1 import cubelet_pb2 as pb
+from sdk.gen.cube.v1 import cubelet_pb2_grpc
+from vmm_core import accel
+
+from . import registration
+from .sandboxes import SandboxError, SandboxManager
+from .settings import CubeletSettings
+from .templates import TemplateError, TemplateStore
+
+log = logging.getLogger("cubelet.server")
+
+
+async def _abort(context: grpc.aio.ServicerContext, e: Exception) -> None:
+    code = getattr(grpc.StatusCode, getattr(e, "code", "INTERNAL"), grpc.StatusCode.INTERNAL)
+    await context.abort(code, str(e))
+
+
+class CubeletService(cubelet_pb2_grpc.CubeletServicer):
+    def __init__(self, settings: CubeletSettings, sandboxes: SandboxManager, templates: TemplateStore,
+                 accel_name: str) -> None:
+        self.settings = settings
+        self.sandboxes = sandboxes
+        self.templates = templates
+        self.accel_name = accel_name
+
+    async def RunSandbox(self, request, context):
+        try:
+            return await self.sandboxes.run(request)
+        except SandboxError as e:
+            await _abort(context, e)
+
+    async def KillSandbox(self, request, context):
+        return pb.KillSandboxResponse(killed=await self.sandboxes.kill(request.sandbox_id))
+
+    async def PauseSandbox(self, request, context):
+        try:
+            return await self.sandboxes.pause(request.sandbox_id)
+        except SandboxError as e:
+            await _abort(context, e)
+
+    async def ResumeSandbox(self, request, context):
+        try:
+            return await self.sandboxes.resume(request)
+        except SandboxError as e:
+            await _abort(context, e)
+
+    async def GetSandbox(self, request, context):
+        try:
+            return self.sandboxes.get(request.sandbox_id)
+        except SandboxError as e:
+            await _abort(context, e)
+
+    async def ListSandboxes(self, request, context):
+        return pb.ListSandboxesResponse(sandboxes=self.sandboxes.list())
+
+    async def UpdateNetwork(self, request, context):
+        try:
+            return await self.sandboxes.update_network(request.sandbox_id, request.network)
+        except SandboxError as e:
+            await _abort(context, e)
+        except grpc.aio.AioRpcError as e:  # CubeVS rejected the policy (malformed CIDR, too many rules)
+            await context.abort(e.code(), e.details())
+
+    async def SandboxMetrics(self, request, context):
+        try:
+            return pb.SandboxMetricsResponse(metrics=self.sandboxes.metrics(request.sandbox_id))
+        except SandboxError as e:
+            await _abort(context, e)
+
+    async def SandboxLogs(self, request, context):
+        try:
+            return pb.SandboxLogsResponse(lines=self.sandboxes.logs(request.sandbox_id, request.limit))
+        except SandboxError as e:
+            await _abort(context, e)
+
+    async def BuildTemplate(self, request, context):
+        try:
+            async for event in self.templates.build(request):
+                yield event
+        except TemplateError as e:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+
+    async def ListTemplates(self, request, context):
+        return pb.ListTemplatesResponse(templates=[t.info for t in self.templates.list()])
+
+    async def DeleteTemplate(self, request, context):
+        users = [s.sandbox_id for s in self.sandboxes.list() if s.template_id == request.template_id]
+        if users and not request.force:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"template {request.template_id} is used by {len(users)} sandbox(es): "
+                                f"{', '.join(users[:5])}; use force to kill them and delete it")
+        for sid in users:
+            await self.sandboxes.kill(sid)
+        return pb.DeleteTemplateResponse(deleted=self.templates.delete(request.template_id))
+
+    async def GetNode(self, request, context):
+        return self.node_status()
+
+    def node_status(self) -> pb.NodeStatus:
+        total, available = registration.host_memory()
+        running, paused = self.sandboxes.counts()
+        return pb.NodeStatus(
+            node_id=self.settings.node_id, address=self.settings.advertise_address,
+            proxy_address=self.settings.proxy_address, vcpus_total=registration.vcpus(),
+            memory_total_bytes=total, memory_available_bytes=available, sandboxes_running=running,
+            sandboxes_paused=paused, templates=[t.template_id for t in self.templates.list()],
+            accel=self.accel_name, max_sandboxes=self.settings.max_sandboxes)

@@ -1,0 +1,282 @@
+"""Templates on this node: build (image → boot → probe → snapshot), cache, list, delete.
+
+A template lives in `<templates_dir>/<template_id>/`:
+  info.json                  the TemplateInfo (proto JSON), the build key and the current build
+  builds/<key>/image.ext4    the template root filesystem (read-only in every sandbox)
+  builds/<key>/snapshot/     the vmm_core template snapshot every sandbox is cloned from
+A build never moves once its snapshot exists (running clones map its files); switching to a new
+build is the atomic replacement of info.json, and old builds are removed once nothing uses them.
+A build is keyed by everything it depends on (guest artifacts, image, machine shape, guest config);
+building again with the same key is a no-op, so `make up` can ask for the default template every
+time.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sdk.gen.cube.v1 import cubelet_pb2 as pb
+from sdk.gen.cube.v1 import network_pb2
+from services.envd.version import ENVD_VERSION
+from vmm_core import (GuestArtifacts, GuestConfig, NetworkAttachment, Snapshot, VmmError, VmmSettings, boot,
+                      ensure_guest_artifacts, snapshot)
+from vmm_core.cache import input_key
+from vmm_core.disks import writable_layer
+
+from .guest_client import ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, wait_healthy, wait_tcp
+from .settings import CubeletSettings
+from .vs_client import VsClient
+
+log = logging.getLogger("cubelet.templates")
+Phase = pb.TemplateBuildPhase
+
+
+class TemplateError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Template:
+    template_id: str
+    dir: Path
+    info: pb.TemplateInfo
+    build_key: str
+
+    @property
+    def build_dir(self) -> Path:
+        return self.dir / "builds" / self.build_key
+
+    @property
+    def image(self) -> Path:
+        return self.build_dir / "image.ext4"
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return self.build_dir / "snapshot"
+
+    def load_snapshot(self) -> Snapshot:
+        return Snapshot.load(self.snapshot_dir)
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """What a source (default image, OCI image) hands to the common build pipeline."""
+
+    image: Path
+    guest_config: GuestConfig
+    probe_ports: tuple[int, ...]
+    source: str
+
+
+def _event(phase: int, message: str = "", **kw) -> pb.TemplateBuildEvent:
+    ts = Timestamp()
+    ts.GetCurrentTime()
+    return pb.TemplateBuildEvent(phase=phase, message=message, timestamp=ts, **kw)
+
+
+def _referenced_paths(root: Path) -> set[str]:
+    """The text of every machine/snapshot record under root (they name the files they use)."""
+    refs: set[str] = set()
+    if root.is_dir():
+        for name in ("machine.json", "snapshot.json"):
+            for rec in root.glob(f"*/{name}"):
+                try:
+                    refs.add(rec.read_text())
+                except OSError:
+                    pass
+    return refs
+
+
+def _dir_bytes(path: Path) -> int:
+    total = 0
+    for p in path.rglob("*"):
+        if p.is_file():
+            total += p.stat().st_blocks * 512
+    return total
+
+
+class TemplateStore:
+    """Owner of the templates on this node."""
+
+    def __init__(self, settings: CubeletSettings, vmm: VmmSettings, vs: VsClient) -> None:
+        self.settings = settings
+        self.vmm = vmm
+        self.vs = vs
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._guest: GuestArtifacts | None = None
+        settings.templates_dir.mkdir(parents=True, exist_ok=True)
+
+    async def guest(self) -> GuestArtifacts:
+        if self._guest is None:
+            self._guest = await asyncio.to_thread(ensure_guest_artifacts, self.vmm)
+        return self._guest
+
+    # ---- queries ---------------------------------------------------------------------------
+
+    def get(self, template_id: str) -> Template | None:
+        d = self.settings.templates_dir / template_id
+        try:
+            raw = json.loads((d / "info.json").read_text())
+        except (OSError, ValueError):
+            return None
+        info = json_format.ParseDict(raw["info"], pb.TemplateInfo(), ignore_unknown_fields=True)
+        return Template(template_id, d, info, raw.get("build_key", ""))
+
+    def list(self) -> list[Template]:
+        out = []
+        for d in sorted(self.settings.templates_dir.iterdir()) if self.settings.templates_dir.is_dir() else []:
+            if not d.name.startswith("."):
+                t = self.get(d.name)
+                if t is not None:
+                    out.append(t)
+        return out
+
+    def delete(self, template_id: str) -> bool:
+        d = self.settings.templates_dir / template_id
+        if not d.exists():
+            return False
+        # Rename first so a half-deleted template never looks valid.
+        trash = d.with_name(f".deleting-{template_id}-{os.getpid()}")
+        os.rename(d, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    def prune(self, template_id: str) -> list[str]:
+        """Remove builds of a template that are neither current nor used by a VM or a paused
+        sandbox (their files are named in those machines' records)."""
+        t = self.get(template_id)
+        builds = t.dir / "builds" if t else None
+        if t is None or not builds.is_dir():
+            return []
+        in_use = _referenced_paths(self.vmm.vms_dir) | _referenced_paths(self.settings.paused_dir)
+        removed = []
+        for b in builds.iterdir():
+            if b.name != t.build_key and not any(str(b) in ref for ref in in_use):
+                shutil.rmtree(b, ignore_errors=True)
+                removed.append(b.name)
+        return removed
+
+    # ---- build -----------------------------------------------------------------------------
+
+    async def build(self, req: pb.BuildTemplateRequest) -> AsyncIterator[pb.TemplateBuildEvent]:
+        tid = req.template_id
+        if not tid or not all(c.isalnum() or c in "-_" for c in tid) or len(tid) > 64:
+            raise TemplateError(f"invalid template id {tid!r}: use 1-64 letters, digits, '-' or '_'")
+        lock = self._locks.setdefault(tid, asyncio.Lock())
+        async with lock:
+            async for ev in self._build_locked(req):
+                yield ev
+
+    async def _build_locked(self, req: pb.BuildTemplateRequest) -> AsyncIterator[pb.TemplateBuildEvent]:
+        tid = req.template_id
+        vcpus = req.vcpus or 1
+        memory_mb = req.memory_mb or 1024
+        rw_mb = req.writable_layer_mb or 1024
+        phase_ms: dict[str, int] = {}
+        t_phase = time.monotonic()
+
+        def lap(phase: str) -> None:
+            nonlocal t_phase
+            now = time.monotonic()
+            phase_ms[phase] = phase_ms.get(phase, 0) + int((now - t_phase) * 1000)
+            t_phase = now
+
+        source = req.WhichOneof("source")
+        if source != "default_image":
+            yield _event(Phase.FAILED, error=f"template source {source!r} is not supported on this node yet")
+            return
+
+        yield _event(Phase.BUILDING_IMAGE, "building the default code-interpreter image")
+        guest = await self.guest()
+        prepared = await self._prepare_default()
+        lap("BUILDING_IMAGE")
+        key = input_key(guest.key, prepared.image.stat().st_size, prepared.image.stat().st_mtime_ns,
+                        prepared.guest_config.to_json(), vcpus, memory_mb, rw_mb, list(req.expose_ports),
+                        req.no_memory_sharing)
+        existing = self.get(tid)
+        if existing is not None and existing.build_key == key and existing.snapshot_dir.is_dir():
+            yield _event(Phase.READY, "template is up to date", template=existing.info)
+            return
+
+        tdir = self.settings.templates_dir / tid
+        work = tdir / "builds" / key
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        done = False
+        vs_id = f"build{tid}".replace("-", "").replace("_", "")[:40]
+        machine = None
+        try:
+            os.link(prepared.image, work / "image.ext4")
+            rw = writable_layer(work / "rw.img", rw_mb, prepared.guest_config)
+            net = await self.vs.allocate(vs_id, network_pb2.NetworkPolicy(expose_all_ports=True))
+            ep = GuestEndpoint(net.host_address, net.proxy_address)
+            spec = guest.machine_spec(work / "image.ext4", rw, vcpus=vcpus, memory_mb=memory_mb,
+                                      network=NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
+                                      memory_file=work / "memory")
+            yield _event(Phase.BOOTING, f"booting ({vcpus} vCPU, {memory_mb} MB)")
+            machine = await boot(self.vmm, f"tplbuild-{tid}", spec, labels={"template_build": tid})
+            await machine.wait_guest(300)
+            lap("BOOTING")
+            yield _event(Phase.PROBING, f"waiting for ports {', '.join(map(str, prepared.probe_ports))}")
+            await wait_healthy(ep, prepared.probe_ports, timeout=600)
+            if req.probe_port and req.probe_port not in prepared.probe_ports:
+                await wait_tcp(ep, req.probe_port, timeout=300)
+            await self._settle(ep)
+            lap("PROBING")
+            yield _event(Phase.SNAPSHOTTING, "taking the snapshot")
+            snap_dir = work / "snapshot"
+            m, machine = machine, None
+            await snapshot(m, snap_dir)
+            lap("SNAPSHOTTING")
+            (work / "rw.img").unlink(missing_ok=True)
+            created = Timestamp()
+            created.GetCurrentTime()
+            info = pb.TemplateInfo(
+                template_id=tid, vcpus=vcpus, memory_mb=memory_mb, writable_layer_mb=rw_mb,
+                envd_version=ENVD_VERSION, created_at=created, snapshot_bytes=_dir_bytes(work),
+                expose_ports=list(req.expose_ports), source=prepared.source, node_id=self.settings.node_id,
+                phase_ms=phase_ms, no_memory_sharing=req.no_memory_sharing)
+            tmp = tdir / "info.json.tmp"
+            tmp.write_text(json.dumps({"info": json_format.MessageToDict(info), "build_key": key}, indent=1))
+            os.replace(tmp, tdir / "info.json")
+            done = True
+            self.prune(tid)
+            yield _event(Phase.READY, "ready", template=info)
+        except (VmmError, GuestAgentError, OSError, TemplateError) as e:
+            tail = getattr(e, "console_tail", "") or (machine.console_tail(60) if machine else "")
+            log.warning("template build failed", extra={"template_id": tid, "error": str(e)})
+            yield _event(Phase.FAILED, error=f"{e}\n{tail}".strip())
+        finally:
+            if machine is not None:
+                await machine.kill()
+            await self.vs.release(vs_id)
+            if not done:
+                shutil.rmtree(work, ignore_errors=True)
+                if not (tdir / "info.json").exists():
+                    shutil.rmtree(tdir, ignore_errors=True)
+
+    async def _prepare_default(self) -> PreparedImage:
+        from . import default_image
+
+        image = await asyncio.to_thread(default_image.ensure_default_image, self.vmm)
+        return PreparedImage(image, default_image.default_guest_config(), (ENVD_PORT, INTERPRETER_PORT), "default")
+
+    async def _settle(self, ep: GuestEndpoint) -> None:
+        """Let the guest finish starting its kernels before memory is frozen: clones then start with
+        them running instead of each starting its own."""
+        async with ep.client(120.0) as c:
+            try:
+                await c.get(ep.url(INTERPRETER_PORT, "/contexts"))
+            except Exception as e:  # only an optimisation; the probe already passed
+                log.info("contexts warm-up failed: %s", e)
+        await asyncio.sleep(1.0)

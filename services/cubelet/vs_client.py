@@ -1,0 +1,46 @@
+"""The cubelet's client of CubeVS (same node, gRPC over a unix socket)."""
+from __future__ import annotations
+
+import grpc
+
+from sdk.gen.cube.v1 import network_pb2, vs_pb2, vs_pb2_grpc
+
+
+class VsClient:
+    def __init__(self, address: str) -> None:
+        self._channel = grpc.aio.insecure_channel(address)
+        self._stub = vs_pb2_grpc.CubeVSStub(self._channel)
+
+    async def allocate(self, vs_id: str, policy: network_pb2.NetworkPolicy) -> vs_pb2.SandboxNetwork:
+        resp = await self._stub.Allocate(vs_pb2.AllocateRequest(sandbox_id=vs_id, policy=policy), timeout=30)
+        return resp.network
+
+    async def update_policy(self, vs_id: str, policy: network_pb2.NetworkPolicy) -> vs_pb2.SandboxNetwork:
+        resp = await self._stub.UpdatePolicy(vs_pb2.UpdatePolicyRequest(sandbox_id=vs_id, policy=policy), timeout=30)
+        return resp.network
+
+    async def release(self, vs_id: str) -> bool:
+        """False when the sandbox had no network (already released): release is idempotent."""
+        try:
+            await self._stub.Release(vs_pb2.ReleaseRequest(sandbox_id=vs_id), timeout=30)
+            return True
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.NOT_FOUND:
+                return False
+            raise
+
+    async def list(self) -> list[vs_pb2.SandboxNetwork]:
+        return list((await self._stub.List(vs_pb2.ListRequest(), timeout=30)).networks)
+
+    async def reconcile(self, live: list[str]) -> vs_pb2.ReconcileResponse:
+        return await self._stub.Reconcile(vs_pb2.ReconcileRequest(live_sandbox_ids=live), timeout=60)
+
+    async def stats(self, vs_ids: list[str]) -> dict[str, vs_pb2.SandboxStats]:
+        resp = await self._stub.Stats(vs_pb2.StatsRequest(sandbox_ids=vs_ids), timeout=30)
+        return {s.sandbox_id: s for s in resp.stats}
+
+    async def status(self) -> vs_pb2.StatusResponse:
+        return await self._stub.Status(vs_pb2.StatusRequest(), timeout=30)
+
+    async def close(self) -> None:
+        await self._channel.close()

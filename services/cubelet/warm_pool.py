@@ -1,0 +1,120 @@
+"""Warm pool: clones restored, warmed and idle ahead of demand, per template.
+
+Under TCG a fresh clone pays for QEMU's start and for translating the guest's code paths on its
+first requests (hundreds of ms); a pooled clone has paid both. It has no identity yet: a claim
+hands it the sandbox's network policy, clock, entropy (forcing a reseed) and agent token, exactly
+as a fresh clone gets them, so nothing distinguishes the two once created. Until claimed a pooled
+clone has no internet access and runs no user code.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import secrets
+from dataclasses import dataclass
+
+from sdk.gen.cube.v1 import network_pb2, vs_pb2
+from vmm_core import Machine, NetworkAttachment, VmmError, VmmSettings, clone
+
+from .guest_client import ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, wait_healthy
+from .settings import CubeletSettings
+from .templates import TemplateStore
+from .vs_client import VsClient
+
+log = logging.getLogger("cubelet.warm_pool")
+
+
+@dataclass
+class PoolEntry:
+    template_id: str
+    vs_id: str
+    machine: Machine
+    network: vs_pb2.SandboxNetwork
+
+
+class WarmPool:
+    def __init__(self, settings: CubeletSettings, vmm: VmmSettings, vs: VsClient, templates: TemplateStore) -> None:
+        self.settings = settings
+        self.vmm = vmm
+        self.vs = vs
+        self.templates = templates
+        self._ready: dict[str, collections.deque[PoolEntry]] = collections.defaultdict(collections.deque)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def claim(self, template_id: str) -> PoolEntry | None:
+        q = self._ready.get(template_id)
+        return q.popleft() if q else None
+
+    def size(self, template_id: str) -> int:
+        return len(self._ready.get(template_id, ()))
+
+    def request_refill(self, template_id: str | None = None) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        if self.settings.warm_pool_size > 0:
+            self._task = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        for q in self._ready.values():
+            while q:
+                await self._discard(q.popleft())
+
+    async def _run(self) -> None:
+        while True:
+            self._wake.clear()
+            for tpl in self.templates.list():
+                while self.size(tpl.template_id) < self.settings.warm_pool_size:
+                    try:
+                        entry = await self._make(tpl.template_id)
+                    except (VmmError, GuestAgentError, OSError, Exception) as e:  # retried on the next round
+                        log.warning("warm pool fill failed", extra={"template_id": tpl.template_id, "error": str(e)})
+                        break
+                    if self.templates.get(tpl.template_id) is None:  # deleted meanwhile
+                        await self._discard(entry)
+                        break
+                    self._ready[tpl.template_id].append(entry)
+            # Entries of deleted templates go away.
+            for tid in list(self._ready):
+                if self.templates.get(tid) is None:
+                    while self._ready[tid]:
+                        await self._discard(self._ready[tid].popleft())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=5.0)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _make(self, template_id: str) -> PoolEntry:
+        tpl = self.templates.get(template_id)
+        if tpl is None:
+            raise GuestAgentError(f"template {template_id} vanished")
+        vs_id = f"pool-{secrets.token_hex(8)}"
+        policy = network_pb2.NetworkPolicy(allow_internet_access=False, expose_all_ports=True)
+        net = await self.vs.allocate(vs_id, policy)
+        machine = None
+        try:
+            machine = await clone(self.vmm, tpl.load_snapshot(), vs_id,
+                                  NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
+                                  labels={"role": "pool", "template_id": template_id}, sync=False)
+            # Exercise the paths a create will take, so their translation is done before then.
+            await machine.control.call("ping", timeout=60)
+            ep = GuestEndpoint(net.host_address, net.proxy_address)
+            await wait_healthy(ep, (ENVD_PORT, INTERPRETER_PORT), timeout=120)
+            return PoolEntry(template_id, vs_id, machine, net)
+        except BaseException:
+            if machine is not None:
+                await machine.kill()
+            await self.vs.release(vs_id)
+            raise
+
+    async def _discard(self, entry: PoolEntry) -> None:
+        await entry.machine.kill()
+        await self.vs.release(entry.vs_id)
