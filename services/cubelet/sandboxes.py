@@ -28,6 +28,7 @@ from vmm_core import (Machine, MachineGoneError, NetworkAttachment, Snapshot, Vm
                       save)
 from vmm_core.machine import list_machines
 
+from . import gc
 from .guest_client import (ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, init_identity,
                            wait_healthy)
 from .settings import CubeletSettings
@@ -390,6 +391,9 @@ class SandboxManager:
 
     async def start(self) -> None:
         await self.recover()
+        for t in self.templates.list():
+            self.templates.prune(t.template_id)
+        await asyncio.to_thread(gc.prune_artifacts, self.settings, self.vmm)
         self._metrics_task = asyncio.create_task(self._metrics_loop())
         await self.pool.start()
 

@@ -33,11 +33,14 @@ from vmm_core import (GuestArtifacts, GuestConfig, NetworkAttachment, Snapshot, 
 from vmm_core.cache import input_key
 from vmm_core.disks import writable_layer
 
+from . import gc, guest_agent
 from .guest_client import ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, wait_healthy, wait_tcp
 from .settings import CubeletSettings
 from .vs_client import VsClient
 
 log = logging.getLogger("cubelet.templates")
+# Part of every build key: bump it when the build procedure itself changes (not its inputs).
+BUILD_PROCEDURE = 2
 Phase = pb.TemplateBuildPhase
 
 
@@ -200,7 +203,7 @@ class TemplateStore:
         guest = await self.guest()
         prepared = await self._prepare_default()
         lap("BUILDING_IMAGE")
-        key = input_key(guest.key, prepared.image.stat().st_size, prepared.image.stat().st_mtime_ns,
+        key = input_key(BUILD_PROCEDURE, guest.key, prepared.image.stat().st_size, prepared.image.stat().st_mtime_ns,
                         prepared.guest_config.to_json(), vcpus, memory_mb, rw_mb, list(req.expose_ports),
                         req.no_memory_sharing)
         existing = self.get(tid)
@@ -231,7 +234,8 @@ class TemplateStore:
             await wait_healthy(ep, prepared.probe_ports, timeout=600)
             if req.probe_port and req.probe_port not in prepared.probe_ports:
                 await wait_tcp(ep, req.probe_port, timeout=300)
-            await self._settle(ep)
+            if INTERPRETER_PORT in prepared.probe_ports:
+                await self._settle(ep)
             lap("PROBING")
             yield _event(Phase.SNAPSHOTTING, "taking the snapshot")
             snap_dir = work / "snapshot"
@@ -251,8 +255,9 @@ class TemplateStore:
             os.replace(tmp, tdir / "info.json")
             done = True
             self.prune(tid)
+            await asyncio.to_thread(gc.prune_artifacts, self.settings, self.vmm)
             yield _event(Phase.READY, "ready", template=info)
-        except (VmmError, GuestAgentError, OSError, TemplateError) as e:
+        except (VmmError, GuestAgentError, guest_agent.AgentNotReady, OSError, TemplateError) as e:
             tail = getattr(e, "console_tail", "") or (machine.console_tail(60) if machine else "")
             log.warning("template build failed", extra={"template_id": tid, "error": str(e)})
             yield _event(Phase.FAILED, error=f"{e}\n{tail}".strip())
@@ -272,11 +277,8 @@ class TemplateStore:
         return PreparedImage(image, default_image.default_guest_config(), (ENVD_PORT, INTERPRETER_PORT), "default")
 
     async def _settle(self, ep: GuestEndpoint) -> None:
-        """Let the guest finish starting its kernels before memory is frozen: clones then start with
-        them running instead of each starting its own."""
-        async with ep.client(120.0) as c:
-            try:
-                await c.get(ep.url(INTERPRETER_PORT, "/contexts"))
-            except Exception as e:  # only an optimisation; the probe already passed
-                log.info("contexts warm-up failed: %s", e)
+        """Wait until the agent's default kernels really run (an empty cell each) before memory is
+        frozen: a snapshot taken earlier would leave every clone finishing their start-up."""
+        async with ep.client(600.0) as c:
+            await guest_agent.wait_default_kernels(c, ep.url(INTERPRETER_PORT, ""), timeout=900.0)
         await asyncio.sleep(1.0)

@@ -1,0 +1,57 @@
+"""Garbage collection of cached build artifacts on this node.
+
+Every change of an input (the agent's code, the default image's package list, ...) produces a new
+cached artifact under `<state>/artifacts/<kind>/<key>/`, and CI runs on the same machine again and
+again, so old ones must go. An artifact is kept while anything still names it: a template build's
+snapshot, a paused sandbox's saved state, or a running machine (their records hold the paths they
+use); otherwise only the newest few of each kind are kept.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from vmm_core import VmmSettings
+
+from .settings import CubeletSettings
+
+log = logging.getLogger("cubelet.gc")
+KEEP_NEWEST = 2
+
+
+def _records(settings: CubeletSettings, vmm: VmmSettings) -> list[str]:
+    texts: list[str] = []
+    patterns = [
+        (settings.templates_dir, "*/builds/*/snapshot/snapshot.json"),
+        (settings.paused_dir, "*/snapshot.json"),
+        (vmm.vms_dir, "*/machine.json"),
+    ]
+    for root, pattern in patterns:
+        if root.is_dir():
+            for p in root.glob(pattern):
+                try:
+                    texts.append(p.read_text())
+                except OSError:
+                    pass
+    return texts
+
+
+def prune_artifacts(settings: CubeletSettings, vmm: VmmSettings, keep_newest: int = KEEP_NEWEST) -> list[Path]:
+    """Remove unreferenced artifacts beyond the newest `keep_newest` of each kind."""
+    refs = _records(settings, vmm)
+    removed: list[Path] = []
+    root = vmm.artifacts_dir
+    if not root.is_dir():
+        return removed
+    for kind in sorted(p for p in root.iterdir() if p.is_dir()):
+        keys = sorted((k for k in kind.iterdir() if k.is_dir() and not k.name.startswith(".")),
+                      key=lambda k: k.stat().st_mtime, reverse=True)
+        for k in keys[keep_newest:]:
+            if any(str(k) in r for r in refs):
+                continue
+            shutil.rmtree(k, ignore_errors=True)
+            removed.append(k)
+    if removed:
+        log.info("pruned artifacts", extra={"removed": [str(p) for p in removed]})
+    return removed
