@@ -1,7 +1,8 @@
-"""Structured logs for every Cube service: one JSON object per line on stderr.
+"""Structured logs for every Cube service on the host: one JSON object per line on stderr.
 
 `log.info("sandbox running", extra={"sandbox_id": sid})`: every key of `extra` becomes a field, so
-the sandbox ID is on every line that concerns a sandbox.
+the sandbox ID is on every line that concerns a sandbox. (The guest agent, services/envd, runs
+alone inside the VM and keeps its own copy of this format.)
 """
 from __future__ import annotations
 
@@ -10,34 +11,40 @@ import logging
 import sys
 import time
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# Third-party internals that are noisy at INFO and say nothing an operator needs.
+_QUIET = ("grpc", "aetcd", "asyncio", "httpx", "httpcore", "sanic.access")
 
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, **static: object) -> None:
         super().__init__()
-        self.service = service
+        self.static = {"service": service, **static}
 
     def format(self, record: logging.LogRecord) -> str:
         out = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
-            "service": self.service,
+            **self.static,
             "logger": record.name,
             "msg": record.getMessage(),
         }
         for k, v in vars(record).items():
-            if k not in _STANDARD and not k.startswith("_"):
-                out[k] = v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
+            if k not in _STANDARD and not k.startswith("_") and v is not None:
+                out[k] = v if isinstance(v, (str, int, float, bool, list, dict)) else str(v)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+        return json.dumps(out, default=str)
 
 
-def setup(service: str, level: str = "INFO") -> None:
-    """Send every logger's records to stderr as JSON lines tagged with the service name."""
+def setup(service: str, level: str = "INFO", *, logger: str = "", **static: object) -> None:
+    """Send the records of `logger` (default: all) to stderr as JSON lines tagged with the service."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    handler.setFormatter(JsonFormatter(service, **static))
+    target = logging.getLogger(logger)
+    target.handlers[:] = [handler]
+    target.setLevel(level.upper())
+    if logger:
+        target.propagate = False
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -1,10 +1,9 @@
-"""Structured JSON logs for cube-api (same line format as the master's)."""
-
+"""Logging for cube-api: JSON lines (services/jsonlog.py) under the `cube.api` logger."""
 from __future__ import annotations
 
 import logging
 
-from services.master import log as _mlog
+from services import jsonlog
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -12,4 +11,4 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def setup(level: str = "INFO") -> None:
-    _mlog.setup(level, service="cube-api", root="cube.api")
+    jsonlog.setup("cube-api", level, logger="cube.api")

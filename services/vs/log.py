@@ -1,34 +1,15 @@
-"""Structured JSON logs: one object per line, with the sandbox ID whenever there is one.
+"""Logging for cube-vs: JSON lines (services/jsonlog.py) under the `cube.vs` logger.
 
 ``log.info("allocated", extra={"sandbox_id": sid, "tap": name})`` -> every key of ``extra``
 becomes a field of the line.
 """
-
 from __future__ import annotations
 
-import json
 import logging
-import sys
-import time
 
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+from services import jsonlog
 
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "service": "cube-vs",
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for k, v in vars(record).items():
-            if k not in _STANDARD and not k.startswith("_"):
-                out[k] = v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else str(v)
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, sort_keys=False)
+JsonFormatter = jsonlog.JsonFormatter
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -36,9 +17,4 @@ def get_logger(name: str) -> logging.Logger:
 
 
 def setup(level: str = "INFO") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("cube.vs")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    jsonlog.setup("cube-vs", level, logger="cube.vs")
