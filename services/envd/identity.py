@@ -30,6 +30,7 @@ log = logging.getLogger("envd.identity")
 # developer host (tests) the agent must never move the host's clock.
 CLOCK_STEP_THRESHOLD_S = 1.0
 RNDADDENTROPY = 0x40085203
+RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07): reseed the crng now instead of at its next interval
 
 
 class InitError(ValueError):
@@ -121,6 +122,11 @@ class Identity:
     sandbox_id: str | None = None
     # Bumped on every /init so long-lived kernels can pick up new env vars lazily.
     generation: int = 0
+    # Bumped on every /init that makes this a new clone: one carrying `entropy` (the host sends it
+    # after every restore) or changing the access token. Running kernels reseed the RNGs user code
+    # sees (random, numpy.random, bash $RANDOM) before their next cell; see interpreter/execute.py.
+    # An /init that only updates env vars or the clock leaves a user's `random.seed(42)` alone.
+    reseed_generation: int = 0
 
     def process_env(self, user: User) -> dict[str, str]:
         """The environment every process and kernel starts from: a login-like base for the
@@ -170,6 +176,8 @@ class Identity:
     # -- /init --------------------------------------------------------------------------------
 
     def apply(self, req: InitRequest) -> None:
+        new_clone = bool(req.entropy) or (
+            req.access_token is not None and (req.access_token or None) != self.access_token)
         if req.access_token is not None:
             self.access_token = req.access_token or None
         if req.env_vars is not None:
@@ -186,9 +194,12 @@ class Identity:
         if req.entropy:
             add_entropy(req.entropy)
         self.generation += 1
+        if new_clone:
+            self.reseed_generation += 1
         log.info("identity initialised", extra={
             "token_set": bool(self.access_token), "env_vars": len(self.env_vars),
             "default_user": self.default_user, "generation": self.generation,
+            "reseed": new_clone,
         })
 
 
@@ -214,8 +225,12 @@ def set_clock(unix_seconds: float) -> bool:
 
 
 def add_entropy(data: bytes) -> bool:
-    """Mixes host-provided bytes into the kernel RNG and credits them (RNDADDENTROPY, root only);
-    clones restored from one snapshot would otherwise share RNG state."""
+    """Mixes host-provided bytes into the kernel RNG and credits them (RNDADDENTROPY, root only),
+    then forces a CRNG reseed (RNDRESEEDCRNG): clones restored from one snapshot would otherwise
+    share RNG state, and since Linux 5.18 added entropy only reaches `getrandom`/`/dev/urandom`
+    output at the next scheduled reseed (up to a minute later). The guest init forces one too,
+    over the control channel, concurrently; doing it here as well means nothing that runs after
+    /init answered (the kernels' own reseed included) depends on that ordering."""
     try:
         fd = os.open("/dev/urandom", os.O_WRONLY)
     except OSError as e:
@@ -225,10 +240,13 @@ def add_entropy(data: bytes) -> bool:
         buf = struct.pack("ii", len(data) * 8, len(data)) + data
         try:
             fcntl.ioctl(fd, RNDADDENTROPY, buf)
-            return True
         except OSError:
             # Without CAP_SYS_ADMIN a plain write still mixes the bytes in (uncredited).
             os.write(fd, data)
-            return True
+        try:
+            fcntl.ioctl(fd, RNDRESEEDCRNG)
+        except OSError as e:  # no CAP_SYS_ADMIN, or a kernel older than 4.17
+            log.debug("no forced crng reseed", extra={"error": str(e)})
+        return True
     finally:
         os.close(fd)

@@ -33,6 +33,8 @@ class Context:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     ready: asyncio.Future | None = None
     env_generation: int = -1
+    # The identity's reseed_generation this kernel's RNGs are known fresh for (execute.py).
+    seed_generation: int = -1
     is_default: bool = False
 
     def to_json(self) -> dict:
@@ -67,6 +69,7 @@ class ContextRegistry:
         env.update(KERNEL_ENV)
         kernel = Kernel(ctx.language, self.launch, ctx.user, ctx.cwd, env)
         ctx.env_generation = self.identity.generation
+        ctx.seed_generation = self.identity.reseed_generation
         await kernel.start()
         ctx.kernel = kernel
 

@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import re
+import secrets
 import shlex
 from queue import Empty
 
@@ -67,6 +68,62 @@ def _restore_env_code(language: Language, env: dict[str, str]) -> str:
         lines.append(f'if [ "$__cube_had_{i}" = 1 ]; then export {k}="$__cube_old_{i}"; '
                      f"else unset {k}; fi; unset __cube_old_{i} __cube_had_{i}")
     return "\n".join(lines) + "\n"
+
+
+# -- RNG reseeding after a restore -------------------------------------------------------------
+#
+# Sandboxes are clones of one snapshot taken with the default kernels already running, so every
+# clone's kernels start out with the same in-memory RNG state. After an /init that marks a new
+# clone (Identity.reseed_generation), each running kernel gets this silently before its next cell.
+# By then /init has answered, so the guest kernel's CRNG was reseeded (identity.add_entropy) and
+# os.urandom in the kernel is the clone's own.
+#
+# Python: the `random` module's shared instance; numpy's legacy global RandomState only if
+# `numpy.random` is already imported (importing it later seeds it freshly, and a kernel that did
+# not import numpy must not start doing so); tempfile's name sequence (a Random() seeded on first
+# use and reseeded only when the pid changes, which a clone's does not). Out of reach: other
+# Random / numpy Generator objects that already existed in the snapshot, and str hashing
+# (PYTHONHASHSEED is fixed at interpreter start).
+#
+# JavaScript: nothing applies. Math.random is V8's xorshift128+ state, seeded from the node
+# process's entropy source when the isolate was created, and JS has no way to reseed it. `crypto`
+# (randomBytes, getRandomValues, randomUUID) draws from OpenSSL's DRBG inside the node process,
+# which node already instantiated at startup (it seeds V8 from it): OpenSSL reseeds it from the
+# OS only on a pid change, after 2^16 requests or 7 minutes after its last reseed, so in a clone
+# of a snapshot younger than that it repeats the other clones' output; randomUUID also serves
+# from a cache of 128 UUIDs pre-generated at its first call. Only a new node process is fresh,
+# and kernels are not restarted for this (their state is the user's): per-clone unique values in
+# a restored JS context come from /dev/urandom (fs.readSync into a Buffer) or a restarted context.
+#
+# Bash: `RANDOM=<n>` seeds $RANDOM's generator (if RANDOM is still the special variable). $SRANDOM
+# (bash 5.1+) reads getrandom() and needs nothing.
+
+_PYTHON_RESEED = """\
+def __cube_reseed():
+    import random, sys
+    random.seed()
+    np_random = sys.modules.get("numpy.random")
+    if np_random is not None:
+        try:
+            np_random.seed()
+        except Exception:
+            pass
+    tempfile = sys.modules.get("tempfile")
+    if tempfile is not None:
+        tempfile._name_sequence = None
+__cube_reseed()
+del __cube_reseed
+"""
+
+
+def _reseed_code(language: Language) -> str | None:
+    """Silent code that gives a kernel fresh user-visible RNG state, or None if nothing applies."""
+    if language is Language.PYTHON:
+        return _PYTHON_RESEED
+    if language is Language.BASH:
+        # bash masks the seed to INT_MAX; the agent's own urandom is already the clone's.
+        return f'if [ -n "${{RANDOM+x}}" ]; then RANDOM={secrets.randbits(31)}; fi\n'
+    return None  # JavaScript: see above
 
 
 def valid_env(env: dict[str, str]) -> dict[str, str]:
@@ -142,11 +199,17 @@ class Execution:
         assert kernel is not None
         try:
             identity = self.registry.identity
-            if ctx.env_generation != identity.generation:
-                # /init came after this kernel started: give it the sandbox env vars now.
-                if identity.env_vars:
-                    await _run_silent(kernel, _set_env_code(ctx.language, valid_env(identity.env_vars), save=False))
-                ctx.env_generation = identity.generation
+            # /init came after this kernel started: give it the sandbox env vars and, for a new
+            # clone, fresh RNG state now, in one silent execution before the user's cell.
+            setup = ""
+            env_generation, seed_generation = identity.generation, identity.reseed_generation
+            if ctx.env_generation != env_generation and identity.env_vars:
+                setup += _set_env_code(ctx.language, valid_env(identity.env_vars), save=False)
+            if ctx.seed_generation != seed_generation:
+                setup += _reseed_code(ctx.language) or ""
+            if setup:
+                await _run_silent(kernel, setup)
+            ctx.env_generation, ctx.seed_generation = env_generation, seed_generation
             if self.env_vars:
                 await _run_silent(kernel, _set_env_code(ctx.language, self.env_vars, save=True))
             try:
