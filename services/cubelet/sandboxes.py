@@ -162,9 +162,10 @@ class SandboxManager:
         live = _Live(rec)
         self._live[sid] = live
         self._save_record(rec)
+        steps: dict[str, float] = {}
         try:
             async with live.lock:
-                await asyncio.wait_for(self._start(live, tpl, policy), self.settings.create_timeout_s)
+                await asyncio.wait_for(self._start(live, tpl, policy, steps), self.settings.create_timeout_s)
                 rec.state = State.RUNNING
                 self._save_record(rec)
         except BaseException as e:
@@ -177,11 +178,20 @@ class SandboxManager:
             if isinstance(e, (VmmError, GuestAgentError)):
                 raise SandboxError("INTERNAL", f"sandbox {sid} failed to start: {e}") from e
             raise
-        log.info("sandbox running", extra={"sandbox_id": sid, "from_pool": rec.from_pool})
+        log.info("sandbox running", extra={"sandbox_id": sid, "from_pool": rec.from_pool,
+                                           "steps_ms": {k: round(v * 1000, 1) for k, v in steps.items()}})
         return rec.status(self.settings.node_id)
 
-    async def _start(self, live: _Live, tpl, policy: network_pb2.NetworkPolicy) -> None:
+    async def _start(self, live: _Live, tpl, policy: network_pb2.NetworkPolicy, steps: dict[str, float]) -> None:
         rec = live.record
+        t = time.monotonic()
+
+        def step(name: str) -> None:
+            nonlocal t
+            now = time.monotonic()
+            steps[name] = now - t
+            t = now
+
         entry: PoolEntry | None = self.pool.claim(tpl.template_id)
         if entry is not None:
             # A clone restored and warmed up ahead of time: adopt its VM and network.
@@ -191,29 +201,40 @@ class SandboxManager:
             net = await self.vs.update_policy(entry.vs_id, policy)
             entry.machine.record.labels.update({"sandbox_id": rec.sandbox_id, "role": "sandbox"})
             entry.machine.record.dump(entry.machine.paths.record)
+            step("network")
         else:
             net = await self.vs.allocate(rec.vs_id, policy)
             rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
             self._save_record(rec)
+            step("network")
             live.machine = await clone(self.vmm, tpl.load_snapshot(), rec.vm_id,
                                        NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
                                        labels={"sandbox_id": rec.sandbox_id, "role": "sandbox"}, sync=False)
+            step("clone")
         rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
         self._save_record(rec)
-        await self._hand_identity(live)
+        await self._hand_identity(live, steps=steps)
+        step("identity")
         self.pool.request_refill(tpl.template_id)
 
-    async def _hand_identity(self, live: _Live, current_token: str = "") -> None:
+    async def _hand_identity(self, live: _Live, current_token: str = "", steps: dict[str, float] | None = None) -> None:
         """Clock, entropy (with a forced CRNG reseed: clones share the snapshot's RNG state), then
         the agent's token and env vars. Both before the API answers, so no user code ever runs
         with another sandbox's identity."""
         rec = live.record
         ep = GuestEndpoint(rec.host_address, rec.proxy_address)
         assert live.machine is not None
+        t0 = time.monotonic()
+
+        async def timed(name: str, aw) -> None:
+            await aw
+            if steps is not None:
+                steps[f"identity.{name}"] = time.monotonic() - t0
+
         await asyncio.gather(
-            live.machine.control.sync_identity(timeout=30),
-            init_identity(ep, sandbox_id=rec.sandbox_id, access_token=rec.access_token, env_vars=rec.env_vars,
-                          current_token=current_token),
+            timed("clock_entropy", live.machine.control.sync_identity(timeout=30)),
+            timed("agent_init", init_identity(ep, sandbox_id=rec.sandbox_id, access_token=rec.access_token,
+                                              env_vars=rec.env_vars, current_token=current_token)),
         )
 
     async def _teardown(self, live: _Live) -> None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from sdk.gen.cube.v1 import network_pb2, vs_pb2
 from vmm_core import Machine, NetworkAttachment, VmmError, VmmSettings, clone
 
-from .guest_client import ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, wait_healthy
+from .guest_client import (ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, init_identity,
+                           wait_healthy)
 from .settings import CubeletSettings
 from .templates import TemplateStore
 from .vs_client import VsClient
@@ -108,6 +109,10 @@ class WarmPool:
             await machine.control.call("ping", timeout=60)
             ep = GuestEndpoint(net.host_address, net.proxy_address)
             await wait_healthy(ep, (ENVD_PORT, INTERPRETER_PORT), timeout=120)
+            # An /init with no token (the agent has none yet, so the real one later is accepted)
+            # and a clock/entropy sync: the exact paths a claim takes, now translated.
+            await init_identity(ep, sandbox_id="", access_token="", env_vars={})
+            await machine.control.sync_identity(timeout=60)
             return PoolEntry(template_id, vs_id, machine, net)
         except BaseException:
             if machine is not None:
