@@ -22,7 +22,7 @@ class CubeletSettings:
     state_dir: Path = Path("/var/lib/cube")
     # Pre-restored clones kept ready per template: each costs an idle VM, and saves its restore
     # and the emulator's warm-up from the create path.
-    warm_pool_size: int = 1
+    warm_pool_size: int = 2
     max_sandboxes: int = 64
     metrics_interval_s: float = 5.0
     metrics_history: int = 120
