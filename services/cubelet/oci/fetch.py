@@ -1,0 +1,177 @@
+"""fetch_image: from a reference to an unpacked root directory and the image's config."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import threading
+import uuid
+from pathlib import Path
+
+from .auth import Credentials
+from .cache import LayerCache
+from .config import ImageConfig
+from .manifest import Descriptor
+from .progress import Phase, Progress, ProgressCallback, Throttle
+from .reference import ImageRef
+from .source import ImageSource, ResolvedImage, open_source
+from .unpack import LayerStats, unpack_layer
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PARALLEL_DOWNLOADS = 3
+
+
+async def fetch_image(ref: ImageRef | str, dest_root: Path, cache: LayerCache, *,
+                      auth: Credentials | None = None, progress: ProgressCallback | None = None,
+                      parallel_downloads: int = DEFAULT_PARALLEL_DOWNLOADS) -> ImageConfig:
+    """Pull (or read) an image, unpack it into `dest_root` and return its config.
+
+    `dest_root` must not exist (or be an empty directory). The tree is built in a hidden sibling
+    directory and renamed into place only when every layer applied and verified, so on any
+    failure or cancellation `dest_root` is not created and the sibling is removed. Blobs are
+    verified before they enter the cache, so a failure leaves no partial blob either; blobs that
+    were fully fetched and verified stay cached for the next attempt.
+
+    `progress` is called on the event loop's thread: PULLING reports (layers, compressed bytes)
+    fetched, counting cache hits as done at once; UNPACKING reports layers applied and their
+    compressed bytes consumed.
+
+    Raises OciError subclasses: InvalidReference, ImageNotFound, AuthFailed, DigestMismatch,
+    WrongArchitecture, RegistryError, InvalidImage / UnsafeLayer.
+    """
+    if isinstance(ref, str):
+        ref = ImageRef.parse(ref)
+    dest_root = Path(dest_root)
+    if dest_root.exists() and (not dest_root.is_dir() or any(dest_root.iterdir())):
+        raise FileExistsError(f"{dest_root} exists and is not an empty directory")
+    report = Throttle(progress)
+    source = open_source(ref, auth)
+    try:
+        image = await source.resolve(cache)
+        await _pull(source, image, cache, report, max(1, parallel_downloads))
+    finally:
+        await source.aclose()
+    await _unpack(image, dest_root, cache, report, str(ref))
+    return image.config
+
+
+async def pull_image(ref: ImageRef | str, cache: LayerCache, *, auth: Credentials | None = None,
+                     progress: ProgressCallback | None = None,
+                     parallel_downloads: int = DEFAULT_PARALLEL_DOWNLOADS) -> ResolvedImage:
+    """Only the PULLING half: resolve the image and make sure every layer is in the cache."""
+    if isinstance(ref, str):
+        ref = ImageRef.parse(ref)
+    source = open_source(ref, auth)
+    try:
+        image = await source.resolve(cache)
+        await _pull(source, image, cache, Throttle(progress), max(1, parallel_downloads))
+        return image
+    finally:
+        await source.aclose()
+
+
+async def _pull(source: ImageSource, image: ResolvedImage, cache: LayerCache, report: Throttle,
+                parallel: int) -> None:
+    layers = _unique(image.manifest.layers)
+    total_bytes = sum(d.size for d in layers)
+    state = {"layers": 0, "bytes": 0}
+    cached = 0
+
+    def emit(force: bool = False, message: str = "") -> None:
+        report(Progress(Phase.PULLING, state["layers"], len(layers), state["bytes"], total_bytes,
+                        message), force=force)
+
+    def on_bytes(n: int) -> None:
+        state["bytes"] += n
+        emit()
+
+    for d in layers:
+        if cache.has(d.digest):
+            cached += 1
+            state["layers"] += 1
+            state["bytes"] += d.size
+    emit(force=True, message=f"{source.what}: {len(layers)} layers, {cached} cached")
+    semaphore = asyncio.Semaphore(parallel)
+
+    async def one(d: Descriptor) -> None:
+        async with semaphore, cache.lock(d.digest):
+            if cache.has(d.digest):
+                # Another pull in this process brought it while we waited for the lock.
+                state["layers"] += 1
+                state["bytes"] += d.size
+                emit(force=True, message=f"{d.digest} fetched by another pull")
+                return
+            await source.fetch_blob(d, cache, on_bytes)
+            state["layers"] += 1
+            emit(force=True, message=f"fetched {d.digest}")
+
+    missing = [d for d in layers if not cache.has(d.digest)]
+    if missing:
+        # A TaskGroup cancels the other downloads as soon as one fails.
+        async with asyncio.TaskGroup() as tg:
+            for d in missing:
+                tg.create_task(one(d))
+    state["layers"] = len(layers)
+    state["bytes"] = total_bytes
+    emit(force=True, message="pulled")
+
+
+def _unique(layers: tuple[Descriptor, ...]) -> list[Descriptor]:
+    seen, out = set(), []
+    for d in layers:
+        if d.digest not in seen:
+            seen.add(d.digest)
+            out.append(d)
+    return out
+
+
+async def _unpack(image: ResolvedImage, dest_root: Path, cache: LayerCache, report: Throttle,
+                  what: str) -> None:
+    layers = image.manifest.layers
+    diff_ids = image.config.diff_ids or (None,) * len(layers)
+    total = sum(d.size for d in layers)
+    loop = asyncio.get_running_loop()
+    cancel = threading.Event()
+    dest_root.parent.mkdir(parents=True, exist_ok=True)
+    staging = dest_root.parent / f".{dest_root.name}.unpacking-{uuid.uuid4().hex[:12]}"
+
+    def emit(done_layers: int, done_bytes: int, force: bool = False, message: str = "") -> None:
+        report(Progress(Phase.UNPACKING, done_layers, len(layers), done_bytes, total, message),
+               force=force)
+
+    def work() -> list[LayerStats]:
+        os.mkdir(staging, 0o755)
+        stats, base = [], 0
+        for i, (d, diff_id) in enumerate(zip(layers, diff_ids)):
+            def on_progress(pos: int, i=i, base=base) -> None:
+                loop.call_soon_threadsafe(emit, i, base + pos)
+            stats.append(unpack_layer(cache.path(d.digest), staging, diff_id=diff_id,
+                                      what=f"{what}: layer {i + 1}/{len(layers)} {d.digest}",
+                                      on_progress=on_progress, cancel=cancel))
+            base += d.size
+            loop.call_soon_threadsafe(emit, i + 1, base, True, f"applied layer {i + 1}")
+        return stats
+
+    emit(0, 0, force=True, message=f"unpacking {len(layers)} layers")
+    future = loop.run_in_executor(None, work)
+    try:
+        try:
+            stats = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The thread cannot be killed: ask it to stop and wait, so nothing writes into the
+            # staging directory after we remove it.
+            cancel.set()
+            await asyncio.wait([future])
+            raise
+        if dest_root.exists():
+            dest_root.rmdir()  # checked empty by the caller
+        os.rename(staging, dest_root)
+    except BaseException:
+        await asyncio.to_thread(shutil.rmtree, staging, ignore_errors=True)
+        raise
+    files = sum(s.files for s in stats)
+    raw = sum(s.uncompressed_bytes for s in stats)
+    emit(len(layers), total, force=True,
+         message=f"unpacked {len(layers)} layers, {files} files, {raw} bytes uncompressed")
