@@ -14,6 +14,7 @@ APT_PACKAGES=(
   clang llvm libbpf1 libbpf-dev bpftool   # eBPF datapath
   libnss-myhostname                  # *.localhost resolves to loopback
   ca-certificates openssl
+  docker-registry skopeo umoci apache2-utils   # OCI image tests: registry, image building, htpasswd
 )
 
 missing=()
