@@ -109,13 +109,25 @@ async def _pull(source: ImageSource, image: ResolvedImage, cache: LayerCache, re
 
     missing = [d for d in layers if not cache.has(d.digest)]
     if missing:
-        # A TaskGroup cancels the other downloads as soon as one fails.
-        async with asyncio.TaskGroup() as tg:
-            for d in missing:
-                tg.create_task(one(d))
+        # A TaskGroup cancels the other downloads as soon as one fails; callers get that
+        # first failure itself, not an ExceptionGroup.
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for d in missing:
+                    tg.create_task(one(d))
+        except BaseExceptionGroup as group:
+            raise _first_leaf(group) from None
     state["layers"] = len(layers)
     state["bytes"] = total_bytes
     emit(force=True, message="pulled")
+
+
+def _first_leaf(group: BaseExceptionGroup) -> BaseException:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            return _first_leaf(exc)
+        return exc
+    return group
 
 
 def _unique(layers: tuple[Descriptor, ...]) -> list[Descriptor]:

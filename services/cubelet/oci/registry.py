@@ -125,9 +125,11 @@ class RegistryClient:
             await r.aread()
             await r.aclose()
             if r.status_code == 401:
+                # A second 401 means what we presented was refused; the authenticator raises
+                # with the reason (bad basic credentials, insufficient token scope).
+                await self._auth.on_unauthorized(self._client, r)
                 if reauthed:
                     raise AuthFailed(f"{self._what}: {what}: unauthorized: {_error_text(r)}")
-                await self._auth.on_unauthorized(self._client, r)
                 reauthed = True
                 continue
             if r.status_code == 403:

@@ -291,15 +291,15 @@ class _Applier:
         self._mark_written(path)
 
     def _whiteout(self, parts: tuple[str, ...]) -> None:
-        self.stats.whiteouts += 1
         base = parts[-1]
+        if base.startswith(".wh..wh.") and base != ".wh..wh..opq":
+            return  # aufs bookkeeping (.wh..wh.plnk etc.), not a whiteout
+        self.stats.whiteouts += 1
         parent = self.resolve_dir(parts[:-1], create=False)
         if parent is None:
             return  # hiding something under a directory that does not exist: nothing to do
         if base == ".wh..wh..opq":
             self._make_opaque(parent)
-        elif base.startswith(".wh..wh."):
-            return  # aufs bookkeeping (.wh..wh.plnk etc.), not a whiteout
         else:
             name = base[len(".wh."):]
             if name in ("", ".", ".."):

@@ -1,0 +1,64 @@
+"""Local sources (OCI layout directory, oci-archive, docker-archive, all written by skopeo/umoci)
+give the same image as the registry."""
+from __future__ import annotations
+
+import pytest
+
+from services.cubelet.oci import ImageRef, Phase, fetch_image, pull_image
+from tests.oci.support import snapshot_tree
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def registry_tree(oci_env, tmp_path_factory):
+    import asyncio
+
+    from services.cubelet.oci import LayerCache
+
+    base = tmp_path_factory.mktemp("registry-tree")
+    root = base / "root"
+    config = asyncio.run(fetch_image(ImageRef.parse(f"{oci_env.anon.host}/features:1", insecure=True),
+                                     root, LayerCache(base / "cache")))
+    return snapshot_tree(root), config
+
+
+@pytest.mark.parametrize("kind", ["oci", "oci-archive", "docker-archive"])
+async def test_local_source_matches_registry(oci_env, registry_tree, cache, tmp_path, kind):
+    if kind == "oci":
+        text = f"oci:{oci_env.layout}:features"
+    else:
+        text = f"{kind}:{oci_env.archives[kind]}"
+    events = []
+    config = await fetch_image(ImageRef.parse(text), tmp_path / "root", cache, progress=events.append)
+    tree, registry_config = registry_tree
+    assert snapshot_tree(tmp_path / "root") == tree
+    assert config.env == registry_config.env and config.entrypoint == registry_config.entrypoint
+    assert config.diff_ids == registry_config.diff_ids
+    pulled = [e for e in events if e.phase is Phase.PULLING][-1]
+    assert pulled.layers_done == pulled.layers_total == 4
+
+
+async def test_docker_archive_selection(oci_env, cache, tmp_path):
+    path = oci_env.archives["docker-archive"]
+    by_tag = await pull_image(ImageRef.parse(f"docker-archive:{path}:features:1"), cache)
+    by_full_name = await pull_image(
+        ImageRef.parse(f"docker-archive:{path}:docker.io/library/features:1"), cache)
+    by_index = await pull_image(ImageRef.parse(f"docker-archive:{path}:@0"), cache)
+    assert by_tag.config.digest == by_full_name.config.digest == by_index.config.digest
+
+
+async def test_layout_index_picks_amd64(oci_env, cache, tmp_path):
+    config = await fetch_image(ImageRef.parse(f"oci:{oci_env.layout}:multi"), tmp_path / "root", cache)
+    assert config.architecture == "amd64"
+    assert (tmp_path / "root/bin/busybox").is_file()
+
+
+async def test_local_and_registry_share_the_cache(oci_env, cache, tmp_path):
+    await fetch_image(ImageRef.parse(f"oci-archive:{oci_env.archives['oci-archive']}"),
+                      tmp_path / "a", cache)
+    mark = oci_env.anon.mark()
+    await fetch_image(ImageRef.parse(f"{oci_env.anon.host}/features:1", insecure=True),
+                      tmp_path / "b", cache)
+    blob_gets = [p for m, p, s in oci_env.anon.requests_since(mark) if "/blobs/" in p]
+    assert blob_gets == []  # the archive brought every layer and the config
