@@ -21,6 +21,7 @@ import logging
 import os
 import shlex
 import shutil
+import subprocess
 import time
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -245,8 +246,13 @@ async def _restore_into(settings: VmmSettings, snap: Snapshot, vm_id: str, spec:
 
 
 async def clone(settings: VmmSettings, snap: Snapshot, vm_id: str, network: NetworkAttachment | None, *,
-                memory_mb: int | None = None, labels: dict[str, str] | None = None, sync: bool = True) -> Machine:
-    """A new machine running from a TEMPLATE snapshot, copy-on-write in memory and on disk."""
+                memory_mb: int | None = None, labels: dict[str, str] | None = None, sync: bool = True,
+                share_memory: bool = True) -> Machine:
+    """A new machine running from a TEMPLATE snapshot, copy-on-write in memory and on disk.
+
+    `share_memory=False` gives the clone its own copy of the snapshot's memory file instead of a
+    private mapping of the shared one: no page is ever shared with another tenant (a defence
+    against memory-deduplication side channels), at the cost of the copy and its memory."""
     if snap.kind is not SnapshotKind.TEMPLATE:
         raise InvalidSpecError("clone() takes a template snapshot; use restore() for a saved one")
     if memory_mb is not None and memory_mb != snap.spec.memory_mb:
@@ -262,7 +268,12 @@ async def clone(settings: VmmSettings, snap: Snapshot, vm_id: str, network: Netw
             os.chmod(overlay, 0o600)
         else:
             cow_overlay(snap.disk, overlay, settings.qemu_img)
-        return _with_writable(spec, overlay, DiskFormat.QCOW2)
+        out = _with_writable(spec, overlay, DiskFormat.QCOW2)
+        if not share_memory:
+            own = paths.dir / "memory"
+            subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(snap.memory), str(own)], check=True)
+            out = replace(out, memory_file=own)
+        return out
 
     return await _restore_into(settings, snap, vm_id, spec, prepare, ignore_shared=True, labels=labels, sync=sync)
 

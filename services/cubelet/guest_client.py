@@ -84,3 +84,21 @@ async def wait_tcp(ep: GuestEndpoint, port: int, timeout: float) -> None:
             if time.monotonic() > deadline:
                 raise GuestAgentError(f"port {port} did not accept connections within {timeout}s: {e!r}") from e
             await asyncio.sleep(0.05)
+
+
+async def wait_http(ep: GuestEndpoint, port: int, path: str, timeout: float) -> None:
+    """Until GET <path> on the guest port answers with a status below 400 (a template's probe)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    async with ep.client(5.0) as c:
+        while True:
+            try:
+                r = await c.get(ep.url(port, path if path.startswith("/") else "/" + path))
+                if r.status_code < 400:
+                    return
+                last = f"HTTP {r.status_code}"
+            except httpx.HTTPError as e:
+                last = repr(e)
+            if time.monotonic() > deadline:
+                raise GuestAgentError(f"probe GET {path} on port {port} did not succeed within {timeout:.0f}s: {last}")
+            await asyncio.sleep(0.2)

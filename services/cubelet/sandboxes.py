@@ -209,7 +209,8 @@ class SandboxManager:
             step("network")
             live.machine = await clone(self.vmm, tpl.load_snapshot(), rec.vm_id,
                                        NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
-                                       labels={"sandbox_id": rec.sandbox_id, "role": "sandbox"}, sync=False)
+                                       labels={"sandbox_id": rec.sandbox_id, "role": "sandbox"}, sync=False,
+                                       share_memory=not tpl.info.no_memory_sharing)
             step("clone")
         rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
         self._save_record(rec)

@@ -28,13 +28,14 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from sdk.gen.cube.v1 import cubelet_pb2 as pb
 from sdk.gen.cube.v1 import network_pb2
 from services.envd.version import ENVD_VERSION
-from vmm_core import (GuestArtifacts, GuestConfig, NetworkAttachment, Snapshot, VmmError, VmmSettings, boot,
-                      ensure_guest_artifacts, snapshot)
+from vmm_core import (GuestArtifacts, GuestConfig, GuestService, NetworkAttachment, ServiceRoot, Snapshot, VmmError,
+                      VmmSettings, boot, ensure_guest_artifacts, snapshot)
 from vmm_core.cache import input_key
-from vmm_core.disks import writable_layer
+from vmm_core.disks import ext4_from_dir, writable_layer
 
-from . import gc, guest_agent
-from .guest_client import ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, wait_healthy, wait_tcp
+from . import gc, guest_agent, oci
+from .guest_client import (ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, wait_healthy, wait_http,
+                           wait_tcp)
 from .settings import CubeletSettings
 from .vs_client import VsClient
 
@@ -79,12 +80,64 @@ class PreparedImage:
     guest_config: GuestConfig
     probe_ports: tuple[int, ...]
     source: str
+    fingerprint: str = ""  # identifies the image content (e.g. the manifest digest), for the build key
 
 
 def _event(phase: int, message: str = "", **kw) -> pb.TemplateBuildEvent:
     ts = Timestamp()
     ts.GetCurrentTime()
     return pb.TemplateBuildEvent(phase=phase, message=message, timestamp=ts, **kw)
+
+
+def _resolve_user(root: Path, user: str) -> tuple[int, int]:
+    """An image's `User` ("name", "uid", "name:group", "uid:gid") as numeric ids, looked up in the
+    image's own /etc/passwd and /etc/group (the host's users mean nothing here)."""
+    if not user:
+        return 0, 0
+    name, _, group = user.partition(":")
+
+    def lookup(path: str, key: str, field: int) -> int | None:
+        try:
+            for line in (root / path).read_text().splitlines():
+                parts = line.split(":")
+                if len(parts) > field and parts[0] == key:
+                    return int(parts[field])
+        except (OSError, ValueError):
+            pass
+        return None
+
+    if name.isdigit():
+        uid = int(name)
+        gid = lookup("etc/passwd", name, 3) or 0
+        try:
+            for line in (root / "etc/passwd").read_text().splitlines():
+                parts = line.split(":")
+                if len(parts) > 3 and parts[2] == name:
+                    gid = int(parts[3])
+        except (OSError, ValueError):
+            pass
+    else:
+        uid = lookup("etc/passwd", name, 2)
+        if uid is None:
+            raise TemplateError(f"the image's user {name!r} is not in its /etc/passwd")
+        gid = lookup("etc/passwd", name, 3) or 0
+    if group:
+        gid = int(group) if group.isdigit() else (lookup("etc/group", group, 2) or 0)
+    return uid, gid
+
+
+def image_guest_config(config: "oci.ImageConfig", root: Path, req: pb.BuildTemplateRequest) -> GuestConfig:
+    """The guest services of an image template: the agent, and the image's own command (if any),
+    chrooted into the sandbox root with the image's env, user and working directory."""
+    services = [guest_agent.agent_service(interpreter=False)]
+    argv = config.argv(list(req.cmd) or None, list(req.args) or None)
+    if argv:
+        uid, gid = _resolve_user(root, config.user)
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **config.env_map(),
+               **dict(req.env)}
+        services.append(GuestService("app", tuple(argv), ServiceRoot.TEMPLATE, env=env,
+                                     cwd=config.working_dir or "/", uid=uid, gid=gid))
+    return GuestConfig(services=tuple(services))
 
 
 def _referenced_paths(root: Path) -> set[str]:
@@ -195,23 +248,41 @@ class TemplateStore:
             t_phase = now
 
         source = req.WhichOneof("source")
-        if source != "default_image":
-            yield _event(Phase.FAILED, error=f"template source {source!r} is not supported on this node yet")
+        tdir = self.settings.templates_dir / tid
+        staging = tdir / f".staging-{os.getpid()}-{int(time.time() * 1000)}"
+        try:
+            guest = await self.guest()
+            if source == "default_image":
+                yield _event(Phase.BUILDING_IMAGE, "building the default code-interpreter image")
+                prepared = await self._prepare_default()
+            elif source == "oci_image":
+                prepared = None
+                async for item in self._prepare_oci(req, staging, lap):
+                    if isinstance(item, PreparedImage):
+                        prepared = item
+                    else:
+                        yield item
+                assert prepared is not None
+            else:
+                yield _event(Phase.FAILED, error="the build request names no image source")
+                return
+            lap("BUILDING_IMAGE")
+        except (oci.OciError, OSError, TemplateError, VmmError) as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not (tdir / "info.json").exists():
+                shutil.rmtree(tdir, ignore_errors=True)
+            yield _event(Phase.FAILED, error=str(e))
             return
-
-        yield _event(Phase.BUILDING_IMAGE, "building the default code-interpreter image")
-        guest = await self.guest()
-        prepared = await self._prepare_default()
-        lap("BUILDING_IMAGE")
-        key = input_key(BUILD_PROCEDURE, guest.key, prepared.image.stat().st_size, prepared.image.stat().st_mtime_ns,
+        key = input_key(BUILD_PROCEDURE, guest.key, prepared.fingerprint or
+                        (prepared.image.stat().st_size, prepared.image.stat().st_mtime_ns),
                         prepared.guest_config.to_json(), vcpus, memory_mb, rw_mb, list(req.expose_ports),
-                        req.no_memory_sharing)
+                        req.probe_port, req.probe_path, req.no_memory_sharing)
         existing = self.get(tid)
         if existing is not None and existing.build_key == key and existing.snapshot_dir.is_dir():
+            shutil.rmtree(staging, ignore_errors=True)
             yield _event(Phase.READY, "template is up to date", template=existing.info)
             return
 
-        tdir = self.settings.templates_dir / tid
         work = tdir / "builds" / key
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -220,6 +291,7 @@ class TemplateStore:
         machine = None
         try:
             os.link(prepared.image, work / "image.ext4")
+            shutil.rmtree(staging, ignore_errors=True)
             rw = writable_layer(work / "rw.img", rw_mb, prepared.guest_config)
             net = await self.vs.allocate(vs_id, network_pb2.NetworkPolicy(expose_all_ports=True))
             ep = GuestEndpoint(net.host_address, net.proxy_address)
@@ -233,7 +305,10 @@ class TemplateStore:
             yield _event(Phase.PROBING, f"waiting for ports {', '.join(map(str, prepared.probe_ports))}")
             await wait_healthy(ep, prepared.probe_ports, timeout=600)
             if req.probe_port and req.probe_port not in prepared.probe_ports:
-                await wait_tcp(ep, req.probe_port, timeout=300)
+                if req.probe_path:
+                    await wait_http(ep, req.probe_port, req.probe_path, timeout=self.settings.probe_timeout_s)
+                else:
+                    await wait_tcp(ep, req.probe_port, timeout=self.settings.probe_timeout_s)
             if INTERPRETER_PORT in prepared.probe_ports:
                 await self._settle(ep)
             lap("PROBING")
@@ -265,6 +340,7 @@ class TemplateStore:
             if machine is not None:
                 await machine.kill()
             await self.vs.release(vs_id)
+            shutil.rmtree(staging, ignore_errors=True)
             if not done:
                 shutil.rmtree(work, ignore_errors=True)
                 if not (tdir / "info.json").exists():
@@ -275,6 +351,44 @@ class TemplateStore:
 
         image = await asyncio.to_thread(default_image.ensure_default_image, self.vmm)
         return PreparedImage(image, default_image.default_guest_config(), (ENVD_PORT, INTERPRETER_PORT), "default")
+
+    async def _prepare_oci(self, req: pb.BuildTemplateRequest, staging: Path, lap) -> AsyncIterator:
+        """Pull/read and unpack the image into a root filesystem, then make its ext4 image and the
+        guest config that runs the agent (envd only: the image may serve 49999 itself) and the
+        image's own command. Yields PULLING/UNPACKING events, then the PreparedImage."""
+        src = req.oci_image
+        ref = oci.ImageRef.parse(src.reference, insecure=src.insecure_registry)
+        creds = oci.Credentials(src.username, src.password) if src.username else None
+        cache = oci.LayerCache(self.vmm.state_dir / "oci-cache")
+        events: asyncio.Queue = asyncio.Queue()
+
+        def progress(p: oci.Progress) -> None:
+            events.put_nowait(_event(Phase.Value(p.phase.value), p.message, bytes_done=p.bytes_done,
+                                     bytes_total=p.bytes_total, layers_done=p.layers_done,
+                                     layers_total=p.layers_total))
+
+        staging.mkdir(parents=True, exist_ok=True)
+        root = staging / "root"
+        yield _event(Phase.PULLING, f"fetching {src.reference}")
+        task = asyncio.create_task(oci.fetch_image(ref, root, cache, auth=creds, progress=progress))
+        try:
+            while not task.done() or not events.empty():
+                getter = asyncio.ensure_future(events.get())
+                done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            config: oci.ImageConfig = task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+        yield _event(Phase.BUILDING_IMAGE, "making the template image")
+        guest_config = image_guest_config(config, root, req)
+        image = await asyncio.to_thread(ext4_from_dir, root, staging / "image.ext4")
+        shutil.rmtree(root, ignore_errors=True)
+        yield PreparedImage(image, guest_config, (ENVD_PORT,), src.reference,
+                            fingerprint=config.manifest_digest or config.digest)
 
     async def _settle(self, ep: GuestEndpoint) -> None:
         """Wait until the agent's default kernels really run (an empty cell each) before memory is

@@ -104,7 +104,8 @@ class WarmPool:
         try:
             machine = await clone(self.vmm, tpl.load_snapshot(), vs_id,
                                   NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
-                                  labels={"role": "pool", "template_id": template_id}, sync=False)
+                                  labels={"role": "pool", "template_id": template_id}, sync=False,
+                                  share_memory=not tpl.info.no_memory_sharing)
             # Exercise the paths a create will take, so their translation is done before then.
             await machine.control.call("ping", timeout=60)
             ep = GuestEndpoint(net.host_address, net.proxy_address)

@@ -156,3 +156,17 @@ async def test_clone_accounting(settings, template_snapshot, net):
         assert 0 < s.writable_disk_bytes < 64 << 20
     finally:
         await m.kill()
+
+
+async def test_clone_without_memory_sharing(settings, template_snapshot, net):
+    """A clone with its own memory copy maps nothing of the snapshot's memory file."""
+    n = net()
+    m = await clone(settings, template_snapshot, "loner", n.attachment, share_memory=False)
+    try:
+        await n.wait_http("/cgi-bin/counter")
+        assert n.http_get("/cgi-bin/get?origin") == "template"
+        maps = open(f"/proc/{m.pid}/maps").read()
+        assert str(template_snapshot.memory) not in maps
+        assert str(m.paths.dir / "memory") in maps
+    finally:
+        await m.kill()
