@@ -11,6 +11,7 @@ import grpc
 from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
 from services.master import reconcile, timeouts
 from services.master.apikeys import ApiKeys
+from services.master.builds import Builds
 from services.master.leader import Election
 from services.master.log import get_logger
 from services.master.nodes import NodeClients
@@ -33,7 +34,8 @@ class Master:
         self.templates = Templates(self.store, self.nodes, s)
         self.sandboxes = Sandboxes(self.store, self.nodes, self.templates, s)
         self.apikeys = ApiKeys(self.store)
-        self.reconciler = Reconciler(self.sandboxes, s.reconcile_grace_s, s.orphan_grace_s)
+        self.builds = Builds(self.store, self.nodes, self.templates, s)
+        self.reconciler = Reconciler(self.sandboxes, s.reconcile_grace_s, s.orphan_grace_s, self.builds)
         identity = master_pb2.MasterIdentity(master_id=s.master_id, address=s.advertised)
         self.election = Election(self.store, identity, s.leader_ttl_s, self._duties)
         self.server: grpc.aio.Server | None = None
@@ -54,7 +56,7 @@ class Master:
     async def start(self) -> int:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         master_pb2_grpc.add_MasterServicer_to_server(
-            MasterService(self.sandboxes, self.templates, self.apikeys, self.election), self.server)
+            MasterService(self.sandboxes, self.templates, self.apikeys, self.election, self.builds), self.server)
         port = self.server.add_insecure_port(self.settings.listen)
         if port == 0:
             raise RuntimeError(f"cannot listen on {self.settings.listen}")
@@ -73,6 +75,7 @@ class Master:
                 pass
         if self.server is not None:
             await self.server.stop(grace=3)
+        await self.builds.stop()
         await self.nodes.close()
         await self.store.close()
 

@@ -9,6 +9,9 @@
 * A VM a node runs that etcd does not know is killed once it is older than the orphan grace, so
   a create in flight (record written before the VM starts) is never raced.
 * Templates the nodes report and etcd lacks are registered.
+* Template builds whose master went away (heartbeat too old) are failed ("master restarted"),
+  BUILDING template records without a running build are removed, and finished build jobs are
+  dropped after their retention.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ TRANSITIONAL = (P.SANDBOX_PHASE_CREATING, P.SANDBOX_PHASE_KILLING, P.SANDBOX_PHA
 
 
 class Reconciler:
-    def __init__(self, sandboxes: Sandboxes, grace_s: float, orphan_grace_s: float):
+    def __init__(self, sandboxes: Sandboxes, grace_s: float, orphan_grace_s: float, builds=None):
         self.sb = sandboxes
+        self.builds = builds
         self.store = sandboxes.store
         self.nodes = sandboxes.nodes
         self.grace_s = grace_s
@@ -39,7 +43,7 @@ class Reconciler:
         self._orphans_seen: dict[str, float] = {}
 
     async def run_once(self) -> dict[str, int]:
-        stats = {"resolved": 0, "vanished": 0, "routes": 0, "orphans": 0, "templates": 0}
+        stats = {"resolved": 0, "vanished": 0, "routes": 0, "orphans": 0, "templates": 0, "builds": 0}
         now = time.time()
         records = {v.value.sandbox_id: v for v in await self.store.list_sandboxes()}
         nodes = {n.node_id: n for n in await self.store.list_nodes()}
@@ -86,6 +90,11 @@ class Reconciler:
                         except Conflict:
                             pass
         self._orphans_seen = {k: t for k, t in self._orphans_seen.items() if time.monotonic() - t < 3600}
+        if self.builds is not None:
+            try:
+                stats["builds"] = await self.builds.reconcile()
+            except (errors.MasterError, Conflict) as e:
+                log.warning("could not reconcile builds", extra={"error": str(e)})
         try:
             stats["templates"] = await self.sb.templates.sync_from_nodes()
         except errors.MasterError:

@@ -507,5 +507,10 @@ class Sandboxes:
         raise errors.Unavailable(f"sandbox '{sid}' is changing too fast; try again")
 
     async def using_template(self, template_id: str) -> list[str]:
-        return [v.value.sandbox_id for v in await self.store.list_sandboxes()
-                if v.value.template_id == template_id and v.value.phase != P.SANDBOX_PHASE_KILLING]
+        return [s.sandbox_id for s in await self.users_of(template_id)]
+
+    async def users_of(self, template_id: str) -> list[P.Sandbox]:
+        """The sandboxes (running, paused, or on their way) that use a template, oldest first."""
+        return sorted((v.value for v in await self.store.list_sandboxes()
+                       if v.value.template_id == template_id and v.value.phase != P.SANDBOX_PHASE_KILLING),
+                      key=_sort_key)

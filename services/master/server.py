@@ -10,6 +10,7 @@ import grpc
 from sdk.gen.cube.v1 import master_pb2 as P, master_pb2_grpc
 from services.master import errors
 from services.master.apikeys import ApiKeys
+from services.master.builds import Builds
 from services.master.leader import Election
 from services.master.log import get_logger
 from services.master.sandboxes import Sandboxes
@@ -31,25 +32,43 @@ _CODES = (
 )
 
 
+async def _abort(context: grpc.aio.ServicerContext, e: Exception, rpc: str) -> None:
+    for cls, code in _CODES:
+        if isinstance(e, cls):
+            msg = str(e) if not isinstance(e, StoreUnavailable) else f"cluster state unavailable: {e}"
+            await context.abort(code, msg)
+    log.exception("internal error", extra={"rpc": rpc})
+    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+
+
 def _rpc(fn):
     @functools.wraps(fn)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
             return await fn(self, request, context)
         except Exception as e:
-            for cls, code in _CODES:
-                if isinstance(e, cls):
-                    msg = str(e) if not isinstance(e, StoreUnavailable) else f"cluster state unavailable: {e}"
-                    await context.abort(code, msg)
-            log.exception("internal error", extra={"rpc": fn.__name__})
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+            await _abort(context, e, fn.__name__)
+    return wrapper
+
+
+def _stream(fn):
+    """_rpc for server-streaming methods (async generators)."""
+    @functools.wraps(fn)
+    async def wrapper(self, request, context: grpc.aio.ServicerContext):
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except Exception as e:
+            await _abort(context, e, fn.__name__)
     return wrapper
 
 
 class MasterService(master_pb2_grpc.MasterServicer):
-    def __init__(self, sandboxes: Sandboxes, templates: Templates, apikeys: ApiKeys, election: Election):
+    def __init__(self, sandboxes: Sandboxes, templates: Templates, apikeys: ApiKeys, election: Election,
+                 builds: Builds):
         self.sb = sandboxes
         self.tpl = templates
+        self.builds = builds
         self.keys = apikeys
         self.election = election
         self.store = sandboxes.store
@@ -108,7 +127,7 @@ class MasterService(master_pb2_grpc.MasterServicer):
     @_rpc
     async def DeleteTemplateRecord(self, request, context):
         tpl, _ = await self.tpl.resolve(request.template)
-        in_use = await self.sb.using_template(tpl.template_id)
+        in_use = await self.sb.users_of(tpl.template_id)
         kill = self.sb.kill if request.force else None
         return P.DeleteTemplateRecordResponse(deleted=await self.tpl.delete(tpl.template_id, in_use, kill))
 
@@ -123,6 +142,24 @@ class MasterService(master_pb2_grpc.MasterServicer):
     @_rpc
     async def ResolveTemplateAlias(self, request, context):
         return await self.tpl.resolve_alias(request.alias)
+
+    # ---- template builds ----
+    @_rpc
+    async def CreateTemplateBuild(self, request, context):
+        return await self.builds.create(request)
+
+    @_rpc
+    async def GetTemplateBuild(self, request, context):
+        return await self.builds.get(request.job_id)
+
+    @_rpc
+    async def ListTemplateBuilds(self, request, context):
+        return P.ListTemplateBuildsResponse(builds=await self.builds.list(request.template_id))
+
+    @_stream
+    async def WatchTemplateBuild(self, request, context):
+        async for ev in self.builds.watch(request.job_id):
+            yield ev
 
     # ---- nodes ----
     @_rpc

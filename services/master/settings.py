@@ -56,6 +56,16 @@ class Settings:
     orphan_grace_s: float = 60.0
     # How long a create waits for the proxies to apply its route before giving up (undo, 503).
     route_ack_timeout_s: float = 10.0
+    # Template builds. The whole build's deadline on the node; how often the master running a
+    # build refreshes its job's heartbeat, and at most how often it writes progress; when the
+    # leader fails a job whose heartbeat stopped (its master died); how many events a job keeps;
+    # how long finished jobs are kept.
+    build_timeout_s: float = 3600.0
+    build_heartbeat_s: float = 5.0
+    build_progress_write_s: float = 0.25
+    build_stale_s: float = 20.0
+    build_events_kept: int = 200
+    build_retention_s: float = 7 * 86400.0
     # envd version reported for templates that do not say theirs.
     envd_version: str = ENVD_VERSION
     log_level: str = "INFO"
@@ -86,6 +96,10 @@ class Settings:
             raise ValueError("need 0 < default_timeout_s <= max_timeout_s")
         if self.leader_ttl_s < 2:
             raise ValueError("leader_ttl_s must be >= 2")
+        if self.build_stale_s <= self.build_heartbeat_s:
+            raise ValueError("need build_stale_s > build_heartbeat_s")
+        if self.build_events_kept < 10:
+            raise ValueError("build_events_kept must be >= 10")
         return self
 
     @classmethod

@@ -7,6 +7,7 @@ explains the cluster):
     <prefix>/routes/<sandbox_id>           SandboxRoute    (master; the proxies watch it)
     <prefix>/templates/<template_id>       Template        (master)
     <prefix>/template-aliases/<alias>      TemplateAlias   (master)
+    <prefix>/template-builds/<job_id>      TemplateBuild   (master; never any registry credentials)
     <prefix>/apikeys/<key_id>              ApiKey          (master; only a SHA-256 of the key)
     <prefix>/nodes/<node_id>               NodeStatus      (each cubelet, under its lease)
     <prefix>/leader                        MasterIdentity  (the leader, under its lease)
@@ -234,6 +235,61 @@ class Store:
         t = self.t
         k = self.key("template-aliases", alias.alias)
         ok, _ = await self.txn([t.create(k) == 0] if only_if_absent else [], [t.put(k, to_json(alias))])
+        return ok
+
+    async def delete_template_at(self, tid: str, expect_rev: int) -> bool:
+        """Delete a template record only if it is still the one written at ``expect_rev``."""
+        t = self.t
+        k = self.key("templates", tid)
+        ok, _ = await self.txn([t.mod(k) == expect_rev], [t.delete(k)])
+        return ok
+
+    # ---- template builds ------------------------------------------------------------------
+
+    def build_key(self, job_id: str) -> bytes:
+        return self.key("template-builds", job_id)
+
+    async def get_build(self, job_id: str) -> Versioned[master_pb2.TemplateBuild] | None:
+        return await self._get(self.build_key(job_id), master_pb2.TemplateBuild)
+
+    async def list_builds(self) -> list[Versioned[master_pb2.TemplateBuild]]:
+        return await self._list("template-builds", master_pb2.TemplateBuild)
+
+    async def create_build(self, job: master_pb2.TemplateBuild, building: master_pb2.Template) -> tuple[bool, int]:
+        """Write a new job and its template's BUILDING record together, only if no template and no
+        alias has the template's name yet (this claims the id). Returns (written, revision)."""
+        t = self.t
+        tk = self.key("templates", job.template_id)
+        ak = self.key("template-aliases", job.template_id)
+        bk = self.build_key(job.job_id)
+        return await self.txn([t.create(tk) == 0, t.create(ak) == 0, t.create(bk) == 0],
+                              [t.put(bk, to_json(job)), t.put(tk, to_json(building))])
+
+    async def update_build(self, job: master_pb2.TemplateBuild, expect_rev: int) -> int:
+        t = self.t
+        k = self.build_key(job.job_id)
+        ok, rev = await self.txn([t.mod(k) == expect_rev], [t.put(k, to_json(job))])
+        if not ok:
+            raise Conflict(f"template build {job.job_id} changed")
+        return rev
+
+    async def finish_build(self, job: master_pb2.TemplateBuild, expect_rev: int,
+                           template: master_pb2.Template, aliases: list[str]) -> int:
+        """A READY build: the job, its template's record and its aliases in one transaction."""
+        t = self.t
+        k = self.build_key(job.job_id)
+        ops = [t.put(k, to_json(job)), t.put(self.key("templates", template.template_id), to_json(template))]
+        ops += [t.put(self.key("template-aliases", a),
+                      to_json(master_pb2.TemplateAlias(alias=a, template_id=template.template_id))) for a in aliases]
+        ok, rev = await self.txn([t.mod(k) == expect_rev], ops)
+        if not ok:
+            raise Conflict(f"template build {job.job_id} changed")
+        return rev
+
+    async def delete_build(self, job_id: str, expect_rev: int) -> bool:
+        t = self.t
+        k = self.build_key(job_id)
+        ok, _ = await self.txn([t.mod(k) == expect_rev], [t.delete(k)])
         return ok
 
     # ---- API keys -------------------------------------------------------------------------

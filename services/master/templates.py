@@ -39,6 +39,14 @@ def from_info(info: cubelet_pb2.TemplateInfo, default_envd: str) -> master_pb2.T
     return t
 
 
+def in_use_message(tid: str, users: list[master_pb2.Sandbox], shown: int = 20) -> str:
+    names = [f"{s.sandbox_id} ({master_pb2.SandboxPhase.Name(s.phase).removeprefix('SANDBOX_PHASE_').lower()})"
+             for s in users[:shown]]
+    more = f" and {len(users) - shown} more" if len(users) > shown else ""
+    return (f"template '{tid}' is used by {len(users)} sandbox(es): {', '.join(names)}{more}; "
+            "kill them first or delete with force (which kills them)")
+
+
 class Templates:
     def __init__(self, store: Store, nodes: NodeClients, settings: Settings):
         self.store = store
@@ -162,19 +170,23 @@ class Templates:
             raise errors.NotFound(f"template alias '{alias}' not found")
         return a.value
 
-    async def delete(self, ref: str, in_use: list[str], kill) -> bool:
+    async def delete(self, ref: str, in_use: list[master_pb2.Sandbox], kill) -> bool:
         """Delete a template everywhere: on its nodes first (so a failure leaves the record for a
-        retry), then its record and aliases. ``in_use`` are the sandboxes that use it; without
-        ``kill`` (a coroutine function killing one) they make this FAILED_PRECONDITION."""
+        retry), then its record and aliases. ``in_use`` are the sandboxes that use it (running or
+        paused); without ``kill`` (a coroutine function killing one) they make this
+        FAILED_PRECONDITION, with a message that names them. A template being built cannot be
+        deleted until its build ends."""
         tpl, _ = await self.resolve(ref)
         tid = tpl.template_id
+        if tpl.status == master_pb2.TEMPLATE_STATUS_BUILDING:
+            raise errors.FailedPrecondition(
+                f"template '{tid}' is being built (build {tpl.build_id}); wait for the build to end")
         if in_use:
             if kill is None:
-                raise errors.FailedPrecondition(
-                    f"template '{tid}' is used by {len(in_use)} sandbox(es); kill them first or force")
-            for sid in in_use:
+                raise errors.FailedPrecondition(in_use_message(tid, in_use))
+            for sb in in_use:
                 try:
-                    await kill(sid)
+                    await kill(sb.sandbox_id)
                 except errors.NotFound:
                     pass
         for node in await self.store.list_nodes():

@@ -41,12 +41,24 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
     envd_version: str = "0.6.13"
     address: str = ""
     proxy_address: str = "127.0.0.1:1"
+    # BuildTemplate script (see BuildTemplate): pause between events, a phase to fail in (with
+    # an error), a phase at which the stream is cut (UNAVAILABLE), and a gate the build waits on
+    # before that phase until a test sets it.
+    build_step_s: float = 0.01
+    build_fail: tuple[int, str] | None = None
+    build_cut_at: int | None = None
+    build_hold_at: int | None = None
+    build_requests: list[C.BuildTemplateRequest] = field(default_factory=list)
+    build_cancelled: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self._lock = threading.Lock()
         self._server: grpc.Server | None = None
         self._n = 0
         self.run_started = threading.Event()
+        self.build_gate = threading.Event()
+        self.build_waiting = threading.Event()
+        self._etcd: tuple[EtcdHttp, str] | None = None
 
     # ---- lifecycle of the double ----
 
@@ -73,6 +85,7 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
                             accel="tcg", max_sandboxes=self.max_sandboxes)
 
     def register(self, etcd: EtcdHttp, prefix: str) -> None:
+        self._etcd = (etcd, prefix)
         etcd.put(f"{prefix}/nodes/{self.node_id}", json_format.MessageToJson(self.node_status(), indent=None))
 
     def ids(self, state=None) -> set[str]:
@@ -174,6 +187,73 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
         return C.SandboxLogsResponse(lines=[C.LogLine(timestamp=_now(), line="booted"),
                                             C.LogLine(timestamp=_now(), line="envd ready")])
 
+    def reset_builds(self) -> None:
+        self.build_step_s = 0.01
+        self.build_fail = self.build_cut_at = self.build_hold_at = None
+        self.build_requests.clear()
+        self.build_cancelled.clear()
+        self.build_gate.clear()
+        self.build_waiting.clear()
+
+    def BuildTemplate(self, request, context):
+        """A scripted build: PULLING with progress over 3 layers (many small progress events),
+        UNPACKING, BUILDING_IMAGE, BOOTING, PROBING, SNAPSHOTTING, READY with a TemplateInfo; the
+        template is then listed in NodeStatus. Knobs: build_fail=(phase, error) sends FAILED right
+        after that phase's first event; build_cut_at aborts the stream there with UNAVAILABLE; build_hold_at
+        waits there until build_gate is set (or the master goes away: recorded in
+        build_cancelled)."""
+        self._enter(context, "BuildTemplate", request.template_id)
+        self.build_requests.append(request)
+        tid = request.template_id
+        if tid in self.templates:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"template {tid} exists")
+        ref = request.oci_image.reference if request.WhichOneof("source") == "oci_image" else "default"
+        gone = threading.Event()
+        context.add_callback(gone.set)
+        mib = 1 << 20
+
+        def ev(phase, message, **kw):
+            return C.TemplateBuildEvent(phase=phase, message=message, timestamp=_now(), **kw)
+
+        script = [ev(C.PULLING, f"pulling {ref}", layers_total=3, bytes_total=30 * mib)]
+        for i in range(1, 31):
+            script.append(ev(C.PULLING, f"pulling {ref}", layers_done=i // 10, layers_total=3, bytes_done=i * mib,
+                             bytes_total=30 * mib))
+        script += [ev(C.UNPACKING, "unpacking layers", layers_done=3, layers_total=3),
+                   ev(C.BUILDING_IMAGE, f"building the root filesystem ({request.writable_layer_mb or 1024} MiB layer)"),
+                   ev(C.BOOTING, "booting"),
+                   ev(C.PROBING, f"waiting for :{request.probe_port or 49983}{request.probe_path}"),
+                   ev(C.SNAPSHOTTING, "taking the snapshot")]
+        for e in script:
+            if self.build_hold_at == e.phase and not self.build_gate.is_set():
+                self.build_waiting.set()
+                while not self.build_gate.wait(0.05):
+                    if gone.is_set() or not context.is_active():
+                        self.build_cancelled.append(tid)
+                        return
+            if gone.is_set() or not context.is_active():
+                self.build_cancelled.append(tid)
+                return
+            if self.build_cut_at == e.phase:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "fake: connection reset by peer")
+            if self.build_fail is not None and self.build_fail[0] == e.phase:
+                yield e
+                yield ev(C.FAILED, "", error=self.build_fail[1])
+                return
+            yield e
+            if self.build_step_s:
+                time.sleep(self.build_step_s)
+        created = _now()
+        info = C.TemplateInfo(template_id=tid, vcpus=request.vcpus or 1, memory_mb=request.memory_mb or 512,
+                              writable_layer_mb=request.writable_layer_mb or 1024, envd_version=self.envd_version,
+                              created_at=created, snapshot_bytes=64 * mib, expose_ports=list(request.expose_ports),
+                              source=ref, node_id=self.node_id, no_memory_sharing=request.no_memory_sharing,
+                              phase_ms={"PULLING": 300, "SNAPSHOTTING": 200})
+        self.templates = self.templates + (tid,)
+        if self._etcd is not None:
+            self.register(*self._etcd)
+        yield ev(C.READY, "ready", template=info)
+
     def ListTemplates(self, request, context):
         self._enter(context, "ListTemplates")
         ts = Timestamp()
@@ -189,6 +269,8 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
         if request.template_id not in self.templates:
             context.abort(grpc.StatusCode.NOT_FOUND, "no such template")
         self.templates = tuple(t for t in self.templates if t != request.template_id)
+        if self._etcd is not None:
+            self.register(*self._etcd)
         return C.DeleteTemplateResponse(deleted=True)
 
     def GetNode(self, request, context):

@@ -325,6 +325,88 @@ class ResolveTemplateAliasRequest(_message.Message):
     alias: str
     def __init__(self, alias: _Optional[str] = ...) -> None: ...
 
+class CreateTemplateBuildRequest(_message.Message):
+    __slots__ = ("build", "aliases", "node_id")
+    BUILD_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    build: _cubelet_pb2.BuildTemplateRequest
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    node_id: str
+    def __init__(self, build: _Optional[_Union[_cubelet_pb2.BuildTemplateRequest, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., node_id: _Optional[str] = ...) -> None: ...
+
+class TemplateBuild(_message.Message):
+    __slots__ = ("job_id", "template_id", "node_id", "phase", "message", "bytes_done", "bytes_total", "layers_done", "layers_total", "error", "failed_phase", "created_at", "updated_at", "finished_at", "heartbeat_at", "master_id", "spec", "aliases", "registry_auth", "events", "events_dropped", "template")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_DONE_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    FAILED_PHASE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
+    MASTER_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_AUTH_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    template_id: str
+    node_id: str
+    phase: _cubelet_pb2.TemplateBuildPhase
+    message: str
+    bytes_done: int
+    bytes_total: int
+    layers_done: int
+    layers_total: int
+    error: str
+    failed_phase: _cubelet_pb2.TemplateBuildPhase
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    finished_at: _timestamp_pb2.Timestamp
+    heartbeat_at: _timestamp_pb2.Timestamp
+    master_id: str
+    spec: _cubelet_pb2.BuildTemplateRequest
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    registry_auth: bool
+    events: _containers.RepeatedCompositeFieldContainer[_cubelet_pb2.TemplateBuildEvent]
+    events_dropped: int
+    template: _cubelet_pb2.TemplateInfo
+    def __init__(self, job_id: _Optional[str] = ..., template_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[_cubelet_pb2.TemplateBuildPhase, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., error: _Optional[str] = ..., failed_phase: _Optional[_Union[_cubelet_pb2.TemplateBuildPhase, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., master_id: _Optional[str] = ..., spec: _Optional[_Union[_cubelet_pb2.BuildTemplateRequest, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., registry_auth: bool = ..., events: _Optional[_Iterable[_Union[_cubelet_pb2.TemplateBuildEvent, _Mapping]]] = ..., events_dropped: _Optional[int] = ..., template: _Optional[_Union[_cubelet_pb2.TemplateInfo, _Mapping]] = ...) -> None: ...
+
+class GetTemplateBuildRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListTemplateBuildsRequest(_message.Message):
+    __slots__ = ("template_id",)
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    def __init__(self, template_id: _Optional[str] = ...) -> None: ...
+
+class ListTemplateBuildsResponse(_message.Message):
+    __slots__ = ("builds",)
+    BUILDS_FIELD_NUMBER: _ClassVar[int]
+    builds: _containers.RepeatedCompositeFieldContainer[TemplateBuild]
+    def __init__(self, builds: _Optional[_Iterable[_Union[TemplateBuild, _Mapping]]] = ...) -> None: ...
+
+class WatchTemplateBuildRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
 class ListNodesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

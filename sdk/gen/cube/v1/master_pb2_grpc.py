@@ -124,6 +124,26 @@ class MasterStub(object):
                 request_serializer=cube_dot_v1_dot_master__pb2.ResolveTemplateAliasRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_master__pb2.TemplateAlias.FromString,
                 _registered_method=True)
+        self.CreateTemplateBuild = channel.unary_unary(
+                '/cube.v1.Master/CreateTemplateBuild',
+                request_serializer=cube_dot_v1_dot_master__pb2.CreateTemplateBuildRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.TemplateBuild.FromString,
+                _registered_method=True)
+        self.GetTemplateBuild = channel.unary_unary(
+                '/cube.v1.Master/GetTemplateBuild',
+                request_serializer=cube_dot_v1_dot_master__pb2.GetTemplateBuildRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.TemplateBuild.FromString,
+                _registered_method=True)
+        self.ListTemplateBuilds = channel.unary_unary(
+                '/cube.v1.Master/ListTemplateBuilds',
+                request_serializer=cube_dot_v1_dot_master__pb2.ListTemplateBuildsRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.ListTemplateBuildsResponse.FromString,
+                _registered_method=True)
+        self.WatchTemplateBuild = channel.unary_stream(
+                '/cube.v1.Master/WatchTemplateBuild',
+                request_serializer=cube_dot_v1_dot_master__pb2.WatchTemplateBuildRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.TemplateBuildEvent.FromString,
+                _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/cube.v1.Master/ListNodes',
                 request_serializer=cube_dot_v1_dot_master__pb2.ListNodesRequest.SerializeToString,
@@ -272,6 +292,39 @@ class MasterServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateTemplateBuild(self, request, context):
+        """---- template builds (from container images) ----
+        Start building a template on a node (the least loaded, or the one asked for) and return the
+        build job at once; the build goes on in the master. ALREADY_EXISTS when the template id is
+        taken (a template or alias with that name, a node that has it, or a build of it in
+        progress); INVALID_ARGUMENT on bad input; UNAVAILABLE when no node is registered. Nothing is
+        written when it fails.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetTemplateBuild(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTemplateBuilds(self, request, context):
+        """Newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTemplateBuild(self, request, context):
+        """The build's events: the kept history first, then live ones; the stream ends after READY or
+        FAILED (at once for a finished build).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListNodes(self, request, context):
         """---- nodes ----
         """
@@ -394,6 +447,26 @@ def add_MasterServicer_to_server(servicer, server):
                     servicer.ResolveTemplateAlias,
                     request_deserializer=cube_dot_v1_dot_master__pb2.ResolveTemplateAliasRequest.FromString,
                     response_serializer=cube_dot_v1_dot_master__pb2.TemplateAlias.SerializeToString,
+            ),
+            'CreateTemplateBuild': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTemplateBuild,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.CreateTemplateBuildRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.TemplateBuild.SerializeToString,
+            ),
+            'GetTemplateBuild': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTemplateBuild,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.GetTemplateBuildRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.TemplateBuild.SerializeToString,
+            ),
+            'ListTemplateBuilds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplateBuilds,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.ListTemplateBuildsRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.ListTemplateBuildsResponse.SerializeToString,
+            ),
+            'WatchTemplateBuild': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTemplateBuild,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.WatchTemplateBuildRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.TemplateBuildEvent.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
@@ -867,6 +940,114 @@ class Master(object):
             '/cube.v1.Master/ResolveTemplateAlias',
             cube_dot_v1_dot_master__pb2.ResolveTemplateAliasRequest.SerializeToString,
             cube_dot_v1_dot_master__pb2.TemplateAlias.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTemplateBuild(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/CreateTemplateBuild',
+            cube_dot_v1_dot_master__pb2.CreateTemplateBuildRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.TemplateBuild.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTemplateBuild(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/GetTemplateBuild',
+            cube_dot_v1_dot_master__pb2.GetTemplateBuildRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.TemplateBuild.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplateBuilds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/ListTemplateBuilds',
+            cube_dot_v1_dot_master__pb2.ListTemplateBuildsRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.ListTemplateBuildsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTemplateBuild(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cube.v1.Master/WatchTemplateBuild',
+            cube_dot_v1_dot_master__pb2.WatchTemplateBuildRequest.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.TemplateBuildEvent.FromString,
             options,
             channel_credentials,
             insecure,

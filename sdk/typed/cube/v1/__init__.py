@@ -572,6 +572,89 @@ class ResolveTemplateAliasRequest(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class CreateTemplateBuildRequest(betterproto.Message):
+    build: "BuildTemplateRequest" = betterproto.message_field(1)
+    """
+    What the node is asked to build, as Cubelet.BuildTemplate takes it. template_id empty: a new
+     id ([a-z0-9]{20}) is chosen. The registry credentials in oci_image are handed to the node and
+     kept in the master's memory for the duration of the build only; they are never written to
+     etcd (the job keeps the image reference).
+    """
+
+    aliases: List[str] = betterproto.string_field(2)
+    """
+    Aliases claimed for the template when it is READY (checked to be free before the build).
+    """
+
+    node_id: str = betterproto.string_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class TemplateBuild(betterproto.Message):
+    """
+    One build job: the value at /cube/template-builds/<job_id>. Written by the master that runs the
+     build as the node streams its events; the leader's reconciler fails the jobs whose master went
+     away (heartbeat_at too old) and drops finished jobs after a retention period.
+    """
+
+    job_id: str = betterproto.string_field(1)
+    template_id: str = betterproto.string_field(2)
+    node_id: str = betterproto.string_field(3)
+    phase: "TemplateBuildPhase" = betterproto.enum_field(4)
+    """
+    The node's last phase; TEMPLATE_BUILD_PHASE_UNSPECIFIED until the node sent its first event.
+    """
+
+    message: str = betterproto.string_field(5)
+    bytes_done: int = betterproto.uint64_field(6)
+    bytes_total: int = betterproto.uint64_field(7)
+    layers_done: int = betterproto.uint32_field(8)
+    layers_total: int = betterproto.uint32_field(9)
+    error: str = betterproto.string_field(10)
+    failed_phase: "TemplateBuildPhase" = betterproto.enum_field(11)
+    created_at: datetime = betterproto.message_field(12)
+    updated_at: datetime = betterproto.message_field(13)
+    finished_at: datetime = betterproto.message_field(14)
+    heartbeat_at: datetime = betterproto.message_field(15)
+    """Refreshed by the running master while the build is going on."""
+
+    master_id: str = betterproto.string_field(16)
+    spec: "BuildTemplateRequest" = betterproto.message_field(17)
+    """What was asked, without the registry credentials."""
+
+    aliases: List[str] = betterproto.string_field(18)
+    registry_auth: bool = betterproto.bool_field(19)
+    events: List["TemplateBuildEvent"] = betterproto.message_field(20)
+    """
+    The event history, oldest first. Progress events of the same phase and message replace the
+     previous one; at most the master's build_events_kept are kept (older ones dropped first).
+    """
+
+    events_dropped: int = betterproto.uint32_field(21)
+    template: "TemplateInfo" = betterproto.message_field(22)
+
+
+@dataclass(eq=False, repr=False)
+class GetTemplateBuildRequest(betterproto.Message):
+    job_id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class ListTemplateBuildsRequest(betterproto.Message):
+    template_id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class ListTemplateBuildsResponse(betterproto.Message):
+    builds: List["TemplateBuild"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class WatchTemplateBuildRequest(betterproto.Message):
+    job_id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class ListNodesRequest(betterproto.Message):
     pass
 
@@ -1330,6 +1413,75 @@ class MasterStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def create_template_build(
+        self,
+        create_template_build_request: "CreateTemplateBuildRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "TemplateBuild":
+        return await self._unary_unary(
+            "/cube.v1.Master/CreateTemplateBuild",
+            create_template_build_request,
+            TemplateBuild,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_template_build(
+        self,
+        get_template_build_request: "GetTemplateBuildRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "TemplateBuild":
+        return await self._unary_unary(
+            "/cube.v1.Master/GetTemplateBuild",
+            get_template_build_request,
+            TemplateBuild,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_template_builds(
+        self,
+        list_template_builds_request: "ListTemplateBuildsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListTemplateBuildsResponse":
+        return await self._unary_unary(
+            "/cube.v1.Master/ListTemplateBuilds",
+            list_template_builds_request,
+            ListTemplateBuildsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def watch_template_build(
+        self,
+        watch_template_build_request: "WatchTemplateBuildRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[TemplateBuildEvent]:
+        async for response in self._unary_stream(
+            "/cube.v1.Master/WatchTemplateBuild",
+            watch_template_build_request,
+            TemplateBuildEvent,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
     async def list_nodes(
         self,
         list_nodes_request: "ListNodesRequest",
@@ -1891,6 +2043,27 @@ class MasterBase(ServiceBase):
     ) -> "TemplateAlias":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def create_template_build(
+        self, create_template_build_request: "CreateTemplateBuildRequest"
+    ) -> "TemplateBuild":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_template_build(
+        self, get_template_build_request: "GetTemplateBuildRequest"
+    ) -> "TemplateBuild":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_template_builds(
+        self, list_template_builds_request: "ListTemplateBuildsRequest"
+    ) -> "ListTemplateBuildsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def watch_template_build(
+        self, watch_template_build_request: "WatchTemplateBuildRequest"
+    ) -> AsyncIterator[TemplateBuildEvent]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield TemplateBuildEvent()
+
     async def list_nodes(
         self, list_nodes_request: "ListNodesRequest"
     ) -> "ListNodesResponse":
@@ -2040,6 +2213,39 @@ class MasterBase(ServiceBase):
         response = await self.resolve_template_alias(request)
         await stream.send_message(response)
 
+    async def __rpc_create_template_build(
+        self, stream: "grpclib.server.Stream[CreateTemplateBuildRequest, TemplateBuild]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.create_template_build(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_template_build(
+        self, stream: "grpclib.server.Stream[GetTemplateBuildRequest, TemplateBuild]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_template_build(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_template_builds(
+        self,
+        stream: "grpclib.server.Stream[ListTemplateBuildsRequest, ListTemplateBuildsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_template_builds(request)
+        await stream.send_message(response)
+
+    async def __rpc_watch_template_build(
+        self,
+        stream: "grpclib.server.Stream[WatchTemplateBuildRequest, TemplateBuildEvent]",
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.watch_template_build,
+            stream,
+            request,
+        )
+
     async def __rpc_list_nodes(
         self, stream: "grpclib.server.Stream[ListNodesRequest, ListNodesResponse]"
     ) -> None:
@@ -2179,6 +2385,30 @@ class MasterBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ResolveTemplateAliasRequest,
                 TemplateAlias,
+            ),
+            "/cube.v1.Master/CreateTemplateBuild": grpclib.const.Handler(
+                self.__rpc_create_template_build,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CreateTemplateBuildRequest,
+                TemplateBuild,
+            ),
+            "/cube.v1.Master/GetTemplateBuild": grpclib.const.Handler(
+                self.__rpc_get_template_build,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetTemplateBuildRequest,
+                TemplateBuild,
+            ),
+            "/cube.v1.Master/ListTemplateBuilds": grpclib.const.Handler(
+                self.__rpc_list_template_builds,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListTemplateBuildsRequest,
+                ListTemplateBuildsResponse,
+            ),
+            "/cube.v1.Master/WatchTemplateBuild": grpclib.const.Handler(
+                self.__rpc_watch_template_build,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                WatchTemplateBuildRequest,
+                TemplateBuildEvent,
             ),
             "/cube.v1.Master/ListNodes": grpclib.const.Handler(
                 self.__rpc_list_nodes,

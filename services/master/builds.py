@@ -1,0 +1,601 @@
+"""Template builds from container images: jobs at <prefix>/template-builds/<job_id>.
+
+    create:  validate -> id free? -> pick a node -> one transaction: job (phase UNSPECIFIED, i.e.
+             queued) + the template's BUILDING record (claims the id: it fails if a template or an
+             alias has the name) -> answer the caller; the build goes on in a task of this master:
+    run:     Cubelet.BuildTemplate stream on the node; every event is mirrored into the job (phase
+             and message changes at once, progress at most every build_progress_write_s), and the
+             job's heartbeat is refreshed every build_heartbeat_s
+    READY:   the template record (READY, from the event's TemplateInfo), its aliases and the job in
+             one transaction
+    FAILED:  (a FAILED event, the stream breaking, the deadline) the BUILDING record is deleted,
+             then the job says FAILED with the reason; nothing else is left in etcd
+
+The registry credentials live only in the running task (and are handed to the node); the job
+keeps the image reference. A master that stops cancels its builds and fails their jobs; one that
+dies leaves jobs whose heartbeat stops: the leader's reconciler fails them ("master restarted").
+Either way the node's BuildTemplate stream is cancelled, and the cubelet removes what it built.
+Every job write compares the job's revision, so the running master and the reconciler never
+overwrite each other: a running build whose job was failed meanwhile stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import grpc
+
+from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
+from services.master import errors
+from services.master.clock import secs, ts
+from services.master.log import get_logger
+from services.master.nodes import NodeClients, node_error
+from services.master.settings import Settings
+from services.master.store import Conflict, Store, StoreUnavailable, Versioned
+from services.master.templates import NAME_RE, Templates, from_info
+
+log = get_logger("builds")
+
+ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+# What a cubelet accepts as a template id (a directory name on the node, an etcd key segment).
+TEMPLATE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TERMINAL = (C.READY, C.FAILED)
+MAX_PORTS = 64
+MAX_ARGV = 256
+MAX_ARG_BYTES = 65536
+STORE_RETRY_S = 30.0
+
+
+def new_template_id() -> str:
+    return "".join(secrets.choice(ID_ALPHABET) for _ in range(20))
+
+
+def phase_name(phase: int) -> str:
+    return "QUEUED" if phase == C.TEMPLATE_BUILD_PHASE_UNSPECIFIED else C.TemplateBuildPhase.Name(phase)
+
+
+def _extra(job: P.TemplateBuild, **kw) -> dict:
+    return {"job_id": job.job_id, "template_id": job.template_id, **kw}
+
+
+class _Interrupted(Exception):
+    """The job was finished by someone else (the reconciler) while this master ran the build."""
+
+
+@dataclass
+class _Running:
+    job: P.TemplateBuild
+    rev: int
+    template_rev: int                  # revision of the BUILDING record this build wrote
+    node: C.NodeStatus
+    task: asyncio.Task | None = None
+    call: object = None                # the node's BuildTemplate call, to cancel it
+    dirty: bool = False
+    last_write: float = field(default_factory=time.monotonic)
+    started: bool = False              # the node sent at least one event
+    interrupted: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class Builds:
+    def __init__(self, store: Store, nodes: NodeClients, templates: Templates, settings: Settings):
+        self.store = store
+        self.nodes = nodes
+        self.templates = templates
+        self.settings = settings
+        self._running: dict[str, _Running] = {}
+
+    # ---- validation ---------------------------------------------------------------------------
+
+    def _validate(self, spec: C.BuildTemplateRequest, aliases) -> None:
+        bad = errors.InvalidArgument
+        source = spec.WhichOneof("source")
+        if source is None:
+            raise bad("an image reference is required")
+        if source == "oci_image":
+            img = spec.oci_image
+            ref = img.reference
+            if not ref or len(ref) > 1024 or any(c.isspace() for c in ref):
+                raise bad(f"invalid image reference {ref!r}")
+            if bool(img.username) != bool(img.password):
+                raise bad("registry username and password go together")
+        if spec.template_id and not TEMPLATE_ID_RE.match(spec.template_id):
+            raise bad(f"invalid template id {spec.template_id!r}: use 1-64 letters, digits, '-' or '_', "
+                      "starting with a letter or digit")
+        if spec.vcpus > 64:
+            raise bad(f"cpu must be between 1 and 64, got {spec.vcpus}")
+        if spec.memory_mb and not 64 <= spec.memory_mb <= 1 << 20:
+            raise bad(f"memory must be between 64 and {1 << 20} MiB, got {spec.memory_mb}")
+        if spec.writable_layer_mb > 1 << 22:
+            raise bad(f"writable layer must be at most {1 << 22} MiB, got {spec.writable_layer_mb}")
+        if len(spec.expose_ports) > MAX_PORTS:
+            raise bad(f"at most {MAX_PORTS} exposed ports")
+        for port in list(spec.expose_ports) + ([spec.probe_port] if spec.probe_port else []):
+            if not 1 <= port <= 65535:
+                raise bad(f"invalid port {port} (want 1-65535)")
+        if len(set(spec.expose_ports)) != len(spec.expose_ports):
+            raise bad("exposed ports are repeated")
+        if spec.probe_path and (not spec.probe_path.startswith("/") or any(c.isspace() for c in spec.probe_path)):
+            raise bad(f"invalid probe path {spec.probe_path!r} (want an absolute HTTP path)")
+        for k in spec.env:
+            if not ENV_NAME_RE.match(k):
+                raise bad(f"invalid environment variable name {k!r}")
+        size = sum(len(k.encode()) + len(v.encode()) for k, v in spec.env.items())
+        if size > self.settings.max_env_bytes:
+            raise bad(f"env is {size} bytes; at most {self.settings.max_env_bytes}")
+        argv = list(spec.cmd) + list(spec.args)
+        if len(argv) > MAX_ARGV or sum(len(a.encode()) for a in argv) > MAX_ARG_BYTES:
+            raise bad(f"cmd and args: at most {MAX_ARGV} strings and {MAX_ARG_BYTES} bytes")
+        for a in aliases:
+            if not NAME_RE.match(a):
+                raise bad(f"invalid alias {a!r}")
+        if len(set(aliases)) != len(aliases):
+            raise bad("aliases are repeated")
+
+    async def _taken(self, tid: str) -> str | None:
+        """Why the template id cannot be built now, or None when it is free."""
+        rec = await self.store.get_template(tid)
+        if rec is not None:
+            if rec.value.status == P.TEMPLATE_STATUS_BUILDING:
+                return f"template '{tid}' is being built (build {rec.value.build_id})"
+            return f"template '{tid}' already exists"
+        alias = await self.store.get_alias(tid)
+        if alias is not None:
+            return f"'{tid}' is already an alias of template '{alias.value.template_id}'"
+        for node in await self.store.list_nodes():
+            if tid in node.templates:
+                return f"template '{tid}' already exists on node {node.node_id}"
+        for b in await self.store.list_builds():
+            if b.value.template_id == tid and b.value.phase not in TERMINAL:
+                return f"template '{tid}' is being built (build {b.value.job_id})"
+        return None
+
+    async def _check_aliases(self, tid: str, aliases) -> None:
+        for a in aliases:
+            if a == tid:
+                raise errors.InvalidArgument(f"alias '{a}' is the template id itself")
+            cur = await self.store.get_alias(a)
+            if cur is not None:
+                raise errors.AlreadyExists(f"alias '{a}' is already taken (template '{cur.value.template_id}')")
+            if await self.store.get_template(a) is not None:
+                raise errors.AlreadyExists(f"alias '{a}' is the id of another template")
+
+    async def _pick_node(self, node_id: str) -> C.NodeStatus:
+        nodes = [n for n in await self.store.list_nodes() if n.address]
+        if node_id:
+            for n in nodes:
+                if n.node_id == node_id:
+                    return n
+            raise errors.NotFound(f"node '{node_id}' is not registered")
+        if not nodes:
+            raise errors.Unavailable("no nodes are registered")
+        building: dict[str, int] = {}
+        for b in await self.store.list_builds():
+            if b.value.phase not in TERMINAL:
+                building[b.value.node_id] = building.get(b.value.node_id, 0) + 1
+        # Least loaded: fewest builds in progress, then fewest sandboxes, then most free memory.
+        return min(nodes, key=lambda n: (building.get(n.node_id, 0), n.sandboxes_running + n.sandboxes_paused,
+                                         -n.memory_available_bytes, n.node_id))
+
+    # ---- create -------------------------------------------------------------------------------
+
+    async def create(self, req: P.CreateTemplateBuildRequest) -> P.TemplateBuild:
+        spec = C.BuildTemplateRequest()
+        spec.CopyFrom(req.build)
+        aliases = list(req.aliases)
+        self._validate(spec, aliases)
+        if not spec.template_id:
+            spec.template_id = new_template_id()
+        tid = spec.template_id
+        why = await self._taken(tid)
+        if why:
+            raise errors.AlreadyExists(why)
+        await self._check_aliases(tid, aliases)
+        node = await self._pick_node(req.node_id)
+
+        now = ts()
+        job = P.TemplateBuild(job_id=str(uuid.uuid4()), template_id=tid, node_id=node.node_id,
+                              master_id=self.settings.master_id, aliases=aliases, created_at=now, updated_at=now,
+                              heartbeat_at=now)
+        job.spec.CopyFrom(spec)
+        if spec.WhichOneof("source") == "oci_image":
+            job.registry_auth = bool(spec.oci_image.username or spec.oci_image.password)
+            job.spec.oci_image.ClearField("username")
+            job.spec.oci_image.ClearField("password")
+        source = spec.oci_image.reference if spec.WhichOneof("source") == "oci_image" else "default"
+        building = P.Template(
+            template_id=tid, vcpus=spec.vcpus or 1, memory_mb=spec.memory_mb or 512,
+            disk_size_mb=spec.writable_layer_mb or 1024, envd_version=self.settings.envd_version, source=source,
+            status=P.TEMPLATE_STATUS_BUILDING, no_memory_sharing=spec.no_memory_sharing,
+            expose_ports=list(spec.expose_ports), build_id=job.job_id, created_at=now, updated_at=now)
+        ok, rev = await self.store.create_build(job, building)
+        if not ok:
+            raise errors.AlreadyExists(await self._taken(tid) or f"template '{tid}' already exists")
+        run = _Running(job=job, rev=rev, template_rev=rev, node=node)
+        self._running[job.job_id] = run
+        run.task = asyncio.get_running_loop().create_task(self._run(run, spec))
+        log.info("template build started", extra=_extra(job, node_id=node.node_id, source=source,
+                                                         registry_auth=job.registry_auth))
+        out = P.TemplateBuild()
+        out.CopyFrom(job)
+        return out
+
+    # ---- running a build ----------------------------------------------------------------------
+
+    async def _run(self, run: _Running, spec: C.BuildTemplateRequest) -> None:
+        job, node = run.job, run.node
+        beat = asyncio.get_running_loop().create_task(self._heartbeat(run))
+        try:
+            verdict = None
+            error = ""
+            try:
+                run.call = self.nodes.stub(node.address).BuildTemplate(spec, timeout=self.settings.build_timeout_s)
+                async for ev in run.call:
+                    run.started = True
+                    if ev.phase in TERMINAL:
+                        verdict = ev
+                        break
+                    await self._on_event(run, ev)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.CANCELLED and run.interrupted:
+                    raise _Interrupted() from None
+                if e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    error = f"node {node.node_id}: the build did not finish within {self.settings.build_timeout_s:g}s"
+                else:
+                    error = str(node_error(e, node.node_id))
+            except asyncio.CancelledError:
+                if run.interrupted:
+                    raise _Interrupted() from None
+                raise
+            finally:
+                beat.cancel()
+            if run.interrupted:
+                raise _Interrupted()
+            if verdict is not None and verdict.phase == C.READY:
+                await self._ready(run, verdict)
+            elif verdict is not None:
+                await self._failed(run, verdict.error or verdict.message or "the build failed", verdict)
+            else:
+                # The stream broke (node gone, deadline) or ended without a verdict: whatever the node
+                # has of the template must go too (it may have finished just before).
+                error = error or f"node {node.node_id}: the build stream ended without a result"
+                await self._failed(run, error, cleanup_node=node if run.started else None)
+        except _Interrupted:
+            log.warning("template build interrupted: its job was finished meanwhile", extra=_extra(job))
+        except asyncio.CancelledError:
+            # This master is stopping: the node's stream is cancelled with this task (the cubelet
+            # cleans up its side); fail the job now rather than leave it to the reconciler.
+            await asyncio.shield(self._failed(
+                run, f"master restarted: the master running this build ({self.settings.master_id}) stopped "
+                     "before it finished", cleanup_node=None, retry_s=3.0))
+            raise
+        except Exception as e:  # noqa: BLE001 - a build must always end in a verdict
+            log.exception("template build error", extra=_extra(job))
+            await self._failed(run, f"internal error in the master: {type(e).__name__}: {e}", cleanup_node=node)
+        finally:
+            beat.cancel()
+            if run.call is not None:
+                run.call.cancel()
+            self._running.pop(job.job_id, None)
+
+    def _record_event(self, job: P.TemplateBuild, ev: C.TemplateBuildEvent) -> None:
+        """Append ``ev`` to the job's history: a progress event of the same phase and message
+        replaces the previous one; the oldest are dropped beyond the limit."""
+        last = job.events[-1] if job.events else None
+        if (last is not None and last.phase == ev.phase and last.message == ev.message
+                and ev.phase not in TERMINAL and not ev.error):
+            last.CopyFrom(ev)
+        else:
+            job.events.append(ev)
+        extra = len(job.events) - self.settings.build_events_kept
+        if extra > 0:
+            del job.events[:extra]
+            job.events_dropped += extra
+
+    async def _on_event(self, run: _Running, ev: C.TemplateBuildEvent) -> None:
+        job = run.job
+        if not ev.HasField("timestamp"):
+            ev.timestamp.CopyFrom(ts())
+        urgent = ev.phase != job.phase or ev.message != job.message
+        if ev.phase != job.phase:
+            log.info("template build phase", extra=_extra(job, phase=phase_name(ev.phase), detail=ev.message))
+        job.phase = ev.phase
+        job.message = ev.message
+        job.bytes_done, job.bytes_total = ev.bytes_done, ev.bytes_total
+        job.layers_done, job.layers_total = ev.layers_done, ev.layers_total
+        self._record_event(job, ev)
+        if urgent or time.monotonic() - run.last_write >= self.settings.build_progress_write_s:
+            await self._flush(run)
+        else:
+            run.dirty = True
+
+    async def _flush(self, run: _Running) -> None:
+        """Write the job as this master has it (progress, heartbeat)."""
+        async with run.lock:
+            job = run.job
+            now = ts()
+            job.updated_at.CopyFrom(now)
+            job.heartbeat_at.CopyFrom(now)
+            try:
+                try:
+                    run.rev = await self.store.update_build(job, run.rev)
+                except Conflict:
+                    cur = await self.store.get_build(job.job_id)
+                    if cur is None or cur.value.phase in TERMINAL:
+                        run.interrupted = True
+                        if run.call is not None:
+                            run.call.cancel()
+                        raise _Interrupted()
+                    run.rev = await self.store.update_build(job, cur.mod_revision)
+            except (StoreUnavailable, Conflict) as e:
+                log.warning("build progress not written", extra=_extra(job, error=str(e)))
+                run.dirty = True
+                return
+            run.dirty = False
+            run.last_write = time.monotonic()
+
+    async def _heartbeat(self, run: _Running) -> None:
+        tick = min(self.settings.build_heartbeat_s, max(self.settings.build_progress_write_s, 0.05))
+        try:
+            while True:
+                await asyncio.sleep(tick)
+                if run.dirty or time.monotonic() - run.last_write >= self.settings.build_heartbeat_s:
+                    await self._flush(run)
+        except _Interrupted:
+            pass
+
+    async def _store_retry(self, fn, retry_s: float = STORE_RETRY_S):
+        """Run a store write, retrying while etcd is unavailable (a verdict must be written)."""
+        deadline = time.monotonic() + retry_s
+        while True:
+            try:
+                return await fn()
+            except StoreUnavailable:
+                if time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def _cas_final(self, run: _Running, write, retry_s: float = STORE_RETRY_S) -> bool:
+        """Write the job's verdict with ``write(expected_revision)``. On a conflict the job is read
+        again: False when someone else finished it (the reconciler); otherwise the write is retried
+        at its current revision (an earlier write of ours whose answer was lost)."""
+        async with run.lock:
+            try:
+                run.rev = await self._store_retry(lambda: write(run.rev), retry_s)
+            except Conflict:
+                cur = await self.store.get_build(run.job.job_id)
+                if cur is None or cur.value.phase in TERMINAL:
+                    return False
+                run.rev = await self._store_retry(lambda: write(cur.mod_revision), retry_s)
+        return True
+
+    async def _ready(self, run: _Running, ev: C.TemplateBuildEvent) -> None:
+        job = run.job
+        spec = job.spec
+        info = C.TemplateInfo()
+        if ev.HasField("template"):
+            info.CopyFrom(ev.template)
+        else:
+            info = C.TemplateInfo(vcpus=spec.vcpus, memory_mb=spec.memory_mb, writable_layer_mb=spec.writable_layer_mb,
+                                  expose_ports=list(spec.expose_ports), no_memory_sharing=spec.no_memory_sharing)
+        info.template_id = job.template_id
+        info.node_id = info.node_id or run.node.node_id
+        if not info.source:
+            info.source = spec.oci_image.reference if spec.WhichOneof("source") == "oci_image" else "default"
+        tpl = from_info(info, self.settings.envd_version)
+        tpl.build_id = job.job_id
+        if not ev.HasField("timestamp"):
+            ev.timestamp.CopyFrom(ts())
+        job.phase = C.READY
+        job.message = ev.message or "ready"
+        job.error = ""
+        job.template.CopyFrom(info)
+        self._record_event(job, ev)
+        now = ts()
+        job.finished_at.CopyFrom(now)
+        job.updated_at.CopyFrom(now)
+        job.heartbeat_at.CopyFrom(now)
+        aliases = list(job.aliases)
+        try:
+            done = await self._cas_final(run, lambda rev: self.store.finish_build(job, rev, tpl, aliases))
+        except StoreUnavailable as e:
+            # The job stays running without a heartbeat: the reconciler fails it (and deletes the
+            # node's template) once it is stale.
+            log.warning("build result not written", extra=_extra(job, error=str(e)))
+            return
+        if not done:
+            # The reconciler failed the job meanwhile: the node's template must not outlive it.
+            log.warning("template built after its job was failed; deleting it on the node", extra=_extra(job))
+            await self._delete_on_node(run.node, job.template_id)
+            return
+        log.info("template build ready", extra=_extra(job, node_id=run.node.node_id,
+                                                       snapshot_bytes=info.snapshot_bytes,
+                                                       phase_ms=dict(info.phase_ms)))
+
+    async def _failed(self, run: _Running, error: str, event: C.TemplateBuildEvent | None = None,
+                      cleanup_node: C.NodeStatus | None = None, retry_s: float = STORE_RETRY_S) -> None:
+        job = run.job
+        if cleanup_node is not None:
+            await self._delete_on_node(cleanup_node, job.template_id)
+        try:
+            await self._store_retry(lambda: self.store.delete_template_at(job.template_id, run.template_rev), retry_s)
+            self._fail_record(job, error, event)
+            if not await self._cas_final(run, lambda rev: self.store.update_build(job, rev), retry_s):
+                return
+        except StoreUnavailable as e:
+            log.warning("build failure not written; the reconciler finishes it", extra=_extra(job, error=str(e)))
+            return
+        log.warning("template build failed", extra=_extra(job, node_id=job.node_id,
+                                                           failed_phase=phase_name(job.failed_phase),
+                                                           error=error[-2000:]))
+
+    def _fail_record(self, job: P.TemplateBuild, error: str, event: C.TemplateBuildEvent | None = None) -> None:
+        ev = C.TemplateBuildEvent()
+        if event is not None:
+            ev.CopyFrom(event)
+        ev.phase = C.FAILED
+        ev.error = error
+        if not ev.HasField("timestamp"):
+            ev.timestamp.CopyFrom(ts())
+        job.failed_phase = job.phase if job.phase not in TERMINAL else job.failed_phase
+        job.phase = C.FAILED
+        job.error = error
+        job.message = ev.message or "failed"
+        self._record_event(job, ev)
+        now = ts()
+        job.finished_at.CopyFrom(now)
+        job.updated_at.CopyFrom(now)
+
+    async def _delete_on_node(self, node: C.NodeStatus, tid: str) -> None:
+        try:
+            await self.nodes.call(node, "DeleteTemplate", C.DeleteTemplateRequest(template_id=tid, force=True))
+            log.info("partial template deleted on node", extra={"template_id": tid, "node_id": node.node_id})
+        except errors.NotFound:
+            pass
+        except errors.MasterError as e:
+            log.warning("could not delete template on node", extra={"template_id": tid, "node_id": node.node_id,
+                                                                    "error": str(e)})
+
+    # ---- read ---------------------------------------------------------------------------------
+
+    async def _job(self, job_id: str) -> Versioned[P.TemplateBuild]:
+        v = await self.store.get_build(job_id) if JOB_ID_RE.match(job_id or "") else None
+        if v is None:
+            raise errors.NotFound(f"template build '{job_id}' not found")
+        return v
+
+    async def get(self, job_id: str) -> P.TemplateBuild:
+        return (await self._job(job_id)).value
+
+    async def list(self, template_id: str = "") -> list[P.TemplateBuild]:
+        out = [v.value for v in await self.store.list_builds() if not template_id or v.value.template_id == template_id]
+        out.sort(key=lambda j: (j.created_at.ToNanoseconds(), j.job_id), reverse=True)
+        return out
+
+    async def watch(self, job_id: str, poll_s: float = 1.0) -> AsyncIterator[C.TemplateBuildEvent]:
+        """The job's events: history, then live ones (each update of the job read from etcd, on
+        an etcd watch of its key, polling as a fallback); ends after READY or FAILED."""
+        v = await self._job(job_id)
+        changed = asyncio.Event()
+        follower = asyncio.get_running_loop().create_task(self._follow(self.store.build_key(job_id),
+                                                                       v.mod_revision + 1, changed))
+        sent = 0            # absolute index (events_dropped + i) of the next event to send
+        last = b""          # the last event sent, serialized (a progress event may be replaced in place)
+        try:
+            while True:
+                job = v.value
+                for i, ev in enumerate(job.events):
+                    a = job.events_dropped + i
+                    data = ev.SerializeToString(deterministic=True)
+                    if a < sent - 1 or (a == sent - 1 and data == last):
+                        continue
+                    last = data
+                    sent = max(sent, a + 1)
+                    yield ev
+                if job.phase in TERMINAL:
+                    return
+                try:
+                    await asyncio.wait_for(changed.wait(), poll_s)
+                except asyncio.TimeoutError:
+                    pass
+                changed.clear()
+                nv = await self.store.get_build(job_id)
+                if nv is None:
+                    return
+                v = nv
+        finally:
+            follower.cancel()
+
+    async def _follow(self, key: bytes, start_revision: int, changed: asyncio.Event) -> None:
+        watch = None
+        try:
+            watch = await self.store.client.watch(key, start_revision=start_revision)
+            async for _ in watch:
+                changed.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the watcher polls instead
+            log.debug("build watch failed; polling", extra={"error": repr(e)})
+        finally:
+            if watch is not None:
+                try:
+                    await asyncio.wait_for(watch.cancel(), 2)
+                except BaseException:
+                    pass
+
+    # ---- leader: abandoned builds, retention --------------------------------------------------
+
+    async def reconcile(self) -> int:
+        """Fail the running jobs whose master went away, delete BUILDING records without a running
+        build, drop finished jobs past retention. Returns how many records changed."""
+        s = self.settings
+        now = time.time()
+        changed = 0
+        builds = {v.value.job_id: v for v in await self.store.list_builds()}
+        for v in builds.values():
+            j = v.value
+            if j.phase not in TERMINAL:
+                if j.job_id in self._running:
+                    continue
+                stale = secs(j.heartbeat_at) + s.build_stale_s <= now
+                mine = j.master_id == s.master_id  # restarted under the same id: it has no such task
+                if stale or mine:
+                    await self._fail_abandoned(v)
+                    changed += 1
+            elif j.HasField("finished_at") and secs(j.finished_at) + s.build_retention_s <= now:
+                if await self.store.delete_build(j.job_id, v.mod_revision):
+                    changed += 1
+        for t in await self.store.list_templates():
+            tpl = t.value
+            if tpl.status != P.TEMPLATE_STATUS_BUILDING or tpl.build_id in self._running:
+                continue
+            b = builds.get(tpl.build_id) or await self.store.get_build(tpl.build_id)
+            if (b is None or b.value.phase in TERMINAL) and secs(tpl.updated_at) + s.build_stale_s <= now:
+                if await self.store.delete_template_at(tpl.template_id, t.mod_revision):
+                    log.info("leftover BUILDING template record removed", extra={"template_id": tpl.template_id,
+                                                                                "job_id": tpl.build_id})
+                    changed += 1
+        return changed
+
+    async def _fail_abandoned(self, v: Versioned[P.TemplateBuild]) -> None:
+        job = P.TemplateBuild()
+        job.CopyFrom(v.value)
+        # Its node's stream was cancelled with the master; should the node have finished the
+        # template just before, it must not outlive the failed job.
+        node = await self.store.get_node(job.node_id)
+        if node is not None and job.template_id in node.templates:
+            await self._delete_on_node(node, job.template_id)
+        rec = await self.store.get_template(job.template_id)
+        if rec is not None and rec.value.status == P.TEMPLATE_STATUS_BUILDING and rec.value.build_id == job.job_id:
+            await self.store.delete_template_at(job.template_id, rec.mod_revision)
+        self._fail_record(job, f"master restarted: the master running this build ({job.master_id}) went away "
+                               "before it finished; start the build again")
+        try:
+            await self.store.update_build(job, v.mod_revision)
+            log.warning("abandoned template build failed", extra=_extra(job, master_id=job.master_id))
+        except Conflict:
+            pass
+
+    # ---- stop ---------------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Cancel this master's builds (each fails its job)."""
+        tasks = [r.task for r in self._running.values() if r.task is not None]
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            try:
+                await asyncio.wait_for(t, 10)
+            except BaseException:
+                pass
+
+    def running(self) -> set[str]:
+        return set(self._running)

@@ -1,0 +1,78 @@
+"""Helpers for the template-build tests (test_control_templates_*.py): requests, waiting for a
+job, what etcd holds about a template, and a fixture state reset."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import grpc
+
+from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
+
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+PHASES = ["PULLING", "UNPACKING", "BUILDING_IMAGE", "BOOTING", "PROBING", "SNAPSHOTTING"]
+BASE_TEMPLATES = ("code-interpreter", "tiny")
+
+
+def oci(ref: str = "registry.test:5000/app:1.0", **kw) -> C.BuildTemplateRequest:
+    user, password = kw.pop("username", ""), kw.pop("password", "")
+    return C.BuildTemplateRequest(oci_image=C.OciImageSource(reference=ref, username=user, password=password), **kw)
+
+
+def wait_job(stub, job_id: str, timeout: float = 20.0, phases=(C.READY, C.FAILED)) -> P.TemplateBuild:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = stub.GetTemplateBuild(P.GetTemplateBuildRequest(job_id=job_id), timeout=5)
+        if job.phase in phases:
+            return job
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} still {C.TemplateBuildPhase.Name(job.phase)} after {timeout}s")
+        time.sleep(0.05)
+
+
+def rpc_error(fn, *args, **kw) -> grpc.RpcError:
+    try:
+        fn(*args, **kw)
+    except grpc.RpcError as e:
+        return e
+    raise AssertionError("expected a gRPC error")
+
+
+def state_about(cluster, tid: str) -> dict[str, dict]:
+    """Every etcd key (under the cluster's prefix) whose value names the template, with its JSON."""
+    out = {}
+    for k, v in cluster.etcd.prefix(cluster.prefix + "/").items():
+        if k.endswith("/" + tid) or tid.encode() in v:
+            try:
+                out[k[len(cluster.prefix) + 1:]] = json.loads(v)
+            except ValueError:
+                out[k[len(cluster.prefix) + 1:]] = {}
+    return out
+
+
+def only_the_job_left(cluster, tid: str, job_id: str) -> None:
+    left = state_about(cluster, tid)
+    assert set(left) == {f"template-builds/{job_id}"}, left
+    assert all(tid not in n.templates for n in cluster.cubelets)
+
+
+def reset(cluster) -> None:
+    """Back to the module's starting point: no sandboxes, builds or built templates."""
+    cluster.wipe_sandboxes()
+    cluster.etcd.delete_prefix(f"{cluster.prefix}/template-builds/")
+    for k in cluster.keys("templates/"):
+        if k.rsplit("/", 1)[1] not in BASE_TEMPLATES:
+            cluster.etcd.delete(k)
+    for k, v in cluster.etcd.prefix(f"{cluster.prefix}/template-aliases/").items():
+        if json.loads(v)["templateId"] not in BASE_TEMPLATES:
+            cluster.etcd.delete(k)
+    for c in cluster.cubelets:
+        c.reset_builds()
+        c.build_gate.set()  # a build left waiting by a failed test ends
+        c.templates = BASE_TEMPLATES
+        c.register(cluster.etcd, cluster.prefix)
+    time.sleep(0.15)
+    for c in cluster.cubelets:
+        c.build_gate.clear()
