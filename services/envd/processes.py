@@ -198,6 +198,7 @@ class ManagedProcess:
             ids = {"user": spec.user.uid, "group": spec.user.gid,
                    "extra_groups": list(spec.user.groups)}
         close_after: list[int] = []
+        argv0 = _shell_fallback(spec.cmd)
         try:
             if spec.pty_size is not None:
                 master, slave = os.openpty()
@@ -208,7 +209,7 @@ class ManagedProcess:
                 self._pty_fd = master
                 self._out_fds = [(OutputKind.PTY, master)]
                 popen = subprocess.Popen(
-                    [spec.cmd, *spec.args], env=env, cwd=cwd, stdin=slave, stdout=slave,
+                    [argv0, *spec.args], env=env, cwd=cwd, stdin=slave, stdout=slave,
                     stderr=slave, start_new_session=True, preexec_fn=_make_controlling_tty,
                     close_fds=True, **ids,
                 )
@@ -227,7 +228,7 @@ class ManagedProcess:
                     os.set_blocking(fd, False)
                 self._out_fds = [(OutputKind.STDOUT, out_r), (OutputKind.STDERR, err_r)]
                 popen = subprocess.Popen(
-                    [spec.cmd, *spec.args], env=env, cwd=cwd, stdin=stdin_arg, stdout=out_w,
+                    [argv0, *spec.args], env=env, cwd=cwd, stdin=stdin_arg, stdout=out_w,
                     stderr=err_w, start_new_session=True, close_fds=True, **ids,
                 )
         except (OSError, subprocess.SubprocessError) as e:
@@ -410,3 +411,12 @@ class ProcessTable:
                 await asyncio.wait_for(p.wait(), 2)
             except asyncio.TimeoutError:
                 pass
+
+
+def _shell_fallback(cmd: str) -> str:
+    """The SDK runs every command as `/bin/bash -l -c ...` (and PTYs as `/bin/bash -i -l`). Many
+    small images (busybox, alpine) have no bash but a POSIX `/bin/sh` that takes the same flags:
+    use it rather than failing, so such templates still run commands."""
+    if cmd == "/bin/bash" and not os.path.exists("/bin/bash") and os.path.exists("/bin/sh"):
+        return "/bin/sh"
+    return cmd

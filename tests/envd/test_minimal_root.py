@@ -33,10 +33,7 @@ def minimal_agent():
     shutil.copy(busybox, f"{root}/bin/busybox")
     for applet in ("sh", "cat", "echo", "id", "whoami", "pwd", "ls", "sleep", "wc", "stty", "env"):
         os.symlink("busybox", f"{root}/bin/{applet}")
-    # The SDK always runs commands through /bin/bash; here it is busybox's shell.
-    with open(f"{root}/bin/bash", "w") as f:
-        f.write('#!/bin/sh\nexec /bin/sh "$@"\n')
-    os.chmod(f"{root}/bin/bash", 0o755)
+    # No /bin/bash: the SDK's `/bin/bash -l -c` commands run on the image's /bin/sh (busybox).
     proc = subprocess.Popen(
         [sys.executable, "-m", "services.envd", "--root", root, "--host", "127.0.0.1",
          "--envd-port", str(PORT), "--no-interpreter", "--runtime-dir", "/run/envd"],
