@@ -150,3 +150,21 @@ async def test_corrupt_blob_in_local_layout(oci_env, cache, tmp_path):
     path.write_bytes(bytes(data))
     await expect(DigestMismatch, ImageRef.parse(f"oci:{layout}:corrupt"), tmp_path, cache,
                  match="digest mismatch")
+
+
+@pytest.mark.parametrize("phase", ["PULLING", "UNPACKING"])
+async def test_cancelled_fetch_leaves_nothing(oci_env, cache, tmp_path, phase):
+    import asyncio
+
+    dest = tmp_path / "root"
+    task = None
+
+    def on_progress(p):
+        if p.phase.value == phase and task is not None:
+            task.cancel()
+
+    task = asyncio.ensure_future(fetch_image(ref(oci_env.anon, "features:1"), dest, cache,
+                                             progress=on_progress))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert_nothing_left(dest, cache)
