@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
 
+import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -177,6 +178,8 @@ class SandboxManager:
                                                         f"{self.settings.create_timeout_s}s") from e
             if isinstance(e, (VmmError, GuestAgentError)):
                 raise SandboxError("INTERNAL", f"sandbox {sid} failed to start: {e}") from e
+            if isinstance(e, grpc.aio.AioRpcError):  # CubeVS refused (bad CIDR, too many rules, full)
+                raise SandboxError(e.code().name, e.details() or str(e)) from e
             raise
         log.info("sandbox running", extra={"sandbox_id": sid, "from_pool": rec.from_pool,
                                            "steps_ms": {k: round(v * 1000, 1) for k, v in steps.items()}})
@@ -332,6 +335,8 @@ class SandboxManager:
                 self._save_record(rec)
                 if isinstance(e, (VmmError, GuestAgentError)):
                     raise SandboxError("INTERNAL", f"resuming {rec.sandbox_id} failed: {e}") from e
+                if isinstance(e, grpc.aio.AioRpcError):
+                    raise SandboxError(e.code().name, e.details() or str(e)) from e
                 raise
             rec.state = State.RUNNING
             self._save_record(rec)
@@ -346,7 +351,10 @@ class SandboxManager:
             p.CopyFrom(policy)
             p.expose_all_ports = True
             if rec.state is State.RUNNING:
-                await self.vs.update_policy(rec.vs_id, p)
+                try:
+                    await self.vs.update_policy(rec.vs_id, p)
+                except grpc.aio.AioRpcError as e:
+                    raise SandboxError(e.code().name, e.details() or str(e)) from e
             rec.policy = json_format.MessageToDict(p)
             self._save_record(rec)
             return rec.status(self.settings.node_id)
