@@ -3,6 +3,11 @@
     cubemastercli [--master HOST:PORT] [--json] COMMAND ...
 
     tpl list | tpl info TEMPLATE | tpl delete TEMPLATE [--force]
+    tpl create-from-image --image REF --writable-layer-size 1G --expose-port 49999 [--expose-port N ...]
+        --probe 49999 [--probe-path /health] [--cpu N] [--memory MB] [--env K=V ...] [--cmd X ...]
+        [--arg X ...] [--template-id ID] [--alias A ...] [--registry-username U --registry-password P]
+        [--insecure-registry] [--no-memory-sharing] [--node NODE] [--wait]
+    tpl watch --job-id J | tpl builds [--template T]
     sandbox list [--state running,paused] [--metadata k=v ...] [--template T]
     sandbox info ID | sandbox kill ID...
     node list
@@ -17,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
 import time
 from typing import Callable, Sequence
@@ -24,8 +31,8 @@ from typing import Callable, Sequence
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from sdk.client import CubeClient, CubeError
-from sdk.gen.cube.v1 import master_pb2 as P
+from sdk.client import CubeClient, CubeError, parse_size_mb
+from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
 
 
 # ---- output -----------------------------------------------------------------------------------
@@ -102,6 +109,166 @@ def tpl_info(c: CubeClient, a) -> None:
 def tpl_delete(c: CubeClient, a) -> None:
     ok = c.delete_template(a.template, force=a.force)
     print_json({"deleted": ok}) if a.json else print(f"deleted template {a.template}")
+
+
+# ---- template builds --------------------------------------------------------------------------
+
+def build_phase(p: int) -> str:
+    return "QUEUED" if p == C.TEMPLATE_BUILD_PHASE_UNSPECIFIED else C.TemplateBuildPhase.Name(p)
+
+
+def mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f}"
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for kv in items or []:
+        k, sep, v = kv.partition("=")
+        if not sep or not k:
+            raise SystemExit(f"error: {flag} wants KEY=VALUE, got {kv!r}")
+        out[k] = v
+    return out
+
+
+def port(value: str) -> int:
+    n = int(value)
+    if not 1 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {value} (want 1-65535)")
+    return n
+
+
+def tpl_create_from_image(c: CubeClient, a) -> int:
+    try:
+        size_mb = parse_size_mb(a.writable_layer_size)
+    except ValueError as e:
+        raise SystemExit(f"error: --writable-layer-size: {e}")
+    password = a.registry_password if a.registry_password is not None else os.environ.get("CUBE_REGISTRY_PASSWORD", "")
+    if bool(a.registry_username) != bool(password):
+        raise SystemExit("error: --registry-username and --registry-password (or CUBE_REGISTRY_PASSWORD) go together")
+    build = C.BuildTemplateRequest(
+        template_id=a.template_id or "", vcpus=a.cpu or 0, memory_mb=a.memory or 0, writable_layer_mb=size_mb,
+        expose_ports=a.expose_port or [], probe_port=a.probe, probe_path=a.probe_path or "",
+        env=_key_values(a.env, "--env"), cmd=a.cmd or [], args=a.arg or [], no_memory_sharing=a.no_memory_sharing,
+        oci_image=C.OciImageSource(reference=a.image, username=a.registry_username or "", password=password,
+                                   insecure_registry=a.insecure_registry))
+    job = c.create_template_build(build, aliases=a.alias or [], node_id=a.node or "")
+    if not a.wait:
+        print_json(job) if a.json else print(job.job_id)
+        return 0
+    if not a.json:
+        print(f"build {job.job_id}: template {job.template_id} on node {job.node_id}", file=sys.stderr)
+    return _follow_build(c, job.job_id, a.json)
+
+
+def tpl_watch(c: CubeClient, a) -> int:
+    return _follow_build(c, a.job_id, a.json)
+
+
+class BuildRenderer:
+    """Phases and a progress bar (layers and bytes) for a terminal: one line per phase, redrawn
+    in place; plain lines (a new one when the phase, the message or the layer count changes, or
+    the bytes pass another quarter) when the output is not a terminal."""
+
+    BAR = 24
+
+    def __init__(self, out=None, tty: bool | None = None):
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty() if tty is None else tty
+        self.phase = None
+        self.last_key = None
+        self.open_line = False
+
+    def _progress(self, ev) -> str:
+        parts = []
+        if ev.layers_total:
+            parts.append(f"layers {ev.layers_done}/{ev.layers_total}")
+        if ev.bytes_total:
+            parts.append(f"{mib(ev.bytes_done)}/{mib(ev.bytes_total)} MiB")
+        elif ev.bytes_done:
+            parts.append(f"{mib(ev.bytes_done)} MiB")
+        return "  ".join(parts)
+
+    def _bar(self, ev) -> str:
+        if ev.bytes_total:
+            frac = min(1.0, ev.bytes_done / ev.bytes_total)
+        elif ev.layers_total:
+            frac = min(1.0, ev.layers_done / ev.layers_total)
+        else:
+            return ""
+        n = int(frac * self.BAR)
+        return f"[{'#' * n}{'.' * (self.BAR - n)}] {int(frac * 100):3d}%"
+
+    def event(self, ev) -> None:
+        name = build_phase(ev.phase)
+        if ev.phase in (C.READY, C.FAILED):
+            self.close()
+            if ev.phase == C.READY:
+                t = ev.template
+                detail = f"snapshot {mib(t.snapshot_bytes)} MiB on {t.node_id}" if t.node_id else ev.message
+            else:
+                detail = f"in {build_phase(self.phase) if self.phase is not None else 'QUEUED'}"
+            self.out.write(f"{name:<14}  {detail}\n")
+            self.out.flush()
+            return
+        if self.tty:
+            if self.phase is not None and ev.phase != self.phase:
+                self.out.write("\n")
+            line = "  ".join(x for x in (f"{name:<14}", self._bar(ev), self._progress(ev), ev.message) if x)
+            # One screen line, so that the next redraw (\r) replaces all of it.
+            width = shutil.get_terminal_size((100, 24)).columns - 1
+            self.out.write("\r\x1b[K" + line.replace("\n", " ")[:max(width, 20)])
+            self.open_line = True
+        else:
+            quarter = int(4 * ev.bytes_done / ev.bytes_total) if ev.bytes_total else 0
+            key = (ev.phase, ev.message, ev.layers_done, quarter)
+            if key != self.last_key:
+                self.out.write("  ".join(x for x in (f"{name:<14}", self._progress(ev), ev.message) if x) + "\n")
+                self.last_key = key
+        self.phase = ev.phase
+        self.out.flush()
+
+    def close(self) -> None:
+        if self.open_line:
+            self.out.write("\n")
+            self.open_line = False
+            self.out.flush()
+
+
+def _follow_build(c: CubeClient, job_id: str, as_json: bool) -> int:
+    r = BuildRenderer()
+    last = None
+    try:
+        for ev in c.watch_template_build(job_id):
+            last = ev
+            if as_json:
+                print(json.dumps(_dict(ev), sort_keys=True), flush=True)
+            else:
+                r.event(ev)
+    finally:
+        r.close()
+    if last is not None and last.phase == C.READY:
+        if not as_json:
+            print(last.template.template_id or c.get_template_build(job_id).template_id)
+        return 0
+    job = c.get_template_build(job_id)
+    if job.phase == C.FAILED:
+        print(f"error: build {job_id} of template {job.template_id} failed in {build_phase(job.failed_phase)}: "
+              f"{job.error}", file=sys.stderr)
+    else:
+        print(f"error: the watch ended before build {job_id} finished (it is {build_phase(job.phase)})",
+              file=sys.stderr)
+    return 1
+
+
+def tpl_builds(c: CubeClient, a) -> None:
+    builds = c.list_template_builds(a.template or "")
+    if a.json:
+        return print_json(builds)
+    print_table(["BUILD", "TEMPLATE", "PHASE", "NODE", "IMAGE", "CREATED", "FINISHED", "ERROR"],
+                [[b.job_id, b.template_id, build_phase(b.phase), b.node_id or "-",
+                  b.spec.oci_image.reference or "default", when(b.created_at), when(b.finished_at),
+                  (b.error.splitlines() or ["-"])[0][:60]] for b in builds])
 
 
 def sandbox_list(c: CubeClient, a) -> None:
@@ -210,7 +377,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = cmd(tpl, "delete", tpl_delete, "delete a template")
     p.add_argument("template")
     p.add_argument("--force", action="store_true", help="kill the sandboxes that use it first")
-    # Room for the next ones: `tpl create-from-image`, `tpl watch` (template builds).
+    p = cmd(tpl, "create-from-image", tpl_create_from_image,
+            "build a template from a container image; prints the build job id")
+    p.add_argument("--image", required=True, metavar="REF",
+                   help="registry/repo:tag, repo@sha256:..., oci-archive:PATH, docker-archive:PATH, oci:DIR[:TAG]")
+    p.add_argument("--writable-layer-size", required=True, metavar="SIZE",
+                   help="the sandboxes' writable layer: 512M, 1G, ... (a bare number is MiB)")
+    p.add_argument("--expose-port", required=True, action="append", type=port, metavar="PORT",
+                   help="a guest port served at <port>-<sandboxID>.<domain>; repeatable")
+    p.add_argument("--probe", required=True, type=port, metavar="PORT", help="snapshot once this port answers")
+    p.add_argument("--probe-path", metavar="PATH", help="HTTP GET this path on the probe port (default: TCP connect)")
+    p.add_argument("--cpu", type=int, metavar="N")
+    p.add_argument("--memory", type=int, metavar="MB")
+    p.add_argument("--env", action="append", metavar="K=V", help="repeatable")
+    p.add_argument("--cmd", action="append", metavar="ARG",
+                   help="replaces the image's entrypoint; repeatable (--cmd=-x for a value starting with -)")
+    p.add_argument("--arg", action="append", metavar="ARG",
+                   help="replaces the image's cmd; repeatable (--arg=--port for a value starting with -)")
+    p.add_argument("--template-id", metavar="ID", help="default: a new [a-z0-9]{20}")
+    p.add_argument("--alias", action="append", metavar="NAME", help="claimed when ready; repeatable")
+    p.add_argument("--registry-username", metavar="U")
+    p.add_argument("--registry-password", metavar="P", help="or CUBE_REGISTRY_PASSWORD; never stored")
+    p.add_argument("--insecure-registry", action="store_true", help="plain-HTTP registry")
+    p.add_argument("--no-memory-sharing", action="store_true", help="no copy-on-write memory between sandboxes")
+    p.add_argument("--node", metavar="NODE", help="build on this node (default: the least loaded)")
+    p.add_argument("--wait", action="store_true", help="then follow it like tpl watch")
+    p = cmd(tpl, "watch", tpl_watch, "follow a build; prints the template id when READY, exits 1 on FAILED")
+    p.add_argument("--job-id", required=True, metavar="J")
+    p = cmd(tpl, "builds", tpl_builds, "list template builds")
+    p.add_argument("--template", metavar="ID")
 
     sb = groups.add_parser("sandbox", help="sandboxes").add_subparsers(dest="cmd", required=True)
     p = cmd(sb, "list", sandbox_list, "list sandboxes")
@@ -237,11 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     args.json = getattr(args, "json", False)
     with CubeClient(getattr(args, "master", None)) as client:
         try:
-            args.fn(client, args)
+            return args.fn(client, args) or 0
         except CubeError as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ Results are the generated protobuf messages (typed through their .pyi stubs); fa
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterator
 
 import grpc
@@ -21,6 +22,28 @@ from sdk.gen.cube.v1 import cubelet_pb2, master_pb2 as P, master_pb2_grpc
 
 DEFAULT_MASTER = "127.0.0.1:7070"
 _STATES = {"running": P.SANDBOX_PHASE_RUNNING, "paused": P.SANDBOX_PHASE_PAUSED}
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def parse_size_mb(value: str | int) -> int:
+    """A size in MiB from ``512M``, ``1G``, ``1.5G``, ``2048K``, ``1GiB`` (binary units; a bare
+    number is MiB), rounded up to whole MiB. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid size {value!r}")
+    if isinstance(value, int):
+        n = float(value)
+    else:
+        m = _SIZE_RE.match(value or "")
+        if not m:
+            raise ValueError(f"invalid size {value!r} (want e.g. 512M or 1G)")
+        n = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "M").upper()]
+    mb = int(-(-n // 1))
+    if mb < 1 or mb > 1 << 30:
+        raise ValueError(f"invalid size {value!r}")
+    return mb
 
 
 class CubeError(Exception):
@@ -105,6 +128,27 @@ class CubeClient:
 
     def set_template_alias(self, alias: str, template_id: str) -> P.TemplateAlias:
         return self._call("SetTemplateAlias", P.TemplateAlias(alias=alias, template_id=template_id))
+
+    # ---- template builds ----
+
+    def create_template_build(self, build: cubelet_pb2.BuildTemplateRequest, aliases: list[str] | None = None,
+                              node_id: str = "") -> P.TemplateBuild:
+        """Start building a template (``build.template_id`` empty: a new id); returns the job."""
+        return self._call("CreateTemplateBuild", P.CreateTemplateBuildRequest(build=build, aliases=aliases or [],
+                                                                              node_id=node_id))
+
+    def get_template_build(self, job_id: str) -> P.TemplateBuild:
+        return self._call("GetTemplateBuild", P.GetTemplateBuildRequest(job_id=job_id))
+
+    def list_template_builds(self, template_id: str = "") -> list[P.TemplateBuild]:
+        return list(self._call("ListTemplateBuilds", P.ListTemplateBuildsRequest(template_id=template_id)).builds)
+
+    def watch_template_build(self, job_id: str) -> Iterator[cubelet_pb2.TemplateBuildEvent]:
+        """The build's events, past then live, until READY or FAILED (no deadline)."""
+        try:
+            yield from self._stub.WatchTemplateBuild(P.WatchTemplateBuildRequest(job_id=job_id))
+        except grpc.RpcError as e:
+            raise CubeError(e.code(), e.details() or "") from None
 
     # ---- nodes ----
 

@@ -11,6 +11,7 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from sdk.client import parse_size_mb
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2 as P, network_pb2
 from services.api.errors import bad_request
 
@@ -202,8 +203,156 @@ def log_bodies(resp: cubelet_pb2.SandboxLogsResponse) -> tuple[list[dict], list[
 
 
 def build_id(template_id: str) -> str:
-    # E2B build ids are UUIDs; ours are stable per template (one build each).
+    # E2B build ids are UUIDs. A template built through POST /templates has its build job's id;
+    # any other (the default template, one found on a node) a stable one derived from its id.
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cube-template:{template_id}"))
+
+
+def is_job_id(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value
+    except (ValueError, TypeError):
+        return False
+
+
+def template_build_id(t: P.Template) -> str:
+    return t.build_id if is_job_id(t.build_id) else build_id(t.template_id)
+
+
+@dataclass
+class NewTemplateBuild:
+    """POST /templates: a template from a container image (this server's own body; E2B's
+    Dockerfile-based template builds are not supported)."""
+    build: cubelet_pb2.BuildTemplateRequest
+    aliases: list[str]
+    node_id: str = ""
+
+    @classmethod
+    def parse(cls, body: dict) -> "NewTemplateBuild":
+        for e2b in ("dockerfile", "fromImage", "fromTemplate", "steps", "startCmd", "readyCmd"):
+            if e2b in body:
+                raise bad_request(f"'{e2b}': E2B's template build API is not supported by this server; "
+                                  "give a container image reference in 'image'")
+        image = body.get("image")
+        if not isinstance(image, str) or not image.strip():
+            raise bad_request("'image' is required (a container image reference)")
+        b = cubelet_pb2.BuildTemplateRequest()
+        b.oci_image.reference = image.strip()
+        user, password = body.get("registryUsername"), body.get("registryPassword")
+        for k, v in (("registryUsername", user), ("registryPassword", password)):
+            if v is not None and not isinstance(v, str):
+                raise bad_request(f"'{k}' must be a string")
+        if bool(user) != bool(password):
+            raise bad_request("'registryUsername' and 'registryPassword' go together")
+        b.oci_image.username = user or ""
+        b.oci_image.password = password or ""
+        b.oci_image.insecure_registry = bool(opt_bool(body, "insecureRegistry"))
+        tid = body.get("templateID")
+        if tid is not None and not isinstance(tid, str):
+            raise bad_request("'templateID' must be a string")
+        b.template_id = tid or ""
+        b.vcpus = opt_int(body, "cpuCount", 1, 64) or 0
+        b.memory_mb = opt_int(body, "memoryMB", 64, 1 << 20) or 0
+        size = body.get("writableLayerSize")
+        if size is not None:
+            try:
+                b.writable_layer_mb = parse_size_mb(size)
+            except ValueError:
+                raise bad_request("'writableLayerSize' must be a size like \"512M\" or \"1G\", or an integer of MiB")
+        ports = body.get("exposePorts")
+        if ports is not None:
+            if not isinstance(ports, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in ports):
+                raise bad_request("'exposePorts' must be an array of integers")
+            if any(not 1 <= p <= 65535 for p in ports):
+                raise bad_request("'exposePorts' must be ports between 1 and 65535")
+            b.expose_ports.extend(ports)
+        b.probe_port = opt_int(body, "probePort", 1, 65535) or 0
+        path = body.get("probePath")
+        if path is not None and not isinstance(path, str):
+            raise bad_request("'probePath' must be a string")
+        b.probe_path = path or ""
+        b.env.update(str_map(body, "envVars"))
+        b.cmd.extend(str_list(body, "cmd"))
+        b.args.extend(str_list(body, "args"))
+        b.no_memory_sharing = bool(opt_bool(body, "noMemorySharing"))
+        node = body.get("nodeID")
+        if node is not None and not isinstance(node, str):
+            raise bad_request("'nodeID' must be a string")
+        return cls(build=b, aliases=str_list(body, "aliases"), node_id=node or "")
+
+    def to_proto(self) -> P.CreateTemplateBuildRequest:
+        return P.CreateTemplateBuildRequest(build=self.build, aliases=self.aliases, node_id=self.node_id)
+
+
+def build_status(phase: int) -> str:
+    if phase == cubelet_pb2.TEMPLATE_BUILD_PHASE_UNSPECIFIED:
+        return "waiting"
+    if phase == cubelet_pb2.READY:
+        return "ready"
+    if phase == cubelet_pb2.FAILED:
+        return "error"
+    return "building"
+
+
+def phase_label(phase: int) -> str:
+    return "queued" if phase == cubelet_pb2.TEMPLATE_BUILD_PHASE_UNSPECIFIED else cubelet_pb2.TemplateBuildPhase.Name(phase).lower()
+
+
+def _progress_text(ev) -> str:
+    parts = []
+    if ev.layers_total:
+        parts.append(f"layers {ev.layers_done}/{ev.layers_total}")
+    if ev.bytes_total:
+        parts.append(f"{ev.bytes_done / (1 << 20):.1f}/{ev.bytes_total / (1 << 20):.1f} MiB")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def build_log_entries(job: P.TemplateBuild) -> list[dict]:
+    """The job's events as E2B `BuildLogEntry`s ({timestamp, level, message, step})."""
+    out = []
+    last_step = ""
+    for ev in job.events:
+        step = phase_label(ev.phase)
+        if ev.phase == cubelet_pb2.FAILED:
+            step = phase_label(job.failed_phase) if job.failed_phase else last_step or step
+            text = f"build failed: {ev.error or ev.message}"
+            level = "error"
+        else:
+            text = f"{step.upper()}: {ev.message}{_progress_text(ev)}"
+            level = "info"
+            last_step = step
+        out.append({"timestamp": rfc3339(ev.timestamp), "level": level, "message": text, "step": step})
+    return out
+
+
+def build_progress(job: P.TemplateBuild) -> dict:
+    return {"layersDone": job.layers_done, "layersTotal": job.layers_total, "bytesDone": job.bytes_done,
+            "bytesTotal": job.bytes_total}
+
+
+def build_status_body(job: P.TemplateBuild, logs_offset: int = 0) -> dict:
+    """GET /templates/{id}/builds/{buildID}/status: E2B's `TemplateBuildInfo` plus the phase,
+    progress and times."""
+    entries = build_log_entries(job)[logs_offset:]
+    out = {"templateID": job.template_id, "buildID": job.job_id, "status": build_status(job.phase),
+           "phase": phase_label(job.phase), "message": job.message, "progress": build_progress(job),
+           "nodeID": job.node_id, "image": job.spec.oci_image.reference or "default",
+           "createdAt": rfc3339(job.created_at), "updatedAt": rfc3339(job.updated_at),
+           "finishedAt": rfc3339(job.finished_at) if job.HasField("finished_at") else None,
+           "logs": [f"{e['timestamp']} {e['message']}" for e in entries], "logEntries": entries}
+    if job.phase == cubelet_pb2.FAILED:
+        out["reason"] = {"message": job.error, "step": phase_label(job.failed_phase),
+                         "logEntries": [e for e in entries if e["level"] == "error"]}
+    return out
+
+
+def build_summary(job: P.TemplateBuild, t: P.Template) -> dict:
+    """One entry of `builds` in GET /templates/{id}."""
+    return {"buildID": job.job_id, "status": build_status(job.phase), "phase": phase_label(job.phase),
+            "progress": build_progress(job), "createdAt": rfc3339(job.created_at),
+            "updatedAt": rfc3339(job.updated_at),
+            "finishedAt": rfc3339(job.finished_at) if job.HasField("finished_at") else None,
+            "cpuCount": t.vcpus, "memoryMB": t.memory_mb, "diskSizeMB": t.disk_size_mb, "envdVersion": t.envd_version}
 
 
 _BUILD_STATUS = {P.TEMPLATE_STATUS_BUILDING: "building", P.TEMPLATE_STATUS_READY: "ready",
@@ -212,7 +361,7 @@ _BUILD_STATUS = {P.TEMPLATE_STATUS_BUILDING: "building", P.TEMPLATE_STATUS_READY
 
 def template_body(t: P.Template) -> dict:
     """`Template` (GET /templates)."""
-    return {"templateID": t.template_id, "buildID": build_id(t.template_id), "cpuCount": t.vcpus,
+    return {"templateID": t.template_id, "buildID": template_build_id(t), "cpuCount": t.vcpus,
             "memoryMB": t.memory_mb, "diskSizeMB": t.disk_size_mb, "public": False, "aliases": list(t.aliases),
             "names": list(t.aliases) or [t.template_id], "createdAt": rfc3339(t.created_at),
             "updatedAt": rfc3339(t.updated_at if t.HasField("updated_at") else t.created_at), "createdBy": None,
@@ -221,9 +370,12 @@ def template_body(t: P.Template) -> dict:
             "buildStatus": _BUILD_STATUS.get(t.status, "ready")}
 
 
-def template_detail_body(t: P.Template) -> dict:
-    """`TemplateWithBuilds` (GET /templates/{id})."""
+def template_detail_body(t: P.Template, job: P.TemplateBuild | None = None) -> dict:
+    """`TemplateWithBuilds` (GET /templates/{id}); with its build job when it has one."""
     out = template_body(t)
+    if job is not None:
+        out["builds"] = [build_summary(job, t)]
+        return out
     out["builds"] = [{"buildID": out["buildID"], "status": out["buildStatus"], "createdAt": out["createdAt"],
                       "updatedAt": out["updatedAt"], "finishedAt": out["updatedAt"], "cpuCount": t.vcpus,
                       "memoryMB": t.memory_mb, "diskSizeMB": t.disk_size_mb, "envdVersion": t.envd_version}]

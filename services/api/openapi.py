@@ -77,6 +77,57 @@ SCHEMAS = {
     "TemplateWithBuilds": {"allOf": [_ref("Template"), {"type": "object", "properties": {
         "builds": _arr({"type": "object"})}}]},
     "TemplateAliasResponse": {"type": "object", "properties": {"templateID": STR, "public": BOOL}},
+    "NewTemplateBuild": {
+        "type": "object", "required": ["image"],
+        "description": "A template from a container image: the node pulls and unpacks it, builds the root filesystem "
+                       "and a writable layer, boots it, waits for the probe and snapshots it. This is Cube's own API: "
+                       "E2B's template-build API (v2/v3 builds from a Dockerfile or build steps with file uploads) "
+                       "is not supported, and bodies with its keys (dockerfile, fromImage, steps, ...) are refused.",
+        "properties": {
+            "image": {"type": "string", "description": "image reference: registry/repo:tag, repo@sha256:..., "
+                                                         "oci-archive:/path.tar, docker-archive:/path.tar, oci:/dir[:tag]"},
+            "templateID": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+                           "description": "default: a new id of 20 [a-z0-9]"},
+            "aliases": {"type": "array", "items": STR, "description": "claimed when the build is ready"},
+            "registryUsername": STR,
+            "registryPassword": {"type": "string", "description": "handed to the node for this build only; never stored"},
+            "insecureRegistry": {"type": "boolean", "description": "plain-HTTP registry"},
+            "cpuCount": {"type": "integer", "minimum": 1, "maximum": 64, "default": 1},
+            "memoryMB": {"type": "integer", "minimum": 64},
+            "writableLayerSize": {"oneOf": [STR, INT], "example": "1G",
+                                  "description": "size of the sandbox's writable layer: \"512M\", \"1G\", ... or "
+                                                 "an integer of MiB (default 1G)"},
+            "exposePorts": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 65535},
+                            "description": "guest ports served at https://<port>-<sandboxID>.<domain>"},
+            "probePort": {"type": "integer", "minimum": 1, "maximum": 65535,
+                          "description": "the template is snapshotted once this port answers (default 49983, the agent)"},
+            "probePath": {"type": "string", "description": "HTTP path to GET on the probe port; absent: a TCP connect"},
+            "envVars": STRMAP,
+            "cmd": {"type": "array", "items": STR, "description": "replaces the image's entrypoint"},
+            "args": {"type": "array", "items": STR, "description": "replaces the image's cmd"},
+            "noMemorySharing": {"type": "boolean", "description": "no copy-on-write memory sharing between sandboxes"},
+            "nodeID": {"type": "string", "description": "build on this node (default: the least loaded)"}}},
+    "TemplateBuildCreated": {"type": "object", "required": ["templateID", "buildID"],
+                             "properties": {"templateID": STR, "buildID": STR}},
+    "BuildLogEntry": {"type": "object", "required": ["timestamp", "level", "message"], "properties": {
+        "timestamp": TIME, "level": {"type": "string", "enum": ["debug", "info", "warn", "error"]}, "message": STR,
+        "step": STR}},
+    "BuildProgress": {"type": "object", "properties": {
+        "layersDone": INT, "layersTotal": INT, "bytesDone": INT, "bytesTotal": INT}},
+    "TemplateBuildStatus": {"type": "object", "required": ["templateID", "buildID", "status", "logs", "logEntries"],
+                            "properties": {
+        "templateID": STR, "buildID": STR,
+        "status": {"type": "string", "enum": ["waiting", "building", "ready", "error"]},
+        "phase": {"type": "string", "enum": ["queued", "pulling", "unpacking", "building_image", "booting", "probing",
+                                             "snapshotting", "ready", "failed"]},
+        "message": STR, "progress": _ref("BuildProgress"), "nodeID": STR, "image": STR, "createdAt": TIME,
+        "updatedAt": TIME, "finishedAt": {"type": "string", "format": "date-time", "nullable": True},
+        "logs": _arr(STR), "logEntries": _arr(_ref("BuildLogEntry")),
+        "reason": {"type": "object", "description": "set when status is error", "properties": {
+            "message": {"type": "string", "description": "the reason, with the tail of the guest console and the "
+                                                         "service's output where the node has them"},
+            "step": {"type": "string", "description": "the phase the build failed in"},
+            "logEntries": _arr(_ref("BuildLogEntry"))}}}},
 }
 
 
@@ -153,10 +204,19 @@ OPERATIONS = [
     ("put", "/sandboxes/{sandboxID}/network", "Update the egress policy", [SID], _body("SandboxNetworkUpdate"),
      {**_ok(204), **_errors(400, 401, 404, 500, 503)}),
     ("get", "/templates", "List templates", [], None, {**_ok(200, _arr(_ref("Template"))), **_errors(401, 500, 503)}),
-    ("get", "/templates/{templateID}", "Get a template (id or alias)", [TID], None,
-     {**_ok(200, _ref("TemplateWithBuilds")), **_errors(401, 404, 500, 503)}),
-    ("delete", "/templates/{templateID}", "Delete a template (409 while sandboxes use it)", [TID], None,
-     {**_ok(204), **_errors(401, 404, 409, 500, 503)}),
+    ("post", "/templates", "Build a template from a container image (Cube's API, not E2B's Dockerfile builds); "
+                           "202 at once, then follow the build status", [], _body("NewTemplateBuild"),
+     {**_ok(202, _ref("TemplateBuildCreated")), **_errors(400, 401, 404, 409, 500, 503)}),
+    ("get", "/templates/{templateID}", "Get a template (id or alias); with its build while it is being built", [TID],
+     None, {**_ok(200, _ref("TemplateWithBuilds")), **_errors(401, 404, 500, 503)}),
+    ("get", "/templates/{templateID}/builds/{buildID}/status", "Status, progress and logs of a template build",
+     [TID, {"name": "buildID", "in": "path", "required": True, "schema": STR},
+      _q("logsOffset", {"type": "integer", "minimum": 0}, "skip this many log entries")], None,
+     {**_ok(200, _ref("TemplateBuildStatus")), **_errors(400, 401, 404, 500, 503)}),
+    ("delete", "/templates/{templateID}", "Delete a template (409 naming the sandboxes that use it, unless force; "
+                                          "409 while it is being built)",
+     [TID, _q("force", BOOL, "kill the sandboxes that use it first")], None,
+     {**_ok(204), **_errors(400, 401, 404, 409, 500, 503)}),
     ("get", "/templates/aliases/{alias}", "Resolve a template alias",
      [{"name": "alias", "in": "path", "required": True, "schema": STR}], None,
      {**_ok(200, _ref("TemplateAliasResponse")), **_errors(400, 401, 404, 500, 503)}),
@@ -180,7 +240,10 @@ def document(settings=None) -> dict:
         "openapi": "3.0.3",
         "info": {"title": "Cube API (E2B-compatible)", "version": "1.0.0",
                  "description": f"E2B control plane for self-hosted sandboxes; sandbox traffic goes to "
-                                f"https://<port>-<sandboxID>.{domain}. Errors are {{code, message}}."},
+                                f"https://<port>-<sandboxID>.{domain}. Errors are {{code, message}}. Templates are "
+                                f"built from container images with POST /templates (Cube's own body); E2B's "
+                                f"template-build API (v2/v3: Dockerfile or build steps with file uploads) is out of "
+                                f"scope."},
         "paths": paths,
         "components": {"schemas": SCHEMAS,
                        "securitySchemes": {"ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-KEY"}}},

@@ -1,4 +1,5 @@
-"""Template endpoints: list, get, delete, alias lookup."""
+"""Template endpoints: list, get, delete, alias lookup, and builds from container images
+(POST /templates, build status)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from sanic import Blueprint, response
 
 from sdk.gen.cube.v1 import master_pb2 as P
 from services.api import models as M
+from services.api.errors import ApiError, bad_request
 from services.api.routes import master_call
 
 bp = Blueprint("templates")
@@ -17,6 +19,14 @@ async def list_templates(request):
     return response.json([M.template_body(t) for t in resp.templates])
 
 
+@bp.post("/templates")
+async def create_template(request):
+    """Build a template from a container image; 202 with the ids, the build goes on."""
+    new = M.NewTemplateBuild.parse(M.parse_body(request.body))
+    job = await master_call(request, "CreateTemplateBuild", new.to_proto())
+    return response.json({"templateID": job.template_id, "buildID": job.job_id}, status=202)
+
+
 @bp.get("/templates/aliases/<alias>")
 async def get_alias(request, alias: str):
     a = await master_call(request, "ResolveTemplateAlias", P.ResolveTemplateAliasRequest(alias=alias))
@@ -26,10 +36,36 @@ async def get_alias(request, alias: str):
 @bp.get("/templates/<template_id>")
 async def get_template(request, template_id: str):
     t = await master_call(request, "GetTemplate", P.GetTemplateRequest(template=template_id))
-    return response.json(M.template_detail_body(t))
+    job = None
+    if M.is_job_id(t.build_id):
+        try:
+            job = await master_call(request, "GetTemplateBuild", P.GetTemplateBuildRequest(job_id=t.build_id))
+        except ApiError as e:
+            if e.status != 404:  # a finished job past its retention
+                raise
+    return response.json(M.template_detail_body(t, job))
+
+
+@bp.get("/templates/<template_id>/builds/<build_id>/status")
+async def build_status(request, template_id: str, build_id: str):
+    offset = M.query_int(request.args, "logsOffset", 0, 1 << 31) or 0
+    job = await master_call(request, "GetTemplateBuild", P.GetTemplateBuildRequest(job_id=build_id))
+    if template_id != job.template_id:
+        # The path may name the template by an alias.
+        try:
+            t = await master_call(request, "GetTemplate", P.GetTemplateRequest(template=template_id))
+        except ApiError:
+            t = None
+        if t is None or t.template_id != job.template_id:
+            raise ApiError(404, f"build '{build_id}' of template '{template_id}' not found")
+    return response.json(M.build_status_body(job, offset))
 
 
 @bp.delete("/templates/<template_id>")
 async def delete_template(request, template_id: str):
-    await master_call(request, "DeleteTemplateRecord", P.DeleteTemplateRecordRequest(template=template_id), slow=True)
+    force = (request.args.get("force") or "false").lower()
+    if force not in ("true", "false", "1", "0"):
+        raise bad_request("query parameter 'force' must be true or false")
+    await master_call(request, "DeleteTemplateRecord",
+                      P.DeleteTemplateRecordRequest(template=template_id, force=force in ("true", "1")), slow=True)
     return response.empty(status=204)
