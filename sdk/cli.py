@@ -103,7 +103,21 @@ def tpl_info(c: CubeClient, a) -> None:
                   ("envd", t.envd_version), ("nodes", ", ".join(t.node_ids) or "-"),
                   ("snapshot", f"{t.snapshot_bytes / (1 << 20):.1f} MiB"), ("spawns", t.spawn_count),
                   ("last spawn", when(t.last_spawned_at)), ("created", when(t.created_at)),
-                  ("memory sharing", "off" if t.no_memory_sharing else "on")])
+                  ("memory sharing", "off" if t.no_memory_sharing else "on"),
+                  ("exposed ports", ", ".join(map(str, t.expose_ports)) or "-"), ("build", _build_line(c, t))])
+
+
+def _build_line(c: CubeClient, t) -> str:
+    if not t.build_id or t.build_id == t.template_id:
+        return "-"
+    try:
+        job = c.get_template_build(t.build_id)
+    except CubeError:
+        return t.build_id
+    line = f"{job.job_id} ({build_phase(job.phase)}"
+    if job.phase not in (C.READY, C.FAILED) and (job.layers_total or job.bytes_total):
+        line += f", layers {job.layers_done}/{job.layers_total}, {mib(job.bytes_done)}/{mib(job.bytes_total)} MiB"
+    return line + ")"
 
 
 def tpl_delete(c: CubeClient, a) -> None:

@@ -54,6 +54,8 @@ def test_create_prints_job_id_and_watch_prints_template_id(tc):
     assert (list(req.cmd), list(req.args)) == (["/bin/app", "serve"], ["--port", "49999"])
     assert (req.oci_image.username, req.oci_image.password) == ("bob", "pw")
     # The template is listed, and the build too.
+    info = cubemastercli(m, "tpl", "info", "cli-alias").stdout
+    assert f"{job_id} (READY)" in info and "49999, 49983" in info and "registry.test:5000/app:3" in info
     table = cubemastercli(m, "tpl", "list").stdout
     assert any(l.startswith("cli-app ") and "cli-alias" in l and "ready" in l for l in table.splitlines())
     builds = cubemastercli(m, "tpl", "builds", "--template", "cli-app").stdout.splitlines()
