@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export CUBE_STATE_DIR ?= /var/lib/cube
 
-.PHONY: setup test up down env artifacts protos bench-vmm bench-envd bench-vs envd-dev
+.PHONY: setup test up down env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template envd-dev
 
 setup:
 	@bash scripts/setup.sh
@@ -40,6 +40,16 @@ bench-envd: setup
 
 bench-vs: setup
 	$(PY) bench/vs_bench.py
+
+bench-proxy: setup
+	$(PY) bench/proxy_bench.py
+
+# These two drive the running node (they bring it up first if it is not).
+bench-api: setup
+	$(PY) bench/api_bench.py
+
+bench-template: setup
+	$(PY) bench/template_bench.py
 
 envd-dev: setup
 	bash scripts/envd_dev.sh

@@ -34,6 +34,7 @@ async def serve(settings: CubeletSettings) -> None:
     server.add_insecure_port(settings.listen)
     await server.start()
     registration = NodeRegistration(settings, service.node_status)
+    templates.on_change = registration.poke
     await registration.start()
     log.info("cubelet serving", extra={"listen": settings.listen, "node_id": settings.node_id})
     stop = asyncio.Event()

@@ -43,6 +43,11 @@ class NodeRegistration:
         self.settings = settings
         self.status = status
         self._task: asyncio.Task | None = None
+        self._poked = asyncio.Event()
+
+    def poke(self) -> None:
+        """Publish the node's status now (templates changed), not at the next heartbeat."""
+        self._poked.set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -65,7 +70,11 @@ class NodeRegistration:
                         value = json_format.MessageToJson(self.status(), indent=None)
                         await etcd.put(node_key(self.settings.etcd_prefix, self.settings.node_id), value.encode(), lease=lease)
                         await lease.refresh()
-                        await asyncio.sleep(max(1.0, ttl / 3))
+                        self._poked.clear()
+                        try:
+                            await asyncio.wait_for(self._poked.wait(), max(1.0, ttl / 3))
+                        except asyncio.TimeoutError:
+                            pass
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # etcd away: keep trying; the lease lapses meanwhile, by design

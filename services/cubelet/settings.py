@@ -29,6 +29,7 @@ class CubeletSettings:
     node_lease_ttl_s: int = 10
     # How long a sandbox may take to come up before the create fails.
     create_timeout_s: float = 60.0
+    max_concurrent_builds: int = 2
     # How long a template's own service may take to answer its probe before the build fails.
     probe_timeout_s: float = 180.0
 

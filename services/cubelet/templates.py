@@ -169,7 +169,16 @@ class TemplateStore:
         self.vmm = vmm
         self.vs = vs
         self._locks: dict[str, asyncio.Lock] = {}
+        # Builds are CPU- and memory-heavy (a VM each, image unpacking): a few at a time per node.
+        self._builds = asyncio.Semaphore(settings.max_concurrent_builds)
         self._guest: GuestArtifacts | None = None
+        self.on_change = lambda: None  # set by the node registration: templates changed
+
+    def _changed(self) -> None:
+        try:
+            self.on_change()
+        except Exception:  # a notification must never break a build
+            log.exception("template change notification failed")
         settings.templates_dir.mkdir(parents=True, exist_ok=True)
 
     async def guest(self) -> GuestArtifacts:
@@ -205,6 +214,7 @@ class TemplateStore:
         trash = d.with_name(f".deleting-{template_id}-{os.getpid()}")
         os.rename(d, trash)
         shutil.rmtree(trash, ignore_errors=True)
+        self._changed()
         return True
 
     def prune(self, template_id: str) -> list[str]:
@@ -230,13 +240,19 @@ class TemplateStore:
             raise TemplateError(f"invalid template id {tid!r}: use 1-64 letters, digits, '-' or '_'")
         lock = self._locks.setdefault(tid, asyncio.Lock())
         async with lock:
-            async for ev in self._build_locked(req):
-                yield ev
+            if self._builds.locked():
+                yield _event(Phase.TEMPLATE_BUILD_PHASE_UNSPECIFIED, "queued behind other builds on this node")
+            async with self._builds:
+                async for ev in self._build_locked(req):
+                    yield ev
+                    if ev.phase in (Phase.READY, Phase.FAILED):
+                        self._changed()
 
     async def _build_locked(self, req: pb.BuildTemplateRequest) -> AsyncIterator[pb.TemplateBuildEvent]:
         tid = req.template_id
         vcpus = req.vcpus or 1
-        memory_mb = req.memory_mb or 1024
+        # The default image runs Python kernels with numpy/pandas loaded; an image needs less.
+        memory_mb = req.memory_mb or (1024 if req.WhichOneof("source") == "default_image" else 512)
         rw_mb = req.writable_layer_mb or 1024
         phase_ms: dict[str, int] = {}
         t_phase = time.monotonic()
@@ -268,11 +284,12 @@ class TemplateStore:
                 return
             lap("BUILDING_IMAGE")
         except (oci.OciError, OSError, TemplateError, VmmError) as e:
-            shutil.rmtree(staging, ignore_errors=True)
-            if not (tdir / "info.json").exists():
-                shutil.rmtree(tdir, ignore_errors=True)
+            self._discard_staging(tdir, staging)
             yield _event(Phase.FAILED, error=str(e))
             return
+        except BaseException:  # cancelled (the caller went away) or a bug: leave nothing behind
+            self._discard_staging(tdir, staging)
+            raise
         key = input_key(BUILD_PROCEDURE, guest.key, prepared.fingerprint or
                         (prepared.image.stat().st_size, prepared.image.stat().st_mtime_ns),
                         prepared.guest_config.to_json(), vcpus, memory_mb, rw_mb, list(req.expose_ports),
@@ -352,6 +369,12 @@ class TemplateStore:
         image = await asyncio.to_thread(default_image.ensure_default_image, self.vmm)
         return PreparedImage(image, default_image.default_guest_config(), (ENVD_PORT, INTERPRETER_PORT), "default")
 
+    @staticmethod
+    def _discard_staging(tdir: Path, staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (tdir / "info.json").exists():
+            shutil.rmtree(tdir, ignore_errors=True)
+
     async def _prepare_oci(self, req: pb.BuildTemplateRequest, staging: Path, lap) -> AsyncIterator:
         """Pull/read and unpack the image into a root filesystem, then make its ext4 image and the
         guest config that runs the agent (envd only: the image may serve 49999 itself) and the
@@ -371,18 +394,24 @@ class TemplateStore:
         root = staging / "root"
         yield _event(Phase.PULLING, f"fetching {src.reference}")
         task = asyncio.create_task(oci.fetch_image(ref, root, cache, auth=creds, progress=progress))
+        current = Phase.PULLING
         try:
             while not task.done() or not events.empty():
                 getter = asyncio.ensure_future(events.get())
                 done, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
                 if getter in done:
-                    yield getter.result()
+                    ev = getter.result()
+                    if ev.phase != current:  # time each phase from the events' own boundaries
+                        lap(Phase.Name(current))
+                        current = ev.phase
+                    yield ev
                 else:
                     getter.cancel()
             config: oci.ImageConfig = task.result()
         finally:
             if not task.done():
                 task.cancel()
+        lap(Phase.Name(current))
         yield _event(Phase.BUILDING_IMAGE, "making the template image")
         guest_config = image_guest_config(config, root, req)
         image = await asyncio.to_thread(ext4_from_dir, root, staging / "image.ext4")
