@@ -157,7 +157,9 @@ class SandboxManager:
         policy.expose_all_ports = True  # E2B: every guest port is reachable through the proxy
         rec = SandboxRecord(
             sandbox_id=sid, template_id=tpl.template_id, state=State.STARTING, vm_id=sid, vs_id=sid,
-            access_token=req.envd_access_token, env_vars=dict(req.env_vars), metadata=dict(req.metadata),
+            # The template's environment (an image's ENV), then the sandbox's own variables on top.
+            access_token=req.envd_access_token, env_vars={**tpl.env, **dict(req.env_vars)},
+            metadata=dict(req.metadata),
             policy=json_format.MessageToDict(policy), vcpus=tpl.info.vcpus, memory_mb=tpl.info.memory_mb,
             disk_mb=tpl.info.writable_layer_mb, envd_version=tpl.info.envd_version, started_at=time.time())
         live = _Live(rec)

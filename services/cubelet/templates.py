@@ -19,7 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -55,6 +55,7 @@ class Template:
     dir: Path
     info: pb.TemplateInfo
     build_key: str
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def build_dir(self) -> Path:
@@ -81,12 +82,37 @@ class PreparedImage:
     probe_ports: tuple[int, ...]
     source: str
     fingerprint: str = ""  # identifies the image content (e.g. the manifest digest), for the build key
+    env: dict[str, str] = field(default_factory=dict)  # the image's ENV: every sandbox process gets it
 
 
 def _event(phase: int, message: str = "", **kw) -> pb.TemplateBuildEvent:
     ts = Timestamp()
     ts.GetCurrentTime()
     return pb.TemplateBuildEvent(phase=phase, message=message, timestamp=ts, **kw)
+
+
+async def _probe_or_crash(machine, probe, crash_restarts: int = 3) -> None:
+    """Run the probe, but give up early when the template's own service keeps exiting: the guest
+    init restarts it, and its status (over the control channel) says how often."""
+
+    async def watch_service() -> None:
+        while True:
+            await asyncio.sleep(2.0)
+            status = await machine.control.call("status", timeout=10)
+            for svc in status.get("services", []):
+                if svc["name"] == "app" and svc["restarts"] >= crash_restarts:
+                    raise TemplateError(f"the image's command keeps exiting ({svc['restarts']} restarts); "
+                                        "its output is in the console tail below")
+
+    watcher = asyncio.create_task(watch_service())
+    probing = asyncio.ensure_future(probe)
+    try:
+        done, _ = await asyncio.wait({watcher, probing}, return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            t.result()  # raises the failure, if that is what finished first
+    finally:
+        for t in (watcher, probing):
+            t.cancel()
 
 
 def _resolve_user(root: Path, user: str) -> tuple[int, int]:
@@ -173,13 +199,13 @@ class TemplateStore:
         self._builds = asyncio.Semaphore(settings.max_concurrent_builds)
         self._guest: GuestArtifacts | None = None
         self.on_change = lambda: None  # set by the node registration: templates changed
+        settings.templates_dir.mkdir(parents=True, exist_ok=True)
 
     def _changed(self) -> None:
         try:
             self.on_change()
         except Exception:  # a notification must never break a build
             log.exception("template change notification failed")
-        settings.templates_dir.mkdir(parents=True, exist_ok=True)
 
     async def guest(self) -> GuestArtifacts:
         if self._guest is None:
@@ -195,7 +221,7 @@ class TemplateStore:
         except (OSError, ValueError):
             return None
         info = json_format.ParseDict(raw["info"], pb.TemplateInfo(), ignore_unknown_fields=True)
-        return Template(template_id, d, info, raw.get("build_key", ""))
+        return Template(template_id, d, info, raw.get("build_key", ""), dict(raw.get("env", {})))
 
     def list(self) -> list[Template]:
         out = []
@@ -323,9 +349,10 @@ class TemplateStore:
             await wait_healthy(ep, prepared.probe_ports, timeout=600)
             if req.probe_port and req.probe_port not in prepared.probe_ports:
                 if req.probe_path:
-                    await wait_http(ep, req.probe_port, req.probe_path, timeout=self.settings.probe_timeout_s)
+                    probe = wait_http(ep, req.probe_port, req.probe_path, timeout=self.settings.probe_timeout_s)
                 else:
-                    await wait_tcp(ep, req.probe_port, timeout=self.settings.probe_timeout_s)
+                    probe = wait_tcp(ep, req.probe_port, timeout=self.settings.probe_timeout_s)
+                await _probe_or_crash(machine, probe)
             if INTERPRETER_PORT in prepared.probe_ports:
                 await self._settle(ep)
             lap("PROBING")
@@ -343,25 +370,33 @@ class TemplateStore:
                 expose_ports=list(req.expose_ports), source=prepared.source, node_id=self.settings.node_id,
                 phase_ms=phase_ms, no_memory_sharing=req.no_memory_sharing)
             tmp = tdir / "info.json.tmp"
-            tmp.write_text(json.dumps({"info": json_format.MessageToDict(info), "build_key": key}, indent=1))
+            tmp.write_text(json.dumps({"info": json_format.MessageToDict(info), "build_key": key,
+                                       "env": prepared.env}, indent=1))
             os.replace(tmp, tdir / "info.json")
             done = True
             self.prune(tid)
             await asyncio.to_thread(gc.prune_artifacts, self.settings, self.vmm)
-            yield _event(Phase.READY, "ready", template=info)
+            await self.vs.release(vs_id)
+            final = _event(Phase.READY, "ready", template=info)
         except (VmmError, GuestAgentError, guest_agent.AgentNotReady, OSError, TemplateError) as e:
             tail = getattr(e, "console_tail", "") or (machine.console_tail(60) if machine else "")
             log.warning("template build failed", extra={"template_id": tid, "error": str(e)})
-            yield _event(Phase.FAILED, error=f"{e}\n{tail}".strip())
+            final = _event(Phase.FAILED, error=f"{e}\n{tail}".strip())
         finally:
-            if machine is not None:
-                await machine.kill()
-            await self.vs.release(vs_id)
-            shutil.rmtree(staging, ignore_errors=True)
-            if not done:
-                shutil.rmtree(work, ignore_errors=True)
-                if not (tdir / "info.json").exists():
-                    shutil.rmtree(tdir, ignore_errors=True)
+            # Clean up before the last event goes out: a caller that has what it wanted closes
+            # the stream, and this generator is then cancelled wherever it is.
+            await asyncio.shield(self._finish_build(machine, vs_id, staging, work, tdir, done))
+        yield final
+
+    async def _finish_build(self, machine, vs_id: str, staging: Path, work: Path, tdir: Path, done: bool) -> None:
+        if machine is not None:
+            await machine.kill()
+        await self.vs.release(vs_id)
+        shutil.rmtree(staging, ignore_errors=True)
+        if not done:
+            shutil.rmtree(work, ignore_errors=True)
+            if not (tdir / "info.json").exists():
+                shutil.rmtree(tdir, ignore_errors=True)
 
     async def _prepare_default(self) -> PreparedImage:
         from . import default_image
@@ -417,7 +452,8 @@ class TemplateStore:
         image = await asyncio.to_thread(ext4_from_dir, root, staging / "image.ext4")
         shutil.rmtree(root, ignore_errors=True)
         yield PreparedImage(image, guest_config, (ENVD_PORT,), src.reference,
-                            fingerprint=config.manifest_digest or config.digest)
+                            fingerprint=config.manifest_digest or config.digest,
+                            env={**config.env_map(), **dict(req.env)})
 
     async def _settle(self, ep: GuestEndpoint) -> None:
         """Wait until the agent's default kernels really run (an empty cell each) before memory is
