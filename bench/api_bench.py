@@ -1,0 +1,308 @@
+"""API benchmark: the unmodified E2B Python SDK against a running node (`make up`).
+
+    .venv/bin/python bench/api_bench.py [--n 50] [--concurrency 10,50] [--cold 3]
+
+1. Sequential (n): `Sandbox.create()` of the default template (code-interpreter SDK), the first
+   `run_code("print(1)")`, `kill()`, one sandbox after the other.
+     create_ms            Sandbox.create() wall time
+     first_run_code_ms    from the start of create() to the result of the first print(1)
+                          (what a user waits for; the run_code call alone is run_code_call_ms)
+     kill_ms              kill() wall time
+2. Concurrent: k `AsyncSandbox.create()` at once, for each k in --concurrency: create_ms p50/p99 and
+   failures (creates that raised), then all of them are killed.
+3. Cold-boot baseline, same run: the API cannot cold-boot a sandbox (every create is a clone), so
+   the default image is booted the way a template build boots it (vmm_core, 1 vCPU, 1024 MB, a
+   tap in a network namespace of its own): create_ms = boot until the agent answers /health on 49983 and
+   49999, first_run_code_ms = boot until print(1) has run, kill_ms = machine kill.
+
+Progress goes to stderr; the last stdout line is one JSON object.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.common import emit, machine, progress, summary  # noqa: E402
+from deploy.env import sdk_env  # noqa: E402
+from deploy.supervisor import NodeConfig  # noqa: E402
+
+CFG = NodeConfig()
+TAG = {"bench": f"api-{os.getpid()}"}
+TARGETS = {"sequential_create_p50_ms": 60, "sequential_create_p99_ms": 150, "create_to_first_result_p50_ms": 120,
+           "failures_at_50": 0}
+
+
+def ms(t0: float) -> float:
+    return (time.monotonic() - t0) * 1000
+
+
+def api_key() -> str:
+    return sdk_env(CFG)["E2B_API_KEY"]
+
+
+def from_pool_share(ids: set[str], offset: int) -> float | None:
+    """Share of these sandboxes the cubelet served from its warm pool (master log)."""
+    hits = total = 0
+    try:
+        with open(CFG.logs / "master.log", "rb") as f:
+            f.seek(offset)
+            for line in f.read().decode(errors="replace").splitlines():
+                if '"msg": "created"' not in line:
+                    continue
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                if rec.get("sandbox_id") in ids:
+                    total += 1
+                    hits += bool(rec.get("from_warm_pool"))
+    except OSError:
+        return None
+    return round(hits / total, 3) if total else None
+
+
+def log_offset() -> int:
+    try:
+        return (CFG.logs / "master.log").stat().st_size
+    except OSError:
+        return 0
+
+
+# ---- 1. sequential ---------------------------------------------------------------------------
+
+def sequential(n: int) -> dict:
+    from e2b_code_interpreter import Sandbox
+
+    create, first, call, kill = [], [], [], []
+    ids: set[str] = set()
+    off = log_offset()
+    Sandbox.create(metadata=TAG).kill()  # warm the SDK's connection pools and the proxy's
+    for i in range(n):
+        t0 = time.monotonic()
+        sbx = Sandbox.create(metadata=TAG)
+        create.append(ms(t0))
+        ids.add(sbx.sandbox_id)
+        try:
+            t1 = time.monotonic()
+            ex = sbx.run_code("print(1)")
+            call.append(ms(t1))
+            first.append(ms(t0))
+            if ex.logs.stdout != ["1\n"]:
+                raise RuntimeError(f"print(1) gave {ex.logs.stdout!r} {ex.error!r}")
+        finally:
+            t2 = time.monotonic()
+            sbx.kill()
+            kill.append(ms(t2))
+        if (i + 1) % 10 == 0:
+            progress(f"sequential {i + 1}/{n}: create p50 so far {sorted(create)[len(create) // 2]:.0f} ms")
+    return {"create_ms": summary(create), "first_run_code_ms": summary(first), "run_code_call_ms": summary(call),
+            "kill_ms": summary(kill), "from_warm_pool": from_pool_share(ids, off)}
+
+
+# ---- 2. concurrent ---------------------------------------------------------------------------
+
+async def concurrent(k: int) -> dict:
+    from e2b_code_interpreter import AsyncSandbox
+
+    made, times, errors = [], [], []
+    off = log_offset()
+
+    async def one() -> None:
+        t0 = time.monotonic()
+        try:
+            sbx = await AsyncSandbox.create(metadata=TAG)
+        except Exception as e:  # noqa: BLE001 - counted as a failure
+            errors.append(f"{type(e).__name__}: {str(e)[:160]}")
+            return
+        times.append(ms(t0))
+        made.append(sbx)
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(one() for _ in range(k)))
+    wall = ms(t0)
+    ok = await asyncio.gather(*(s.run_code("print(1)") for s in made), return_exceptions=True)
+    unusable = sum(1 for r in ok if isinstance(r, Exception) or r.logs.stdout != ["1\n"])
+    await asyncio.gather(*(s.kill() for s in made), return_exceptions=True)
+    out = {"create_ms": summary(times), "failures": len(errors), "wall_ms": round(wall, 1),
+           "unusable_after_create": unusable, "from_warm_pool": from_pool_share({s.sandbox_id for s in made}, off)}
+    if errors:
+        out["errors"] = sorted(set(errors))[:5]
+    return out
+
+
+async def wait_drained(timeout: float = 180.0) -> None:
+    """Until no sandbox of this benchmark is left (kills are asynchronous on the node)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    q = "&".join(f"{k}={v}" for k, v in TAG.items())
+    async with httpx.AsyncClient(timeout=30) as c:
+        while time.monotonic() < deadline:
+            r = await c.get(f"http://127.0.0.1:{CFG.api_port}/v2/sandboxes", params={"metadata": q, "limit": 100},
+                            headers={"X-API-KEY": api_key()})
+            if r.status_code == 200 and not r.json():
+                return
+            for s in r.json() if r.status_code == 200 else []:
+                await c.delete(f"http://127.0.0.1:{CFG.api_port}/sandboxes/{s['sandboxID']}",
+                               headers={"X-API-KEY": api_key()})
+            await asyncio.sleep(1)
+    raise RuntimeError("benchmark sandboxes still listed after the kills")
+
+
+# ---- 3. cold boot baseline ---------------------------------------------------------------------
+
+def _guest_http(ns: str, port: int, method: str, path: str, body: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
+    """One HTTP/1.0 request to the guest from inside its namespace: (status, body)."""
+    from vmm_core import GuestNetwork, netns
+
+    s = netns.socket_in(ns)
+    try:
+        s.settimeout(timeout)
+        s.connect((GuestNetwork().ip, port))
+        head = f"{method} {path} HTTP/1.0\r\nHost: guest\r\nContent-Type: application/json\r\n" \
+               f"Content-Length: {len(body)}\r\n\r\n"
+        s.sendall(head.encode() + body)
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    finally:
+        s.close()
+    status_line, _, rest = data.partition(b"\r\n")
+    try:
+        status = int(status_line.split()[1])
+    except (IndexError, ValueError):
+        raise OSError(f"bad response {data[:100]!r}") from None
+    return status, rest.partition(b"\r\n\r\n")[2]
+
+
+async def _until(fn, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            out = await asyncio.to_thread(fn)
+            if out:
+                return out
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"cold boot: {what} not within {timeout}s")
+        await asyncio.sleep(0.05)
+
+
+async def cold_boots(n: int) -> dict:
+    """The default image booted as a template build boots it, in a network namespace of its own
+    (not CubeVS: a restarting cubelet would reclaim a network it does not know)."""
+    import subprocess
+
+    from services.cubelet import default_image
+    from services.cubelet.guest_client import ENVD_PORT, INTERPRETER_PORT
+    from vmm_core import GuestNetwork, NetworkAttachment, VmmSettings, boot, ensure_guest_artifacts
+
+    from vmm_core.disks import writable_layer
+
+    g = GuestNetwork()
+    work = Path(tempfile.mkdtemp(prefix="cube-api-bench-cold-"))
+    base = VmmSettings.from_env()
+    vmm = VmmSettings(state_dir=base.state_dir, accel=base.accel, qemu_binary=base.qemu_binary,
+                      kernel_package=base.kernel_package, tcg_tb_size_mb=base.tcg_tb_size_mb, runtime_dir=work / "vms")
+    guest = await asyncio.to_thread(ensure_guest_artifacts, vmm)
+    image = await asyncio.to_thread(default_image.ensure_default_image, vmm)
+    create, first, kill = [], [], []
+
+    def ip(*a: str) -> None:
+        subprocess.run(["ip", *a], check=True, capture_output=True)
+
+    def printed_one(ns: str) -> bool:
+        st, body = _guest_http(ns, INTERPRETER_PORT, "POST", "/execute", json.dumps({"code": "print(1)"}).encode(),
+                               timeout=60)
+        events = [json.loads(l) for l in body.decode(errors="replace").splitlines() if l.strip().startswith("{")]
+        return st == 200 and any(e.get("type") == "stdout" and e.get("text") == "1\n" for e in events)
+
+    try:
+        for i in range(n):
+            ns = f"cubebench{os.getpid() % 10000}x{i}"
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            ip("netns", "add", ns)
+            machine_ = None
+            try:
+                ip("-n", ns, "tuntap", "add", "dev", "tap0", "mode", "tap")
+                ip("-n", ns, "addr", "add", f"{g.gateway}/{g.prefix}", "dev", "tap0")
+                ip("-n", ns, "link", "set", "tap0", "up")
+                ip("-n", ns, "link", "set", "lo", "up")
+                rw = writable_layer(work / f"rw-{i}.img", 1024, default_image.default_guest_config())
+                spec = guest.machine_spec(image, rw, vcpus=1, memory_mb=1024,
+                                          network=NetworkAttachment("tap0", g.mac, ns))
+                t0 = time.monotonic()
+                machine_ = await boot(vmm, f"benchcold{i}", spec)
+                for port in (ENVD_PORT, INTERPRETER_PORT):
+                    await _until(lambda: _guest_http(ns, port, "GET", "/health")[0] < 300, 900, f"/health on {port}")
+                create.append(ms(t0))
+                await _until(lambda: printed_one(ns), 900, "print(1)")
+                first.append(ms(t0))
+                t1 = time.monotonic()
+                m, machine_ = machine_, None
+                await m.kill()
+                kill.append(ms(t1))
+                progress(f"cold boot {i + 1}/{n}: agent healthy {create[-1]:.0f} ms, print(1) {first[-1]:.0f} ms")
+            finally:
+                if machine_ is not None:
+                    await machine_.kill()
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"create_ms": summary(create), "first_run_code_ms": summary(first), "kill_ms": summary(kill)}
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=50)
+    ap.add_argument("--concurrency", default="10,50")
+    ap.add_argument("--cold", type=int, default=3)
+    args = ap.parse_args()
+    for k in ("E2B_DEBUG", "E2B_SANDBOX_URL", "E2B_DOMAIN"):
+        os.environ.pop(k, None)
+    os.environ.update(sdk_env(CFG))
+    if not (CFG.run / "ready").exists():
+        raise SystemExit("the node is not up: run `make up` first")
+
+    result: dict = {"bench": "api", "machine": machine(), "targets": TARGETS,
+                    "template": sdk_env(CFG)["CUBE_TEMPLATE_ID"]}
+    progress(f"sequential: {args.n} x create + print(1) + kill")
+    result["sequential"] = sequential(args.n)
+    for k in [int(x) for x in args.concurrency.split(",") if x]:
+        progress(f"concurrent: {k} creates at once")
+        result[f"concurrent_{k}"] = asyncio.run(concurrent(k))
+        asyncio.run(wait_drained())
+        progress(f"concurrent {k}: {result[f'concurrent_{k}']}")
+    if args.cold:
+        progress(f"cold boot baseline: {args.cold} boots of the default image (about a minute each under TCG)")
+        result["cold_boot"] = asyncio.run(cold_boots(args.cold))
+        seq, cold = result["sequential"], result["cold_boot"]
+        result["speedup_vs_cold_boot"] = {
+            "create_p50": round(cold["create_ms"]["p50"] / seq["create_ms"]["p50"], 1),
+            "first_run_code_p50": round(cold["first_run_code_ms"]["p50"] / seq["first_run_code_ms"]["p50"], 1),
+        }
+    seq = result["sequential"]
+    result["meets_targets"] = {
+        "sequential_create_p50": seq["create_ms"]["p50"] <= TARGETS["sequential_create_p50_ms"],
+        "sequential_create_p99": seq["create_ms"]["p99"] <= TARGETS["sequential_create_p99_ms"],
+        "create_to_first_result_p50": seq["first_run_code_ms"]["p50"] <= TARGETS["create_to_first_result_p50_ms"],
+        "zero_failures_at_50": result.get("concurrent_50", {}).get("failures", 0) == 0,
+    }
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
