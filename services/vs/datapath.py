@@ -190,13 +190,17 @@ class Datapath:
                 fresh = True
                 os.makedirs(pin_dir, exist_ok=True)
                 self._obj = libbpf.load_object(obj_path, pin_dir)
+            for name, (k, v, per_cpu) in _MAP_TYPES.items():
+                self.maps[name] = Map(name, self._obj.maps[name], k, v, per_cpu)
+            self._ipr = netns.iproute(self.settings.netns)
         except BaseException:
-            if fresh:  # do not leave pins of a load that failed (e.g. verifier rejection)
+            # Do not leave pins of a load that failed (a verifier rejection, or no netlink).
+            if fresh:
+                if self._obj:
+                    self._obj.close()
+                    self._obj = None
                 self._unpin_all()
             raise
-        for name, (k, v, per_cpu) in _MAP_TYPES.items():
-            self.maps[name] = Map(name, self._obj.maps[name], k, v, per_cpu)
-        self._ipr = netns.iproute(self.settings.netns)
         log.info("datapath loaded", extra={"object": obj_path, "pins": pin_dir})
 
     def close(self) -> None:
