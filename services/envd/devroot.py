@@ -91,10 +91,13 @@ class DevRoot:
             raise
 
     def _spawn(self) -> None:
+        # A fresh /tmp in the root, unless this checkout (and so the kernels' interpreter) lives
+        # under /tmp: a tmpfs there would hide it. The overlay keeps writes off the host anyway.
+        under_tmp = any(os.path.realpath(p).startswith("/tmp/") for p in (REPO, self.kernel_python))
         cmd = [
             sys.executable, "-m", "services.envd", "--root", self.root, "--host", "127.0.0.1,::1",
             "--envd-port", str(self.envd_port), "--interpreter-port", str(self.interpreter_port),
-            "--kernel-python", self.kernel_python, "--tmpfs-tmp", *self.extra_args,
+            "--kernel-python", self.kernel_python, *([] if under_tmp else ["--tmpfs-tmp"]), *self.extra_args,
         ]
         out = open(self.log_path, "ab") if self.log_path else None
         env = dict(os.environ, PYTHONPATH=REPO)
