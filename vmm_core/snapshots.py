@@ -28,7 +28,7 @@ from enum import Enum
 from pathlib import Path
 
 from .disks import cow_overlay
-from .errors import InvalidSpecError, MachineGoneError, SnapshotError, VmmError
+from .errors import BootError, InvalidSpecError, MachineGoneError, SnapshotError, VmmError
 from .machine import Machine, pid_alive
 from .settings import VmmSettings
 from .spec import Disk, DiskFormat, MachinePaths, MachineSpec, NetworkAttachment
@@ -224,8 +224,12 @@ def _with_writable(spec: MachineSpec, path: Path, fmt: DiskFormat) -> MachineSpe
 async def _restore_into(settings: VmmSettings, snap: Snapshot, vm_id: str, spec: MachineSpec, prepare,
                         *, ignore_shared: bool, labels: dict[str, str] | None, sync: bool,
                         rollback=None) -> Machine:
-    machine = await Machine.launch(settings, vm_id, spec, incoming=True, share_memory=False, prepare=prepare,
-                                   labels=labels, rollback=rollback)
+    try:
+        machine = await Machine.launch(settings, vm_id, spec, incoming=True, share_memory=False, prepare=prepare,
+                                       labels=labels, rollback=rollback)
+    except BootError as e:  # QEMU died before the restore began: still a failed restore to callers
+        raise SnapshotError(f"restoring {snap.dir.name} into {vm_id} failed: {e}",
+                            console_tail=e.console_tail) from e
     try:
         await _set_ignore_shared(machine, ignore_shared)
         await machine.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(snap.state))}"})
