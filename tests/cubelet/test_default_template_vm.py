@@ -34,7 +34,6 @@ from vmm_core import VmmSettings, clone, ensure_guest_artifacts, netns, snapshot
 from vmm_core.disks import allocated_bytes, writable_layer
 from vmm_core.machine import boot
 
-os.environ["E2B_DEBUG"] = "true"
 os.environ.setdefault("E2B_API_KEY", "e2b_0000")
 
 MEMORY_MB = 1024
@@ -425,3 +424,15 @@ def test_clones_are_isolated(make_clone):
     stats = b.machine.stats()
     FIGURES["clone_pss_bytes"] = stats.pss_bytes
     FIGURES["clone_private_dirty_bytes"] = stats.private_dirty_bytes
+
+
+@pytest.fixture(scope="module", autouse=True)
+def sdk_debug_mode():
+    """The SDKs' debug mode for this module only (it talks to the forwarder on localhost)."""
+    saved = os.environ.get("E2B_DEBUG")
+    os.environ["E2B_DEBUG"] = "true"
+    yield
+    if saved is None:
+        os.environ.pop("E2B_DEBUG", None)
+    else:
+        os.environ["E2B_DEBUG"] = saved

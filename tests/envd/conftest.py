@@ -13,8 +13,21 @@ import pytest
 
 from services.envd.devroot import DevRoot, PortBusy
 
-os.environ["E2B_DEBUG"] = "true"
-os.environ.setdefault("E2B_API_KEY", "e2b_0000")
+
+
+@pytest.fixture(scope="package", autouse=True)
+def sdk_debug_mode():
+    """The SDKs' debug mode (localhost:49983/49999, no API) for this package only: set at import
+    time it would leak into every other test package collected in the same run."""
+    saved = {k: os.environ.get(k) for k in ("E2B_DEBUG", "E2B_API_KEY")}
+    os.environ["E2B_DEBUG"] = "true"
+    os.environ.setdefault("E2B_API_KEY", "e2b_0000")
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 ENVD = "http://127.0.0.1:49983"
 INTERPRETER = "http://127.0.0.1:49999"
@@ -38,8 +51,8 @@ def agent():
         print(f"\nenvd log: {log.name}")
 
 
-@pytest.fixture(scope="session")
-def sandbox(agent):
+@pytest.fixture(scope="package")
+def sandbox(agent, sdk_debug_mode):
     from e2b_code_interpreter import Sandbox
 
     return Sandbox.create()
