@@ -131,12 +131,16 @@ async def concurrent(k: int) -> dict:
     await asyncio.gather(*(one() for _ in range(k)))
     wall = ms(t0)
     ok = await asyncio.gather(*(s.run_code("print(1)") for s in made), return_exceptions=True)
-    unusable = sum(1 for r in ok if isinstance(r, Exception) or r.logs.stdout != ["1\n"])
+    bad = [f"{type(r).__name__}: {str(r)[:160]}" if isinstance(r, Exception) else f"output {r.logs.stdout!r} {r.error!r}"
+           for r in ok if isinstance(r, Exception) or r.logs.stdout != ["1\n"]]
+    unusable = len(bad)
     await asyncio.gather(*(s.kill() for s in made), return_exceptions=True)
     out = {"create_ms": summary(times), "failures": len(errors), "wall_ms": round(wall, 1),
            "unusable_after_create": unusable, "from_warm_pool": from_pool_share({s.sandbox_id for s in made}, off)}
     if errors:
         out["errors"] = sorted(set(errors))[:5]
+    if bad:
+        out["unusable_errors"] = sorted(set(bad))[:5]
     return out
 
 

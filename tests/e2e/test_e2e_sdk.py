@@ -319,3 +319,22 @@ def test_killed_sandbox_traffic_fails_cleanly(sandboxes):
     with pytest.raises((SandboxException, TimeoutException)):
         sbx.run_code("1")
     assert time.monotonic() - t0 < 30
+
+
+def test_warm_pool_serves_a_create_after_a_quiet_period(sandboxes):
+    """The cubelet keeps restored clones of each template ready; a create that comes once the pool
+    has had time to refill is served from it (the master logs `from_warm_pool`)."""
+    off_master, off_cubelet = cluster.log_offset("master"), cluster.log_offset("cubelet")
+    sandboxes.create({"case": "pool-drain"}).kill()
+    time.sleep(30)  # a refill is one clone restore and warm-up: seconds, even under TCG
+    sbx = sandboxes.create({"case": "pool-hit"})
+    created = [l for l in cluster.json_lines(cluster.log_since("master", off_master))
+               if l.get("msg") == "created" and l.get("sandbox_id") == sbx.sandbox_id]
+    pool_log = [f"{l.get('ts')} {l.get('msg')} {l.get('template_id', '')} {l.get('error', '')}"
+                for l in cluster.json_lines(cluster.log_since("cubelet", off_cubelet))
+                if "warm_pool" in l.get("logger", "")]
+    assert len(created) == 1, created
+    assert created[0].get("from_warm_pool") is True, (
+        f"create 30 s after the previous one was not served from the warm pool: {created[0]}\n"
+        "cubelet warm-pool log:\n" + "\n".join(pool_log))
+    assert sbx.run_code("print(1)").logs.stdout == ["1\n"]
