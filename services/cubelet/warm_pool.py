@@ -109,7 +109,9 @@ class WarmPool:
             # Exercise the paths a create will take, so their translation is done before then.
             await machine.control.call("ping", timeout=60)
             ep = GuestEndpoint(net.host_address, net.proxy_address)
-            await wait_healthy(ep, (ENVD_PORT, INTERPRETER_PORT), timeout=120)
+            # Only the default image runs the agent's code interpreter; an image template may not.
+            ports = (ENVD_PORT, INTERPRETER_PORT) if tpl.info.source == "default" else (ENVD_PORT,)
+            await wait_healthy(ep, ports, timeout=120)
             # An /init with no token (the agent has none yet, so the real one later is accepted)
             # and a clock/entropy sync: the exact paths a claim takes, now translated.
             await init_identity(ep, sandbox_id="", access_token="", env_vars={})
