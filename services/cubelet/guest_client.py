@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
-ENVD_PORT = 49983
-INTERPRETER_PORT = 49999
+from .guest_agent import ENVD_PORT, INTERPRETER_PORT  # noqa: F401  (re-exported for callers)
 
 
 class GuestAgentError(Exception):

@@ -122,11 +122,12 @@ def _resolve_user(root: Path, user: str) -> tuple[int, int]:
         return 0, 0
     name, _, group = user.partition(":")
 
-    def lookup(path: str, key: str, field: int) -> int | None:
+    def lookup(path: str, key: str, field: int, key_field: int = 0) -> int | None:
+        """Field `field` of the first line of an /etc/passwd-style file whose `key_field` is `key`."""
         try:
             for line in (root / path).read_text().splitlines():
                 parts = line.split(":")
-                if len(parts) > field and parts[0] == key:
+                if len(parts) > max(field, key_field) and parts[key_field] == key:
                     return int(parts[field])
         except (OSError, ValueError):
             pass
@@ -134,14 +135,7 @@ def _resolve_user(root: Path, user: str) -> tuple[int, int]:
 
     if name.isdigit():
         uid = int(name)
-        gid = lookup("etc/passwd", name, 3) or 0
-        try:
-            for line in (root / "etc/passwd").read_text().splitlines():
-                parts = line.split(":")
-                if len(parts) > 3 and parts[2] == name:
-                    gid = int(parts[3])
-        except (OSError, ValueError):
-            pass
+        gid = lookup("etc/passwd", name, 3, key_field=2) or 0
     else:
         uid = lookup("etc/passwd", name, 2)
         if uid is None:
