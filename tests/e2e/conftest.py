@@ -24,6 +24,7 @@ from deploy.env import sdk_env
 from tests.e2e import cluster
 from tests.e2e.cluster import API_URL, CFG, REPO
 from tests.e2e.run import CREATED, RUN_ID, TAG, tag
+from tests.support.sdk import drop_sdk_connection_pools
 
 NODE_UP_TIMEOUT_S = 45 * 60  # a clean machine builds the guest artifacts and the default template
 
@@ -118,6 +119,7 @@ def node():
     for k in ("E2B_DEBUG", "E2B_SANDBOX_URL", "E2B_DOMAIN", "E2B_ACCESS_TOKEN"):
         os.environ.pop(k, None)
     os.environ.update(sdk_env(CFG))
+    drop_sdk_connection_pools()  # pools built by earlier packages do not trust the node's CA
     try:
         yield CFG
         # Nothing this run created may be left anywhere (kills happen in each test's teardown;
@@ -137,6 +139,7 @@ def node():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+        drop_sdk_connection_pools()
         if started_here:
             subprocess.run([str(REPO / ".venv/bin/python"), "-m", "deploy.supervisor", "stop"], cwd=REPO,
                            timeout=300)
