@@ -517,19 +517,21 @@ class Builds:
     async def _follow(self, key: bytes, start_revision: int, changed: asyncio.Event) -> None:
         watch = None
         try:
-            watch = await self.store.client.watch(key, start_revision=start_revision)
-            async for _ in watch:
-                changed.set()
+            async with self.store.using() as client:
+                try:
+                    watch = await client.watch(key, start_revision=start_revision)
+                    async for _ in watch:
+                        changed.set()
+                finally:
+                    if watch is not None:
+                        try:
+                            await asyncio.wait_for(watch.cancel(), 2)
+                        except Exception:  # noqa: BLE001 - best effort on a failing channel
+                            pass
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the watcher polls instead
             log.debug("build watch failed; polling", extra={"error": repr(e)})
-        finally:
-            if watch is not None:
-                try:
-                    await asyncio.wait_for(watch.cancel(), 2)
-                except BaseException:
-                    pass
 
     # ---- leader: abandoned builds, retention --------------------------------------------------
 

@@ -49,6 +49,12 @@ class Election:
                         await asyncio.sleep(max(0.2, self.ttl_s / 4))
                 except StoreUnavailable:
                     await asyncio.sleep(1)
+                except Exception as e:  # noqa: BLE001 - the loop must outlive any one failure
+                    # Without this loop no master would ever lead again (no timeouts, no
+                    # reconciler): step down, log, and campaign again.
+                    log.exception("election round failed", extra={"error": repr(e)})
+                    await self._step_down("election error")
+                    await asyncio.sleep(1)
         finally:
             await self._step_down("stopping")
 

@@ -41,7 +41,8 @@ async def wait_applied(store, revision: int, timeout_s: float, sandbox_id: str =
         log.debug("no proxy ack helper; not waiting for route", extra={"sandbox_id": sandbox_id})
         return
     try:
-        ok = await helper(store.client, revision, timeout_s, prefix=store.prefix)
+        async with store.using() as client:
+            ok = await helper(client, revision, timeout_s, prefix=store.prefix)
     except (asyncio.TimeoutError, TimeoutError) as e:
         log.warning("route not applied in time", extra={"sandbox_id": sandbox_id, "error": str(e)})
         raise Unavailable(f"the proxies did not apply the route within {timeout_s:g}s") from e

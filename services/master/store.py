@@ -21,6 +21,7 @@ deadline, never as a hang.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -67,6 +68,12 @@ class Store:
         self.timeout_s = timeout_s
         self._ep = 0
         self._client: aetcd.Client | None = None
+        # Calls in flight per client. A client is closed only once nobody uses it: closing a gRPC
+        # channel cancels its calls, and a call cancelled from below looks like a cancelled task to
+        # the caller (the RPC handler or the election loop), which must never happen.
+        self._users: dict[int, int] = {}
+        self._retired: dict[int, aetcd.Client] = {}
+        self._closing: set[asyncio.Task] = set()
 
     # ---- plumbing -------------------------------------------------------------------------
 
@@ -84,32 +91,70 @@ class Store:
                                                  "grpc.keepalive_timeout_ms": 2000})
         return self._client
 
-    async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            try:
-                await asyncio.wait_for(client.close(), 2)
-            except Exception:
-                pass
+    @staticmethod
+    async def _close_client(client: aetcd.Client) -> None:
+        try:
+            await asyncio.wait_for(client.close(), 2)
+        except Exception:
+            pass
 
-    async def _rotate(self) -> None:
-        # Next call goes to the next endpoint (if there is more than one).
+    async def close(self) -> None:
+        clients = list(self._retired.values())
+        self._retired.clear()
+        if self._client is not None:
+            clients.append(self._client)
+            self._client = None
+        for client in clients:
+            await self._close_client(client)
+
+    def _rotate(self, client: aetcd.Client) -> None:
+        """Retire ``client``: new calls get a fresh channel (to the next endpoint, if there is more
+        than one), which connects at once instead of waiting out the old channel's reconnect
+        backoff. The old channel is closed when its last call has finished."""
+        if self._client is not client:
+            return  # another failing call replaced it already
         self._ep += 1
-        await self.close()
+        self._client = None
+        self._retired[id(client)] = client
+
+    @contextlib.asynccontextmanager
+    async def using(self):
+        """The current client, held for the duration of the block: it is not closed under the
+        block's calls even if another call retires it meanwhile. For calls that do not fit
+        ``call`` (watches, the route-ack wait); ``call`` is the usual way in."""
+        client = self.client
+        key = id(client)
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            yield client
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller is being cancelled: let it be
+            # Cancelled from below (the channel went away under the call): an unavailable store.
+            log.warning("etcd call cancelled by its channel")
+            self._rotate(client)
+            raise StoreUnavailable("etcd call cancelled") from None
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key]
+                retired = self._retired.pop(key, None)
+                if retired is not None:
+                    closing = asyncio.ensure_future(self._close_client(retired))
+                    self._closing.add(closing)
+                    closing.add_done_callback(self._closing.discard)
 
     async def call(self, make):
         """Run ``make(client)`` (a coroutine factory) with the deadline and error mapping."""
-        client = self.client
-        try:
-            return await asyncio.wait_for(make(client), self.timeout_s + 0.5)
-        except (aetcd.exceptions.ClientError, grpc.RpcError, asyncio.TimeoutError, OSError) as e:
-            log.warning("etcd unavailable", extra={"error": f"{type(e).__name__}: {e}"})
-            # A fresh channel (to the next endpoint) for the next call: it connects at once
-            # instead of waiting out the old channel's reconnect backoff. Only if no other
-            # failing call replaced it already.
-            if self._client is client:
-                await self._rotate()
-            raise StoreUnavailable(str(e) or type(e).__name__) from e
+        async with self.using() as client:
+            try:
+                return await asyncio.wait_for(make(client), self.timeout_s + 0.5)
+            except (aetcd.exceptions.ClientError, grpc.RpcError, grpc.aio.UsageError, asyncio.TimeoutError,
+                    OSError) as e:
+                log.warning("etcd unavailable", extra={"error": f"{type(e).__name__}: {e}"})
+                self._rotate(client)
+                raise StoreUnavailable(str(e) or type(e).__name__) from e
 
     async def _get(self, key: bytes, cls: type[M]) -> Versioned[M] | None:
         r = await self.call(lambda c: c.get(key))

@@ -3,6 +3,8 @@ everything works again once etcd is back (a create cut in the middle is undone).
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -85,3 +87,50 @@ def test_etcd_lost_in_the_middle_of_a_create_is_undone(outage_cluster):
     wait_until(lambda: c.sandbox_ids() == set() and c.route_ids() == set(), timeout=20, what="record undone")
     assert httpx.post(c.api_url + "/v2/sandboxes", headers=H, json={"templateID": "base"}).status_code == 201
     assert _consistent(c)
+
+
+def test_etcd_frozen_concurrent_calls_answer_503_and_a_leader_returns(outage_cluster):
+    """etcd frozen (SIGSTOP: connections stay open and nothing answers) while several calls are in
+    flight. The first call to time out gives the master a fresh etcd channel; the calls still on the
+    old channel must get their own prompt 503 rather than be cut off with it (they once hung the
+    client and killed the election loop, leaving the cluster without a leader for good)."""
+    c, etcd = outage_cluster
+    r = httpx.post(c.api_url + "/v2/sandboxes", headers=H, json={"templateID": "base"})
+    assert r.status_code == 201, r.text
+    sid = r.json()["sandboxID"]
+    calls = [("POST", "/v2/sandboxes", {"templateID": "base"}), ("GET", "/v2/sandboxes", None),
+             ("GET", f"/sandboxes/{sid}", None), ("GET", "/sandboxes/nosuchsandbox00000000", None),
+             ("POST", f"/sandboxes/{sid}/timeout", {"timeout": 30})]
+    results: dict[int, tuple[int, float]] = {}
+
+    def call(i: int) -> None:
+        method, path, body = calls[i]
+        t0 = time.monotonic()
+        try:
+            resp = httpx.request(method, c.api_url + path, headers=H, json=body, timeout=15)
+            ok = resp.status_code == 503 and resp.json().get("code") == 503
+            results[i] = (resp.status_code if ok else -resp.status_code, time.monotonic() - t0)
+        except httpx.HTTPError:
+            results[i] = (0, time.monotonic() - t0)
+
+    os.kill(etcd.proc.pid, signal.SIGSTOP)
+    try:
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+        for t in threads:
+            t.start()
+            time.sleep(0.3)  # staggered, so some calls start on the channel the first failure retires
+        for t in threads:
+            t.join(20)
+    finally:
+        os.kill(etcd.proc.pid, signal.SIGCONT)
+    report = {f"{calls[i][0]} {calls[i][1]}": (st, round(secs, 1)) for i, (st, secs) in sorted(results.items())}
+    assert len(results) == len(calls), report
+    assert all(st == 503 and secs < 6 for st, secs in results.values()), report
+
+    # The master leads again (a leader-less cluster never expires or reconciles anything) and serves.
+    wait_until(lambda: c.leader() is not None, timeout=20, what="a leader after the outage")
+    wait_until(lambda: httpx.post(c.api_url + "/v2/sandboxes", headers=H,
+                                  json={"templateID": "base"}).status_code == 201, timeout=20, what="recovery")
+    assert c.masters[0].alive()
+    assert "election round failed" not in c.masters[0].output()
+    wait_until(lambda: _consistent(c), timeout=20, what="a consistent state")
