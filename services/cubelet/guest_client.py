@@ -28,8 +28,10 @@ class GuestEndpoint:
         return f"http://{self.host_address}:{port}{path}"
 
     def client(self, timeout: float) -> httpx.AsyncClient:
-        transport = httpx.AsyncHTTPTransport(local_address=self.source_address or None, retries=0)
-        return httpx.AsyncClient(transport=transport, timeout=timeout)
+        # Plain HTTP to the guest: verify=False spares building an SSL context from the CA bundle,
+        # which costs ~10-25 ms per client here, on every claim's /init.
+        transport = httpx.AsyncHTTPTransport(local_address=self.source_address or None, retries=0, verify=False)
+        return httpx.AsyncClient(transport=transport, timeout=timeout, trust_env=False)
 
 
 async def init_identity(ep: GuestEndpoint, *, sandbox_id: str, access_token: str, env_vars: dict[str, str],
@@ -50,6 +52,18 @@ async def init_identity(ep: GuestEndpoint, *, sandbox_id: str, access_token: str
             raise GuestAgentError(f"agent /init unreachable: {e!r}") from e
     if r.status_code >= 300:
         raise GuestAgentError(f"agent /init answered {r.status_code}: {r.text[:300]}")
+
+
+async def warm_interpreter(ep: GuestEndpoint, timeout: float = 120.0) -> None:
+    """POST /warmup on the code interpreter: a throwaway cell in each default kernel, so that a
+    pooled clone has the first cell's code paths translated before a sandbox claims it."""
+    async with ep.client(timeout) as c:
+        try:
+            r = await c.post(ep.url(INTERPRETER_PORT, "/warmup"))
+        except httpx.HTTPError as e:
+            raise GuestAgentError(f"interpreter /warmup unreachable: {e!r}") from e
+    if r.status_code >= 300:
+        raise GuestAgentError(f"interpreter /warmup answered {r.status_code}: {r.text[:300]}")
 
 
 async def wait_healthy(ep: GuestEndpoint, ports: tuple[int, ...] = (ENVD_PORT, INTERPRETER_PORT),

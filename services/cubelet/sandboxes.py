@@ -224,24 +224,20 @@ class SandboxManager:
         self.pool.request_refill(tpl.template_id)
 
     async def _hand_identity(self, live: _Live, current_token: str = "", steps: dict[str, float] | None = None) -> None:
-        """Clock, entropy (with a forced CRNG reseed: clones share the snapshot's RNG state), then
-        the agent's token and env vars. Both before the API answers, so no user code ever runs
-        with another sandbox's identity."""
+        """The agent's /init: token, env vars, the host's clock and fresh entropy (the agent adds it
+        and forces a CRNG reseed: clones share the snapshot's RNG state). Before the API answers,
+        so no user code ever runs with another sandbox's identity or RNG state.
+
+        The agent's /init covers what the control channel's sync (vmm_core) would: sending both,
+        as this once did, only made the guest's single vCPU serve two requests at the same time."""
         rec = live.record
         ep = GuestEndpoint(rec.host_address, rec.proxy_address)
         assert live.machine is not None
         t0 = time.monotonic()
-
-        async def timed(name: str, aw) -> None:
-            await aw
-            if steps is not None:
-                steps[f"identity.{name}"] = time.monotonic() - t0
-
-        await asyncio.gather(
-            timed("clock_entropy", live.machine.control.sync_identity(timeout=30)),
-            timed("agent_init", init_identity(ep, sandbox_id=rec.sandbox_id, access_token=rec.access_token,
-                                              env_vars=rec.env_vars, current_token=current_token)),
-        )
+        await init_identity(ep, sandbox_id=rec.sandbox_id, access_token=rec.access_token, env_vars=rec.env_vars,
+                            current_token=current_token)
+        if steps is not None:
+            steps["identity.agent_init"] = time.monotonic() - t0
 
     async def _teardown(self, live: _Live) -> None:
         rec = live.record

@@ -18,7 +18,7 @@ from sdk.gen.cube.v1 import network_pb2, vs_pb2
 from vmm_core import Machine, NetworkAttachment, VmmError, VmmSettings, clone
 
 from .guest_client import (ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, init_identity,
-                           wait_healthy)
+                           wait_healthy, warm_interpreter)
 from .settings import CubeletSettings
 from .templates import TemplateStore
 from .vs_client import VsClient
@@ -110,12 +110,16 @@ class WarmPool:
             await machine.control.call("ping", timeout=60)
             ep = GuestEndpoint(net.host_address, net.proxy_address)
             # Only the default image runs the agent's code interpreter; an image template may not.
-            ports = (ENVD_PORT, INTERPRETER_PORT) if tpl.info.source == "default" else (ENVD_PORT,)
+            interpreter = tpl.info.source == "default"
+            ports = (ENVD_PORT, INTERPRETER_PORT) if interpreter else (ENVD_PORT,)
             await wait_healthy(ep, ports, timeout=120)
             # An /init with no token (the agent has none yet, so the real one later is accepted)
             # and a clock/entropy sync: the exact paths a claim takes, now translated.
             await init_identity(ep, sandbox_id="", access_token="", env_vars={})
             await machine.control.sync_identity(timeout=60)
+            if interpreter:
+                # And a first cell's: without this a sandbox's first run_code pays ~1 s of translation.
+                await warm_interpreter(ep, timeout=120)
             return PoolEntry(template_id, vs_id, machine, net)
         except BaseException:
             if machine is not None:

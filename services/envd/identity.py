@@ -17,6 +17,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from datetime import datetime
 
 from . import log as envd_log
@@ -127,6 +128,9 @@ class Identity:
     # sees (random, numpy.random, bash $RANDOM) before their next cell; see interpreter/execute.py.
     # An /init that only updates env vars or the clock leaves a user's `random.seed(42)` alone.
     reseed_generation: int = 0
+    # Called after every /init, e.g. so the interpreter catches its kernels up at once rather than
+    # at their next cell. Callbacks must not block (they schedule their work).
+    listeners: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
     def process_env(self, user: User) -> dict[str, str]:
         """The environment every process and kernel starts from: a login-like base for the
@@ -201,6 +205,8 @@ class Identity:
             "default_user": self.default_user, "generation": self.generation,
             "reseed": new_clone,
         })
+        for listener in self.listeners:
+            listener()
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

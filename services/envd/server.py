@@ -17,6 +17,7 @@ from .filesystem_service import FilesystemService
 from .identity import Identity
 from .interpreter.api import InterpreterApi
 from .interpreter.contexts import ContextRegistry
+from .interpreter.execute import prime_contexts
 from .interpreter.kernels import KernelLaunch, Language
 from .process_service import ProcessService
 from .processes import ProcessTable
@@ -68,6 +69,7 @@ class Agent:
         self._js_kernel_source = js_kernel_source
         self.registry: ContextRegistry | None = None
         self._runners: list[web.AppRunner] = []
+        self._background: set[asyncio.Task] = set()
 
     # -- envd app -----------------------------------------------------------------------------
 
@@ -94,6 +96,13 @@ class Agent:
         self.files.install(app)
         return app
 
+    def _prime_after_init(self) -> None:
+        if self.registry is None:
+            return
+        task = asyncio.ensure_future(prime_contexts(self.registry, warm=False))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     # -- lifecycle ----------------------------------------------------------------------------
 
     def _prepare_root(self) -> KernelLaunch:
@@ -117,6 +126,7 @@ class Agent:
             await web.SockSite(runner, s).start()
         if self.settings.interpreter:
             self.registry = ContextRegistry(self.identity, launch)
+            self.identity.listeners.append(self._prime_after_init)
             app = web.Application(client_max_size=64 * 1024 * 1024)
             InterpreterApi(self.identity, self.registry).install(app)
             irunner = web.AppRunner(app, access_log=None, handle_signals=False,

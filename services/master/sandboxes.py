@@ -156,11 +156,13 @@ class Sandboxes:
         if timeout < 1:
             raise errors.InvalidArgument("timeout must be at least 1 second")
         self._check_maps(req.metadata, req.env_vars)
-        tpl, alias = await self.templates.resolve(req.template)
+        # Three independent reads: one round trip's wait instead of three.
+        (tpl, alias), sandboxes, nodes = await asyncio.gather(
+            self.templates.resolve(req.template), self.store.list_sandboxes(), self.store.list_nodes())
         if tpl.status not in (P.TEMPLATE_STATUS_READY, P.TEMPLATE_STATUS_UNSPECIFIED):
             raise errors.FailedPrecondition(f"template '{tpl.template_id}' is not ready")
-        records = [v.value for v in await self.store.list_sandboxes()]
-        candidates = rank(await self.store.list_nodes(), tpl.template_id, tpl.memory_mb or 512, load_by_node(records))
+        records = [v.value for v in sandboxes]
+        candidates = rank(nodes, tpl.template_id, tpl.memory_mb or 512, load_by_node(records))
         node = candidates[0].node
 
         now = time.time()

@@ -177,6 +177,9 @@ def test_access_token_is_enforced(token, agent):
     r = httpx.post(INTERPRETER + "/execute", json={"code": "1", "context_id": None, "language": None, "env_vars": None})
     assert r.status_code == 401
     assert httpx.get(INTERPRETER + "/contexts").status_code == 200
+    # /warmup (the warm pool's) too.
+    assert httpx.post(INTERPRETER + "/warmup", timeout=60).status_code == 401
+    assert httpx.post(INTERPRETER + "/warmup", headers={"X-Access-Token": token}, timeout=120).status_code == 204
 
 
 def test_init_env_vars_reach_processes_and_kernels(sandbox, agent):

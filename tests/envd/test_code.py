@@ -21,6 +21,30 @@ def test_print_result_and_execution_count(sandbox):
     assert sandbox.run_code("'a string'").text == "a string"
 
 
+def test_warmup_leaves_no_trace(sandbox):
+    """The warm pool's throwaway cell (POST /warmup) must not show in the user's kernel: no
+    execution count, no output history (`_`), no output in the next cell."""
+    first = sandbox.run_code("6 * 7")
+    assert first.text == "42"
+    r = httpx.post(f"{INTERPRETER}/warmup", timeout=120)
+    assert r.status_code == 204, r.text
+    after = sandbox.run_code("_")
+    assert after.text == "42"
+    assert after.execution_count == first.execution_count + 1
+    assert after.logs.stdout == [] and after.logs.stderr == []
+
+
+def test_session_history_works_without_the_history_database(sandbox):
+    """The kernel runs with IPython's history database off; the session's In/Out/_i still work."""
+    ctx = sandbox.create_code_context()
+    try:
+        sandbox.run_code("a = 40 + 2\na", context=ctx)
+        ex = sandbox.run_code("(In[1], Out[1], _i1)", context=ctx)
+        assert ex.error is None and ex.text == "('a = 40 + 2\\na', 42, 'a = 40 + 2\\na')", ex
+    finally:
+        sandbox.remove_code_context(ctx)
+
+
 def test_stderr_and_callbacks(sandbox):
     seen = []
     ex = sandbox.run_code("import sys; print('o'); print('e', file=sys.stderr)",

@@ -11,7 +11,7 @@ from aiohttp import web
 from ..identity import Identity
 from . import messages as out
 from .contexts import ContextNotFound, ContextRegistry
-from .execute import Execution
+from .execute import Execution, prime_contexts
 from .kernels import KernelStartError, Language, UnsupportedLanguage
 
 log = logging.getLogger("envd.interpreter")
@@ -37,9 +37,19 @@ class InterpreterApi:
         app.router.add_post("/contexts", self.create_context)
         app.router.add_post("/contexts/{id}/restart", self.restart_context)
         app.router.add_delete("/contexts/{id}", self.delete_context)
+        app.router.add_post("/warmup", self.warmup)
 
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response("OK")
+
+    async def warmup(self, request: web.Request) -> web.Response:
+        """Cube's own (not E2B's): run a throwaway cell in each default kernel, no history, output
+        dropped, and answer when done. The host's warm pool calls it before pooling a clone so that
+        a sandbox's first cell finds its code paths translated (see execute.py, priming)."""
+        if not self.identity.token_ok(request.headers.get("X-Access-Token")):
+            return _text(401, "missing or invalid access token")
+        await prime_contexts(self.registry, warm=True)
+        return web.Response(status=204)
 
     async def _json_body(self, request: web.Request) -> dict:
         raw = await request.read()

@@ -16,6 +16,7 @@ import secrets
 import shlex
 from queue import Empty
 
+from ..identity import Identity
 from . import messages as out
 from .contexts import Context, ContextRegistry
 from .kernels import Kernel, KernelStartError, Language
@@ -155,12 +156,28 @@ async def _run_silent(kernel: Kernel, code: str) -> None:
     log.warning("silent execution timed out", extra={"kernel": kernel.id})
 
 
+async def catch_up(identity: Identity, ctx: Context, kernel: Kernel) -> None:
+    """/init came after this kernel started: give it the sandbox env vars and, for a new clone,
+    fresh RNG state, in one silent execution. Called with ``ctx.lock`` held."""
+    setup = ""
+    env_generation, seed_generation = identity.generation, identity.reseed_generation
+    if ctx.env_generation != env_generation and identity.env_vars:
+        setup += _set_env_code(ctx.language, valid_env(identity.env_vars), save=False)
+    if ctx.seed_generation != seed_generation:
+        setup += _reseed_code(ctx.language) or ""
+    if setup:
+        await _run_silent(kernel, setup)
+    ctx.env_generation, ctx.seed_generation = env_generation, seed_generation
+
+
 class Execution:
     def __init__(self, registry: ContextRegistry, ctx: Context, code: str,
-                 env_vars: dict[str, str] | None) -> None:
+                 env_vars: dict[str, str] | None, history: bool = True) -> None:
         self.registry = registry
         self.ctx = ctx
         self.code = code
+        # False for the agent's own cells (warm-up): no execution count, no In/Out history.
+        self.history = history
         self.env_vars = valid_env(env_vars or {})
         self.lines: asyncio.Queue[out.OutputLine | None] = asyncio.Queue()
         self._interrupted_at: float | None = None
@@ -198,18 +215,7 @@ class Execution:
         kernel = ctx.kernel
         assert kernel is not None
         try:
-            identity = self.registry.identity
-            # /init came after this kernel started: give it the sandbox env vars and, for a new
-            # clone, fresh RNG state now, in one silent execution before the user's cell.
-            setup = ""
-            env_generation, seed_generation = identity.generation, identity.reseed_generation
-            if ctx.env_generation != env_generation and identity.env_vars:
-                setup += _set_env_code(ctx.language, valid_env(identity.env_vars), save=False)
-            if ctx.seed_generation != seed_generation:
-                setup += _reseed_code(ctx.language) or ""
-            if setup:
-                await _run_silent(kernel, setup)
-            ctx.env_generation, ctx.seed_generation = env_generation, seed_generation
+            await catch_up(self.registry.identity, ctx, kernel)
             if self.env_vars:
                 await _run_silent(kernel, _set_env_code(ctx.language, self.env_vars, save=True))
             try:
@@ -229,7 +235,7 @@ class Execution:
         client = kernel.client
         assert client is not None
         loop = asyncio.get_running_loop()
-        msg_id = client.execute(self.code, silent=False, store_history=True, allow_stdin=False,
+        msg_id = client.execute(self.code, silent=False, store_history=self.history, allow_stdin=False,
                                 stop_on_error=True)
         saw_error = False
         while True:
@@ -281,3 +287,44 @@ class Execution:
             elif c.get("status") == "aborted" and not saw_error:
                 self._emit(out.error("ExecutionAborted", "the execution was aborted", ""))
             break
+
+
+# -- priming ------------------------------------------------------------------------------------
+#
+# Under TCG a clone starts in a fresh QEMU whose translation cache is empty, so the first cell in a
+# clone pays for translating the kernel's and the agent's whole execute path (0.5-0.7 s on these
+# machines, against ~90 ms for a later cell), and before it the catch-up above. Priming moves both off the user's first cell:
+# right after every /init the running kernels catch up in the background, and the host's warm pool
+# asks for a throwaway cell (no history, output dropped) in each default kernel before it pools the
+# clone. Translated code lives in the QEMU process, so what a pooled clone warmed stays warm for
+# the sandbox that claims it.
+
+WARM_CODE = {Language.PYTHON: "print(1)\n"}
+
+
+async def prime_context(registry: ContextRegistry, ctx: Context, warm: bool) -> None:
+    kernel = ctx.kernel
+    if kernel is None or not kernel.alive():
+        return  # not started (or dead): it catches up when its first cell starts it
+    code = WARM_CODE.get(ctx.language) if warm else None
+    if code is not None:
+        execution = Execution(registry, ctx, code, None, history=False)
+        execution.start()  # catches up first, like any cell; its lines are dropped
+        await execution.task
+        return
+    async with ctx.lock:
+        if ctx.kernel is kernel and kernel.alive():
+            try:
+                await catch_up(registry.identity, ctx, kernel)
+            except KernelDied:
+                pass  # the next cell reports it
+
+
+async def prime_contexts(registry: ContextRegistry, warm: bool) -> None:
+    """Catch every running kernel up with the identity now (``warm``: also run a throwaway cell in
+    each default one). Failures are logged, never raised: priming only saves time."""
+    contexts = [c for c in registry.list() if c.is_default or not warm]
+    results = await asyncio.gather(*(prime_context(registry, c, warm) for c in contexts), return_exceptions=True)
+    for ctx, r in zip(contexts, results):
+        if isinstance(r, Exception):
+            log.warning("priming a context failed", extra={"context": ctx.id, "error": repr(r)})
