@@ -4,7 +4,9 @@
 
 Readiness is measured from the moment QEMU is asked to start until a TCP service in the guest
 accepts a connection (busybox httpd of a tiny static template), for cold boots and for clones of
-that template's snapshot, in the same run. Each machine gets its own network namespace (every
+that template's snapshot, in the same run. Clones are also measured restoring into a QEMU started
+ahead of time (`prepare_clone`, as Firecracker restores into a running VMM process): from
+`start()` to the TCP answer, reported apart (`started_vmm_*`). Each machine gets its own network namespace (every
 clone has the same guest address). Progress goes to stderr; the last stdout line is one JSON object.
 """
 from __future__ import annotations
@@ -24,7 +26,7 @@ from bench.common import emit, machine, percentile, progress, summary  # noqa: E
 from tests.vmm import probe_root  # noqa: E402
 from tests.vmm.netlab import TestNet  # noqa: E402
 from vmm_core import (GuestConfig, GuestService, VmmSettings, accel, boot, clone, ensure_guest_artifacts,  # noqa: E402
-                      snapshot)
+                      prepare_clone, snapshot)
 from vmm_core.disks import ext4_from_dir, writable_layer  # noqa: E402
 
 MEMORY_MB = 256
@@ -48,6 +50,13 @@ async def cold_boot(settings, guest, image, work: Path, net: TestNet, i: int) ->
 async def clone_ready(settings, snap, net: TestNet, vm_id: str, sync: bool) -> tuple[float, object]:
     t0 = time.monotonic()
     m = await clone(settings, snap, vm_id, net.attachment, sync=sync)
+    await net.wait_tcp(PORT, timeout=60)
+    return (time.monotonic() - t0) * 1000, m
+
+
+async def started_vmm_ready(prepared, net: TestNet) -> tuple[float, object]:
+    t0 = time.monotonic()
+    m = await prepared.start(sync=False)
     await net.wait_tcp(PORT, timeout=60)
     return (time.monotonic() - t0) * 1000, m
 
@@ -94,6 +103,23 @@ async def main(args) -> dict:
         conc = [ms for ms, _ in results]
         await asyncio.gather(*(c.kill() for _, c in results))
 
+        progress(f"clones into a QEMU started ahead: {args.sequential} sequential, {args.concurrent} concurrent")
+        pre_seq: list[float] = []
+        for i in range(args.sequential):
+            prepared = await prepare_clone(settings, snap, f"pre{i}", nets[0].attachment)
+            await asyncio.sleep(0.05)  # a standby VMM is idle until it is needed
+            ms, c = await started_vmm_ready(prepared, nets[0])
+            pre_seq.append(ms)
+            await c.kill()
+        prepared = [await prepare_clone(settings, snap, f"prc{i}", nets[i].attachment)
+                    for i in range(args.concurrent)]
+        await asyncio.sleep(0.5)
+        results = await asyncio.gather(*(started_vmm_ready(p, nets[i]) for i, p in enumerate(prepared)))
+        pre_conc = [ms for ms, _ in results]
+        await asyncio.gather(*(c.kill() for _, c in results))
+        progress(f"  started-VMM clone p50 {percentile(pre_seq, 50):.0f} ms sequential, "
+                 f"p99 {percentile(pre_conc, 99):.0f} ms concurrent")
+
         progress(f"{args.alive} idle clones alive")
         alive = await asyncio.gather(*(clone(settings, snap, f"idle{i}", nets[i].attachment)
                                        for i in range(args.alive)))
@@ -116,6 +142,10 @@ async def main(args) -> dict:
             "clone_sequential": summary(seq),
             "clone_concurrent": summary(conc),
             "clone_with_identity_sync": summary(seq_synced),
+            "started_vmm_clone_ready_ms_p50": round(percentile(pre_seq + pre_conc, 50), 1),
+            "started_vmm_clone_ready_ms_p99": round(percentile(pre_seq + pre_conc, 99), 1),
+            "started_vmm_clone_sequential": summary(pre_seq),
+            "started_vmm_clone_concurrent": summary(pre_conc),
             "clone_vs_cold_ratio": round(percentile(cold, 50) / percentile(all_clones, 50), 1),
             "pss_per_idle_clone_mb": round(pss, 1),
             "private_dirty_per_idle_clone_mb": round(dirty, 1),

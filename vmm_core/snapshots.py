@@ -221,9 +221,9 @@ def _with_writable(spec: MachineSpec, path: Path, fmt: DiskFormat) -> MachineSpe
     return replace(spec, disks=tuple(replace(d, path=path, format=fmt) if not d.readonly else d for d in spec.disks))
 
 
-async def _restore_into(settings: VmmSettings, snap: Snapshot, vm_id: str, spec: MachineSpec, prepare,
-                        *, ignore_shared: bool, labels: dict[str, str] | None, sync: bool,
-                        rollback=None) -> Machine:
+async def _launch_incoming(settings: VmmSettings, snap: Snapshot, vm_id: str, spec: MachineSpec, prepare,
+                           *, ignore_shared: bool, labels: dict[str, str] | None, rollback=None) -> Machine:
+    """QEMU started for ``spec``, waiting for the snapshot's device state (``-incoming defer``)."""
     try:
         machine = await Machine.launch(settings, vm_id, spec, incoming=True, share_memory=False, prepare=prepare,
                                        labels=labels, rollback=rollback)
@@ -232,31 +232,73 @@ async def _restore_into(settings: VmmSettings, snap: Snapshot, vm_id: str, spec:
                             console_tail=e.console_tail) from e
     try:
         await _set_ignore_shared(machine, ignore_shared)
+    except BaseException as e:
+        await _abandon(machine, snap, vm_id, rollback, e)
+    return machine
+
+
+async def _load_state(machine: Machine, snap: Snapshot, vm_id: str, *, sync: bool, rollback=None) -> Machine:
+    """Load the snapshot's device state into a QEMU from ``_launch_incoming`` and let it run."""
+    try:
         await machine.execute("migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(snap.state))}"})
         await _wait_incoming(machine)
         if sync:
             await machine.control.sync_identity()
         return machine
     except BaseException as e:
-        errors = machine.qemu_errors()
-        tail = machine.console_tail()
-        if rollback is not None:
-            rollback(machine.paths)
-        await machine.kill()
-        if isinstance(e, SnapshotError) or isinstance(e, asyncio.CancelledError):
-            raise
-        raise SnapshotError(f"restoring {snap.dir.name} into {vm_id} failed: {e} {errors}".strip(),
-                            console_tail=tail) from e
+        await _abandon(machine, snap, vm_id, rollback, e)
 
 
-async def clone(settings: VmmSettings, snap: Snapshot, vm_id: str, network: NetworkAttachment | None, *,
-                memory_mb: int | None = None, labels: dict[str, str] | None = None, sync: bool = True,
-                share_memory: bool = True) -> Machine:
-    """A new machine running from a TEMPLATE snapshot, copy-on-write in memory and on disk.
+async def _abandon(machine: Machine, snap: Snapshot, vm_id: str, rollback, e: BaseException):
+    """Kill a machine whose restore failed (undoing ``prepare`` first) and raise the typed error."""
+    errors = machine.qemu_errors()
+    tail = machine.console_tail()
+    if rollback is not None:
+        rollback(machine.paths)
+    await machine.kill()
+    if isinstance(e, SnapshotError) or isinstance(e, asyncio.CancelledError):
+        raise e
+    raise SnapshotError(f"restoring {snap.dir.name} into {vm_id} failed: {e} {errors}".strip(),
+                        console_tail=tail) from e
 
-    `share_memory=False` gives the clone its own copy of the snapshot's memory file instead of a
-    private mapping of the shared one: no page is ever shared with another tenant (a defence
-    against memory-deduplication side channels), at the cost of the copy and its memory."""
+
+async def _restore_into(settings: VmmSettings, snap: Snapshot, vm_id: str, spec: MachineSpec, prepare,
+                        *, ignore_shared: bool, labels: dict[str, str] | None, sync: bool,
+                        rollback=None) -> Machine:
+    machine = await _launch_incoming(settings, snap, vm_id, spec, prepare, ignore_shared=ignore_shared,
+                                     labels=labels, rollback=rollback)
+    return await _load_state(machine, snap, vm_id, sync=sync, rollback=rollback)
+
+
+@dataclass
+class PreparedClone:
+    """A clone whose QEMU is already started and waiting for the snapshot (``prepare_clone``):
+    ``start()`` only loads the device state and resumes, so it skips QEMU's own start-up (about
+    40 ms of a clone under TCG). Like Firecracker restoring into an already-running VMM process.
+    An unused one must be ``discard()``-ed; it holds its QEMU, overlay and network attachment."""
+
+    machine: Machine
+    snapshot: Snapshot
+    _used: bool = False
+
+    @property
+    def vm_id(self) -> str:
+        return self.machine.vm_id
+
+    async def start(self, *, sync: bool = True) -> Machine:
+        if self._used:
+            raise InvalidSpecError(f"prepared clone {self.vm_id} was already started or discarded")
+        self._used = True
+        return await _load_state(self.machine, self.snapshot, self.vm_id, sync=sync)
+
+    async def discard(self) -> None:
+        if not self._used:
+            self._used = True
+            await self.machine.kill()
+
+
+def _clone_spec(settings: VmmSettings, snap: Snapshot, network: NetworkAttachment | None,
+                memory_mb: int | None, share_memory: bool):
     if snap.kind is not SnapshotKind.TEMPLATE:
         raise InvalidSpecError("clone() takes a template snapshot; use restore() for a saved one")
     if memory_mb is not None and memory_mb != snap.spec.memory_mb:
@@ -279,7 +321,29 @@ async def clone(settings: VmmSettings, snap: Snapshot, vm_id: str, network: Netw
             out = replace(out, memory_file=own)
         return out
 
+    return spec, prepare
+
+
+async def clone(settings: VmmSettings, snap: Snapshot, vm_id: str, network: NetworkAttachment | None, *,
+                memory_mb: int | None = None, labels: dict[str, str] | None = None, sync: bool = True,
+                share_memory: bool = True) -> Machine:
+    """A new machine running from a TEMPLATE snapshot, copy-on-write in memory and on disk.
+
+    `share_memory=False` gives the clone its own copy of the snapshot's memory file instead of a
+    private mapping of the shared one: no page is ever shared with another tenant (a defence
+    against memory-deduplication side channels), at the cost of the copy and its memory."""
+    spec, prepare = _clone_spec(settings, snap, network, memory_mb, share_memory)
     return await _restore_into(settings, snap, vm_id, spec, prepare, ignore_shared=True, labels=labels, sync=sync)
+
+
+async def prepare_clone(settings: VmmSettings, snap: Snapshot, vm_id: str, network: NetworkAttachment | None, *,
+                        memory_mb: int | None = None, labels: dict[str, str] | None = None,
+                        share_memory: bool = True) -> PreparedClone:
+    """``clone()`` in two steps: this one starts QEMU (overlay, network, memory mapping) and waits;
+    ``PreparedClone.start()`` restores the snapshot into it. Same checks and errors as clone()."""
+    spec, prepare = _clone_spec(settings, snap, network, memory_mb, share_memory)
+    machine = await _launch_incoming(settings, snap, vm_id, spec, prepare, ignore_shared=True, labels=labels)
+    return PreparedClone(machine, snap)
 
 
 async def save(machine: Machine, dest: Path) -> Snapshot:

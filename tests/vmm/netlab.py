@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from vmm_core import GuestNetwork, NetworkAttachment, netns
 
 GUEST = GuestNetwork()
+# Every tap shows the guest the same gateway MAC, as CubeVS's do: a clone's ARP cache comes from
+# the snapshot, and a gateway with another MAC would get its SYN-ACKs addressed to the template's
+# tap until the guest re-resolved it (seconds).
+GATEWAY_MAC = "02:fc:00:00:00:16"
 _counter = itertools.count()
 
 
@@ -38,6 +42,7 @@ class TestNet:
         _ip("netns", "add", name)
         net = cls(name)
         _ip("-n", name, "tuntap", "add", "dev", net.tap, "mode", "tap")
+        _ip("-n", name, "link", "set", net.tap, "address", GATEWAY_MAC)
         _ip("-n", name, "addr", "add", f"{GUEST.gateway}/{GUEST.prefix}", "dev", net.tap)
         _ip("-n", name, "link", "set", net.tap, "up")
         _ip("-n", name, "link", "set", "lo", "up")

@@ -16,7 +16,7 @@ import pytest
 
 from tests.vmm.conftest import MEMORY_MB, probe_config
 from vmm_core import (BootError, InvalidSpecError, MachineGoneError, NetworkAttachment, Snapshot, SnapshotError, boot,
-                      clone, restore, save)
+                      clone, prepare_clone, restore, save)
 from vmm_core.disks import writable_layer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -168,3 +168,11 @@ async def test_qemu_killed_mid_restore_keeps_saved_state(settings, template_snap
         assert n.http_get("/cgi-bin/get?precious") == "yes"
     finally:
         await m.kill()
+
+
+async def test_prepared_clone_whose_qemu_died(settings, template_snapshot, net):
+    """A standby QEMU killed while it waits: start() raises SnapshotError and leaves nothing."""
+    prepared = await prepare_clone(settings, template_snapshot, "standbydead", net().attachment)
+    os.kill(prepared.machine.pid, signal.SIGKILL)
+    with pytest.raises(SnapshotError):
+        await prepared.start()

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.vmm.conftest import MEMORY_MB, probe_config
-from vmm_core import Machine, boot, clone, restore, save
+from vmm_core import InvalidSpecError, Machine, boot, clone, prepare_clone, restore, save
 from vmm_core.disks import writable_layer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
@@ -170,3 +170,28 @@ async def test_clone_without_memory_sharing(settings, template_snapshot, net):
         assert str(m.paths.dir / "memory") in maps
     finally:
         await m.kill()
+
+
+async def test_prepared_clone_starts_later_and_discard_leaves_nothing(settings, template_snapshot, net):
+    """prepare_clone starts QEMU (waiting for the snapshot) ahead of need; start() restores into it
+    and gives a working, isolated clone; an unused one is discarded without a trace; a prepared
+    clone is used once."""
+    n1, n2 = net(), net()
+    prepared = await prepare_clone(settings, template_snapshot, "standby1", n1.attachment)
+    spare = await prepare_clone(settings, template_snapshot, "standby2", n2.attachment)
+    try:
+        assert prepared.machine.pid > 0 and await prepared.machine.run_state() == "inmigrate"
+        m = await prepared.start()
+        try:
+            await n1.wait_http("/cgi-bin/counter")
+            assert n1.http_get("/cgi-bin/get?origin") == "template"
+            with pytest.raises(InvalidSpecError):
+                await prepared.start()
+        finally:
+            await m.kill()
+        overlay = spare.machine.writable_disk()
+        assert overlay is not None and overlay.exists()
+    finally:
+        await spare.discard()
+        await spare.discard()
+    assert not overlay.exists() and not spare.machine.paths.dir.exists()
