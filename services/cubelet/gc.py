@@ -14,32 +14,17 @@ from pathlib import Path
 
 from vmm_core import VmmSettings
 
+from .references import record_texts, sandbox_records
 from .settings import CubeletSettings
 
 log = logging.getLogger("cubelet.gc")
 KEEP_NEWEST = 2
 
 
-def _records(settings: CubeletSettings, vmm: VmmSettings) -> list[str]:
-    texts: list[str] = []
-    patterns = [
-        (settings.templates_dir, "*/builds/*/snapshot/snapshot.json"),
-        (settings.paused_dir, "*/snapshot.json"),
-        (vmm.vms_dir, "*/machine.json"),
-    ]
-    for root, pattern in patterns:
-        if root.is_dir():
-            for p in root.glob(pattern):
-                try:
-                    texts.append(p.read_text())
-                except OSError:
-                    pass
-    return texts
-
-
 def prune_artifacts(settings: CubeletSettings, vmm: VmmSettings, keep_newest: int = KEEP_NEWEST) -> list[Path]:
     """Remove unreferenced artifacts beyond the newest `keep_newest` of each kind."""
-    refs = _records(settings, vmm)
+    refs = sandbox_records(settings, vmm) + record_texts(
+        (settings.templates_dir, "*/builds/*/snapshot/snapshot.json"))
     removed: list[Path] = []
     root = vmm.artifacts_dir
     if not root.is_dir():

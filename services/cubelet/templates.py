@@ -36,6 +36,7 @@ from vmm_core.disks import ext4_from_dir, writable_layer
 from . import gc, guest_agent, oci
 from .guest_client import (ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, wait_healthy, wait_http,
                            wait_tcp)
+from .references import sandbox_records
 from .settings import CubeletSettings
 from .vs_client import VsClient
 
@@ -160,19 +161,6 @@ def image_guest_config(config: "oci.ImageConfig", root: Path, req: pb.BuildTempl
     return GuestConfig(services=tuple(services))
 
 
-def _referenced_paths(root: Path) -> set[str]:
-    """The text of every machine/snapshot record under root (they name the files they use)."""
-    refs: set[str] = set()
-    if root.is_dir():
-        for name in ("machine.json", "snapshot.json"):
-            for rec in root.glob(f"*/{name}"):
-                try:
-                    refs.add(rec.read_text())
-                except OSError:
-                    pass
-    return refs
-
-
 def _dir_bytes(path: Path) -> int:
     total = 0
     for p in path.rglob("*"):
@@ -244,7 +232,7 @@ class TemplateStore:
         builds = t.dir / "builds" if t else None
         if t is None or not builds.is_dir():
             return []
-        in_use = _referenced_paths(self.vmm.vms_dir) | _referenced_paths(self.settings.paused_dir)
+        in_use = sandbox_records(self.settings, self.vmm)
         removed = []
         for b in builds.iterdir():
             if b.name != t.build_key and not any(str(b) in ref for ref in in_use):

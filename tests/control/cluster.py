@@ -23,7 +23,7 @@ import httpx
 from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
 from tests.control.etcd_http import EtcdHttp
 from tests.control.fake_cubelet import FakeCubelet
-from tests.support.etcd import free_port
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

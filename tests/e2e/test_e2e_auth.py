@@ -16,7 +16,7 @@ from e2b_code_interpreter import Sandbox
 
 from tests.e2e.cluster import CFG, REPO
 from tests.e2e.run import CREATED, tag
-from tests.support.etcd import free_port
+from tests.support.ports import free_port
 
 CLI = str(REPO / ".venv/bin/cubemastercli")
 AUTH_API_LOG: list = []

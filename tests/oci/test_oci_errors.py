@@ -9,7 +9,7 @@ from services.cubelet.oci import (AuthFailed, Credentials, DigestMismatch, Image
                                   InvalidImage, RegistryError, UnsafeLayer, WrongArchitecture,
                                   fetch_image, pull_image)
 from tests.oci.conftest import PASSWORD, USER, assert_nothing_left
-from tests.oci.support import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -123,7 +123,7 @@ def envd_agent():
 
     from services.envd.devroot import REPO, DevRoot
     from tests.proxy.harness import wait_port
-    from tests.support.etcd import free_port
+    from tests.support.ports import free_port
 
     class Agent(DevRoot):
         host = ENVD_HOST

@@ -21,7 +21,7 @@ from pathlib import Path
 from google.protobuf import json_format
 
 from sdk.gen.cube.v1 import route_pb2
-from tests.support.etcd import free_port
+from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), GRPC_ENABLE_FORK_SUPPORT="false")

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from tests.proxy.conftest import ENVD_HOST, new_id
-from tests.support.etcd import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
 
