@@ -8,6 +8,7 @@ processes this harness started (by their pid) and removes the prefix.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,8 +92,9 @@ class Cluster:
     def _spawn(self, name: str, module: str, env: dict, port: int) -> Proc:
         log = self.workdir / f"{name}.log"
         full = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **env}
-        popen = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=full,
-                                 stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log, "ab") as out:  # the child keeps its own descriptor
+            popen = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=full,
+                                     stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         p = Proc(name, popen, log, port)
         self.procs.append(p)
         return p
@@ -194,6 +196,7 @@ class Cluster:
         except Exception:
             pass
         self.etcd.close()
+        shutil.rmtree(self.workdir, ignore_errors=True)  # the processes' logs; failures quote them first
 
 
 def wait_until(cond, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
