@@ -17,7 +17,8 @@ from .filesystem_service import FilesystemService
 from .identity import Identity
 from .interpreter.api import InterpreterApi
 from .interpreter.contexts import ContextRegistry
-from .interpreter.execute import prime_contexts
+from .interpreter import identity_hook
+from .interpreter.execute import prime_contexts, valid_env
 from .interpreter.kernels import KernelLaunch, Language
 from .process_service import ProcessService
 from .processes import ProcessTable
@@ -96,6 +97,11 @@ class Agent:
         self.files.install(app)
         return app
 
+    def _write_kernel_identity(self) -> None:
+        ident = self.identity
+        identity_hook.write(self.settings.runtime_dir, valid_env(ident.env_vars), ident.generation,
+                            ident.reseed_generation)
+
     def _prime_after_init(self) -> None:
         if self.registry is None:
             return
@@ -126,6 +132,8 @@ class Agent:
             await web.SockSite(runner, s).start()
         if self.settings.interpreter:
             self.registry = ContextRegistry(self.identity, launch)
+            # In this order: kernels' hooks read the file; the primer may run cells at once.
+            self.identity.listeners.append(self._write_kernel_identity)
             self.identity.listeners.append(self._prime_after_init)
             app = web.Application(client_max_size=64 * 1024 * 1024)
             InterpreterApi(self.identity, self.registry).install(app)

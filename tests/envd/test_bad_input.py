@@ -193,6 +193,18 @@ def test_init_env_vars_reach_processes_and_kernels(sandbox, agent):
         init({"envVars": {}})
 
 
+def test_a_cells_env_vars_win_over_the_sandbox_env_after_init(sandbox, agent):
+    """Python kernels apply /init's env vars in a pre-run hook; a cell's own env vars must still
+    win in the first cell after an /init, and the sandbox's value be back in the next cell."""
+    assert init({"envVars": {"PRECEDENCE": "sandbox"}}).status_code == 204
+    try:
+        ex = sandbox.run_code("import os; os.environ['PRECEDENCE']", envs={"PRECEDENCE": "cell"})
+        assert ex.text == "cell", ex
+        assert sandbox.run_code("os.environ['PRECEDENCE']").text == "sandbox"
+    finally:
+        init({"envVars": {}})
+
+
 def test_init_bad_input(agent):
     assert httpx.post(ENVD + "/init", content=b"[1,2]").status_code == 400
     assert httpx.post(ENVD + "/init", content=b"{bad").status_code == 400

@@ -35,6 +35,8 @@ class Context:
     env_generation: int = -1
     # The identity's reseed_generation this kernel's RNGs are known fresh for (execute.py).
     seed_generation: int = -1
+    # A Python kernel applies the identity itself before each cell once this is set (identity_hook.py).
+    identity_hook: bool = False
     is_default: bool = False
 
     def to_json(self) -> dict:
@@ -70,6 +72,7 @@ class ContextRegistry:
         kernel = Kernel(ctx.language, self.launch, ctx.user, ctx.cwd, env)
         ctx.env_generation = self.identity.generation
         ctx.seed_generation = self.identity.reseed_generation
+        ctx.identity_hook = False  # a new kernel process: the next catch-up installs it
         await kernel.start()
         ctx.kernel = kernel
 

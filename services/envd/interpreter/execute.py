@@ -16,7 +16,7 @@ import secrets
 import shlex
 from queue import Empty
 
-from ..identity import Identity
+from . import identity_hook
 from . import messages as out
 from .contexts import Context, ContextRegistry
 from .kernels import Kernel, KernelStartError, Language
@@ -156,17 +156,25 @@ async def _run_silent(kernel: Kernel, code: str) -> None:
     log.warning("silent execution timed out", extra={"kernel": kernel.id})
 
 
-async def catch_up(identity: Identity, ctx: Context, kernel: Kernel) -> None:
+async def catch_up(registry: ContextRegistry, ctx: Context, kernel: Kernel) -> None:
     """/init came after this kernel started: give it the sandbox env vars and, for a new clone,
-    fresh RNG state, in one silent execution. Called with ``ctx.lock`` held."""
-    setup = ""
+    fresh RNG state. Python kernels get a hook that does this by itself before every cell
+    (identity_hook.py), installed here with one silent execution the first time. Other kernels
+    get one silent execution whenever the identity changed. Called with ``ctx.lock`` held."""
+    identity = registry.identity
     env_generation, seed_generation = identity.generation, identity.reseed_generation
-    if ctx.env_generation != env_generation and identity.env_vars:
-        setup += _set_env_code(ctx.language, valid_env(identity.env_vars), save=False)
-    if ctx.seed_generation != seed_generation:
-        setup += _reseed_code(ctx.language) or ""
+    setup = ""
+    if not ctx.identity_hook:
+        if ctx.env_generation != env_generation and identity.env_vars:
+            setup += _set_env_code(ctx.language, valid_env(identity.env_vars), save=False)
+        if ctx.seed_generation != seed_generation:
+            setup += _reseed_code(ctx.language) or ""
+        if ctx.language is Language.PYTHON:
+            setup += identity_hook.install_code(registry.launch.runtime_dir, _PYTHON_RESEED)
     if setup:
         await _run_silent(kernel, setup)
+    if ctx.language is Language.PYTHON:
+        ctx.identity_hook = True
     ctx.env_generation, ctx.seed_generation = env_generation, seed_generation
 
 
@@ -215,9 +223,12 @@ class Execution:
         kernel = ctx.kernel
         assert kernel is not None
         try:
-            await catch_up(self.registry.identity, ctx, kernel)
+            await catch_up(self.registry, ctx, kernel)
             if self.env_vars:
-                await _run_silent(kernel, _set_env_code(ctx.language, self.env_vars, save=True))
+                # The hook would apply a newer sandbox env at this cell's start, over the cell's own
+                # variables: apply it now, in the same silent execution, so the cell's win.
+                sync = identity_hook.SYNC_CALL if ctx.identity_hook else ""
+                await _run_silent(kernel, sync + _set_env_code(ctx.language, self.env_vars, save=True))
             try:
                 await self._cell(kernel)
             finally:
@@ -315,7 +326,7 @@ async def prime_context(registry: ContextRegistry, ctx: Context, warm: bool) -> 
     async with ctx.lock:
         if ctx.kernel is kernel and kernel.alive():
             try:
-                await catch_up(registry.identity, ctx, kernel)
+                await catch_up(registry, ctx, kernel)
             except KernelDied:
                 pass  # the next cell reports it
 
