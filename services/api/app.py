@@ -22,6 +22,10 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app.config.REQUEST_MAX_SIZE = settings.max_body_bytes
     app.config.FALLBACK_ERROR_FORMAT = "json"
     app.config.KEEP_ALIVE_TIMEOUT = 75  # the SDK keeps connections for up to 300 s
+    # Sanic's own 60 s response timeout would cut a slow create with a body that is not E2B's
+    # (and before the master's deadline): our deadlines (create_timeout_s, call_timeout_s) answer
+    # in E2B's shape, so Sanic's must come after them.
+    app.config.RESPONSE_TIMEOUT = max(settings.create_timeout_s, settings.call_timeout_s) + 30
     app.ctx.settings = settings
     app.blueprint(sandboxes.bp)
     app.blueprint(templates.bp)

@@ -214,7 +214,10 @@ class SandboxManager:
             step("network")
             live.machine = await clone(self.vmm, tpl.load_snapshot(), rec.vm_id,
                                        NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
-                                       labels={"sandbox_id": rec.sandbox_id, "role": "sandbox"}, sync=False,
+                                       # The clock and entropy at once: until its clock is set a
+                                       # restored guest runs flat out (100% of a core for 20+ s
+                                       # here), which starved everything at 50 concurrent creates.
+                                       labels={"sandbox_id": rec.sandbox_id, "role": "sandbox"}, sync=True,
                                        share_memory=not tpl.info.no_memory_sharing)
             step("clone")
         rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
@@ -228,8 +231,9 @@ class SandboxManager:
         and forces a CRNG reseed: clones share the snapshot's RNG state). Before the API answers,
         so no user code ever runs with another sandbox's identity or RNG state.
 
-        The agent's /init covers what the control channel's sync (vmm_core) would: sending both,
-        as this once did, only made the guest's single vCPU serve two requests at the same time."""
+        A fresh clone had vmm_core's control-channel sync (clock, entropy) at restore, a pooled one
+        when it was warmed; the /init brings both again, so no second sync runs here, where it only
+        made the guest's single vCPU serve two requests at once."""
         rec = live.record
         ep = GuestEndpoint(rec.host_address, rec.proxy_address)
         assert live.machine is not None

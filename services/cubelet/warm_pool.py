@@ -104,7 +104,9 @@ class WarmPool:
         try:
             machine = await clone(self.vmm, tpl.load_snapshot(), vs_id,
                                   NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
-                                  labels={"role": "pool", "template_id": template_id}, sync=False,
+                                  # Clock and entropy at once (see sandboxes.py: an unsynced
+                                  # restored guest spins).
+                                  labels={"role": "pool", "template_id": template_id}, sync=True,
                                   share_memory=not tpl.info.no_memory_sharing)
             # Exercise the paths a create will take, so their translation is done before then.
             await machine.control.call("ping", timeout=60)
@@ -113,10 +115,9 @@ class WarmPool:
             interpreter = tpl.info.source == "default"
             ports = (ENVD_PORT, INTERPRETER_PORT) if interpreter else (ENVD_PORT,)
             await wait_healthy(ep, ports, timeout=120)
-            # An /init with no token (the agent has none yet, so the real one later is accepted)
-            # and a clock/entropy sync: the exact paths a claim takes, now translated.
+            # An /init with no token (the agent has none yet, so the real one later is accepted):
+            # the exact path a claim takes, now translated.
             await init_identity(ep, sandbox_id="", access_token="", env_vars={})
-            await machine.control.sync_identity(timeout=60)
             if interpreter:
                 # And a first cell's: without this a sandbox's first run_code pays ~1 s of translation.
                 await warm_interpreter(ep, timeout=120)
