@@ -3,6 +3,7 @@ to the same model (a resolved manifest + config) with their blobs fetched into t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -300,7 +301,14 @@ class DockerArchiveSource:
             if size is None:
                 raise InvalidImage(f"{self.what}: layer {name} missing from the archive")
             m = _BLOB_PATH_RE.search(name)
-            digest = f"sha256:{m.group(1)}" if m and "blobs/sha256/" in name else diff_id
+            if m and "blobs/sha256/" in name:
+                digest = f"sha256:{m.group(1)}"
+            elif self._compressed(name):
+                # Some writers (skopeo, depending on its blob-info cache) store a layer compressed
+                # under its diff_id's name: the stored bytes then have their own digest.
+                digest = self._digest_of(name)
+            else:
+                digest = diff_id
             self._paths[digest] = name
             layers.append(Descriptor("application/vnd.docker.image.rootfs.diff.tar", digest, size))
         manifest = Manifest(DOCKER_MANIFEST, Descriptor(DOCKER_CONFIG, config_digest, len(config_body)),
@@ -309,6 +317,23 @@ class DockerArchiveSource:
             cache.put_bytes(config_digest, config_body, f"{self.what}: config")
         # docker-archive has no manifest blob; its digest stands for the image, as docker does.
         return _finish(self.what, config_digest, manifest, config_body)
+
+    def _compressed(self, name: str) -> bool:
+        f = self._files.open(name)
+        if f is None:
+            return False
+        with f:
+            head = f.read(4)
+        return head[:2] == b"\x1f\x8b" or head == b"\x28\xb5\x2f\xfd"  # gzip, zstd
+
+    def _digest_of(self, name: str) -> str:
+        h = hashlib.sha256()
+        f = self._files.open(name)
+        assert f is not None
+        with f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+        return f"sha256:{h.hexdigest()}"
 
     def _pick(self, entries: list) -> dict:
         sel = self.ref.selector
