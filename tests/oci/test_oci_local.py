@@ -70,8 +70,8 @@ async def test_local_and_registry_share_the_cache(oci_env, cache, tmp_path):
 
 
 async def test_docker_archive_with_compressed_layers(oci_env, registry_tree, cache, tmp_path):
-    """Some writers store a docker-archive layer gzip-compressed under its diff_id's name (skopeo,
-    depending on its blob-info cache): the image must still unpack, verified against the diff_ids."""
+    """A docker-archive may hold its layers gzip-compressed under names that are not their digests
+    (the format does not forbid it): the image must still unpack, verified against the diff_ids."""
     src = oci_env.archives["docker-archive"]
     manifest = json.loads(tarfile.open(src).extractfile("manifest.json").read())
     layer_names = set(manifest[0]["Layers"])

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Protocol
@@ -97,6 +98,27 @@ class RegistrySource:
 
 # -- OCI layout (directory or archive) --------------------------------------------------------
 
+class _SerialReader:
+    """A tar member's reader whose reads (each a seek plus a read of the shared file) hold a lock."""
+
+    def __init__(self, f: BinaryIO, lock: threading.Lock) -> None:
+        self._f = f
+        self._lock = lock
+
+    def read(self, n: int = -1) -> bytes:
+        with self._lock:
+            return self._f.read(n)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "_SerialReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class _Files:
     """Read access to the files of a layout, from a directory or from a tar."""
 
@@ -105,6 +127,10 @@ class _Files:
         self._dir: Path | None = None
         self._tar: tarfile.TarFile | None = None
         self._members: dict[str, tarfile.TarInfo] = {}
+        # Layers are copied on worker threads at once, and every member reader of one TarFile
+        # seeks and reads the same underlying file: one read at a time, or they read each
+        # other's bytes (seen as random digest mismatches).
+        self._lock = threading.Lock()
         if path.is_dir():
             self._dir = path
         elif path.is_file():
@@ -129,7 +155,7 @@ class _Files:
         m = self._members.get(name)
         if m is None:
             return None
-        return self._tar.extractfile(m)
+        return _SerialReader(self._tar.extractfile(m), self._lock)
 
     def size(self, name: str) -> int | None:
         name = os.path.normpath(name).lstrip("/")
@@ -304,8 +330,8 @@ class DockerArchiveSource:
             if m and "blobs/sha256/" in name:
                 digest = f"sha256:{m.group(1)}"
             elif self._compressed(name):
-                # Some writers (skopeo, depending on its blob-info cache) store a layer compressed
-                # under its diff_id's name: the stored bytes then have their own digest.
+                # A writer may store a layer compressed under a name that is not its digest: the
+                # stored bytes then have their own digest (the diff_id is checked on unpacking).
                 digest = self._digest_of(name)
             else:
                 digest = diff_id
