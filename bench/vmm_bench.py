@@ -6,8 +6,8 @@ Readiness is measured from the moment QEMU is asked to start until a TCP service
 accepts a connection (busybox httpd of a tiny static template), for cold boots and for clones of
 that template's snapshot, in the same run. Clones are also measured restoring into a QEMU started
 ahead of time (`prepare_clone`, as Firecracker restores into a running VMM process): from
-`start()` to the TCP answer, reported apart (`started_vmm_*`). Each machine gets its own network namespace (every
-clone has the same guest address). Progress goes to stderr; the last stdout line is one JSON object.
+`start()` to the TCP answer, reported apart (`started_vmm_*`). Each machine gets its own network
+namespace (every clone has the same guest address). Progress goes to stderr; the last stdout line is one JSON object.
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from .spec import Disk, DiskFormat, MachineSpec, NetworkAttachment
 __all__ = [
     "Accel", "ArtifactError", "BootError", "Disk", "DiskFormat", "GuestArtifacts", "GuestConfig", "GuestNetwork",
     "GuestService", "GuestTimeoutError", "InvalidSpecError", "Machine", "MachineGoneError", "MachineSpec",
-    "MachineStats", "NetworkAttachment", "PreparedClone", "ServiceRoot", "Snapshot", "SnapshotError", "SnapshotKind", "VmmError",
-    "VmmSettings", "boot", "clone", "ensure_guest_artifacts", "list_machines", "prepare_clone", "restore", "save", "snapshot",
+    "MachineStats", "NetworkAttachment", "PreparedClone", "ServiceRoot", "Snapshot", "SnapshotError",
+    "SnapshotKind", "VmmError", "VmmSettings", "boot", "clone", "ensure_guest_artifacts", "list_machines",
+    "prepare_clone", "restore", "save", "snapshot",
 ]

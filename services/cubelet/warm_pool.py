@@ -108,8 +108,8 @@ class WarmPool:
                                   # restored guest spins).
                                   labels={"role": "pool", "template_id": template_id}, sync=True,
                                   share_memory=not tpl.info.no_memory_sharing)
-            # Exercise the paths a create will take, so their translation is done before then.
-            await machine.control.call("ping", timeout=60)
+            # clone(sync=True) already had the guest answer on the control channel; a claim uses
+            # only the agent, whose paths are exercised below so their translation is done then.
             ep = GuestEndpoint(net.host_address, net.proxy_address)
             # Only the default image runs the agent's code interpreter; an image template may not.
             interpreter = tpl.info.source == "default"

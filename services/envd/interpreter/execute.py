@@ -304,11 +304,12 @@ class Execution:
 #
 # Under TCG a clone starts in a fresh QEMU whose translation cache is empty, so the first cell in a
 # clone pays for translating the kernel's and the agent's whole execute path (0.5-0.7 s on these
-# machines, against ~90 ms for a later cell), and before it the catch-up above. Priming moves both off the user's first cell:
-# right after every /init the running kernels catch up in the background, and the host's warm pool
-# asks for a throwaway cell (no history, output dropped) in each default kernel before it pools the
-# clone. Translated code lives in the QEMU process, so what a pooled clone warmed stays warm for
-# the sandbox that claims it.
+# machines, against ~90 ms for a later cell), and before it any catch-up above. Priming moves both
+# off the user's first cell: right after every /init the running kernels catch up in the background
+# (for a Python kernel with its hook, nothing to run), and the host's warm pool asks for a
+# throwaway cell (no history, output dropped) in each default kernel before it pools the clone.
+# Translated code lives in the QEMU process, so what a pooled clone warmed stays warm for the
+# sandbox that claims it.
 
 WARM_CODE = {Language.PYTHON: "print(1)\n"}
 
