@@ -62,6 +62,8 @@ async def warm_interpreter(ep: GuestEndpoint, timeout: float = 120.0) -> None:
             r = await c.post(ep.url(INTERPRETER_PORT, "/warmup"))
         except httpx.HTTPError as e:
             raise GuestAgentError(f"interpreter /warmup unreachable: {e!r}") from e
+    if r.status_code == 404:
+        return  # an agent older than /warmup (a template built before it): pool it unwarmed
     if r.status_code >= 300:
         raise GuestAgentError(f"interpreter /warmup answered {r.status_code}: {r.text[:300]}")
 
