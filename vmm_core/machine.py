@@ -87,12 +87,20 @@ def build_argv(settings: VmmSettings, spec: MachineSpec, paths: MachinePaths, *,
     else:
         backend = f"memory-backend-ram,id=mem,{mem}"
     argv = [
-        settings.qemu_binary, "-M", "microvm,memory-backend=mem", *accel_mod.qemu_args(acc, settings.tcg_tb_size_mb),
+        settings.qemu_binary, "-M", f"microvm,memory-backend=mem,x-option-roms={'on' if spec.option_roms else 'off'}",
+        *accel_mod.qemu_args(acc, settings.tcg_tb_size_mb),
         "-smp", str(spec.vcpus), "-m", f"{spec.memory_mb}M", "-object", backend,
         "-nodefaults", "-no-user-config", "-nographic", "-no-reboot",
+        # Snapshots then do not record the source's run state (always paused when saved), so a
+        # restore runs as soon as its state is loaded, without a `cont` round trip.
+        "-global", "migration.store-global-state=off",
         "-chardev", f"file,id=con,path={paths.console}", "-serial", "chardev:con",
-        "-kernel", str(spec.kernel), "-initrd", str(spec.initramfs),
-        "-append", " ".join(filter(None, (BASE_CMDLINE, accel_mod.kernel_args(acc), spec.cmdline))),
+    ]
+    if not incoming or spec.option_roms:
+        # A restored guest is past its boot: without the option ROM nothing needs the kernel.
+        argv += ["-kernel", str(spec.kernel), "-initrd", str(spec.initramfs),
+                 "-append", " ".join(filter(None, (BASE_CMDLINE, accel_mod.kernel_args(acc), spec.cmdline)))]
+    argv += [
         "-object", "rng-random,id=rng0,filename=/dev/urandom", "-device", "virtio-rng-device,rng=rng0",
         "-device", "virtio-serial-device",
         "-chardev", f"socket,id=ctl,path={paths.control},server=on,wait=off",
@@ -241,6 +249,15 @@ class Machine:
                 raise MachineGoneError(f"machine {self.vm_id} died during {cmd}",
                                        console_tail=self.console_tail()) from e
             raise VmmError(f"QMP {cmd} failed: {e}") from e
+
+    def send_fd(self, fd: int) -> None:
+        """Pass an open descriptor to QEMU (SCM_RIGHTS); name it next with the `getfd` command."""
+        if self.qmp is None:
+            raise MachineGoneError(f"machine {self.vm_id} has no QMP connection")
+        try:
+            self.qmp.send_fd_scm(fd)
+        except OSError as e:
+            raise MachineGoneError(f"machine {self.vm_id}: passing a descriptor failed: {e}") from e
 
     async def run_state(self) -> str:
         status = await self.execute("query-status")

@@ -124,24 +124,30 @@ async def _kill_when_started(settings, vm_id: str, timeout: float = 30.0) -> Non
     os.kill(int(pidfile.read_text()), signal.SIGKILL)
 
 
-async def _stalled_state(snap: Snapshot) -> Snapshot:
-    """Replace the snapshot's state file by a FIFO nobody writes, so the restore hangs mid-way."""
+async def _stalled_state(snap: Snapshot) -> tuple[Snapshot, int]:
+    """Replace the snapshot's state file by a FIFO that is open for writing but never written, so
+    the restore hangs mid-way. Close the returned descriptor when done."""
     real = snap.state.read_bytes()
     snap.state.unlink()
     os.mkfifo(snap.state)
     snap.state.with_name("state.real").write_bytes(real)
-    return snap
+    # Without a writer, QEMU would read end-of-file at once and fail instead of hanging.
+    writer = os.open(snap.state, os.O_RDWR | os.O_NONBLOCK)
+    return snap, writer
 
 
 async def test_qemu_killed_mid_clone(settings, template_snapshot, workdir, net):
     snap = await copy_snapshot(template_snapshot, workdir / "stall-clone")
-    snap = await _stalled_state(snap)
+    snap, writer = await _stalled_state(snap)
     # verify() insists on a non-empty regular state file; this test needs the FIFO through.
     object.__setattr__(snap, "verify", lambda: None)
-    task = asyncio.create_task(clone(settings, snap, "midclone", net().attachment))
-    await _kill_when_started(settings, "midclone")
-    with pytest.raises(SnapshotError):
-        await task
+    try:
+        task = asyncio.create_task(clone(settings, snap, "midclone", net().attachment))
+        await _kill_when_started(settings, "midclone")
+        with pytest.raises(SnapshotError):
+            await task
+    finally:
+        os.close(writer)
 
 
 async def test_qemu_killed_mid_restore_keeps_saved_state(settings, template_snapshot, workdir, net):
@@ -151,12 +157,15 @@ async def test_qemu_killed_mid_restore_keeps_saved_state(settings, template_snap
     assert n.http_get("/cgi-bin/put?precious=yes") == "ok"
     saved = await save(m, workdir / "saved-midrestore")
     real_state = saved.state.read_bytes()
-    await _stalled_state(saved)
+    _, writer = await _stalled_state(saved)
     object.__setattr__(saved, "verify", lambda: None)
-    task = asyncio.create_task(restore(settings, saved, "midrestore", n.attachment))
-    await _kill_when_started(settings, "midrestore")
-    with pytest.raises(SnapshotError):
-        await task
+    try:
+        task = asyncio.create_task(restore(settings, saved, "midrestore", n.attachment))
+        await _kill_when_started(settings, "midrestore")
+        with pytest.raises(SnapshotError):
+            await task
+    finally:
+        os.close(writer)
     # The failed restore gave the disk back: the saved sandbox is intact and restorable.
     assert saved.disk.exists()
     saved.state.unlink()
