@@ -9,6 +9,7 @@ APT_PACKAGES=(
   mmdebstrap                         # guest base image and default template root
   e2fsprogs erofs-utils cpio zstd    # images and initramfs
   busybox-static kmod                # initramfs userland; depmod for the unpacked kernel
+  gcc libc6-dev                      # the guest control agent (cube-ctl), linked statically
   iproute2                           # taps and network namespaces
   etcd-server etcd-client            # cluster state
   clang llvm libbpf1 libbpf-dev bpftool   # eBPF datapath

@@ -3,7 +3,7 @@
 Built in three cached steps so that editing the agent does not re-run mmdebstrap:
   base-rootfs/<key>   Debian minbase + python3 + iproute2   (key: packages, apt sources)
   agent-site/<key>    the agent's PyPI dependencies          (key: requirements.lock, agent list)
-  base-image/<key>    rootfs + site + agent code + init -> base.erofs
+  base-image/<key>    rootfs + site + agent code + init + cube-ctl -> base.erofs
 """
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 BASE_PACKAGES = ["python3", "iproute2"]
 AGENT_REQUIREMENTS = Path(__file__).with_name("agent-requirements.txt")
 GUEST_INIT = Path(__file__).with_name("init.py")
+CTL_AGENT_SOURCE = Path(__file__).with_name("cube_ctl.c")
+CC = "gcc"
 AGENT_SOURCE = REPO / "services" / "envd"
 # Where things live inside the base image.
 SITE_DIR = "opt/cube/site"
@@ -67,6 +69,21 @@ def _guest_python_minor(rootfs: Path) -> tuple[int, int]:
     return 3, minors[-1]
 
 
+def _compiler_version() -> str:
+    try:
+        return subprocess.run([CC, "-dumpfullversion"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise ArtifactError(f"{CC} is needed to build the guest's cube-ctl: {e}") from e
+
+
+def _build_ctl_agent(dest: Path) -> None:
+    """cube-ctl, linked statically: it must not depend on the guest's libc or a loader search."""
+    r = subprocess.run([CC, "-O2", "-Wall", "-Werror", "-static", "-s", "-o", str(dest), str(CTL_AGENT_SOURCE)],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ArtifactError(f"building cube-ctl failed: {r.stderr.strip()[-2000:]}")
+
+
 def ensure_base_image(settings: VmmSettings) -> BaseImage:
     rootfs = _rootfs(settings)
     if _guest_python_minor(rootfs) != sys.version_info[:2]:
@@ -74,7 +91,8 @@ def ensure_base_image(settings: VmmSettings) -> BaseImage:
                             "the agent runtime is built with the host's pip")
     site = _agent_site(settings)
     agent_key = tree_key(AGENT_SOURCE, ("**/*.py",)) if AGENT_SOURCE.is_dir() else "none"
-    key = input_key(rootfs.parent.name, site.parent.name, GUEST_INIT, agent_key, "pyc-preserve-mtime")
+    key = input_key(rootfs.parent.name, site.parent.name, GUEST_INIT, agent_key, "pyc-preserve-mtime",
+                    CTL_AGENT_SOURCE, _compiler_version())
 
     def build(out: Path) -> None:
         stage = out / "stage"
@@ -89,6 +107,9 @@ def ensure_base_image(settings: VmmSettings) -> BaseImage:
         init.unlink(missing_ok=True)  # hard link into the cached rootfs: never write through it
         shutil.copy2(GUEST_INIT, init)
         init.chmod(0o755)
+        ctl = stage / "sbin" / "cube-ctl"
+        ctl.unlink(missing_ok=True)
+        _build_ctl_agent(ctl)
         for d in ("run/cube", "proc", "sys", "dev", "tmp"):
             (stage / d).mkdir(parents=True, exist_ok=True)
         # The image is read-only, so bytecode Python cannot cache at run time must be there already:
