@@ -197,7 +197,7 @@ class SandboxManager:
             steps[name] = now - t
             t = now
 
-        entry: PoolEntry | None = self.pool.claim(tpl.template_id)
+        entry: PoolEntry | None = self.pool.claim(tpl.template_id, tpl.build_key)
         if entry is not None:
             # A clone restored and warmed up ahead of time: adopt its VM and network.
             rec.vm_id, rec.vs_id, rec.from_pool = entry.machine.vm_id, entry.vs_id, True

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 
 from sdk.gen.cube.v1 import network_pb2, vs_pb2
@@ -29,6 +30,7 @@ log = logging.getLogger("cubelet.warm_pool")
 @dataclass
 class PoolEntry:
     template_id: str
+    build_key: str  # the template build it was cloned from: a rebuilt template's entries are stale
     vs_id: str
     machine: Machine
     network: vs_pb2.SandboxNetwork
@@ -41,12 +43,21 @@ class WarmPool:
         self.vs = vs
         self.templates = templates
         self._ready: dict[str, collections.deque[PoolEntry]] = collections.defaultdict(collections.deque)
+        self._stale: list[PoolEntry] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
-    def claim(self, template_id: str) -> PoolEntry | None:
+    def claim(self, template_id: str, build_key: str) -> PoolEntry | None:
+        """A ready clone of this build of the template, if one is pooled. Clones of an earlier
+        build (the template was rebuilt since) are never handed out; the fill loop removes them."""
         q = self._ready.get(template_id)
-        return q.popleft() if q else None
+        while q:
+            entry = q.popleft()
+            if entry.build_key == build_key:
+                return entry
+            self._stale.append(entry)
+            self._wake.set()
+        return None
 
     def size(self, template_id: str) -> int:
         return len(self._ready.get(template_id, ()))
@@ -68,10 +79,23 @@ class WarmPool:
         for q in self._ready.values():
             while q:
                 await self._discard(q.popleft())
+        await self._discard_stale()
+
+    async def _discard_stale(self) -> None:
+        """Entries of deleted templates, and of template builds that have been replaced."""
+        for tid, q in self._ready.items():
+            tpl = self.templates.get(tid)
+            keep = [e for e in q if tpl is not None and e.build_key == tpl.build_key]
+            self._stale.extend(e for e in q if e not in keep)
+            q.clear()
+            q.extend(keep)
+        while self._stale:
+            await self._discard(self._stale.pop())
 
     async def _run(self) -> None:
         while True:
             self._wake.clear()
+            await self._discard_stale()
             for tpl in self.templates.list():
                 while self.size(tpl.template_id) < self.settings.warm_pool_size:
                     try:
@@ -79,15 +103,11 @@ class WarmPool:
                     except (VmmError, GuestAgentError, OSError, Exception) as e:  # retried on the next round
                         log.warning("warm pool fill failed", extra={"template_id": tpl.template_id, "error": str(e)})
                         break
-                    if self.templates.get(tpl.template_id) is None:  # deleted meanwhile
+                    current = self.templates.get(tpl.template_id)
+                    if current is None or current.build_key != entry.build_key:  # deleted or rebuilt meanwhile
                         await self._discard(entry)
                         break
                     self._ready[tpl.template_id].append(entry)
-            # Entries of deleted templates go away.
-            for tid in list(self._ready):
-                if self.templates.get(tid) is None:
-                    while self._ready[tid]:
-                        await self._discard(self._ready[tid].popleft())
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=5.0)
             except asyncio.TimeoutError:
@@ -98,8 +118,18 @@ class WarmPool:
         if tpl is None:
             raise GuestAgentError(f"template {template_id} vanished")
         vs_id = f"pool-{secrets.token_hex(8)}"
+        steps: dict[str, float] = {}
+        t = time.monotonic()
+
+        def step(name: str) -> None:
+            nonlocal t
+            now = time.monotonic()
+            steps[name] = round((now - t) * 1000, 1)
+            t = now
+
         policy = network_pb2.NetworkPolicy(allow_internet_access=False, expose_all_ports=True)
         net = await self.vs.allocate(vs_id, policy)
+        step("network")
         machine = None
         try:
             machine = await clone(self.vmm, tpl.load_snapshot(), vs_id,
@@ -108,6 +138,7 @@ class WarmPool:
                                   # restored guest spins).
                                   labels={"role": "pool", "template_id": template_id}, sync=True,
                                   share_memory=not tpl.info.no_memory_sharing)
+            step("clone")
             # clone(sync=True) already had the guest answer on the control channel; a claim uses
             # only the agent, whose paths are exercised below so their translation is done then.
             ep = GuestEndpoint(net.host_address, net.proxy_address)
@@ -115,13 +146,19 @@ class WarmPool:
             interpreter = tpl.info.source == "default"
             ports = (ENVD_PORT, INTERPRETER_PORT) if interpreter else (ENVD_PORT,)
             await wait_healthy(ep, ports, timeout=120)
+            step("healthy")
             # An /init with no token (the agent has none yet, so the real one later is accepted):
             # the exact path a claim takes, now translated.
             await init_identity(ep, sandbox_id="", access_token="", env_vars={})
+            step("init")
             if interpreter:
                 # And a first cell's: without this a sandbox's first run_code pays ~1 s of translation.
                 await warm_interpreter(ep, timeout=120)
-            return PoolEntry(template_id, vs_id, machine, net)
+                step("warmup")
+            # Operators size the pool from these: a fill slower than the gap between creates
+            # empties it.
+            log.info("warm pool entry ready", extra={"template_id": template_id, "vm_id": vs_id, "steps_ms": steps})
+            return PoolEntry(template_id, tpl.build_key, vs_id, machine, net)
         except BaseException:
             if machine is not None:
                 await machine.kill()

@@ -156,6 +156,7 @@ class Sandboxes:
         if timeout < 1:
             raise errors.InvalidArgument("timeout must be at least 1 second")
         self._check_maps(req.metadata, req.env_vars)
+        t0 = time.monotonic()
         # Three independent reads: one round trip's wait instead of three.
         (tpl, alias), sandboxes, nodes = await asyncio.gather(
             self.templates.resolve(req.template), self.store.list_sandboxes(), self.store.list_nodes())
@@ -179,10 +180,12 @@ class Sandboxes:
         rec.started_at.CopyFrom(ts(now))
         rec.end_at.CopyFrom(ts(now + timeout))
         self._deadline(rec, self.settings.node_op_timeout_s)
+        t1 = time.monotonic()
         rev = await self.store.create_sandbox(rec)  # nothing is written if this fails
+        steps = {"read": t1 - t0, "write": time.monotonic() - t1}
         log.info("creating", extra=_extra(rec, node_id=node.node_id, template_id=tpl.template_id))
         try:
-            return await self._finish_create(rec, rev, node)
+            return await self._finish_create(rec, rev, node, steps)
         except BaseException as e:
             # Undo whatever the failure (node error, etcd gone, the caller cancelled): shielded
             # so a cancellation cannot cut the undo short. What cannot be undone now (etcd down)
@@ -192,7 +195,8 @@ class Sandboxes:
                 raise errors.Unavailable(f"cluster state unavailable: {e}") from e
             raise
 
-    async def _finish_create(self, rec: P.Sandbox, rev: int, node: cubelet_pb2.NodeStatus) -> P.Sandbox:
+    async def _finish_create(self, rec: P.Sandbox, rev: int, node: cubelet_pb2.NodeStatus,
+                             steps: dict[str, float]) -> P.Sandbox:
         run = cubelet_pb2.RunSandboxRequest(
             sandbox_id=rec.sandbox_id, template_id=rec.template_id, env_vars=dict(rec.env_vars),
             envd_access_token=rec.envd_access_token, metadata=dict(rec.metadata))
@@ -200,7 +204,8 @@ class Sandboxes:
             run.network.CopyFrom(rec.network)
         t0 = time.monotonic()
         status = await self.nodes.call(node, "RunSandbox", run, timeout=self.settings.node_op_timeout_s * 0.8)
-        boot_ms = int((time.monotonic() - t0) * 1000)
+        t1 = time.monotonic()
+        steps["node"] = t1 - t0
 
         done = _copy(rec)
         now = time.time()
@@ -220,10 +225,14 @@ class Sandboxes:
             rev2 = await self.store.update_sandbox(done, rev, route=build_route(done, node))
         except Conflict:
             raise errors.NotFound(f"sandbox '{rec.sandbox_id}' was killed while it was being created")
+        t2 = time.monotonic()
+        steps["update"] = t2 - t1
         await wait_applied(self.store, rev2, self.settings.route_ack_timeout_s, rec.sandbox_id)
+        steps["route"] = time.monotonic() - t2
         self.templates.note_spawn(rec.template_id)
-        log.info("created", extra=_extra(done, node_id=node.node_id, boot_ms=boot_ms,
-                                         from_warm_pool=status.from_warm_pool))
+        log.info("created", extra=_extra(done, node_id=node.node_id, boot_ms=int(steps["node"] * 1000),
+                                         from_warm_pool=status.from_warm_pool,
+                                         steps_ms={k: round(v * 1000, 1) for k, v in steps.items()}))
         return done
 
     async def _undo_create(self, rec: P.Sandbox, rev: int) -> None:

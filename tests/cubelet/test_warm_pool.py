@@ -1,0 +1,91 @@
+"""The warm pool's bookkeeping: a clone is handed out only for the template build it was cloned
+from. (Filling the pool with real clones is covered end to end in tests/e2e.)
+
+A template is rebuilt in place when its inputs change (`make up` after an upgrade rebuilds the
+default one while the cubelet runs); clones of the old build still in the pool must never become
+sandboxes, and they must be killed and their networks released."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from services.cubelet.settings import CubeletSettings
+from services.cubelet.warm_pool import PoolEntry, WarmPool
+
+
+@dataclass
+class _Machine:
+    vm_id: str
+    killed: bool = False
+
+    async def kill(self) -> None:
+        self.killed = True
+
+
+@dataclass
+class _Vs:
+    released: list[str] = field(default_factory=list)
+
+    async def release(self, vs_id: str) -> None:
+        self.released.append(vs_id)
+
+
+@dataclass
+class _Template:
+    template_id: str
+    build_key: str
+
+
+@dataclass
+class _Templates:
+    current: dict[str, _Template]
+
+    def get(self, template_id: str) -> _Template | None:
+        return self.current.get(template_id)
+
+    def list(self) -> list[_Template]:
+        return list(self.current.values())
+
+
+def _entry(template_id: str, build_key: str, n: int) -> PoolEntry:
+    return PoolEntry(template_id, build_key, f"pool-{build_key}-{n}", _Machine(f"pool-{build_key}-{n}"), None)
+
+
+def _pool(templates: _Templates, vs: _Vs) -> WarmPool:
+    return WarmPool(CubeletSettings(), None, vs, templates)  # type: ignore[arg-type]
+
+
+def test_claim_skips_clones_of_a_replaced_build_and_the_fill_loop_removes_them():
+    templates = _Templates({"t": _Template("t", "old")})
+    vs = _Vs()
+    pool = _pool(templates, vs)
+    old = [_entry("t", "old", i) for i in range(2)]
+    pool._ready["t"].extend(old)
+
+    templates.current["t"] = _Template("t", "new")  # rebuilt while the clones sat in the pool
+    new = _entry("t", "new", 0)
+    pool._ready["t"].append(new)
+
+    assert pool.claim("t", "new") is new
+    assert pool.claim("t", "new") is None
+    asyncio.run(pool._discard_stale())
+    assert all(e.machine.killed for e in old)
+    assert sorted(vs.released) == sorted(e.vs_id for e in old)
+    assert not new.machine.killed
+
+
+def test_stale_and_deleted_entries_go_even_when_nobody_claims():
+    templates = _Templates({"a": _Template("a", "k2"), "b": _Template("b", "k1")})
+    vs = _Vs()
+    pool = _pool(templates, vs)
+    stale = _entry("a", "k1", 0)
+    fresh = _entry("a", "k2", 0)
+    orphan = _entry("gone", "k1", 0)  # its template was deleted
+    pool._ready["a"].extend([stale, fresh])
+    pool._ready["gone"].append(orphan)
+
+    asyncio.run(pool._discard_stale())
+    assert stale.machine.killed and orphan.machine.killed
+    assert not fresh.machine.killed
+    assert pool.size("a") == 1 and pool.size("gone") == 0
+    assert pool.claim("a", "k2") is fresh
