@@ -35,8 +35,13 @@ class GuestEndpoint:
 
 
 async def init_identity(ep: GuestEndpoint, *, sandbox_id: str, access_token: str, env_vars: dict[str, str],
-                        current_token: str = "", timeout: float = 30.0) -> None:
-    """POST /init: token, env vars, clock and entropy for the agent of a freshly restored sandbox."""
+                        current_token: str = "", timeout: float = 30.0,
+                        client: httpx.AsyncClient | None = None) -> None:
+    """POST /init: token, env vars, clock and entropy for the agent of a freshly restored sandbox.
+
+    `client` is a connection already open to the agent (a pooled clone's): it spares the claim a
+    TCP handshake with the guest and a client set-up (~9 ms together). If that connection turns out
+    closed, a new one is made."""
     body = {
         "sandboxID": sandbox_id,
         "accessToken": access_token,
@@ -45,11 +50,18 @@ async def init_identity(ep: GuestEndpoint, *, sandbox_id: str, access_token: str
         "entropy": base64.b64encode(os.urandom(64)).decode(),
     }
     headers = {"X-Access-Token": current_token} if current_token else {}
-    async with ep.client(timeout) as c:
+    r = None
+    if client is not None:
         try:
-            r = await c.post(ep.url(ENVD_PORT, "/init"), json=body, headers=headers)
-        except httpx.HTTPError as e:
-            raise GuestAgentError(f"agent /init unreachable: {e!r}") from e
+            r = await client.post(ep.url(ENVD_PORT, "/init"), json=body, headers=headers, timeout=timeout)
+        except httpx.TransportError:
+            r = None  # the kept connection was closed under us: once more on a new one
+    if r is None:
+        async with ep.client(timeout) as c:
+            try:
+                r = await c.post(ep.url(ENVD_PORT, "/init"), json=body, headers=headers)
+            except httpx.HTTPError as e:
+                raise GuestAgentError(f"agent /init unreachable: {e!r}") from e
     if r.status_code >= 300:
         raise GuestAgentError(f"agent /init answered {r.status_code}: {r.text[:300]}")
 

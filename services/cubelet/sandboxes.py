@@ -20,6 +20,7 @@ from enum import Enum
 from pathlib import Path
 
 import grpc
+import httpx
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -222,11 +223,16 @@ class SandboxManager:
             step("clone")
         rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
         self._save_record(rec)
-        await self._hand_identity(live, steps=steps)
+        try:
+            await self._hand_identity(live, steps=steps, client=entry.agent if entry else None)
+        finally:
+            if entry is not None:
+                await entry.close_agent()
         step("identity")
         self.pool.request_refill(tpl.template_id)
 
-    async def _hand_identity(self, live: _Live, current_token: str = "", steps: dict[str, float] | None = None) -> None:
+    async def _hand_identity(self, live: _Live, current_token: str = "", steps: dict[str, float] | None = None,
+                             client: httpx.AsyncClient | None = None) -> None:
         """The agent's /init: token, env vars, the host's clock and fresh entropy (the agent adds it
         and forces a CRNG reseed: clones share the snapshot's RNG state). Before the API answers,
         so no user code ever runs with another sandbox's identity or RNG state.
@@ -239,7 +245,7 @@ class SandboxManager:
         assert live.machine is not None
         t0 = time.monotonic()
         await init_identity(ep, sandbox_id=rec.sandbox_id, access_token=rec.access_token, env_vars=rec.env_vars,
-                            current_token=current_token)
+                            current_token=current_token, client=client)
         if steps is not None:
             steps["identity.agent_init"] = time.monotonic() - t0
 

@@ -13,7 +13,9 @@ import collections
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import httpx
 
 from sdk.gen.cube.v1 import network_pb2, vs_pb2
 from vmm_core import Machine, NetworkAttachment, VmmError, VmmSettings, clone
@@ -27,13 +29,31 @@ from .vs_client import VsClient
 log = logging.getLogger("cubelet.warm_pool")
 
 
-@dataclass
+# How long a pooled clone may sit without a health check. Under the agent's keep-alive timeout
+# (aiohttp's 75 s), so the connection a claim will use stays open.
+CHECK_IDLE_S = 30.0
+
+
+@dataclass(eq=False)  # entries are compared by identity
 class PoolEntry:
     template_id: str
     build_key: str  # the template build it was cloned from: a rebuilt template's entries are stale
     vs_id: str
     machine: Machine
     network: vs_pb2.SandboxNetwork
+    # A keep-alive connection to the agent, opened while warming: the claim's /init goes over it.
+    # Whoever takes the entry closes it.
+    agent: httpx.AsyncClient | None = None
+    checked_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def endpoint(self) -> GuestEndpoint:
+        return GuestEndpoint(self.network.host_address, self.network.proxy_address)
+
+    async def close_agent(self) -> None:
+        if self.agent is not None:
+            await self.agent.aclose()
+            self.agent = None
 
 
 class WarmPool:
@@ -92,10 +112,34 @@ class WarmPool:
         while self._stale:
             await self._discard(self._stale.pop())
 
+    async def _check_idle(self) -> None:
+        """GET /health on pooled clones idle for CHECK_IDLE_S: a clone that died in the pool is
+        dropped before a create gets it, and the kept connection stays open."""
+        now = time.monotonic()
+        for tid, q in self._ready.items():
+            for entry in [e for e in q if now - e.checked_at > CHECK_IDLE_S]:
+                ok = entry.agent is not None
+                if ok:
+                    try:
+                        r = await entry.agent.get(entry.endpoint.url(ENVD_PORT, "/health"), timeout=10.0)
+                        ok = r.status_code < 300
+                    except httpx.HTTPError:
+                        ok = False
+                if entry not in q:  # claimed while we waited
+                    continue
+                if ok:
+                    entry.checked_at = time.monotonic()
+                else:
+                    log.warning("pooled clone failed its health check; replacing it",
+                                extra={"template_id": tid, "vm_id": entry.machine.vm_id})
+                    q.remove(entry)
+                    await self._discard(entry)
+
     async def _run(self) -> None:
         while True:
             self._wake.clear()
             await self._discard_stale()
+            await self._check_idle()
             for tpl in self.templates.list():
                 while self.size(tpl.template_id) < self.settings.warm_pool_size:
                     try:
@@ -131,6 +175,7 @@ class WarmPool:
         net = await self.vs.allocate(vs_id, policy)
         step("network")
         machine = None
+        agent: httpx.AsyncClient | None = None
         try:
             machine = await clone(self.vmm, tpl.load_snapshot(), vs_id,
                                   NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
@@ -148,8 +193,9 @@ class WarmPool:
             await wait_healthy(ep, ports, timeout=120)
             step("healthy")
             # An /init with no token (the agent has none yet, so the real one later is accepted):
-            # the exact path a claim takes, now translated.
-            await init_identity(ep, sandbox_id="", access_token="", env_vars={})
+            # the exact path a claim takes, now translated, on the connection the claim will use.
+            agent = ep.client(30.0)
+            await init_identity(ep, sandbox_id="", access_token="", env_vars={}, client=agent)
             step("init")
             if interpreter:
                 # And a first cell's: without this a sandbox's first run_code pays ~1 s of translation.
@@ -158,13 +204,16 @@ class WarmPool:
             # Operators size the pool from these: a fill slower than the gap between creates
             # empties it.
             log.info("warm pool entry ready", extra={"template_id": template_id, "vm_id": vs_id, "steps_ms": steps})
-            return PoolEntry(template_id, tpl.build_key, vs_id, machine, net)
+            return PoolEntry(template_id, tpl.build_key, vs_id, machine, net, agent)
         except BaseException:
+            if agent is not None:
+                await agent.aclose()
             if machine is not None:
                 await machine.kill()
             await self.vs.release(vs_id)
             raise
 
     async def _discard(self, entry: PoolEntry) -> None:
+        await entry.close_agent()
         await entry.machine.kill()
         await self.vs.release(entry.vs_id)

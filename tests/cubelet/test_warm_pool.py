@@ -7,7 +7,12 @@ sandboxes, and they must be killed and their networks released."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
+
+import httpx
+
+from sdk.gen.cube.v1 import vs_pb2
 
 from services.cubelet.settings import CubeletSettings
 from services.cubelet.warm_pool import PoolEntry, WarmPool
@@ -47,8 +52,9 @@ class _Templates:
         return list(self.current.values())
 
 
-def _entry(template_id: str, build_key: str, n: int) -> PoolEntry:
-    return PoolEntry(template_id, build_key, f"pool-{build_key}-{n}", _Machine(f"pool-{build_key}-{n}"), None)
+def _entry(template_id: str, build_key: str, n: int, agent: httpx.AsyncClient | None = None) -> PoolEntry:
+    return PoolEntry(template_id, build_key, f"pool-{build_key}-{n}", _Machine(f"pool-{build_key}-{n}"),
+                     vs_pb2.SandboxNetwork(host_address="198.19.0.2", proxy_address="198.18.0.1"), agent)
 
 
 def _pool(templates: _Templates, vs: _Vs) -> WarmPool:
@@ -89,3 +95,29 @@ def test_stale_and_deleted_entries_go_even_when_nobody_claims():
     assert not fresh.machine.killed
     assert pool.size("a") == 1 and pool.size("gone") == 0
     assert pool.claim("a", "k2") is fresh
+
+
+def test_idle_clones_are_health_checked_and_dead_ones_replaced():
+    """The idle check runs on the entry's own kept connection; the agent is played by an httpx
+    transport (this tests the pool's bookkeeping, not the agent)."""
+    asked: list[str] = []
+
+    def agent(status: int) -> httpx.AsyncClient:
+        def reply(request: httpx.Request) -> httpx.Response:
+            asked.append(f"{status} {request.url.path}")
+            return httpx.Response(status)
+        return httpx.AsyncClient(transport=httpx.MockTransport(reply))
+
+    templates = _Templates({"t": _Template("t", "k")})
+    vs = _Vs()
+    pool = _pool(templates, vs)
+    healthy, dead, fresh = _entry("t", "k", 0, agent(204)), _entry("t", "k", 1, agent(500)), _entry("t", "k", 2, agent(204))
+    long_ago = time.monotonic() - 3600
+    healthy.checked_at = dead.checked_at = long_ago
+    pool._ready["t"].extend([healthy, dead, fresh])
+
+    asyncio.run(pool._check_idle())
+    assert sorted(asked) == ["204 /health", "500 /health"]  # the recently checked one was left alone
+    assert dead.machine.killed and vs.released == [dead.vs_id] and dead.agent is None
+    assert not healthy.machine.killed and healthy.checked_at > long_ago
+    assert pool.size("t") == 2
