@@ -344,11 +344,14 @@ class ConnectRouter:
                     await resp.write(envelope(encode_message(msg)))
         except ConnectError as e:
             end_error = e
-        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
-            # The client went away: stop without killing what the stream was watching.
+        except (ConnectionResetError, ConnectionError, asyncio.CancelledError) as e:
+            # The client went away: stop without killing what the stream was watching. A closed
+            # connection is the client's choice, not our error: no traceback in the log for it.
             await _cancel_pending(ctx)
             await _aclose(stream)
-            raise
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return resp
         except Exception as e:
             log.exception("stream handler failed", extra={"procedure": ctx.procedure})
             end_error = ConnectError(Code.INTERNAL, f"{type(e).__name__}: {e}")
