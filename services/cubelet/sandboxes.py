@@ -200,14 +200,8 @@ class SandboxManager:
 
         entry: PoolEntry | None = self.pool.claim(tpl.template_id, tpl.build_key)
         if entry is not None:
-            # A clone restored and warmed up ahead of time: adopt its VM and network.
-            rec.vm_id, rec.vs_id, rec.from_pool = entry.machine.vm_id, entry.vs_id, True
-            self._save_record(rec)
-            live.machine = entry.machine
-            net = await self.vs.update_policy(entry.vs_id, policy)
-            entry.machine.record.labels.update({"sandbox_id": rec.sandbox_id, "role": "sandbox"})
-            entry.machine.record.dump(entry.machine.paths.record)
-            step("network")
+            await self._adopt(live, entry, policy, steps)
+            step("network+identity")
         else:
             net = await self.vs.allocate(rec.vs_id, policy)
             rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
@@ -221,15 +215,33 @@ class SandboxManager:
                                        labels={"sandbox_id": rec.sandbox_id, "role": "sandbox"}, sync=True,
                                        share_memory=not tpl.info.no_memory_sharing)
             step("clone")
+            await self._hand_identity(live, steps=steps)
+            step("identity")
+        self.pool.request_refill(tpl.template_id)
+
+    async def _adopt(self, live: _Live, entry: PoolEntry, policy: network_pb2.NetworkPolicy,
+                     steps: dict[str, float]) -> None:
+        """Make a pooled clone (restored and warmed ahead of time) this sandbox: its VM and
+        network become the sandbox's, with the sandbox's policy and identity."""
+        rec = live.record
+        rec.vm_id, rec.vs_id, rec.from_pool = entry.machine.vm_id, entry.vs_id, True
+        rec.host_address, rec.proxy_address = entry.network.host_address, entry.network.proxy_address
+        self._save_record(rec)
+        live.machine = entry.machine
+        entry.machine.record.labels.update({"sandbox_id": rec.sandbox_id, "role": "sandbox"})
+        entry.machine.record.dump(entry.machine.paths.record)
+        try:
+            # The network policy and the identity are independent: both at once (~4 ms saved).
+            async with asyncio.TaskGroup() as both:
+                policy_set = both.create_task(self.vs.update_policy(entry.vs_id, policy))
+                both.create_task(self._hand_identity(live, steps=steps, client=entry.agent))
+        except BaseExceptionGroup as group:  # raise the failure itself, as the fresh path would
+            raise group.exceptions[0] from None
+        finally:
+            await entry.close_agent()
+        net = policy_set.result()
         rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
         self._save_record(rec)
-        try:
-            await self._hand_identity(live, steps=steps, client=entry.agent if entry else None)
-        finally:
-            if entry is not None:
-                await entry.close_agent()
-        step("identity")
-        self.pool.request_refill(tpl.template_id)
 
     async def _hand_identity(self, live: _Live, current_token: str = "", steps: dict[str, float] | None = None,
                              client: httpx.AsyncClient | None = None) -> None:
