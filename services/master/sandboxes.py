@@ -380,6 +380,9 @@ class Sandboxes:
         out = await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, node)
         if out is None:
             raise errors.NotFound(f"sandbox '{sid}' was killed while it was being paused")
+        # Traffic after the pause answers must meet the paused route (its 502, or auto-resume),
+        # not the old one to a VM that is gone.
+        await wait_applied(self.store, out[1], self.settings.route_ack_timeout_s, sid)
         log.info("paused", extra=_extra(rec, reason=reason))
         return out[0]
 

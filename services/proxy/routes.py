@@ -53,6 +53,7 @@ class Route:
     remote: Endpoint | None = None
     node_id: str = ""
     traffic_access_token: str = ""
+    auto_resume: bool = False  # paused, and traffic should resume it (route.proto)
     # Not part of a route's identity: an identical put at a newer revision is the same route.
     mod_revision: int = field(default=0, compare=False)
 
@@ -90,7 +91,7 @@ def parse_route(key: str, value: bytes, prefix: str, local_node_id: str, mod_rev
     if token and not TOKEN_RE.match(token):
         raise MalformedRoute("traffic access token has characters that cannot travel in a header")
     common = dict(sandbox_id=sid, state=state, node_id=msg.node_id, traffic_access_token=token,
-                  mod_revision=mod_revision)
+                  auto_resume=state is RouteState.PAUSED and msg.auto_resume, mod_revision=mod_revision)
     if not msg.node_id or msg.node_id == local_node_id:
         if not msg.host_address:
             if state is RouteState.PAUSED:

@@ -13,6 +13,7 @@ from . import xds
 from .ack import AppliedRevisionPublisher
 from .ads import AdsServer
 from .envoy import EnvoyProcess
+from .resume import Resumer
 from .routes import RouteTable, RouteWatcher
 from .settings import Endpoint, ProxySettings
 from .tls import TlsFiles, ensure_certificates
@@ -41,6 +42,7 @@ class ProxyService:
         self.envoy: EnvoyProcess | None = None
         self.watcher: RouteWatcher | None = None
         self.publisher: AppliedRevisionPublisher | None = None
+        self.resumer: Resumer | None = None
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._https: list[Endpoint] = []
@@ -71,6 +73,9 @@ class ProxyService:
         sock = s.runtime_dir / "ads.sock"
         sock.unlink(missing_ok=True)
         await self.ads.start(f"unix:{sock}")
+        if s.master_addr:
+            self.resumer = Resumer(s)
+            await self.resumer.start()
         self.watcher = RouteWatcher(self.etcd, s.routes_prefix, s.node_id, self._on_routes)
         self.envoy = EnvoyProcess(s, sock)
         self._builder = xds.ResourceBuilder(s, self.tls, self._https, self._http)
@@ -115,6 +120,8 @@ class ProxyService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.publisher is not None:
             await self.publisher.close()
+        if self.resumer is not None:
+            await self.resumer.stop()
         if self.ads is not None:
             await self.ads.stop()
         if self.etcd is not None:

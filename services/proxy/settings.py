@@ -71,6 +71,12 @@ class ProxySettings:
     upstream_connect_timeout: float = 5.0
     lease_ttl: int = 10
     log_level: str = "INFO"
+    # Auto-resume: where this proxy's resumer listens (Envoy sends it traffic for paused sandboxes
+    # created with autoResume), and the master it asks. An empty master turns auto-resume off:
+    # such traffic then gets the "... is paused" 502 like any paused sandbox's.
+    resumer: Endpoint = Endpoint("127.0.0.1", 3003)
+    master_addr: str = "127.0.0.1:50051"
+    resume_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if not self.proxy_id:
@@ -132,6 +138,10 @@ class ProxySettings:
                        default=float(e("CUBE_PROXY_CONNECT_TIMEOUT", default="5")))
         p.add_argument("--lease-ttl", type=int, default=int(e("CUBE_PROXY_LEASE_TTL", default="10")))
         p.add_argument("--log-level", default=e("CUBE_PROXY_LOG_LEVEL", default="INFO"))
+        p.add_argument("--resumer", default=e("CUBE_PROXY_RESUMER", default="127.0.0.1:3003"),
+                       help="loopback address of the auto-resume endpoint Envoy calls")
+        p.add_argument("--master", default=e("CUBE_PROXY_MASTER", "CUBE_MASTER_ADDR", default="127.0.0.1:50051"),
+                       help="master gRPC address, for auto-resume ('' turns it off)")
         a = p.parse_args(argv)
         return cls(
             domain=a.domain,
@@ -150,4 +160,6 @@ class ProxySettings:
             upstream_connect_timeout=a.connect_timeout,
             lease_ttl=a.lease_ttl,
             log_level=a.log_level,
+            resumer=Endpoint.parse(a.resumer),
+            master_addr=a.master,
         )

@@ -10,8 +10,9 @@ Routing scheme (why it looks like this):
   (client copies are dropped first) and clears the route cache.
 * The route configuration has a single virtual host whose routes are a *match tree* keyed on
   `x-cube-sandbox` (`exact_match_map`: a hash lookup per request, not a linear scan of
-  thousands of routes). Each sandbox is one map entry: a forward route, a paused 502, or a small
-  nested matcher that checks `E2B-Traffic-Access-Token` for ports other than 49983.
+  thousands of routes). Each sandbox is one map entry: a forward route, a paused 502 (or, for a
+  paused autoResume sandbox, a route to the resumer: resume.py), or a small nested matcher that
+  checks `E2B-Traffic-Access-Token` for ports other than 49983.
 * Upstreams never depend on the sandbox: one ORIGINAL_DST cluster per source address the proxy
   must bind (CubeVS gives one per node, so in practice one cluster) takes the destination from
   the `x-cube-upstream` header that the sandbox's route sets to `<host_address>:<port>`, the
@@ -65,6 +66,7 @@ SANDBOX_HEADER = "x-cube-sandbox"
 PORT_HEADER = "x-cube-port"
 UPSTREAM_HEADER = "x-cube-upstream"
 TOKEN_HEADER = "e2b-traffic-access-token"
+RESUMER_CLUSTER = "cube_resumer"
 # envd routes only the orchestrator may call (upstream E2B blocks the same list at its proxy).
 BLOCKED_ENVD_PATHS = ("/init", "/freeze", "/unfreeze", "/fsfreeze", "/fsthaw", "/collapse", "/upgrade")
 
@@ -167,8 +169,11 @@ def _safe(text: str) -> str:
 
 # -- clusters ---------------------------------------------------------------------------------
 
+LOCAL_CLUSTER_PREFIX = "cube_local_src_"
+
+
 def local_cluster_name(source_address: str) -> str:
-    return "cube_local" if not source_address else "cube_local_src_" + _safe(source_address)
+    return "cube_local" if not source_address else LOCAL_CLUSTER_PREFIX + _safe(source_address)
 
 
 def remote_cluster_name(remote: Endpoint) -> str:
@@ -223,6 +228,17 @@ def _remote_cluster(remote: Endpoint, s: ProxySettings) -> cluster_pb2.Cluster:
     }, cluster_pb2.Cluster)
 
 
+def _resumer_cluster(s: ProxySettings) -> cluster_pb2.Cluster:
+    return _parse({
+        "name": RESUMER_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "2s",
+        "typed_extension_protocol_options": _http1_upstream(),
+        "load_assignment": {"cluster_name": RESUMER_CLUSTER, "endpoints": [
+            {"lb_endpoints": [{"endpoint": {"address": _address(s.resumer)}}]}]},
+    }, cluster_pb2.Cluster)
+
+
 def build_clusters(table: RouteTable, s: ProxySettings, cache: dict | None = None) -> dict[str, Message]:
     """Clusters by name; `cache` (name → message) avoids re-parsing unchanged clusters."""
     cache = {} if cache is None else cache
@@ -233,6 +249,8 @@ def build_clusters(table: RouteTable, s: ProxySettings, cache: dict | None = Non
         return cache[name]
 
     clusters = {"cube_local": get("cube_local", lambda: _local_cluster("", s))}
+    if s.master_addr:
+        clusters[RESUMER_CLUSTER] = get(RESUMER_CLUSTER, lambda: _resumer_cluster(s))
     for r in table.routes.values():
         if r.state is not RouteState.RUNNING:
             continue
@@ -245,7 +263,13 @@ def build_clusters(table: RouteTable, s: ProxySettings, cache: dict | None = Non
             if name not in clusters:
                 clusters[name] = get(name, lambda: _local_cluster(r.proxy_source_address, s))
     for name in [n for n in cache if n not in clusters]:
-        del cache[name]
+        if name.startswith(LOCAL_CLUSTER_PREFIX):
+            # This node's source-address cluster stays when its last sandbox pauses: Envoy may
+            # apply the cluster removal before the route change, and a request in between would
+            # find its route's cluster gone (NC). There is one per source address, so it is cheap.
+            clusters[name] = cache[name]
+        else:
+            del cache[name]
     return clusters
 
 
@@ -265,17 +289,39 @@ def _set(key: str, value: str) -> dict:
     return {"header": {"key": key, "value": value}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}
 
 
+# The internal routing headers never reach a guest or another node. They are removed by the
+# routes that forward, not for the whole virtual host: the resume route must keep them, because
+# Envoy routes its internal redirect with the request's headers as the router left them.
+# (x-cube-upstream must stay: the ORIGINAL_DST load balancer reads it after route headers apply.)
+_INTERNAL = [SANDBOX_HEADER, PORT_HEADER]
+
+
 def _forward(r: Route) -> dict:
     if r.remote is not None:
         # The owning node's proxy routes by header; the Host (and so the guest's view) is kept.
         return {"match": {"prefix": "/"},
                 "route": {"cluster": remote_cluster_name(r.remote), "timeout": "0s"},
                 "request_headers_to_add": [_set("e2b-sandbox-id", r.sandbox_id),
-                                           _set("e2b-sandbox-port", errors.ENVOY_PORT)]}
+                                           _set("e2b-sandbox-port", errors.ENVOY_PORT)],
+                "request_headers_to_remove": _INTERNAL}
     host = f"[{r.host_address}]" if ":" in r.host_address else r.host_address
     return {"match": {"prefix": "/"},
             "route": {"cluster": local_cluster_name(r.proxy_source_address), "timeout": "0s"},
-            "request_headers_to_add": [_set(UPSTREAM_HEADER, f"{host}:{errors.ENVOY_PORT}")]}
+            "request_headers_to_add": [_set(UPSTREAM_HEADER, f"{host}:{errors.ENVOY_PORT}")],
+            "request_headers_to_remove": _INTERNAL}
+
+
+def _resume(s: ProxySettings) -> dict:
+    """A paused autoResume sandbox: the resumer (resume.py) wakes it and answers 307 to the same
+    URL, which Envoy follows itself (internal redirect): it routes again, now to the running
+    sandbox, and replays the buffered request. Bodies over the buffer limit (1 MiB) cannot be
+    replayed; their client gets the 307."""
+    # No header mutation here: the resumer reads the sandbox from x-cube-sandbox (set by the Lua
+    # filter). A header this route added was seen to reach the guest with a corrupted name after
+    # the redirect, the route having been replaced (paused -> running) meanwhile.
+    return {"match": {"prefix": "/"},
+            "route": {"cluster": RESUMER_CLUSTER, "timeout": f"{s.resume_timeout + 5:g}s",
+                      "internal_redirect_policy": {"max_internal_redirects": 1, "redirect_response_codes": [307]}}}
 
 
 def _action(route: dict) -> dict:
@@ -286,10 +332,14 @@ def _header_input(name: str) -> dict:
     return {"name": name, "typed_config": {"@type": HEADER_INPUT, "header_name": name}}
 
 
-def _on_match(r: Route) -> dict:
+def _on_match(r: Route, s: ProxySettings | None = None) -> dict:
+    """A sandbox's map entry. `s` is None when auto-resume is off (no master to ask)."""
     if r.state is RouteState.PAUSED:
-        return _action(_direct(502, errors.paused(r.sandbox_id)))
-    forward = _action(_forward(r))
+        if not (r.auto_resume and s is not None and s.master_addr):
+            return _action(_direct(502, errors.paused(r.sandbox_id)))
+        forward = _action(_resume(s))  # guarded like the running sandbox's traffic would be
+    else:
+        forward = _action(_forward(r))
     if not r.traffic_access_token:
         return forward
     # Ports other than envd's need E2B-Traffic-Access-Token: missing → 401, wrong → 403.
@@ -314,13 +364,7 @@ def _on_match(r: Route) -> dict:
 
 
 def _vhost_base() -> dict:
-    return {
-        "name": "sandboxes",
-        "domains": ["*"],
-        # The internal routing headers never reach the guest (x-cube-upstream must stay: the
-        # ORIGINAL_DST load balancer reads it after route headers are applied).
-        "request_headers_to_remove": [SANDBOX_HEADER, PORT_HEADER],
-    }
+    return {"name": "sandboxes", "domains": ["*"]}  # internal headers: see _forward
 
 
 def build_route_config(table: RouteTable) -> route_pb2.RouteConfiguration:
@@ -363,7 +407,7 @@ class ResourceBuilder:
             del self._current[sid]
         for sid, r in wanted.items():
             if self._current.get(sid) != r:
-                entries[sid].CopyFrom(_parse(_on_match(r), matcher_pb2.Matcher.OnMatch))
+                entries[sid].CopyFrom(_parse(_on_match(r, self._settings), matcher_pb2.Matcher.OnMatch))
                 self._current[sid] = r
         return self._rc
 

@@ -295,6 +295,41 @@ def test_pause_resume_keeps_files_memory_and_processes(sandboxes):
     assert_gone(sid)
 
 
+def test_auto_resume_on_traffic(sandboxes):
+    """A paused sandbox created with lifecycle auto_resume wakes up on its own traffic (the SDK:
+    "auto-resume wakes a paused sandbox on inbound traffic by restoring its memory snapshot in
+    place"): the same SDK object keeps working after a pause, without connect(). One without
+    auto_resume stays paused and its traffic says so."""
+    from e2b import SandboxException
+
+    sbx = sandboxes.create({"case": "autoresume"}, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    sid = sbx.sandbox_id
+    sbx.run_code("state = 41")
+    sbx.files.write("/home/user/kept.txt", "kept")
+    assert sbx.pause() is True
+    assert Sandbox.get_info(sid).state == SandboxState.PAUSED
+    # envd traffic (a file read, a GET) resumes it and is answered ...
+    assert sbx.files.read("/home/user/kept.txt") == "kept"
+    assert Sandbox.get_info(sid).state == SandboxState.RUNNING
+    # ... and so is the code interpreter's streaming POST, with the kernel's memory intact, and a
+    # Connect-RPC command.
+    assert sbx.pause() is True
+    assert sbx.run_code("state + 1").text == "42"
+    assert sbx.pause() is True
+    assert sbx.commands.run("cat /home/user/kept.txt").stdout == "kept"
+    assert Sandbox.get_info(sid).state == SandboxState.RUNNING
+
+    plain = sandboxes.create({"case": "no-autoresume"})
+    assert plain.pause() is True
+    with pytest.raises(SandboxException) as ei:
+        plain.files.read("/etc/hostname")
+    assert "paused" in str(ei.value).lower(), ei.value
+    assert Sandbox.get_info(plain.sandbox_id).state == SandboxState.PAUSED
+    assert sbx.kill() is True and plain.kill() is True
+    assert_gone(sid)
+    assert_gone(plain.sandbox_id)
+
+
 def test_kill_and_connect_unknown_id():
     assert Sandbox.kill("nosuchsandbox0000000") is False
     with pytest.raises(SandboxNotFoundException):

@@ -83,6 +83,8 @@ class Proxy:
     https_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
+    resumer_port: int = field(default_factory=free_port)
+    master: str = ""  # auto-resume off unless a test gives it a master to ask
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -112,7 +114,8 @@ class Proxy:
                "--http", f"127.0.0.1:{self.http_port}", "--admin", f"127.0.0.1:{self.admin_port}",
                "--etcd", self.etcd_endpoint, "--etcd-prefix", self.prefix, "--node-id", self.node_id,
                "--proxy-id", self.proxy_id, "--state-dir", str(self.state_dir), "--lease-ttl", "5",
-               "--concurrency", "2", "--access-log", "all", *self.extra]
+               "--concurrency", "2", "--access-log", "all", "--resumer", f"127.0.0.1:{self.resumer_port}",
+               "--master", self.master, *self.extra]
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=out, stderr=out)
         out.close()

@@ -96,7 +96,7 @@ def test_cluster_set_does_not_grow_with_sandboxes(tmp_path):
     routes = {f"s{i}": Route(f"s{i}", RouteState.RUNNING, host_address=f"198.19.0.{i}",
                              proxy_source_address="198.19.255.254") for i in range(1, 200)}
     clusters = xds.build_clusters(RouteTable(routes, 1), s)
-    assert sorted(clusters) == ["cube_local", xds.local_cluster_name("198.19.255.254")]
+    assert sorted(clusters) == sorted(["cube_local", xds.RESUMER_CLUSTER, xds.local_cluster_name("198.19.255.254")])
     rc = xds.build_route_config(RouteTable(routes, 1))
     assert rc.ByteSize() / len(routes) < 400  # bytes of route config per sandbox
 
@@ -106,3 +106,62 @@ def test_error_bodies():
     assert "port is not open" in errors.port_not_open("x", 1)["message"]
     assert "is paused" in errors.paused("x")["message"]
     assert "was not found" in errors.ENVOY_NOT_FOUND and "port is not open" in errors.ENVOY_PORT_NOT_OPEN
+
+
+def test_paused_autoresume_route_goes_to_the_resumer_with_internal_redirects():
+    from google.protobuf import json_format
+
+    from services.proxy.routes import Route
+    paused = Route("sbxa", RouteState.PAUSED, auto_resume=True)
+    plain = Route("sbxb", RouteState.PAUSED)
+    guarded = Route("sbxc", RouteState.PAUSED, auto_resume=True, traffic_access_token="tok")
+    on = ProxySettings(master_addr="127.0.0.1:50051")
+    off = ProxySettings(master_addr="")
+
+    entry = json_format.MessageToDict(
+        xds._parse(xds._on_match(paused, on), xds.matcher_pb2.Matcher.OnMatch))
+    route = entry["action"]["typedConfig"]
+    assert route["route"]["cluster"] == xds.RESUMER_CLUSTER
+    assert route["route"]["internalRedirectPolicy"]["redirectResponseCodes"] == [307]
+    assert "requestHeadersToAdd" not in route and "requestHeadersToRemove" not in route  # see xds._resume
+    # Without a master (auto-resume off), or without autoResume: the paused 502.
+    for r, s in ((paused, off), (plain, on)):
+        direct = xds._on_match(r, s)["action"]["typed_config"]["direct_response"]
+        assert direct["status"] == 502 and "is paused" in direct["body"]["inline_string"]
+    # A traffic access token guards the resume of ports other than envd's, as it guards traffic.
+    tree = xds._on_match(guarded, on)["matcher"]
+    assert tree["matcher_tree"]["exact_match_map"]["map"]["49983"]["action"]["typed_config"]["route"]["cluster"] \
+        == xds.RESUMER_CLUSTER
+    assert tree["on_no_match"]["matcher"]["on_no_match"]["action"]["typed_config"]["direct_response"]["status"] == 401
+    assert xds.RESUMER_CLUSTER not in xds.build_clusters(RouteTable({}, 1), off)
+
+
+def test_route_records_carry_auto_resume_only_when_paused():
+    from sdk.gen.cube.v1 import route_pb2
+    rec = lambda state: json_format_dumps(route_pb2.SandboxRoute(  # noqa: E731
+        sandbox_id="sbx1", node_id="node-a", state=state, auto_resume=True, host_address="198.19.0.2"))
+    paused = parse_route("/cube/routes/sbx1", rec(route_pb2.ROUTE_STATE_PAUSED), "/cube/routes/", "node-a")
+    running = parse_route("/cube/routes/sbx1", rec(route_pb2.ROUTE_STATE_RUNNING), "/cube/routes/", "node-a")
+    assert paused.auto_resume is True and running.auto_resume is False
+
+
+def json_format_dumps(msg) -> bytes:
+    from google.protobuf import json_format
+    return json_format.MessageToJson(msg).encode()
+
+
+def test_the_local_source_cluster_outlives_its_last_running_sandbox():
+    """When the node's last sandbox pauses, its source-address cluster stays: Envoy may apply a
+    cluster removal before the route change, and a request in between would find no cluster."""
+    from services.proxy.routes import Route
+    s = ProxySettings()
+    cache: dict = {}
+    running = {"a": Route("a", RouteState.RUNNING, host_address="198.19.0.2", proxy_source_address="198.19.255.254")}
+    name = xds.local_cluster_name("198.19.255.254")
+    assert name in xds.build_clusters(RouteTable(running, 1), s, cache)
+    paused = {"a": Route("a", RouteState.PAUSED)}
+    assert name in xds.build_clusters(RouteTable(paused, 2), s, cache)
+    remote = {"b": Route("b", RouteState.RUNNING, remote=xds.Endpoint("10.0.0.9", 3002), node_id="n2")}
+    remote_name = xds.remote_cluster_name(remote["b"].remote)
+    assert remote_name in xds.build_clusters(RouteTable(remote, 3), s, cache)
+    assert remote_name not in xds.build_clusters(RouteTable({}, 4), s, cache)  # other nodes' go

@@ -69,7 +69,7 @@ class RouteState(betterproto.Enum):
     RUNNING = 1
     PAUSED = 2
     """
-    Paused: the proxy answers 502 "... is paused" (or, later, asks the master to auto-resume).
+    Paused: the proxy answers 502 "... is paused", or resumes it first when auto_resume is set.
     """
 
 
@@ -775,6 +775,12 @@ class SandboxRoute(betterproto.Message):
     """
     When set, requests to any port other than envd (49983) must carry
      E2B-Traffic-Access-Token with this value (E2B's trafficAccessToken).
+    """
+
+    auto_resume: bool = betterproto.bool_field(8)
+    """
+    A paused sandbox created with autoResume: traffic to it makes the proxy resume it (through
+     the master) and then serves the request, instead of answering 502 "... is paused".
     """
 
 
