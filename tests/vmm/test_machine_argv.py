@@ -1,0 +1,45 @@
+"""The QEMU command line a machine gets, where it must match what a snapshot recorded.
+
+Restoring needs the same RAM blocks as the source: machines now boot without microvm's option ROM
+and restore without a kernel, while snapshots recorded before `option_roms` existed (their
+snapshot.json lacks it) keep the ROM and the kernel, or their device state would not load.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vmm_core.machine import build_argv
+from vmm_core.settings import VmmSettings
+from vmm_core.spec import Disk, MachinePaths, MachineSpec
+
+
+def _spec(**kw) -> MachineSpec:
+    return MachineSpec(kernel=Path("/k/vmlinuz"), initramfs=Path("/k/initrd"), disks=(Disk(Path("/d/base"), "b"),),
+                       memory_file=Path("/m/memory"), **kw)
+
+
+def _argv(spec: MachineSpec, incoming: bool) -> list[str]:
+    return build_argv(VmmSettings(), spec, MachinePaths(Path("/run/vm")), share_memory=not incoming, incoming=incoming)
+
+
+def test_new_machines_boot_without_the_option_rom_and_restore_without_a_kernel():
+    spec = _spec()
+    boot = _argv(spec, incoming=False)
+    assert "x-option-roms=off" in boot[boot.index("-M") + 1]
+    assert "-kernel" in boot and "-initrd" in boot
+    restore = _argv(spec, incoming=True)
+    assert "x-option-roms=off" in restore[restore.index("-M") + 1]
+    assert "-kernel" not in restore and "-initrd" not in restore and "-append" not in restore
+    assert restore[-2:] == ["-incoming", "defer"]
+    assert "migration.store-global-state=off" in restore
+
+
+def test_snapshots_recorded_before_option_roms_keep_the_rom_and_the_kernel():
+    d = _spec().to_dict()
+    del d["option_roms"]  # a snapshot.json written by the previous version
+    legacy = MachineSpec.from_dict(d)
+    assert legacy.option_roms is True
+    restore = _argv(legacy, incoming=True)
+    assert "x-option-roms=on" in restore[restore.index("-M") + 1]
+    assert "-kernel" in restore and "-initrd" in restore
+    assert MachineSpec.from_dict(_spec().to_dict()).option_roms is False  # round trip of a new one
