@@ -315,8 +315,9 @@ static int write_all(int fd, const char *buf, size_t len, int timeout_ms)
 		}
 		if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
 			struct pollfd p = {fd, POLLOUT, 0};
-			if (poll(&p, 1, timeout_ms) <= 0 && errno != EINTR)
-				return -1;
+			int r = poll(&p, 1, timeout_ms);
+			if (r == 0 || (r < 0 && errno != EINTR))
+				return -1; /* timed out (a stale errno must not make that a retry) or failed */
 			continue;
 		}
 		return -1;

@@ -144,7 +144,7 @@ def configure_network(net: dict) -> None:
 class Service:
     """One supervised process. Output goes to the console with a `[name]` prefix."""
 
-    def __init__(self, spec: dict) -> None:
+    def __init__(self, spec: dict, pass_fds: tuple[int, ...] = ()) -> None:
         self.name: str = spec["name"]
         self.argv: list[str] = spec["argv"]
         self.env: dict[str, str] = spec.get("env", {})
@@ -153,6 +153,7 @@ class Service:
         self.uid: int = int(spec.get("uid", 0))
         self.gid: int = int(spec.get("gid", 0))
         self.restart: bool = spec.get("restart", True)
+        self.pass_fds = pass_fds  # descriptors the process inherits (cube-ctl's socket to us)
         self.proc: subprocess.Popen | None = None
         self.started_at = 0.0
         self.restarts = 0
@@ -172,7 +173,8 @@ class Service:
         try:
             console = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY)
             self.proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, stdout=console,
-                                         stderr=console, preexec_fn=self._preexec, close_fds=True)
+                                         stderr=console, preexec_fn=self._preexec, close_fds=True,
+                                         pass_fds=self.pass_fds)
             os.close(console)
             self.started_at = time.monotonic()
             log(f"service {self.name} started pid {self.proc.pid}")
@@ -191,25 +193,19 @@ class ControlAgent:
 
     def __init__(self, services: list[Service]) -> None:
         self.services = services
-        self.proc: subprocess.Popen | None = None
+        self.service: Service | None = None
         self.sock: socket.socket | None = None
         self.buf = b""
-        self.started_at = 0.0
 
     def start(self) -> None:
+        """Start (or restart) cube-ctl, with a new socket to it."""
         if self.sock is not None:
             self.sock.close()
         self.buf = b""
         ours, theirs = socket.socketpair()
-        try:
-            console = os.open("/dev/console", os.O_WRONLY | os.O_NOCTTY)
-            self.proc = subprocess.Popen([CTL_AGENT, "--init-fd", str(theirs.fileno())], stdin=subprocess.DEVNULL,
-                                         stdout=console, stderr=console, pass_fds=(theirs.fileno(),))
-            os.close(console)
-            self.started_at = time.monotonic()
-        except (OSError, subprocess.SubprocessError) as e:
-            self.proc = None
-            log(f"{CTL_AGENT} failed to start: {e}")
+        self.service = Service({"name": "cube-ctl", "argv": [CTL_AGENT, "--init-fd", str(theirs.fileno())]},
+                               pass_fds=(theirs.fileno(),))
+        self.service.start()
         theirs.close()
         ours.setblocking(False)
         self.sock = ours
@@ -308,23 +304,21 @@ def reap(services: list[Service], ctl: ControlAgent) -> None:
             return
         if pid == 0:
             return
-        if ctl.proc is not None and ctl.proc.pid == pid:
-            log(f"{CTL_AGENT} exited with {os.waitstatus_to_exitcode(status)}; restarting it")
-            ctl.proc.returncode = os.waitstatus_to_exitcode(status)
-            if time.monotonic() - ctl.started_at < 1.0:
-                time.sleep(1.0)  # a crash loop must not eat the guest's CPU
-            ctl.start()
-            continue
-        for s in services:
-            if s.proc is not None and s.proc.pid == pid:
-                s.proc.returncode = os.waitstatus_to_exitcode(status)
-                log(f"service {s.name} exited with {s.proc.returncode}")
-                if s.restart:
-                    # Back off a crash loop so a broken service cannot eat the guest's CPU.
-                    if time.monotonic() - s.started_at < 1.0:
-                        time.sleep(1.0)
+        for s in [ctl.service, *services]:
+            if s is None or s.proc is None or s.proc.pid != pid:
+                continue
+            s.proc.returncode = os.waitstatus_to_exitcode(status)
+            log(f"service {s.name} exited with {s.proc.returncode}")
+            if s.restart:
+                # Back off a crash loop so a broken service cannot eat the guest's CPU.
+                if time.monotonic() - s.started_at < 1.0:
+                    time.sleep(1.0)
+                if s is ctl.service:
+                    ctl.start()  # cube-ctl comes back with a new socket to us
+                else:
                     s.restarts += 1
                     s.start()
+            break
 
 
 if __name__ == "__main__":
