@@ -36,6 +36,7 @@ from .guest_client import (ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEn
 from .settings import CubeletSettings
 from .templates import TemplateStore
 from .vs_client import VsClient
+from .steps import Steps
 from .warm_pool import PoolEntry, WarmPool
 
 log = logging.getLogger("cubelet.sandboxes")
@@ -166,7 +167,7 @@ class SandboxManager:
         live = _Live(rec)
         self._live[sid] = live
         self._save_record(rec)
-        steps: dict[str, float] = {}
+        steps = Steps()
         try:
             async with live.lock:
                 await asyncio.wait_for(self._start(live, tpl, policy, steps), self.settings.create_timeout_s)
@@ -185,28 +186,20 @@ class SandboxManager:
                 raise SandboxError(e.code().name, e.details() or str(e)) from e
             raise
         log.info("sandbox running", extra={"sandbox_id": sid, "from_pool": rec.from_pool,
-                                           "steps_ms": {k: round(v * 1000, 1) for k, v in steps.items()}})
+                                           "steps_ms": steps.ms()})
         return rec.status(self.settings.node_id)
 
-    async def _start(self, live: _Live, tpl, policy: network_pb2.NetworkPolicy, steps: dict[str, float]) -> None:
+    async def _start(self, live: _Live, tpl, policy: network_pb2.NetworkPolicy, steps: Steps) -> None:
         rec = live.record
-        t = time.monotonic()
-
-        def step(name: str) -> None:
-            nonlocal t
-            now = time.monotonic()
-            steps[name] = now - t
-            t = now
-
         entry: PoolEntry | None = self.pool.claim(tpl.template_id, tpl.build_key)
         if entry is not None:
             await self._adopt(live, entry, policy, steps)
-            step("network+identity")
+            steps.done("network+identity")
         else:
             net = await self.vs.allocate(rec.vs_id, policy)
             rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
             self._save_record(rec)
-            step("network")
+            steps.done("network")
             live.machine = await clone(self.vmm, tpl.load_snapshot(), rec.vm_id,
                                        NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
                                        # The clock and entropy at once: until its clock is set a
@@ -214,13 +207,13 @@ class SandboxManager:
                                        # here), which starved everything at 50 concurrent creates.
                                        labels={"sandbox_id": rec.sandbox_id, "role": "sandbox"}, sync=True,
                                        share_memory=not tpl.info.no_memory_sharing)
-            step("clone")
+            steps.done("clone")
             await self._hand_identity(live, steps=steps)
-            step("identity")
+            steps.done("identity")
         self.pool.request_refill(tpl.template_id)
 
     async def _adopt(self, live: _Live, entry: PoolEntry, policy: network_pb2.NetworkPolicy,
-                     steps: dict[str, float]) -> None:
+                     steps: Steps) -> None:
         """Make a pooled clone (restored and warmed ahead of time) this sandbox: its VM and
         network become the sandbox's, with the sandbox's policy and identity."""
         rec = live.record
@@ -232,18 +225,16 @@ class SandboxManager:
         entry.machine.record.dump(entry.machine.paths.record)
         try:
             # The network policy and the identity are independent: both at once (~4 ms saved).
+            # (A policy update keeps the addresses the pool's allocation gave, saved above.)
             async with asyncio.TaskGroup() as both:
-                policy_set = both.create_task(self.vs.update_policy(entry.vs_id, policy))
+                both.create_task(self.vs.update_policy(entry.vs_id, policy))
                 both.create_task(self._hand_identity(live, steps=steps, client=entry.agent))
         except BaseExceptionGroup as group:  # raise the failure itself, as the fresh path would
             raise group.exceptions[0] from None
         finally:
             await entry.close_agent()
-        net = policy_set.result()
-        rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
-        self._save_record(rec)
 
-    async def _hand_identity(self, live: _Live, current_token: str = "", steps: dict[str, float] | None = None,
+    async def _hand_identity(self, live: _Live, current_token: str = "", steps: Steps | None = None,
                              client: httpx.AsyncClient | None = None) -> None:
         """The agent's /init: token, env vars, the host's clock and fresh entropy (the agent adds it
         and forces a CRNG reseed: clones share the snapshot's RNG state). Before the API answers,
@@ -259,7 +250,7 @@ class SandboxManager:
         await init_identity(ep, sandbox_id=rec.sandbox_id, access_token=rec.access_token, env_vars=rec.env_vars,
                             current_token=current_token, client=client)
         if steps is not None:
-            steps["identity.agent_init"] = time.monotonic() - t0
+            steps.add("identity.agent_init", time.monotonic() - t0)
 
     async def _teardown(self, live: _Live) -> None:
         rec = live.record

@@ -23,6 +23,7 @@ from vmm_core import Machine, NetworkAttachment, VmmError, VmmSettings, clone
 from .guest_client import (ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, init_identity,
                            wait_healthy, warm_interpreter)
 from .settings import CubeletSettings
+from .steps import Steps
 from .templates import TemplateStore
 from .vs_client import VsClient
 
@@ -105,10 +106,11 @@ class WarmPool:
         """Entries of deleted templates, and of template builds that have been replaced."""
         for tid, q in self._ready.items():
             tpl = self.templates.get(tid)
-            keep = [e for e in q if tpl is not None and e.build_key == tpl.build_key]
-            self._stale.extend(e for e in q if e not in keep)
-            q.clear()
-            q.extend(keep)
+            current = tpl.build_key if tpl is not None else None
+            for entry in list(q):
+                if entry.build_key != current:
+                    q.remove(entry)
+                    self._stale.append(entry)
         while self._stale:
             await self._discard(self._stale.pop())
 
@@ -162,18 +164,10 @@ class WarmPool:
         if tpl is None:
             raise GuestAgentError(f"template {template_id} vanished")
         vs_id = f"pool-{secrets.token_hex(8)}"
-        steps: dict[str, float] = {}
-        t = time.monotonic()
-
-        def step(name: str) -> None:
-            nonlocal t
-            now = time.monotonic()
-            steps[name] = round((now - t) * 1000, 1)
-            t = now
-
+        steps = Steps()
         policy = network_pb2.NetworkPolicy(allow_internet_access=False, expose_all_ports=True)
         net = await self.vs.allocate(vs_id, policy)
-        step("network")
+        steps.done("network")
         machine = None
         agent: httpx.AsyncClient | None = None
         try:
@@ -183,7 +177,7 @@ class WarmPool:
                                   # restored guest spins).
                                   labels={"role": "pool", "template_id": template_id}, sync=True,
                                   share_memory=not tpl.info.no_memory_sharing)
-            step("clone")
+            steps.done("clone")
             # clone(sync=True) already had the guest answer on the control channel; a claim uses
             # only the agent, whose paths are exercised below so their translation is done then.
             ep = GuestEndpoint(net.host_address, net.proxy_address)
@@ -191,19 +185,19 @@ class WarmPool:
             interpreter = tpl.info.source == "default"
             ports = (ENVD_PORT, INTERPRETER_PORT) if interpreter else (ENVD_PORT,)
             await wait_healthy(ep, ports, timeout=120)
-            step("healthy")
+            steps.done("healthy")
             # An /init with no token (the agent has none yet, so the real one later is accepted):
             # the exact path a claim takes, now translated, on the connection the claim will use.
             agent = ep.client(30.0)
             await init_identity(ep, sandbox_id="", access_token="", env_vars={}, client=agent)
-            step("init")
+            steps.done("init")
             if interpreter:
                 # And a first cell's: without this a sandbox's first run_code pays ~1 s of translation.
                 await warm_interpreter(ep, timeout=120)
-                step("warmup")
+                steps.done("warmup")
             # Operators size the pool from these: a fill slower than the gap between creates
             # empties it.
-            log.info("warm pool entry ready", extra={"template_id": template_id, "vm_id": vs_id, "steps_ms": steps})
+            log.info("warm pool entry ready", extra={"template_id": template_id, "vm_id": vs_id, "steps_ms": steps.ms()})
             return PoolEntry(template_id, tpl.build_key, vs_id, machine, net, agent)
         except BaseException:
             if agent is not None:
