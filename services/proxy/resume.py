@@ -1,9 +1,10 @@
 """Auto-resume: traffic for a paused sandbox created with autoResume wakes it up.
 
 Envoy sends such a request here (the paused route's action, see xds.py), with the sandbox named
-in `x-cube-sandbox` by the request-normalising Lua filter (which drops any copy a client sent). The resumer asks the master to resume the sandbox with its own timeout
-(ConnectSandbox, the call the SDK's connect makes: it returns once every proxy serves the running
-route), then answers 307 to the very same URL. The route's internal-redirect policy makes Envoy
+in `x-cube-sandbox` by the request-normalising Lua filter (which drops any copy a client sent).
+The resumer asks the master to resume the sandbox with its own timeout (ConnectSandbox, the call
+the SDK's connect makes: it returns once every proxy serves the running route), then answers 307
+to the very same URL. The route's internal-redirect policy makes Envoy
 follow that 307 itself: it routes the request again, now to the running sandbox, and replays the
 buffered request, so the client sees one ordinary response. Concurrent requests for one sandbox
 each ask; the master resumes it once and the others find it running.

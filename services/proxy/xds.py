@@ -210,33 +210,31 @@ def _local_cluster(source_address: str, s: ProxySettings) -> cluster_pb2.Cluster
     return _parse(d, cluster_pb2.Cluster)
 
 
-def _remote_cluster(remote: Endpoint, s: ProxySettings) -> cluster_pb2.Cluster:
-    name = remote_cluster_name(remote)
+def _endpoint_cluster(name: str, ep: Endpoint, connect_timeout: float, **extra) -> cluster_pb2.Cluster:
+    """A cluster of one fixed endpoint (STATIC for an IP, else resolved by DNS)."""
     try:
-        ipaddress.ip_address(remote.host)
+        ipaddress.ip_address(ep.host)
         kind = "STATIC"
     except ValueError:
         kind = "STRICT_DNS"
     return _parse({
         "name": name,
         "type": kind,
-        "connect_timeout": f"{s.upstream_connect_timeout}s",
-        "circuit_breakers": _UNLIMITED,
+        "connect_timeout": f"{connect_timeout}s",
         "typed_extension_protocol_options": _http1_upstream(),
         "load_assignment": {"cluster_name": name, "endpoints": [
-            {"lb_endpoints": [{"endpoint": {"address": _address(remote)}}]}]},
+            {"lb_endpoints": [{"endpoint": {"address": _address(ep)}}]}]},
+        **extra,
     }, cluster_pb2.Cluster)
+
+
+def _remote_cluster(remote: Endpoint, s: ProxySettings) -> cluster_pb2.Cluster:
+    return _endpoint_cluster(remote_cluster_name(remote), remote, s.upstream_connect_timeout,
+                             circuit_breakers=_UNLIMITED)
 
 
 def _resumer_cluster(s: ProxySettings) -> cluster_pb2.Cluster:
-    return _parse({
-        "name": RESUMER_CLUSTER,
-        "type": "STATIC",
-        "connect_timeout": "2s",
-        "typed_extension_protocol_options": _http1_upstream(),
-        "load_assignment": {"cluster_name": RESUMER_CLUSTER, "endpoints": [
-            {"lb_endpoints": [{"endpoint": {"address": _address(s.resumer)}}]}]},
-    }, cluster_pb2.Cluster)
+    return _endpoint_cluster(RESUMER_CLUSTER, s.resumer, 2.0)
 
 
 def build_clusters(table: RouteTable, s: ProxySettings, cache: dict | None = None) -> dict[str, Message]:
