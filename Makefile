@@ -3,14 +3,23 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 export CUBE_STATE_DIR ?= /var/lib/cube
 
-.PHONY: setup test up down env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template envd-dev
+.PHONY: setup lint test up down env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template envd-dev
 
 setup:
 	@bash scripts/setup.sh
 
-# The whole test suite: unit, integration (real QEMU/TCG, etcd, Envoy, eBPF) and end-to-end.
-test: setup
-	@$(PY) -m vmm_core artifacts >/dev/null
+# Lint the hand-written code (ruff, mypy; settings in pyproject.toml) and check that the generated
+# code matches protos/. Runs all three checks and fails if any failed.
+lint: setup
+	@rc=0; \
+	echo "lint: ruff"; .venv/bin/ruff check . || rc=1; \
+	echo "lint: mypy"; .venv/bin/mypy || rc=1; \
+	echo "lint: protos"; bash scripts/check_protos.sh || rc=1; \
+	exit $$rc
+
+# The whole test suite: lint, then unit, integration (real QEMU/TCG, etcd, Envoy, eBPF) and end-to-end.
+test: setup lint
+	@$(PY) -m services.cubelet.artifacts >/dev/null
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 # Bring the whole service up on this node with the default template (first run builds it).
@@ -26,7 +35,7 @@ env:
 	@$(PY) -m deploy.env
 
 artifacts: setup
-	$(PY) -m vmm_core artifacts
+	$(PY) -m services.cubelet.artifacts
 
 protos: setup
 	bash scripts/gen_protos.sh

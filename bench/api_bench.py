@@ -36,7 +36,7 @@ from bench.common import emit, machine, progress, summary  # noqa: E402
 from deploy.env import sdk_env  # noqa: E402
 from deploy.supervisor import NodeConfig  # noqa: E402
 
-CFG = NodeConfig()
+CFG = NodeConfig.from_env()
 TAG = {"bench": f"api-{os.getpid()}"}
 TARGETS = {"sequential_create_p50_ms": 60, "sequential_create_p99_ms": 150, "create_to_first_result_p50_ms": 120,
            "failures_at_50": 0}
@@ -131,9 +131,13 @@ async def concurrent(k: int) -> dict:
     await asyncio.gather(*(one() for _ in range(k)))
     wall = ms(t0)
     ok = await asyncio.gather(*(s.run_code("print(1)") for s in made), return_exceptions=True)
-    bad = [f"{type(r).__name__}: {str(r)[:160]}" if isinstance(r, Exception) else f"output {r.logs.stdout!r} {r.error!r}"
-           # A busy kernel may flush "1" and "\n" as two stream messages: compare the text.
-           for r in ok if isinstance(r, Exception) or "".join(r.logs.stdout) != "1\n"]
+    bad = []
+    for r in ok:
+        if isinstance(r, BaseException):
+            bad.append(f"{type(r).__name__}: {str(r)[:160]}")
+        # A busy kernel may flush "1" and "\n" as two stream messages: compare the text.
+        elif "".join(r.logs.stdout) != "1\n":
+            bad.append(f"output {r.logs.stdout!r} {r.error!r}")
     unusable = len(bad)
     await asyncio.gather(*(s.kill() for s in made), return_exceptions=True)
     out = {"create_ms": summary(times), "failures": len(errors), "wall_ms": round(wall, 1),
@@ -166,28 +170,14 @@ async def wait_drained(timeout: float = 180.0) -> None:
 
 # ---- 3. cold boot baseline ---------------------------------------------------------------------
 
-def _guest_http(ns: str, port: int, method: str, path: str, body: bytes = b"", timeout: float = 5.0) -> tuple[int, bytes]:
+def _guest_http(ns: str, port: int, method: str, path: str, body: bytes = b"",
+                timeout: float = 5.0) -> tuple[int, bytes]:
     """One HTTP/1.0 request to the guest from inside its namespace: (status, body)."""
-    from vmm_core import GuestNetwork, netns
+    from testkit import nshttp
+    from vmm_core import GuestNetwork
 
-    s = netns.socket_in(ns)
-    try:
-        s.settimeout(timeout)
-        s.connect((GuestNetwork().ip, port))
-        head = f"{method} {path} HTTP/1.0\r\nHost: guest\r\nContent-Type: application/json\r\n" \
-               f"Content-Length: {len(body)}\r\n\r\n"
-        s.sendall(head.encode() + body)
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    finally:
-        s.close()
-    status_line, _, rest = data.partition(b"\r\n")
-    try:
-        status = int(status_line.split()[1])
-    except (IndexError, ValueError):
-        raise OSError(f"bad response {data[:100]!r}") from None
-    return status, rest.partition(b"\r\n\r\n")[2]
+    return nshttp.request(ns, GuestNetwork().ip, port, method, path, body,
+                          headers={"Content-Type": "application/json"}, timeout=timeout)
 
 
 async def _until(fn, timeout: float, what: str):
@@ -209,50 +199,60 @@ async def cold_boots(n: int) -> dict:
     (not CubeVS: a restarting cubelet would reclaim a network it does not know)."""
     import subprocess
 
+    from cube_common.envd import ENVD_PORT, INTERPRETER_PORT
     from services.cubelet import default_image
-    from services.cubelet.guest_client import ENVD_PORT, INTERPRETER_PORT
-    from vmm_core import GuestNetwork, NetworkAttachment, VmmSettings, boot, ensure_guest_artifacts
-
-    from vmm_core.disks import writable_layer
+    from services.cubelet.guest_agent import cube_agent
+    from vmm_core import GuestNetwork, NetworkAttachment, VmmSettings, boot, ensure_guest_artifacts, writable_layer
 
     g = GuestNetwork()
     work = Path(tempfile.mkdtemp(prefix="cube-api-bench-cold-"))
-    base = VmmSettings.from_env()
-    vmm = VmmSettings(state_dir=base.state_dir, accel=base.accel, qemu_binary=base.qemu_binary,
-                      kernel_package=base.kernel_package, tcg_tb_size_mb=base.tcg_tb_size_mb, runtime_dir=work / "vms")
-    guest = await asyncio.to_thread(ensure_guest_artifacts, vmm)
+    vmm = VmmSettings.from_env().with_overrides(runtime_dir=work / "vms")
+    guest = await asyncio.to_thread(ensure_guest_artifacts, vmm, cube_agent())
     image = await asyncio.to_thread(default_image.ensure_default_image, vmm)
     create, first, kill = [], [], []
 
     def ip(*a: str) -> None:
         subprocess.run(["ip", *a], check=True, capture_output=True)
 
+    def netns_up(ns: str) -> None:
+        """A fresh, empty namespace `ns` (a leftover of an earlier run is removed first)."""
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        ip("netns", "add", ns)
+
+    def tap_up(ns: str) -> None:
+        ip("-n", ns, "tuntap", "add", "dev", "tap0", "mode", "tap")
+        ip("-n", ns, "addr", "add", f"{g.gateway}/{g.prefix}", "dev", "tap0")
+        ip("-n", ns, "link", "set", "tap0", "up")
+        ip("-n", ns, "link", "set", "lo", "up")
+
+    def netns_del(ns: str) -> None:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
     def printed_one(ns: str) -> bool:
         st, body = _guest_http(ns, INTERPRETER_PORT, "POST", "/execute", json.dumps({"code": "print(1)"}).encode(),
                                timeout=60)
-        events = [json.loads(l) for l in body.decode(errors="replace").splitlines() if l.strip().startswith("{")]
+        events = [json.loads(line) for line in body.decode(errors="replace").splitlines()
+                  if line.strip().startswith("{")]
         return st == 200 and any(e.get("type") == "stdout" and e.get("text") == "1\n" for e in events)
 
     try:
         for i in range(n):
             ns = f"cubebench{os.getpid() % 10000}x{i}"
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-            ip("netns", "add", ns)
+            await asyncio.to_thread(netns_up, ns)
             machine_ = None
             try:
-                ip("-n", ns, "tuntap", "add", "dev", "tap0", "mode", "tap")
-                ip("-n", ns, "addr", "add", f"{g.gateway}/{g.prefix}", "dev", "tap0")
-                ip("-n", ns, "link", "set", "tap0", "up")
-                ip("-n", ns, "link", "set", "lo", "up")
+                await asyncio.to_thread(tap_up, ns)
                 rw = writable_layer(work / f"rw-{i}.img", 1024, default_image.default_guest_config())
                 spec = guest.machine_spec(image, rw, vcpus=1, memory_mb=1024,
                                           network=NetworkAttachment("tap0", g.mac, ns))
                 t0 = time.monotonic()
                 machine_ = await boot(vmm, f"benchcold{i}", spec)
                 for port in (ENVD_PORT, INTERPRETER_PORT):
-                    await _until(lambda: _guest_http(ns, port, "GET", "/health")[0] < 300, 900, f"/health on {port}")
+                    # _until awaits the probe before the loop moves on: bind this round's ns and port.
+                    await _until(lambda ns=ns, port=port: _guest_http(ns, port, "GET", "/health")[0] < 300,
+                                 900, f"/health on {port}")
                 create.append(ms(t0))
-                await _until(lambda: printed_one(ns), 900, "print(1)")
+                await _until(lambda ns=ns: printed_one(ns), 900, "print(1)")
                 first.append(ms(t0))
                 t1 = time.monotonic()
                 m, machine_ = machine_, None
@@ -262,7 +262,7 @@ async def cold_boots(n: int) -> dict:
             finally:
                 if machine_ is not None:
                     await machine_.kill()
-                subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+                await asyncio.to_thread(netns_del, ns)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"create_ms": summary(create), "first_run_code_ms": summary(first), "kill_ms": summary(kill)}
@@ -276,8 +276,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="10,50")
     ap.add_argument("--cold", type=int, default=3)
     args = ap.parse_args()
-    for k in ("E2B_DEBUG", "E2B_SANDBOX_URL", "E2B_DOMAIN"):
-        os.environ.pop(k, None)
+    for var in ("E2B_DEBUG", "E2B_SANDBOX_URL", "E2B_DOMAIN"):
+        os.environ.pop(var, None)
     os.environ.update(sdk_env(CFG))
     if not (CFG.run / "ready").exists():
         raise SystemExit("the node is not up: run `make up` first")

@@ -109,15 +109,15 @@ def main() -> None:
         size = a.upload_mb * 1024 * 1024
         src = tempfile.NamedTemporaryFile(prefix="envd-bench-", delete=False).name
         chunk = os.urandom(1024 * 1024)
-        with open(src, "wb") as f:
+        with open(src, "wb") as out:
             for _ in range(a.upload_mb):
-                f.write(chunk)
+                out.write(chunk)
         upload = []
         try:
             for i in range(a.uploads):
-                with open(src, "rb") as f:
+                with open(src, "rb") as data:
                     t = time.perf_counter()
-                    sbx.files.write("/home/user/bench-upload.bin", f, request_timeout=600)
+                    sbx.files.write("/home/user/bench-upload.bin", data, request_timeout=600)
                     dt = time.perf_counter() - t
                 upload.append(size / 2**20 / dt)
                 print(f"  upload {i + 1}/{a.uploads}: {upload[-1]:.0f} MB/s", file=sys.stderr, flush=True)

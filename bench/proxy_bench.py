@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -32,34 +34,42 @@ import aetcd  # noqa: E402
 import httpx  # noqa: E402
 
 from bench.common import emit, machine, progress, summary  # noqa: E402
-from services.proxy.ack import wait_routes_applied  # noqa: E402
-from tests.proxy.harness import Proxy, Upstream, route_json  # noqa: E402
-from tests.support.etcd import EtcdServer  # noqa: E402
+from cube_common.etcd import EtcdClient  # noqa: E402
+from cube_common.keys import Keys  # noqa: E402
+from cube_common.route_ack import wait_routes_applied  # noqa: E402
+from testkit.etcd import EtcdServer  # noqa: E402
+from testkit.proxy import Proxy, Upstream, route_json  # noqa: E402
 
 DOMAIN = "cube.localhost"
 
 
+def put_op(key: bytes, value: bytes) -> Callable[[aetcd.Client], Awaitable[Any]]:
+    """`EtcdClient.call`'s operation for one put (bound here, not to a loop's variables)."""
+    return lambda c: c.put(key, value)
+
+
 async def propagation(proxy: Proxy, etcd_port: int, up: Upstream, n: int) -> tuple[list[float], list[float]]:
-    client = aetcd.Client(port=etcd_port, timeout=10)
+    client = EtcdClient([f"127.0.0.1:{etcd_port}"], timeout_s=10)
+    keys = Keys(proxy.prefix)
     served, acked = [], []
     try:
         async with httpx.AsyncClient(base_url=proxy.http_url, timeout=10) as http:
             for i in range(2 * n):
                 sid = "bench" + uuid.uuid4().hex[:12]
                 headers = {"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": str(up.port)}
-                key = f"{proxy.prefix}/routes/{sid}".encode()
+                key = keys.route(sid)
                 assert (await http.get("/small", headers=headers)).status_code == 502  # warm connection
                 if i % 2 == 0:  # put → first successful request
                     t0 = time.perf_counter()
-                    await client.put(key, route_json(sid, host=up.host))
+                    await client.call(put_op(key, route_json(sid, host=up.host)))
                     while (await http.get("/small", headers=headers)).status_code != 200:
                         if time.perf_counter() - t0 > 10:
                             raise TimeoutError(f"route {sid} not served in 10 s")
                     served.append((time.perf_counter() - t0) * 1000)
                 else:  # put → every proxy acked (the master's wait)
                     t0 = time.perf_counter()
-                    rev = (await client.put(key, route_json(sid, host=up.host))).header.revision
-                    await wait_routes_applied(client, rev, timeout=10, prefix=proxy.prefix)
+                    rev = (await client.call(put_op(key, route_json(sid, host=up.host)))).header.revision
+                    await wait_routes_applied(client, keys, rev, timeout=10)
                     acked.append((time.perf_counter() - t0) * 1000)
                     assert (await http.get("/small", headers=headers)).status_code == 200
     finally:
@@ -74,7 +84,7 @@ def latency(proxy: Proxy, up: Upstream, sid: str, n: int) -> dict:
     name = f"{up.port}-{sid}.{DOMAIN}"
     via_https = httpx.Client(base_url=f"https://127.0.0.1:{proxy.https_port}", timeout=10,
                              verify=ssl.create_default_context(cafile=proxy.ca), headers={"Host": name})
-    series = {"direct": [], "proxy_http": [], "proxy_https": []}
+    series: dict[str, list[float]] = {"direct": [], "proxy_http": [], "proxy_https": []}
     clients = {"direct": (direct, {}), "proxy_http": (via_http, {}),
                "proxy_https": (via_https, {"sni_hostname": name})}
     try:
@@ -112,7 +122,7 @@ def throughput(proxy: Proxy, up: Upstream, sid: str, mb: int, rounds: int = 3) -
         "proxy_https_h2": (f"https://{name}:{proxy.https_port}{path}",
                            ["--http2", "--cacert", proxy.ca, "--resolve", f"{name}:{proxy.https_port}:127.0.0.1"]),
     }
-    speeds = {k: [] for k in cases}
+    speeds: dict[str, list[float]] = {k: [] for k in cases}
     for _ in range(rounds):
         for k, (url, extra) in cases.items():
             speeds[k].append(curl_speed(url, extra))
@@ -170,22 +180,24 @@ def main() -> None:
 
 async def preload(port: int, proxy: Proxy, up: Upstream, n: int) -> None:
     """`n` more routes in one burst (the proxy coalesces them), waited for."""
-    c = aetcd.Client(port=port, timeout=10)
+    c = EtcdClient([f"127.0.0.1:{port}"], timeout_s=10)
+    keys = Keys(proxy.prefix)
     try:
         rev = 0
         for i in range(n):
             sid = f"bg{i:05d}"
-            rev = (await c.put(f"{proxy.prefix}/routes/{sid}".encode(), route_json(sid, host=up.host))).header.revision
-        await wait_routes_applied(c, rev, timeout=60, prefix=proxy.prefix)
+            rev = (await c.call(put_op(keys.route(sid), route_json(sid, host=up.host)))).header.revision
+        await wait_routes_applied(c, keys, rev, timeout=60)
     finally:
         await c.close()
 
 
 async def _put(port: int, proxy: Proxy, sid: str, up: Upstream) -> None:
-    c = aetcd.Client(port=port, timeout=10)
+    c = EtcdClient([f"127.0.0.1:{port}"], timeout_s=10)
+    keys = Keys(proxy.prefix)
     try:
-        rev = (await c.put(f"{proxy.prefix}/routes/{sid}".encode(), route_json(sid, host=up.host))).header.revision
-        await wait_routes_applied(c, rev, timeout=10, prefix=proxy.prefix)
+        rev = (await c.call(lambda cl: cl.put(keys.route(sid), route_json(sid, host=up.host)))).header.revision
+        await wait_routes_applied(c, keys, rev, timeout=10)
     finally:
         await c.close()
 

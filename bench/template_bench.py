@@ -28,14 +28,13 @@ sys.path.insert(0, str(REPO))
 
 from bench.common import emit, machine, progress  # noqa: E402
 from deploy.supervisor import NodeConfig  # noqa: E402
-from sdk.gen.cube.v1 import cubelet_pb2 as pb  # noqa: E402
-from sdk.gen.cube.v1 import cubelet_pb2_grpc  # noqa: E402
+from sdk.gen.cube.v1 import cubelet_pb2 as pb, cubelet_pb2_grpc  # noqa: E402
 from services.cubelet import default_image  # noqa: E402
 from services.cubelet.oci import LayerCache  # noqa: E402
-from tests.oci.support import Registry  # noqa: E402
+from testkit.registry import Registry  # noqa: E402
 from vmm_core import VmmSettings  # noqa: E402
 
-CFG = NodeConfig()
+CFG = NodeConfig.from_env()
 
 
 def run(*argv: str) -> str:

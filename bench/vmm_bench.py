@@ -24,12 +24,26 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import emit, machine, percentile, progress, summary  # noqa: E402
-from tests.vmm import probe_root  # noqa: E402
-from tests.vmm.netlab import TestNet  # noqa: E402
-from vmm_core import (GuestConfig, GuestService, VmmSettings, accel, boot, clone, ensure_guest_artifacts,  # noqa: E402
-                      prepare_clone, snapshot)
+from services.cubelet.guest_agent import cube_agent  # noqa: E402
+from testkit import probe_root  # noqa: E402
+from testkit.netlab import TestNet  # noqa: E402
+from vmm_core import (  # noqa: E402  # noqa: E402
+    GuestConfig,
+    GuestService,
+    Machine,
+    PreparedClone,
+    Snapshot,
+    VmmSettings,
+    accel,
+    boot,
+    clone,
+    ensure_guest_artifacts,
+    ext4_from_dir,
+    prepare_clone,
+    snapshot,
+    writable_layer,
+)
 from vmm_core.accounting import process_cpu_seconds  # noqa: E402
-from vmm_core.disks import ext4_from_dir, writable_layer  # noqa: E402
 
 MEMORY_MB = 256
 PORT = probe_root.HTTP_PORT
@@ -54,7 +68,8 @@ async def cold_boot(settings, guest, image, work: Path, net: TestNet, i: int) ->
 CLONE_CPU_MS: list[float] = []
 
 
-async def clone_ready(settings, snap, net: TestNet, vm_id: str, sync: bool) -> tuple[float, object]:
+async def clone_ready(settings: VmmSettings, snap: Snapshot, net: TestNet, vm_id: str,
+                      sync: bool) -> tuple[float, Machine]:
     t0 = time.monotonic()
     m = await clone(settings, snap, vm_id, net.attachment, sync=sync)
     await net.wait_tcp(PORT, timeout=60)
@@ -63,7 +78,7 @@ async def clone_ready(settings, snap, net: TestNet, vm_id: str, sync: bool) -> t
     return ms, m
 
 
-async def started_vmm_ready(prepared, net: TestNet) -> tuple[float, object]:
+async def started_vmm_ready(prepared: PreparedClone, net: TestNet) -> tuple[float, Machine]:
     t0 = time.monotonic()
     m = await prepared.start(sync=False)
     await net.wait_tcp(PORT, timeout=60)
@@ -72,13 +87,11 @@ async def started_vmm_ready(prepared, net: TestNet) -> tuple[float, object]:
 
 async def main(args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="cube-vmm-bench-"))
-    base = VmmSettings.from_env()
-    settings = VmmSettings(state_dir=base.state_dir, accel=base.accel, tcg_tb_size_mb=base.tcg_tb_size_mb,
-                           runtime_dir=work / "vms")
+    settings = VmmSettings.from_env().with_overrides(runtime_dir=work / "vms")
     nets = [TestNet.create() for _ in range(max(args.concurrent, args.alive) + 1)]
     try:
         progress("building guest artifacts (cached)")
-        guest = ensure_guest_artifacts(settings)
+        guest = ensure_guest_artifacts(settings, cube_agent())
         image = ext4_from_dir(probe_root.build(work / "root"), work / "probe.ext4")
 
         progress(f"cold boots x{args.cold}")
@@ -115,9 +128,9 @@ async def main(args) -> dict:
         progress(f"clones into a QEMU started ahead: {args.sequential} sequential, {args.concurrent} concurrent")
         pre_seq: list[float] = []
         for i in range(args.sequential):
-            prepared = await prepare_clone(settings, snap, f"pre{i}", nets[0].attachment)
+            one = await prepare_clone(settings, snap, f"pre{i}", nets[0].attachment)
             await asyncio.sleep(0.05)  # a standby VMM is idle until it is needed
-            ms, c = await started_vmm_ready(prepared, nets[0])
+            ms, c = await started_vmm_ready(one, nets[0])
             pre_seq.append(ms)
             await c.kill()
         prepared = [await prepare_clone(settings, snap, f"prc{i}", nets[i].attachment)

@@ -2,7 +2,7 @@
 
     python bench/vs_bench.py [--setup-n 40] [--rr-n 2000] [--bulk-seconds 3] [--rounds 3]
 
-Everything runs inside namespaces this script creates (tests/vs/lab.py) and removes:
+Everything runs inside namespaces this script creates (testkit/vs_lab.py) and removes:
 - setup_ms: gRPC Allocate round trip (unix socket) with a warm pool: tap taken, address, route,
   neighbour entry, policy maps and binding written. When it returns the sandbox is reachable
   as soon as its NIC is up (checked once at the end with a guest on a tap).
@@ -38,7 +38,7 @@ from services.vs.guest import GuestNetwork  # noqa: E402
 from services.vs.network import NodeNetwork  # noqa: E402
 from services.vs.server import serve  # noqa: E402
 from services.vs.settings import Settings  # noqa: E402
-from tests.vs.lab import INET_IP, NODE_INET_IP, Lab, ns_socket, sh, tcp_reachable  # noqa: E402
+from testkit.vs_lab import INET_IP, NODE_INET_IP, Lab, ns_socket, sh, tcp_reachable  # noqa: E402
 
 PLAIN_GUEST = GuestNetwork(ip="100.100.0.2", prefix_len=30, gateway_ip="100.100.0.1", mac="02:fc:00:00:01:02",
                            gateway_mac="02:fc:00:00:01:01")
@@ -170,7 +170,9 @@ def main() -> None:
         sys.exit("vs_bench needs root (network namespaces, eBPF)")
 
     lab = Lab().build()
-    node = server = channel = None
+    node: NodeNetwork | None = None
+    server: grpc.Server | None = None
+    channel: grpc.Channel | None = None
     tmp = tempfile.TemporaryDirectory()
     try:
         settings = Settings(state_dir=Path(tmp.name), pin_subdir=f"cube-bench-{lab.id}/vs", netns=lab.node,
@@ -211,9 +213,9 @@ def main() -> None:
         plain_guest = lab.guest("plain0", PLAIN_GUEST)
         assert tcp_reachable(plain_guest.ns, INET_IP, 7000), "plain guest cannot reach the internet host"
 
-        rr = {"datapath": [], "plain_tap": []}
-        up = {"datapath": [], "plain_tap": []}
-        down = {"datapath": [], "plain_tap": []}
+        rr: dict[str, list[float]] = {"datapath": [], "plain_tap": []}
+        up: dict[str, list[float]] = {"datapath": [], "plain_tap": []}
+        down: dict[str, list[float]] = {"datapath": [], "plain_tap": []}
         paths = {"datapath": dp_guest.ns, "plain_tap": plain_guest.ns}
         # Latency: small alternating batches, so machine noise (QEMU beside us) hits both alike.
         for batch in range(max(1, args.rr_n // 100)):
@@ -235,7 +237,8 @@ def main() -> None:
             return {"p50": round(pct(rr[name], 50), 1), "p99": round(pct(rr[name], 99), 1), "n": len(rr[name])}
 
         def tput(name):
-            return {"upload": round(statistics.median(up[name]), 1), "download": round(statistics.median(down[name]), 1)}
+            return {"upload": round(statistics.median(up[name]), 1),
+                    "download": round(statistics.median(down[name]), 1)}
 
         result = {
             "setup_ms": {"p50": round(pct(setup, 50), 2), "p99": round(pct(setup, 99), 2), "n": len(setup)},
@@ -250,7 +253,8 @@ def main() -> None:
                 "ratio_download": round(statistics.median(down["datapath"]) / statistics.median(down["plain_tap"]), 3),
             },
             "datapath_drops": stats.drops,
-            "notes": "guest side is a netns behind a userspace frame copier (tests/vs/tapbridge.py), the same for both paths",
+            "notes": "guest side is a netns behind a userspace frame copier (testkit/tapbridge.py), "
+                     "the same for both paths",
             "machine": {"cpus": os.cpu_count(), "kernel": platform.release()},
         }
         print(json.dumps(result), flush=True)

@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 
 import grpc
 
 from deploy.env import sdk_env
 from deploy.supervisor import NodeConfig
-from sdk.gen.cube.v1 import cubelet_pb2 as cpb
-from sdk.gen.cube.v1 import cubelet_pb2_grpc, master_pb2, master_pb2_grpc
+from sdk.gen.cube.v1 import cubelet_pb2 as cpb, cubelet_pb2_grpc, master_pb2, master_pb2_grpc
 
 DEFAULT_TEMPLATE = os.environ.get("CUBE_DEFAULT_TEMPLATE", "code-interpreter")
 ALIASES = ("base", "code-interpreter-v1")
@@ -75,13 +73,13 @@ def smoke(cfg: NodeConfig, timeout: float = 300.0) -> float:
             return created
         except Exception as e:  # the node may still be settling (warm pool, proxy routes)
             if time.monotonic() > deadline:
-                raise SystemExit(f"no sandbox could be created: {e!r}")
+                raise SystemExit(f"no sandbox could be created: {e!r}") from e
             print(f"  waiting for a sandbox: {e!r}", flush=True)
             time.sleep(2)
 
 
 def main() -> None:
-    cfg = NodeConfig()
+    cfg = NodeConfig.from_env()
     print("default template:", flush=True)
     info = asyncio.run(build_default(cfg))
     asyncio.run(register(cfg, info))
@@ -92,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

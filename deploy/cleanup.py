@@ -10,8 +10,7 @@ import asyncio
 import subprocess
 import sys
 
-from vmm_core import Machine, VmmError, VmmSettings
-from vmm_core.machine import list_machines
+from vmm_core import Machine, VmmError, VmmSettings, list_machines
 
 
 async def kill_machines(settings: VmmSettings) -> int:

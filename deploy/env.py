@@ -21,14 +21,15 @@ def sdk_env(cfg: NodeConfig) -> dict[str, str]:
 
 
 def shell_env(cfg: NodeConfig) -> dict[str, str]:
-    """What `make env` exports: the SDK variables, plus NODE_EXTRA_CA_CERTS for the JS SDK (Node
-    ignores SSL_CERT_FILE and reads extra CAs only from this variable)."""
+    """What `make env` exports: the SDK variables, NODE_EXTRA_CA_CERTS for the JS SDK (Node
+    ignores SSL_CERT_FILE and reads extra CAs only from this variable), and the master's address
+    for `cubemastercli`."""
     env = sdk_env(cfg)
-    return {**env, "NODE_EXTRA_CA_CERTS": env["SSL_CERT_FILE"]}
+    return {**env, "NODE_EXTRA_CA_CERTS": env["SSL_CERT_FILE"], "CUBE_MASTER_ADDR": cfg.master_addr}
 
 
 def main() -> None:
-    for k, v in shell_env(NodeConfig()).items():
+    for k, v in shell_env(NodeConfig.from_env()).items():
         print(f"export {k}={shlex.quote(v)}")
 
 

@@ -12,7 +12,6 @@ down: after `make down` nothing of Cube is left running.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
@@ -21,24 +20,34 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
+
+from cube_common import defaults
+from cube_common.procs import Stopped, stop_pid, stop_process
+from cube_common.settings import Settings, setting, shared
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 
 
 @dataclass(frozen=True)
-class NodeConfig:
-    state_dir: Path = Path(os.environ.get("CUBE_STATE_DIR", "/var/lib/cube"))
-    etcd_client_port: int = int(os.environ.get("CUBE_ETCD_PORT", "2379"))
-    etcd_peer_port: int = int(os.environ.get("CUBE_ETCD_PEER_PORT", "2380"))
-    api_port: int = int(os.environ.get("CUBE_API_PORT", "3000"))
-    master_addr: str = os.environ.get("CUBE_MASTER_ADDR", "127.0.0.1:50051")
-    cubelet_addr: str = os.environ.get("CUBE_CUBELET_LISTEN", "127.0.0.1:50052")
-    vs_socket: str = os.environ.get("CUBE_VS_SOCKET", "/run/cube/vs.sock")
-    proxy_http_port: int = int(os.environ.get("CUBE_PROXY_HTTP_PORT", "3002"))
-    domain: str = os.environ.get("CUBE_DOMAIN", "cube.localhost")
+class NodeConfig(Settings):
+    """Where this node's services listen; each service gets its part through ``env()``."""
+
+    ENV_PREFIX: ClassVar[str] = "CUBE_"
+
+    state_dir: Path = shared.state_dir()
+    etcd_client_port: int = setting(defaults.ETCD_PORT, "etcd's client port", env="CUBE_ETCD_PORT")
+    etcd_peer_port: int = setting(2380, "etcd's peer port")
+    api_port: int = setting(defaults.API_PORT, "cube-api's port")
+    master_addr: str = shared.master_addr()
+    cubelet_addr: str = setting(defaults.CUBELET_ADDR, "the cubelet's gRPC address", env="CUBE_CUBELET_LISTEN")
+    vs_socket: str = setting(defaults.VS_SOCKET, "CubeVS's unix socket")
+    proxy_http_port: int = setting(defaults.PROXY_HTTP_PORT, "the proxy's plain HTTP port")
+    domain: str = shared.domain()
 
     @property
     def logs(self) -> Path:
@@ -54,7 +63,7 @@ class NodeConfig:
 
     @property
     def etcd_endpoint(self) -> str:
-        return f"127.0.0.1:{self.etcd_client_port}"
+        return f"{defaults.LOOPBACK}:{self.etcd_client_port}"
 
     def env(self) -> dict[str, str]:
         return {
@@ -77,8 +86,8 @@ class NodeConfig:
 class Program:
     name: str
     argv: list[str]
-    ready: object  # callable returning bool
-    proc: subprocess.Popen | None = None
+    ready: Callable[[], bool]  # True once the program serves
+    proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = 0.0
     backoff: float = 0.5
@@ -138,7 +147,7 @@ class Supervisor:
         self.programs = programs(cfg)
         self.stopping = False
 
-    def _start(self, p: Program) -> None:
+    def _start(self, p: Program) -> subprocess.Popen[bytes]:
         log = open(self.cfg.logs / f"{p.name}.log", "ab")
         log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} starting {p.name} ---\n".encode())
         log.flush()
@@ -146,6 +155,7 @@ class Supervisor:
                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         p.started_at = time.monotonic()
+        return p.proc
 
     def say(self, msg: str) -> None:
         line = json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "service": "supervisor",
@@ -156,16 +166,16 @@ class Supervisor:
 
     def start_all(self, timeout: float = 300.0) -> None:
         for p in self.programs:
-            self._start(p)
+            proc = self._start(p)
             deadline = time.monotonic() + timeout
             while not p.ready():
-                if p.proc.poll() is not None:
-                    raise SystemExit(f"{p.name} exited with {p.proc.returncode} while starting; "
+                if proc.poll() is not None:
+                    raise SystemExit(f"{p.name} exited with {proc.returncode} while starting; "
                                      f"see {self.cfg.logs / (p.name + '.log')}")
                 if time.monotonic() > deadline:
                     raise SystemExit(f"{p.name} not ready after {timeout}s; see {self.cfg.logs / (p.name + '.log')}")
                 time.sleep(0.1)
-            self.say(f"{p.name} ready (pid {p.proc.pid})")
+            self.say(f"{p.name} ready (pid {proc.pid})")
 
     def watch(self) -> None:
         while not self.stopping:
@@ -183,13 +193,7 @@ class Supervisor:
     def stop_all(self) -> None:
         self.stopping = True
         for p in reversed(self.programs):
-            if p.proc is not None and p.proc.poll() is None:
-                p.proc.terminate()
-                try:
-                    p.proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    p.proc.kill()
-                    p.proc.wait()
+            if p.proc is not None and stop_process(p.proc, 20) is not Stopped.ALREADY:
                 self.say(f"{p.name} stopped")
 
 
@@ -235,29 +239,21 @@ def stop(cfg: NodeConfig, timeout: float = 120.0) -> None:
     except (OSError, ValueError):
         print("no supervisor running")
         return
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
+    outcome = stop_pid(pid, timeout)
+    if outcome is Stopped.ALREADY:
         cfg.pidfile.unlink(missing_ok=True)
         print("no supervisor running")
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            print("stopped")
-            return
-        time.sleep(0.2)
-    os.kill(pid, signal.SIGKILL)
-    print("supervisor killed after timeout")
+    elif outcome is Stopped.EXITED:
+        print("stopped")
+    else:
+        print("supervisor killed after timeout")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m deploy.supervisor")
     ap.add_argument("command", choices=["run", "stop"])
     args = ap.parse_args()
-    cfg = NodeConfig()
+    cfg = NodeConfig.from_env()
     if args.command == "run":
         run(cfg)
     else:

@@ -8,7 +8,7 @@ STATE=${CUBE_STATE_DIR:-/var/lib/cube}
 mkdir -p "$STATE/logs" "$STATE/run"
 
 bash scripts/local_dns.sh
-$PY -m vmm_core artifacts >/dev/null
+$PY -m services.cubelet.artifacts >/dev/null
 
 if [[ -f "$STATE/run/supervisor.pid" ]] && kill -0 "$(cat "$STATE/run/supervisor.pid")" 2>/dev/null; then
   SUP=$(cat "$STATE/run/supervisor.pid")

@@ -14,8 +14,11 @@
     apikey create [--name NAME] | apikey list | apikey revoke KEY_ID
     status
 
-The master address comes from --master, else CUBE_MASTER_ADDR, else 127.0.0.1:7070. --json
-prints proto3 JSON (camelCase) instead of tables.
+The master address comes from --master, else CUBE_MASTER_ADDR, else 127.0.0.1:50051 (the
+master's default, cube_common.defaults). --json prints proto3 JSON (camelCase, enum names as in the
+.proto) instead of tables.
+
+Built on the typed client (sdk.client): results are betterproto dataclasses, timestamps datetimes.
 """
 
 from __future__ import annotations
@@ -26,25 +29,26 @@ import os
 import shutil
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
-from google.protobuf import json_format
-from google.protobuf.timestamp_pb2 import Timestamp
+import betterproto
 
-from sdk.client import CubeClient, CubeError, parse_size_mb
-from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
+from cube_common.defaults import MASTER_ADDR
+from cube_common.sizes import parse_size_mb
+from sdk.client import CubeClient, CubeError
+from sdk.protojson import to_dict as _dict
+from sdk.typed.cube import v1 as pb
+
+READY, FAILED = pb.TemplateBuildPhase.READY, pb.TemplateBuildPhase.FAILED
 
 
 # ---- output -----------------------------------------------------------------------------------
 
-def _dict(msg) -> dict:
-    return json_format.MessageToDict(msg)
-
-
 def print_json(obj) -> None:
     if isinstance(obj, list):
-        obj = [_dict(m) if hasattr(m, "DESCRIPTOR") else m for m in obj]
-    elif hasattr(obj, "DESCRIPTOR"):
+        obj = [_dict(m) if isinstance(m, betterproto.Message) else m for m in obj]
+    elif isinstance(obj, betterproto.Message):
         obj = _dict(obj)
     print(json.dumps(obj, indent=2, sort_keys=True))
 
@@ -53,22 +57,31 @@ def print_table(headers: Sequence[str], rows: list[Sequence]) -> None:
     cells = [[str(c) for c in headers]] + [[("" if c is None else str(c)) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     for r in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
 
 
-def when(t: Timestamp) -> str:
-    if not t.seconds and not t.nanos:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t.seconds))
+def when(t: datetime) -> str:
+    # An unset timestamp reads as the epoch.
+    ts = t.timestamp()
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if ts else "-"
 
 
-def until(t: Timestamp) -> str:
-    left = t.seconds - time.time()
+def until(t: datetime) -> str:
+    left = t.timestamp() - time.time()
     return f"{when(t)} ({int(left)}s)" if left > 0 else f"{when(t)} (due)"
 
 
+def enum_name(enum: type[betterproto.Enum], value: int) -> str:
+    # A value this client does not know (a newer master) has no name: show its number.
+    return enum.try_value(value).name or str(value)
+
+
 def phase(p: int) -> str:
-    return P.SandboxPhase.Name(p).removeprefix("SANDBOX_PHASE_").lower()
+    return enum_name(pb.SandboxPhase, p).lower()
+
+
+def tpl_status(s: int) -> str:
+    return enum_name(pb.TemplateStatus, s).lower()
 
 
 def gib(n: int) -> str:
@@ -89,7 +102,7 @@ def tpl_list(c: CubeClient, a) -> None:
         return print_json(tpls)
     print_table(["TEMPLATE", "ALIASES", "VCPUS", "MEMORY", "DISK", "ENVD", "STATUS", "NODES", "SPAWNS", "CREATED"],
                 [[t.template_id, ",".join(t.aliases) or "-", t.vcpus, f"{t.memory_mb}M", f"{t.disk_size_mb}M",
-                  t.envd_version, P.TemplateStatus.Name(t.status).removeprefix("TEMPLATE_STATUS_").lower(),
+                  t.envd_version, tpl_status(t.status),
                   ",".join(t.node_ids) or "-", t.spawn_count, when(t.created_at)] for t in tpls])
 
 
@@ -98,7 +111,7 @@ def tpl_info(c: CubeClient, a) -> None:
     if a.json:
         return print_json(t)
     print_fields([("template", t.template_id), ("aliases", ", ".join(t.aliases) or "-"), ("source", t.source or "-"),
-                  ("status", P.TemplateStatus.Name(t.status).removeprefix("TEMPLATE_STATUS_").lower()),
+                  ("status", tpl_status(t.status)),
                   ("vcpus", t.vcpus), ("memory", f"{t.memory_mb} MiB"), ("disk", f"{t.disk_size_mb} MiB"),
                   ("envd", t.envd_version), ("nodes", ", ".join(t.node_ids) or "-"),
                   ("snapshot", f"{t.snapshot_bytes / (1 << 20):.1f} MiB"), ("spawns", t.spawn_count),
@@ -115,7 +128,7 @@ def _build_line(c: CubeClient, t) -> str:
     except CubeError:
         return t.build_id
     line = f"{job.job_id} ({build_phase(job.phase)}"
-    if job.phase not in (C.READY, C.FAILED) and (job.layers_total or job.bytes_total):
+    if job.phase not in (READY, FAILED) and (job.layers_total or job.bytes_total):
         line += f", layers {job.layers_done}/{job.layers_total}, {mib(job.bytes_done)}/{mib(job.bytes_total)} MiB"
     return line + ")"
 
@@ -128,7 +141,13 @@ def tpl_delete(c: CubeClient, a) -> None:
 # ---- template builds --------------------------------------------------------------------------
 
 def build_phase(p: int) -> str:
-    return "QUEUED" if p == C.TEMPLATE_BUILD_PHASE_UNSPECIFIED else C.TemplateBuildPhase.Name(p)
+    return "QUEUED" if p == pb.TemplateBuildPhase.UNSPECIFIED else enum_name(pb.TemplateBuildPhase, p)
+
+
+def build_image(spec: pb.BuildTemplateRequest) -> str:
+    # `source` is a oneof: betterproto raises on reading a member that is not the one set.
+    _, source = betterproto.which_one_of(spec, "source")
+    return source.reference if isinstance(source, pb.OciImageSource) and source.reference else "default"
 
 
 def mib(n: int) -> str:
@@ -156,15 +175,15 @@ def tpl_create_from_image(c: CubeClient, a) -> int:
     try:
         size_mb = parse_size_mb(a.writable_layer_size)
     except ValueError as e:
-        raise SystemExit(f"error: --writable-layer-size: {e}")
+        raise SystemExit(f"error: --writable-layer-size: {e}") from None
     password = a.registry_password if a.registry_password is not None else os.environ.get("CUBE_REGISTRY_PASSWORD", "")
     if bool(a.registry_username) != bool(password):
         raise SystemExit("error: --registry-username and --registry-password (or CUBE_REGISTRY_PASSWORD) go together")
-    build = C.BuildTemplateRequest(
+    build = pb.BuildTemplateRequest(
         template_id=a.template_id or "", vcpus=a.cpu or 0, memory_mb=a.memory or 0, writable_layer_mb=size_mb,
         expose_ports=a.expose_port or [], probe_port=a.probe, probe_path=a.probe_path or "",
         env=_key_values(a.env, "--env"), cmd=a.cmd or [], args=a.arg or [], no_memory_sharing=a.no_memory_sharing,
-        oci_image=C.OciImageSource(reference=a.image, username=a.registry_username or "", password=password,
+        oci_image=pb.OciImageSource(reference=a.image, username=a.registry_username or "", password=password,
                                    insecure_registry=a.insecure_registry))
     job = c.create_template_build(build, aliases=a.alias or [], node_id=a.node or "")
     if not a.wait:
@@ -189,8 +208,8 @@ class BuildRenderer:
     def __init__(self, out=None, tty: bool | None = None):
         self.out = out or sys.stdout
         self.tty = self.out.isatty() if tty is None else tty
-        self.phase = None
-        self.last_key = None
+        self.phase: int | None = None
+        self.last_key: tuple[int, str, int, int] | None = None
         self.open_line = False
 
     def _progress(self, ev) -> str:
@@ -215,9 +234,9 @@ class BuildRenderer:
 
     def event(self, ev) -> None:
         name = build_phase(ev.phase)
-        if ev.phase in (C.READY, C.FAILED):
+        if ev.phase in (READY, FAILED):
             self.close()
-            if ev.phase == C.READY:
+            if ev.phase == READY:
                 t = ev.template
                 detail = f"snapshot {mib(t.snapshot_bytes)} MiB on {t.node_id}" if t.node_id else ev.message
             else:
@@ -261,12 +280,12 @@ def _follow_build(c: CubeClient, job_id: str, as_json: bool) -> int:
                 r.event(ev)
     finally:
         r.close()
-    if last is not None and last.phase == C.READY:
+    if last is not None and last.phase == READY:
         if not as_json:
             print(last.template.template_id or c.get_template_build(job_id).template_id)
         return 0
     job = c.get_template_build(job_id)
-    if job.phase == C.FAILED:
+    if job.phase == FAILED:
         print(f"error: build {job_id} of template {job.template_id} failed in {build_phase(job.failed_phase)}: "
               f"{job.error}", file=sys.stderr)
     else:
@@ -281,7 +300,7 @@ def tpl_builds(c: CubeClient, a) -> None:
         return print_json(builds)
     print_table(["BUILD", "TEMPLATE", "PHASE", "NODE", "IMAGE", "CREATED", "FINISHED", "ERROR"],
                 [[b.job_id, b.template_id, build_phase(b.phase), b.node_id or "-",
-                  b.spec.oci_image.reference or "default", when(b.created_at), when(b.finished_at),
+                  build_image(b.spec), when(b.created_at), when(b.finished_at),
                   (b.error.splitlines() or ["-"])[0][:60]] for b in builds])
 
 
@@ -293,7 +312,10 @@ def sandbox_list(c: CubeClient, a) -> None:
             raise SystemExit(f"error: --metadata wants key=value, got {kv!r}")
         meta[k] = v
     states = tuple(s for s in (a.state or "").split(",") if s)
-    sbs = list(c.list_sandboxes(metadata=meta, states=states, template=a.template or ""))
+    try:
+        sbs = list(c.list_sandboxes(metadata=meta, states=states, template=a.template or ""))
+    except ValueError as e:  # an unknown state
+        raise SystemExit(f"error: --state: {e}") from None
     if a.json:
         return print_json(sbs)
     print_table(["SANDBOX", "TEMPLATE", "STATE", "NODE", "STARTED", "ENDS", "METADATA"],
@@ -353,7 +375,8 @@ def apikey_list(c: CubeClient, a) -> None:
     keys = c.list_api_keys()
     if a.json:
         return print_json(keys)
-    print_table(["KEY ID", "NAME", "KEY", "CREATED"], [[k.key_id, k.name or "-", k.mask, when(k.created_at)] for k in keys])
+    print_table(["KEY ID", "NAME", "KEY", "CREATED"],
+                [[k.key_id, k.name or "-", k.mask, when(k.created_at)] for k in keys])
 
 
 def apikey_revoke(c: CubeClient, a) -> None:
@@ -374,7 +397,8 @@ def status(c: CubeClient, a) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--master", default=argparse.SUPPRESS, help="master gRPC address (env CUBE_MASTER_ADDR)")
+    common.add_argument("--master", default=argparse.SUPPRESS,
+                        help=f"master gRPC address (env CUBE_MASTER_ADDR, default {MASTER_ADDR})")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
     ap = argparse.ArgumentParser(prog="cubemastercli", description="Operate a Cube cluster", parents=[common])
@@ -444,7 +468,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
-    with CubeClient(getattr(args, "master", None)) as client:
+    try:
+        client = CubeClient(getattr(args, "master", None))
+    except ValueError as e:  # a malformed address
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with client:
         try:
             return args.fn(client, args) or 0
         except CubeError as e:

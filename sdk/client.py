@@ -1,173 +1,394 @@
-"""A small typed client for operators over the master's gRPC API (``cube.v1.Master``).
+"""The typed operator client of the master's gRPC API (``cube.v1.Master``).
 
-    from sdk.client import CubeClient
-    with CubeClient("127.0.0.1:7070") as cube:
-        for sb in cube.list_sandboxes(metadata={"user": "alice"}):
-            print(sb.sandbox_id, sb.phase)
+    from sdk.client import AsyncCubeClient, CubeClient
+
+    async with AsyncCubeClient() as cube:              # the core: asyncio, grpclib
+        async for sb in cube.list_sandboxes(metadata={"user": "alice"}):
+            print(sb.sandbox_id, sb.phase.name)
+
+    with CubeClient("10.0.0.5:50051") as cube:         # the same methods, blocking
         key, secret = cube.create_api_key("ci")
 
-Results are the generated protobuf messages (typed through their .pyi stubs); failures raise
-``CubeError`` with the gRPC status code.
+It is built on the generated betterproto stub (``sdk.typed.cube.v1.MasterStub``, ``make protos``)
+over a grpclib channel. Invariants:
+
+- Results are the generated betterproto dataclasses; requests are built here from plain arguments
+  (or, for a template build, a ``BuildTemplateRequest``).
+- Every failure of a call raises ``CubeError`` whose ``code`` is a ``grpclib.const.Status`` (member
+  names are gRPC's: ``NOT_FOUND``, ``UNAVAILABLE``...): the server's status as sent, UNAVAILABLE when
+  the master cannot be reached or the connection drops, DEADLINE_EXCEEDED when the deadline ends.
+- Every unary call has a deadline: ``timeout_s``, or at least ``SLOW_TIMEOUT_S`` for the calls that
+  wait on a node (create, pause, connect, template delete). A build watch has none: it lasts as
+  long as the build.
+- The address is the argument, else ``$CUBE_MASTER_ADDR``, else ``cube_common.defaults.MASTER_ADDR``:
+  the port the master listens on by default, from the same constant.
+- A grpclib ``Channel`` belongs to the event loop it was created in. ``AsyncCubeClient`` creates its
+  channel on the first call, in the running loop, and refuses to be used from another loop.
+  ``CubeClient`` owns a private loop running in its own thread and runs every call there, so it
+  works from any thread, whether or not the caller has a loop of its own; ``close()`` (or leaving
+  the ``with`` block) closes the channel, stops the loop and joins the thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import os
-import re
-from typing import Iterator
+import threading
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
+from urllib.parse import urlsplit
 
-import grpc
+from grpclib.client import Channel
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError, StreamTerminatedError
 
-from sdk.gen.cube.v1 import cubelet_pb2, master_pb2 as P, master_pb2_grpc
+from cube_common.defaults import MASTER_ADDR, MASTER_PORT
+from sdk.typed.cube import v1 as pb
 
-DEFAULT_MASTER = "127.0.0.1:7070"
-_STATES = {"running": P.SANDBOX_PHASE_RUNNING, "paused": P.SANDBOX_PHASE_PAUSED}
+__all__ = ["AsyncCubeClient", "CubeClient", "CubeError", "Status", "master_address"]
 
+DEFAULT_TIMEOUT_S = 30.0
+# Creating, pausing, connecting (resuming) a sandbox and deleting a template wait for a node to
+# restore or snapshot VMs, which can take minutes on a loaded node under TCG.
+SLOW_TIMEOUT_S = 150.0
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+# The states an operator filters on; the master counts PAUSING and RESUMING as PAUSED.
+_STATES = {"running": pb.SandboxPhase.RUNNING, "paused": pb.SandboxPhase.PAUSED}
 
-
-def parse_size_mb(value: str | int) -> int:
-    """A size in MiB from ``512M``, ``1G``, ``1.5G``, ``2048K``, ``1GiB`` (binary units; a bare
-    number is MiB), rounded up to whole MiB. Raises ValueError."""
-    if isinstance(value, bool):
-        raise ValueError(f"invalid size {value!r}")
-    if isinstance(value, int):
-        n = float(value)
-    else:
-        m = _SIZE_RE.match(value or "")
-        if not m:
-            raise ValueError(f"invalid size {value!r} (want e.g. 512M or 1G)")
-        n = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "M").upper()]
-    mb = int(-(-n // 1))
-    if mb < 1 or mb > 1 << 30:
-        raise ValueError(f"invalid size {value!r}")
-    return mb
+T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class CubeError(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
+    """A failed call: ``code`` is the gRPC status (``code.name`` as in gRPC), ``message`` its detail."""
+
+    def __init__(self, code: Status, message: str):
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
 
 
-class CubeClient:
-    def __init__(self, address: str | None = None, timeout_s: float = 30.0):
-        self.address = address or os.environ.get("CUBE_MASTER_ADDR") or DEFAULT_MASTER
-        self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(self.address)
-        self._stub = master_pb2_grpc.MasterStub(self._channel)
+def master_address(address: str | None = None) -> str:
+    """The master to talk to: ``address``, else ``$CUBE_MASTER_ADDR``, else the default."""
+    return address or os.environ.get("CUBE_MASTER_ADDR") or MASTER_ADDR
 
-    def __enter__(self) -> "CubeClient":
+
+def _host_port(address: str) -> tuple[str, int]:
+    """``host:port``, ``[v6]:port`` or a bare host (the default master port)."""
+    try:
+        u = urlsplit("//" + address)
+        host, port = u.hostname, u.port
+    except ValueError as e:
+        raise ValueError(f"invalid master address {address!r}: {e}") from None
+    if not host:
+        raise ValueError(f"invalid master address {address!r} (want HOST:PORT)")
+    return host, port or MASTER_PORT
+
+
+@contextlib.contextmanager
+def _as_cube_error(address: str) -> Iterator[None]:
+    """Turn what grpclib and the socket layer raise into CubeError. The order matters:
+    TimeoutError is an OSError."""
+    try:
+        yield
+    except GRPCError as e:
+        raise CubeError(e.status, e.message or "") from e
+    except TimeoutError as e:  # asyncio's, from grpclib's deadline
+        raise CubeError(Status.DEADLINE_EXCEEDED, f"no answer from the master at {address} in time") from e
+    except (OSError, StreamTerminatedError) as e:
+        why = str(e) or type(e).__name__
+        raise CubeError(Status.UNAVAILABLE, f"cannot reach the master at {address}: {why}") from e
+
+
+class AsyncCubeClient:
+    """The master's operator API for asyncio code; see the module docstring."""
+
+    def __init__(self, address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.address = master_address(address)
+        self.timeout_s = timeout_s
+        self._host, self._port = _host_port(self.address)  # a bad address fails here, not on first use
+        self._channel: Channel | None = None
+        self._master: pb.MasterStub | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def __aenter__(self) -> AsyncCubeClient:
         return self
 
-    def __exit__(self, *exc) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
-        self._channel.close()
+        """Close the connection; a later call opens a new one."""
+        if self._channel is not None:
+            self._channel.close()
+        self._channel = self._master = self._loop = None
 
-    def _call(self, method: str, request, timeout_s: float | None = None):
-        try:
-            return getattr(self._stub, method)(request, timeout=timeout_s or self.timeout_s)
-        except grpc.RpcError as e:
-            raise CubeError(e.code(), e.details() or "") from None
+    @property
+    def _stub(self) -> pb.MasterStub:
+        loop = asyncio.get_running_loop()
+        if self._master is None:
+            self._channel = Channel(self._host, self._port)  # binds itself to the running loop
+            self._master = pb.MasterStub(self._channel)
+            self._loop = loop
+        elif loop is not self._loop:
+            raise RuntimeError("an AsyncCubeClient is bound to the event loop of its first call; "
+                               "use one client per loop (or CubeClient from threads)")
+        return self._master
+
+    async def _call(self, rpc: Callable[..., Awaitable[T]], request: object, timeout_s: float | None = None) -> T:
+        with _as_cube_error(self.address):
+            return await rpc(request, timeout=timeout_s or self.timeout_s)
+
+    def _slow(self) -> float:
+        return max(self.timeout_s, SLOW_TIMEOUT_S)
 
     # ---- sandboxes ----
 
-    def list_sandboxes(self, metadata: dict[str, str] | None = None, states: tuple[str, ...] = (),
-                       template: str = "", page_size: int = 100) -> Iterator[P.Sandbox]:
-        """Every matching sandbox, newest first, fetched page by page."""
+    async def list_sandboxes(self, metadata: dict[str, str] | None = None, states: tuple[str, ...] = (),
+                             template: str = "", page_size: int = 100) -> AsyncGenerator[pb.Sandbox, None]:
+        """Every matching sandbox, newest first, fetched page by page. ``states``: ``running``
+        and/or ``paused`` (none: both); ``metadata``: every pair must match."""
+        try:
+            phases = [pb.SandboxPhase(_STATES[s]) for s in states]
+        except KeyError as e:
+            raise ValueError(f"unknown sandbox state {e.args[0]!r} (want one of {', '.join(_STATES)})") from None
         token = ""
         while True:
-            resp = self._call("ListSandboxRecords", P.ListSandboxRecordsRequest(
-                metadata=metadata or {}, phases=[_STATES[s] for s in states], limit=page_size,
-                page_token=token, template=template))
-            yield from resp.sandboxes
-            token = resp.next_page_token
+            page = await self._call(self._stub.list_sandbox_records, pb.ListSandboxRecordsRequest(
+                metadata=metadata or {}, phases=phases, limit=page_size, page_token=token, template=template))
+            for sb in page.sandboxes:
+                yield sb
+            token = page.next_page_token
             if not token:
                 return
 
-    def get_sandbox(self, sandbox_id: str) -> P.Sandbox:
-        return self._call("GetSandbox", P.GetSandboxRequest(sandbox_id=sandbox_id))
+    async def get_sandbox(self, sandbox_id: str) -> pb.Sandbox:
+        return await self._call(self._stub.get_sandbox, pb.GetSandboxRequest(sandbox_id=sandbox_id))
 
-    def create_sandbox(self, template: str, timeout_s: int = 0, metadata: dict[str, str] | None = None,
-                       env_vars: dict[str, str] | None = None, auto_pause: bool = False) -> P.Sandbox:
-        return self._call("CreateSandbox", P.CreateSandboxRequest(
+    async def create_sandbox(self, template: str, timeout_s: int = 0, metadata: dict[str, str] | None = None,
+                             env_vars: dict[str, str] | None = None, auto_pause: bool = False) -> pb.Sandbox:
+        return await self._call(self._stub.create_sandbox, pb.CreateSandboxRequest(
             template=template, timeout_s=timeout_s, metadata=metadata or {}, env_vars=env_vars or {},
-            auto_pause=auto_pause, client_id="operator"), timeout_s=max(self.timeout_s, 150))
+            auto_pause=auto_pause, client_id="operator"), self._slow())
 
-    def kill_sandbox(self, sandbox_id: str) -> bool:
-        return self._call("KillSandboxRecord", P.KillSandboxRecordRequest(sandbox_id=sandbox_id)).killed
+    async def kill_sandbox(self, sandbox_id: str) -> bool:
+        resp = await self._call(self._stub.kill_sandbox_record, pb.KillSandboxRecordRequest(sandbox_id=sandbox_id))
+        return resp.killed
 
-    def set_timeout(self, sandbox_id: str, timeout_s: int) -> P.Sandbox:
-        return self._call("SetSandboxTimeout", P.SetSandboxTimeoutRequest(sandbox_id=sandbox_id, timeout_s=timeout_s))
+    async def set_timeout(self, sandbox_id: str, timeout_s: int) -> pb.Sandbox:
+        return await self._call(self._stub.set_sandbox_timeout,
+                                pb.SetSandboxTimeoutRequest(sandbox_id=sandbox_id, timeout_s=timeout_s))
 
-    def pause_sandbox(self, sandbox_id: str) -> P.Sandbox:
-        return self._call("PauseSandboxRecord", P.PauseSandboxRecordRequest(sandbox_id=sandbox_id), 150)
+    async def pause_sandbox(self, sandbox_id: str) -> pb.Sandbox:
+        return await self._call(self._stub.pause_sandbox_record, pb.PauseSandboxRecordRequest(sandbox_id=sandbox_id),
+                                self._slow())
 
-    def connect_sandbox(self, sandbox_id: str, timeout_s: int = 0) -> P.ConnectSandboxResponse:
-        return self._call("ConnectSandbox", P.ConnectSandboxRequest(sandbox_id=sandbox_id, timeout_s=timeout_s), 150)
+    async def connect_sandbox(self, sandbox_id: str, timeout_s: int = 0) -> pb.ConnectSandboxResponse:
+        """Resume the sandbox if it is paused; the answer carries it and whether it was resumed."""
+        return await self._call(self._stub.connect_sandbox,
+                                pb.ConnectSandboxRequest(sandbox_id=sandbox_id, timeout_s=timeout_s), self._slow())
 
-    def sandbox_logs(self, sandbox_id: str, limit: int = 1000) -> list[cubelet_pb2.LogLine]:
-        return list(self._call("GetSandboxLogs", cubelet_pb2.SandboxLogsRequest(sandbox_id=sandbox_id, limit=limit)).lines)
+    async def sandbox_logs(self, sandbox_id: str, limit: int = 1000) -> list[pb.LogLine]:
+        resp = await self._call(self._stub.get_sandbox_logs, pb.SandboxLogsRequest(sandbox_id=sandbox_id, limit=limit))
+        return resp.lines
 
     # ---- templates ----
 
-    def list_templates(self) -> list[P.Template]:
-        return list(self._call("ListTemplateRecords", P.ListTemplateRecordsRequest()).templates)
+    async def list_templates(self) -> list[pb.Template]:
+        return (await self._call(self._stub.list_template_records, pb.ListTemplateRecordsRequest())).templates
 
-    def get_template(self, template: str) -> P.Template:
-        return self._call("GetTemplate", P.GetTemplateRequest(template=template))
+    async def get_template(self, template: str) -> pb.Template:
+        """By id or alias."""
+        return await self._call(self._stub.get_template, pb.GetTemplateRequest(template=template))
 
-    def delete_template(self, template: str, force: bool = False) -> bool:
-        return self._call("DeleteTemplateRecord", P.DeleteTemplateRecordRequest(template=template, force=force),
-                          150).deleted
+    async def delete_template(self, template: str, force: bool = False) -> bool:
+        """``force``: kill the sandboxes that use it first."""
+        resp = await self._call(self._stub.delete_template_record,
+                                pb.DeleteTemplateRecordRequest(template=template, force=force), self._slow())
+        return resp.deleted
 
-    def set_template_alias(self, alias: str, template_id: str) -> P.TemplateAlias:
-        return self._call("SetTemplateAlias", P.TemplateAlias(alias=alias, template_id=template_id))
+    async def set_template_alias(self, alias: str, template_id: str) -> pb.TemplateAlias:
+        return await self._call(self._stub.set_template_alias, pb.TemplateAlias(alias=alias, template_id=template_id))
 
     # ---- template builds ----
 
-    def create_template_build(self, build: cubelet_pb2.BuildTemplateRequest, aliases: list[str] | None = None,
-                              node_id: str = "") -> P.TemplateBuild:
+    async def create_template_build(self, build: pb.BuildTemplateRequest, aliases: list[str] | None = None,
+                                    node_id: str = "") -> pb.TemplateBuild:
         """Start building a template (``build.template_id`` empty: a new id); returns the job."""
-        return self._call("CreateTemplateBuild", P.CreateTemplateBuildRequest(build=build, aliases=aliases or [],
-                                                                              node_id=node_id))
+        return await self._call(self._stub.create_template_build, pb.CreateTemplateBuildRequest(
+            build=build, aliases=aliases or [], node_id=node_id))
 
-    def get_template_build(self, job_id: str) -> P.TemplateBuild:
-        return self._call("GetTemplateBuild", P.GetTemplateBuildRequest(job_id=job_id))
+    async def get_template_build(self, job_id: str) -> pb.TemplateBuild:
+        return await self._call(self._stub.get_template_build, pb.GetTemplateBuildRequest(job_id=job_id))
 
-    def list_template_builds(self, template_id: str = "") -> list[P.TemplateBuild]:
-        return list(self._call("ListTemplateBuilds", P.ListTemplateBuildsRequest(template_id=template_id)).builds)
+    async def list_template_builds(self, template_id: str = "") -> list[pb.TemplateBuild]:
+        resp = await self._call(self._stub.list_template_builds, pb.ListTemplateBuildsRequest(template_id=template_id))
+        return resp.builds
 
-    def watch_template_build(self, job_id: str) -> Iterator[cubelet_pb2.TemplateBuildEvent]:
+    async def watch_template_build(self, job_id: str) -> AsyncGenerator[pb.TemplateBuildEvent, None]:
         """The build's events, past then live, until READY or FAILED (no deadline)."""
-        try:
-            yield from self._stub.WatchTemplateBuild(P.WatchTemplateBuildRequest(job_id=job_id))
-        except grpc.RpcError as e:
-            raise CubeError(e.code(), e.details() or "") from None
+        with _as_cube_error(self.address):
+            async for ev in self._stub.watch_template_build(pb.WatchTemplateBuildRequest(job_id=job_id)):
+                yield ev
 
     # ---- nodes ----
 
-    def list_nodes(self) -> list[P.Node]:
-        return list(self._call("ListNodes", P.ListNodesRequest()).nodes)
+    async def list_nodes(self) -> list[pb.Node]:
+        return (await self._call(self._stub.list_nodes, pb.ListNodesRequest())).nodes
 
     # ---- API keys ----
 
-    def create_api_key(self, name: str = "") -> tuple[P.ApiKey, str]:
-        resp = self._call("CreateApiKey", P.CreateApiKeyRequest(name=name))
+    async def create_api_key(self, name: str = "") -> tuple[pb.ApiKey, str]:
+        """The key's record and the key itself, which the master does not keep (only its hash)."""
+        resp = await self._call(self._stub.create_api_key, pb.CreateApiKeyRequest(name=name))
         return resp.api_key, resp.key
 
-    def list_api_keys(self) -> list[P.ApiKey]:
-        return list(self._call("ListApiKeys", P.ListApiKeysRequest()).api_keys)
+    async def list_api_keys(self) -> list[pb.ApiKey]:
+        return (await self._call(self._stub.list_api_keys, pb.ListApiKeysRequest())).api_keys
 
-    def revoke_api_key(self, key_id: str) -> bool:
-        return self._call("RevokeApiKey", P.RevokeApiKeyRequest(key_id=key_id)).revoked
+    async def revoke_api_key(self, key_id: str) -> bool:
+        return (await self._call(self._stub.revoke_api_key, pb.RevokeApiKeyRequest(key_id=key_id))).revoked
 
     # ---- cluster ----
 
-    def cluster_status(self) -> P.ClusterStatus:
-        return self._call("GetClusterStatus", P.GetClusterStatusRequest())
+    async def cluster_status(self) -> pb.ClusterStatus:
+        """The leader and the master that answered."""
+        return await self._call(self._stub.get_cluster_status, pb.GetClusterStatusRequest())
+
+
+# ---- the blocking client ------------------------------------------------------------------------
+
+_END = object()
+
+
+async def _next(items: AsyncGenerator[T, None]) -> T | object:
+    # The end of the iterator comes back as a sentinel: a StopAsyncIteration is better not sent
+    # through a Future.
+    try:
+        return await items.__anext__()
+    except StopAsyncIteration:
+        return _END
+
+
+async def _aclose(items: AsyncGenerator[T, None]) -> None:
+    await items.aclose()
+
+
+def _blocking(method: Callable[Concatenate[AsyncCubeClient, P], Coroutine[Any, Any, T]]
+              ) -> Callable[Concatenate[CubeClient, P], T]:
+    """``AsyncCubeClient.method`` as a blocking method of CubeClient (same arguments, same result)."""
+    @functools.wraps(method)
+    def call(self: CubeClient, *args: P.args, **kwargs: P.kwargs) -> T:
+        return self._run(method(self._aio, *args, **kwargs))
+    return call
+
+
+def _blocking_iter(method: Callable[Concatenate[AsyncCubeClient, P], AsyncGenerator[T, None]]
+                   ) -> Callable[Concatenate[CubeClient, P], Generator[T, None, None]]:
+    """An async-generator method as a blocking generator: each item is fetched in the client's loop."""
+    @functools.wraps(method)
+    def call(self: CubeClient, *args: P.args, **kwargs: P.kwargs) -> Generator[T, None, None]:
+        items = method(self._aio, *args, **kwargs)
+        try:
+            while (item := self._run(_next(items))) is not _END:
+                yield cast(T, item)
+        finally:
+            # Stopped early (break, an exception): end the call (a watch's stream) in the loop too.
+            if self._open.alive:
+                self._run(_aclose(items))
+    return call
+
+
+def _shut_down(loop: asyncio.AbstractEventLoop, thread: threading.Thread, aio: AsyncCubeClient) -> None:
+    """Close the channel, then stop the loop and its thread: on close(), or when a client nobody
+    closed is collected or the interpreter exits."""
+    if threading.current_thread() is thread:
+        loop.stop()  # dropped by code running in the loop itself: nothing can be waited for here
+        return
+    if thread.is_alive():
+        asyncio.run_coroutine_threadsafe(_end_calls(aio), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+    loop.close()
+
+
+async def _end_calls(aio: AsyncCubeClient) -> None:
+    # Calls still running (in other threads, or an abandoned generator's) end as cancelled.
+    me = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not me]
+    for t in pending:
+        t.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    aio.close()
+    await asyncio.get_running_loop().shutdown_asyncgens()
+    await asyncio.sleep(0)  # the transport finishes closing before the loop stops
+
+
+class CubeClient:
+    """The blocking twin of AsyncCubeClient: the same methods with the same arguments and results
+    (generators instead of async generators). Safe to share between threads."""
+
+    def __init__(self, address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
+        self._aio = AsyncCubeClient(address, timeout_s)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cube-client", daemon=True)
+        self._thread.start()
+        # Runs once: on close(), or when an unclosed client is collected or the interpreter exits.
+        self._open = weakref.finalize(self, _shut_down, self._loop, self._thread, self._aio)
+
+    @property
+    def address(self) -> str:
+        return self._aio.address
+
+    @property
+    def timeout_s(self) -> float:
+        return self._aio.timeout_s
+
+    def __enter__(self) -> CubeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel, stop the loop and its thread. Idempotent."""
+        self._open()
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if not self._open.alive:
+            coro.close()  # never to be awaited: say so quietly, not with a RuntimeWarning
+            raise RuntimeError("the CubeClient is closed")
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("a CubeClient cannot be called from its own loop; use AsyncCubeClient there")
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return fut.result()
+        except BaseException:
+            fut.cancel()  # e.g. KeyboardInterrupt while waiting: the call stops as well
+            raise
+
+    list_sandboxes = _blocking_iter(AsyncCubeClient.list_sandboxes)
+    get_sandbox = _blocking(AsyncCubeClient.get_sandbox)
+    create_sandbox = _blocking(AsyncCubeClient.create_sandbox)
+    kill_sandbox = _blocking(AsyncCubeClient.kill_sandbox)
+    set_timeout = _blocking(AsyncCubeClient.set_timeout)
+    pause_sandbox = _blocking(AsyncCubeClient.pause_sandbox)
+    connect_sandbox = _blocking(AsyncCubeClient.connect_sandbox)
+    sandbox_logs = _blocking(AsyncCubeClient.sandbox_logs)
+    list_templates = _blocking(AsyncCubeClient.list_templates)
+    get_template = _blocking(AsyncCubeClient.get_template)
+    delete_template = _blocking(AsyncCubeClient.delete_template)
+    set_template_alias = _blocking(AsyncCubeClient.set_template_alias)
+    create_template_build = _blocking(AsyncCubeClient.create_template_build)
+    get_template_build = _blocking(AsyncCubeClient.get_template_build)
+    list_template_builds = _blocking(AsyncCubeClient.list_template_builds)
+    watch_template_build = _blocking_iter(AsyncCubeClient.watch_template_build)
+    list_nodes = _blocking(AsyncCubeClient.list_nodes)
+    create_api_key = _blocking(AsyncCubeClient.create_api_key)
+    list_api_keys = _blocking(AsyncCubeClient.list_api_keys)
+    revoke_api_key = _blocking(AsyncCubeClient.revoke_api_key)
+    cluster_status = _blocking(AsyncCubeClient.cluster_status)

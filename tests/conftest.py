@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.support.etcd import EtcdServer
+from testkit.etcd import EtcdServer
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,13 @@
 """vmm_core: QEMU microVMs that start from copy-on-write snapshots.
 
-Knows nothing about clusters or E2B. The public surface:
+Knows nothing about clusters or E2B, nor which guest agent it runs: the caller describes the agent
+(its Python packages, requirements and their constraints) and the base image carries it. The
+public surface:
 
     settings = VmmSettings.from_env()
-    guest = ensure_guest_artifacts(settings)            # kernel, initramfs, base image (cached)
+    agent = GuestAgent((AgentPackage("myagent", Path("src/myagent")),), Path("agent-requirements.txt"),
+                       Path("requirements.lock"))
+    guest = ensure_guest_artifacts(settings, agent)     # kernel, initramfs, base image (cached)
     m = await boot(settings, "tpl-build", guest.machine_spec(tpl_img, rw_img, memory_file=...))
     await m.wait_guest()                                # guest init answers on the control channel
     snap = await snapshot(m, dest)                      # template snapshot; consumes m
@@ -11,21 +15,38 @@ Knows nothing about clusters or E2B. The public surface:
     p = await prepare_clone(settings, snap, "sbx2", net2); c2 = await p.start()   # QEMU started ahead
     saved = await save(c, dest2); c3 = await restore(settings, saved, "sbx1", net)
     await c3.kill()
+
+For building images of its own the same way (template roots, say): the content-keyed build cache
+(`input_key`, `cached_dir`), ext4 images and writable layers (`ext4_from_dir`, `writable_layer`) and
+Debian roots from this host's apt sources (`mmdebstrap`, `apt_sources_fingerprint`, `debian_suite`).
 """
+from . import accel
 from .artifacts import GuestArtifacts, ensure_guest_artifacts
-from .errors import (ArtifactError, BootError, GuestTimeoutError, InvalidSpecError, MachineGoneError, SnapshotError,
-                     VmmError)
+from .cache import cached_dir, input_key
+from .disks import ext4_from_dir, writable_layer
+from .errors import (
+    ArtifactError,
+    BootError,
+    GuestTimeoutError,
+    InvalidSpecError,
+    MachineGoneError,
+    SnapshotError,
+    VmmError,
+)
+from .guest.agent import AgentPackage, GuestAgent
+from .guest.debian import mmdebstrap, sources_fingerprint as apt_sources_fingerprint, suite as debian_suite
 from .guest_config import GuestConfig, GuestNetwork, GuestService, ServiceRoot
 from .machine import Machine, MachineStats, boot, list_machines
-from . import accel
 from .settings import Accel, VmmSettings
 from .snapshots import PreparedClone, Snapshot, SnapshotKind, clone, prepare_clone, restore, save, snapshot
 from .spec import Disk, DiskFormat, MachineSpec, NetworkAttachment
 
+# `accel` is the module: `accel.resolve(settings.accel)` names the accelerator a machine would use.
 __all__ = [
-    "Accel", "ArtifactError", "BootError", "Disk", "DiskFormat", "GuestArtifacts", "GuestConfig", "GuestNetwork",
-    "GuestService", "GuestTimeoutError", "InvalidSpecError", "Machine", "MachineGoneError", "MachineSpec",
-    "MachineStats", "NetworkAttachment", "PreparedClone", "ServiceRoot", "Snapshot", "SnapshotError",
-    "SnapshotKind", "VmmError", "VmmSettings", "boot", "clone", "ensure_guest_artifacts", "list_machines",
-    "prepare_clone", "restore", "save", "snapshot",
+    "Accel", "AgentPackage", "ArtifactError", "BootError", "Disk", "DiskFormat", "GuestAgent", "GuestArtifacts",
+    "GuestConfig", "GuestNetwork", "GuestService", "GuestTimeoutError", "InvalidSpecError", "Machine",
+    "MachineGoneError", "MachineSpec", "MachineStats", "NetworkAttachment", "PreparedClone", "ServiceRoot",
+    "Snapshot", "SnapshotError", "SnapshotKind", "VmmError", "VmmSettings", "accel", "apt_sources_fingerprint",
+    "boot", "cached_dir", "clone", "debian_suite", "ensure_guest_artifacts", "ext4_from_dir", "input_key",
+    "list_machines", "mmdebstrap", "prepare_clone", "restore", "save", "snapshot", "writable_layer",
 ]

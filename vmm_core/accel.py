@@ -6,7 +6,7 @@ guest kernels fail there, so the CPU flags decide, not the presence of the devic
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 
 from .settings import Accel
 
@@ -31,7 +31,7 @@ def _kvm_opens() -> bool:
         return False
 
 
-@lru_cache(maxsize=None)
+@cache
 def resolve(requested: Accel) -> Accel:
     if requested is not Accel.AUTO:
         return requested
@@ -44,7 +44,7 @@ def qemu_args(accel: Accel, tcg_tb_size_mb: int) -> list[str]:
     return ["-accel", f"tcg,tb-size={tcg_tb_size_mb}", "-cpu", "max"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def host_tsc_khz() -> int | None:
     """The host TSC rate, which is also the guest's under TCG (it reads the host counter)."""
     try:

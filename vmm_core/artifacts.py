@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .guest.agent import GuestAgent
 from .guest.base_image import BaseImage, ensure_base_image
 from .guest.initramfs import Initramfs, ensure_initramfs
 from .guest.kernel import Kernel, ensure_kernel
@@ -46,7 +47,10 @@ class GuestArtifacts:
         )
 
 
-def ensure_guest_artifacts(settings: VmmSettings) -> GuestArtifacts:
-    """Build (or take from the cache) the kernel, initramfs and base image."""
+def ensure_guest_artifacts(settings: VmmSettings, agent: GuestAgent) -> GuestArtifacts:
+    """Build (or take from the cache) the kernel, initramfs and a base image carrying ``agent``.
+
+    Raises ArtifactError, at once if any of the agent's inputs is missing."""
+    agent.check()  # before the kernel build, which takes minutes on a fresh machine
     kernel = ensure_kernel(settings)
-    return GuestArtifacts(kernel, ensure_initramfs(settings, kernel), ensure_base_image(settings))
+    return GuestArtifacts(kernel, ensure_initramfs(settings, kernel), ensure_base_image(settings, agent))

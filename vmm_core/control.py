@@ -53,7 +53,7 @@ class ControlChannel:
                     raise GuestTimeoutError(f"guest did not answer {op!r} within {timeout}s")
                 try:
                     line = await asyncio.wait_for(self._reader.readline(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     raise GuestTimeoutError(f"guest did not answer {op!r} within {timeout}s") from None
                 if not line:
                     self.close()

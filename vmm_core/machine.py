@@ -16,12 +16,14 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
+from cube_common import netns
+
 from . import accel as accel_mod
-from . import netns
 from .control import ControlChannel
 from .errors import BootError, GuestTimeoutError, InvalidSpecError, MachineGoneError, VmmError
 from .settings import VmmSettings
@@ -83,7 +85,8 @@ def build_argv(settings: VmmSettings, spec: MachineSpec, paths: MachinePaths, *,
     acc = accel_mod.resolve(spec.accel)
     mem = f"size={spec.memory_mb}M"
     if spec.memory_file is not None:
-        backend = f"memory-backend-file,id=mem,{mem},mem-path={spec.memory_file},share={'on' if share_memory else 'off'}"
+        share = "on" if share_memory else "off"
+        backend = f"memory-backend-file,id=mem,{mem},mem-path={spec.memory_file},share={share}"
     else:
         backend = f"memory-backend-ram,id=mem,{mem}"
     argv = [
@@ -129,9 +132,16 @@ def validate_spec(spec: MachineSpec) -> None:
     for disk in spec.disks:
         if not disk.path.is_file():
             raise InvalidSpecError(f"disk {disk.serial} image {disk.path} does not exist")
-    if spec.network is not None and not netns.interface_exists(spec.network.netns, spec.network.tap):
+    if spec.network is not None and not _tap_exists(spec.network.netns, spec.network.tap):
         where = f" in namespace {spec.network.netns}" if spec.network.netns else ""
         raise InvalidSpecError(f"tap device {spec.network.tap!r} does not exist{where}")
+
+
+def _tap_exists(ns: str | None, tap: str) -> bool:
+    try:
+        return netns.interface_exists(ns, tap)
+    except netns.NamespaceNotFound as e:  # the caller named it: a bad spec, not an OS failure
+        raise InvalidSpecError(str(e)) from None
 
 
 class Machine:
@@ -164,7 +174,7 @@ class Machine:
     @classmethod
     async def launch(cls, settings: VmmSettings, vm_id: str, spec: MachineSpec, *, incoming: bool = False,
                      share_memory: bool = True, labels: dict[str, str] | None = None,
-                     prepare=None, rollback=None) -> "Machine":
+                     prepare=None, rollback=None) -> Machine:
         """Start QEMU for `spec` in a fresh runtime dir and connect QMP. Used by boot and clones.
 
         `prepare(paths)` runs after the runtime dir exists and before QEMU starts (e.g. to create
@@ -205,7 +215,7 @@ class Machine:
             raise BootError(f"starting machine {vm_id} failed: {e}", console_tail=console_tail(paths.console)) from e
 
     @classmethod
-    async def attach(cls, settings: VmmSettings, vm_id: str) -> "Machine":
+    async def attach(cls, settings: VmmSettings, vm_id: str) -> Machine:
         """Re-attach to a machine started by an earlier controller process."""
         paths = MachinePaths(settings.vms_dir / vm_id)
         try:
@@ -222,7 +232,8 @@ class Machine:
     async def _connect_qmp(self, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         # A failed QMPClient.connect is costly (~ms of teardown); wait for the socket to exist.
-        while not self.paths.qmp.exists() and pid_alive(self.pid) and time.monotonic() < deadline:
+        # The socket is created by another process (QEMU): there is nothing to await but the file.
+        while not self.paths.qmp.exists() and pid_alive(self.pid) and time.monotonic() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.0005)
         while True:
             client = QMPClient(self.vm_id)
@@ -250,6 +261,13 @@ class Machine:
                                        console_tail=self.console_tail()) from e
             raise VmmError(f"QMP {cmd} failed: {e}") from e
 
+    async def query(self, cmd: str, args: dict | None = None) -> dict[str, Any]:
+        """``execute`` for a command whose reply is a JSON object (``query-status``, ``query-migrate``)."""
+        reply = await self.execute(cmd, args)
+        if not isinstance(reply, dict):
+            raise VmmError(f"QMP {cmd} returned {type(reply).__name__}, not an object")
+        return reply
+
     def send_fd(self, fd: int) -> None:
         """Pass an open descriptor to QEMU (SCM_RIGHTS); name it next with the `getfd` command."""
         if self.qmp is None:
@@ -260,8 +278,8 @@ class Machine:
             raise MachineGoneError(f"machine {self.vm_id}: passing a descriptor failed: {e}") from e
 
     async def run_state(self) -> str:
-        status = await self.execute("query-status")
-        return status["status"]  # type: ignore[index]
+        status = await self.query("query-status")
+        return str(status["status"])
 
     async def pause(self) -> None:
         """Stop the vCPUs in place; memory and devices stay as they are."""
@@ -348,7 +366,7 @@ class Machine:
         return None
 
     def stats(self) -> MachineStats:
-        from .accounting import process_memory, process_cpu_seconds
+        from .accounting import process_cpu_seconds, process_memory
         from .disks import allocated_bytes
 
         mem = process_memory(self.pid)
@@ -390,7 +408,10 @@ async def _spawn(argv: list[str], paths: MachinePaths, ns: str | None) -> int:
         return proc.pid
 
     loop = asyncio.get_running_loop()
-    pid = await loop.run_in_executor(None, lambda: netns.run_in(ns, start) if ns else start())
+    try:
+        pid = await loop.run_in_executor(None, netns.call_in, ns, start)
+    except netns.NamespaceNotFound as e:
+        raise InvalidSpecError(str(e)) from None
     _reap_when_exits(pid)
     return pid
 
@@ -410,7 +431,8 @@ def _kill_pidfile(paths: MachinePaths) -> None:
             time.sleep(0.01)
 
 
-async def boot(settings: VmmSettings, vm_id: str, spec: MachineSpec, *, labels: dict[str, str] | None = None) -> Machine:
+async def boot(settings: VmmSettings, vm_id: str, spec: MachineSpec, *,
+               labels: dict[str, str] | None = None) -> Machine:
     """Cold-boot a machine. Returns once QEMU runs; wait for the guest with a probe or `control`."""
     return await Machine.launch(settings, vm_id, spec, labels=labels)
 

@@ -1,10 +1,13 @@
-"""Typed settings for vmm_core, read once from the environment."""
+"""Typed settings for vmm_core, from the shared loader (``CUBE_VMM_*`` and the short names
+``CUBE_STATE_DIR``, ``CUBE_ACCEL``, ``CUBE_QEMU``, ``CUBE_KERNEL_PACKAGE``, ``CUBE_TCG_TB_MB``)."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import ClassVar
+
+from cube_common.settings import Settings, setting, shared
 
 
 class Accel(str, Enum):
@@ -14,33 +17,24 @@ class Accel(str, Enum):
 
 
 @dataclass(frozen=True)
-class VmmSettings:
-    # Everything built or run lives here: kernel, initramfs, images, snapshots, VM runtime dirs.
-    state_dir: Path = Path("/var/lib/cube")
-    accel: Accel = Accel.AUTO
-    qemu_binary: str = "qemu-system-x86_64"
-    qemu_img: str = "qemu-img"
-    # The Debian package whose dependency names the guest kernel (never installed on the host).
-    kernel_package: str = "linux-image-cloud-amd64"
-    # TCG's translation cache, per VM: a cap, reserved and touched lazily, so an idle clone pays only
-    # for what it translated (~18 MB). The cap must hold a busy guest's working set: a warmed code
-    # interpreter (Linux, CPython, IPython, ZeroMQ, the agent) translates ~38 MB, and under a 32 MB
-    # cap QEMU flushed the whole cache every cell, so each run_code re-translated (~0.5 s).
-    tcg_tb_size_mb: int = 128
-    # Runtime dirs of running machines; default <state_dir>/vms.
-    runtime_dir: Path | None = None
+class VmmSettings(Settings):
+    ENV_PREFIX: ClassVar[str] = "CUBE_VMM_"
 
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "VmmSettings":
-        env = dict(os.environ if env is None else env)
-        return cls(
-            state_dir=Path(env.get("CUBE_STATE_DIR", "/var/lib/cube")),
-            accel=Accel(env.get("CUBE_ACCEL", "auto").lower()),
-            qemu_binary=env.get("CUBE_QEMU", "qemu-system-x86_64"),
-            kernel_package=env.get("CUBE_KERNEL_PACKAGE", "linux-image-cloud-amd64"),
-            tcg_tb_size_mb=int(env.get("CUBE_TCG_TB_MB", "128")),
-            runtime_dir=Path(env["CUBE_VMM_RUNTIME_DIR"]) if env.get("CUBE_VMM_RUNTIME_DIR") else None,
-        )
+    # Everything built or run lives here: kernel, initramfs, images, snapshots, VM runtime dirs.
+    state_dir: Path = shared.state_dir()
+    accel: Accel = setting(Accel.AUTO, "auto | kvm | tcg (auto: KVM only where the CPU has vmx/svm)",
+                           env="CUBE_ACCEL")
+    qemu_binary: str = setting("qemu-system-x86_64", "QEMU binary", env="CUBE_QEMU")
+    qemu_img: str = setting("qemu-img", "qemu-img binary")
+    # Never installed on the host: its files are unpacked into the artifact cache.
+    kernel_package: str = setting("linux-image-cloud-amd64", "the Debian package whose dependency names "
+                                  "the guest kernel", env="CUBE_KERNEL_PACKAGE")
+    # A cap, reserved and touched lazily, so an idle clone pays only for what it translated
+    # (~18 MB). The cap must hold a busy guest's working set: a warmed code interpreter (Linux,
+    # CPython, IPython, ZeroMQ, the agent) translates ~38 MB, and under a 32 MB cap QEMU flushed the
+    # whole cache every cell, so each run_code re-translated (~0.5 s).
+    tcg_tb_size_mb: int = setting(128, "TCG's translation cache per VM, MB", env="CUBE_TCG_TB_MB")
+    runtime_dir: Path | None = setting(None, "runtime dirs of running machines (default <state_dir>/vms)")
 
     @property
     def artifacts_dir(self) -> Path:

@@ -26,12 +26,13 @@ import time
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
+from typing import NoReturn
 
 from .disks import cow_overlay
 from .errors import BootError, InvalidSpecError, MachineGoneError, SnapshotError, VmmError
 from .machine import Machine, pid_alive
 from .settings import VmmSettings
-from .spec import Disk, DiskFormat, MachinePaths, MachineSpec, NetworkAttachment
+from .spec import DiskFormat, MachinePaths, MachineSpec, NetworkAttachment
 
 log = logging.getLogger("vmm_core.snapshot")
 
@@ -77,7 +78,7 @@ class Snapshot:
                                          "created_at": self.created_at}, indent=1))
 
     @classmethod
-    def load(cls, path: Path) -> "Snapshot":
+    def load(cls, path: Path) -> Snapshot:
         try:
             d = json.loads((path / "snapshot.json").read_text())
             snap = cls(path, SnapshotKind(d["kind"]), MachineSpec.from_dict(d["spec"]), d["created_at"])
@@ -87,7 +88,7 @@ class Snapshot:
         snap.verify()
         return snap
 
-    def _relocated(self) -> "Snapshot":
+    def _relocated(self) -> Snapshot:
         """Point the files the snapshot owns (memory, writable disk) into its current directory,
         so a snapshot directory can be moved as a whole."""
         disks = tuple(replace(d, path=self.disk) if not d.readonly else d for d in self.spec.disks)
@@ -114,12 +115,12 @@ async def _wait_migration(machine: Machine, timeout: float = 300.0) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.002
     while True:
-        info = await machine.execute("query-migrate")
-        status = info.get("status")  # type: ignore[union-attr]
+        info = await machine.query("query-migrate")
+        status = info.get("status")
         if status == "completed":
             return
         if status in ("failed", "cancelled"):
-            raise SnapshotError(f"migration {status}: {info.get('error-desc', '')}",  # type: ignore[union-attr]
+            raise SnapshotError(f"migration {status}: {info.get('error-desc', '')}",
                                 console_tail=machine.console_tail())
         if time.monotonic() > deadline:
             raise SnapshotError(f"migration did not finish within {timeout}s")
@@ -144,12 +145,12 @@ async def _wait_incoming(machine: Machine, timeout: float = 120.0) -> None:
             return
         if status == "paused":
             # The stream carries the source's run state, and sources are stopped before saving.
-            mig = await machine.execute("query-migrate")
-            if mig.get("status") == "completed":  # type: ignore[union-attr]
+            mig = await machine.query("query-migrate")
+            if mig.get("status") == "completed":
                 await machine.execute("cont")
                 continue
-            if mig.get("status") == "failed":  # type: ignore[union-attr]
-                raise SnapshotError(f"restore failed: {mig.get('error-desc', '')} {machine.qemu_errors()}",  # type: ignore[union-attr]
+            if mig.get("status") == "failed":
+                raise SnapshotError(f"restore failed: {mig.get('error-desc', '')} {machine.qemu_errors()}",
                                     console_tail=machine.console_tail())
         elif status not in ("inmigrate", "prelaunch", "restore-vm"):
             raise SnapshotError(f"restore ended in state {status!r}: {machine.qemu_errors()}",
@@ -260,7 +261,7 @@ async def _load_state(machine: Machine, snap: Snapshot, vm_id: str, *, sync: boo
         await _abandon(machine, snap, vm_id, rollback, e)
 
 
-async def _abandon(machine: Machine, snap: Snapshot, vm_id: str, rollback, e: BaseException):
+async def _abandon(machine: Machine, snap: Snapshot, vm_id: str, rollback, e: BaseException) -> NoReturn:
     """Kill a machine whose restore failed (undoing ``prepare`` first) and raise the typed error."""
     errors = machine.qemu_errors()
     tail = machine.console_tail()

@@ -54,7 +54,7 @@ class MachineSpec:
         if self.memory_mb < 128:
             raise ValueError(f"memory_mb must be at least 128, not {self.memory_mb}")
 
-    def with_network(self, network: NetworkAttachment | None) -> "MachineSpec":
+    def with_network(self, network: NetworkAttachment | None) -> MachineSpec:
         return replace(self, network=network)
 
     def to_dict(self) -> dict:
@@ -74,7 +74,7 @@ class MachineSpec:
         return norm(d)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "MachineSpec":
+    def from_dict(cls, d: dict) -> MachineSpec:
         net = d.get("network")
         return cls(
             kernel=Path(d["kernel"]),
@@ -137,6 +137,6 @@ class MachineRecord:
         tmp.rename(path)
 
     @classmethod
-    def load(cls, path: Path) -> "MachineRecord":
+    def load(cls, path: Path) -> MachineRecord:
         d = json.loads(path.read_text())
         return cls(d["vm_id"], MachineSpec.from_dict(d["spec"]), d["pid"], d.get("labels", {}))

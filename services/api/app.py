@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import time
 
 from sanic import Sanic
@@ -25,7 +26,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     # Sanic's own 60 s response timeout would cut a slow create with a body that is not E2B's
     # (and before the master's deadline): our deadlines (create_timeout_s, call_timeout_s) answer
     # in E2B's shape, so Sanic's must come after them.
-    app.config.RESPONSE_TIMEOUT = max(settings.create_timeout_s, settings.call_timeout_s) + 30
+    app.config.RESPONSE_TIMEOUT = math.ceil(max(settings.create_timeout_s, settings.call_timeout_s)) + 30
     app.ctx.settings = settings
     app.blueprint(sandboxes.bp)
     app.blueprint(templates.bp)

@@ -31,6 +31,6 @@ async def authenticate(request) -> None:
     except grpc.RpcError as e:
         err = from_grpc(e)
         if err.status == 401:
-            raise ApiError(401, "invalid API key")
-        raise err
+            raise ApiError(401, "invalid API key") from e
+        raise err from e
     request.ctx.client_id = rec.key_id

@@ -22,4 +22,4 @@ class MasterClient:
         return await fn(request, timeout=self.settings.create_timeout_s if slow else self.settings.call_timeout_s)
 
     async def close(self) -> None:
-        await self.channel.close()
+        await self.channel.close(grace=None)  # the stub lacks the default (None: cancel calls at once)

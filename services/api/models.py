@@ -11,7 +11,7 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from sdk.client import parse_size_mb
+from cube_common.sizes import parse_size_mb
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2 as P, network_pb2
 from services.api.errors import bad_request
 
@@ -29,7 +29,7 @@ def parse_body(raw: bytes | None, required: bool = True) -> dict:
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
-        raise bad_request(f"invalid JSON body: {e}")
+        raise bad_request(f"invalid JSON body: {e}") from e
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object")
     return body
@@ -80,7 +80,7 @@ def query_int(args, key: str, lo: int = 0, hi: int = 2**63 - 1) -> int | None:
     try:
         n = int(v)
     except ValueError:
-        raise bad_request(f"query parameter '{key}' must be an integer")
+        raise bad_request(f"query parameter '{key}' must be an integer") from None
     if n < lo or n > hi:
         raise bad_request(f"query parameter '{key}' must be between {lo} and {hi}")
     return n
@@ -120,7 +120,7 @@ class NewSandbox:
     network: network_pb2.NetworkPolicy | None = None
 
     @classmethod
-    def parse(cls, body: dict) -> "NewSandbox":
+    def parse(cls, body: dict) -> NewSandbox:
         tid = body.get("templateID")
         if not isinstance(tid, str) or not tid:
             raise bad_request("'templateID' is required (a string)")
@@ -196,9 +196,9 @@ def metric_body(m: cubelet_pb2.SandboxMetric) -> dict:
 
 def log_bodies(resp: cubelet_pb2.SandboxLogsResponse) -> tuple[list[dict], list[dict]]:
     """(`SandboxLog` list, `SandboxLogEntry` list)."""
-    logs = [{"timestamp": rfc3339(l.timestamp), "line": l.line} for l in resp.lines]
-    entries = [{"timestamp": rfc3339(l.timestamp), "message": l.line, "level": "info", "fields": {}}
-               for l in resp.lines]
+    logs = [{"timestamp": rfc3339(line.timestamp), "line": line.line} for line in resp.lines]
+    entries = [{"timestamp": rfc3339(line.timestamp), "message": line.line, "level": "info", "fields": {}}
+               for line in resp.lines]
     return logs, entries
 
 
@@ -228,7 +228,7 @@ class NewTemplateBuild:
     node_id: str = ""
 
     @classmethod
-    def parse(cls, body: dict) -> "NewTemplateBuild":
+    def parse(cls, body: dict) -> NewTemplateBuild:
         for e2b in ("dockerfile", "fromImage", "fromTemplate", "steps", "startCmd", "readyCmd"):
             if e2b in body:
                 raise bad_request(f"'{e2b}': E2B's template build API is not supported by this server; "
@@ -258,7 +258,8 @@ class NewTemplateBuild:
             try:
                 b.writable_layer_mb = parse_size_mb(size)
             except ValueError:
-                raise bad_request("'writableLayerSize' must be a size like \"512M\" or \"1G\", or an integer of MiB")
+                raise bad_request(
+                    "'writableLayerSize' must be a size like \"512M\" or \"1G\", or an integer of MiB") from None
         ports = body.get("exposePorts")
         if ports is not None:
             if not isinstance(ports, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in ports):
@@ -295,7 +296,9 @@ def build_status(phase: int) -> str:
 
 
 def phase_label(phase: int) -> str:
-    return "queued" if phase == cubelet_pb2.TEMPLATE_BUILD_PHASE_UNSPECIFIED else cubelet_pb2.TemplateBuildPhase.Name(phase).lower()
+    if phase == cubelet_pb2.TEMPLATE_BUILD_PHASE_UNSPECIFIED:
+        return "queued"
+    return cubelet_pb2.TemplateBuildPhase.Name(phase).lower()
 
 
 def _progress_text(ev) -> str:
@@ -386,7 +389,7 @@ def parse_time(value: str, name: str) -> Timestamp:
     try:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        raise bad_request(f"query parameter '{name}' must be an RFC 3339 date-time")
+        raise bad_request(f"query parameter '{name}' must be an RFC 3339 date-time") from None
     if dt.tzinfo is None:
         raise bad_request(f"query parameter '{name}' needs a UTC offset")
     t = Timestamp()

@@ -6,7 +6,7 @@ serves is described here, and nothing else.
 
 from __future__ import annotations
 
-from services.envd.version import ENVD_VERSION
+from cube_common.envd import ENVD_VERSION
 
 
 def _ref(name: str) -> dict:
@@ -45,8 +45,8 @@ SCHEMAS = {
     "SandboxDetail": {"allOf": [_ref("ListedSandbox"), {"type": "object", "properties": {
         "domain": {"type": "string", "nullable": True}, "envdAccessToken": STR, "allowInternetAccess": BOOL,
         "network": _ref("NetworkConfig"),
-        "lifecycle": {"type": "object", "properties": {"autoResume": BOOL,
-                                                        "onTimeout": {"type": "string", "enum": ["kill", "pause"]}}}}}]},
+        "lifecycle": {"type": "object", "properties": {
+            "autoResume": BOOL, "onTimeout": {"type": "string", "enum": ["kill", "pause"]}}}}}]},
     "ConnectSandbox": {"type": "object", "properties": {"timeout": INT, "memory": BOOL}},
     "ResumedSandbox": {"type": "object", "properties": {"timeout": INT, "autoPause": BOOL}},
     "SandboxTimeoutRequest": {"type": "object", "required": ["timeout"], "properties": {"timeout": INT}},
@@ -84,13 +84,15 @@ SCHEMAS = {
                        "E2B's template-build API (v2/v3 builds from a Dockerfile or build steps with file uploads) "
                        "is not supported, and bodies with its keys (dockerfile, fromImage, steps, ...) are refused.",
         "properties": {
-            "image": {"type": "string", "description": "image reference: registry/repo:tag, repo@sha256:..., "
-                                                         "oci-archive:/path.tar, docker-archive:/path.tar, oci:/dir[:tag]"},
+            "image": {"type": "string",
+                      "description": "image reference: registry/repo:tag, repo@sha256:..., "
+                                     "oci-archive:/path.tar, docker-archive:/path.tar, oci:/dir[:tag]"},
             "templateID": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
                            "description": "default: a new id of 20 [a-z0-9]"},
             "aliases": {"type": "array", "items": STR, "description": "claimed when the build is ready"},
             "registryUsername": STR,
-            "registryPassword": {"type": "string", "description": "handed to the node for this build only; never stored"},
+            "registryPassword": {"type": "string",
+                                 "description": "handed to the node for this build only; never stored"},
             "insecureRegistry": {"type": "boolean", "description": "plain-HTTP registry"},
             "cpuCount": {"type": "integer", "minimum": 1, "maximum": 64, "default": 1},
             "memoryMB": {"type": "integer", "minimum": 64},
@@ -100,7 +102,8 @@ SCHEMAS = {
             "exposePorts": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 65535},
                             "description": "guest ports served at https://<port>-<sandboxID>.<domain>"},
             "probePort": {"type": "integer", "minimum": 1, "maximum": 65535,
-                          "description": "the template is snapshotted once this port answers (default 49983, the agent)"},
+                          "description": "the template is snapshotted once this port answers "
+                                         "(default 49983, the agent)"},
             "probePath": {"type": "string", "description": "HTTP path to GET on the probe port; absent: a TCP connect"},
             "envVars": STRMAP,
             "cmd": {"type": "array", "items": STR, "description": "replaces the image's entrypoint"},
@@ -158,7 +161,8 @@ def _q(name: str, schema: dict, desc: str = "") -> dict:
 
 LIST_PARAMS = [
     _q("metadata", STR, "k=v&k2=v2, each key and value percent-encoded, the whole encoded again"),
-    _q("state", STR, "comma-separated: running, paused"), _q("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
+    _q("state", STR, "comma-separated: running, paused"),
+    _q("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
     _q("nextToken", STR), _q("order", {"type": "string", "enum": ["asc", "desc"]}),
     _q("startedAfter", TIME), _q("template", STR)]
 NEXT = {"X-Next-Token": {"schema": STR, "description": "cursor of the next page; absent on the last"}}
@@ -199,7 +203,8 @@ OPERATIONS = [
     ("get", "/sandboxes/{sandboxID}/logs", "Sandbox logs", [SID, _q("start", INT, "unix ms"), _q("limit", INT)], None,
      {**_ok(200, _ref("SandboxLogs")), **_errors(401, 404, 500, 503)}),
     ("get", "/v2/sandboxes/{sandboxID}/logs", "Sandbox logs (v2)",
-     [SID, _q("cursor", INT, "unix ms"), _q("limit", INT), _q("direction", {"type": "string", "enum": ["forward", "backward"]})],
+     [SID, _q("cursor", INT, "unix ms"), _q("limit", INT),
+      _q("direction", {"type": "string", "enum": ["forward", "backward"]})],
      None, {**_ok(200, _ref("SandboxLogsV2")), **_errors(401, 404, 500, 503)}),
     ("put", "/sandboxes/{sandboxID}/network", "Update the egress policy", [SID], _body("SandboxNetworkUpdate"),
      {**_ok(204), **_errors(400, 401, 404, 500, 503)}),
@@ -228,8 +233,8 @@ OPERATIONS = [
 def document(settings=None) -> dict:
     paths: dict = {}
     for method, path, summary, params, body, responses in OPERATIONS:
-        op: dict = {"summary": summary, "operationId": f"{method}{path.replace('/', '_').replace('{', '').replace('}', '')}",
-                    "parameters": params, "responses": responses}
+        op_id = method + path.replace("/", "_").replace("{", "").replace("}", "")
+        op: dict = {"summary": summary, "operationId": op_id, "parameters": params, "responses": responses}
         if body is not None:
             op["requestBody"] = body
         if path not in ("/health", "/openapi.json"):

@@ -1,84 +1,39 @@
-"""cube-api settings: one typed object from the environment (``CUBE_API_*`` plus the shared
-``CUBE_MASTER_ADDR``, ``CUBE_DOMAIN``, ``CUBE_AUTH``) or the CLI."""
+"""cube-api settings: one typed object from the shared loader (``CUBE_API_*`` plus the shared
+``CUBE_MASTER_ADDR``, ``CUBE_DOMAIN``, ``CUBE_AUTH``, and flags)."""
 
 from __future__ import annotations
 
-import argparse
-import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
+from typing import ClassVar
 
-
-@dataclass(frozen=True)
-class Settings:
-    host: str = "0.0.0.0"
-    port: int = 3000
-    # The master's gRPC address.
-    master_addr: str = "127.0.0.1:7070"
-    # Wildcard domain of the sandbox proxy, returned as `domain` so the SDK reaches
-    # https://<port>-<sandboxID>.<domain> (never one of E2B's own domains).
-    domain: str = "cube.localhost"
-    # Off: any non-empty X-API-KEY is accepted (local use). On: only keys issued by
-    # `cubemastercli apikey create`.
-    auth: bool = False
-    # Deadlines for calls to the master: creates and resumes wait for a VM.
-    create_timeout_s: float = 150.0
-    call_timeout_s: float = 30.0
-    max_body_bytes: int = 1 << 20
-    log_level: str = "INFO"
-
-    _ENV_ALIASES = {
-        "master_addr": ("CUBE_MASTER_ADDR",),
-        "domain": ("CUBE_DOMAIN",),
-        "auth": ("CUBE_AUTH",),
-    }
-
-    def validate(self) -> "Settings":
-        if not self.domain or self.domain.strip(".") != self.domain:
-            raise ValueError(f"bad domain {self.domain!r}")
-        if any(self.domain == d or self.domain.endswith("." + d) for d in E2B_DOMAINS):
-            raise ValueError(f"domain {self.domain!r} is one of E2B's own: the SDK would send traffic there")
-        return self
-
-    @classmethod
-    def from_env(cls, env=None, **overrides) -> "Settings":
-        env = os.environ if env is None else env
-        kw: dict = {}
-        for f in fields(cls):
-            if f.name.startswith("_"):
-                continue
-            names = (f"CUBE_API_{f.name.upper()}", *cls._ENV_ALIASES.get(f.name, ()))
-            raw = next((env[n] for n in names if n in env), None)
-            if raw is not None:
-                kw[f.name] = _convert(f.type, raw)
-        kw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**kw).validate()
-
-    def with_overrides(self, **kw) -> "Settings":
-        return replace(self, **kw).validate()
-
+from cube_common import defaults
+from cube_common.settings import Settings as _Base, SettingsError, setting, shared
 
 E2B_DOMAINS = {"e2b.app", "e2b.dev", "e2b.pro", "e2b-staging.dev", "e2b-tango.dev", "e2b-juliett.dev"}
 
 
-def _convert(type_name, raw: str):
-    t = str(type_name)
-    if t == "int":
-        return int(raw)
-    if t == "float":
-        return float(raw)
-    if t == "bool":
-        return raw.strip().lower() in ("1", "true", "yes", "on")
-    return raw
+@dataclass(frozen=True)
+class Settings(_Base):
+    ENV_PREFIX: ClassVar[str] = "CUBE_API_"
+    PROG: ClassVar[str] = "cube-api"
+    DESCRIPTION: ClassVar[str] = "Cube's E2B-compatible REST API"
 
+    host: str = setting("0.0.0.0", "listen address")
+    port: int = setting(defaults.API_PORT, "listen port")
+    master_addr: str = shared.master_addr()
+    # Returned as `domain` so the SDK reaches https://<port>-<sandboxID>.<domain> (never one of
+    # E2B's own domains).
+    domain: str = shared.domain()
+    auth: bool = setting(False, "off: any non-empty X-API-KEY is accepted (local use); on: only keys "
+                         "issued by `cubemastercli apikey create`", env="CUBE_AUTH")
+    create_timeout_s: float = setting(150.0, "deadline of creates and resumes at the master (they wait for a VM)")
+    call_timeout_s: float = setting(30.0, "deadline of other calls to the master")
+    max_body_bytes: int = setting(1 << 20, "largest request body accepted")
+    log_level: str = shared.log_level()
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    for f in fields(Settings):
-        if not f.name.startswith("_"):
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                                help=f"(env CUBE_API_{f.name.upper()})")
-
-
-def from_args(ns: argparse.Namespace) -> Settings:
-    overrides = {f.name: _convert(f.type, getattr(ns, f.name)) for f in fields(Settings)
-                 if not f.name.startswith("_") and getattr(ns, f.name, None) is not None}
-    return Settings.from_env(**overrides)
+    def validate(self) -> Settings:
+        if not self.domain or self.domain.strip(".") != self.domain:
+            raise SettingsError(f"bad domain {self.domain!r}")
+        if any(self.domain == d or self.domain.endswith("." + d) for d in E2B_DOMAINS):
+            raise SettingsError(f"domain {self.domain!r} is one of E2B's own: the SDK would send traffic there")
+        return self

@@ -4,12 +4,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 
 import grpc
 
+from cube_common import jsonlog
 from sdk.gen.cube.v1 import cubelet_pb2_grpc
-from services import jsonlog
 from vmm_core import VmmSettings, accel
 
 from .registration import NodeRegistration
@@ -49,9 +48,9 @@ async def serve(settings: CubeletSettings) -> None:
     await vs.close()
 
 
-def main() -> None:
-    settings = CubeletSettings.from_env(argv=sys.argv[1:])
-    jsonlog.setup("cube-cubelet")
+def main(argv: list[str] | None = None) -> None:
+    settings = CubeletSettings.load(argv)
+    jsonlog.setup("cube-cubelet", settings.log_level)
     asyncio.run(serve(settings))
 
 

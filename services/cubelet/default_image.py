@@ -25,11 +25,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from vmm_core import GuestConfig, VmmSettings
-from vmm_core.cache import cached_dir, input_key
-from vmm_core.disks import ext4_from_dir
-from vmm_core.errors import ArtifactError
-from vmm_core.guest import debian
+from vmm_core import (
+    ArtifactError,
+    GuestConfig,
+    VmmSettings,
+    apt_sources_fingerprint,
+    cached_dir,
+    debian_suite,
+    ext4_from_dir,
+    input_key,
+    mmdebstrap,
+)
 
 from .guest_agent import agent_service
 
@@ -68,10 +74,10 @@ def _guest_python_minor(root: Path) -> int:
 
 
 def _debian(settings: VmmSettings) -> Path:
-    key = input_key(DEBIAN_PACKAGES, debian.sources_fingerprint(), debian.suite())
+    key = input_key(DEBIAN_PACKAGES, apt_sources_fingerprint(), debian_suite())
 
     def build(out: Path) -> None:
-        debian.mmdebstrap(out / "root", DEBIAN_PACKAGES)
+        mmdebstrap(out / "root", DEBIAN_PACKAGES)
 
     return cached_dir(settings.artifacts_dir, "default-debian", key, build) / "root"
 
@@ -201,7 +207,8 @@ def ensure_default_root(settings: VmmSettings) -> Path:
     minor = _guest_python_minor(deb)
     if (3, minor) != sys.version_info[:2]:
         raise ArtifactError(f"the default root's python is 3.{minor} but this host's is "
-                            f"{sys.version_info[0]}.{sys.version_info[1]}; its packages are installed with the host's pip")
+                            f"{sys.version_info[0]}.{sys.version_info[1]}; "
+                            "its packages are installed with the host's pip")
     site = _site(settings)
     key = input_key(deb.parent.name, site.parent.name, Path(__file__))
 

@@ -1,4 +1,5 @@
-"""How a sandbox runs the guest agent (services/envd), and how to tell it is fully up.
+"""How a sandbox runs the guest agent (services/envd), what it is built from, and how to tell it is
+fully up.
 
 The agent runs from the guest base image (`ServiceRoot.BASE`): Debian's python3 there, its PyPI
 dependencies under /opt/cube/site and its code under /opt/cube/app (vmm_core/guest/base_image.py).
@@ -14,16 +15,24 @@ import time
 
 import httpx
 
-from vmm_core import GuestService, ServiceRoot
+from cube_common.envd import ENVD_PORT, INTERPRETER_PORT
+from services.envd.bundle import agent_bundle
+from vmm_core import AgentPackage, GuestAgent, GuestService, ServiceRoot
 
-ENVD_PORT = 49983
-INTERPRETER_PORT = 49999
 SANDBOX_ROOT = "/run/cube/root"  # where the guest init mounts template + writable layer
 BASE_PYTHON = "/usr/bin/python3"  # the base image's interpreter
 BASE_PYTHONPATH = "/opt/cube/app:/opt/cube/site"
 # The contexts the agent starts at boot (its --no-default-contexts is off); a template snapshot
 # should be taken once they run, so that clones do not each start them.
 DEFAULT_LANGUAGES = ("python", "javascript")
+
+
+def cube_agent() -> GuestAgent:
+    """Cube's agent as the base image's input: the packages, requirements and lock envd describes
+    itself with (services/envd/bundle.py). Everything that builds guest artifacts takes it from here."""
+    b = agent_bundle()
+    return GuestAgent(tuple(AgentPackage(name, source) for name, source in b.packages), b.requirements,
+                      b.constraints)
 
 
 def agent_service(*, kernel_python: str = "/usr/bin/python3", default_user: str = "user",

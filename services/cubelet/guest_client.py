@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from .guest_agent import ENVD_PORT, INTERPRETER_PORT  # noqa: F401  (re-exported for callers)
+from cube_common.envd import ENVD_PORT, INTERPRETER_PORT
 
 
 class GuestAgentError(Exception):
@@ -107,7 +107,7 @@ async def wait_tcp(ep: GuestEndpoint, port: int, timeout: float) -> None:
                 ep.host_address, port, local_addr=(ep.source_address, 0) if ep.source_address else None), 2.0)
             w.close()
             return
-        except (OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, OSError) as e:
             if time.monotonic() > deadline:
                 raise GuestAgentError(f"port {port} did not accept connections within {timeout}s: {e!r}") from e
             await asyncio.sleep(0.05)

@@ -1,4 +1,4 @@
-"""This node in etcd: `<prefix>/nodes/<node_id>` = NodeStatus (proto JSON) under a lease.
+"""This node in etcd: ``Keys.node`` (`<prefix>/nodes/<node_id>`) = NodeStatus (proto JSON) under a lease.
 
 The lease is the node's heartbeat: if the cubelet dies the record disappears after the TTL and
 the master stops scheduling here. The record is rewritten with fresh capacity on every beat.
@@ -8,25 +8,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aetcd
 from google.protobuf import json_format
 
+from cube_common.etcd import EtcdClient
+from cube_common.keys import Keys
 from sdk.gen.cube.v1 import cubelet_pb2 as pb
 
 from .settings import CubeletSettings
 
 log = logging.getLogger("cubelet.registration")
-
-
-def node_key(prefix: str, node_id: str) -> bytes:
-    return f"/{prefix.strip('/')}/nodes/{node_id}".encode()
-
-
-def _etcd_client(endpoints: str) -> aetcd.Client:
-    host, _, port = endpoints.split(",")[0].strip().rpartition(":")
-    return aetcd.Client(host=host or "127.0.0.1", port=int(port or 2379), timeout=5)
 
 
 def host_memory() -> tuple[int, int]:
@@ -62,24 +56,36 @@ class NodeRegistration:
 
     async def _run(self) -> None:
         ttl = self.settings.node_lease_ttl_s
+        # One client for the cubelet's life: a failed call moves it to the next endpoint.
+        etcd = EtcdClient(self.settings.etcd_endpoints, timeout_s=5.0)
+        key = Keys(self.settings.etcd_prefix).node(self.settings.node_id)
         while True:
             try:
-                async with _etcd_client(self.settings.etcd_endpoints) as etcd:
-                    lease = await etcd.lease(ttl)
-                    while True:
-                        value = json_format.MessageToJson(self.status(), indent=None)
-                        await etcd.put(node_key(self.settings.etcd_prefix, self.settings.node_id), value.encode(), lease=lease)
-                        await lease.refresh()
-                        self._poked.clear()
-                        try:
-                            await asyncio.wait_for(self._poked.wait(), max(1.0, ttl / 3))
-                        except asyncio.TimeoutError:
-                            pass
+                lease = await etcd.call(lambda c: c.lease(ttl))
+                while True:
+                    value = json_format.MessageToJson(self.status(), indent=None).encode()
+                    await etcd.call(_put(key, value, lease))
+                    await etcd.call(_refresh(lease))
+                    self._poked.clear()
+                    try:
+                        await asyncio.wait_for(self._poked.wait(), max(1.0, ttl / 3))
+                    except TimeoutError:
+                        pass
             except asyncio.CancelledError:
+                await etcd.close()
                 raise
-            except Exception as e:  # etcd away: keep trying; the lease lapses meanwhile, by design
-                log.warning("node registration failed; retrying", extra={"error": str(e)})
+            except Exception as e:  # noqa: BLE001 - etcd away: keep trying; the lease lapses meanwhile, by design
+                log.warning("node registration failed; retrying", extra={"error": str(e), "etcd": etcd.endpoint})
                 await asyncio.sleep(1.0)
+
+
+# ``EtcdClient.call`` operations bound to one beat's value and lease (not to the loop's variables).
+def _put(key: bytes, value: bytes, lease: aetcd.Lease) -> Callable[[aetcd.Client], Awaitable[Any]]:
+    return lambda c: c.put(key, value, lease=lease)
+
+
+def _refresh(lease: aetcd.Lease) -> Callable[[aetcd.Client], Awaitable[Any]]:
+    return lambda c: c.refresh_lease(lease.id)
 
 
 def vcpus() -> int:

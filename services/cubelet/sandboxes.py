@@ -8,6 +8,7 @@ is re-adopted, one whose VM is gone is cleaned up, and a VM or network without a
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import json
 import logging
@@ -24,19 +25,26 @@ import httpx
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from sdk.gen.cube.v1 import cubelet_pb2 as pb
-from sdk.gen.cube.v1 import network_pb2
-from vmm_core import (Machine, MachineGoneError, NetworkAttachment, Snapshot, VmmError, VmmSettings, clone, restore,
-                      save)
-from vmm_core.machine import list_machines
+from sdk.gen.cube.v1 import cubelet_pb2 as pb, network_pb2
+from vmm_core import (
+    Machine,
+    MachineGoneError,
+    NetworkAttachment,
+    Snapshot,
+    VmmError,
+    VmmSettings,
+    clone,
+    list_machines,
+    restore,
+    save,
+)
 
 from . import gc
-from .guest_client import (ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, init_identity,
-                           wait_healthy)
+from .guest_client import GuestAgentError, GuestEndpoint, init_identity
 from .settings import CubeletSettings
+from .steps import Steps
 from .templates import TemplateStore
 from .vs_client import VsClient
-from .steps import Steps
 from .warm_pool import PoolEntry, WarmPool
 
 log = logging.getLogger("cubelet.sandboxes")
@@ -87,7 +95,7 @@ class SandboxRecord:
         os.replace(tmp, path)
 
     @classmethod
-    def load(cls, path: Path) -> "SandboxRecord":
+    def load(cls, path: Path) -> SandboxRecord:
         d = json.loads(path.read_text())
         d["state"] = State(d["state"])
         return cls(**d)
@@ -376,19 +384,20 @@ class SandboxManager:
         return self._get(sandbox_id).record.status(self.settings.node_id)
 
     def list(self) -> list[pb.SandboxStatus]:
-        return [l.record.status(self.settings.node_id) for l in self._live.values()
-                if l.record.state is not State.STARTING]
+        return [live.record.status(self.settings.node_id) for live in self._live.values()
+                if live.record.state is not State.STARTING]
 
     def counts(self) -> tuple[int, int]:
-        running = sum(1 for l in self._live.values() if l.record.state is State.RUNNING)
-        paused = sum(1 for l in self._live.values() if l.record.state is State.PAUSED)
+        running = sum(1 for live in self._live.values() if live.record.state is State.RUNNING)
+        paused = sum(1 for live in self._live.values() if live.record.state is State.PAUSED)
         return running, paused
 
-    def metrics(self, sandbox_id: str) -> list[pb.SandboxMetric]:
+    # From here on `list` in an annotation of this class would name the method above: builtins.list.
+    def metrics(self, sandbox_id: str) -> builtins.list[pb.SandboxMetric]:
         live = self._get(sandbox_id)
         return list(live.metrics)
 
-    def logs(self, sandbox_id: str, limit: int = 1000) -> list[pb.LogLine]:
+    def logs(self, sandbox_id: str, limit: int = 1000) -> builtins.list[pb.LogLine]:
         live = self._get(sandbox_id)
         path = self.vmm.vms_dir / live.record.vm_id / "console.log"
         try:
@@ -398,7 +407,7 @@ class SandboxManager:
             return []
         ts = Timestamp()
         ts.FromNanoseconds(int(mtime * 1e9))
-        return [pb.LogLine(timestamp=ts, line=l) for l in lines]
+        return [pb.LogLine(timestamp=ts, line=line) for line in lines]
 
     def _sample(self, live: _Live) -> None:
         m = live.machine
@@ -468,7 +477,8 @@ class SandboxManager:
                     log.warning("sandbox lost while the cubelet was down",
                                 extra={"sandbox_id": rec.sandbox_id, "error": str(e)})
             # STARTING/PAUSING/RESUMING when we died, or its VM is gone: finish the job by removing it.
-            if rec.state in (State.PAUSING, State.RESUMING) and (self._saved_dir(rec.sandbox_id) / "snapshot.json").exists():
+            if (rec.state in (State.PAUSING, State.RESUMING)
+                    and (self._saved_dir(rec.sandbox_id) / "snapshot.json").exists()):
                 rec.state = State.PAUSED
                 self._save_record(rec)
                 self._live[rec.sandbox_id] = live
@@ -493,5 +503,5 @@ class SandboxManager:
         for d in self.settings.paused_dir.iterdir():
             if d.name not in self._live:
                 shutil.rmtree(d, ignore_errors=True)
-        live_vs = [l.record.vs_id for l in self._live.values() if l.record.state is State.RUNNING]
+        live_vs = [entry.record.vs_id for entry in self._live.values() if entry.record.state is State.RUNNING]
         await self.vs.reconcile(live_vs)

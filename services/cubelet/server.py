@@ -5,9 +5,7 @@ import logging
 
 import grpc
 
-from sdk.gen.cube.v1 import cubelet_pb2 as pb
-from sdk.gen.cube.v1 import cubelet_pb2_grpc
-from vmm_core import accel
+from sdk.gen.cube.v1 import cubelet_pb2 as pb, cubelet_pb2_grpc
 
 from . import registration
 from .sandboxes import SandboxError, SandboxManager

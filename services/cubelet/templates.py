@@ -13,6 +13,7 @@ time.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import os
@@ -21,21 +22,32 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from sdk.gen.cube.v1 import cubelet_pb2 as pb
-from sdk.gen.cube.v1 import network_pb2
-from services.envd.version import ENVD_VERSION
-from vmm_core import (GuestArtifacts, GuestConfig, GuestService, NetworkAttachment, ServiceRoot, Snapshot, VmmError,
-                      VmmSettings, boot, ensure_guest_artifacts, snapshot)
-from vmm_core.cache import input_key
-from vmm_core.disks import ext4_from_dir, writable_layer
+from cube_common.envd import ENVD_PORT, ENVD_VERSION, INTERPRETER_PORT
+from sdk.gen.cube.v1 import cubelet_pb2 as pb, network_pb2
+from vmm_core import (
+    GuestArtifacts,
+    GuestConfig,
+    GuestService,
+    NetworkAttachment,
+    ServiceRoot,
+    Snapshot,
+    VmmError,
+    VmmSettings,
+    boot,
+    ensure_guest_artifacts,
+    ext4_from_dir,
+    input_key,
+    snapshot,
+    writable_layer,
+)
 
 from . import gc, guest_agent, oci
-from .guest_client import (ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, wait_healthy, wait_http,
-                           wait_tcp)
+from .guest_client import GuestAgentError, GuestEndpoint, wait_healthy, wait_http, wait_tcp
 from .references import sandbox_records
 from .settings import CubeletSettings
 from .vs_client import VsClient
@@ -86,7 +98,7 @@ class PreparedImage:
     env: dict[str, str] = field(default_factory=dict)  # the image's ENV: every sandbox process gets it
 
 
-def _event(phase: int, message: str = "", **kw) -> pb.TemplateBuildEvent:
+def _event(phase: Phase, message: str = "", **kw) -> pb.TemplateBuildEvent:
     ts = Timestamp()
     ts.GetCurrentTime()
     return pb.TemplateBuildEvent(phase=phase, message=message, timestamp=ts, **kw)
@@ -138,16 +150,17 @@ def _resolve_user(root: Path, user: str) -> tuple[int, int]:
         uid = int(name)
         gid = lookup("etc/passwd", name, 3, key_field=2) or 0
     else:
-        uid = lookup("etc/passwd", name, 2)
-        if uid is None:
+        found = lookup("etc/passwd", name, 2)
+        if found is None:
             raise TemplateError(f"the image's user {name!r} is not in its /etc/passwd")
+        uid = found
         gid = lookup("etc/passwd", name, 3) or 0
     if group:
         gid = int(group) if group.isdigit() else (lookup("etc/group", group, 2) or 0)
     return uid, gid
 
 
-def image_guest_config(config: "oci.ImageConfig", root: Path, req: pb.BuildTemplateRequest) -> GuestConfig:
+def image_guest_config(config: oci.ImageConfig, root: Path, req: pb.BuildTemplateRequest) -> GuestConfig:
     """The guest services of an image template: the agent, and the image's own command (if any),
     chrooted into the sandbox root with the image's env, user and working directory."""
     services = [guest_agent.agent_service(interpreter=False)]
@@ -191,7 +204,7 @@ class TemplateStore:
 
     async def guest(self) -> GuestArtifacts:
         if self._guest is None:
-            self._guest = await asyncio.to_thread(ensure_guest_artifacts, self.vmm)
+            self._guest = await asyncio.to_thread(ensure_guest_artifacts, self.vmm, guest_agent.cube_agent())
         return self._guest
 
     # ---- queries ---------------------------------------------------------------------------
@@ -225,12 +238,15 @@ class TemplateStore:
         self._changed()
         return True
 
-    def prune(self, template_id: str) -> list[str]:
+    # `list` in an annotation below this point names the method above: builtins.list.
+    def prune(self, template_id: str) -> builtins.list[str]:
         """Remove builds of a template that are neither current nor used by a VM or a paused
         sandbox (their files are named in those machines' records)."""
         t = self.get(template_id)
-        builds = t.dir / "builds" if t else None
-        if t is None or not builds.is_dir():
+        if t is None:
+            return []
+        builds = t.dir / "builds"
+        if not builds.is_dir():
             return []
         in_use = sandbox_records(self.settings, self.vmm)
         removed = []
@@ -280,13 +296,14 @@ class TemplateStore:
                 yield _event(Phase.BUILDING_IMAGE, "building the default code-interpreter image")
                 prepared = await self._prepare_default()
             elif source == "oci_image":
-                prepared = None
+                from_oci: PreparedImage | None = None
                 async for item in self._prepare_oci(req, staging, lap):
                     if isinstance(item, PreparedImage):
-                        prepared = item
+                        from_oci = item
                     else:
                         yield item
-                assert prepared is not None
+                assert from_oci is not None  # _prepare_oci ends with it or raises
+                prepared = from_oci
             else:
                 yield _event(Phase.FAILED, error="the build request names no image source")
                 return
@@ -403,11 +420,13 @@ class TemplateStore:
         events: asyncio.Queue = asyncio.Queue()
 
         def progress(p: oci.Progress) -> None:
-            events.put_nowait(_event(Phase.Value(p.phase.value), p.message, bytes_done=p.bytes_done,
-                                     bytes_total=p.bytes_total, layers_done=p.layers_done,
-                                     layers_total=p.layers_total))
+            # The OCI phases carry the TemplateBuildPhase names. Value() gives the member (an int;
+            # protobuf's stub types it as a plain int, the generated one as TemplateBuildPhase).
+            phase = cast(Phase, Phase.Value(p.phase.value))
+            events.put_nowait(_event(phase, p.message, bytes_done=p.bytes_done, bytes_total=p.bytes_total,
+                                     layers_done=p.layers_done, layers_total=p.layers_total))
 
-        staging.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(staging.mkdir, parents=True, exist_ok=True)
         root = staging / "root"
         yield _event(Phase.PULLING, f"fetching {src.reference}")
         task = asyncio.create_task(oci.fetch_image(ref, root, cache, auth=creds, progress=progress))

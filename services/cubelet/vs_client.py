@@ -1,6 +1,8 @@
 """The cubelet's client of CubeVS (same node, gRPC over a unix socket)."""
 from __future__ import annotations
 
+import builtins
+
 import grpc
 
 from sdk.gen.cube.v1 import network_pb2, vs_pb2, vs_pb2_grpc
@@ -32,10 +34,11 @@ class VsClient:
     async def list(self) -> list[vs_pb2.SandboxNetwork]:
         return list((await self._stub.List(vs_pb2.ListRequest(), timeout=30)).networks)
 
-    async def reconcile(self, live: list[str]) -> vs_pb2.ReconcileResponse:
+    # After `list` above, `list` in this class's annotations names that method: use builtins.list.
+    async def reconcile(self, live: builtins.list[str]) -> vs_pb2.ReconcileResponse:
         return await self._stub.Reconcile(vs_pb2.ReconcileRequest(live_sandbox_ids=live), timeout=60)
 
-    async def stats(self, vs_ids: list[str]) -> dict[str, vs_pb2.SandboxStats]:
+    async def stats(self, vs_ids: builtins.list[str]) -> dict[str, vs_pb2.SandboxStats]:
         resp = await self._stub.Stats(vs_pb2.StatsRequest(sandbox_ids=vs_ids), timeout=30)
         return {s.sandbox_id: s for s in resp.stats}
 
@@ -43,4 +46,4 @@ class VsClient:
         return await self._stub.Status(vs_pb2.StatusRequest(), timeout=30)
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(grace=None)  # the stub lacks the default (None: cancel calls at once)

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from cube_common.envd import ENVD_PORT, INTERPRETER_PORT
 from sdk.gen.cube.v1 import network_pb2, vs_pb2
 from vmm_core import Machine, NetworkAttachment, VmmError, VmmSettings, clone
 
-from .guest_client import (ENVD_PORT, INTERPRETER_PORT, GuestAgentError, GuestEndpoint, init_identity,
-                           wait_healthy, warm_interpreter)
+from .guest_client import GuestAgentError, GuestEndpoint, init_identity, wait_healthy, warm_interpreter
 from .settings import CubeletSettings
 from .steps import Steps
 from .templates import TemplateStore
@@ -120,10 +120,11 @@ class WarmPool:
         now = time.monotonic()
         for tid, q in self._ready.items():
             for entry in [e for e in q if now - e.checked_at > CHECK_IDLE_S]:
-                ok = entry.agent is not None
-                if ok:
+                agent = entry.agent
+                ok = agent is not None
+                if agent is not None:
                     try:
-                        r = await entry.agent.get(entry.endpoint.url(ENVD_PORT, "/health"), timeout=10.0)
+                        r = await agent.get(entry.endpoint.url(ENVD_PORT, "/health"), timeout=10.0)
                         ok = r.status_code < 300
                     except httpx.HTTPError:
                         ok = False
@@ -156,7 +157,7 @@ class WarmPool:
                     self._ready[tpl.template_id].append(entry)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=5.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _make(self, template_id: str) -> PoolEntry:
@@ -197,7 +198,8 @@ class WarmPool:
                 steps.done("warmup")
             # Operators size the pool from these: a fill slower than the gap between creates
             # empties it.
-            log.info("warm pool entry ready", extra={"template_id": template_id, "vm_id": vs_id, "steps_ms": steps.ms()})
+            log.info("warm pool entry ready",
+                     extra={"template_id": template_id, "vm_id": vs_id, "steps_ms": steps.ms()})
             return PoolEntry(template_id, tpl.build_key, vs_id, machine, net, agent)
         except BaseException:
             if agent is not None:

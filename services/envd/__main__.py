@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from .log import setup_logging
+from cube_common import jsonlog
+
 from .server import run
 from .settings import parse_settings
 
 
 def main(argv: list[str] | None = None) -> None:
     settings = parse_settings(sys.argv[1:] if argv is None else argv)
-    setup_logging(settings.log_level)
+    jsonlog.setup("envd", settings.log_level)
     run(settings)
 
 

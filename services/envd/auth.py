@@ -20,8 +20,8 @@ def username_from_basic(header: str | None) -> str | None:
         raise ConnectError(Code.UNAUTHENTICATED, "unsupported Authorization scheme; use Basic")
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise ConnectError(Code.UNAUTHENTICATED, "malformed Basic credentials")
+    except (binascii.Error, UnicodeDecodeError) as e:
+        raise ConnectError(Code.UNAUTHENTICATED, "malformed Basic credentials") from e
     name, _, _password = decoded.partition(":")
     return name or None
 
@@ -35,5 +35,5 @@ def rpc_user(identity: Identity, authorization: str | None) -> User:
     name = username_from_basic(authorization)
     try:
         return resolve_user(identity, name)
-    except users.UnknownUser:
-        raise ConnectError(Code.UNAUTHENTICATED, f"invalid username: '{name or identity.default_user}'")
+    except users.UnknownUser as e:
+        raise ConnectError(Code.UNAUTHENTICATED, f"invalid username: '{name or identity.default_user}'") from e

@@ -14,8 +14,9 @@ import json
 import logging
 import struct
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -91,7 +92,7 @@ def decode_message(data: bytes, cls: type[M]) -> M:
         text = data.decode("utf-8") if data else "{}"
         return json_format.Parse(text, cls(), ignore_unknown_fields=True)
     except (UnicodeDecodeError, json_format.ParseError, ValueError) as e:
-        raise ConnectError(Code.INVALID_ARGUMENT, f"invalid {cls.DESCRIPTOR.name} JSON: {e}")
+        raise ConnectError(Code.INVALID_ARGUMENT, f"invalid {cls.DESCRIPTOR.name} JSON: {e}") from e
 
 
 def envelope(payload: bytes, flags: int = 0) -> bytes:
@@ -116,7 +117,7 @@ async def read_envelopes(request: web.Request) -> AsyncIterator[tuple[int, bytes
         except asyncio.IncompleteReadError as e:
             if not e.partial:
                 return
-            raise ConnectError(Code.INVALID_ARGUMENT, "truncated envelope header")
+            raise ConnectError(Code.INVALID_ARGUMENT, "truncated envelope header") from e
         flags, length = struct.unpack(">BI", header)
         if flags & FLAG_COMPRESSED:
             raise ConnectError(Code.INTERNAL, "compressed envelopes are not supported (identity only)")
@@ -124,8 +125,8 @@ async def read_envelopes(request: web.Request) -> AsyncIterator[tuple[int, bytes
             raise ConnectError(Code.RESOURCE_EXHAUSTED, f"message of {length} bytes exceeds the limit")
         try:
             payload = await content.readexactly(length)
-        except asyncio.IncompleteReadError:
-            raise ConnectError(Code.INVALID_ARGUMENT, "truncated envelope payload")
+        except asyncio.IncompleteReadError as err:
+            raise ConnectError(Code.INVALID_ARGUMENT, "truncated envelope payload") from err
         yield flags, payload
 
 
@@ -135,8 +136,8 @@ def parse_timeout_ms(raw: str | None) -> float | None:
         return None
     try:
         ms = float(raw)
-    except ValueError:
-        raise ConnectError(Code.INVALID_ARGUMENT, f"invalid Connect-Timeout-Ms: {raw!r}")
+    except ValueError as e:
+        raise ConnectError(Code.INVALID_ARGUMENT, f"invalid Connect-Timeout-Ms: {raw!r}") from e
     if ms < 0 or ms != ms:
         raise ConnectError(Code.INVALID_ARGUMENT, f"invalid Connect-Timeout-Ms: {raw!r}")
     return ms / 1000.0
@@ -264,8 +265,8 @@ class ConnectRouter:
             if raw:
                 try:
                     keepalive = max(0.05, float(raw))
-                except ValueError:
-                    raise ConnectError(Code.INVALID_ARGUMENT, f"invalid Keepalive-Ping-Interval {raw!r}")
+                except ValueError as e:
+                    raise ConnectError(Code.INVALID_ARGUMENT, f"invalid Keepalive-Ping-Interval {raw!r}") from e
         return CallContext(request, request.path, deadline, keepalive)
 
     async def _read_unary_body(self, request: web.Request) -> bytes:
@@ -290,8 +291,8 @@ class ConnectRouter:
             else:
                 try:
                     resp = await asyncio.wait_for(coro, remaining)
-                except asyncio.TimeoutError:
-                    raise ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed")
+                except TimeoutError as err:
+                    raise ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed") from err
         except ConnectError as e:
             return error_response(e)
         except Exception as e:  # the agent keeps serving whatever one call does
@@ -390,7 +391,7 @@ class ConnectRouter:
                 await _cancel_pending(ctx)
                 await _aclose(stream)
                 raise ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed")
-            if ka is not None:
+            if ka is not None and keepalive is not None:  # ka is set only with a keepalive
                 return keepalive()
 
     async def _client_stream(self, ctx: CallContext, method: _Method) -> web.StreamResponse:
@@ -408,8 +409,8 @@ class ConnectRouter:
             else:
                 try:
                     result = await asyncio.wait_for(coro, remaining)
-                except asyncio.TimeoutError:
-                    raise ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed")
+                except TimeoutError as err:
+                    raise ConnectError(Code.DEADLINE_EXCEEDED, "the call's deadline passed") from err
             body = envelope(encode_message(result)) + end_stream_envelope(None)
         except ConnectError as e:
             body = end_stream_envelope(e)

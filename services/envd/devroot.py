@@ -20,6 +20,9 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 
+from cube_common.envd import ENVD_PORT, INTERPRETER_PORT
+from cube_common.procs import stop_process
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MNT_DETACH = 2
 
@@ -51,8 +54,8 @@ def _umount(path: str) -> None:
 
 @dataclass
 class DevRoot:
-    envd_port: int = 49983
-    interpreter_port: int = 49999
+    envd_port: int = ENVD_PORT
+    interpreter_port: int = INTERPRETER_PORT
     kernel_python: str = os.path.join(REPO, ".venv", "bin", "python")
     extra_args: list[str] = field(default_factory=list)
     log_path: str | None = None
@@ -60,7 +63,7 @@ class DevRoot:
     root: str = ""
     proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> "DevRoot":
+    def __enter__(self) -> DevRoot:
         self.start()
         return self
 
@@ -138,13 +141,8 @@ class DevRoot:
         return pids
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 15)
         self.proc = None
         if self.root:
             for pid in self._leftover_pids():

@@ -54,7 +54,7 @@ def os_error(e: OSError, path: str) -> ConnectError:
     return ConnectError(Code.INTERNAL, f"{path}: {e.strerror or e}")
 
 
-def _file_type(mode: int) -> int:
+def _file_type(mode: int) -> pb.FileType:
     if stat.S_ISDIR(mode):
         return pb.FILE_TYPE_DIRECTORY
     if stat.S_ISLNK(mode):
@@ -130,7 +130,7 @@ def list_dir(path: str, depth: int) -> list[pb.EntryInfo]:
     def walk(d: str, level: int) -> None:
         try:
             it = os.scandir(d)
-        except OSError as e:
+        except OSError:
             if d == path:
                 raise
             return  # an unreadable subdirectory is listed but not descended into

@@ -106,14 +106,14 @@ class FilesHttp:
                 raise HttpError(401, "missing or invalid access token")
         try:
             return resolve_user(self.identity, username)
-        except users.UnknownUser:
-            raise HttpError(401, f"invalid username: '{username}'")
+        except users.UnknownUser as e:
+            raise HttpError(401, f"invalid username: '{username}'") from e
 
     def _path(self, raw: str, user: User) -> str:
         try:
             return resolve_path(raw, user)
         except ConnectError as e:
-            raise HttpError(400, e.message)
+            raise HttpError(400, e.message) from e
 
     # -- endpoints ----------------------------------------------------------------------------
 
@@ -147,7 +147,7 @@ class FilesHttp:
             try:
                 fd, size = await run_as(user, _open_for_read, path)
             except OSError as e:
-                raise _http_from_os(e, path)
+                raise _http_from_os(e, path) from e
         except HttpError as e:
             return json_error(e.status, e.message)
 
@@ -205,8 +205,8 @@ class FilesHttp:
             return json_error(400, f"malformed upload: {e}")
 
     @staticmethod
-    def _written(path: str, metadata: dict[str, str]) -> dict:
-        out = {"name": posixpath.basename(path), "type": "file", "path": path}
+    def _written(path: str, metadata: dict[str, str]) -> dict[str, str | dict[str, str]]:
+        out: dict[str, str | dict[str, str]] = {"name": posixpath.basename(path), "type": "file", "path": path}
         if metadata:
             out["metadata"] = metadata
         return out
@@ -216,7 +216,7 @@ class FilesHttp:
         try:
             fd = await run_as(user, _open_for_write, path)
         except OSError as e:
-            raise _http_from_os(e, path)
+            raise _http_from_os(e, path) from e
         try:
             async for chunk in chunks:
                 if chunk:
@@ -224,7 +224,7 @@ class FilesHttp:
             if metadata:
                 await loop.run_in_executor(users.FS_POOL, write_metadata, path, metadata)
         except OSError as e:
-            raise _http_from_os(e, path)
+            raise _http_from_os(e, path) from e
         finally:
             os.close(fd)
 
@@ -237,7 +237,7 @@ async def _file_parts(reader: MultipartReader):
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception as e:  # aiohttp raises assorted types for a malformed body
-            raise HttpError(400, f"malformed multipart body: {e or type(e).__name__}")
+            raise HttpError(400, f"malformed multipart body: {e or type(e).__name__}") from e
         if part is None:
             return
         if isinstance(part, MultipartReader):

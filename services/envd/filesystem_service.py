@@ -9,7 +9,7 @@ import posixpath
 import shutil
 import stat
 import uuid
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from .auth import rpc_user
 from .connect import CallContext, Code, ConnectError, ConnectRouter
@@ -97,7 +97,7 @@ class FilesystemService:
         try:
             return await run_as(user, fn, *args)
         except OSError as e:
-            raise os_error(e, e.filename if isinstance(e.filename, str) else path)
+            raise os_error(e, e.filename if isinstance(e.filename, str) else path) from e
 
     def _user_and_path(self, ctx: CallContext, raw: str) -> tuple[User, str]:
         user = rpc_user(self.identity, ctx.headers.get("Authorization"))
@@ -169,7 +169,9 @@ class FilesystemService:
             raise ConnectError(Code.NOT_FOUND, f"watcher '{wid}' not found")
         return w
 
-    async def get_watcher_events(self, ctx: CallContext, req: pb.GetWatcherEventsRequest) -> pb.GetWatcherEventsResponse:
+    async def get_watcher_events(
+        self, ctx: CallContext, req: pb.GetWatcherEventsRequest
+    ) -> pb.GetWatcherEventsResponse:
         user = rpc_user(self.identity, ctx.headers.get("Authorization"))
         w = self._polled(req.watcher_id)
         w.last_poll = asyncio.get_running_loop().time()

@@ -16,11 +16,12 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 from datetime import datetime
 
-from . import log as envd_log
+from cube_common import jsonlog
+
 from .users import User
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -49,7 +50,7 @@ class InitRequest:
     sandbox_id: str | None = None
 
     @classmethod
-    def from_json(cls, body: object) -> "InitRequest":
+    def from_json(cls, body: object) -> InitRequest:
         if not isinstance(body, dict):
             raise InitError("body must be a JSON object")
         env = body.get("envVars")
@@ -65,8 +66,8 @@ class InitRequest:
         if entropy is not None:
             try:
                 entropy = base64.b64decode(entropy, validate=True)
-            except (ValueError, TypeError):
-                raise InitError("entropy must be base64")
+            except (ValueError, TypeError) as e:
+                raise InitError("entropy must be base64") from e
         for key in ("defaultUser", "defaultWorkdir", "sandboxID"):
             if body.get(key) is not None and not isinstance(body[key], str):
                 raise InitError(f"{key} must be a string")
@@ -94,7 +95,7 @@ def _parse_timestamp(value: object) -> float | None:
         except ValueError:
             pass
         text = value.strip()
-        if text.endswith("Z") or text.endswith("z"):
+        if text.endswith(("Z", "z")):
             text = text[:-1] + "+00:00"
         # Python 3.11 takes at most 6 fractional digits; Go sends 9.
         if "." in text:
@@ -106,8 +107,8 @@ def _parse_timestamp(value: object) -> float | None:
             text = f"{head}.{digits[:6]}{tz}"
         try:
             dt = datetime.fromisoformat(text)
-        except ValueError:
-            raise InitError(f"timestamp {value!r} is neither RFC 3339 nor unix seconds")
+        except ValueError as e:
+            raise InitError(f"timestamp {value!r} is neither RFC 3339 nor unix seconds") from e
         if dt.tzinfo is None:
             raise InitError("timestamp needs a UTC offset")
         return dt.timestamp()
@@ -192,7 +193,7 @@ class Identity:
             self.default_workdir = req.default_workdir
         if req.sandbox_id:
             self.sandbox_id = req.sandbox_id
-            envd_log.set_sandbox_id(req.sandbox_id)
+            jsonlog.tag(sandbox_id=req.sandbox_id)
         if req.timestamp is not None:
             set_clock(req.timestamp)
         if req.entropy:

@@ -69,7 +69,7 @@ def load_everything() -> None:
     import datetime
 
     datetime.datetime.fromisoformat("2025-01-01T00:00:00+00:00")
-    datetime.datetime.now(datetime.timezone.utc).isoformat()
+    datetime.datetime.now(datetime.UTC).isoformat()
     import time
 
     time.strftime("%Y")  # loads locale/time state
@@ -80,8 +80,7 @@ def _warm_messages() -> None:
     bytes, enums, int64, Timestamp): json_format imports helpers on first use of each."""
     from google.protobuf import json_format
 
-    from .gen import filesystem_pb2 as fs
-    from .gen import process_pb2 as pr
+    from .gen import filesystem_pb2 as fs, process_pb2 as pr
 
     samples = [
         (pr.StartRequest, {"process": {"cmd": "/bin/sh", "args": ["-c", "x"], "envs": {"A": "b"},

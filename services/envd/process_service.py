@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import signal
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from .auth import rpc_user
 from .connect import CallContext, Code, ConnectError, ConnectRouter
@@ -89,7 +89,7 @@ class ProcessService:
         try:
             proc = self.table.start(spec)
         except SpawnError as e:
-            raise ConnectError(Code.INVALID_ARGUMENT, str(e))
+            raise ConnectError(Code.INVALID_ARGUMENT, str(e)) from e
         sub = proc.subscribe()
         try:
             yield pb.StartResponse(event=pb.ProcessEvent(start=pb.ProcessEvent.StartEvent(pid=proc.pid)))
@@ -141,9 +141,9 @@ class ProcessService:
             else:
                 raise ConnectError(Code.INVALID_ARGUMENT, "input needs stdin or pty data")
         except ValueError as e:
-            raise ConnectError(Code.FAILED_PRECONDITION, str(e))
+            raise ConnectError(Code.FAILED_PRECONDITION, str(e)) from e
         except (BrokenPipeError, OSError) as e:
-            raise ConnectError(Code.FAILED_PRECONDITION, f"cannot write input: {e}")
+            raise ConnectError(Code.FAILED_PRECONDITION, f"cannot write input: {e}") from e
 
     async def send_input(self, ctx: CallContext, req: pb.SendInputRequest) -> pb.SendInputResponse:
         await self._write_input(self._select(req.process), req.input)
@@ -182,7 +182,7 @@ class ProcessService:
         try:
             proc.close_stdin()
         except ValueError as e:
-            raise ConnectError(Code.FAILED_PRECONDITION, str(e))
+            raise ConnectError(Code.FAILED_PRECONDITION, str(e)) from e
         return pb.CloseStdinResponse()
 
     async def update(self, ctx: CallContext, req: pb.UpdateRequest) -> pb.UpdateResponse:
@@ -191,8 +191,8 @@ class ProcessService:
             try:
                 proc.resize(req.pty.size.cols, req.pty.size.rows)
             except ValueError as e:
-                raise ConnectError(Code.FAILED_PRECONDITION, str(e))
+                raise ConnectError(Code.FAILED_PRECONDITION, str(e)) from e
         return pb.UpdateResponse()
 
 
-__all__ = ["ProcessService", "OutputKind"]
+__all__ = ["OutputKind", "ProcessService"]

@@ -56,7 +56,7 @@ class Exit:
     error: str | None
 
     @classmethod
-    def from_returncode(cls, rc: int) -> "Exit":
+    def from_returncode(cls, rc: int) -> Exit:
         if rc >= 0:
             status = f"exit status {rc}"
             return cls(rc, True, status, status if rc else None)
@@ -103,6 +103,12 @@ class Subscription:
             self.queue.get_nowait()
 
 
+def _wake(fut: asyncio.Future[None]) -> None:
+    """Event-loop reader/writer callback: resolve ``fut`` once."""
+    if not fut.done():
+        fut.set_result(None)
+
+
 def _set_winsize(fd: int, cols: int, rows: int) -> None:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
@@ -123,8 +129,8 @@ async def _read_fd(fd: int, timeout: float | None = None) -> bytes | None:
             if e.errno == errno.EIO:
                 return b""
             raise
-        fut = loop.create_future()
-        loop.add_reader(fd, lambda: fut.done() or fut.set_result(None))
+        fut: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _wake, fut)
         try:
             if timeout is None:
                 await fut
@@ -146,8 +152,8 @@ async def _write_all(fd: int, data: bytes) -> None:
             continue
         except BlockingIOError:
             pass
-        fut = loop.create_future()
-        loop.add_writer(fd, lambda: fut.done() or fut.set_result(None))
+        fut: asyncio.Future[None] = loop.create_future()
+        loop.add_writer(fd, _wake, fut)
         try:
             await fut
         finally:
@@ -168,6 +174,7 @@ class ManagedProcess:
         self._done = asyncio.Event()
         self._on_end = on_end
         self._input_lock = asyncio.Lock()
+        self._runner: asyncio.Future[None] | None = None  # keeps the task of _run() referenced
 
     @property
     def tag(self) -> str | None:
@@ -239,7 +246,7 @@ class ManagedProcess:
                 os.close(fd)
         self._popen = popen
         self.pid = popen.pid
-        asyncio.ensure_future(self._run())
+        self._runner = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -262,8 +269,8 @@ class ManagedProcess:
         except OSError:
             pidfd = None
         if pidfd is not None:
-            fut = loop.create_future()
-            loop.add_reader(pidfd, lambda: fut.done() or fut.set_result(None))
+            fut: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(pidfd, _wake, fut)
             try:
                 await fut
             finally:
@@ -271,8 +278,10 @@ class ManagedProcess:
                 os.close(pidfd)
             rc = self._popen.wait()
         else:
-            while (rc := self._popen.poll()) is None:
+            # No pidfd (old kernel): nothing to wait on but the child's status.
+            while (polled := self._popen.poll()) is None:  # noqa: ASYNC110 - the fallback polls by design
                 await asyncio.sleep(0.05)
+            rc = polled
         self._exit = Exit.from_returncode(rc)
         self._exited.set()
 
@@ -409,7 +418,7 @@ class ProcessTable:
         for p in self.all():
             try:
                 await asyncio.wait_for(p.wait(), 2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
 

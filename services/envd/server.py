@@ -10,20 +10,21 @@ import socket
 
 from aiohttp import web
 
+from cube_common.envd import ENVD_VERSION
+
 from . import preload, rootfs, users
 from .connect import Code, ConnectError, ConnectRouter, error_response
 from .files_http import FilesHttp, json_error
 from .filesystem_service import FilesystemService
 from .identity import Identity
+from .interpreter import identity_hook
 from .interpreter.api import InterpreterApi
 from .interpreter.contexts import ContextRegistry
-from .interpreter import identity_hook
 from .interpreter.execute import prime_contexts, valid_env
 from .interpreter.kernels import KernelLaunch, Language
 from .process_service import ProcessService
 from .processes import ProcessTable
 from .settings import Settings
-from .version import ENVD_VERSION
 
 log = logging.getLogger("envd.server")
 

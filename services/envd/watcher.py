@@ -47,11 +47,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 @dataclass(frozen=True)
 class FsEvent:
     name: str  # relative to the watched directory
-    type: int  # filesystem_pb2.EventType
+    type: pb.EventType
     path: str  # absolute
 
 
-def _type_of(mask: int) -> int | None:
+def _type_of(mask: int) -> pb.EventType | None:
     if mask & (IN_CREATE | IN_MOVED_TO):
         return pb.EVENT_TYPE_CREATE
     if mask & IN_MODIFY:

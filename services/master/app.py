@@ -8,6 +8,7 @@ import signal
 
 import grpc
 
+from cube_common.etcd import EtcdUnavailable
 from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
 from services.master import reconcile, timeouts
 from services.master.apikeys import ApiKeys
@@ -19,7 +20,7 @@ from services.master.reconcile import Reconciler
 from services.master.sandboxes import Sandboxes
 from services.master.server import MasterService
 from services.master.settings import Settings
-from services.master.store import Store, StoreUnavailable
+from services.master.store import Store
 from services.master.templates import Templates
 
 log = get_logger("app")
@@ -49,7 +50,7 @@ class Master:
             try:
                 await self.templates.ensure_default_aliases()
                 break
-            except StoreUnavailable:
+            except EtcdUnavailable:
                 await asyncio.sleep(1)
         await reconcile.run(self.reconciler, self.settings.reconcile_interval_s)
 

@@ -26,18 +26,19 @@ import re
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 import grpc
 
+from cube_common.etcd import EtcdUnavailable
 from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
 from services.master import errors
 from services.master.clock import secs, ts
 from services.master.log import get_logger
 from services.master.nodes import NodeClients, node_error
 from services.master.settings import Settings
-from services.master.store import Conflict, Store, StoreUnavailable, Versioned
+from services.master.store import Conflict, Store, Versioned
 from services.master.templates import NAME_RE, Templates, from_info
 
 log = get_logger("builds")
@@ -77,7 +78,8 @@ class _Running:
     template_rev: int                  # revision of the BUILDING record this build wrote
     node: C.NodeStatus
     task: asyncio.Task | None = None
-    call: object = None                # the node's BuildTemplate call, to cancel it
+    # the node's BuildTemplate call, to cancel it
+    call: grpc.aio.UnaryStreamCall[C.BuildTemplateRequest, C.TemplateBuildEvent] | None = None
     dirty: bool = False
     last_write: float = field(default_factory=time.monotonic)
     started: bool = False              # the node sent at least one event
@@ -327,15 +329,15 @@ class Builds:
             try:
                 try:
                     run.rev = await self.store.update_build(job, run.rev)
-                except Conflict:
+                except Conflict as err:
                     cur = await self.store.get_build(job.job_id)
                     if cur is None or cur.value.phase in TERMINAL:
                         run.interrupted = True
                         if run.call is not None:
                             run.call.cancel()
-                        raise _Interrupted()
+                        raise _Interrupted() from err
                     run.rev = await self.store.update_build(job, cur.mod_revision)
-            except (StoreUnavailable, Conflict) as e:
+            except (EtcdUnavailable, Conflict) as e:
                 log.warning("build progress not written", extra=_extra(job, error=str(e)))
                 run.dirty = True
                 return
@@ -358,7 +360,7 @@ class Builds:
         while True:
             try:
                 return await fn()
-            except StoreUnavailable:
+            except EtcdUnavailable:
                 if time.monotonic() >= deadline:
                     raise
                 await asyncio.sleep(0.5)
@@ -406,7 +408,7 @@ class Builds:
         aliases = list(job.aliases)
         try:
             done = await self._cas_final(run, lambda rev: self.store.finish_build(job, rev, tpl, aliases))
-        except StoreUnavailable as e:
+        except EtcdUnavailable as e:
             # The job stays running without a heartbeat: the reconciler fails it (and deletes the
             # node's template) once it is stale.
             log.warning("build result not written", extra=_extra(job, error=str(e)))
@@ -430,7 +432,7 @@ class Builds:
             self._fail_record(job, error, event)
             if not await self._cas_final(run, lambda rev: self.store.update_build(job, rev), retry_s):
                 return
-        except StoreUnavailable as e:
+        except EtcdUnavailable as e:
             log.warning("build failure not written; the reconciler finishes it", extra=_extra(job, error=str(e)))
             return
         log.warning("template build failed", extra=_extra(job, node_id=job.node_id,
@@ -504,7 +506,7 @@ class Builds:
                     return
                 try:
                     await asyncio.wait_for(changed.wait(), poll_s)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 changed.clear()
                 nv = await self.store.get_build(job_id)

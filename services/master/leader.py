@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
+from cube_common.etcd import EtcdUnavailable
 from sdk.gen.cube.v1 import master_pb2
 from services.master.clock import ts
 from services.master.log import get_logger
-from services.master.store import Store, StoreUnavailable, from_json, to_json
+from services.master.store import Store, from_json, to_json
 
 log = get_logger("leader")
 
@@ -33,7 +34,7 @@ class Election:
 
     @property
     def key(self) -> bytes:
-        return self.store.key("leader")
+        return self.store.keys.leader()
 
     async def current(self) -> master_pb2.MasterIdentity | None:
         r = await self.store.call(lambda c: c.get(self.key))
@@ -47,7 +48,7 @@ class Election:
                         await self._lead()
                     else:
                         await asyncio.sleep(max(0.2, self.ttl_s / 4))
-                except StoreUnavailable:
+                except EtcdUnavailable:
                     await asyncio.sleep(1)
                 except Exception as e:  # noqa: BLE001 - the loop must outlive any one failure
                     # Without this loop no master would ever lead again (no timeouts, no
@@ -66,7 +67,7 @@ class Election:
         t = self.store.t
         try:
             ok, _ = await self.store.txn([t.create(self.key) == 0], [t.put(self.key, to_json(me), lease=lease.id)])
-        except StoreUnavailable:
+        except EtcdUnavailable:
             await self._revoke(lease.id)
             raise
         if not ok:
@@ -91,7 +92,7 @@ class Election:
                     await self._step_down("lease expired")
                     return
                 last_ok = time.monotonic()
-            except StoreUnavailable:
+            except EtcdUnavailable:
                 # Step down before the lease can have expired on the server (a standby may then win).
                 if time.monotonic() - last_ok > self.ttl_s * 2 / 3:
                     await self._step_down("etcd unreachable")
@@ -100,7 +101,7 @@ class Election:
     async def _revoke(self, lease_id: int) -> None:
         try:
             await self.store.call(lambda c: c.revoke_lease(lease_id))
-        except StoreUnavailable:
+        except EtcdUnavailable:
             pass
 
     async def _step_down(self, why: str) -> None:

@@ -1,9 +1,9 @@
-"""Logging for cube-master: JSON lines (services/jsonlog.py) under the `cube.master` logger."""
+"""Logging for cube-master: JSON lines (cube_common/jsonlog.py) under the `cube.master` logger."""
 from __future__ import annotations
 
 import logging
 
-from services import jsonlog
+from cube_common import jsonlog
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -45,7 +45,7 @@ class NodeClients:
 
     async def close(self) -> None:
         for ch in self._channels.values():
-            await ch.close()
+            await ch.close(grace=None)  # at once (grpc's default; its stub wants it named)
         self._channels.clear()
 
     async def call(self, node: cubelet_pb2.NodeStatus, method: str, request, timeout: float | None = None):

@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import time
 
+from cube_common.etcd import EtcdUnavailable
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2
 from services.master import errors
 from services.master.clock import secs
 from services.master.log import get_logger
 from services.master.sandboxes import Sandboxes
-from services.master.store import Conflict, StoreUnavailable
+from services.master.store import Conflict
 
 log = get_logger("reconcile")
 P = master_pb2
@@ -71,8 +72,8 @@ class Reconciler:
                 continue
             on_node = {s.sandbox_id: s for s in listed.sandboxes}
             for sid, st in on_node.items():
-                v = records.get(sid) or await self.store.get_sandbox(sid)
-                if v is not None and v.value.node_id == node.node_id:
+                known = records.get(sid) or await self.store.get_sandbox(sid)
+                if known is not None and known.value.node_id == node.node_id:
                     self._orphans_seen.pop(sid, None)
                     continue
                 if self._old_enough(sid, st, now):
@@ -160,7 +161,7 @@ async def run(reconciler: Reconciler, interval_s: float) -> None:
     while True:
         try:
             await reconciler.run_once()
-        except StoreUnavailable:
+        except EtcdUnavailable:
             pass
         except Exception:
             log.exception("reconcile error")

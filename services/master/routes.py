@@ -3,11 +3,8 @@ store together with the record, then waited on until every proxy has applied the
 
 from __future__ import annotations
 
-import asyncio
-
-import aetcd.exceptions
-import grpc
-
+from cube_common.etcd import EtcdUnavailable
+from cube_common.route_ack import RoutesNotApplied, wait_routes_applied
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2, route_pb2
 from services.master.errors import Unavailable
 from services.master.log import get_logger
@@ -23,30 +20,13 @@ def build_route(rec: master_pb2.Sandbox, node: cubelet_pb2.NodeStatus, paused: b
         traffic_access_token=rec.traffic_access_token, auto_resume=paused and rec.auto_resume)
 
 
-def _ack_helper():
-    # The proxy owns the acknowledgement protocol (services/proxy/ack.py). Looked up at each
-    # call, so a master keeps working (without waiting) on a tree where the proxy is absent.
-    try:
-        from services.proxy.ack import wait_routes_applied  # type: ignore
-    except ImportError:
-        return None
-    return wait_routes_applied
-
-
 async def wait_applied(store, revision: int, timeout_s: float, sandbox_id: str = "") -> None:
     """Return once every live proxy has applied the etcd state up to ``revision``; raise
     Unavailable when they have not within ``timeout_s`` (or etcd failed meanwhile)."""
-    helper = _ack_helper()
-    if helper is None:
-        log.debug("no proxy ack helper; not waiting for route", extra={"sandbox_id": sandbox_id})
-        return
     try:
-        async with store.using() as client:
-            ok = await helper(client, revision, timeout_s, prefix=store.prefix)
-    except (asyncio.TimeoutError, TimeoutError) as e:
+        await wait_routes_applied(store.etcd, store.keys, revision, timeout_s)
+    except RoutesNotApplied as e:
         log.warning("route not applied in time", extra={"sandbox_id": sandbox_id, "error": str(e)})
         raise Unavailable(f"the proxies did not apply the route within {timeout_s:g}s") from e
-    except (aetcd.exceptions.ClientError, grpc.RpcError) as e:
+    except EtcdUnavailable as e:
         raise Unavailable(f"cluster state unavailable while waiting for the route: {e}") from e
-    if ok is False:
-        raise Unavailable(f"the proxies did not apply the route within {timeout_s:g}s")

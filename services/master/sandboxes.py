@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import builtins
 import re
 import secrets
 import string
 import time
 
+from cube_common.etcd import EtcdUnavailable
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2, network_pb2
 from services.master import errors
 from services.master.clock import secs, ts
@@ -31,7 +33,7 @@ from services.master.nodes import NodeClients
 from services.master.routes import build_route, wait_applied
 from services.master.scheduler import load_by_node, rank
 from services.master.settings import Settings
-from services.master.store import Conflict, Store, StoreUnavailable, Versioned
+from services.master.store import Conflict, Store, Versioned
 from services.master.templates import Templates
 
 log = get_logger("sandboxes")
@@ -191,7 +193,7 @@ class Sandboxes:
             # so a cancellation cannot cut the undo short. What cannot be undone now (etcd down)
             # stays CREATING and is undone by the reconciler after the deadline.
             await asyncio.shield(self._undo_create(rec, rev))
-            if isinstance(e, StoreUnavailable):
+            if isinstance(e, EtcdUnavailable):
                 raise errors.Unavailable(f"cluster state unavailable: {e}") from e
             raise
 
@@ -223,8 +225,8 @@ class Sandboxes:
                 setattr(done, f, getattr(status, f))
         try:
             rev2 = await self.store.update_sandbox(done, rev, route=build_route(done, node))
-        except Conflict:
-            raise errors.NotFound(f"sandbox '{rec.sandbox_id}' was killed while it was being created")
+        except Conflict as e:
+            raise errors.NotFound(f"sandbox '{rec.sandbox_id}' was killed while it was being created") from e
         t2 = time.monotonic()
         steps["update"] = t2 - t1
         await wait_applied(self.store, rev2, self.settings.route_ack_timeout_s, rec.sandbox_id)
@@ -250,7 +252,7 @@ class Sandboxes:
                 return
             await self.store.delete_sandbox(rec.sandbox_id, cur.mod_revision)
             log.info("create undone", extra=_extra(rec))
-        except (StoreUnavailable, Conflict) as e:
+        except (EtcdUnavailable, Conflict) as e:
             log.warning("create undo incomplete; the reconciler finishes it", extra=_extra(rec, error=str(e)))
         except Exception:
             log.exception("create undo failed", extra=_extra(rec))
@@ -262,7 +264,7 @@ class Sandboxes:
 
     async def list(self, req: P.ListSandboxRecordsRequest) -> P.ListSandboxRecordsResponse:
         want = set(req.phases) or {P.SANDBOX_PHASE_RUNNING, P.SANDBOX_PHASE_PAUSED}
-        phases = set()
+        phases: set[P.SandboxPhase] = set()
         if P.SANDBOX_PHASE_RUNNING in want:
             phases.update(RUNNING_PHASES)
         if P.SANDBOX_PHASE_PAUSED in want:
@@ -360,8 +362,8 @@ class Sandboxes:
         self._deadline(rec, self.settings.node_op_timeout_s)
         try:
             rev = await self.store.update_sandbox(rec, v.mod_revision)
-        except Conflict:
-            raise errors.FailedPrecondition(f"sandbox '{sid}' changed state meanwhile; try again")
+        except Conflict as e:
+            raise errors.FailedPrecondition(f"sandbox '{sid}' changed state meanwhile; try again") from e
         node = await self._node(rec.node_id)
         if node is None:
             await self._settle(rec, rev, P.SANDBOX_PHASE_RUNNING, None)
@@ -371,9 +373,9 @@ class Sandboxes:
                                   timeout=self.settings.node_op_timeout_s * 0.8)
         except errors.FailedPrecondition:
             pass  # the node has it paused already: settle as paused
-        except errors.NotFound:
+        except errors.NotFound as e:
             await self._forget(rec, rev, "vm gone at pause")
-            raise errors.NotFound(f"sandbox '{sid}' not found")
+            raise errors.NotFound(f"sandbox '{sid}' not found") from e
         except errors.MasterError:
             await self._settle(rec, rev, P.SANDBOX_PHASE_RUNNING, node)
             raise
@@ -386,7 +388,8 @@ class Sandboxes:
         log.info("paused", extra=_extra(rec, reason=reason))
         return out[0]
 
-    async def _settle(self, rec: P.Sandbox, rev: int, phase: int, node, status: cubelet_pb2.SandboxStatus | None = None):
+    async def _settle(self, rec: P.Sandbox, rev: int, phase: P.SandboxPhase, node,
+                      status: cubelet_pb2.SandboxStatus | None = None):
         """Write the final phase of a pause/resume (and the route that goes with it). Returns the
         record, or None when it was killed meanwhile (then the VM is killed again)."""
         done = _copy(rec)
@@ -458,9 +461,9 @@ class Sandboxes:
         except errors.FailedPrecondition:
             # Already running on the node (an earlier resume whose answer was lost).
             status = await self.nodes.call(node, "GetSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
-        except errors.NotFound:
+        except errors.NotFound as e:
             await self._forget(rec, rev, "saved state gone at resume")
-            raise errors.NotFound(f"sandbox '{sid}' not found")
+            raise errors.NotFound(f"sandbox '{sid}' not found") from e
         except errors.MasterError:
             await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, node)
             raise
@@ -488,7 +491,8 @@ class Sandboxes:
         lo = req.start.ToNanoseconds() if req.HasField("start") else None
         hi = req.end.ToNanoseconds() if req.HasField("end") else None
         keep = [m for m in resp.metrics
-                if (lo is None or m.timestamp.ToNanoseconds() >= lo) and (hi is None or m.timestamp.ToNanoseconds() <= hi)]
+                if (lo is None or m.timestamp.ToNanoseconds() >= lo)
+                and (hi is None or m.timestamp.ToNanoseconds() <= hi)]
         return cubelet_pb2.SandboxMetricsResponse(metrics=keep)
 
     async def logs(self, req: cubelet_pb2.SandboxLogsRequest) -> cubelet_pb2.SandboxLogsResponse:
@@ -509,7 +513,8 @@ class Sandboxes:
                 node = await self._node(rec.node_id)
                 if node is None:
                     raise errors.Unavailable(f"node '{rec.node_id}' is not registered")
-                await self.nodes.call(node, "UpdateNetwork", cubelet_pb2.UpdateNetworkRequest(sandbox_id=sid, network=policy))
+                await self.nodes.call(node, "UpdateNetwork",
+                                      cubelet_pb2.UpdateNetworkRequest(sandbox_id=sid, network=policy))
             # A paused sandbox gets the policy with its resume.
             rec.network.CopyFrom(policy)
             rec.updated_at.CopyFrom(ts())
@@ -520,10 +525,10 @@ class Sandboxes:
                 continue
         raise errors.Unavailable(f"sandbox '{sid}' is changing too fast; try again")
 
-    async def using_template(self, template_id: str) -> list[str]:
+    async def using_template(self, template_id: str) -> builtins.list[str]:
         return [s.sandbox_id for s in await self.users_of(template_id)]
 
-    async def users_of(self, template_id: str) -> list[P.Sandbox]:
+    async def users_of(self, template_id: str) -> builtins.list[P.Sandbox]:
         """The sandboxes (running, paused, or on their way) that use a template, oldest first."""
         return sorted((v.value for v in await self.store.list_sandboxes()
                        if v.value.template_id == template_id and v.value.phase != P.SANDBOX_PHASE_KILLING),

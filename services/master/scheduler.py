@@ -9,6 +9,7 @@ or a copy first.
 from __future__ import annotations
 
 import random
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2
@@ -50,7 +51,7 @@ def load_by_node(records: list[master_pb2.Sandbox]) -> dict[str, NodeLoad]:
 
 
 def rank(nodes: list[cubelet_pb2.NodeStatus], template_id: str, memory_mb: int,
-         load: dict[str, NodeLoad], exclude: set[str] = frozenset()) -> list[Candidate]:
+         load: dict[str, NodeLoad], exclude: AbstractSet[str] = frozenset()) -> list[Candidate]:
     """Nodes with room for the sandbox, best first. Raises Unavailable when there are no nodes
     at all and Exhausted when none has room."""
     if not nodes:

@@ -7,6 +7,7 @@ import functools
 
 import grpc
 
+from cube_common.etcd import EtcdUnavailable
 from sdk.gen.cube.v1 import master_pb2 as P, master_pb2_grpc
 from services.master import errors
 from services.master.apikeys import ApiKeys
@@ -14,7 +15,7 @@ from services.master.builds import Builds
 from services.master.leader import Election
 from services.master.log import get_logger
 from services.master.sandboxes import Sandboxes
-from services.master.store import Conflict, StoreUnavailable
+from services.master.store import Conflict
 from services.master.templates import Templates
 
 log = get_logger("server")
@@ -27,7 +28,7 @@ _CODES = (
     (errors.Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-    (StoreUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (EtcdUnavailable, grpc.StatusCode.UNAVAILABLE),
     (Conflict, grpc.StatusCode.ABORTED),
 )
 
@@ -35,7 +36,7 @@ _CODES = (
 async def _abort(context: grpc.aio.ServicerContext, e: Exception, rpc: str) -> None:
     for cls, code in _CODES:
         if isinstance(e, cls):
-            msg = str(e) if not isinstance(e, StoreUnavailable) else f"cluster state unavailable: {e}"
+            msg = str(e) if not isinstance(e, EtcdUnavailable) else f"cluster state unavailable: {e}"
             await context.abort(code, msg)
     log.exception("internal error", extra={"rpc": rpc})
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")

@@ -1,46 +1,32 @@
 """Typed access to the cluster state in etcd.
 
-Layout (every value is proto3 JSON of one cube.v1 message, so ``etcdctl get --prefix /cube/``
-explains the cluster):
-
-    <prefix>/sandboxes/<sandbox_id>        Sandbox         (master)
-    <prefix>/routes/<sandbox_id>           SandboxRoute    (master; the proxies watch it)
-    <prefix>/templates/<template_id>       Template        (master)
-    <prefix>/template-aliases/<alias>      TemplateAlias   (master)
-    <prefix>/template-builds/<job_id>      TemplateBuild   (master; never any registry credentials)
-    <prefix>/apikeys/<key_id>              ApiKey          (master; only a SHA-256 of the key)
-    <prefix>/nodes/<node_id>               NodeStatus      (each cubelet, under its lease)
-    <prefix>/leader                        MasterIdentity  (the leader, under its lease)
+The key layout is ``cube_common.keys`` (its docstring lists every record and its owner); every
+value is proto3 JSON of one cube.v1 message, so ``etcdctl get --prefix /cube/`` explains the
+cluster.
 
 Writes that change a sandbox compare its mod revision (optimistic concurrency), so two masters
 (or a master and the reconciler) never overwrite each other; a sandbox and its route change in
-one transaction. Any etcd failure surfaces as ``StoreUnavailable`` within the configured
-deadline, never as a hang.
+one transaction. Any etcd failure surfaces as ``EtcdUnavailable`` within the configured
+deadline, never as a hang (``cube_common.etcd``, which also fails over between endpoints).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-import aetcd
-import aetcd.exceptions
-import grpc
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from cube_common.etcd import EtcdClient
+from cube_common.keys import Keys
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2, route_pb2
 from services.master.log import get_logger
 
 log = get_logger("store")
 
 M = TypeVar("M", bound=Message)
-
-
-class StoreUnavailable(Exception):
-    """etcd could not be reached (or did not answer in time)."""
 
 
 class Conflict(Exception):
@@ -62,99 +48,24 @@ def from_json(data: bytes, cls: type[M]) -> M:
 
 
 class Store:
-    def __init__(self, endpoints: tuple[str, ...], prefix: str = "/cube", timeout_s: float = 3.0):
-        self.endpoints = endpoints
-        self.prefix = "/" + prefix.strip("/")
+    def __init__(self, endpoints: Sequence[str], prefix: str = "/cube", timeout_s: float = 3.0):
+        self.etcd = EtcdClient(endpoints, timeout_s)
+        self.keys = Keys(prefix)
+        self.prefix = self.keys.root
         self.timeout_s = timeout_s
-        self._ep = 0
-        self._client: aetcd.Client | None = None
-        # Calls in flight per client. A client is closed only once nobody uses it: closing a gRPC
-        # channel cancels its calls, and a call cancelled from below looks like a cancelled task to
-        # the caller (the RPC handler or the election loop), which must never happen.
-        self._users: dict[int, int] = {}
-        self._retired: dict[int, aetcd.Client] = {}
-        self._closing: set[asyncio.Task] = set()
 
     # ---- plumbing -------------------------------------------------------------------------
 
-    def key(self, *parts: str) -> bytes:
-        return "/".join((self.prefix, *parts)).encode()
-
-    @property
-    def client(self) -> aetcd.Client:
-        if self._client is None:
-            host, _, port = self.endpoints[self._ep % len(self.endpoints)].rpartition(":")
-            # timeout is the per-call gRPC deadline; keepalive so a dead etcd is noticed.
-            self._client = aetcd.Client(host=host, port=int(port), timeout=self.timeout_s,
-                                        connect_wait_timeout=int(self.timeout_s) or 1,
-                                        options={"grpc.keepalive_time_ms": 5000,
-                                                 "grpc.keepalive_timeout_ms": 2000})
-        return self._client
-
-    @staticmethod
-    async def _close_client(client: aetcd.Client) -> None:
-        try:
-            await asyncio.wait_for(client.close(), 2)
-        except Exception:
-            pass
-
     async def close(self) -> None:
-        clients = list(self._retired.values())
-        self._retired.clear()
-        if self._client is not None:
-            clients.append(self._client)
-            self._client = None
-        for client in clients:
-            await self._close_client(client)
+        await self.etcd.close()
 
-    def _rotate(self, client: aetcd.Client) -> None:
-        """Retire ``client``: new calls get a fresh channel (to the next endpoint, if there is more
-        than one), which connects at once instead of waiting out the old channel's reconnect
-        backoff. The old channel is closed when its last call has finished."""
-        if self._client is not client:
-            return  # another failing call replaced it already
-        self._ep += 1
-        self._client = None
-        self._retired[id(client)] = client
-
-    @contextlib.asynccontextmanager
-    async def using(self):
-        """The current client, held for the duration of the block: it is not closed under the
-        block's calls even if another call retires it meanwhile. For calls that do not fit
-        ``call`` (watches, the route-ack wait); ``call`` is the usual way in."""
-        client = self.client
-        key = id(client)
-        self._users[key] = self._users.get(key, 0) + 1
-        try:
-            yield client
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise  # our caller is being cancelled: let it be
-            # Cancelled from below (the channel went away under the call): an unavailable store.
-            log.warning("etcd call cancelled by its channel")
-            self._rotate(client)
-            raise StoreUnavailable("etcd call cancelled") from None
-        finally:
-            self._users[key] -= 1
-            if not self._users[key]:
-                del self._users[key]
-                retired = self._retired.pop(key, None)
-                if retired is not None:
-                    closing = asyncio.ensure_future(self._close_client(retired))
-                    self._closing.add(closing)
-                    closing.add_done_callback(self._closing.discard)
+    def using(self):
+        """The etcd channel held for a block (watches, the route-ack wait); see EtcdClient."""
+        return self.etcd.using()
 
     async def call(self, make):
-        """Run ``make(client)`` (a coroutine factory) with the deadline and error mapping."""
-        async with self.using() as client:
-            try:
-                return await asyncio.wait_for(make(client), self.timeout_s + 0.5)
-            except (aetcd.exceptions.ClientError, grpc.RpcError, grpc.aio.UsageError, asyncio.TimeoutError,
-                    OSError) as e:
-                log.warning("etcd unavailable", extra={"error": f"{type(e).__name__}: {e}"})
-                self._rotate(client)
-                raise StoreUnavailable(str(e) or type(e).__name__) from e
+        """Run ``make(client)`` (a coroutine factory) with the deadline, failover and error mapping."""
+        return await self.etcd.call(make)
 
     async def _get(self, key: bytes, cls: type[M]) -> Versioned[M] | None:
         r = await self.call(lambda c: c.get(key))
@@ -162,8 +73,7 @@ class Store:
             return None
         return Versioned(from_json(r.value, cls), r.mod_revision)
 
-    async def _list(self, sub: str, cls: type[M]) -> list[Versioned[M]]:
-        pfx = self.key(sub) + b"/"
+    async def _list(self, pfx: bytes, cls: type[M]) -> list[Versioned[M]]:
         r = await self.call(lambda c: c.get_prefix(pfx))
         out = []
         for kv in r.kvs:
@@ -187,25 +97,25 @@ class Store:
 
     @property
     def t(self):
-        return self.client.transactions
+        return self.etcd.transactions
 
     async def current_revision(self) -> int:
-        r = await self.call(lambda c: c.get_prefix(self.key("leader"), keys_only=True))
+        r = await self.call(lambda c: c.get_prefix(self.keys.leader(), keys_only=True))
         return r.header.revision
 
     # ---- sandboxes and routes -------------------------------------------------------------
 
     def sandbox_key(self, sid: str) -> bytes:
-        return self.key("sandboxes", sid)
+        return self.keys.sandbox(sid)
 
     def route_key(self, sid: str) -> bytes:
-        return self.key("routes", sid)
+        return self.keys.route(sid)
 
     async def get_sandbox(self, sid: str) -> Versioned[master_pb2.Sandbox] | None:
         return await self._get(self.sandbox_key(sid), master_pb2.Sandbox)
 
     async def list_sandboxes(self) -> list[Versioned[master_pb2.Sandbox]]:
-        return await self._list("sandboxes", master_pb2.Sandbox)
+        return await self._list(self.keys.sandboxes(), master_pb2.Sandbox)
 
     async def create_sandbox(self, rec: master_pb2.Sandbox) -> int:
         t = self.t
@@ -242,7 +152,7 @@ class Store:
         return rev
 
     async def list_routes(self) -> list[Versioned[route_pb2.SandboxRoute]]:
-        return await self._list("routes", route_pb2.SandboxRoute)
+        return await self._list(self.keys.routes(), route_pb2.SandboxRoute)
 
     async def delete_route_if_orphan(self, sid: str, route_rev: int) -> bool:
         """Delete a route only if it is unchanged and its sandbox record does not exist."""
@@ -254,58 +164,58 @@ class Store:
     # ---- templates and aliases ------------------------------------------------------------
 
     async def get_template(self, tid: str) -> Versioned[master_pb2.Template] | None:
-        return await self._get(self.key("templates", tid), master_pb2.Template)
+        return await self._get(self.keys.template(tid), master_pb2.Template)
 
     async def list_templates(self) -> list[Versioned[master_pb2.Template]]:
-        return await self._list("templates", master_pb2.Template)
+        return await self._list(self.keys.templates(), master_pb2.Template)
 
     async def put_template(self, tpl: master_pb2.Template) -> int:
-        r = await self.call(lambda c: c.put(self.key("templates", tpl.template_id), to_json(tpl)))
+        r = await self.call(lambda c: c.put(self.keys.template(tpl.template_id), to_json(tpl)))
         return r.header.revision
 
     async def delete_template(self, tid: str, aliases: list[str]) -> bool:
         t = self.t
-        k = self.key("templates", tid)
-        ops = [t.delete(k)] + [t.delete(self.key("template-aliases", a)) for a in aliases]
+        k = self.keys.template(tid)
+        ops = [t.delete(k)] + [t.delete(self.keys.alias(a)) for a in aliases]
         ok, _ = await self.txn([t.create(k) > 0], ops)
         return ok
 
     async def get_alias(self, alias: str) -> Versioned[master_pb2.TemplateAlias] | None:
-        return await self._get(self.key("template-aliases", alias), master_pb2.TemplateAlias)
+        return await self._get(self.keys.alias(alias), master_pb2.TemplateAlias)
 
     async def list_aliases(self) -> list[Versioned[master_pb2.TemplateAlias]]:
-        return await self._list("template-aliases", master_pb2.TemplateAlias)
+        return await self._list(self.keys.aliases(), master_pb2.TemplateAlias)
 
     async def put_alias(self, alias: master_pb2.TemplateAlias, only_if_absent: bool = False) -> bool:
         t = self.t
-        k = self.key("template-aliases", alias.alias)
+        k = self.keys.alias(alias.alias)
         ok, _ = await self.txn([t.create(k) == 0] if only_if_absent else [], [t.put(k, to_json(alias))])
         return ok
 
     async def delete_template_at(self, tid: str, expect_rev: int) -> bool:
         """Delete a template record only if it is still the one written at ``expect_rev``."""
         t = self.t
-        k = self.key("templates", tid)
+        k = self.keys.template(tid)
         ok, _ = await self.txn([t.mod(k) == expect_rev], [t.delete(k)])
         return ok
 
     # ---- template builds ------------------------------------------------------------------
 
     def build_key(self, job_id: str) -> bytes:
-        return self.key("template-builds", job_id)
+        return self.keys.build(job_id)
 
     async def get_build(self, job_id: str) -> Versioned[master_pb2.TemplateBuild] | None:
         return await self._get(self.build_key(job_id), master_pb2.TemplateBuild)
 
     async def list_builds(self) -> list[Versioned[master_pb2.TemplateBuild]]:
-        return await self._list("template-builds", master_pb2.TemplateBuild)
+        return await self._list(self.keys.builds(), master_pb2.TemplateBuild)
 
     async def create_build(self, job: master_pb2.TemplateBuild, building: master_pb2.Template) -> tuple[bool, int]:
         """Write a new job and its template's BUILDING record together, only if no template and no
         alias has the template's name yet (this claims the id). Returns (written, revision)."""
         t = self.t
-        tk = self.key("templates", job.template_id)
-        ak = self.key("template-aliases", job.template_id)
+        tk = self.keys.template(job.template_id)
+        ak = self.keys.alias(job.template_id)
         bk = self.build_key(job.job_id)
         return await self.txn([t.create(tk) == 0, t.create(ak) == 0, t.create(bk) == 0],
                               [t.put(bk, to_json(job)), t.put(tk, to_json(building))])
@@ -323,8 +233,8 @@ class Store:
         """A READY build: the job, its template's record and its aliases in one transaction."""
         t = self.t
         k = self.build_key(job.job_id)
-        ops = [t.put(k, to_json(job)), t.put(self.key("templates", template.template_id), to_json(template))]
-        ops += [t.put(self.key("template-aliases", a),
+        ops = [t.put(k, to_json(job)), t.put(self.keys.template(template.template_id), to_json(template))]
+        ops += [t.put(self.keys.alias(a),
                       to_json(master_pb2.TemplateAlias(alias=a, template_id=template.template_id))) for a in aliases]
         ok, rev = await self.txn([t.mod(k) == expect_rev], ops)
         if not ok:
@@ -340,27 +250,27 @@ class Store:
     # ---- API keys -------------------------------------------------------------------------
 
     async def get_apikey(self, key_id: str) -> master_pb2.ApiKey | None:
-        v = await self._get(self.key("apikeys", key_id), master_pb2.ApiKey)
+        v = await self._get(self.keys.apikey(key_id), master_pb2.ApiKey)
         return v.value if v else None
 
     async def list_apikeys(self) -> list[master_pb2.ApiKey]:
-        return [v.value for v in await self._list("apikeys", master_pb2.ApiKey)]
+        return [v.value for v in await self._list(self.keys.apikeys(), master_pb2.ApiKey)]
 
     async def create_apikey(self, key: master_pb2.ApiKey) -> bool:
         t = self.t
-        k = self.key("apikeys", key.key_id)
+        k = self.keys.apikey(key.key_id)
         ok, _ = await self.txn([t.create(k) == 0], [t.put(k, to_json(key))])
         return ok
 
     async def delete_apikey(self, key_id: str) -> bool:
-        r = await self.call(lambda c: c.delete(self.key("apikeys", key_id)))
+        r = await self.call(lambda c: c.delete(self.keys.apikey(key_id)))
         return r is not None
 
     # ---- nodes (written by the cubelets) --------------------------------------------------
 
     async def list_nodes(self) -> list[cubelet_pb2.NodeStatus]:
-        return [v.value for v in await self._list("nodes", cubelet_pb2.NodeStatus)]
+        return [v.value for v in await self._list(self.keys.nodes(), cubelet_pb2.NodeStatus)]
 
     async def get_node(self, node_id: str) -> cubelet_pb2.NodeStatus | None:
-        v = await self._get(self.key("nodes", node_id), cubelet_pb2.NodeStatus)
+        v = await self._get(self.keys.node(node_id), cubelet_pb2.NodeStatus)
         return v.value if v else None

@@ -11,15 +11,17 @@ of the default template, created by the leader when absent.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import re
 
+from cube_common.etcd import EtcdUnavailable
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2
 from services.master import errors
 from services.master.clock import ts
 from services.master.log import get_logger
 from services.master.nodes import NodeClients
 from services.master.settings import Settings
-from services.master.store import Store, StoreUnavailable
+from services.master.store import Store
 
 log = get_logger("templates")
 
@@ -120,9 +122,9 @@ class Templates:
 
     async def ensure_default_aliases(self) -> None:
         for alias in self.settings.default_aliases:
-            if await self.store.put_alias(master_pb2.TemplateAlias(alias=alias, template_id=self.settings.default_template),
-                                          only_if_absent=True):
-                log.info("default alias created", extra={"alias": alias, "template_id": self.settings.default_template})
+            record = master_pb2.TemplateAlias(alias=alias, template_id=self.settings.default_template)
+            if await self.store.put_alias(record, only_if_absent=True):
+                log.info("default alias created", extra={"alias": alias, "template_id": record.template_id})
 
     async def list(self) -> list[master_pb2.Template]:
         aliases = await self.store.list_aliases()
@@ -170,7 +172,7 @@ class Templates:
             raise errors.NotFound(f"template alias '{alias}' not found")
         return a.value
 
-    async def delete(self, ref: str, in_use: list[master_pb2.Sandbox], kill) -> bool:
+    async def delete(self, ref: str, in_use: builtins.list[master_pb2.Sandbox], kill) -> bool:
         """Delete a template everywhere: on its nodes first (so a failure leaves the record for a
         retry), then its record and aliases. ``in_use`` are the sandboxes that use it (running or
         paused); without ``kill`` (a coroutine function killing one) they make this
@@ -192,7 +194,8 @@ class Templates:
         for node in await self.store.list_nodes():
             if tid in node.templates:
                 try:
-                    await self.nodes.call(node, "DeleteTemplate", cubelet_pb2.DeleteTemplateRequest(template_id=tid, force=True))
+                    await self.nodes.call(node, "DeleteTemplate",
+                                          cubelet_pb2.DeleteTemplateRequest(template_id=tid, force=True))
                 except errors.NotFound:
                     pass
         aliases = [a.value.alias for a in await self.store.list_aliases() if a.value.template_id == tid]
@@ -211,7 +214,7 @@ class Templates:
                 t.spawn_count += 1
                 t.last_spawned_at.CopyFrom(ts())
                 await self.store.put_template(t)
-            except StoreUnavailable:
+            except EtcdUnavailable:
                 pass
         task = asyncio.get_running_loop().create_task(bump())
         self._bg.add(task)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 
+from cube_common.etcd import EtcdUnavailable
 from sdk.gen.cube.v1 import master_pb2
 from services.master import errors
 from services.master.clock import secs
 from services.master.log import get_logger
 from services.master.sandboxes import Sandboxes
-from services.master.store import StoreUnavailable
 
 log = get_logger("timeouts")
 CONCURRENCY = 8
@@ -33,7 +33,7 @@ async def expire_once(sandboxes: Sandboxes, now: float | None = None) -> list[st
                     await sandboxes.kill(rec.sandbox_id, reason="timeout")
             except (errors.NotFound, errors.FailedPrecondition):
                 pass  # killed, paused or extended meanwhile
-            except (errors.MasterError, StoreUnavailable) as e:
+            except (errors.MasterError, EtcdUnavailable) as e:
                 log.warning("timeout action failed; retrying next tick",
                             extra={"sandbox_id": rec.sandbox_id, "error": str(e)})
 
@@ -45,7 +45,7 @@ async def run(sandboxes: Sandboxes, tick_s: float) -> None:
     while True:
         try:
             await expire_once(sandboxes)
-        except StoreUnavailable:
+        except EtcdUnavailable:
             pass
         except Exception:
             log.exception("timeout loop error")

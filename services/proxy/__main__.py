@@ -27,8 +27,8 @@ async def _run(settings: ProxySettings) -> int:
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
         code = 0
-        if waiter.done() and waiter.exception() is not None:
-            raise waiter.exception()
+        if waiter.done() and (exc := waiter.exception()) is not None:
+            raise exc
         waiter.cancel()
         stopper.cancel()
         return code
@@ -37,7 +37,7 @@ async def _run(settings: ProxySettings) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = ProxySettings.from_args(argv)
+    settings = ProxySettings.load(argv)
     proxy_log.setup(settings.log_level, proxy_id=settings.proxy_id)
     sys.exit(asyncio.run(_run(settings)))
 

@@ -24,14 +24,13 @@ import hashlib
 import itertools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
-
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from . import xds
 

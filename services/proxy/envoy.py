@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from google.protobuf import json_format
-
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2  # noqa: F401
+from google.protobuf import json_format
+
+from cube_common.procs import stop_async_process
 
 from .settings import ProxySettings
 from .xds import HTTP_OPTIONS
@@ -63,7 +64,8 @@ def bootstrap(settings: ProxySettings, ads_socket: Path) -> dict:
         "overload_manager": {"resource_monitors": [{
             "name": "envoy.resource_monitors.global_downstream_max_connections",
             "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                "@type": "type.googleapis.com/envoy.extensions.resource_monitors"
+                         ".downstream_connections.v3.DownstreamConnectionsConfig",
                 "max_active_downstream_connections": 100000}}]},
         "static_resources": {"clusters": [{
             "name": XDS_CLUSTER,
@@ -94,7 +96,7 @@ class EnvoyProcess:
     def __post_init__(self) -> None:
         self.proc: asyncio.subprocess.Process | None = None
         self.starts = 0
-        self._stopping = False
+        self._stopping = asyncio.Event()
         rt = self.settings.runtime_dir
         self.bootstrap_path = rt / "envoy.json"
         self.pid_path = rt / "envoy.pid"
@@ -144,8 +146,7 @@ class EnvoyProcess:
                 continue
             entry.pop("component", None)
             sid = entry.pop("sandbox_id", None)
-            access_log.info("request", extra={"sandbox_id": sid if sid not in (None, "-") else None,
-                                              **{k: v for k, v in entry.items()}})
+            access_log.info("request", extra={"sandbox_id": sid if sid not in (None, "-") else None, **entry})
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         self.bootstrap_path.write_text(json.dumps(bootstrap(self.settings, self.ads_socket), indent=1))
@@ -160,9 +161,10 @@ class EnvoyProcess:
 
     async def run(self) -> None:
         delay = self.restart_delay
-        while not self._stopping:
+        while not self._stopping.is_set():
             started = time.monotonic()
             self.proc = await self._spawn()
+            assert self.proc.stderr is not None and self.proc.stdout is not None  # spawned with PIPE
             pumps = [asyncio.ensure_future(self._pump_stderr(self.proc.stderr)),
                      asyncio.ensure_future(self._pump_stdout(self.proc.stdout))]
             try:
@@ -171,23 +173,18 @@ class EnvoyProcess:
             finally:
                 for p in pumps:
                     p.cancel()
-            if self._stopping:
+            if self._stopping.is_set():
                 break
             log.error("Envoy exited; restarting", extra={"pid": self.proc.pid, "exit_code": code})
             delay = self.restart_delay if time.monotonic() - started > 30 else min(delay * 2, self.max_restart_delay)
             await asyncio.sleep(delay)
 
     async def stop(self, timeout: float = 5.0) -> None:
-        self._stopping = True
+        self._stopping.set()
         proc = self.proc
         if proc is None or proc.returncode is not None:
             return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
+        await stop_async_process(proc, timeout)
         try:
             self.pid_path.unlink()
         except OSError:

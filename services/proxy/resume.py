@@ -55,7 +55,7 @@ class Resumer:
         if self._runner is not None:
             await self._runner.cleanup()
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(grace=None)  # at once (grpc's default; its stub wants it named)
 
     async def handle(self, request: web.Request) -> web.Response:
         sid = request.headers.get(SANDBOX_HEADER, "")

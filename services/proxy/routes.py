@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import ipaddress
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from google.protobuf import json_format
 
+from cube_common.etcd import EtcdClient
+from cube_common.keys import Keys
 from sdk.gen.cube.v1 import route_pb2
 
 from .settings import Endpoint
@@ -90,22 +93,22 @@ def parse_route(key: str, value: bytes, prefix: str, local_node_id: str, mod_rev
     token = msg.traffic_access_token
     if token and not TOKEN_RE.match(token):
         raise MalformedRoute("traffic access token has characters that cannot travel in a header")
-    common = dict(sandbox_id=sid, state=state, node_id=msg.node_id, traffic_access_token=token,
-                  auto_resume=state is RouteState.PAUSED and msg.auto_resume, mod_revision=mod_revision)
+    route = functools.partial(Route, sandbox_id=sid, state=state, node_id=msg.node_id, traffic_access_token=token,
+                              auto_resume=state is RouteState.PAUSED and msg.auto_resume, mod_revision=mod_revision)
     if not msg.node_id or msg.node_id == local_node_id:
         if not msg.host_address:
             if state is RouteState.PAUSED:
-                return Route(**common)
+                return route()
             raise MalformedRoute("running local sandbox without host_address")
         src = _ip(msg.proxy_source_address, "proxy_source_address") if msg.proxy_source_address else ""
-        return Route(host_address=_ip(msg.host_address, "host_address"), proxy_source_address=src, **common)
+        return route(host_address=_ip(msg.host_address, "host_address"), proxy_source_address=src)
     try:
         remote = Endpoint.parse(msg.node_proxy_address)
     except ValueError:
         raise MalformedRoute(f"node_proxy_address {msg.node_proxy_address!r} is not host:port") from None
     if not NODE_HOST_RE.match(remote.host) and not remote.is_ipv6:
         raise MalformedRoute(f"node_proxy_address host {remote.host!r} is not valid")
-    return Route(remote=remote, **common)
+    return route(remote=remote)
 
 
 @dataclass
@@ -123,10 +126,10 @@ class RouteWatcher:
     (the ADS server coalesces bursts into one push).
     """
 
-    def __init__(self, client, prefix: str, local_node_id: str,
+    def __init__(self, etcd: EtcdClient, keys: Keys, local_node_id: str,
                  on_change: Callable[[RouteTable], None], retry_delay: float = 0.5):
-        self._client = client
-        self._prefix = prefix
+        self._etcd = etcd
+        self._prefix = keys.routes().decode()
         self._node = local_node_id
         self._on_change = on_change
         self._retry_delay = retry_delay
@@ -143,7 +146,7 @@ class RouteWatcher:
             return None
 
     async def _list(self) -> int:
-        rng = await self._client.get_prefix(self._prefix.encode())
+        rng = await self._etcd.call(lambda c: c.get_prefix(self._prefix.encode()))
         routes = {}
         for kv in rng:
             route = self._parse(kv)
@@ -178,15 +181,16 @@ class RouteWatcher:
         while True:
             try:
                 revision = await self._list()
-                watch = await self._client.watch_prefix(self._prefix.encode(), start_revision=revision + 1)
-                try:
-                    async for event in watch:
-                        self._apply(event)
-                finally:
+                async with self._etcd.using() as client:
+                    watch = await client.watch_prefix(self._prefix.encode(), start_revision=revision + 1)
                     try:
-                        await asyncio.wait_for(watch.cancel(), 2)
-                    except Exception:
-                        pass
+                        async for event in watch:
+                            self._apply(event)
+                    finally:
+                        try:
+                            await asyncio.wait_for(watch.cancel(), 2)
+                        except Exception:  # noqa: BLE001 - best effort on a failing channel
+                            pass
                 log.warning("route watch ended; listing again")
             except asyncio.CancelledError:
                 raise

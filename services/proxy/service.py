@@ -1,5 +1,5 @@
 """CubeProxy as one process: etcd route watch → xDS resources → ADS → the Envoy child, plus the
-applied-revision publisher that lets the master wait for routes (ack.py)."""
+applied-revision publisher that lets the master wait for routes (cube_common.route_ack)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import asyncio
 import logging
 import socket
 
-import aetcd
+from cube_common.etcd import EtcdClient
+from cube_common.route_ack import AppliedRevisionPublisher
 
 from . import xds
-from .ack import AppliedRevisionPublisher
 from .ads import AdsServer
 from .envoy import EnvoyProcess
 from .resume import Resumer
@@ -37,7 +37,7 @@ class ProxyService:
     def __init__(self, settings: ProxySettings):
         self.settings = settings
         self.tls: TlsFiles | None = None
-        self.etcd: aetcd.Client | None = None
+        self.etcd: EtcdClient | None = None
         self.ads: AdsServer | None = None
         self.envoy: EnvoyProcess | None = None
         self.watcher: RouteWatcher | None = None
@@ -66,9 +66,8 @@ class ProxyService:
             raise RuntimeError("none of the listen addresses exists on this host")
         if self._https:
             self.tls = ensure_certificates(s.tls_dir, s.domain)
-        ep = s.etcd_endpoints[0]
-        self.etcd = aetcd.Client(host=ep.host, port=ep.port, timeout=10)
-        self.publisher = AppliedRevisionPublisher(self.etcd, s.etcd_prefix, s.proxy_id, s.lease_ttl)
+        self.etcd = EtcdClient(s.etcd_endpoints, timeout_s=10.0)
+        self.publisher = AppliedRevisionPublisher(self.etcd, s.keys, s.proxy_id, s.lease_ttl)
         self.ads = AdsServer(on_routes_applied=self.publisher.applied, on_streams_changed=self._streams_changed)
         sock = s.runtime_dir / "ads.sock"
         sock.unlink(missing_ok=True)
@@ -76,7 +75,7 @@ class ProxyService:
         if s.master_addr:
             self.resumer = Resumer(s)
             await self.resumer.start()
-        self.watcher = RouteWatcher(self.etcd, s.routes_prefix, s.node_id, self._on_routes)
+        self.watcher = RouteWatcher(self.etcd, s.keys, s.node_id, self._on_routes)
         self.envoy = EnvoyProcess(s, sock)
         self._builder = xds.ResourceBuilder(s, self.tls, self._https, self._http)
         for coro in (self.watcher.run(), self._push_loop(), self.publisher.run(), self.envoy.run()):
@@ -84,7 +83,7 @@ class ProxyService:
         log.info("CubeProxy started", extra={
             "proxy_id": s.proxy_id, "node_id": s.node_id, "domain": s.domain,
             "https": [str(e) for e in self._https], "http": [str(e) for e in self._http],
-            "ca": str(self.tls.ca_cert) if self.tls else None, "etcd": str(ep)})
+            "ca": str(self.tls.ca_cert) if self.tls else None, "etcd": list(s.etcd_endpoints)})
 
     def _streams_changed(self, n: int) -> None:
         if n == 0 and self.publisher is not None:
@@ -94,23 +93,26 @@ class ProxyService:
         self._changed.set()
 
     async def _push_loop(self) -> None:
+        watcher, ads = self.watcher, self.ads
+        if watcher is None or ads is None:
+            raise RuntimeError("the push loop runs only after start()")
         while True:
             await self._changed.wait()
             self._changed.clear()
-            table = self.watcher.table
+            table = watcher.table
             try:
                 resources = self._builder.build(table)
             except Exception:  # a bug, not bad input (routes.py validated it): keep serving the last state
                 log.exception("cannot build Envoy resources", extra={"revision": table.revision})
                 continue
-            self.ads.set_resources(resources, table.revision)
+            ads.set_resources(resources, table.revision)
 
     async def wait(self) -> None:
         """Until a component fails for good (they retry internally, so normally forever)."""
         done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
         for t in done:
-            if t.exception():
-                raise t.exception()
+            if (exc := t.exception()) is not None:
+                raise exc
 
     async def stop(self) -> None:
         if self.envoy is not None:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 log = logging.getLogger("cube.proxy.tls")
@@ -59,7 +59,7 @@ def _key_pem(key) -> bytes:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def _make_ca(files: TlsFiles) -> None:
@@ -110,6 +110,9 @@ def _leaf_is_current(files: TlsFiles, domain: str, ca: x509.Certificate) -> bool
 
 def _make_leaf(files: TlsFiles, domain: str) -> None:
     ca_key = serialization.load_pem_private_key(files.ca_key.read_bytes(), None)
+    if not isinstance(ca_key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey, dsa.DSAPrivateKey,
+                               ed25519.Ed25519PrivateKey, ed448.Ed448PrivateKey)):
+        raise TypeError(f"{files.ca_key}: a {type(ca_key).__name__} cannot sign certificates")
     ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
     key = ec.generate_private_key(ec.SECP256R1())
     cert = (

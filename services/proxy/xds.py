@@ -30,13 +30,11 @@ configuration on a change; the control plane coalesces bursts (ads.py), so this 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 import re
 from dataclasses import dataclass
-
-from google.protobuf import json_format
-from google.protobuf.message import Message
 
 # Importing these registers the message types that appear inside `Any` fields.
 from envoy.config.cluster.v3 import cluster_pb2
@@ -49,7 +47,11 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import http_con
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from envoy.type.matcher.v3 import http_inputs_pb2  # noqa: F401
+from google.protobuf import json_format
+from google.protobuf.message import Message
 from xds.type.matcher.v3 import matcher_pb2
+
+from cube_common.envd import ENVD_PORT
 
 from . import errors
 from .routes import Route, RouteState, RouteTable
@@ -61,7 +63,6 @@ CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 
 ROUTE_CONFIG_NAME = "cube_sandboxes"
-ENVD_PORT = 49983
 SANDBOX_HEADER = "x-cube-sandbox"
 PORT_HEADER = "x-cube-port"
 UPSTREAM_HEADER = "x-cube-upstream"
@@ -77,7 +78,7 @@ ROUTE_ACTION = "type.googleapis.com/envoy.config.route.v3.Route"
 
 LUA_SOURCE = r"""
 -- CubeProxy request normaliser: which sandbox and port does this request want?
-local ENVD_PORT = "49983"
+local ENVD_PORT = "%(envd_port)d"
 local BLOCKED = {}
 for _, p in ipairs({%(blocked)s}) do BLOCKED[p] = true end
 
@@ -119,7 +120,8 @@ function envoy_on_request(h)
     local label = (hd:get(":authority") or ""):match("^[^.:]+")
     if label ~= nil then port, id = label:match("^(%%d+)%%-(.+)$") end
     if id == nil then
-      return reply(h, 400, "no sandbox in the request: use the host <port>-<sandboxID>.<domain> or the E2b-Sandbox-Id and E2b-Sandbox-Port headers")
+      return reply(h, 400, "no sandbox in the request: use the host <port>-<sandboxID>.<domain> or the "
+                           .. "E2b-Sandbox-Id and E2b-Sandbox-Port headers")
     end
     id = id:lower()
   end
@@ -136,8 +138,8 @@ function envoy_on_request(h)
   hd:replace("%(port)s", p)
   h:clearRouteCache()
 end
-""" % {
-    "blocked": ", ".join(f'"{p}"' for p in BLOCKED_ENVD_PATHS),
+""" % {  # noqa: UP031 - Lua is full of braces; %-substitution keeps it readable
+    "blocked": ", ".join(f'"{p}"' for p in BLOCKED_ENVD_PATHS), "envd_port": ENVD_PORT,
     "sandbox": SANDBOX_HEADER, "port": PORT_HEADER, "upstream": UPSTREAM_HEADER,
 }
 
@@ -255,11 +257,11 @@ def build_clusters(table: RouteTable, s: ProxySettings, cache: dict | None = Non
         if r.remote is not None:
             name = remote_cluster_name(r.remote)
             if name not in clusters:
-                clusters[name] = get(name, lambda: _remote_cluster(r.remote, s))
+                clusters[name] = get(name, functools.partial(_remote_cluster, r.remote, s))
         elif r.proxy_source_address:
             name = local_cluster_name(r.proxy_source_address)
             if name not in clusters:
-                clusters[name] = get(name, lambda: _local_cluster(r.proxy_source_address, s))
+                clusters[name] = get(name, functools.partial(_local_cluster, r.proxy_source_address, s))
     for name in [n for n in cache if n not in clusters]:
         if name.startswith(LOCAL_CLUSTER_PREFIX):
             # This node's source-address cluster stays when its last sandbox pauses: Envoy may
@@ -279,7 +281,8 @@ def _json_headers() -> list[dict]:
 
 
 def _direct(status: int, body: dict) -> dict:
-    return {"match": {"prefix": "/"}, "direct_response": {"status": status, "body": {"inline_string": errors.dumps(body)}},
+    return {"match": {"prefix": "/"},
+            "direct_response": {"status": status, "body": {"inline_string": errors.dumps(body)}},
             "response_headers_to_add": _json_headers()}
 
 
@@ -455,7 +458,8 @@ def _access_log(mode: str) -> list[dict]:
         "log_format": {"json_format": ACCESS_LOG_FORMAT}}}
     if mode == "errors":
         log["filter"] = {"or_filter": {"filters": [
-            {"status_code_filter": {"comparison": {"op": "GE", "value": {"default_value": 400, "runtime_key": "cube_access_log_min_status"}}}},
+            {"status_code_filter": {"comparison": {"op": "GE", "value": {
+                "default_value": 400, "runtime_key": "cube_access_log_min_status"}}}},
             {"response_flag_filter": {}},
         ]}}
     return [log]
@@ -518,7 +522,8 @@ def build_listeners(s: ProxySettings, tls: TlsFiles | None, https: list[Endpoint
                             "enable_reuse_port": False}, listener_pb2.Listener)
     for ep in http:
         name = _listener_name("http", ep)
-        chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": _hcm("http", s)}]}
+        chain = {"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                              "typed_config": _hcm("http", s)}]}
         out[name] = _parse({"name": name, "address": _address(ep), "filter_chains": [chain],
                             "enable_reuse_port": False}, listener_pb2.Listener)
     return out

@@ -3,7 +3,7 @@
     cube-vs [--listen unix:///run/cube/vs.sock] [--pool-cidr 198.19.0.0/16] [--uplinks eth0] ...
     cube-vs teardown   # remove everything CubeVS put in the kernel (taps, programs, pins)
 
-Every flag has a CUBE_VS_* environment variable (see settings.py). Stopping the service (SIGTERM)
+Every flag has a CUBE_VS_* environment variable (`cube-vs --help` lists them). Stopping the service (SIGTERM)
 leaves the datapath in place: running sandboxes keep their network and the next start re-adopts
 it. ``teardown`` is for uninstalling.
 """
@@ -12,21 +12,19 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 import threading
 
 from services.vs import log as vslog
 from services.vs.network import NodeNetwork
 from services.vs.server import serve
-from services.vs.settings import add_arguments, from_args
+from services.vs.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="cube-vs", description="Cube per-node network service (eBPF datapath)")
+    ap = argparse.ArgumentParser(prog="cube-vs", description=Settings.DESCRIPTION)
     ap.add_argument("command", nargs="?", default="serve", choices=("serve", "teardown"))
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    settings = from_args(args)
+    args = Settings.parser(ap).parse_args(argv)
+    settings = Settings.from_namespace(args)
     vslog.setup(settings.log_level)
     log = vslog.get_logger("main")
 
@@ -48,4 +46,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -10,6 +10,7 @@ last to come back.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 
 
 class PoolExhausted(RuntimeError):
@@ -17,7 +18,7 @@ class PoolExhausted(RuntimeError):
 
 
 class AddressPool:
-    def __init__(self, network: ipaddress.IPv4Network, reserved: set[ipaddress.IPv4Address] = frozenset()):
+    def __init__(self, network: ipaddress.IPv4Network, reserved: Iterable[ipaddress.IPv4Address] = ()):
         self.network = network
         self._reserved = {network.network_address, network.broadcast_address, *reserved}
         self._used: set[ipaddress.IPv4Address] = set()

@@ -19,9 +19,10 @@ import sys
 import threading
 from dataclasses import dataclass
 
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from services.vs import build, libbpf, netns
+from services.vs import build, libbpf, rtnl
 from services.vs.counters import SandboxCounters, sum_per_cpu
 from services.vs.guest import GuestNetwork, mac_bytes
 from services.vs.libbpf import Map
@@ -166,7 +167,14 @@ class Datapath:
         self._obj: libbpf.LoadedObject | None = None
         self.maps: dict[str, Map] = {}
         self._lock = threading.RLock()
-        self._ipr = None
+        self._ipr: IPRoute | None = None  # open between load() and close()
+
+    @property
+    def _rtnl(self) -> IPRoute:
+        """The netlink socket for tc; only open while the datapath is loaded."""
+        if self._ipr is None:
+            raise DatapathError("datapath is not loaded (no netlink socket)")
+        return self._ipr
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -192,7 +200,7 @@ class Datapath:
                 self._obj = libbpf.load_object(obj_path, pin_dir)
             for name, (k, v, per_cpu) in _MAP_TYPES.items():
                 self.maps[name] = Map(name, self._obj.maps[name], k, v, per_cpu)
-            self._ipr = netns.iproute(self.settings.netns)
+            self._ipr = rtnl.iproute(self.settings.netns)
         except BaseException:
             # Do not leave pins of a load that failed (a verifier rejection, or no netlink).
             if fresh:
@@ -269,7 +277,7 @@ class Datapath:
     def detach(self, ifindex: int) -> None:
         with self._lock:
             try:
-                self._ipr.tc("del", "clsact", ifindex)
+                self._rtnl.tc("del", "clsact", ifindex)
             except NetlinkError as e:
                 if e.code not in (errno.ENOENT, errno.ENODEV, errno.EINVAL):
                     raise
@@ -278,11 +286,12 @@ class Datapath:
 
     def attached_programs(self, ifindex: int) -> dict[str, str]:
         """{'ingress': name, 'egress': name} of the bpf filters on a device."""
-        out = {}
+        out: dict[str, str] = {}
         with self._lock:
+            ipr = self._rtnl
             for parent, key in ((TC_INGRESS, "ingress"), (TC_EGRESS, "egress")):
                 try:
-                    msgs = self._ipr.get_filters(index=ifindex, parent=parent)
+                    msgs = ipr.get_filters(index=ifindex, parent=parent)
                 except NetlinkError:
                     continue
                 for m in msgs:

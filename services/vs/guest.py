@@ -47,7 +47,7 @@ class GuestNetwork:
     mac: str = DEFAULT_GUEST_MAC
     gateway_mac: str = DEFAULT_GATEWAY_MAC
 
-    def validate(self) -> "GuestNetwork":
+    def validate(self) -> GuestNetwork:
         try:
             ip = ipaddress.IPv4Address(self.ip)
             gw = ipaddress.IPv4Address(self.gateway_ip)
@@ -63,5 +63,5 @@ class GuestNetwork:
         return self
 
     @classmethod
-    def default(cls) -> "GuestNetwork":
+    def default(cls) -> GuestNetwork:
         return cls()

@@ -10,8 +10,8 @@ import ctypes
 import ctypes.util
 import errno as _errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 BPF_ANY = 0
 BPF_NOEXIST = 1

@@ -1,4 +1,4 @@
-"""Logging for cube-vs: JSON lines (services/jsonlog.py) under the `cube.vs` logger.
+"""Logging for cube-vs: JSON lines (cube_common/jsonlog.py) under the `cube.vs` logger.
 
 ``log.info("allocated", extra={"sandbox_id": sid, "tap": name})`` -> every key of ``extra``
 becomes a field of the line.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from services import jsonlog
+from cube_common import jsonlog
 
 JsonFormatter = jsonlog.JsonFormatter
 

@@ -15,29 +15,37 @@ any node address.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import ipaddress
 import re
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from services.vs import netns
+from cube_common import netns
+from services.vs import rtnl
 from services.vs.addresses import AddressPool, PoolExhausted
 from services.vs.counters import SandboxCounters
 from services.vs.datapath import Datapath
 from services.vs.guest import GuestNetwork, GuestNetworkError
 from services.vs.log import get_logger
 from services.vs.policy import Limits, NetworkPolicy, PolicyError, compile_policy, infra_rules
+from services.vs.reconcile import (
+    RTPROT_CUBE,
+    ReconcileReport,
+    remove_leftover_entries,
+    remove_leftover_routes,
+    remove_leftover_taps,
+)
 from services.vs.settings import Settings
 from services.vs.state import Allocation, StateFile
 from services.vs.taps import TapFactory, TapPool
 
 log = get_logger("network")
 
-# rtm_protocol of the routes CubeVS adds, so reconcile can tell them from anyone else's.
-RTPROT_CUBE = 0xCB
 _SANDBOX_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -72,14 +80,6 @@ class SandboxNetwork:
     warm: bool = False  # the tap came from the warm pool
 
 
-@dataclass
-class ReconcileReport:
-    released: list[str] = field(default_factory=list)       # records not in the live set
-    missing: list[str] = field(default_factory=list)        # live IDs without a network here
-    removed_taps: list[str] = field(default_factory=list)   # our taps that no record owns
-    removed_entries: int = 0                                # stale map entries / routes
-
-
 def validate_sandbox_id(sandbox_id: str) -> None:
     if not isinstance(sandbox_id, str) or not _SANDBOX_ID_RE.match(sandbox_id):
         raise InvalidArgument(f"invalid sandbox_id {sandbox_id!r}: 1-128 of [A-Za-z0-9_.-]")
@@ -93,15 +93,23 @@ class NodeNetwork:
         self.taps = TapFactory(settings, self.datapath.attach_tap)
         self.pool = TapPool(self.taps, settings.pool_size)
         self.addresses = AddressPool(settings.pool, reserved={settings.proxy_ip})
-        self.state = StateFile(settings.state_dir / "vs" / (f"state-{settings.netns}.json" if settings.netns else "state.json"))
+        state_name = f"state-{settings.netns}.json" if settings.netns else "state.json"
+        self.state = StateFile(settings.state_dir / "vs" / state_name)
         self._records: dict[str, Allocation] = {}
         self._free_slots: list[int] = []
         self._next_policy_id = 1
         self._uplinks: dict[int, str] = {}
         self._uplink_mtus: dict[int, int] = {}
         self._lock = threading.RLock()
-        self._ipr = None
+        self._ipr: IPRoute | None = None  # open between start() and stop()/teardown()
         self._started = False
+
+    @property
+    def _rtnl(self) -> IPRoute:
+        """The node's netlink socket; only open while the node network is started."""
+        if self._ipr is None:
+            raise RuntimeError("node network is not started (no netlink socket)")
+        return self._ipr
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -109,7 +117,7 @@ class NodeNetwork:
         s = self.settings
         infra = infra_rules(s.allow_cidrs, s.deny_cidrs)  # bad configuration fails before any change
         self.datapath.load()
-        self._ipr = netns.iproute(s.netns)
+        self._ipr = rtnl.iproute(s.netns)
         # The node routes between taps and uplinks.
         netns.write_sysctl(s.netns, "net.ipv4.ip_forward", "1")
         self._setup_proxy_address()
@@ -157,7 +165,7 @@ class NodeNetwork:
 
     def _setup_proxy_address(self) -> None:
         s = self.settings
-        ipr = self._ipr
+        ipr = self._rtnl
         idx = ipr.link_lookup(ifname=s.proxy_dev)
         if not idx:
             ipr.link("add", ifname=s.proxy_dev, kind="dummy")
@@ -174,10 +182,11 @@ class NodeNetwork:
 
     def _remove_proxy_address(self) -> None:
         s = self.settings
-        idx = self._ipr.link_lookup(ifname=s.proxy_dev)
+        ipr = self._rtnl
+        idx = ipr.link_lookup(ifname=s.proxy_dev)
         if idx:
             try:
-                self._ipr.addr("del", index=idx[0], address=str(s.proxy_ip), prefixlen=32)
+                ipr.addr("del", index=idx[0], address=str(s.proxy_ip), prefixlen=32)
             except NetlinkError:
                 pass
 
@@ -190,7 +199,7 @@ class NodeNetwork:
         return min(self._uplink_mtus.values()) - 40  # IPv4 + TCP headers
 
     def _attach_uplinks(self) -> None:
-        ipr = self._ipr
+        ipr = self._rtnl
         names = list(self.settings.uplinks)
         if not names:
             for r in ipr.get_default_routes(family=2):
@@ -243,8 +252,6 @@ class NodeNetwork:
     def reconcile(self, live_sandbox_ids: list[str] | None) -> ReconcileReport:
         """Release what is not live (when a live set is given) and remove every leftover: taps
         with our prefix that no record or warm pool owns, map entries and routes of nothing."""
-        from services.vs.reconcile import remove_leftovers
-
         report = ReconcileReport()
         with self._lock:
             if live_sandbox_ids is not None:
@@ -253,7 +260,14 @@ class NodeNetwork:
                     self.release(sid)
                     report.released.append(sid)
                 report.missing = sorted(live - set(self._records))
-            remove_leftovers(self, report)
+            records = self.records()
+            with self.pool.busy:
+                owned = {r.tap for r in records.values()} | {t.name for t in self.pool.free()}
+                remove_leftover_taps(self.taps, owned, report)
+            addresses = {r.address for r in records.values()}
+            remove_leftover_entries(self.datapath, {r.ifindex for r in records.values()}, addresses,
+                                    {r.policy_id for r in records.values()}, report)
+            remove_leftover_routes(self._rtnl, addresses, report)
         if report.released or report.removed_taps or report.removed_entries:
             log.info("reconciled", extra={"released": report.released, "removed_taps": report.removed_taps,
                                           "removed_entries": report.removed_entries})
@@ -270,7 +284,7 @@ class NodeNetwork:
                 return pid
 
     def _ensure_route(self, rec: Allocation) -> None:
-        ipr = self._ipr
+        ipr = self._rtnl
         try:
             ipr.route("replace", dst=f"{rec.address}/32", oif=rec.ifindex, scope=253, proto=RTPROT_CUBE)
         except NetlinkError as e:
@@ -303,7 +317,7 @@ class NodeNetwork:
             try:
                 tap, warm = self.pool.take()
                 if guest.gateway_mac != GuestNetwork().gateway_mac:
-                    self._ipr.link("set", index=tap.ifindex, address=guest.gateway_mac)
+                    self._rtnl.link("set", index=tap.ifindex, address=guest.gateway_mac)
                 rec = Allocation(sandbox_id=sandbox_id, tap=tap.name, ifindex=tap.ifindex, address=address,
                                  slot=slot, policy_id=pid, guest=guest, policy=policy)
                 self.datapath.install_policy(pid, compiled)
@@ -340,7 +354,8 @@ class NodeNetwork:
             self.datapath.remove_policy(old)
             rec.policy_id, rec.policy = new, policy
             self._save()
-        log.info("policy updated", extra={"sandbox_id": sandbox_id, "allow_internet_access": policy.allow_internet_access,
+        log.info("policy updated", extra={"sandbox_id": sandbox_id,
+                                          "allow_internet_access": policy.allow_internet_access,
                                           "allow_out": list(policy.allow_out), "deny_out": list(policy.deny_out)})
         return self._view(rec)
 
@@ -365,7 +380,8 @@ class NodeNetwork:
         with self._lock:
             return [self._view(r) for r in sorted(self._records.values(), key=lambda r: r.created_at)]
 
-    def stats(self, sandbox_ids: list[str] | None = None) -> list[tuple[str, SandboxCounters]]:
+    # `list` below names the method above: the builtin is `builtins.list` in this class from here on.
+    def stats(self, sandbox_ids: builtins.list[str] | None = None) -> builtins.list[tuple[str, SandboxCounters]]:
         with self._lock:
             ids = list(self._records) if not sandbox_ids else sandbox_ids
             return [(sid, self.datapath.counters(self._get(sid).slot)) for sid in ids]
@@ -397,5 +413,14 @@ class NodeNetwork:
             return dict(self._records)
 
 
-__all__ = ["NodeNetwork", "SandboxNetwork", "ReconcileReport", "NotFound", "AlreadyExists", "Exhausted",
-           "InvalidArgument", "PolicyError", "RTPROT_CUBE"]
+__all__ = [
+    "RTPROT_CUBE",
+    "AlreadyExists",
+    "Exhausted",
+    "InvalidArgument",
+    "NodeNetwork",
+    "NotFound",
+    "PolicyError",
+    "ReconcileReport",
+    "SandboxNetwork",
+]

@@ -12,8 +12,7 @@ from sdk.gen.cube.v1 import network_pb2, vs_pb2, vs_pb2_grpc
 from services.vs.counters import SandboxCounters
 from services.vs.guest import GuestNetwork
 from services.vs.log import get_logger
-from services.vs.network import (AlreadyExists, Exhausted, InvalidArgument, NodeNetwork, NotFound,
-                                 SandboxNetwork)
+from services.vs.network import AlreadyExists, Exhausted, InvalidArgument, NodeNetwork, NotFound, SandboxNetwork
 from services.vs.policy import NetworkPolicy, PolicyError
 
 log = get_logger("server")

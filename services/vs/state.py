@@ -42,7 +42,7 @@ class Allocation:
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "Allocation":
+    def from_json(cls, d: dict) -> Allocation:
         p = d["policy"]
         return cls(
             sandbox_id=d["sandbox_id"], tap=d["tap"], ifindex=int(d["ifindex"]),

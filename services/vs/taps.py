@@ -14,12 +14,14 @@ import os
 import secrets
 import struct
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from services.vs import netns
+from cube_common import netns
+from services.vs import rtnl
 from services.vs.guest import DEFAULT_GATEWAY_MAC
 from services.vs.log import get_logger
 from services.vs.settings import Settings
@@ -62,13 +64,13 @@ class TapFactory:
     def __init__(self, settings: Settings, attach: Callable[[int], None]):
         self.settings = settings
         self._attach = attach
-        self._ipr = None
+        self._ipr: IPRoute | None = None  # opened on first use, closed by close()
         self._ipr_lock = threading.Lock()
 
-    def _rtnl(self):
+    def _rtnl(self) -> IPRoute:
         # One netlink socket for the factory's life (opening one in another netns forks).
         if self._ipr is None:
-            self._ipr = netns.iproute(self.settings.netns)
+            self._ipr = rtnl.iproute(self.settings.netns)
         return self._ipr
 
     def close(self) -> None:
@@ -116,7 +118,7 @@ class TapFactory:
     def list_ours(self) -> list[Tap]:
         with self._ipr_lock:
             ipr = self._rtnl()
-            out = []
+            out: list[Tap] = []
             for link in ipr.get_links():
                 name = link.get_attr("IFLA_IFNAME")
                 if self.is_ours(name):

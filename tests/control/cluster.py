@@ -21,10 +21,11 @@ from pathlib import Path
 import grpc
 import httpx
 
+from cube_common.procs import stop_process
 from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
+from testkit.ports import free_port
 from tests.control.etcd_http import EtcdHttp
 from tests.control.fake_cubelet import FakeCubelet
-from tests.support.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -60,13 +61,7 @@ class Proc:
         self.popen.wait(10)
 
     def stop(self) -> None:
-        if self.alive():
-            self.popen.terminate()
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(5)
+        stop_process(self.popen, 10, reap_timeout=5)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -129,6 +124,7 @@ class Cluster:
 
     @property
     def api_url(self) -> str:
+        assert self.api is not None, "the api is not started"
         return f"http://{self.api.address}"
 
     def _wait(self, cond, what: str, proc: Proc, timeout: float = 30.0) -> None:
@@ -210,4 +206,4 @@ def wait_until(cond, timeout: float = 10.0, interval: float = 0.05, what: str = 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-__all__ = ["Cluster", "Proc", "wait_until", "master_pb2"]
+__all__ = ["Cluster", "Proc", "master_pb2", "wait_until"]

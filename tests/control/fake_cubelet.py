@@ -62,7 +62,7 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
 
     # ---- lifecycle of the double ----
 
-    def start(self) -> "FakeCubelet":
+    def start(self) -> FakeCubelet:
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=[("grpc.so_reuseport", 0)])
         cubelet_pb2_grpc.add_CubeletServicer_to_server(self, self._server)
         port = self._server.add_insecure_port("127.0.0.1:0")
@@ -97,12 +97,12 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
 
     # ---- Cubelet ----
 
-    def _enter(self, context, method: str, sid: str = "") -> None:
+    def _enter(self, context: grpc.ServicerContext, method: str, sid: str = "") -> None:
         self.calls.append((method, sid))
         if self.fail_all is not None:
             context.abort(self.fail_all, f"fake failure of {method}")
 
-    def _get(self, context, sid: str) -> C.SandboxStatus:
+    def _get(self, context: grpc.ServicerContext, sid: str) -> C.SandboxStatus:
         s = self.sandboxes.get(sid)
         if s is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"sandbox {sid} not found")
@@ -176,9 +176,13 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
         t1, t2 = Timestamp(), Timestamp()
         t2.GetCurrentTime()
         t1.FromSeconds(t2.seconds - 5)
-        m = dict(cpu_count=1, cpu_used_pct=12.5, mem_used_bytes=64 << 20, mem_total_bytes=512 << 20,
-                 mem_cache_bytes=8 << 20, disk_used_bytes=10 << 20, disk_total_bytes=1024 << 20)
-        return C.SandboxMetricsResponse(metrics=[C.SandboxMetric(timestamp=t1, **m), C.SandboxMetric(timestamp=t2, **m)])
+
+        def metric(ts: Timestamp) -> C.SandboxMetric:
+            return C.SandboxMetric(timestamp=ts, cpu_count=1, cpu_used_pct=12.5, mem_used_bytes=64 << 20,
+                                   mem_total_bytes=512 << 20, mem_cache_bytes=8 << 20, disk_used_bytes=10 << 20,
+                                   disk_total_bytes=1024 << 20)
+
+        return C.SandboxMetricsResponse(metrics=[metric(t1), metric(t2)])
 
     def SandboxLogs(self, request, context):
         self._enter(context, "SandboxLogs", request.sandbox_id)
@@ -220,7 +224,8 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
             script.append(ev(C.PULLING, f"pulling {ref}", layers_done=i // 10, layers_total=3, bytes_done=i * mib,
                              bytes_total=30 * mib))
         script += [ev(C.UNPACKING, "unpacking layers", layers_done=3, layers_total=3),
-                   ev(C.BUILDING_IMAGE, f"building the root filesystem ({request.writable_layer_mb or 1024} MiB layer)"),
+                   ev(C.BUILDING_IMAGE,
+                      f"building the root filesystem ({request.writable_layer_mb or 1024} MiB layer)"),
                    ev(C.BOOTING, "booting"),
                    ev(C.PROBING, f"waiting for :{request.probe_port or 49983}{request.probe_path}"),
                    ev(C.SNAPSHOTTING, "taking the snapshot")]
@@ -259,8 +264,9 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
         ts = Timestamp()
         ts.FromSeconds(1_700_000_000)
         return C.ListTemplatesResponse(templates=[
-            C.TemplateInfo(template_id=t, vcpus=1, memory_mb=512, writable_layer_mb=1024, envd_version=self.envd_version,
-                           created_at=ts, source="default" if t == "code-interpreter" else f"oci:{t}",
+            C.TemplateInfo(template_id=t, vcpus=1, memory_mb=512, writable_layer_mb=1024,
+                           envd_version=self.envd_version, created_at=ts,
+                           source="default" if t == "code-interpreter" else f"oci:{t}",
                            node_id=self.node_id, snapshot_bytes=1 << 20)
             for t in self.templates])
 

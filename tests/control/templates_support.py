@@ -40,6 +40,13 @@ def rpc_error(fn, *args, **kw) -> grpc.RpcError:
     raise AssertionError("expected a gRPC error")
 
 
+def details(e: grpc.RpcError) -> str:
+    """The error's message (grpc types it optional); one without a message fails here, not as a TypeError."""
+    d = e.details()
+    assert d is not None, f"{e.code()} came without details"
+    return d
+
+
 def state_about(cluster, tid: str) -> dict[str, dict]:
     """Every etcd key (under the cluster's prefix) whose value names the template, with its JSON."""
     out = {}

@@ -7,9 +7,7 @@ import grpc
 import httpx
 import pytest
 from e2b import Sandbox
-from e2b.exceptions import NotFoundException, SandboxException
-
-from tests.control.cluster import wait_until
+from e2b.exceptions import SandboxException
 
 pytestmark = pytest.mark.timeout(60)
 H = {"X-API-KEY": "e2b_" + "0" * 40}

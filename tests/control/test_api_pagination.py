@@ -4,7 +4,7 @@ as the SDK encodes it (percent-encoded pairs, form-encoded, encoded again)."""
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -85,7 +85,7 @@ def test_state_filter_and_paused_listing(seven, cluster):
 
 
 def test_started_after_and_template_filters(seven, cluster):
-    cut = datetime.fromtimestamp(time.time() + 1, timezone.utc)
+    cut = datetime.fromtimestamp(time.time() + 1, UTC)
     assert Sandbox.list(query=SandboxQuery(started_after=cut)).next_items() == []
     r = httpx.get(cluster.api_url + "/v2/sandboxes", params={"template": "base"}, headers=H)
     assert len(r.json()) == 7

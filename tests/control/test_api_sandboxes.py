@@ -4,7 +4,6 @@ headers, the older SDKs' v1 paths)."""
 
 from __future__ import annotations
 
-import json
 import re
 import time
 
@@ -12,8 +11,6 @@ import httpx
 import pytest
 from e2b import Sandbox, SandboxQuery, SandboxState
 from e2b_code_interpreter import Sandbox as CodeSandbox
-
-from tests.control.cluster import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 H = {"X-API-KEY": "e2b_" + "0" * 40}
@@ -157,10 +154,10 @@ def test_logs_v1_and_v2(fresh):
     sid = api(fresh, "POST", "/v2/sandboxes", json={"templateID": "base"}).json()["sandboxID"]
     r = api(fresh, "GET", f"/sandboxes/{sid}/logs", params={"start": 0, "limit": 10})
     assert r.status_code == 200
-    assert [l["line"] for l in r.json()["logs"]] == ["booted", "envd ready"]
+    assert [entry["line"] for entry in r.json()["logs"]] == ["booted", "envd ready"]
     assert r.json()["logEntries"][0]["level"] == "info"
     r = api(fresh, "GET", f"/v2/sandboxes/{sid}/logs", params={"direction": "backward"})
-    assert r.status_code == 200 and [l["message"] for l in r.json()["logs"]] == ["envd ready", "booted"]
+    assert r.status_code == 200 and [entry["message"] for entry in r.json()["logs"]] == ["envd ready", "booted"]
     assert api(fresh, "GET", "/sandboxes/nosuchsandbox/logs").status_code == 404
 
 
@@ -180,7 +177,7 @@ def test_update_network(fresh):
 def test_auto_pause_lifecycle_reported(sdk_env, fresh):
     sbx = Sandbox.create(lifecycle={"on_timeout": "pause"})
     info = sbx.get_info()
-    assert info.lifecycle["on_timeout"] == "pause"
+    assert info.lifecycle is not None and info.lifecycle["on_timeout"] == "pause"
     assert fresh.record(sbx.sandbox_id)["autoPause"] is True
     sbx.kill()
 
@@ -226,8 +223,8 @@ def test_openapi_describes_every_route(cluster):
                 served.add((m, path))
     assert served == documented
     # Every operation names its error body.
-    for p, ops in doc["paths"].items():
-        for m, op in ops.items():
+    for ops in doc["paths"].values():
+        for op in ops.values():
             for code, resp in op["responses"].items():
                 if int(code) >= 400:
                     assert resp["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}

@@ -18,7 +18,7 @@ def test_tpl_list_info(cluster):
     table = cubemastercli(m, "tpl", "list").stdout
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["TEMPLATE", "ALIASES", "VCPUS"]
-    assert any(l.startswith("code-interpreter ") and "base,code-interpreter-v1" in l for l in lines)
+    assert any(row.startswith("code-interpreter ") and "base,code-interpreter-v1" in row for row in lines)
     data = json.loads(cubemastercli(m, "tpl", "list", "--json").stdout)
     assert {t["templateId"] for t in data} >= {"code-interpreter", "tiny"}
     info = cubemastercli(m, "tpl", "info", "base").stdout

@@ -39,7 +39,7 @@ def _nothing_left(c: Cluster) -> bool:
 def _consistent(c: Cluster) -> bool:
     recs = {sid: c.record(sid) for sid in c.sandbox_ids()}
     on_nodes = set().union(*(n.ids() for n in c.cubelets))
-    return (all(r["phase"] == "SANDBOX_PHASE_RUNNING" for r in recs.values())
+    return (all(r is not None and r["phase"] == "SANDBOX_PHASE_RUNNING" for r in recs.values())
             and set(recs) == c.route_ids() == on_nodes)
 
 

@@ -11,8 +11,8 @@ import time
 import httpx
 import pytest
 
+from testkit.etcd import EtcdServer
 from tests.control.cluster import Cluster, wait_until
-from tests.support.etcd import EtcdServer
 
 pytestmark = pytest.mark.timeout(120)
 H = {"X-API-KEY": "k"}
@@ -36,7 +36,7 @@ def outage_cluster():
 
 def _consistent(c: Cluster) -> bool:
     recs = {sid: c.record(sid) for sid in c.sandbox_ids()}
-    return (all(r["phase"] == "SANDBOX_PHASE_RUNNING" for r in recs.values())
+    return (all(r is not None and r["phase"] == "SANDBOX_PHASE_RUNNING" for r in recs.values())
             and set(recs) == c.route_ids() == c.cubelets[0].ids())
 
 
@@ -71,7 +71,7 @@ def test_etcd_lost_in_the_middle_of_a_create_is_undone(outage_cluster):
     c, etcd = outage_cluster
     node = c.cubelets[0]
     node.run_delay_s = 1.5
-    result = {}
+    result: dict[str, httpx.Response] = {}
     t = threading.Thread(target=lambda: result.setdefault("r", httpx.post(
         c.api_url + "/v2/sandboxes", headers=H, json={"templateID": "base"}, timeout=60)))
     t.start()

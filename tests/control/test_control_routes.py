@@ -1,4 +1,4 @@
-"""A create answers only once every live proxy has applied its route (services/proxy/ack.py
+"""A create answers only once every live proxy has applied its route (cube_common/route_ack.py
 protocol: <prefix>/proxy/<id>/applied_revision); a proxy that lags past the deadline makes the
 create fail with 503 and leave nothing behind."""
 

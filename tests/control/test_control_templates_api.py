@@ -57,10 +57,11 @@ def test_post_templates_then_ready(ta):
     assert UUID_RE.match(bid) and len(tid) == 20
     st = wait_status(c, tid, bid)
     assert st["status"] == "ready" and st["phase"] == "ready" and "reason" not in st
-    assert (st["templateID"], st["buildID"], st["nodeID"], st["image"]) == (tid, bid, "node-a", "registry.test:5000/web:2")
+    assert (st["templateID"], st["buildID"], st["nodeID"], st["image"]) == (
+        tid, bid, "node-a", "registry.test:5000/web:2")
     assert [e["step"] for e in st["logEntries"]] == ["pulling", "unpacking", "building_image", "booting", "probing",
                                                     "snapshotting", "ready"]
-    assert all(isinstance(l, str) for l in st["logs"]) and "layers 3/3" in st["logs"][0]
+    assert all(isinstance(line, str) for line in st["logs"]) and "layers 3/3" in st["logs"][0]
     assert st["finishedAt"] and st["createdAt"]
     assert len(api(c, "GET", f"/templates/{tid}/builds/{bid}/status?logsOffset=5").json()["logEntries"]) == 2
     # The alias works in the path too.
@@ -151,7 +152,7 @@ def test_invalid_json_and_ids_in_use(ta):
 
 
 def test_unknown_build_is_404(ta):
-    c, node = ta
+    c, _node = ta
     bid = api(c, "POST", "/templates", json={"image": "a:1", "templateID": "known"}).json()["buildID"]
     wait_status(c, "known", bid)
     assert_error(api(c, "GET", "/templates/known/builds/0b3f9c1e-8a59-4c4b-9f0e-3d2a1b0c9d8e/status"), 404)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import cast
 
 import grpc
 import httpx
@@ -13,10 +14,22 @@ import pytest
 
 from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
 from services.master.builds import Builds
+from services.master.nodes import NodeClients
 from services.master.settings import Settings
+from services.master.store import Store
+from services.master.templates import Templates
 from tests.control.cluster import wait_until
-from tests.control.templates_support import (PHASES, UUID_RE, oci, only_the_job_left, reset, rpc_error, state_about,
-                                             wait_job)
+from tests.control.templates_support import (
+    PHASES,
+    UUID_RE,
+    details,
+    oci,
+    only_the_job_left,
+    reset,
+    rpc_error,
+    state_about,
+    wait_job,
+)
 
 pytestmark = pytest.mark.timeout(90)
 H = {"X-API-KEY": "k"}
@@ -82,11 +95,12 @@ def test_build_ready_template_usable(tb):
     r = httpx.post(cluster.api_url + "/v2/sandboxes", headers=H, json={"templateID": "my-app"})
     assert r.status_code == 201, r.text
     assert r.json()["templateID"] == tid and node.sandboxes[r.json()["sandboxID"]].template_id == tid
-    assert [b.job_id for b in stub.ListTemplateBuilds(P.ListTemplateBuildsRequest(template_id=tid)).builds] == [job.job_id]
+    builds = stub.ListTemplateBuilds(P.ListTemplateBuildsRequest(template_id=tid)).builds
+    assert [b.job_id for b in builds] == [job.job_id]
 
 
 def test_watch_replays_history_then_follows_live(tb):
-    cluster, stub, node = tb
+    _cluster, stub, node = tb
     node.build_hold_at = C.BOOTING
     node.build_step_s = 0.02
     job = start(stub)
@@ -158,28 +172,28 @@ def test_template_id_in_use(tb):
     cluster, stub, node = tb
     for tid, why in (("tiny", "already exists"), ("base", "alias"), ("code-interpreter", "already exists")):
         e = rpc_error(start, stub, template_id=tid)
-        assert e.code() == grpc.StatusCode.ALREADY_EXISTS and why in e.details(), e.details()
+        assert e.code() == grpc.StatusCode.ALREADY_EXISTS and why in details(e), details(e)
     e = rpc_error(start, stub, template_id="fresh-one", aliases=["code-interpreter-v1"])
-    assert e.code() == grpc.StatusCode.ALREADY_EXISTS and "alias 'code-interpreter-v1'" in e.details()
+    assert e.code() == grpc.StatusCode.ALREADY_EXISTS and "alias 'code-interpreter-v1'" in details(e)
     node.build_hold_at = C.BOOTING
     job = start(stub, template_id="dup")
     assert node.build_waiting.wait(10)
     rec = cluster.etcd.get_json(f"{cluster.prefix}/templates/dup")
     assert rec["status"] == "TEMPLATE_STATUS_BUILDING" and rec["buildId"] == job.job_id
     e = rpc_error(start, stub, template_id="dup")
-    assert e.code() == grpc.StatusCode.ALREADY_EXISTS and f"being built (build {job.job_id})" in e.details()
+    assert e.code() == grpc.StatusCode.ALREADY_EXISTS and f"being built (build {job.job_id})" in details(e)
     # A template being built is listed as building but cannot run sandboxes or be deleted.
     assert stub.GetTemplate(P.GetTemplateRequest(template="dup")).status == P.TEMPLATE_STATUS_BUILDING
     r = httpx.post(cluster.api_url + "/v2/sandboxes", headers=H, json={"templateID": "dup"})
     assert r.status_code == 409 and "not ready" in r.json()["message"]
     e = rpc_error(stub.DeleteTemplateRecord, P.DeleteTemplateRecordRequest(template="dup", force=True))
-    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "being built" in e.details()
+    assert e.code() == grpc.StatusCode.FAILED_PRECONDITION and "being built" in details(e)
     assert node.calls_of("BuildTemplate") == ["dup"]  # the refused ones never reached the node
     assert len(cluster.keys("template-builds/")) == 1
     node.build_gate.set()
     assert wait_job(stub, job.job_id).phase == C.READY
     e = rpc_error(start, stub, template_id="dup")
-    assert e.code() == grpc.StatusCode.ALREADY_EXISTS and "already exists" in e.details()
+    assert e.code() == grpc.StatusCode.ALREADY_EXISTS and "already exists" in details(e)
 
 
 @pytest.mark.parametrize("build,aliases,what", [
@@ -202,14 +216,15 @@ def test_template_id_in_use(tb):
 def test_bad_input(tb, build, aliases, what):
     cluster, stub, node = tb
     e = rpc_error(start, stub, build, aliases)
-    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and what in e.details(), e.details()
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and what in details(e), details(e)
     assert cluster.keys("template-builds/") == [] and node.build_requests == []
 
 
 def test_unknown_job(tb):
-    cluster, stub, node = tb
+    _cluster, stub, _node = tb
     for jid in ("0b3f9c1e-8a59-4c4b-9f0e-3d2a1b0c9d8e", "nope", "../x"):
-        assert rpc_error(stub.GetTemplateBuild, P.GetTemplateBuildRequest(job_id=jid)).code() == grpc.StatusCode.NOT_FOUND
+        e = rpc_error(stub.GetTemplateBuild, P.GetTemplateBuildRequest(job_id=jid))
+        assert e.code() == grpc.StatusCode.NOT_FOUND
         assert rpc_error(watch, stub, jid).code() == grpc.StatusCode.NOT_FOUND
 
 
@@ -222,7 +237,8 @@ def test_delete_refusal_names_sandboxes_and_force(tb):
     assert httpx.post(f"{cluster.api_url}/sandboxes/{ids[1]}/pause", headers=H).status_code == 204
     e = rpc_error(stub.DeleteTemplateRecord, P.DeleteTemplateRecordRequest(template="in-use"))
     assert e.code() == grpc.StatusCode.FAILED_PRECONDITION
-    assert f"{ids[0]} (running)" in e.details() and f"{ids[1]} (paused)" in e.details() and "force" in e.details()
+    msg = details(e)
+    assert f"{ids[0]} (running)" in msg and f"{ids[1]} (paused)" in msg and "force" in msg
     assert "in-use" in node.templates and cluster.sandbox_ids() == set(ids)
     assert stub.DeleteTemplateRecord(P.DeleteTemplateRecordRequest(template="in-use-alias", force=True)).deleted
     assert cluster.sandbox_ids() == set() and node.ids() == set()
@@ -231,7 +247,8 @@ def test_delete_refusal_names_sandboxes_and_force(tb):
 
 
 def test_events_coalesced_and_bounded():
-    b = Builds(None, None, None, Settings(build_events_kept=10))
+    # Only the event bookkeeping runs here: it reads the settings, never the store, the nodes or the templates.
+    b = Builds(cast(Store, None), cast(NodeClients, None), cast(Templates, None), Settings(build_events_kept=10))
     job = P.TemplateBuild()
     for i in range(50):
         b._record_event(job, C.TemplateBuildEvent(phase=C.PULLING, message="pull", bytes_done=i))

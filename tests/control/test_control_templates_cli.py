@@ -12,7 +12,7 @@ import sys
 import httpx
 import pytest
 
-from sdk.client import parse_size_mb
+from cube_common.sizes import parse_size_mb
 from sdk.gen.cube.v1 import cubelet_pb2 as C
 from tests.control.cli import cubemastercli
 from tests.control.cluster import REPO
@@ -32,7 +32,7 @@ def tc(cluster):
 
 
 def test_create_prints_job_id_and_watch_prints_template_id(tc):
-    c, m, node = tc
+    _c, m, node = tc
     p = cubemastercli(m, *CREATE, "--probe-path", "/health", "--cpu", "2", "--memory", "1024", "--env", "A=1",
                       "--env", "B=x=y", "--cmd", "/bin/app", "--cmd", "serve", "--arg=--port", "--arg", "49999",
                       "--template-id", "cli-app", "--alias", "cli-alias", "--registry-username", "bob",
@@ -46,7 +46,7 @@ def test_create_prints_job_id_and_watch_prints_template_id(tc):
     for phase in ("PULLING", "UNPACKING", "BUILDING_IMAGE", "BOOTING", "PROBING", "SNAPSHOTTING", "READY"):
         assert phase in text
     assert "layers 3/3" in text and "30.0/30.0 MiB" in text and "\r" not in text  # plain lines: not a TTY
-    assert any(l.startswith("READY") and "node-a" in l for l in lines)
+    assert any(row.startswith("READY") and "node-a" in row for row in lines)
     (req,) = node.build_requests
     assert (req.writable_layer_mb, list(req.expose_ports), req.probe_port, req.probe_path) == (512, [49999, 49983],
                                                                                               49999, "/health")
@@ -57,25 +57,26 @@ def test_create_prints_job_id_and_watch_prints_template_id(tc):
     info = cubemastercli(m, "tpl", "info", "cli-alias").stdout
     assert f"{job_id} (READY)" in info and "49999, 49983" in info and "registry.test:5000/app:3" in info
     table = cubemastercli(m, "tpl", "list").stdout
-    assert any(l.startswith("cli-app ") and "cli-alias" in l and "ready" in l for l in table.splitlines())
+    assert any(row.startswith("cli-app ") and "cli-alias" in row and "ready" in row for row in table.splitlines())
     builds = cubemastercli(m, "tpl", "builds", "--template", "cli-app").stdout.splitlines()
-    assert builds[0].split()[:3] == ["BUILD", "TEMPLATE", "PHASE"] and builds[1].split()[:3] == [job_id, "cli-app", "READY"]
+    assert builds[0].split()[:3] == ["BUILD", "TEMPLATE", "PHASE"]
+    assert builds[1].split()[:3] == [job_id, "cli-app", "READY"]
     assert json.loads(cubemastercli(m, "--json", "tpl", "builds").stdout)[0]["jobId"] == job_id
 
 
 def test_json_create_and_watch(tc):
-    c, m, node = tc
+    _c, m, _node = tc
     job = json.loads(cubemastercli(m, *CREATE, "--json").stdout)
     assert UUID_RE.match(job["jobId"]) and len(job["templateId"]) == 20 and job["nodeId"] == "node-a"
     assert "password" not in json.dumps(job)
     w = cubemastercli(m, "tpl", "watch", "--job-id", job["jobId"], "--json")
-    events = [json.loads(l) for l in w.stdout.splitlines()]
+    events = [json.loads(line) for line in w.stdout.splitlines()]
     assert [e["phase"] for e in events][-1] == "READY" and events[-1]["template"]["templateId"] == job["templateId"]
     assert events[0]["phase"] == "PULLING" and events[0]["layersTotal"] == 3
 
 
 def test_failed_build_exits_1_with_reason(tc):
-    c, m, node = tc
+    _c, m, node = tc
     node.build_fail = (C.PROBING, "probe :49999/health never answered\n--- guest console (tail) ---\nKernel panic")
     job_id = cubemastercli(m, *CREATE, "--template-id", "cli-bad").stdout.strip()
     w = cubemastercli(m, "tpl", "watch", "--job-id", job_id, check=False)
@@ -88,7 +89,7 @@ def test_failed_build_exits_1_with_reason(tc):
 
 
 def test_wait_combines_create_and_watch(tc):
-    c, m, node = tc
+    _c, m, node = tc
     ok = cubemastercli(m, *CREATE, "--template-id", "cli-wait", "--wait")
     assert ok.stdout.splitlines()[-1] == "cli-wait" and "cli-wait on node node-a" in ok.stderr
     node.build_fail = (C.PULLING, "manifest unknown")
@@ -97,7 +98,7 @@ def test_wait_combines_create_and_watch(tc):
 
 
 def test_watch_draws_a_progress_bar_on_a_tty(tc):
-    c, m, node = tc
+    _c, m, node = tc
     node.build_step_s = 0.03
     job_id = cubemastercli(m, *CREATE, "--template-id", "cli-tty").stdout.strip()
     master, slave = pty.openpty()
@@ -114,6 +115,7 @@ def test_watch_draws_a_progress_bar_on_a_tty(tc):
         if not chunk:
             break
         out += chunk
+    assert p.stderr is not None
     assert p.wait(30) == 0, p.stderr.read()
     os.close(master)
     text = out.decode()

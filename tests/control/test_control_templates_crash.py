@@ -10,15 +10,15 @@ import pytest
 
 from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
 from tests.control.cluster import wait_until
-from tests.control.templates_support import oci, only_the_job_left, rpc_error, wait_job
+from tests.control.templates_support import details, oci, only_the_job_left, rpc_error, wait_job
 
 pytestmark = pytest.mark.timeout(120)
 FAST_BUILDS = {"CUBE_MASTER_BUILD_HEARTBEAT_S": "0.3", "CUBE_MASTER_BUILD_STALE_S": "1.5"}
 
 
 def start(stub, tid: str) -> P.TemplateBuild:
-    return stub.CreateTemplateBuild(P.CreateTemplateBuildRequest(build=oci(template_id=tid, username="u", password="p")),
-                                    timeout=10)
+    build = oci(template_id=tid, username="u", password="p")
+    return stub.CreateTemplateBuild(P.CreateTemplateBuildRequest(build=build), timeout=10)
 
 
 def test_no_node_is_unavailable_and_writes_nothing(own_cluster):
@@ -27,7 +27,7 @@ def test_no_node_is_unavailable_and_writes_nothing(own_cluster):
     ch, stub = c.master_stub()
     with ch:
         e = rpc_error(start, stub, "lonely")
-        assert e.code() == grpc.StatusCode.UNAVAILABLE and "no nodes" in e.details()
+        assert e.code() == grpc.StatusCode.UNAVAILABLE and "no nodes" in details(e)
         assert c.keys("template-builds/") == [] and c.keys("templates/") == []
 
 
@@ -61,7 +61,8 @@ def test_master_stop_and_crash_mid_build(own_cluster):
     m2.kill9()
     wait_until(lambda: "tpl-crash" in node.build_cancelled, what="the node's build cancelled")
     rec = c.etcd.get_json(f"{c.prefix}/template-builds/{job2.job_id}")
-    assert rec["phase"] == "BOOTING" and c.etcd.get_json(f"{c.prefix}/templates/tpl-crash")["status"] == "TEMPLATE_STATUS_BUILDING"
+    assert rec["phase"] == "BOOTING"
+    assert c.etcd.get_json(f"{c.prefix}/templates/tpl-crash")["status"] == "TEMPLATE_STATUS_BUILDING"
     m3 = c.start_master("m3", port=m1.port, **FAST_BUILDS)
     ch, stub = c.master_stub(m3)
     with ch:

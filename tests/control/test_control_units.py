@@ -12,8 +12,8 @@ from services.api.errors import ApiError
 from services.api.routes.sandboxes import parse_metadata_query, parse_states
 from services.api.settings import Settings as ApiSettings
 from services.master import apikeys, errors
-from services.master.scheduler import NodeLoad, load_by_node, rank
 from services.master.sandboxes import decode_page_token, encode_page_token, new_sandbox_id
+from services.master.scheduler import NodeLoad, load_by_node, rank
 from services.master.settings import Settings as MasterSettings
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import os
 import shutil
@@ -21,16 +22,18 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
+from cube_common import netns
+from cube_common.envd import ENVD_PORT, INTERPRETER_PORT
 from services.cubelet import default_image
-from services.cubelet.guest_agent import ENVD_PORT, INTERPRETER_PORT, wait_default_kernels
-from tests.vmm import netlab
-from vmm_core import VmmSettings, clone, ensure_guest_artifacts, netns, snapshot
+from services.cubelet.guest_agent import cube_agent, wait_default_kernels
+from testkit import netlab
+from vmm_core import VmmSettings, clone, ensure_guest_artifacts, snapshot
 from vmm_core.disks import allocated_bytes, writable_layer
 from vmm_core.machine import boot
 
@@ -61,7 +64,7 @@ class Forwarder:
         self._relays: set[asyncio.Task] = set()
         self._thread = threading.Thread(target=self._loop.run_forever, name="sdk-forwarder", daemon=True)
 
-    def start(self) -> "Forwarder":
+    def start(self) -> Forwarder:
         socks = []
         try:
             for port in self.ports:
@@ -85,7 +88,7 @@ class Forwarder:
         for s in socks:
             port = s.getsockname()[1]
             fut = asyncio.run_coroutine_threadsafe(
-                asyncio.start_server(lambda r, w, p=port: self._relay(r, w, p), sock=s), self._loop)
+                asyncio.start_server(functools.partial(self._relay, port=port), sock=s), self._loop)
             self._servers.append(fut.result(10))
         return self
 
@@ -101,6 +104,7 @@ class Forwarder:
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int) -> None:
         task = asyncio.current_task()
+        assert task is not None  # start_server runs each connection's callback in a task
         self._relays.add(task)
         self._conns.add(writer)
         up_w = None
@@ -117,7 +121,7 @@ class Forwarder:
             up_r, up_w = await asyncio.open_connection(sock=s)
             self._conns.add(up_w)
             await asyncio.gather(self._pipe(reader, up_w), self._pipe(up_r, writer))
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
         finally:
             self._relays.discard(task)
@@ -173,10 +177,8 @@ def workdir():
 
 @pytest.fixture(scope="module")
 def settings(workdir) -> VmmSettings:
-    base = VmmSettings.from_env()
-    return VmmSettings(state_dir=base.state_dir, accel=base.accel, qemu_binary=base.qemu_binary,
-                       kernel_package=base.kernel_package, tcg_tb_size_mb=base.tcg_tb_size_mb,
-                       runtime_dir=workdir / "vms")
+    # The node's artifact cache, but machines of this session only, so the leak check sees only them.
+    return VmmSettings.from_env().with_overrides(runtime_dir=workdir / "vms")
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +225,7 @@ def _wait_health(timeout: float) -> None:
 def template(loop, settings, workdir, forwarder, machines):
     """Build (cached) and boot the default template, wait until it is fully up, snapshot it."""
     made, nets = machines
-    guest = ensure_guest_artifacts(settings)
+    guest = ensure_guest_artifacts(settings, cube_agent())
     t0 = time.monotonic()
     image = default_image.ensure_default_image(settings)
     FIGURES["default_image_ensure_s"] = round(time.monotonic() - t0, 2)
@@ -294,7 +296,7 @@ def make_clone(loop, settings, template, forwarder, machines):
         token = uuid.uuid4().hex
         r = httpx.post(ENVD + "/init", timeout=30, json={
             "accessToken": token, "envVars": env, "sandboxID": vm_id,
-            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "timestamp": datetime.now(UTC).isoformat(),
             "entropy": base64.b64encode(os.urandom(64)).decode(),
         })
         assert r.status_code == 204, r.text
@@ -401,7 +403,7 @@ def test_agent_in_a_clone(make_clone):
 
 
 def test_clones_are_isolated(make_clone):
-    a, ta = make_clone({"WHO": "a"})
+    a, _ta = make_clone({"WHO": "a"})
     sa = sdk(a)
     sa.files.write("/home/user/only-in-a.txt", "a")
     assert sa.run_code("marker = 'a'\nmarker").text == "a"

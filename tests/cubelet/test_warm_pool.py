@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 import httpx
 
 from sdk.gen.cube.v1 import vs_pb2
-
 from services.cubelet.settings import CubeletSettings
 from services.cubelet.warm_pool import PoolEntry, WarmPool
+from vmm_core import Machine
 
 
 @dataclass
@@ -53,8 +54,14 @@ class _Templates:
 
 
 def _entry(template_id: str, build_key: str, n: int, agent: httpx.AsyncClient | None = None) -> PoolEntry:
-    return PoolEntry(template_id, build_key, f"pool-{build_key}-{n}", _Machine(f"pool-{build_key}-{n}"),
+    machine = cast(Machine, _Machine(f"pool-{build_key}-{n}"))  # the pool only calls kill() on it
+    return PoolEntry(template_id, build_key, f"pool-{build_key}-{n}", machine,
                      vs_pb2.SandboxNetwork(host_address="198.19.0.2", proxy_address="198.18.0.1"), agent)
+
+
+def _killed(e: PoolEntry) -> bool:
+    assert isinstance(e.machine, _Machine)
+    return e.machine.killed
 
 
 def _pool(templates: _Templates, vs: _Vs) -> WarmPool:
@@ -75,9 +82,9 @@ def test_claim_skips_clones_of_a_replaced_build_and_the_fill_loop_removes_them()
     assert pool.claim("t", "new") is new
     assert pool.claim("t", "new") is None
     asyncio.run(pool._discard_stale())
-    assert all(e.machine.killed for e in old)
+    assert all(_killed(e) for e in old)
     assert sorted(vs.released) == sorted(e.vs_id for e in old)
-    assert not new.machine.killed
+    assert not _killed(new)
 
 
 def test_stale_and_deleted_entries_go_even_when_nobody_claims():
@@ -91,8 +98,8 @@ def test_stale_and_deleted_entries_go_even_when_nobody_claims():
     pool._ready["gone"].append(orphan)
 
     asyncio.run(pool._discard_stale())
-    assert stale.machine.killed and orphan.machine.killed
-    assert not fresh.machine.killed
+    assert _killed(stale) and _killed(orphan)
+    assert not _killed(fresh)
     assert pool.size("a") == 1 and pool.size("gone") == 0
     assert pool.claim("a", "k2") is fresh
 
@@ -111,13 +118,14 @@ def test_idle_clones_are_health_checked_and_dead_ones_replaced():
     templates = _Templates({"t": _Template("t", "k")})
     vs = _Vs()
     pool = _pool(templates, vs)
-    healthy, dead, fresh = _entry("t", "k", 0, agent(204)), _entry("t", "k", 1, agent(500)), _entry("t", "k", 2, agent(204))
+    healthy, dead, fresh = (_entry("t", "k", 0, agent(204)), _entry("t", "k", 1, agent(500)),
+                            _entry("t", "k", 2, agent(204)))
     long_ago = time.monotonic() - 3600
     healthy.checked_at = dead.checked_at = long_ago
     pool._ready["t"].extend([healthy, dead, fresh])
 
     asyncio.run(pool._check_idle())
     assert sorted(asked) == ["204 /health", "500 /health"]  # the recently checked one was left alone
-    assert dead.machine.killed and vs.released == [dead.vs_id] and dead.agent is None
-    assert not healthy.machine.killed and healthy.checked_at > long_ago
+    assert _killed(dead) and vs.released == [dead.vs_id] and dead.agent is None
+    assert not _killed(healthy) and healthy.checked_at > long_ago
     assert pool.size("t") == 2

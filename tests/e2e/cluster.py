@@ -20,7 +20,7 @@ import httpx
 from deploy.supervisor import NodeConfig
 
 REPO = Path(__file__).resolve().parents[2]
-CFG = NodeConfig()
+CFG = NodeConfig.from_env()
 STATE = CFG.state_dir
 VMS = STATE / "vms"
 CUBELET_RECORDS = STATE / "cubelet" / "sandboxes"
@@ -150,10 +150,10 @@ def log_since(name: str, offset: int) -> list[str]:
 
 def json_lines(lines: list[str]) -> list[dict]:
     out = []
-    for l in lines:
-        if l.startswith("{"):
+    for line in lines:
+        if line.startswith("{"):
             try:
-                out.append(json.loads(l))
+                out.append(json.loads(line))
             except ValueError:
                 pass
     return out
@@ -233,7 +233,7 @@ def vs_allocations() -> dict[str, dict]:
 
 def taps() -> set[str]:
     out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
-    return {l["ifname"] for l in json.loads(out or "[]") if l["ifname"].startswith(TAP_PREFIX)}
+    return {link["ifname"] for link in json.loads(out or "[]") if link["ifname"].startswith(TAP_PREFIX)}
 
 
 def sandbox_routes() -> dict[str, str]:

@@ -60,7 +60,7 @@ def pytest_collection_modifyitems(config, items):
         return
     ours = [items[i] for i in slots]
     ordered = sorted(ours, key=lambda it: it.fspath.basename == "test_e2e_crash.py")  # stable
-    for i, it in zip(slots, ordered):
+    for i, it in zip(slots, ordered, strict=True):
         items[i] = it
     items[slots[0]].add_marker(pytest.mark.timeout(NODE_UP_TIMEOUT_S + 600))
 

@@ -14,9 +14,10 @@ import pytest
 from e2b import AuthenticationException
 from e2b_code_interpreter import Sandbox
 
+from cube_common.procs import stop_process
+from testkit.ports import free_port
 from tests.e2e.cluster import CFG, REPO
 from tests.e2e.run import CREATED, tag
-from tests.support.ports import free_port
 
 CLI = str(REPO / ".venv/bin/cubemastercli")
 AUTH_API_LOG: list = []
@@ -51,12 +52,7 @@ def auth_api(tmp_path_factory):
         AUTH_API_LOG.append(log)
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 20)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +90,8 @@ def test_right_key_works(auth_api, key, use_api):
         assert sbx.kill() is True
 
 
-@pytest.mark.parametrize("bad", ["e2b_" + "0" * 40, "e2b_" + "f" * 40, "not-a-key"], ids=["zeros", "unknown", "malformed"])
+@pytest.mark.parametrize("bad", ["e2b_" + "0" * 40, "e2b_" + "f" * 40, "not-a-key"],
+                         ids=["zeros", "unknown", "malformed"])
 def test_wrong_key_is_401(auth_api, key, use_api, bad):
     use_api(auth_api, bad)
     with pytest.raises(AuthenticationException):

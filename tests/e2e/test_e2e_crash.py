@@ -87,8 +87,8 @@ def _ours(meta: dict | None, case: str) -> bool:
 
 
 def created_in_log(offset: int) -> set[str]:
-    return {l["sandbox_id"] for l in cluster.json_lines(cluster.log_since("master", offset))
-            if l.get("msg") == "creating" and l.get("sandbox_id")}
+    return {entry["sandbox_id"] for entry in cluster.json_lines(cluster.log_since("master", offset))
+            if entry.get("msg") == "creating" and entry.get("sandbox_id")}
 
 
 def reachable(sid: str) -> str | None:
@@ -154,15 +154,15 @@ def crash_during_creates(run: CrashRun) -> CrashRun:
         tasks = [asyncio.create_task(_create(case, i, run)) for i in range(N_CREATES)]
         # Kill once creates are in flight: the master has started at least two of them.
         deadline = time.monotonic() + 30
-        while len(created_in_log(log_off)) < 2 and time.monotonic() < deadline:
+        while len(created_in_log(log_off)) < 2 and time.monotonic() < deadline:  # noqa: ASYNC110 - polls a log file
             await asyncio.sleep(0.02)
         os.kill(old_pid, signal.SIGKILL)
         await asyncio.wait_for(asyncio.gather(*tasks), 600)
 
     asyncio.run(go())
     new_pid = cluster.wait_service_restarted(service, old_pid, READY[service], timeout=120)
-    sup = [l for l in cluster.json_lines(cluster.log_since("supervisor", sup_off))]
-    assert any(l.get("msg", "").startswith(f"{service} exited with -9") for l in sup), sup
+    sup = cluster.json_lines(cluster.log_since("supervisor", sup_off))
+    assert any(entry.get("msg", "").startswith(f"{service} exited with -9") for entry in sup), sup
     assert new_pid != old_pid
 
     t0 = time.monotonic()
@@ -201,7 +201,7 @@ def cleanup(run: CrashRun) -> None:
     for sid in run.ours:
         httpx.delete(f"{API_URL}/sandboxes/{sid}", headers={"X-API-KEY": KEY}, timeout=60)
     for sid in run.ours:
-        cluster.wait_until(lambda: not cluster.traces_of(sid), 60, what=f"{sid} removed after the crash test")
+        cluster.wait_until(lambda sid=sid: not cluster.traces_of(sid), 60, what=f"{sid} removed after the crash test")
 
 
 @pytest.mark.parametrize("service", ["cubelet", "master", "proxy"])
@@ -262,7 +262,7 @@ def test_etcd_unavailable_answers_503_and_writes_nothing_half():
         os.kill(etcd, signal.SIGCONT)
     report = "\n".join(f"  {n}: {st} after {secs:.1f}s: {str(body)[:160]}" for n, (st, body, secs) in results.items())
     assert set(results) == {"create", "list", "get"}, report
-    for name, (status, body, secs) in results.items():
+    for status, body, _secs in results.values():
         assert status == 503 and isinstance(body, dict) and body.get("code") == 503 \
             and isinstance(body.get("message"), str), f"with etcd frozen, not every call got a prompt 503:\n{report}"
 
@@ -300,7 +300,8 @@ def test_etcd_unavailable_single_call_answers_503():
         assert time.monotonic() - t0 < ETCD_ANSWER_S
         time.sleep(3)  # let the master's etcd channel recover before the next freeze
     cluster.wait_until(lambda: not [s for s, r in cluster.etcd_sandboxes().items() if s not in before
-                                    and (r.get("metadata") or {}).get("case") == "etcd-1"] and not new_node_problems(baseline),
+                                    and (r.get("metadata") or {}).get("case") == "etcd-1"]
+                       and not new_node_problems(baseline),
                        SETTLE_S, interval=2, what="no half-written sandbox after etcd returned")
 
 
@@ -355,6 +356,7 @@ def test_leader_returns_after_etcd_outage(sandboxes):
     cluster.wait_until(has_leader, 30, what="a leader before the outage")
     off = cluster.log_offset("master")
     etcd = cluster.service_pid("etcd")
+    assert etcd is not None
     os.kill(etcd, signal.SIGSTOP)
     try:
         time.sleep(6)
@@ -363,8 +365,8 @@ def test_leader_returns_after_etcd_outage(sandboxes):
     deadline = time.monotonic() + 2 * _M.leader_ttl_s + 10
     while not has_leader() and time.monotonic() < deadline:
         time.sleep(0.5)
-    lines = [f"{l.get('ts')} {l.get('msg')} {l.get('reason', '')} {l.get('error', '')}"
-             for l in cluster.json_lines(cluster.log_since("master", off)) if l.get("logger", "").endswith(
+    lines = [f"{entry.get('ts')} {entry.get('msg')} {entry.get('reason', '')} {entry.get('error', '')}"
+             for entry in cluster.json_lines(cluster.log_since("master", off)) if entry.get("logger", "").endswith(
                  ("leader", "store"))]
     assert has_leader(), ("no master is leader "
                           f"{2 * _M.leader_ttl_s + 10}s after a 6 s etcd outage; master log:\n" + "\n".join(lines))

@@ -97,4 +97,4 @@ def test_bad_network_options_are_refused(api):
                                         "network": {"allowOut": ["not-a-cidr/99"]}})
     assert r.status_code == 400, r.text
     body = r.json()
-    assert body["code"] == 400 and "cidr" in body["message"].lower() or "not-a-cidr" in body["message"]
+    assert (body["code"] == 400 and "cidr" in body["message"].lower()) or "not-a-cidr" in body["message"]

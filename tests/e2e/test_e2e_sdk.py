@@ -79,7 +79,7 @@ def test_commands(sandboxes):
     r = sbx.commands.run("echo $GREETING-$PWD", envs={"GREETING": "hello"}, cwd="/tmp")
     assert r.stdout.strip() == "hello-/tmp"
     assert sbx.commands.run("id -u", user="root").stdout.strip() == "0"
-    lines = []
+    lines: list[str] = []
     sbx.commands.run("for i in 1 2 3; do echo line$i; done", on_stdout=lines.append)
     assert "".join(lines).split() == ["line1", "line2", "line3"]
     h = sbx.commands.run("sleep 600", background=True)
@@ -164,7 +164,7 @@ async def test_ten_concurrent_async_sandboxes(sandboxes):
     elapsed = time.monotonic() - t0
     ids = [s.sandbox_id for s, _, _ in results]
     assert len(set(ids)) == n
-    for i, (sbx, text, out) in enumerate(results):
+    for i, (_sbx, text, out) in enumerate(results):
         assert text == str(i * 1000 + 1) and out == str(i)
     # All ten are VMs of their own, listed by the API with their metadata.
     listed = Sandbox.list(query=SandboxQuery(metadata=tag({"case": "concurrent"}))).next_items()
@@ -288,7 +288,7 @@ def test_pause_resume_keeps_files_memory_and_processes(sandboxes):
         assert sbx.run_code("cycles, history").text == f"({cycle}, {list(range(1, cycle + 1))})"
         count = int(sbx.files.read("/tmp/counter"))
         assert count >= last_count, f"cycle {cycle}: counter went back from {last_count} to {count}"
-        cluster.wait_until(lambda: int(sbx.files.read("/tmp/counter")) > count, 15,
+        cluster.wait_until(lambda sbx=sbx, count=count: int(sbx.files.read("/tmp/counter")) > count, 15,
                            what=f"the background counter to keep counting after resume {cycle}")
         last_count = int(sbx.files.read("/tmp/counter"))
     assert sbx.kill() is True
@@ -363,11 +363,11 @@ def test_warm_pool_serves_a_create_after_a_quiet_period(sandboxes):
     sandboxes.create({"case": "pool-drain"}).kill()
     time.sleep(30)  # a refill is one clone restore and warm-up: seconds, even under TCG
     sbx = sandboxes.create({"case": "pool-hit"})
-    created = [l for l in cluster.json_lines(cluster.log_since("master", off_master))
-               if l.get("msg") == "created" and l.get("sandbox_id") == sbx.sandbox_id]
-    pool_log = [f"{l.get('ts')} {l.get('msg')} {l.get('template_id', '')} {l.get('error', '')}"
-                for l in cluster.json_lines(cluster.log_since("cubelet", off_cubelet))
-                if "warm_pool" in l.get("logger", "")]
+    created = [entry for entry in cluster.json_lines(cluster.log_since("master", off_master))
+               if entry.get("msg") == "created" and entry.get("sandbox_id") == sbx.sandbox_id]
+    pool_log = [f"{entry.get('ts')} {entry.get('msg')} {entry.get('template_id', '')} {entry.get('error', '')}"
+                for entry in cluster.json_lines(cluster.log_since("cubelet", off_cubelet))
+                if "warm_pool" in entry.get("logger", "")]
     assert len(created) == 1, created
     assert created[0].get("from_warm_pool") is True, (
         f"create 30 s after the previous one was not served from the warm pool: {created[0]}\n"

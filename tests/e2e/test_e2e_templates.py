@@ -17,12 +17,12 @@ import httpx
 import pytest
 
 from deploy.supervisor import NodeConfig
+from testkit.registry import Registry
 from tests.e2e import cluster
-from tests.oci.support import Registry
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = str(REPO / ".venv/bin/cubemastercli")
-CFG = NodeConfig()
+CFG = NodeConfig.from_env()
 APPLETS = ("sh", "httpd", "dd", "sleep", "false", "cat", "echo", "ls", "id", "df", "mkdir", "rm")
 
 

@@ -14,7 +14,6 @@ import pytest
 from services.envd.devroot import DevRoot, PortBusy
 
 
-
 @pytest.fixture(scope="package", autouse=True)
 def sdk_debug_mode():
     """The SDKs' debug mode (localhost:49983/49999, no API) for this package only: set at import

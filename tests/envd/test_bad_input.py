@@ -4,8 +4,8 @@ and the agent keeps serving."""
 from __future__ import annotations
 
 import base64
-import json
 import time
+from datetime import UTC
 
 import httpx
 import pytest
@@ -122,7 +122,8 @@ def test_missing_path_and_directory_path(agent):
     assert r.status_code == 400 and "directory" in r.json()["message"]
     r = httpx.post(ENVD + "/files", content=b"x", headers={"Content-Type": "application/octet-stream"})
     assert r.status_code == 400
-    r = httpx.post(ENVD + "/files", content=b"--b\r\ngarbage", headers={"Content-Type": "multipart/form-data; boundary=b"})
+    r = httpx.post(ENVD + "/files", content=b"--b\r\ngarbage",
+                   headers={"Content-Type": "multipart/form-data; boundary=b"})
     assert r.status_code == 400
     r = unary("/filesystem.Filesystem/ListDir", {"path": "/etc/hostname"}, ROOT)
     assert r.json()["code"] == "invalid_argument"
@@ -153,7 +154,8 @@ def test_access_token_is_enforced(token, agent):
     with pytest.raises(AuthenticationException):
         sbx.files.read("/etc/hostname")
     # /files takes the header or a signature.
-    assert httpx.get(ENVD + "/files", params={"path": "/etc/hostname"}, headers={"X-Access-Token": token}).status_code == 200
+    r = httpx.get(ENVD + "/files", params={"path": "/etc/hostname"}, headers={"X-Access-Token": token})
+    assert r.status_code == 200
     sig = get_signature("/etc/hostname", "read", None, token, 60)
     r = httpx.get(ENVD + "/files", params={"path": "/etc/hostname", "signature": sig["signature"],
                                           "signature_expiration": sig["expiration"]})
@@ -183,8 +185,8 @@ def test_access_token_is_enforced(token, agent):
 
 
 def test_init_env_vars_reach_processes_and_kernels(sandbox, agent):
-    assert init({"envVars": {"FROM_INIT": "hello"}, "timestamp": time.time(),
-                 "sandboxID": "testsandbox", "entropy": base64.b64encode(b"0123456789abcdef").decode()}).status_code == 204
+    assert init({"envVars": {"FROM_INIT": "hello"}, "timestamp": time.time(), "sandboxID": "testsandbox",
+                 "entropy": base64.b64encode(b"0123456789abcdef").decode()}).status_code == 204
     try:
         assert sandbox.commands.run("echo $FROM_INIT").stdout == "hello\n"
         assert sandbox.run_code("import os; os.environ['FROM_INIT']").text == "hello"
@@ -213,9 +215,9 @@ def test_init_bad_input(agent):
     assert init({"defaultUser": "nobody-here"}).status_code == 400
     # A current RFC 3339 time with Go's nanoseconds parses; being within the threshold, it leaves
     # the clock alone (a test must never step the host's clock).
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.123456789Z")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.123456789Z")
     assert init({"timestamp": now}).status_code == 204
 
 

@@ -96,7 +96,7 @@ def test_kill(sandbox):
     with pytest.raises(CommandExitException) as ei:
         h.wait()
     assert ei.value.exit_code == -1
-    assert "killed" in ei.value.error
+    assert ei.value.error is not None and "killed" in ei.value.error
     assert sandbox.commands.kill(h.pid) is False  # gone: not_found maps to False
 
 
@@ -120,7 +120,7 @@ def test_timeout_kills_the_command(sandbox):
 
 
 def test_callbacks_stream_output(sandbox):
-    seen = []
+    seen: list[str] = []
     sandbox.commands.run("echo a; sleep 0.2; echo b >&2", on_stdout=seen.append, on_stderr=seen.append)
     assert seen == ["a\n", "b\n"]
 

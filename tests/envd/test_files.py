@@ -146,7 +146,9 @@ def test_watch_dir_polling(sandbox):
     handle = sandbox.files.watch_dir("/home/user/w", recursive=True)
     try:
         sandbox.files.write("/home/user/w/new.txt", "1")
-        sandbox.commands.run("mkdir /home/user/w/sub && echo x > /home/user/w/sub/inner.txt && chmod 600 /home/user/w/new.txt && mv /home/user/w/new.txt /home/user/w/moved.txt && rm /home/user/w/moved.txt")
+        sandbox.commands.run("mkdir /home/user/w/sub && echo x > /home/user/w/sub/inner.txt"
+                             " && chmod 600 /home/user/w/new.txt && mv /home/user/w/new.txt /home/user/w/moved.txt"
+                             " && rm /home/user/w/moved.txt")
         deadline = time.monotonic() + 10
         events = []
         while time.monotonic() < deadline:
@@ -186,7 +188,7 @@ async def test_watch_dir_stream(agent):
     try:
         await sbx.files.write("/home/user/aw/f.txt", "hi")
         await asyncio.wait_for(seen.wait(), 10)
-        created = [e for e in got if e.name == "f.txt" and e.type == FilesystemEventType.CREATE][0]
+        created = next(e for e in got if e.name == "f.txt" and e.type == FilesystemEventType.CREATE)
         assert created.entry is not None and created.entry.path == "/home/user/aw/f.txt"
     finally:
         await handle.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from cube_common.procs import stop_process
 from services.envd.devroot import REPO, _port_free
 
 PORT = 49883
@@ -52,12 +52,7 @@ def minimal_agent():
             time.sleep(0.1)
         yield root
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, 15)
         shutil.rmtree(root, ignore_errors=True)
 
 

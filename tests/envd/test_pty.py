@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from e2b import CommandExitException
-from e2b import PtySize
+from e2b import CommandExitException, PtySize
 
 
 def _collector():

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 from services.cubelet.oci import ImageRef, LayerCache, fetch_image, pull_image
-from tests.oci.support import Registry, run
+from testkit.registry import Registry
+from tests.oci.support import run
 from vmm_core.guest.debian import apt_source_files, suite
 
 PACKAGES = ["python3", "perl", "gcc", "libc6-dev"]
@@ -85,20 +86,20 @@ def main() -> None:
         for tag in ("gz", "zst"):
             ref = ImageRef.parse(f"{registry.host}/deb:{tag}", insecure=True)
             cache = LayerCache(work / f"cache-{tag}")
-            pull_s = timed(lambda: asyncio.run(pull_image(ref, cache)))
+            pull_s = timed(lambda ref=ref, cache=cache: asyncio.run(pull_image(ref, cache)))
             image = asyncio.run(pull_image(ref, cache))
             blob = cache.path(image.manifest.layers[0].digest)
             compressed = blob.stat().st_size
             dest = work / f"root-{tag}"
-            unpack_s = timed(lambda: asyncio.run(fetch_image(ref, dest, cache)))
+            unpack_s = timed(lambda ref=ref, dest=dest, cache=cache: asyncio.run(fetch_image(ref, dest, cache)))
             shutil.rmtree(dest)
             # Baseline: GNU tar with the same decompressor, same blob, same disk.
             base_dir = work / "tar-baseline"
             base_dir.mkdir()
             flag = "--gzip" if tag == "gz" else "--zstd"
-            tar_s = timed(lambda: subprocess.run(["tar", "-x", flag, "-f", str(blob), "-C", str(base_dir),
-                                                  "--same-owner", "--xattrs", "--xattrs-include=*",
-                                                  "--numeric-owner"], check=True))
+            tar_s = timed(lambda flag=flag, blob=blob, base_dir=base_dir: subprocess.run(
+                ["tar", "-x", flag, "-f", str(blob), "-C", str(base_dir), "--same-owner", "--xattrs",
+                 "--xattrs-include=*", "--numeric-owner"], check=True))
             shutil.rmtree(base_dir)
             out[tag] = {
                 "compressed_bytes": compressed,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import struct
-import subprocess
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
@@ -14,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.oci.support import Entry, LayoutWriter, Registry, TokenServer, make_tar, run
+from testkit.registry import Registry, TokenServer
+from tests.oci.support import Entry, LayoutWriter, make_tar, run
 
 USER, PASSWORD = "alice", "wonderland"
 BUSYBOX = Path("/bin/busybox")
@@ -176,7 +176,7 @@ def oci_env():
         pytest.skip("building test images with owners and device nodes needs root")
     work = Path(tempfile.mkdtemp(prefix="cube-oci-test-"))
     storage = work / "storage"
-    started = []
+    started: list[Registry | TokenServer] = []
     try:
         anon = Registry(work / "reg-anon", storage).start()
         started.append(anon)

@@ -5,11 +5,22 @@ import shutil
 
 import pytest
 
-from services.cubelet.oci import (AuthFailed, Credentials, DigestMismatch, ImageNotFound, ImageRef,
-                                  InvalidImage, RegistryError, UnsafeLayer, WrongArchitecture,
-                                  fetch_image, pull_image)
-from tests.oci.conftest import PASSWORD, USER, assert_nothing_left
-from tests.support.ports import free_port
+from services.cubelet.oci import (
+    AuthFailed,
+    Credentials,
+    DigestMismatch,
+    ImageConfig,
+    ImageNotFound,
+    ImageRef,
+    InvalidImage,
+    RegistryError,
+    UnsafeLayer,
+    WrongArchitecture,
+    fetch_image,
+    pull_image,
+)
+from testkit.ports import free_port
+from tests.oci.conftest import USER, assert_nothing_left
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -157,7 +168,7 @@ async def test_cancelled_fetch_leaves_nothing(oci_env, cache, tmp_path, phase):
     import asyncio
 
     dest = tmp_path / "root"
-    task = None
+    task: asyncio.Task[ImageConfig] | None = None
 
     def on_progress(p):
         if p.phase.value == phase and task is not None:

@@ -9,8 +9,14 @@ import tarfile
 
 import pytest
 
-from services.cubelet.oci import ImageRef, Phase, fetch_image, pull_image
+from services.cubelet.oci import ImageRef, Phase, Progress, fetch_image, pull_image
 from tests.oci.support import snapshot_tree
+
+
+def _member_bytes(tf: tarfile.TarFile, member: tarfile.TarInfo | str) -> bytes:
+    f = tf.extractfile(member)
+    assert f is not None, f"{member} is not a regular file"
+    return f.read()
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,7 +40,7 @@ async def test_local_source_matches_registry(oci_env, registry_tree, cache, tmp_
         text = f"oci:{oci_env.layout}:features"
     else:
         text = f"{kind}:{oci_env.archives[kind]}"
-    events = []
+    events: list[Progress] = []
     config = await fetch_image(ImageRef.parse(text), tmp_path / "root", cache, progress=events.append)
     tree, registry_config = registry_tree
     assert snapshot_tree(tmp_path / "root") == tree
@@ -73,13 +79,14 @@ async def test_docker_archive_with_compressed_layers(oci_env, registry_tree, cac
     """A docker-archive may hold its layers gzip-compressed under names that are not their digests
     (the format does not forbid it): the image must still unpack, verified against the diff_ids."""
     src = oci_env.archives["docker-archive"]
-    manifest = json.loads(tarfile.open(src).extractfile("manifest.json").read())
+    manifest = json.loads(_member_bytes(tarfile.open(src), "manifest.json"))
     layer_names = set(manifest[0]["Layers"])
     out = tmp_path / "compressed.docker.tar"
     with tarfile.open(src) as tin, tarfile.open(out, "w") as tout:
         for member in tin.getmembers():
-            data = tin.extractfile(member).read() if member.isfile() else None
+            data = _member_bytes(tin, member) if member.isfile() else None
             if member.name in layer_names:
+                assert data is not None
                 data = gzip.compress(data, mtime=0)
             if data is not None:
                 member.size = len(data)

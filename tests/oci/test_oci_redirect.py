@@ -7,8 +7,8 @@ import pytest
 from aiohttp import web
 
 from services.cubelet.oci import ImageRef, fetch_image
+from testkit.ports import free_port
 from tests.oci.support import snapshot_tree
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -6,10 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from services.cubelet.oci import (DigestMismatch, ImageConfig, ImageRef, InvalidImage,
-                                  InvalidReference, LayerCache, Transport, WrongArchitecture)
+from services.cubelet.oci import (
+    DigestMismatch,
+    ImageConfig,
+    ImageRef,
+    InvalidImage,
+    InvalidReference,
+    LayerCache,
+    Transport,
+    WrongArchitecture,
+)
 from services.cubelet.oci.auth import parse_challenge
-from services.cubelet.oci.manifest import parse_manifest, select_platform
+from services.cubelet.oci.manifest import Index, parse_manifest, select_platform
 
 D = "sha256:" + "a" * 64
 
@@ -82,11 +90,13 @@ def test_platform_selection():
         _desc("application/vnd.oci.image.manifest.v1+json", "unknown/unknown"),
         {**_desc("application/vnd.oci.image.manifest.v1+json", "linux/amd64"), "digest": "sha256:" + "b" * 64},
     ]}).encode(), "application/vnd.oci.image.index.v1+json", "x")
+    assert isinstance(idx, Index)
     assert select_platform(idx, "x").digest == "sha256:" + "b" * 64
     only_arm = parse_manifest(json.dumps({"manifests": [
         _desc("application/vnd.docker.distribution.manifest.v2+json", "linux/arm64"),
         _desc("application/vnd.docker.distribution.manifest.v2+json", "windows/amd64")]}).encode(),
         "application/vnd.docker.distribution.manifest.list.v2+json", "x")
+    assert isinstance(only_arm, Index)
     with pytest.raises(WrongArchitecture, match="linux/arm64, windows/amd64"):
         select_platform(only_arm, "x")
 

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cubelet.oci import (Credentials, ImageRef, LayerCache, Phase, Progress, fetch_image,
-                                  pull_image)
+from services.cubelet.oci import Credentials, ImageRef, LayerCache, Phase, Progress, fetch_image, pull_image
 from tests.oci.conftest import CAP_NET_BIND, PASSWORD, USER
 from tests.oci.support import snapshot_tree
 
@@ -170,8 +169,9 @@ async def test_tree_matches_umoci_unpack(oci_env, cache, tmp_path):
     root = tmp_path / "root"
     await fetch_image(ref(oci_env.anon, "features:1"), root, cache)
     bundle = tmp_path / "bundle"
-    subprocess.run(["umoci", "unpack", "--keep-dirlinks", "--image", f"{oci_env.layout}:features",
-                    str(bundle)], check=True, capture_output=True, timeout=60)
+    await asyncio.to_thread(subprocess.run, ["umoci", "unpack", "--keep-dirlinks", "--image",
+                                             f"{oci_env.layout}:features", str(bundle)],
+                            check=True, capture_output=True, timeout=60)
     ours, theirs = snapshot_tree(root), snapshot_tree(bundle / "rootfs")
     assert ours.keys() == theirs.keys()
     diffs = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
@@ -191,7 +191,7 @@ async def test_shared_layers_are_not_fetched_again(oci_env, cache, tmp_path):
     assert not [p for p in fetched if shared in p]
     # Exactly: the config and the three new layers, once each (the re-resolve above hit the cache).
     assert sorted(fetched) == sorted(
-        f"/v2/features/blobs/{d}" for d in [second.digest] + [l.digest for l in layers[1:]])
+        f"/v2/features/blobs/{d}" for d in [second.digest] + [layer.digest for layer in layers[1:]])
     first_pull = next(e for e in events if e.phase is Phase.PULLING)
     assert (first_pull.layers_done, first_pull.layers_total) == (1, 4)
     # A third fetch of the same image downloads no blob at all.
@@ -215,6 +215,6 @@ async def test_image_without_shell_or_libc(oci_env, cache, tmp_path):
     config = await fetch_image(ref(oci_env.anon, "noshell:1"), tmp_path / "root", cache)
     assert os.listdir(tmp_path / "root") == ["echo"]
     assert config.argv() == ["/echo", "hi"]
-    out = subprocess.run(["chroot", str(tmp_path / "root"), *config.argv()], capture_output=True,
-                         text=True, timeout=10)
+    out = await asyncio.to_thread(subprocess.run, ["chroot", str(tmp_path / "root"), *config.argv()],
+                                  capture_output=True, text=True, timeout=10)
     assert out.stdout.strip() == "hi"

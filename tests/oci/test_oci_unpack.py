@@ -131,7 +131,8 @@ def test_metadata(tmp_path, root):
         Entry("./", DIR, mode=0o755),
         Entry("suid", data=b"#!", mode=0o4755, uid=0, gid=0),
         Entry("owned", data=b"o", mode=0o2640, uid=1001, gid=1002, xattrs={
-            "user.bin": b"\x00\xff\xfe binary", "security.capability": bytes(20)[:0] + b"\x01\x00\x00\x02" + bytes(16)}),
+            "user.bin": b"\x00\xff\xfe binary",
+            "security.capability": bytes(20)[:0] + b"\x01\x00\x00\x02" + bytes(16)}),
         Entry("link", SYM, linkname="/nowhere", uid=3, gid=4),
         Entry("null", CHR, mode=0o666, devmajor=1, devminor=3),
         Entry("pipe", FIFO, mode=0o600),
@@ -156,7 +157,7 @@ def test_metadata(tmp_path, root):
 @pytest.mark.parametrize("compress", ["", "gzip", "zstd"])
 def test_compression_and_diff_id(tmp_path, root, compress):
     entries = [Entry("a", data=os.urandom(3 << 20)), Entry("b", data=b"b")]
-    positions = []
+    positions: list[int] = []
     stats = apply(tmp_path, root, entries, compress, on_progress=positions.append)
     assert stats.files == 2 and (root / "b").read_bytes() == b"b"
     assert positions and positions[-1] == os.path.getsize(next(tmp_path.glob("layer-*")))
@@ -169,7 +170,7 @@ def test_corrupt_compressed_stream(tmp_path, root):
     data = bytearray(gzip.compress(make_tar([Entry("a", data=os.urandom(1 << 20))])))
     data[len(data) // 2:len(data) // 2 + 64] = bytes(64)
     blob.write_bytes(bytes(data))
-    with pytest.raises(InvalidImage, match="corrupt compressed layer|not a valid tar"):
+    with pytest.raises(InvalidImage, match=r"corrupt compressed layer|not a valid tar"):
         unpack_layer(blob, root)
 
 

@@ -11,8 +11,10 @@ import aetcd
 import httpx
 import pytest
 
-from services.proxy.ack import wait_routes_applied
-from tests.proxy.harness import Proxy, Upstream, route_json
+from cube_common.etcd import EtcdClient
+from cube_common.keys import Keys
+from cube_common.route_ack import wait_routes_applied
+from testkit.proxy import Proxy, Upstream, route_json
 
 DOMAIN = "cube.localhost"
 
@@ -50,39 +52,47 @@ async def etcd(etcd_server):
         await client.close()
 
 
+@pytest.fixture
+async def etcd_client(etcd_server):
+    """The shared failover client the master and the proxy use (cube_common.etcd)."""
+    client = EtcdClient([etcd_server.endpoint], timeout_s=10)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
 class Routes:
     """Writes routes the way the master does and waits for the proxies to serve them."""
 
-    def __init__(self, client: aetcd.Client, prefix: str):
-        self.client = client
-        self.prefix = prefix
+    def __init__(self, etcd: EtcdClient, prefix: str):
+        self.etcd = etcd
+        self.keys = Keys(prefix)
+        self.prefix = self.keys.root
 
     def key(self, sid: str) -> bytes:
-        return f"{self.prefix}/routes/{sid}".encode()
+        return self.keys.route(sid)
+
+    async def _wait(self, rev: int, wait: bool) -> int:
+        if wait:
+            await wait_routes_applied(self.etcd, self.keys, rev, timeout=10)
+        return rev
 
     async def put(self, sid: str, wait: bool = True, **kw) -> int:
-        rev = (await self.client.put(self.key(sid), route_json(sid, **kw))).header.revision
-        if wait:
-            await wait_routes_applied(self.client, rev, timeout=10, prefix=self.prefix)
-        return rev
+        return await self.put_raw(sid, route_json(sid, **kw), wait)
 
     async def put_raw(self, sid: str, value: bytes, wait: bool = True) -> int:
-        rev = (await self.client.put(self.key(sid), value)).header.revision
-        if wait:
-            await wait_routes_applied(self.client, rev, timeout=10, prefix=self.prefix)
-        return rev
+        res = await self.etcd.call(lambda c: c.put(self.key(sid), value))
+        return await self._wait(res.header.revision, wait)
 
     async def delete(self, sid: str, wait: bool = True) -> int:
-        res = await self.client.delete(self.key(sid))
-        rev = res.header.revision if res is not None else 0
-        if wait:
-            await wait_routes_applied(self.client, rev, timeout=10, prefix=self.prefix)
-        return rev
+        res = await self.etcd.call(lambda c: c.delete(self.key(sid)))
+        return await self._wait(res.header.revision if res is not None else 0, wait)
 
 
 @pytest.fixture
-async def routes(etcd, proxy):
-    return Routes(etcd, proxy.prefix)
+async def routes(etcd_client, proxy):
+    return Routes(etcd_client, proxy.prefix)
 
 
 def new_id() -> str:
@@ -122,8 +132,7 @@ def envd_agent():
     import tempfile
 
     from services.envd.devroot import REPO, DevRoot
-    from tests.proxy.harness import wait_port
-    from tests.support.ports import free_port
+    from testkit.ports import free_port, wait_port
 
     class Agent(DevRoot):
         host = ENVD_HOST
@@ -132,6 +141,7 @@ def envd_agent():
             cmd = [sys.executable, "-m", "services.envd", "--root", self.root, "--host", self.host,
                    "--envd-port", str(self.envd_port), "--interpreter-port", str(self.interpreter_port),
                    "--kernel-python", self.kernel_python, "--tmpfs-tmp", *self.extra_args]
+            assert self.log_path is not None  # the fixture always gives one
             with open(self.log_path, "ab") as out:
                 self.proc = subprocess.Popen(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
                                              stdout=out, stderr=out)

@@ -9,9 +9,10 @@ import uuid
 
 import pytest
 
-from services.proxy.ack import RoutesNotApplied, applied_key, wait_routes_applied
+from cube_common.keys import Keys
+from cube_common.route_ack import RoutesNotApplied, wait_routes_applied
+from testkit.proxy import Proxy, pid_alive
 from tests.proxy.conftest import DOMAIN, Routes, http_request, new_id
-from tests.proxy.harness import Proxy, pid_alive
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -51,14 +52,14 @@ async def test_first_request_after_ack_succeeds(proxy, upstreams, routes):
         assert r.status_code == 200, r.text
 
 
-async def test_propagation_latency_is_low(proxy, upstreams, etcd, routes):
+async def test_propagation_latency_is_low(proxy, upstreams, etcd_client, routes):
     up = upstreams[0]
     took = []
     for _ in range(10):
         sid = new_id()
         t0 = time.monotonic()
         rev = await routes.put(sid, host=up.host, wait=False)
-        applied = await wait_routes_applied(etcd, rev, timeout=10, prefix=proxy.prefix)
+        applied = await wait_routes_applied(etcd_client, Keys(proxy.prefix), rev, timeout=10)
         took.append(time.monotonic() - t0)
         assert applied[proxy.proxy_id] >= rev
     took.sort()
@@ -72,37 +73,37 @@ async def test_identical_put_is_acked(proxy, upstreams, etcd, routes):
     await routes.put(sid, host=upstreams[0].host)  # same content, newer revision: still acked
 
 
-async def test_ack_helper_semantics(etcd):
+async def test_ack_helper_semantics(etcd, etcd_client):
     prefix = f"/t-ack-{uuid.uuid4().hex[:8]}"
     # No live proxy: nothing to wait for.
-    assert await wait_routes_applied(etcd, 10**9, timeout=1, prefix=prefix) == {}
+    assert await wait_routes_applied(etcd_client, Keys(prefix), 10**9, timeout=1) == {}
     lease = await etcd.lease(30)
     try:
-        await etcd.put(applied_key(prefix, "p1").encode(), b"5", lease=lease)
-        await etcd.put(applied_key(prefix, "p2").encode(), b"7", lease=lease)
-        assert await wait_routes_applied(etcd, 5, timeout=1, prefix=prefix) == {"p1": 5, "p2": 7}
+        await etcd.put(Keys(prefix).proxy_applied("p1"), b"5", lease=lease)
+        await etcd.put(Keys(prefix).proxy_applied("p2"), b"7", lease=lease)
+        assert await wait_routes_applied(etcd_client, Keys(prefix), 5, timeout=1) == {"p1": 5, "p2": 7}
         with pytest.raises(RoutesNotApplied) as e:
-            await wait_routes_applied(etcd, 6, timeout=0.3, prefix=prefix)
+            await wait_routes_applied(etcd_client, Keys(prefix), 6, timeout=0.3)
         assert e.value.laggards == {"p1": 5}
 
         async def later():
             await asyncio.sleep(0.2)
-            await etcd.put(applied_key(prefix, "p1").encode(), b"9", lease=lease)
+            await etcd.put(Keys(prefix).proxy_applied("p1"), b"9", lease=lease)
         task = asyncio.ensure_future(later())
         t0 = time.monotonic()
-        assert await wait_routes_applied(etcd, 7, timeout=5, prefix=prefix) == {"p1": 9, "p2": 7}
+        assert await wait_routes_applied(etcd_client, Keys(prefix), 7, timeout=5) == {"p1": 9, "p2": 7}
         assert time.monotonic() - t0 < 2
         await task
         # A proxy that goes away (key deleted / lease expired) is no longer waited for.
         task = asyncio.ensure_future(asyncio.sleep(0.2))
-        await etcd.delete(applied_key(prefix, "p1").encode())
-        await etcd.put(applied_key(prefix, "p1").encode(), b"1", lease=lease)
+        await etcd.delete(Keys(prefix).proxy_applied("p1"))
+        await etcd.put(Keys(prefix).proxy_applied("p1"), b"1", lease=lease)
 
         async def drop():
             await asyncio.sleep(0.2)
-            await etcd.delete(applied_key(prefix, "p1").encode())
+            await etcd.delete(Keys(prefix).proxy_applied("p1"))
         task = asyncio.ensure_future(drop())
-        assert await wait_routes_applied(etcd, 7, timeout=5, prefix=prefix) == {"p2": 7}
+        assert await wait_routes_applied(etcd_client, Keys(prefix), 7, timeout=5) == {"p2": 7}
         await task
     finally:
         await lease.revoke()
@@ -113,9 +114,9 @@ def own_prefix():
     return f"/t-proxy-{uuid.uuid4().hex[:8]}"
 
 
-async def test_kill9_restart_rebuilds_from_etcd(etcd_server, etcd, upstreams, own_prefix):
+async def test_kill9_restart_rebuilds_from_etcd(etcd_server, etcd, etcd_client, upstreams, own_prefix):
     up = upstreams[0]
-    routes = Routes(etcd, own_prefix)
+    routes = Routes(etcd_client, own_prefix)
     p = Proxy(etcd_server.endpoint, own_prefix, node_id="node-r")
     try:
         p.start()
@@ -136,21 +137,21 @@ async def test_kill9_restart_rebuilds_from_etcd(etcd_server, etcd, upstreams, ow
         rev = await routes.put(new, host=up.host, wait=False)
 
         p.start()
-        await wait_routes_applied(etcd, rev, timeout=10, prefix=own_prefix)
+        await wait_routes_applied(etcd_client, Keys(own_prefix), rev, timeout=10)
         assert http_request(p, "GET", "/echo", host=host(up.port, keep)).status_code == 200
         assert http_request(p, "GET", "/echo", host=host(up.port, new)).status_code == 200
         r = http_request(p, "GET", "/echo", host=host(up.port, gone))
         assert r.status_code == 502 and "was not found" in r.json()["message"]
         # The applied revision is published again by the new process.
-        got = await etcd.get(applied_key(own_prefix, p.proxy_id).encode())
+        got = await etcd.get(Keys(own_prefix).proxy_applied(p.proxy_id))
         assert got is not None and int(got.value) >= rev
     finally:
         p.destroy()
 
 
-async def test_envoy_crash_is_restarted(etcd_server, etcd, upstreams, own_prefix):
+async def test_envoy_crash_is_restarted(etcd_server, etcd, etcd_client, upstreams, own_prefix):
     up = upstreams[1]
-    routes = Routes(etcd, own_prefix)
+    routes = Routes(etcd_client, own_prefix)
     p = Proxy(etcd_server.endpoint, own_prefix, node_id="node-e")
     try:
         p.start()
@@ -179,10 +180,10 @@ async def test_envoy_crash_is_restarted(etcd_server, etcd, upstreams, own_prefix
         p.destroy()
 
 
-async def test_remote_node_forwarding(etcd_server, etcd, upstreams, own_prefix):
+async def test_remote_node_forwarding(etcd_server, etcd, etcd_client, upstreams, own_prefix):
     """A sandbox on node B reached through node A's proxy (A → B's plain listener → guest)."""
     up = upstreams[0]
-    routes = Routes(etcd, own_prefix)
+    routes = Routes(etcd_client, own_prefix)
     a = Proxy(etcd_server.endpoint, own_prefix, node_id="node-a2")
     b = Proxy(etcd_server.endpoint, own_prefix, node_id="node-b2")
     try:
@@ -191,10 +192,11 @@ async def test_remote_node_forwarding(etcd_server, etcd, upstreams, own_prefix):
         sid = new_id()
         rev = await routes.put(sid, host=up.host, node_id="node-b2", wait=False,
                                node_proxy_address=f"127.0.0.1:{b.http_port}", token="t0k")
-        applied = await wait_routes_applied(etcd, rev, timeout=10, prefix=own_prefix)
+        applied = await wait_routes_applied(etcd_client, Keys(own_prefix), rev, timeout=10)
         assert set(applied) == {"node-a2", "node-b2"}
         for proxy in (a, b):
-            r = http_request(proxy, "GET", "/echo?q=1", host=host(up.port, sid), headers={"E2B-Traffic-Access-Token": "t0k"})
+            r = http_request(proxy, "GET", "/echo?q=1", host=host(up.port, sid),
+                             headers={"E2B-Traffic-Access-Token": "t0k"})
             assert r.status_code == 200, r.text
             assert r.json()["me"] == f"{up.host}:{up.port}" and r.json()["host"] == host(up.port, sid)
         r = http_request(a, "GET", "/echo", host=host(up.port, sid))
@@ -209,11 +211,12 @@ async def test_stop_leaves_nothing(etcd_server, etcd, own_prefix):
     try:
         p.start()
         envoy_pid = p.envoy_pid()
-        key = applied_key(own_prefix, p.proxy_id).encode()
+        key = Keys(own_prefix).proxy_applied(p.proxy_id)
         deadline = time.monotonic() + 10
-        while await etcd.get(key) is None and time.monotonic() < deadline:
+        while await etcd.get(key) is None and time.monotonic() < deadline:  # noqa: ASYNC110 - polls etcd
             await asyncio.sleep(0.05)
         assert await etcd.get(key) is not None
+        assert p.proc is not None
         python_pid = p.proc.pid
     finally:
         p.destroy()

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.proxy.harness import REPO
+from testkit import REPO
 
 SCRIPT = str(REPO / "scripts" / "local_dns.sh")
 
@@ -41,7 +41,7 @@ def test_adds_myhostname_once(tmp_path, before, after):
 
 def test_this_machine_resolves_the_wildcard_when_configured():
     with open("/etc/nsswitch.conf") as f:
-        if not any(l.split(":")[0].strip() == "hosts" and "myhostname" in l for l in f):
+        if not any(line.split(":")[0].strip() == "hosts" and "myhostname" in line for line in f):
             pytest.skip("myhostname is not configured here (make up runs scripts/local_dns.sh)")
     addrs = {ai[4][0] for ai in socket.getaddrinfo("49983-abc123.cube.localhost", 443, proto=socket.IPPROTO_TCP)}
     assert addrs & {"127.0.0.1", "::1"}

@@ -83,9 +83,10 @@ async def test_ipv6_loopback_listener(proxy, upstreams, routes):
     await routes.put(sid, host=up.host)
     import ssl
     ctx = ssl.create_default_context(cafile=proxy.ca)
-    with httpx.Client(verify=ctx, timeout=10) as c:
+    async with httpx.AsyncClient(verify=ctx, timeout=10) as c:
         name = host(up.port, sid)
-        r = c.get(f"https://[::1]:{proxy.https_port}/echo", headers={"Host": name}, extensions={"sni_hostname": name})
+        r = await c.get(f"https://[::1]:{proxy.https_port}/echo", headers={"Host": name},
+                        extensions={"sni_hostname": name})
         assert r.status_code == 200 and r.json()["me"] == f"{up.host}:{up.port}"
 
 

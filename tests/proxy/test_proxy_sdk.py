@@ -7,20 +7,26 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from typing import TypedDict
 
 import pytest
 from aiohttp import web
 
+from testkit.ports import free_port
 from tests.proxy.conftest import ENVD_HOST, new_id
-from tests.support.ports import free_port
 
 pytestmark = pytest.mark.timeout(180)
+
+
+class FakeApi(TypedDict):
+    ids: list[str]  # the sandbox ids the next creates answer with, in order
+    port: int
 
 
 @pytest.fixture
 def fake_api():
     """POST /v2/sandboxes answers 201 with the next id from `ids`; DELETE answers 204."""
-    state = {"ids": [], "port": free_port()}
+    state: FakeApi = {"ids": [], "port": free_port()}
 
     async def create(request):
         sid = state["ids"].pop(0)

@@ -11,7 +11,7 @@ from services.proxy import errors, xds
 from services.proxy.routes import MalformedRoute, RouteState, RouteTable, parse_route
 from services.proxy.settings import Endpoint, ProxySettings
 from services.proxy.tls import ensure_certificates
-from tests.proxy.harness import route_json
+from testkit.proxy import route_json
 
 P = "/cube/routes/"
 
@@ -56,12 +56,12 @@ def test_malformed_routes(sid, value):
 
 
 def test_settings_from_args_and_env():
-    s = ProxySettings.from_args(["--https", "127.0.0.1:8443,[::1]:8443", "--http", "", "--etcd-prefix", "x/"],
-                                environ={"CUBE_STATE_DIR": "/tmp/s", "CUBE_NODE_ID": "n9"})
+    s = ProxySettings.load(["--https", "127.0.0.1:8443,[::1]:8443", "--http", "", "--etcd-prefix", "x/"],
+                           env={"CUBE_STATE_DIR": "/tmp/s", "CUBE_NODE_ID": "n9"})
     assert s.https_listeners == (Endpoint("127.0.0.1", 8443), Endpoint("::1", 8443))
-    assert s.http_listeners == () and s.etcd_prefix == "/x" and s.routes_prefix == "/x/routes/"
+    assert s.http_listeners == () and s.etcd_prefix == "/x" and s.keys.routes() == b"/x/routes/"
     assert s.node_id == "n9" and s.proxy_id == "n9" and str(s.state_dir) == "/tmp/s"
-    d = ProxySettings.from_args([], environ={})
+    d = ProxySettings.load([], env={})
     assert d.domain == "cube.localhost" and [e.port for e in d.https_listeners] == [443, 443]
     assert d.http_listeners == (Endpoint("127.0.0.1", 3002),)
     with pytest.raises(ValueError):
@@ -78,7 +78,7 @@ def test_tls_files_are_made_once_and_reissued_for_a_new_domain(tmp_path):
     leaf.verify_directly_issued_by(ca)
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(sans.get_values_for_type(x509.DNSName)) == {"*.cube.localhost", "cube.localhost"}
-    assert leaf.not_valid_after_utc - datetime.datetime.now(datetime.timezone.utc) > datetime.timedelta(days=300)
+    assert leaf.not_valid_after_utc - datetime.datetime.now(datetime.UTC) > datetime.timedelta(days=300)
     # Idempotent.
     f = ensure_certificates(tmp_path, "cube.localhost")
     assert f.ca_cert.read_bytes() == ca1 and f.cert.read_bytes() == cert1
@@ -161,7 +161,8 @@ def test_the_local_source_cluster_outlives_its_last_running_sandbox():
     assert name in xds.build_clusters(RouteTable(running, 1), s, cache)
     paused = {"a": Route("a", RouteState.PAUSED)}
     assert name in xds.build_clusters(RouteTable(paused, 2), s, cache)
-    remote = {"b": Route("b", RouteState.RUNNING, remote=xds.Endpoint("10.0.0.9", 3002), node_id="n2")}
-    remote_name = xds.remote_cluster_name(remote["b"].remote)
+    endpoint = xds.Endpoint("10.0.0.9", 3002)
+    remote = {"b": Route("b", RouteState.RUNNING, remote=endpoint, node_id="n2")}
+    remote_name = xds.remote_cluster_name(endpoint)
     assert remote_name in xds.build_clusters(RouteTable(remote, 3), s, cache)
     assert remote_name not in xds.build_clusters(RouteTable({}, 4), s, cache)  # other nodes' go

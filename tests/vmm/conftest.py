@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from tests.vmm import probe_root
-from tests.vmm.netlab import TestNet
-from vmm_core import (GuestConfig, GuestService, Snapshot, VmmSettings, boot, ensure_guest_artifacts, snapshot)
+from services.cubelet.guest_agent import cube_agent
+from testkit import probe_root
+from testkit.netlab import TestNet
+from vmm_core import GuestConfig, GuestService, Snapshot, VmmSettings, boot, ensure_guest_artifacts, snapshot
 from vmm_core.disks import ext4_from_dir, writable_layer
 
 MEMORY_MB = 256
@@ -30,15 +31,13 @@ def workdir():
 
 @pytest.fixture(scope="session")
 def settings(workdir) -> VmmSettings:
-    base = VmmSettings.from_env()
-    return VmmSettings(state_dir=base.state_dir, accel=base.accel, qemu_binary=base.qemu_binary,
-                       kernel_package=base.kernel_package, tcg_tb_size_mb=base.tcg_tb_size_mb,
-                       runtime_dir=workdir / "vms")
+    # The node's artifact cache, but machines of this session only, so the leak check sees only them.
+    return VmmSettings.from_env().with_overrides(runtime_dir=workdir / "vms")
 
 
 @pytest.fixture(scope="session")
 def guest(settings):
-    return ensure_guest_artifacts(settings)
+    return ensure_guest_artifacts(settings, cube_agent())
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,19 @@ from dataclasses import replace
 import pytest
 
 from tests.vmm.conftest import MEMORY_MB, probe_config
-from vmm_core import (BootError, InvalidSpecError, MachineGoneError, NetworkAttachment, Snapshot, SnapshotError, boot,
-                      clone, prepare_clone, restore, save)
+from vmm_core import (
+    BootError,
+    InvalidSpecError,
+    MachineGoneError,
+    NetworkAttachment,
+    Snapshot,
+    SnapshotError,
+    boot,
+    clone,
+    prepare_clone,
+    restore,
+    save,
+)
 from vmm_core.disks import writable_layer
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")

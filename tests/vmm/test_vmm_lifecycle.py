@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from pathlib import Path
 
 import pytest
 
@@ -122,6 +123,7 @@ async def test_reattach_after_controller_restart(settings, template_snapshot, ne
         await n.wait_http("/cgi-bin/counter")
         # A new controller knows only the runtime dir: it re-attaches by id.
         m.control.close()
+        assert m.qmp is not None
         await m.qmp.disconnect()
         again = await Machine.attach(settings, "adoptee")
         assert again.pid == m.pid and again.record.labels == {"sandbox": "abc"}
@@ -165,7 +167,7 @@ async def test_clone_without_memory_sharing(settings, template_snapshot, net):
     try:
         await n.wait_http("/cgi-bin/counter")
         assert n.http_get("/cgi-bin/get?origin") == "template"
-        maps = open(f"/proc/{m.pid}/maps").read()
+        maps = await asyncio.to_thread(Path(f"/proc/{m.pid}/maps").read_text)
         assert str(template_snapshot.memory) not in maps
         assert str(m.paths.dir / "memory") in maps
     finally:

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO) not in sys.path:  # tests/ is not a package; make `tests.vs.lab` importable
+if str(REPO) not in sys.path:  # tests/ is not a package; make `testkit` and `services` importable
     sys.path.insert(0, str(REPO))
 
 from services.vs import libbpf  # noqa: E402
+from services.vs.datapath import LoadedIds  # noqa: E402
 from services.vs.network import NodeNetwork, SandboxNetwork  # noqa: E402
 from services.vs.settings import Settings  # noqa: E402
-from tests.vs.lab import GuestEndpoint, Lab, links, ns_exists  # noqa: E402
+from testkit.vs_lab import GuestEndpoint, Lab, links, ns_exists  # noqa: E402
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (netns, eBPF)")
 
@@ -50,11 +51,11 @@ def lab():
 @pytest.fixture
 def make_node(lab, tmp_path):
     """Factory: a started NodeNetwork running in the lab's node namespace."""
-    nodes: list[tuple[NodeNetwork, object]] = []
+    nodes: list[tuple[NodeNetwork, LoadedIds]] = []
 
     def make(**overrides) -> NodeNetwork:
-        kw = dict(state_dir=tmp_path / "state", pin_subdir=f"cube-test-{lab.id}/vs", netns=lab.node,
-                  uplinks=lab.uplinks, pool_size=2)
+        kw = {"state_dir": tmp_path / "state", "pin_subdir": f"cube-test-{lab.id}/vs", "netns": lab.node,
+              "uplinks": lab.uplinks, "pool_size": 2}
         kw.update(overrides)
         node = NodeNetwork(Settings(**kw).validate())
         node.start()
@@ -73,12 +74,12 @@ def make_node(lab, tmp_path):
         except Exception as e:  # keep cleaning the others
             errors.append(f"teardown: {e!r}")
         if ns_exists(lab.node):
-            taps = [l for l in links(lab.node) if node.taps.is_ours(l)]
+            taps = [link for link in links(lab.node) if node.taps.is_ours(link)]
             if taps:
                 errors.append(f"taps left: {taps}")
-        if not _wait_gone(lambda: not any(libbpf.prog_exists(i) for i in ids.programs.values())):
+        if not _wait_gone(lambda ids=ids: not any(libbpf.prog_exists(i) for i in ids.programs.values())):
             errors.append(f"programs left: {ids.programs}")
-        if not _wait_gone(lambda: not any(libbpf.map_exists(i) for i in ids.maps.values())):
+        if not _wait_gone(lambda ids=ids: not any(libbpf.map_exists(i) for i in ids.maps.values())):
             errors.append(f"maps left: {ids.maps}")
     # Also when a node failed to start (it never made it into `nodes`).
     pin_root = Settings().bpffs / f"cube-test-{lab.id}"
@@ -97,7 +98,7 @@ def guest_endpoint(lab):
     """Factory: bring up the guest side of a sandbox's tap.
 
     Today: a guest netns configured with the sandbox's guest identity, bridged to the node tap
-    by a process that holds the tap fd (tests/vs/tapbridge.py). The same call will start a
+    by a process that holds the tap fd (testkit/tapbridge.py). The same call will start a
     microVM on the tap once vmm_core is there; tests only use `.ns` to run code "in the guest".
     """
 

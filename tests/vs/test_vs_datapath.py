@@ -16,9 +16,21 @@ import pytest
 
 from services.vs.counters import DropReason
 from services.vs.policy import NetworkPolicy, PolicyError
+from testkit.vs_lab import (
+    INET_IP,
+    LAN_IP,
+    META_IP,
+    NODE_INET_IP,
+    NODE_LAN_IP,
+    NODE_META_IP,
+    icmp_echo,
+    ns_socket,
+    sh,
+    tcp_reachable,
+    tcp_request,
+    udp_request,
+)
 from tests.vs.conftest import needs_root
-from tests.vs.lab import (INET_IP, icmp_echo, LAN_IP, META_IP, NODE_INET_IP, NODE_LAN_IP, NODE_META_IP, ns_socket, sh,
-                          tcp_reachable, tcp_request, udp_request)
 
 pytestmark = [needs_root, pytest.mark.timeout(180)]
 
@@ -39,7 +51,8 @@ def test_egress_reaches_internet_through_nat(lab, node, guest_endpoint):
     assert peer_ip == NODE_INET_IP
     assert node.settings.nat_port_lo <= int(peer_port) <= node.settings.nat_port_hi
 
-    assert udp_request(g.ns, INET_IP, 8080, b"dgram") .endswith(b"|dgram")
+    dgram = udp_request(g.ns, INET_IP, 8080, b"dgram")
+    assert dgram is not None and dgram.endswith(b"|dgram")
     c = dict(node.stats([sb.sandbox_id]))[sb.sandbox_id]
     assert c.egress_packets > 0 and c.ingress_packets > 0 and c.egress_bytes > 0 and c.ingress_bytes > 0
     assert srv.peers
@@ -272,7 +285,7 @@ def test_clones_with_same_guest_ip_do_not_mix_replies(lab, node, guest_endpoint)
             except OSError as e:
                 errors.append(f"{sb.sandbox_id}: {e!r}")
 
-    threads = [threading.Thread(target=run, args=(sb, g)) for sb, g in zip(sbs, guests)]
+    threads = [threading.Thread(target=run, args=(sb, g)) for sb, g in zip(sbs, guests, strict=True)]
     for t in threads:
         t.start()
     for t in threads:
@@ -286,7 +299,7 @@ def test_clones_with_same_guest_ip_do_not_mix_replies(lab, node, guest_endpoint)
             ports.add(reply.split(b"|")[1])
     assert len(ports) == 30  # every flow had its own NAT port
     # UDP at the same time from the same guest port.
-    for sb, g in zip(sbs, guests):
+    for sb, g in zip(sbs, guests, strict=True):
         s = ns_socket(g.ns, type_=socket.SOCK_DGRAM)
         s.bind(("0.0.0.0", 5353))
         s.settimeout(2)
@@ -393,7 +406,7 @@ def test_teardown_leaves_no_program_map_pin_or_tap(lab, make_node, guest_endpoin
         "ingress": "cvs_up_in", "egress": "cvs_up_out"}
     node.teardown()
     assert not pin_dir.exists()
-    assert not [l for l in sh("ip", "-n", lab.node, "-o", "link").stdout.splitlines() if ": cvs" in l]
+    assert not [line for line in sh("ip", "-n", lab.node, "-o", "link").stdout.splitlines() if ": cvs" in line]
     assert "198.19.0.1" not in sh("ip", "-n", lab.node, "addr", "show", "lo").stdout
     assert "clsact" not in sh("tc", "-n", lab.node, "qdisc", "show", "dev", "up-inet").stdout
     deadline = time.monotonic() + 5
@@ -476,7 +489,8 @@ def test_checksums_without_offload(lab, node, guest_endpoint):
     lab.server(g.ns.split("-")[-1], "0.0.0.0", 9000, "guest")
     payload = os.urandom(100_000)
     assert tcp_request(g.ns, INET_IP, 8080, payload, timeout=10).endswith(payload)
-    assert udp_request(g.ns, INET_IP, 8080, b"u" * 1000).endswith(b"u" * 1000)
+    echoed = udp_request(g.ns, INET_IP, 8080, b"u" * 1000)
+    assert echoed is not None and echoed.endswith(b"u" * 1000)
     assert tcp_request(lab.node, str(sb.address), 9000, payload, timeout=10,
                        bind=str(sb.proxy_address)).endswith(payload)
     assert icmp_echo(g.ns, INET_IP)

@@ -7,8 +7,8 @@ import pytest
 
 from sdk.gen.cube.v1 import network_pb2, vs_pb2, vs_pb2_grpc
 from services.vs.server import serve
+from testkit.vs_lab import INET_IP, tcp_reachable
 from tests.vs.conftest import needs_root
-from tests.vs.lab import INET_IP, tcp_reachable
 
 pytestmark = [needs_root, pytest.mark.timeout(180)]
 
@@ -24,10 +24,11 @@ def stub(node, tmp_path):
         server.stop(grace=1).wait()
 
 
-def code_of(fn, *args) -> grpc.StatusCode:
+def code_of(fn, *args) -> tuple[grpc.StatusCode, str]:
+    """The status code and message of the error the call must fail with."""
     with pytest.raises(grpc.RpcError) as ei:
         fn(*args, timeout=30)
-    return ei.value.code(), ei.value.details()
+    return ei.value.code(), ei.value.details() or ""
 
 
 def test_allocate_get_list_update_stats_release(lab, stub, guest_endpoint, node):
@@ -76,11 +77,13 @@ def test_reconcile_rpc(stub):
 def test_errors_have_clear_codes(stub):
     C = grpc.StatusCode
     cases = [
-        (stub.Allocate, vs_pb2.AllocateRequest(sandbox_id="x", policy=network_pb2.NetworkPolicy(allow_out=["1.2.3.4/40"])),
+        (stub.Allocate,
+         vs_pb2.AllocateRequest(sandbox_id="x", policy=network_pb2.NetworkPolicy(allow_out=["1.2.3.4/40"])),
          C.INVALID_ARGUMENT, "not a valid IP address or CIDR"),
         (stub.Allocate, vs_pb2.AllocateRequest(sandbox_id="x", policy=network_pb2.NetworkPolicy(
             deny_out=[f"8.8.{i}.0/24" for i in range(200)])), C.INVALID_ARGUMENT, "at most 128"),
-        (stub.Allocate, vs_pb2.AllocateRequest(sandbox_id="x", policy=network_pb2.NetworkPolicy(allow_out=["pypi.org"])),
+        (stub.Allocate,
+         vs_pb2.AllocateRequest(sandbox_id="x", policy=network_pb2.NetworkPolicy(allow_out=["pypi.org"])),
          C.INVALID_ARGUMENT, "domain name"),
         (stub.Allocate, vs_pb2.AllocateRequest(sandbox_id=""), C.INVALID_ARGUMENT, "sandbox_id"),
         (stub.Allocate, vs_pb2.AllocateRequest(sandbox_id="x", guest=network_pb2.GuestNetwork(mac="zz")),

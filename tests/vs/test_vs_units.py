@@ -16,6 +16,7 @@ from services.vs.settings import Settings
 from services.vs.state import Allocation, StateFile
 
 N = ipaddress.ip_network
+N4 = ipaddress.IPv4Network  # where only an IPv4 network fits (infra rules, the address pool)
 
 
 def test_internet_off_is_deny_all_and_allow_still_listed():
@@ -52,20 +53,20 @@ def test_limits():
 def test_infra_rules_default_and_operator_exceptions():
     rules = {r.network: r.action for r in infra_rules()}
     for c in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8"):
-        assert rules[N(c)] == InfraAction.DENY
+        assert rules[N4(c)] == InfraAction.DENY
     rules = {r.network: r.action for r in infra_rules(allow_cidrs=("10.77.0.0/24", "192.168.0.0/16"))}
-    assert rules[N("10.0.0.0/8")] == InfraAction.DENY and rules[N("10.77.0.0/24")] == InfraAction.ALLOW
-    assert rules[N("192.168.0.0/16")] == InfraAction.ALLOW
+    assert rules[N4("10.0.0.0/8")] == InfraAction.DENY and rules[N4("10.77.0.0/24")] == InfraAction.ALLOW
+    assert rules[N4("192.168.0.0/16")] == InfraAction.ALLOW
     with pytest.raises(PolicyError, match="always denied"):
         infra_rules(allow_cidrs=("169.254.169.254/32",))
     with pytest.raises(PolicyError, match="always denied"):
         infra_rules(allow_cidrs=("0.0.0.0/0",))
     rules = {r.network: r.action for r in infra_rules(deny_cidrs=("203.0.113.0/24",))}
-    assert rules[N("203.0.113.0/24")] == InfraAction.DENY
+    assert rules[N4("203.0.113.0/24")] == InfraAction.DENY
 
 
 def test_address_pool_round_robin_reserved_and_exhaustion():
-    pool = AddressPool(N("198.19.0.0/29"), reserved={ipaddress.IPv4Address("198.19.0.1")})
+    pool = AddressPool(N4("198.19.0.0/29"), reserved={ipaddress.IPv4Address("198.19.0.1")})
     assert pool.capacity == 5
     got = [pool.allocate() for _ in range(5)]
     assert [str(a) for a in got] == [f"198.19.0.{i}" for i in range(2, 7)]
@@ -103,7 +104,8 @@ def test_state_file_roundtrip(tmp_path):
     st = StateFile(tmp_path / "vs" / "state.json")
     assert st.load() == ([], 1)
     a = Allocation(sandbox_id="s", tap="cvsabcdef", ifindex=7, address=ipaddress.IPv4Address("198.19.0.9"), slot=3,
-                   policy_id=11, guest=GuestNetwork(), policy=NetworkPolicy(allow_out=("1.1.1.1",), exposed_ports=(80,)))
+                   policy_id=11, guest=GuestNetwork(),
+                   policy=NetworkPolicy(allow_out=("1.1.1.1",), exposed_ports=(80,)))
     st.save([a], 12)
     assert st.load() == ([a], 12)
 

@@ -3,9 +3,9 @@
 The datapath tests (test_vs_datapath.py) put a namespace behind each tap; here the sandbox is a
 real QEMU microVM (vmm_core, TCG on this machine) cloned from a template snapshot onto a tap that
 the lab's node datapath allocated, with QEMU started inside the lab's node namespace. Everything
-stays inside namespaces this module creates (see tests/vs/lab.py).
+stays inside namespaces this module creates (see testkit/vs_lab.py).
 
-The guest is the static-busybox probe root of tests/vmm plus two CGI scripts: ``fetch`` makes the
+The guest is the static-busybox probe root of testkit plus two CGI scripts: ``fetch`` makes the
 guest open an outbound HTTP connection (``GET /cgi-bin/fetch?HOST:PORT/PATH`` answers the body or
 ``FAILED``), ``ident`` prints the guest's addresses and MACs. Tests reach the guest's HTTP service
 only the way production does, from the proxy source address to an exposed port, so every test
@@ -34,15 +34,25 @@ from services.vs.guest import GuestNetwork as VsGuestNetwork
 from services.vs.network import NodeNetwork, NotFound, SandboxNetwork
 from services.vs.policy import NetworkPolicy
 from services.vs.settings import Settings
-from tests.vmm import probe_root
+from testkit import nshttp, probe_root
+from testkit.vs_lab import (
+    INET_IP,
+    LAN_IP,
+    META_IP,
+    NODE_INET_IP,
+    NODE_LAN_IP,
+    NODE_META_IP,
+    Lab,
+    links,
+    ns_exists,
+    ns_socket,
+    sh,
+)
+
 # Reused vmm fixtures (session-scoped artifacts, per-test QEMU leak check).
-from tests.vmm.conftest import (MEMORY_MB, guest, no_leaks, probe_config, qemu_pids_under, settings,  # noqa: F401
-                                workdir)
+from tests.vmm.conftest import MEMORY_MB, guest, no_leaks, probe_config, qemu_pids_under, settings, workdir  # noqa: F401
 from tests.vs.conftest import needs_root
-from tests.vs.lab import (INET_IP, LAN_IP, META_IP, NODE_INET_IP, NODE_LAN_IP, NODE_META_IP, Lab, links, ns_exists,
-                          ns_socket, sh)
-from vmm_core import GuestNetwork as VmmGuestNetwork
-from vmm_core import Machine, NetworkAttachment, Snapshot, boot, clone, snapshot
+from vmm_core import GuestNetwork as VmmGuestNetwork, Machine, NetworkAttachment, Snapshot, boot, clone, snapshot
 from vmm_core.disks import ext4_from_dir, writable_layer
 from vmm_core.machine import pid_alive
 
@@ -121,24 +131,7 @@ class HttpHost:
 
 def http_get(ns: str, host: str, port: int, path: str, *, bind: str | None = None, timeout: float = 30.0) -> str:
     """GET from inside ``ns`` (optionally from a bound source address); the body. OSError on failure."""
-    s = ns_socket(ns)
-    try:
-        s.settimeout(timeout)
-        if bind:
-            s.bind((bind, 0))
-        s.connect((host, port))
-        s.sendall(f"GET {path} HTTP/1.0\r\nHost: sandbox\r\n\r\n".encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    finally:
-        s.close()
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        head, _, body = data.partition(b"\n\n")
-    if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\n", 1)[0]:
-        raise OSError(f"bad response to GET {path}: {head[:200]!r}")
-    return body.decode().strip()
+    return nshttp.get_text(ns, host, port, path, bind=bind, timeout=timeout)
 
 
 def http_reachable(ns: str, host: str, port: int, path: str = "/", *, bind: str | None = None,
@@ -223,7 +216,7 @@ def with_http_exposed(policy: NetworkPolicy | None) -> NetworkPolicy:
 # -- fixtures ---------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def vs_probe_image(workdir) -> Path:
+def vs_probe_image(workdir) -> Path:  # noqa: F811
     root = probe_root.build(workdir / "vs-probe-root")
     for name, body in _EXTRA_CGI.items():
         p = root / "www/cgi-bin" / name
@@ -270,7 +263,7 @@ async def vm_template(settings, guest, vs_probe_image, workdir):  # noqa: F811
                 node.teardown()
             except Exception as e:
                 errors.append(f"template node teardown: {e!r}")
-            if ns_exists(lab.node) and [l for l in links(lab.node) if node.taps.is_ours(l)]:
+            if ns_exists(lab.node) and [link for link in links(lab.node) if node.taps.is_ours(link)]:
                 errors.append("template taps left")
         lab.close()
         if pin_root.exists():
@@ -286,7 +279,7 @@ async def vm_template(settings, guest, vs_probe_image, workdir):  # noqa: F811
 
 
 @pytest.fixture
-def node(node):  # noqa: F811 -- the lab node of tests/vs/conftest.py (and its teardown checks)
+def node(node):
     return OffLoop(node)
 
 
@@ -398,7 +391,7 @@ async def test_sandbox_cannot_reach_another_sandbox_or_the_node(lab, node, sandb
     sb_before, node_before = drops(node, a.sid, DropReason.SANDBOX), drops(node, a.sid, DropReason.NODE)
     targets = [f"{b.address}:{HTTP_PORT}/"] + [f"{ad}:2379/from-a" for ad in node_addrs + (a.net.guest.gateway_ip,)]
     results = await asyncio.gather(*(a.afetch(t) for t in targets))
-    assert results == ["FAILED"] * len(targets), dict(zip(targets, results))
+    assert results == ["FAILED"] * len(targets), dict(zip(targets, results, strict=True))
     assert not node_svc.requests
     assert drops(node, a.sid, DropReason.SANDBOX) > sb_before
     assert drops(node, a.sid, DropReason.NODE) > node_before
@@ -470,7 +463,7 @@ async def test_clones_with_same_ip_and_mac_fetch_concurrently_and_get_their_own_
     for r in range(rounds):
         jobs = [(c, f"{c.sid}-r{r}-{i}-{os.urandom(4).hex()}") for c in clones for i in range(per_clone)]
         replies = await asyncio.gather(*(c.afetch(f"{INET_IP}:{WEB_PORT}/token/{tok}") for c, tok in jobs))
-        for (c, tok), reply in zip(jobs, replies):
+        for (c, tok), reply in zip(jobs, replies, strict=True):
             if not reply.endswith(f"|/token/{tok}"):
                 errors.append(f"{c.sid} sent {tok}, got {reply!r}")
             else:
@@ -499,7 +492,7 @@ async def test_metadata_host_is_unreachable(lab, node, sandbox, web):
     before = drops(node, vm.sid, DropReason.INFRA)
     results = await asyncio.gather(vm.afetch(f"{META_IP}/latest/meta-data/"), vm.afetch(f"{META_IP}:80/x"),
                                    vm.afetch(f"{LAN_IP}/y"))
-    assert results == ["FAILED"] * 3, results
+    assert list(results) == ["FAILED"] * 3, results  # gather gives a list (typeshed says a tuple)
     assert not meta.requests and not lan.requests
     assert drops(node, vm.sid, DropReason.INFRA) > before
     assert inet.paths() == ["/ok"]

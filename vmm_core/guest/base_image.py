@@ -1,9 +1,14 @@
 """The guest base image: read-only erofs with the guest init and the guest agent's runtime.
 
-Built in three cached steps so that editing the agent does not re-run mmdebstrap:
+The agent is an input (a ``GuestAgent``: its packages, its requirements and the constraints that pin
+them); this module knows nothing about which agent it is. Built in three cached steps so that
+editing the agent does not re-run mmdebstrap:
   base-rootfs/<key>   Debian minbase + python3 + iproute2   (key: packages, apt sources)
-  agent-site/<key>    the agent's PyPI dependencies          (key: requirements.lock, agent list)
-  base-image/<key>    rootfs + site + agent code + init + cube-ctl -> base.erofs
+  agent-site/<key>    the agent's PyPI dependencies          (key: its requirements and constraints)
+  base-image/<key>    rootfs + site + agent packages + init + cube-ctl -> base.erofs
+                                                             (key: the above, every .py of the agent)
+Inside the image the agent's packages are under ``APP_DIR`` and its dependencies under
+``SITE_DIR``; whoever starts the agent puts both on its PYTHONPATH.
 """
 from __future__ import annotations
 
@@ -17,14 +22,12 @@ from ..cache import cached_dir, input_key, tree_key
 from ..errors import ArtifactError
 from ..settings import VmmSettings
 from . import debian
+from .agent import GuestAgent
 
-REPO = Path(__file__).resolve().parents[2]
 BASE_PACKAGES = ["python3", "iproute2"]
-AGENT_REQUIREMENTS = Path(__file__).with_name("agent-requirements.txt")
 GUEST_INIT = Path(__file__).with_name("init.py")
 CTL_AGENT_SOURCE = Path(__file__).with_name("cube_ctl.c")
 CC = "gcc"
-AGENT_SOURCE = REPO / "services" / "envd"
 # Where things live inside the base image.
 SITE_DIR = "opt/cube/site"
 APP_DIR = "opt/cube/app"
@@ -45,16 +48,15 @@ def _rootfs(settings: VmmSettings) -> Path:
     return cached_dir(settings.artifacts_dir, "base-rootfs", key, build) / "root"
 
 
-def _agent_site(settings: VmmSettings) -> Path:
-    lock = REPO / "requirements.lock"
-    key = input_key(lock, AGENT_REQUIREMENTS, sys.version_info[:2])
+def _agent_site(settings: VmmSettings, agent: GuestAgent) -> Path:
+    key = input_key(agent.constraints, agent.requirements, sys.version_info[:2])
 
     def build(out: Path) -> None:
         # Installed by the host's pip for the same Python minor version as the guest's python3;
         # pure-Python and manylinux wheels run unchanged inside the guest.
         r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                            "--only-binary=:all:", "--target", str(out / "site"), "-c", str(lock),
-                            "-r", str(AGENT_REQUIREMENTS)], capture_output=True, text=True)
+                            "--only-binary=:all:", "--target", str(out / "site"), "-c", str(agent.constraints),
+                            "-r", str(agent.requirements)], capture_output=True, text=True)
         if r.returncode != 0:
             raise ArtifactError(f"pip install of the agent runtime failed: {r.stderr.strip()[-2000:]}")
 
@@ -84,25 +86,39 @@ def _build_ctl_agent(dest: Path) -> None:
         raise ArtifactError(f"building cube-ctl failed: {r.stderr.strip()[-2000:]}")
 
 
-def ensure_base_image(settings: VmmSettings) -> BaseImage:
+def _agent_key(agent: GuestAgent) -> list[list[str]]:
+    """The agent's code as a key: each package's import name and the hash of its Python files."""
+    return [[p.name, tree_key(p.source, ("**/*.py",))] for p in agent.packages]
+
+
+def _copy_agent(agent: GuestAgent, app: Path) -> None:
+    """Each package at its import name under ``app``, its parents as empty packages."""
+    for p in agent.packages:
+        dest = app.joinpath(*p.parts)
+        for depth in range(1, len(p.parts)):
+            parent = app.joinpath(*p.parts[:depth])
+            parent.mkdir(parents=True, exist_ok=True)
+            (parent / "__init__.py").touch()
+        shutil.copytree(p.source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+
+
+def ensure_base_image(settings: VmmSettings, agent: GuestAgent) -> BaseImage:
+    """Build (or take from the cache) the base image carrying ``agent``. Raises ArtifactError."""
+    # Before any build step: a missing input must fail now, not after minutes of mmdebstrap.
+    agent.check()
     rootfs = _rootfs(settings)
     if _guest_python_minor(rootfs) != sys.version_info[:2]:
         raise ArtifactError(f"guest python {_guest_python_minor(rootfs)} differs from host {sys.version_info[:2]}; "
                             "the agent runtime is built with the host's pip")
-    site = _agent_site(settings)
-    agent_key = tree_key(AGENT_SOURCE, ("**/*.py",)) if AGENT_SOURCE.is_dir() else "none"
-    key = input_key(rootfs.parent.name, site.parent.name, GUEST_INIT, agent_key, "pyc-preserve-mtime",
+    site = _agent_site(settings, agent)
+    key = input_key(rootfs.parent.name, site.parent.name, GUEST_INIT, _agent_key(agent), "pyc-preserve-mtime",
                     CTL_AGENT_SOURCE, _compiler_version())
 
     def build(out: Path) -> None:
         stage = out / "stage"
         subprocess.run(["cp", "-a", "--reflink=auto", "-l", str(rootfs), str(stage)], check=True)
         shutil.copytree(site, stage / SITE_DIR)
-        app = stage / APP_DIR / "services"
-        app.mkdir(parents=True)
-        (app / "__init__.py").write_text("")
-        if AGENT_SOURCE.is_dir():
-            shutil.copytree(AGENT_SOURCE, app / "envd", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _copy_agent(agent, stage / APP_DIR)
         init = stage / "sbin" / "cube-init"
         init.unlink(missing_ok=True)  # hard link into the cached rootfs: never write through it
         shutil.copy2(GUEST_INIT, init)

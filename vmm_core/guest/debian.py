@@ -15,7 +15,8 @@ def apt_source_files() -> list[Path]:
     files = sorted(Path("/etc/apt/sources.list.d").glob("*.sources")) + sorted(
         Path("/etc/apt/sources.list.d").glob("*.list"))
     legacy = Path("/etc/apt/sources.list")
-    if legacy.exists() and any(l.strip() and not l.lstrip().startswith("#") for l in legacy.read_text().splitlines()):
+    if legacy.exists() and any(
+            line.strip() and not line.lstrip().startswith("#") for line in legacy.read_text().splitlines()):
         files.insert(0, legacy)
     if not files:
         raise ArtifactError("no apt sources configured on this host (/etc/apt/sources.list.d)")

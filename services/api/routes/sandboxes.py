@@ -32,8 +32,8 @@ def parse_metadata_query(value: str | None) -> dict[str, str]:
     return out
 
 
-def parse_states(value: str | None) -> list[int]:
-    phases = []
+def parse_states(value: str | None) -> list[P.SandboxPhase]:
+    phases: list[P.SandboxPhase] = []
     for s in (value or "").split(","):
         s = s.strip().lower()
         if not s:
@@ -121,7 +121,8 @@ async def list_v2(request):
 async def list_v1(request):
     """The v1 list: every running sandbox, unpaged (SDK 1.x)."""
     meta = parse_metadata_query(request.args.get("metadata"))
-    out, token = [], ""
+    out: list[dict] = []
+    token = ""
     while True:
         resp = await master_call(request, "ListSandboxRecords", P.ListSandboxRecordsRequest(
             metadata=meta, phases=[P.SANDBOX_PHASE_RUNNING], limit=1000, page_token=token))

@@ -3,8 +3,17 @@ layer cache and a safe unpacker. The public surface is what this module exports.
 from .auth import Credentials
 from .cache import LayerCache
 from .config import ImageConfig
-from .errors import (AuthFailed, DigestMismatch, ImageNotFound, InvalidImage, InvalidReference,
-                     OciError, RegistryError, UnsafeLayer, WrongArchitecture)
+from .errors import (
+    AuthFailed,
+    DigestMismatch,
+    ImageNotFound,
+    InvalidImage,
+    InvalidReference,
+    OciError,
+    RegistryError,
+    UnsafeLayer,
+    WrongArchitecture,
+)
 from .fetch import fetch_image, pull_image
 from .progress import Phase, Progress, ProgressCallback
 from .reference import ImageRef, Transport

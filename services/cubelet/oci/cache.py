@@ -25,7 +25,7 @@ _STALE_TMP_SECONDS = 3600.0
 class BlobWriter:
     """Streams one blob into a temp file, hashing it; `commit()` verifies and publishes it."""
 
-    def __init__(self, cache: "LayerCache", digest: str, size: int | None, what: str) -> None:
+    def __init__(self, cache: LayerCache, digest: str, size: int | None, what: str) -> None:
         self._cache = cache
         self.digest = digest
         self._size = size
@@ -42,6 +42,7 @@ class BlobWriter:
                                  f"more than the declared {self._size} bytes")
         self._hash.update(chunk)
         view = memoryview(chunk)
+        assert self._fd is not None, "write after commit or abort"
         while view:
             n = os.write(self._fd, view)
             view = view[n:]
@@ -72,7 +73,7 @@ class BlobWriter:
             os.close(self._fd)
             self._fd = None
 
-    def __enter__(self) -> "BlobWriter":
+    def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

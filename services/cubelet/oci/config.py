@@ -42,7 +42,7 @@ class ImageConfig:
 
     @classmethod
     def from_json(cls, body: bytes, *, digest: str = "", manifest_digest: str = "",
-                  what: str = "image") -> "ImageConfig":
+                  what: str = "image") -> ImageConfig:
         try:
             doc = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:

@@ -72,7 +72,7 @@ class Descriptor:
     urls: tuple[str, ...] = ()
 
     @classmethod
-    def from_json(cls, obj: object, what: str) -> "Descriptor":
+    def from_json(cls, obj: object, what: str) -> Descriptor:
         if not isinstance(obj, dict):
             raise InvalidImage(f"{what}: descriptor is not an object")
         size = obj.get("size")

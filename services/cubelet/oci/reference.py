@@ -57,7 +57,7 @@ class ImageRef:
     insecure: bool = False
 
     @classmethod
-    def parse(cls, text: str, *, insecure: bool = False) -> "ImageRef":
+    def parse(cls, text: str, *, insecure: bool = False) -> ImageRef:
         text = text.strip()
         if not text:
             raise InvalidReference("empty image reference")

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
@@ -42,7 +42,7 @@ class RegistryClient:
             headers={"User-Agent": "cube-oci/1"})
         self._base = f"{ref.endpoint}/v2/{ref.repository}"
 
-    async def __aenter__(self) -> "RegistryClient":
+    async def __aenter__(self) -> RegistryClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -101,7 +101,7 @@ class RegistryClient:
                 await asyncio.sleep(0.5 * (attempt + 1))
         raise AssertionError("unreachable")
 
-    def _open(self, url: str, headers: dict[str, str], what: str) -> "_Response":
+    def _open(self, url: str, headers: dict[str, str], what: str) -> _Response:
         return _Response(self, url, headers, what)
 
     async def _send(self, url: str, headers: dict[str, str], what: str) -> httpx.Response:

@@ -9,16 +9,27 @@ import os
 import re
 import tarfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Protocol
+from types import TracebackType
+from typing import IO, Protocol
 
 from .auth import Credentials
 from .cache import LayerCache
 from .config import ImageConfig
 from .errors import DigestMismatch, ImageNotFound, InvalidImage, InvalidReference
-from .manifest import (DOCKER_CONFIG, DOCKER_MANIFEST, INDEX_TYPES, Descriptor, Index, Manifest,
-                       check_digest, parse_manifest, select_platform, sha256_digest)
+from .manifest import (
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    Descriptor,
+    Index,
+    Manifest,
+    check_digest,
+    parse_manifest,
+    select_platform,
+    sha256_digest,
+)
 from .reference import ImageRef, Transport
 from .registry import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, RegistryClient
 
@@ -98,10 +109,20 @@ class RegistrySource:
 
 # -- OCI layout (directory or archive) --------------------------------------------------------
 
+class _Reader(Protocol):
+    """What `_Files.open` returns: a file of the directory or a tar member's reader."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> _Reader: ...
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None, /) -> None: ...
+
+
 class _SerialReader:
     """A tar member's reader whose reads (each a seek plus a read of the shared file) hold a lock."""
 
-    def __init__(self, f: BinaryIO, lock: threading.Lock) -> None:
+    def __init__(self, f: IO[bytes], lock: threading.Lock) -> None:
         self._f = f
         self._lock = lock
 
@@ -112,7 +133,7 @@ class _SerialReader:
     def close(self) -> None:
         self._f.close()
 
-    def __enter__(self) -> "_SerialReader":
+    def __enter__(self) -> _SerialReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -143,7 +164,7 @@ class _Files:
         else:
             raise ImageNotFound(f"{what}: {path} does not exist")
 
-    def open(self, name: str) -> BinaryIO | None:
+    def open(self, name: str) -> _Reader | None:
         name = os.path.normpath(name).lstrip("/")
         if name.startswith("../"):
             raise InvalidImage(f"{self.what}: path {name!r} leaves the archive")
@@ -153,9 +174,12 @@ class _Files:
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 return None
         m = self._members.get(name)
-        if m is None:
+        if m is None or self._tar is None:
             return None
-        return _SerialReader(self._tar.extractfile(m), self._lock)
+        f = self._tar.extractfile(m)
+        if f is None:  # not a regular file
+            return None
+        return _SerialReader(f, self._lock)
 
     def size(self, name: str) -> int | None:
         name = os.path.normpath(name).lstrip("/")
@@ -180,6 +204,11 @@ class _Files:
     def close(self) -> None:
         if self._tar is not None:
             self._tar.close()
+
+
+def _resolved(files: _Files | None) -> _Files:
+    assert files is not None, "resolve() first"
+    return files
 
 
 def _copy_into_cache(files: _Files, name: str, digest: str, size: int | None, cache: LayerCache,
@@ -210,7 +239,7 @@ class LayoutSource:
         return f"blobs/sha256/{check_digest(digest)[7:]}"
 
     def _read_blob(self, desc: Descriptor, limit: int, what: str) -> bytes:
-        data = self._files.read(self._blob_name(desc.digest), limit)
+        data = _resolved(self._files).read(self._blob_name(desc.digest), limit)
         if data is None:
             raise InvalidImage(f"{self.what}: {what} {desc.digest} is missing from the layout")
         actual = sha256_digest(data)
@@ -222,6 +251,7 @@ class LayoutSource:
         return await asyncio.to_thread(self._resolve_sync, cache)
 
     def _resolve_sync(self, cache: LayerCache) -> ResolvedImage:
+        assert self.ref.path is not None  # a local transport
         self._files = _Files(self.ref.path, self.what)
         if self._files.read("oci-layout", 4096) is None:
             raise InvalidImage(f"{self.what}: not an OCI image layout (no oci-layout file)")
@@ -259,7 +289,7 @@ class LayoutSource:
                 return index.manifests[tags.index("latest")]
             raise InvalidReference(f"{self.what}: layout holds several images, name one of: "
                                    f"{', '.join(t for t in tags if t) or '(untagged)'}")
-        for entry, name in zip(index.manifests, tags):
+        for entry, name in zip(index.manifests, tags, strict=True):
             if name == tag:
                 return entry
         raise ImageNotFound(f"{self.what}: no image tagged {tag!r} (tags: "
@@ -267,7 +297,7 @@ class LayoutSource:
 
     async def fetch_blob(self, desc: Descriptor, cache: LayerCache, on_bytes: OnBytes) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.to_thread(_copy_into_cache, self._files, self._blob_name(desc.digest),
+        await asyncio.to_thread(_copy_into_cache, _resolved(self._files), self._blob_name(desc.digest),
                                 desc.digest, desc.size, cache, on_bytes, loop, "layer")
 
     async def aclose(self) -> None:
@@ -296,6 +326,7 @@ class DockerArchiveSource:
         return await asyncio.to_thread(self._resolve_sync, cache)
 
     def _resolve_sync(self, cache: LayerCache) -> ResolvedImage:
+        assert self.ref.path is not None  # a local transport
         self._files = _Files(self.ref.path, self.what)
         body = self._files.read("manifest.json", MAX_MANIFEST_BYTES)
         if body is None:
@@ -320,7 +351,7 @@ class DockerArchiveSource:
             raise InvalidImage(f"{self.what}: {len(layer_names)} layers but "
                                f"{len(diff_ids)} diff_ids in the config")
         layers = []
-        for name, diff_id in zip(layer_names, diff_ids):
+        for name, diff_id in zip(layer_names, diff_ids, strict=True):
             if not isinstance(name, str):
                 raise InvalidImage(f"{self.what}: bad layer entry {name!r}")
             size = self._files.size(name)
@@ -345,7 +376,7 @@ class DockerArchiveSource:
         return _finish(self.what, config_digest, manifest, config_body)
 
     def _compressed(self, name: str) -> bool:
-        f = self._files.open(name)
+        f = _resolved(self._files).open(name)
         if f is None:
             return False
         with f:
@@ -354,7 +385,7 @@ class DockerArchiveSource:
 
     def _digest_of(self, name: str) -> str:
         h = hashlib.sha256()
-        f = self._files.open(name)
+        f = _resolved(self._files).open(name)
         assert f is not None
         with f:
             while chunk := f.read(1 << 20):
@@ -382,7 +413,7 @@ class DockerArchiveSource:
 
     async def fetch_blob(self, desc: Descriptor, cache: LayerCache, on_bytes: OnBytes) -> None:
         loop = asyncio.get_running_loop()
-        await asyncio.to_thread(_copy_into_cache, self._files, self._paths[desc.digest],
+        await asyncio.to_thread(_copy_into_cache, _resolved(self._files), self._paths[desc.digest],
                                 desc.digest, desc.size, cache, on_bytes, loop, "layer")
 
     async def aclose(self) -> None:

@@ -35,9 +35,10 @@ import tempfile
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import IO
 
 from .errors import DigestMismatch, InvalidImage, OciError, UnsafeLayer
 
@@ -96,6 +97,7 @@ def unpack_layer(blob: Path, root: Path, *, diff_id: str | None = None, what: st
             return stats
         with tempfile.TemporaryFile() as errf:
             proc = subprocess.Popen(argv, stdin=f, stdout=subprocess.PIPE, stderr=errf)
+            assert proc.stdout is not None  # stdout=PIPE
             try:
                 try:
                     _apply_stream(proc.stdout, root, diff_id, what, stats, position, on_progress,
@@ -125,7 +127,7 @@ def unpack_layer(blob: Path, root: Path, *, diff_id: str | None = None, what: st
 class _HashingReader:
     """Hashes (and counts) what tarfile reads, so the whole uncompressed stream is checked."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: IO[bytes]) -> None:
         self._raw = raw
         self.hash = hashlib.sha256()
         self.count = 0
@@ -141,14 +143,16 @@ class _HashingReader:
             pass
 
 
-def _apply_stream(raw: BinaryIO, root: Path, diff_id: str | None, what: str, stats: LayerStats,
+def _apply_stream(raw: IO[bytes], root: Path, diff_id: str | None, what: str, stats: LayerStats,
                   position: Callable[[], int], on_progress: Callable[[int], None] | None,
                   cancel: threading.Event | None) -> None:
     reader = _HashingReader(raw)
     applier = _Applier(root, what, stats)
     last_report = 0.0
     try:
-        with tarfile.open(fileobj=reader, mode="r|", bufsize=1 << 14, errors="surrogateescape") as tf:
+        # typeshed wants a seekable, writable file object for every mode; "r|" only reads.
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=1 << 14,  # type: ignore[call-overload]
+                          errors="surrogateescape") as tf:
             for member in tf:
                 if cancel is not None and cancel.is_set():
                     raise UnpackCancelled(f"{what}: cancelled")
@@ -190,7 +194,7 @@ class _Applier:
         self._dirs: dict[tuple[str, ...], str] = {}  # resolved parent dirs; cleared on removals
         self._written: set[str] = set()              # paths this layer created
         self._written_dirs: set[str] = set()         # and their ancestors (for opaque dirs)
-        self._dir_times: list[tuple[str, int]] = []
+        self._dir_times: list[tuple[str, float]] = []
 
     # -- path resolution -------------------------------------------------------------------
     def resolve_dir(self, parts: tuple[str, ...], create: bool) -> str | None:
@@ -270,6 +274,7 @@ class _Applier:
             self._whiteout(parts)
             return
         parent = self.resolve_dir(parts[:-1], create=True)
+        assert parent is not None  # made when missing (create=True)
         path = os.path.join(parent, base)
         if m.isdir():
             self._dir(path, m)
@@ -370,6 +375,7 @@ class _Applier:
             raise InvalidImage(f"{self.what}: hard link {m.name!r} to directory {m.linkname!r}")
         if target == path:
             return
+        assert target is not None  # else st is None, refused above
         self._replace(path)
         os.link(target, path, follow_symlinks=False)
         self.stats.hardlinks += 1

@@ -58,7 +58,7 @@ class InterpreterApi:
         try:
             body = json.loads(raw)
         except ValueError as e:
-            raise web.HTTPBadRequest(text=f"invalid JSON body: {e}")
+            raise web.HTTPBadRequest(text=f"invalid JSON body: {e}") from e
         if not isinstance(body, dict):
             raise web.HTTPBadRequest(text="the body must be a JSON object")
         return body
@@ -137,10 +137,10 @@ class InterpreterApi:
             while True:
                 try:
                     line = await asyncio.wait_for(execution.lines.get(), DISCONNECT_POLL_S)
-                except asyncio.TimeoutError:
+                except TimeoutError as err:
                     transport = request.transport
                     if transport is None or transport.is_closing():
-                        raise ConnectionResetError("client went away")
+                        raise ConnectionResetError("client went away") from err
                     if loop.time() - last_write >= KEEPALIVE_S:
                         await resp.write(out.keepalive().encode())
                         last_write = loop.time()

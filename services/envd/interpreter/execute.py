@@ -16,8 +16,7 @@ import secrets
 import shlex
 from queue import Empty
 
-from . import identity_hook
-from . import messages as out
+from . import identity_hook, messages as out
 from .contexts import Context, ContextRegistry
 from .kernels import Kernel, KernelStartError, Language
 
@@ -43,7 +42,8 @@ def _set_env_code(language: Language, env: dict[str, str], save: bool) -> str:
         lit = json.dumps(env)
         code = ""
         if save:
-            code += f"globalThis.__cubeSavedEnv = Object.fromEntries({json.dumps(list(env))}.map(k => [k, process.env[k]]));\n"
+            names = json.dumps(list(env))
+            code += f"globalThis.__cubeSavedEnv = Object.fromEntries({names}.map(k => [k, process.env[k]]));\n"
         return code + f"Object.assign(process.env, {lit}); undefined;\n"
     lines = []
     for i, (k, v) in enumerate(env.items()):
@@ -147,9 +147,9 @@ async def _run_silent(kernel: Kernel, code: str) -> None:
     while loop.time() < deadline:
         try:
             reply = await client.get_shell_msg(timeout=POLL_S)
-        except Empty:
+        except Empty as e:
             if not kernel.alive():
-                raise KernelDied()
+                raise KernelDied() from e
             continue
         if reply.get("parent_header", {}).get("msg_id") == msg_id:
             return
@@ -252,9 +252,9 @@ class Execution:
         while True:
             try:
                 msg = await client.get_iopub_msg(timeout=POLL_S)
-            except Empty:
+            except Empty as e:
                 if not kernel.alive():
-                    raise KernelDied()
+                    raise KernelDied() from e
                 if (self._interrupted_at is not None
                         and loop.time() - self._interrupted_at > INTERRUPT_GRACE_S):
                     log.warning("kernel ignored the interrupt; killing it", extra={"context": self.ctx.id})
@@ -322,6 +322,7 @@ async def prime_context(registry: ContextRegistry, ctx: Context, warm: bool) -> 
     if code is not None:
         execution = Execution(registry, ctx, code, None, history=False)
         execution.start()  # catches up first, like any cell; its lines are dropped
+        assert execution.task is not None
         await execution.task
         return
     async with ctx.lock:
@@ -337,6 +338,6 @@ async def prime_contexts(registry: ContextRegistry, warm: bool) -> None:
     each default one). Failures are logged, never raised: priming only saves time."""
     contexts = [c for c in registry.list() if c.is_default or not warm]
     results = await asyncio.gather(*(prime_context(registry, c, warm) for c in contexts), return_exceptions=True)
-    for ctx, r in zip(contexts, results):
+    for ctx, r in zip(contexts, results, strict=True):
         if isinstance(r, Exception):
             log.warning("priming a context failed", extra={"context": ctx.id, "error": repr(r)})

@@ -115,7 +115,7 @@ class JavaScriptKernel(Kernel):
     implementation = "cube-javascript"
     implementation_version = "1.0"
     language = "javascript"
-    language_info = {
+    language_info = {  # noqa: RUF012 - ipykernel's Kernel declares it a plain dict attribute
         "name": "javascript",
         "mimetype": "application/javascript",
         "file_extension": ".js",
@@ -124,7 +124,7 @@ class JavaScriptKernel(Kernel):
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self._node: subprocess.Popen | None = None
+        self._node: subprocess.Popen[bytes] | None = None
         self._ctrl: int | None = None
         self._ctrl_buf = b""
         try:
@@ -155,6 +155,7 @@ class JavaScriptKernel(Kernel):
         self._ctrl = r
         self._ctrl_buf = b""
         for f in (self._node.stdout, self._node.stderr):
+            assert f is not None  # opened with PIPE
             os.set_blocking(f.fileno(), False)
 
     def _stop_node(self) -> None:
@@ -166,7 +167,8 @@ class JavaScriptKernel(Kernel):
                 pass
             for f in (self._node.stdin, self._node.stdout, self._node.stderr):
                 try:
-                    f.close()
+                    if f is not None:
+                        f.close()
                 except Exception:
                     pass
         if self._ctrl is not None:
@@ -189,6 +191,7 @@ class JavaScriptKernel(Kernel):
     def _drain(self, decoders, silent: bool) -> None:
         assert self._node is not None
         for name, f in (("stdout", self._node.stdout), ("stderr", self._node.stderr)):
+            assert f is not None  # opened with PIPE
             while True:
                 try:
                     data = os.read(f.fileno(), 65536)
@@ -200,6 +203,7 @@ class JavaScriptKernel(Kernel):
 
     def _wait_reply(self, silent: bool) -> dict:
         assert self._node is not None and self._ctrl is not None
+        assert self._node.stdout is not None and self._node.stderr is not None  # opened with PIPE
         decoders = {n: codecs.getincrementaldecoder("utf-8")("replace") for n in ("stdout", "stderr")}
         out_fd, err_fd = self._node.stdout.fileno(), self._node.stderr.fileno()
         interrupted_at: float | None = None
@@ -239,7 +243,8 @@ class JavaScriptKernel(Kernel):
                     if data:
                         self._stream(name, data, decoders[name], silent)
 
-    def do_execute(self, code, silent, store_history=True, user_expressions=None, allow_stdin=False):
+    def do_execute(self, code, silent, store_history=True, user_expressions=None, allow_stdin=False,
+                   *, cell_meta=None, cell_id=None):
         try:
             self._ensure_node()
             assert self._node is not None and self._node.stdin is not None

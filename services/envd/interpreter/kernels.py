@@ -36,14 +36,14 @@ class Language(enum.Enum):
     BASH = "bash"
 
     @classmethod
-    def parse(cls, raw: str | None) -> "Language":
+    def parse(cls, raw: str | None) -> Language:
         name = (raw or "python").strip().lower()
         name = {"js": "javascript", "node": "javascript", "python3": "python", "py": "python",
                 "sh": "bash", "shell": "bash"}.get(name, name)
         try:
             return cls(name)
-        except ValueError:
-            raise UnsupportedLanguage(raw or "")
+        except ValueError as e:
+            raise UnsupportedLanguage(raw or "") from e
 
 
 class UnsupportedLanguage(ValueError):
@@ -212,6 +212,6 @@ class Kernel:
             loop = asyncio.get_running_loop()
             try:
                 await asyncio.wait_for(loop.run_in_executor(None, self.proc.wait), 5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
         shutil.rmtree(self.dir, ignore_errors=True)

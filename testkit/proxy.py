@@ -1,6 +1,9 @@
 """Processes for the proxy tests and benchmark: CubeProxy itself and stand-in guest servers.
 
-Every process is started here and stopped by its owner (fixtures use try/finally), by pid.
+`Proxy` runs `python -m services.proxy` listening on 127.0.0.1 and [::1] only, with free ports and
+its own temporary state directory, against an etcd the caller gives it; `Upstream` runs
+`testkit.upstream` on a loopback address. Every process is started here and stopped by its
+owner (fixtures use try/finally), by pid; `Proxy.destroy()` also removes the state directory.
 """
 
 from __future__ import annotations
@@ -9,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,24 +22,12 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from cube_common.procs import stop_process
 from sdk.gen.cube.v1 import route_pb2
-from tests.support.ports import free_port
+from testkit import REPO
+from testkit.ports import free_port, wait_port
 
-REPO = Path(__file__).resolve().parents[2]
 ENV = dict(os.environ, PYTHONPATH=str(REPO), GRPC_ENABLE_FORK_SUPPORT="false")
-
-
-def wait_port(host: str, port: int, timeout: float = 15.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {host}:{port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port}")
 
 
 def pid_alive(pid: int) -> bool:
@@ -54,22 +44,17 @@ class Upstream:
     port: int = field(default_factory=lambda: 0)
     proc: subprocess.Popen | None = None
 
-    def start(self) -> "Upstream":
+    def start(self) -> Upstream:
         if not self.port:
             self.port = free_port(self.host)
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.proxy.upstream", self.host, str(self.port)],
+        self.proc = subprocess.Popen([sys.executable, "-m", "testkit.upstream", self.host, str(self.port)],
                                      cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.host, self.port, proc=self.proc)
         return self
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 5)
         self.proc = None
 
 
@@ -87,7 +72,7 @@ class Proxy:
     master: str = ""  # auto-resume off unless a test gives it a master to ask
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
-    log_path: Path | None = None
+    log_path: Path = field(init=False)  # <state_dir>/proxy.log
 
     def __post_init__(self) -> None:
         self.proxy_id = self.proxy_id or self.node_id
@@ -108,7 +93,7 @@ class Proxy:
     def envoy_pid(self) -> int:
         return int(self.envoy_pid_file.read_text())
 
-    def start(self, timeout: float = 30.0) -> "Proxy":
+    def start(self, timeout: float = 30.0) -> Proxy:
         cmd = [sys.executable, "-m", "services.proxy", "--domain", "cube.localhost",
                "--https", f"127.0.0.1:{self.https_port},[::1]:{self.https_port}",
                "--http", f"127.0.0.1:{self.http_port}", "--admin", f"127.0.0.1:{self.admin_port}",
@@ -156,19 +141,16 @@ class Proxy:
 
     def kill9(self) -> int:
         """SIGKILL the Python process; returns the Envoy pid it had (which must die with it)."""
+        if self.proc is None:
+            raise RuntimeError("cube-proxy is not running")
         envoy = self.envoy_pid()
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait()
         return envoy
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 15)
         self.proc = None
 
     def destroy(self) -> None:
@@ -178,8 +160,8 @@ class Proxy:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
-def route_json(sandbox_id: str, host: str = "", state: int = route_pb2.ROUTE_STATE_RUNNING, token: str = "",
-               node_id: str = "", node_proxy_address: str = "", source: str = "") -> bytes:
+def route_json(sandbox_id: str, host: str = "", state: route_pb2.RouteState = route_pb2.ROUTE_STATE_RUNNING,
+               token: str = "", node_id: str = "", node_proxy_address: str = "", source: str = "") -> bytes:
     msg = route_pb2.SandboxRoute(sandbox_id=sandbox_id, host_address=host, state=state,
                                  traffic_access_token=token, node_id=node_id,
                                  node_proxy_address=node_proxy_address, proxy_source_address=source)

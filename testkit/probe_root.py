@@ -1,8 +1,10 @@
-"""A tiny template root filesystem for vmm_core tests: static busybox serving CGI over HTTP.
+"""A tiny template root filesystem for microVM tests and benchmarks: static busybox serving CGI
+over HTTP.
 
 It has no libc and no Python, like the smallest images users bring. Its HTTP service lets a test
 read and write files on the sandbox disk and read a counter kept by a process that only lives in
-guest memory, which is what snapshot, clone and save/restore must preserve.
+guest memory, which is what snapshot, clone and save/restore must preserve. `build(root)` replaces
+whatever is at `root`; the caller owns that directory.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Test stand-in for a VM's NIC: hold a node tap's fd and bridge its frames into a guest netns.
 
-    python -m tests.vs.tapbridge --node-ns N --tap cvsXXXXXX --guest-ns G \
+    python -m testkit.tapbridge --node-ns N --tap cvsXXXXXX --guest-ns G \
         --ip 169.254.0.21 --prefix 30 --gateway 169.254.0.22 --mac 02:fc:00:00:00:15
 
 What a VMM does with the tap (QEMU opens it by name with IFF_VNET_HDR and moves frames between

@@ -1,6 +1,8 @@
 """A stand-in guest server for proxy tests and the benchmark (aiohttp, HTTP/1.1).
 
-    python -m tests.proxy.upstream HOST PORT
+    python -m testkit.upstream HOST PORT
+
+It listens on the one address it is given (the harness gives it loopback ones) and keeps no state.
 
 GET  /echo           JSON: method, path (with query), host, headers, the address it listens on
 POST /upload         reads the body as it streams; JSON: bytes, sha256, whether it came chunked

@@ -10,6 +10,7 @@ The node namespace runs the datapath; its default route points at the "internet"
 metadata and LAN hosts hang off their own links. No traffic ever leaves these namespaces: every
 address used here is either in a namespace created here or is the documentation range
 203.0.113.0/24 that only the inet namespace owns.
+`Lab.close()` also stops the echo servers and the tapbridge processes it started.
 """
 
 from __future__ import annotations
@@ -22,12 +23,11 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
+from cube_common.netns import call_in
+from cube_common.procs import stop_process
 from services.vs.guest import GuestNetwork
-from services.vs.netns import call_in
-
-REPO = Path(__file__).resolve().parents[2]
+from testkit import REPO
 
 INET_IP, NODE_INET_IP = "203.0.113.10", "203.0.113.1"
 META_IP, NODE_META_IP = "169.254.169.254", "169.254.169.1"
@@ -144,12 +144,12 @@ class Server:
         self._tcp.listen(64)
         self._tcp.settimeout(0.2)
         self._threads = [threading.Thread(target=self._serve_tcp, daemon=True)]
-        self._udp = None
+        self._udp: socket.socket | None = None
         if udp:
             self._udp = ns_socket(ns, type_=socket.SOCK_DGRAM)
             self._udp.bind((addr, port))
             self._udp.settimeout(0.2)
-            self._threads.append(threading.Thread(target=self._serve_udp, daemon=True))
+            self._threads.append(threading.Thread(target=self._serve_udp, args=(self._udp,), daemon=True))
         for t in self._threads:
             t.start()
 
@@ -190,15 +190,15 @@ class Server:
         finally:
             conn.close()
 
-    def _serve_udp(self) -> None:
+    def _serve_udp(self, udp: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                data, peer = self._udp.recvfrom(65536)
+                data, peer = udp.recvfrom(65536)
             except OSError:
                 continue
             self.peers.append(peer)
             try:
-                self._udp.sendto(self._reply(peer, data), peer)
+                udp.sendto(self._reply(peer, data), peer)
             except OSError:
                 pass
 
@@ -228,13 +228,8 @@ class GuestEndpoint:
         return self.guest.ip
 
     def close(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        if self.proc is not None:
+            stop_process(self.proc, 5, reap_timeout=5)
         if ns_exists(self.ns):
             sh("ip", "netns", "del", self.ns, check=False)
 
@@ -244,16 +239,18 @@ def start_guest(node_ns: str, tap: str, ns: str, guest: GuestNetwork, offload: b
     sh("ip", "netns", "add", ns)
     ep = GuestEndpoint(ns=ns, tap=tap, guest=guest)
     try:
-        cmd = [sys.executable, "-m", "tests.vs.tapbridge", "--node-ns", node_ns, "--tap", tap, "--guest-ns", ns,
+        cmd = [sys.executable, "-m", "testkit.tapbridge", "--node-ns", node_ns, "--tap", tap, "--guest-ns", ns,
                "--ip", guest.ip, "--prefix", str(guest.prefix_len), "--gateway", guest.gateway_ip, "--mac", guest.mac]
         if not offload:
             cmd.append("--no-offload")
         ep.proc = subprocess.Popen(cmd, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        stdout = ep.proc.stdout
+        assert stdout is not None  # stdout=PIPE
         deadline = time.monotonic() + timeout
         line = ""
         # readline blocks; the bridge prints promptly or dies (then readline returns "").
         while time.monotonic() < deadline:
-            line = ep.proc.stdout.readline()
+            line = stdout.readline()
             if line.strip() == "ready" or not line:
                 break
         if line.strip() != "ready":
@@ -300,7 +297,7 @@ class Lab:
         sh("ip", "-n", host, "link", "set", "eth0", "up")
         return host
 
-    def build(self, with_hosts: bool = True) -> "Lab":
+    def build(self, with_hosts: bool = True) -> Lab:
         self._add_ns("node")
         if with_hosts:
             self._link("inet", "up-inet", NODE_INET_IP, INET_IP, 24)

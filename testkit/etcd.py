@@ -1,4 +1,9 @@
-"""A real etcd server (Debian's etcd-server) on loopback for tests: temp data dir, free ports."""
+"""A real etcd server (Debian's etcd-server) for tests and benchmarks.
+
+One member on 127.0.0.1 only, with free client and peer ports and its own temporary data
+directory (fsync off: the data is thrown away). `start()` returns once /health says true;
+`destroy()` stops the process and removes the data directory.
+"""
 from __future__ import annotations
 
 import os
@@ -10,7 +15,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.ports import free_port
+from cube_common.procs import stop_process
+from testkit.ports import free_port
 
 
 @dataclass
@@ -29,7 +35,7 @@ class EtcdServer:
     def url(self) -> str:
         return f"http://{self.endpoint}"
 
-    def start(self, timeout: float = 30.0) -> "EtcdServer":
+    def start(self, timeout: float = 30.0) -> EtcdServer:
         log = open(self.data_dir / "etcd.log", "wb")
         self.proc = subprocess.Popen(
             [self.binary, "--name", "test", "--data-dir", str(self.data_dir / "data"),
@@ -53,13 +59,8 @@ class EtcdServer:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc, 10)
         self.proc = None
 
     def destroy(self) -> None:

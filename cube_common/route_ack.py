@@ -1,7 +1,7 @@
 """Route ack protocol: how the master knows every proxy serves a route before answering 201.
 
-Each running proxy instance keeps one etcd key, attached to a lease of its own (TTL
-`--lease-ttl`, 10 s by default, kept alive every TTL/3):
+Each running proxy instance keeps one etcd key (``Keys.proxy_applied``), attached to a lease of
+its own (TTL ``--lease-ttl``, 10 s by default, kept alive every TTL/3):
 
     <prefix>/proxy/<proxy_id>/applied_revision = "<etcd revision>"   (decimal)
 
@@ -11,13 +11,13 @@ with a revision <= R is what Envoy serves now. The key exists only while the pro
 Envoy is connected to it (deleted while Envoy restarts; a dead proxy's key expires with its
 lease), so the set of keys is the set of live proxies that can serve traffic.
 
-The master, after writing or deleting `<prefix>/routes/<id>` (the put/delete response header
-gives revision R), calls:
+The master, after writing or deleting a route (the response header gives revision R), calls
 
-    await wait_routes_applied(etcd_client, R, timeout=5.0, prefix="/cube")
+    await wait_routes_applied(etcd, keys, R, timeout=5.0)
 
-which returns once every live proxy has applied >= R (immediately when no proxy runs) and raises
-RoutesNotApplied naming the laggards after `timeout` seconds.
+which returns once every live proxy has applied >= R (immediately when no proxy runs), raises
+``RoutesNotApplied`` naming the laggards after ``timeout`` seconds, and ``EtcdUnavailable`` when
+etcd fails meanwhile. Both sides live here, next to each other, so they cannot drift apart.
 """
 
 from __future__ import annotations
@@ -26,17 +26,12 @@ import asyncio
 import logging
 import time
 
-log = logging.getLogger("cube.proxy.ack")
+from aetcd.leases import Lease
 
-APPLIED_SUFFIX = "/applied_revision"
+from cube_common.etcd import EtcdClient
+from cube_common.keys import Keys
 
-
-def proxy_prefix(prefix: str) -> str:
-    return "/" + prefix.strip("/") + "/proxy/"
-
-
-def applied_key(prefix: str, proxy_id: str) -> str:
-    return f"{proxy_prefix(prefix)}{proxy_id}{APPLIED_SUFFIX}"
+log = logging.getLogger("cube.route_ack")
 
 
 class RoutesNotApplied(TimeoutError):
@@ -46,13 +41,6 @@ class RoutesNotApplied(TimeoutError):
         super().__init__(f"route revision {revision} not applied by proxies {laggards} in time")
 
 
-def _proxy_id(key: bytes, pp: str) -> str | None:
-    k = key.decode("utf-8", "replace")
-    if not (k.startswith(pp) and k.endswith(APPLIED_SUFFIX)):
-        return None
-    return k[len(pp):-len(APPLIED_SUFFIX)]
-
-
 def _revision(value: bytes) -> int:
     try:
         return int(value)
@@ -60,18 +48,17 @@ def _revision(value: bytes) -> int:
         return 0
 
 
-async def wait_routes_applied(etcd_client, revision: int, timeout: float = 5.0,
-                              prefix: str = "/cube") -> dict[str, int]:
-    """Wait until every live proxy has applied etcd revision >= `revision`.
+async def wait_routes_applied(etcd: EtcdClient, keys: Keys, revision: int, timeout: float = 5.0) -> dict[str, int]:
+    """Wait until every live proxy has applied etcd revision >= ``revision``.
 
-    `etcd_client` is an `aetcd.Client`. Returns {proxy_id: applied revision} of the live proxies.
+    Returns {proxy_id: applied revision} of the live proxies.
     """
-    pp = proxy_prefix(prefix)
     deadline = time.monotonic() + timeout
-    rng = await etcd_client.get_prefix(pp.encode())
+    pp = keys.proxies()
+    rng = await etcd.call(lambda c: c.get_prefix(pp))
     applied: dict[str, int] = {}
     for kv in rng:
-        pid = _proxy_id(kv.key, pp)
+        pid = keys.proxy_of_applied(kv.key)
         if pid is not None:
             applied[pid] = _revision(kv.value)
 
@@ -80,42 +67,45 @@ async def wait_routes_applied(etcd_client, revision: int, timeout: float = 5.0,
 
     if not laggards():
         return applied
-    watch = await etcd_client.watch_prefix(pp.encode(), start_revision=rng.header.revision + 1)
-    try:
-        async def follow() -> None:
-            async for event in watch:
-                pid = _proxy_id(event.kv.key, pp)
-                if pid is None:
-                    continue
-                if event.kind == "PUT":
-                    applied[pid] = _revision(event.kv.value)
-                else:
-                    applied.pop(pid, None)  # gone (stopped, or its lease expired)
-                if not laggards():
-                    return
+    async with etcd.using() as client:
+        watch = await client.watch_prefix(pp, start_revision=rng.header.revision + 1)
         try:
-            await asyncio.wait_for(follow(), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            raise RoutesNotApplied(revision, laggards()) from None
-    finally:
-        try:
-            await asyncio.wait_for(watch.cancel(), 2)
-        except Exception:
-            pass
+            async def follow() -> None:
+                async for event in watch:
+                    pid = keys.proxy_of_applied(event.kv.key)
+                    if pid is None:
+                        continue
+                    if event.kind == "PUT":
+                        applied[pid] = _revision(event.kv.value)
+                    else:
+                        applied.pop(pid, None)  # gone (stopped, or its lease expired)
+                    if not laggards():
+                        return
+            try:
+                await asyncio.wait_for(follow(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise RoutesNotApplied(revision, laggards()) from None
+        finally:
+            try:
+                await asyncio.wait_for(watch.cancel(), 2)
+            except Exception:  # noqa: BLE001 - best effort on a channel that may be failing
+                pass
     return applied
 
 
 class AppliedRevisionPublisher:
-    """The proxy side: keeps `applied_key` equal to the last applied revision, under a lease."""
+    """The proxy side: keeps the proxy's applied key equal to the last applied revision, under a
+    lease. Writes go through ``EtcdClient`` and so fail over between endpoints; the lease is the
+    cluster's, not an endpoint's, so it survives a failover."""
 
-    def __init__(self, etcd_client, prefix: str, proxy_id: str, ttl: int = 10):
-        self._client = etcd_client
-        self._key = applied_key(prefix, proxy_id).encode()
+    def __init__(self, etcd: EtcdClient, keys: Keys, proxy_id: str, ttl: int = 10):
+        self._etcd = etcd
+        self._key = keys.proxy_applied(proxy_id)
         self._ttl = ttl
         self._desired: int | None = None  # None: no Envoy connected, the key must not exist
         self._written: int | None = None
         self._changed = asyncio.Event()
-        self._lease = None
+        self._lease: Lease | None = None  # None: no lease yet (or it expired / etcd failed)
         self.writes = 0
 
     def applied(self, revision: int) -> None:
@@ -130,22 +120,24 @@ class AppliedRevisionPublisher:
 
     async def _sync(self) -> None:
         if self._lease is None:
-            self._lease = await self._client.lease(self._ttl)
+            self._lease = await self._etcd.call(lambda c: c.lease(self._ttl))
             self._written = None
         if self._desired is None:
             if self._written is not None:
-                await self._client.delete(self._key)
+                await self._etcd.call(lambda c: c.delete(self._key))
                 self._written = None
         elif self._desired != self._written:
             desired = self._desired
-            await self._client.put(self._key, str(desired).encode(), lease=self._lease)
+            lease = self._lease
+            await self._etcd.call(lambda c: c.put(self._key, str(desired).encode(), lease=lease))
             self._written = desired
             self.writes += 1
 
     async def _keepalive(self) -> None:
         if self._lease is None:
             return
-        reply = await self._client.refresh_lease(self._lease.id)
+        lease_id = self._lease.id
+        reply = await self._etcd.call(lambda c: c.refresh_lease(lease_id))
         if reply is None or reply.TTL <= 0:  # expired (etcd was away too long): start over
             log.warning("proxy lease expired; re-registering")
             self._lease = None
@@ -159,7 +151,7 @@ class AppliedRevisionPublisher:
                 timeout = max(0.0, next_keepalive - time.monotonic())
                 try:
                     await asyncio.wait_for(self._changed.wait(), timeout)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 self._changed.clear()
                 await self._sync()
@@ -168,7 +160,7 @@ class AppliedRevisionPublisher:
                     next_keepalive = time.monotonic() + self._ttl / 3
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - etcd away or a bug: retry, never die
                 log.warning("cannot publish the applied route revision; retrying", extra={"error": repr(e)})
                 self._lease = None
                 self._changed.set()
@@ -177,8 +169,9 @@ class AppliedRevisionPublisher:
     async def close(self) -> None:
         """Graceful stop: the key goes away at once instead of at lease expiry."""
         if self._lease is not None:
+            lease_id = self._lease.id
             try:
-                await self._client.revoke_lease(self._lease.id)
-            except Exception:
+                await self._etcd.call(lambda c: c.revoke_lease(lease_id))
+            except Exception:  # noqa: BLE001 - etcd away: the lease expires by itself
                 pass
             self._lease = None

@@ -1,7 +1,8 @@
 """Network namespaces with a tap for a test microVM, and an HTTP client that runs inside them.
 
 Every clone of a snapshot has the same guest address, so each test machine gets its own
-namespace holding its tap (the host side of the guest's /30 link).
+namespace holding its tap (the host side of the guest's /30 link). The namespace has no other
+link, so nothing the guest sends leaves it; `TestNet.destroy()` deletes it with the tap.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from vmm_core import GuestNetwork, NetworkAttachment, netns
+from cube_common import netns
+from testkit import nshttp
+from vmm_core import GuestNetwork, NetworkAttachment
 
 GUEST = GuestNetwork()
 # Every tap shows the guest the same gateway MAC, as CubeVS's do: a clone's ARP cache comes from
@@ -36,7 +39,7 @@ class TestNet:
         return NetworkAttachment(self.tap, GUEST.mac, self.name)
 
     @classmethod
-    def create(cls) -> "TestNet":
+    def create(cls) -> TestNet:
         name = f"cubevmt{os.getpid() % 10000}x{next(_counter)}"
         subprocess.run(["ip", "netns", "del", name], capture_output=True)
         _ip("netns", "add", name)
@@ -53,22 +56,7 @@ class TestNet:
 
     def http_get(self, path: str, port: int = 8080, timeout: float = 5.0) -> str:
         """GET http://<guest>:<port><path> from inside the namespace; the body as text."""
-        s = netns.socket_in(self.name)
-        try:
-            s.settimeout(timeout)
-            s.connect((GUEST.ip, port))
-            s.sendall(f"GET {path} HTTP/1.0\r\nHost: guest\r\n\r\n".encode())
-            data = b""
-            while chunk := s.recv(65536):
-                data += chunk
-        finally:
-            s.close()
-        head, sep, body = data.partition(b"\r\n\r\n")
-        if not sep:
-            head, _, body = data.partition(b"\n\n")
-        if not head.startswith(b"HTTP/1.") or b" 200 " not in head.split(b"\n", 1)[0]:
-            raise OSError(f"bad response to GET {path}: {head[:200]!r}")
-        return body.decode().strip()
+        return nshttp.get_text(self.name, GUEST.ip, port, path, timeout=timeout)
 
     async def wait_http(self, path: str = "/", port: int = 8080, timeout: float = 90.0) -> str:
         deadline = time.monotonic() + timeout
@@ -90,7 +78,7 @@ class TestNet:
             try:
                 await asyncio.wait_for(loop.sock_connect(s, (GUEST.ip, port)), 1.0)
                 return
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"guest port {port} did not answer within {timeout}s") from None
                 await asyncio.sleep(0.001)

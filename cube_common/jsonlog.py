@@ -1,8 +1,10 @@
-"""Structured logs for every Cube service on the host: one JSON object per line on stderr.
+"""Structured logs for every Cube service, on the host and in the guest: one JSON object per
+line on stderr.
 
 `log.info("sandbox running", extra={"sandbox_id": sid})`: every key of `extra` becomes a field, so
-the sandbox ID is on every line that concerns a sandbox. (The guest agent, services/envd, runs
-alone inside the VM and keeps its own copy of this format.)
+the sandbox ID is on every line that concerns a sandbox. A process that serves one sandbox only
+(the guest agent) sets it once with `tag(sandbox_id=...)` and every later line carries it.
+Standard library only: the guest agent imports this module inside every sandbox.
 """
 from __future__ import annotations
 
@@ -13,7 +15,18 @@ import time
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 # Third-party internals that are noisy at INFO and say nothing an operator needs.
-_QUIET = ("grpc", "aetcd", "asyncio", "httpx", "httpcore", "sanic.access")
+_QUIET = ("grpc", "aetcd", "asyncio", "httpx", "httpcore", "sanic.access", "aiohttp.access")
+# Fields set for the whole process after start-up (`tag`); one dict, shared by every formatter.
+_TAGS: dict[str, object] = {}
+
+
+def tag(**fields: object) -> None:
+    """Add fields to every later line of this process (a None value removes the field)."""
+    for k, v in fields.items():
+        if v is None:
+            _TAGS.pop(k, None)
+        else:
+            _TAGS[k] = v
 
 
 class JsonFormatter(logging.Formatter):
@@ -26,6 +39,7 @@ class JsonFormatter(logging.Formatter):
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             **self.static,
+            **_TAGS,
             "logger": record.name,
             "msg": record.getMessage(),
         }

@@ -1,0 +1,162 @@
+"""The one etcd client of every Cube component: endpoint failover, deadlines, one error type.
+
+    etcd = EtcdClient(("10.0.0.1:2379", "10.0.0.2:2379"), timeout_s=3.0)
+    value = await etcd.call(lambda c: c.get(key))       # one call, with deadline and failover
+    async with etcd.using() as c:                        # long calls: watches, leases
+        async for event in await c.watch_prefix(prefix): ...
+    await etcd.close()
+
+Invariants:
+- Any failure of etcd (refused, timed out, channel gone) surfaces as ``EtcdUnavailable`` within
+  ``timeout_s`` (plus half a second), never as a hang and never as a raw gRPC error.
+- A call that fails retires the channel it used: the next call opens a fresh one to the next
+  endpoint, so a dead member is left at once instead of after gRPC's reconnect back-off.
+- A channel is closed only once no call uses it any more: closing a gRPC channel cancels its calls,
+  and a call cancelled from below looks to its caller like a cancelled task, which must never happen.
+  Such a cancellation is turned into ``EtcdUnavailable`` unless the caller's task is really being
+  cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TypeVar
+
+import aetcd
+import aetcd.exceptions
+import grpc
+
+log = logging.getLogger("cube.etcd")
+
+T = TypeVar("T")
+
+# What a failing etcd channel looks like from aetcd: its own errors, raw gRPC errors from below
+# it, a channel used after close, and socket errors. Timeouts are not here: inside ``using`` a
+# timeout is the caller's own (TimeoutError is an OSError, so it is let through explicitly);
+# ``call`` maps the timeout of its own deadline.
+FAILURES: tuple[type[BaseException], ...] = (aetcd.exceptions.ClientError, grpc.RpcError, grpc.aio.UsageError,
+                                             OSError)
+
+
+class EtcdUnavailable(Exception):
+    """etcd could not be reached, or did not answer in time."""
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port``."""
+    host, _, port = endpoint.strip().rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"bad etcd endpoint {endpoint!r} (want host:port)")
+    return host.strip("[]"), int(port)
+
+
+class EtcdClient:
+    def __init__(self, endpoints: Sequence[str], timeout_s: float = 3.0) -> None:
+        if not endpoints:
+            raise ValueError("no etcd endpoints")
+        self.endpoints = tuple(parse_endpoint(e) for e in endpoints)
+        self.timeout_s = timeout_s
+        self._ep = 0
+        self._client: aetcd.Client | None = None
+        self._users: dict[int, int] = {}  # calls in flight per channel (id of its client)
+        self._retired: dict[int, aetcd.Client] = {}
+        self._closing: set[asyncio.Task] = set()
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint the next call goes to (for logs)."""
+        host, port = self.endpoints[self._ep % len(self.endpoints)]
+        return f"{host}:{port}"
+
+    @property
+    def client(self) -> aetcd.Client:
+        """The current channel. Prefer ``call``/``using``, which keep it open while they use it."""
+        if self._client is None:
+            host, port = self.endpoints[self._ep % len(self.endpoints)]
+            # timeout is the per-call gRPC deadline; keepalive so that a dead etcd is noticed.
+            self._client = aetcd.Client(host=host, port=port, timeout=self.timeout_s,
+                                        connect_wait_timeout=int(self.timeout_s) or 1,
+                                        options={"grpc.keepalive_time_ms": 5000,
+                                                 "grpc.keepalive_timeout_ms": 2000})
+        return self._client
+
+    @property
+    def transactions(self):
+        """Builders of transaction compares and operations (they need no channel)."""
+        return self.client.transactions
+
+    @staticmethod
+    async def _close_client(client: aetcd.Client) -> None:
+        try:
+            await asyncio.wait_for(client.close(), 2)
+        except Exception:  # noqa: BLE001 - closing a broken channel may fail in any way; it is gone
+            pass
+
+    async def close(self) -> None:
+        clients = list(self._retired.values())
+        self._retired.clear()
+        if self._client is not None:
+            clients.append(self._client)
+            self._client = None
+        for client in clients:
+            await self._close_client(client)
+
+    def retire(self, client: aetcd.Client) -> None:
+        """Stop using ``client``'s channel: new calls get a fresh one (to the next endpoint if
+        there are several). The old channel is closed when its last call has finished."""
+        if self._client is not client:
+            return  # another failing call replaced it already
+        self._ep += 1
+        self._client = None
+        self._retired[id(client)] = client
+        if not self._users.get(id(client)):
+            self._release(id(client))
+
+    def _release(self, key: int) -> None:
+        retired = self._retired.pop(key, None)
+        if retired is not None:
+            closing = asyncio.ensure_future(self._close_client(retired))
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+
+    @contextlib.asynccontextmanager
+    async def using(self) -> AsyncIterator[aetcd.Client]:
+        """The current channel, held open for the block even if another call retires it. For
+        calls that do not fit ``call`` (watches, leases kept for long); failures inside the block
+        that the caller lets out retire the channel and become ``EtcdUnavailable``."""
+        client = self.client
+        key = id(client)
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            yield client
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller is being cancelled: let it be
+            log.warning("etcd call cancelled by its channel", extra={"endpoint": self.endpoint})
+            self.retire(client)
+            raise EtcdUnavailable("etcd call cancelled") from None
+        except TimeoutError:
+            raise
+        except FAILURES as e:
+            log.warning("etcd unavailable", extra={"endpoint": self.endpoint, "error": f"{type(e).__name__}: {e}"})
+            self.retire(client)
+            raise EtcdUnavailable(str(e) or type(e).__name__) from e
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key]
+                self._release(key)
+
+    async def call(self, make: Callable[[aetcd.Client], Awaitable[T]]) -> T:
+        """Run ``make(client)`` (a coroutine factory) with the deadline, failover and error mapping."""
+        async with self.using() as client:
+            try:
+                return await asyncio.wait_for(make(client), self.timeout_s + 0.5)
+            except TimeoutError as e:
+                log.warning("etcd did not answer in time", extra={"endpoint": self.endpoint})
+                self.retire(client)
+                raise EtcdUnavailable(f"no answer from etcd within {self.timeout_s:g}s") from e

@@ -1,0 +1,26 @@
+"""Human sizes (``512M``, ``1G``) as whole MiB, for the CLI and the API alike."""
+
+from __future__ import annotations
+
+import re
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
+
+
+def parse_size_mb(value: str | int) -> int:
+    """A size in MiB from ``512M``, ``1G``, ``1.5G``, ``2048K``, ``1GiB`` (binary units; a bare
+    number is MiB), rounded up to whole MiB. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid size {value!r}")
+    if isinstance(value, int):
+        n = float(value)
+    else:
+        m = _SIZE_RE.match(value or "")
+        if not m:
+            raise ValueError(f"invalid size {value!r} (want e.g. 512M or 1G)")
+        n = float(m.group(1)) * _SIZE_UNITS[(m.group(2) or "M").upper()]
+    mb = int(-(-n // 1))
+    if mb < 1 or mb > 1 << 30:
+        raise ValueError(f"invalid size {value!r}")
+    return mb

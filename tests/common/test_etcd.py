@@ -1,0 +1,76 @@
+"""The shared etcd client (failover, deadlines, one error type) and key layout, against a real etcd."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+
+from cube_common.etcd import EtcdClient, EtcdUnavailable, parse_endpoint
+from cube_common.keys import Keys
+from testkit.ports import free_port
+
+
+def test_key_layout():
+    k = Keys("cube/")
+    assert k.root == "/cube" and Keys("/cube").root == "/cube"
+    assert k.sandbox("s1") == b"/cube/sandboxes/s1" and k.sandboxes() == b"/cube/sandboxes/"
+    assert k.route("s1") == b"/cube/routes/s1" and k.routes() == b"/cube/routes/"
+    assert k.template("t") == b"/cube/templates/t" and k.alias("a") == b"/cube/template-aliases/a"
+    assert k.build("j") == b"/cube/template-builds/j" and k.apikey("x") == b"/cube/apikeys/x"
+    assert k.node("n") == b"/cube/nodes/n" and k.leader() == b"/cube/leader"
+    assert k.proxy_applied("p1") == b"/cube/proxy/p1/applied_revision"
+    assert k.proxy_of_applied(k.proxy_applied("p1")) == "p1"
+    assert k.proxy_of_applied(b"/cube/proxy/p1/other") is None and k.proxy_of_applied(k.route("x")) is None
+
+
+def test_endpoints_are_parsed_or_refused():
+    assert parse_endpoint("10.0.0.1:2379") == ("10.0.0.1", 2379)
+    assert parse_endpoint("[::1]:2379") == ("::1", 2379)
+    for bad in ("nohost", "h:", ":1", "h:x"):
+        with pytest.raises(ValueError):
+            parse_endpoint(bad)
+    with pytest.raises(ValueError):
+        EtcdClient([])
+
+
+async def test_fails_over_to_the_next_endpoint(etcd_server):
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    etcd = EtcdClient([dead, etcd_server.endpoint], timeout_s=1.0)
+    key = f"/t-etcd-{uuid.uuid4().hex[:8]}/k".encode()
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(EtcdUnavailable):
+            await etcd.call(lambda c: c.put(key, b"1"))
+        assert time.monotonic() - t0 < 5  # the deadline holds: no hang on a dead member
+        assert etcd.endpoint == etcd_server.endpoint
+        await etcd.call(lambda c: c.put(key, b"2"))
+        got = await etcd.call(lambda c: c.get(key))
+        assert got.value == b"2"
+        # Long calls hold their channel: a watch through `using` sees the next write.
+        async with etcd.using() as client:
+            watch = await client.watch(key)
+            await etcd.call(lambda c: c.put(key, b"3"))
+
+            async def first_event():
+                async for event in watch:
+                    return event
+            event = await asyncio.wait_for(first_event(), 5)
+            assert event.kv.value == b"3"
+            await watch.cancel()
+        await etcd.call(lambda c: c.delete(key))
+    finally:
+        await etcd.close()
+
+
+async def test_every_endpoint_down_is_unavailable_never_a_hang():
+    etcd = EtcdClient([f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"], timeout_s=0.5)
+    try:
+        for _ in range(3):
+            t0 = time.monotonic()
+            with pytest.raises(EtcdUnavailable):
+                await etcd.call(lambda c: c.get(b"/x"))
+            assert time.monotonic() - t0 < 4
+    finally:
+        await etcd.close()
