@@ -44,15 +44,6 @@ def proxy(etcd_server):
 
 
 @pytest.fixture
-async def etcd(etcd_server):
-    client = aetcd.Client(port=etcd_server.client_port, timeout=10)
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
 async def etcd_client(etcd_server):
     """The shared failover client the master and the proxy use (cube_common.etcd)."""
     client = EtcdClient([etcd_server.endpoint], timeout_s=10)
@@ -60,6 +51,12 @@ async def etcd_client(etcd_server):
         yield client
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def etcd(etcd_client) -> aetcd.Client:
+    """That client's channel, for tests that play another etcd user (leases, raw puts)."""
+    return etcd_client.client
 
 
 class Routes:
