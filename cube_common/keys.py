@@ -6,9 +6,11 @@ cluster), except the proxies' applied revisions, which are decimal text:
     <prefix>/sandboxes/<sandbox_id>                  Sandbox         (master)
     <prefix>/routes/<sandbox_id>                     SandboxRoute    (master; the proxies watch it)
     <prefix>/templates/<template_id>                 Template        (master)
-    <prefix>/template-aliases/<alias>                TemplateAlias   (master)
+    <prefix>/template-aliases/<alias>                TemplateAlias   (master; a public alias)
+    <prefix>/team-aliases/<team_id>/<alias>          TemplateAlias   (master; a team's own alias)
     <prefix>/template-builds/<job_id>                TemplateBuild   (master; never any registry credentials)
     <prefix>/apikeys/<key_id>                        ApiKey          (master; only a SHA-256 of the key)
+    <prefix>/teams/<team_id>                         Team            (master)
     <prefix>/nodes/<node_id>                         NodeStatus      (each cubelet, under its lease)
     <prefix>/leader                                  MasterIdentity  (the leader, under its lease)
     <prefix>/proxy/<proxy_id>/applied_revision       "<revision>"    (each proxy, under its lease; see route_ack)
@@ -57,14 +59,18 @@ class Keys:
     def template(self, template_id: str) -> bytes:
         return self.key("templates", template_id)
 
-    def alias(self, alias: str) -> bytes:
-        return self.key("template-aliases", alias)
+    def alias(self, alias: str, team_id: str = "") -> bytes:
+        """A public alias (``team_id`` empty) or one in a team's namespace."""
+        return self.key("team-aliases", team_id, alias) if team_id else self.key("template-aliases", alias)
 
     def build(self, job_id: str) -> bytes:
         return self.key("template-builds", job_id)
 
     def apikey(self, key_id: str) -> bytes:
         return self.key("apikeys", key_id)
+
+    def team(self, team_id: str) -> bytes:
+        return self.key("teams", team_id)
 
     def node(self, node_id: str) -> bytes:
         return self.key("nodes", node_id)
@@ -84,13 +90,21 @@ class Keys:
         return self.collection("templates")
 
     def aliases(self) -> bytes:
+        """The public aliases."""
         return self.collection("template-aliases")
+
+    def team_aliases(self) -> bytes:
+        """Every team's own aliases."""
+        return self.collection("team-aliases")
 
     def builds(self) -> bytes:
         return self.collection("template-builds")
 
     def apikeys(self) -> bytes:
         return self.collection("apikeys")
+
+    def teams(self) -> bytes:
+        return self.collection("teams")
 
     def nodes(self) -> bytes:
         return self.collection("nodes")

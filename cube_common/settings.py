@@ -109,6 +109,13 @@ class shared:
                              "CUBE_NODE_ID", flag, env, help, factory=socket.gethostname)
 
     @staticmethod
+    def insecure_public(help: str = "") -> Any:
+        # No shared alias on purpose: exposing an unguarded listener is decided per service.
+        return setting(False, help or "let listen addresses off loopback stand although nothing there "
+                       "authenticates callers (see cube_common/listen.py); without it such a service "
+                       "refuses to start")
+
+    @staticmethod
     def log_level(flag: str = "", env: tuple[str, ...] = (), help: str = "") -> Any:
         return shared._field("INFO", "log level (DEBUG, INFO, WARNING, ERROR)", "CUBE_LOG_LEVEL", flag, env, help)
 

@@ -5,8 +5,14 @@
 1. Builds the default code-interpreter template on this node (a no-op when its inputs have not
    changed: the cubelet caches it by build key) and registers it with the master together with the
    aliases the SDKs ask for by default (`base`, `code-interpreter-v1`).
-2. Creates a sandbox with the unmodified E2B SDK, runs a command in it, and kills it: `make up`
+2. Makes sure the local team exists and this node has an admin API key for it, kept in
+   `$CUBE_STATE_DIR/secrets/api-key` (deploy/local_key.py): the stored key is reused while the
+   master knows it, otherwise a new one is issued. `make env` exports it as E2B_API_KEY, so the
+   SDK works whether auth is on or off.
+3. Creates a sandbox with the unmodified E2B SDK, runs a command in it, and kills it: `make up`
    returns only once that works.
+
+It talks to the master as an operator (no caller metadata): the template it registers is public.
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ import time
 
 import grpc
 
+from cube_common.teams import LOCAL_TEAM
+from deploy import local_key
 from deploy.env import sdk_env
 from deploy.supervisor import NodeConfig
 from sdk.gen.cube.v1 import cubelet_pb2 as cpb, cubelet_pb2_grpc, master_pb2, master_pb2_grpc
@@ -53,6 +61,36 @@ async def register(cfg: NodeConfig, info: cpb.TemplateInfo) -> None:
                                         timeout=30)
 
 
+async def _ours(stub: master_pb2_grpc.MasterStub, key: str) -> bool:
+    """Is ``key`` a live admin key of the local team?"""
+    try:
+        rec = await stub.ValidateApiKey(master_pb2.ValidateApiKeyRequest(key=key), timeout=30)
+    except grpc.aio.AioRpcError as e:
+        if e.code() == grpc.StatusCode.UNAUTHENTICATED:  # revoked, or etcd was wiped
+            return False
+        raise
+    return rec.team_id == LOCAL_TEAM and rec.role == master_pb2.API_KEY_ROLE_ADMIN
+
+
+async def ensure_api_key(cfg: NodeConfig) -> str:
+    """The local team and this node's admin key for it (see the module docstring). Returns what
+    was done: "reused" or "issued"."""
+    async with grpc.aio.insecure_channel(cfg.master_addr) as ch:
+        stub = master_pb2_grpc.MasterStub(ch)
+        try:
+            await stub.CreateTeam(master_pb2.CreateTeamRequest(team_id=LOCAL_TEAM), timeout=30)
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.ALREADY_EXISTS:
+                raise
+        key = local_key.read(cfg.state_dir)
+        if key is not None and await _ours(stub, key):
+            return "reused"
+        resp = await stub.CreateApiKey(master_pb2.CreateApiKeyRequest(
+            name="make-up", team_id=LOCAL_TEAM, role=master_pb2.API_KEY_ROLE_ADMIN), timeout=30)
+        local_key.write(cfg.state_dir, resp.key)
+        return "issued"
+
+
 def smoke(cfg: NodeConfig, timeout: float = 300.0) -> float:
     """Create a sandbox with the unmodified SDK, run a command, kill it. Returns the create time."""
     os.environ.update(sdk_env(cfg))
@@ -84,6 +122,8 @@ def main() -> None:
     info = asyncio.run(build_default(cfg))
     asyncio.run(register(cfg, info))
     print(f"  registered {info.template_id} (aliases {', '.join(ALIASES)})", flush=True)
+    done = asyncio.run(ensure_api_key(cfg))
+    print(f"api key of team {LOCAL_TEAM} (admin): {done}, in {local_key.path(cfg.state_dir)}", flush=True)
     created = smoke(cfg)
     print(f"a sandbox was created in {created * 1000:.0f} ms, ran a command and was killed: the node is up",
           flush=True)

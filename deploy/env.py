@@ -3,18 +3,23 @@ from __future__ import annotations
 
 import shlex
 
+from cube_common import defaults
+from deploy import local_key
 from deploy.supervisor import NodeConfig
 
 DEFAULT_TEMPLATE = "code-interpreter"
-# Auth is off by default: any non-empty key is accepted. The key has E2B's shape so that SDK
-# versions that check the format locally accept it too.
+# The key `make up` issued (the local team's admin key, deploy/local_key.py) when there is one;
+# this constant only before that, when auth is off and any non-empty key is accepted. It has E2B's
+# shape so that SDK versions that check the format locally accept it too.
 LOCAL_KEY = "e2b_" + "0" * 40
 
 
 def sdk_env(cfg: NodeConfig) -> dict[str, str]:
     return {
-        "E2B_API_URL": f"http://localhost:{cfg.api_port}",
-        "E2B_API_KEY": LOCAL_KEY,
+        # The address, not `localhost`: the API listens on 127.0.0.1 only, and `localhost` is also
+        # ::1, which Node (17+, without happy eyeballs) may try alone and be refused.
+        "E2B_API_URL": f"http://{defaults.LOOPBACK}:{cfg.api_port}",
+        "E2B_API_KEY": local_key.read(cfg.state_dir) or LOCAL_KEY,
         "SSL_CERT_FILE": str(cfg.state_dir / "tls" / "ca.pem"),
         "CUBE_TEMPLATE_ID": DEFAULT_TEMPLATE,
     }

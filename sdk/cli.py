@@ -11,7 +11,8 @@
     sandbox list [--state running,paused] [--metadata k=v ...] [--template T]
     sandbox info ID | sandbox kill ID...
     node list
-    apikey create [--name NAME] | apikey list | apikey revoke KEY_ID
+    team create TEAM | team list
+    apikey create [--name NAME] [--team TEAM] [--admin] | apikey list | apikey revoke KEY_ID
     status
 
 The master address comes from --master, else CUBE_MASTER_ADDR, else 127.0.0.1:50051 (the
@@ -19,6 +20,8 @@ master's default, cube_common.defaults). --json prints proto3 JSON (camelCase, e
 .proto) instead of tables.
 
 Built on the typed client (sdk.client): results are betterproto dataclasses, timestamps datetimes.
+It talks to the master as an operator: it sees every team's sandboxes and templates (the TEAM
+columns), and what it builds is public.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import betterproto
 
 from cube_common.defaults import MASTER_ADDR
 from cube_common.sizes import parse_size_mb
+from cube_common.teams import LOCAL_TEAM
 from sdk.client import CubeClient, CubeError
 from sdk.protojson import to_dict as _dict
 from sdk.typed.cube import v1 as pb
@@ -84,6 +88,14 @@ def tpl_status(s: int) -> str:
     return enum_name(pb.TemplateStatus, s).lower()
 
 
+def tpl_team(team_id: str) -> str:
+    return team_id or "public"
+
+
+def sandbox_team(team_id: str) -> str:
+    return team_id or LOCAL_TEAM  # records from before teams belong to the local team
+
+
 def gib(n: int) -> str:
     return f"{n / (1 << 30):.1f}G"
 
@@ -100,9 +112,10 @@ def tpl_list(c: CubeClient, a) -> None:
     tpls = c.list_templates()
     if a.json:
         return print_json(tpls)
-    print_table(["TEMPLATE", "ALIASES", "VCPUS", "MEMORY", "DISK", "ENVD", "STATUS", "NODES", "SPAWNS", "CREATED"],
+    print_table(["TEMPLATE", "ALIASES", "VCPUS", "MEMORY", "DISK", "ENVD", "STATUS", "TEAM", "NODES", "SPAWNS",
+                 "CREATED"],
                 [[t.template_id, ",".join(t.aliases) or "-", t.vcpus, f"{t.memory_mb}M", f"{t.disk_size_mb}M",
-                  t.envd_version, tpl_status(t.status),
+                  t.envd_version, tpl_status(t.status), tpl_team(t.team_id),
                   ",".join(t.node_ids) or "-", t.spawn_count, when(t.created_at)] for t in tpls])
 
 
@@ -110,7 +123,8 @@ def tpl_info(c: CubeClient, a) -> None:
     t = c.get_template(a.template)
     if a.json:
         return print_json(t)
-    print_fields([("template", t.template_id), ("aliases", ", ".join(t.aliases) or "-"), ("source", t.source or "-"),
+    print_fields([("template", t.template_id), ("team", tpl_team(t.team_id)), ("aliases", ", ".join(t.aliases) or "-"),
+                  ("source", t.source or "-"),
                   ("status", tpl_status(t.status)),
                   ("vcpus", t.vcpus), ("memory", f"{t.memory_mb} MiB"), ("disk", f"{t.disk_size_mb} MiB"),
                   ("envd", t.envd_version), ("nodes", ", ".join(t.node_ids) or "-"),
@@ -298,8 +312,8 @@ def tpl_builds(c: CubeClient, a) -> None:
     builds = c.list_template_builds(a.template or "")
     if a.json:
         return print_json(builds)
-    print_table(["BUILD", "TEMPLATE", "PHASE", "NODE", "IMAGE", "CREATED", "FINISHED", "ERROR"],
-                [[b.job_id, b.template_id, build_phase(b.phase), b.node_id or "-",
+    print_table(["BUILD", "TEMPLATE", "PHASE", "TEAM", "NODE", "IMAGE", "CREATED", "FINISHED", "ERROR"],
+                [[b.job_id, b.template_id, build_phase(b.phase), tpl_team(b.team_id), b.node_id or "-",
                   build_image(b.spec), when(b.created_at), when(b.finished_at),
                   (b.error.splitlines() or ["-"])[0][:60]] for b in builds])
 
@@ -318,8 +332,9 @@ def sandbox_list(c: CubeClient, a) -> None:
         raise SystemExit(f"error: --state: {e}") from None
     if a.json:
         return print_json(sbs)
-    print_table(["SANDBOX", "TEMPLATE", "STATE", "NODE", "STARTED", "ENDS", "METADATA"],
-                [[s.sandbox_id, s.alias or s.template_id, phase(s.phase), s.node_id, when(s.started_at),
+    print_table(["SANDBOX", "TEAM", "TEMPLATE", "STATE", "NODE", "STARTED", "ENDS", "METADATA"],
+                [[s.sandbox_id, sandbox_team(s.team_id), s.alias or s.template_id, phase(s.phase), s.node_id,
+                  when(s.started_at),
                   until(s.end_at), ",".join(f"{k}={v}" for k, v in sorted(s.metadata.items())) or "-"] for s in sbs])
 
 
@@ -331,7 +346,8 @@ def sandbox_info(c: CubeClient, a) -> None:
         d.pop("envVars", None)
         return print_json(d)
     print_fields([("sandbox", s.sandbox_id), ("template", s.template_id + (f" ({s.alias})" if s.alias else "")),
-                  ("state", phase(s.phase)), ("node", s.node_id), ("client", s.client_id),
+                  ("team", sandbox_team(s.team_id)), ("state", phase(s.phase)), ("node", s.node_id),
+                  ("client", s.client_id),
                   ("started", when(s.started_at)), ("ends", until(s.end_at)),
                   ("on timeout", "pause" if s.auto_pause else "kill"), ("vcpus", s.vcpus),
                   ("memory", f"{s.memory_mb} MiB"), ("disk", f"{s.disk_size_mb} MiB"), ("envd", s.envd_version),
@@ -363,20 +379,37 @@ def node_list(c: CubeClient, a) -> None:
                   ",".join(n.status.templates) or "-"] for n in nodes])
 
 
+def team_create(c: CubeClient, a) -> None:
+    team = c.create_team(a.team)
+    print_json(team) if a.json else print(f"created team {team.team_id}")
+
+
+def team_list(c: CubeClient, a) -> None:
+    teams = c.list_teams()
+    if a.json:
+        return print_json(teams)
+    print_table(["TEAM", "CREATED"], [[t.team_id, when(t.created_at)] for t in teams])
+
+
+def role(r: int) -> str:
+    return enum_name(pb.ApiKeyRole, r).lower()
+
+
 def apikey_create(c: CubeClient, a) -> None:
-    rec, key = c.create_api_key(a.name or "")
+    rec, key = c.create_api_key(a.name or "", team=a.team, admin=a.admin)
     if a.json:
         return print_json({"apiKey": _dict(rec), "key": key})
     print(key)
-    print(f"(key id {rec.key_id}; shown once: only its SHA-256 is stored)", file=sys.stderr)
+    print(f"(key id {rec.key_id}, team {rec.team_id}, role {role(rec.role)}; shown once: only its SHA-256 "
+          "is stored)", file=sys.stderr)
 
 
 def apikey_list(c: CubeClient, a) -> None:
     keys = c.list_api_keys()
     if a.json:
         return print_json(keys)
-    print_table(["KEY ID", "NAME", "KEY", "CREATED"],
-                [[k.key_id, k.name or "-", k.mask, when(k.created_at)] for k in keys])
+    print_table(["KEY ID", "TEAM", "ROLE", "NAME", "KEY", "CREATED"],
+                [[k.key_id, k.team_id, role(k.role), k.name or "-", k.mask, when(k.created_at)] for k in keys])
 
 
 def apikey_revoke(c: CubeClient, a) -> None:
@@ -456,8 +489,17 @@ def build_parser() -> argparse.ArgumentParser:
     node = groups.add_parser("node", help="nodes").add_subparsers(dest="cmd", required=True)
     cmd(node, "list", node_list, "list nodes")
 
+    team = groups.add_parser("team", help="teams").add_subparsers(dest="cmd", required=True)
+    cmd(team, "create", team_create, "create a team").add_argument(
+        "team", help="its id: lowercase letters, digits and '-'")
+    cmd(team, "list", team_list, "list teams")
+
     key = groups.add_parser("apikey", help="API keys").add_subparsers(dest="cmd", required=True)
-    cmd(key, "create", apikey_create, "issue a key (printed once)").add_argument("--name", default="")
+    p = cmd(key, "create", apikey_create, "issue a key (printed once)")
+    p.add_argument("--name", default="")
+    p.add_argument("--team", default=LOCAL_TEAM, help=f"an existing team (default {LOCAL_TEAM})")
+    p.add_argument("--admin", action="store_true",
+                   help="the key also manages public templates and sees every team's sandboxes")
     cmd(key, "list", apikey_list, "list keys")
     cmd(key, "revoke", apikey_revoke, "revoke a key").add_argument("key_id")
 

@@ -7,7 +7,8 @@
             print(sb.sandbox_id, sb.phase.name)
 
     with CubeClient("10.0.0.5:50051") as cube:         # the same methods, blocking
-        key, secret = cube.create_api_key("ci")
+        cube.create_team("acme")
+        key, secret = cube.create_api_key("ci", team="acme")
 
 It is built on the generated betterproto stub (``sdk.typed.cube.v1.MasterStub``, ``make protos``)
 over a grpclib channel. Invariants:
@@ -20,6 +21,9 @@ over a grpclib channel. Invariants:
 - Every unary call has a deadline: ``timeout_s``, or at least ``SLOW_TIMEOUT_S`` for the calls that
   wait on a node (create, pause, connect, template delete). A build watch has none: it lasts as
   long as the build.
+- Calls carry no caller: the master takes them as an operator's (admin, every team's records;
+  services/master/caller.py). What an operator creates is public (templates) or the local team's
+  (sandboxes).
 - The address is the argument, else ``$CUBE_MASTER_ADDR``, else ``cube_common.defaults.MASTER_ADDR``:
   the port the master listens on by default, from the same constant.
 - A grpclib ``Channel`` belongs to the event loop it was created in. ``AsyncCubeClient`` creates its
@@ -239,11 +243,22 @@ class AsyncCubeClient:
     async def list_nodes(self) -> list[pb.Node]:
         return (await self._call(self._stub.list_nodes, pb.ListNodesRequest())).nodes
 
+    # ---- teams ----
+
+    async def create_team(self, team_id: str) -> pb.Team:
+        return await self._call(self._stub.create_team, pb.CreateTeamRequest(team_id=team_id))
+
+    async def list_teams(self) -> list[pb.Team]:
+        return (await self._call(self._stub.list_teams, pb.ListTeamsRequest())).teams
+
     # ---- API keys ----
 
-    async def create_api_key(self, name: str = "") -> tuple[pb.ApiKey, str]:
-        """The key's record and the key itself, which the master does not keep (only its hash)."""
-        resp = await self._call(self._stub.create_api_key, pb.CreateApiKeyRequest(name=name))
+    async def create_api_key(self, name: str = "", team: str = "", admin: bool = False) -> tuple[pb.ApiKey, str]:
+        """The key's record and the key itself, which the master does not keep (only its hash).
+        ``team``: an existing team (empty: the local team); ``admin``: the key may also manage
+        public templates and sees every team's records."""
+        role = pb.ApiKeyRole(pb.ApiKeyRole.ADMIN if admin else pb.ApiKeyRole.USER)
+        resp = await self._call(self._stub.create_api_key, pb.CreateApiKeyRequest(name=name, team_id=team, role=role))
         return resp.api_key, resp.key
 
     async def list_api_keys(self) -> list[pb.ApiKey]:
@@ -388,6 +403,8 @@ class CubeClient:
     list_template_builds = _blocking(AsyncCubeClient.list_template_builds)
     watch_template_build = _blocking_iter(AsyncCubeClient.watch_template_build)
     list_nodes = _blocking(AsyncCubeClient.list_nodes)
+    create_team = _blocking(AsyncCubeClient.create_team)
+    list_teams = _blocking(AsyncCubeClient.list_teams)
     create_api_key = _blocking(AsyncCubeClient.create_api_key)
     list_api_keys = _blocking(AsyncCubeClient.list_api_keys)
     revoke_api_key = _blocking(AsyncCubeClient.revoke_api_key)

@@ -1,11 +1,12 @@
 """cube-api: the E2B-compatible REST API.
 
-    cube-api [--port 3000] [--master-addr 127.0.0.1:50051] [--domain cube.localhost] [--auth true]
+    cube-api [--host 127.0.0.1] [--port 3000] [--master-addr 127.0.0.1:50051] [--domain cube.localhost] [--auth true]
 
 Every flag has an environment variable (CUBE_API_*, and the shared CUBE_MASTER_ADDR, CUBE_DOMAIN,
 CUBE_AUTH); `cube-api --help` lists them all. Point the SDKs at it with
 E2B_API_URL=http://<host>:3000 and any E2B_API_KEY (or, with auth on, one from
-`cubemastercli apikey create`).
+`cubemastercli apikey create`). It listens on loopback unless told otherwise, and with auth off it
+refuses any other address unless given --insecure-public (cube_common/listen.py).
 """
 
 from __future__ import annotations

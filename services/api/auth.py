@@ -1,14 +1,20 @@
 """API-key authentication (the SDK sends ``X-API-KEY`` on every control-plane call).
 
-Off (default): any non-empty key is accepted, as local users expect. On: the key must be one
-issued by ``cubemastercli apikey create`` and not revoked; the master checks it against the
-SHA-256 it stored. Either way a missing key is 401 with an E2B error body.
+Off (default): any non-empty key is accepted, as local users expect, and every request acts for
+the local team as its admin (cube_common.teams.LOCAL_ADMIN). On: the key must be one issued by
+``cubemastercli apikey create`` and not revoked; the master checks it against the SHA-256 it
+stored and answers with the key's team and role, which the request then acts for. Either way a
+missing key is 401 with an E2B error body.
+
+Sets ``request.ctx.caller`` (a ``Caller``, which routes hand to the master client) and
+``request.ctx.client_id`` (E2B's ``clientID``: the key id, "local" with auth off).
 """
 
 from __future__ import annotations
 
 import grpc
 
+from cube_common.teams import LOCAL_ADMIN, Caller
 from sdk.gen.cube.v1 import master_pb2 as P
 from services.api.errors import ApiError, from_grpc
 
@@ -16,7 +22,7 @@ PUBLIC_PATHS = {"/health", "/openapi.json"}
 
 
 async def authenticate(request) -> None:
-    """Sanic request middleware: sets ``request.ctx.client_id`` or raises 401."""
+    """Sanic request middleware: sets ``request.ctx.caller`` and ``client_id`` or raises 401."""
     if request.path in PUBLIC_PATHS or request.method == "OPTIONS":
         return
     key = (request.headers.get("x-api-key") or "").strip()
@@ -25,12 +31,15 @@ async def authenticate(request) -> None:
     app = request.app
     if not app.ctx.settings.auth:
         request.ctx.client_id = "local"
+        request.ctx.caller = LOCAL_ADMIN
         return
     try:
-        rec = await app.ctx.master.call("ValidateApiKey", P.ValidateApiKeyRequest(key=key))
+        # As the API itself (no caller): only an operator may validate keys.
+        rec = await app.ctx.master.call("ValidateApiKey", P.ValidateApiKeyRequest(key=key), None)
     except grpc.RpcError as e:
         err = from_grpc(e)
         if err.status == 401:
             raise ApiError(401, "invalid API key") from e
         raise err from e
     request.ctx.client_id = rec.key_id
+    request.ctx.caller = Caller(team_id=rec.team_id, admin=rec.role == P.API_KEY_ROLE_ADMIN)

@@ -1,11 +1,24 @@
-"""The API's gRPC client for the master: one channel, per-call deadlines."""
+"""The API's gRPC client for the master: one channel, per-call deadlines, and the caller.
+
+This is the one place the API names, on a call, the team it acts for: every call made for a
+request carries the authenticated caller as gRPC metadata (cube_common.teams: ``cube-team``,
+``cube-role``), which the master scopes the call by. A call without a caller is the API acting
+as itself (validating a key) and reaches the master as an operator's; only auth.py makes one.
+"""
 
 from __future__ import annotations
 
 import grpc
 
+from cube_common.teams import ROLE_METADATA, TEAM_METADATA, Caller
 from sdk.gen.cube.v1 import master_pb2_grpc
 from services.api.settings import Settings
+
+
+def caller_metadata(caller: Caller | None) -> tuple[tuple[str, str], ...]:
+    if caller is None:
+        return ()
+    return ((TEAM_METADATA, caller.team_id), (ROLE_METADATA, caller.role))
 
 
 class MasterClient:
@@ -17,9 +30,10 @@ class MasterClient:
             ("grpc.max_reconnect_backoff_ms", 1000)])
         self.stub = master_pb2_grpc.MasterStub(self.channel)
 
-    async def call(self, method: str, request, slow: bool = False):
+    async def call(self, method: str, request, caller: Caller | None, slow: bool = False):
         fn = getattr(self.stub, method)
-        return await fn(request, timeout=self.settings.create_timeout_s if slow else self.settings.call_timeout_s)
+        return await fn(request, timeout=self.settings.create_timeout_s if slow else self.settings.call_timeout_s,
+                        metadata=caller_metadata(caller))
 
     async def close(self) -> None:
         await self.channel.close(grace=None)  # the stub lacks the default (None: cancel calls at once)

@@ -365,7 +365,7 @@ _BUILD_STATUS = {P.TEMPLATE_STATUS_BUILDING: "building", P.TEMPLATE_STATUS_READY
 def template_body(t: P.Template) -> dict:
     """`Template` (GET /templates)."""
     return {"templateID": t.template_id, "buildID": template_build_id(t), "cpuCount": t.vcpus,
-            "memoryMB": t.memory_mb, "diskSizeMB": t.disk_size_mb, "public": False, "aliases": list(t.aliases),
+            "memoryMB": t.memory_mb, "diskSizeMB": t.disk_size_mb, "public": not t.team_id, "aliases": list(t.aliases),
             "names": list(t.aliases) or [t.template_id], "createdAt": rfc3339(t.created_at),
             "updatedAt": rfc3339(t.updated_at if t.HasField("updated_at") else t.created_at), "createdBy": None,
             "lastSpawnedAt": rfc3339(t.last_spawned_at) if t.HasField("last_spawned_at") else None,

@@ -210,8 +210,9 @@ OPERATIONS = [
      {**_ok(204), **_errors(400, 401, 404, 500, 503)}),
     ("get", "/templates", "List templates", [], None, {**_ok(200, _arr(_ref("Template"))), **_errors(401, 500, 503)}),
     ("post", "/templates", "Build a template from a container image (Cube's API, not E2B's Dockerfile builds); "
-                           "202 at once, then follow the build status", [], _body("NewTemplateBuild"),
-     {**_ok(202, _ref("TemplateBuildCreated")), **_errors(400, 401, 404, 409, 500, 503)}),
+                           "202 at once, then follow the build status; 403 when a non-admin key names a public "
+                           "template", [], _body("NewTemplateBuild"),
+     {**_ok(202, _ref("TemplateBuildCreated")), **_errors(400, 401, 403, 404, 409, 500, 503)}),
     ("get", "/templates/{templateID}", "Get a template (id or alias); with its build while it is being built", [TID],
      None, {**_ok(200, _ref("TemplateWithBuilds")), **_errors(401, 404, 500, 503)}),
     ("get", "/templates/{templateID}/builds/{buildID}/status", "Status, progress and logs of a template build",
@@ -219,9 +220,10 @@ OPERATIONS = [
       _q("logsOffset", {"type": "integer", "minimum": 0}, "skip this many log entries")], None,
      {**_ok(200, _ref("TemplateBuildStatus")), **_errors(400, 401, 404, 500, 503)}),
     ("delete", "/templates/{templateID}", "Delete a template (409 naming the sandboxes that use it, unless force; "
-                                          "409 while it is being built)",
+                                          "409 while it is being built; 403 for a public template unless the key "
+                                          "is an admin's)",
      [TID, _q("force", BOOL, "kill the sandboxes that use it first")], None,
-     {**_ok(204), **_errors(400, 401, 404, 409, 500, 503)}),
+     {**_ok(204), **_errors(400, 401, 403, 404, 409, 500, 503)}),
     ("get", "/templates/aliases/{alias}", "Resolve a template alias",
      [{"name": "alias", "in": "path", "required": True, "schema": STR}], None,
      {**_ok(200, _ref("TemplateAliasResponse")), **_errors(400, 401, 404, 500, 503)}),

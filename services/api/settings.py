@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from cube_common import defaults
+from cube_common.listen import refuse_public
 from cube_common.settings import Settings as _Base, SettingsError, setting, shared
 
 E2B_DOMAINS = {"e2b.app", "e2b.dev", "e2b.pro", "e2b-staging.dev", "e2b-tango.dev", "e2b-juliett.dev"}
@@ -18,7 +19,10 @@ class Settings(_Base):
     PROG: ClassVar[str] = "cube-api"
     DESCRIPTION: ClassVar[str] = "Cube's E2B-compatible REST API"
 
-    host: str = setting("0.0.0.0", "listen address")
+    # Loopback: `make env` points the SDKs at http://127.0.0.1:<port>. Another address needs auth
+    # on, or --insecure-public (see validate).
+    host: str = setting(defaults.LOOPBACK, "listen address (an address off loopback needs --auth true "
+                        "or --insecure-public)")
     port: int = setting(defaults.API_PORT, "listen port")
     master_addr: str = shared.master_addr()
     # Returned as `domain` so the SDK reaches https://<port>-<sandboxID>.<domain> (never one of
@@ -29,9 +33,15 @@ class Settings(_Base):
     create_timeout_s: float = setting(150.0, "deadline of creates and resumes at the master (they wait for a VM)")
     call_timeout_s: float = setting(30.0, "deadline of other calls to the master")
     max_body_bytes: int = setting(1 << 20, "largest request body accepted")
+    insecure_public: bool = shared.insecure_public("listen off loopback with auth off: anyone who reaches "
+                                                   "the port may then create sandboxes with any key")
     log_level: str = shared.log_level()
 
     def validate(self) -> Settings:
+        if not self.auth:
+            refuse_public(self, "host", "auth is off: anyone who reaches it could run code on this node "
+                          "with any key", fix="turn auth on (--auth true, keys from `cubemastercli apikey "
+                          "create`)")
         if not self.domain or self.domain.strip(".") != self.domain:
             raise SettingsError(f"bad domain {self.domain!r}")
         if any(self.domain == d or self.domain.endswith("." + d) for d in E2B_DOMAINS):

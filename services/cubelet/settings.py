@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from cube_common import defaults
+from cube_common.listen import UNAUTHENTICATED_GRPC, refuse_public
 from cube_common.settings import Settings, SettingsError, check_host_ports, setting, shared
 
 
@@ -18,7 +19,8 @@ class CubeletSettings(Settings):
     DESCRIPTION: ClassVar[str] = "Cube node agent (gRPC): sandboxes, templates, warm pool"
 
     node_id: str = shared.node_id()
-    listen: str = setting(defaults.CUBELET_ADDR, "gRPC listen address")
+    listen: str = setting(defaults.CUBELET_ADDR, "gRPC listen address (off loopback only with "
+                          "--insecure-public)")
     advertise: str = setting("", "the address the master dials (default: listen)")
     etcd_endpoints: tuple[str, ...] = shared.etcd_endpoints()
     etcd_prefix: str = shared.etcd_prefix()
@@ -37,6 +39,7 @@ class CubeletSettings(Settings):
     max_concurrent_builds: int = setting(2, "template builds run at once")
     probe_timeout_s: float = setting(180.0, "how long a template's own service may take to answer its probe "
                                      "before the build fails")
+    insecure_public: bool = shared.insecure_public()
     log_level: str = shared.log_level()
 
     @property
@@ -60,6 +63,7 @@ class CubeletSettings(Settings):
         return self.advertise or self.listen
 
     def validate(self) -> CubeletSettings:
+        refuse_public(self, "listen", f"{UNAUTHENTICATED_GRPC} this node (its VMs, their tokens and files)")
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
         if not self.node_id or "/" in self.node_id:
             raise SettingsError("node_id must be non-empty and contain no '/'")

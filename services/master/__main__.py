@@ -1,6 +1,6 @@
 """cube-master: the Cube cluster brain.
 
-    cube-master [--listen 0.0.0.0:50051] [--etcd-endpoints 127.0.0.1:2379] [--leader-ttl-s 10] ...
+    cube-master [--listen 127.0.0.1:50051] [--etcd-endpoints 127.0.0.1:2379] [--leader-ttl-s 10] ...
 
 Every flag has a CUBE_MASTER_* environment variable (and the shared ones CUBE_ETCD_ENDPOINTS,
 CUBE_ETCD_PREFIX, CUBE_DEFAULT_TEMPLATE; `cube-master --help` lists them). Run several for a standby: they

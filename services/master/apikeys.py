@@ -3,6 +3,10 @@
 Only a SHA-256 of a key is stored, at <prefix>/apikeys/<key_id>, where the key id is the first 16
 hex digits of that hash: validation is one etcd read, and the key itself exists only in the
 answer to ``create``.
+
+Every key belongs to a team (which must exist when the key is made) and has a role, user or
+admin. Keys written before teams existed read as the local team's, role user (the least a key
+can do): ``effective`` is applied to every record this module returns.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from services.master import errors
 from services.master.clock import ts
 from services.master.log import get_logger
 from services.master.store import Store
+from services.master.teams import Teams, owner
 
 log = get_logger("apikeys")
 
@@ -32,25 +37,42 @@ def key_id_of(key: str) -> str:
     return digest(key)[:16]
 
 
-class ApiKeys:
-    def __init__(self, store: Store):
-        self.store = store
+def effective(rec: master_pb2.ApiKey) -> master_pb2.ApiKey:
+    """The record with its team and role as they act (see the module docstring)."""
+    rec.team_id = owner(rec.team_id)
+    if rec.role == master_pb2.API_KEY_ROLE_UNSPECIFIED:
+        rec.role = master_pb2.API_KEY_ROLE_USER
+    return rec
 
-    async def create(self, name: str) -> tuple[master_pb2.ApiKey, str]:
+
+class ApiKeys:
+    def __init__(self, store: Store, teams: Teams):
+        self.store = store
+        self.teams = teams
+
+    async def create(self, name: str, team_id: str = "",
+                     role: master_pb2.ApiKeyRole = master_pb2.API_KEY_ROLE_USER) -> tuple[master_pb2.ApiKey, str]:
         if len(name) > 128:
             raise errors.InvalidArgument("name is longer than 128 characters")
+        team_id = owner(team_id)
+        if role not in (master_pb2.API_KEY_ROLE_USER, master_pb2.API_KEY_ROLE_ADMIN):
+            role = master_pb2.API_KEY_ROLE_USER
+        if not await self.teams.exists(team_id):
+            raise errors.NotFound(f"team '{team_id}' not found; create it first")
         for _ in range(5):
             key = "e2b_" + secrets.token_hex(20)
             rec = master_pb2.ApiKey(key_id=key_id_of(key), name=name, sha256=digest(key),
-                                    mask=f"{key[:8]}...{key[-4:]}")
+                                    mask=f"{key[:8]}...{key[-4:]}", team_id=team_id, role=role)
             rec.created_at.CopyFrom(ts())
             if await self.store.create_apikey(rec):
-                log.info("api key created", extra={"key_id": rec.key_id, "key_name": name})
+                log.info("api key created", extra={"key_id": rec.key_id, "key_name": name, "team_id": team_id,
+                                                   "role": master_pb2.ApiKeyRole.Name(role)})
                 return rec, key
         raise errors.AlreadyExists("could not allocate a unique key id")
 
     async def list(self) -> list[master_pb2.ApiKey]:
-        return sorted(await self.store.list_apikeys(), key=lambda k: k.created_at.ToNanoseconds())
+        keys = [effective(k) for k in await self.store.list_apikeys()]
+        return sorted(keys, key=lambda k: k.created_at.ToNanoseconds())
 
     async def revoke(self, key_id: str) -> bool:
         if not KEY_ID_RE.match(key_id or ""):
@@ -66,4 +88,4 @@ class ApiKeys:
         rec = await self.store.get_apikey(key_id_of(key))
         if rec is None or not hmac.compare_digest(rec.sha256, digest(key)):
             raise errors.Unauthenticated("invalid API key")
-        return rec
+        return effective(rec)

@@ -1,5 +1,5 @@
 """Wiring of one master process: store, node clients, registries, gRPC server, election and the
-leader's duties (default aliases, reconciler, timeouts)."""
+leader's duties (default aliases and the local team, reconciler, timeouts)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from services.master.sandboxes import Sandboxes
 from services.master.server import MasterService
 from services.master.settings import Settings
 from services.master.store import Store
+from services.master.teams import Teams
 from services.master.templates import Templates
 
 log = get_logger("app")
@@ -34,7 +35,8 @@ class Master:
         self.nodes = NodeClients(s.node_rpc_timeout_s)
         self.templates = Templates(self.store, self.nodes, s)
         self.sandboxes = Sandboxes(self.store, self.nodes, self.templates, s)
-        self.apikeys = ApiKeys(self.store)
+        self.teams = Teams(self.store)
+        self.apikeys = ApiKeys(self.store, self.teams)
         self.builds = Builds(self.store, self.nodes, self.templates, s)
         self.reconciler = Reconciler(self.sandboxes, s.reconcile_grace_s, s.orphan_grace_s, self.builds)
         identity = master_pb2.MasterIdentity(master_id=s.master_id, address=s.advertised)
@@ -43,12 +45,13 @@ class Master:
         self._election_task: asyncio.Task | None = None
 
     def _duties(self):
-        return [self._aliases_then_reconcile(), timeouts.run(self.sandboxes, self.settings.timeout_tick_s)]
+        return [self._defaults_then_reconcile(), timeouts.run(self.sandboxes, self.settings.timeout_tick_s)]
 
-    async def _aliases_then_reconcile(self):
+    async def _defaults_then_reconcile(self):
         while True:
             try:
                 await self.templates.ensure_default_aliases()
+                await self.teams.ensure_local()
                 break
             except EtcdUnavailable:
                 await asyncio.sleep(1)
@@ -57,7 +60,8 @@ class Master:
     async def start(self) -> int:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         master_pb2_grpc.add_MasterServicer_to_server(
-            MasterService(self.sandboxes, self.templates, self.apikeys, self.election, self.builds), self.server)
+            MasterService(self.sandboxes, self.templates, self.apikeys, self.election, self.builds, self.teams),
+            self.server)
         port = self.server.add_insecure_port(self.settings.listen)
         if port == 0:
             raise RuntimeError(f"cannot listen on {self.settings.listen}")

@@ -17,6 +17,11 @@ dies leaves jobs whose heartbeat stops: the leader's reconciler fails them ("mas
 Either way the node's BuildTemplate stream is cancelled, and the cubelet removes what it built.
 Every job write compares the job's revision, so the running master and the reconciler never
 overwrite each other: a running build whose job was failed meanwhile stops.
+
+Ownership: a build, its template and its aliases belong to the caller's team (an operator's
+build makes a public template with public aliases). A job is seen by its team and by admins
+(templates.py has the rules for templates); another team's job answers NOT_FOUND. A non-admin
+cannot name a public template or public alias as the id to build (PERMISSION_DENIED).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from cube_common.etcd import EtcdUnavailable
+from cube_common.teams import Caller
 from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
 from services.master import errors
 from services.master.clock import secs, ts
@@ -39,6 +45,7 @@ from services.master.log import get_logger
 from services.master.nodes import NodeClients, node_error
 from services.master.settings import Settings
 from services.master.store import Conflict, Store, Versioned
+from services.master.teams import owner
 from services.master.templates import NAME_RE, Templates, from_info
 
 log = get_logger("builds")
@@ -142,11 +149,12 @@ class Builds:
         if len(set(aliases)) != len(aliases):
             raise bad("aliases are repeated")
 
-    async def _taken(self, tid: str) -> str | None:
-        """Why the template id cannot be built now, or None when it is free."""
+    async def _taken(self, tid: str, caller: Caller) -> str | None:
+        """Why the template id cannot be built now, or None when it is free. Template ids are one
+        namespace, so another team's template takes an id too, but its build is not named."""
         rec = await self.store.get_template(tid)
         if rec is not None:
-            if rec.value.status == P.TEMPLATE_STATUS_BUILDING:
+            if rec.value.status == P.TEMPLATE_STATUS_BUILDING and caller.sees(owner(rec.value.team_id)):
                 return f"template '{tid}' is being built (build {rec.value.build_id})"
             return f"template '{tid}' already exists"
         alias = await self.store.get_alias(tid)
@@ -157,14 +165,28 @@ class Builds:
                 return f"template '{tid}' already exists on node {node.node_id}"
         for b in await self.store.list_builds():
             if b.value.template_id == tid and b.value.phase not in TERMINAL:
+                if not caller.sees(owner(b.value.team_id)):
+                    return f"template '{tid}' already exists"
                 return f"template '{tid}' is being built (build {b.value.job_id})"
         return None
 
-    async def _check_aliases(self, tid: str, aliases) -> None:
+    async def _check_public(self, tid: str, caller: Caller) -> None:
+        """Only admins may name a public template (or alias) as the template to build."""
+        if caller.admin:
+            return
+        # A template a node has but etcd lacks is registered as public: by_id counts it.
+        tpl, alias = await asyncio.gather(self.templates.by_id(tid), self.store.get_alias(tid))
+        if (tpl is not None and not tpl.team_id) or alias is not None:
+            raise errors.PermissionDenied(f"template '{tid}' is public; only an admin can rebuild it")
+
+    async def _check_aliases(self, tid: str, aliases, team_id: str) -> None:
+        """The aliases must be free in the team's namespace, and no team may claim a public one."""
         for a in aliases:
             if a == tid:
                 raise errors.InvalidArgument(f"alias '{a}' is the template id itself")
             cur = await self.store.get_alias(a)
+            if cur is None and team_id:
+                cur = await self.store.get_alias(a, team_id)
             if cur is not None:
                 raise errors.AlreadyExists(f"alias '{a}' is already taken (template '{cur.value.template_id}')")
             if await self.store.get_template(a) is not None:
@@ -189,24 +211,26 @@ class Builds:
 
     # ---- create -------------------------------------------------------------------------------
 
-    async def create(self, req: P.CreateTemplateBuildRequest) -> P.TemplateBuild:
+    async def create(self, req: P.CreateTemplateBuildRequest, caller: Caller) -> P.TemplateBuild:
         spec = C.BuildTemplateRequest()
         spec.CopyFrom(req.build)
         aliases = list(req.aliases)
         self._validate(spec, aliases)
-        if not spec.template_id:
+        if spec.template_id:
+            await self._check_public(spec.template_id, caller)
+        else:
             spec.template_id = new_template_id()
         tid = spec.template_id
-        why = await self._taken(tid)
+        why = await self._taken(tid, caller)
         if why:
             raise errors.AlreadyExists(why)
-        await self._check_aliases(tid, aliases)
+        await self._check_aliases(tid, aliases, caller.team_id)
         node = await self._pick_node(req.node_id)
 
         now = ts()
         job = P.TemplateBuild(job_id=str(uuid.uuid4()), template_id=tid, node_id=node.node_id,
                               master_id=self.settings.master_id, aliases=aliases, created_at=now, updated_at=now,
-                              heartbeat_at=now)
+                              heartbeat_at=now, team_id=caller.team_id)
         job.spec.CopyFrom(spec)
         if spec.WhichOneof("source") == "oci_image":
             job.registry_auth = bool(spec.oci_image.username or spec.oci_image.password)
@@ -217,10 +241,11 @@ class Builds:
             template_id=tid, vcpus=spec.vcpus or 1, memory_mb=spec.memory_mb or 512,
             disk_size_mb=spec.writable_layer_mb or 1024, envd_version=self.settings.envd_version, source=source,
             status=P.TEMPLATE_STATUS_BUILDING, no_memory_sharing=spec.no_memory_sharing,
-            expose_ports=list(spec.expose_ports), build_id=job.job_id, created_at=now, updated_at=now)
+            expose_ports=list(spec.expose_ports), build_id=job.job_id, created_at=now, updated_at=now,
+            team_id=caller.team_id)
         ok, rev = await self.store.create_build(job, building)
         if not ok:
-            raise errors.AlreadyExists(await self._taken(tid) or f"template '{tid}' already exists")
+            raise errors.AlreadyExists(await self._taken(tid, caller) or f"template '{tid}' already exists")
         run = _Running(job=job, rev=rev, template_rev=rev, node=node)
         self._running[job.job_id] = run
         run.task = asyncio.get_running_loop().create_task(self._run(run, spec))
@@ -394,6 +419,7 @@ class Builds:
             info.source = spec.oci_image.reference if spec.WhichOneof("source") == "oci_image" else "default"
         tpl = from_info(info, self.settings.envd_version)
         tpl.build_id = job.job_id
+        tpl.team_id = job.team_id
         if not ev.HasField("timestamp"):
             ev.timestamp.CopyFrom(ts())
         job.phase = C.READY
@@ -468,24 +494,25 @@ class Builds:
 
     # ---- read ---------------------------------------------------------------------------------
 
-    async def _job(self, job_id: str) -> Versioned[P.TemplateBuild]:
+    async def _job(self, job_id: str, caller: Caller) -> Versioned[P.TemplateBuild]:
         v = await self.store.get_build(job_id) if JOB_ID_RE.match(job_id or "") else None
-        if v is None:
+        if v is None or not caller.sees(owner(v.value.team_id)):
             raise errors.NotFound(f"template build '{job_id}' not found")
         return v
 
-    async def get(self, job_id: str) -> P.TemplateBuild:
-        return (await self._job(job_id)).value
+    async def get(self, job_id: str, caller: Caller) -> P.TemplateBuild:
+        return (await self._job(job_id, caller)).value
 
-    async def list(self, template_id: str = "") -> list[P.TemplateBuild]:
-        out = [v.value for v in await self.store.list_builds() if not template_id or v.value.template_id == template_id]
+    async def list(self, caller: Caller, template_id: str = "") -> list[P.TemplateBuild]:
+        out = [v.value for v in await self.store.list_builds()
+               if (not template_id or v.value.template_id == template_id) and caller.sees(owner(v.value.team_id))]
         out.sort(key=lambda j: (j.created_at.ToNanoseconds(), j.job_id), reverse=True)
         return out
 
-    async def watch(self, job_id: str, poll_s: float = 1.0) -> AsyncIterator[C.TemplateBuildEvent]:
+    async def watch(self, job_id: str, caller: Caller, poll_s: float = 1.0) -> AsyncIterator[C.TemplateBuildEvent]:
         """The job's events: history, then live ones (each update of the job read from etcd, on
         an etcd watch of its key, polling as a fallback); ends after READY or FAILED."""
-        v = await self._job(job_id)
+        v = await self._job(job_id, caller)
         changed = asyncio.Event()
         follower = asyncio.get_running_loop().create_task(self._follow(self.store.build_key(job_id),
                                                                        v.mod_revision + 1, changed))

@@ -31,3 +31,7 @@ class Unavailable(MasterError):
 
 class Unauthenticated(MasterError):
     pass
+
+
+class PermissionDenied(MasterError):
+    """An admin-only call, or a change to a public template, by a caller that is not an admin."""

@@ -12,6 +12,11 @@ asked, with a deadline; the final phase is written with a CAS too. Whoever loses
 and yields (a kill always wins: a create or resume that finds its record KILLING or gone kills
 its VM again). If this master dies, or etcd goes away between the two writes, the leader's
 reconciler finds the transitional record after its deadline and finishes or undoes it.
+
+Ownership: a sandbox belongs to the team of the caller that created it (an operator's: the local
+team). Every call names its caller and every read of a record goes through ``_record``, which
+answers NOT_FOUND for another team's sandbox exactly as for an unknown id (admins see every
+team's); lists hold only the caller's team's. The leader's own duties act as ``OPERATOR``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import string
 import time
 
 from cube_common.etcd import EtcdUnavailable
+from cube_common.teams import Caller
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2, network_pb2
 from services.master import errors
 from services.master.clock import secs, ts
@@ -34,6 +40,7 @@ from services.master.routes import build_route, wait_applied
 from services.master.scheduler import load_by_node, rank
 from services.master.settings import Settings
 from services.master.store import Conflict, Store, Versioned
+from services.master.teams import owner
 from services.master.templates import Templates
 
 log = get_logger("sandboxes")
@@ -99,11 +106,13 @@ class Sandboxes:
 
     # ---- helpers ------------------------------------------------------------------------------
 
-    async def _record(self, sid: str, phases=VISIBLE_PHASES) -> Versioned[P.Sandbox]:
+    async def _record(self, sid: str, caller: Caller, phases=VISIBLE_PHASES) -> Versioned[P.Sandbox]:
+        """The record of a sandbox the caller may see; NOT_FOUND, the same answer, when it does not
+        exist, is in another phase or belongs to another team."""
         if not ID_RE.match(sid or ""):
             raise errors.NotFound(f"sandbox '{sid}' not found")
         v = await self.store.get_sandbox(sid)
-        if v is None or v.value.phase not in phases:
+        if v is None or v.value.phase not in phases or not caller.sees(owner(v.value.team_id)):
             raise errors.NotFound(f"sandbox '{sid}' not found")
         return v
 
@@ -152,7 +161,7 @@ class Sandboxes:
 
     # ---- create -------------------------------------------------------------------------------
 
-    async def create(self, req: P.CreateSandboxRequest) -> P.Sandbox:
+    async def create(self, req: P.CreateSandboxRequest, caller: Caller) -> P.Sandbox:
         timeout = req.timeout_s or self.settings.default_timeout_s
         self._check_timeout(timeout)
         if timeout < 1:
@@ -161,7 +170,7 @@ class Sandboxes:
         t0 = time.monotonic()
         # Three independent reads: one round trip's wait instead of three.
         (tpl, alias), sandboxes, nodes = await asyncio.gather(
-            self.templates.resolve(req.template), self.store.list_sandboxes(), self.store.list_nodes())
+            self.templates.resolve(req.template, caller), self.store.list_sandboxes(), self.store.list_nodes())
         if tpl.status not in (P.TEMPLATE_STATUS_READY, P.TEMPLATE_STATUS_UNSPECIFIED):
             raise errors.FailedPrecondition(f"template '{tpl.template_id}' is not ready")
         records = [v.value for v in sandboxes]
@@ -175,7 +184,7 @@ class Sandboxes:
             env_vars=dict(req.env_vars), envd_access_token=secrets.token_hex(16),
             envd_version=tpl.envd_version or self.settings.envd_version, vcpus=tpl.vcpus or 1,
             memory_mb=tpl.memory_mb or 512, disk_size_mb=tpl.disk_size_mb or 1024, auto_pause=req.auto_pause,
-            auto_resume=req.auto_resume, timeout_s=timeout)
+            auto_resume=req.auto_resume, timeout_s=timeout, team_id=owner(caller.team_id))
         if req.HasField("network"):
             rec.network.CopyFrom(req.network)
         rec.created_at.CopyFrom(ts(now))
@@ -259,10 +268,10 @@ class Sandboxes:
 
     # ---- read ---------------------------------------------------------------------------------
 
-    async def get(self, sid: str) -> P.Sandbox:
-        return (await self._record(sid)).value
+    async def get(self, sid: str, caller: Caller) -> P.Sandbox:
+        return (await self._record(sid, caller)).value
 
-    async def list(self, req: P.ListSandboxRecordsRequest) -> P.ListSandboxRecordsResponse:
+    async def list(self, req: P.ListSandboxRecordsRequest, caller: Caller) -> P.ListSandboxRecordsResponse:
         want = set(req.phases) or {P.SANDBOX_PHASE_RUNNING, P.SANDBOX_PHASE_PAUSED}
         phases: set[P.SandboxPhase] = set()
         if P.SANDBOX_PHASE_RUNNING in want:
@@ -275,7 +284,7 @@ class Sandboxes:
         template_ids = None
         if req.template:
             try:
-                tpl, _ = await self.templates.resolve(req.template)
+                tpl, _ = await self.templates.resolve(req.template, caller)
                 template_ids = {tpl.template_id, req.template}
             except errors.NotFound:
                 template_ids = {req.template}
@@ -283,7 +292,7 @@ class Sandboxes:
         out = []
         for v in await self.store.list_sandboxes():
             r = v.value
-            if r.phase not in phases:
+            if r.phase not in phases or not caller.sees(owner(r.team_id)):
                 continue
             if any(r.metadata.get(k) != val for k, val in req.metadata.items()):
                 continue
@@ -304,10 +313,10 @@ class Sandboxes:
 
     # ---- kill ---------------------------------------------------------------------------------
 
-    async def kill(self, sid: str, reason: str = "request") -> bool:
+    async def kill(self, sid: str, caller: Caller, reason: str = "request") -> bool:
         phases = VISIBLE_PHASES + (P.SANDBOX_PHASE_CREATING,)
         for _ in range(CAS_RETRIES):
-            v = await self._record(sid, phases)
+            v = await self._record(sid, caller, phases)
             rec = _copy(v.value)
             rec.phase = P.SANDBOX_PHASE_KILLING
             self._deadline(rec, self.settings.node_rpc_timeout_s * 2)
@@ -332,10 +341,10 @@ class Sandboxes:
 
     # ---- timeouts -----------------------------------------------------------------------------
 
-    async def set_timeout(self, sid: str, timeout_s: int, extend_only: bool = False) -> P.Sandbox:
+    async def set_timeout(self, sid: str, caller: Caller, timeout_s: int, extend_only: bool = False) -> P.Sandbox:
         self._check_timeout(timeout_s)
         for _ in range(CAS_RETRIES):
-            v = await self._record(sid)
+            v = await self._record(sid, caller)
             rec = _copy(v.value)
             end = time.time() + timeout_s
             if extend_only and end <= secs(rec.end_at):
@@ -353,8 +362,8 @@ class Sandboxes:
 
     # ---- pause --------------------------------------------------------------------------------
 
-    async def pause(self, sid: str, reason: str = "request") -> P.Sandbox:
-        v = await self._record(sid)
+    async def pause(self, sid: str, caller: Caller, reason: str = "request") -> P.Sandbox:
+        v = await self._record(sid, caller)
         if v.value.phase in PAUSED_PHASES:
             raise errors.FailedPrecondition(f"sandbox '{sid}' is already paused")
         rec = _copy(v.value)
@@ -418,15 +427,15 @@ class Sandboxes:
 
     # ---- connect / resume ---------------------------------------------------------------------
 
-    async def connect(self, sid: str, timeout_s: int) -> tuple[P.Sandbox, bool]:
+    async def connect(self, sid: str, caller: Caller, timeout_s: int) -> tuple[P.Sandbox, bool]:
         timeout_s = timeout_s or self.settings.default_timeout_s
         self._check_timeout(timeout_s)
         deadline = time.monotonic() + self.settings.node_op_timeout_s
         while True:
-            v = await self._record(sid)
+            v = await self._record(sid, caller)
             phase = v.value.phase
             if phase == P.SANDBOX_PHASE_RUNNING:
-                return await self.set_timeout(sid, timeout_s, extend_only=True), False
+                return await self.set_timeout(sid, caller, timeout_s, extend_only=True), False
             if phase == P.SANDBOX_PHASE_PAUSED:
                 resumed = await self._resume(v, timeout_s)
                 if resumed is not None:
@@ -480,8 +489,8 @@ class Sandboxes:
 
     # ---- metrics, logs, network ---------------------------------------------------------------
 
-    async def metrics(self, req: P.GetSandboxMetricsRequest) -> cubelet_pb2.SandboxMetricsResponse:
-        rec = (await self._record(req.sandbox_id)).value
+    async def metrics(self, req: P.GetSandboxMetricsRequest, caller: Caller) -> cubelet_pb2.SandboxMetricsResponse:
+        rec = (await self._record(req.sandbox_id, caller)).value
         if rec.phase != P.SANDBOX_PHASE_RUNNING:
             return cubelet_pb2.SandboxMetricsResponse()
         node = await self._node(rec.node_id)
@@ -495,8 +504,8 @@ class Sandboxes:
                 and (hi is None or m.timestamp.ToNanoseconds() <= hi)]
         return cubelet_pb2.SandboxMetricsResponse(metrics=keep)
 
-    async def logs(self, req: cubelet_pb2.SandboxLogsRequest) -> cubelet_pb2.SandboxLogsResponse:
-        rec = (await self._record(req.sandbox_id)).value
+    async def logs(self, req: cubelet_pb2.SandboxLogsRequest, caller: Caller) -> cubelet_pb2.SandboxLogsResponse:
+        rec = (await self._record(req.sandbox_id, caller)).value
         node = await self._node(rec.node_id)
         if node is None:
             return cubelet_pb2.SandboxLogsResponse()
@@ -505,9 +514,9 @@ class Sandboxes:
         except errors.NotFound:
             return cubelet_pb2.SandboxLogsResponse()
 
-    async def update_network(self, sid: str, policy: network_pb2.NetworkPolicy) -> P.Sandbox:
+    async def update_network(self, sid: str, caller: Caller, policy: network_pb2.NetworkPolicy) -> P.Sandbox:
         for _ in range(CAS_RETRIES):
-            v = await self._record(sid)
+            v = await self._record(sid, caller)
             rec = _copy(v.value)
             if rec.phase == P.SANDBOX_PHASE_RUNNING:
                 node = await self._node(rec.node_id)

@@ -1,5 +1,9 @@
 """gRPC service ``cube.v1.Master``: translates protos to the modules' calls and their errors to
-status codes. No logic of its own."""
+status codes. No logic of its own, except which calls are admin-only.
+
+Every method gets the call's caller (caller.py reads it from the metadata, once, in ``_rpc``)
+instead of the servicer context, and hands it to the module it calls.
+"""
 
 from __future__ import annotations
 
@@ -8,14 +12,17 @@ import functools
 import grpc
 
 from cube_common.etcd import EtcdUnavailable
+from cube_common.teams import OPERATOR
 from sdk.gen.cube.v1 import master_pb2 as P, master_pb2_grpc
 from services.master import errors
 from services.master.apikeys import ApiKeys
 from services.master.builds import Builds
+from services.master.caller import from_context, require_admin
 from services.master.leader import Election
 from services.master.log import get_logger
 from services.master.sandboxes import Sandboxes
 from services.master.store import Conflict
+from services.master.teams import Teams
 from services.master.templates import Templates
 
 log = get_logger("server")
@@ -28,6 +35,7 @@ _CODES = (
     (errors.Exhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
     (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (EtcdUnavailable, grpc.StatusCode.UNAVAILABLE),
     (Conflict, grpc.StatusCode.ABORTED),
 )
@@ -46,7 +54,7 @@ def _rpc(fn):
     @functools.wraps(fn)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
-            return await fn(self, request, context)
+            return await fn(self, request, from_context(context))
         except Exception as e:
             await _abort(context, e, fn.__name__)
     return wrapper
@@ -57,7 +65,7 @@ def _stream(fn):
     @functools.wraps(fn)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
-            async for item in fn(self, request, context):
+            async for item in fn(self, request, from_context(context)):
                 yield item
         except Exception as e:
             await _abort(context, e, fn.__name__)
@@ -66,105 +74,112 @@ def _stream(fn):
 
 class MasterService(master_pb2_grpc.MasterServicer):
     def __init__(self, sandboxes: Sandboxes, templates: Templates, apikeys: ApiKeys, election: Election,
-                 builds: Builds):
+                 builds: Builds, teams: Teams):
         self.sb = sandboxes
         self.tpl = templates
         self.builds = builds
         self.keys = apikeys
+        self.teams = teams
         self.election = election
         self.store = sandboxes.store
 
     # ---- sandboxes ----
     @_rpc
-    async def CreateSandbox(self, request, context):
-        return await self.sb.create(request)
+    async def CreateSandbox(self, request, caller):
+        return await self.sb.create(request, caller)
 
     @_rpc
-    async def GetSandbox(self, request, context):
-        return await self.sb.get(request.sandbox_id)
+    async def GetSandbox(self, request, caller):
+        return await self.sb.get(request.sandbox_id, caller)
 
     @_rpc
-    async def ListSandboxRecords(self, request, context):
-        return await self.sb.list(request)
+    async def ListSandboxRecords(self, request, caller):
+        return await self.sb.list(request, caller)
 
     @_rpc
-    async def KillSandboxRecord(self, request, context):
-        return P.KillSandboxRecordResponse(killed=await self.sb.kill(request.sandbox_id))
+    async def KillSandboxRecord(self, request, caller):
+        return P.KillSandboxRecordResponse(killed=await self.sb.kill(request.sandbox_id, caller))
 
     @_rpc
-    async def SetSandboxTimeout(self, request, context):
-        return await self.sb.set_timeout(request.sandbox_id, request.timeout_s, request.extend_only)
+    async def SetSandboxTimeout(self, request, caller):
+        return await self.sb.set_timeout(request.sandbox_id, caller, request.timeout_s, request.extend_only)
 
     @_rpc
-    async def PauseSandboxRecord(self, request, context):
-        return await self.sb.pause(request.sandbox_id)
+    async def PauseSandboxRecord(self, request, caller):
+        return await self.sb.pause(request.sandbox_id, caller)
 
     @_rpc
-    async def ConnectSandbox(self, request, context):
-        rec, resumed = await self.sb.connect(request.sandbox_id, request.timeout_s)
+    async def ConnectSandbox(self, request, caller):
+        rec, resumed = await self.sb.connect(request.sandbox_id, caller, request.timeout_s)
         return P.ConnectSandboxResponse(sandbox=rec, resumed=resumed)
 
     @_rpc
-    async def GetSandboxMetrics(self, request, context):
-        return await self.sb.metrics(request)
+    async def GetSandboxMetrics(self, request, caller):
+        return await self.sb.metrics(request, caller)
 
     @_rpc
-    async def GetSandboxLogs(self, request, context):
-        return await self.sb.logs(request)
+    async def GetSandboxLogs(self, request, caller):
+        return await self.sb.logs(request, caller)
 
     @_rpc
-    async def UpdateSandboxNetwork(self, request, context):
-        return await self.sb.update_network(request.sandbox_id, request.network)
+    async def UpdateSandboxNetwork(self, request, caller):
+        return await self.sb.update_network(request.sandbox_id, caller, request.network)
 
     # ---- templates ----
     @_rpc
-    async def ListTemplateRecords(self, request, context):
-        return P.ListTemplateRecordsResponse(templates=await self.tpl.list())
+    async def ListTemplateRecords(self, request, caller):
+        return P.ListTemplateRecordsResponse(templates=await self.tpl.list(caller))
 
     @_rpc
-    async def GetTemplate(self, request, context):
-        return await self.tpl.get(request.template)
+    async def GetTemplate(self, request, caller):
+        return await self.tpl.get(request.template, caller)
 
     @_rpc
-    async def DeleteTemplateRecord(self, request, context):
-        tpl, _ = await self.tpl.resolve(request.template)
+    async def DeleteTemplateRecord(self, request, caller):
+        tpl = await self.tpl.managed(request.template, caller)
         in_use = await self.sb.users_of(tpl.template_id)
-        kill = self.sb.kill if request.force else None
-        return P.DeleteTemplateRecordResponse(deleted=await self.tpl.delete(tpl.template_id, in_use, kill))
+
+        async def kill(sid: str) -> bool:
+            # Whoever may delete the template may end what runs from it, whichever team's it is.
+            return await self.sb.kill(sid, OPERATOR, reason="template deleted")
+        deleted = await self.tpl.delete(tpl, in_use, kill if request.force else None)
+        return P.DeleteTemplateRecordResponse(deleted=deleted)
 
     @_rpc
-    async def PutTemplate(self, request, context):
-        return await self.tpl.put(request.template)
+    async def PutTemplate(self, request, caller):
+        require_admin(caller, "registering a template")
+        return await self.tpl.put(request.template, caller)
 
     @_rpc
-    async def SetTemplateAlias(self, request, context):
-        return await self.tpl.set_alias(request)
+    async def SetTemplateAlias(self, request, caller):
+        return await self.tpl.set_alias(request, caller)
 
     @_rpc
-    async def ResolveTemplateAlias(self, request, context):
-        return await self.tpl.resolve_alias(request.alias)
+    async def ResolveTemplateAlias(self, request, caller):
+        return await self.tpl.resolve_alias(request.alias, caller)
 
     # ---- template builds ----
     @_rpc
-    async def CreateTemplateBuild(self, request, context):
-        return await self.builds.create(request)
+    async def CreateTemplateBuild(self, request, caller):
+        return await self.builds.create(request, caller)
 
     @_rpc
-    async def GetTemplateBuild(self, request, context):
-        return await self.builds.get(request.job_id)
+    async def GetTemplateBuild(self, request, caller):
+        return await self.builds.get(request.job_id, caller)
 
     @_rpc
-    async def ListTemplateBuilds(self, request, context):
-        return P.ListTemplateBuildsResponse(builds=await self.builds.list(request.template_id))
+    async def ListTemplateBuilds(self, request, caller):
+        return P.ListTemplateBuildsResponse(builds=await self.builds.list(caller, request.template_id))
 
     @_stream
-    async def WatchTemplateBuild(self, request, context):
-        async for ev in self.builds.watch(request.job_id):
+    async def WatchTemplateBuild(self, request, caller):
+        async for ev in self.builds.watch(request.job_id, caller):
             yield ev
 
     # ---- nodes ----
     @_rpc
-    async def ListNodes(self, request, context):
+    async def ListNodes(self, request, caller):
+        require_admin(caller, "listing nodes")
         records = [v.value for v in await self.store.list_sandboxes()]
         out = []
         for n in sorted(await self.store.list_nodes(), key=lambda n: n.node_id):
@@ -174,26 +189,42 @@ class MasterService(master_pb2_grpc.MasterServicer):
                               sandboxes_paused=sum(r.phase == P.SANDBOX_PHASE_PAUSED for r in mine)))
         return P.ListNodesResponse(nodes=out)
 
+    # ---- teams ----
+    @_rpc
+    async def CreateTeam(self, request, caller):
+        require_admin(caller, "creating a team")
+        return await self.teams.create(request.team_id)
+
+    @_rpc
+    async def ListTeams(self, request, caller):
+        require_admin(caller, "listing teams")
+        return P.ListTeamsResponse(teams=await self.teams.list())
+
     # ---- API keys ----
     @_rpc
-    async def CreateApiKey(self, request, context):
-        rec, key = await self.keys.create(request.name)
+    async def CreateApiKey(self, request, caller):
+        require_admin(caller, "creating an API key")
+        rec, key = await self.keys.create(request.name, request.team_id, request.role)
         return P.CreateApiKeyResponse(api_key=rec, key=key)
 
     @_rpc
-    async def ListApiKeys(self, request, context):
+    async def ListApiKeys(self, request, caller):
+        require_admin(caller, "listing API keys")
         return P.ListApiKeysResponse(api_keys=await self.keys.list())
 
     @_rpc
-    async def RevokeApiKey(self, request, context):
+    async def RevokeApiKey(self, request, caller):
+        require_admin(caller, "revoking an API key")
         return P.RevokeApiKeyResponse(revoked=await self.keys.revoke(request.key_id))
 
     @_rpc
-    async def ValidateApiKey(self, request, context):
+    async def ValidateApiKey(self, request, caller):
+        # cube-api asks as itself (no caller); a team's caller has no business probing keys.
+        require_admin(caller, "validating an API key")
         return await self.keys.validate(request.key)
 
     # ---- cluster ----
     @_rpc
-    async def GetClusterStatus(self, request, context):
+    async def GetClusterStatus(self, request, caller):
         leader = await self.election.current()
         return P.ClusterStatus(leader=leader, self=self.election.identity, is_leader=self.election.is_leader)

@@ -12,6 +12,7 @@ deadline, never as a hang (``cube_common.etcd``, which also fails over between e
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -82,6 +83,12 @@ class Store:
             except json_format.ParseError:
                 log.warning("unparsable value in etcd", extra={"key": kv.key.decode(errors="replace")})
         return out
+
+    async def _put_new(self, key: bytes, msg: Message) -> bool:
+        """Write a record only if its key is free; False when it exists."""
+        t = self.t
+        ok, _ = await self.txn([t.create(key) == 0], [t.put(key, to_json(msg))])
+        return ok
 
     async def txn(self, compare, success, failure=()) -> tuple[bool, int]:
         """One transaction; returns (succeeded, revision of the write or 0)."""
@@ -173,22 +180,34 @@ class Store:
         r = await self.call(lambda c: c.put(self.keys.template(tpl.template_id), to_json(tpl)))
         return r.header.revision
 
-    async def delete_template(self, tid: str, aliases: list[str]) -> bool:
+    def _alias_key(self, alias: master_pb2.TemplateAlias) -> bytes:
+        return self.keys.alias(alias.alias, alias.team_id)
+
+    async def delete_template(self, tid: str, aliases: list[master_pb2.TemplateAlias]) -> bool:
         t = self.t
         k = self.keys.template(tid)
-        ops = [t.delete(k)] + [t.delete(self.keys.alias(a)) for a in aliases]
+        ops = [t.delete(k)] + [t.delete(self._alias_key(a)) for a in aliases]
         ok, _ = await self.txn([t.create(k) > 0], ops)
         return ok
 
-    async def get_alias(self, alias: str) -> Versioned[master_pb2.TemplateAlias] | None:
-        return await self._get(self.keys.alias(alias), master_pb2.TemplateAlias)
+    async def get_alias(self, alias: str, team_id: str = "") -> Versioned[master_pb2.TemplateAlias] | None:
+        """A public alias (``team_id`` empty) or one of a team's own."""
+        v = await self._get(self.keys.alias(alias, team_id), master_pb2.TemplateAlias)
+        if v is not None:
+            v.value.team_id = team_id  # the key says whose it is, whatever the value says
+        return v
 
     async def list_aliases(self) -> list[Versioned[master_pb2.TemplateAlias]]:
-        return await self._list(self.keys.aliases(), master_pb2.TemplateAlias)
+        """Every alias: the public ones and every team's."""
+        public, teams = await asyncio.gather(self._list(self.keys.aliases(), master_pb2.TemplateAlias),
+                                             self._list(self.keys.team_aliases(), master_pb2.TemplateAlias))
+        for v in public:
+            v.value.team_id = ""
+        return public + [v for v in teams if v.value.team_id]
 
     async def put_alias(self, alias: master_pb2.TemplateAlias, only_if_absent: bool = False) -> bool:
         t = self.t
-        k = self.keys.alias(alias.alias)
+        k = self._alias_key(alias)
         ok, _ = await self.txn([t.create(k) == 0] if only_if_absent else [], [t.put(k, to_json(alias))])
         return ok
 
@@ -230,12 +249,14 @@ class Store:
 
     async def finish_build(self, job: master_pb2.TemplateBuild, expect_rev: int,
                            template: master_pb2.Template, aliases: list[str]) -> int:
-        """A READY build: the job, its template's record and its aliases in one transaction."""
+        """A READY build: the job, its template's record and its aliases (in the template's team's
+        namespace) in one transaction."""
         t = self.t
         k = self.build_key(job.job_id)
         ops = [t.put(k, to_json(job)), t.put(self.keys.template(template.template_id), to_json(template))]
-        ops += [t.put(self.keys.alias(a),
-                      to_json(master_pb2.TemplateAlias(alias=a, template_id=template.template_id))) for a in aliases]
+        for a in aliases:
+            rec = master_pb2.TemplateAlias(alias=a, template_id=template.template_id, team_id=template.team_id)
+            ops.append(t.put(self._alias_key(rec), to_json(rec)))
         ok, rev = await self.txn([t.mod(k) == expect_rev], ops)
         if not ok:
             raise Conflict(f"template build {job.job_id} changed")
@@ -257,14 +278,23 @@ class Store:
         return [v.value for v in await self._list(self.keys.apikeys(), master_pb2.ApiKey)]
 
     async def create_apikey(self, key: master_pb2.ApiKey) -> bool:
-        t = self.t
-        k = self.keys.apikey(key.key_id)
-        ok, _ = await self.txn([t.create(k) == 0], [t.put(k, to_json(key))])
-        return ok
+        return await self._put_new(self.keys.apikey(key.key_id), key)
 
     async def delete_apikey(self, key_id: str) -> bool:
         r = await self.call(lambda c: c.delete(self.keys.apikey(key_id)))
         return r is not None
+
+    # ---- teams ----------------------------------------------------------------------------
+
+    async def get_team(self, team_id: str) -> master_pb2.Team | None:
+        v = await self._get(self.keys.team(team_id), master_pb2.Team)
+        return v.value if v else None
+
+    async def list_teams(self) -> list[master_pb2.Team]:
+        return [v.value for v in await self._list(self.keys.teams(), master_pb2.Team)]
+
+    async def create_team(self, team: master_pb2.Team) -> bool:
+        return await self._put_new(self.keys.team(team.team_id), team)
 
     # ---- nodes (written by the cubelets) --------------------------------------------------
 

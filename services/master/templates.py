@@ -1,11 +1,22 @@
-"""The template registry: records at <prefix>/templates/<id>, aliases at
-<prefix>/template-aliases/<alias>.
+"""The template registry: records at <prefix>/templates/<id>, public aliases at
+<prefix>/template-aliases/<alias>, a team's own at <prefix>/team-aliases/<team_id>/<alias>.
 
 Templates are built (and their snapshots kept) by the cubelets; a node lists the ones it has in
 NodeStatus.templates. The registry learns a template the first time it is asked for one a node
 has (and the leader syncs them periodically), so a template built on a node is usable without
 a separate registration step. The SDKs' default names (`base`, `code-interpreter-v1`) are aliases
 of the default template, created by the leader when absent.
+
+Ownership: a template with a team id belongs to that team; without one it is public (the default
+template, what operators build and register, what a node reports that etcd lacks, and records
+written before teams existed). A caller sees the public templates and its own team's (admins:
+all); another team's answers NOT_FOUND, as an unknown name does. Public templates are usable by
+every team and changed (deleted, re-aliased, rebuilt) only by admins: PERMISSION_DENIED.
+
+Names: template ids are one namespace for the whole cluster (they name snapshots on the nodes);
+aliases are per team. A name is resolved as the caller's team's alias, then a public alias, then
+a template id the caller may use. A team cannot claim a public alias (that needs an admin), and
+its aliases never hide another team's, which live in their own namespace.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ import builtins
 import re
 
 from cube_common.etcd import EtcdUnavailable
+from cube_common.teams import Caller
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2
 from services.master import errors
 from services.master.clock import ts
@@ -41,12 +53,20 @@ def from_info(info: cubelet_pb2.TemplateInfo, default_envd: str) -> master_pb2.T
     return t
 
 
+def visible(caller: Caller, tpl: master_pb2.Template) -> bool:
+    return not tpl.team_id or caller.sees(tpl.team_id)
+
+
 def in_use_message(tid: str, users: list[master_pb2.Sandbox], shown: int = 20) -> str:
     names = [f"{s.sandbox_id} ({master_pb2.SandboxPhase.Name(s.phase).removeprefix('SANDBOX_PHASE_').lower()})"
              for s in users[:shown]]
     more = f" and {len(users) - shown} more" if len(users) > shown else ""
     return (f"template '{tid}' is used by {len(users)} sandbox(es): {', '.join(names)}{more}; "
             "kill them first or delete with force (which kills them)")
+
+
+async def _none() -> None:
+    return None
 
 
 class Templates:
@@ -56,33 +76,49 @@ class Templates:
         self.settings = settings
         self._bg: set[asyncio.Task] = set()
 
-    async def _decorate(self, tpl: master_pb2.Template, aliases=None, nodes=None) -> master_pb2.Template:
+    async def _decorate(self, tpl: master_pb2.Template, caller: Caller, aliases=None, nodes=None
+                        ) -> master_pb2.Template:
+        """The record with its aliases (the public ones, its team's, and the caller's team's own
+        names for it) and the nodes that have it."""
         out = master_pb2.Template()
         out.CopyFrom(tpl)
         aliases = aliases if aliases is not None else await self.store.list_aliases()
         nodes = nodes if nodes is not None else await self.store.list_nodes()
+        spaces = {"", tpl.team_id, caller.team_id}
         del out.aliases[:]
-        out.aliases.extend(sorted(a.value.alias for a in aliases if a.value.template_id == tpl.template_id))
+        out.aliases.extend(sorted(a.value.alias for a in aliases
+                                  if a.value.template_id == tpl.template_id and a.value.team_id in spaces))
         del out.node_ids[:]
         out.node_ids.extend(sorted(n.node_id for n in nodes if tpl.template_id in n.templates))
         return out
 
-    async def resolve(self, ref: str) -> tuple[master_pb2.Template, str]:
-        """Template record for an id or alias, and the alias used ("" for an id)."""
+    async def by_id(self, tid: str) -> master_pb2.Template | None:
+        """The record of a template id (registering one a node has), whoever's it is."""
+        rec = await self.store.get_template(tid)
+        return rec.value if rec is not None else await self.discover(tid)
+
+    async def resolve(self, ref: str, caller: Caller) -> tuple[master_pb2.Template, str]:
+        """Template record for an id or alias the caller may use, and the alias used ("" for an
+        id); the order is the module docstring's."""
         if not ref or not NAME_RE.match(ref):
             raise errors.NotFound(f"template '{ref}' not found")
-        alias = ""
-        tid = ref
-        a = await self.store.get_alias(ref)
-        if a is not None:
-            alias, tid = ref, a.value.template_id
-        rec = await self.store.get_template(tid)
-        if rec is not None:
-            return rec.value, alias
-        found = await self.discover(tid)
-        if found is None:
+        # One round trip for the three places the name may be.
+        mine, public, direct = await asyncio.gather(
+            self.store.get_alias(ref, caller.team_id) if caller.team_id else _none(),
+            self.store.get_alias(ref), self.store.get_template(ref))
+        a = mine or public
+        alias, tid = (ref, a.value.template_id) if a is not None else ("", ref)
+        tpl = direct.value if direct is not None and tid == ref else await self.by_id(tid)
+        if tpl is None or not visible(caller, tpl):
             raise errors.NotFound(f"template '{ref}' not found")
-        return found, alias
+        return tpl, alias
+
+    async def managed(self, ref: str, caller: Caller) -> master_pb2.Template:
+        """The template ``ref`` names if the caller may change it (see the module docstring)."""
+        tpl, _ = await self.resolve(ref, caller)
+        if not tpl.team_id and not caller.admin:
+            raise errors.PermissionDenied(f"template '{tpl.template_id}' is public; only an admin can change it")
+        return tpl
 
     async def discover(self, tid: str) -> master_pb2.Template | None:
         """Register a template a node reports having (NodeStatus.templates) but etcd lacks."""
@@ -126,17 +162,19 @@ class Templates:
             if await self.store.put_alias(record, only_if_absent=True):
                 log.info("default alias created", extra={"alias": alias, "template_id": record.template_id})
 
-    async def list(self) -> list[master_pb2.Template]:
-        aliases = await self.store.list_aliases()
-        nodes = await self.store.list_nodes()
-        recs = await self.store.list_templates()
-        return [await self._decorate(r.value, aliases, nodes) for r in sorted(recs, key=lambda r: r.value.template_id)]
+    async def list(self, caller: Caller) -> list[master_pb2.Template]:
+        aliases, nodes, recs = await asyncio.gather(self.store.list_aliases(), self.store.list_nodes(),
+                                                    self.store.list_templates())
+        mine = sorted((r.value for r in recs if visible(caller, r.value)), key=lambda t: t.template_id)
+        return [await self._decorate(t, caller, aliases, nodes) for t in mine]
 
-    async def get(self, ref: str) -> master_pb2.Template:
-        tpl, _ = await self.resolve(ref)
-        return await self._decorate(tpl)
+    async def get(self, ref: str, caller: Caller) -> master_pb2.Template:
+        tpl, _ = await self.resolve(ref, caller)
+        return await self._decorate(tpl, caller)
 
-    async def put(self, tpl: master_pb2.Template) -> master_pb2.Template:
+    async def put(self, tpl: master_pb2.Template, caller: Caller) -> master_pb2.Template:
+        """Register a record (admins only); its aliases go to its team's namespace (a public one's: the
+        public namespace)."""
         if not NAME_RE.match(tpl.template_id):
             raise errors.InvalidArgument(f"invalid template id '{tpl.template_id}'")
         for a in tpl.aliases:
@@ -155,30 +193,47 @@ class Templates:
             rec.status = master_pb2.TEMPLATE_STATUS_READY
         await self.store.put_template(rec)
         for a in tpl.aliases:
-            await self.store.put_alias(master_pb2.TemplateAlias(alias=a, template_id=rec.template_id))
-        return await self._decorate(rec)
+            await self.store.put_alias(master_pb2.TemplateAlias(alias=a, template_id=rec.template_id,
+                                                                team_id=rec.team_id))
+        return await self._decorate(rec, caller)
 
-    async def set_alias(self, alias: master_pb2.TemplateAlias) -> master_pb2.TemplateAlias:
+    async def set_alias(self, alias: master_pb2.TemplateAlias, caller: Caller) -> master_pb2.TemplateAlias:
+        """Point an alias at a template the caller may use: a public alias (admins only), else one
+        in the caller's team's namespace (an operator's: the public one)."""
         if not NAME_RE.match(alias.alias):
             raise errors.InvalidArgument(f"invalid alias '{alias.alias}'")
-        if await self.store.get_template(alias.template_id) is None and await self.discover(alias.template_id) is None:
+        tpl = await self.by_id(alias.template_id) if NAME_RE.match(alias.template_id) else None
+        if tpl is None or not visible(caller, tpl):
             raise errors.NotFound(f"template '{alias.template_id}' not found")
-        await self.store.put_alias(alias)
-        return alias
+        public = await self.store.get_alias(alias.alias)
+        if public is not None and not caller.admin:
+            raise errors.PermissionDenied(f"alias '{alias.alias}' is public; only an admin can change it")
+        team_id = "" if public is not None else caller.team_id
+        rec = master_pb2.TemplateAlias(alias=alias.alias, template_id=tpl.template_id, team_id=team_id)
+        await self.store.put_alias(rec)
+        log.info("alias set", extra={"alias": rec.alias, "template_id": rec.template_id, "team_id": team_id})
+        return rec
 
-    async def resolve_alias(self, alias: str) -> master_pb2.TemplateAlias:
-        a = await self.store.get_alias(alias) if NAME_RE.match(alias or "") else None
-        if a is None:
-            raise errors.NotFound(f"template alias '{alias}' not found")
-        return a.value
+    async def resolve_alias(self, alias: str, caller: Caller) -> master_pb2.TemplateAlias:
+        """The caller's team's alias, else a public one, if it names a template the caller may use
+        (or one not registered yet: the default aliases exist before their template)."""
+        a = None
+        if NAME_RE.match(alias or ""):
+            a = (await self.store.get_alias(alias, caller.team_id) if caller.team_id else None) \
+                or await self.store.get_alias(alias)
+        if a is not None:
+            rec = await self.store.get_template(a.value.template_id)
+            if rec is None or visible(caller, rec.value):
+                return a.value
+        raise errors.NotFound(f"template alias '{alias}' not found")
 
-    async def delete(self, ref: str, in_use: builtins.list[master_pb2.Sandbox], kill) -> bool:
+    async def delete(self, tpl: master_pb2.Template, in_use: builtins.list[master_pb2.Sandbox], kill) -> bool:
         """Delete a template everywhere: on its nodes first (so a failure leaves the record for a
-        retry), then its record and aliases. ``in_use`` are the sandboxes that use it (running or
-        paused); without ``kill`` (a coroutine function killing one) they make this
-        FAILED_PRECONDITION, with a message that names them. A template being built cannot be
-        deleted until its build ends."""
-        tpl, _ = await self.resolve(ref)
+        retry), then its record and every alias of it (public and the teams'). The caller checked
+        that it may (``managed``). ``in_use`` are the sandboxes that use it (running or paused);
+        without ``kill`` (a coroutine function killing one) they make this FAILED_PRECONDITION,
+        with a message that names them. A template being built cannot be deleted until its build
+        ends."""
         tid = tpl.template_id
         if tpl.status == master_pb2.TEMPLATE_STATUS_BUILDING:
             raise errors.FailedPrecondition(
@@ -198,9 +253,11 @@ class Templates:
                                           cubelet_pb2.DeleteTemplateRequest(template_id=tid, force=True))
                 except errors.NotFound:
                     pass
-        aliases = [a.value.alias for a in await self.store.list_aliases() if a.value.template_id == tid]
+        aliases = [a.value for a in await self.store.list_aliases() if a.value.template_id == tid]
         ok = await self.store.delete_template(tid, aliases)
-        log.info("template deleted", extra={"template_id": tid, "aliases": aliases})
+        log.info("template deleted", extra={"template_id": tid, "team_id": tpl.team_id,
+                                            "aliases": [f"{a.team_id}/{a.alias}" if a.team_id else a.alias
+                                                        for a in aliases]})
         return ok
 
     def note_spawn(self, tid: str) -> None:

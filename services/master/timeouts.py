@@ -7,6 +7,7 @@ import asyncio
 import time
 
 from cube_common.etcd import EtcdUnavailable
+from cube_common.teams import OPERATOR
 from sdk.gen.cube.v1 import master_pb2
 from services.master import errors
 from services.master.clock import secs
@@ -28,9 +29,9 @@ async def expire_once(sandboxes: Sandboxes, now: float | None = None) -> list[st
         async with sem:
             try:
                 if rec.auto_pause:
-                    await sandboxes.pause(rec.sandbox_id, reason="timeout")
+                    await sandboxes.pause(rec.sandbox_id, OPERATOR, reason="timeout")
                 else:
-                    await sandboxes.kill(rec.sandbox_id, reason="timeout")
+                    await sandboxes.kill(rec.sandbox_id, OPERATOR, reason="timeout")
             except (errors.NotFound, errors.FailedPrecondition):
                 pass  # killed, paused or extended meanwhile
             except (errors.MasterError, EtcdUnavailable) as e:

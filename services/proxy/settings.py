@@ -11,6 +11,7 @@ from typing import ClassVar
 
 from cube_common import defaults
 from cube_common.keys import Keys, normalize_prefix
+from cube_common.listen import refuse_public
 from cube_common.settings import Settings, SettingsError, check_host_ports, setting, shared
 
 
@@ -91,6 +92,10 @@ class ProxySettings(Settings):
     master_addr: str = shared.master_addr(flag="--master", env=("CUBE_PROXY_MASTER",),
                                           help="master gRPC address, for auto-resume ('' turns it off)")
     resume_timeout: float = setting(60.0, "how long the resumer waits for a resume")
+    # Only for the admin and resumer listeners: the HTTPS/HTTP sandbox listeners are meant to be
+    # exposed (every sandbox request there is routed by id and guarded by the sandbox's tokens).
+    insecure_public: bool = shared.insecure_public("let --admin and --resumer listen off loopback "
+                                                   "although they authenticate no caller")
 
     def __post_init__(self) -> None:
         if not self.proxy_id:
@@ -107,6 +112,10 @@ class ProxySettings(Settings):
         object.__setattr__(self, "domain", self.domain.strip(".").lower())
 
     def validate(self) -> ProxySettings:
+        refuse_public(self, "admin", "Envoy's admin interface authenticates no one: a caller could read "
+                      "every route and stop Envoy")
+        refuse_public(self, "resumer", "the resumer authenticates no one: a caller could resume any paused "
+                      "sandbox")
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
         return self
 

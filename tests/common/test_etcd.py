@@ -19,6 +19,8 @@ def test_key_layout():
     assert k.route("s1") == b"/cube/routes/s1" and k.routes() == b"/cube/routes/"
     assert k.template("t") == b"/cube/templates/t" and k.alias("a") == b"/cube/template-aliases/a"
     assert k.build("j") == b"/cube/template-builds/j" and k.apikey("x") == b"/cube/apikeys/x"
+    assert k.alias("a", "team-a") == b"/cube/team-aliases/team-a/a" and k.team("t") == b"/cube/teams/t"
+    assert k.team_aliases() == b"/cube/team-aliases/" and k.teams() == b"/cube/teams/"
     assert k.node("n") == b"/cube/nodes/n" and k.leader() == b"/cube/leader"
     assert k.proxy_applied("p1") == b"/cube/proxy/p1/applied_revision"
     assert k.proxy_of_applied(k.proxy_applied("p1")) == "p1"

@@ -15,6 +15,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -195,6 +197,19 @@ class Cluster:
         shutil.rmtree(self.workdir, ignore_errors=True)  # the processes' logs; failures quote them first
 
 
+@contextmanager
+def one_node_cluster(etcd_endpoint: str, **api_env: str) -> Iterator[Cluster]:
+    """One master, one API (started with ``api_env``), one fake node ``node-a``; stopped on exit."""
+    c = Cluster(etcd_endpoint)
+    try:
+        c.add_cubelet("node-a")
+        c.start_master()
+        c.start_api(**api_env)
+        yield c
+    finally:
+        c.stop()
+
+
 def wait_until(cond, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     last = None
@@ -206,4 +221,4 @@ def wait_until(cond, timeout: float = 10.0, interval: float = 0.05, what: str = 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-__all__ = ["Cluster", "Proc", "master_pb2", "wait_until"]
+__all__ = ["Cluster", "Proc", "master_pb2", "one_node_cluster", "wait_until"]

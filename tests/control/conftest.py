@@ -5,20 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.control.cluster import Cluster
+from tests.control.cluster import Cluster, one_node_cluster
 
 
 @pytest.fixture(scope="module")
 def cluster(etcd_server):
     """One master, one API (auth off), one fake node; shared by a module's tests."""
-    c = Cluster(etcd_server.endpoint)
-    try:
-        c.add_cubelet("node-a")
-        c.start_master()
-        c.start_api()
+    with one_node_cluster(etcd_server.endpoint) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture

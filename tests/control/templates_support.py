@@ -72,9 +72,10 @@ def reset(cluster) -> None:
     for k in cluster.keys("templates/"):
         if k.rsplit("/", 1)[1] not in BASE_TEMPLATES:
             cluster.etcd.delete(k)
-    for k, v in cluster.etcd.prefix(f"{cluster.prefix}/template-aliases/").items():
-        if json.loads(v)["templateId"] not in BASE_TEMPLATES:
-            cluster.etcd.delete(k)
+    for space in ("template-aliases", "team-aliases"):
+        for k, v in cluster.etcd.prefix(f"{cluster.prefix}/{space}/").items():
+            if json.loads(v)["templateId"] not in BASE_TEMPLATES:
+                cluster.etcd.delete(k)
     for c in cluster.cubelets:
         c.reset_builds()
         c.build_gate.set()  # a build left waiting by a failed test ends

@@ -1,5 +1,6 @@
-"""Auth: off by default (any non-empty key); on with keys from `cubemastercli apikey create`,
-refused once revoked. etcd keeps only a SHA-256 of each key."""
+"""Auth: off by default (any non-empty key, everything in the local team); on with keys from
+`cubemastercli apikey create`, refused once revoked. etcd keeps only a SHA-256 of each key.
+Teams and ownership with auth on: test_control_teams.py."""
 
 from __future__ import annotations
 
@@ -27,7 +28,15 @@ def auth_cluster(own_cluster):
 def test_auth_off_accepts_any_nonempty_key(sdk_env, fresh, monkeypatch):
     monkeypatch.setenv("E2B_API_KEY", "whatever")
     sbx = Sandbox.create()
-    assert fresh.record(sbx.sandbox_id)["clientId"] == "local"
+    rec = fresh.record(sbx.sandbox_id)
+    assert rec["clientId"] == "local" and rec["teamId"] == "local"
+    # Everything is the local team's, which acts as its own admin: it sees what an operator made.
+    from sdk.client import CubeClient
+    with CubeClient(fresh.masters[0].address) as op:
+        other = op.create_sandbox("base").sandbox_id
+    assert fresh.record(other)["teamId"] == "local"
+    assert {s.sandbox_id for s in Sandbox.list().next_items()} == {sbx.sandbox_id, other}
+    Sandbox.kill(other)
     sbx.kill()
     r = httpx.get(fresh.api_url + "/v2/sandboxes", headers={"X-API-KEY": ""})
     assert r.status_code == 401 and r.json()["code"] == 401

@@ -191,7 +191,7 @@ def test_templates_list_get_alias_delete(fresh):
     r = api(fresh, "GET", "/templates/base")
     assert r.status_code == 200 and r.json()["templateID"] == "code-interpreter" and len(r.json()["builds"]) == 1
     r = api(fresh, "GET", "/templates/aliases/code-interpreter-v1")
-    assert r.status_code == 200 and r.json() == {"templateID": "code-interpreter", "public": False}
+    assert r.status_code == 200 and r.json() == {"templateID": "code-interpreter", "public": True}
     assert api(fresh, "GET", "/templates/aliases/nope").status_code == 404
     # In use: 409; after its sandbox is gone: 204, then 404.
     sid = api(fresh, "POST", "/v2/sandboxes", json={"templateID": "tiny"}).json()["sandboxID"]

@@ -29,7 +29,7 @@ except OSError as e:
 
 
 def _node_addresses() -> list[str]:
-    """The node's own IPv4 addresses other than loopback (where its services listen)."""
+    """The node's own IPv4 addresses other than loopback (where an operator may expose its services)."""
     out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, check=True).stdout
     addrs = []
     for line in out.splitlines():

@@ -7,6 +7,7 @@ import json
 import os
 import struct
 import tempfile
+import time
 
 import httpx
 import pytest
@@ -107,3 +108,14 @@ def stream(path: str, body: bytes, headers: dict | None = None) -> httpx.Respons
 def init(body: dict, token: str | None = None) -> httpx.Response:
     h = {"X-Access-Token": token} if token else {}
     return httpx.post(ENVD + "/init", json=body, headers=h, timeout=30)
+
+
+@pytest.fixture
+def token(agent):
+    """An access token set with /init for one test, as the host sets a sandbox's; cleared after."""
+    tok = "tok-" + str(time.time())
+    assert init({"accessToken": tok}).status_code == 204
+    try:
+        yield tok
+    finally:
+        assert init({"accessToken": ""}, token=tok).status_code == 204

@@ -12,7 +12,7 @@ import pytest
 from e2b import AuthenticationException, Sandbox
 from e2b.sandbox.signature import get_signature
 
-from .conftest import ENVD, INTERPRETER, envelope, init, parse_envelopes, stream, unary
+from .conftest import ENVD, envelope, init, parse_envelopes, stream, unary
 
 ROOT = {"Authorization": "Basic " + base64.b64encode(b"root:").decode()}
 
@@ -131,16 +131,6 @@ def test_missing_path_and_directory_path(agent):
     assert r.json()["code"] == "invalid_argument"
 
 
-@pytest.fixture
-def token(agent):
-    tok = "tok-" + str(time.time())
-    assert init({"accessToken": tok}).status_code == 204
-    try:
-        yield tok
-    finally:
-        assert init({"accessToken": ""}, token=tok).status_code == 204
-
-
 def test_access_token_is_enforced(token, agent):
     assert httpx.get(ENVD + "/health").status_code == 204  # exempt
     r = unary("/process.Process/List", {})
@@ -175,13 +165,7 @@ def test_access_token_is_enforced(token, agent):
     assert r.status_code == 200 and r.json()[0]["path"] == "/home/user/signed.txt"
     # /init needs the current token to change it.
     assert init({"accessToken": "stolen"}).status_code == 401
-    # /execute checks the token, /contexts does not.
-    r = httpx.post(INTERPRETER + "/execute", json={"code": "1", "context_id": None, "language": None, "env_vars": None})
-    assert r.status_code == 401
-    assert httpx.get(INTERPRETER + "/contexts").status_code == 200
-    # /warmup (the warm pool's) too.
-    assert httpx.post(INTERPRETER + "/warmup", timeout=60).status_code == 401
-    assert httpx.post(INTERPRETER + "/warmup", headers={"X-Access-Token": token}, timeout=120).status_code == 204
+    # The code-interpreter port checks it on every endpoint: test_interpreter_access.py.
 
 
 def test_init_env_vars_reach_processes_and_kernels(sandbox, agent):

@@ -8,9 +8,9 @@ from services.api.errors import from_grpc
 
 
 async def master_call(request, method: str, req, slow: bool = False):
-    """Call the master; its gRPC errors become E2B errors."""
+    """Call the master for the request's caller (auth.py); its gRPC errors become E2B errors."""
     try:
-        return await request.app.ctx.master.call(method, req, slow)
+        return await request.app.ctx.master.call(method, req, request.ctx.caller, slow)
     except grpc.RpcError as e:
         raise from_grpc(e) from None
 

@@ -30,7 +30,7 @@ async def create_template(request):
 @bp.get("/templates/aliases/<alias>")
 async def get_alias(request, alias: str):
     a = await master_call(request, "ResolveTemplateAlias", P.ResolveTemplateAliasRequest(alias=alias))
-    return response.json({"templateID": a.template_id, "public": False})
+    return response.json({"templateID": a.template_id, "public": not a.team_id})
 
 
 @bp.get("/templates/<template_id>")

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..identity import Identity
 from . import messages as out
+from .access import require_token
 from .contexts import ContextNotFound, ContextRegistry
 from .execute import Execution, prime_contexts
 from .kernels import KernelStartError, Language, UnsupportedLanguage
@@ -31,6 +32,9 @@ class InterpreterApi:
         self.registry = registry
 
     def install(self, app: web.Application) -> None:
+        """The routes, behind the port's one access check (access.py): no route is served
+        without it."""
+        app.middlewares.append(require_token(self.identity))
         app.router.add_get("/health", self.health)
         app.router.add_post("/execute", self.execute)
         app.router.add_get("/contexts", self.list_contexts)
@@ -46,8 +50,6 @@ class InterpreterApi:
         """Cube's own (not E2B's): run a throwaway cell in each default kernel, no history, output
         dropped, and answer when done. The host's warm pool calls it before pooling a clone so that
         a sandbox's first cell finds its code paths translated (see execute.py, priming)."""
-        if not self.identity.token_ok(request.headers.get("X-Access-Token")):
-            return _text(401, "missing or invalid access token")
         await prime_contexts(self.registry, warm=True)
         return web.Response(status=204)
 
@@ -101,8 +103,6 @@ class InterpreterApi:
         return web.json_response(None)
 
     async def execute(self, request: web.Request) -> web.StreamResponse:
-        if not self.identity.token_ok(request.headers.get("X-Access-Token")):
-            return web.json_response({"code": 401, "message": "missing or invalid access token"}, status=401)
         body = await self._json_body(request)
         code = body.get("code")
         if not isinstance(code, str):

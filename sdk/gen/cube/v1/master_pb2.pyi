@@ -28,6 +28,12 @@ class TemplateStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TEMPLATE_STATUS_BUILDING: _ClassVar[TemplateStatus]
     TEMPLATE_STATUS_READY: _ClassVar[TemplateStatus]
     TEMPLATE_STATUS_ERROR: _ClassVar[TemplateStatus]
+
+class ApiKeyRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    API_KEY_ROLE_UNSPECIFIED: _ClassVar[ApiKeyRole]
+    API_KEY_ROLE_USER: _ClassVar[ApiKeyRole]
+    API_KEY_ROLE_ADMIN: _ClassVar[ApiKeyRole]
 SANDBOX_PHASE_UNSPECIFIED: SandboxPhase
 SANDBOX_PHASE_CREATING: SandboxPhase
 SANDBOX_PHASE_RUNNING: SandboxPhase
@@ -39,9 +45,12 @@ TEMPLATE_STATUS_UNSPECIFIED: TemplateStatus
 TEMPLATE_STATUS_BUILDING: TemplateStatus
 TEMPLATE_STATUS_READY: TemplateStatus
 TEMPLATE_STATUS_ERROR: TemplateStatus
+API_KEY_ROLE_UNSPECIFIED: ApiKeyRole
+API_KEY_ROLE_USER: ApiKeyRole
+API_KEY_ROLE_ADMIN: ApiKeyRole
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s")
+    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +91,7 @@ class Sandbox(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     PAUSED_AT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     alias: str
@@ -108,7 +118,8 @@ class Sandbox(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     paused_at: _timestamp_pb2.Timestamp
     timeout_s: int
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ...) -> None: ...
+    team_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
     __slots__ = ("template", "timeout_s", "metadata", "env_vars", "auto_pause", "auto_resume", "network", "client_id")
@@ -238,7 +249,7 @@ class GetSandboxMetricsRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Template(_message.Message):
-    __slots__ = ("template_id", "aliases", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "created_at", "updated_at", "source", "status", "spawn_count", "last_spawned_at", "snapshot_bytes", "no_memory_sharing", "expose_ports", "node_ids", "build_id")
+    __slots__ = ("template_id", "aliases", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "created_at", "updated_at", "source", "status", "spawn_count", "last_spawned_at", "snapshot_bytes", "no_memory_sharing", "expose_ports", "node_ids", "build_id", "team_id")
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     VCPUS_FIELD_NUMBER: _ClassVar[int]
@@ -256,6 +267,7 @@ class Template(_message.Message):
     EXPOSE_PORTS_FIELD_NUMBER: _ClassVar[int]
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     template_id: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
     vcpus: int
@@ -273,15 +285,18 @@ class Template(_message.Message):
     expose_ports: _containers.RepeatedScalarFieldContainer[int]
     node_ids: _containers.RepeatedScalarFieldContainer[str]
     build_id: str
-    def __init__(self, template_id: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., status: _Optional[_Union[TemplateStatus, str]] = ..., spawn_count: _Optional[int] = ..., last_spawned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., no_memory_sharing: bool = ..., expose_ports: _Optional[_Iterable[int]] = ..., node_ids: _Optional[_Iterable[str]] = ..., build_id: _Optional[str] = ...) -> None: ...
+    team_id: str
+    def __init__(self, template_id: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., status: _Optional[_Union[TemplateStatus, str]] = ..., spawn_count: _Optional[int] = ..., last_spawned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., no_memory_sharing: bool = ..., expose_ports: _Optional[_Iterable[int]] = ..., node_ids: _Optional[_Iterable[str]] = ..., build_id: _Optional[str] = ..., team_id: _Optional[str] = ...) -> None: ...
 
 class TemplateAlias(_message.Message):
-    __slots__ = ("alias", "template_id")
+    __slots__ = ("alias", "template_id", "team_id")
     ALIAS_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     alias: str
     template_id: str
-    def __init__(self, alias: _Optional[str] = ..., template_id: _Optional[str] = ...) -> None: ...
+    team_id: str
+    def __init__(self, alias: _Optional[str] = ..., template_id: _Optional[str] = ..., team_id: _Optional[str] = ...) -> None: ...
 
 class ListTemplateRecordsRequest(_message.Message):
     __slots__ = ()
@@ -336,7 +351,7 @@ class CreateTemplateBuildRequest(_message.Message):
     def __init__(self, build: _Optional[_Union[_cubelet_pb2.BuildTemplateRequest, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class TemplateBuild(_message.Message):
-    __slots__ = ("job_id", "template_id", "node_id", "phase", "message", "bytes_done", "bytes_total", "layers_done", "layers_total", "error", "failed_phase", "created_at", "updated_at", "finished_at", "heartbeat_at", "master_id", "spec", "aliases", "registry_auth", "events", "events_dropped", "template")
+    __slots__ = ("job_id", "template_id", "node_id", "phase", "message", "bytes_done", "bytes_total", "layers_done", "layers_total", "error", "failed_phase", "created_at", "updated_at", "finished_at", "heartbeat_at", "master_id", "spec", "aliases", "registry_auth", "events", "events_dropped", "template", "team_id")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -359,6 +374,7 @@ class TemplateBuild(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_DROPPED_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     template_id: str
     node_id: str
@@ -381,7 +397,8 @@ class TemplateBuild(_message.Message):
     events: _containers.RepeatedCompositeFieldContainer[_cubelet_pb2.TemplateBuildEvent]
     events_dropped: int
     template: _cubelet_pb2.TemplateInfo
-    def __init__(self, job_id: _Optional[str] = ..., template_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[_cubelet_pb2.TemplateBuildPhase, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., error: _Optional[str] = ..., failed_phase: _Optional[_Union[_cubelet_pb2.TemplateBuildPhase, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., master_id: _Optional[str] = ..., spec: _Optional[_Union[_cubelet_pb2.BuildTemplateRequest, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., registry_auth: bool = ..., events: _Optional[_Iterable[_Union[_cubelet_pb2.TemplateBuildEvent, _Mapping]]] = ..., events_dropped: _Optional[int] = ..., template: _Optional[_Union[_cubelet_pb2.TemplateInfo, _Mapping]] = ...) -> None: ...
+    team_id: str
+    def __init__(self, job_id: _Optional[str] = ..., template_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[_cubelet_pb2.TemplateBuildPhase, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., error: _Optional[str] = ..., failed_phase: _Optional[_Union[_cubelet_pb2.TemplateBuildPhase, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., master_id: _Optional[str] = ..., spec: _Optional[_Union[_cubelet_pb2.BuildTemplateRequest, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., registry_auth: bool = ..., events: _Optional[_Iterable[_Union[_cubelet_pb2.TemplateBuildEvent, _Mapping]]] = ..., events_dropped: _Optional[int] = ..., template: _Optional[_Union[_cubelet_pb2.TemplateInfo, _Mapping]] = ..., team_id: _Optional[str] = ...) -> None: ...
 
 class GetTemplateBuildRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -427,25 +444,57 @@ class ListNodesResponse(_message.Message):
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
+class Team(_message.Message):
+    __slots__ = ("team_id", "created_at")
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    team_id: str
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, team_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class CreateTeamRequest(_message.Message):
+    __slots__ = ("team_id",)
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    team_id: str
+    def __init__(self, team_id: _Optional[str] = ...) -> None: ...
+
+class ListTeamsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListTeamsResponse(_message.Message):
+    __slots__ = ("teams",)
+    TEAMS_FIELD_NUMBER: _ClassVar[int]
+    teams: _containers.RepeatedCompositeFieldContainer[Team]
+    def __init__(self, teams: _Optional[_Iterable[_Union[Team, _Mapping]]] = ...) -> None: ...
+
 class ApiKey(_message.Message):
-    __slots__ = ("key_id", "name", "sha256", "mask", "created_at")
+    __slots__ = ("key_id", "name", "sha256", "mask", "created_at", "team_id", "role")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     MASK_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     name: str
     sha256: str
     mask: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., sha256: _Optional[str] = ..., mask: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    team_id: str
+    role: ApiKeyRole
+    def __init__(self, key_id: _Optional[str] = ..., name: _Optional[str] = ..., sha256: _Optional[str] = ..., mask: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., team_id: _Optional[str] = ..., role: _Optional[_Union[ApiKeyRole, str]] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "team_id", "role")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    team_id: str
+    role: ApiKeyRole
+    def __init__(self, name: _Optional[str] = ..., team_id: _Optional[str] = ..., role: _Optional[_Union[ApiKeyRole, str]] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
     __slots__ = ("api_key", "key")

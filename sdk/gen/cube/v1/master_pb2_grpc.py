@@ -29,13 +29,22 @@ if _version_not_supported:
 class MasterStub(object):
     """The cluster brain. The API facade (cube-api) and operators (cubemastercli, sdk.client) call it;
     it keeps every piece of cluster state in etcd under /cube/ as proto3 JSON of the messages below
-    (Sandbox, Template, TemplateAlias, ApiKey; NodeStatus is written by the cubelets) and calls the
-    cubelets. Any master serves every call; only the elected leader runs timers and the reconciler.
+    (Sandbox, Template, TemplateAlias, TemplateBuild, ApiKey, Team; NodeStatus is written by the
+    cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
+    timers and the reconciler.
 
-    Errors use gRPC status codes: NOT_FOUND (unknown sandbox, template, key), INVALID_ARGUMENT (bad
-    input), FAILED_PRECONDITION (wrong state: pause a paused sandbox, delete a template in use),
-    ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node has room), UNAUTHENTICATED (bad API key),
-    UNAVAILABLE (etcd or the chosen node unreachable; nothing was left half-written).
+    The caller: cube-api names the team it acts for in the metadata of every call (`cube-team`,
+    `cube-role`: `user` or `admin`); a call without them comes from an operator and acts as admin
+    (services/master/caller.py). Sandboxes, template builds and non-public templates belong to a
+    team: a non-admin caller sees only its own team's (another team's answers NOT_FOUND, as an
+    unknown id does). Public templates (no team) are usable by every team and managed by admins.
+
+    Errors use gRPC status codes: NOT_FOUND (unknown sandbox, template, key, or another team's),
+    INVALID_ARGUMENT (bad input), FAILED_PRECONDITION (wrong state: pause a paused sandbox, delete a
+    template in use), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node has room), UNAUTHENTICATED (bad
+    API key, malformed caller metadata), PERMISSION_DENIED (an admin-only call, or changing a public
+    template, by a non-admin caller), UNAVAILABLE (etcd or the chosen node unreachable; nothing was
+    left half-written).
     """
 
     def __init__(self, channel):
@@ -149,6 +158,16 @@ class MasterStub(object):
                 request_serializer=cube_dot_v1_dot_master__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_master__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.CreateTeam = channel.unary_unary(
+                '/cube.v1.Master/CreateTeam',
+                request_serializer=cube_dot_v1_dot_master__pb2.CreateTeamRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.Team.FromString,
+                _registered_method=True)
+        self.ListTeams = channel.unary_unary(
+                '/cube.v1.Master/ListTeams',
+                request_serializer=cube_dot_v1_dot_master__pb2.ListTeamsRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.ListTeamsResponse.FromString,
+                _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/cube.v1.Master/CreateApiKey',
                 request_serializer=cube_dot_v1_dot_master__pb2.CreateApiKeyRequest.SerializeToString,
@@ -179,13 +198,22 @@ class MasterStub(object):
 class MasterServicer(object):
     """The cluster brain. The API facade (cube-api) and operators (cubemastercli, sdk.client) call it;
     it keeps every piece of cluster state in etcd under /cube/ as proto3 JSON of the messages below
-    (Sandbox, Template, TemplateAlias, ApiKey; NodeStatus is written by the cubelets) and calls the
-    cubelets. Any master serves every call; only the elected leader runs timers and the reconciler.
+    (Sandbox, Template, TemplateAlias, TemplateBuild, ApiKey, Team; NodeStatus is written by the
+    cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
+    timers and the reconciler.
 
-    Errors use gRPC status codes: NOT_FOUND (unknown sandbox, template, key), INVALID_ARGUMENT (bad
-    input), FAILED_PRECONDITION (wrong state: pause a paused sandbox, delete a template in use),
-    ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node has room), UNAUTHENTICATED (bad API key),
-    UNAVAILABLE (etcd or the chosen node unreachable; nothing was left half-written).
+    The caller: cube-api names the team it acts for in the metadata of every call (`cube-team`,
+    `cube-role`: `user` or `admin`); a call without them comes from an operator and acts as admin
+    (services/master/caller.py). Sandboxes, template builds and non-public templates belong to a
+    team: a non-admin caller sees only its own team's (another team's answers NOT_FOUND, as an
+    unknown id does). Public templates (no team) are usable by every team and managed by admins.
+
+    Errors use gRPC status codes: NOT_FOUND (unknown sandbox, template, key, or another team's),
+    INVALID_ARGUMENT (bad input), FAILED_PRECONDITION (wrong state: pause a paused sandbox, delete a
+    template in use), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node has room), UNAUTHENTICATED (bad
+    API key, malformed caller metadata), PERMISSION_DENIED (an admin-only call, or changing a public
+    template, by a non-admin caller), UNAVAILABLE (etcd or the chosen node unreachable; nothing was
+    left half-written).
     """
 
     def CreateSandbox(self, request, context):
@@ -202,7 +230,8 @@ class MasterServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListSandboxRecords(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The caller's team's sandboxes (admins: every team's).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -255,33 +284,39 @@ class MasterServicer(object):
 
     def ListTemplateRecords(self, request, context):
         """---- templates ----
+        The public templates and the caller's team's (admins: every template).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetTemplate(self, request, context):
-        """Accepts a template id or an alias.
+        """Accepts a template id or an alias. An alias is looked up in the caller's team first, then
+        among the public aliases; then the name is taken as a template id the caller may use.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTemplateRecord(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """PERMISSION_DENIED for a public template unless the caller is an admin.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def PutTemplate(self, request, context):
-        """Register (or update) a template record, e.g. after a build; aliases are claimed with it.
+        """Admin only. Register (or update) a template record, e.g. after a build; its team_id says whose
+        it is (empty: public); aliases are claimed with it, in that team's namespace.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SetTemplateAlias(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The alias goes to the caller's team's namespace (an operator's: the public one). Re-pointing a
+        public alias needs an admin (PERMISSION_DENIED otherwise); the request's team_id is ignored.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -299,6 +334,8 @@ class MasterServicer(object):
         taken (a template or alias with that name, a node that has it, or a build of it in
         progress); INVALID_ARGUMENT on bad input; UNAVAILABLE when no node is registered. Nothing is
         written when it fails.
+        The template and its aliases belong to the caller's team (an operator's build: public).
+        PERMISSION_DENIED when a non-admin names a public template or alias as the template id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -311,7 +348,7 @@ class MasterServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListTemplateBuilds(self, request, context):
-        """Newest first.
+        """The caller's team's builds (admins: every build), newest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -326,14 +363,30 @@ class MasterServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListNodes(self, request, context):
-        """---- nodes ----
+        """---- nodes (admin only) ----
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateTeam(self, request, context):
+        """---- teams (admin only) ----
+        ALREADY_EXISTS when the team exists; INVALID_ARGUMENT for a malformed id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTeams(self, request, context):
+        """Every team, the local one included (it exists whether or not its record was written yet).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateApiKey(self, request, context):
-        """---- API keys ----
+        """---- API keys (admin only) ----
+        NOT_FOUND when the team does not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -352,7 +405,8 @@ class MasterServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ValidateApiKey(self, request, context):
-        """UNAUTHENTICATED when the key is unknown or revoked.
+        """UNAUTHENTICATED when the key is unknown or revoked. The answer names the key's effective team
+        and role (a key written before teams existed: the local team, role user).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -473,6 +527,16 @@ def add_MasterServicer_to_server(servicer, server):
                     request_deserializer=cube_dot_v1_dot_master__pb2.ListNodesRequest.FromString,
                     response_serializer=cube_dot_v1_dot_master__pb2.ListNodesResponse.SerializeToString,
             ),
+            'CreateTeam': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateTeam,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.CreateTeamRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.Team.SerializeToString,
+            ),
+            'ListTeams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTeams,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.ListTeamsRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.ListTeamsResponse.SerializeToString,
+            ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
                     request_deserializer=cube_dot_v1_dot_master__pb2.CreateApiKeyRequest.FromString,
@@ -509,13 +573,22 @@ def add_MasterServicer_to_server(servicer, server):
 class Master(object):
     """The cluster brain. The API facade (cube-api) and operators (cubemastercli, sdk.client) call it;
     it keeps every piece of cluster state in etcd under /cube/ as proto3 JSON of the messages below
-    (Sandbox, Template, TemplateAlias, ApiKey; NodeStatus is written by the cubelets) and calls the
-    cubelets. Any master serves every call; only the elected leader runs timers and the reconciler.
+    (Sandbox, Template, TemplateAlias, TemplateBuild, ApiKey, Team; NodeStatus is written by the
+    cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
+    timers and the reconciler.
 
-    Errors use gRPC status codes: NOT_FOUND (unknown sandbox, template, key), INVALID_ARGUMENT (bad
-    input), FAILED_PRECONDITION (wrong state: pause a paused sandbox, delete a template in use),
-    ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node has room), UNAUTHENTICATED (bad API key),
-    UNAVAILABLE (etcd or the chosen node unreachable; nothing was left half-written).
+    The caller: cube-api names the team it acts for in the metadata of every call (`cube-team`,
+    `cube-role`: `user` or `admin`); a call without them comes from an operator and acts as admin
+    (services/master/caller.py). Sandboxes, template builds and non-public templates belong to a
+    team: a non-admin caller sees only its own team's (another team's answers NOT_FOUND, as an
+    unknown id does). Public templates (no team) are usable by every team and managed by admins.
+
+    Errors use gRPC status codes: NOT_FOUND (unknown sandbox, template, key, or another team's),
+    INVALID_ARGUMENT (bad input), FAILED_PRECONDITION (wrong state: pause a paused sandbox, delete a
+    template in use), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node has room), UNAUTHENTICATED (bad
+    API key, malformed caller metadata), PERMISSION_DENIED (an admin-only call, or changing a public
+    template, by a non-admin caller), UNAVAILABLE (etcd or the chosen node unreachable; nothing was
+    left half-written).
     """
 
     @staticmethod
@@ -1075,6 +1148,60 @@ class Master(object):
             '/cube.v1.Master/ListNodes',
             cube_dot_v1_dot_master__pb2.ListNodesRequest.SerializeToString,
             cube_dot_v1_dot_master__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateTeam(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/CreateTeam',
+            cube_dot_v1_dot_master__pb2.CreateTeamRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.Team.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTeams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/ListTeams',
+            cube_dot_v1_dot_master__pb2.ListTeamsRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.ListTeamsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -64,6 +64,12 @@ class TemplateStatus(betterproto.Enum):
     ERROR = 3
 
 
+class ApiKeyRole(betterproto.Enum):
+    UNSPECIFIED = 0
+    USER = 1
+    ADMIN = 2
+
+
 class RouteState(betterproto.Enum):
     UNSPECIFIED = 0
     RUNNING = 1
@@ -409,6 +415,11 @@ class Sandbox(betterproto.Message):
     created_at: datetime = betterproto.message_field(24)
     paused_at: datetime = betterproto.message_field(25)
     timeout_s: int = betterproto.uint32_field(26)
+    team_id: str = betterproto.string_field(27)
+    """
+    The team that owns it (the caller's at create). Empty in records written before teams
+     existed: those belong to the local team.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -525,14 +536,23 @@ class Template(betterproto.Message):
     """
 
     build_id: str = betterproto.string_field(17)
+    team_id: str = betterproto.string_field(18)
+    """
+    The team that owns it; empty = public: usable by every team, changed only by admins (the
+     default template, what operators build, and records written before teams existed).
+    """
 
 
 @dataclass(eq=False, repr=False)
 class TemplateAlias(betterproto.Message):
-    """One alias: the value at /cube/template-aliases/<alias>."""
+    """
+    One alias. Public ones (team_id empty) are at /cube/template-aliases/<alias>; a team's own at
+     /cube/team-aliases/<team_id>/<alias>, so two teams can both have `my-app`. Filled on reads.
+    """
 
     alias: str = betterproto.string_field(1)
     template_id: str = betterproto.string_field(2)
+    team_id: str = betterproto.string_field(3)
 
 
 @dataclass(eq=False, repr=False)
@@ -632,6 +652,11 @@ class TemplateBuild(betterproto.Message):
 
     events_dropped: int = betterproto.uint32_field(21)
     template: "TemplateInfo" = betterproto.message_field(22)
+    team_id: str = betterproto.string_field(23)
+    """
+    The team the template is built for (the caller's); empty: an operator's build of a public
+     template. Seen by that team and admins (an empty one: by the local team and admins).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -676,6 +701,34 @@ class ListNodesResponse(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class Team(betterproto.Message):
+    """
+    One team: the value at /cube/teams/<team_id>. Every API key belongs to one; what a key's
+     holder creates belongs to its team. The local team ("local", cube_common.teams.LOCAL_TEAM)
+     always exists: with auth off every request acts for it, and records written before teams
+     existed belong to it.
+    """
+
+    team_id: str = betterproto.string_field(1)
+    created_at: datetime = betterproto.message_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class CreateTeamRequest(betterproto.Message):
+    team_id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class ListTeamsRequest(betterproto.Message):
+    pass
+
+
+@dataclass(eq=False, repr=False)
+class ListTeamsResponse(betterproto.Message):
+    teams: List["Team"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class ApiKey(betterproto.Message):
     """
     One API key: the value at /cube/apikeys/<key_id>. The key itself is never stored.
@@ -686,11 +739,15 @@ class ApiKey(betterproto.Message):
     sha256: str = betterproto.string_field(3)
     mask: str = betterproto.string_field(4)
     created_at: datetime = betterproto.message_field(5)
+    team_id: str = betterproto.string_field(6)
+    role: "ApiKeyRole" = betterproto.enum_field(7)
 
 
 @dataclass(eq=False, repr=False)
 class CreateApiKeyRequest(betterproto.Message):
     name: str = betterproto.string_field(1)
+    team_id: str = betterproto.string_field(2)
+    role: "ApiKeyRole" = betterproto.enum_field(3)
 
 
 @dataclass(eq=False, repr=False)
@@ -1505,6 +1562,40 @@ class MasterStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def create_team(
+        self,
+        create_team_request: "CreateTeamRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Team":
+        return await self._unary_unary(
+            "/cube.v1.Master/CreateTeam",
+            create_team_request,
+            Team,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_teams(
+        self,
+        list_teams_request: "ListTeamsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListTeamsResponse":
+        return await self._unary_unary(
+            "/cube.v1.Master/ListTeams",
+            list_teams_request,
+            ListTeamsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def create_api_key(
         self,
         create_api_key_request: "CreateApiKeyRequest",
@@ -2075,6 +2166,14 @@ class MasterBase(ServiceBase):
     ) -> "ListNodesResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def create_team(self, create_team_request: "CreateTeamRequest") -> "Team":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_teams(
+        self, list_teams_request: "ListTeamsRequest"
+    ) -> "ListTeamsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def create_api_key(
         self, create_api_key_request: "CreateApiKeyRequest"
     ) -> "CreateApiKeyResponse":
@@ -2259,6 +2358,20 @@ class MasterBase(ServiceBase):
         response = await self.list_nodes(request)
         await stream.send_message(response)
 
+    async def __rpc_create_team(
+        self, stream: "grpclib.server.Stream[CreateTeamRequest, Team]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.create_team(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_teams(
+        self, stream: "grpclib.server.Stream[ListTeamsRequest, ListTeamsResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_teams(request)
+        await stream.send_message(response)
+
     async def __rpc_create_api_key(
         self, stream: "grpclib.server.Stream[CreateApiKeyRequest, CreateApiKeyResponse]"
     ) -> None:
@@ -2421,6 +2534,18 @@ class MasterBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListNodesRequest,
                 ListNodesResponse,
+            ),
+            "/cube.v1.Master/CreateTeam": grpclib.const.Handler(
+                self.__rpc_create_team,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CreateTeamRequest,
+                Team,
+            ),
+            "/cube.v1.Master/ListTeams": grpclib.const.Handler(
+                self.__rpc_list_teams,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListTeamsRequest,
+                ListTeamsResponse,
             ),
             "/cube.v1.Master/CreateApiKey": grpclib.const.Handler(
                 self.__rpc_create_api_key,
