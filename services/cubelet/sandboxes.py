@@ -278,6 +278,12 @@ class SandboxManager:
     async def kill(self, sandbox_id: str) -> bool:
         live = self._live.get(sandbox_id)
         if live is None:
+            # Not ours (any more), but a create that died half-way may have left its network under
+            # the sandbox's id (a fresh create allocates with vs_id == sandbox_id): the master's
+            # reconciler kills such a sandbox, and this is where its network goes too.
+            if _SANDBOX_ID.fullmatch(sandbox_id) and await self.vs.release(sandbox_id):
+                log.warning("released the network of a sandbox this node does not run",
+                            extra={"sandbox_id": sandbox_id})
             return False
         async with live.lock:
             await self._teardown(live)
