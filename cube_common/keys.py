@@ -3,17 +3,18 @@
 Every value is proto3 JSON of one cube.v1 message (``etcdctl get --prefix /cube/`` explains the
 cluster), except the proxies' applied revisions, which are decimal text:
 
-    <prefix>/sandboxes/<sandbox_id>                  Sandbox         (master)
-    <prefix>/routes/<sandbox_id>                     SandboxRoute    (master; the proxies watch it)
-    <prefix>/templates/<template_id>                 Template        (master)
-    <prefix>/template-aliases/<alias>                TemplateAlias   (master; a public alias)
-    <prefix>/team-aliases/<team_id>/<alias>          TemplateAlias   (master; a team's own alias)
-    <prefix>/template-builds/<job_id>                TemplateBuild   (master; never any registry credentials)
-    <prefix>/apikeys/<key_id>                        ApiKey          (master; only a SHA-256 of the key)
-    <prefix>/teams/<team_id>                         Team            (master)
-    <prefix>/nodes/<node_id>                         NodeStatus      (each cubelet, under its lease)
-    <prefix>/leader                                  MasterIdentity  (the leader, under its lease)
-    <prefix>/proxy/<proxy_id>/applied_revision       "<revision>"    (each proxy, under its lease; see route_ack)
+    <prefix>/sandboxes/<sandbox_id>                  Sandbox           (master)
+    <prefix>/routes/<sandbox_id>                     SandboxRoute      (master; the proxies watch it)
+    <prefix>/templates/<template_id>                 Template          (master)
+    <prefix>/template-aliases/<alias>                TemplateAlias     (master; a public alias)
+    <prefix>/team-aliases/<team_id>/<alias>          TemplateAlias     (master; a team's own alias)
+    <prefix>/template-tombstones/<name>              TemplateTombstone (master; a deleted template's id or public alias)
+    <prefix>/template-builds/<job_id>                TemplateBuild     (master; never any registry credentials)
+    <prefix>/apikeys/<key_id>                        ApiKey            (master; only a SHA-256 of the key)
+    <prefix>/teams/<team_id>                         Team              (master; its quota; the team's admission guard)
+    <prefix>/nodes/<node_id>                         NodeStatus        (each cubelet, under its lease)
+    <prefix>/leader                                  MasterIdentity    (the leader, under its lease)
+    <prefix>/proxy/<proxy_id>/applied_revision       "<revision>"      (each proxy, under its lease; see route_ack)
 
 Invariants: keys are bytes (what etcd takes); a collection's prefix ends with "/" so that
 ``sandboxes/ab`` never lists ``sandboxes/abc``; ids never contain "/" (their owners check).
@@ -63,6 +64,10 @@ class Keys:
         """A public alias (``team_id`` empty) or one in a team's namespace."""
         return self.key("team-aliases", team_id, alias) if team_id else self.key("template-aliases", alias)
 
+    def tombstone(self, name: str) -> bytes:
+        """What is left of a deleted template's id or public alias (services/master/tombstones.py)."""
+        return self.key("template-tombstones", name)
+
     def build(self, job_id: str) -> bytes:
         return self.key("template-builds", job_id)
 
@@ -96,6 +101,9 @@ class Keys:
     def team_aliases(self) -> bytes:
         """Every team's own aliases."""
         return self.collection("team-aliases")
+
+    def tombstones(self) -> bytes:
+        return self.collection("template-tombstones")
 
     def builds(self) -> bytes:
         return self.collection("template-builds")

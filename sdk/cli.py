@@ -12,6 +12,7 @@
     sandbox info ID | sandbox kill ID...
     node list
     team create TEAM | team list
+    team set-quota TEAM [--max-running N] [--max-vcpus N] [--max-memory 4G] [--max-paused N]   (0: unlimited)
     apikey create [--name NAME] [--team TEAM] [--admin] | apikey list | apikey revoke KEY_ID
     status
 
@@ -176,6 +177,17 @@ def _key_values(items: list[str] | None, flag: str) -> dict[str, str]:
             raise SystemExit(f"error: {flag} wants KEY=VALUE, got {kv!r}")
         out[k] = v
     return out
+
+
+def count(value: str) -> int:
+    """A limit: a whole number, 0 for none."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 0 <= n < 1 << 32:
+        raise argparse.ArgumentTypeError(f"invalid number {value!r} (want 0 or more; 0 = unlimited)")
+    return n
 
 
 def port(value: str) -> int:
@@ -384,11 +396,44 @@ def team_create(c: CubeClient, a) -> None:
     print_json(team) if a.json else print(f"created team {team.team_id}")
 
 
+def used_of(used: int, limit: int, unit: str = "") -> str:
+    """``2/3`` (used of the limit), ``2/-`` when unlimited."""
+    return f"{used}{unit}/{f'{limit}{unit}' if limit else '-'}"
+
+
 def team_list(c: CubeClient, a) -> None:
     teams = c.list_teams()
     if a.json:
         return print_json(teams)
-    print_table(["TEAM", "CREATED"], [[t.team_id, when(t.created_at)] for t in teams])
+    print_table(["TEAM", "RUNNING", "VCPUS", "MEMORY", "PAUSED", "CREATED"],
+                [[t.team_id, used_of(t.usage.running, t.quota.max_running), used_of(t.usage.vcpus, t.quota.max_vcpus),
+                  used_of(t.usage.memory_mb, t.quota.max_memory_mb, "M"), used_of(t.usage.paused, t.quota.max_paused),
+                  when(t.created_at)] for t in teams])
+
+
+def memory_limit(value: str) -> int:
+    """--max-memory: a size (``4G``, ``512M``) or 0 for unlimited."""
+    if value.strip() == "0":
+        return 0
+    try:
+        return parse_size_mb(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def team_set_quota(c: CubeClient, a) -> None:
+    limits = {"max_running": a.max_running, "max_vcpus": a.max_vcpus, "max_memory_mb": a.max_memory,
+              "max_paused": a.max_paused}
+    if all(v is None for v in limits.values()):
+        raise SystemExit("error: give at least one of --max-running, --max-vcpus, --max-memory, --max-paused")
+    team = c.set_team_quota(a.team, **limits)
+    if a.json:
+        return print_json(team)
+    q = team.quota
+    print(f"team {team.team_id}: running {used_of(team.usage.running, q.max_running)}, "
+          f"vCPUs {used_of(team.usage.vcpus, q.max_vcpus)}, "
+          f"memory {used_of(team.usage.memory_mb, q.max_memory_mb, 'M')}, "
+          f"paused {used_of(team.usage.paused, q.max_paused)}")
 
 
 def role(r: int) -> str:
@@ -492,7 +537,13 @@ def build_parser() -> argparse.ArgumentParser:
     team = groups.add_parser("team", help="teams").add_subparsers(dest="cmd", required=True)
     cmd(team, "create", team_create, "create a team").add_argument(
         "team", help="its id: lowercase letters, digits and '-'")
-    cmd(team, "list", team_list, "list teams")
+    cmd(team, "list", team_list, "list teams, with their usage/quota")
+    p = cmd(team, "set-quota", team_set_quota, "change a team's limits (the ones given; 0 = unlimited)")
+    p.add_argument("team")
+    p.add_argument("--max-running", type=count, metavar="N", help="sandboxes running at once")
+    p.add_argument("--max-vcpus", type=count, metavar="N", help="vCPUs of the running sandboxes")
+    p.add_argument("--max-memory", type=memory_limit, metavar="SIZE", help="memory of the running sandboxes (4G)")
+    p.add_argument("--max-paused", type=count, metavar="N", help="paused sandboxes")
 
     key = groups.add_parser("apikey", help="API keys").add_subparsers(dest="cmd", required=True)
     p = cmd(key, "create", apikey_create, "issue a key (printed once)")

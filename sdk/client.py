@@ -249,7 +249,15 @@ class AsyncCubeClient:
         return await self._call(self._stub.create_team, pb.CreateTeamRequest(team_id=team_id))
 
     async def list_teams(self) -> list[pb.Team]:
+        """Every team with its quota and current usage."""
         return (await self._call(self._stub.list_teams, pb.ListTeamsRequest())).teams
+
+    async def set_team_quota(self, team_id: str, max_running: int | None = None, max_vcpus: int | None = None,
+                             max_memory_mb: int | None = None, max_paused: int | None = None) -> pb.Team:
+        """Change the limits given (None: keep it; 0: unlimited); returns the team as it is now."""
+        req = pb.SetTeamQuotaRequest(team_id=team_id, max_running=max_running, max_vcpus=max_vcpus,
+                                     max_memory_mb=max_memory_mb, max_paused=max_paused)
+        return await self._call(self._stub.set_team_quota, req)
 
     # ---- API keys ----
 
@@ -405,6 +413,7 @@ class CubeClient:
     list_nodes = _blocking(AsyncCubeClient.list_nodes)
     create_team = _blocking(AsyncCubeClient.create_team)
     list_teams = _blocking(AsyncCubeClient.list_teams)
+    set_team_quota = _blocking(AsyncCubeClient.set_team_quota)
     create_api_key = _blocking(AsyncCubeClient.create_api_key)
     list_api_keys = _blocking(AsyncCubeClient.list_api_keys)
     revoke_api_key = _blocking(AsyncCubeClient.revoke_api_key)

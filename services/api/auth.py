@@ -33,6 +33,10 @@ async def authenticate(request) -> None:
         request.ctx.client_id = "local"
         request.ctx.caller = LOCAL_ADMIN
         return
+    if not key.isascii() or not key.isprintable():
+        # Never a key the master issued, and one that is not UTF-8 (Sanic hands such header
+        # bytes over as surrogates) could not even be put in the request to the master.
+        raise ApiError(401, "invalid API key")
     try:
         # As the API itself (no caller): only an operator may validate keys.
         rec = await app.ctx.master.call("ValidateApiKey", P.ValidateApiKeyRequest(key=key), None)

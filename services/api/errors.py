@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 from sanic import response
-from sanic.exceptions import SanicException
+from sanic.exceptions import MethodNotAllowed, SanicException
 
 _STATUS = {
     grpc.StatusCode.NOT_FOUND: 404,
@@ -56,6 +56,17 @@ def error_response(status: int, message: str, headers: dict | None = None):
     return response.json({"code": status, "message": message}, status=status, headers=headers)
 
 
+def _methods_of(request) -> list[str]:
+    out = []
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        try:
+            request.app.router.get(request.path, method, request.headers.get("host"))
+        except SanicException:
+            continue
+        out.append(method)
+    return out
+
+
 def handle_exception(request, exc: Exception):
     """Sanic's exception handler: everything becomes an E2B error body."""
     if isinstance(exc, ApiError):
@@ -65,7 +76,12 @@ def handle_exception(request, exc: Exception):
         return error_response(e.status, e.message, e.headers)
     if isinstance(exc, SanicException):
         status = getattr(exc, "status_code", 500) or 500
-        return error_response(status, str(exc) or "error")
+        headers = dict(getattr(exc, "headers", None) or {})
+        if isinstance(exc, MethodNotAllowed) and "Allow" not in headers:
+            # A 405 names the methods the path has (RFC 9110); Sanic leaves that out for a path
+            # whose methods are separate routes (GET and DELETE /sandboxes/{id}).
+            headers["Allow"] = ", ".join(_methods_of(request))
+        return error_response(status, str(exc) or "error", headers)
     from services.api.log import get_logger
     get_logger("errors").exception("unhandled error", extra={"path": request.path})
     return error_response(500, f"internal error: {type(exc).__name__}")

@@ -5,6 +5,7 @@ protos. JSON keys follow the E2B OpenAPI spec exactly (camelCase, except the cre
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +17,17 @@ from sdk.gen.cube.v1 import cubelet_pb2, master_pb2 as P, network_pb2
 from services.api.errors import bad_request
 
 MAX_UINT32 = 2**32 - 1
+# Names as the master takes them, matched whole here: the master's `^...$` patterns let a
+# trailing newline through (Python's `$`), which would put it in a guest's environment or a key.
+ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+BUILD_TEMPLATE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+# writableLayerSize as the document states it (openapi.py); whitespace is Python's (str.isspace).
+_WS = "[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+SIZE_RE = re.compile(f"^{_WS}*[0-9]+(\\.[0-9]+)?{_WS}*[KMGTkmgt]?([iI]?[bB])?{_WS}*$")
+# The last second a protobuf Timestamp holds (9999-12-31T23:59:59Z); later ones raise ValueError.
+MAX_TIMESTAMP_S = 253402300799
+MIN_TIMESTAMP_S = -62135596800  # 0001-01-01T00:00:00Z
 
 
 # ---- request parsing --------------------------------------------------------------------------
@@ -30,6 +42,8 @@ def parse_body(raw: bytes | None, required: bool = True) -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise bad_request(f"invalid JSON body: {e}") from e
+    except RecursionError:  # nested deeper than the parser goes: no body of ours is
+        raise bad_request("invalid JSON body: nested too deeply") from None
     if not isinstance(body, dict):
         raise bad_request("request body must be a JSON object")
     return body
@@ -73,6 +87,13 @@ def str_list(body: dict, key: str) -> list[str]:
     return v
 
 
+def env_names(env: dict[str, str]) -> dict[str, str]:
+    for k in env:
+        if not ENV_NAME_RE.fullmatch(k):
+            raise bad_request(f"invalid environment variable name {k!r}")
+    return env
+
+
 def query_int(args, key: str, lo: int = 0, hi: int = 2**63 - 1) -> int | None:
     v = args.get(key)
     if v is None or v == "":
@@ -86,11 +107,12 @@ def query_int(args, key: str, lo: int = 0, hi: int = 2**63 - 1) -> int | None:
     return n
 
 
-def parse_network(body: dict, snake_allow: str = "allow_internet_access") -> network_pb2.NetworkPolicy | None:
-    """E2B `allow_internet_access` + `network` (create) or the update body, as a NetworkPolicy."""
-    allow = opt_bool(body, snake_allow)
-    net = body.get("network", body if "allowOut" in body or "denyOut" in body else None)
-    if net is not None and not isinstance(net, dict):
+def parse_network(body: dict, net: object) -> network_pb2.NetworkPolicy | None:
+    """E2B `allow_internet_access` and the network options ``net`` (the create body's `network`,
+    or the whole update body) as a NetworkPolicy; None when the body sets neither."""
+    allow = opt_bool(body, "allow_internet_access")
+    net = {} if net is None else net
+    if not isinstance(net, dict):
         raise bad_request("'network' must be an object")
     if allow is None and not net:
         return None
@@ -100,10 +122,10 @@ def parse_network(body: dict, snake_allow: str = "allow_internet_access") -> net
     if net:
         p.allow_out.extend(str_list(net, "allowOut"))
         p.deny_out.extend(str_list(net, "denyOut"))
-        if net.get("allowPublicTraffic") is False:
-            raise bad_request("'network.allowPublicTraffic': false is not supported by this server")
+        if opt_bool(net, "allowPublicTraffic") is False:
+            raise bad_request("'allowPublicTraffic': false is not supported by this server")
         if net.get("egressProxy") is not None:
-            raise bad_request("'network.egressProxy' is not supported by this server")
+            raise bad_request("'egressProxy' is not supported by this server")
     p.expose_all_ports = True  # E2B exposes every guest port through its proxy
     return p
 
@@ -130,9 +152,11 @@ class NewSandbox:
         ar = body.get("autoResume")
         if ar is not None and not (isinstance(ar, dict) and isinstance(ar.get("enabled", False), bool)):
             raise bad_request("'autoResume' must be an object {\"enabled\": bool}")
+        opt_bool(body, "secure")  # ignored (every sandbox has a token), but typed like the rest
         return cls(template_id=tid, timeout=opt_int(body, "timeout"), metadata=str_map(body, "metadata"),
-                   env_vars=str_map(body, "envVars"), auto_pause=bool(opt_bool(body, "autoPause")),
-                   auto_resume=bool((ar or {}).get("enabled", False)), network=parse_network(body))
+                   env_vars=env_names(str_map(body, "envVars")), auto_pause=bool(opt_bool(body, "autoPause")),
+                   auto_resume=bool((ar or {}).get("enabled", False)),
+                   network=parse_network(body, body.get("network")))
 
     def to_proto(self, client_id: str) -> P.CreateSandboxRequest:
         req = P.CreateSandboxRequest(template=self.template_id, timeout_s=self.timeout or 0, metadata=self.metadata,
@@ -250,16 +274,24 @@ class NewTemplateBuild:
         tid = body.get("templateID")
         if tid is not None and not isinstance(tid, str):
             raise bad_request("'templateID' must be a string")
+        if tid and not BUILD_TEMPLATE_ID_RE.fullmatch(tid):
+            raise bad_request(f"invalid template id {tid!r}: use 1-64 letters, digits, '-' or '_', starting with a "
+                              "letter or digit")
         b.template_id = tid or ""
         b.vcpus = opt_int(body, "cpuCount", 1, 64) or 0
         b.memory_mb = opt_int(body, "memoryMB", 64, 1 << 20) or 0
         size = body.get("writableLayerSize")
         if size is not None:
+            # parse_size_mb takes what the CLI's users type (Unicode digits, case-folded units);
+            # the API takes the document's ASCII pattern, and only strings or integers.
+            ok = ((isinstance(size, str) and SIZE_RE.match(size))
+                  or (isinstance(size, int) and not isinstance(size, bool)))
+            if not ok:
+                raise bad_request("'writableLayerSize' must be a size like \"512M\" or \"1G\", or an integer of MiB")
             try:
                 b.writable_layer_mb = parse_size_mb(size)
             except ValueError:
-                raise bad_request(
-                    "'writableLayerSize' must be a size like \"512M\" or \"1G\", or an integer of MiB") from None
+                raise bad_request("'writableLayerSize' must be more than 0 and at most 4T") from None
         ports = body.get("exposePorts")
         if ports is not None:
             if not isinstance(ports, list) or not all(isinstance(p, int) and not isinstance(p, bool) for p in ports):
@@ -272,14 +304,18 @@ class NewTemplateBuild:
         if path is not None and not isinstance(path, str):
             raise bad_request("'probePath' must be a string")
         b.probe_path = path or ""
-        b.env.update(str_map(body, "envVars"))
+        b.env.update(env_names(str_map(body, "envVars")))
         b.cmd.extend(str_list(body, "cmd"))
         b.args.extend(str_list(body, "args"))
         b.no_memory_sharing = bool(opt_bool(body, "noMemorySharing"))
         node = body.get("nodeID")
         if node is not None and not isinstance(node, str):
             raise bad_request("'nodeID' must be a string")
-        return cls(build=b, aliases=str_list(body, "aliases"), node_id=node or "")
+        aliases = str_list(body, "aliases")
+        for a in aliases:
+            if not NAME_RE.fullmatch(a):
+                raise bad_request(f"invalid alias {a!r}")
+        return cls(build=b, aliases=aliases, node_id=node or "")
 
     def to_proto(self) -> P.CreateTemplateBuildRequest:
         return P.CreateTemplateBuildRequest(build=self.build, aliases=self.aliases, node_id=self.node_id)
@@ -385,13 +421,30 @@ def template_detail_body(t: P.Template, job: P.TemplateBuild | None = None) -> d
     return out
 
 
+_RFC3339_RE = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt]([0-9]{2}:[0-9]{2}):([0-9]{2})(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+
+
 def parse_time(value: str, name: str) -> Timestamp:
+    """An RFC 3339 date-time (the document's `date-time`: a UTC offset is part of it)."""
+    bad = bad_request(f"query parameter '{name}' must be an RFC 3339 date-time, with a UTC offset")
+    m = _RFC3339_RE.fullmatch(value)
+    if m is None:
+        raise bad
+    date, hours_minutes, seconds, fraction, offset = m.groups()
+    # A leap second (:60) counts as the one before it: Python's datetime has none. Python keeps
+    # microseconds; the rest of the fraction goes.
+    text = (f"{date}T{hours_minutes}:{min(int(seconds), 59):02d}{(fraction or '')[:7]}"
+            f"{'+00:00' if offset in ('Z', 'z') else offset}")
     try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        dt = datetime.fromisoformat(text)
     except ValueError:
-        raise bad_request(f"query parameter '{name}' must be an RFC 3339 date-time") from None
-    if dt.tzinfo is None:
-        raise bad_request(f"query parameter '{name}' needs a UTC offset")
+        raise bad from None
     t = Timestamp()
-    t.FromDatetime(dt)
+    try:
+        t.FromDatetime(dt)
+    except OverflowError:
+        # Before 0001-01-01 or after 9999-12-31 once at UTC (a first or last day with an offset):
+        # the first or last second a timestamp holds.
+        t.FromSeconds(MIN_TIMESTAMP_S if dt.year == 1 else MAX_TIMESTAMP_S)
     return t

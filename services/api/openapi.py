@@ -1,7 +1,12 @@
-"""The OpenAPI 3.0 document of cube-api (served at /openapi.json).
+"""The OpenAPI 3.1 document of cube-api (served at /openapi.json).
 
 Schemas follow E2B's spec for the parts the SDKs use; a test checks that every route the app
-serves is described here, and nothing else.
+serves is described here, and nothing else. The document states every constraint the server
+enforces on a request and every status it answers with: tests/control/test_api_fuzz.py fuzzes the
+API from it (schemathesis) and fails on a refusal or a status it does not state. 3.1 rather than
+3.0 for its JSON Schema: `propertyNames` (environment variable names) and `null` types (the
+server reads a null field as an absent one). What JSON Schema cannot state (byte totals over
+several fields, sizes inside strings, fields that go together) is said in descriptions.
 """
 
 from __future__ import annotations
@@ -23,19 +28,82 @@ BOOL = {"type": "boolean"}
 TIME = {"type": "string", "format": "date-time"}
 STRMAP = {"type": "object", "additionalProperties": STR}
 
+
+def _null(schema: dict) -> dict:
+    """``schema`` or null: the server reads a null field as an absent one."""
+    t = schema.get("type")
+    if isinstance(t, str):
+        return {**schema, "type": [t, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _unsupported(what: str) -> dict:
+    # Exactly the values Python calls false: the server refuses the key when it is truthy.
+    return {"enum": [None, False, 0, "", [], {}],
+            "description": f"{what}: not supported by this server; refused (400) unless absent or empty"}
+
+
+def _refused(what: str) -> dict:
+    return {"not": {}, "description": f"{what}: refused (400) whatever its value"}
+
+
+# Limits the master enforces with its default settings (services/master/settings.py: max_timeout_s,
+# max_metadata_entries, max_metadata_bytes, max_env_bytes); an operator may change them there.
+MAX_TIMEOUT_S = 86400
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_BYTES = 8192
+MAX_ENV_BYTES = 65536
+# Template ids and aliases as the master accepts them (services/master/templates.py, builds.py).
+NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+BUILD_TEMPLATE_ID_PATTERN = "^([A-Za-z0-9][A-Za-z0-9_-]{0,63})?$"
+ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
+# The last second a timestamp holds (9999-12-31T23:59:59Z).
+MAX_UNIX_S = 253402300799
+# Python's whitespace (str.isspace, what the server strips and refuses), spelled out so every
+# regex dialect reading this document agrees on it.
+WS = "[\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]"
+NOT_WS = WS.replace("[", "[^", 1)
+# The list filter `metadata` (E2B's parseFilters): once percent-decoded, '&'-separated pairs, each
+# with a non-empty key before its first '='; `&` and `=` may arrive percent-encoded.
+_META_KEY = "(?:[^&=%]|%(?!26|3[dD]))+"
+_META_VALUE = "(?:[^&%]|%(?!26))*"
+_META_PAIR = f"{_META_KEY}(?:=|%3[dD]){_META_VALUE}"
+METADATA_FILTER_PATTERN = f"^(?:{_META_PAIR})?(?:(?:&|%26)(?:{_META_PAIR})?)*$"
+
+OPT_BOOL = _null(BOOL)
+TIMEOUT = {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_TIMEOUT_S,
+           "description": "seconds from now; 0 or absent: 300"}
+ADDRESSES = _null({"type": "array", "items": {
+    "type": "string", "description": "an IPv4 or IPv6 address or CIDR block: the node refuses domain names and "
+                                     "anything else, and more than 128 entries (400)"}})
+NETWORK_OPTIONS = {
+    "allowOut": ADDRESSES, "denyOut": ADDRESSES,
+    "allowPublicTraffic": {"enum": [True, None], "description": "false is not supported by this server (400)"},
+    "egressProxy": {"type": "null", "description": "not supported by this server: refused (400) unless null"}}
+METADATA = {"type": ["object", "null"], "additionalProperties": STR, "maxProperties": MAX_METADATA_ENTRIES,
+            "propertyNames": {"minLength": 1},
+            "description": f"at most {MAX_METADATA_ENTRIES} entries and {MAX_METADATA_BYTES} bytes of keys and "
+                           f"values (UTF-8)"}
+ENV_VARS = {"type": ["object", "null"], "additionalProperties": STR, "propertyNames": {"pattern": ENV_NAME_PATTERN},
+            "description": f"at most {MAX_ENV_BYTES} bytes of names and values (UTF-8)"}
+
 SCHEMAS = {
     "Error": {"type": "object", "required": ["code", "message"],
               "properties": {"code": INT, "message": STR}},
-    "NetworkConfig": {"type": "object", "properties": {"allowOut": _arr(STR), "denyOut": _arr(STR)}},
+    "NetworkConfig": {"type": "object", "properties": NETWORK_OPTIONS},
     "NewSandbox": {"type": "object", "required": ["templateID"], "properties": {
-        "templateID": STR, "timeout": {"type": "integer", "minimum": 1, "default": 300},
-        "autoPause": BOOL, "autoResume": {"type": "object", "properties": {"enabled": BOOL}},
-        "allow_internet_access": BOOL, "network": _ref("NetworkConfig"), "metadata": STRMAP, "envVars": STRMAP,
-        "secure": {"type": "boolean", "description": "ignored: every sandbox has an envd access token"}}},
+        "templateID": {"type": "string", "minLength": 1, "description": "a template id or alias"},
+        "timeout": TIMEOUT, "autoPause": OPT_BOOL,
+        "autoResume": {"type": ["object", "null"], "properties": {"enabled": BOOL}},
+        "allow_internet_access": OPT_BOOL, "network": _null(_ref("NetworkConfig")), "metadata": METADATA,
+        "envVars": ENV_VARS,
+        "secure": {**OPT_BOOL, "description": "ignored: every sandbox has an envd access token"},
+        "mcp": _unsupported("MCP gateways"), "volumeMounts": _unsupported("volumes"),
+        "iam": _unsupported("IAM tokens")}},
     "Sandbox": {"type": "object", "required": ["templateID", "sandboxID", "clientID", "envdVersion"], "properties": {
         "templateID": STR, "sandboxID": STR, "clientID": STR, "alias": STR,
-        "envdVersion": {"type": "string", "example": ENVD_VERSION}, "envdAccessToken": STR,
-        "trafficAccessToken": {"type": "string", "nullable": True}, "domain": {"type": "string", "nullable": True}}},
+        "envdVersion": {"type": "string", "examples": [ENVD_VERSION]}, "envdAccessToken": STR,
+        "trafficAccessToken": {"type": ["string", "null"]}, "domain": {"type": ["string", "null"]}}},
     "ListedSandbox": {"type": "object", "required": [
         "templateID", "sandboxID", "clientID", "startedAt", "endAt", "cpuCount", "memoryMB", "diskSizeMB", "state",
         "envdVersion"], "properties": {
@@ -43,17 +111,24 @@ SCHEMAS = {
         "cpuCount": INT, "memoryMB": INT, "diskSizeMB": INT, "state": {"type": "string", "enum": ["running", "paused"]},
         "envdVersion": STR, "metadata": STRMAP}},
     "SandboxDetail": {"allOf": [_ref("ListedSandbox"), {"type": "object", "properties": {
-        "domain": {"type": "string", "nullable": True}, "envdAccessToken": STR, "allowInternetAccess": BOOL,
+        "domain": {"type": ["string", "null"]}, "envdAccessToken": STR, "allowInternetAccess": BOOL,
         "network": _ref("NetworkConfig"),
         "lifecycle": {"type": "object", "properties": {
             "autoResume": BOOL, "onTimeout": {"type": "string", "enum": ["kill", "pause"]}}}}}]},
-    "ConnectSandbox": {"type": "object", "properties": {"timeout": INT, "memory": BOOL}},
-    "ResumedSandbox": {"type": "object", "properties": {"timeout": INT, "autoPause": BOOL}},
-    "SandboxTimeoutRequest": {"type": "object", "required": ["timeout"], "properties": {"timeout": INT}},
-    "SandboxRefreshRequest": {"type": "object", "properties": {"duration": {"type": "integer", "maximum": 3600}}},
-    "SandboxPauseRequest": {"type": "object", "properties": {"memory": BOOL, "requireHealthyGuest": BOOL}},
-    "SandboxNetworkUpdate": {"type": "object", "properties": {
-        "allowOut": _arr(STR), "denyOut": _arr(STR), "allow_internet_access": BOOL}},
+    "ConnectSandbox": {"type": "object", "properties": {
+        "timeout": TIMEOUT, "memory": {**OPT_BOOL, "description": "ignored: a resume restores memory"}}},
+    "ResumedSandbox": {"type": "object", "properties": {
+        "timeout": TIMEOUT,
+        "autoPause": {**OPT_BOOL, "description": "ignored: the sandbox keeps the lifecycle it was created with"}}},
+    "SandboxTimeoutRequest": {"type": "object", "required": ["timeout"], "properties": {
+        "timeout": {"type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_S, "description": "seconds from now"}}},
+    "SandboxRefreshRequest": {"type": "object", "properties": {
+        "duration": {"type": ["integer", "null"], "minimum": 0, "maximum": 3600,
+                     "description": "seconds; absent: 60"}}},
+    "SandboxPauseRequest": {"type": "object", "properties": {
+        "memory": {**OPT_BOOL, "description": "ignored: a pause always keeps memory"},
+        "requireHealthyGuest": {**OPT_BOOL, "description": "ignored"}}},
+    "SandboxNetworkUpdate": {"type": "object", "properties": {**NETWORK_OPTIONS, "allow_internet_access": OPT_BOOL}},
     "SandboxMetric": {"type": "object", "required": [
         "timestamp", "timestampUnix", "cpuCount", "cpuUsedPct", "memUsed", "memTotal", "memCache", "diskUsed",
         "diskTotal"], "properties": {
@@ -71,7 +146,7 @@ SCHEMAS = {
     "Template": {"type": "object", "properties": {
         "templateID": STR, "buildID": STR, "cpuCount": INT, "memoryMB": INT, "diskSizeMB": INT, "public": BOOL,
         "aliases": _arr(STR), "names": _arr(STR), "createdAt": TIME, "updatedAt": TIME,
-        "createdBy": {"nullable": True}, "lastSpawnedAt": {"type": "string", "format": "date-time", "nullable": True},
+        "createdBy": {"type": ["object", "null"]}, "lastSpawnedAt": {"type": ["string", "null"], "format": "date-time"},
         "spawnCount": INT, "buildCount": INT, "envdVersion": STR,
         "buildStatus": {"type": "string", "enum": ["building", "waiting", "ready", "error"]}}},
     "TemplateWithBuilds": {"allOf": [_ref("Template"), {"type": "object", "properties": {
@@ -84,32 +159,45 @@ SCHEMAS = {
                        "E2B's template-build API (v2/v3 builds from a Dockerfile or build steps with file uploads) "
                        "is not supported, and bodies with its keys (dockerfile, fromImage, steps, ...) are refused.",
         "properties": {
-            "image": {"type": "string",
+            "image": {"type": "string", "pattern": f"^{WS}*{NOT_WS}{{1,1024}}{WS}*$",
                       "description": "image reference: registry/repo:tag, repo@sha256:..., "
                                      "oci-archive:/path.tar, docker-archive:/path.tar, oci:/dir[:tag]"},
-            "templateID": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
-                           "description": "default: a new id of 20 [a-z0-9]"},
-            "aliases": {"type": "array", "items": STR, "description": "claimed when the build is ready"},
-            "registryUsername": STR,
-            "registryPassword": {"type": "string",
+            "templateID": {"type": ["string", "null"], "pattern": BUILD_TEMPLATE_ID_PATTERN,
+                           "description": "default (absent or empty): a new id of 20 [a-z0-9]"},
+            "aliases": _null({"type": "array", "uniqueItems": True,
+                              "items": {"type": "string", "pattern": NAME_PATTERN},
+                              "description": "claimed when the build is ready; none may be the template id"}),
+            "registryUsername": {"type": ["string", "null"],
+                                 "description": "given with registryPassword, or neither (400)"},
+            "registryPassword": {"type": ["string", "null"],
                                  "description": "handed to the node for this build only; never stored"},
-            "insecureRegistry": {"type": "boolean", "description": "plain-HTTP registry"},
-            "cpuCount": {"type": "integer", "minimum": 1, "maximum": 64, "default": 1},
-            "memoryMB": {"type": "integer", "minimum": 64},
-            "writableLayerSize": {"oneOf": [STR, INT], "example": "1G",
-                                  "description": "size of the sandbox's writable layer: \"512M\", \"1G\", ... or "
-                                                 "an integer of MiB (default 1G)"},
-            "exposePorts": {"type": "array", "items": {"type": "integer", "minimum": 1, "maximum": 65535},
-                            "description": "guest ports served at https://<port>-<sandboxID>.<domain>"},
-            "probePort": {"type": "integer", "minimum": 1, "maximum": 65535,
+            "insecureRegistry": {**OPT_BOOL, "description": "plain-HTTP registry"},
+            "cpuCount": {"type": ["integer", "null"], "minimum": 1, "maximum": 64, "default": 1},
+            "memoryMB": {"type": ["integer", "null"], "minimum": 64, "maximum": 1 << 20},
+            "writableLayerSize": {
+                "anyOf": [{"type": "string", "pattern": (
+                    f"^{WS}*[0-9]+(\\.[0-9]+)?{WS}*[KMGTkmgt]?([iI]?[bB])?{WS}*$")},
+                    {"type": "integer", "minimum": 1, "maximum": 1 << 22}, {"type": "null"}],
+                "examples": ["1G"],
+                "description": "size of the sandbox's writable layer: \"512M\", \"1G\", ... (binary units) or an "
+                               "integer of MiB; more than 0 and at most 4T (400); default 1G"},
+            "exposePorts": _null({"type": "array", "maxItems": 64, "uniqueItems": True,
+                                  "items": {"type": "integer", "minimum": 1, "maximum": 65535},
+                                  "description": "guest ports served at https://<port>-<sandboxID>.<domain>"}),
+            "probePort": {"type": ["integer", "null"], "minimum": 1, "maximum": 65535,
                           "description": "the template is snapshotted once this port answers "
                                          "(default 49983, the agent)"},
-            "probePath": {"type": "string", "description": "HTTP path to GET on the probe port; absent: a TCP connect"},
-            "envVars": STRMAP,
-            "cmd": {"type": "array", "items": STR, "description": "replaces the image's entrypoint"},
-            "args": {"type": "array", "items": STR, "description": "replaces the image's cmd"},
-            "noMemorySharing": {"type": "boolean", "description": "no copy-on-write memory sharing between sandboxes"},
-            "nodeID": {"type": "string", "description": "build on this node (default: the least loaded)"}}},
+            "probePath": {"type": ["string", "null"], "pattern": f"^(/{NOT_WS}*)?$",
+                          "description": "HTTP path to GET on the probe port; absent: a TCP connect"},
+            "envVars": ENV_VARS,
+            "cmd": _null({"type": "array", "items": STR, "maxItems": 256,
+                          "description": "replaces the image's entrypoint; with args at most 256 strings and "
+                                         "65536 bytes (400)"}),
+            "args": _null({"type": "array", "items": STR, "maxItems": 256, "description": "replaces the image's cmd"}),
+            "noMemorySharing": {**OPT_BOOL, "description": "no copy-on-write memory sharing between sandboxes"},
+            "nodeID": {"type": ["string", "null"], "description": "build on this node (default: the least loaded)"},
+            **{k: _refused(f"{k}: E2B's template-build API")
+               for k in ("dockerfile", "fromImage", "fromTemplate", "steps", "startCmd", "readyCmd")}}},
     "TemplateBuildCreated": {"type": "object", "required": ["templateID", "buildID"],
                              "properties": {"templateID": STR, "buildID": STR}},
     "BuildLogEntry": {"type": "object", "required": ["timestamp", "level", "message"], "properties": {
@@ -124,7 +212,7 @@ SCHEMAS = {
         "phase": {"type": "string", "enum": ["queued", "pulling", "unpacking", "building_image", "booting", "probing",
                                              "snapshotting", "ready", "failed"]},
         "message": STR, "progress": _ref("BuildProgress"), "nodeID": STR, "image": STR, "createdAt": TIME,
-        "updatedAt": TIME, "finishedAt": {"type": "string", "format": "date-time", "nullable": True},
+        "updatedAt": TIME, "finishedAt": {"type": ["string", "null"], "format": "date-time"},
         "logs": _arr(STR), "logEntries": _arr(_ref("BuildLogEntry")),
         "reason": {"type": "object", "description": "set when status is error", "properties": {
             "message": {"type": "string", "description": "the reason, with the tail of the guest console and the "
@@ -151,19 +239,27 @@ def _body(name: str, required: bool = True) -> dict:
     return {"required": required, "content": {"application/json": {"schema": _ref(name)}}}
 
 
-SID = {"name": "sandboxID", "in": "path", "required": True, "schema": STR}
-TID = {"name": "templateID", "in": "path", "required": True, "schema": STR}
+# An empty path segment would name another route.
+SEGMENT = {"type": "string", "minLength": 1}
+SID = {"name": "sandboxID", "in": "path", "required": True, "schema": SEGMENT}
+TID = {"name": "templateID", "in": "path", "required": True, "schema": SEGMENT}
 
 
 def _q(name: str, schema: dict, desc: str = "") -> dict:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": desc}
 
 
+UNIX_S = {"type": "integer", "minimum": 0, "maximum": MAX_UNIX_S}
+UNIX_MS = {"type": "integer", "minimum": 0, "maximum": MAX_UNIX_S * 1000 + 999}
+LOG_LIMIT = _q("limit", {"type": "integer", "minimum": 0, "maximum": 10000}, "0 or absent: 1000")
 LIST_PARAMS = [
-    _q("metadata", STR, "k=v&k2=v2, each key and value percent-encoded, the whole encoded again"),
-    _q("state", STR, "comma-separated: running, paused"),
+    _q("metadata", {"type": "string", "pattern": METADATA_FILTER_PATTERN},
+       "k=v&k2=v2, each key and value percent-encoded, the whole encoded again; every pair needs a key"),
+    {**_q("state", {"type": "array", "items": {"type": "string", "enum": ["running", "paused"]}},
+          "running, paused or both (comma-joined); absent: both"), "style": "form", "explode": False},
     _q("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
-    _q("nextToken", STR), _q("order", {"type": "string", "enum": ["asc", "desc"]}),
+    _q("nextToken", STR, "the X-Next-Token of the previous page, as it came; any other value is refused (400)"),
+    _q("order", {"type": "string", "enum": ["asc", "desc"]}),
     _q("startedAfter", TIME), _q("template", STR)]
 NEXT = {"X-Next-Token": {"schema": STR, "description": "cursor of the next page; absent on the last"}}
 
@@ -193,19 +289,20 @@ OPERATIONS = [
     ("post", "/sandboxes/{sandboxID}/refreshes", "Extend the end time (never shortens)", [SID],
      _body("SandboxRefreshRequest", False), {**_ok(204), **_errors(400, 401, 404, 500, 503)}),
     ("post", "/sandboxes/{sandboxID}/pause", "Pause a sandbox", [SID], _body("SandboxPauseRequest", False),
-     {**_ok(204), **_errors(401, 404, 409, 500, 503)}),
-    ("get", "/sandboxes/{sandboxID}/metrics", "Sandbox metrics", [SID, _q("start", INT, "unix seconds"),
-                                                                    _q("end", INT, "unix seconds")], None,
+     {**_ok(204), **_errors(400, 401, 404, 409, 429, 500, 503)}),
+    ("get", "/sandboxes/{sandboxID}/metrics", "Sandbox metrics", [SID, _q("start", UNIX_S, "unix seconds"),
+                                                                    _q("end", UNIX_S, "unix seconds")], None,
      {**_ok(200, _arr(_ref("SandboxMetric"))), **_errors(400, 401, 404, 500, 503)}),
     ("get", "/sandboxes/metrics", "Latest metrics of several sandboxes",
-     [{"name": "sandbox_ids", "in": "query", "required": True, "schema": STR}], None,
+     [{"name": "sandbox_ids", "in": "query", "required": True, "description": "1 to 100 comma-separated ids",
+       "schema": {"type": "string", "pattern": "^,*[^,]+(,+[^,]+){0,99},*$"}}], None,
      {**_ok(200, _ref("SandboxesWithMetrics")), **_errors(400, 401, 500, 503)}),
-    ("get", "/sandboxes/{sandboxID}/logs", "Sandbox logs", [SID, _q("start", INT, "unix ms"), _q("limit", INT)], None,
-     {**_ok(200, _ref("SandboxLogs")), **_errors(401, 404, 500, 503)}),
+    ("get", "/sandboxes/{sandboxID}/logs", "Sandbox logs", [SID, _q("start", UNIX_MS, "unix ms"), LOG_LIMIT], None,
+     {**_ok(200, _ref("SandboxLogs")), **_errors(400, 401, 404, 500, 503)}),
     ("get", "/v2/sandboxes/{sandboxID}/logs", "Sandbox logs (v2)",
-     [SID, _q("cursor", INT, "unix ms"), _q("limit", INT),
+     [SID, _q("cursor", UNIX_MS, "unix ms"), LOG_LIMIT,
       _q("direction", {"type": "string", "enum": ["forward", "backward"]})],
-     None, {**_ok(200, _ref("SandboxLogsV2")), **_errors(401, 404, 500, 503)}),
+     None, {**_ok(200, _ref("SandboxLogsV2")), **_errors(400, 401, 404, 500, 503)}),
     ("put", "/sandboxes/{sandboxID}/network", "Update the egress policy", [SID], _body("SandboxNetworkUpdate"),
      {**_ok(204), **_errors(400, 401, 404, 500, 503)}),
     ("get", "/templates", "List templates", [], None, {**_ok(200, _arr(_ref("Template"))), **_errors(401, 500, 503)}),
@@ -216,8 +313,8 @@ OPERATIONS = [
     ("get", "/templates/{templateID}", "Get a template (id or alias); with its build while it is being built", [TID],
      None, {**_ok(200, _ref("TemplateWithBuilds")), **_errors(401, 404, 500, 503)}),
     ("get", "/templates/{templateID}/builds/{buildID}/status", "Status, progress and logs of a template build",
-     [TID, {"name": "buildID", "in": "path", "required": True, "schema": STR},
-      _q("logsOffset", {"type": "integer", "minimum": 0}, "skip this many log entries")], None,
+     [TID, {"name": "buildID", "in": "path", "required": True, "schema": SEGMENT},
+      _q("logsOffset", {"type": "integer", "minimum": 0, "maximum": 1 << 31}, "skip this many log entries")], None,
      {**_ok(200, _ref("TemplateBuildStatus")), **_errors(400, 401, 404, 500, 503)}),
     ("delete", "/templates/{templateID}", "Delete a template (409 naming the sandboxes that use it, unless force; "
                                           "409 while it is being built; 403 for a public template unless the key "
@@ -225,7 +322,7 @@ OPERATIONS = [
      [TID, _q("force", BOOL, "kill the sandboxes that use it first")], None,
      {**_ok(204), **_errors(400, 401, 403, 404, 409, 500, 503)}),
     ("get", "/templates/aliases/{alias}", "Resolve a template alias",
-     [{"name": "alias", "in": "path", "required": True, "schema": STR}], None,
+     [{"name": "alias", "in": "path", "required": True, "schema": SEGMENT}], None,
      {**_ok(200, _ref("TemplateAliasResponse")), **_errors(400, 401, 404, 500, 503)}),
     ("get", "/health", "Liveness of the API process (no auth)", [], None, _ok(200, {"type": "object"})),
     ("get", "/openapi.json", "This document (no auth)", [], None, _ok(200, {"type": "object"})),
@@ -241,10 +338,16 @@ def document(settings=None) -> dict:
             op["requestBody"] = body
         if path not in ("/health", "/openapi.json"):
             op["security"] = [{"ApiKeyAuth": []}]
+            # Every call the API makes to the master has a deadline (call_timeout_s, create_timeout_s).
+            op["responses"] = {**_errors(504), **responses}
+        if body is not None:
+            # Sanic refuses a body over max_body_bytes before any handler runs.
+            op["responses"] = {**_errors(413), **op["responses"]}
+        op["responses"] = dict(sorted(op["responses"].items()))
         paths.setdefault(path, {})[method] = op
     domain = getattr(settings, "domain", "cube.localhost")
     return {
-        "openapi": "3.0.3",
+        "openapi": "3.1.0",
         "info": {"title": "Cube API (E2B-compatible)", "version": "1.0.0",
                  "description": f"E2B control plane for self-hosted sandboxes; sandbox traffic goes to "
                                 f"https://<port>-<sandboxID>.{domain}. Errors are {{code, message}}. Templates are "

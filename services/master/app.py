@@ -16,6 +16,7 @@ from services.master.builds import Builds
 from services.master.leader import Election
 from services.master.log import get_logger
 from services.master.nodes import NodeClients
+from services.master.quotas import Quotas
 from services.master.reconcile import Reconciler
 from services.master.sandboxes import Sandboxes
 from services.master.server import MasterService
@@ -34,7 +35,8 @@ class Master:
         self.store = Store(s.etcd_endpoints, s.prefix, s.etcd_timeout_s)
         self.nodes = NodeClients(s.node_rpc_timeout_s)
         self.templates = Templates(self.store, self.nodes, s)
-        self.sandboxes = Sandboxes(self.store, self.nodes, self.templates, s)
+        self.quotas = Quotas(self.store)
+        self.sandboxes = Sandboxes(self.store, self.nodes, self.templates, s, self.quotas)
         self.teams = Teams(self.store)
         self.apikeys = ApiKeys(self.store, self.teams)
         self.builds = Builds(self.store, self.nodes, self.templates, s)
@@ -60,7 +62,8 @@ class Master:
     async def start(self) -> int:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         master_pb2_grpc.add_MasterServicer_to_server(
-            MasterService(self.sandboxes, self.templates, self.apikeys, self.election, self.builds, self.teams),
+            MasterService(self.sandboxes, self.templates, self.apikeys, self.election, self.builds, self.teams,
+                          self.quotas),
             self.server)
         port = self.server.add_insecure_port(self.settings.listen)
         if port == 0:

@@ -21,7 +21,8 @@ overwrite each other: a running build whose job was failed meanwhile stops.
 Ownership: a build, its template and its aliases belong to the caller's team (an operator's
 build makes a public template with public aliases). A job is seen by its team and by admins
 (templates.py has the rules for templates); another team's job answers NOT_FOUND. A non-admin
-cannot name a public template or public alias as the id to build (PERMISSION_DENIED).
+cannot name a public template or public alias as the id to build (PERMISSION_DENIED), and no
+team can claim a name another team's deleted template left (ALREADY_EXISTS; tombstones.py).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from services.master.settings import Settings
 from services.master.store import Conflict, Store, Versioned
 from services.master.teams import owner
 from services.master.templates import NAME_RE, Templates, from_info
+from services.master.tombstones import claim
 
 log = get_logger("builds")
 
@@ -179,8 +181,10 @@ class Builds:
         if (tpl is not None and not tpl.team_id) or alias is not None:
             raise errors.PermissionDenied(f"template '{tid}' is public; only an admin can rebuild it")
 
-    async def _check_aliases(self, tid: str, aliases, team_id: str) -> None:
-        """The aliases must be free in the team's namespace, and no team may claim a public one."""
+    async def _check_aliases(self, tid: str, aliases, caller: Caller) -> None:
+        """The aliases must be free in the team's namespace, no team may claim a public one, and no
+        team a name another team's deleted template left."""
+        team_id = caller.team_id
         for a in aliases:
             if a == tid:
                 raise errors.InvalidArgument(f"alias '{a}' is the template id itself")
@@ -191,6 +195,8 @@ class Builds:
                 raise errors.AlreadyExists(f"alias '{a}' is already taken (template '{cur.value.template_id}')")
             if await self.store.get_template(a) is not None:
                 raise errors.AlreadyExists(f"alias '{a}' is the id of another template")
+            if await claim(self.store, a, caller) is None:
+                raise errors.AlreadyExists(f"alias '{a}' is already taken")
 
     async def _pick_node(self, node_id: str) -> C.NodeStatus:
         nodes = [n for n in await self.store.list_nodes() if n.address]
@@ -222,9 +228,10 @@ class Builds:
             spec.template_id = new_template_id()
         tid = spec.template_id
         why = await self._taken(tid, caller)
-        if why:
-            raise errors.AlreadyExists(why)
-        await self._check_aliases(tid, aliases, caller.team_id)
+        name = await claim(self.store, tid, caller)
+        if why or name is None:
+            raise errors.AlreadyExists(why or f"template '{tid}' already exists")
+        await self._check_aliases(tid, aliases, caller)
         node = await self._pick_node(req.node_id)
 
         now = ts()
@@ -243,7 +250,7 @@ class Builds:
             status=P.TEMPLATE_STATUS_BUILDING, no_memory_sharing=spec.no_memory_sharing,
             expose_ports=list(spec.expose_ports), build_id=job.job_id, created_at=now, updated_at=now,
             team_id=caller.team_id)
-        ok, rev = await self.store.create_build(job, building)
+        ok, rev = await self.store.create_build(job, building, name)
         if not ok:
             raise errors.AlreadyExists(await self._taken(tid, caller) or f"template '{tid}' already exists")
         run = _Running(job=job, rev=rev, template_rev=rev, node=node)

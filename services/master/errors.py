@@ -22,7 +22,7 @@ class AlreadyExists(MasterError):
 
 
 class Exhausted(MasterError):
-    """No node has room; retrying right away will not help."""
+    """No node has room, or the team's quota would be exceeded; retrying right away will not help."""
 
 
 class Unavailable(MasterError):

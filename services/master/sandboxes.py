@@ -17,6 +17,10 @@ Ownership: a sandbox belongs to the team of the caller that created it (an opera
 team). Every call names its caller and every read of a record goes through ``_record``, which
 answers NOT_FOUND for another team's sandbox exactly as for an unknown id (admins see every
 team's); lists hold only the caller's team's. The leader's own duties act as ``OPERATOR``.
+
+Quotas: the first write of a create, a pause and a resume is an admission against the owning
+team's quota (quotas.py), whoever asks (the proxy's auto-resume and the leader's timeouts too);
+RESOURCE_EXHAUSTED when it would exceed it. A sandbox an operator created is exempt.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from services.master import errors
 from services.master.clock import secs, ts
 from services.master.log import get_logger
 from services.master.nodes import NodeClients
+from services.master.quotas import PAUSED_ONE, Quotas, running_one
 from services.master.routes import build_route, wait_applied
 from services.master.scheduler import load_by_node, rank
 from services.master.settings import Settings
@@ -98,11 +103,13 @@ def decode_page_token(token: str) -> tuple[int, str]:
 
 
 class Sandboxes:
-    def __init__(self, store: Store, nodes: NodeClients, templates: Templates, settings: Settings):
+    def __init__(self, store: Store, nodes: NodeClients, templates: Templates, settings: Settings,
+                 quotas: Quotas):
         self.store = store
         self.nodes = nodes
         self.templates = templates
         self.settings = settings
+        self.quotas = quotas
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -184,7 +191,8 @@ class Sandboxes:
             env_vars=dict(req.env_vars), envd_access_token=secrets.token_hex(16),
             envd_version=tpl.envd_version or self.settings.envd_version, vcpus=tpl.vcpus or 1,
             memory_mb=tpl.memory_mb or 512, disk_size_mb=tpl.disk_size_mb or 1024, auto_pause=req.auto_pause,
-            auto_resume=req.auto_resume, timeout_s=timeout, team_id=owner(caller.team_id))
+            auto_resume=req.auto_resume, timeout_s=timeout, team_id=owner(caller.team_id),
+            quota_exempt=not caller.team_id)
         if req.HasField("network"):
             rec.network.CopyFrom(req.network)
         rec.created_at.CopyFrom(ts(now))
@@ -192,7 +200,7 @@ class Sandboxes:
         rec.end_at.CopyFrom(ts(now + timeout))
         self._deadline(rec, self.settings.node_op_timeout_s)
         t1 = time.monotonic()
-        rev = await self.store.create_sandbox(rec)  # nothing is written if this fails
+        rev = await self._admit_create(rec)  # nothing is written if this fails
         steps = {"read": t1 - t0, "write": time.monotonic() - t1}
         log.info("creating", extra=_extra(rec, node_id=node.node_id, template_id=tpl.template_id))
         try:
@@ -205,6 +213,16 @@ class Sandboxes:
             if isinstance(e, EtcdUnavailable):
                 raise errors.Unavailable(f"cluster state unavailable: {e}") from e
             raise
+
+    async def _admit_create(self, rec: P.Sandbox) -> int:
+        """Write the CREATING record, admitted against its team's quota. Returns its revision."""
+        for _ in range(CAS_RETRIES):
+            async with self.quotas.admission(rec, running_one(rec)) as guard:
+                try:
+                    return await self.store.create_sandbox(rec, guard)
+                except Conflict:
+                    continue  # another master admitted a change of the team first: count again
+        raise errors.Unavailable(f"team '{rec.team_id}' is changing too fast; try again")
 
     async def _finish_create(self, rec: P.Sandbox, rev: int, node: cubelet_pb2.NodeStatus,
                              steps: dict[str, float]) -> P.Sandbox:
@@ -363,16 +381,7 @@ class Sandboxes:
     # ---- pause --------------------------------------------------------------------------------
 
     async def pause(self, sid: str, caller: Caller, reason: str = "request") -> P.Sandbox:
-        v = await self._record(sid, caller)
-        if v.value.phase in PAUSED_PHASES:
-            raise errors.FailedPrecondition(f"sandbox '{sid}' is already paused")
-        rec = _copy(v.value)
-        rec.phase = P.SANDBOX_PHASE_PAUSING
-        self._deadline(rec, self.settings.node_op_timeout_s)
-        try:
-            rev = await self.store.update_sandbox(rec, v.mod_revision)
-        except Conflict as e:
-            raise errors.FailedPrecondition(f"sandbox '{sid}' changed state meanwhile; try again") from e
+        rec, rev = await self._admit_pause(sid, caller)
         node = await self._node(rec.node_id)
         if node is None:
             await self._settle(rec, rev, P.SANDBOX_PHASE_RUNNING, None)
@@ -396,6 +405,23 @@ class Sandboxes:
         await wait_applied(self.store, out[1], self.settings.route_ack_timeout_s, sid)
         log.info("paused", extra=_extra(rec, reason=reason))
         return out[0]
+
+    async def _admit_pause(self, sid: str, caller: Caller) -> tuple[P.Sandbox, int]:
+        """Write PAUSING, admitted against the team's paused quota. Returns the record written and
+        its revision."""
+        for _ in range(CAS_RETRIES):
+            v = await self._record(sid, caller)
+            if v.value.phase in PAUSED_PHASES:
+                raise errors.FailedPrecondition(f"sandbox '{sid}' is already paused")
+            rec = _copy(v.value)
+            rec.phase = P.SANDBOX_PHASE_PAUSING
+            self._deadline(rec, self.settings.node_op_timeout_s)
+            async with self.quotas.admission(rec, PAUSED_ONE) as guard:
+                try:
+                    return rec, await self.store.update_sandbox(rec, v.mod_revision, guard=guard)
+                except Conflict:
+                    continue  # the record or the team changed meanwhile: look again
+        raise errors.FailedPrecondition(f"sandbox '{sid}' changed state meanwhile; try again")
 
     async def _settle(self, rec: P.Sandbox, rev: int, phase: P.SandboxPhase, node,
                       status: cubelet_pb2.SandboxStatus | None = None):
@@ -447,14 +473,16 @@ class Sandboxes:
             await asyncio.sleep(0.1)
 
     async def _resume(self, v: Versioned[P.Sandbox], timeout_s: int) -> P.Sandbox | None:
-        """Resume a paused sandbox. None when another caller changed it first (look again)."""
+        """Resume a paused sandbox, admitted against its team's quota. None when another caller
+        changed it, or another master admitted a change of its team, first (look again)."""
         sid = v.value.sandbox_id
         rec = _copy(v.value)
         rec.phase = P.SANDBOX_PHASE_RESUMING
         rec.timeout_s = timeout_s
         self._deadline(rec, self.settings.node_op_timeout_s)
         try:
-            rev = await self.store.update_sandbox(rec, v.mod_revision)
+            async with self.quotas.admission(rec, running_one(rec)) as guard:
+                rev = await self.store.update_sandbox(rec, v.mod_revision, guard=guard)
         except Conflict:
             return None
         node = await self._node(rec.node_id)

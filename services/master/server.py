@@ -20,6 +20,7 @@ from services.master.builds import Builds
 from services.master.caller import from_context, require_admin
 from services.master.leader import Election
 from services.master.log import get_logger
+from services.master.quotas import Quotas
 from services.master.sandboxes import Sandboxes
 from services.master.store import Conflict
 from services.master.teams import Teams
@@ -74,12 +75,13 @@ def _stream(fn):
 
 class MasterService(master_pb2_grpc.MasterServicer):
     def __init__(self, sandboxes: Sandboxes, templates: Templates, apikeys: ApiKeys, election: Election,
-                 builds: Builds, teams: Teams):
+                 builds: Builds, teams: Teams, quotas: Quotas):
         self.sb = sandboxes
         self.tpl = templates
         self.builds = builds
         self.keys = apikeys
         self.teams = teams
+        self.quotas = quotas
         self.election = election
         self.store = sandboxes.store
 
@@ -198,7 +200,12 @@ class MasterService(master_pb2_grpc.MasterServicer):
     @_rpc
     async def ListTeams(self, request, caller):
         require_admin(caller, "listing teams")
-        return P.ListTeamsResponse(teams=await self.teams.list())
+        return P.ListTeamsResponse(teams=await self.quotas.with_usage(await self.teams.list()))
+
+    @_rpc
+    async def SetTeamQuota(self, request, caller):
+        require_admin(caller, "setting a team's quota")
+        return await self.quotas.set_quota(request)
 
     # ---- API keys ----
     @_rpc

@@ -6,8 +6,13 @@ cluster.
 
 Writes that change a sandbox compare its mod revision (optimistic concurrency), so two masters
 (or a master and the reconciler) never overwrite each other; a sandbox and its route change in
-one transaction. Any etcd failure surfaces as ``EtcdUnavailable`` within the configured
-deadline, never as a hang (``cube_common.etcd``, which also fails over between endpoints).
+one transaction, and so does the team's admission guard when a quota applies (``TeamGuard``,
+services/master/quotas.py). A deleted template leaves its tombstones in the transaction that
+deletes it, and a claim of a tombstoned name compares the tombstone in the transaction that
+claims it (``NameClaim``, services/master/tombstones.py).
+
+Any etcd failure surfaces as ``EtcdUnavailable`` within the configured deadline, never as a hang
+(``cube_common.etcd``, which also fails over between endpoints).
 """
 
 from __future__ import annotations
@@ -37,6 +42,25 @@ class Conflict(Exception):
 @dataclass(frozen=True)
 class Versioned(Generic[M]):
     value: M
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class TeamGuard:
+    """An admission checked against a team's quota: its write holds only if the team record is
+    still at ``mod_revision`` (no other admission of the team committed since it was counted) and
+    rewrites the record unchanged, so that the next admission's count must include this one."""
+
+    team: master_pb2.Team
+    mod_revision: int
+
+
+@dataclass(frozen=True)
+class NameClaim:
+    """A claim of a template name: the write holds only if the name's tombstone is still at
+    ``mod_revision`` (0: it has none), i.e. nobody deleted a template of that name meanwhile."""
+
+    name: str
     mod_revision: int
 
 
@@ -124,18 +148,30 @@ class Store:
     async def list_sandboxes(self) -> list[Versioned[master_pb2.Sandbox]]:
         return await self._list(self.keys.sandboxes(), master_pb2.Sandbox)
 
-    async def create_sandbox(self, rec: master_pb2.Sandbox) -> int:
+    def _guarded(self, compare: list, ops: list, guard: TeamGuard | None) -> None:
+        if guard is not None:
+            k = self.keys.team(guard.team.team_id)
+            compare.append(self.t.mod(k) == guard.mod_revision)
+            ops.append(self.t.put(k, to_json(guard.team)))
+
+    async def create_sandbox(self, rec: master_pb2.Sandbox, guard: TeamGuard | None = None) -> int:
+        """Write a new record (with its team's admission guard, when a quota applies). Conflict
+        when the id exists or another admission of the team committed first."""
         t = self.t
         k = self.sandbox_key(rec.sandbox_id)
-        ok, rev = await self.txn([t.create(k) == 0], [t.put(k, to_json(rec))])
+        compare, ops = [t.create(k) == 0], [t.put(k, to_json(rec))]
+        self._guarded(compare, ops, guard)
+        ok, rev = await self.txn(compare, ops)
         if not ok:
-            raise Conflict(f"sandbox {rec.sandbox_id} exists")
+            raise Conflict(f"sandbox {rec.sandbox_id} exists, or its team admitted another change")
         return rev
 
     async def update_sandbox(self, rec: master_pb2.Sandbox, expect_rev: int,
-                             route: route_pb2.SandboxRoute | None = None, delete_route: bool = False) -> int:
+                             route: route_pb2.SandboxRoute | None = None, delete_route: bool = False,
+                             guard: TeamGuard | None = None) -> int:
         """Replace the record if it is still at ``expect_rev``; optionally write or delete its
-        route in the same transaction. Returns the new revision."""
+        route, and check and bump its team's admission guard, in the same transaction. Returns
+        the new revision."""
         t = self.t
         k = self.sandbox_key(rec.sandbox_id)
         ops = [t.put(k, to_json(rec))]
@@ -143,7 +179,9 @@ class Store:
             ops.append(t.put(self.route_key(rec.sandbox_id), to_json(route)))
         elif delete_route:
             ops.append(t.delete(self.route_key(rec.sandbox_id)))
-        ok, rev = await self.txn([t.mod(k) == expect_rev], ops)
+        compare = [t.mod(k) == expect_rev]
+        self._guarded(compare, ops, guard)
+        ok, rev = await self.txn(compare, ops)
         if not ok:
             raise Conflict(f"sandbox {rec.sandbox_id} changed")
         return rev
@@ -183,12 +221,22 @@ class Store:
     def _alias_key(self, alias: master_pb2.TemplateAlias) -> bytes:
         return self.keys.alias(alias.alias, alias.team_id)
 
-    async def delete_template(self, tid: str, aliases: list[master_pb2.TemplateAlias]) -> bool:
+    async def delete_template(self, tid: str, aliases: list[master_pb2.TemplateAlias],
+                              tombstones: Sequence[master_pb2.TemplateTombstone] = ()) -> bool:
+        """Delete a template's record and its aliases, leaving the tombstones of its names, in
+        one transaction; False when the record is already gone."""
         t = self.t
         k = self.keys.template(tid)
         ops = [t.delete(k)] + [t.delete(self._alias_key(a)) for a in aliases]
+        ops += [t.put(self.keys.tombstone(tomb.name), to_json(tomb)) for tomb in tombstones]
         ok, _ = await self.txn([t.create(k) > 0], ops)
         return ok
+
+    async def get_tombstone(self, name: str) -> Versioned[master_pb2.TemplateTombstone] | None:
+        return await self._get(self.keys.tombstone(name), master_pb2.TemplateTombstone)
+
+    def _claimed(self, compare: list, claims: Sequence[NameClaim]) -> None:
+        compare.extend(self.t.mod(self.keys.tombstone(c.name)) == c.mod_revision for c in claims)
 
     async def get_alias(self, alias: str, team_id: str = "") -> Versioned[master_pb2.TemplateAlias] | None:
         """A public alias (``team_id`` empty) or one of a team's own."""
@@ -205,10 +253,13 @@ class Store:
             v.value.team_id = ""
         return public + [v for v in teams if v.value.team_id]
 
-    async def put_alias(self, alias: master_pb2.TemplateAlias, only_if_absent: bool = False) -> bool:
+    async def put_alias(self, alias: master_pb2.TemplateAlias, only_if_absent: bool = False,
+                        claim: NameClaim | None = None) -> bool:
         t = self.t
         k = self._alias_key(alias)
-        ok, _ = await self.txn([t.create(k) == 0] if only_if_absent else [], [t.put(k, to_json(alias))])
+        compare = [t.create(k) == 0] if only_if_absent else []
+        self._claimed(compare, [claim] if claim is not None else [])
+        ok, _ = await self.txn(compare, [t.put(k, to_json(alias))])
         return ok
 
     async def delete_template_at(self, tid: str, expect_rev: int) -> bool:
@@ -229,15 +280,18 @@ class Store:
     async def list_builds(self) -> list[Versioned[master_pb2.TemplateBuild]]:
         return await self._list(self.keys.builds(), master_pb2.TemplateBuild)
 
-    async def create_build(self, job: master_pb2.TemplateBuild, building: master_pb2.Template) -> tuple[bool, int]:
+    async def create_build(self, job: master_pb2.TemplateBuild, building: master_pb2.Template,
+                           claim: NameClaim) -> tuple[bool, int]:
         """Write a new job and its template's BUILDING record together, only if no template and no
-        alias has the template's name yet (this claims the id). Returns (written, revision)."""
+        alias has the template's name yet and its tombstone is as ``claim`` found it (this claims
+        the id). Returns (written, revision)."""
         t = self.t
         tk = self.keys.template(job.template_id)
         ak = self.keys.alias(job.template_id)
         bk = self.build_key(job.job_id)
-        return await self.txn([t.create(tk) == 0, t.create(ak) == 0, t.create(bk) == 0],
-                              [t.put(bk, to_json(job)), t.put(tk, to_json(building))])
+        compare = [t.create(tk) == 0, t.create(ak) == 0, t.create(bk) == 0]
+        self._claimed(compare, [claim])
+        return await self.txn(compare, [t.put(bk, to_json(job)), t.put(tk, to_json(building))])
 
     async def update_build(self, job: master_pb2.TemplateBuild, expect_rev: int) -> int:
         t = self.t
@@ -287,8 +341,18 @@ class Store:
     # ---- teams ----------------------------------------------------------------------------
 
     async def get_team(self, team_id: str) -> master_pb2.Team | None:
-        v = await self._get(self.keys.team(team_id), master_pb2.Team)
+        v = await self.team_record(team_id)
         return v.value if v else None
+
+    async def team_record(self, team_id: str) -> Versioned[master_pb2.Team] | None:
+        return await self._get(self.keys.team(team_id), master_pb2.Team)
+
+    async def put_team(self, team: master_pb2.Team, expect_rev: int) -> bool:
+        """Write a team record if it is still at ``expect_rev`` (0: only if absent)."""
+        t = self.t
+        k = self.keys.team(team.team_id)
+        ok, _ = await self.txn([t.mod(k) == expect_rev], [t.put(k, to_json(team))])
+        return ok
 
     async def list_teams(self) -> list[master_pb2.Team]:
         return [v.value for v in await self._list(self.keys.teams(), master_pb2.Team)]

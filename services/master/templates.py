@@ -16,7 +16,8 @@ every team and changed (deleted, re-aliased, rebuilt) only by admins: PERMISSION
 Names: template ids are one namespace for the whole cluster (they name snapshots on the nodes);
 aliases are per team. A name is resolved as the caller's team's alias, then a public alias, then
 a template id the caller may use. A team cannot claim a public alias (that needs an admin), and
-its aliases never hide another team's, which live in their own namespace.
+its aliases never hide another team's, which live in their own namespace. A deleted template's id
+and public aliases stay its team's (tombstones.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from services.master.log import get_logger
 from services.master.nodes import NodeClients
 from services.master.settings import Settings
 from services.master.store import Store
+from services.master.tombstones import claim, for_deleted
 
 log = get_logger("templates")
 
@@ -210,7 +212,10 @@ class Templates:
             raise errors.PermissionDenied(f"alias '{alias.alias}' is public; only an admin can change it")
         team_id = "" if public is not None else caller.team_id
         rec = master_pb2.TemplateAlias(alias=alias.alias, template_id=tpl.template_id, team_id=team_id)
-        await self.store.put_alias(rec)
+        # Another team's deleted template's name is taken, as a live one is (tombstones.py).
+        name = await claim(self.store, alias.alias, caller)
+        if name is None or not await self.store.put_alias(rec, claim=name):
+            raise errors.AlreadyExists(f"alias '{alias.alias}' is already taken")
         log.info("alias set", extra={"alias": rec.alias, "template_id": rec.template_id, "team_id": team_id})
         return rec
 
@@ -229,11 +234,11 @@ class Templates:
 
     async def delete(self, tpl: master_pb2.Template, in_use: builtins.list[master_pb2.Sandbox], kill) -> bool:
         """Delete a template everywhere: on its nodes first (so a failure leaves the record for a
-        retry), then its record and every alias of it (public and the teams'). The caller checked
-        that it may (``managed``). ``in_use`` are the sandboxes that use it (running or paused);
-        without ``kill`` (a coroutine function killing one) they make this FAILED_PRECONDITION,
-        with a message that names them. A template being built cannot be deleted until its build
-        ends."""
+        retry), then its record and every alias of it (public and the teams'), leaving the
+        tombstones of its names. The caller checked that it may (``managed``). ``in_use`` are the
+        sandboxes that use it (running or paused); without ``kill`` (a coroutine function killing
+        one) they make this FAILED_PRECONDITION, with a message that names them. A template being
+        built cannot be deleted until its build ends."""
         tid = tpl.template_id
         if tpl.status == master_pb2.TEMPLATE_STATUS_BUILDING:
             raise errors.FailedPrecondition(
@@ -254,7 +259,7 @@ class Templates:
                 except errors.NotFound:
                     pass
         aliases = [a.value for a in await self.store.list_aliases() if a.value.template_id == tid]
-        ok = await self.store.delete_template(tid, aliases)
+        ok = await self.store.delete_template(tid, aliases, for_deleted(tpl, aliases))
         log.info("template deleted", extra={"template_id": tid, "team_id": tpl.team_id,
                                             "aliases": [f"{a.team_id}/{a.alias}" if a.team_id else a.alias
                                                         for a in aliases]})

@@ -1,5 +1,8 @@
 """End-time enforcement (leader only): a running sandbox past its end time is killed, or paused
-when it was created with auto-pause. set_timeout, connect and refreshes move the end time."""
+when it was created with auto-pause. set_timeout, connect and refreshes move the end time.
+
+A pause its team's paused quota refuses becomes a kill: the quota is a limit the team's own
+lifecycle settings cannot get around, and a sandbox past its end time must stop running."""
 
 from __future__ import annotations
 
@@ -29,7 +32,12 @@ async def expire_once(sandboxes: Sandboxes, now: float | None = None) -> list[st
         async with sem:
             try:
                 if rec.auto_pause:
-                    await sandboxes.pause(rec.sandbox_id, OPERATOR, reason="timeout")
+                    try:
+                        await sandboxes.pause(rec.sandbox_id, OPERATOR, reason="timeout")
+                    except errors.Exhausted as e:
+                        log.warning("paused quota reached at timeout; killing instead",
+                                    extra={"sandbox_id": rec.sandbox_id, "error": str(e)})
+                        await sandboxes.kill(rec.sandbox_id, OPERATOR, reason="timeout, paused quota reached")
                 else:
                     await sandboxes.kill(rec.sandbox_id, OPERATOR, reason="timeout")
             except (errors.NotFound, errors.FailedPrecondition):

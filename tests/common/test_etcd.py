@@ -21,6 +21,7 @@ def test_key_layout():
     assert k.build("j") == b"/cube/template-builds/j" and k.apikey("x") == b"/cube/apikeys/x"
     assert k.alias("a", "team-a") == b"/cube/team-aliases/team-a/a" and k.team("t") == b"/cube/teams/t"
     assert k.team_aliases() == b"/cube/team-aliases/" and k.teams() == b"/cube/teams/"
+    assert k.tombstone("t") == b"/cube/template-tombstones/t" and k.tombstones() == b"/cube/template-tombstones/"
     assert k.node("n") == b"/cube/nodes/n" and k.leader() == b"/cube/leader"
     assert k.proxy_applied("p1") == b"/cube/proxy/p1/applied_revision"
     assert k.proxy_of_applied(k.proxy_applied("p1")) == "p1"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.control.cluster import Cluster, one_node_cluster
+from tests.control.teams_support import Teams
 
 
 @pytest.fixture(scope="module")
@@ -13,6 +14,14 @@ def cluster(etcd_server):
     """One master, one API (auth off), one fake node; shared by a module's tests."""
     with one_node_cluster(etcd_server.endpoint) as c:
         yield c
+
+
+@pytest.fixture(scope="module")
+def teams(etcd_server):
+    """One master, one API with auth on, one fake node, and the teams' keys (teams_support.Teams);
+    shared by a module's tests."""
+    with one_node_cluster(etcd_server.endpoint, CUBE_AUTH="on") as c:
+        yield Teams(c)
 
 
 @pytest.fixture

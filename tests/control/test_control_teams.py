@@ -7,7 +7,6 @@ team and key RPCs are admin-only; revoked and malformed keys get 401 bodies."""
 from __future__ import annotations
 
 import json
-import time
 
 import grpc
 import httpx
@@ -15,52 +14,18 @@ import pytest
 from e2b import Sandbox, SandboxQuery, SandboxState
 from e2b.exceptions import AuthenticationException, SandboxNotFoundException
 
-from cube_common.teams import ROLE_METADATA, TEAM_METADATA
 from sdk.gen.cube.v1 import master_pb2 as P
 from tests.control.cli import cubemastercli
-from tests.control.cluster import Cluster, one_node_cluster
+from tests.control.teams_support import as_caller, build, point_sdk_at
 
 pytestmark = pytest.mark.timeout(120)
 
 UNKNOWN = "zzzzzzzzzzzzzzzzzzzz"  # a well-formed id nobody has
 
 
-class Teams:
-    """The auth-on cluster and its keys: team-a and team-b (users), and the local team's admin."""
-
-    def __init__(self, cluster: Cluster):
-        self.c = cluster
-        self.master = cluster.masters[0].address
-        for team in ("team-a", "team-b"):
-            cubemastercli(self.master, "team", "create", team)
-        self.a, self.a_id = self._key("a", "--team", "team-a")
-        self.b, self.b_id = self._key("b", "--team", "team-b")
-        self.admin, self.admin_id = self._key("ops", "--admin")
-
-    def _key(self, name: str, *args: str) -> tuple[str, str]:
-        out = json.loads(cubemastercli(self.master, "--json", "apikey", "create", "--name", name, *args).stdout)
-        return out["key"], out["apiKey"]["keyId"]
-
-    def api(self, key: str, method: str, path: str, **kw) -> httpx.Response:
-        return httpx.request(method, self.c.api_url + path, headers={"X-API-KEY": key}, timeout=30, **kw)
-
-    def sdk(self, key: str) -> dict:
-        """The SDK's connection options for one key (the URL comes from the environment)."""
-        return {"api_key": key}
-
-
-@pytest.fixture(scope="module")
-def teams(etcd_server):
-    with one_node_cluster(etcd_server.endpoint, CUBE_AUTH="on") as c:
-        yield Teams(c)
-
-
 @pytest.fixture
 def t(teams, monkeypatch):
-    monkeypatch.setenv("E2B_API_URL", teams.c.api_url)
-    monkeypatch.delenv("E2B_API_KEY", raising=False)
-    for var in ("E2B_DEBUG", "E2B_SANDBOX_URL", "E2B_DOMAIN"):
-        monkeypatch.delenv(var, raising=False)
+    point_sdk_at(teams, monkeypatch)
     teams.c.wipe_sandboxes()
     yield teams
     teams.c.wipe_sandboxes()
@@ -186,19 +151,6 @@ def test_records_from_before_teams_belong_to_the_local_team(t):
 
 # ---- templates ----------------------------------------------------------------------------------
 
-def build(t, key: str, **body) -> str:
-    """POST /templates as ``key``'s team; returns the template id once it is ready."""
-    r = t.api(key, "POST", "/templates", json={"image": "registry.test:5000/app:1", "writableLayerSize": "512M",
-                                              "exposePorts": [49999], "probePort": 49999, **body})
-    assert r.status_code == 202, r.text
-    tid, bid = r.json()["templateID"], r.json()["buildID"]
-    deadline = time.monotonic() + 20
-    while (st := t.api(key, "GET", f"/templates/{tid}/builds/{bid}/status").json())["status"] != "ready":
-        assert st["status"] in ("waiting", "building") and time.monotonic() < deadline, st
-        time.sleep(0.05)
-    return tid
-
-
 def test_team_templates_are_private_and_aliases_per_team(t):
     ta = build(t, t.a, aliases=["my-app"])
     tb = build(t, t.b, aliases=["my-app"])
@@ -259,10 +211,6 @@ def test_public_templates_are_read_only_to_teams(t):
 
 # ---- the master's RPCs, by caller ---------------------------------------------------------------
 
-def as_caller(team: str, role: str) -> tuple[tuple[str, str], ...]:
-    return ((TEAM_METADATA, team), (ROLE_METADATA, role))
-
-
 def test_team_and_key_rpcs_are_admin_only(t):
     ch, stub = t.c.master_stub()
     user, admin = as_caller("team-a", "user"), as_caller("team-a", "admin")
@@ -273,6 +221,7 @@ def test_team_and_key_rpcs_are_admin_only(t):
             (stub.RevokeApiKey, P.RevokeApiKeyRequest(key_id=t.b_id)),
             (stub.ValidateApiKey, P.ValidateApiKeyRequest(key=t.b)), (stub.ListNodes, P.ListNodesRequest()),
             (stub.PutTemplate, P.PutTemplateRequest(template=P.Template(template_id="tiny"))),
+            (stub.SetTeamQuota, P.SetTeamQuotaRequest(team_id="team-a", max_running=1000)),
         ]
         for rpc, req in calls:
             with pytest.raises(grpc.RpcError) as e:

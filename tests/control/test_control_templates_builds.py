@@ -243,7 +243,9 @@ def test_delete_refusal_names_sandboxes_and_force(tb):
     assert stub.DeleteTemplateRecord(P.DeleteTemplateRecordRequest(template="in-use-alias", force=True)).deleted
     assert cluster.sandbox_ids() == set() and node.ids() == set()
     assert "in-use" in node.calls_of("DeleteTemplate") and "in-use" not in node.templates
-    assert set(state_about(cluster, "in-use")) == {f"template-builds/{job.job_id}"}
+    # What stays: the job, and the tombstones of its names (an operator's build: public ones).
+    assert set(state_about(cluster, "in-use")) == {f"template-builds/{job.job_id}", "template-tombstones/in-use",
+                                                   "template-tombstones/in-use-alias"}
 
 
 def test_events_coalesced_and_bounded():

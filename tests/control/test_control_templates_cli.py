@@ -158,12 +158,12 @@ def test_delete_refuses_while_used_unless_force(tc):
 
 
 @pytest.mark.parametrize("text,mb", [("512M", 512), ("1G", 1024), ("1.5G", 1536), ("2048K", 2), ("1GiB", 1024),
-                                     ("1gb", 1024), ("100", 100), ("1T", 1 << 20), (256, 256)])
+                                     ("1gb", 1024), ("100", 100), ("1T", 1 << 20), (256, 256), (1.5, 2)])
 def test_parse_size(text, mb):
     assert parse_size_mb(text) == mb
 
 
-@pytest.mark.parametrize("text", ["", "x", "-1G", "0", "1P", "1.5.5G", True])
+@pytest.mark.parametrize("text", ["", "x", "-1G", "0", "1P", "1.5.5G", True, "1\u212a", float("nan"), None, [1]])
 def test_parse_size_rejects(text):
     with pytest.raises(ValueError):
         parse_size_mb(text)

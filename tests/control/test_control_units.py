@@ -1,5 +1,5 @@
 """Unit tests of the control plane's pure parts: placement, paging tokens, the metadata filter
-decoding, API-key hashing, settings."""
+decoding, API-key hashing, settings, quota counting."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from services.api.errors import ApiError
 from services.api.routes.sandboxes import parse_metadata_query, parse_states
 from services.api.settings import Settings as ApiSettings
 from services.master import apikeys, errors
+from services.master.quotas import PAUSED_ONE, Usage, limited, refusal, running_one, usage_by_team
 from services.master.sandboxes import decode_page_token, encode_page_token, new_sandbox_id
 from services.master.scheduler import NodeLoad, load_by_node, rank
 from services.master.settings import Settings as MasterSettings
@@ -78,6 +79,34 @@ def _sdk_encoding(meta: dict[str, str]) -> str:
 @pytest.mark.parametrize("meta", [{"user": "a b"}, {"k&=": "v&=%+ü/"}, {"a": "", "b": "1"}, {"x": "+"}])
 def test_metadata_query_decoding_matches_the_sdk(meta):
     assert parse_metadata_query(_sdk_encoding(meta)) == meta
+
+
+def test_quota_usage_counts_what_each_phase_may_end_in():
+    def sb(sid, phase, team="team-a", exempt=False):
+        return P.Sandbox(sandbox_id=sid, phase=phase, team_id=team, vcpus=2, memory_mb=512, quota_exempt=exempt)
+
+    recs = [sb("c", P.SANDBOX_PHASE_CREATING), sb("r", P.SANDBOX_PHASE_RUNNING),
+            sb("pg", P.SANDBOX_PHASE_PAUSING), sb("p", P.SANDBOX_PHASE_PAUSED), sb("rs", P.SANDBOX_PHASE_RESUMING),
+            sb("k", P.SANDBOX_PHASE_KILLING), sb("ops", P.SANDBOX_PHASE_RUNNING, team="", exempt=True),
+            sb("old", P.SANDBOX_PHASE_RUNNING, team=""), sb("b", P.SANDBOX_PHASE_PAUSED, team="team-b")]
+    used = usage_by_team(recs)
+    # PAUSING and RESUMING hold a running and a paused slot; KILLING and exempt ones hold nothing.
+    assert used["team-a"] == Usage(running=4, vcpus=8, memory_mb=2048, paused=3)
+    assert used["local"] == Usage(running=1, vcpus=2, memory_mb=512)  # a record from before teams
+    assert used["team-b"] == Usage(paused=1)
+    assert usage_by_team(recs, exclude="rs")["team-a"] == Usage(running=3, vcpus=6, memory_mb=1536, paused=2)
+
+
+def test_quota_refusals_name_the_limit():
+    q = P.TeamQuota(max_running=2, max_memory_mb=1024, max_paused=1)
+    one = running_one(P.Sandbox(vcpus=4, memory_mb=512))
+    assert limited(q, one) and limited(q, PAUSED_ONE) and not limited(P.TeamQuota(max_paused=1), one)
+    assert refusal("t", q, Usage(running=1, vcpus=40, memory_mb=512), one) is None  # vCPUs unlimited
+    assert str(refusal("t", q, Usage(running=2), one)).startswith(
+        "team 't' would exceed its quota of 2 running sandboxes (2 in use, this needs 1 more)")
+    assert "quota of 1024 MiB of memory" in str(refusal("t", q, Usage(running=1, memory_mb=600), one))
+    assert "quota of 1 paused sandboxes (1 in use" in str(refusal("t", q, Usage(paused=1), PAUSED_ONE))
+    assert refusal("t", q, Usage(running=9, paused=0), PAUSED_ONE) is None  # a pause adds no running
 
 
 def test_states():

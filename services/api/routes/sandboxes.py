@@ -32,18 +32,18 @@ def parse_metadata_query(value: str | None) -> dict[str, str]:
     return out
 
 
+_STATES = {"running": P.SANDBOX_PHASE_RUNNING, "paused": P.SANDBOX_PHASE_PAUSED}
+
+
 def parse_states(value: str | None) -> list[P.SandboxPhase]:
+    """`state`: E2B's comma-joined array of states (as the SDK sends it), each exactly as spelled."""
+    if not value:
+        return []
     phases: list[P.SandboxPhase] = []
-    for s in (value or "").split(","):
-        s = s.strip().lower()
-        if not s:
-            continue
-        if s == "running":
-            phases.append(P.SANDBOX_PHASE_RUNNING)
-        elif s == "paused":
-            phases.append(P.SANDBOX_PHASE_PAUSED)
-        else:
-            raise bad_request(f"invalid state '{s}' (want running or paused)")
+    for s in value.split(","):
+        if s not in _STATES:
+            raise bad_request(f"invalid state '{s}' (want running or paused, comma-separated)")
+        phases.append(_STATES[s])
     return phases
 
 
@@ -68,6 +68,7 @@ async def create_v1(request):
 async def _connect(request, raw_id: str):
     body = M.parse_body(request.body, required=False)
     timeout = M.opt_int(body, "timeout")
+    M.opt_bool(body, "memory")  # a resume always restores memory; typed all the same
     resp = await master_call(request, "ConnectSandbox",
                              P.ConnectSandboxRequest(sandbox_id=sandbox_id(raw_id), timeout_s=timeout or 0), slow=True)
     return response.json(M.sandbox_body(resp.sandbox, request.app.ctx.settings.domain),
@@ -89,6 +90,7 @@ async def resume(request, raw_id: str):
     """SDK 2.0-2.5: 201 when resumed, 409 when it was running (those SDKs take that as OK)."""
     body = M.parse_body(request.body, required=False)
     timeout = M.opt_int(body, "timeout")
+    M.opt_bool(body, "autoPause")  # ignored: the sandbox keeps the lifecycle it was created with
     rec = await master_call(request, "GetSandbox", P.GetSandboxRequest(sandbox_id=sandbox_id(raw_id)))
     if rec.phase == P.SANDBOX_PHASE_RUNNING:
         raise ApiError(409, f"sandbox '{rec.sandbox_id}' is already running")
@@ -106,7 +108,7 @@ async def list_v2(request):
                                       phases=parse_states(args.get("state")),
                                       limit=M.query_int(args, "limit", 1, MAX_LIST_LIMIT) or MAX_LIST_LIMIT,
                                       page_token=args.get("nextToken") or "", template=args.get("template") or "")
-    order = (args.get("order") or "desc").lower()
+    order = args.get("order") or "desc"
     if order not in ("asc", "desc"):
         raise bad_request(f"invalid order '{order}' (want asc or desc)")
     req.ascending = order == "asc"
@@ -168,7 +170,10 @@ async def refresh(request, raw_id: str):
 
 @bp.post("/sandboxes/<raw_id>/pause")
 async def pause(request, raw_id: str):
-    M.parse_body(request.body, required=False)
+    body = M.parse_body(request.body, required=False)
+    # Both are ignored (a pause always keeps memory and needs no healthy guest), but typed.
+    M.opt_bool(body, "memory")
+    M.opt_bool(body, "requireHealthyGuest")
     await master_call(request, "PauseSandboxRecord", P.PauseSandboxRecordRequest(sandbox_id=sandbox_id(raw_id)),
                       slow=True)
     return response.empty(status=204)
@@ -179,8 +184,8 @@ async def pause(request, raw_id: str):
 @bp.get("/sandboxes/<raw_id>/metrics")
 async def metrics(request, raw_id: str):
     req = P.GetSandboxMetricsRequest(sandbox_id=sandbox_id(raw_id))
-    start = M.query_int(request.args, "start")
-    end = M.query_int(request.args, "end")
+    start = M.query_int(request.args, "start", 0, M.MAX_TIMESTAMP_S)
+    end = M.query_int(request.args, "end", 0, M.MAX_TIMESTAMP_S)
     if start is not None:
         req.start.FromSeconds(start)
     if end is not None:
@@ -211,7 +216,7 @@ async def metrics_many(request):
 
 async def _logs(request, raw_id: str, start_key: str):
     req = cubelet_pb2.SandboxLogsRequest(sandbox_id=sandbox_id(raw_id))
-    start_ms = M.query_int(request.args, start_key)
+    start_ms = M.query_int(request.args, start_key, 0, M.MAX_TIMESTAMP_S * 1000 + 999)
     if start_ms is not None:
         req.since.FromMilliseconds(start_ms)
     req.limit = M.query_int(request.args, "limit", 0, 10000) or 1000
@@ -226,8 +231,11 @@ async def logs_v1(request, raw_id: str):
 
 @bp.get("/v2/sandboxes/<raw_id>/logs")
 async def logs_v2(request, raw_id: str):
+    direction = request.args.get("direction") or "forward"
+    if direction not in ("forward", "backward"):
+        raise bad_request(f"invalid direction '{direction}' (want forward or backward)")
     _, entries = M.log_bodies(await _logs(request, raw_id, "cursor"))
-    if (request.args.get("direction") or "forward") == "backward":
+    if direction == "backward":
         entries.reverse()
     return response.json({"logs": entries})
 
@@ -235,7 +243,7 @@ async def logs_v2(request, raw_id: str):
 @bp.put("/sandboxes/<raw_id>/network")
 async def update_network(request, raw_id: str):
     body = M.parse_body(request.body)
-    policy = M.parse_network(body) or network_pb2.NetworkPolicy(expose_all_ports=True)
+    policy = M.parse_network(body, body) or network_pb2.NetworkPolicy(expose_all_ports=True)
     await master_call(request, "UpdateSandboxNetwork", cubelet_pb2.UpdateNetworkRequest(
         sandbox_id=sandbox_id(raw_id), network=policy))
     return response.empty(status=204)

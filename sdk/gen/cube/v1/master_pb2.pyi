@@ -50,7 +50,7 @@ API_KEY_ROLE_USER: ApiKeyRole
 API_KEY_ROLE_ADMIN: ApiKeyRole
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id")
+    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id", "quota_exempt")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class Sandbox(_message.Message):
     PAUSED_AT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_EXEMPT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     alias: str
@@ -119,7 +120,8 @@ class Sandbox(_message.Message):
     paused_at: _timestamp_pb2.Timestamp
     timeout_s: int
     team_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ...) -> None: ...
+    quota_exempt: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ..., quota_exempt: bool = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
     __slots__ = ("template", "timeout_s", "metadata", "env_vars", "auto_pause", "auto_resume", "network", "client_id")
@@ -340,6 +342,18 @@ class ResolveTemplateAliasRequest(_message.Message):
     alias: str
     def __init__(self, alias: _Optional[str] = ...) -> None: ...
 
+class TemplateTombstone(_message.Message):
+    __slots__ = ("name", "template_id", "team_id", "deleted_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    DELETED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    template_id: str
+    team_id: str
+    deleted_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., template_id: _Optional[str] = ..., team_id: _Optional[str] = ..., deleted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class CreateTemplateBuildRequest(_message.Message):
     __slots__ = ("build", "aliases", "node_id")
     BUILD_FIELD_NUMBER: _ClassVar[int]
@@ -445,12 +459,54 @@ class ListNodesResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
 
 class Team(_message.Message):
-    __slots__ = ("team_id", "created_at")
+    __slots__ = ("team_id", "created_at", "quota", "usage")
     TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    QUOTA_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     team_id: str
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, team_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    quota: TeamQuota
+    usage: TeamUsage
+    def __init__(self, team_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., quota: _Optional[_Union[TeamQuota, _Mapping]] = ..., usage: _Optional[_Union[TeamUsage, _Mapping]] = ...) -> None: ...
+
+class TeamQuota(_message.Message):
+    __slots__ = ("max_running", "max_vcpus", "max_memory_mb", "max_paused")
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    MAX_VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    MAX_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    max_running: int
+    max_vcpus: int
+    max_memory_mb: int
+    max_paused: int
+    def __init__(self, max_running: _Optional[int] = ..., max_vcpus: _Optional[int] = ..., max_memory_mb: _Optional[int] = ..., max_paused: _Optional[int] = ...) -> None: ...
+
+class TeamUsage(_message.Message):
+    __slots__ = ("running", "vcpus", "memory_mb", "paused")
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FIELD_NUMBER: _ClassVar[int]
+    running: int
+    vcpus: int
+    memory_mb: int
+    paused: int
+    def __init__(self, running: _Optional[int] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., paused: _Optional[int] = ...) -> None: ...
+
+class SetTeamQuotaRequest(_message.Message):
+    __slots__ = ("team_id", "max_running", "max_vcpus", "max_memory_mb", "max_paused")
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    MAX_VCPUS_FIELD_NUMBER: _ClassVar[int]
+    MAX_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    MAX_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    team_id: str
+    max_running: int
+    max_vcpus: int
+    max_memory_mb: int
+    max_paused: int
+    def __init__(self, team_id: _Optional[str] = ..., max_running: _Optional[int] = ..., max_vcpus: _Optional[int] = ..., max_memory_mb: _Optional[int] = ..., max_paused: _Optional[int] = ...) -> None: ...
 
 class CreateTeamRequest(_message.Message):
     __slots__ = ("team_id",)

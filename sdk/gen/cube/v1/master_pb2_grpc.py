@@ -29,8 +29,8 @@ if _version_not_supported:
 class MasterStub(object):
     """The cluster brain. The API facade (cube-api) and operators (cubemastercli, sdk.client) call it;
     it keeps every piece of cluster state in etcd under /cube/ as proto3 JSON of the messages below
-    (Sandbox, Template, TemplateAlias, TemplateBuild, ApiKey, Team; NodeStatus is written by the
-    cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
+    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateBuild, ApiKey, Team; NodeStatus is
+    written by the cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
     timers and the reconciler.
 
     The caller: cube-api names the team it acts for in the metadata of every call (`cube-team`,
@@ -41,7 +41,8 @@ class MasterStub(object):
 
     Errors use gRPC status codes: NOT_FOUND (unknown sandbox, template, key, or another team's),
     INVALID_ARGUMENT (bad input), FAILED_PRECONDITION (wrong state: pause a paused sandbox, delete a
-    template in use), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node has room), UNAUTHENTICATED (bad
+    template in use), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node has room, or the team's quota is
+    reached: see TeamQuota), UNAUTHENTICATED (bad
     API key, malformed caller metadata), PERMISSION_DENIED (an admin-only call, or changing a public
     template, by a non-admin caller), UNAVAILABLE (etcd or the chosen node unreachable; nothing was
     left half-written).
@@ -168,6 +169,11 @@ class MasterStub(object):
                 request_serializer=cube_dot_v1_dot_master__pb2.ListTeamsRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_master__pb2.ListTeamsResponse.FromString,
                 _registered_method=True)
+        self.SetTeamQuota = channel.unary_unary(
+                '/cube.v1.Master/SetTeamQuota',
+                request_serializer=cube_dot_v1_dot_master__pb2.SetTeamQuotaRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.Team.FromString,
+                _registered_method=True)
         self.CreateApiKey = channel.unary_unary(
                 '/cube.v1.Master/CreateApiKey',
                 request_serializer=cube_dot_v1_dot_master__pb2.CreateApiKeyRequest.SerializeToString,
@@ -198,8 +204,8 @@ class MasterStub(object):
 class MasterServicer(object):
     """The cluster brain. The API facade (cube-api) and operators (cubemastercli, sdk.client) call it;
     it keeps every piece of cluster state in etcd under /cube/ as proto3 JSON of the messages below
-    (Sandbox, Template, TemplateAlias, TemplateBuild, ApiKey, Team; NodeStatus is written by the
-    cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
+    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateBuild, ApiKey, Team; NodeStatus is
+    written by the cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
     timers and the reconciler.
 
     The caller: cube-api names the team it acts for in the metadata of every call (`cube-team`,
@@ -210,7 +216,8 @@ class MasterServicer(object):
 
     Errors use gRPC status codes: NOT_FOUND (unknown sandbox, template, key, or another team's),
     INVALID_ARGUMENT (bad input), FAILED_PRECONDITION (wrong state: pause a paused sandbox, delete a
-    template in use), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node has room), UNAUTHENTICATED (bad
+    template in use), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node has room, or the team's quota is
+    reached: see TeamQuota), UNAUTHENTICATED (bad
     API key, malformed caller metadata), PERMISSION_DENIED (an admin-only call, or changing a public
     template, by a non-admin caller), UNAVAILABLE (etcd or the chosen node unreachable; nothing was
     left half-written).
@@ -218,6 +225,7 @@ class MasterServicer(object):
 
     def CreateSandbox(self, request, context):
         """---- sandboxes ----
+        RESOURCE_EXHAUSTED when the caller's team would exceed its running, vCPU or memory quota.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -251,14 +259,16 @@ class MasterServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def PauseSandboxRecord(self, request, context):
-        """FAILED_PRECONDITION when already paused (or pausing).
+        """FAILED_PRECONDITION when already paused (or pausing); RESOURCE_EXHAUSTED when the team's
+        paused quota is reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ConnectSandbox(self, request, context):
-        """Running: only extends the end time. Paused: resumes on the node that holds its state.
+        """Running: only extends the end time. Paused: resumes on the node that holds its state
+        (RESOURCE_EXHAUSTED when that would exceed the owning team's running, vCPU or memory quota).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -378,7 +388,16 @@ class MasterServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ListTeams(self, request, context):
-        """Every team, the local one included (it exists whether or not its record was written yet).
+        """Every team, the local one included (it exists whether or not its record was written yet),
+        with its quota and current usage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTeamQuota(self, request, context):
+        """Change a team's quota: only the fields set in the request; 0 = unlimited. NOT_FOUND when the
+        team does not exist (the local team always does).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -537,6 +556,11 @@ def add_MasterServicer_to_server(servicer, server):
                     request_deserializer=cube_dot_v1_dot_master__pb2.ListTeamsRequest.FromString,
                     response_serializer=cube_dot_v1_dot_master__pb2.ListTeamsResponse.SerializeToString,
             ),
+            'SetTeamQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTeamQuota,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.SetTeamQuotaRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.Team.SerializeToString,
+            ),
             'CreateApiKey': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateApiKey,
                     request_deserializer=cube_dot_v1_dot_master__pb2.CreateApiKeyRequest.FromString,
@@ -573,8 +597,8 @@ def add_MasterServicer_to_server(servicer, server):
 class Master(object):
     """The cluster brain. The API facade (cube-api) and operators (cubemastercli, sdk.client) call it;
     it keeps every piece of cluster state in etcd under /cube/ as proto3 JSON of the messages below
-    (Sandbox, Template, TemplateAlias, TemplateBuild, ApiKey, Team; NodeStatus is written by the
-    cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
+    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateBuild, ApiKey, Team; NodeStatus is
+    written by the cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
     timers and the reconciler.
 
     The caller: cube-api names the team it acts for in the metadata of every call (`cube-team`,
@@ -585,7 +609,8 @@ class Master(object):
 
     Errors use gRPC status codes: NOT_FOUND (unknown sandbox, template, key, or another team's),
     INVALID_ARGUMENT (bad input), FAILED_PRECONDITION (wrong state: pause a paused sandbox, delete a
-    template in use), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node has room), UNAUTHENTICATED (bad
+    template in use), ALREADY_EXISTS, RESOURCE_EXHAUSTED (no node has room, or the team's quota is
+    reached: see TeamQuota), UNAUTHENTICATED (bad
     API key, malformed caller metadata), PERMISSION_DENIED (an admin-only call, or changing a public
     template, by a non-admin caller), UNAVAILABLE (etcd or the chosen node unreachable; nothing was
     left half-written).
@@ -1202,6 +1227,33 @@ class Master(object):
             '/cube.v1.Master/ListTeams',
             cube_dot_v1_dot_master__pb2.ListTeamsRequest.SerializeToString,
             cube_dot_v1_dot_master__pb2.ListTeamsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTeamQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/SetTeamQuota',
+            cube_dot_v1_dot_master__pb2.SetTeamQuotaRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.Team.FromString,
             options,
             channel_credentials,
             insecure,

@@ -421,6 +421,12 @@ class Sandbox(betterproto.Message):
      existed: those belong to the local team.
     """
 
+    quota_exempt: bool = betterproto.bool_field(28)
+    """
+    Created by an operator (a call with no caller): never counted against its team's quota,
+     and its pause and resume are never refused by one.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class CreateSandboxRequest(betterproto.Message):
@@ -592,6 +598,21 @@ class ResolveTemplateAliasRequest(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class TemplateTombstone(betterproto.Message):
+    """
+    What is left of a deleted template's name: the value at /cube/template-tombstones/<name>, for
+     its id and each of its public aliases (a team's own aliases live in its namespace, which no
+     other team can claim). Another team cannot claim the name again (ALREADY_EXISTS, as for a live
+     one); the team that owned it and admins can.
+    """
+
+    name: str = betterproto.string_field(1)
+    template_id: str = betterproto.string_field(2)
+    team_id: str = betterproto.string_field(3)
+    deleted_at: datetime = betterproto.message_field(4)
+
+
+@dataclass(eq=False, repr=False)
 class CreateTemplateBuildRequest(betterproto.Message):
     build: "BuildTemplateRequest" = betterproto.message_field(1)
     """
@@ -707,10 +728,55 @@ class Team(betterproto.Message):
      holder creates belongs to its team. The local team ("local", cube_common.teams.LOCAL_TEAM)
      always exists: with auth off every request acts for it, and records written before teams
      existed belong to it.
+
+     The record is also the team's admission guard (services/master/quotas.py): every create, pause
+     or resume checked against its quota rewrites it, unchanged, in the same transaction as the
+     sandbox record, so that two such changes of one team are counted one after the other.
     """
 
     team_id: str = betterproto.string_field(1)
     created_at: datetime = betterproto.message_field(2)
+    quota: "TeamQuota" = betterproto.message_field(3)
+    usage: "TeamUsage" = betterproto.message_field(4)
+
+
+@dataclass(eq=False, repr=False)
+class TeamQuota(betterproto.Message):
+    """
+    A team's limits, set by operators; 0 = unlimited (the default, the local team's included).
+     Checked when a sandbox of the team is created or resumed (running, vCPUs, memory) and paused
+     (paused), against the team's current sandboxes; a limit lowered below the usage refuses new
+     ones and stops nothing. Sandboxes an operator created (quota_exempt) are not counted. A
+     transitional sandbox holds the slots of both phases it may end in: PAUSING and RESUMING count
+     as running and as paused. A pause at the end of a sandbox's timeout that the paused limit
+     refuses becomes a kill, so the limit holds.
+    """
+
+    max_running: int = betterproto.uint32_field(1)
+    max_vcpus: int = betterproto.uint32_field(2)
+    max_memory_mb: int = betterproto.uint32_field(3)
+    max_paused: int = betterproto.uint32_field(4)
+
+
+@dataclass(eq=False, repr=False)
+class TeamUsage(betterproto.Message):
+    """What a team's sandboxes use now, counted as TeamQuota counts it."""
+
+    running: int = betterproto.uint32_field(1)
+    vcpus: int = betterproto.uint32_field(2)
+    memory_mb: int = betterproto.uint32_field(3)
+    paused: int = betterproto.uint32_field(4)
+
+
+@dataclass(eq=False, repr=False)
+class SetTeamQuotaRequest(betterproto.Message):
+    team_id: str = betterproto.string_field(1)
+    max_running: Optional[int] = betterproto.uint32_field(2, optional=True)
+    """Only the limits set here change; 0 = unlimited."""
+
+    max_vcpus: Optional[int] = betterproto.uint32_field(3, optional=True)
+    max_memory_mb: Optional[int] = betterproto.uint32_field(4, optional=True)
+    max_paused: Optional[int] = betterproto.uint32_field(5, optional=True)
 
 
 @dataclass(eq=False, repr=False)
@@ -1596,6 +1662,23 @@ class MasterStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def set_team_quota(
+        self,
+        set_team_quota_request: "SetTeamQuotaRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Team":
+        return await self._unary_unary(
+            "/cube.v1.Master/SetTeamQuota",
+            set_team_quota_request,
+            Team,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def create_api_key(
         self,
         create_api_key_request: "CreateApiKeyRequest",
@@ -2174,6 +2257,11 @@ class MasterBase(ServiceBase):
     ) -> "ListTeamsResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def set_team_quota(
+        self, set_team_quota_request: "SetTeamQuotaRequest"
+    ) -> "Team":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def create_api_key(
         self, create_api_key_request: "CreateApiKeyRequest"
     ) -> "CreateApiKeyResponse":
@@ -2372,6 +2460,13 @@ class MasterBase(ServiceBase):
         response = await self.list_teams(request)
         await stream.send_message(response)
 
+    async def __rpc_set_team_quota(
+        self, stream: "grpclib.server.Stream[SetTeamQuotaRequest, Team]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.set_team_quota(request)
+        await stream.send_message(response)
+
     async def __rpc_create_api_key(
         self, stream: "grpclib.server.Stream[CreateApiKeyRequest, CreateApiKeyResponse]"
     ) -> None:
@@ -2546,6 +2641,12 @@ class MasterBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListTeamsRequest,
                 ListTeamsResponse,
+            ),
+            "/cube.v1.Master/SetTeamQuota": grpclib.const.Handler(
+                self.__rpc_set_team_quota,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SetTeamQuotaRequest,
+                Team,
             ),
             "/cube.v1.Master/CreateApiKey": grpclib.const.Handler(
                 self.__rpc_create_api_key,
