@@ -25,7 +25,7 @@ ROLE_USER = "user"
 ROLE_ADMIN = "admin"
 
 # A team id is an etcd key segment and a word an operator types: no slashes, nothing odd.
-TEAM_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+TEAM_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,8 @@ from services.master.teams import Teams, owner
 
 log = get_logger("apikeys")
 
-KEY_RE = re.compile(r"^e2b_[0-9a-f]{40}$")
-KEY_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+KEY_RE = re.compile(r"^e2b_[0-9a-f]{40}\Z")
+KEY_ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
 
 
 def digest(key: str) -> str:

@@ -53,10 +53,10 @@ from services.master.tombstones import claim
 log = get_logger("builds")
 
 ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
-JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+JOB_ID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 # What a cubelet accepts as a template id (a directory name on the node, an etcd key segment).
-TEMPLATE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+TEMPLATE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}\Z")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 TERMINAL = (C.READY, C.FAILED)
 MAX_PORTS = 64
 MAX_ARGV = 256

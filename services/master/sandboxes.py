@@ -52,12 +52,12 @@ log = get_logger("sandboxes")
 
 P = master_pb2
 ID_ALPHABET = string.ascii_lowercase + string.digits
-ID_RE = re.compile(r"^[a-z0-9]{1,64}$")
+ID_RE = re.compile(r"^[a-z0-9]{1,64}\Z")
 # What E2B calls running / paused (PAUSING and RESUMING: the call has not answered yet).
 RUNNING_PHASES = (P.SANDBOX_PHASE_RUNNING,)
 PAUSED_PHASES = (P.SANDBOX_PHASE_PAUSED, P.SANDBOX_PHASE_PAUSING, P.SANDBOX_PHASE_RESUMING)
 VISIBLE_PHASES = RUNNING_PHASES + PAUSED_PHASES
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 CAS_RETRIES = 8
 
 

@@ -40,7 +40,7 @@ from services.master.tombstones import claim, for_deleted
 log = get_logger("templates")
 
 # Template ids and aliases become etcd key segments: no slashes, nothing odd.
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")
 
 
 def from_info(info: cubelet_pb2.TemplateInfo, default_envd: str) -> master_pb2.Template:

@@ -7,11 +7,12 @@ import urllib.parse
 
 import pytest
 
+from cube_common.teams import TEAM_ID_RE
 from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
 from services.api.errors import ApiError
 from services.api.routes.sandboxes import parse_metadata_query, parse_states
 from services.api.settings import Settings as ApiSettings
-from services.master import apikeys, errors
+from services.master import apikeys, builds, errors, sandboxes as master_sandboxes, templates as master_templates
 from services.master.quotas import PAUSED_ONE, Usage, limited, refusal, running_one, usage_by_team
 from services.master.sandboxes import decode_page_token, encode_page_token, new_sandbox_id
 from services.master.scheduler import NodeLoad, load_by_node, rank
@@ -135,3 +136,13 @@ def test_settings_from_env():
     assert ApiSettings.from_env({}).auth is False and ApiSettings.from_env({}).domain == "cube.localhost"
     with pytest.raises(ValueError):
         ApiSettings.from_env({"CUBE_DOMAIN": "e2b.app"})  # the SDK would send sandbox traffic to E2B
+
+
+@pytest.mark.parametrize("pattern,good", [
+    (apikeys.KEY_RE, "e2b_" + "ab" * 20), (apikeys.KEY_ID_RE, "0123456789abcdef"),
+    (builds.JOB_ID_RE, "01234567-89ab-cdef-0123-456789abcdef"), (builds.TEMPLATE_ID_RE, "my-app"),
+    (builds.ENV_NAME_RE, "PATH"), (master_sandboxes.ID_RE, "abc123"), (master_sandboxes.ENV_NAME_RE, "HOME"),
+    (master_templates.NAME_RE, "my-app:v1"), (TEAM_ID_RE, "acme")])
+def test_id_patterns_refuse_a_trailing_newline(pattern, good):
+    """`$` also matches before a final newline; every id and name pattern ends at the string's end."""
+    assert pattern.match(good) and not pattern.match(good + "\n")
