@@ -24,6 +24,9 @@ ROLE_METADATA = "cube-role"
 ROLE_USER = "user"
 ROLE_ADMIN = "admin"
 
+# What every API key looks like: ``e2b_`` + 40 lowercase hex (the shape every E2B SDK accepts).
+API_KEY_RE = re.compile(r"^e2b_[0-9a-f]{40}\Z")
+
 # A team id is an etcd key segment and a word an operator types: no slashes, nothing odd.
 TEAM_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 

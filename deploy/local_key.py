@@ -11,11 +11,10 @@ SHA-256, so this file is the key's only copy.
 from __future__ import annotations
 
 import os
-import re
-import tempfile
 from pathlib import Path
 
-KEY_RE = re.compile(r"^e2b_[0-9a-f]{40}$")
+from cube_common.files import write_atomic
+from cube_common.teams import API_KEY_RE as KEY_RE
 
 
 def path(state_dir: Path) -> Path:
@@ -37,19 +36,5 @@ def write(state_dir: Path, key: str) -> Path:
     p = path(state_dir)
     p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(p.parent, 0o700)  # mkdir's mode is masked by the umask, and the directory may be older
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".api-key.")  # created 0600
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dfd = os.open(p.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)  # the rename itself survives a crash
-    finally:
-        os.close(dfd)
+    write_atomic(p, (key + "\n").encode(), 0o600)
     return p

@@ -16,6 +16,7 @@ import hmac
 import re
 import secrets
 
+from cube_common.teams import API_KEY_RE as KEY_RE
 from sdk.gen.cube.v1 import master_pb2
 from services.master import errors
 from services.master.clock import ts
@@ -25,7 +26,6 @@ from services.master.teams import Teams, owner
 
 log = get_logger("apikeys")
 
-KEY_RE = re.compile(r"^e2b_[0-9a-f]{40}\Z")
 KEY_ID_RE = re.compile(r"^[0-9a-f]{16}\Z")
 
 

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from cube_common.files import write_atomic
+
 log = logging.getLogger("cube.proxy.tls")
 
 CA_DAYS = 3650
@@ -40,17 +42,6 @@ class TlsFiles:
     ca_key: Path
     cert: Path
     key: Path
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 def _key_pem(key) -> bytes:
@@ -84,8 +75,8 @@ def _make_ca(files: TlsFiles) -> None:
         .add_extension(ski, critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write(files.ca_key, _key_pem(key), 0o600)
-    _write(files.ca_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomic(files.ca_key, _key_pem(key), 0o600)
+    write_atomic(files.ca_cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     log.info("generated a new CA", extra={"path": str(files.ca_cert)})
 
 
@@ -135,8 +126,8 @@ def _make_leaf(files: TlsFiles, domain: str) -> None:
         .sign(ca_key, hashes.SHA256())
     )
     chain = cert.public_bytes(serialization.Encoding.PEM) + ca.public_bytes(serialization.Encoding.PEM)
-    _write(files.key, _key_pem(key), 0o600)
-    _write(files.cert, chain, 0o644)
+    write_atomic(files.key, _key_pem(key), 0o600)
+    write_atomic(files.cert, chain, 0o644)
     log.info("issued the server certificate", extra={"domain": domain, "path": str(files.cert)})
 
 
