@@ -24,13 +24,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-import aetcd  # noqa: E402
 import httpx  # noqa: E402
 
 from bench.common import emit, machine, progress, summary  # noqa: E402
@@ -41,11 +38,6 @@ from testkit.etcd import EtcdServer  # noqa: E402
 from testkit.proxy import Proxy, Upstream, route_json  # noqa: E402
 
 DOMAIN = "cube.localhost"
-
-
-def put_op(key: bytes, value: bytes) -> Callable[[aetcd.Client], Awaitable[Any]]:
-    """`EtcdClient.call`'s operation for one put (bound here, not to a loop's variables)."""
-    return lambda c: c.put(key, value)
 
 
 async def propagation(proxy: Proxy, etcd_port: int, up: Upstream, n: int) -> tuple[list[float], list[float]]:
@@ -61,14 +53,14 @@ async def propagation(proxy: Proxy, etcd_port: int, up: Upstream, n: int) -> tup
                 assert (await http.get("/small", headers=headers)).status_code == 502  # warm connection
                 if i % 2 == 0:  # put → first successful request
                     t0 = time.perf_counter()
-                    await client.call(put_op(key, route_json(sid, host=up.host)))
+                    await client.put(key, route_json(sid, host=up.host))
                     while (await http.get("/small", headers=headers)).status_code != 200:
                         if time.perf_counter() - t0 > 10:
                             raise TimeoutError(f"route {sid} not served in 10 s")
                     served.append((time.perf_counter() - t0) * 1000)
                 else:  # put → every proxy acked (the master's wait)
                     t0 = time.perf_counter()
-                    rev = (await client.call(put_op(key, route_json(sid, host=up.host)))).header.revision
+                    rev = (await client.put(key, route_json(sid, host=up.host))).header.revision
                     await wait_routes_applied(client, keys, rev, timeout=10)
                     acked.append((time.perf_counter() - t0) * 1000)
                     assert (await http.get("/small", headers=headers)).status_code == 200
@@ -186,7 +178,7 @@ async def preload(port: int, proxy: Proxy, up: Upstream, n: int) -> None:
         rev = 0
         for i in range(n):
             sid = f"bg{i:05d}"
-            rev = (await c.call(put_op(keys.route(sid), route_json(sid, host=up.host)))).header.revision
+            rev = (await c.put(keys.route(sid), route_json(sid, host=up.host))).header.revision
         await wait_routes_applied(c, keys, rev, timeout=60)
     finally:
         await c.close()
@@ -196,7 +188,7 @@ async def _put(port: int, proxy: Proxy, sid: str, up: Upstream) -> None:
     c = EtcdClient([f"127.0.0.1:{port}"], timeout_s=10)
     keys = Keys(proxy.prefix)
     try:
-        rev = (await c.call(lambda cl: cl.put(keys.route(sid), route_json(sid, host=up.host)))).header.revision
+        rev = (await c.put(keys.route(sid), route_json(sid, host=up.host))).header.revision
         await wait_routes_applied(c, keys, rev, timeout=10)
     finally:
         await c.close()

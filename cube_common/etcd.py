@@ -1,7 +1,8 @@
 """The one etcd client of every Cube component: endpoint failover, deadlines, one error type.
 
     etcd = EtcdClient(("10.0.0.1:2379", "10.0.0.2:2379"), timeout_s=3.0)
-    value = await etcd.call(lambda c: c.get(key))       # one call, with deadline and failover
+    await etcd.put(key, value, lease=lease)              # the usual single-key operations ...
+    value = await etcd.call(lambda c: c.get_prefix(p))   # ... and any other call, the same way
     async with etcd.using() as c:                        # long calls: watches, leases
         async for event in await c.watch_prefix(prefix): ...
     await etcd.close()
@@ -23,11 +24,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import aetcd
 import aetcd.exceptions
 import grpc
+
+from cube_common.addresses import split_host_port
 
 log = logging.getLogger("cube.etcd")
 
@@ -47,10 +50,10 @@ class EtcdUnavailable(Exception):
 
 def parse_endpoint(endpoint: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port``."""
-    host, _, port = endpoint.strip().rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"bad etcd endpoint {endpoint!r} (want host:port)")
-    return host.strip("[]"), int(port)
+    try:
+        return split_host_port(endpoint)
+    except ValueError as e:
+        raise ValueError(f"bad etcd endpoint {endpoint!r} (want host:port): {e}") from None
 
 
 class EtcdClient:
@@ -150,6 +153,27 @@ class EtcdClient:
             if not self._users[key]:
                 del self._users[key]
                 self._release(key)
+
+    # The single-key operations every component uses, each one ``call``: callers pass values, never
+    # a closure over their own (loop) variables.
+
+    async def get(self, key: bytes) -> Any:
+        return await self.call(lambda c: c.get(key))
+
+    async def put(self, key: bytes, value: bytes, lease: aetcd.Lease | None = None) -> Any:
+        return await self.call(lambda c: c.put(key, value, lease=lease))
+
+    async def delete(self, key: bytes) -> Any:
+        return await self.call(lambda c: c.delete(key))
+
+    async def lease(self, ttl: int) -> aetcd.Lease:
+        return await self.call(lambda c: c.lease(ttl))
+
+    async def refresh_lease(self, lease_id: int) -> Any:
+        return await self.call(lambda c: c.refresh_lease(lease_id))
+
+    async def revoke_lease(self, lease_id: int) -> Any:
+        return await self.call(lambda c: c.revoke_lease(lease_id))
 
     async def call(self, make: Callable[[aetcd.Client], Awaitable[T]]) -> T:
         """Run ``make(client)`` (a coroutine factory) with the deadline, failover and error mapping."""

@@ -29,6 +29,7 @@ import socket
 from collections.abc import Iterable
 from typing import Any
 
+from cube_common.addresses import split_host_port
 from cube_common.settings import Settings, SettingsError
 
 FLAG = "--insecure-public"
@@ -45,11 +46,10 @@ def host_of(address: str) -> str | None:
     text = address.strip()
     if text.startswith(_LOCAL_SCHEMES):
         return None
-    if text.startswith("["):
-        return text[1:].partition("]")[0]
-    if text.count(":") == 1:
-        return text.partition(":")[0]
-    return text  # a bare host, or a bare IPv6 address (several colons, no brackets)
+    try:
+        return split_host_port(text, default_port=0)[0]
+    except ValueError:
+        return text  # malformed: judged whole, which no loopback check accepts
 
 
 def is_loopback_host(host: str) -> bool:

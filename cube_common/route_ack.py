@@ -120,16 +120,16 @@ class AppliedRevisionPublisher:
 
     async def _sync(self) -> None:
         if self._lease is None:
-            self._lease = await self._etcd.call(lambda c: c.lease(self._ttl))
+            self._lease = await self._etcd.lease(self._ttl)
             self._written = None
         if self._desired is None:
             if self._written is not None:
-                await self._etcd.call(lambda c: c.delete(self._key))
+                await self._etcd.delete(self._key)
                 self._written = None
         elif self._desired != self._written:
             desired = self._desired
             lease = self._lease
-            await self._etcd.call(lambda c: c.put(self._key, str(desired).encode(), lease=lease))
+            await self._etcd.put(self._key, str(desired).encode(), lease=lease)
             self._written = desired
             self.writes += 1
 
@@ -137,7 +137,7 @@ class AppliedRevisionPublisher:
         if self._lease is None:
             return
         lease_id = self._lease.id
-        reply = await self._etcd.call(lambda c: c.refresh_lease(lease_id))
+        reply = await self._etcd.refresh_lease(lease_id)
         if reply is None or reply.TTL <= 0:  # expired (etcd was away too long): start over
             log.warning("proxy lease expired; re-registering")
             self._lease = None
@@ -171,7 +171,7 @@ class AppliedRevisionPublisher:
         if self._lease is not None:
             lease_id = self._lease.id
             try:
-                await self._etcd.call(lambda c: c.revoke_lease(lease_id))
+                await self._etcd.revoke_lease(lease_id)
             except Exception:  # noqa: BLE001 - etcd away: the lease expires by itself
                 pass
             self._lease = None

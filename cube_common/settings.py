@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from cube_common import defaults
+from cube_common.addresses import split_host_port
 
 S = TypeVar("S", bound="Settings")
 
@@ -201,8 +202,11 @@ def check_host_ports(name: str, values: Sequence[str]) -> None:
     if not values:
         raise SettingsError(f"{name} is empty")
     for v in values:
-        host, _, port = v.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        try:
+            _host, port = split_host_port(v)
+        except ValueError:
+            port = 0
+        if not port:
             raise SettingsError(f"bad {name} entry {v!r} (want host:port)")
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from cube_common import defaults
+from cube_common.addresses import split_host_port
 from cube_common.procs import Stopped, stop_pid, stop_process
 from cube_common.settings import Settings, setting, shared
 
@@ -123,8 +124,8 @@ def _etcd_healthy(endpoint: str) -> bool:
 
 
 def programs(cfg: NodeConfig) -> list[Program]:
-    host, port = cfg.master_addr.rsplit(":", 1)
-    chost, cport = cfg.cubelet_addr.rsplit(":", 1)
+    host, port = split_host_port(cfg.master_addr)
+    chost, cport = split_host_port(cfg.cubelet_addr)
     return [
         Program("etcd", ["etcd", "--name", "cube", "--data-dir", str(cfg.state_dir / "etcd"),
                          "--listen-client-urls", f"http://{cfg.etcd_endpoint}",
@@ -134,8 +135,8 @@ def programs(cfg: NodeConfig) -> list[Program]:
                          "--initial-cluster", f"cube=http://127.0.0.1:{cfg.etcd_peer_port}"],
                 lambda: _etcd_healthy(cfg.etcd_endpoint)),
         Program("vs", [PY, "-m", "services.vs"], lambda: _unix_open(cfg.vs_socket)),
-        Program("cubelet", [PY, "-m", "services.cubelet"], lambda: _tcp_open(chost, int(cport))),
-        Program("master", [PY, "-m", "services.master"], lambda: _tcp_open(host, int(port))),
+        Program("cubelet", [PY, "-m", "services.cubelet"], lambda: _tcp_open(chost, cport)),
+        Program("master", [PY, "-m", "services.master"], lambda: _tcp_open(host, port)),
         Program("proxy", [PY, "-m", "services.proxy"], lambda: _tcp_open("127.0.0.1", cfg.proxy_http_port)),
         Program("api", [PY, "-m", "services.api"], lambda: _tcp_open("127.0.0.1", cfg.api_port)),
     ]

@@ -43,12 +43,12 @@ import threading
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
-from urllib.parse import urlsplit
 
 from grpclib.client import Channel
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
+from cube_common.addresses import split_host_port
 from cube_common.defaults import MASTER_ADDR, MASTER_PORT
 from sdk.typed.cube import v1 as pb
 
@@ -83,13 +83,9 @@ def master_address(address: str | None = None) -> str:
 def _host_port(address: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or a bare host (the default master port)."""
     try:
-        u = urlsplit("//" + address)
-        host, port = u.hostname, u.port
+        return split_host_port(address, MASTER_PORT)
     except ValueError as e:
         raise ValueError(f"invalid master address {address!r}: {e}") from None
-    if not host:
-        raise ValueError(f"invalid master address {address!r} (want HOST:PORT)")
-    return host, port or MASTER_PORT
 
 
 @contextlib.contextmanager

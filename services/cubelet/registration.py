@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
 
-import aetcd
 from google.protobuf import json_format
 
 from cube_common.etcd import EtcdClient
@@ -61,11 +59,11 @@ class NodeRegistration:
         key = Keys(self.settings.etcd_prefix).node(self.settings.node_id)
         while True:
             try:
-                lease = await etcd.call(lambda c: c.lease(ttl))
+                lease = await etcd.lease(ttl)
                 while True:
                     value = json_format.MessageToJson(self.status(), indent=None).encode()
-                    await etcd.call(_put(key, value, lease))
-                    await etcd.call(_refresh(lease))
+                    await etcd.put(key, value, lease=lease)
+                    await etcd.refresh_lease(lease.id)
                     self._poked.clear()
                     try:
                         await asyncio.wait_for(self._poked.wait(), max(1.0, ttl / 3))
@@ -80,13 +78,5 @@ class NodeRegistration:
 
 
 # ``EtcdClient.call`` operations bound to one beat's value and lease (not to the loop's variables).
-def _put(key: bytes, value: bytes, lease: aetcd.Lease) -> Callable[[aetcd.Client], Awaitable[Any]]:
-    return lambda c: c.put(key, value, lease=lease)
-
-
-def _refresh(lease: aetcd.Lease) -> Callable[[aetcd.Client], Awaitable[Any]]:
-    return lambda c: c.refresh_lease(lease.id)
-
-
 def vcpus() -> int:
     return os.cpu_count() or 1

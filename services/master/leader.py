@@ -37,7 +37,7 @@ class Election:
         return self.store.keys.leader()
 
     async def current(self) -> master_pb2.MasterIdentity | None:
-        r = await self.store.call(lambda c: c.get(self.key))
+        r = await self.store.etcd.get(self.key)
         return from_json(r.value, master_pb2.MasterIdentity) if r else None
 
     async def run(self) -> None:
@@ -60,7 +60,7 @@ class Election:
             await self._step_down("stopping")
 
     async def _campaign(self) -> bool:
-        lease = await self.store.call(lambda c: c.lease(self.ttl_s))
+        lease = await self.store.etcd.lease(self.ttl_s)
         me = master_pb2.MasterIdentity()
         me.CopyFrom(self.identity)
         me.since.CopyFrom(ts())
@@ -80,6 +80,8 @@ class Election:
         return True
 
     async def _lead(self) -> None:
+        lease_id = self._lease_id
+        assert lease_id is not None, "_lead runs only after _campaign won the lease"
         last_ok = time.monotonic()
         while True:
             await asyncio.sleep(self.ttl_s / 3)
@@ -87,7 +89,7 @@ class Election:
                 if t.done() and not t.cancelled() and t.exception() is not None:
                     log.error("leader duty died", extra={"error": repr(t.exception())})
             try:
-                reply = await self.store.call(lambda c: c.refresh_lease(self._lease_id))
+                reply = await self.store.etcd.refresh_lease(lease_id)
                 if reply is None or reply.TTL <= 0:
                     await self._step_down("lease expired")
                     return
@@ -100,7 +102,7 @@ class Election:
 
     async def _revoke(self, lease_id: int) -> None:
         try:
-            await self.store.call(lambda c: c.revoke_lease(lease_id))
+            await self.store.etcd.revoke_lease(lease_id)
         except EtcdUnavailable:
             pass
 

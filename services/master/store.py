@@ -93,7 +93,7 @@ class Store:
         return await self.etcd.call(make)
 
     async def _get(self, key: bytes, cls: type[M]) -> Versioned[M] | None:
-        r = await self.call(lambda c: c.get(key))
+        r = await self.etcd.get(key)
         if r is None:
             return None
         return Versioned(from_json(r.value, cls), r.mod_revision)
@@ -215,7 +215,7 @@ class Store:
         return await self._list(self.keys.templates(), master_pb2.Template)
 
     async def put_template(self, tpl: master_pb2.Template) -> int:
-        r = await self.call(lambda c: c.put(self.keys.template(tpl.template_id), to_json(tpl)))
+        r = await self.etcd.put(self.keys.template(tpl.template_id), to_json(tpl))
         return r.header.revision
 
     def _alias_key(self, alias: master_pb2.TemplateAlias) -> bytes:
@@ -335,7 +335,7 @@ class Store:
         return await self._put_new(self.keys.apikey(key.key_id), key)
 
     async def delete_apikey(self, key_id: str) -> bool:
-        r = await self.call(lambda c: c.delete(self.keys.apikey(key_id)))
+        r = await self.etcd.delete(self.keys.apikey(key_id))
         return r is not None
 
     # ---- teams ----------------------------------------------------------------------------

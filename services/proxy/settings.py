@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from cube_common import defaults
+from cube_common.addresses import split_host_port
 from cube_common.keys import Keys, normalize_prefix
 from cube_common.listen import refuse_public
 from cube_common.settings import Settings, SettingsError, check_host_ports, setting, shared
@@ -23,23 +24,7 @@ class Endpoint:
     @classmethod
     def parse(cls, text: str, default_port: int | None = None) -> Endpoint:
         """`host:port`, `[v6]:port`, or a bare host when a default port is given."""
-        text = text.strip()
-        if text.startswith("["):
-            host, _, rest = text[1:].partition("]")
-            port_text = rest[1:] if rest.startswith(":") else ""
-        elif text.count(":") == 1:
-            host, port_text = text.split(":")
-        else:
-            host, port_text = text, ""
-        if not port_text:
-            if default_port is None:
-                raise ValueError(f"{text!r}: a port is required (host:port)")
-            port = default_port
-        else:
-            port = int(port_text)
-        if not host or not 0 <= port <= 65535:
-            raise ValueError(f"bad endpoint {text!r}")
-        return cls(host, port)
+        return cls(*split_host_port(text, default_port))
 
     @property
     def is_ipv6(self) -> bool:

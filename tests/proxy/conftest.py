@@ -79,11 +79,11 @@ class Routes:
         return await self.put_raw(sid, route_json(sid, **kw), wait)
 
     async def put_raw(self, sid: str, value: bytes, wait: bool = True) -> int:
-        res = await self.etcd.call(lambda c: c.put(self.key(sid), value))
+        res = await self.etcd.put(self.key(sid), value)
         return await self._wait(res.header.revision, wait)
 
     async def delete(self, sid: str, wait: bool = True) -> int:
-        res = await self.etcd.call(lambda c: c.delete(self.key(sid)))
+        res = await self.etcd.delete(self.key(sid))
         return await self._wait(res.header.revision if res is not None else 0, wait)
 
 
