@@ -16,6 +16,11 @@ Invariants:
   and a call cancelled from below looks to its caller like a cancelled task, which must never happen.
   Such a cancellation is turned into ``EtcdUnavailable`` unless the caller's task is really being
   cancelled.
+- With ``tls`` (the component's TLS directory, cube_common/mtls.py) every channel is mutual TLS:
+  it presents the component's certificate, trusts only the cluster CA and accepts only a server
+  proving ``etcd.cube.internal``, whatever address it dials; there is no fall-back to plaintext. A
+  refused handshake is a failure like any other (``EtcdUnavailable``, within the deadline). The
+  files are read once, when the client is made: a missing or unsafe key fails at start-up.
 """
 
 from __future__ import annotations
@@ -28,8 +33,11 @@ from typing import Any, TypeVar
 
 import aetcd
 import aetcd.exceptions
+import aetcd.rpc
+import aetcd.watcher
 import grpc
 
+from cube_common import mtls
 from cube_common.addresses import split_host_port
 
 log = logging.getLogger("cube.etcd")
@@ -56,12 +64,45 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
         raise ValueError(f"bad etcd endpoint {endpoint!r} (want host:port): {e}") from None
 
 
+class _TlsChannelClient(aetcd.Client):
+    """An aetcd client whose channel is a TLS one.
+
+    Why it exists: aetcd 1.0.0's ``connect`` only ever opens ``grpc.aio.insecure_channel``, and has
+    no parameter for credentials. This ``connect`` opens a secure channel instead and then wires
+    up what the rest of ``aetcd.Client`` expects to find after a connect: the stubs and the
+    watcher. aetcd's username/password authentication is left out (Cube does not use it: the
+    certificate is the credential), and so is its wait for a concurrent connect: nothing here
+    awaits, so two tasks cannot interleave in the middle of it.
+    """
+
+    def __init__(self, *, credentials: grpc.ChannelCredentials, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._credentials = credentials
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        host = f"[{self._host}]" if ":" in self._host else self._host  # a bare IPv6 address
+        self.channel = grpc.aio.secure_channel(f"{host}:{self._port}", self._credentials,
+                                               options=list(self._options.items()))
+        self.kvstub = aetcd.rpc.KVStub(self.channel)
+        self.clusterstub = aetcd.rpc.ClusterStub(self.channel)
+        self.leasestub = aetcd.rpc.LeaseStub(self.channel)
+        self.maintenancestub = aetcd.rpc.MaintenanceStub(self.channel)
+        self._watcher = aetcd.watcher.Watcher(aetcd.rpc.WatchStub(self.channel), timeout=self._timeout,
+                                              metadata=self.metadata)
+        self._connected.set()
+
+
 class EtcdClient:
-    def __init__(self, endpoints: Sequence[str], timeout_s: float = 3.0) -> None:
+    def __init__(self, endpoints: Sequence[str], timeout_s: float = 3.0,
+                 tls: mtls.TlsFiles | None = None) -> None:
         if not endpoints:
             raise ValueError("no etcd endpoints")
         self.endpoints = tuple(parse_endpoint(e) for e in endpoints)
         self.timeout_s = timeout_s
+        # Made now: the files are read (and the key's mode checked) at start-up, not at a failover.
+        self._credentials = mtls.channel_credentials(tls) if tls is not None else None
         self._ep = 0
         self._client: aetcd.Client | None = None
         self._users: dict[int, int] = {}  # calls in flight per channel (id of its client)
@@ -80,10 +121,15 @@ class EtcdClient:
         if self._client is None:
             host, port = self.endpoints[self._ep % len(self.endpoints)]
             # timeout is the per-call gRPC deadline; keepalive so that a dead etcd is noticed.
-            self._client = aetcd.Client(host=host, port=port, timeout=self.timeout_s,
-                                        connect_wait_timeout=int(self.timeout_s) or 1,
-                                        options={"grpc.keepalive_time_ms": 5000,
-                                                 "grpc.keepalive_timeout_ms": 2000})
+            options: dict[str, Any] = {"grpc.keepalive_time_ms": 5000, "grpc.keepalive_timeout_ms": 2000}
+            kwargs: dict[str, Any] = {"host": host, "port": port, "timeout": self.timeout_s,
+                                      "connect_wait_timeout": int(self.timeout_s) or 1, "options": options}
+            if self._credentials is None:
+                self._client = aetcd.Client(**kwargs)
+            else:
+                # The server's certificate names its role, not an address (deploy/pki.py).
+                options["grpc.ssl_target_name_override"] = mtls.server_name(mtls.Role.ETCD)
+                self._client = _TlsChannelClient(credentials=self._credentials, **kwargs)
         return self._client
 
     @property
@@ -106,6 +152,8 @@ class EtcdClient:
             self._client = None
         for client in clients:
             await self._close_client(client)
+        # Retired channels whose closing is under way: done before we return, not left to the loop.
+        await asyncio.gather(*self._closing)
 
     def retire(self, client: aetcd.Client) -> None:
         """Stop using ``client``'s channel: new calls get a fresh one (to the next endpoint if

@@ -2,8 +2,8 @@
 that are not.
 
 Every Cube listener defaults to loopback (``defaults``). A service whose callers are not
-authenticated there (the API with auth off; the gRPC services and the proxy's resumer and admin,
-which have no peer authentication yet) refuses at start-up to listen anywhere else unless the
+authenticated there (the API with auth off; the gRPC services without mutual TLS; the proxy's
+resumer and admin) refuses at start-up to listen anywhere else unless the
 operator says ``--insecure-public``. Each service's settings ``validate()`` calls ``refuse_public``
 for such a setting, so the refusal is a ``SettingsError`` naming the setting, raised before anything
 binds.
@@ -35,8 +35,10 @@ from cube_common.settings import Settings, SettingsError
 FLAG = "--insecure-public"
 FIELD = "insecure_public"
 
-# Why the gRPC services (master, cubelet, CubeVS over TCP) may not listen off loopback unguarded.
-UNAUTHENTICATED_GRPC = "its gRPC API authenticates no caller yet (no mTLS): anyone who reaches it controls"
+# Why the gRPC services (master, cubelet, CubeVS over TCP) may not listen off loopback without
+# mutual TLS, and the way out that keeps them safe.
+UNAUTHENTICATED_GRPC = "without mutual TLS its gRPC API authenticates no caller: anyone who reaches it controls"
+MTLS_FIX = "give it a TLS directory (mtls_dir; python -m deploy.pki issues one)"
 
 _LOCAL_SCHEMES = ("unix:", "unix-abstract:")
 

@@ -117,6 +117,13 @@ class shared:
                        "refuses to start")
 
     @staticmethod
+    def mtls_dir(help: str = "") -> Any:
+        # No shared alias on purpose: each component presents its own certificate.
+        return setting(None, help or "this component's TLS directory (tls.crt, tls.key, ca.crt: a "
+                       "Kubernetes TLS Secret's layout; deploy/pki.py issues it): mutual TLS on its gRPC "
+                       "ports and to its peers and etcd. Unset: plaintext, loopback only")
+
+    @staticmethod
     def log_level(flag: str = "", env: tuple[str, ...] = (), help: str = "") -> Any:
         return shared._field("INFO", "log level (DEBUG, INFO, WARNING, ERROR)", "CUBE_LOG_LEVEL", flag, env, help)
 

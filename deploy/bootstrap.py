@@ -12,7 +12,8 @@
 3. Creates a sandbox with the unmodified E2B SDK, runs a command in it, and kills it: `make up`
    returns only once that works.
 
-It talks to the master as an operator (no caller metadata): the template it registers is public.
+It talks to the cubelet and the master as an operator (this node's operator certificate, no caller
+metadata): the template it registers is public.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import time
 
 import grpc
 
+from cube_common.mtls import Role, aio_channel
 from cube_common.teams import LOCAL_TEAM
 from deploy import local_key
 from deploy.env import sdk_env
@@ -33,7 +35,7 @@ ALIASES = ("base", "code-interpreter-v1")
 
 
 async def build_default(cfg: NodeConfig) -> cpb.TemplateInfo:
-    async with grpc.aio.insecure_channel(cfg.cubelet_addr) as ch:
+    async with aio_channel(cfg.cubelet_addr, cfg.operator_tls(), Role.CUBELET) as ch:
         stub = cubelet_pb2_grpc.CubeletStub(ch)
         req = cpb.BuildTemplateRequest(template_id=DEFAULT_TEMPLATE, default_image=cpb.DefaultImageSource(),
                                        vcpus=1, memory_mb=1024, writable_layer_mb=1024)
@@ -48,7 +50,7 @@ async def build_default(cfg: NodeConfig) -> cpb.TemplateInfo:
 
 
 async def register(cfg: NodeConfig, info: cpb.TemplateInfo) -> None:
-    async with grpc.aio.insecure_channel(cfg.master_addr) as ch:
+    async with aio_channel(cfg.master_addr, cfg.operator_tls(), Role.MASTER) as ch:
         stub = master_pb2_grpc.MasterStub(ch)
         tpl = master_pb2.Template(
             template_id=info.template_id, aliases=list(ALIASES), vcpus=info.vcpus, memory_mb=info.memory_mb,
@@ -75,7 +77,7 @@ async def _ours(stub: master_pb2_grpc.MasterStub, key: str) -> bool:
 async def ensure_api_key(cfg: NodeConfig) -> str:
     """The local team and this node's admin key for it (see the module docstring). Returns what
     was done: "reused" or "issued"."""
-    async with grpc.aio.insecure_channel(cfg.master_addr) as ch:
+    async with aio_channel(cfg.master_addr, cfg.operator_tls(), Role.MASTER) as ch:
         stub = master_pb2_grpc.MasterStub(ch)
         try:
             await stub.CreateTeam(master_pb2.CreateTeamRequest(team_id=LOCAL_TEAM), timeout=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import shlex
 
 from cube_common import defaults
+from cube_common.mtls import Role
 from deploy import local_key
 from deploy.supervisor import NodeConfig
 
@@ -27,10 +28,11 @@ def sdk_env(cfg: NodeConfig) -> dict[str, str]:
 
 def shell_env(cfg: NodeConfig) -> dict[str, str]:
     """What `make env` exports: the SDK variables, NODE_EXTRA_CA_CERTS for the JS SDK (Node
-    ignores SSL_CERT_FILE and reads extra CAs only from this variable), and the master's address
-    for `cubemastercli`."""
+    ignores SSL_CERT_FILE and reads extra CAs only from this variable), and for `cubemastercli`
+    the master's address and the operator certificate it presents (mutual TLS)."""
     env = sdk_env(cfg)
-    return {**env, "NODE_EXTRA_CA_CERTS": env["SSL_CERT_FILE"], "CUBE_MASTER_ADDR": cfg.master_addr}
+    return {**env, "NODE_EXTRA_CA_CERTS": env["SSL_CERT_FILE"], "CUBE_MASTER_ADDR": cfg.master_addr,
+            "CUBE_TLS_DIR": str(cfg.tls(Role.OPERATOR).dir)}
 
 
 def main() -> None:

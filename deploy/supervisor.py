@@ -3,7 +3,10 @@
     python -m deploy.supervisor run        # foreground: start everything, restart what crashes
     python -m deploy.supervisor stop       # stop a running supervisor and everything it started
 
-Programs start in dependency order, each after the previous one is ready; a program that exits
+Before anything starts, ``deploy.pki`` makes sure this node has its cluster CA and a certificate
+per component (``<state>/pki/``): etcd serves clients only over TLS with client certificates, and
+every gRPC hop (api→master, master→cubelet, cubelet→vs, proxy→master, Envoy→proxy xDS) is mutual
+TLS. Programs start in dependency order, each after the previous one is ready; a program that exits
 is restarted with backoff. Logs go to `<state>/logs/<program>.log`; the supervisor's pid is in
 `<state>/run/supervisor.pid`. Sandboxes (QEMU processes) outlive a cubelet restart on purpose, so
 `stop` also tells the cubelet's managers to remove every sandbox and CubeVS to tear its datapath
@@ -19,7 +22,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,8 +29,10 @@ from typing import ClassVar
 
 from cube_common import defaults
 from cube_common.addresses import split_host_port
+from cube_common.mtls import Role, TlsError, TlsFiles, client_ssl_context, server_name
 from cube_common.procs import Stopped, stop_pid, stop_process
 from cube_common.settings import Settings, setting, shared
+from deploy.pki import Pki, node_dirs
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -66,6 +70,21 @@ class NodeConfig(Settings):
     def etcd_endpoint(self) -> str:
         return f"{defaults.LOOPBACK}:{self.etcd_client_port}"
 
+    @property
+    def pki(self) -> Path:
+        return self.state_dir / "pki"
+
+    def tls(self, role: Role) -> TlsFiles:
+        """The TLS directory of this node's component ``role`` (deploy/pki.py makes them)."""
+        return TlsFiles(node_dirs(self.pki)[role])
+
+    def operator_tls(self) -> TlsFiles | None:
+        """What a tool acting as this node's operator presents: the operator certificate the
+        supervisor issued, or None (plaintext) for a node with no PKI (services run by hand, as
+        control tests do)."""
+        tls = self.tls(Role.OPERATOR)
+        return tls if tls.key.exists() else None
+
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
@@ -80,7 +99,14 @@ class NodeConfig(Settings):
             "CUBE_CUBELET_VS_ADDRESS": f"unix://{self.vs_socket}",
             "CUBE_CUBELET_PROXY_ADDRESS": f"127.0.0.1:{self.proxy_http_port}",
             "CUBE_API_PORT": str(self.api_port),
+            # Each service reads only its own; each presents its own certificate.
+            **{f"CUBE_{svc}_MTLS_DIR": str(self.tls(role).dir) for svc, role in _SERVICE_ROLES.items()},
+            "CUBE_PROXY_ENVOY_MTLS_DIR": str(self.tls(Role.ENVOY).dir),
         }
+
+
+_SERVICE_ROLES = {"API": Role.API, "MASTER": Role.MASTER, "CUBELET": Role.CUBELET, "VS": Role.VS,
+                  "PROXY": Role.PROXY}
 
 
 @dataclass
@@ -115,25 +141,37 @@ def _unix_open(path: str) -> bool:
         s.close()
 
 
-def _etcd_healthy(endpoint: str) -> bool:
+def _etcd_healthy(endpoint: str, tls: TlsFiles) -> bool:
+    """etcd's /health over TLS, presenting ``tls`` and checking etcd's certificate by its role's
+    name (it names no address)."""
+    host, port = split_host_port(endpoint)
     try:
-        with urllib.request.urlopen(f"http://{endpoint}/health", timeout=1) as r:
-            return b'"true"' in r.read()
-    except OSError:
+        ctx = client_ssl_context(tls)
+        with socket.create_connection((host, port), timeout=1) as raw, \
+                ctx.wrap_socket(raw, server_hostname=server_name(Role.ETCD)) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+        return b'"health":"true"' in reply
+    except (OSError, TlsError):
         return False
 
 
 def programs(cfg: NodeConfig) -> list[Program]:
     host, port = split_host_port(cfg.master_addr)
     chost, cport = split_host_port(cfg.cubelet_addr)
+    etcd_tls = cfg.tls(Role.ETCD)
     return [
         Program("etcd", ["etcd", "--name", "cube", "--data-dir", str(cfg.state_dir / "etcd"),
-                         "--listen-client-urls", f"http://{cfg.etcd_endpoint}",
-                         "--advertise-client-urls", f"http://{cfg.etcd_endpoint}",
+                         "--listen-client-urls", f"https://{cfg.etcd_endpoint}",
+                         "--advertise-client-urls", f"https://{cfg.etcd_endpoint}",
+                         "--client-cert-auth", "--trusted-ca-file", str(etcd_tls.ca),
+                         "--cert-file", str(etcd_tls.cert), "--key-file", str(etcd_tls.key),
                          "--listen-peer-urls", f"http://127.0.0.1:{cfg.etcd_peer_port}",
                          "--initial-advertise-peer-urls", f"http://127.0.0.1:{cfg.etcd_peer_port}",
                          "--initial-cluster", f"cube=http://127.0.0.1:{cfg.etcd_peer_port}"],
-                lambda: _etcd_healthy(cfg.etcd_endpoint)),
+                lambda: _etcd_healthy(cfg.etcd_endpoint, cfg.tls(Role.OPERATOR))),
         Program("vs", [PY, "-m", "services.vs"], lambda: _unix_open(cfg.vs_socket)),
         Program("cubelet", [PY, "-m", "services.cubelet"], lambda: _tcp_open(chost, cport)),
         Program("master", [PY, "-m", "services.master"], lambda: _tcp_open(host, port)),
@@ -209,6 +247,7 @@ def run(cfg: NodeConfig) -> None:
         except (ProcessLookupError, ValueError):
             cfg.pidfile.unlink()
     cfg.pidfile.write_text(str(os.getpid()))
+    Pki(cfg.pki).node(socket.gethostname())  # idempotent: keeps what is still good
     sup = Supervisor(cfg)
 
     def on_signal(signum, frame):

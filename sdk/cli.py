@@ -17,7 +17,9 @@
     status
 
 The master address comes from --master, else CUBE_MASTER_ADDR, else 127.0.0.1:50051 (the
-master's default, cube_common.defaults). --json prints proto3 JSON (camelCase, enum names as in the
+master's default, cube_common.defaults). The operator certificate it presents (mutual TLS) comes
+from --tls-dir, else CUBE_TLS_DIR, else this node's $CUBE_STATE_DIR/pki/operator (sdk.client).
+--json prints proto3 JSON (camelCase, enum names as in the
 .proto) instead of tables.
 
 Built on the typed client (sdk.client): results are betterproto dataclasses, timestamps datetimes.
@@ -39,6 +41,7 @@ from datetime import datetime
 import betterproto
 
 from cube_common.defaults import MASTER_ADDR
+from cube_common.mtls import TlsError
 from cube_common.sizes import parse_size_mb
 from cube_common.teams import LOCAL_TEAM
 from sdk.client import CubeClient, CubeError
@@ -477,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--master", default=argparse.SUPPRESS,
                         help=f"master gRPC address (env CUBE_MASTER_ADDR, default {MASTER_ADDR})")
+    common.add_argument("--tls-dir", default=argparse.SUPPRESS,
+                        help="operator certificate directory (env CUBE_TLS_DIR, default: this node's "
+                        "$CUBE_STATE_DIR/pki/operator when readable; python -m deploy.pki issues one)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="print JSON")
 
     ap = argparse.ArgumentParser(prog="cubemastercli", description="Operate a Cube cluster", parents=[common])
@@ -562,8 +568,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.json = getattr(args, "json", False)
     try:
-        client = CubeClient(getattr(args, "master", None))
-    except ValueError as e:  # a malformed address
+        client = CubeClient(getattr(args, "master", None), tls_dir=getattr(args, "tls_dir", None))
+    except (ValueError, TlsError) as e:  # a malformed address, unusable certificate files
         print(f"error: {e}", file=sys.stderr)
         return 2
     with client:

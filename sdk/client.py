@@ -26,6 +26,10 @@ over a grpclib channel. Invariants:
   (sandboxes).
 - The address is the argument, else ``$CUBE_MASTER_ADDR``, else ``cube_common.defaults.MASTER_ADDR``:
   the port the master listens on by default, from the same constant.
+- The operator's certificate (mutual TLS, cube_common/mtls.py) is the ``tls_dir`` argument, else
+  ``$CUBE_TLS_DIR`` (either empty: plaintext), else this node's ``$CUBE_STATE_DIR/pki/operator`` when it
+  exists and can be read (what ``make up`` issues); with none, the client speaks plaintext. With
+  one, it presents that certificate and accepts only a server holding a master certificate.
 - A grpclib ``Channel`` belongs to the event loop it was created in. ``AsyncCubeClient`` creates its
   channel on the first call, in the running loop, and refuses to be used from another loop.
   ``CubeClient`` owns a private loop running in its own thread and runs every call there, so it
@@ -42,17 +46,20 @@ import os
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Generator, Iterator
+from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from grpclib.client import Channel
+from grpclib.config import Configuration
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError, StreamTerminatedError
 
+from cube_common import mtls
 from cube_common.addresses import split_host_port
-from cube_common.defaults import MASTER_ADDR, MASTER_PORT
+from cube_common.defaults import MASTER_ADDR, MASTER_PORT, STATE_DIR
 from sdk.typed.cube import v1 as pb
 
-__all__ = ["AsyncCubeClient", "CubeClient", "CubeError", "Status", "master_address"]
+__all__ = ["AsyncCubeClient", "CubeClient", "CubeError", "Status", "master_address", "operator_tls"]
 
 DEFAULT_TIMEOUT_S = 30.0
 # Creating, pausing, connecting (resuming) a sandbox and deleting a template wait for a node to
@@ -80,6 +87,19 @@ def master_address(address: str | None = None) -> str:
     return address or os.environ.get("CUBE_MASTER_ADDR") or MASTER_ADDR
 
 
+def operator_tls(tls_dir: str | os.PathLike[str] | None = None) -> mtls.TlsFiles | None:
+    """The operator certificate to present; see the module docstring. An empty ``tls_dir`` or
+    ``$CUBE_TLS_DIR`` means plaintext."""
+    named = os.fspath(tls_dir) if tls_dir is not None else os.environ.get("CUBE_TLS_DIR")
+    if named is not None:
+        return mtls.files(Path(named), mtls.Role.OPERATOR) if named.strip() else None
+    local = Path(os.environ.get("CUBE_STATE_DIR") or STATE_DIR) / "pki" / mtls.Role.OPERATOR.value
+    try:
+        return mtls.files(local, mtls.Role.OPERATOR)
+    except mtls.TlsError:
+        return None  # no local node, or not ours to read: plaintext
+
+
 def _host_port(address: str) -> tuple[str, int]:
     """``host:port``, ``[v6]:port`` or a bare host (the default master port)."""
     try:
@@ -89,7 +109,7 @@ def _host_port(address: str) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
-def _as_cube_error(address: str) -> Iterator[None]:
+def _as_cube_error(address: str, tls: bool) -> Iterator[None]:
     """Turn what grpclib and the socket layer raise into CubeError. The order matters:
     TimeoutError is an OSError."""
     try:
@@ -100,15 +120,22 @@ def _as_cube_error(address: str) -> Iterator[None]:
         raise CubeError(Status.DEADLINE_EXCEEDED, f"no answer from the master at {address} in time") from e
     except (OSError, StreamTerminatedError) as e:
         why = str(e) or type(e).__name__
+        if not tls:
+            why += " (if the master uses mutual TLS, set CUBE_TLS_DIR to an operator certificate directory)"
         raise CubeError(Status.UNAVAILABLE, f"cannot reach the master at {address}: {why}") from e
 
 
 class AsyncCubeClient:
     """The master's operator API for asyncio code; see the module docstring."""
 
-    def __init__(self, address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
+    def __init__(self, address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 tls_dir: str | os.PathLike[str] | None = None):
         self.address = master_address(address)
         self.timeout_s = timeout_s
+        self.tls = operator_tls(tls_dir)  # missing or unsafe files fail here, not on first use
+        self._ssl = mtls.client_ssl_context(self.tls) if self.tls else None
+        if self._ssl is not None:
+            self._ssl.set_alpn_protocols(["h2"])
         self._host, self._port = _host_port(self.address)  # a bad address fails here, not on first use
         self._channel: Channel | None = None
         self._master: pb.MasterStub | None = None
@@ -130,7 +157,10 @@ class AsyncCubeClient:
     def _stub(self) -> pb.MasterStub:
         loop = asyncio.get_running_loop()
         if self._master is None:
-            self._channel = Channel(self._host, self._port)  # binds itself to the running loop
+            # Binds itself to the running loop. Under TLS it checks the master's name, whatever
+            # address it dials.
+            self._channel = Channel(self._host, self._port, ssl=self._ssl, config=Configuration(
+                ssl_target_name_override=mtls.server_name(mtls.Role.MASTER)) if self._ssl else None)
             self._master = pb.MasterStub(self._channel)
             self._loop = loop
         elif loop is not self._loop:
@@ -139,7 +169,7 @@ class AsyncCubeClient:
         return self._master
 
     async def _call(self, rpc: Callable[..., Awaitable[T]], request: object, timeout_s: float | None = None) -> T:
-        with _as_cube_error(self.address):
+        with _as_cube_error(self.address, self.tls is not None):
             return await rpc(request, timeout=timeout_s or self.timeout_s)
 
     def _slow(self) -> float:
@@ -230,7 +260,7 @@ class AsyncCubeClient:
 
     async def watch_template_build(self, job_id: str) -> AsyncGenerator[pb.TemplateBuildEvent, None]:
         """The build's events, past then live, until READY or FAILED (no deadline)."""
-        with _as_cube_error(self.address):
+        with _as_cube_error(self.address, self.tls is not None):
             async for ev in self._stub.watch_template_build(pb.WatchTemplateBuildRequest(job_id=job_id)):
                 yield ev
 
@@ -350,8 +380,9 @@ class CubeClient:
     """The blocking twin of AsyncCubeClient: the same methods with the same arguments and results
     (generators instead of async generators). Safe to share between threads."""
 
-    def __init__(self, address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S):
-        self._aio = AsyncCubeClient(address, timeout_s)
+    def __init__(self, address: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S,
+                 tls_dir: str | os.PathLike[str] | None = None):
+        self._aio = AsyncCubeClient(address, timeout_s, tls_dir)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cube-client", daemon=True)
         self._thread.start()

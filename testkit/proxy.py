@@ -4,10 +4,15 @@
 its own temporary state directory, against an etcd the caller gives it; `Upstream` runs
 `testkit.upstream` on a loopback address. Every process is started here and stopped by its
 owner (fixtures use try/finally), by pid; `Proxy.destroy()` also removes the state directory.
+
+Given `pki` (a `deploy.pki.Pki(root).node(...)` root), the proxy runs with internal mutual TLS:
+its own directory `<pki>/proxy` (ADS server, master and etcd clients, so the etcd must serve the
+same PKI: `testkit.etcd.EtcdServer(pki=...)`) and Envoy's `<pki>/envoy`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -17,11 +22,13 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf import json_format
 
+from cube_common.mtls import Role
 from cube_common.procs import stop_process
 from sdk.gen.cube.v1 import route_pb2
 from testkit import REPO
@@ -70,6 +77,7 @@ class Proxy:
     admin_port: int = field(default_factory=free_port)
     resumer_port: int = field(default_factory=free_port)
     master: str = ""  # auto-resume off unless a test gives it a master to ask
+    pki: Path | None = None  # internal mutual TLS from this deploy.pki root (see the docstring)
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     log_path: Path = field(init=False)  # <state_dir>/proxy.log
@@ -87,6 +95,10 @@ class Proxy:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
+    def ads_socket(self) -> Path:
+        return self.state_dir / "proxy" / self.proxy_id / "ads.sock"
+
+    @property
     def envoy_pid_file(self) -> Path:
         return self.state_dir / "proxy" / self.proxy_id / "envoy.pid"
 
@@ -101,6 +113,10 @@ class Proxy:
                "--proxy-id", self.proxy_id, "--state-dir", str(self.state_dir), "--lease-ttl", "5",
                "--concurrency", "2", "--access-log", "all", "--resumer", f"127.0.0.1:{self.resumer_port}",
                "--master", self.master, *self.extra]
+        if self.pki is not None:
+            # deploy.pki.node_dirs's layout; testkit does not import deploy (docs/architecture.md).
+            cmd += ["--mtls-dir", str(self.pki / Role.PROXY.value),
+                    "--envoy-mtls-dir", str(self.pki / Role.ENVOY.value)]
         out = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=out, stderr=out)
         out.close()
@@ -152,6 +168,16 @@ class Proxy:
         if self.proc is not None:
             stop_process(self.proc, 15)
         self.proc = None
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Proxy]:
+        """Started for the block, destroyed after; its log is printed when it died early."""
+        try:
+            yield self.start()
+        finally:
+            if self.proc is not None and self.proc.poll() is not None:
+                print(f"\ncube-proxy exited early; log:\n{self.log_tail()}")
+            self.destroy()
 
     def destroy(self) -> None:
         """Stop and remove the state dir (set CUBE_KEEP_TEST_STATE=1 to keep logs and TLS files)."""

@@ -3,13 +3,13 @@
 This is the one place the API names, on a call, the team it acts for: every call made for a
 request carries the authenticated caller as gRPC metadata (cube_common.teams: ``cube-team``,
 ``cube-role``), which the master scopes the call by. A call without a caller is the API acting
-as itself (validating a key) and reaches the master as an operator's; only auth.py makes one.
+as itself (validating a key); only auth.py makes one. Under mutual TLS the master checks that the
+API's certificate allows what the call claims (services/master/caller.py).
 """
 
 from __future__ import annotations
 
-import grpc
-
+from cube_common import mtls
 from cube_common.teams import ROLE_METADATA, TEAM_METADATA, Caller
 from sdk.gen.cube.v1 import master_pb2_grpc
 from services.api.settings import Settings
@@ -25,7 +25,7 @@ class MasterClient:
     def __init__(self, settings: Settings):
         self.settings = settings
         # Fail fast while the master is down (503 at once) instead of queueing calls.
-        self.channel = grpc.aio.insecure_channel(settings.master_addr, options=[
+        self.channel = mtls.aio_channel(settings.master_addr, mtls.files(settings.mtls_dir, mtls.Role.API), mtls.Role.MASTER, options=[
             ("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000)])
         self.stub = master_pb2_grpc.MasterStub(self.channel)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from cube_common import defaults
@@ -33,6 +34,9 @@ class Settings(_Base):
     create_timeout_s: float = setting(150.0, "deadline of creates and resumes at the master (they wait for a VM)")
     call_timeout_s: float = setting(30.0, "deadline of other calls to the master")
     max_body_bytes: int = setting(1 << 20, "largest request body accepted")
+    mtls_dir: Path | None = shared.mtls_dir("the API's TLS directory (tls.crt, tls.key, ca.crt; deploy/pki.py "
+                                            "issues it): its calls to the master use mutual TLS. Unset: "
+                                            "plaintext, to a master on loopback")
     insecure_public: bool = shared.insecure_public("listen off loopback with auth off: anyone who reaches "
                                                    "the port may then create sandboxes with any key")
     log_level: str = shared.log_level()

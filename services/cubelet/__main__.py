@@ -7,7 +7,7 @@ import signal
 
 import grpc
 
-from cube_common import jsonlog
+from cube_common import jsonlog, mtls
 from sdk.gen.cube.v1 import cubelet_pb2_grpc
 from vmm_core import VmmSettings, accel
 
@@ -20,22 +20,30 @@ from .vs_client import VsClient
 
 log = logging.getLogger("cubelet")
 
+CALLERS = (mtls.Role.MASTER, mtls.Role.OPERATOR)
+
 
 async def serve(settings: CubeletSettings) -> None:
     vmm = VmmSettings.from_env()
-    vs = VsClient(settings.vs_address)
+    tls = mtls.files(settings.mtls_dir, mtls.Role.CUBELET)
+    vs = VsClient(settings.vs_address, tls)
     templates = TemplateStore(settings, vmm, vs)
     sandboxes = SandboxManager(settings, vmm, vs, templates)
     await sandboxes.start()
     service = CubeletService(settings, sandboxes, templates, accel.resolve(vmm.accel).value)
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 << 20)])
+    # Under mutual TLS only masters (and operators: deploy.bootstrap builds the first template
+    # here) may call a node.
+    gates = [mtls.RoleGate(CALLERS)] if tls is not None else []
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 << 20)], interceptors=gates)
     cubelet_pb2_grpc.add_CubeletServicer_to_server(service, server)
-    server.add_insecure_port(settings.listen)
+    if mtls.add_port(server, settings.listen, tls) == 0:
+        raise SystemExit(f"cannot listen on {settings.listen}")
     await server.start()
     registration = NodeRegistration(settings, service.node_status)
     templates.on_change = registration.poke
     await registration.start()
-    log.info("cubelet serving", extra={"listen": settings.listen, "node_id": settings.node_id})
+    log.info("cubelet serving", extra={"listen": settings.listen, "node_id": settings.node_id,
+                                       "mtls": str(tls.dir) if tls else None})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

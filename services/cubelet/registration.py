@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from google.protobuf import json_format
 
+from cube_common import mtls
 from cube_common.etcd import EtcdClient
 from cube_common.keys import Keys
 from sdk.gen.cube.v1 import cubelet_pb2 as pb
@@ -55,7 +56,7 @@ class NodeRegistration:
     async def _run(self) -> None:
         ttl = self.settings.node_lease_ttl_s
         # One client for the cubelet's life: a failed call moves it to the next endpoint.
-        etcd = EtcdClient(self.settings.etcd_endpoints, timeout_s=5.0)
+        etcd = EtcdClient(self.settings.etcd_endpoints, timeout_s=5.0, tls=mtls.files(self.settings.mtls_dir, mtls.Role.CUBELET))
         key = Keys(self.settings.etcd_prefix).node(self.settings.node_id)
         while True:
             try:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from cube_common import defaults
-from cube_common.listen import UNAUTHENTICATED_GRPC, refuse_public
+from cube_common.listen import MTLS_FIX, UNAUTHENTICATED_GRPC, refuse_public
 from cube_common.settings import Settings, SettingsError, check_host_ports, setting, shared
 
 
@@ -19,8 +19,8 @@ class CubeletSettings(Settings):
     DESCRIPTION: ClassVar[str] = "Cube node agent (gRPC): sandboxes, templates, warm pool"
 
     node_id: str = shared.node_id()
-    listen: str = setting(defaults.CUBELET_ADDR, "gRPC listen address (off loopback only with "
-                          "--insecure-public)")
+    listen: str = setting(defaults.CUBELET_ADDR, "gRPC listen address (off loopback only with mtls_dir "
+                          "or --insecure-public)")
     advertise: str = setting("", "the address the master dials (default: listen)")
     etcd_endpoints: tuple[str, ...] = shared.etcd_endpoints()
     etcd_prefix: str = shared.etcd_prefix()
@@ -39,6 +39,7 @@ class CubeletSettings(Settings):
     max_concurrent_builds: int = setting(2, "template builds run at once")
     probe_timeout_s: float = setting(180.0, "how long a template's own service may take to answer its probe "
                                      "before the build fails")
+    mtls_dir: Path | None = shared.mtls_dir()
     insecure_public: bool = shared.insecure_public()
     log_level: str = shared.log_level()
 
@@ -63,7 +64,9 @@ class CubeletSettings(Settings):
         return self.advertise or self.listen
 
     def validate(self) -> CubeletSettings:
-        refuse_public(self, "listen", f"{UNAUTHENTICATED_GRPC} this node (its VMs, their tokens and files)")
+        if self.mtls_dir is None:
+            refuse_public(self, "listen", f"{UNAUTHENTICATED_GRPC} this node (its VMs, their tokens and files)",
+                          MTLS_FIX)
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
         if not self.node_id or "/" in self.node_id:
             raise SettingsError("node_id must be non-empty and contain no '/'")

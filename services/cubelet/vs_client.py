@@ -14,14 +14,16 @@ import builtins
 
 import grpc
 
+from cube_common import mtls
 from sdk.gen.cube.v1 import network_pb2, vs_pb2, vs_pb2_grpc
 
 
 class VsClient:
     ALLOCATE_TIMEOUT_S = 30.0
 
-    def __init__(self, address: str) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
+    def __init__(self, address: str, tls: mtls.TlsFiles | None = None) -> None:
+        # With TLS the cubelet proves it is one, and checks it reached a holder of a vs certificate.
+        self._channel = mtls.aio_channel(address, tls, mtls.Role.VS)
         self._stub = vs_pb2_grpc.CubeVSStub(self._channel)
         self._allocating: dict[str, asyncio.Task[vs_pb2.AllocateResponse]] = {}
 

@@ -8,11 +8,13 @@ import signal
 
 import grpc
 
+from cube_common import mtls
 from cube_common.etcd import EtcdUnavailable
 from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
 from services.master import reconcile, timeouts
 from services.master.apikeys import ApiKeys
 from services.master.builds import Builds
+from services.master.caller import Policy
 from services.master.leader import Election
 from services.master.log import get_logger
 from services.master.nodes import NodeClients
@@ -32,8 +34,9 @@ class Master:
     def __init__(self, settings: Settings):
         self.settings = settings
         s = settings
-        self.store = Store(s.etcd_endpoints, s.prefix, s.etcd_timeout_s)
-        self.nodes = NodeClients(s.node_rpc_timeout_s)
+        self.tls = mtls.files(s.mtls_dir, mtls.Role.MASTER)
+        self.store = Store(s.etcd_endpoints, s.prefix, s.etcd_timeout_s, self.tls)
+        self.nodes = NodeClients(s.node_rpc_timeout_s, self.tls)
         self.templates = Templates(self.store, self.nodes, s)
         self.quotas = Quotas(self.store)
         self.sandboxes = Sandboxes(self.store, self.nodes, self.templates, s, self.quotas)
@@ -63,14 +66,15 @@ class Master:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         master_pb2_grpc.add_MasterServicer_to_server(
             MasterService(self.sandboxes, self.templates, self.apikeys, self.election, self.builds, self.teams,
-                          self.quotas),
+                          self.quotas, Policy(secure=self.tls is not None)),
             self.server)
-        port = self.server.add_insecure_port(self.settings.listen)
+        port = mtls.add_port(self.server, self.settings.listen, self.tls)
         if port == 0:
             raise RuntimeError(f"cannot listen on {self.settings.listen}")
         await self.server.start()
         self._election_task = asyncio.ensure_future(self.election.run())
         log.info("listening", extra={"listen": self.settings.listen, "master_id": self.settings.master_id,
+                                     "mtls": str(self.tls.dir) if self.tls else None,
                                      "etcd": list(self.settings.etcd_endpoints), "prefix": self.settings.prefix})
         return port
 

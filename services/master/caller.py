@@ -1,16 +1,26 @@
-"""Who a call acts for: the one place the master reads the caller from a call's metadata.
+"""Who a call acts for: the one place the master decides, from a call's peer certificate and
+metadata, which caller a call is and whether its peer may make it at all.
 
 cube-api authenticates the API key and names, on every call it makes for a request, the key's
 team and role in the gRPC metadata (``cube-team``, ``cube-role``; cube_common.teams). The master
 scopes what the call sees and may change by that caller.
 
-A call with neither key comes from an operator or a component acting for the cluster
-(cubemastercli, sdk.client, deploy.bootstrap, the proxy's resumer, cube-api itself validating a
-key) and acts as admin, for no team (``OPERATOR``). This is the
-interim rule: the master listens on loopback by default, so only the node's own processes reach
-it. Once the mTLS part of issue 11 gives every component a certificate, the API's certificate is
-what allows a call to act for a team, and an operator's certificate what allows acting as admin;
-until then anyone who can reach the master's port can claim any caller.
+With mutual TLS (the master has a TLS directory; cube_common/mtls.py), the peer's certificate
+decides what the metadata may claim (``Policy.resolve``):
+- ``operator`` (cubemastercli, sdk.client, deploy): admin of the cluster; it may also name a
+  team in the metadata to act as that team's caller.
+- ``api``: acts for the team it names, with the role the key has. Without a caller it may only
+  validate keys (``API_AS_ITSELF``). It never reaches the operator-only calls (``OPERATOR_ONLY``:
+  teams, keys, nodes, registering a template), whatever role it claims: minting keys or teams
+  takes an operator's certificate, not a compromised front end.
+- ``proxy``: only the calls that wake a paused sandbox for a request to it (``PROXY_CALLS``), as
+  the cluster, with no caller named.
+- any other role (cubelet, vs, envoy, etcd, master): refused.
+Every refusal is PERMISSION_DENIED naming the certificate's role.
+
+Without TLS the master listens on loopback only (cube_common.listen), and the interim rule
+stands: a call with no caller is an operator's. Anyone who can reach that port can claim any
+caller, which is why ``make up`` always runs with TLS.
 
 A call with only one of the keys, a repeated key, or a value of the wrong shape is refused
 (UNAUTHENTICATED): a half-formed identity is never read as an operator's.
@@ -22,8 +32,15 @@ from collections.abc import Iterable
 
 import grpc
 
+from cube_common.mtls import Role, peer_identity
 from cube_common.teams import OPERATOR, ROLE_ADMIN, ROLE_METADATA, ROLE_USER, TEAM_ID_RE, TEAM_METADATA, Caller
 from services.master import errors
+
+# The master's methods each role may call under TLS (by short name; see the module docstring).
+API_AS_ITSELF = frozenset({"ValidateApiKey"})
+OPERATOR_ONLY = frozenset({"CreateTeam", "ListTeams", "SetTeamQuota", "CreateApiKey", "ListApiKeys",
+                           "RevokeApiKey", "ListNodes", "PutTemplate", "GetClusterStatus"})
+PROXY_CALLS = frozenset({"GetSandbox", "ConnectSandbox"})
 
 
 def parse(metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:
@@ -46,8 +63,29 @@ def parse(metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:
     return Caller(team_id=team, admin=role == ROLE_ADMIN)
 
 
-def from_context(context: grpc.aio.ServicerContext) -> Caller:
-    return parse(context.invocation_metadata())
+class Policy:
+    """How this master resolves callers: ``secure`` when it serves with mutual TLS."""
+
+    def __init__(self, secure: bool):
+        self.secure = secure
+
+    def resolve(self, context: grpc.aio.ServicerContext, rpc: str) -> Caller:
+        """The caller of a call to method ``rpc``; PermissionDenied when its peer may not make it."""
+        named = parse(context.invocation_metadata())
+        if not self.secure:
+            return named
+        peer = peer_identity(context)
+        role = peer.role if peer else None
+        if role is Role.OPERATOR:
+            return named
+        if role is Role.API and rpc not in OPERATOR_ONLY and (named is not OPERATOR or rpc in API_AS_ITSELF):
+            return named
+        if role is Role.PROXY and rpc in PROXY_CALLS and named is OPERATOR:
+            return named
+        who = f"an {role} certificate" if role is not None else "no Cube certificate"
+        if role is Role.API and named is OPERATOR:
+            raise errors.PermissionDenied(f"{rpc}: a call from {who} must name the team it acts for")
+        raise errors.PermissionDenied(f"{rpc}: not allowed to a caller with {who}")
 
 
 def require_admin(caller: Caller, what: str) -> None:

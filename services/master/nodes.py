@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import grpc
 
+from cube_common import mtls
 from sdk.gen.cube.v1 import cubelet_pb2, cubelet_pb2_grpc
 from services.master import errors
 from services.master.log import get_logger
@@ -32,14 +33,15 @@ def node_error(e: grpc.RpcError, node_id: str) -> errors.MasterError:
 
 
 class NodeClients:
-    def __init__(self, rpc_timeout_s: float = 10.0):
+    def __init__(self, rpc_timeout_s: float = 10.0, tls: mtls.TlsFiles | None = None):
         self.rpc_timeout_s = rpc_timeout_s
+        self.tls = tls  # mutual TLS to every cubelet, checking it holds a cubelet certificate
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def stub(self, address: str) -> cubelet_pb2_grpc.CubeletStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = grpc.aio.insecure_channel(address, options=[("grpc.enable_retries", 0)])
+            ch = mtls.aio_channel(address, self.tls, mtls.Role.CUBELET, options=[("grpc.enable_retries", 0)])
             self._channels[address] = ch
         return cubelet_pb2_grpc.CubeletStub(ch)
 

@@ -1,8 +1,8 @@
 """gRPC service ``cube.v1.Master``: translates protos to the modules' calls and their errors to
 status codes. No logic of its own, except which calls are admin-only.
 
-Every method gets the call's caller (caller.py reads it from the metadata, once, in ``_rpc``)
-instead of the servicer context, and hands it to the module it calls.
+Every method gets the call's caller (caller.py resolves it from the peer's certificate and the
+metadata, once, in ``_rpc``) instead of the servicer context, and hands it to the module it calls.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from sdk.gen.cube.v1 import master_pb2 as P, master_pb2_grpc
 from services.master import errors
 from services.master.apikeys import ApiKeys
 from services.master.builds import Builds
-from services.master.caller import from_context, require_admin
+from services.master.caller import Policy, require_admin
 from services.master.leader import Election
 from services.master.log import get_logger
 from services.master.quotas import Quotas
@@ -55,7 +55,7 @@ def _rpc(fn):
     @functools.wraps(fn)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
-            return await fn(self, request, from_context(context))
+            return await fn(self, request, self.callers.resolve(context, fn.__name__))
         except Exception as e:
             await _abort(context, e, fn.__name__)
     return wrapper
@@ -66,7 +66,7 @@ def _stream(fn):
     @functools.wraps(fn)
     async def wrapper(self, request, context: grpc.aio.ServicerContext):
         try:
-            async for item in fn(self, request, from_context(context)):
+            async for item in fn(self, request, self.callers.resolve(context, fn.__name__)):
                 yield item
         except Exception as e:
             await _abort(context, e, fn.__name__)
@@ -75,7 +75,8 @@ def _stream(fn):
 
 class MasterService(master_pb2_grpc.MasterServicer):
     def __init__(self, sandboxes: Sandboxes, templates: Templates, apikeys: ApiKeys, election: Election,
-                 builds: Builds, teams: Teams, quotas: Quotas):
+                 builds: Builds, teams: Teams, quotas: Quotas, callers: Policy):
+        self.callers = callers
         self.sb = sandboxes
         self.tpl = templates
         self.builds = builds

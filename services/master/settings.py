@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 from cube_common import defaults
 from cube_common.envd import ENVD_VERSION
-from cube_common.listen import UNAUTHENTICATED_GRPC, refuse_public
+from cube_common.listen import MTLS_FIX, UNAUTHENTICATED_GRPC, refuse_public
 from cube_common.settings import Settings as _Base, SettingsError, check_host_ports, setting, shared
 
 
@@ -28,8 +29,8 @@ class Settings(_Base):
     PROG: ClassVar[str] = "cube-master"
     DESCRIPTION: ClassVar[str] = "Cube cluster master (gRPC); run several for a standby"
 
-    listen: str = setting(defaults.MASTER_ADDR, "gRPC listen address (off loopback only with "
-                          "--insecure-public)", env="CUBE_MASTER_ADDR")
+    listen: str = setting(defaults.MASTER_ADDR, "gRPC listen address (off loopback only with mtls_dir "
+                          "or --insecure-public)", env="CUBE_MASTER_ADDR")
     advertise: str = setting("", "the address other components reach this master at (reported in "
                              "<prefix>/leader; default: listen)")
     etcd_endpoints: tuple[str, ...] = shared.etcd_endpoints()
@@ -63,6 +64,7 @@ class Settings(_Base):
     build_events_kept: int = setting(200, "how many events a build job keeps")
     build_retention_s: float = setting(7 * 86400.0, "how long finished build jobs are kept")
     envd_version: str = setting(ENVD_VERSION, "envd version reported for templates that do not say theirs")
+    mtls_dir: Path | None = shared.mtls_dir()
     insecure_public: bool = shared.insecure_public()
     log_level: str = shared.log_level()
 
@@ -75,7 +77,9 @@ class Settings(_Base):
         return self.advertise or self.listen
 
     def validate(self) -> Settings:
-        refuse_public(self, "listen", f"{UNAUTHENTICATED_GRPC} the cluster (API keys, sandboxes, templates)")
+        if self.mtls_dir is None:
+            refuse_public(self, "listen", f"{UNAUTHENTICATED_GRPC} the cluster (API keys, sandboxes, templates)",
+                          MTLS_FIX)
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
         if not (0 < self.default_timeout_s <= self.max_timeout_s):
             raise SettingsError("need 0 < default_timeout_s <= max_timeout_s")

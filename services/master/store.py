@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 
 from cube_common.etcd import EtcdClient
 from cube_common.keys import Keys
+from cube_common.mtls import TlsFiles
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2, route_pb2
 from services.master.log import get_logger
 
@@ -73,8 +74,9 @@ def from_json(data: bytes, cls: type[M]) -> M:
 
 
 class Store:
-    def __init__(self, endpoints: Sequence[str], prefix: str = "/cube", timeout_s: float = 3.0):
-        self.etcd = EtcdClient(endpoints, timeout_s)
+    def __init__(self, endpoints: Sequence[str], prefix: str = "/cube", timeout_s: float = 3.0,
+                 tls: TlsFiles | None = None):
+        self.etcd = EtcdClient(endpoints, timeout_s, tls=tls)
         self.keys = Keys(prefix)
         self.prefix = self.keys.root
         self.timeout_s = timeout_s

@@ -10,6 +10,8 @@ import sys
 # Spawning Envoy forks while gRPC threads run; gRPC's fork handlers are not wanted (exec follows).
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
+from cube_common.mtls import TlsError
+
 from . import log as proxy_log
 from .service import ProxyService
 from .settings import ProxySettings
@@ -39,7 +41,12 @@ async def _run(settings: ProxySettings) -> int:
 def main(argv: list[str] | None = None) -> None:
     settings = ProxySettings.load(argv)
     proxy_log.setup(settings.log_level, proxy_id=settings.proxy_id)
-    sys.exit(asyncio.run(_run(settings)))
+    try:
+        code = asyncio.run(_run(settings))
+    except TlsError as e:  # a bad TLS directory is the operator's to fix: say which, no traceback
+        print(f"cube-proxy: {e}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,12 @@ Protocol as implemented (envoy api/envoy/service/discovery/v3 semantics):
   so no route ever points at a cluster Envoy does not have yet.
 * When Envoy ACKs a route configuration, `on_routes_applied(revision)` is called with the etcd
   revision of the route table that configuration was built from (the basis of ack.py).
+
+Who may connect: with the proxy's cluster TLS directory (`start(address, tls)`) the server speaks
+mutual TLS only and serves only peers with an envoy certificate of the cluster CA (a peer without
+a certificate fails the handshake; another role gets PERMISSION_DENIED before any handler runs).
+Routes carry traffic tokens, so nothing else may read them. Without it, plaintext, which is safe
+only because the address is a unix socket in the proxy's private runtime directory.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
+
+from cube_common import mtls
+from cube_common.mtls import Role
 
 from . import xds
 
@@ -132,13 +141,16 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     # -- gRPC ----------------------------------------------------------------------------------
 
-    async def start(self, address: str) -> None:
-        """`address`: a gRPC target such as `unix:/path/ads.sock` or `127.0.0.1:18000`."""
-        self._server = grpc.aio.server(options=[("grpc.max_send_message_length", 256 << 20)])
+    async def start(self, address: str, tls: mtls.TlsFiles | None = None) -> None:
+        """`address`: a gRPC target such as `unix:/path/ads.sock` or `127.0.0.1:18000`; `tls`: the
+        proxy's cluster TLS directory (None: plaintext), see the module docstring."""
+        gate = [mtls.RoleGate({Role.ENVOY})] if tls is not None else []
+        self._server = grpc.aio.server(options=[("grpc.max_send_message_length", 256 << 20)],
+                                       interceptors=gate)
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self._server)
-        self._server.add_insecure_port(address)
+        mtls.add_port(self._server, address, tls)
         await self._server.start()
-        log.info("ADS server listening", extra={"address": address})
+        log.info("ADS server listening", extra={"address": address, "mtls": tls is not None})
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -146,7 +158,8 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
             self._server = None
 
     async def StreamAggregatedResources(self, request_iterator, context):
-        stream = _Stream(peer=context.peer())
+        identity = mtls.peer_identity(context)  # None on plaintext
+        stream = _Stream(peer=str(identity) if identity else context.peer())
         self._streams.add(stream)
         self._on_streams_changed(len(self._streams))
         reader = asyncio.ensure_future(self._read(stream, request_iterator))

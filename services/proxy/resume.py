@@ -11,6 +11,11 @@ each ask; the master resumes it once and the others find it running.
 
 Failures come back in the shape the SDK reads (errors.py): an unknown sandbox is "was not found",
 and anything else that keeps it paused is a 502 saying why.
+
+With the proxy's cluster TLS directory the master is reached over mutual TLS: the proxy presents
+its proxy certificate (the master lets that role make only these two calls) and accepts only a
+server proving the master's name. The resumer's own listener is plain HTTP on loopback: only the
+local Envoy calls it (settings.py keeps it there).
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ import logging
 import grpc
 from aiohttp import web
 
+from cube_common import mtls
+from cube_common.mtls import Role
 from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
 
 from . import errors
@@ -34,15 +41,16 @@ def _json(status: int, body: dict) -> web.Response:
 
 
 class Resumer:
-    def __init__(self, settings: ProxySettings) -> None:
+    def __init__(self, settings: ProxySettings, tls: mtls.TlsFiles | None = None) -> None:
         self.settings = settings
+        self.tls = tls  # the proxy's cluster TLS directory; None: plaintext to the master
         self._channel: grpc.aio.Channel | None = None
         self._stub: master_pb2_grpc.MasterStub | None = None
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
         s = self.settings
-        self._channel = grpc.aio.insecure_channel(s.master_addr, options=[("grpc.enable_retries", 0)])
+        self._channel = mtls.aio_channel(s.master_addr, self.tls, Role.MASTER, options=[("grpc.enable_retries", 0)])
         self._stub = master_pb2_grpc.MasterStub(self._channel)
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self.handle)

@@ -1,5 +1,11 @@
 """CubeProxy as one process: etcd route watch → xDS resources → ADS → the Envoy child, plus the
-applied-revision publisher that lets the master wait for routes (cube_common.route_ack)."""
+applied-revision publisher that lets the master wait for routes (cube_common.route_ack).
+
+Internal mutual TLS is all or nothing: with ``mtls_dir`` the ADS server, the master client and the
+etcd client all use the proxy's certificate, and Envoy presents ``envoy_mtls_dir``'s. Both
+directories are read and their roles checked before anything starts, so a wrong or unreadable
+directory stops the proxy with a message instead of leaving an Envoy that never gets its config.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ import asyncio
 import logging
 import socket
 
+from cube_common import mtls
 from cube_common.etcd import EtcdClient
+from cube_common.mtls import Role
 from cube_common.route_ack import AppliedRevisionPublisher
 
 from . import xds
@@ -36,7 +44,8 @@ def bindable(ep: Endpoint) -> bool:
 class ProxyService:
     def __init__(self, settings: ProxySettings):
         self.settings = settings
-        self.tls: TlsFiles | None = None
+        self.tls: TlsFiles | None = None  # public: the HTTPS listeners' (tls.py)
+        self.mtls: mtls.TlsFiles | None = None  # the proxy's cluster identity (internal hops)
         self.etcd: EtcdClient | None = None
         self.ads: AdsServer | None = None
         self.envoy: EnvoyProcess | None = None
@@ -64,16 +73,18 @@ class ProxyService:
         self._http = self._usable(s.http_listeners)
         if not self._https and not self._http:
             raise RuntimeError("none of the listen addresses exists on this host")
+        self.mtls = mtls.files(s.mtls_dir, Role.PROXY)
+        mtls.files(s.envoy_mtls_dir, Role.ENVOY)  # Envoy reads it; checked here
         if self._https:
             self.tls = ensure_certificates(s.tls_dir, s.domain)
-        self.etcd = EtcdClient(s.etcd_endpoints, timeout_s=10.0)
+        self.etcd = EtcdClient(s.etcd_endpoints, timeout_s=10.0, tls=self.mtls)
         self.publisher = AppliedRevisionPublisher(self.etcd, s.keys, s.proxy_id, s.lease_ttl)
         self.ads = AdsServer(on_routes_applied=self.publisher.applied, on_streams_changed=self._streams_changed)
         sock = s.runtime_dir / "ads.sock"
         sock.unlink(missing_ok=True)
-        await self.ads.start(f"unix:{sock}")
+        await self.ads.start(f"unix:{sock}", self.mtls)
         if s.master_addr:
-            self.resumer = Resumer(s)
+            self.resumer = Resumer(s, self.mtls)
             await self.resumer.start()
         self.watcher = RouteWatcher(self.etcd, s.keys, s.node_id, self._on_routes)
         self.envoy = EnvoyProcess(s, sock)
@@ -83,7 +94,8 @@ class ProxyService:
         log.info("CubeProxy started", extra={
             "proxy_id": s.proxy_id, "node_id": s.node_id, "domain": s.domain,
             "https": [str(e) for e in self._https], "http": [str(e) for e in self._http],
-            "ca": str(self.tls.ca_cert) if self.tls else None, "etcd": list(s.etcd_endpoints)})
+            "ca": str(self.tls.ca_cert) if self.tls else None, "etcd": list(s.etcd_endpoints),
+            "mtls": str(self.mtls.identity()) if self.mtls else None})
 
     def _streams_changed(self, n: int) -> None:
         if n == 0 and self.publisher is not None:

@@ -14,6 +14,7 @@ import argparse
 import signal
 import threading
 
+from cube_common import mtls
 from services.vs import log as vslog
 from services.vs.network import NodeNetwork
 from services.vs.server import serve
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("teardown complete")
         return
 
-    server = serve(node, settings.listen)
+    server = serve(node, settings.listen, tls=mtls.files(settings.mtls_dir, mtls.Role.VS))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -8,6 +8,7 @@ from concurrent import futures
 
 import grpc
 
+from cube_common import mtls
 from sdk.gen.cube.v1 import network_pb2, vs_pb2, vs_pb2_grpc
 from services.vs.counters import SandboxCounters
 from services.vs.guest import GuestNetwork
@@ -133,9 +134,16 @@ class CubeVSServicer(vs_pb2_grpc.CubeVSServicer):
         return vs_pb2.StatusResponse(**s)
 
 
-def serve(node: NodeNetwork, listen: str, max_workers: int = 8) -> grpc.Server:
-    """Start a gRPC server for ``node`` on ``listen`` (e.g. "unix:///run/cube/vs.sock")."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vs-rpc"))
+# Who may call CubeVS under mutual TLS: its node's cubelet, and operators (deploy.cleanup, tools).
+CALLERS = (mtls.Role.CUBELET, mtls.Role.OPERATOR)
+
+
+def serve(node: NodeNetwork, listen: str, max_workers: int = 8, tls: mtls.TlsFiles | None = None) -> grpc.Server:
+    """Start a gRPC server for ``node`` on ``listen`` (e.g. "unix:///run/cube/vs.sock"): with mutual
+    TLS and only ``CALLERS`` served when there is ``tls``, else plaintext."""
+    gates: list[grpc.ServerInterceptor] = [mtls.SyncRoleGate(CALLERS)] if tls is not None else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vs-rpc"),
+                         interceptors=gates)
     vs_pb2_grpc.add_CubeVSServicer_to_server(CubeVSServicer(node), server)
     if listen.startswith("unix://"):
         import os
@@ -143,9 +151,9 @@ def serve(node: NodeNetwork, listen: str, max_workers: int = 8) -> grpc.Server:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         if os.path.exists(path):
             os.unlink(path)
-    port = server.add_insecure_port(listen)
+    port = mtls.add_port(server, listen, tls)
     if port == 0:
         raise RuntimeError(f"cannot listen on {listen}")
     server.start()
-    log.info("serving", extra={"listen": listen})
+    log.info("serving", extra={"listen": listen, "mtls": str(tls.dir) if tls else None})
     return server

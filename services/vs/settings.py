@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from cube_common import defaults
-from cube_common.listen import UNAUTHENTICATED_GRPC, refuse_public
+from cube_common.listen import MTLS_FIX, UNAUTHENTICATED_GRPC, refuse_public
 from cube_common.settings import Settings as _Base, SettingsError, setting, shared
 
 # The sandbox address pool. 198.18.0.0/15 is reserved for benchmarking (RFC 2544), so it is
@@ -29,7 +29,7 @@ class Settings(_Base):
     bpffs: Path = setting(Path("/sys/fs/bpf"), "bpffs mount point")
     pin_subdir: str = setting("cube/vs", "where under bpffs the maps are pinned")
     listen: str = setting(defaults.VS_ADDR, "gRPC endpoint (unix:///path, or host:port: off loopback only "
-                          "with --insecure-public)")
+                          "with mtls_dir or --insecure-public)")
     pool_cidr: str = setting(DEFAULT_POOL_CIDR, "node-local pool for the per-sandbox host-side addresses "
                              "and the proxy source address")
     proxy_addr: str | None = setting(None, "the proxy connects to sandboxes from this address "
@@ -59,6 +59,7 @@ class Settings(_Base):
                              "-1 = no clamping")
     netns: str | None = setting(None, "run the node datapath inside this named network namespace "
                                 "(tests, benchmarks)")
+    mtls_dir: Path | None = shared.mtls_dir()
     insecure_public: bool = shared.insecure_public()
     log_level: str = shared.log_level()
 
@@ -75,7 +76,9 @@ class Settings(_Base):
         return ipaddress.IPv4Address(self.proxy_addr) if self.proxy_addr else self.pool.network_address + 1
 
     def validate(self) -> Settings:
-        refuse_public(self, "listen", f"{UNAUTHENTICATED_GRPC} this node's sandbox network (taps, egress policy)")
+        if self.mtls_dir is None:
+            refuse_public(self, "listen", f"{UNAUTHENTICATED_GRPC} this node's sandbox network (taps, egress "
+                          "policy)", MTLS_FIX)
         pool = self.pool
         if pool.prefixlen > 30:
             raise SettingsError(f"pool_cidr {self.pool_cidr} is too small")

@@ -1,6 +1,10 @@
 """Processes for control-plane tests: real cube-master(s) and cube-api as subprocesses against a
 real etcd, and fake cubelets (the TEST DOUBLE in fake_cubelet.py) in this process.
 
+With ``pki`` (a root ``deploy.pki.Pki(root).node(...)`` made), masters and the API run with
+mutual TLS from it, and the harness reaches the masters as an operator and etcd with the operator's
+certificate: etcd must then be one that requires them (``EtcdServer(pki=root)``).
+
 Every process gets its own etcd prefix, log file and ports; ``stop()`` ends exactly the
 processes this harness started (by their pid) and removes the prefix.
 """
@@ -23,7 +27,9 @@ from pathlib import Path
 import grpc
 import httpx
 
+from cube_common.mtls import Role, TlsFiles, sync_channel
 from cube_common.procs import stop_process
+from deploy.pki import node_dirs
 from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
 from testkit.ports import free_port
 from tests.control.etcd_http import EtcdHttp
@@ -78,11 +84,19 @@ class Cluster:
     procs: list[Proc] = field(default_factory=list)
     cubelets: list[FakeCubelet] = field(default_factory=list)
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cube-ctl-")))
+    pki: Path | None = None
 
     def __post_init__(self):
-        self.etcd = EtcdHttp(self.etcd_endpoint)
+        self.etcd = EtcdHttp(self.etcd_endpoint, tls=self.tls(Role.OPERATOR))
         self.masters: list[Proc] = []
         self.api: Proc | None = None
+
+    def tls(self, role: Role) -> TlsFiles | None:
+        return TlsFiles(node_dirs(self.pki)[role]) if self.pki else None
+
+    def _mtls_env(self, service: str, role: Role) -> dict[str, str]:
+        tls = self.tls(role)
+        return {f"CUBE_{service}_MTLS_DIR": str(tls.dir)} if tls else {}
 
     # ---- processes ----
 
@@ -100,7 +114,8 @@ class Cluster:
         name = name or f"master{len(self.masters)}"
         port = port or free_port()
         e = {**FAST_MASTER, "CUBE_MASTER_LISTEN": f"127.0.0.1:{port}", "CUBE_ETCD_ENDPOINTS": self.etcd_endpoint,
-             "CUBE_ETCD_PREFIX": self.prefix, "CUBE_MASTER_MASTER_ID": name, **self.master_env, **env}
+             "CUBE_ETCD_PREFIX": self.prefix, "CUBE_MASTER_MASTER_ID": name, **self._mtls_env("MASTER", Role.MASTER),
+             **self.master_env, **env}
         p = self._spawn(name, "services.master", e, port)
         self.masters.append(p)
         self._wait(lambda: self._grpc_ready(p), f"{name} serving", p)
@@ -112,7 +127,7 @@ class Cluster:
         port = free_port()
         master = self.masters[0].address if self.masters else "127.0.0.1:1"
         e = {"CUBE_API_HOST": "127.0.0.1", "CUBE_API_PORT": str(port), "CUBE_MASTER_ADDR": master,
-             "CUBE_DOMAIN": "cube.localhost", **self.api_env, **env}
+             "CUBE_DOMAIN": "cube.localhost", **self._mtls_env("API", Role.API), **self.api_env, **env}
         p = self._spawn("api", "services.api", e, port)
         self.api = p
         self._wait(lambda: self._http_ready(p), "api serving", p)
@@ -142,9 +157,8 @@ class Cluster:
             time.sleep(0.1)
         raise TimeoutError(f"timed out waiting for {what}:\n{proc.output()[-3000:]}")
 
-    @staticmethod
-    def _grpc_ready(p: Proc) -> bool:
-        with grpc.insecure_channel(p.address) as ch:
+    def _grpc_ready(self, p: Proc) -> bool:
+        with sync_channel(p.address, self.tls(Role.OPERATOR), Role.MASTER) as ch:
             grpc.channel_ready_future(ch).result(timeout=1)
         return True
 
@@ -170,7 +184,7 @@ class Cluster:
         return self.etcd.get_json(f"{self.prefix}/sandboxes/{sid}")
 
     def master_stub(self, proc: Proc | None = None) -> tuple[grpc.Channel, master_pb2_grpc.MasterStub]:
-        ch = grpc.insecure_channel((proc or self.masters[0]).address)
+        ch = sync_channel((proc or self.masters[0]).address, self.tls(Role.OPERATOR), Role.MASTER)
         return ch, master_pb2_grpc.MasterStub(ch)
 
     def wipe_sandboxes(self) -> None:

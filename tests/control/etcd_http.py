@@ -1,5 +1,8 @@
 """Synchronous etcd access for tests, through etcd's JSON gateway (/v3/kv/*): the tests look at
-and seed the cluster state without an event loop of their own."""
+and seed the cluster state without an event loop of their own.
+
+With ``tls`` (an etcd that requires client certificates), it speaks https presenting that
+certificate and checks etcd's by its role's name (etcd's certificate names no address)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import base64
 import json
 
 import httpx
+
+from cube_common.mtls import Role, TlsFiles, client_ssl_context, server_name
 
 
 def _b64(s: str | bytes) -> str:
@@ -20,12 +25,13 @@ def _prefix_end(prefix: str) -> str:
 
 
 class EtcdHttp:
-    def __init__(self, endpoint: str, timeout: float = 5.0):
-        self.base = f"http://{endpoint}"
-        self.http = httpx.Client(timeout=timeout)
+    def __init__(self, endpoint: str, timeout: float = 5.0, tls: TlsFiles | None = None):
+        self.base = f"{'https' if tls else 'http'}://{endpoint}"
+        self.http = httpx.Client(timeout=timeout, verify=client_ssl_context(tls) if tls else True)
+        self.extensions = {"sni_hostname": server_name(Role.ETCD)} if tls else {}
 
     def _post(self, path: str, body: dict) -> dict:
-        r = self.http.post(self.base + path, json=body)
+        r = self.http.post(self.base + path, json=body, extensions=self.extensions)
         r.raise_for_status()
         return r.json()
 

@@ -1,6 +1,7 @@
 """What the end-to-end tests can see of a running Cube node without going through Cube's own
-clients: etcd (v3 JSON gateway), the supervisor's programs, QEMU processes and their runtime dirs,
-the cubelet's and CubeVS's state files, taps and routes, the service logs.
+clients: etcd (v3 JSON gateway, with the operator's certificate), the supervisor's programs, QEMU
+processes and their runtime dirs, the cubelet's and CubeVS's state files, taps and routes, the
+service logs.
 
 Everything here only reads, except `kill_service`/`stop_etcd` used by the fault tests.
 """
@@ -15,9 +16,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
+from cube_common.mtls import Role, TlsFiles
+from deploy.pki import node_dirs
 from deploy.supervisor import NodeConfig
+from testkit.etcd import gateway
 
 REPO = Path(__file__).resolve().parents[2]
 CFG = NodeConfig.from_env()
@@ -29,7 +31,10 @@ VS_STATE = STATE / "vs" / "state.json"
 TAP_PREFIX = "cvs"
 VS_WARM_TAPS = int(os.environ.get("CUBE_VS_POOL_SIZE", "4"))  # CubeVS keeps this many spare taps
 API_URL = f"http://127.0.0.1:{CFG.api_port}"
-ETCD_URL = f"http://{CFG.etcd_endpoint}"
+# The node's etcd serves only mutual TLS (deploy/supervisor.py): the tests read it as the operator,
+# with the certificate `deploy.pki node` made for this node.
+ETCD_URL = f"https://{CFG.etcd_endpoint}"
+ETCD_TLS = TlsFiles(node_dirs(STATE / "pki")[Role.OPERATOR])
 
 
 # ---- etcd ------------------------------------------------------------------------------------
@@ -45,11 +50,10 @@ def _prefix_end(prefix: str) -> str:
 
 
 def etcd_get_prefix(prefix: str, timeout: float = 5.0) -> dict[str, str]:
-    r = httpx.post(f"{ETCD_URL}/v3/kv/range", json={"key": _b64(prefix), "range_end": _prefix_end(prefix)},
-                   timeout=timeout)
-    r.raise_for_status()
+    answer = gateway(ETCD_URL, "/v3/kv/range", {"key": _b64(prefix), "range_end": _prefix_end(prefix)},
+                     ETCD_TLS, timeout)
     out = {}
-    for kv in r.json().get("kvs", []):
+    for kv in answer.get("kvs", []):
         out[base64.b64decode(kv["key"]).decode()] = base64.b64decode(kv.get("value", "")).decode()
     return out
 

@@ -20,6 +20,7 @@ import time
 import httpx
 import pytest
 
+from cube_common.mtls import Role
 from deploy.env import sdk_env
 from tests.e2e import cluster
 from tests.e2e.cluster import API_URL, CFG, REPO
@@ -114,11 +115,13 @@ def node():
             wait_node(120)
 
     saved = {k: os.environ.get(k) for k in ("E2B_API_URL", "E2B_API_KEY", "SSL_CERT_FILE", "CUBE_TEMPLATE_ID",
-                                            "E2B_DEBUG", "E2B_SANDBOX_URL", "E2B_DOMAIN", "E2B_ACCESS_TOKEN")}
+                                            "CUBE_TLS_DIR", "E2B_DEBUG", "E2B_SANDBOX_URL", "E2B_DOMAIN",
+                                            "E2B_ACCESS_TOKEN")}
     # Other test packages may have switched the SDK into debug mode for their own envd (at import).
     for k in ("E2B_DEBUG", "E2B_SANDBOX_URL", "E2B_DOMAIN", "E2B_ACCESS_TOKEN"):
         os.environ.pop(k, None)
     os.environ.update(sdk_env(CFG))
+    os.environ["CUBE_TLS_DIR"] = str(CFG.tls(Role.OPERATOR).dir)  # cubemastercli, sdk.client: operators
     drop_sdk_connection_pools()  # pools built by earlier packages do not trust the node's CA
     try:
         yield CFG

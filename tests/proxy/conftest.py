@@ -33,14 +33,8 @@ def upstreams():
 
 @pytest.fixture(scope="session")
 def proxy(etcd_server):
-    p = Proxy(etcd_server.endpoint, prefix=f"/t-proxy-{uuid.uuid4().hex[:8]}")
-    try:
-        p.start()
+    with Proxy(etcd_server.endpoint, prefix=f"/t-proxy-{uuid.uuid4().hex[:8]}").running() as p:
         yield p
-    finally:
-        if p.proc is not None and p.proc.poll() is not None:
-            print(f"\ncube-proxy exited early; log:\n{p.log_tail()}")
-        p.destroy()
 
 
 @pytest.fixture

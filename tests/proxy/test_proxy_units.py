@@ -82,12 +82,62 @@ def test_tls_files_are_made_once_and_reissued_for_a_new_domain(tmp_path):
     # Idempotent.
     f = ensure_certificates(tmp_path, "cube.localhost")
     assert f.ca_cert.read_bytes() == ca1 and f.cert.read_bytes() == cert1
-    # A new domain: new certificate, same CA (clients keep trusting it).
+    # The CA clients trust vouches for the proxy domain only.
+    nc = ca.extensions.get_extension_for_class(x509.NameConstraints)
+    assert nc.critical and nc.value.permitted_subtrees == [x509.DNSName("cube.localhost")]
+    assert {str(n.value) for n in nc.value.excluded_subtrees or ()} == {"0.0.0.0/0", "::/0"}
+    # A new domain: a new CA (the old one may not vouch for it) at the same path, and certificate.
     f = ensure_certificates(tmp_path, "sbx.example.com")
-    assert f.ca_cert.read_bytes() == ca1 and f.cert.read_bytes() != cert1
+    assert f.ca_cert.read_bytes() != ca1 and f.cert.read_bytes() != cert1
     leaf = x509.load_pem_x509_certificates(f.cert.read_bytes())[0]
+    leaf.verify_directly_issued_by(x509.load_pem_x509_certificate(f.ca_cert.read_bytes()))
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "*.sbx.example.com" in sans.get_values_for_type(x509.DNSName)
+
+
+def test_the_proxy_ca_cannot_vouch_for_another_site(tmp_path):
+    """Its key leaking would not let anyone impersonate another site to the SDK's clients: a real
+    verifier (OpenSSL, as httpx and Node use) rejects what it signs outside the domain."""
+    import ipaddress
+    import socket
+    import ssl
+    import threading
+
+    from cube_common import certs
+
+    f = ensure_certificates(tmp_path, "cube.localhost")
+    ca = certs.Authority.load(f.ca_cert, f.ca_key)
+    client = ssl.create_default_context(cafile=str(f.ca_cert))
+
+    def handshake(dns, ips, name):
+        key, leaf = ca.issue("x", days=1, dns=dns, ips=ips, server=True)
+        certs.write_key(tmp_path / "k", key)
+        (tmp_path / "c").write_bytes(certs.cert_pem(leaf))
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(str(tmp_path / "c"), str(tmp_path / "k"))
+        a, b = socket.socketpair()
+        t = threading.Thread(target=lambda: _serve_once(server, a))
+        t.start()
+        try:
+            with client.wrap_socket(b, server_hostname=name):
+                pass
+        finally:
+            b.close()
+            t.join(5)
+
+    handshake(["8000-abc.cube.localhost"], [], "8000-abc.cube.localhost")
+    for dns, ips, name in ((["bank.example"], [], "bank.example"),
+                           ([], [ipaddress.ip_address("192.0.2.1")], "192.0.2.1")):
+        with pytest.raises(ssl.SSLCertVerificationError):
+            handshake(dns, ips, name)
+
+
+def _serve_once(ctx, sock):
+    try:
+        with ctx.wrap_socket(sock, server_side=True) as s:
+            s.recv(1)
+    except (OSError, ValueError):
+        pass
 
 
 def test_cluster_set_does_not_grow_with_sandboxes(tmp_path):
