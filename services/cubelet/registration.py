@@ -56,7 +56,8 @@ class NodeRegistration:
     async def _run(self) -> None:
         ttl = self.settings.node_lease_ttl_s
         # One client for the cubelet's life: a failed call moves it to the next endpoint.
-        etcd = EtcdClient(self.settings.etcd_endpoints, timeout_s=5.0, tls=mtls.files(self.settings.mtls_dir, mtls.Role.CUBELET))
+        tls = mtls.files(self.settings.mtls_dir, mtls.Role.CUBELET)
+        etcd = EtcdClient(self.settings.etcd_endpoints, timeout_s=5.0, tls=tls)
         key = Keys(self.settings.etcd_prefix).node(self.settings.node_id)
         while True:
             try:
