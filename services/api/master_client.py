@@ -25,7 +25,8 @@ class MasterClient:
     def __init__(self, settings: Settings):
         self.settings = settings
         # Fail fast while the master is down (503 at once) instead of queueing calls.
-        self.channel = mtls.aio_channel(settings.master_addr, mtls.files(settings.mtls_dir, mtls.Role.API), mtls.Role.MASTER, options=[
+        tls = mtls.files(settings.mtls_dir, mtls.Role.API)
+        self.channel = mtls.aio_channel(settings.master_addr, tls, mtls.Role.MASTER, options=[
             ("grpc.enable_retries", 0), ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 1000)])
         self.stub = master_pb2_grpc.MasterStub(self.channel)
