@@ -2,6 +2,11 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 export CUBE_STATE_DIR ?= /var/lib/cube
+# QEMU's emulator (TCG) is no security boundary, so vmm_core runs guests under it only when allowed.
+# A host without VT-x/AMD-V has nothing else: there make allows it (and `make up` says so).
+ifeq ($(shell grep -qwE 'vmx|svm' /proc/cpuinfo || echo novirt),novirt)
+export CUBE_ALLOW_TCG ?= 1
+endif
 
 .PHONY: setup lint test up down env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template envd-dev
 

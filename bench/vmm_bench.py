@@ -8,6 +8,10 @@ that template's snapshot, in the same run. Clones are also measured restoring in
 ahead of time (`prepare_clone`, as Firecracker restores into a running VMM process): from
 `start()` to the TCP answer, reported apart (`started_vmm_*`). Each machine gets its own network
 namespace (every clone has the same guest address). Progress goes to stderr; the last stdout line is one JSON object.
+
+Every machine runs in the VMM jail (vmm_core/jail.py). Its cost is measured in the same run:
+clones with the jail and without it, alternating (``jail.clone_ms_*``, their ratio), and idle clones
+of each side by side (``jail.pss_*``).
 """
 from __future__ import annotations
 
@@ -119,6 +123,33 @@ async def main(args) -> dict:
             await c.kill()
         progress(f"  clone p50 {percentile(seq, 50):.0f} ms, with identity sync {percentile(seq_synced, 50):.0f} ms")
 
+        progress(f"jail cost: {args.jail_pairs} clones with the jail and without, alternating")
+        bare = settings.with_overrides(jail=False)
+        jailed_ms: list[float] = []
+        bare_ms: list[float] = []
+        for i in range(args.jail_pairs):
+            order = [(settings, jailed_ms, "jj"), (bare, bare_ms, "jb")]
+            for s, out, tag in order if i % 2 == 0 else order[::-1]:
+                ms, c = await clone_ready(s, snap, nets[0], f"{tag}{i}", sync=False)
+                out.append(ms)
+                await c.kill()
+        n_idle = min(args.jail_idle, len(nets) // 2)
+        idle = await asyncio.gather(*(clone(settings if i % 2 == 0 else bare, snap, f"ji{i}", nets[i].attachment)
+                                      for i in range(2 * n_idle)))
+        await asyncio.gather(*(nets[i].wait_tcp(PORT) for i in range(2 * n_idle)))
+        await asyncio.sleep(args.settle)
+        idle_stats = [c.stats() for c in idle]
+        await asyncio.gather(*(c.kill() for c in idle))
+        jail = {
+            "clone_ms_jailed": summary(jailed_ms),
+            "clone_ms_unjailed": summary(bare_ms),
+            "clone_p50_ratio_jailed_to_unjailed": round(percentile(jailed_ms, 50) / percentile(bare_ms, 50), 3),
+            "pss_mb_jailed": round(sum(s.pss_bytes for s in idle_stats[0::2]) / n_idle / 2**20, 1),
+            "pss_mb_unjailed": round(sum(s.pss_bytes for s in idle_stats[1::2]) / n_idle / 2**20, 1),
+            "idle_each": n_idle,
+        }
+        progress(f"  jailed p50 {percentile(jailed_ms, 50):.0f} ms, unjailed {percentile(bare_ms, 50):.0f} ms")
+
         progress(f"concurrent clones x{args.concurrent}")
         results = await asyncio.gather(*(clone_ready(settings, snap, nets[i], f"con{i}", sync=False)
                                          for i in range(args.concurrent)))
@@ -177,6 +208,7 @@ async def main(args) -> dict:
             "private_dirty_per_idle_clone_mb": round(dirty, 1),
             "rss_per_idle_clone_mb": round(rss, 1),
             "idle_clones": args.alive,
+            "jail": jail,
             "machine": machine(),
         }
     finally:
@@ -192,4 +224,6 @@ if __name__ == "__main__":
     p.add_argument("--concurrent", type=int, default=10)
     p.add_argument("--alive", type=int, default=20)
     p.add_argument("--settle", type=float, default=5.0, help="seconds idle before measuring memory")
+    p.add_argument("--jail-pairs", type=int, default=20, help="clones with and without the jail, each")
+    p.add_argument("--jail-idle", type=int, default=5, help="idle clones with and without the jail, each")
     emit(asyncio.run(main(p.parse_args())))

@@ -43,34 +43,46 @@ def call_in(netns: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) 
     """Run ``fn(*args, **kwargs)`` in ``netns`` and return its result or raise its error."""
     if netns is None:
         return fn(*args, **kwargs)
-    # Opened here rather than in the thread, so that a missing namespace is the caller's error
-    # before any thread exists.
-    try:
-        fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise NamespaceNotFound(f"network namespace {netns!r} does not exist") from None
+    return call_on_own_thread(netns, fn, *args, **kwargs)
+
+
+def call_on_own_thread(netns: str | None, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` on a short-lived thread of its own (in ``netns`` when given) and return its
+    result or raise its error. ``fn`` may change what Linux keeps per thread (its namespaces, its
+    v1 cgroups, its filesystem context after ``unshare(CLONE_FS)``): the thread ends with ``fn``
+    and what it forked keeps those."""
+    fd = None
+    if netns is not None:
+        # Opened here rather than in the thread, so that a missing namespace is the caller's error
+        # before any thread exists.
+        try:
+            fd = os.open(netns_path(netns), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise NamespaceNotFound(f"network namespace {netns!r} does not exist") from None
     box: dict[str, Any] = {}
 
     def run() -> None:
         try:
-            try:
-                rc = _libc.setns(fd, CLONE_NEWNET)
-                err = ctypes.get_errno()
-            finally:
-                os.close(fd)  # entered or not, nothing needs it any more
-            if rc != 0:
-                raise OSError(err, f"setns({netns}): {os.strerror(err)}")
+            if fd is not None:
+                try:
+                    rc = _libc.setns(fd, CLONE_NEWNET)
+                    err = ctypes.get_errno()
+                finally:
+                    os.close(fd)  # entered or not, nothing needs it any more
+                if rc != 0:
+                    raise OSError(err, f"setns({netns}): {os.strerror(err)}")
             box["value"] = fn(*args, **kwargs)
         except BaseException as e:  # re-raised in the caller's thread
             box["error"] = e
 
-    # The thread ends right after fn: a thread that entered a namespace is never reused for
+    # The thread ends right after fn: a thread whose namespaces changed is never reused for
     # anything else. Daemon, so that a fn stuck in the kernel cannot keep the interpreter alive.
-    t = threading.Thread(target=run, name=f"netns-{netns}", daemon=True)
+    t = threading.Thread(target=run, name=f"netns-{netns or 'own'}", daemon=True)
     try:
         t.start()
     except BaseException:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
         raise
     t.join()
     if "error" in box:

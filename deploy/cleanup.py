@@ -10,7 +10,7 @@ import asyncio
 import subprocess
 import sys
 
-from vmm_core import Machine, VmmError, VmmSettings, list_machines
+from vmm_core import Machine, VmmError, VmmSettings, forget, list_machines
 
 
 async def kill_machines(settings: VmmSettings) -> int:
@@ -21,7 +21,7 @@ async def kill_machines(settings: VmmSettings) -> int:
             await m.kill()
             n += 1
         except VmmError:
-            pass
+            forget(settings, vm_id)  # its QEMU died: its jail and files still go
     return n
 
 

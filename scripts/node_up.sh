@@ -8,6 +8,10 @@ STATE=${CUBE_STATE_DIR:-/var/lib/cube}
 mkdir -p "$STATE/logs" "$STATE/run"
 
 bash scripts/local_dns.sh
+if [[ "${CUBE_ALLOW_TCG:-}" =~ ^(1|true|yes|on)$ ]]; then
+  echo "note: this CPU has no VT-x/AMD-V, so guests run under QEMU's emulator (TCG), which QEMU does"
+  echo "      not treat as a security boundary (CUBE_ALLOW_TCG=1). Run untrusted code on a KVM host."
+fi
 $PY -m services.cubelet.artifacts >/dev/null
 
 if [[ -f "$STATE/run/supervisor.pid" ]] && kill -0 "$(cat "$STATE/run/supervisor.pid")" 2>/dev/null; then

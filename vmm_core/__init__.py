@@ -14,7 +14,8 @@ public surface:
     c = await clone(settings, snap, "sbx1", NetworkAttachment("tap7"))
     p = await prepare_clone(settings, snap, "sbx2", net2); c2 = await p.start()   # QEMU started ahead
     saved = await save(c, dest2); c3 = await restore(settings, saved, "sbx1", net)
-    await c3.kill()
+    await c3.kill()                                     # QEMU, runtime dir, cgroup and jail uid gone
+    forget(settings, "sbx9")                            # the same for one whose QEMU died on its own
 
 For building images of its own the same way (template roots, say): the content-keyed build cache
 (`input_key`, `cached_dir`), ext4 images and writable layers (`ext4_from_dir`, `writable_layer`) and
@@ -36,7 +37,7 @@ from .errors import (
 from .guest.agent import AgentPackage, GuestAgent
 from .guest.debian import mmdebstrap, sources_fingerprint as apt_sources_fingerprint, suite as debian_suite
 from .guest_config import GuestConfig, GuestNetwork, GuestService, ServiceRoot
-from .machine import Machine, MachineStats, boot, list_machines
+from .machine import Machine, MachineStats, boot, forget, list_machines
 from .settings import Accel, VmmSettings
 from .snapshots import PreparedClone, Snapshot, SnapshotKind, clone, prepare_clone, restore, save, snapshot
 from .spec import Disk, DiskFormat, MachineSpec, NetworkAttachment
@@ -47,6 +48,6 @@ __all__ = [
     "GuestConfig", "GuestNetwork", "GuestService", "GuestTimeoutError", "InvalidSpecError", "Machine",
     "MachineGoneError", "MachineSpec", "MachineStats", "NetworkAttachment", "PreparedClone", "ServiceRoot",
     "Snapshot", "SnapshotError", "SnapshotKind", "VmmError", "VmmSettings", "accel", "apt_sources_fingerprint",
-    "boot", "cached_dir", "clone", "debian_suite", "ensure_guest_artifacts", "ext4_from_dir", "input_key",
+    "boot", "cached_dir", "clone", "debian_suite", "ensure_guest_artifacts", "ext4_from_dir", "forget", "input_key",
     "list_machines", "mmdebstrap", "prepare_clone", "restore", "save", "snapshot", "writable_layer",
 ]

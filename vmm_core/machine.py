@@ -3,7 +3,11 @@
 QEMU is started in its own session (not as a daemon, so its errors land in qemu.log), so machines
 outlive the process that started them: a restarted node agent re-attaches from the machine's record (`machine.json` with
 the pid) and its QMP socket. Every file a machine owns lives in its runtime directory, which
-`kill()` removes together with the process.
+`kill()` removes together with the process, its cgroup and its jail uid (vmm_core/jail.py: every
+QEMU runs jailed unless the settings say otherwise).
+
+TCG runs only where the settings allow it (``allow_tcg``): QEMU does not treat its emulator as a
+security boundary, so a host without VT-x/AMD-V must say that it accepts the risk.
 """
 from __future__ import annotations
 
@@ -26,7 +30,9 @@ from cube_common import netns
 from . import accel as accel_mod
 from .control import ControlChannel
 from .errors import BootError, GuestTimeoutError, InvalidSpecError, MachineGoneError, VmmError
-from .settings import VmmSettings
+from .jail import Jail, JailError, release_leftovers
+from .sealed_memory import sealed_fd
+from .settings import Accel, VmmSettings
 from .spec import MachinePaths, MachineRecord, MachineSpec
 
 log = logging.getLogger("vmm_core.machine")
@@ -81,12 +87,14 @@ def _pid_owns(pid: int, paths: MachinePaths) -> bool:
 
 
 def build_argv(settings: VmmSettings, spec: MachineSpec, paths: MachinePaths, *, share_memory: bool,
-               incoming: bool) -> list[str]:
+               incoming: bool, jail: Jail | None = None, memory_path: str | None = None) -> list[str]:
+    """QEMU's command line. ``memory_path``: where QEMU finds ``spec.memory_file``'s content when
+    that is not the file itself (a sealed memfd: vmm_core/sealed_memory.py)."""
     acc = accel_mod.resolve(spec.accel)
     mem = f"size={spec.memory_mb}M"
     if spec.memory_file is not None:
         share = "on" if share_memory else "off"
-        backend = f"memory-backend-file,id=mem,{mem},mem-path={spec.memory_file},share={share}"
+        backend = f"memory-backend-file,id=mem,{mem},mem-path={memory_path or spec.memory_file},share={share}"
     else:
         backend = f"memory-backend-ram,id=mem,{mem}"
     argv = [
@@ -122,7 +130,16 @@ def build_argv(settings: VmmSettings, spec: MachineSpec, paths: MachinePaths, *,
                  "-device", f"virtio-net-device,netdev=net0,mac={spec.network.mac}"]
     if incoming:
         argv += ["-incoming", "defer"]
+    if jail is not None:
+        argv += jail.qemu_args()
     return argv
+
+
+def check_accel(settings: VmmSettings, spec: MachineSpec) -> None:
+    if accel_mod.resolve(spec.accel) is Accel.TCG and not settings.allow_tcg:
+        raise InvalidSpecError("this machine would run under TCG, QEMU's emulator, which is not a security "
+                               "boundary for untrusted code; set CUBE_ALLOW_TCG=1 to accept that (hosts "
+                               "without VT-x/AMD-V), or use a host with KVM")
 
 
 def validate_spec(spec: MachineSpec) -> None:
@@ -181,6 +198,7 @@ class Machine:
         the copy-on-write overlay); `rollback(paths)` undoes it on failure, before the runtime dir
         is removed. On any failure nothing is left behind.
         """
+        check_accel(settings, spec)
         if prepare is None:
             validate_spec(spec)
         paths = MachinePaths(settings.vms_dir / vm_id)
@@ -188,14 +206,23 @@ class Machine:
             raise InvalidSpecError(f"machine {vm_id} already exists")
         paths.dir.mkdir(parents=True)
         machine: Machine | None = None
+        jail: Jail | None = None
         try:
             if prepare is not None:
                 spec = prepare(paths) or spec
                 validate_spec(spec)
-            argv = build_argv(settings, spec, paths, share_memory=share_memory, incoming=incoming)
-            pid = await _spawn(argv, paths, spec.network.netns if spec.network else None)
-            paths.pidfile.write_text(str(pid))
-            record = MachineRecord(vm_id, spec, pid, labels or {})
+            memfd = None
+            if settings.jail:
+                jail = Jail.for_launch(settings, vm_id, paths)
+                jail.setup(settings, spec)
+                if spec.memory_file is not None and not share_memory and spec.memory_file.parent != paths.dir:
+                    # A template's memory, mapped privately: QEMU gets it write-sealed.
+                    memfd = await asyncio.to_thread(sealed_fd, spec.memory_file)
+            argv = build_argv(settings, spec, paths, share_memory=share_memory, incoming=incoming, jail=jail,
+                              memory_path=f"/proc/self/fd/{memfd}" if memfd is not None else None)
+            pid = await _spawn(argv, paths, spec.network.netns if spec.network else None, jail, spec,
+                               (memfd,) if memfd is not None else ())
+            record = MachineRecord(vm_id, spec, pid, labels or {}, jail.uid if jail else None)
             record.dump(paths.record)
             machine = cls(settings, record, paths)
             await machine._connect_qmp()
@@ -207,6 +234,8 @@ class Machine:
                 await machine.kill()
             else:
                 _kill_pidfile(paths)
+                if jail is not None:
+                    jail.release()
                 shutil.rmtree(paths.dir, ignore_errors=True)
             if isinstance(e, (VmmError, asyncio.CancelledError)):
                 raise
@@ -313,8 +342,13 @@ class Machine:
             except ProcessLookupError:
                 pass
             await self.wait_exit(10)
+        self._release_jail()
         shutil.rmtree(self.paths.dir, ignore_errors=True)
         log.info("machine killed", extra={"vm_id": self.vm_id})
+
+    def _release_jail(self) -> None:
+        if self.record.uid is not None:
+            Jail.of_record(self.settings, self.vm_id, self.paths, self.record.uid).release()
 
     async def quit(self) -> None:
         """Ask QEMU to exit (after a snapshot/save), without removing the runtime dir."""
@@ -394,25 +428,37 @@ def _reap_when_exits(pid: int) -> None:
     loop.add_reader(fd, reap)
 
 
-async def _spawn(argv: list[str], paths: MachinePaths, ns: str | None) -> int:
+async def _spawn(argv: list[str], paths: MachinePaths, ns: str | None, jail: Jail | None,
+                 spec: MachineSpec, pass_fds: tuple[int, ...] = ()) -> int:
     """Start QEMU detached (own session, output to qemu.log) and return its pid.
 
     The spawn happens on a worker thread that first enters the network namespace, if any: a child
     inherits the namespace of the thread that forks it, and without a preexec_fn subprocess can
     use vfork, which matters on the clone path (forking the whole Python process costs ~10 ms).
+    A jailed spawn gets a thread of its own, which also enters the jail's mount namespace and (v1)
+    cgroup before forking, and is discarded after.
     """
     def start() -> int:
+        if jail is not None:
+            try:
+                jail.enter()
+            except OSError as e:
+                raise JailError(f"entering the jail: {e}") from e
         with open(paths.qemu_log, "ab") as qlog:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=qlog, stderr=qlog,
-                                    start_new_session=True, close_fds=True)
+                                    start_new_session=True, close_fds=True, pass_fds=pass_fds)
         return proc.pid
 
     loop = asyncio.get_running_loop()
+    run = netns.call_on_own_thread if jail is not None else netns.call_in
     try:
-        pid = await loop.run_in_executor(None, netns.call_in, ns, start)
+        pid = await loop.run_in_executor(None, run, ns, start)
     except netns.NamespaceNotFound as e:
         raise InvalidSpecError(str(e)) from None
     _reap_when_exits(pid)
+    paths.pidfile.write_text(str(pid))  # before anything else can fail: a failed launch kills by it
+    if jail is not None:
+        jail.started(pid, spec)
     return pid
 
 
@@ -435,6 +481,16 @@ async def boot(settings: VmmSettings, vm_id: str, spec: MachineSpec, *,
                labels: dict[str, str] | None = None) -> Machine:
     """Cold-boot a machine. Returns once QEMU runs; wait for the guest with a probe or `control`."""
     return await Machine.launch(settings, vm_id, spec, labels=labels)
+
+
+def forget(settings: VmmSettings, vm_id: str) -> None:
+    """Remove what is left of a machine that cannot be attached to (its QEMU is gone, or it never
+    wrote its record): any QEMU its pidfile still names, its jail (cgroup, uid) and its runtime
+    dir. Idempotent."""
+    paths = MachinePaths(settings.vms_dir / vm_id)
+    _kill_pidfile(paths)
+    release_leftovers(settings, vm_id, paths)
+    shutil.rmtree(paths.dir, ignore_errors=True)
 
 
 def list_machines(settings: VmmSettings) -> list[str]:

@@ -35,6 +35,22 @@ class VmmSettings(Settings):
     # whole cache every cell, so each run_code re-translated (~0.5 s).
     tcg_tb_size_mb: int = setting(128, "TCG's translation cache per VM, MB", env="CUBE_TCG_TB_MB")
     runtime_dir: Path | None = setting(None, "runtime dirs of running machines (default <state_dir>/vms)")
+    # The jail (vmm_core/jail.py). Off only to debug QEMU itself.
+    jail: bool = setting(True, "run every QEMU jailed: own uid, empty read-only root in its own mount "
+                         "namespace, seccomp, cgroup, rlimits")
+    jail_uid_base: int = setting(900_000, "first uid/gid of the jail's pool (one per running machine)")
+    jail_uid_count: int = setting(4096, "size of the jail's uid pool: at most this many machines per host")
+    jail_claims_dir: Path = setting(Path("/run/cube/vm-uids"), "where the pool's claims live (machine-wide: "
+                                    "every Cube on this host must use the same)")
+    cgroup_parent: str = setting("cube-vms", "cgroup under the node agent's own that holds one per machine")
+    # Measured: a restored code interpreter's QEMU outside guest RAM and the translation cache
+    # (heap, device state, page tables, libraries), with room to spare.
+    vmm_overhead_mb: int = setting(256, "memory a machine's cgroup allows beyond guest RAM (and TCG's "
+                                   "translation cache)")
+    cpu_quota: bool = setting(False, "cap each machine at its vCPUs' worth of CPU time (default: weight only)")
+    allow_tcg: bool = setting(False, "run guests under TCG, QEMU's emulator, which QEMU does not treat as a "
+                              "security boundary; needed where the CPU has no VT-x/AMD-V (make up sets it "
+                              "there and says so)", env="CUBE_ALLOW_TCG")
 
     @property
     def artifacts_dir(self) -> Path:

@@ -19,7 +19,6 @@ import asyncio
 import json
 import logging
 import os
-import shlex
 import shutil
 import subprocess
 import time
@@ -178,6 +177,18 @@ def _staging(dest: Path) -> Path:
     return tmp
 
 
+async def _migrate_to_file(machine: Machine, path: Path) -> None:
+    """Start migrating ``machine``'s state into a new file at ``path``. The file goes to QEMU as an
+    open descriptor: a jailed QEMU can neither reach the path nor start a process (``exec:``)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        machine.send_fd(fd)
+        await machine.execute("getfd", {"fdname": "migration-out"})
+    finally:
+        os.close(fd)
+    await machine.execute("migrate", {"uri": "fd:migration-out"})
+
+
 async def snapshot(machine: Machine, dest: Path) -> Snapshot:
     """Take a TEMPLATE snapshot of a machine booted with a shared memory file. Consumes it."""
     spec = machine.spec
@@ -196,13 +207,15 @@ async def snapshot(machine: Machine, dest: Path) -> Snapshot:
             log.warning("guest sync before snapshot failed: %s", e)
         await machine.execute("stop")
         await _set_ignore_shared(machine, True)
-        await machine.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp / 'state'))}"})
+        await _migrate_to_file(machine, tmp / "state")
         await _wait_migration(machine)
         await machine.quit()
         os.rename(spec.memory_file, tmp / "memory")
         os.rename(rw, tmp / "disk.img")
-        # The snapshot's files are now the shared, read-only base of every clone.
+        # The snapshot's files are now the shared, read-only base of every clone: root's, whoever
+        # (which jail uid) wrote them.
         for f in ("memory", "disk.img", "state"):
+            os.chown(tmp / f, 0, 0)
             os.chmod(tmp / f, 0o444)
         disks = tuple(replace(d, path=dest / "disk.img", format=DiskFormat.RAW) if not d.readonly else d
                       for d in spec.disks)
@@ -374,7 +387,7 @@ async def save(machine: Machine, dest: Path) -> Snapshot:
         await machine.execute("stop")
         await _set_ignore_shared(machine, False)
         await machine.execute("migrate-set-parameters", {"max-bandwidth": _MAX_BANDWIDTH})
-        await machine.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(tmp / 'state'))}"})
+        await _migrate_to_file(machine, tmp / "state")
         await _wait_migration(machine)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -386,6 +399,7 @@ async def save(machine: Machine, dest: Path) -> Snapshot:
         raise
     await machine.quit()
     os.rename(rw, tmp / "disk.qcow2")
+    os.chown(tmp / "disk.qcow2", 0, 0)  # root's while saved: its jail uid goes back to the pool
     fmt = DiskFormat.QCOW2 if rw.suffix == ".qcow2" else DiskFormat.RAW
     snap = Snapshot(dest, SnapshotKind.SAVED, _with_writable(machine.spec, dest / "disk.qcow2", fmt).with_network(None),
                     time.time())

@@ -129,14 +129,17 @@ class MachineRecord:
     spec: MachineSpec
     pid: int
     labels: dict[str, str] = field(default_factory=dict)
+    uid: int | None = None  # the jail's uid (vmm_core/jail.py); None: not jailed
 
     def dump(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"vm_id": self.vm_id, "spec": self.spec.to_dict(), "pid": self.pid,
-                                   "labels": self.labels}, indent=1))
+                                   "labels": self.labels, "uid": self.uid}, indent=1))
         tmp.rename(path)
 
     @classmethod
     def load(cls, path: Path) -> MachineRecord:
         d = json.loads(path.read_text())
-        return cls(d["vm_id"], MachineSpec.from_dict(d["spec"]), d["pid"], d.get("labels", {}))
+        uid = d.get("uid")
+        return cls(d["vm_id"], MachineSpec.from_dict(d["spec"]), d["pid"], d.get("labels", {}),
+                   int(uid) if uid is not None else None)

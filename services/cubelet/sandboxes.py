@@ -34,6 +34,7 @@ from vmm_core import (
     VmmError,
     VmmSettings,
     clone,
+    forget,
     list_machines,
     restore,
     save,
@@ -498,13 +499,13 @@ class SandboxManager:
                 m = await Machine.attach(self.vmm, vm_id)
                 await m.kill()
             except VmmError:
-                shutil.rmtree(self.vmm.vms_dir / vm_id, ignore_errors=True)
+                await asyncio.to_thread(forget, self.vmm, vm_id)
             log.info("orphan machine removed", extra={"vm_id": vm_id})
         # Runtime dirs with no record at all: a clone killed before QEMU wrote its record.
         if self.vmm.vms_dir.is_dir():
             for d in self.vmm.vms_dir.iterdir():
                 if d.is_dir() and d.name not in adopted_vms and not (d / "machine.json").exists():
-                    shutil.rmtree(d, ignore_errors=True)
+                    await asyncio.to_thread(forget, self.vmm, d.name)
                     log.info("half-made machine dir removed", extra={"vm_id": d.name})
         for d in self.settings.paused_dir.iterdir():
             if d.name not in self._live:

@@ -94,10 +94,14 @@ def qemu_pids_under(path: Path) -> list[int]:
 
 @pytest.fixture(autouse=True)
 def no_leaks(settings):
-    """After every test: no machine runtime dir and no QEMU process of this session is left."""
+    """After every test: no machine runtime dir, QEMU process or jail uid of this session is left."""
     yield
     vms = settings.vms_dir
     leftovers = [p.name for p in vms.iterdir()] if vms.is_dir() else []
     pids = qemu_pids_under(vms)
+    claims = settings.jail_claims_dir
+    uids = [c.name for c in claims.iterdir() if c.is_file() and c.read_text().startswith(str(vms))] \
+        if claims.is_dir() else []
     assert not leftovers, f"machine dirs left behind: {leftovers}"
     assert not pids, f"QEMU processes left behind: {pids}"
+    assert not uids, f"jail uids still claimed: {uids}"

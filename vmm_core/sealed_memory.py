@@ -1,0 +1,107 @@
+"""A template's memory as a sealed memfd: what a clone's QEMU maps instead of the file itself.
+
+QEMU 7.2 opens a private ``memory-backend-file`` read-write and keeps the descriptor, so a QEMU
+that maps the template's memory file could write the template through it, into every later clone
+(docs/architecture.md, "The VMM jail"). A memfd sealed with ``F_SEAL_WRITE`` takes that away:
+writes through any descriptor fail (EPERM), shared writable mappings fail, and a private writable
+mapping, which is what a clone is, still works. QEMU gets the memfd as an inherited descriptor and
+the path ``/proc/self/fd/<n>``.
+
+Invariants:
+- One memfd per template memory file (by path, inode and mtime) per process, filled once with the
+  file's data extents (holes stay holes) and sealed against writes, growing, shrinking and further
+  seals before any QEMU sees it. Its pages are shared by every clone's private mapping, as the
+  file's page cache was; the file's own cached pages are dropped after the copy.
+- An entry whose file is gone or replaced is dropped at the next lookup: a deleted template's
+  memory lives on only in the clones still running from it.
+- Linux only (memfd_create, F_ADD_SEALS); standard library only.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
+CHUNK = 4 << 20
+
+
+@dataclass(frozen=True)
+class _Key:
+    path: Path
+    inode: int
+    mtime_ns: int
+
+
+_memfds: dict[Path, tuple[_Key, int]] = {}
+_lock = threading.Lock()
+
+
+def sealed_fd(path: Path) -> int:
+    """A sealed memfd holding ``path``'s content (made on first use; owned by this module: never
+    close it). Blocking: call it off the event loop."""
+    st = os.stat(path)
+    key = _Key(path, st.st_ino, st.st_mtime_ns)
+    with _lock:
+        _sweep()
+        found = _memfds.get(path)
+        if found is not None and found[0] == key:
+            return found[1]
+        if found is not None:
+            os.close(found[1])
+            del _memfds[path]
+        fd = _fill(path, st.st_size)
+        _memfds[path] = (key, fd)
+        return fd
+
+
+def _sweep() -> None:
+    for path, (key, fd) in list(_memfds.items()):
+        try:
+            st = os.stat(path)
+            alive = (st.st_ino, st.st_mtime_ns) == (key.inode, key.mtime_ns)
+        except FileNotFoundError:
+            alive = False
+        if not alive:
+            os.close(fd)
+            del _memfds[path]
+
+
+def _fill(path: Path, size: int) -> int:
+    fd = os.memfd_create(f"cube-tpl:{path.parent.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(fd, size)
+        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for start, end in _data_extents(src, size):
+                pos = start
+                while pos < end:
+                    data = os.pread(src, min(CHUNK, end - pos), pos)
+                    if not data:
+                        break
+                    os.pwrite(fd, data, pos)
+                    pos += len(data)
+            os.posix_fadvise(src, 0, 0, os.POSIX_FADV_DONTNEED)  # the memfd holds it now
+        finally:
+            os.close(src)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
+    out = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole is left
+            break
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        out.append((start, min(end, size)))
+        pos = end
+    return out
