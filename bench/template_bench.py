@@ -21,12 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import grpc
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.common import emit, machine, progress  # noqa: E402
+from cube_common.mtls import Role, aio_channel  # noqa: E402
 from deploy.supervisor import NodeConfig  # noqa: E402
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, cubelet_pb2_grpc  # noqa: E402
 from services.cubelet import default_image  # noqa: E402
@@ -96,7 +95,9 @@ async def main() -> dict:
     cache = LayerCache(vmm.state_dir / "oci-cache")
     before = set(cache.digests())
     try:
-        async with grpc.aio.insecure_channel(CFG.cubelet_addr) as ch:
+        # As the node's operator (its certificate): the cubelet serves only masters and operators,
+        # and an operator's build may pull from the bench's registry on loopback.
+        async with aio_channel(CFG.cubelet_addr, CFG.operator_tls(), Role.CUBELET) as ch:
             stub = cubelet_pb2_grpc.CubeletStub(ch)
             progress("default template")
             default = await build(stub, pb.BuildTemplateRequest(

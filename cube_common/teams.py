@@ -24,6 +24,12 @@ ROLE_METADATA = "cube-role"
 ROLE_USER = "user"
 ROLE_ADMIN = "admin"
 
+# On a cubelet's BuildTemplate: the master relays an operator's build (cubemastercli), which may
+# name local image paths and pull from any registry; a call without it is a team's build
+# (services/master/builds.py writes it, services/cubelet/templates.py reads it).
+BUILD_ORIGIN_METADATA = "cube-build-origin"
+BUILD_ORIGIN_OPERATOR = "operator"
+
 # What every API key looks like: ``e2b_`` + 40 lowercase hex (the shape every E2B SDK accepts).
 API_KEY_RE = re.compile(r"^e2b_[0-9a-f]{40}\Z")
 

@@ -160,8 +160,10 @@ SCHEMAS = {
                        "is not supported, and bodies with its keys (dockerfile, fromImage, steps, ...) are refused.",
         "properties": {
             "image": {"type": "string", "pattern": f"^{WS}*{NOT_WS}{{1,1024}}{WS}*$",
-                      "description": "image reference: registry/repo:tag, repo@sha256:..., "
-                                     "oci-archive:/path.tar, docker-archive:/path.tar, oci:/dir[:tag]"},
+                      "description": "registry image reference: registry/repo:tag or repo@sha256:... "
+                                     "(local paths are for operators: cubemastercli); a registry on a "
+                                     "loopback, private or link-local address needs the node's "
+                                     "registry_allowlist"},
             "templateID": {"type": ["string", "null"], "pattern": BUILD_TEMPLATE_ID_PATTERN,
                            "description": "default (absent or empty): a new id of 20 [a-z0-9]"},
             "aliases": _null({"type": "array", "uniqueItems": True,

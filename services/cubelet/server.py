@@ -5,12 +5,13 @@ import logging
 
 import grpc
 
+from cube_common.mtls import peer_identity
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, cubelet_pb2_grpc
 
 from . import registration
 from .sandboxes import SandboxError, SandboxManager
 from .settings import CubeletSettings
-from .templates import TemplateError, TemplateStore
+from .templates import TemplateError, TemplateStore, operator_build
 
 log = logging.getLogger("cubelet.server")
 
@@ -79,8 +80,10 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
             await _abort(context, e)
 
     async def BuildTemplate(self, request, context):
+        peer = peer_identity(context)
+        operator = operator_build(context.invocation_metadata(), peer.role if peer else None)
         try:
-            async for event in self.templates.build(request):
+            async for event in self.templates.build(request, operator=operator):
                 yield event
         except TemplateError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))

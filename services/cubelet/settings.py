@@ -39,6 +39,16 @@ class CubeletSettings(Settings):
     max_concurrent_builds: int = setting(2, "template builds run at once")
     probe_timeout_s: float = setting(180.0, "how long a template's own service may take to answer its probe "
                                      "before the build fails")
+    # Template builds from container images (services/cubelet/oci: egress.py, limits.py, cache.py).
+    registry_allowlist: tuple[str, ...] = setting(
+        (), "registry hosts ('host' or 'host:port', comma-separated) a team's build may pull from although "
+        "they resolve to loopback, private, link-local or metadata addresses (an operator's build may pull "
+        "from any)")
+    image_max_mb: int = setting(16384, "most an image's layers may expand to on disk, MiB")
+    layer_max_mb: int = setting(8192, "most one image layer may expand to on disk, MiB")
+    image_max_entries: int = setting(1_000_000, "most files (tar entries) an image's layers may hold")
+    layer_cache_mb: int = setting(20480, "the layer cache's size: least recently used layers beyond it are "
+                                  "evicted (never those of a running build), MiB")
     mtls_dir: Path | None = shared.mtls_dir()
     insecure_public: bool = shared.insecure_public()
     log_level: str = shared.log_level()
@@ -70,4 +80,13 @@ class CubeletSettings(Settings):
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
         if not self.node_id or "/" in self.node_id:
             raise SettingsError("node_id must be non-empty and contain no '/'")
+        for name in ("image_max_mb", "layer_max_mb", "image_max_entries", "layer_cache_mb"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive")
+        from .oci.egress import parse_allowlist  # the one parser of allowlist entries
+
+        try:
+            parse_allowlist(self.registry_allowlist)
+        except ValueError as e:
+            raise SettingsError(f"registry_allowlist: {e}") from None
         return self

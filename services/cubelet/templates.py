@@ -28,6 +28,8 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cube_common.envd import ENVD_PORT, ENVD_VERSION, INTERPRETER_PORT
+from cube_common.mtls import Role
+from cube_common.teams import BUILD_ORIGIN_METADATA, BUILD_ORIGIN_OPERATOR
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, network_pb2
 from vmm_core import (
     GuestArtifacts,
@@ -56,6 +58,18 @@ log = logging.getLogger("cubelet.templates")
 # Part of every build key: bump it when the build procedure itself changes (not its inputs).
 BUILD_PROCEDURE = 2
 Phase = pb.TemplateBuildPhase
+_MAX_ID = (1 << 32) - 2
+def operator_build(metadata, peer_role: Role | None) -> bool:
+    """Whether a BuildTemplate call is an operator's build (see `TemplateStore.build`): the caller is
+    an operator itself (its certificate's role, e.g. deploy's bootstrap), or the master relays an
+    operator's request. A call from anyone else, or without the marker, is a team's build."""
+    if peer_role is Role.OPERATOR:
+        return True
+    marked = any(str(k).lower() == BUILD_ORIGIN_METADATA and
+                 (v.decode() if isinstance(v, bytes) else v) == BUILD_ORIGIN_OPERATOR
+                 for k, v in metadata or ())
+    # Plaintext (no peer): only the node's own processes reach the cubelet (loopback).
+    return marked and peer_role in (Role.MASTER, None)
 
 
 class TemplateError(Exception):
@@ -128,50 +142,75 @@ async def _probe_or_crash(machine, probe, crash_restarts: int = 3) -> None:
             t.cancel()
 
 
-def _resolve_user(root: Path, user: str) -> tuple[int, int]:
+def _user_db_lines(db: bytes | None) -> list[list[str]]:
+    return [line.split(":") for line in (db or b"").decode("utf-8", "replace").splitlines()]
+
+
+def _resolve_user(passwd: bytes | None, group: bytes | None, user: str) -> tuple[int, int]:
     """An image's `User` ("name", "uid", "name:group", "uid:gid") as numeric ids, looked up in the
-    image's own /etc/passwd and /etc/group (the host's users mean nothing here)."""
+    image's own /etc/passwd and /etc/group (the host's users mean nothing here). The files' content
+    comes from the layers' tar entries (oci.ImageTree.user_db): never from paths in the unpacked
+    tree, where a symlink could name /dev/zero or the host's /etc/shadow."""
     if not user:
         return 0, 0
-    name, _, group = user.partition(":")
+    name, _, group_name = user.partition(":")
+    users, groups = _user_db_lines(passwd), _user_db_lines(group)
 
-    def lookup(path: str, key: str, field: int, key_field: int = 0) -> int | None:
-        """Field `field` of the first line of an /etc/passwd-style file whose `key_field` is `key`."""
-        try:
-            for line in (root / path).read_text().splitlines():
-                parts = line.split(":")
-                if len(parts) > max(field, key_field) and parts[key_field] == key:
-                    return int(parts[field])
-        except (OSError, ValueError):
-            pass
+    def lookup(lines: list[list[str]], key: str, field: int, key_field: int = 0) -> int | None:
+        """Field `field` of the first line whose `key_field` is `key`, when it is a valid id."""
+        for parts in lines:
+            if len(parts) > max(field, key_field) and parts[key_field] == key:
+                value = parts[field].strip()
+                return int(value) if value.isdigit() and int(value) <= _MAX_ID else None
         return None
 
+    def numeric(text: str, what: str) -> int:
+        if not text.isdigit() or int(text) > _MAX_ID:
+            raise TemplateError(f"the image's user {user!r}: {what} {text!r} is not a valid id")
+        return int(text)
+
     if name.isdigit():
-        uid = int(name)
-        gid = lookup("etc/passwd", name, 3, key_field=2) or 0
+        uid = numeric(name, "uid")
+        gid = lookup(users, name, 3, key_field=2) or 0
     else:
-        found = lookup("etc/passwd", name, 2)
+        if passwd is None:
+            raise TemplateError(f"the image's user {name!r} cannot be resolved: the image has no /etc/passwd "
+                                "(a regular file in a real /etc directory)")
+        found = lookup(users, name, 2)
         if found is None:
             raise TemplateError(f"the image's user {name!r} is not in its /etc/passwd")
         uid = found
-        gid = lookup("etc/passwd", name, 3) or 0
-    if group:
-        gid = int(group) if group.isdigit() else (lookup("etc/group", group, 2) or 0)
+        gid = lookup(users, name, 3) or 0
+    if group_name:
+        if group_name.isdigit():
+            gid = numeric(group_name, "gid")
+        else:
+            found = lookup(groups, group_name, 2)
+            if found is None:
+                raise TemplateError(f"the image's group {group_name!r} is not in its /etc/group")
+            gid = found
     return uid, gid
 
 
-def image_guest_config(config: oci.ImageConfig, root: Path, req: pb.BuildTemplateRequest) -> GuestConfig:
+def image_guest_config(config: oci.ImageConfig, tree: oci.ImageTree, req: pb.BuildTemplateRequest) -> GuestConfig:
     """The guest services of an image template: the agent, and the image's own command (if any),
     chrooted into the sandbox root with the image's env, user and working directory."""
     services = [guest_agent.agent_service(interpreter=False)]
     argv = config.argv(list(req.cmd) or None, list(req.args) or None)
     if argv:
-        uid, gid = _resolve_user(root, config.user)
+        uid, gid = _resolve_user(tree.user_db("passwd"), tree.user_db("group"), config.user)
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **config.env_map(),
                **dict(req.env)}
         services.append(GuestService("app", tuple(argv), ServiceRoot.TEMPLATE, env=env,
                                      cwd=config.working_dir or "/", uid=uid, gid=gid))
     return GuestConfig(services=tuple(services))
+
+
+def _private_dir(path: Path) -> None:
+    """`path` and the parents it needs, `path` itself 0700 (an image's tree is unpacked in it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
 
 
 def _dir_bytes(path: Path) -> int:
@@ -190,6 +229,7 @@ class TemplateStore:
         self.vmm = vmm
         self.vs = vs
         self._locks: dict[str, asyncio.Lock] = {}
+        self._layer_cache: oci.LayerCache | None = None  # one per node: its pins protect every build
         # Builds are CPU- and memory-heavy (a VM each, image unpacking): a few at a time per node.
         self._builds = asyncio.Semaphore(settings.max_concurrent_builds)
         self._guest: GuestArtifacts | None = None
@@ -258,7 +298,12 @@ class TemplateStore:
 
     # ---- build -----------------------------------------------------------------------------
 
-    async def build(self, req: pb.BuildTemplateRequest) -> AsyncIterator[pb.TemplateBuildEvent]:
+    async def build(self, req: pb.BuildTemplateRequest, *,
+                    operator: bool = False) -> AsyncIterator[pb.TemplateBuildEvent]:
+        """Build (or find up to date) a template. `operator` (see `operator_build`): an operator's
+        build may name local image paths (oci:, oci-archive:, docker-archive:) and pull from any
+        registry address; a team's build (what the API asks for) only from registries whose
+        addresses are public, or allowlisted by the `registry_allowlist` setting."""
         tid = req.template_id
         if not tid or not all(c.isalnum() or c in "-_" for c in tid) or len(tid) > 64:
             raise TemplateError(f"invalid template id {tid!r}: use 1-64 letters, digits, '-' or '_'")
@@ -267,12 +312,13 @@ class TemplateStore:
             if self._builds.locked():
                 yield _event(Phase.TEMPLATE_BUILD_PHASE_UNSPECIFIED, "queued behind other builds on this node")
             async with self._builds:
-                async for ev in self._build_locked(req):
+                async for ev in self._build_locked(req, operator):
                     yield ev
                     if ev.phase in (Phase.READY, Phase.FAILED):
                         self._changed()
 
-    async def _build_locked(self, req: pb.BuildTemplateRequest) -> AsyncIterator[pb.TemplateBuildEvent]:
+    async def _build_locked(self, req: pb.BuildTemplateRequest,
+                            operator: bool) -> AsyncIterator[pb.TemplateBuildEvent]:
         tid = req.template_id
         vcpus = req.vcpus or 1
         # The default image runs Python kernels with numpy/pandas loaded; an image needs less.
@@ -297,7 +343,7 @@ class TemplateStore:
                 prepared = await self._prepare_default()
             elif source == "oci_image":
                 from_oci: PreparedImage | None = None
-                async for item in self._prepare_oci(req, staging, lap):
+                async for item in self._prepare_oci(req, staging, lap, operator=operator):
                     if isinstance(item, PreparedImage):
                         from_oci = item
                     else:
@@ -409,14 +455,34 @@ class TemplateStore:
         if not (tdir / "info.json").exists():
             shutil.rmtree(tdir, ignore_errors=True)
 
-    async def _prepare_oci(self, req: pb.BuildTemplateRequest, staging: Path, lap) -> AsyncIterator:
+    def layer_cache(self) -> oci.LayerCache:
+        if self._layer_cache is None:
+            self._layer_cache = oci.LayerCache(self.vmm.state_dir / "oci-cache",
+                                               max_bytes=self.settings.layer_cache_mb << 20)
+        return self._layer_cache
+
+    def image_limits(self) -> oci.Limits:
+        return oci.Limits(max_image_bytes=self.settings.image_max_mb << 20,
+                          max_layer_bytes=self.settings.layer_max_mb << 20,
+                          max_entries=self.settings.image_max_entries)
+
+    async def _prepare_oci(self, req: pb.BuildTemplateRequest, staging: Path, lap, *,
+                           operator: bool = False) -> AsyncIterator:
         """Pull/read and unpack the image into a root filesystem, then make its ext4 image and the
         guest config that runs the agent (envd only: the image may serve 49999 itself) and the
-        image's own command. Yields PULLING/UNPACKING events, then the PreparedImage."""
+        image's own command. Yields PULLING/UNPACKING events, then the PreparedImage.
+
+        The unpacked tree (in `staging`, 0700) holds only inert content; owners, modes, devices
+        and xattrs go straight into the ext4 image (oci.apply_metadata), and the image's users come
+        from its layers' /etc/passwd and /etc/group entries, not from the tree."""
         src = req.oci_image
         ref = oci.ImageRef.parse(src.reference, insecure=src.insecure_registry)
+        if ref.is_local and not operator:
+            raise TemplateError(f"{src.reference!r}: local image paths are for operators (cubemastercli); "
+                                "give a registry reference")
         creds = oci.Credentials(src.username, src.password) if src.username else None
-        cache = oci.LayerCache(self.vmm.state_dir / "oci-cache")
+        cache = await asyncio.to_thread(self.layer_cache)
+        access = oci.RegistryAccess(allow_private=operator, allowlist=self.settings.registry_allowlist)
         events: asyncio.Queue = asyncio.Queue()
 
         def progress(p: oci.Progress) -> None:
@@ -426,10 +492,11 @@ class TemplateStore:
             events.put_nowait(_event(phase, p.message, bytes_done=p.bytes_done, bytes_total=p.bytes_total,
                                      layers_done=p.layers_done, layers_total=p.layers_total))
 
-        await asyncio.to_thread(staging.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(_private_dir, staging)
         root = staging / "root"
         yield _event(Phase.PULLING, f"fetching {src.reference}")
-        task = asyncio.create_task(oci.fetch_image(ref, root, cache, auth=creds, progress=progress))
+        task = asyncio.create_task(oci.fetch_image(ref, root, cache, auth=creds, progress=progress,
+                                                   access=access, limits=self.image_limits()))
         current = Phase.PULLING
         try:
             while not task.done() or not events.empty():
@@ -443,15 +510,17 @@ class TemplateStore:
                     yield ev
                 else:
                     getter.cancel()
-            config: oci.ImageConfig = task.result()
+            unpacked: oci.UnpackedImage = task.result()
         finally:
             if not task.done():
                 task.cancel()
         lap(Phase.Name(current))
+        config = unpacked.config
         yield _event(Phase.BUILDING_IMAGE, "making the template image")
-        guest_config = image_guest_config(config, root, req)
+        guest_config = image_guest_config(config, unpacked.tree, req)
         image = await asyncio.to_thread(ext4_from_dir, root, staging / "image.ext4")
-        shutil.rmtree(root, ignore_errors=True)
+        await asyncio.to_thread(oci.apply_metadata, unpacked.tree, image)
+        await asyncio.to_thread(shutil.rmtree, root, ignore_errors=True)
         yield PreparedImage(image, guest_config, (ENVD_PORT,), src.reference,
                             fingerprint=config.manifest_digest or config.digest,
                             env={**config.env_map(), **dict(req.env)})

@@ -18,6 +18,13 @@ Either way the node's BuildTemplate stream is cancelled, and the cubelet removes
 Every job write compares the job's revision, so the running master and the reconciler never
 overwrite each other: a running build whose job was failed meanwhile stops.
 
+Image sources: a team's build (anything cube-api asks for) must name a registry; references
+that name files on the node (`oci:`, `oci-archive:`, `docker-archive:`) are an operator's
+(cubemastercli) only, refused here with INVALID_ARGUMENT and again by the cubelet. The node is told
+which builds are an operator's (`OPERATOR_BUILD` metadata on Cubelet.BuildTemplate): those
+may also pull from registries on loopback or private addresses, which a team's build may not unless
+the node's `registry_allowlist` names them (services/cubelet/oci/egress.py).
+
 Ownership: a build, its template and its aliases belong to the caller's team (an operator's
 build makes a public template with public aliases). A job is seen by its team and by admins
 (templates.py has the rules for templates); another team's job answers NOT_FOUND. A non-admin
@@ -38,7 +45,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from cube_common.etcd import EtcdUnavailable
-from cube_common.teams import Caller
+from cube_common.teams import BUILD_ORIGIN_METADATA, BUILD_ORIGIN_OPERATOR, Caller
 from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
 from services.master import errors
 from services.master.clock import secs, ts
@@ -62,6 +69,14 @@ MAX_PORTS = 64
 MAX_ARGV = 256
 MAX_ARG_BYTES = 65536
 STORE_RETRY_S = 30.0
+# Image references naming files on the node rather than a registry (containers-transports(5)).
+LOCAL_IMAGE_TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
+OPERATOR_BUILD = ((BUILD_ORIGIN_METADATA, BUILD_ORIGIN_OPERATOR),)
+
+
+def is_operator(caller: Caller) -> bool:
+    """An operator's call: no team (cubemastercli, deploy). cube-api always names a team."""
+    return not caller.team_id
 
 
 def new_template_id() -> str:
@@ -106,7 +121,7 @@ class Builds:
 
     # ---- validation ---------------------------------------------------------------------------
 
-    def _validate(self, spec: C.BuildTemplateRequest, aliases) -> None:
+    def _validate(self, spec: C.BuildTemplateRequest, aliases, caller: Caller | None = None) -> None:
         bad = errors.InvalidArgument
         source = spec.WhichOneof("source")
         if source is None:
@@ -116,6 +131,9 @@ class Builds:
             ref = img.reference
             if not ref or len(ref) > 1024 or any(c.isspace() for c in ref):
                 raise bad(f"invalid image reference {ref!r}")
+            if ref.lower().startswith(LOCAL_IMAGE_TRANSPORTS) and (caller is None or not is_operator(caller)):
+                raise bad(f"image {ref!r}: local image paths (oci:, oci-archive:, docker-archive:) are for "
+                          "operators (cubemastercli); give a registry reference such as registry.example/app:1")
             if bool(img.username) != bool(img.password):
                 raise bad("registry username and password go together")
         if spec.template_id and not TEMPLATE_ID_RE.match(spec.template_id):
@@ -221,7 +239,7 @@ class Builds:
         spec = C.BuildTemplateRequest()
         spec.CopyFrom(req.build)
         aliases = list(req.aliases)
-        self._validate(spec, aliases)
+        self._validate(spec, aliases, caller)
         if spec.template_id:
             await self._check_public(spec.template_id, caller)
         else:
@@ -271,7 +289,9 @@ class Builds:
             verdict = None
             error = ""
             try:
-                run.call = self.nodes.stub(node.address).BuildTemplate(spec, timeout=self.settings.build_timeout_s)
+                run.call = self.nodes.stub(node.address).BuildTemplate(
+                    spec, timeout=self.settings.build_timeout_s,
+                    metadata=OPERATOR_BUILD if not run.job.team_id else None)
                 async for ev in run.call:
                     run.started = True
                     if ev.phase in TERMINAL:

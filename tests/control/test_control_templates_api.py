@@ -135,6 +135,10 @@ def test_failed_build_status_has_the_reason(ta):
     ({"image": "a:1", "templateID": "bad/id"}, "invalid template id"),
     ({"image": "a:1", "probePath": "no-slash"}, "invalid probe path"),
     ({"image": "a:1", "cmd": "/bin/sh"}, "'cmd'"),
+    # A team names registry images only: files on the node are the operator's (cubemastercli).
+    ({"image": "oci-archive:/etc/shadow"}, "local image paths"),
+    ({"image": "docker-archive:/var/lib/cube/x.tar"}, "local image paths"),
+    ({"image": "oci:/var/lib/cube:latest"}, "local image paths"),
 ])
 def test_bad_bodies_are_400(ta, body, text):
     c, node = ta

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from services.cubelet.oci import ImageRef, LayerCache, fetch_image, pull_image
+from services.cubelet.oci import ImageRef, LayerCache, RegistryAccess, fetch_image, pull_image
 from testkit.registry import Registry
 from tests.oci.support import run
 from vmm_core.guest.debian import apt_source_files, suite
@@ -86,12 +86,15 @@ def main() -> None:
         for tag in ("gz", "zst"):
             ref = ImageRef.parse(f"{registry.host}/deb:{tag}", insecure=True)
             cache = LayerCache(work / f"cache-{tag}")
-            pull_s = timed(lambda ref=ref, cache=cache: asyncio.run(pull_image(ref, cache)))
-            image = asyncio.run(pull_image(ref, cache))
+            access = RegistryAccess(allowlist=(registry.host,))  # a loopback registry
+            pull_s = timed(lambda ref=ref, cache=cache, access=access: asyncio.run(
+                pull_image(ref, cache, access=access)))
+            image = asyncio.run(pull_image(ref, cache, access=access))
             blob = cache.path(image.manifest.layers[0].digest)
             compressed = blob.stat().st_size
             dest = work / f"root-{tag}"
-            unpack_s = timed(lambda ref=ref, dest=dest, cache=cache: asyncio.run(fetch_image(ref, dest, cache)))
+            unpack_s = timed(lambda ref=ref, dest=dest, cache=cache, access=access: asyncio.run(
+                fetch_image(ref, dest, cache, access=access)))
             shutil.rmtree(dest)
             # Baseline: GNU tar with the same decompressor, same blob, same disk.
             base_dir = work / "tar-baseline"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from services.cubelet.oci import RegistryAccess
 from testkit.registry import Registry, TokenServer
 from tests.oci.support import Entry, LayoutWriter, make_tar, run
 
@@ -39,6 +40,14 @@ class OciEnv:
 
     def ref(self, registry: Registry, name: str) -> str:
         return f"{registry.host}/{name}"
+
+    @property
+    def access(self) -> RegistryAccess:
+        """What a pull from the test registries needs: they (and the token service) listen on
+        127.0.0.1, which pulls refuse unless allowlisted, as an operator would allowlist them
+        (the cubelet's registry_allowlist setting)."""
+        return RegistryAccess(allowlist=(self.anon.host, self.basic.host, self.token.host,
+                                         f"127.0.0.1:{self.tokens.port}"))
 
 
 def _busybox_root(rootfs: Path) -> None:

@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import stat
 import subprocess
 import tarfile
@@ -156,3 +157,117 @@ def snapshot_tree(root: Path) -> dict[str, tuple]:
             out[rel] = (kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, what,
                         tuple(sorted(xattrs.items())), link_group)
     return out
+
+
+def declared_tree(tree) -> dict[str, tuple]:
+    """`snapshot_tree`'s shape, from an unpacked `oci.ImageTree`: the content of the host tree with
+    the metadata the image declares (which the host files do not carry)."""
+    out: dict[str, tuple] = {}
+    inodes: dict[int, str] = {}
+    for rel, st, meta in tree.walk():
+        if rel == ".":
+            continue
+        assert meta is not None, f"{rel}: no declared metadata"
+        p = tree.root / rel
+        what: str | tuple[int, int] | None
+        if meta.kind == stat.S_IFLNK:
+            what = os.readlink(p)
+        elif meta.kind == stat.S_IFREG:
+            what = hashlib.sha256(p.read_bytes()).hexdigest()
+        elif meta.rdev is not None:
+            what = meta.rdev
+        else:
+            what = None
+        link_group = None
+        if meta.kind == stat.S_IFREG and st.st_nlink > 1:
+            link_group = inodes.setdefault(st.st_ino, rel)
+        xattrs = () if meta.kind == stat.S_IFLNK else tuple(sorted(meta.xattrs))
+        out[rel] = (meta.kind, meta.mode if meta.kind != stat.S_IFLNK else stat.S_IMODE(st.st_mode),
+                    meta.uid, meta.gid, what, xattrs, link_group)
+    return out
+
+
+_LS_RECORD = re.compile(rb"/(\d+)/([0-7]+)/(\d+)/(\d+)/([^/]*)/(\d*)/\n")
+_DEV_RE = re.compile(r"Device major/minor number: (\d+):(\d+)")
+
+
+def _debugfs(image: Path, commands: list[str]) -> str:
+    r = subprocess.run(["debugfs", "-f", "-", str(image)], input="\n".join(commands) + "\n",
+                       capture_output=True, text=True, errors="surrogateescape", timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def ext4_tree(image: Path, work: Path) -> dict[str, tuple]:
+    """`snapshot_tree`'s shape, read from an ext4 image with debugfs (never mounted, nothing of it
+    made on the host but the regular files' bytes under `work`). Without lost+found."""
+    work.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, tuple[int, int, int, int]] = {}  # rel -> (ino, mode, uid, gid)
+    level = [("", 2)]
+    while level:
+        below = []
+        for rel_dir, ino in level:
+            listing = subprocess.run(["debugfs", "-R", f"ls -p <{ino}>", str(image)], capture_output=True,
+                                     timeout=60).stdout
+            for m in _LS_RECORD.finditer(listing):
+                name = os.fsdecode(m[5])
+                if name in (".", "..") or (not rel_dir and name == "lost+found"):
+                    continue
+                rel = f"{rel_dir}/{name}" if rel_dir else name
+                child, mode = int(m[1]), int(m[2], 8)
+                entries[rel] = (child, mode, int(m[3]), int(m[4]))
+                if stat.S_ISDIR(mode):
+                    below.append((rel, child))
+        level = below
+    dumps = [f"dump <{ino}> {work}/{ino}" for ino, mode, _, _ in entries.values() if stat.S_ISREG(mode)]
+    _debugfs(image, dumps)
+    counts: dict[int, int] = {}
+    for ino, *_ in entries.values():
+        counts[ino] = counts.get(ino, 0) + 1
+    out: dict[str, tuple] = {}
+    groups: dict[int, str] = {}
+    for rel in sorted(entries):
+        ino, mode, uid, gid = entries[rel]
+        info = _debugfs(image, [f"stat <{ino}>", f"ea_list <{ino}>"])
+        what: str | tuple[int, int] | None = None
+        if stat.S_ISREG(mode):
+            what = hashlib.sha256((work / str(ino)).read_bytes()).hexdigest()
+        elif stat.S_ISLNK(mode):
+            what = info.split('Fast link dest: "', 1)[1].split('"\n', 1)[0]
+        elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+            dev = _DEV_RE.search(info)
+            assert dev is not None, info
+            what = (int(dev[1]), int(dev[2]))  # decimal first, then "(hex ...)"
+        xattrs = []
+        listed = info.split("debugfs: ea_list", 1)[1]
+        for line in listed.split("Extended attributes:", 1)[1].splitlines() if "Extended attributes:" in listed else ():
+            attr = re.match(r"^\s+(\S+) \((\d+)\)", line)
+            if attr:
+                value = work / f"x{ino}"
+                _debugfs(image, [f"ea_get -f {value} <{ino}> {attr[1]}"])
+                xattrs.append((attr[1], value.read_bytes()))
+        link_group = groups.setdefault(ino, rel) if stat.S_ISREG(mode) and counts[ino] > 1 else None
+        out[rel] = (stat.S_IFMT(mode), stat.S_IMODE(mode), uid, gid, what, tuple(sorted(xattrs)), link_group)
+    return out
+
+
+def host_tree_is_inert(root: Path) -> list[str]:
+    """What in an unpacked host tree is not plain: setuid/setgid/sticky bits, device nodes, FIFOs,
+    sockets, xattrs, files not owned by us, group/other permissions."""
+    problems = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames + ([] if dirpath != str(root) else ["."]):
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            kind = stat.S_IFMT(st.st_mode)
+            if kind not in (stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK):
+                problems.append(f"{p}: type {kind:o}")
+            if st.st_mode & 0o7000:
+                problems.append(f"{p}: mode {stat.S_IMODE(st.st_mode):o}")
+            if kind != stat.S_IFLNK and st.st_mode & 0o077:
+                problems.append(f"{p}: group/other access {stat.S_IMODE(st.st_mode):o}")
+            if st.st_uid != os.geteuid():
+                problems.append(f"{p}: owner {st.st_uid}")
+            if kind != stat.S_IFLNK and os.listxattr(p, follow_symlinks=False):
+                problems.append(f"{p}: xattrs {os.listxattr(p, follow_symlinks=False)}")
+    return problems

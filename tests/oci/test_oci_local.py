@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from services.cubelet.oci import ImageRef, Phase, Progress, fetch_image, pull_image
-from tests.oci.support import snapshot_tree
+from tests.oci.support import declared_tree
 
 
 def _member_bytes(tf: tarfile.TarFile, member: tarfile.TarInfo | str) -> bytes:
@@ -29,9 +29,9 @@ def registry_tree(oci_env, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("registry-tree")
     root = base / "root"
-    config = asyncio.run(fetch_image(ImageRef.parse(f"{oci_env.anon.host}/features:1", insecure=True),
-                                     root, LayerCache(base / "cache")))
-    return snapshot_tree(root), config
+    unpacked = asyncio.run(fetch_image(ImageRef.parse(f"{oci_env.anon.host}/features:1", insecure=True),
+                                       root, LayerCache(base / "cache"), access=oci_env.access))
+    return declared_tree(unpacked.tree), unpacked.config
 
 
 @pytest.mark.parametrize("kind", ["oci", "oci-archive", "docker-archive"])
@@ -41,9 +41,10 @@ async def test_local_source_matches_registry(oci_env, registry_tree, cache, tmp_
     else:
         text = f"{kind}:{oci_env.archives[kind]}"
     events: list[Progress] = []
-    config = await fetch_image(ImageRef.parse(text), tmp_path / "root", cache, progress=events.append)
+    unpacked = await fetch_image(ImageRef.parse(text), tmp_path / "root", cache, progress=events.append)
+    config = unpacked.config
     tree, registry_config = registry_tree
-    assert snapshot_tree(tmp_path / "root") == tree
+    assert declared_tree(unpacked.tree) == tree
     assert config.env == registry_config.env and config.entrypoint == registry_config.entrypoint
     assert config.diff_ids == registry_config.diff_ids
     pulled = [e for e in events if e.phase is Phase.PULLING][-1]
@@ -60,7 +61,7 @@ async def test_docker_archive_selection(oci_env, cache, tmp_path):
 
 
 async def test_layout_index_picks_amd64(oci_env, cache, tmp_path):
-    config = await fetch_image(ImageRef.parse(f"oci:{oci_env.layout}:multi"), tmp_path / "root", cache)
+    config = (await fetch_image(ImageRef.parse(f"oci:{oci_env.layout}:multi"), tmp_path / "root", cache)).config
     assert config.architecture == "amd64"
     assert (tmp_path / "root/bin/busybox").is_file()
 
@@ -70,7 +71,7 @@ async def test_local_and_registry_share_the_cache(oci_env, cache, tmp_path):
                       tmp_path / "a", cache)
     mark = oci_env.anon.mark()
     await fetch_image(ImageRef.parse(f"{oci_env.anon.host}/features:1", insecure=True),
-                      tmp_path / "b", cache)
+                      tmp_path / "b", cache, access=oci_env.access)
     blob_gets = [p for m, p, s in oci_env.anon.requests_since(mark) if "/blobs/" in p]
     assert blob_gets == []  # the archive brought every layer and the config
 
@@ -93,7 +94,8 @@ async def test_docker_archive_with_compressed_layers(oci_env, registry_tree, cac
                 tout.addfile(member, io.BytesIO(data))
             else:
                 tout.addfile(member)
-    config = await fetch_image(ImageRef.parse(f"docker-archive:{out}"), tmp_path / "root", cache)
+    unpacked = await fetch_image(ImageRef.parse(f"docker-archive:{out}"), tmp_path / "root", cache)
+    config = unpacked.config
     tree, registry_config = registry_tree
-    assert snapshot_tree(tmp_path / "root") == tree
+    assert declared_tree(unpacked.tree) == tree
     assert config.diff_ids == registry_config.diff_ids

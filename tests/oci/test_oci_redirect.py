@@ -6,9 +6,9 @@ import httpx
 import pytest
 from aiohttp import web
 
-from services.cubelet.oci import ImageRef, fetch_image
+from services.cubelet.oci import ImageRef, RegistryAccess, fetch_image
 from testkit.ports import free_port
-from tests.oci.support import snapshot_tree
+from tests.oci.support import declared_tree
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -46,11 +46,14 @@ async def redirecting_registry(oci_env):
 async def test_blob_redirects_are_followed(oci_env, redirecting_registry, cache, tmp_path):
     host, seen = redirecting_registry
     mark = oci_env.anon.mark()
-    await fetch_image(ImageRef.parse(f"{host}/features:1", insecure=True), tmp_path / "root", cache)
+    # Both origins are allowlisted: every redirect's address is checked like the first.
+    access = RegistryAccess(allowlist=(host, f"localhost:{oci_env.anon.port}"))
+    redirected_tree = await fetch_image(ImageRef.parse(f"{host}/features:1", insecure=True), tmp_path / "root",
+                                        cache, access=access)
     redirected = [p for p, code in seen if code == 307]
     assert len(redirected) == 5  # config + 4 layers
     served = [p for m, p, s in oci_env.anon.requests_since(mark) if "/blobs/" in p]
     assert sorted(served) == sorted(redirected)
-    direct = tmp_path / "direct"
-    await fetch_image(ImageRef.parse(f"{oci_env.anon.host}/features:1", insecure=True), direct, cache)
-    assert snapshot_tree(tmp_path / "root") == snapshot_tree(direct)
+    direct = await fetch_image(ImageRef.parse(f"{oci_env.anon.host}/features:1", insecure=True),
+                               tmp_path / "direct", cache, access=oci_env.access)
+    assert declared_tree(redirected_tree.tree) == declared_tree(direct.tree)

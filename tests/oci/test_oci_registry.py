@@ -1,8 +1,10 @@
-"""Pulls from a real docker-registry on loopback: auth modes, index resolution, compression,
-the unpacked tree, the layer cache and progress."""
+"""Pulls from a real docker-registry on loopback (allowlisted: see conftest's `access`): auth
+modes, index resolution, compression, the unpacked tree and the ext4 image made from it, the layer
+cache and progress."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import stat
 import subprocess
@@ -10,9 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from services.cubelet.oci import Credentials, ImageRef, LayerCache, Phase, Progress, fetch_image, pull_image
+from services.cubelet.oci import (
+    Credentials,
+    ImageRef,
+    ImageTree,
+    LayerCache,
+    Meta,
+    Phase,
+    Progress,
+    apply_metadata,
+    fetch_image,
+    pull_image,
+)
 from tests.oci.conftest import CAP_NET_BIND, PASSWORD, USER
-from tests.oci.support import snapshot_tree
+from tests.oci.support import declared_tree, ext4_tree, host_tree_is_inert, snapshot_tree
+from vmm_core import ext4_from_dir
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,27 +39,30 @@ def blob_gets(requests) -> list[str]:
     return [path for method, path, status in requests if method == "GET" and "/blobs/" in path]
 
 
-def check_busybox(root: Path) -> None:
-    st = os.lstat(root / "bin/busybox")
-    assert stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o755
-    assert (root / "bin/busybox").read_bytes() == Path("/bin/busybox").read_bytes()
+@functools.cache
+def busybox_bytes() -> bytes:
+    return Path("/bin/busybox").read_bytes()
+
+
+def check_busybox(tree: ImageTree) -> None:
+    root = tree.root
+    assert tree.declared(root / "bin/busybox") == Meta(stat.S_IFREG, 0o755)
+    assert (root / "bin/busybox").read_bytes() == busybox_bytes()
     assert os.readlink(root / "bin/sh") == "busybox"
     assert os.readlink(root / "bin/ash") == "/bin/busybox"
-    assert stat.S_IMODE(os.lstat(root / "tmp").st_mode) == 0o1777
-    assert stat.S_IMODE(os.lstat(root / "root").st_mode) == 0o700
-    home = os.lstat(root / "home/app")
-    assert (home.st_uid, home.st_gid, stat.S_IMODE(home.st_mode)) == (1000, 1000, 0o750)
-    # The image runs: its static busybox executes from the unpacked tree.
-    out = subprocess.run(["chroot", str(root), "/bin/sh", "-c", "echo $((6*7))"],
-                         capture_output=True, text=True, timeout=10)
-    assert out.stdout.strip() == "42"
+    assert tree.declared(root / "tmp") == Meta(stat.S_IFDIR, 0o1777)
+    assert tree.declared(root / "root") == Meta(stat.S_IFDIR, 0o700)
+    assert tree.declared(root / "home/app") == Meta(stat.S_IFDIR, 0o750, 1000, 1000)
+    assert tree.user_db("passwd") == b"root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"
+    assert host_tree_is_inert(root) == []
 
 
 async def test_anonymous_pull_config_and_tree(oci_env, cache, tmp_path):
     events: list[Progress] = []
-    config = await fetch_image(ref(oci_env.anon, "bb:1"), tmp_path / "root", cache,
-                               progress=events.append)
-    check_busybox(tmp_path / "root")
+    unpacked = await fetch_image(ref(oci_env.anon, "bb:1"), tmp_path / "root", cache,
+                                 progress=events.append, access=oci_env.access)
+    check_busybox(unpacked.tree)
+    config = unpacked.config
     assert config.env == ("PATH=/bin", "GREETING=hello world")
     assert config.env_map()["GREETING"] == "hello world"
     assert config.user == "1000:1000"
@@ -75,37 +92,36 @@ async def test_anonymous_pull_config_and_tree(oci_env, cache, tmp_path):
 
 async def test_zstd_layers(oci_env, cache, tmp_path):
     r = ref(oci_env.anon, "bbz:1")
-    image = await pull_image(r, cache)
+    image = await pull_image(r, cache, access=oci_env.access)
     assert image.manifest.layers[0].media_type.endswith("+zstd")
     assert cache.path(image.manifest.layers[0].digest).read_bytes()[:4] == b"\x28\xb5\x2f\xfd"
-    await fetch_image(r, tmp_path / "root", cache)
-    check_busybox(tmp_path / "root")
+    check_busybox((await fetch_image(r, tmp_path / "root", cache, access=oci_env.access)).tree)
 
 
 async def test_index_resolves_to_amd64(oci_env, cache, tmp_path):
     r = ref(oci_env.anon, "multi:1")
-    image = await pull_image(r, cache)
+    image = await pull_image(r, cache, access=oci_env.access)
     assert image.config.architecture == "amd64"
-    config = await fetch_image(r, tmp_path / "root", cache)
-    assert config.architecture == "amd64"
-    check_busybox(tmp_path / "root")
+    unpacked = await fetch_image(r, tmp_path / "root", cache, access=oci_env.access)
+    assert unpacked.config.architecture == "amd64"
+    check_busybox(unpacked.tree)
     assert not (tmp_path / "root/arm64.txt").exists()
 
 
 async def test_basic_auth(oci_env, cache, tmp_path):
     mark = oci_env.basic.mark()
-    await fetch_image(ref(oci_env.basic, "bb:1"), tmp_path / "root", cache,
-                      auth=Credentials(USER, PASSWORD))
-    check_busybox(tmp_path / "root")
+    unpacked = await fetch_image(ref(oci_env.basic, "bb:1"), tmp_path / "root", cache,
+                                 auth=Credentials(USER, PASSWORD), access=oci_env.access)
+    check_busybox(unpacked.tree)
     statuses = [s for _, _, s in oci_env.basic.requests_since(mark)]
     assert 401 in statuses and 200 in statuses  # challenged, then let in
 
 
 async def test_bearer_token_with_credentials(oci_env, cache, tmp_path):
     before = len(oci_env.tokens.requests)
-    await fetch_image(ref(oci_env.token, "bb:1"), tmp_path / "root", cache,
-                      auth=Credentials(USER, PASSWORD))
-    check_busybox(tmp_path / "root")
+    unpacked = await fetch_image(ref(oci_env.token, "bb:1"), tmp_path / "root", cache,
+                                 auth=Credentials(USER, PASSWORD), access=oci_env.access)
+    check_busybox(unpacked.tree)
     asked = oci_env.tokens.requests[before:]
     assert asked and all(user == USER for user, _ in asked)
     assert ["repository:bb:pull"] in [scopes for _, scopes in asked]
@@ -113,44 +129,43 @@ async def test_bearer_token_with_credentials(oci_env, cache, tmp_path):
 
 async def test_bearer_token_anonymous(oci_env, cache, tmp_path):
     before = len(oci_env.tokens.requests)
-    await fetch_image(ref(oci_env.token, "public/bb:1"), tmp_path / "root", cache)
-    check_busybox(tmp_path / "root")
+    unpacked = await fetch_image(ref(oci_env.token, "public/bb:1"), tmp_path / "root", cache,
+                                 access=oci_env.access)
+    check_busybox(unpacked.tree)
     assert [(None, ["repository:public/bb:pull"])] == oci_env.tokens.requests[before:]
 
 
 async def test_pull_by_digest(oci_env, cache, tmp_path):
-    image = await pull_image(ref(oci_env.anon, "bb:1"), cache)
+    image = await pull_image(ref(oci_env.anon, "bb:1"), cache, access=oci_env.access)
     pinned = ref(oci_env.anon, f"bb@{image.manifest_digest}")
-    config = await fetch_image(pinned, tmp_path / "root", cache)
+    config = (await fetch_image(pinned, tmp_path / "root", cache, access=oci_env.access)).config
     assert config.manifest_digest == image.manifest_digest
 
 
 async def test_multi_layer_tree_exact(oci_env, cache, tmp_path):
     root = tmp_path / "root"
-    await fetch_image(ref(oci_env.anon, "features:1"), root, cache)
+    tree = (await fetch_image(ref(oci_env.anon, "features:1"), root, cache, access=oci_env.access)).tree
+    root = tree.root
 
     def meta(rel):
-        st = os.lstat(root / rel)
-        return stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+        m = tree.declared(root / rel)
+        assert m is not None, rel
+        return m.kind, m.mode, m.uid, m.gid
 
     assert meta("data") == (stat.S_IFDIR, 0o750, 1234, 5678)
     assert meta("data/file.txt") == (stat.S_IFREG, 0o640, 1234, 5678)
     assert (root / "data/file.txt").read_text() == "hello\n"
-    assert os.getxattr(root / "data/file.txt", "user.cube") == b"test-value"
+    assert dict(tree.declared(root / "data/file.txt").xattrs) == {"user.cube": b"test-value"}  # type: ignore[union-attr]
     assert os.lstat(root / "data/hardlink").st_ino == os.lstat(root / "data/file.txt").st_ino
     assert os.lstat(root / "data/file.txt").st_nlink == 2
     assert os.readlink(root / "data/link") == "file.txt"
     assert meta("data/link")[2:] == (42, 43)
     assert meta("bin/suid") == (stat.S_IFREG, 0o4755, 0, 0)
     assert meta("bin/sgid") == (stat.S_IFREG, 0o2711, 0, 50)
-    assert os.getxattr(root / "bin/cap", "security.capability") == CAP_NET_BIND
+    assert dict(tree.declared(root / "bin/cap").xattrs) == {"security.capability": CAP_NET_BIND}  # type: ignore[union-attr]
     assert meta("sticky") == (stat.S_IFDIR, 0o1777, 0, 0)
-    st = os.lstat(root / "dev/mynull")
-    assert stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (1, 3)
-    assert stat.S_IMODE(st.st_mode) == 0o666
-    st = os.lstat(root / "dev/myblk")
-    assert stat.S_ISBLK(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (7, 0)
-    assert meta("dev/myblk")[1:] == (0o660, 0, 6)
+    assert tree.declared(root / "dev/mynull") == Meta(stat.S_IFCHR, 0o666, rdev=(1, 3))
+    assert tree.declared(root / "dev/myblk") == Meta(stat.S_IFBLK, 0o660, 0, 6, rdev=(7, 0))
     assert meta("dev/fifo")[:2] == (stat.S_IFIFO, 0o620)
     # Whiteouts from layer 3 and the opaque directory of layer 4.
     assert not (root / "gone.txt").exists() and not (root / "old").exists()
@@ -161,31 +176,41 @@ async def test_multi_layer_tree_exact(oci_env, cache, tmp_path):
     assert os.readlink(root / "lib") == "usr/lib"
     assert (root / "usr/lib/fromlink.txt").read_text() == "via symlink\n"
     assert meta("usr/lib/fromlink.txt") == (stat.S_IFREG, 0o600, 7, 8)
+    # None of it is real on the host: no setuid file, device node, FIFO, owner or xattr.
+    assert host_tree_is_inert(root) == []
 
 
-async def test_tree_matches_umoci_unpack(oci_env, cache, tmp_path):
-    """The same image unpacked by umoci (the reference implementation here) gives the same
-    tree: types, modes, owners, contents, link targets, devices, xattrs, hard links."""
-    root = tmp_path / "root"
-    await fetch_image(ref(oci_env.anon, "features:1"), root, cache)
+async def test_ext4_image_matches_umoci_unpack(oci_env, cache, tmp_path):
+    """The template image made from our unpacked tree (mkfs.ext4 -d, then the declared metadata
+    with debugfs) holds what umoci (the reference implementation here) unpacks from the same image:
+    types, modes, owners, contents, link targets, devices, xattrs, hard links. e2fsck finds it clean."""
+    unpacked = await fetch_image(ref(oci_env.anon, "features:1"), tmp_path / "root", cache,
+                                 access=oci_env.access)
+    image = await asyncio.to_thread(ext4_from_dir, unpacked.root, tmp_path / "image.ext4")
+    await asyncio.to_thread(apply_metadata, unpacked.tree, image)
+    fsck = await asyncio.to_thread(subprocess.run, ["e2fsck", "-fn", str(image)], capture_output=True,
+                                   text=True, timeout=60)
+    assert fsck.returncode == 0, fsck.stdout
     bundle = tmp_path / "bundle"
     await asyncio.to_thread(subprocess.run, ["umoci", "unpack", "--keep-dirlinks", "--image",
                                              f"{oci_env.layout}:features", str(bundle)],
                             check=True, capture_output=True, timeout=60)
-    ours, theirs = snapshot_tree(root), snapshot_tree(bundle / "rootfs")
-    assert ours.keys() == theirs.keys()
-    diffs = {k: (ours[k], theirs[k]) for k in ours if ours[k] != theirs[k]}
-    assert diffs == {}
+    theirs = snapshot_tree(bundle / "rootfs")
+    for name, ours in (("declared", declared_tree(unpacked.tree)),
+                       ("ext4", await asyncio.to_thread(ext4_tree, image, tmp_path / "dump"))):
+        assert ours.keys() == theirs.keys(), name
+        diffs = [f"{k}: ours {ours[k]} umoci {theirs[k]}" for k in ours if ours[k] != theirs[k]]
+        assert diffs == [], f"{name}:\n" + "\n".join(diffs)
 
 
 async def test_shared_layers_are_not_fetched_again(oci_env, cache, tmp_path):
-    first = await pull_image(ref(oci_env.anon, "bb:1"), cache)
+    first = await pull_image(ref(oci_env.anon, "bb:1"), cache, access=oci_env.access)
     shared = first.manifest.layers[0].digest
     mark = oci_env.anon.mark()
     events: list[Progress] = []
-    second = await fetch_image(ref(oci_env.anon, "features:1"), tmp_path / "root", cache,
-                               progress=events.append)
-    layers = (await pull_image(ref(oci_env.anon, "features:1"), cache)).manifest.layers
+    second = (await fetch_image(ref(oci_env.anon, "features:1"), tmp_path / "root", cache,
+                                progress=events.append, access=oci_env.access)).config
+    layers = (await pull_image(ref(oci_env.anon, "features:1"), cache, access=oci_env.access)).manifest.layers
     assert layers[0].digest == shared
     fetched = blob_gets(oci_env.anon.requests_since(mark))
     assert not [p for p in fetched if shared in p]
@@ -196,25 +221,26 @@ async def test_shared_layers_are_not_fetched_again(oci_env, cache, tmp_path):
     assert (first_pull.layers_done, first_pull.layers_total) == (1, 4)
     # A third fetch of the same image downloads no blob at all.
     mark = oci_env.anon.mark()
-    await fetch_image(ref(oci_env.anon, "features:1"), tmp_path / "root2", cache)
+    await fetch_image(ref(oci_env.anon, "features:1"), tmp_path / "root2", cache, access=oci_env.access)
     assert blob_gets(oci_env.anon.requests_since(mark)) == []
 
 
 async def test_concurrent_pulls_share_downloads(oci_env, tmp_path):
     cache = LayerCache(tmp_path / "cache")
     mark = oci_env.anon.mark()
-    await asyncio.gather(*(fetch_image(ref(oci_env.anon, "features:1"), tmp_path / f"root{i}", cache)
-                           for i in range(3)))
+    trees = await asyncio.gather(*(fetch_image(ref(oci_env.anon, "features:1"), tmp_path / f"root{i}", cache,
+                                               access=oci_env.access) for i in range(3)))
     fetched = blob_gets(oci_env.anon.requests_since(mark))
     assert len(fetched) == len(set(fetched))  # each blob once, though three pulls ran at once
-    assert snapshot_tree(tmp_path / "root0") == snapshot_tree(tmp_path / "root2")
+    assert declared_tree(trees[0].tree) == declared_tree(trees[2].tree)
     assert cache.partials() == []
 
 
 async def test_image_without_shell_or_libc(oci_env, cache, tmp_path):
-    config = await fetch_image(ref(oci_env.anon, "noshell:1"), tmp_path / "root", cache)
+    unpacked = await fetch_image(ref(oci_env.anon, "noshell:1"), tmp_path / "root", cache,
+                                 access=oci_env.access)
     assert os.listdir(tmp_path / "root") == ["echo"]
-    assert config.argv() == ["/echo", "hi"]
-    out = await asyncio.to_thread(subprocess.run, ["chroot", str(tmp_path / "root"), *config.argv()],
-                                  capture_output=True, text=True, timeout=10)
-    assert out.stdout.strip() == "hi"
+    assert unpacked.config.argv() == ["/echo", "hi"]
+    assert unpacked.tree.declared(tmp_path / "root/echo") == Meta(stat.S_IFREG, 0o755)
+    assert (tmp_path / "root/echo").read_bytes() == busybox_bytes()
+    assert unpacked.tree.user_db("passwd") is None

@@ -4,10 +4,16 @@ Basic: the registry answers 401 with ``WWW-Authenticate: Basic realm=...``; we r
 credentials. Bearer: the 401 names a token service (``Bearer realm=...,service=...,scope=...``);
 we GET ``realm?service=...&scope=...`` (with basic credentials when we have them, anonymously
 otherwise) and resend with ``Authorization: Bearer <token>``.
+
+The token realm is fetched with the registry client's own (guarded) httpx client, so its address
+is checked like the registry's. Error messages carry a short status line (`error_text`): the
+HTTP status, the registry's error codes and the challenge's `error` token, never free text from
+a response body, which may come from a service the registry redirected us to.
 """
 from __future__ import annotations
 
 import base64
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -17,6 +23,11 @@ import httpx
 from .errors import AuthFailed, RegistryError
 
 _PARAM_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
+# The distribution spec's error codes (MANIFEST_UNKNOWN, DENIED, ...) and RFC 6750's error
+# tokens (insufficient_scope): a fixed vocabulary, safe to show; anything else is not shown.
+_CODE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}\Z")
+_ERROR_BODY_BYTES = 64 << 10
+_TOKEN_BODY_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -62,9 +73,11 @@ class Authenticator:
             return {"Authorization": self._header}
         return {}
 
-    async def on_unauthorized(self, client: httpx.AsyncClient, response: httpx.Response) -> None:
-        """Learn from a 401 how to authenticate; raises AuthFailed when we cannot."""
-        detail = _error_text(response)
+    async def on_unauthorized(self, client: httpx.AsyncClient, response: httpx.Response,
+                              detail: str = "") -> None:
+        """Learn from a 401 how to authenticate; raises AuthFailed when we cannot. `detail` is
+        the response's status line (`error_text`)."""
+        detail = detail or error_text(response)
         challenge_header = response.headers.get("www-authenticate", "")
         if not challenge_header:
             raise AuthFailed(f"{self._what}: unauthorized without a challenge ({detail})")
@@ -80,15 +93,18 @@ class Authenticator:
         if challenge.scheme == "bearer":
             await self._fetch_token(client, challenge, detail)
             return
-        raise AuthFailed(f"{self._what}: unsupported auth scheme {challenge.scheme!r}")
+        scheme = challenge.scheme if _CODE_RE.match(challenge.scheme) else "?"
+        raise AuthFailed(f"{self._what}: unsupported auth scheme {scheme!r}")
 
     async def _fetch_token(self, client: httpx.AsyncClient, challenge: Challenge, detail: str) -> None:
         realm = challenge.params.get("realm", "")
         if not realm.startswith(("http://", "https://")):
-            raise AuthFailed(f"{self._what}: bearer challenge has no usable realm ({realm!r})")
+            raise AuthFailed(f"{self._what}: bearer challenge has no usable realm")
         if self._header and self._header.startswith("Bearer ") and challenge.params.get("error"):
             # We already presented a token and it was not enough.
-            raise AuthFailed(f"{self._what}: token refused: {challenge.params['error']} ({detail})")
+            error = challenge.params["error"]
+            raise AuthFailed(f"{self._what}: token refused: "
+                             f"{error if _CODE_RE.match(error) else 'error'} ({detail})")
         params = {}
         if challenge.params.get("service"):
             params["service"] = challenge.params["service"]
@@ -97,21 +113,26 @@ class Authenticator:
         if self._credentials is not None:
             headers["Authorization"] = self._credentials.basic_header()
         try:
-            r = await client.get(realm, params=params, headers=headers)
+            async with client.stream("GET", realm, params=params, headers=headers) as r:
+                raw = await read_some(r, _TOKEN_BODY_BYTES + 1)
         except httpx.HTTPError as e:
-            raise RegistryError(f"{self._what}: token service {realm} unreachable: {e!r}") from None
+            raise RegistryError(f"{self._what}: token service {realm[:200]} unreachable: "
+                                f"{type(e).__name__}: {e}") from None
         if r.status_code in (401, 403):
             who = "credentials" if self._credentials else "anonymous access"
-            raise AuthFailed(f"{self._what}: token service refused {who}: "
-                             f"HTTP {r.status_code} {_error_text(r)}")
+            raise AuthFailed(f"{self._what}: token service refused {who}: {error_text(r, raw)}")
         if r.status_code != 200:
-            raise RegistryError(f"{self._what}: token service answered HTTP {r.status_code}: "
-                                f"{_error_text(r)}")
+            raise RegistryError(f"{self._what}: token service answered {error_text(r, raw)}")
+        if len(raw) > _TOKEN_BODY_BYTES:
+            raise RegistryError(f"{self._what}: token service answered more than {_TOKEN_BODY_BYTES} bytes")
+        body: object = None
         try:
-            body = r.json()
-            token = body.get("token") or body.get("access_token")
+            body = json.loads(raw)
         except ValueError:
-            token = None
+            pass
+        if not isinstance(body, dict):
+            raise RegistryError(f"{self._what}: token service returned no token")
+        token = body.get("token") or body.get("access_token")
         if not isinstance(token, str) or not token:
             raise RegistryError(f"{self._what}: token service returned no token")
         expires_in = body.get("expires_in")
@@ -121,20 +142,30 @@ class Authenticator:
         self._header = f"Bearer {token}"
 
 
-def _error_text(response: httpx.Response) -> str:
-    """The registry's error list ({"errors":[{code,message}]}) or the start of the body."""
+async def read_some(response: httpx.Response, limit: int = _ERROR_BODY_BYTES) -> bytes:
+    """At most `limit` bytes of a streamed response's body (the rest is not read)."""
+    parts, total = [], 0
+    async for chunk in response.aiter_bytes():
+        parts.append(chunk[:limit - total])
+        total += len(parts[-1])
+        if total >= limit:
+            break
+    return b"".join(parts)
+
+
+def error_text(response: httpx.Response, body: bytes = b"") -> str:
+    """A short status line for an error answer: "HTTP 404 Not Found" plus the error codes of
+    the registry's error list (`{"errors": [{"code": ...}]}`) when they are well-formed codes.
+    The reason phrase is the standard one, not the server's; no other text of the body is used."""
+    line = f"HTTP {response.status_code} {httpx.codes.get_reason_phrase(response.status_code)}".strip()
+    codes: list[str] = []
     try:
-        body = response.json()
-        errors = body.get("errors") if isinstance(body, dict) else None
-        if errors:
-            return "; ".join(f"{e.get('code', '')}: {e.get('message', '')}".strip(": ")
-                             for e in errors if isinstance(e, dict))
-        if isinstance(body, dict) and body.get("details"):
-            return str(body["details"])
-    except (ValueError, httpx.ResponseNotRead):
-        pass
-    try:
-        text = response.text.strip()
-    except httpx.ResponseNotRead:
-        text = ""
-    return text[:200] or response.reason_phrase
+        doc = json.loads(body) if body else None
+    except ValueError:
+        doc = None
+    errors = doc.get("errors") if isinstance(doc, dict) else None
+    for e in errors if isinstance(errors, list) else ():
+        code = e.get("code") if isinstance(e, dict) else None
+        if isinstance(code, str) and _CODE_RE.match(code) and code not in codes and len(codes) < 4:
+            codes.append(code)
+    return f"{line} ({', '.join(codes)})" if codes else line

@@ -40,9 +40,20 @@ class RegistryError(OciError):
     """The registry misbehaved or could not be reached (transport errors, 5xx, bad answers)."""
 
 
+class RegistryNotAllowed(OciError):
+    """The registry (or a redirect, or its token service) resolves to an address this node does
+    not pull from: loopback, private, link-local, metadata and other non-global addresses, unless
+    the build is an operator's or the host is on the allowlist (egress.py). Never retried."""
+
+
 class InvalidImage(OciError):
     """The image is malformed: bad manifest/config JSON, unsupported media type, bad layer tar."""
 
 
 class UnsafeLayer(InvalidImage):
     """A layer tries to write outside the root (path traversal, escaping hard link)."""
+
+
+class ImageTooLarge(InvalidImage):
+    """The image exceeds a limit (limits.py): uncompressed bytes per layer or image (a
+    decompression bomb), entries, path length, manifest or config size."""

@@ -1,32 +1,59 @@
-"""fetch_image: from a reference to an unpacked root directory and the image's config."""
+"""fetch_image: from a reference to an unpacked image (a host tree of content, the metadata the
+image declares, its users) and its config."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
 import threading
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from .auth import Credentials
 from .cache import LayerCache
 from .config import ImageConfig
+from .egress import RegistryAccess
+from .errors import ImageTooLarge
+from .limits import DEFAULT_LIMITS, Limits
 from .manifest import Descriptor
 from .progress import Phase, Progress, ProgressCallback, Throttle
 from .reference import ImageRef
 from .source import ImageSource, ResolvedImage, open_source
-from .unpack import LayerStats, unpack_layer
+from .unpack import ImageTree, LayerStats, unpack_layer
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PARALLEL_DOWNLOADS = 3
 
 
+@dataclass(frozen=True)
+class UnpackedImage:
+    """An image unpacked on the host: `tree.root` holds the content (inert: see unpack.py),
+    `tree.meta` what the image declares per file, `tree.user_db()` its /etc/passwd and /etc/group;
+    `ext4.apply_metadata` puts the metadata into an ext4 image made from the tree."""
+
+    config: ImageConfig
+    tree: ImageTree
+
+    @property
+    def root(self) -> Path:
+        return self.tree.root
+
+
 async def fetch_image(ref: ImageRef | str, dest_root: Path, cache: LayerCache, *,
                       auth: Credentials | None = None, progress: ProgressCallback | None = None,
-                      parallel_downloads: int = DEFAULT_PARALLEL_DOWNLOADS) -> ImageConfig:
-    """Pull (or read) an image, unpack it into `dest_root` and return its config.
+                      parallel_downloads: int = DEFAULT_PARALLEL_DOWNLOADS,
+                      access: RegistryAccess | None = None,
+                      limits: Limits = DEFAULT_LIMITS) -> UnpackedImage:
+    """Pull (or read) an image, unpack it into `dest_root` (made 0700) and return it.
+
+    `access` says which registry addresses may be connected to (egress.py; the default refuses
+    loopback, private and metadata addresses); `limits` bounds what the image may make the node
+    hold (limits.py). The image's layer blobs are pinned in `cache` (never evicted) from the
+    moment its manifest is known until its layers are unpacked.
 
     `dest_root` must not exist (or be an empty directory). The tree is built in a hidden sibling
     directory and renamed into place only when every layer applied and verified, so on any
@@ -39,7 +66,8 @@ async def fetch_image(ref: ImageRef | str, dest_root: Path, cache: LayerCache, *
     compressed bytes consumed.
 
     Raises OciError subclasses: InvalidReference, ImageNotFound, AuthFailed, DigestMismatch,
-    WrongArchitecture, RegistryError, InvalidImage / UnsafeLayer.
+    WrongArchitecture, RegistryError, RegistryNotAllowed, InvalidImage / UnsafeLayer /
+    ImageTooLarge.
     """
     if isinstance(ref, str):
         ref = ImageRef.parse(ref)
@@ -47,29 +75,54 @@ async def fetch_image(ref: ImageRef | str, dest_root: Path, cache: LayerCache, *
     if dest_root.exists() and (not dest_root.is_dir() or any(dest_root.iterdir())):
         raise FileExistsError(f"{dest_root} exists and is not an empty directory")
     report = Throttle(progress)
-    source = open_source(ref, auth)
-    try:
-        image = await source.resolve(cache)
-        await _pull(source, image, cache, report, max(1, parallel_downloads))
-    finally:
-        await source.aclose()
-    await _unpack(image, dest_root, cache, report, str(ref))
-    return image.config
+    source = open_source(ref, auth, access=access, limits=limits)
+    with contextlib.ExitStack() as pins:
+        try:
+            image = await source.resolve(cache)
+            pins.enter_context(cache.pin(_blobs(image)))
+            _check_sizes(image, limits, str(ref))
+            await _pull(source, image, cache, report, max(1, parallel_downloads))
+        finally:
+            await source.aclose()
+        tree = await _unpack(image, dest_root, cache, report, str(ref), limits)
+    return UnpackedImage(image.config, tree)
 
 
 async def pull_image(ref: ImageRef | str, cache: LayerCache, *, auth: Credentials | None = None,
                      progress: ProgressCallback | None = None,
-                     parallel_downloads: int = DEFAULT_PARALLEL_DOWNLOADS) -> ResolvedImage:
+                     parallel_downloads: int = DEFAULT_PARALLEL_DOWNLOADS,
+                     access: RegistryAccess | None = None,
+                     limits: Limits = DEFAULT_LIMITS) -> ResolvedImage:
     """Only the PULLING half: resolve the image and make sure every layer is in the cache."""
     if isinstance(ref, str):
         ref = ImageRef.parse(ref)
-    source = open_source(ref, auth)
+    source = open_source(ref, auth, access=access, limits=limits)
     try:
         image = await source.resolve(cache)
-        await _pull(source, image, cache, Throttle(progress), max(1, parallel_downloads))
+        with cache.pin(_blobs(image)):
+            _check_sizes(image, limits, str(ref))
+            await _pull(source, image, cache, Throttle(progress), max(1, parallel_downloads))
         return image
     finally:
         await source.aclose()
+
+
+def _blobs(image: ResolvedImage) -> list[str]:
+    return [image.manifest.config.digest, *(d.digest for d in image.manifest.layers)]
+
+
+def _check_sizes(image: ResolvedImage, limits: Limits, what: str) -> None:
+    """Refuse before downloading what cannot fit the limits: a compressed layer is never larger
+    than its content (beyond tar/gzip framing), so a bigger blob is over the limit already."""
+    total = 0
+    for d in _unique(image.manifest.layers):
+        if d.size > limits.max_layer_bytes:
+            raise ImageTooLarge(f"{what}: layer {d.digest} is {d.size} bytes compressed, more than the "
+                                f"limit of one layer ({limits.max_layer_bytes})")
+        total += d.size
+    if total > limits.max_image_bytes:
+        raise ImageTooLarge(f"{what}: layers of {total} bytes compressed, more than the limit of one "
+                            f"image ({limits.max_image_bytes})")
 
 
 async def _pull(source: ImageSource, image: ResolvedImage, cache: LayerCache, report: Throttle,
@@ -140,7 +193,7 @@ def _unique(layers: tuple[Descriptor, ...]) -> list[Descriptor]:
 
 
 async def _unpack(image: ResolvedImage, dest_root: Path, cache: LayerCache, report: Throttle,
-                  what: str) -> None:
+                  what: str, limits: Limits) -> ImageTree:
     layers = image.manifest.layers
     diff_ids = image.config.diff_ids or (None,) * len(layers)
     total = sum(d.size for d in layers)
@@ -153,24 +206,25 @@ async def _unpack(image: ResolvedImage, dest_root: Path, cache: LayerCache, repo
         report(Progress(Phase.UNPACKING, done_layers, len(layers), done_bytes, total, message),
                force=force)
 
-    def work() -> list[LayerStats]:
-        os.mkdir(staging, 0o755)
+    def work() -> tuple[ImageTree, list[LayerStats]]:
+        os.mkdir(staging, 0o700)
+        tree = ImageTree(staging, limits)
         stats, base = [], 0
         for i, (d, diff_id) in enumerate(zip(layers, diff_ids, strict=True)):  # equal: source._finish
             def on_progress(pos: int, i=i, base=base) -> None:
                 loop.call_soon_threadsafe(emit, i, base + pos)
-            stats.append(unpack_layer(cache.path(d.digest), staging, diff_id=diff_id,
+            stats.append(unpack_layer(cache.path(d.digest), tree, diff_id=diff_id,
                                       what=f"{what}: layer {i + 1}/{len(layers)} {d.digest}",
                                       on_progress=on_progress, cancel=cancel))
             base += d.size
             loop.call_soon_threadsafe(emit, i + 1, base, True, f"applied layer {i + 1}")
-        return stats
+        return tree, stats
 
     emit(0, 0, force=True, message=f"unpacking {len(layers)} layers")
     future = loop.run_in_executor(None, work)
     try:
         try:
-            stats = await asyncio.shield(future)
+            tree, stats = await asyncio.shield(future)
         except asyncio.CancelledError:
             # The thread cannot be killed: ask it to stop and wait, so nothing writes into the
             # staging directory after we remove it.
@@ -181,6 +235,7 @@ async def _unpack(image: ResolvedImage, dest_root: Path, cache: LayerCache, repo
         if dest_root.exists():  # noqa: ASYNC240
             dest_root.rmdir()  # noqa: ASYNC240 - checked empty by the caller
         os.rename(staging, dest_root)
+        tree.moved(dest_root)
     except BaseException:
         await asyncio.to_thread(shutil.rmtree, staging, ignore_errors=True)
         raise
@@ -188,3 +243,4 @@ async def _unpack(image: ResolvedImage, dest_root: Path, cache: LayerCache, repo
     raw = sum(s.uncompressed_bytes for s in stats)
     emit(len(layers), total, force=True,
          message=f"unpacked {len(layers)} layers, {files} files, {raw} bytes uncompressed")
+    return tree

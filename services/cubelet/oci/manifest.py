@@ -41,6 +41,12 @@ TARGET_OS = "linux"
 TARGET_ARCH = "amd64"
 
 
+def _short(value: object) -> str:
+    """A value from a document in an error message: it came from a registry, so only its start."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def sha256_digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -48,7 +54,7 @@ def sha256_digest(data: bytes) -> str:
 def check_digest(digest: object) -> str:
     """Only sha256 digests are accepted: they name files in the cache, so validate strictly."""
     if not isinstance(digest, str) or not _DIGEST_RE.match(digest):
-        raise InvalidImage(f"unsupported or malformed digest {digest!r} (sha256 only)")
+        raise InvalidImage(f"unsupported or malformed digest {_short(digest)} (sha256 only)")
     return digest
 
 
@@ -122,7 +128,7 @@ def parse_manifest(body: bytes, content_type: str | None, what: str) -> Manifest
         elif "config" in doc and "layers" in doc:
             media_type = OCI_MANIFEST
         else:
-            raise InvalidImage(f"{what}: unsupported manifest media type {media_type!r}")
+            raise InvalidImage(f"{what}: unsupported manifest media type {_short(media_type)}")
     if media_type in INDEX_TYPES:
         entries = doc.get("manifests")
         if not isinstance(entries, list):
@@ -133,11 +139,11 @@ def parse_manifest(body: bytes, content_type: str | None, what: str) -> Manifest
         raise InvalidImage(f"{what}: manifest has no layers list")
     config = Descriptor.from_json(doc.get("config"), what)
     if config.media_type not in CONFIG_TYPES:
-        raise InvalidImage(f"{what}: not a container image (config media type {config.media_type!r})")
+        raise InvalidImage(f"{what}: not a container image (config media type {_short(config.media_type)})")
     parsed = tuple(Descriptor.from_json(layer, what) for layer in layers)
     for layer in parsed:
         if layer.media_type not in LAYER_TYPES:
-            raise InvalidImage(f"{what}: unsupported layer media type {layer.media_type!r}")
+            raise InvalidImage(f"{what}: unsupported layer media type {_short(layer.media_type)}")
     return Manifest(media_type, config, parsed)
 
 

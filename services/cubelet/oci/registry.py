@@ -1,4 +1,11 @@
-"""A client of the OCI distribution API (pull side) for one repository."""
+"""A client of the OCI distribution API (pull side) for one repository.
+
+Every connection goes through `egress.GuardedTransport` (no loopback, private or metadata
+addresses unless the pull's `RegistryAccess` allows them), redirects included. What a registry
+says is never echoed at length: errors carry the HTTP status and the distribution spec's error
+codes (`MANIFEST_UNKNOWN`), not the body's text, and at most `_ERROR_BODY_BYTES` of an error body
+are read. Manifests and configs are read up to `Limits.max_manifest_bytes` / `max_config_bytes`.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -8,16 +15,24 @@ from pathlib import Path
 
 import httpx
 
-from .auth import Authenticator, Credentials, _error_text
+from .auth import Authenticator, Credentials, error_text, read_some
 from .cache import LayerCache
-from .errors import AuthFailed, DigestMismatch, ImageNotFound, InvalidImage, OciError, RegistryError
+from .egress import GuardedTransport, RegistryAccess
+from .errors import (
+    AuthFailed,
+    DigestMismatch,
+    ImageNotFound,
+    ImageTooLarge,
+    OciError,
+    RegistryError,
+    RegistryNotAllowed,
+)
+from .limits import DEFAULT_LIMITS, Limits
 from .manifest import ACCEPT, Descriptor, sha256_digest
 from .reference import ImageRef
 
 log = logging.getLogger(__name__)
 
-MAX_MANIFEST_BYTES = 4 << 20
-MAX_CONFIG_BYTES = 16 << 20
 _RETRIES = 3
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 _CHUNK = 1 << 20
@@ -27,18 +42,21 @@ class RegistryClient:
     """Fetches manifests and blobs of `ref.repository` from `ref.endpoint`.
 
     Use as an async context manager. Redirects are followed (blob storage on another host gets
-    no Authorization header: httpx drops it on a cross-origin redirect)."""
+    no Authorization header: httpx drops it on a cross-origin redirect), each one's address
+    checked by `access` like the first. `transport` replaces the guarded one (tests only)."""
 
     def __init__(self, ref: ImageRef, credentials: Credentials | None = None, *,
-                 timeout: float = 60.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 timeout: float = 60.0, transport: httpx.AsyncBaseTransport | None = None,
+                 access: RegistryAccess | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         if ref.is_local:
             raise ValueError("RegistryClient needs a registry reference")
         self.ref = ref
         self._what = str(ref)
+        self._limits = limits
         self._auth = Authenticator(credentials, f"repository:{ref.repository}:pull", self._what)
         self._client = httpx.AsyncClient(
-            follow_redirects=True, transport=transport,
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
+            follow_redirects=True, transport=transport or GuardedTransport(access or RegistryAccess()),
+            trust_env=False, timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
             headers={"User-Agent": "cube-oci/1"})
         self._base = f"{ref.endpoint}/v2/{ref.repository}"
 
@@ -56,7 +74,7 @@ class RegistryClient:
         when `reference` is one, and against the registry's Docker-Content-Digest otherwise."""
         url = f"{self._base}/manifests/{reference}"
         async with self._open(url, {"Accept": ACCEPT}, what=f"manifest {reference}") as r:
-            body = await _read_limited(r, MAX_MANIFEST_BYTES, f"{self._what}: manifest")
+            body = await _read_limited(r, self._limits.max_manifest_bytes, f"{self._what}: manifest")
             content_type = r.headers.get("content-type", "")
             claimed = r.headers.get("docker-content-digest")
         digest = sha256_digest(body)
@@ -67,8 +85,9 @@ class RegistryClient:
 
     async def get_blob_bytes(self, desc: Descriptor, what: str = "blob") -> bytes:
         """A small blob (a config) into memory, verified."""
-        if desc.size > MAX_CONFIG_BYTES:
-            raise InvalidImage(f"{self._what}: {what} {desc.digest} is too large ({desc.size} bytes)")
+        if desc.size > self._limits.max_config_bytes:
+            raise ImageTooLarge(f"{self._what}: {what} {desc.digest} is {desc.size} bytes, more than the "
+                                f"limit of {self._limits.max_config_bytes}")
         async with self._open(f"{self._base}/blobs/{desc.digest}", {}, what=f"{what} {desc.digest}") as r:
             body = await _read_limited(r, desc.size, f"{self._what}: {what} {desc.digest}")
         actual = sha256_digest(body)
@@ -122,25 +141,30 @@ class RegistryClient:
                 continue
             if r.status_code == 200:
                 return r
-            await r.aread()
-            await r.aclose()
+            try:
+                body = await read_some(r)
+            except httpx.HTTPError:
+                body = b""
+            finally:
+                await r.aclose()
+            status = error_text(r, body)
             if r.status_code == 401:
                 # A second 401 means what we presented was refused; the authenticator raises
                 # with the reason (bad basic credentials, insufficient token scope).
-                await self._auth.on_unauthorized(self._client, r)
+                await self._auth.on_unauthorized(self._client, r, status)
                 if reauthed:
-                    raise AuthFailed(f"{self._what}: {what}: unauthorized: {_error_text(r)}")
+                    raise AuthFailed(f"{self._what}: {what}: unauthorized: {status}")
                 reauthed = True
                 continue
             if r.status_code == 403:
-                raise AuthFailed(f"{self._what}: {what}: denied: {_error_text(r)}")
+                raise AuthFailed(f"{self._what}: {what}: denied: {status}")
             if r.status_code == 404:
-                raise ImageNotFound(f"{self._what}: {what}: not found: {_error_text(r)}")
+                raise ImageNotFound(f"{self._what}: {what}: not found: {status}")
             if r.status_code in _RETRY_STATUS and attempt + 1 < _RETRIES:
                 attempt += 1
                 await asyncio.sleep(0.3 * attempt)
                 continue
-            raise RegistryError(f"{self._what}: {what}: HTTP {r.status_code}: {_error_text(r)}")
+            raise RegistryError(f"{self._what}: {what}: {status}")
 
 
 class _Response:
@@ -153,7 +177,10 @@ class _Response:
         self._response: httpx.Response | None = None
 
     async def __aenter__(self) -> httpx.Response:
-        self._response = await self._client._send(*self._args)
+        try:
+            self._response = await self._client._send(*self._args)
+        except RegistryNotAllowed as e:  # raised in a connect, which knows no image
+            raise RegistryNotAllowed(f"{self._client._what}: {self._args[2]}: {e}") from None
         return self._response
 
     async def __aexit__(self, exc_type, exc, tb) -> bool:
@@ -170,6 +197,6 @@ async def _read_limited(r: httpx.Response, limit: int, what: str) -> bytes:
     async for chunk in r.aiter_bytes():
         total += len(chunk)
         if total > limit:
-            raise InvalidImage(f"{what}: larger than {limit} bytes")
+            raise ImageTooLarge(f"{what}: larger than the limit of {limit} bytes")
         parts.append(chunk)
     return b"".join(parts)

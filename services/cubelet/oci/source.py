@@ -18,7 +18,9 @@ from typing import IO, Protocol
 from .auth import Credentials
 from .cache import LayerCache
 from .config import ImageConfig
-from .errors import DigestMismatch, ImageNotFound, InvalidImage, InvalidReference
+from .egress import RegistryAccess
+from .errors import DigestMismatch, ImageNotFound, ImageTooLarge, InvalidImage, InvalidReference
+from .limits import DEFAULT_LIMITS, Limits
 from .manifest import (
     DOCKER_CONFIG,
     DOCKER_MANIFEST,
@@ -31,7 +33,7 @@ from .manifest import (
     sha256_digest,
 )
 from .reference import ImageRef, Transport
-from .registry import MAX_CONFIG_BYTES, MAX_MANIFEST_BYTES, RegistryClient
+from .registry import RegistryClient
 
 OnBytes = Callable[[int], None]
 _REF_NAME = "org.opencontainers.image.ref.name"
@@ -55,12 +57,15 @@ class ImageSource(Protocol):
     async def aclose(self) -> None: ...
 
 
-def open_source(ref: ImageRef, credentials: Credentials | None = None) -> ImageSource:
+def open_source(ref: ImageRef, credentials: Credentials | None = None, *,
+                access: RegistryAccess | None = None, limits: Limits = DEFAULT_LIMITS) -> ImageSource:
+    """The source of `ref`. Local sources (layouts, archives) read the node's files: only an
+    operator's build may name them (the master and the cubelet refuse them for teams)."""
     if ref.transport is Transport.REGISTRY:
-        return RegistrySource(ref, credentials)
+        return RegistrySource(ref, credentials, access=access, limits=limits)
     if ref.transport is Transport.DOCKER_ARCHIVE:
-        return DockerArchiveSource(ref)
-    return LayoutSource(ref)
+        return DockerArchiveSource(ref, limits)
+    return LayoutSource(ref, limits)
 
 
 def _finish(what: str, manifest_digest: str, manifest: Manifest, config_body: bytes) -> ResolvedImage:
@@ -76,10 +81,11 @@ def _finish(what: str, manifest_digest: str, manifest: Manifest, config_body: by
 # -- registry ---------------------------------------------------------------------------------
 
 class RegistrySource:
-    def __init__(self, ref: ImageRef, credentials: Credentials | None) -> None:
+    def __init__(self, ref: ImageRef, credentials: Credentials | None, *,
+                 access: RegistryAccess | None = None, limits: Limits = DEFAULT_LIMITS) -> None:
         self.ref = ref
         self.what = str(ref)
-        self._client = RegistryClient(ref, credentials)
+        self._client = RegistryClient(ref, credentials, access=access, limits=limits)
 
     async def resolve(self, cache: LayerCache) -> ResolvedImage:
         body, content_type, digest = await self._client.get_manifest(self.ref.reference)
@@ -198,7 +204,7 @@ class _Files:
         with f:
             data = f.read(limit + 1)
         if len(data) > limit:
-            raise InvalidImage(f"{self.what}: {name} is larger than {limit} bytes")
+            raise ImageTooLarge(f"{self.what}: {name} is larger than {limit} bytes")
         return data
 
     def close(self) -> None:
@@ -230,9 +236,10 @@ def _copy_into_cache(files: _Files, name: str, digest: str, size: int | None, ca
 class LayoutSource:
     """`oci:DIR[:tag]` and `oci-archive:PATH[:tag]`."""
 
-    def __init__(self, ref: ImageRef) -> None:
+    def __init__(self, ref: ImageRef, limits: Limits = DEFAULT_LIMITS) -> None:
         self.ref = ref
         self.what = str(ref)
+        self._limits = limits
         self._files: _Files | None = None
 
     def _blob_name(self, digest: str) -> str:
@@ -255,7 +262,7 @@ class LayoutSource:
         self._files = _Files(self.ref.path, self.what)
         if self._files.read("oci-layout", 4096) is None:
             raise InvalidImage(f"{self.what}: not an OCI image layout (no oci-layout file)")
-        index_body = self._files.read("index.json", MAX_MANIFEST_BYTES)
+        index_body = self._files.read("index.json", self._limits.max_manifest_bytes)
         if index_body is None:
             raise InvalidImage(f"{self.what}: OCI layout without index.json")
         top = parse_manifest(index_body, "application/vnd.oci.image.index.v1+json", self.what)
@@ -263,18 +270,18 @@ class LayoutSource:
             raise InvalidImage(f"{self.what}: index.json is not an index")
         entry = self._pick(top)
         digest = entry.digest
-        doc = parse_manifest(self._read_blob(entry, MAX_MANIFEST_BYTES, "manifest"),
+        doc = parse_manifest(self._read_blob(entry, self._limits.max_manifest_bytes, "manifest"),
                              entry.media_type, self.what)
         for _ in range(2):  # skopeo --all stores an index; pick our platform from it
             if isinstance(doc, Manifest):
                 break
             chosen = select_platform(doc, self.what)
             digest = chosen.digest
-            doc = parse_manifest(self._read_blob(chosen, MAX_MANIFEST_BYTES, "manifest"),
+            doc = parse_manifest(self._read_blob(chosen, self._limits.max_manifest_bytes, "manifest"),
                                  chosen.media_type, self.what)
         if not isinstance(doc, Manifest):
             raise InvalidImage(f"{self.what}: indexes nested too deep")
-        config_body = self._read_blob(doc.config, MAX_CONFIG_BYTES, "config")
+        config_body = self._read_blob(doc.config, self._limits.max_config_bytes, "config")
         if not cache.has(doc.config.digest):
             cache.put_bytes(doc.config.digest, config_body, f"{self.what}: config")
         return _finish(self.what, digest, doc, config_body)
@@ -316,9 +323,10 @@ class DockerArchiveSource:
     config's diff_id; newer writers name them `blobs/sha256/<hex>`, which we then trust as the
     digest to check. Either way the bytes are verified while copied into the cache."""
 
-    def __init__(self, ref: ImageRef) -> None:
+    def __init__(self, ref: ImageRef, limits: Limits = DEFAULT_LIMITS) -> None:
         self.ref = ref
         self.what = str(ref)
+        self._limits = limits
         self._files: _Files | None = None
         self._paths: dict[str, str] = {}  # layer digest -> member name
 
@@ -328,7 +336,7 @@ class DockerArchiveSource:
     def _resolve_sync(self, cache: LayerCache) -> ResolvedImage:
         assert self.ref.path is not None  # a local transport
         self._files = _Files(self.ref.path, self.what)
-        body = self._files.read("manifest.json", MAX_MANIFEST_BYTES)
+        body = self._files.read("manifest.json", self._limits.max_manifest_bytes)
         if body is None:
             raise InvalidImage(f"{self.what}: not a docker-archive (no manifest.json)")
         try:
@@ -341,7 +349,7 @@ class DockerArchiveSource:
         config_name, layer_names = entry.get("Config"), entry.get("Layers")
         if not isinstance(config_name, str) or not isinstance(layer_names, list):
             raise InvalidImage(f"{self.what}: manifest.json entry lacks Config or Layers")
-        config_body = self._files.read(config_name, MAX_CONFIG_BYTES)
+        config_body = self._files.read(config_name, self._limits.max_config_bytes)
         if config_body is None:
             raise InvalidImage(f"{self.what}: config {config_name} missing from the archive")
         config_digest = sha256_digest(config_body)
