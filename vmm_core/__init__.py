@@ -37,7 +37,7 @@ from .errors import (
 from .guest.agent import AgentPackage, GuestAgent
 from .guest.debian import mmdebstrap, sources_fingerprint as apt_sources_fingerprint, suite as debian_suite
 from .guest_config import GuestConfig, GuestNetwork, GuestService, ServiceRoot
-from .machine import Machine, MachineStats, boot, forget, list_machines
+from .machine import Machine, MachineStats, boot, console_tail, forget, list_machines
 from .settings import Accel, VmmSettings
 from .snapshots import PreparedClone, Snapshot, SnapshotKind, clone, prepare_clone, restore, save, snapshot
 from .spec import Disk, DiskFormat, MachineSpec, NetworkAttachment
@@ -48,6 +48,7 @@ __all__ = [
     "GuestConfig", "GuestNetwork", "GuestService", "GuestTimeoutError", "InvalidSpecError", "Machine",
     "MachineGoneError", "MachineSpec", "MachineStats", "NetworkAttachment", "PreparedClone", "ServiceRoot",
     "Snapshot", "SnapshotError", "SnapshotKind", "VmmError", "VmmSettings", "accel", "apt_sources_fingerprint",
-    "boot", "cached_dir", "clone", "debian_suite", "ensure_guest_artifacts", "ext4_from_dir", "forget", "input_key",
-    "list_machines", "mmdebstrap", "prepare_clone", "restore", "save", "snapshot", "writable_layer",
+    "boot", "cached_dir", "clone", "console_tail", "debian_suite", "ensure_guest_artifacts", "ext4_from_dir",
+    "forget", "input_key", "list_machines", "mmdebstrap", "prepare_clone", "restore", "save", "snapshot",
+    "writable_layer",
 ]

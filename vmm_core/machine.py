@@ -51,16 +51,38 @@ class MachineStats:
     writable_disk_bytes: int
 
 
-def console_tail(path: Path, lines: int = 40) -> str:
+def console_tail(path: Path, lines: int = 40, max_bytes: int = 16384) -> str:
+    """The last ``lines`` lines of a console file, reading at most its last ``max_bytes``."""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
-            f.seek(max(0, size - 16384))
-            data = f.read().decode("utf-8", "replace")
+            f.seek(max(0, size - max_bytes))
+            data = f.read(max_bytes).decode("utf-8", "replace")
     except OSError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
+
+
+def trim_console(path: Path, max_bytes: int) -> bool:
+    """Keep a console file within ``max_bytes``: once it is larger, only its last half (from a line
+    start) is kept. QEMU appends (``append=on``), so it goes on writing after the cut; what it writes
+    during the cut may be lost, which a console ring allows. True when it cut."""
+    try:
+        with open(path, "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size <= max_bytes:
+                return False
+            f.seek(size - max_bytes // 2)
+            tail = f.read(max_bytes // 2)
+            newline = tail.find(b"\n")
+            tail = tail[newline + 1:] if 0 <= newline < len(tail) - 1 else tail
+            f.seek(0)
+            f.truncate()
+            f.write(tail)
+            return True
+    except FileNotFoundError:
+        return False
 
 
 def pid_alive(pid: int) -> bool:
@@ -105,7 +127,8 @@ def build_argv(settings: VmmSettings, spec: MachineSpec, paths: MachinePaths, *,
         # Snapshots then do not record the source's run state (always paused when saved), so a
         # restore runs as soon as its state is loaded, without a `cont` round trip.
         "-global", "migration.store-global-state=off",
-        "-chardev", f"file,id=con,path={paths.console}", "-serial", "chardev:con",
+        # append=on: QEMU writes with O_APPEND, so trim_console can cut the file under it.
+        "-chardev", f"file,id=con,path={paths.console},append=on", "-serial", "chardev:con",
     ]
     if not incoming or spec.option_roms:
         # A restored guest is past its boot: without the option ROM nothing needs the kernel.
@@ -371,6 +394,10 @@ class Machine:
 
     def console_tail(self, lines: int = 40) -> str:
         return console_tail(self.paths.console, lines)
+
+    def trim_console(self) -> bool:
+        """Bound the guest's console on the host (``settings.console_max_kb``); see trim_console."""
+        return trim_console(self.paths.console, self.settings.console_max_kb << 10)
 
     def qemu_errors(self) -> str:
         """What QEMU itself printed (it prints only on errors)."""

@@ -9,9 +9,12 @@ the path ``/proc/self/fd/<n>``.
 
 Invariants:
 - One memfd per template memory file (by path, inode and mtime) per process, filled once with the
-  file's data extents (holes stay holes) and sealed against writes, growing, shrinking and further
-  seals before any QEMU sees it. Its pages are shared by every clone's private mapping, as the
-  file's page cache was; the file's own cached pages are dropped after the copy.
+  file's data and allocated in full (no holes), then sealed against writes, growing, shrinking and
+  further seals before any QEMU sees it. Its pages are shared by every clone's private mapping, as
+  the file's page cache was, and charged to this process's cgroup, not to a clone's; the file's
+  own cached pages are dropped after the copy. The cost: the template's whole guest RAM stays in
+  memory (shmem) per template while this process runs, where the page cache held only what clones
+  touched, and could reclaim it.
 - An entry whose file is gone or replaced is dropped at the next lookup: a deleted template's
   memory lives on only in the clones still running from it.
 - Linux only (memfd_create, F_ADD_SEALS); standard library only.
@@ -86,6 +89,12 @@ def _fill(path: Path, size: int) -> int:
             os.posix_fadvise(src, 0, 0, os.POSIX_FADV_DONTNEED)  # the memfd holds it now
         finally:
             os.close(src)
+        # No holes: a clone reading a hole of a private shmem mapping would allocate the page in the
+        # memfd and have it charged to its own cgroup (measured: a guest touching all its RAM then
+        # held ~0.6 GB of the template besides its own pages, and was OOM-killed at guest RAM +
+        # allowance). Filled now, the template is charged once, here, and a clone's cgroup holds
+        # only the pages it changed.
+        os.posix_fallocate(fd, 0, size)
         fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
         return fd
     except BaseException:

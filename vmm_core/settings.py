@@ -35,6 +35,8 @@ class VmmSettings(Settings):
     # whole cache every cell, so each run_code re-translated (~0.5 s).
     tcg_tb_size_mb: int = setting(128, "TCG's translation cache per VM, MB", env="CUBE_TCG_TB_MB")
     runtime_dir: Path | None = setting(None, "runtime dirs of running machines (default <state_dir>/vms)")
+    console_max_kb: int = setting(1024, "guest console kept on the host per machine, KiB (older output is "
+                                  "dropped by Machine.trim_console)")
     # The jail (vmm_core/jail.py). Off only to debug QEMU itself.
     jail: bool = setting(True, "run every QEMU jailed: own uid, empty read-only root in its own mount "
                          "namespace, seccomp, cgroup, rlimits")

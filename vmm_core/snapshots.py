@@ -177,15 +177,20 @@ def _staging(dest: Path) -> Path:
     return tmp
 
 
+async def _give_fd(machine: Machine, fd: int, name: str) -> None:
+    """Hand QEMU our descriptor ``fd`` under ``name`` (for an ``fd:<name>`` URI); ours is closed."""
+    try:
+        machine.send_fd(fd)
+        await machine.execute("getfd", {"fdname": name})
+    finally:
+        os.close(fd)
+
+
 async def _migrate_to_file(machine: Machine, path: Path) -> None:
     """Start migrating ``machine``'s state into a new file at ``path``. The file goes to QEMU as an
     open descriptor: a jailed QEMU can neither reach the path nor start a process (``exec:``)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        machine.send_fd(fd)
-        await machine.execute("getfd", {"fdname": "migration-out"})
-    finally:
-        os.close(fd)
+    await _give_fd(machine, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600),
+                   "migration-out")
     await machine.execute("migrate", {"uri": "fd:migration-out"})
 
 
@@ -259,12 +264,7 @@ async def _load_state(machine: Machine, snap: Snapshot, vm_id: str, *, sync: boo
         # The state file goes to QEMU as an open descriptor: an exec: URI would start a shell and
         # `cat` on the clone path (~3 ms).
         # O_NONBLOCK: opening a FIFO must not block the event loop (QEMU reads it non-blocking anyway).
-        fd = os.open(snap.state, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        try:
-            machine.send_fd(fd)
-            await machine.execute("getfd", {"fdname": "snapshot-state"})
-        finally:
-            os.close(fd)
+        await _give_fd(machine, os.open(snap.state, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK), "snapshot-state")
         await machine.execute("migrate-incoming", {"uri": "fd:snapshot-state"})
         await _wait_incoming(machine)
         if sync:

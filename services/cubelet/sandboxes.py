@@ -34,6 +34,7 @@ from vmm_core import (
     VmmError,
     VmmSettings,
     clone,
+    console_tail,
     forget,
     list_machines,
     restore,
@@ -124,6 +125,16 @@ class _Live:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+def disk_refusal(settings: CubeletSettings, what: str) -> str | None:
+    """Why the node takes no more ``what`` (free space under its state dir below the watermark), or
+    None. A full disk would fail a clone's overlay or a save half-way; refusing first fails cleanly."""
+    free = shutil.disk_usage(settings.state_dir).free
+    if free >= settings.min_free_disk_mb << 20:
+        return None
+    return (f"node {settings.node_id} takes no {what}: {free >> 20} MiB free under {settings.state_dir}, "
+            f"below its watermark of {settings.min_free_disk_mb} MiB")
+
+
 class SandboxManager:
     def __init__(self, settings: CubeletSettings, vmm: VmmSettings, vs: VsClient, templates: TemplateStore) -> None:
         self.settings = settings
@@ -160,6 +171,7 @@ class SandboxManager:
         if len(self._live) >= self.settings.max_sandboxes:
             raise SandboxError("RESOURCE_EXHAUSTED", f"node {self.settings.node_id} is full "
                                                      f"({self.settings.max_sandboxes} sandboxes)")
+        self._check_disk("new sandboxes")
         tpl = self.templates.get(req.template_id)
         if tpl is None:
             raise SandboxError("NOT_FOUND", f"template {req.template_id!r} is not built on this node")
@@ -315,6 +327,11 @@ class SandboxManager:
         log.info("sandbox paused", extra={"sandbox_id": sandbox_id})
         return rec.status(self.settings.node_id)
 
+    def _check_disk(self, what: str) -> None:
+        why = disk_refusal(self.settings, what)
+        if why:
+            raise SandboxError("RESOURCE_EXHAUSTED", why)
+
     async def resume(self, req: pb.ResumeSandboxRequest) -> pb.SandboxStatus:
         live = self._get(req.sandbox_id)
         async with live.lock:
@@ -409,7 +426,8 @@ class SandboxManager:
         path = self.vmm.vms_dir / live.record.vm_id / "console.log"
         try:
             mtime = path.stat().st_mtime
-            lines = path.read_text(errors="replace").splitlines()[-(limit or 1000):]
+            # Only the tail is read, whatever the guest wrote (trimmed to console_max_kb anyway).
+            lines = console_tail(path, limit or 1000, max_bytes=self.vmm.console_max_kb << 10).splitlines()
         except OSError:
             return []
         ts = Timestamp()
@@ -442,6 +460,10 @@ class SandboxManager:
         while True:
             for live in list(self._live.values()):
                 self._sample(live)
+                if live.machine is not None:
+                    # The console is a bounded ring on the host: a guest printing without end
+                    # fills at most console_max_kb (and its QEMU's file-size limit, the jail's).
+                    await asyncio.to_thread(live.machine.trim_console)
             await asyncio.sleep(self.settings.metrics_interval_s)
 
     # ---- start-up: re-adopt, clean up --------------------------------------------------------

@@ -9,7 +9,7 @@ from cube_common.mtls import peer_identity
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, cubelet_pb2_grpc
 
 from . import registration
-from .sandboxes import SandboxError, SandboxManager
+from .sandboxes import SandboxError, SandboxManager, disk_refusal
 from .settings import CubeletSettings
 from .templates import TemplateError, TemplateStore, operator_build
 
@@ -80,6 +80,9 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
             await _abort(context, e)
 
     async def BuildTemplate(self, request, context):
+        why = disk_refusal(self.settings, "template builds")
+        if why:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, why)
         peer = peer_identity(context)
         operator = operator_build(context.invocation_metadata(), peer.role if peer else None)
         try:

@@ -49,6 +49,8 @@ class CubeletSettings(Settings):
     image_max_entries: int = setting(1_000_000, "most files (tar entries) an image's layers may hold")
     layer_cache_mb: int = setting(20480, "the layer cache's size: least recently used layers beyond it are "
                                   "evicted (never those of a running build), MiB")
+    min_free_disk_mb: int = setting(2048, "below this much free space under state_dir the node takes no new "
+                                    "sandbox, resume or template build (RESOURCE_EXHAUSTED)")
     mtls_dir: Path | None = shared.mtls_dir()
     insecure_public: bool = shared.insecure_public()
     log_level: str = shared.log_level()

@@ -139,12 +139,14 @@ class Builds:
         if spec.template_id and not TEMPLATE_ID_RE.match(spec.template_id):
             raise bad(f"invalid template id {spec.template_id!r}: use 1-64 letters, digits, '-' or '_', "
                       "starting with a letter or digit")
-        if spec.vcpus > 64:
-            raise bad(f"cpu must be between 1 and 64, got {spec.vcpus}")
-        if spec.memory_mb and not 64 <= spec.memory_mb <= 1 << 20:
-            raise bad(f"memory must be between 64 and {1 << 20} MiB, got {spec.memory_mb}")
-        if spec.writable_layer_mb > 1 << 22:
-            raise bad(f"writable layer must be at most {1 << 22} MiB, got {spec.writable_layer_mb}")
+        # The operator's maximums (settings), for every template whoever builds it.
+        most = self.settings
+        if spec.vcpus > most.max_template_vcpus:
+            raise bad(f"cpu must be between 1 and {most.max_template_vcpus}, got {spec.vcpus}")
+        if spec.memory_mb and not 64 <= spec.memory_mb <= most.max_template_memory_mb:
+            raise bad(f"memory must be between 64 and {most.max_template_memory_mb} MiB, got {spec.memory_mb}")
+        if spec.writable_layer_mb > most.max_template_disk_mb:
+            raise bad(f"writable layer must be at most {most.max_template_disk_mb} MiB, got {spec.writable_layer_mb}")
         if len(spec.expose_ports) > MAX_PORTS:
             raise bad(f"at most {MAX_PORTS} exposed ports")
         for port in list(spec.expose_ports) + ([spec.probe_port] if spec.probe_port else []):

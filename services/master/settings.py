@@ -43,7 +43,12 @@ class Settings(_Base):
                                     env="CUBE_DEFAULT_TEMPLATE")
     default_aliases: tuple[str, ...] = setting(("base", "code-interpreter-v1"),
                                                "aliases of the default template (the SDKs' own defaults)")
+    max_template_vcpus: int = setting(16, "most vCPUs a template (and so each of its sandboxes) may have")
+    max_template_memory_mb: int = setting(32768, "most guest memory a template may have, MiB")
+    max_template_disk_mb: int = setting(102400, "largest writable layer a template may have, MiB")
     default_timeout_s: int = setting(300, "sandbox lifetime when the client gives none")
+    paused_retention_s: float = setting(30 * 86400.0, "a paused sandbox is deleted this long after it was "
+                                        "paused (0: kept until killed)")
     max_timeout_s: int = setting(86400, "largest sandbox lifetime accepted")
     max_metadata_entries: int = setting(64, "limit on a sandbox's metadata entries")
     max_metadata_bytes: int = setting(8192, "limit on a sandbox's metadata size")
@@ -83,6 +88,12 @@ class Settings(_Base):
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
         if not (0 < self.default_timeout_s <= self.max_timeout_s):
             raise SettingsError("need 0 < default_timeout_s <= max_timeout_s")
+        if not (1 <= self.max_template_vcpus <= 64 and 128 <= self.max_template_memory_mb
+                and self.max_template_disk_mb >= 64):
+            raise SettingsError("need 1 <= max_template_vcpus <= 64, max_template_memory_mb >= 128 and "
+                                "max_template_disk_mb >= 64")
+        if self.paused_retention_s < 0:
+            raise SettingsError("paused_retention_s must be >= 0")
         if self.leader_ttl_s < 2:
             raise SettingsError("leader_ttl_s must be >= 2")
         if self.build_stale_s <= self.build_heartbeat_s:

@@ -135,6 +135,10 @@ def test_failed_build_status_has_the_reason(ta):
     ({"image": "a:1", "templateID": "bad/id"}, "invalid template id"),
     ({"image": "a:1", "probePath": "no-slash"}, "invalid probe path"),
     ({"image": "a:1", "cmd": "/bin/sh"}, "'cmd'"),
+    # Beyond the operator's maximums (services/master/settings.py: 16 vCPUs, 32 GiB, 100 GiB).
+    ({"image": "a:1", "cpuCount": 17}, "between 1 and 16"),
+    ({"image": "a:1", "memoryMB": 40000}, "between 64 and 32768"),
+    ({"image": "a:1", "writableLayerSize": "200G"}, "at most 102400"),
     # A team names registry images only: files on the node are the operator's (cubemastercli).
     ({"image": "oci-archive:/etc/shadow"}, "local image paths"),
     ({"image": "docker-archive:/var/lib/cube/x.tar"}, "local image paths"),

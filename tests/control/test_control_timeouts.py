@@ -54,3 +54,20 @@ def test_connect_extends_a_running_sandbox(sdk_env, fresh):
     time.sleep(3)
     assert sbx.get_info().state == SandboxState.RUNNING
     sbx.kill()
+
+
+def test_a_paused_sandbox_is_deleted_after_the_retention(own_cluster, monkeypatch):
+    own_cluster.add_cubelet("node-a")
+    own_cluster.start_master(CUBE_MASTER_PAUSED_RETENTION_S="2")
+    own_cluster.start_api()
+    monkeypatch.setenv("E2B_API_URL", own_cluster.api_url)
+    monkeypatch.setenv("E2B_API_KEY", "e2b_" + "0" * 40)
+    kept = Sandbox.create(timeout=60)  # running: no retention applies
+    sbx = Sandbox.create(timeout=60)
+    sid = sbx.sandbox_id
+    sbx.pause()
+    assert (own_cluster.record(sid) or {}).get("phase") == "SANDBOX_PHASE_PAUSED"
+    wait_until(lambda: sid not in own_cluster.sandbox_ids(), timeout=10, what="paused retention")
+    assert sid not in own_cluster.cubelets[0].ids() and own_cluster.route_ids() == {kept.sandbox_id}
+    assert kept.sandbox_id in own_cluster.sandbox_ids()
+    kept.kill()

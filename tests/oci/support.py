@@ -3,6 +3,7 @@ layers built entry by entry, tree comparison, and `run` for the tools the tests 
 registries the tests pull from are in `testkit.registry`."""
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -12,6 +13,7 @@ import re
 import stat
 import subprocess
 import tarfile
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,3 +273,23 @@ def host_tree_is_inert(root: Path) -> list[str]:
             if kind != stat.S_IFLNK and os.listxattr(p, follow_symlinks=False):
                 problems.append(f"{p}: xattrs {os.listxattr(p, follow_symlinks=False)}")
     return problems
+
+
+@contextlib.asynccontextmanager
+async def http_server(handle) -> AsyncIterator[str]:
+    """An aiohttp server on 127.0.0.1 answering every GET with ``handle(request)``; yields
+    ``host:port``."""
+    from aiohttp import web
+
+    from testkit.ports import free_port
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

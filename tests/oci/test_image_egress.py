@@ -26,8 +26,8 @@ from services.cubelet.oci import (
     fetch_image,
 )
 from services.cubelet.oci.egress import GuardedBackend, refusal
-from testkit.ports import free_port
 from tests.oci.conftest import assert_nothing_left
+from tests.oci.support import http_server
 
 pytestmark = pytest.mark.timeout(60)
 SECRET = "SECRET-INTERNAL-DATA"
@@ -178,14 +178,8 @@ async def hostile_registry(oci_env):
                 "WWW-Authenticate": 'Bearer realm="http://169.254.169.254/token",service="x",scope="y"'})
         raise web.HTTPNotFound()
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"127.0.0.1:{port}", RegistryAccess(allowlist=(f"127.0.0.1:{port}",))
-    await runner.cleanup()
+    async with http_server(handle) as address:
+        yield address, RegistryAccess(allowlist=(address,))
 
 
 @pytest.mark.parametrize("repo, error, match", [

@@ -7,8 +7,7 @@ import pytest
 from aiohttp import web
 
 from services.cubelet.oci import ImageRef, RegistryAccess, fetch_image
-from testkit.ports import free_port
-from tests.oci.support import declared_tree
+from tests.oci.support import declared_tree, http_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,14 +32,8 @@ async def redirecting_registry(oci_env):
                    if k.lower() in ("content-type", "docker-content-digest")}
         return web.Response(status=r.status_code, body=r.content, headers=headers)
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"127.0.0.1:{port}", seen
-    await runner.cleanup()
+    async with http_server(handle) as address:
+        yield address, seen
 
 
 async def test_blob_redirects_are_followed(oci_env, redirecting_registry, cache, tmp_path):
