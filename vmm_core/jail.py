@@ -13,9 +13,12 @@ A jailed QEMU
   resource control denied;
 - is in a cgroup of its own (``cgroups.MachineCgroup``): memory (guest RAM plus a measured VMM
   overhead, plus TCG's translation cache under TCG), pids, CPU weight from its vCPUs and an optional
-  CPU quota;
+  CPU quota. A machine that boots starts inside it (the forking thread joins first); a restored one
+  (clone, resume) is moved in while QEMU starts and before its guest runs, because a cgroup
+  migration waits for an RCU grace period (~10 ms here) that the clone path should not wait out
+  alone;
 - has rlimits: open files, file size (its largest disk or its RAM, plus a margin: what a save
-  writes), no core dumps.
+  writes), no core dumps, set by util-linux ``prlimit`` on itself before it execs QEMU.
 
 Order of events, and why it holds: QEMU opens everything it needs while still root and outside
 the chroot (kernel, disks, memory file, tap, sockets, console), then chroots and drops to its uid
@@ -44,7 +47,6 @@ import errno
 import fcntl
 import json
 import os
-import resource
 import struct
 import time
 from dataclasses import dataclass
@@ -59,6 +61,7 @@ from .spec import DiskFormat, MachinePaths, MachineSpec
 # What QEMU's seccomp filter denies (see the module docstring for elevateprivileges).
 SANDBOX = "on,obsolete=deny,spawn=deny,resourcecontrol=deny"
 PIDS_MAX = 256            # QEMU's threads: main, RCU, vCPUs, its I/O worker pool (64 at most)
+NOFILE = 4096
 FSIZE_MARGIN = 256 << 20  # device state and qcow2 metadata beyond the largest RAM or disk
 
 _CLONE_FS = 0x200
@@ -206,10 +209,10 @@ class Jail:
         except (OSError, CgroupError, ValueError) as e:
             raise JailError(f"setting up the jail of {self.paths.dir.name}: {e}") from e
 
-    def enter(self) -> None:
+    def enter(self, join_cgroup: bool = True) -> None:
         """In the thread that forks QEMU, just before: a private mount namespace whose jail root
-        is a tmpfs holding only the machine's disks, then made read-only; and (v1) the machine's
-        cgroup. That thread is discarded after."""
+        is a tmpfs holding only the machine's disks, then made read-only; and, with ``join_cgroup``,
+        (v1) the machine's cgroup. That thread is discarded after."""
         secure = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
         root = str(self.root)
         _check(_libc.unshare(_CLONE_FS | _CLONE_NEWNS), "unshare(mount namespace)")
@@ -225,21 +228,24 @@ class Jail:
             _check(_libc.mount(None, str(inside).encode(), None, flags, None), f"limiting {host}")
         _check(_libc.mount(None, root.encode(), None, _MS_REMOUNT | _MS_RDONLY | secure, None),
                "making the jail root read-only")
-        if self.cgroup is not None:
+        if join_cgroup and self.cgroup is not None:
             self.cgroup.enter_thread()
 
-    def started(self, pid: int, spec: MachineSpec) -> None:
-        """Right after the spawn: the cgroup on v2, the rlimits."""
+    def command_prefix(self, spec: MachineSpec) -> list[str]:
+        """What QEMU's command line starts with: util-linux ``prlimit`` setting the rlimits on
+        itself, then exec'ing QEMU, which inherits them. Setting them from outside after the spawn
+        (prlimit(2) on the pid) races QEMU's drop to the jail's uid, after which it needs
+        CAP_SYS_RESOURCE, which hosts (and containers) do not always give the node agent."""
+        size = _largest_write(spec)
+        return ["prlimit", f"--nofile={NOFILE}:{NOFILE}", f"--fsize={size}:{size}", "--core=0:0", "--"]
+
+    def started(self, pid: int) -> None:
+        """After the spawn: QEMU into its cgroup, unless it started there. Blocking: a cgroup
+        migration waits for an RCU grace period (~10 ms measured here, on v1 and v2 alike)."""
         try:
             if self.cgroup is not None and not self.cgroup.contains(pid):
                 self.cgroup.add(pid)
-            size = _largest_write(spec)
-            resource.prlimit(pid, resource.RLIMIT_NOFILE, (4096, 4096))
-            resource.prlimit(pid, resource.RLIMIT_FSIZE, (size, size))
-            resource.prlimit(pid, resource.RLIMIT_CORE, (0, 0))
-        except ProcessLookupError:
-            pass  # QEMU died at once: the launch reports why
-        except (OSError, CgroupError) as e:
+        except CgroupError as e:
             raise JailError(f"jailing pid {pid}: {e}") from e
 
     def release(self) -> None:

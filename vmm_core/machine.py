@@ -154,7 +154,7 @@ def build_argv(settings: VmmSettings, spec: MachineSpec, paths: MachinePaths, *,
     if incoming:
         argv += ["-incoming", "defer"]
     if jail is not None:
-        argv += jail.qemu_args()
+        argv = [*jail.command_prefix(spec), *argv, *jail.qemu_args()]
     return argv
 
 
@@ -243,12 +243,20 @@ class Machine:
                     memfd = await asyncio.to_thread(sealed_fd, spec.memory_file)
             argv = build_argv(settings, spec, paths, share_memory=share_memory, incoming=incoming, jail=jail,
                               memory_path=f"/proc/self/fd/{memfd}" if memfd is not None else None)
-            pid = await _spawn(argv, paths, spec.network.netns if spec.network else None, jail, spec,
-                               (memfd,) if memfd is not None else ())
-            record = MachineRecord(vm_id, spec, pid, labels or {}, jail.uid if jail else None)
-            record.dump(paths.record)
-            machine = cls(settings, record, paths)
-            await machine._connect_qmp()
+            # A restored guest runs only once its state is loaded, after this returns: its QEMU
+            # joins its cgroup while it starts up (see vmm_core/jail.py). A booting guest runs at
+            # once: its QEMU starts inside.
+            pid = await _spawn(argv, paths, spec.network.netns if spec.network else None, jail,
+                               (memfd,) if memfd is not None else (), join_cgroup=not incoming)
+            joining = asyncio.ensure_future(asyncio.to_thread(jail.started, pid)) if jail else None
+            try:
+                record = MachineRecord(vm_id, spec, pid, labels or {}, jail.uid if jail else None)
+                record.dump(paths.record)
+                machine = cls(settings, record, paths)
+                await machine._connect_qmp()
+            finally:
+                if joining is not None:
+                    await joining
             return machine
         except BaseException as e:
             if rollback is not None:
@@ -456,19 +464,19 @@ def _reap_when_exits(pid: int) -> None:
 
 
 async def _spawn(argv: list[str], paths: MachinePaths, ns: str | None, jail: Jail | None,
-                 spec: MachineSpec, pass_fds: tuple[int, ...] = ()) -> int:
+                 pass_fds: tuple[int, ...] = (), join_cgroup: bool = True) -> int:
     """Start QEMU detached (own session, output to qemu.log) and return its pid.
 
     The spawn happens on a worker thread that first enters the network namespace, if any: a child
     inherits the namespace of the thread that forks it, and without a preexec_fn subprocess can
     use vfork, which matters on the clone path (forking the whole Python process costs ~10 ms).
-    A jailed spawn gets a thread of its own, which also enters the jail's mount namespace and (v1)
-    cgroup before forking, and is discarded after.
+    A jailed spawn gets a thread of its own, which also enters the jail's mount namespace (and,
+    with ``join_cgroup``, on v1, the machine's cgroup) before forking, and is discarded after.
     """
     def start() -> int:
         if jail is not None:
             try:
-                jail.enter()
+                jail.enter(join_cgroup)
             except OSError as e:
                 raise JailError(f"entering the jail: {e}") from e
         with open(paths.qemu_log, "ab") as qlog:
@@ -484,8 +492,6 @@ async def _spawn(argv: list[str], paths: MachinePaths, ns: str | None, jail: Jai
         raise InvalidSpecError(str(e)) from None
     _reap_when_exits(pid)
     paths.pidfile.write_text(str(pid))  # before anything else can fail: a failed launch kills by it
-    if jail is not None:
-        jail.started(pid, spec)
     return pid
 
 
