@@ -47,6 +47,7 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import struct
 import time
 from dataclasses import dataclass
@@ -222,7 +223,11 @@ class Jail:
         for host, writable in self.binds:
             inside = self.root / host.relative_to("/")
             inside.parent.mkdir(parents=True, exist_ok=True)
-            inside.touch()
+            # mknod, not open(O_CREAT): no descriptor on the tmpfs ever exists. One open for
+            # writing, even for an instant, could be inherited by another thread's fork (until its
+            # exec) and make the read-only remount below fail with EBUSY (seen with 3 concurrent
+            # clones).
+            os.mknod(inside, stat.S_IFREG | 0o600)
             _check(_libc.mount(str(host).encode(), str(inside).encode(), None, _MS_BIND, None), f"binding {host}")
             flags = _MS_REMOUNT | _MS_BIND | secure | (0 if writable else _MS_RDONLY)
             _check(_libc.mount(None, str(inside).encode(), None, flags, None), f"limiting {host}")
