@@ -298,8 +298,7 @@ def aio_channel(address: str, tls: TlsFiles | None, server: Role,
     is TLS material, else plaintext."""
     if tls is None:
         return grpc.aio.insecure_channel(address, options=list(options))
-    opts = [*options, ("grpc.ssl_target_name_override", server_name(server))]
-    return grpc.aio.secure_channel(address, channel_credentials(tls), options=opts)
+    return grpc.aio.secure_channel(address, channel_credentials(tls), options=_checking(server, options))
 
 
 def sync_channel(address: str, tls: TlsFiles | None, server: Role,
@@ -307,8 +306,12 @@ def sync_channel(address: str, tls: TlsFiles | None, server: Role,
     """``aio_channel`` for blocking callers (tests, benchmarks)."""
     if tls is None:
         return grpc.insecure_channel(address, options=list(options))
-    opts = [*options, ("grpc.ssl_target_name_override", server_name(server))]
-    return grpc.secure_channel(address, channel_credentials(tls), options=opts)
+    return grpc.secure_channel(address, channel_credentials(tls), options=_checking(server, options))
+
+
+def _checking(server: Role, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``options`` plus the name a server of role ``server`` must prove, whatever address is dialed."""
+    return [*options, ("grpc.ssl_target_name_override", server_name(server))]
 
 
 def client_ssl_context(tls: TlsFiles) -> Any:

@@ -32,17 +32,20 @@ from cube_common.procs import stop_process
 from testkit.ports import free_port
 
 
+def gateway_tls(tls: TlsFiles | None) -> tuple[Any, dict[str, str]]:
+    """httpx's ``verify`` and the request ``extensions`` for etcd's gateway: with ``tls``, present
+    that certificate, trust only its CA, and check etcd's role name. The certificate names the
+    role, never an address (deploy/pki.py), so the URL's address is dialed and this name checked."""
+    if tls is None:
+        return True, {}
+    return mtls.client_ssl_context(tls), {"sni_hostname": mtls.server_name(Role.ETCD)}
+
+
 def gateway(url: str, path: str, body: Any = None, tls: TlsFiles | None = None, timeout: float = 5.0) -> Any:
     """GET (no ``body``) or POST ``body`` as JSON to ``url`` + ``path`` (etcd's ``/health``, its
     ``/v3/...`` gateway); the JSON answer. httpx errors (refused, handshake failed, HTTP status) go
     to the caller. ``url`` is https when ``tls`` is given."""
-    extensions = {}
-    verify: Any = True
-    if tls is not None:
-        verify = mtls.client_ssl_context(tls)
-        # The certificate names the role, never an address (deploy/pki.py): dial the URL's
-        # address, check this name.
-        extensions["sni_hostname"] = mtls.server_name(Role.ETCD)
+    verify, extensions = gateway_tls(tls)
     # trust_env off: no proxy from the environment between a test and its loopback etcd.
     with httpx.Client(verify=verify, timeout=timeout, trust_env=False) as client:
         r = client.request("GET" if body is None else "POST", f"{url}{path}", json=body, extensions=extensions)

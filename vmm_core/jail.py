@@ -36,7 +36,7 @@ clone is given its template's memory as a write-sealed memfd instead of the file
 Invariants:
 - A uid is never given to two live machines on this host: claims are files created with O_EXCL in
   ``jail_claims_dir`` (machine-wide, not per state directory), naming the runtime directory; a
-  claim whose machine is gone is taken back.
+  claim whose machine is gone is taken back once no uid is free.
 - ``release`` removes the cgroup (killing what is left inside) and the uid claim; it is idempotent
   and safe after a crash of the controller (the names follow from the vm_id and the record).
 """
@@ -70,6 +70,7 @@ _CLONE_NEWNS = 0x20000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
 MAX_BACKING_DEPTH = 8
+QCOW2_MAGIC = b"QFI\xfb"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -97,16 +98,29 @@ class UidPool:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(self.dir / ".lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            for uid in range(self.base, self.base + self.count):
+            # A free uid first: one failed O_EXCL create per live claim. Only a full pool pays for
+            # finding the stale claims (reading each claim, its record and its QEMU's cmdline),
+            # which would otherwise be on every launch's path, growing with the machines running.
+            uids = range(self.base, self.base + self.count)
+            for uid in uids:
+                if self._take(uid, runtime_dir):
+                    return uid
+            for uid in uids:
                 path = self.dir / str(uid)
-                if path.exists() and not _stale(path):
-                    continue
-                path.unlink(missing_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(str(runtime_dir))
-                return uid
+                if _stale(path):
+                    path.unlink(missing_ok=True)
+                    if self._take(uid, runtime_dir):
+                        return uid
         raise JailError(f"no free jail uid in {self.base}..{self.base + self.count - 1}")
+
+    def _take(self, uid: int, runtime_dir: Path) -> bool:
+        try:
+            fd = os.open(self.dir / str(uid), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(str(runtime_dir))
+        return True
 
     def release(self, uid: int, runtime_dir: Path) -> None:
         path = self.dir / str(uid)
@@ -302,21 +316,29 @@ def disk_files(spec: MachineSpec) -> list[tuple[Path, bool]]:
     return list(out.items())
 
 
+def _qcow2_header(path: Path) -> tuple[int, bytes | None] | None:
+    """A qcow2 image's virtual size and the backing file name it holds (raw), or None when
+    ``path`` is not a qcow2 image."""
+    with open(path, "rb") as f:
+        header = f.read(32)
+        if len(header) < 32 or header[:4] != QCOW2_MAGIC:
+            return None
+        offset, size, virtual = struct.unpack(">QIxxxxQ", header[8:32])
+        if not offset or not 0 < size <= 1023:
+            return virtual, None
+        f.seek(offset)
+        return virtual, f.read(size)
+
+
 def _qcow2_backing(path: Path) -> Path | None:
     """The backing file a qcow2 image names (resolved against its directory), or None."""
     try:
-        with open(path, "rb") as f:
-            header = f.read(20)
-            if len(header) < 20 or header[:4] != b"QFI\xfb":
-                return None
-            offset, size = struct.unpack(">QI", header[8:20])
-            if not offset or not 0 < size <= 1023:
-                return None
-            f.seek(offset)
-            name = f.read(size).decode()
+        header = _qcow2_header(path)
+        if header is None or header[1] is None:
+            return None
+        backing = Path(header[1].decode())
     except (OSError, UnicodeDecodeError):
         return None
-    backing = Path(name)
     return backing if backing.is_absolute() else path.parent / backing
 
 
@@ -330,11 +352,8 @@ def _largest_write(spec: MachineSpec) -> int:
 
 def _virtual_size(path: Path, fmt: DiskFormat) -> int:
     try:
-        if fmt is DiskFormat.QCOW2:
-            with open(path, "rb") as f:
-                header = f.read(32)
-            if header[:4] == b"QFI\xfb":
-                return int(struct.unpack(">Q", header[24:32])[0])
+        if fmt is DiskFormat.QCOW2 and (header := _qcow2_header(path)) is not None:
+            return header[0]
         return path.stat().st_size
     except OSError as e:
         if e.errno == errno.ENOENT:

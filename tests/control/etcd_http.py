@@ -11,7 +11,8 @@ import json
 
 import httpx
 
-from cube_common.mtls import Role, TlsFiles, client_ssl_context, server_name
+from cube_common.mtls import TlsFiles
+from testkit.etcd import gateway_tls
 
 
 def _b64(s: str | bytes) -> str:
@@ -27,8 +28,8 @@ def _prefix_end(prefix: str) -> str:
 class EtcdHttp:
     def __init__(self, endpoint: str, timeout: float = 5.0, tls: TlsFiles | None = None):
         self.base = f"{'https' if tls else 'http'}://{endpoint}"
-        self.http = httpx.Client(timeout=timeout, verify=client_ssl_context(tls) if tls else True)
-        self.extensions = {"sni_hostname": server_name(Role.ETCD)} if tls else {}
+        verify, self.extensions = gateway_tls(tls)
+        self.http = httpx.Client(timeout=timeout, verify=verify)
 
     def _post(self, path: str, body: dict) -> dict:
         r = self.http.post(self.base + path, json=body, extensions=self.extensions)

@@ -189,11 +189,11 @@ def test_uid_claims_are_exclusive_and_stale_ones_come_back(tmp_path):
     assert (tmp_path / "claims" / str(a)).exists()
     pool.release(a, tmp_path / "vm-a")
     assert pool.claim(tmp_path / "vm-c") == a
-    # vm-b's machine ran and died: its claim is taken back.
+    # vm-b's machine ran and died: its claim is taken back once no uid is free.
     (tmp_path / "vm-b").mkdir()
     (tmp_path / "vm-b" / "machine.json").write_text(json.dumps({"pid": 2 ** 22 + 7, "uid": b}))
-    assert pool.claim(tmp_path / "vm-d") == b
-    assert pool.claim(tmp_path / "vm-e") == 5002
+    assert pool.claim(tmp_path / "vm-d") == 5002
+    assert pool.claim(tmp_path / "vm-e") == b
     with pytest.raises(JailError, match="no free jail uid"):
         pool.claim(tmp_path / "vm-f")
 
