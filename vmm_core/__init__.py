@@ -15,6 +15,7 @@ public surface:
     p = await prepare_clone(settings, snap, "sbx2", net2); c2 = await p.start()   # QEMU started ahead
     saved = await save(c, dest2); c3 = await restore(settings, saved, "sbx1", net)
     await c3.kill()                                     # QEMU, runtime dir, cgroup and jail uid gone
+    if not c.alive(): print(c.exit_cause().message)     # why its QEMU ended (out of memory, seccomp, ...)
     forget(settings, "sbx9")                            # the same for one whose QEMU died on its own
 
 For building images of its own the same way (template roots, say): the content-keyed build cache
@@ -34,6 +35,7 @@ from .errors import (
     SnapshotError,
     VmmError,
 )
+from .exits import ExitCause, MachineExit
 from .guest.agent import AgentPackage, GuestAgent
 from .guest.debian import mmdebstrap, sources_fingerprint as apt_sources_fingerprint, suite as debian_suite
 from .guest_config import GuestConfig, GuestNetwork, GuestService, ServiceRoot
@@ -44,11 +46,11 @@ from .spec import Disk, DiskFormat, MachineSpec, NetworkAttachment
 
 # `accel` is the module: `accel.resolve(settings.accel)` names the accelerator a machine would use.
 __all__ = [
-    "Accel", "AgentPackage", "ArtifactError", "BootError", "Disk", "DiskFormat", "GuestAgent", "GuestArtifacts",
-    "GuestConfig", "GuestNetwork", "GuestService", "GuestTimeoutError", "InvalidSpecError", "Machine",
-    "MachineGoneError", "MachineSpec", "MachineStats", "NetworkAttachment", "PreparedClone", "ServiceRoot",
-    "Snapshot", "SnapshotError", "SnapshotKind", "VmmError", "VmmSettings", "accel", "apt_sources_fingerprint",
-    "boot", "cached_dir", "clone", "console_tail", "debian_suite", "ensure_guest_artifacts", "ext4_from_dir",
-    "forget", "input_key", "list_machines", "mmdebstrap", "prepare_clone", "restore", "save", "snapshot",
-    "writable_layer",
+    "Accel", "AgentPackage", "ArtifactError", "BootError", "Disk", "DiskFormat", "ExitCause", "GuestAgent",
+    "GuestArtifacts", "GuestConfig", "GuestNetwork", "GuestService", "GuestTimeoutError", "InvalidSpecError",
+    "Machine", "MachineExit", "MachineGoneError", "MachineSpec", "MachineStats", "NetworkAttachment", "PreparedClone",
+    "ServiceRoot", "Snapshot", "SnapshotError", "SnapshotKind", "VmmError", "VmmSettings", "accel",
+    "apt_sources_fingerprint", "boot", "cached_dir", "clone", "console_tail", "debian_suite",
+    "ensure_guest_artifacts", "ext4_from_dir", "forget", "input_key", "list_machines", "mmdebstrap", "prepare_clone",
+    "restore", "save", "snapshot", "writable_layer",
 ]

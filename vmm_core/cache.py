@@ -3,6 +3,10 @@
 Every artifact lives in `<artifacts>/<kind>/<key>/` where the key hashes all of its inputs. A
 build happens in a temporary sibling directory that is renamed into place only when complete, so
 an interrupted build never leaves something that looks finished.
+
+Each `<key>` directory is 0700: artifacts include whole Debian roots, with their setuid binaries
+and device nodes, which no other local user may reach. Only root reads them (QEMU opens what it
+needs before it drops to its jail uid).
 """
 from __future__ import annotations
 
@@ -41,11 +45,13 @@ def cached_dir(base: Path, kind: str, key: str, build: Callable[[Path], None]) -
     """Return `<base>/<kind>/<key>`, building it with `build(tmpdir)` first if it does not exist."""
     final = base / kind / key
     if final.is_dir():
+        if final.stat().st_mode & 0o077:
+            final.chmod(0o700)  # made by an earlier release, before artifacts were private
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{key}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp.mkdir(mode=0o700)
     try:
         build(tmp)
         os.rename(tmp, final)

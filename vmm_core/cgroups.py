@@ -198,6 +198,27 @@ class MachineCgroup:
                         raise CgroupError(f"cgroup {d} could not be removed: {e}") from e
                     time.sleep(0.01)
 
+    # ---- after the fact ---------------------------------------------------------------------
+
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed in this cgroup at its memory limit (0 if unknown)."""
+        try:
+            text = self.read("memory", "memory.oom_control" if self.hierarchy is Hierarchy.V1 else "memory.events")
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+        return 0
+
+    def memory_limit(self) -> int | None:
+        try:
+            value = self.read("memory", "memory.limit_in_bytes" if self.hierarchy is Hierarchy.V1 else "memory.max")
+        except OSError:
+            return None
+        return int(value) if value.isdigit() else None
+
     @property
     def name(self) -> str:
         return next(iter(self.dirs.values())).name

@@ -27,7 +27,8 @@ from qemu.qmp.error import QMPError
 
 from cube_common import netns
 
-from . import accel as accel_mod
+from . import accel as accel_mod, exits
+from .cgroups import MachineCgroup
 from .control import ControlChannel
 from .errors import BootError, GuestTimeoutError, InvalidSpecError, MachineGoneError, VmmError
 from .jail import Jail, JailError, release_leftovers
@@ -407,6 +408,20 @@ class Machine:
         """Bound the guest's console on the host (``settings.console_max_kb``); see trim_console."""
         return trim_console(self.paths.console, self.settings.console_max_kb << 10)
 
+    def alive(self) -> bool:
+        """Its QEMU still runs (and the pid is not another process's by now)."""
+        return pid_alive(self.pid) and _pid_owns(self.pid, self.paths)
+
+    def exit_cause(self) -> exits.MachineExit:
+        """Why this machine's QEMU ended (call once it has, before ``kill`` removes the evidence)."""
+        cgroup = None
+        if self.record.uid is not None:
+            try:
+                cgroup = MachineCgroup.for_machine(self.vm_id, self.settings.cgroup_parent)
+            except (OSError, ValueError):
+                cgroup = None
+        return exits.explain(self.paths, cgroup, console_tail(self.paths.qemu_log, 5, max_bytes=4096))
+
     def qemu_errors(self) -> str:
         """What QEMU itself printed (it prints only on errors)."""
         return console_tail(self.paths.qemu_log, 20).strip()
@@ -444,8 +459,9 @@ class Machine:
                             allocated_bytes(disk) if disk else 0)
 
 
-def _reap_when_exits(pid: int) -> None:
-    """Reap our QEMU child when it exits, without a thread per machine (pidfd in the event loop)."""
+def _reap_when_exits(pid: int, paths: MachinePaths) -> None:
+    """Reap our QEMU child when it exits, without a thread per machine (pidfd in the event loop),
+    and note its wait status for ``Machine.exit_cause``."""
     loop = asyncio.get_running_loop()
     try:
         fd = os.pidfd_open(pid)
@@ -456,9 +472,11 @@ def _reap_when_exits(pid: int) -> None:
         loop.remove_reader(fd)
         os.close(fd)
         try:
-            os.waitpid(pid, os.WNOHANG)
+            done, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            pass
+            return
+        if done == pid:
+            exits.record_status(paths, status)
 
     loop.add_reader(fd, reap)
 
@@ -490,7 +508,7 @@ async def _spawn(argv: list[str], paths: MachinePaths, ns: str | None, jail: Jai
         pid = await loop.run_in_executor(None, run, ns, start)
     except netns.NamespaceNotFound as e:
         raise InvalidSpecError(str(e)) from None
-    _reap_when_exits(pid)
+    _reap_when_exits(pid, paths)
     paths.pidfile.write_text(str(pid))  # before anything else can fail: a failed launch kills by it
     return pid
 

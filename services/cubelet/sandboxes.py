@@ -51,6 +51,8 @@ from .warm_pool import PoolEntry, WarmPool
 
 log = logging.getLogger("cubelet.sandboxes")
 _SANDBOX_ID = re.compile(r"[a-z0-9]{1,64}")
+# How many sandboxes whose VM ended on its own the node remembers the reason of (for NOT_FOUND).
+ENDED_KEPT = 1024
 
 
 class SandboxError(Exception):
@@ -125,10 +127,15 @@ class _Live:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
+def disk_free(settings: CubeletSettings) -> int:
+    """Free bytes under the node's state dir (what overlays, saves and templates are written to)."""
+    return shutil.disk_usage(settings.state_dir).free
+
+
 def disk_refusal(settings: CubeletSettings, what: str) -> str | None:
     """Why the node takes no more ``what`` (free space under its state dir below the watermark), or
     None. A full disk would fail a clone's overlay or a save half-way; refusing first fails cleanly."""
-    free = shutil.disk_usage(settings.state_dir).free
+    free = disk_free(settings)
     if free >= settings.min_free_disk_mb << 20:
         return None
     return (f"node {settings.node_id} takes no {what}: {free >> 20} MiB free under {settings.state_dir}, "
@@ -143,6 +150,8 @@ class SandboxManager:
         self.templates = templates
         self.pool = WarmPool(settings, vmm, vs, templates)
         self._live: dict[str, _Live] = {}
+        # Sandboxes whose VM ended on its own, oldest first: sandbox id -> why (MachineExit.message).
+        self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._metrics_task: asyncio.Task | None = None
         settings.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         settings.paused_dir.mkdir(parents=True, exist_ok=True)
@@ -285,8 +294,33 @@ class SandboxManager:
     def _get(self, sandbox_id: str) -> _Live:
         live = self._live.get(sandbox_id)
         if live is None:
+            if sandbox_id in self._ended:
+                raise SandboxError("NOT_FOUND", f"sandbox {sandbox_id} ended: {self._ended[sandbox_id]}")
             raise SandboxError("NOT_FOUND", f"sandbox {sandbox_id} is not on this node")
         return live
+
+    async def reap_ended(self) -> list[str]:
+        """Find running sandboxes whose QEMU ended on its own (killed at its memory limit, by its
+        seccomp filter, from outside, or exited), say why, and remove what is left of them
+        (network, files, record) as a kill would. Returns their ids."""
+        ended = []
+        for live in list(self._live.values()):
+            if live.machine is None or live.record.state is not State.RUNNING or live.machine.alive():
+                continue
+            async with live.lock:
+                m = live.machine
+                if m is None or live.record.state is not State.RUNNING or m.alive():
+                    continue  # killed, paused or replaced meanwhile
+                why = await asyncio.to_thread(m.exit_cause)
+                sid = live.record.sandbox_id
+                log.error("sandbox ended: its VM is gone", extra={
+                    "sandbox_id": sid, "vm_id": m.vm_id, "cause": why.cause.value, "reason": why.message})
+                self._ended[sid] = why.message
+                while len(self._ended) > ENDED_KEPT:
+                    self._ended.popitem(last=False)
+                await self._teardown(live)
+                ended.append(sid)
+        return ended
 
     async def kill(self, sandbox_id: str) -> bool:
         live = self._live.get(sandbox_id)
@@ -458,6 +492,10 @@ class SandboxManager:
 
     async def _metrics_loop(self) -> None:
         while True:
+            try:
+                await self.reap_ended()
+            except Exception:  # noqa: BLE001 - the loop also bounds consoles: it must go on
+                log.exception("looking for ended sandboxes failed")
             for live in list(self._live.values()):
                 self._sample(live)
                 if live.machine is not None:

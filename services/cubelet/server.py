@@ -9,7 +9,7 @@ from cube_common.mtls import peer_identity
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, cubelet_pb2_grpc
 
 from . import registration
-from .sandboxes import SandboxError, SandboxManager, disk_refusal
+from .sandboxes import SandboxError, SandboxManager, disk_free, disk_refusal
 from .settings import CubeletSettings
 from .templates import TemplateError, TemplateStore, operator_build
 
@@ -115,4 +115,5 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
             proxy_address=self.settings.proxy_address, vcpus_total=registration.vcpus(),
             memory_total_bytes=total, memory_available_bytes=available, sandboxes_running=running,
             sandboxes_paused=paused, templates=[t.template_id for t in self.templates.list()],
-            accel=self.accel_name, max_sandboxes=self.settings.max_sandboxes)
+            accel=self.accel_name, max_sandboxes=self.settings.max_sandboxes,
+            disk_free_bytes=disk_free(self.settings), disk_watermark_bytes=self.settings.min_free_disk_mb << 20)

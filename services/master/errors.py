@@ -29,6 +29,10 @@ class Unavailable(MasterError):
     """etcd or a node could not be reached; nothing was left half-written."""
 
 
+class NodeUnreachable(Unavailable):
+    """A node's gRPC server could not be reached (gRPC UNAVAILABLE): another node may do."""
+
+
 class Unauthenticated(MasterError):
     pass
 

@@ -22,6 +22,7 @@ _MAP = {
     grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
     grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Exhausted,
+    grpc.StatusCode.UNAVAILABLE: errors.NodeUnreachable,
 }
 
 

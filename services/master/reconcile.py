@@ -83,10 +83,12 @@ class Reconciler:
                 r = v.value
                 if (r.node_id == node.node_id and r.phase == P.SANDBOX_PHASE_RUNNING and sid not in on_node
                         and secs(r.updated_at) + self.grace_s <= now):
-                    if await self._vm_gone(node, sid):
+                    gone = await self._vm_gone(node, sid)
+                    if gone is not None:
                         try:
                             await self.store.delete_sandbox(sid, v.mod_revision)
-                            log.info("vm vanished; record removed", extra={"sandbox_id": sid, "node_id": node.node_id})
+                            log.warning("vm vanished; record removed",
+                                        extra={"sandbox_id": sid, "node_id": node.node_id, "reason": gone})
                             stats["vanished"] += 1
                         except Conflict:
                             pass
@@ -120,14 +122,15 @@ class Reconciler:
             log.warning("orphan kill failed", extra={"sandbox_id": sid, "error": str(e)})
         self._orphans_seen.pop(sid, None)
 
-    async def _vm_gone(self, node, sid: str) -> bool:
+    async def _vm_gone(self, node, sid: str) -> str | None:
+        """The node's word that it has no such sandbox (why, when it knows), or None."""
         try:
             await self.nodes.call(node, "GetSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
-            return False
-        except errors.NotFound:
-            return True
+            return None
+        except errors.NotFound as e:
+            return str(e)
         except errors.MasterError:
-            return False
+            return None
 
     async def _resolve(self, v, node) -> None:
         r = v.value

@@ -50,6 +50,14 @@ from services.master.templates import Templates
 
 log = get_logger("sandboxes")
 
+
+class _NodeRefused(Exception):
+    """RunSandbox failed in a way another node may not (full, no such template, unreachable)."""
+
+    def __init__(self, error: errors.MasterError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
 P = master_pb2
 ID_ALPHABET = string.ascii_lowercase + string.digits
 ID_RE = re.compile(r"^[a-z0-9]{1,64}\Z")
@@ -180,10 +188,33 @@ class Sandboxes:
             self.templates.resolve(req.template, caller), self.store.list_sandboxes(), self.store.list_nodes())
         if tpl.status not in (P.TEMPLATE_STATUS_READY, P.TEMPLATE_STATUS_UNSPECIFIED):
             raise errors.FailedPrecondition(f"template '{tpl.template_id}' is not ready")
-        records = [v.value for v in sandboxes]
-        candidates = rank(nodes, tpl.template_id, tpl.memory_mb or 512, load_by_node(records))
-        node = candidates[0].node
+        load = load_by_node([v.value for v in sandboxes])
+        # A node that refuses (full since it last reported, lacks the template, unreachable) is
+        # left for the next best one, within the create's deadline: each attempt is a whole create
+        # of its own (fresh id and record, undone before the next), so nothing of it lingers.
+        tried: set[str] = set()
+        deadline = t0 + self.settings.node_op_timeout_s
+        last: errors.MasterError | None = None
+        while len(tried) < self.settings.placement_attempts and time.monotonic() < deadline:
+            try:
+                node = rank(nodes, tpl.template_id, tpl.memory_mb or 512, load, exclude=tried,
+                            overcommit_ratio=self.settings.memory_overcommit_ratio)[0].node
+            except errors.MasterError:
+                if last is not None:
+                    break
+                raise
+            try:
+                return await self._create_on(node, req, caller, tpl, alias, timeout, t0, deadline)
+            except _NodeRefused as e:
+                tried.add(node.node_id)
+                last = e.error
+                log.warning("node refused the create", extra={"node_id": node.node_id, "error": str(e.error),
+                                                              "template_id": tpl.template_id})
+        assert last is not None
+        raise last
 
+    async def _create_on(self, node: cubelet_pb2.NodeStatus, req: P.CreateSandboxRequest, caller: Caller,
+                         tpl: P.Template, alias: str, timeout: int, t0: float, deadline: float) -> P.Sandbox:
         now = time.time()
         rec = P.Sandbox(
             sandbox_id=new_sandbox_id(), template_id=tpl.template_id, alias=alias, client_id=req.client_id,
@@ -204,7 +235,7 @@ class Sandboxes:
         steps = {"read": t1 - t0, "write": time.monotonic() - t1}
         log.info("creating", extra=_extra(rec, node_id=node.node_id, template_id=tpl.template_id))
         try:
-            return await self._finish_create(rec, rev, node, steps)
+            return await self._finish_create(rec, rev, node, steps, deadline)
         except BaseException as e:
             # Undo whatever the failure (node error, etcd gone, the caller cancelled): shielded
             # so a cancellation cannot cut the undo short. What cannot be undone now (etcd down)
@@ -225,14 +256,18 @@ class Sandboxes:
         raise errors.Unavailable(f"team '{rec.team_id}' is changing too fast; try again")
 
     async def _finish_create(self, rec: P.Sandbox, rev: int, node: cubelet_pb2.NodeStatus,
-                             steps: dict[str, float]) -> P.Sandbox:
+                             steps: dict[str, float], deadline: float) -> P.Sandbox:
         run = cubelet_pb2.RunSandboxRequest(
             sandbox_id=rec.sandbox_id, template_id=rec.template_id, env_vars=dict(rec.env_vars),
             envd_access_token=rec.envd_access_token, metadata=dict(rec.metadata))
         if rec.HasField("network"):
             run.network.CopyFrom(rec.network)
         t0 = time.monotonic()
-        status = await self.nodes.call(node, "RunSandbox", run, timeout=self.settings.node_op_timeout_s * 0.8)
+        budget = min(self.settings.node_op_timeout_s * 0.8, deadline - t0)
+        try:
+            status = await self.nodes.call(node, "RunSandbox", run, timeout=max(1.0, budget))
+        except (errors.Exhausted, errors.NotFound, errors.NodeUnreachable) as e:
+            raise _NodeRefused(e) from e
         t1 = time.monotonic()
         steps["node"] = t1 - t0
 

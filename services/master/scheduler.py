@@ -4,6 +4,14 @@ Nodes report their capacity in NodeStatus; the master's own records add what the
 have counted yet (creates in flight). Locality (the node already has the template's snapshot)
 outweighs load: a restore from a local snapshot takes milliseconds, anything else needs a build
 or a copy first.
+
+Invariants:
+- A node is never offered a sandbox it would refuse for capacity: full slots, free disk under its
+  watermark, too little available memory for the pages a clone dirties, or (the operator's cap)
+  guest memory committed beyond ``overcommit_ratio`` times its RAM. Committed memory counts every
+  sandbox holding a VM there, whether running or on its way, by its full guest size.
+- When no node can take it, the caller gets ``Exhausted`` and the log says why for each node, so
+  an operator can act; node names and capacity never reach a tenant.
 """
 
 from __future__ import annotations
@@ -14,6 +22,9 @@ from dataclasses import dataclass, field
 
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2
 from services.master.errors import Exhausted, Unavailable
+from services.master.log import get_logger
+
+log = get_logger("scheduler")
 
 MiB = 1 << 20
 # Clones share the snapshot's memory copy-on-write, so a sandbox costs the pages it dirties, not
@@ -30,6 +41,7 @@ _ACTIVE = (master_pb2.SANDBOX_PHASE_CREATING, master_pb2.SANDBOX_PHASE_RUNNING, 
 class NodeLoad:
     active: int = 0              # sandboxes holding a VM (or about to) on the node
     pending_memory_mb: int = 0   # memory of creates/resumes the node may not report yet
+    committed_memory_mb: int = 0  # guest memory of every sandbox holding a VM (or about to)
 
 
 @dataclass(frozen=True)
@@ -45,38 +57,63 @@ def load_by_node(records: list[master_pb2.Sandbox]) -> dict[str, NodeLoad]:
         load = out.setdefault(r.node_id, NodeLoad())
         if r.phase in _ACTIVE:
             load.active += 1
+            load.committed_memory_mb += r.memory_mb
         if r.phase in _PENDING:
             load.pending_memory_mb += r.memory_mb
     return out
 
 
+def refusal(n: cubelet_pb2.NodeStatus, memory_mb: int, ld: NodeLoad, overcommit_ratio: float) -> str | None:
+    """Why node ``n`` cannot take a sandbox of ``memory_mb`` now, or None."""
+    active = max(ld.active, n.sandboxes_running)
+    if n.max_sandboxes and active >= n.max_sandboxes:
+        return f"all {n.max_sandboxes} sandbox slots taken"
+    if n.disk_watermark_bytes and n.disk_free_bytes < n.disk_watermark_bytes:
+        return (f"{n.disk_free_bytes >> 20} MiB disk free, under its watermark of "
+                f"{n.disk_watermark_bytes >> 20} MiB")
+    if n.memory_total_bytes:
+        if overcommit_ratio > 0:
+            cap_mb = int(n.memory_total_bytes * overcommit_ratio) >> 20
+            if ld.committed_memory_mb + memory_mb > cap_mb:
+                return (f"{ld.committed_memory_mb} MiB of guest memory committed; {memory_mb} MiB more would pass "
+                        f"{overcommit_ratio:g}x its {n.memory_total_bytes >> 20} MiB")
+        avail = n.memory_available_bytes - ld.pending_memory_mb * MiB * MEMORY_FRACTION_REQUIRED
+        if avail < memory_mb * MiB * MEMORY_FRACTION_REQUIRED:
+            return f"{max(0, int(avail)) >> 20} MiB memory available"
+    return None
+
+
 def rank(nodes: list[cubelet_pb2.NodeStatus], template_id: str, memory_mb: int,
-         load: dict[str, NodeLoad], exclude: AbstractSet[str] = frozenset()) -> list[Candidate]:
+         load: dict[str, NodeLoad], exclude: AbstractSet[str] = frozenset(),
+         overcommit_ratio: float = 0.0) -> list[Candidate]:
     """Nodes with room for the sandbox, best first. Raises Unavailable when there are no nodes
-    at all and Exhausted when none has room."""
+    at all and Exhausted when none has room. ``overcommit_ratio`` 0 means no cap on committed
+    guest memory."""
     if not nodes:
         raise Unavailable("no nodes are registered")
     out = []
+    why: list[str] = []
     for n in nodes:
         if n.node_id in exclude or not n.address:
             continue
         ld = load.get(n.node_id, NodeLoad())
-        active = max(ld.active, n.sandboxes_running)
-        slots = n.max_sandboxes or 0
-        if slots and active >= slots:
+        reason = refusal(n, memory_mb, ld, overcommit_ratio)
+        if reason is not None:
+            why.append(f"{n.node_id}: {reason}")
             continue
-        slot_free = 1.0 - active / slots if slots else 1.0
+        active = max(ld.active, n.sandboxes_running)
+        slot_free = 1.0 - active / n.max_sandboxes if n.max_sandboxes else 1.0
         mem_free = 1.0
         if n.memory_total_bytes:
             avail = n.memory_available_bytes - ld.pending_memory_mb * MiB * MEMORY_FRACTION_REQUIRED
-            if avail < memory_mb * MiB * MEMORY_FRACTION_REQUIRED:
-                continue
             mem_free = max(0.0, avail / n.memory_total_bytes)
         local = template_id in n.templates
         # A little noise spreads equal nodes instead of piling onto the first one.
         score = (LOCALITY_WEIGHT if local else 0.0) + slot_free + mem_free + random.uniform(0, 0.01)
         out.append(Candidate(n, score, local))
     if not out:
+        # The reasons are the operator's (node names, capacity), not the tenant's: logged only.
+        log.warning("no node has room", extra={"template_id": template_id, "memory_mb": memory_mb, "nodes": why})
         raise Exhausted("no node has room for another sandbox")
     out.sort(key=lambda c: c.score, reverse=True)
     return out

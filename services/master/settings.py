@@ -46,6 +46,11 @@ class Settings(_Base):
     max_template_vcpus: int = setting(16, "most vCPUs a template (and so each of its sandboxes) may have")
     max_template_memory_mb: int = setting(32768, "most guest memory a template may have, MiB")
     max_template_disk_mb: int = setting(102400, "largest writable layer a template may have, MiB")
+    memory_overcommit_ratio: float = setting(4.0, "a node takes sandboxes while the guest memory of those it "
+                                             "holds stays within this many times its RAM (clones share "
+                                             "their template's pages; 0: no cap)")
+    placement_attempts: int = setting(3, "how many nodes a create tries, best first, when a node refuses it "
+                                      "(full, lacks the template, unreachable)")
     default_timeout_s: int = setting(300, "sandbox lifetime when the client gives none")
     paused_retention_s: float = setting(30 * 86400.0, "a paused sandbox is deleted this long after it was "
                                         "paused (0: kept until killed)")
@@ -92,6 +97,10 @@ class Settings(_Base):
                 and self.max_template_disk_mb >= 64):
             raise SettingsError("need 1 <= max_template_vcpus <= 64, max_template_memory_mb >= 128 and "
                                 "max_template_disk_mb >= 64")
+        if self.memory_overcommit_ratio < 0:
+            raise SettingsError("memory_overcommit_ratio must be >= 0")
+        if not 1 <= self.placement_attempts <= 16:
+            raise SettingsError("need 1 <= placement_attempts <= 16")
         if self.paused_retention_s < 0:
             raise SettingsError("paused_retention_s must be >= 0")
         if self.leader_ttl_s < 2:

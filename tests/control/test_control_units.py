@@ -46,12 +46,43 @@ def test_rank_counts_creates_in_flight_and_capacity():
         rank([], "t", 512, {})
 
 
+def test_rank_skips_nodes_under_their_disk_watermark():
+    low = node("low", ["t"])
+    low.disk_free_bytes, low.disk_watermark_bytes = 1 << 30, 2 << 30
+    ok = node("ok", [])
+    ok.disk_free_bytes, ok.disk_watermark_bytes = 3 << 30, 2 << 30
+    assert [c.node.node_id for c in rank([low, ok], "t", 512, {})] == ["ok"]
+    with pytest.raises(errors.Exhausted) as e:
+        rank([low], "t", 512, {})
+    # What the tenant sees names no node and no capacity (the master's log does).
+    assert "low" not in str(e.value) and "MiB" not in str(e.value)
+
+
+def test_rank_caps_committed_memory_at_the_overcommit_ratio():
+    nodes = [node("a", ["t"]), node("b", [])]  # 8 GiB each, 6 GiB available
+    # 15 GiB committed on a: one more GiB fits under 2x 8 GiB, two do not.
+    load = {"a": NodeLoad(active=15, committed_memory_mb=15 * 1024)}
+    assert rank(nodes, "t", 1024, load, overcommit_ratio=2.0)[0].node.node_id == "a"
+    assert [c.node.node_id for c in rank(nodes, "t", 2048, load, overcommit_ratio=2.0)] == ["b"]
+    # 0: no cap (available memory still counts).
+    assert rank(nodes, "t", 2048, load, overcommit_ratio=0)[0].node.node_id == "a"
+    with pytest.raises(errors.Exhausted):
+        rank(nodes[:1], "t", 2048, load, overcommit_ratio=2.0)
+
+
+def test_rank_leaves_out_nodes_already_tried():
+    nodes = [node("a", ["t"]), node("b", ["t"])]
+    assert [c.node.node_id for c in rank(nodes, "t", 512, {}, exclude={"a"})] == ["b"]
+    with pytest.raises(errors.Exhausted):
+        rank(nodes, "t", 512, {}, exclude={"a", "b"})
+
+
 def test_load_by_node():
     recs = [P.Sandbox(node_id="a", phase=P.SANDBOX_PHASE_RUNNING, memory_mb=512),
             P.Sandbox(node_id="a", phase=P.SANDBOX_PHASE_CREATING, memory_mb=256),
             P.Sandbox(node_id="a", phase=P.SANDBOX_PHASE_PAUSED, memory_mb=512)]
     ld = load_by_node(recs)["a"]
-    assert ld.active == 2 and ld.pending_memory_mb == 256
+    assert ld.active == 2 and ld.pending_memory_mb == 256 and ld.committed_memory_mb == 768
 
 
 def test_sandbox_ids_are_20_lowercase_alnum():

@@ -348,7 +348,7 @@ class GetNodeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "address", "proxy_address", "vcpus_total", "memory_total_bytes", "memory_available_bytes", "sandboxes_running", "sandboxes_paused", "templates", "accel", "max_sandboxes")
+    __slots__ = ("node_id", "address", "proxy_address", "vcpus_total", "memory_total_bytes", "memory_available_bytes", "sandboxes_running", "sandboxes_paused", "templates", "accel", "max_sandboxes", "disk_free_bytes", "disk_watermark_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PROXY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -360,6 +360,8 @@ class NodeStatus(_message.Message):
     TEMPLATES_FIELD_NUMBER: _ClassVar[int]
     ACCEL_FIELD_NUMBER: _ClassVar[int]
     MAX_SANDBOXES_FIELD_NUMBER: _ClassVar[int]
+    DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DISK_WATERMARK_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     proxy_address: str
@@ -371,4 +373,6 @@ class NodeStatus(_message.Message):
     templates: _containers.RepeatedScalarFieldContainer[str]
     accel: str
     max_sandboxes: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., proxy_address: _Optional[str] = ..., vcpus_total: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., sandboxes_running: _Optional[int] = ..., sandboxes_paused: _Optional[int] = ..., templates: _Optional[_Iterable[str]] = ..., accel: _Optional[str] = ..., max_sandboxes: _Optional[int] = ...) -> None: ...
+    disk_free_bytes: int
+    disk_watermark_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., proxy_address: _Optional[str] = ..., vcpus_total: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., sandboxes_running: _Optional[int] = ..., sandboxes_paused: _Optional[int] = ..., templates: _Optional[_Iterable[str]] = ..., accel: _Optional[str] = ..., max_sandboxes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., disk_watermark_bytes: _Optional[int] = ...) -> None: ...

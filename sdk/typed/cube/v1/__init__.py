@@ -370,6 +370,13 @@ class NodeStatus(betterproto.Message):
     templates: List[str] = betterproto.string_field(9)
     accel: str = betterproto.string_field(10)
     max_sandboxes: int = betterproto.uint32_field(11)
+    disk_free_bytes: int = betterproto.uint64_field(12)
+    """
+    Free space under the node's state dir, and the watermark below which it takes no new
+     sandboxes or builds (the scheduler skips it; the node refuses anyway).
+    """
+
+    disk_watermark_bytes: int = betterproto.uint64_field(13)
 
 
 @dataclass(eq=False, repr=False)
