@@ -30,13 +30,15 @@ if ((${#missing[@]})); then
 fi
 
 VENV=.venv
-stamp="$VENV/.cube-lock-$(sha256sum requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+stamp="$VENV/.cube-lock-$(sha256sum requirements.lock requirements-chart.lock pyproject.toml | sha256sum | cut -c1-16)"
 if [[ ! -e "$stamp" ]]; then
-  echo "setup: preparing $VENV from requirements.lock"
+  echo "setup: preparing $VENV from requirements.lock and requirements-chart.lock"
   [[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
   # The machine's pip config may name local indexes that do not exist; that warning is noise.
   pip_install() { "$VENV/bin/pip" install -q --disable-pip-version-check "$@" 2> >(grep -v "is ignored: it is neither" >&2); }
   pip_install -r requirements.lock
+  # The chart tests' tools (tests/chart); requirements.lock pins what they share with the rest.
+  pip_install --ignore-requires-python -r requirements-chart.lock -c requirements.lock
   pip_install --no-deps -e .
   rm -f "$VENV"/.cube-lock-*
   touch "$stamp"
