@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -50,6 +51,10 @@ T = TypeVar("T")
 # ``call`` maps the timeout of its own deadline.
 FAILURES: tuple[type[BaseException], ...] = (aetcd.exceptions.ClientError, grpc.RpcError, grpc.aio.UsageError,
                                              OSError)
+
+
+# Between tries of a retried call: an etcd leader election takes about a second.
+RETRY_PAUSE_S = 0.2
 
 
 class EtcdUnavailable(Exception):
@@ -110,6 +115,15 @@ class EtcdClient:
         self._closing: set[asyncio.Task] = set()
 
     @property
+    def attempt_s(self) -> float:
+        """One try's deadline. With several members, a third of ``timeout_s`` (at least half a
+        second), so that a member that went silent (a host cut off: nothing refuses, packets just
+        vanish) still leaves time for another within the call's deadline."""
+        if len(self.endpoints) == 1:
+            return self.timeout_s
+        return max(0.5, self.timeout_s / 3)
+
+    @property
     def endpoint(self) -> str:
         """The endpoint the next call goes to (for logs)."""
         host, port = self.endpoints[self._ep % len(self.endpoints)]
@@ -122,8 +136,8 @@ class EtcdClient:
             host, port = self.endpoints[self._ep % len(self.endpoints)]
             # timeout is the per-call gRPC deadline; keepalive so that a dead etcd is noticed.
             options: dict[str, Any] = {"grpc.keepalive_time_ms": 5000, "grpc.keepalive_timeout_ms": 2000}
-            kwargs: dict[str, Any] = {"host": host, "port": port, "timeout": self.timeout_s,
-                                      "connect_wait_timeout": int(self.timeout_s) or 1, "options": options}
+            kwargs: dict[str, Any] = {"host": host, "port": port, "timeout": self.attempt_s,
+                                      "connect_wait_timeout": int(self.attempt_s) or 1, "options": options}
             if self._credentials is None:
                 self._client = aetcd.Client(**kwargs)
             else:
@@ -205,30 +219,49 @@ class EtcdClient:
     # The single-key operations every component uses, each one ``call``: callers pass values, never
     # a closure over their own (loop) variables.
 
+    # These may run twice without harm (a put of the same value, a second lease that lapses), so they
+    # ride over a lost member or an etcd leader election (``call``'s ``retry``).
     async def get(self, key: bytes) -> Any:
-        return await self.call(lambda c: c.get(key))
+        return await self.call(lambda c: c.get(key), retry=True)
+
+    async def get_prefix(self, prefix: bytes, **kw: Any) -> Any:
+        return await self.call(lambda c: c.get_prefix(prefix, **kw), retry=True)
 
     async def put(self, key: bytes, value: bytes, lease: aetcd.Lease | None = None) -> Any:
-        return await self.call(lambda c: c.put(key, value, lease=lease))
+        return await self.call(lambda c: c.put(key, value, lease=lease), retry=True)
 
     async def delete(self, key: bytes) -> Any:
-        return await self.call(lambda c: c.delete(key))
+        return await self.call(lambda c: c.delete(key), retry=True)
 
     async def lease(self, ttl: int) -> aetcd.Lease:
-        return await self.call(lambda c: c.lease(ttl))
+        return await self.call(lambda c: c.lease(ttl), retry=True)
 
     async def refresh_lease(self, lease_id: int) -> Any:
-        return await self.call(lambda c: c.refresh_lease(lease_id))
+        return await self.call(lambda c: c.refresh_lease(lease_id), retry=True)
 
     async def revoke_lease(self, lease_id: int) -> Any:
-        return await self.call(lambda c: c.revoke_lease(lease_id))
+        return await self.call(lambda c: c.revoke_lease(lease_id), retry=True)
 
-    async def call(self, make: Callable[[aetcd.Client], Awaitable[T]]) -> T:
-        """Run ``make(client)`` (a coroutine factory) with the deadline, failover and error mapping."""
-        async with self.using() as client:
+    async def call(self, make: Callable[[aetcd.Client], Awaitable[T]], retry: bool = False) -> T:
+        """Run ``make(client)`` (a coroutine factory) with the deadline, failover and error mapping.
+
+        A failed call retires its channel, so the next call goes to the next endpoint. With ``retry``
+        (for operations that may run twice: reads, puts, deletes, leases) the call itself goes on
+        to the next endpoints until ``timeout_s`` has passed: a member that is gone or an etcd leader
+        election (about a second) then costs time, not an error. A transaction is never retried
+        here: after "leader changed" it may have been applied; its caller's compare decides."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
             try:
-                return await asyncio.wait_for(make(client), self.timeout_s + 0.5)
-            except TimeoutError as e:
-                log.warning("etcd did not answer in time", extra={"endpoint": self.endpoint})
-                self.retire(client)
-                raise EtcdUnavailable(f"no answer from etcd within {self.timeout_s:g}s") from e
+                async with self.using() as client:
+                    left = min(self.attempt_s, max(0.1, deadline - time.monotonic()))
+                    try:
+                        return await asyncio.wait_for(make(client), left + 0.5)
+                    except TimeoutError as e:
+                        log.warning("etcd did not answer in time", extra={"endpoint": self.endpoint})
+                        self.retire(client)
+                        raise EtcdUnavailable(f"no answer from etcd within {left:g}s") from e
+            except EtcdUnavailable:
+                if not retry or time.monotonic() + RETRY_PAUSE_S >= deadline:
+                    raise
+            await asyncio.sleep(RETRY_PAUSE_S)

@@ -13,6 +13,7 @@ cluster), except the proxies' applied revisions, which are decimal text:
     <prefix>/apikeys/<key_id>                        ApiKey            (master; only a SHA-256 of the key)
     <prefix>/teams/<team_id>                         Team              (master; its quota; the team's admission guard)
     <prefix>/nodes/<node_id>                         NodeStatus        (each cubelet, under its lease)
+    <prefix>/node-admin/<node_id>                    NodeAdmin         (master, for operators: draining)
     <prefix>/leader                                  MasterIdentity    (the leader, under its lease)
     <prefix>/proxy/<proxy_id>/applied_revision       "<revision>"      (each proxy, under its lease; see route_ack)
 
@@ -80,6 +81,10 @@ class Keys:
     def node(self, node_id: str) -> bytes:
         return self.key("nodes", node_id)
 
+    def node_admin(self, node_id: str) -> bytes:
+        """An operator's record of a node (drain); never written by the cubelet."""
+        return self.key("node-admin", node_id)
+
     def leader(self) -> bytes:
         return self.key("leader")
 
@@ -116,6 +121,9 @@ class Keys:
 
     def nodes(self) -> bytes:
         return self.collection("nodes")
+
+    def node_admins(self) -> bytes:
+        return self.collection("node-admin")
 
     # ---- the proxies' route acknowledgements ------------------------------------------------
 

@@ -8,9 +8,9 @@
         [--arg X ...] [--template-id ID] [--alias A ...] [--registry-username U --registry-password P]
         [--insecure-registry] [--no-memory-sharing] [--node NODE] [--wait]
     tpl watch --job-id J | tpl builds [--template T]
-    sandbox list [--state running,paused] [--metadata k=v ...] [--template T]
+    sandbox list [--state running,paused,lost] [--metadata k=v ...] [--template T]
     sandbox info ID | sandbox kill ID...
-    node list
+    node list | node drain NODE [--reason TEXT] | node undrain NODE | node remove NODE [--force]
     team create TEAM | team list
     team set-quota TEAM [--max-running N] [--max-vcpus N] [--max-memory 4G] [--max-paused N]   (0: unlimited)
     apikey create [--name NAME] [--team TEAM] [--admin] | apikey list | apikey revoke KEY_ID
@@ -44,7 +44,7 @@ from cube_common.defaults import MASTER_ADDR
 from cube_common.mtls import TlsError
 from cube_common.sizes import parse_size_mb
 from cube_common.teams import LOCAL_TEAM
-from sdk.client import CubeClient, CubeError
+from sdk.client import CubeClient, CubeError, Status
 from sdk.protojson import to_dict as _dict
 from sdk.typed.cube import v1 as pb
 
@@ -347,10 +347,16 @@ def sandbox_list(c: CubeClient, a) -> None:
         raise SystemExit(f"error: --state: {e}") from None
     if a.json:
         return print_json(sbs)
-    print_table(["SANDBOX", "TEAM", "TEMPLATE", "STATE", "NODE", "STARTED", "ENDS", "METADATA"],
+    print_table(["SANDBOX", "TEAM", "TEMPLATE", "STATE", "NODE", "STARTED", "ENDS", "METADATA", "REASON"],
                 [[s.sandbox_id, sandbox_team(s.team_id), s.alias or s.template_id, phase(s.phase), s.node_id,
                   when(s.started_at),
-                  until(s.end_at), ",".join(f"{k}={v}" for k, v in sorted(s.metadata.items())) or "-"] for s in sbs])
+                  until(s.end_at), ",".join(f"{k}={v}" for k, v in sorted(s.metadata.items())) or "-",
+                  lost_note(s) or "-"] for s in sbs])
+
+
+def lost_note(s: pb.Sandbox) -> str:
+    """Since when and why a sandbox is lost; empty for any other."""
+    return f"{when(s.lost_at)}: {s.lost_reason}" if s.phase == pb.SandboxPhase.LOST else ""
 
 
 def sandbox_info(c: CubeClient, a) -> None:
@@ -360,14 +366,18 @@ def sandbox_info(c: CubeClient, a) -> None:
         d.pop("envdAccessToken", None)  # a secret; the SDK gets it from connect
         d.pop("envVars", None)
         return print_json(d)
-    print_fields([("sandbox", s.sandbox_id), ("template", s.template_id + (f" ({s.alias})" if s.alias else "")),
-                  ("team", sandbox_team(s.team_id)), ("state", phase(s.phase)), ("node", s.node_id),
-                  ("client", s.client_id),
-                  ("started", when(s.started_at)), ("ends", until(s.end_at)),
-                  ("on timeout", "pause" if s.auto_pause else "kill"), ("vcpus", s.vcpus),
-                  ("memory", f"{s.memory_mb} MiB"), ("disk", f"{s.disk_size_mb} MiB"), ("envd", s.envd_version),
-                  ("address", s.host_address or "-"),
-                  ("metadata", ", ".join(f"{k}={v}" for k, v in sorted(s.metadata.items())) or "-")])
+    fields: list[tuple[str, object]] = [
+        ("sandbox", s.sandbox_id), ("template", s.template_id + (f" ({s.alias})" if s.alias else "")),
+        ("team", sandbox_team(s.team_id)), ("state", phase(s.phase)), ("node", s.node_id),
+        ("client", s.client_id),
+        ("started", when(s.started_at)), ("ends", until(s.end_at)),
+        ("on timeout", "pause" if s.auto_pause else "kill"), ("vcpus", s.vcpus),
+        ("memory", f"{s.memory_mb} MiB"), ("disk", f"{s.disk_size_mb} MiB"), ("envd", s.envd_version),
+        ("address", s.host_address or "-"),
+        ("metadata", ", ".join(f"{k}={v}" for k, v in sorted(s.metadata.items())) or "-")]
+    if s.phase == pb.SandboxPhase.LOST:
+        fields.append(("lost", lost_note(s)))
+    print_fields(fields)
 
 
 def sandbox_kill(c: CubeClient, a) -> None:
@@ -383,15 +393,71 @@ def sandbox_kill(c: CubeClient, a) -> None:
         raise SystemExit(1)
 
 
+def node_state(n: pb.Node) -> str:
+    name = enum_name(pb.NodeState, n.state).lower()
+    # A lost node an operator drained stays drained when it comes back: say so.
+    return f"{name},draining" if n.state == pb.NodeState.LOST and n.admin.draining else name
+
+
+def age(t: datetime) -> str:
+    """How long ago, in whole seconds (``-`` when unset)."""
+    ts = t.timestamp()
+    return f"{max(0, int(time.time() - ts))}s" if ts else "-"
+
+
 def node_list(c: CubeClient, a) -> None:
     nodes = c.list_nodes()
     if a.json:
         return print_json(nodes)
-    print_table(["NODE", "ADDRESS", "PROXY", "ACCEL", "VCPUS", "MEM FREE", "RUNNING", "PAUSED", "MAX", "TEMPLATES"],
-                [[n.status.node_id, n.status.address, n.status.proxy_address or "-", n.status.accel or "-",
-                  n.status.vcpus_total, f"{gib(n.status.memory_available_bytes)}/{gib(n.status.memory_total_bytes)}",
-                  n.sandboxes_running, n.sandboxes_paused, n.status.max_sandboxes or "-",
-                  ",".join(n.status.templates) or "-"] for n in nodes])
+
+    def capacity(n: pb.Node) -> list[object]:
+        st = n.status
+        if n.state == pb.NodeState.LOST:
+            return ["-"] * 5
+        memory = f"{gib(st.memory_available_bytes)}/{gib(st.memory_total_bytes)}"
+        disk = gib(st.disk_free_bytes) if st.disk_free_bytes else "-"
+        return [st.max_sandboxes or "-", st.vcpus_total, memory, disk, len(st.templates)]
+
+    print_table(["NODE", "STATE", "ADDRESS", "ACCEL", "RUNNING", "PAUSED", "LOST", "MAX", "VCPUS", "MEMORY", "DISK",
+                 "TEMPLATES", "HEARTBEAT"],
+                [[n.status.node_id, node_state(n), n.status.address or "-", n.status.accel or "-", n.sandboxes_running,
+                  n.sandboxes_paused, n.sandboxes_lost, *capacity(n), age(n.heartbeat_at)] for n in nodes])
+
+
+def node_drain(c: CubeClient, a) -> None:
+    n = c.drain_node(a.node, reason=a.reason or "")
+    if a.json:
+        return print_json(n)
+    print(f"node {a.node} draining: no new sandboxes go there; its {n.sandboxes_running} running and "
+          f"{n.sandboxes_paused} paused sandbox(es) stay")
+
+
+def node_undrain(c: CubeClient, a) -> None:
+    n = c.undrain_node(a.node)
+    if a.json:
+        return print_json(n)
+    if n.state == pb.NodeState.LOST:
+        print(f"node {a.node} undrained: it takes new sandboxes once it is back (lost now)")
+    else:
+        print(f"node {a.node} {node_state(n)}: it takes new sandboxes again")
+
+
+def node_remove(c: CubeClient, a) -> int:
+    try:
+        r = c.remove_node(a.node, force=a.force)
+    except CubeError as e:
+        if e.code != Status.FAILED_PRECONDITION:
+            raise
+        print(f"error: {e} (--force)", file=sys.stderr)
+        return 1
+    if a.json:
+        print_json(r)
+    else:
+        print(f"removed node {a.node}" + (f"; marked lost: {', '.join(r.sandboxes_lost)}" if r.sandboxes_lost else ""))
+    if r.still_heartbeating:
+        print(f"warning: the cubelet of node {a.node} is still running: it registers the node again at its next "
+              "heartbeat, with what it still runs; stop it to keep the node out", file=sys.stderr)
+    return 0
 
 
 def team_create(c: CubeClient, a) -> None:
@@ -531,14 +597,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     sb = groups.add_parser("sandbox", help="sandboxes").add_subparsers(dest="cmd", required=True)
     p = cmd(sb, "list", sandbox_list, "list sandboxes")
-    p.add_argument("--state", help="running, paused or running,paused (default both)")
+    p.add_argument("--state", help="running, paused and/or lost, comma-separated (default all)")
     p.add_argument("--metadata", action="append", metavar="K=V", help="filter; repeatable")
     p.add_argument("--template")
     cmd(sb, "info", sandbox_info, "show a sandbox").add_argument("sandbox_id")
     cmd(sb, "kill", sandbox_kill, "kill sandboxes").add_argument("sandbox_ids", nargs="+", metavar="sandbox_id")
 
     node = groups.add_parser("node", help="nodes").add_subparsers(dest="cmd", required=True)
-    cmd(node, "list", node_list, "list nodes")
+    cmd(node, "list", node_list, "list nodes: state (ready, draining, lost), sandboxes, capacity, last heartbeat")
+    p = cmd(node, "drain", node_drain, "place no new sandboxes on a node (what runs there stays)")
+    p.add_argument("node")
+    p.add_argument("--reason", metavar="TEXT", help="why, for the other operators (node list --json shows it)")
+    cmd(node, "undrain", node_undrain, "place sandboxes on a drained node again").add_argument("node")
+    p = cmd(node, "remove", node_remove, "forget a node (refused while sandboxes are on it)")
+    p.add_argument("node")
+    p.add_argument("--force", action="store_true", help="remove it anyway: its sandboxes become lost")
 
     team = groups.add_parser("team", help="teams").add_subparsers(dest="cmd", required=True)
     cmd(team, "create", team_create, "create a team").add_argument(

@@ -66,8 +66,9 @@ DEFAULT_TIMEOUT_S = 30.0
 # restore or snapshot VMs, which can take minutes on a loaded node under TCG.
 SLOW_TIMEOUT_S = 150.0
 
-# The states an operator filters on; the master counts PAUSING and RESUMING as PAUSED.
-_STATES = {"running": pb.SandboxPhase.RUNNING, "paused": pb.SandboxPhase.PAUSED}
+# The states an operator filters on; the master counts PAUSING and RESUMING as PAUSED. Lost: its
+# node's registration is gone (unreachable until the node is back).
+_STATES = {"running": pb.SandboxPhase.RUNNING, "paused": pb.SandboxPhase.PAUSED, "lost": pb.SandboxPhase.LOST}
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -108,6 +109,18 @@ def _host_port(address: str) -> tuple[str, int]:
         raise ValueError(f"invalid master address {address!r}: {e}") from None
 
 
+def _masters(address: str) -> list[tuple[str, int]]:
+    """Every master an address names: one, or several comma-separated, also in gRPC's target form
+    (``ipv4:10.0.0.1:50051,10.0.0.2:50051``) that the services take."""
+    text = address.strip()
+    for scheme in ("ipv4:", "ipv6:", "dns:"):
+        text = text.removeprefix(scheme)
+    out = [_host_port(a) for a in text.split(",") if a.strip()]
+    if not out:
+        raise ValueError(f"invalid master address {address!r}: no address")
+    return out
+
+
 @contextlib.contextmanager
 def _as_cube_error(address: str, tls: bool) -> Iterator[None]:
     """Turn what grpclib and the socket layer raise into CubeError. The order matters:
@@ -136,7 +149,8 @@ class AsyncCubeClient:
         self._ssl = mtls.client_ssl_context(self.tls) if self.tls else None
         if self._ssl is not None:
             self._ssl.set_alpn_protocols(["h2"])
-        self._host, self._port = _host_port(self.address)  # a bad address fails here, not on first use
+        self._masters = _masters(self.address)  # a bad address fails here, not on first use
+        self._at = 0  # the master in use; a refused connection moves to the next
         self._channel: Channel | None = None
         self._master: pb.MasterStub | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -159,7 +173,8 @@ class AsyncCubeClient:
         if self._master is None:
             # Binds itself to the running loop. Under TLS it checks the master's name, whatever
             # address it dials.
-            self._channel = Channel(self._host, self._port, ssl=self._ssl, config=Configuration(
+            host, port = self._masters[self._at]
+            self._channel = Channel(host, port, ssl=self._ssl, config=Configuration(
                 ssl_target_name_override=mtls.server_name(mtls.Role.MASTER)) if self._ssl else None)
             self._master = pb.MasterStub(self._channel)
             self._loop = loop
@@ -169,8 +184,19 @@ class AsyncCubeClient:
         return self._master
 
     async def _call(self, rpc: Callable[..., Awaitable[T]], request: object, timeout_s: float | None = None) -> T:
-        with _as_cube_error(self.address, self.tls is not None):
-            return await rpc(request, timeout=timeout_s or self.timeout_s)
+        for tried in range(1, len(self._masters) + 1):
+            try:
+                with _as_cube_error(self.address, self.tls is not None):
+                    return await rpc(request, timeout=timeout_s or self.timeout_s)
+            except CubeError as e:
+                # Only a refused connection moves on: the call never reached that master, so
+                # asking the next one cannot run it twice.
+                if tried == len(self._masters) or not isinstance(e.__cause__, ConnectionRefusedError):
+                    raise
+            self.close()
+            self._at = (self._at + 1) % len(self._masters)
+            rpc = getattr(self._stub, rpc.__name__)
+        raise AssertionError("unreachable")
 
     def _slow(self) -> float:
         return max(self.timeout_s, SLOW_TIMEOUT_S)
@@ -179,8 +205,8 @@ class AsyncCubeClient:
 
     async def list_sandboxes(self, metadata: dict[str, str] | None = None, states: tuple[str, ...] = (),
                              template: str = "", page_size: int = 100) -> AsyncGenerator[pb.Sandbox, None]:
-        """Every matching sandbox, newest first, fetched page by page. ``states``: ``running``
-        and/or ``paused`` (none: both); ``metadata``: every pair must match."""
+        """Every matching sandbox, newest first, fetched page by page. ``states``: ``running``,
+        ``paused`` and/or ``lost`` (none: all three); ``metadata``: every pair must match."""
         try:
             phases = [pb.SandboxPhase(_STATES[s]) for s in states]
         except KeyError as e:
@@ -267,7 +293,20 @@ class AsyncCubeClient:
     # ---- nodes ----
 
     async def list_nodes(self) -> list[pb.Node]:
+        """The registered nodes and the lost ones the master still knows, by id."""
         return (await self._call(self._stub.list_nodes, pb.ListNodesRequest())).nodes
+
+    async def drain_node(self, node_id: str, reason: str = "") -> pb.Node:
+        """No new sandboxes on the node; what is there stays (and its paused ones may resume)."""
+        return await self._call(self._stub.drain_node, pb.DrainNodeRequest(node_id=node_id, reason=reason))
+
+    async def undrain_node(self, node_id: str) -> pb.Node:
+        return await self._call(self._stub.undrain_node, pb.UndrainNodeRequest(node_id=node_id))
+
+    async def remove_node(self, node_id: str, force: bool = False) -> pb.RemoveNodeResponse:
+        """Forget the node. FAILED_PRECONDITION while sandboxes are on it, unless ``force`` (they
+        become lost)."""
+        return await self._call(self._stub.remove_node, pb.RemoveNodeRequest(node_id=node_id, force=force))
 
     # ---- teams ----
 
@@ -438,6 +477,9 @@ class CubeClient:
     list_template_builds = _blocking(AsyncCubeClient.list_template_builds)
     watch_template_build = _blocking_iter(AsyncCubeClient.watch_template_build)
     list_nodes = _blocking(AsyncCubeClient.list_nodes)
+    drain_node = _blocking(AsyncCubeClient.drain_node)
+    undrain_node = _blocking(AsyncCubeClient.undrain_node)
+    remove_node = _blocking(AsyncCubeClient.remove_node)
     create_team = _blocking(AsyncCubeClient.create_team)
     list_teams = _blocking(AsyncCubeClient.list_teams)
     set_team_quota = _blocking(AsyncCubeClient.set_team_quota)

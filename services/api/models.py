@@ -174,7 +174,9 @@ def rfc3339(t: Timestamp) -> str:
 
 
 def e2b_state(phase: int) -> str:
-    return "running" if phase == P.SANDBOX_PHASE_RUNNING else "paused"
+    # E2B has only these two, and its SDKs refuse any other. A lost sandbox was running when its
+    # node went (and its VM may still be): "running", with `lost` and the reason beside it.
+    return "running" if phase in (P.SANDBOX_PHASE_RUNNING, P.SANDBOX_PHASE_LOST) else "paused"
 
 
 def sandbox_body(rec: P.Sandbox, domain: str) -> dict:
@@ -195,6 +197,9 @@ def listed_body(rec: P.Sandbox) -> dict:
            "envdVersion": rec.envd_version, "metadata": dict(rec.metadata)}
     if rec.alias:
         out["alias"] = rec.alias
+    if rec.phase == P.SANDBOX_PHASE_LOST:
+        # Keys E2B does not define (its SDKs keep unknown keys aside): unreachable, and why.
+        out.update({"lost": True, "lostAt": rfc3339(rec.lost_at), "lostReason": rec.lost_reason})
     return out
 
 

@@ -109,7 +109,11 @@ SCHEMAS = {
         "envdVersion"], "properties": {
         "templateID": STR, "sandboxID": STR, "clientID": STR, "alias": STR, "startedAt": TIME, "endAt": TIME,
         "cpuCount": INT, "memoryMB": INT, "diskSizeMB": INT, "state": {"type": "string", "enum": ["running", "paused"]},
-        "envdVersion": STR, "metadata": STRMAP}},
+        "envdVersion": STR, "metadata": STRMAP,
+        # Not E2B's: present only while the sandbox's node is lost (state says running, as E2B knows
+        # no other); it is back when its node comes back, or deleted after the retention.
+        "lost": {"type": "boolean", "description": "its node is lost: unreachable, no traffic reaches it"},
+        "lostAt": TIME, "lostReason": {"type": "string", "description": "which node, and how it was lost"}}},
     "SandboxDetail": {"allOf": [_ref("ListedSandbox"), {"type": "object", "properties": {
         "domain": {"type": ["string", "null"]}, "envdAccessToken": STR, "allowInternetAccess": BOOL,
         "network": _ref("NetworkConfig"),

@@ -5,22 +5,19 @@ import asyncio
 import logging
 import signal
 
-import grpc
-
 from cube_common import jsonlog, mtls
-from sdk.gen.cube.v1 import cubelet_pb2_grpc
 from vmm_core import VmmSettings, accel
 
+from .prefetch import Prefetcher
+from .pull import TemplatePuller
 from .registration import NodeRegistration
 from .sandboxes import SandboxManager
-from .server import CubeletService
+from .server import CubeletService, grpc_server
 from .settings import CubeletSettings
 from .templates import TemplateStore
 from .vs_client import VsClient
 
 log = logging.getLogger("cubelet")
-
-CALLERS = (mtls.Role.MASTER, mtls.Role.OPERATOR)
 
 
 async def serve(settings: CubeletSettings) -> None:
@@ -29,19 +26,20 @@ async def serve(settings: CubeletSettings) -> None:
     vs = VsClient(settings.vs_address, tls)
     templates = TemplateStore(settings, vmm, vs)
     sandboxes = SandboxManager(settings, vmm, vs, templates)
+    puller = TemplatePuller(settings, templates, tls)
+    sandboxes.pull_template = puller.pull  # a create for a template this node lacks pulls it first
+    prefetcher = Prefetcher(settings, templates, puller, tls)  # ... and every template comes ahead of creates
     await sandboxes.start()
     service = CubeletService(settings, sandboxes, templates, accel.resolve(vmm.accel).value)
-    # Under mutual TLS only masters (and operators: deploy.bootstrap builds the first template
-    # here) may call a node.
-    gates = [mtls.RoleGate(CALLERS)] if tls is not None else []
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 << 20)], interceptors=gates)
-    cubelet_pb2_grpc.add_CubeletServicer_to_server(service, server)
-    if mtls.add_port(server, settings.listen, tls) == 0:
-        raise SystemExit(f"cannot listen on {settings.listen}")
+    try:
+        server = grpc_server(service, settings.listen, tls)
+    except OSError as e:
+        raise SystemExit(str(e)) from None
     await server.start()
     registration = NodeRegistration(settings, service.node_status)
     templates.on_change = registration.poke
     await registration.start()
+    await prefetcher.start()
     log.info("cubelet serving", extra={"listen": settings.listen, "node_id": settings.node_id,
                                        "mtls": str(tls.dir) if tls else None})
     stop = asyncio.Event()
@@ -50,8 +48,10 @@ async def serve(settings: CubeletSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("cubelet stopping; sandboxes keep running")
+    await prefetcher.stop()
     await registration.stop()
     await server.stop(grace=5)
+    await puller.close()
     await sandboxes.stop()
     await vs.close()
 

@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -45,7 +46,7 @@ from . import gc
 from .guest_client import GuestAgentError, GuestEndpoint, init_identity
 from .settings import CubeletSettings
 from .steps import Steps
-from .templates import TemplateStore
+from .templates import Template, TemplateStore
 from .vs_client import VsClient
 from .warm_pool import PoolEntry, WarmPool
 
@@ -153,6 +154,9 @@ class SandboxManager:
         # Sandboxes whose VM ended on its own, oldest first: sandbox id -> why (MachineExit.message).
         self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()
         self._metrics_task: asyncio.Task | None = None
+        # Brings a template this node lacks from a node that has it (pull.py's TemplatePuller.pull,
+        # set at start-up; it raises SandboxErrors). None: a missing template is NOT_FOUND.
+        self.pull_template: Callable[[str], Awaitable[Template]] | None = None
         settings.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         settings.paused_dir.mkdir(parents=True, exist_ok=True)
 
@@ -175,15 +179,13 @@ class SandboxManager:
         sid = req.sandbox_id
         if not _SANDBOX_ID.fullmatch(sid):
             raise SandboxError("INVALID_ARGUMENT", f"invalid sandbox id {sid!r}")
-        if sid in self._live or self._record_path(sid).exists():
-            raise SandboxError("ALREADY_EXISTS", f"sandbox {sid} already exists on this node")
-        if len(self._live) >= self.settings.max_sandboxes:
-            raise SandboxError("RESOURCE_EXHAUSTED", f"node {self.settings.node_id} is full "
-                                                     f"({self.settings.max_sandboxes} sandboxes)")
-        self._check_disk("new sandboxes")
+        self._admit(sid)
         tpl = self.templates.get(req.template_id)
         if tpl is None:
-            raise SandboxError("NOT_FOUND", f"template {req.template_id!r} is not built on this node")
+            if self.pull_template is None:
+                raise SandboxError("NOT_FOUND", f"template {req.template_id!r} is not built on this node")
+            tpl = await self.pull_template(req.template_id)
+            self._admit(sid)  # the pull took time and disk: what held before it may not now
         policy = network_pb2.NetworkPolicy()
         policy.CopyFrom(req.network)
         policy.expose_all_ports = True  # E2B: every guest port is reachable through the proxy
@@ -218,6 +220,15 @@ class SandboxManager:
         log.info("sandbox running", extra={"sandbox_id": sid, "from_pool": rec.from_pool,
                                            "steps_ms": steps.ms()})
         return rec.status(self.settings.node_id)
+
+    def _admit(self, sid: str) -> None:
+        """Refuse a new sandbox that exists already, or that this node has no room for."""
+        if sid in self._live or self._record_path(sid).exists():
+            raise SandboxError("ALREADY_EXISTS", f"sandbox {sid} already exists on this node")
+        if len(self._live) >= self.settings.max_sandboxes:
+            raise SandboxError("RESOURCE_EXHAUSTED", f"node {self.settings.node_id} is full "
+                                                     f"({self.settings.max_sandboxes} sandboxes)")
+        self._check_disk("new sandboxes")
 
     async def _start(self, live: _Live, tpl, policy: network_pb2.NetworkPolicy, steps: Steps) -> None:
         rec = live.record

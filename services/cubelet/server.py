@@ -1,19 +1,28 @@
-"""The Cubelet gRPC service (cube.v1.Cubelet): translates calls to the node's managers."""
+"""The Cubelet gRPC service (cube.v1.Cubelet): translates calls to the node's managers.
+
+Who may call (under mutual TLS, by certificate role): masters and operators (deploy's bootstrap
+builds the first template here) call the node; other nodes' cubelets only fetch templates
+(``PEER_METHODS``, transfer.py), and nothing else."""
 from __future__ import annotations
 
 import logging
 
 import grpc
 
-from cube_common.mtls import peer_identity
+from cube_common import mtls
+from cube_common.mtls import Role, peer_identity
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, cubelet_pb2_grpc
 
 from . import registration
 from .sandboxes import SandboxError, SandboxManager, disk_free, disk_refusal
 from .settings import CubeletSettings
 from .templates import TemplateError, TemplateStore, operator_build
+from .transfer import ArtifactSource, TransferError
 
 log = logging.getLogger("cubelet.server")
+
+CALLERS = (Role.MASTER, Role.OPERATOR)
+PEER_METHODS = {"GetTemplateManifest": (Role.CUBELET,), "FetchTemplateArtifact": (Role.CUBELET,)}
 
 
 async def _abort(context: grpc.aio.ServicerContext, e: Exception) -> None:
@@ -28,6 +37,7 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
         self.sandboxes = sandboxes
         self.templates = templates
         self.accel_name = accel_name
+        self.artifacts = ArtifactSource(templates)
 
     async def RunSandbox(self, request, context):
         try:
@@ -104,6 +114,19 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
             await self.sandboxes.kill(sid)
         return pb.DeleteTemplateResponse(deleted=self.templates.delete(request.template_id))
 
+    async def GetTemplateManifest(self, request, context):
+        try:
+            return await self.artifacts.manifest(request.template_id, peer=_peer(context))
+        except TransferError as e:
+            await _abort(context, e)
+
+    async def FetchTemplateArtifact(self, request, context):
+        try:
+            async for chunk in self.artifacts.chunks(request, peer=_peer(context)):
+                yield chunk
+        except TransferError as e:
+            await _abort(context, e)
+
     async def GetNode(self, request, context):
         return self.node_status()
 
@@ -117,3 +140,20 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
             sandboxes_paused=paused, templates=[t.template_id for t in self.templates.list()],
             accel=self.accel_name, max_sandboxes=self.settings.max_sandboxes,
             disk_free_bytes=disk_free(self.settings), disk_watermark_bytes=self.settings.min_free_disk_mb << 20)
+
+
+def _peer(context: grpc.aio.ServicerContext) -> str:
+    """Who is calling, for logs: the certificate's identity, else the transport address."""
+    who = peer_identity(context)
+    return str(who) if who is not None else context.peer()
+
+
+def grpc_server(service: CubeletService, listen: str, tls: mtls.TlsFiles | None) -> grpc.aio.Server:
+    """The node's gRPC server for ``service`` on ``listen`` (not started): mutual TLS with the role
+    rules above when there is ``tls``, else plaintext (loopback only: settings.validate)."""
+    gates = [mtls.RoleGate(CALLERS, methods=PEER_METHODS)] if tls is not None else []
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 << 20)], interceptors=gates)
+    cubelet_pb2_grpc.add_CubeletServicer_to_server(service, server)
+    if mtls.add_port(server, listen, tls) == 0:
+        raise OSError(f"cannot listen on {listen}")
+    return server

@@ -50,7 +50,13 @@ class CubeletSettings(Settings):
     layer_cache_mb: int = setting(20480, "the layer cache's size: least recently used layers beyond it are "
                                   "evicted (never those of a running build), MiB")
     min_free_disk_mb: int = setting(2048, "below this much free space under state_dir the node takes no new "
-                                    "sandbox, resume or template build (RESOURCE_EXHAUSTED)")
+                                    "sandbox, resume, template build or template pull (RESOURCE_EXHAUSTED)")
+    # A pull outlives the create that started it (the master may give up first): the next create
+    # on this node then finds the template (services/cubelet/pull.py).
+    template_pull_timeout_s: float = setting(600.0, "how long pulling a template this node lacks from another "
+                                             "node may take")
+    template_prefetch_s: float = setting(10.0, "how often the node looks for templates other nodes hold and it "
+                                         "does not, and pulls them ahead of any create (0: only on a create)")
     mtls_dir: Path | None = shared.mtls_dir()
     insecure_public: bool = shared.insecure_public()
     log_level: str = shared.log_level()
@@ -82,7 +88,7 @@ class CubeletSettings(Settings):
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
         if not self.node_id or "/" in self.node_id:
             raise SettingsError("node_id must be non-empty and contain no '/'")
-        for name in ("image_max_mb", "layer_max_mb", "image_max_entries", "layer_cache_mb"):
+        for name in ("image_max_mb", "layer_max_mb", "image_max_entries", "layer_cache_mb", "template_pull_timeout_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
         from .oci.egress import parse_allowlist  # the one parser of allowlist entries

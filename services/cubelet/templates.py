@@ -76,6 +76,11 @@ class TemplateError(Exception):
     pass
 
 
+def valid_template_id(template_id: str) -> bool:
+    """1-64 letters, digits, '-' or '_': a template id is a directory name under templates_dir."""
+    return bool(template_id) and len(template_id) <= 64 and all(c.isalnum() or c in "-_" for c in template_id)
+
+
 @dataclass(frozen=True)
 class Template:
     template_id: str
@@ -236,11 +241,25 @@ class TemplateStore:
         self.on_change = lambda: None  # set by the node registration: templates changed
         settings.templates_dir.mkdir(parents=True, exist_ok=True)
 
-    def _changed(self) -> None:
+    def changed(self) -> None:
+        """Tell the node registration that the templates changed (a build or a pull finished)."""
         try:
             self.on_change()
         except Exception:  # a notification must never break a build
             log.exception("template change notification failed")
+
+    def lock(self, template_id: str) -> asyncio.Lock:
+        """The template's lock: a build holds it from start to end, a pull (pull.py) while it commits."""
+        return self._locks.setdefault(template_id, asyncio.Lock())
+
+    def write_info(self, template_id: str, info: pb.TemplateInfo, build_key: str, env: dict[str, str]) -> None:
+        """Make ``builds/<build_key>`` the template's current build: info.json replaced atomically, the
+        one commit point of a build or a pull (everything it names must be in place before)."""
+        tdir = self.settings.templates_dir / template_id
+        tmp = tdir / "info.json.tmp"
+        tmp.write_text(json.dumps({"info": json_format.MessageToDict(info), "build_key": build_key,
+                                   "env": env}, indent=1))
+        os.replace(tmp, tdir / "info.json")
 
     async def guest(self) -> GuestArtifacts:
         if self._guest is None:
@@ -275,7 +294,7 @@ class TemplateStore:
         trash = d.with_name(f".deleting-{template_id}-{os.getpid()}")
         os.rename(d, trash)
         shutil.rmtree(trash, ignore_errors=True)
-        self._changed()
+        self.changed()
         return True
 
     # `list` in an annotation below this point names the method above: builtins.list.
@@ -305,17 +324,16 @@ class TemplateStore:
         registry address; a team's build (what the API asks for) only from registries whose
         addresses are public, or allowlisted by the `registry_allowlist` setting."""
         tid = req.template_id
-        if not tid or not all(c.isalnum() or c in "-_" for c in tid) or len(tid) > 64:
+        if not valid_template_id(tid):
             raise TemplateError(f"invalid template id {tid!r}: use 1-64 letters, digits, '-' or '_'")
-        lock = self._locks.setdefault(tid, asyncio.Lock())
-        async with lock:
+        async with self.lock(tid):
             if self._builds.locked():
                 yield _event(Phase.TEMPLATE_BUILD_PHASE_UNSPECIFIED, "queued behind other builds on this node")
             async with self._builds:
                 async for ev in self._build_locked(req, operator):
                     yield ev
                     if ev.phase in (Phase.READY, Phase.FAILED):
-                        self._changed()
+                        self.changed()
 
     async def _build_locked(self, req: pb.BuildTemplateRequest,
                             operator: bool) -> AsyncIterator[pb.TemplateBuildEvent]:
@@ -414,10 +432,7 @@ class TemplateStore:
                 envd_version=ENVD_VERSION, created_at=created, snapshot_bytes=_dir_bytes(work),
                 expose_ports=list(req.expose_ports), source=prepared.source, node_id=self.settings.node_id,
                 phase_ms=phase_ms, no_memory_sharing=req.no_memory_sharing)
-            tmp = tdir / "info.json.tmp"
-            tmp.write_text(json.dumps({"info": json_format.MessageToDict(info), "build_key": key,
-                                       "env": prepared.env}, indent=1))
-            os.replace(tmp, tdir / "info.json")
+            self.write_info(tid, info, key, prepared.env)
             done = True
             self.prune(tid)
             await asyncio.to_thread(gc.prune_artifacts, self.settings, self.vmm)

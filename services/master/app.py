@@ -1,5 +1,5 @@
 """Wiring of one master process: store, node clients, registries, gRPC server, election and the
-leader's duties (default aliases and the local team, reconciler, timeouts)."""
+leader's duties (default aliases and the local team, reconciler, timeouts, lost sandboxes)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import grpc
 from cube_common import mtls
 from cube_common.etcd import EtcdUnavailable
 from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
-from services.master import reconcile, timeouts
+from services.master import lost, reconcile, timeouts
 from services.master.apikeys import ApiKeys
 from services.master.builds import Builds
 from services.master.caller import Policy
 from services.master.leader import Election
 from services.master.log import get_logger
+from services.master.lost import LostSandboxes
+from services.master.node_admin import NodeAdministration
 from services.master.nodes import NodeClients
 from services.master.quotas import Quotas
 from services.master.reconcile import Reconciler
@@ -44,13 +46,17 @@ class Master:
         self.apikeys = ApiKeys(self.store, self.teams)
         self.builds = Builds(self.store, self.nodes, self.templates, s)
         self.reconciler = Reconciler(self.sandboxes, s.reconcile_grace_s, s.orphan_grace_s, self.builds)
+        # Between the cheap passes that only read the nodes, a full one every reconcile interval.
+        self.lost = LostSandboxes(self.sandboxes, s.lost_retention_s, full_every_s=s.reconcile_interval_s)
+        self.node_admin = NodeAdministration(self.store)
         identity = master_pb2.MasterIdentity(master_id=s.master_id, address=s.advertised)
         self.election = Election(self.store, identity, s.leader_ttl_s, self._duties)
         self.server: grpc.aio.Server | None = None
         self._election_task: asyncio.Task | None = None
 
     def _duties(self):
-        return [self._defaults_then_reconcile(), timeouts.run(self.sandboxes, self.settings.timeout_tick_s)]
+        return [self._defaults_then_reconcile(), timeouts.run(self.sandboxes, self.settings.timeout_tick_s),
+                lost.run(self.lost, self.settings.lost_check_interval_s)]
 
     async def _defaults_then_reconcile(self):
         while True:
@@ -66,7 +72,7 @@ class Master:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         master_pb2_grpc.add_MasterServicer_to_server(
             MasterService(self.sandboxes, self.templates, self.apikeys, self.election, self.builds, self.teams,
-                          self.quotas, Policy(secure=self.tls is not None)),
+                          self.quotas, Policy(secure=self.tls is not None), self.node_admin),
             self.server)
         port = mtls.add_port(self.server, self.settings.listen, self.tls)
         if port == 0:

@@ -227,6 +227,11 @@ class Builds:
             raise errors.NotFound(f"node '{node_id}' is not registered")
         if not nodes:
             raise errors.Unavailable("no nodes are registered")
+        # A draining node takes no new work unless an operator names it (above).
+        draining = await self.store.draining_nodes()
+        nodes = [n for n in nodes if n.node_id not in draining]
+        if not nodes:
+            raise errors.Unavailable("every registered node is draining")
         building: dict[str, int] = {}
         for b in await self.store.list_builds():
             if b.value.phase not in TERMINAL:

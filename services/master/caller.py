@@ -11,8 +11,9 @@ decides what the metadata may claim (``Policy.resolve``):
   team in the metadata to act as that team's caller.
 - ``api``: acts for the team it names, with the role the key has. Without a caller it may only
   validate keys (``API_AS_ITSELF``). It never reaches the operator-only calls (``OPERATOR_ONLY``:
-  teams, keys, nodes, registering a template), whatever role it claims: minting keys or teams
-  takes an operator's certificate, not a compromised front end.
+  teams, keys, nodes (listing, draining, removing), registering a template), whatever role it
+  claims: minting keys or teams, or taking nodes out, takes an operator's certificate, not a
+  compromised front end.
 - ``proxy``: only the calls that wake a paused sandbox for a request to it (``PROXY_CALLS``), as
   the cluster, with no caller named.
 - any other role (cubelet, vs, envoy, etcd, master): refused.
@@ -39,7 +40,8 @@ from services.master import errors
 # The master's methods each role may call under TLS (by short name; see the module docstring).
 API_AS_ITSELF = frozenset({"ValidateApiKey"})
 OPERATOR_ONLY = frozenset({"CreateTeam", "ListTeams", "SetTeamQuota", "CreateApiKey", "ListApiKeys",
-                           "RevokeApiKey", "ListNodes", "PutTemplate", "GetClusterStatus"})
+                           "RevokeApiKey", "ListNodes", "DrainNode", "UndrainNode", "RemoveNode", "PutTemplate",
+                           "GetClusterStatus"})
 PROXY_CALLS = frozenset({"GetSandbox", "ConnectSandbox"})
 
 

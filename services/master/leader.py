@@ -88,14 +88,16 @@ class Election:
             for t in self._tasks:
                 if t.done() and not t.cancelled() and t.exception() is not None:
                     log.error("leader duty died", extra={"error": repr(t.exception())})
+            # Step down before the lease can have expired on the server (a standby may then win):
+            # a renewal gets only the time left until two thirds of the lease have passed unrenewed.
+            budget = self.ttl_s * 2 / 3 - (time.monotonic() - last_ok)
             try:
-                reply = await self.store.etcd.refresh_lease(lease_id)
+                reply = await asyncio.wait_for(self.store.etcd.refresh_lease(lease_id), max(0.05, budget))
                 if reply is None or reply.TTL <= 0:
                     await self._step_down("lease expired")
                     return
                 last_ok = time.monotonic()
-            except EtcdUnavailable:
-                # Step down before the lease can have expired on the server (a standby may then win).
+            except (EtcdUnavailable, TimeoutError):
                 if time.monotonic() - last_ok > self.ttl_s * 2 / 3:
                     await self._step_down("etcd unreachable")
                     return

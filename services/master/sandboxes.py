@@ -6,6 +6,7 @@ Every change is a small state machine over the record at <prefix>/sandboxes/<id>
     pause:   RUNNING -> PAUSING -> [node PauseSandbox] -> PAUSED + route(paused)
     resume:  PAUSED -> RESUMING -> [node ResumeSandbox] -> RUNNING + route(running)
     kill:    any -> KILLING (route deleted) -> [node KillSandbox] -> (none)
+    lost:    RUNNING -> LOST (route deleted) -> RUNNING/PAUSED + route, or (none)   (lost.py)
 
 A transitional phase is written (compare-and-swap on the record's revision) before the node is
 asked, with a deadline; the final phase is written with a CAS too. Whoever loses a CAS re-reads
@@ -21,6 +22,10 @@ team's); lists hold only the caller's team's. The leader's own duties act as ``O
 Quotas: the first write of a create, a pause and a resume is an admission against the owning
 team's quota (quotas.py), whoever asks (the proxy's auto-resume and the leader's timeouts too);
 RESOURCE_EXHAUSTED when it would exceed it. A sandbox an operator created is exempt.
+
+Lost sandboxes (their node's registration lapsed; lost.py): get, list and kill see them; any other
+call on one answers UNAVAILABLE with the reason, never acts on it. A paused sandbox whose node is
+not registered answers UNAVAILABLE to a resume before anything is written.
 """
 
 from __future__ import annotations
@@ -65,6 +70,7 @@ ID_RE = re.compile(r"^[a-z0-9]{1,64}\Z")
 RUNNING_PHASES = (P.SANDBOX_PHASE_RUNNING,)
 PAUSED_PHASES = (P.SANDBOX_PHASE_PAUSED, P.SANDBOX_PHASE_PAUSING, P.SANDBOX_PHASE_RESUMING)
 VISIBLE_PHASES = RUNNING_PHASES + PAUSED_PHASES
+LOST_PHASES = (P.SANDBOX_PHASE_LOST,)
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 CAS_RETRIES = 8
 
@@ -81,6 +87,11 @@ def _copy(rec: P.Sandbox) -> P.Sandbox:
     out = P.Sandbox()
     out.CopyFrom(rec)
     return out
+
+
+def _node_away(rec: P.Sandbox) -> str:
+    return (f"sandbox '{rec.sandbox_id}' is paused on node '{rec.node_id}', which is not registered now (its "
+            "cubelet is down or its host cut off); its state is on that node: resume it when the node is back")
 
 
 def _extra(rec_or_id, **kw) -> dict:
@@ -127,7 +138,13 @@ class Sandboxes:
         if not ID_RE.match(sid or ""):
             raise errors.NotFound(f"sandbox '{sid}' not found")
         v = await self.store.get_sandbox(sid)
-        if v is None or v.value.phase not in phases or not caller.sees(owner(v.value.team_id)):
+        if v is None or not caller.sees(owner(v.value.team_id)):
+            raise errors.NotFound(f"sandbox '{sid}' not found")
+        if v.value.phase == P.SANDBOX_PHASE_LOST and P.SANDBOX_PHASE_LOST not in phases:
+            # It exists (get and list show it): say why nothing can be done with it now.
+            raise errors.Unavailable(f"sandbox '{sid}' is unreachable: {v.value.lost_reason}; it is back if its "
+                                     "node comes back, or kill it")
+        if v.value.phase not in phases:
             raise errors.NotFound(f"sandbox '{sid}' not found")
         return v
 
@@ -183,9 +200,10 @@ class Sandboxes:
             raise errors.InvalidArgument("timeout must be at least 1 second")
         self._check_maps(req.metadata, req.env_vars)
         t0 = time.monotonic()
-        # Three independent reads: one round trip's wait instead of three.
-        (tpl, alias), sandboxes, nodes = await asyncio.gather(
-            self.templates.resolve(req.template, caller), self.store.list_sandboxes(), self.store.list_nodes())
+        # Independent reads: one round trip's wait instead of four.
+        (tpl, alias), sandboxes, nodes, draining = await asyncio.gather(
+            self.templates.resolve(req.template, caller), self.store.list_sandboxes(), self.store.list_nodes(),
+            self.store.draining_nodes())
         if tpl.status not in (P.TEMPLATE_STATUS_READY, P.TEMPLATE_STATUS_UNSPECIFIED):
             raise errors.FailedPrecondition(f"template '{tpl.template_id}' is not ready")
         load = load_by_node([v.value for v in sandboxes])
@@ -198,7 +216,7 @@ class Sandboxes:
         while len(tried) < self.settings.placement_attempts and time.monotonic() < deadline:
             try:
                 node = rank(nodes, tpl.template_id, tpl.memory_mb or 512, load, exclude=tried,
-                            overcommit_ratio=self.settings.memory_overcommit_ratio)[0].node
+                            overcommit_ratio=self.settings.memory_overcommit_ratio, draining=draining)[0].node
             except errors.MasterError:
                 if last is not None:
                     break
@@ -322,15 +340,17 @@ class Sandboxes:
     # ---- read ---------------------------------------------------------------------------------
 
     async def get(self, sid: str, caller: Caller) -> P.Sandbox:
-        return (await self._record(sid, caller)).value
+        return (await self._record(sid, caller, VISIBLE_PHASES + LOST_PHASES)).value
 
     async def list(self, req: P.ListSandboxRecordsRequest, caller: Caller) -> P.ListSandboxRecordsResponse:
-        want = set(req.phases) or {P.SANDBOX_PHASE_RUNNING, P.SANDBOX_PHASE_PAUSED}
+        want = set(req.phases) or {P.SANDBOX_PHASE_RUNNING, P.SANDBOX_PHASE_PAUSED, P.SANDBOX_PHASE_LOST}
         phases: set[P.SandboxPhase] = set()
         if P.SANDBOX_PHASE_RUNNING in want:
             phases.update(RUNNING_PHASES)
         if P.SANDBOX_PHASE_PAUSED in want:
             phases.update(PAUSED_PHASES)
+        if P.SANDBOX_PHASE_LOST in want:
+            phases.update(LOST_PHASES)
         limit = req.limit or 100
         if limit > 1000:
             raise errors.InvalidArgument("limit must be at most 1000")
@@ -367,7 +387,7 @@ class Sandboxes:
     # ---- kill ---------------------------------------------------------------------------------
 
     async def kill(self, sid: str, caller: Caller, reason: str = "request") -> bool:
-        phases = VISIBLE_PHASES + (P.SANDBOX_PHASE_CREATING,)
+        phases = VISIBLE_PHASES + LOST_PHASES + (P.SANDBOX_PHASE_CREATING,)
         for _ in range(CAS_RETRIES):
             v = await self._record(sid, caller, phases)
             rec = _copy(v.value)
@@ -511,6 +531,9 @@ class Sandboxes:
         """Resume a paused sandbox, admitted against its team's quota. None when another caller
         changed it, or another master admitted a change of its team, first (look again)."""
         sid = v.value.sandbox_id
+        # Its state is on its node's disk: with the node away (lost), nothing to write or admit.
+        if await self._node(v.value.node_id) is None:
+            raise errors.Unavailable(_node_away(v.value))
         rec = _copy(v.value)
         rec.phase = P.SANDBOX_PHASE_RESUMING
         rec.timeout_s = timeout_s
@@ -521,9 +544,9 @@ class Sandboxes:
         except Conflict:
             return None
         node = await self._node(rec.node_id)
-        if node is None:
+        if node is None:  # it went just now
             await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, None)
-            raise errors.Unavailable(f"node '{rec.node_id}' holding paused sandbox '{sid}' is not registered")
+            raise errors.Unavailable(_node_away(rec))
         req = cubelet_pb2.ResumeSandboxRequest(sandbox_id=sid, env_vars=dict(rec.env_vars),
                                                envd_access_token=rec.envd_access_token)
         if rec.HasField("network"):

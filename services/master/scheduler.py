@@ -10,6 +10,9 @@ Invariants:
   watermark, too little available memory for the pages a clone dirties, or (the operator's cap)
   guest memory committed beyond ``overcommit_ratio`` times its RAM. Committed memory counts every
   sandbox holding a VM there, whether running or on its way, by its full guest size.
+- A draining node (an operator's drain: node_admin.py) is never offered a sandbox. A resume never
+  comes here (it goes back to the node that holds its state), so a draining node's paused
+  sandboxes still resume there.
 - When no node can take it, the caller gets ``Exhausted`` and the log says why for each node, so
   an operator can act; node names and capacity never reach a tenant.
 """
@@ -85,16 +88,19 @@ def refusal(n: cubelet_pb2.NodeStatus, memory_mb: int, ld: NodeLoad, overcommit_
 
 def rank(nodes: list[cubelet_pb2.NodeStatus], template_id: str, memory_mb: int,
          load: dict[str, NodeLoad], exclude: AbstractSet[str] = frozenset(),
-         overcommit_ratio: float = 0.0) -> list[Candidate]:
-    """Nodes with room for the sandbox, best first. Raises Unavailable when there are no nodes
-    at all and Exhausted when none has room. ``overcommit_ratio`` 0 means no cap on committed
-    guest memory."""
+         overcommit_ratio: float = 0.0, draining: AbstractSet[str] = frozenset()) -> list[Candidate]:
+    """Nodes with room for the sandbox, best first, never one in ``draining``. Raises Unavailable
+    when there are no nodes at all and Exhausted when none has room. ``overcommit_ratio`` 0 means no
+    cap on committed guest memory."""
     if not nodes:
         raise Unavailable("no nodes are registered")
     out = []
     why: list[str] = []
     for n in nodes:
         if n.node_id in exclude or not n.address:
+            continue
+        if n.node_id in draining:
+            why.append(f"{n.node_id}: draining")
             continue
         ld = load.get(n.node_id, NodeLoad())
         reason = refusal(n, memory_mb, ld, overcommit_ratio)

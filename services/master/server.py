@@ -20,6 +20,7 @@ from services.master.builds import Builds
 from services.master.caller import Policy, require_admin
 from services.master.leader import Election
 from services.master.log import get_logger
+from services.master.node_admin import NodeAdministration
 from services.master.quotas import Quotas
 from services.master.sandboxes import Sandboxes
 from services.master.store import Conflict
@@ -75,7 +76,8 @@ def _stream(fn):
 
 class MasterService(master_pb2_grpc.MasterServicer):
     def __init__(self, sandboxes: Sandboxes, templates: Templates, apikeys: ApiKeys, election: Election,
-                 builds: Builds, teams: Teams, quotas: Quotas, callers: Policy):
+                 builds: Builds, teams: Teams, quotas: Quotas, callers: Policy,
+                 node_admin: NodeAdministration | None = None):
         self.callers = callers
         self.sb = sandboxes
         self.tpl = templates
@@ -85,6 +87,7 @@ class MasterService(master_pb2_grpc.MasterServicer):
         self.quotas = quotas
         self.election = election
         self.store = sandboxes.store
+        self.node_admin = node_admin or NodeAdministration(self.store)
 
     # ---- sandboxes ----
     @_rpc
@@ -183,14 +186,22 @@ class MasterService(master_pb2_grpc.MasterServicer):
     @_rpc
     async def ListNodes(self, request, caller):
         require_admin(caller, "listing nodes")
-        records = [v.value for v in await self.store.list_sandboxes()]
-        out = []
-        for n in sorted(await self.store.list_nodes(), key=lambda n: n.node_id):
-            mine = [r for r in records if r.node_id == n.node_id]
-            out.append(P.Node(status=n,
-                              sandboxes_running=sum(r.phase == P.SANDBOX_PHASE_RUNNING for r in mine),
-                              sandboxes_paused=sum(r.phase == P.SANDBOX_PHASE_PAUSED for r in mine)))
-        return P.ListNodesResponse(nodes=out)
+        return P.ListNodesResponse(nodes=await self.node_admin.views())
+
+    @_rpc
+    async def DrainNode(self, request, caller):
+        require_admin(caller, "draining a node")
+        return await self.node_admin.drain(request.node_id, request.reason)
+
+    @_rpc
+    async def UndrainNode(self, request, caller):
+        require_admin(caller, "undraining a node")
+        return await self.node_admin.undrain(request.node_id)
+
+    @_rpc
+    async def RemoveNode(self, request, caller):
+        require_admin(caller, "removing a node")
+        return await self.node_admin.remove(request.node_id, request.force)
 
     # ---- teams ----
     @_rpc

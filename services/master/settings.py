@@ -38,7 +38,8 @@ class Settings(_Base):
     etcd_timeout_s: float = setting(3.0, "per-call etcd deadline: with etcd down, calls fail within this "
                                     "and the API answers 503")
     master_id: str = setting(help="unique name of this master (election candidate id)", factory=_master_id)
-    leader_ttl_s: int = setting(10, "leader lease TTL: a dead leader is replaced after at most this long")
+    leader_ttl_s: int = setting(4, "leader lease TTL: a dead leader is replaced after at most this long (and a "
+                                "standby's next try, a quarter of it)")
     default_template: str = setting("code-interpreter", "template the SDK defaults resolve to",
                                     env="CUBE_DEFAULT_TEMPLATE")
     default_aliases: tuple[str, ...] = setting(("base", "code-interpreter-v1"),
@@ -65,6 +66,10 @@ class Settings(_Base):
     timeout_tick_s: float = setting(1.0, "how often the leader expires sandboxes")
     reconcile_interval_s: float = setting(15.0, "how often the leader reconciles etcd with the nodes")
     orphan_grace_s: float = setting(60.0, "a VM a node runs but etcd does not know is killed after this")
+    lost_check_interval_s: float = setting(1.0, "how often the leader looks for nodes whose registration lapsed "
+                                           "(their running sandboxes become lost) or came back")
+    lost_retention_s: float = setting(3600.0, "a lost sandbox (its node gone) is deleted this long after it was "
+                                      "lost unless its node comes back with it first (0: kept until killed)")
     route_ack_timeout_s: float = setting(10.0, "how long a create waits for the proxies to apply its route "
                                          "before giving up (undo, 503)")
     build_timeout_s: float = setting(3600.0, "a whole template build's deadline on the node")
@@ -103,6 +108,10 @@ class Settings(_Base):
             raise SettingsError("need 1 <= placement_attempts <= 16")
         if self.paused_retention_s < 0:
             raise SettingsError("paused_retention_s must be >= 0")
+        if self.lost_retention_s < 0:
+            raise SettingsError("lost_retention_s must be >= 0")
+        if self.lost_check_interval_s <= 0:
+            raise SettingsError("lost_check_interval_s must be > 0")
         if self.leader_ttl_s < 2:
             raise SettingsError("leader_ttl_s must be >= 2")
         if self.build_stale_s <= self.build_heartbeat_s:

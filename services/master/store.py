@@ -18,6 +18,7 @@ Any etcd failure surfaces as ``EtcdUnavailable`` within the configured deadline,
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -101,7 +102,7 @@ class Store:
         return Versioned(from_json(r.value, cls), r.mod_revision)
 
     async def _list(self, pfx: bytes, cls: type[M]) -> list[Versioned[M]]:
-        r = await self.call(lambda c: c.get_prefix(pfx))
+        r = await self.etcd.get_prefix(pfx)
         out = []
         for kv in r.kvs:
             try:
@@ -133,7 +134,7 @@ class Store:
         return self.etcd.transactions
 
     async def current_revision(self) -> int:
-        r = await self.call(lambda c: c.get_prefix(self.keys.leader(), keys_only=True))
+        r = await self.etcd.get_prefix(self.keys.leader(), keys_only=True)
         return r.header.revision
 
     # ---- sandboxes and routes -------------------------------------------------------------
@@ -370,3 +371,37 @@ class Store:
     async def get_node(self, node_id: str) -> cubelet_pb2.NodeStatus | None:
         v = await self._get(self.keys.node(node_id), cubelet_pb2.NodeStatus)
         return v.value if v else None
+
+    async def node_heartbeats(self) -> dict[str, float]:
+        """When each registered node last renewed its registration lease (epoch seconds, to the
+        second): etcd's own count (granted TTL minus what is left), so no node's clock is trusted.
+        Nodes whose record has no lease (or whose lease just ended) are absent."""
+        pfx = self.keys.nodes()
+        r = await self.etcd.get_prefix(pfx, keys_only=True)
+        leases = {kv.key[len(pfx):].decode(errors="replace"): kv.lease for kv in r.kvs if kv.lease}
+        if not leases:
+            return {}
+        ids = sorted(set(leases.values()))
+        infos = await asyncio.gather(*(self.call(lambda c, i=i: c.get_lease_info(i, keys=False)) for i in ids))
+        now = time.time()
+        renewed = {i: now - (info.grantedTTL - info.TTL) for i, info in zip(ids, infos, strict=True) if info.TTL > 0}
+        return {node: renewed[lease] for node, lease in leases.items() if lease in renewed}
+
+    # ---- operators' records of nodes (written by the master) ------------------------------
+
+    async def list_node_admins(self) -> list[master_pb2.NodeAdmin]:
+        return [v.value for v in await self._list(self.keys.node_admins(), master_pb2.NodeAdmin)]
+
+    async def draining_nodes(self) -> frozenset[str]:
+        return frozenset(a.node_id for a in await self.list_node_admins() if a.draining)
+
+    async def put_node_admin(self, rec: master_pb2.NodeAdmin) -> None:
+        await self.etcd.put(self.keys.node_admin(rec.node_id), to_json(rec))
+
+    async def delete_node_admin(self, node_id: str) -> None:
+        await self.etcd.delete(self.keys.node_admin(node_id))
+
+    async def remove_node(self, node_id: str) -> None:
+        """Delete a node's registration and its operator's record together."""
+        t = self.t
+        await self.txn([], [t.delete(self.keys.node(node_id)), t.delete(self.keys.node_admin(node_id))])

@@ -146,7 +146,7 @@ class RouteWatcher:
             return None
 
     async def _list(self) -> int:
-        rng = await self._etcd.call(lambda c: c.get_prefix(self._prefix.encode()))
+        rng = await self._etcd.get_prefix(self._prefix.encode())
         routes = {}
         for kv in rng:
             route = self._parse(kv)

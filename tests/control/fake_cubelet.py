@@ -36,6 +36,7 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
     run_delay_s: float = 0.0
     fail_run: grpc.StatusCode | None = None
     fail_all: grpc.StatusCode | None = None
+    fail_calls: dict[str, grpc.StatusCode] = field(default_factory=dict)  # method name -> code it fails with
     sandboxes: dict[str, C.SandboxStatus] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     envd_version: str = "0.6.13"
@@ -99,8 +100,9 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
 
     def _enter(self, context: grpc.ServicerContext, method: str, sid: str = "") -> None:
         self.calls.append((method, sid))
-        if self.fail_all is not None:
-            context.abort(self.fail_all, f"fake failure of {method}")
+        code = self.fail_all if self.fail_all is not None else self.fail_calls.get(method)
+        if code is not None:
+            context.abort(code, f"fake failure of {method}")
 
     def _get(self, context: grpc.ServicerContext, sid: str) -> C.SandboxStatus:
         s = self.sandboxes.get(sid)

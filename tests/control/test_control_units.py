@@ -142,7 +142,8 @@ def test_quota_refusals_name_the_limit():
 
 
 def test_states():
-    assert parse_states("running,paused") == [P.SANDBOX_PHASE_RUNNING, P.SANDBOX_PHASE_PAUSED]
+    # A lost sandbox is running as far as E2B can say (services/api/models.py): `running` asks for it too.
+    assert parse_states("running,paused") == [P.SANDBOX_PHASE_RUNNING, P.SANDBOX_PHASE_LOST, P.SANDBOX_PHASE_PAUSED]
     assert parse_states(None) == []
     with pytest.raises(ApiError):
         parse_states("dead")

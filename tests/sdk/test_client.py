@@ -203,6 +203,20 @@ async def test_async_dead_address():
     assert e.value.code.name == "UNAVAILABLE"
 
 
+def test_a_refusing_master_is_passed_over_for_the_next(cluster):
+    with socket.socket() as s:  # a port nobody listens on: a master that is down
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    with CubeClient(f"ipv4:{dead},{cluster.masters[0].address}") as c:
+        assert c.cluster_status().is_leader
+        assert c.cluster_status().is_leader  # and it stays with the one that answered
+        assert c._aio._at == 1
+    # Every master refusing: UNAVAILABLE naming the addresses tried.
+    with CubeClient(f"{dead},{dead}") as c, pytest.raises(CubeError) as e:
+        c.cluster_status()
+    assert e.value.code is Status.UNAVAILABLE and dead in e.value.message
+
+
 def test_sync_client_twice_from_threads_and_inside_a_loop(cluster):
     m = cluster.masters[0].address
     before = len(client_threads())
@@ -254,7 +268,10 @@ def test_address_resolution(monkeypatch):
     assert master_address() == MASTER_ADDR == "127.0.0.1:50051"
     monkeypatch.setenv("CUBE_MASTER_ADDR", "10.0.0.5:7000")
     assert master_address() == "10.0.0.5:7000" and master_address("h:1") == "h:1"
-    assert AsyncCubeClient("[::1]:50051")._host == "::1"
-    assert AsyncCubeClient("master")._port == 50051
+    assert AsyncCubeClient("[::1]:50051")._masters == [("::1", 50051)]
+    assert AsyncCubeClient("master")._masters == [("master", 50051)]
+    # Several masters, as a list or in gRPC's target form (what `make cluster-env` exports).
+    assert AsyncCubeClient("ipv4:10.0.0.1:50051,10.0.0.2:7000")._masters == [("10.0.0.1", 50051), ("10.0.0.2", 7000)]
+    assert AsyncCubeClient("a:1, b")._masters == [("a", 1), ("b", 50051)]
     with pytest.raises(ValueError, match="invalid master address"):
         AsyncCubeClient("host:port")

@@ -32,7 +32,8 @@ def parse_metadata_query(value: str | None) -> dict[str, str]:
     return out
 
 
-_STATES = {"running": P.SANDBOX_PHASE_RUNNING, "paused": P.SANDBOX_PHASE_PAUSED}
+# A lost sandbox is listed as running (models.e2b_state), so `running` asks for both.
+_STATES = {"running": (P.SANDBOX_PHASE_RUNNING, P.SANDBOX_PHASE_LOST), "paused": (P.SANDBOX_PHASE_PAUSED,)}
 
 
 def parse_states(value: str | None) -> list[P.SandboxPhase]:
@@ -43,7 +44,7 @@ def parse_states(value: str | None) -> list[P.SandboxPhase]:
     for s in value.split(","):
         if s not in _STATES:
             raise bad_request(f"invalid state '{s}' (want running or paused, comma-separated)")
-        phases.append(_STATES[s])
+        phases.extend(_STATES[s])
     return phases
 
 
@@ -127,7 +128,7 @@ async def list_v1(request):
     token = ""
     while True:
         resp = await master_call(request, "ListSandboxRecords", P.ListSandboxRecordsRequest(
-            metadata=meta, phases=[P.SANDBOX_PHASE_RUNNING], limit=1000, page_token=token))
+            metadata=meta, phases=list(_STATES["running"]), limit=1000, page_token=token))
         out.extend(M.listed_body(r) for r in resp.sandboxes)
         token = resp.next_page_token
         if not token:

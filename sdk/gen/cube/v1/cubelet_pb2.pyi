@@ -376,3 +376,60 @@ class NodeStatus(_message.Message):
     disk_free_bytes: int
     disk_watermark_bytes: int
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., proxy_address: _Optional[str] = ..., vcpus_total: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., sandboxes_running: _Optional[int] = ..., sandboxes_paused: _Optional[int] = ..., templates: _Optional[_Iterable[str]] = ..., accel: _Optional[str] = ..., max_sandboxes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., disk_watermark_bytes: _Optional[int] = ...) -> None: ...
+
+class GetTemplateManifestRequest(_message.Message):
+    __slots__ = ("template_id",)
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    def __init__(self, template_id: _Optional[str] = ...) -> None: ...
+
+class TemplateArtifact(_message.Message):
+    __slots__ = ("name", "size", "sha256", "mode")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    size: int
+    sha256: str
+    mode: int
+    def __init__(self, name: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., mode: _Optional[int] = ...) -> None: ...
+
+class TemplateManifest(_message.Message):
+    __slots__ = ("template_id", "build_key", "info", "env", "artifacts")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    BUILD_KEY_FIELD_NUMBER: _ClassVar[int]
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    build_key: str
+    info: TemplateInfo
+    env: _containers.ScalarMap[str, str]
+    artifacts: _containers.RepeatedCompositeFieldContainer[TemplateArtifact]
+    def __init__(self, template_id: _Optional[str] = ..., build_key: _Optional[str] = ..., info: _Optional[_Union[TemplateInfo, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., artifacts: _Optional[_Iterable[_Union[TemplateArtifact, _Mapping]]] = ...) -> None: ...
+
+class FetchArtifactRequest(_message.Message):
+    __slots__ = ("template_id", "build_key", "name")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    BUILD_KEY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    build_key: str
+    name: str
+    def __init__(self, template_id: _Optional[str] = ..., build_key: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("offset", "data")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...

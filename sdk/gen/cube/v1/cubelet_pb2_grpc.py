@@ -104,6 +104,16 @@ class CubeletStub(object):
                 request_serializer=cube_dot_v1_dot_cubelet__pb2.GetNodeRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_cubelet__pb2.NodeStatus.FromString,
                 _registered_method=True)
+        self.GetTemplateManifest = channel.unary_unary(
+                '/cube.v1.Cubelet/GetTemplateManifest',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.GetTemplateManifestRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.TemplateManifest.FromString,
+                _registered_method=True)
+        self.FetchTemplateArtifact = channel.unary_stream(
+                '/cube.v1.Cubelet/FetchTemplateArtifact',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.FetchArtifactRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
 
 
 class CubeletServicer(object):
@@ -195,6 +205,25 @@ class CubeletServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTemplateManifest(self, request, context):
+        """Node to node (services/cubelet/transfer.py, pull.py): a node that lacks a template pulls it
+        from one that holds it. Only other nodes' cubelets may call these two (their certificates'
+        role); masters and operators may not, nor may a cubelet call anything else.
+        What a ready template is on this node, file by file, with each file's size and SHA-256.
+        NOT_FOUND when this node has no ready template of that id; INVALID_ARGUMENT for a malformed id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchTemplateArtifact(self, request, context):
+        """One file of the manifest, in chunks of at most 1 MiB. NOT_FOUND for a name that is not in the
+        manifest; FAILED_PRECONDITION when the template was rebuilt since (another build_key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CubeletServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -262,6 +291,16 @@ def add_CubeletServicer_to_server(servicer, server):
                     servicer.GetNode,
                     request_deserializer=cube_dot_v1_dot_cubelet__pb2.GetNodeRequest.FromString,
                     response_serializer=cube_dot_v1_dot_cubelet__pb2.NodeStatus.SerializeToString,
+            ),
+            'GetTemplateManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTemplateManifest,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.GetTemplateManifestRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.TemplateManifest.SerializeToString,
+            ),
+            'FetchTemplateArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchTemplateArtifact,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.FetchArtifactRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.ArtifactChunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -620,6 +659,60 @@ class Cubelet(object):
             '/cube.v1.Cubelet/GetNode',
             cube_dot_v1_dot_cubelet__pb2.GetNodeRequest.SerializeToString,
             cube_dot_v1_dot_cubelet__pb2.NodeStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTemplateManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Cubelet/GetTemplateManifest',
+            cube_dot_v1_dot_cubelet__pb2.GetTemplateManifestRequest.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.TemplateManifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchTemplateArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cube.v1.Cubelet/FetchTemplateArtifact',
+            cube_dot_v1_dot_cubelet__pb2.FetchArtifactRequest.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,
             insecure,

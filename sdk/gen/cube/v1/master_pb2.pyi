@@ -21,6 +21,7 @@ class SandboxPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SANDBOX_PHASE_PAUSED: _ClassVar[SandboxPhase]
     SANDBOX_PHASE_RESUMING: _ClassVar[SandboxPhase]
     SANDBOX_PHASE_KILLING: _ClassVar[SandboxPhase]
+    SANDBOX_PHASE_LOST: _ClassVar[SandboxPhase]
 
 class TemplateStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -28,6 +29,13 @@ class TemplateStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TEMPLATE_STATUS_BUILDING: _ClassVar[TemplateStatus]
     TEMPLATE_STATUS_READY: _ClassVar[TemplateStatus]
     TEMPLATE_STATUS_ERROR: _ClassVar[TemplateStatus]
+
+class NodeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_STATE_UNSPECIFIED: _ClassVar[NodeState]
+    NODE_STATE_READY: _ClassVar[NodeState]
+    NODE_STATE_DRAINING: _ClassVar[NodeState]
+    NODE_STATE_LOST: _ClassVar[NodeState]
 
 class ApiKeyRole(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -41,16 +49,21 @@ SANDBOX_PHASE_PAUSING: SandboxPhase
 SANDBOX_PHASE_PAUSED: SandboxPhase
 SANDBOX_PHASE_RESUMING: SandboxPhase
 SANDBOX_PHASE_KILLING: SandboxPhase
+SANDBOX_PHASE_LOST: SandboxPhase
 TEMPLATE_STATUS_UNSPECIFIED: TemplateStatus
 TEMPLATE_STATUS_BUILDING: TemplateStatus
 TEMPLATE_STATUS_READY: TemplateStatus
 TEMPLATE_STATUS_ERROR: TemplateStatus
+NODE_STATE_UNSPECIFIED: NodeState
+NODE_STATE_READY: NodeState
+NODE_STATE_DRAINING: NodeState
+NODE_STATE_LOST: NodeState
 API_KEY_ROLE_UNSPECIFIED: ApiKeyRole
 API_KEY_ROLE_USER: ApiKeyRole
 API_KEY_ROLE_ADMIN: ApiKeyRole
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id", "quota_exempt")
+    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id", "quota_exempt", "lost_reason", "lost_at")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +106,8 @@ class Sandbox(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     TEAM_ID_FIELD_NUMBER: _ClassVar[int]
     QUOTA_EXEMPT_FIELD_NUMBER: _ClassVar[int]
+    LOST_REASON_FIELD_NUMBER: _ClassVar[int]
+    LOST_AT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     alias: str
@@ -121,7 +136,9 @@ class Sandbox(_message.Message):
     timeout_s: int
     team_id: str
     quota_exempt: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ..., quota_exempt: bool = ...) -> None: ...
+    lost_reason: str
+    lost_at: _timestamp_pb2.Timestamp
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ..., quota_exempt: bool = ..., lost_reason: _Optional[str] = ..., lost_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
     __slots__ = ("template", "timeout_s", "metadata", "env_vars", "auto_pause", "auto_resume", "network", "client_id")
@@ -442,21 +459,73 @@ class ListNodesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class NodeAdmin(_message.Message):
+    __slots__ = ("node_id", "draining", "reason", "updated_at")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    draining: bool
+    reason: str
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, node_id: _Optional[str] = ..., draining: bool = ..., reason: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class Node(_message.Message):
-    __slots__ = ("status", "sandboxes_running", "sandboxes_paused")
+    __slots__ = ("status", "sandboxes_running", "sandboxes_paused", "state", "admin", "sandboxes_lost", "heartbeat_at")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     SANDBOXES_RUNNING_FIELD_NUMBER: _ClassVar[int]
     SANDBOXES_PAUSED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ADMIN_FIELD_NUMBER: _ClassVar[int]
+    SANDBOXES_LOST_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_AT_FIELD_NUMBER: _ClassVar[int]
     status: _cubelet_pb2.NodeStatus
     sandboxes_running: int
     sandboxes_paused: int
-    def __init__(self, status: _Optional[_Union[_cubelet_pb2.NodeStatus, _Mapping]] = ..., sandboxes_running: _Optional[int] = ..., sandboxes_paused: _Optional[int] = ...) -> None: ...
+    state: NodeState
+    admin: NodeAdmin
+    sandboxes_lost: int
+    heartbeat_at: _timestamp_pb2.Timestamp
+    def __init__(self, status: _Optional[_Union[_cubelet_pb2.NodeStatus, _Mapping]] = ..., sandboxes_running: _Optional[int] = ..., sandboxes_paused: _Optional[int] = ..., state: _Optional[_Union[NodeState, str]] = ..., admin: _Optional[_Union[NodeAdmin, _Mapping]] = ..., sandboxes_lost: _Optional[int] = ..., heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)
     NODES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[Node]
     def __init__(self, nodes: _Optional[_Iterable[_Union[Node, _Mapping]]] = ...) -> None: ...
+
+class DrainNodeRequest(_message.Message):
+    __slots__ = ("node_id", "reason")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    reason: str
+    def __init__(self, node_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class UndrainNodeRequest(_message.Message):
+    __slots__ = ("node_id",)
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    def __init__(self, node_id: _Optional[str] = ...) -> None: ...
+
+class RemoveNodeRequest(_message.Message):
+    __slots__ = ("node_id", "force")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    force: bool
+    def __init__(self, node_id: _Optional[str] = ..., force: bool = ...) -> None: ...
+
+class RemoveNodeResponse(_message.Message):
+    __slots__ = ("removed", "sandboxes_lost", "still_heartbeating")
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    SANDBOXES_LOST_FIELD_NUMBER: _ClassVar[int]
+    STILL_HEARTBEATING_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    sandboxes_lost: _containers.RepeatedScalarFieldContainer[str]
+    still_heartbeating: bool
+    def __init__(self, removed: bool = ..., sandboxes_lost: _Optional[_Iterable[str]] = ..., still_heartbeating: bool = ...) -> None: ...
 
 class Team(_message.Message):
     __slots__ = ("team_id", "created_at", "quota", "usage")

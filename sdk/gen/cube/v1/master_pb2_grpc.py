@@ -29,8 +29,8 @@ if _version_not_supported:
 class MasterStub(object):
     """The cluster brain. The API facade (cube-api) and operators (cubemastercli, sdk.client) call it;
     it keeps every piece of cluster state in etcd under /cube/ as proto3 JSON of the messages below
-    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateBuild, ApiKey, Team; NodeStatus is
-    written by the cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
+    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateBuild, ApiKey, Team, NodeAdmin;
+    NodeStatus is written by the cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
     timers and the reconciler.
 
     The caller: cube-api names the team it acts for in the metadata of every call (`cube-team`,
@@ -159,6 +159,21 @@ class MasterStub(object):
                 request_serializer=cube_dot_v1_dot_master__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_master__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/cube.v1.Master/DrainNode',
+                request_serializer=cube_dot_v1_dot_master__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.Node.FromString,
+                _registered_method=True)
+        self.UndrainNode = channel.unary_unary(
+                '/cube.v1.Master/UndrainNode',
+                request_serializer=cube_dot_v1_dot_master__pb2.UndrainNodeRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.Node.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/cube.v1.Master/RemoveNode',
+                request_serializer=cube_dot_v1_dot_master__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.RemoveNodeResponse.FromString,
+                _registered_method=True)
         self.CreateTeam = channel.unary_unary(
                 '/cube.v1.Master/CreateTeam',
                 request_serializer=cube_dot_v1_dot_master__pb2.CreateTeamRequest.SerializeToString,
@@ -204,8 +219,8 @@ class MasterStub(object):
 class MasterServicer(object):
     """The cluster brain. The API facade (cube-api) and operators (cubemastercli, sdk.client) call it;
     it keeps every piece of cluster state in etcd under /cube/ as proto3 JSON of the messages below
-    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateBuild, ApiKey, Team; NodeStatus is
-    written by the cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
+    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateBuild, ApiKey, Team, NodeAdmin;
+    NodeStatus is written by the cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
     timers and the reconciler.
 
     The caller: cube-api names the team it acts for in the metadata of every call (`cube-team`,
@@ -374,6 +389,35 @@ class MasterServicer(object):
 
     def ListNodes(self, request, context):
         """---- nodes (admin only) ----
+        Every registered node, and every node the master still knows although its registration is
+        gone (it has sandbox records or an operator's record): those are LOST.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainNode(self, request, context):
+        """Stop placing new sandboxes (and template builds) on a node; what runs there keeps running,
+        and its paused sandboxes may still resume there (their state is on its disk). Idempotent.
+        NOT_FOUND for a node the master does not know; INVALID_ARGUMENT for a malformed id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UndrainNode(self, request, context):
+        """Place on the node again. Idempotent; NOT_FOUND and INVALID_ARGUMENT as for DrainNode.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """Forget a node: its registration and its operator's record. FAILED_PRECONDITION while etcd
+        has sandboxes on it (running, paused, lost or on their way) unless force, which first marks
+        its running and paused sandboxes LOST (routes deleted). A cubelet still running registers its
+        node again at its next heartbeat (and the leader then restores what it still runs): stop it
+        first. NOT_FOUND and INVALID_ARGUMENT as for DrainNode.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -546,6 +590,21 @@ def add_MasterServicer_to_server(servicer, server):
                     request_deserializer=cube_dot_v1_dot_master__pb2.ListNodesRequest.FromString,
                     response_serializer=cube_dot_v1_dot_master__pb2.ListNodesResponse.SerializeToString,
             ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.DrainNodeRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.Node.SerializeToString,
+            ),
+            'UndrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UndrainNode,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.UndrainNodeRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.Node.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.RemoveNodeResponse.SerializeToString,
+            ),
             'CreateTeam': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTeam,
                     request_deserializer=cube_dot_v1_dot_master__pb2.CreateTeamRequest.FromString,
@@ -597,8 +656,8 @@ def add_MasterServicer_to_server(servicer, server):
 class Master(object):
     """The cluster brain. The API facade (cube-api) and operators (cubemastercli, sdk.client) call it;
     it keeps every piece of cluster state in etcd under /cube/ as proto3 JSON of the messages below
-    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateBuild, ApiKey, Team; NodeStatus is
-    written by the cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
+    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateBuild, ApiKey, Team, NodeAdmin;
+    NodeStatus is written by the cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
     timers and the reconciler.
 
     The caller: cube-api names the team it acts for in the metadata of every call (`cube-team`,
@@ -1173,6 +1232,87 @@ class Master(object):
             '/cube.v1.Master/ListNodes',
             cube_dot_v1_dot_master__pb2.ListNodesRequest.SerializeToString,
             cube_dot_v1_dot_master__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/DrainNode',
+            cube_dot_v1_dot_master__pb2.DrainNodeRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UndrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/UndrainNode',
+            cube_dot_v1_dot_master__pb2.UndrainNodeRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.Node.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/RemoveNode',
+            cube_dot_v1_dot_master__pb2.RemoveNodeRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.RemoveNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

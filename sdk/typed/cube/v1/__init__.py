@@ -55,6 +55,15 @@ class SandboxPhase(betterproto.Enum):
     PAUSED = 4
     RESUMING = 5
     KILLING = 6
+    LOST = 7
+    """
+    Its node's registration lapsed (cubelet dead or host cut off) while it ran, or an operator
+     removed the node: route deleted, unreachable, holding nothing of its team's quota. The
+     leader restores it (RUNNING or PAUSED, route again) when the node registers again and still
+     has it, deletes it when the node comes back without it, and deletes it after the master's
+     lost_retention_s. E2B knows no such state: the API reports it as running with `lost`,
+     `lostAt` and `lostReason`. Get, list and kill accept it; other calls answer UNAVAILABLE.
+    """
 
 
 class TemplateStatus(betterproto.Enum):
@@ -62,6 +71,19 @@ class TemplateStatus(betterproto.Enum):
     BUILDING = 1
     READY = 2
     ERROR = 3
+
+
+class NodeState(betterproto.Enum):
+    """How the scheduler treats a node."""
+
+    UNSPECIFIED = 0
+    READY = 1
+    DRAINING = 2
+    LOST = 3
+    """
+    Not registered (lease lapsed, or never seen since the master knew it) but sandbox records or
+     an operator's record name it. Whether it was draining is in `admin`.
+    """
 
 
 class ApiKeyRole(betterproto.Enum):
@@ -380,6 +402,57 @@ class NodeStatus(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class GetTemplateManifestRequest(betterproto.Message):
+    template_id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class TemplateArtifact(betterproto.Message):
+    name: str = betterproto.string_field(1)
+    """
+    One of a fixed set of names ("memory", "state", "image.ext4", ...), never a path: each side
+     maps it to its own location.
+    """
+
+    size: int = betterproto.uint64_field(2)
+    sha256: str = betterproto.string_field(3)
+    mode: int = betterproto.uint32_field(4)
+
+
+@dataclass(eq=False, repr=False)
+class TemplateManifest(betterproto.Message):
+    template_id: str = betterproto.string_field(1)
+    build_key: str = betterproto.string_field(2)
+    """
+    The build these files belong to (hex); the receiving node keeps the same key.
+    """
+
+    info: "TemplateInfo" = betterproto.message_field(3)
+    env: Dict[str, str] = betterproto.map_field(
+        4, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
+    artifacts: List["TemplateArtifact"] = betterproto.message_field(5)
+
+
+@dataclass(eq=False, repr=False)
+class FetchArtifactRequest(betterproto.Message):
+    template_id: str = betterproto.string_field(1)
+    build_key: str = betterproto.string_field(2)
+    name: str = betterproto.string_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class ArtifactChunk(betterproto.Message):
+    offset: int = betterproto.uint64_field(1)
+    """
+    Where `data` goes in the file. Offsets only grow and chunks never overlap; bytes no chunk
+     covers (up to the manifest's size) are zeros: the holes of a sparse file are not sent.
+    """
+
+    data: bytes = betterproto.bytes_field(2)
+
+
+@dataclass(eq=False, repr=False)
 class Sandbox(betterproto.Message):
     """One sandbox: the value at /cube/sandboxes/<sandbox_id>."""
 
@@ -434,6 +507,11 @@ class Sandbox(betterproto.Message):
      and its pause and resume are never refused by one.
     """
 
+    lost_reason: str = betterproto.string_field(29)
+    """LOST: why and since when (what was known: which node, how it went)."""
+
+    lost_at: datetime = betterproto.message_field(30)
+
 
 @dataclass(eq=False, repr=False)
 class CreateSandboxRequest(betterproto.Message):
@@ -465,9 +543,10 @@ class ListSandboxRecordsRequest(betterproto.Message):
 
     phases: List["SandboxPhase"] = betterproto.enum_field(2)
     """
-    Phases to include, RUNNING and/or PAUSED; empty = both. E2B knows only running and paused:
-     PAUSING and RESUMING count as PAUSED (the pause or resume has not answered yet); CREATING and
-     KILLING records are never listed (the client does not have them, or they are going away).
+    Phases to include, RUNNING, PAUSED and/or LOST; empty = all three. E2B knows only running and
+     paused: PAUSING and RESUMING count as PAUSED (the pause or resume has not answered yet);
+     CREATING and KILLING records are never listed (the client does not have them, or they are
+     going away).
     """
 
     limit: int = betterproto.uint32_field(3)
@@ -713,19 +792,73 @@ class ListNodesRequest(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class NodeAdmin(betterproto.Message):
+    """
+    An operator's record of a node: the value at /cube/node-admin/<node_id>, written only by the
+     master for operators' calls (the cubelet rewrites its NodeStatus every heartbeat, so nothing of
+     an operator's may live there). It exists while the node is draining; undrain and remove
+     delete it.
+    """
+
+    node_id: str = betterproto.string_field(1)
+    draining: bool = betterproto.bool_field(2)
+    reason: str = betterproto.string_field(3)
+    updated_at: datetime = betterproto.message_field(4)
+
+
+@dataclass(eq=False, repr=False)
 class Node(betterproto.Message):
     status: "NodeStatus" = betterproto.message_field(1)
+    """
+    As the cubelet last wrote it at /cube/nodes/<node_id>; only node_id for a LOST node.
+    """
+
     sandboxes_running: int = betterproto.uint32_field(2)
     """
     From the master's records (may lead the node's own counts while creates are in flight).
     """
 
     sandboxes_paused: int = betterproto.uint32_field(3)
+    state: "NodeState" = betterproto.enum_field(4)
+    admin: "NodeAdmin" = betterproto.message_field(5)
+    sandboxes_lost: int = betterproto.uint32_field(6)
+    heartbeat_at: datetime = betterproto.message_field(7)
+    """
+    The last renewal of the node's registration lease, as etcd reports it (to the second); unset
+     when the registration has no lease or is gone.
+    """
 
 
 @dataclass(eq=False, repr=False)
 class ListNodesResponse(betterproto.Message):
     nodes: List["Node"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class DrainNodeRequest(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    reason: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class UndrainNodeRequest(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class RemoveNodeRequest(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    force: bool = betterproto.bool_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class RemoveNodeResponse(betterproto.Message):
+    removed: bool = betterproto.bool_field(1)
+    sandboxes_lost: List[str] = betterproto.string_field(2)
+    still_heartbeating: bool = betterproto.bool_field(3)
+    """
+    Its registration was still being renewed: the cubelet runs and will register it again.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -1275,6 +1408,41 @@ class CubeletStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def get_template_manifest(
+        self,
+        get_template_manifest_request: "GetTemplateManifestRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "TemplateManifest":
+        return await self._unary_unary(
+            "/cube.v1.Cubelet/GetTemplateManifest",
+            get_template_manifest_request,
+            TemplateManifest,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def fetch_template_artifact(
+        self,
+        fetch_artifact_request: "FetchArtifactRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[ArtifactChunk]:
+        async for response in self._unary_stream(
+            "/cube.v1.Cubelet/FetchTemplateArtifact",
+            fetch_artifact_request,
+            ArtifactChunk,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 class MasterStub(betterproto.ServiceStub):
     async def create_sandbox(
@@ -1635,6 +1803,57 @@ class MasterStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def drain_node(
+        self,
+        drain_node_request: "DrainNodeRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Node":
+        return await self._unary_unary(
+            "/cube.v1.Master/DrainNode",
+            drain_node_request,
+            Node,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def undrain_node(
+        self,
+        undrain_node_request: "UndrainNodeRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Node":
+        return await self._unary_unary(
+            "/cube.v1.Master/UndrainNode",
+            undrain_node_request,
+            Node,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def remove_node(
+        self,
+        remove_node_request: "RemoveNodeRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RemoveNodeResponse":
+        return await self._unary_unary(
+            "/cube.v1.Master/RemoveNode",
+            remove_node_request,
+            RemoveNodeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def create_team(
         self,
         create_team_request: "CreateTeamRequest",
@@ -1970,6 +2189,17 @@ class CubeletBase(ServiceBase):
     async def get_node(self, get_node_request: "GetNodeRequest") -> "NodeStatus":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def get_template_manifest(
+        self, get_template_manifest_request: "GetTemplateManifestRequest"
+    ) -> "TemplateManifest":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def fetch_template_artifact(
+        self, fetch_artifact_request: "FetchArtifactRequest"
+    ) -> AsyncIterator[ArtifactChunk]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield ArtifactChunk()
+
     async def __rpc_run_sandbox(
         self, stream: "grpclib.server.Stream[RunSandboxRequest, SandboxStatus]"
     ) -> None:
@@ -2067,6 +2297,24 @@ class CubeletBase(ServiceBase):
         response = await self.get_node(request)
         await stream.send_message(response)
 
+    async def __rpc_get_template_manifest(
+        self,
+        stream: "grpclib.server.Stream[GetTemplateManifestRequest, TemplateManifest]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_template_manifest(request)
+        await stream.send_message(response)
+
+    async def __rpc_fetch_template_artifact(
+        self, stream: "grpclib.server.Stream[FetchArtifactRequest, ArtifactChunk]"
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.fetch_template_artifact,
+            stream,
+            request,
+        )
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/cube.v1.Cubelet/RunSandbox": grpclib.const.Handler(
@@ -2146,6 +2394,18 @@ class CubeletBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 GetNodeRequest,
                 NodeStatus,
+            ),
+            "/cube.v1.Cubelet/GetTemplateManifest": grpclib.const.Handler(
+                self.__rpc_get_template_manifest,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetTemplateManifestRequest,
+                TemplateManifest,
+            ),
+            "/cube.v1.Cubelet/FetchTemplateArtifact": grpclib.const.Handler(
+                self.__rpc_fetch_template_artifact,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                FetchArtifactRequest,
+                ArtifactChunk,
             ),
         }
 
@@ -2254,6 +2514,17 @@ class MasterBase(ServiceBase):
     async def list_nodes(
         self, list_nodes_request: "ListNodesRequest"
     ) -> "ListNodesResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def drain_node(self, drain_node_request: "DrainNodeRequest") -> "Node":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def undrain_node(self, undrain_node_request: "UndrainNodeRequest") -> "Node":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def remove_node(
+        self, remove_node_request: "RemoveNodeRequest"
+    ) -> "RemoveNodeResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def create_team(self, create_team_request: "CreateTeamRequest") -> "Team":
@@ -2453,6 +2724,27 @@ class MasterBase(ServiceBase):
         response = await self.list_nodes(request)
         await stream.send_message(response)
 
+    async def __rpc_drain_node(
+        self, stream: "grpclib.server.Stream[DrainNodeRequest, Node]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.drain_node(request)
+        await stream.send_message(response)
+
+    async def __rpc_undrain_node(
+        self, stream: "grpclib.server.Stream[UndrainNodeRequest, Node]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.undrain_node(request)
+        await stream.send_message(response)
+
+    async def __rpc_remove_node(
+        self, stream: "grpclib.server.Stream[RemoveNodeRequest, RemoveNodeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.remove_node(request)
+        await stream.send_message(response)
+
     async def __rpc_create_team(
         self, stream: "grpclib.server.Stream[CreateTeamRequest, Team]"
     ) -> None:
@@ -2636,6 +2928,24 @@ class MasterBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListNodesRequest,
                 ListNodesResponse,
+            ),
+            "/cube.v1.Master/DrainNode": grpclib.const.Handler(
+                self.__rpc_drain_node,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DrainNodeRequest,
+                Node,
+            ),
+            "/cube.v1.Master/UndrainNode": grpclib.const.Handler(
+                self.__rpc_undrain_node,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                UndrainNodeRequest,
+                Node,
+            ),
+            "/cube.v1.Master/RemoveNode": grpclib.const.Handler(
+                self.__rpc_remove_node,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RemoveNodeRequest,
+                RemoveNodeResponse,
             ),
             "/cube.v1.Master/CreateTeam": grpclib.const.Handler(
                 self.__rpc_create_team,
