@@ -8,7 +8,7 @@ ifeq ($(shell grep -qwE 'vmx|svm' /proc/cpuinfo || echo novirt),novirt)
 export CUBE_ALLOW_TCG ?= 1
 endif
 
-.PHONY: setup lint test up down env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template envd-dev
+.PHONY: setup lint test up down env cluster-up cluster-down cluster-env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template envd-dev
 
 setup:
 	@bash scripts/setup.sh
@@ -38,6 +38,19 @@ down:
 # The exports the unmodified E2B SDKs need: eval "$$(make -s env)"
 env:
 	@$(PY) -m deploy.env
+
+# A cluster on this machine, laid out as on several: 3 hosts (network namespaces) each with an etcd
+# member, a cubelet, CubeVS and a proxy; 2 masters; the API on the first host (deploy/cluster.py).
+cluster-up: setup
+	@bash scripts/local_dns.sh >/dev/null
+	@$(PY) -m deploy.cluster up
+
+cluster-down:
+	@$(PY) -m deploy.cluster down
+
+# The cluster's exports: eval "$$(make -s cluster-env)"
+cluster-env:
+	@$(PY) -m deploy.cluster env
 
 artifacts: setup
 	$(PY) -m services.cubelet.artifacts

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import shlex
 
-from cube_common import defaults
 from cube_common.mtls import Role
 from deploy import local_key
 from deploy.supervisor import NodeConfig
@@ -19,7 +18,7 @@ def sdk_env(cfg: NodeConfig) -> dict[str, str]:
     return {
         # The address, not `localhost`: the API listens on 127.0.0.1 only, and `localhost` is also
         # ::1, which Node (17+, without happy eyeballs) may try alone and be refused.
-        "E2B_API_URL": f"http://{defaults.LOOPBACK}:{cfg.api_port}",
+        "E2B_API_URL": f"http://{cfg.api_host}:{cfg.api_port}",
         "E2B_API_KEY": local_key.read(cfg.state_dir) or LOCAL_KEY,
         "SSL_CERT_FILE": str(cfg.state_dir / "tls" / "ca.pem"),
         "CUBE_TEMPLATE_ID": DEFAULT_TEMPLATE,

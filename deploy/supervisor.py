@@ -47,6 +47,7 @@ class NodeConfig(Settings):
     state_dir: Path = shared.state_dir()
     etcd_client_port: int = setting(defaults.ETCD_PORT, "etcd's client port", env="CUBE_ETCD_PORT")
     etcd_peer_port: int = setting(2380, "etcd's peer port")
+    api_host: str = setting(defaults.LOOPBACK, "cube-api's address", env="CUBE_API_HOST")
     api_port: int = setting(defaults.API_PORT, "cube-api's port")
     master_addr: str = shared.master_addr()
     cubelet_addr: str = setting(defaults.CUBELET_ADDR, "the cubelet's gRPC address", env="CUBE_CUBELET_LISTEN")
@@ -119,9 +120,10 @@ class Program:
     started_at: float = 0.0
     backoff: float = 0.5
     extra_env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] | None = None  # the whole environment (a cluster's programs); None: the node's
 
 
-def _tcp_open(host: str, port: int) -> bool:
+def tcp_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
             return True
@@ -129,7 +131,7 @@ def _tcp_open(host: str, port: int) -> bool:
         return False
 
 
-def _unix_open(path: str) -> bool:
+def unix_open(path: str) -> bool:
     s = socket.socket(socket.AF_UNIX)
     try:
         s.settimeout(0.5)
@@ -141,7 +143,7 @@ def _unix_open(path: str) -> bool:
         s.close()
 
 
-def _etcd_healthy(endpoint: str, tls: TlsFiles) -> bool:
+def etcd_healthy(endpoint: str, tls: TlsFiles) -> bool:
     """etcd's /health over TLS, presenting ``tls`` and checking etcd's certificate by its role's
     name (it names no address)."""
     host, port = split_host_port(endpoint)
@@ -171,27 +173,31 @@ def programs(cfg: NodeConfig) -> list[Program]:
                          "--listen-peer-urls", f"http://127.0.0.1:{cfg.etcd_peer_port}",
                          "--initial-advertise-peer-urls", f"http://127.0.0.1:{cfg.etcd_peer_port}",
                          "--initial-cluster", f"cube=http://127.0.0.1:{cfg.etcd_peer_port}"],
-                lambda: _etcd_healthy(cfg.etcd_endpoint, cfg.tls(Role.OPERATOR))),
-        Program("vs", [PY, "-m", "services.vs"], lambda: _unix_open(cfg.vs_socket)),
-        Program("cubelet", [PY, "-m", "services.cubelet"], lambda: _tcp_open(chost, cport)),
-        Program("master", [PY, "-m", "services.master"], lambda: _tcp_open(host, port)),
-        Program("proxy", [PY, "-m", "services.proxy"], lambda: _tcp_open("127.0.0.1", cfg.proxy_http_port)),
-        Program("api", [PY, "-m", "services.api"], lambda: _tcp_open("127.0.0.1", cfg.api_port)),
+                lambda: etcd_healthy(cfg.etcd_endpoint, cfg.tls(Role.OPERATOR))),
+        Program("vs", [PY, "-m", "services.vs"], lambda: unix_open(cfg.vs_socket)),
+        Program("cubelet", [PY, "-m", "services.cubelet"], lambda: tcp_open(chost, cport)),
+        Program("master", [PY, "-m", "services.master"], lambda: tcp_open(host, port)),
+        Program("proxy", [PY, "-m", "services.proxy"], lambda: tcp_open("127.0.0.1", cfg.proxy_http_port)),
+        Program("api", [PY, "-m", "services.api"], lambda: tcp_open("127.0.0.1", cfg.api_port)),
     ]
 
 
 class Supervisor:
-    def __init__(self, cfg: NodeConfig) -> None:
+    """Starts ``progs`` (default: this node's) in order, restarts what exits, stops them in reverse."""
+
+    def __init__(self, cfg: NodeConfig, progs: list[Program] | None = None, logs: Path | None = None) -> None:
         self.cfg = cfg
-        self.programs = programs(cfg)
+        self.programs = programs(cfg) if progs is None else progs
+        self.logs = logs or cfg.logs
         self.stopping = False
 
     def _start(self, p: Program) -> subprocess.Popen[bytes]:
-        log = open(self.cfg.logs / f"{p.name}.log", "ab")
+        log = open(self.logs / f"{p.name}.log", "ab")
         log.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} starting {p.name} ---\n".encode())
         log.flush()
-        p.proc = subprocess.Popen(p.argv, cwd=REPO, env={**self.cfg.env(), **p.extra_env}, stdout=log,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        env = p.env if p.env is not None else {**self.cfg.env(), **p.extra_env}
+        p.proc = subprocess.Popen(p.argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL)
         log.close()
         p.started_at = time.monotonic()
         return p.proc
@@ -199,7 +205,7 @@ class Supervisor:
     def say(self, msg: str) -> None:
         line = json.dumps({"ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "service": "supervisor",
                            "msg": msg})
-        with open(self.cfg.logs / "supervisor.log", "a") as f:
+        with open(self.logs / "supervisor.log", "a") as f:
             f.write(line + "\n")
         print(msg, flush=True)
 
@@ -210,9 +216,9 @@ class Supervisor:
             while not p.ready():
                 if proc.poll() is not None:
                     raise SystemExit(f"{p.name} exited with {proc.returncode} while starting; "
-                                     f"see {self.cfg.logs / (p.name + '.log')}")
+                                     f"see {self.logs / (p.name + '.log')}")
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"{p.name} not ready after {timeout}s; see {self.cfg.logs / (p.name + '.log')}")
+                    raise SystemExit(f"{p.name} not ready after {timeout}s; see {self.logs / (p.name + '.log')}")
                 time.sleep(0.1)
             self.say(f"{p.name} ready (pid {proc.pid})")
 

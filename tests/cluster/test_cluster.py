@@ -1,0 +1,184 @@
+"""The cluster on one machine (deploy/cluster.py), with real parts only: etcd members talking TLS to
+each other over the hosts' addresses, masters electing a leader, cubelets running QEMU in their
+hosts' namespaces, proxies forwarding between hosts, and the unmodified E2B SDK as the client."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from cube_common.mtls import Role, TlsFiles, client_ssl_context, server_name, sync_channel
+from deploy import cluster as cluster_mod
+from sdk.client import CubeClient
+from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
+
+pytestmark = pytest.mark.timeout(1800)
+
+
+def etcd_call(cluster, host: str, path: str, body: dict) -> dict:
+    """etcd's JSON gateway on ``host``, over TLS with the operator's certificate, checking etcd's
+    name (its certificate names no address)."""
+    s = cluster.s
+    ctx = client_ssl_context(TlsFiles(s.operator_dir))
+    data = json.dumps(body).encode()
+    with socket.create_connection((s.address(host), 2379), timeout=5) as raw, \
+            ctx.wrap_socket(raw, server_hostname=server_name(Role.ETCD)) as sock:
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    head, _, payload = reply.partition(b"\r\n\r\n")
+    assert b" 200 " in head.split(b"\r\n")[0], head
+    return json.loads(payload)
+
+
+def leader(cluster, host: str = "h1") -> tuple[str, int]:
+    """The leading master's id and the revision its leadership began at (("", 0): none)."""
+    import base64
+    key = base64.b64encode(b"/cube/leader").decode()
+    kvs = etcd_call(cluster, host, "/v3/kv/range", {"key": key}).get("kvs", [])
+    if not kvs:
+        return "", 0
+    return json.loads(base64.b64decode(kvs[0]["value"])).get("masterId", ""), int(kvs[0]["create_revision"])
+
+
+def pid_of(cluster, host: str, module: str) -> int:
+    """The pid of ``python -m <module>`` running for ``host`` of this cluster."""
+    want = f"CUBE_STATE_DIR={cluster.s.host_dir(host)}".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            if module.encode() in cmd and want in (d / "environ").read_bytes().split(b"\0"):
+                return int(d.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no {module} for {host}")
+
+
+def records(cluster) -> list[master_pb2.Sandbox]:
+    with sync_channel(cluster.s.master_target, TlsFiles(cluster.s.operator_dir), Role.MASTER) as ch:
+        stub = master_pb2_grpc.MasterStub(ch)
+        return list(stub.ListSandboxRecords(master_pb2.ListSandboxRecordsRequest(), timeout=30).sandboxes)
+
+
+CREATE_AND_RUN = """
+    import json
+    from e2b import Sandbox
+    out = []
+    for i in range({n}):
+        sbx = Sandbox.create(timeout=300)
+        r = sbx.commands.run("cat /proc/sys/kernel/hostname; echo ok")
+        out.append({{"id": sbx.sandbox_id, "out": r.stdout}})
+    print(json.dumps({{"sandboxes": out}}))
+"""
+
+
+def test_etcd_is_one_cluster_of_three_members_over_tls(cluster):
+    members = etcd_call(cluster, "h2", "/v3/cluster/member/list", {})["members"]
+    assert sorted(m["name"] for m in members) == ["h1", "h2", "h3"]
+    for m in members:
+        assert all(u.startswith("https://10.79.0.") for u in m["peerURLs"] + m["clientURLs"]), m
+    # Every member serves, and each answers the same leader.
+    statuses = [etcd_call(cluster, h, "/v3/maintenance/status", {}) for h in cluster.s.host_names()]
+    assert len({st["leader"] for st in statuses}) == 1
+
+
+def test_sandboxes_land_on_every_host(cluster):
+    """The default template was built on h1 only; the other hosts prefetched it (`up` waits for
+    that), so creates spread over all three and each runs a command through the edge on h1."""
+    got = cluster.sdk(CREATE_AND_RUN.format(n=6))["sandboxes"]
+    assert all(s["out"].strip().endswith("ok") for s in got), got
+    placed = {r.sandbox_id: r.node_id for r in records(cluster)}
+    assert set(placed.values()) == {"h1", "h2", "h3"}, placed
+
+
+def test_killing_the_leader_master_hands_over(cluster):
+    before, since = leader(cluster)
+    assert before in ("master-h1", "master-h2")
+    host = before.removeprefix("master-")
+    t0 = time.monotonic()
+    os.kill(pid_of(cluster, host, "services.master"), signal.SIGKILL)
+    # A new leadership: the standby, or the killed master restarted by the supervisor (same id).
+    deadline = t0 + 30
+    while (now := leader(cluster, "h3"))[1] in (0, since) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    took = time.monotonic() - t0
+    assert now[1] not in (0, since), f"no new leader after {took:.1f}s"
+    print(f"\nleader {before} killed: {now[0]} leads after {took:.1f}s")
+    # Clients go on through whichever master answers.
+    got = cluster.sdk(CREATE_AND_RUN.format(n=1))["sandboxes"]
+    assert got[0]["out"].strip().endswith("ok")
+
+
+def etcd_pid(cluster, host: str) -> int:
+    data = str(cluster.s.host_dir(host) / "etcd").encode()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd[:1] == [b"etcd"] and data in cmd:
+                return int(d.name)
+    raise AssertionError(f"no etcd member for {host}")
+
+
+def test_one_etcd_member_down_changes_nothing(cluster):
+    pid = etcd_pid(cluster, "h3")
+    os.kill(pid, signal.SIGSTOP)  # unresponsive, as a member on a hung host
+    try:
+        got = cluster.sdk(CREATE_AND_RUN.format(n=2))["sandboxes"]
+        assert all(s["out"].strip().endswith("ok") for s in got)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+CONNECT_AND_RUN = """
+    import json
+    from e2b import Sandbox
+    sbx = Sandbox.connect("{sid}")
+    print(json.dumps({{"out": sbx.commands.run("echo back").stdout}}))
+"""
+
+
+def test_a_host_cut_off_is_lost_and_comes_back(cluster):
+    s = cluster.s
+    with CubeClient(s.master_target, tls_dir=s.operator_dir) as c:
+        # Put one sandbox on h3: the other hosts drained for the create.
+        for h in ("h1", "h2"):
+            c.drain_node(h, reason="test: place on h3")
+        try:
+            sid = cluster.sdk(CREATE_AND_RUN.format(n=1))["sandboxes"][0]["id"]
+        finally:
+            for h in ("h1", "h2"):
+                c.undrain_node(h)
+        assert {r.sandbox_id: r.node_id for r in records(cluster)}[sid] == "h3"
+        t0 = time.monotonic()
+        cluster_mod.cut(s, "h3")
+        try:
+            deadline = t0 + 60
+            while (phase := c.get_sandbox(sid).phase) != master_pb2.SANDBOX_PHASE_LOST:
+                assert time.monotonic() < deadline, f"not lost after 60 s (phase {phase})"
+                time.sleep(0.5)
+            print(f"\nh3 cut off: its sandbox lost after {time.monotonic() - t0:.1f}s "
+                  f"({c.get_sandbox(sid).lost_reason})")
+            # New sandboxes go to the hosts that are there.
+            new = cluster.sdk(CREATE_AND_RUN.format(n=2))["sandboxes"]
+            placed = {r.sandbox_id: r.node_id for r in records(cluster)}
+            assert all(placed[x["id"]] in ("h1", "h2") for x in new), placed
+        finally:
+            cluster_mod.cut(s, "h3", off=False)
+        # h3 is back: its cubelet still runs the VM, so the sandbox is restored and answers.
+        deadline = time.monotonic() + 90
+        while c.get_sandbox(sid).phase != master_pb2.SANDBOX_PHASE_RUNNING:
+            assert time.monotonic() < deadline, "not restored 90 s after h3 came back"
+            time.sleep(0.5)
+    assert cluster.sdk(CONNECT_AND_RUN.format(sid=sid))["out"].strip() == "back"
