@@ -8,7 +8,7 @@ ifeq ($(shell grep -qwE 'vmx|svm' /proc/cpuinfo || echo novirt),novirt)
 export CUBE_ALLOW_TCG ?= 1
 endif
 
-.PHONY: setup lint test up down env cluster-up cluster-down cluster-env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template envd-dev
+.PHONY: setup lint test up down env cluster-up cluster-down cluster-env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template bench-cluster envd-dev
 
 setup:
 	@bash scripts/setup.sh
@@ -70,6 +70,10 @@ bench-vs: setup
 
 bench-proxy: setup
 	$(PY) bench/proxy_bench.py
+
+# A cluster of its own (3 hosts in network namespaces), 1 host vs 3, node loss, master failover.
+bench-cluster: setup
+	$(PY) bench/cluster_bench.py
 
 # These two drive the running node (they bring it up first if it is not).
 bench-api: setup

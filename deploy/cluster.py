@@ -30,12 +30,14 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import json
 import os
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -469,11 +471,29 @@ def down(s: ClusterSettings, timeout: float = 180.0) -> None:
     network_down(s)
 
 
-def shell_env(s: ClusterSettings) -> dict[str, str]:
-    ca = str(s.host_dir("h1") / "tls" / "ca.pem")
+def sdk_env(s: ClusterSettings) -> dict[str, str]:
+    """The three variables the unmodified E2B SDKs need to use the cluster."""
     return {"E2B_API_URL": s.api_url, "E2B_API_KEY": local_key.read(s.host_dir("h1")) or "",
-            "SSL_CERT_FILE": ca, "NODE_EXTRA_CA_CERTS": ca, "CUBE_TEMPLATE_ID": "code-interpreter",
+            "SSL_CERT_FILE": str(s.host_dir("h1") / "tls" / "ca.pem")}
+
+
+def shell_env(s: ClusterSettings) -> dict[str, str]:
+    env = sdk_env(s)
+    return {**env, "NODE_EXTRA_CA_CERTS": env["SSL_CERT_FILE"], "CUBE_TEMPLATE_ID": "code-interpreter",
             "CUBE_MASTER_ADDR": s.master_target, "CUBE_TLS_DIR": str(s.operator_dir)}
+
+
+def run_client(s: ClusterSettings, script: str, host: str = "h1", timeout: float = 600) -> dict:
+    """Run the Python ``script`` as an SDK client on ``host`` (in its namespace, where names under
+    .localhost reach h1's edge, forwarded or not), with only ``sdk_env`` set. It prints one JSON
+    object last, which is returned; a failure raises RuntimeError with its output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("E2B_", "CUBE_"))}
+    env.update({**sdk_env(s), "PYTHONPATH": str(REPO)})
+    r = subprocess.run(_in(s, host, [PY, "-c", textwrap.dedent(script)]), env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    if r.returncode != 0:
+        raise RuntimeError(f"client on {host} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def status(s: ClusterSettings) -> None:

@@ -1,7 +1,9 @@
 """`make env`: the variables the unmodified E2B SDKs need to use this node."""
 from __future__ import annotations
 
+import os
 import shlex
+from pathlib import Path
 
 from cube_common.mtls import Role
 from deploy import local_key
@@ -35,8 +37,25 @@ def shell_env(cfg: NodeConfig) -> dict[str, str]:
 
 
 def main() -> None:
-    for k, v in shell_env(NodeConfig.from_env()).items():
+    cfg = NodeConfig.from_env()
+    env = shell_env(cfg)
+    if not _running(cfg.pidfile):
+        # No node here; a cluster on this machine (make cluster-up) is what there is to use.
+        from deploy import cluster
+
+        settings = cluster.ClusterSettings.from_env()
+        if _running(settings.pidfile):
+            env = cluster.shell_env(settings)
+    for k, v in env.items():
         print(f"export {k}={shlex.quote(v)}")
+
+
+def _running(pidfile: Path) -> bool:
+    try:
+        os.kill(int(pidfile.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 if __name__ == "__main__":

@@ -429,7 +429,7 @@ def node_drain(c: CubeClient, a) -> None:
     if a.json:
         return print_json(n)
     print(f"node {a.node} draining: no new sandboxes go there; its {n.sandboxes_running} running and "
-          f"{n.sandboxes_paused} paused sandbox(es) stay")
+          f"{n.sandboxes_paused} paused sandbox(es) stay (a paused one moves to another node when resumed)")
 
 
 def node_undrain(c: CubeClient, a) -> None:

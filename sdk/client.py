@@ -242,10 +242,12 @@ class AsyncCubeClient:
         return await self._call(self._stub.pause_sandbox_record, pb.PauseSandboxRecordRequest(sandbox_id=sandbox_id),
                                 self._slow())
 
-    async def connect_sandbox(self, sandbox_id: str, timeout_s: int = 0) -> pb.ConnectSandboxResponse:
-        """Resume the sandbox if it is paused; the answer carries it and whether it was resumed."""
-        return await self._call(self._stub.connect_sandbox,
-                                pb.ConnectSandboxRequest(sandbox_id=sandbox_id, timeout_s=timeout_s), self._slow())
+    async def connect_sandbox(self, sandbox_id: str, timeout_s: int = 0,
+                              node_id: str = "") -> pb.ConnectSandboxResponse:
+        """Resume the sandbox if it is paused (on ``node_id``, its state moved there, when named:
+        operators only); the answer carries it and whether it was resumed."""
+        return await self._call(self._stub.connect_sandbox, pb.ConnectSandboxRequest(
+            sandbox_id=sandbox_id, timeout_s=timeout_s, node_id=node_id), self._slow())
 
     async def sandbox_logs(self, sandbox_id: str, limit: int = 1000) -> list[pb.LogLine]:
         resp = await self._call(self._stub.get_sandbox_logs, pb.SandboxLogsRequest(sandbox_id=sandbox_id, limit=limit))
@@ -297,7 +299,8 @@ class AsyncCubeClient:
         return (await self._call(self._stub.list_nodes, pb.ListNodesRequest())).nodes
 
     async def drain_node(self, node_id: str, reason: str = "") -> pb.Node:
-        """No new sandboxes on the node; what is there stays (and its paused ones may resume)."""
+        """No new sandboxes on the node; what runs there stays, and its paused ones resume on other
+        nodes (their state moved there)."""
         return await self._call(self._stub.drain_node, pb.DrainNodeRequest(node_id=node_id, reason=reason))
 
     async def undrain_node(self, node_id: str) -> pb.Node:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ArtifactError, InvalidSpecError
@@ -66,6 +68,53 @@ def cow_overlay(backing: Path, overlay: Path, qemu_img: str = "qemu-img") -> Pat
     _run([qemu_img, "create", "-q", "-f", "qcow2", "-F", fmt, "-b", str(backing), str(overlay)],
          "qemu-img create overlay")
     return overlay
+
+
+def rebase_overlay(overlay: Path, backing: Path, qemu_img: str = "qemu-img") -> Path:
+    """Make the qcow2 ``overlay`` read through ``backing`` from now on, without reading or copying
+    data (an unsafe rebase: the header's backing file name changes, nothing else). Only for a backing
+    file with the very bytes of the one the overlay was made on: another host's copy of it, say."""
+    if not backing.is_absolute() or not backing.is_file():
+        raise InvalidSpecError(f"backing image {backing} is not an existing absolute path")
+    fmt = "qcow2" if backing.suffix == ".qcow2" else "raw"
+    _run([qemu_img, "rebase", "-q", "-u", "-f", "qcow2", "-F", fmt, "-b", str(backing), str(overlay)],
+         "qemu-img rebase overlay")
+    return overlay
+
+
+QCOW2_MAGIC = b"QFI\xfb"
+# Incompatible feature: guest data lives in an external file the header names (qcow2 spec, bit 2).
+QCOW2_EXTERNAL_DATA = 1 << 2
+
+
+@dataclass(frozen=True)
+class Qcow2Header:
+    """What a qcow2 image's header says about the files it depends on (and its size)."""
+
+    version: int
+    virtual_size: int
+    backing: bytes | None  # the backing file name as stored, or None
+    incompatible_features: int  # 0 for a version 2 image
+
+    @property
+    def external_data(self) -> bool:
+        return bool(self.incompatible_features & QCOW2_EXTERNAL_DATA)
+
+
+def qcow2_header(path: Path) -> Qcow2Header | None:
+    """The header of the qcow2 image at ``path``, or None when it is not a qcow2 image. Reads the
+    header only: never opens a file the image names. Raises OSError."""
+    with open(path, "rb") as f:
+        header = f.read(80)
+        if len(header) < 32 or header[:4] != QCOW2_MAGIC:
+            return None
+        version, offset, size, virtual = struct.unpack(">IQIxxxxQ", header[4:32])
+        incompatible = struct.unpack(">Q", header[72:80])[0] if version >= 3 and len(header) >= 80 else 0
+        backing = None
+        if offset and 0 < size <= 1023:
+            f.seek(offset)
+            backing = f.read(size)
+        return Qcow2Header(version, virtual, backing, incompatible)
 
 
 def allocated_bytes(path: Path) -> int:

@@ -48,13 +48,13 @@ import fcntl
 import json
 import os
 import stat
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import accel as accel_mod
 from .cgroups import CgroupError, Limits, MachineCgroup
+from .disks import qcow2_header
 from .errors import VmmError
 from .settings import Accel, VmmSettings
 from .spec import DiskFormat, MachinePaths, MachineSpec
@@ -70,7 +70,6 @@ _CLONE_NEWNS = 0x20000
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 1, 2, 4, 8
 _MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 32, 4096, 0x4000, 1 << 18
 MAX_BACKING_DEPTH = 8
-QCOW2_MAGIC = b"QFI\xfb"
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -316,27 +315,13 @@ def disk_files(spec: MachineSpec) -> list[tuple[Path, bool]]:
     return list(out.items())
 
 
-def _qcow2_header(path: Path) -> tuple[int, bytes | None] | None:
-    """A qcow2 image's virtual size and the backing file name it holds (raw), or None when
-    ``path`` is not a qcow2 image."""
-    with open(path, "rb") as f:
-        header = f.read(32)
-        if len(header) < 32 or header[:4] != QCOW2_MAGIC:
-            return None
-        offset, size, virtual = struct.unpack(">QIxxxxQ", header[8:32])
-        if not offset or not 0 < size <= 1023:
-            return virtual, None
-        f.seek(offset)
-        return virtual, f.read(size)
-
-
 def _qcow2_backing(path: Path) -> Path | None:
     """The backing file a qcow2 image names (resolved against its directory), or None."""
     try:
-        header = _qcow2_header(path)
-        if header is None or header[1] is None:
+        header = qcow2_header(path)
+        if header is None or header.backing is None:
             return None
-        backing = Path(header[1].decode())
+        backing = Path(header.backing.decode())
     except (OSError, UnicodeDecodeError):
         return None
     return backing if backing.is_absolute() else path.parent / backing
@@ -352,8 +337,8 @@ def _largest_write(spec: MachineSpec) -> int:
 
 def _virtual_size(path: Path, fmt: DiskFormat) -> int:
     try:
-        if fmt is DiskFormat.QCOW2 and (header := _qcow2_header(path)) is not None:
-            return header[0]
+        if fmt is DiskFormat.QCOW2 and (header := qcow2_header(path)) is not None:
+            return header.virtual_size
         return path.stat().st_size
     except OSError as e:
         if e.errno == errno.ENOENT:

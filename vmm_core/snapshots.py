@@ -8,7 +8,8 @@ Two kinds of snapshot:
   milliseconds and only the pages it writes cost memory. Its writable disk is a qcow2 overlay on
   the frozen writable layer. The source machine is consumed.
 * SAVED: a full migration stream (RAM included) plus the machine's own disk overlay; `restore()`
-  brings back exactly that one machine, any number of save/restore cycles later.
+  brings back exactly that one machine, any number of save/restore cycles later. A saved clone
+  copied to another host runs there on that host's copy of its template (`rehome_saved()`).
 
 Every clone starts with the snapshot's clock and RNG state, so clone() and restore() hand the guest
 the current time and fresh entropy over the control channel before returning.
@@ -27,7 +28,7 @@ from enum import Enum
 from pathlib import Path
 from typing import NoReturn
 
-from .disks import cow_overlay
+from .disks import cow_overlay, qcow2_header, rebase_overlay
 from .errors import BootError, InvalidSpecError, MachineGoneError, SnapshotError, VmmError
 from .machine import Machine, pid_alive
 from .settings import VmmSettings
@@ -434,3 +435,46 @@ async def restore(settings: VmmSettings, snap: Snapshot, vm_id: str, network: Ne
                                   sync=True, rollback=rollback)
     snap.remove()
     return machine
+
+
+def rehome_saved(path: Path, template: Snapshot, *, private_memory: Path | None = None,
+                 qemu_img: str = "qemu-img") -> Snapshot:
+    """Make the SAVED snapshot in ``path``, a clone of ``template`` saved on another host and copied
+    here, run on this host's copy of that template: its kernel, initramfs and read-only disks become
+    the template's, its memory file the template's memory (or ``private_memory``: a clone that had
+    its own copy, which a restore creates afresh), and its overlay reads through the template's disk.
+
+    The copy's metadata comes from the other host: no path in it is kept or followed (the overlay's
+    backing file name is replaced, and an overlay that names an external data file is refused). The
+    template must hold the very bytes the clone was made from (the guest's memory holds pages of its
+    disks): that is the caller's to check. Raises SnapshotError when the copy is not a saved clone
+    of a machine of that shape. Blocking."""
+    try:
+        d = json.loads((path / "snapshot.json").read_text())
+        saved = Snapshot(path, SnapshotKind(d["kind"]), MachineSpec.from_dict(d["spec"]), float(d["created_at"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise SnapshotError(f"{path} is not a usable snapshot: {e}") from e
+    if saved.kind is not SnapshotKind.SAVED or template.kind is not SnapshotKind.TEMPLATE:
+        raise SnapshotError(f"{path} is a {saved.kind.value} snapshot, not a saved clone")
+    own = {disk.serial: disk for disk in template.spec.disks}
+    if ([(x.serial, x.readonly) for x in saved.spec.disks] != [(x.serial, x.readonly) for x in template.spec.disks]
+            or saved.spec.memory_mb != template.spec.memory_mb):
+        raise SnapshotError(f"{path} saved a machine of another shape than template {template.dir}")
+    try:
+        header = qcow2_header(saved.disk)
+    except OSError as e:
+        raise SnapshotError(f"{path}: its disk is unreadable: {e}") from e
+    if header is None or header.external_data or header.version not in (2, 3):
+        raise SnapshotError(f"{path}: its disk is not a qcow2 overlay this host can take")
+    try:
+        rebase_overlay(saved.disk, template.disk, qemu_img)
+    except VmmError as e:
+        raise SnapshotError(f"{path}: {e}") from e
+    disks = tuple(replace(own[x.serial], readonly=True) if x.readonly
+                  else replace(x, path=saved.disk, format=DiskFormat.QCOW2) for x in saved.spec.disks)
+    spec = replace(saved.spec, kernel=template.spec.kernel, initramfs=template.spec.initramfs, disks=disks,
+                   memory_file=private_memory or template.memory, network=None)
+    mode = os.stat(saved.meta).st_mode
+    Snapshot(path, SnapshotKind.SAVED, spec, saved.created_at).write_meta()
+    os.chmod(saved.meta, mode)
+    return Snapshot.load(path)

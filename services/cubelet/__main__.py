@@ -8,6 +8,7 @@ import signal
 from cube_common import jsonlog, mtls
 from vmm_core import VmmSettings, accel
 
+from .paused_pull import PausedStatePuller
 from .prefetch import Prefetcher
 from .pull import TemplatePuller
 from .registration import NodeRegistration
@@ -29,6 +30,7 @@ async def serve(settings: CubeletSettings) -> None:
     puller = TemplatePuller(settings, templates, tls)
     sandboxes.pull_template = puller.pull  # a create for a template this node lacks pulls it first
     prefetcher = Prefetcher(settings, templates, puller, tls)  # ... and every template comes ahead of creates
+    sandboxes.arrivals = PausedStatePuller(settings, vmm, tls)  # a resume of a sandbox paused elsewhere pulls it
     await sandboxes.start()
     service = CubeletService(settings, sandboxes, templates, accel.resolve(vmm.accel).value)
     try:

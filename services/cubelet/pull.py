@@ -37,7 +37,7 @@ import re
 import secrets
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
@@ -53,18 +53,19 @@ from vmm_core import DiskFormat, MachineSpec, Snapshot, SnapshotKind, VmmError
 from vmm_core.disks import cow_overlay
 
 from . import template_manifest
+from .artifact_files import CHUNK, sha256_of, write_cache
 from .sandboxes import SandboxError, disk_free
 from .settings import CubeletSettings
-from .template_manifest import ARTIFACTS, CHUNK, ManifestError
+from .template_manifest import ARTIFACTS, ManifestError
 from .templates import Template, TemplateStore, valid_template_id
 
 log = logging.getLogger("cubelet.pull")
 T = TypeVar("T")
 
-_BUILD_KEY = re.compile(r"[0-9a-f]{8,64}")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_MAX_META = 1 << 20          # snapshot.json is read into memory: a few KB in practice
-_MANIFEST_TIMEOUT_S = 120.0  # the peer may hash the template first (seconds per GB)
+BUILD_KEY_RE = re.compile(r"[0-9a-f]{8,64}")
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
+MAX_META = 1 << 20          # snapshot.json is read into memory: a few KB in practice
+MANIFEST_TIMEOUT_S = 120.0  # the peer may hash the template first (seconds per GB)
 _ZEROS = memoryview(bytes(CHUNK))
 
 
@@ -118,7 +119,7 @@ class EtcdPeers:
         await self.etcd.close()
 
 
-async def _off_loop(fn: Callable[..., T], *args: object) -> T:
+async def off_loop(fn: Callable[..., T], *args: object) -> T:
     """``fn(*args)`` in a thread. A cancellation waits for it to return before it propagates, so
     the clean-up that follows never races a write still under way (nor a reused descriptor)."""
     fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
@@ -131,11 +132,11 @@ async def _off_loop(fn: Callable[..., T], *args: object) -> T:
         raise
 
 
-def _file_mode(mode: int) -> int:
+def file_mode(mode: int) -> int:
     return mode & 0o644
 
 
-def _private_dir(path: Path) -> None:
+def private_dir(path: Path) -> None:
     path.mkdir(mode=0o700)
     os.chmod(path, 0o700)  # whatever the umask
 
@@ -180,12 +181,39 @@ class _Incoming:
             raise PullError("UNAVAILABLE", f"{self.art.name}: sha256 digest mismatch: got {digest}, the manifest "
                                            f"says {self.art.sha256}")
         os.fsync(self.fd)  # before the commit makes it part of a ready template
-        os.fchmod(self.fd, _file_mode(self.art.mode))
+        os.fchmod(self.fd, file_mode(self.art.mode))
         if os.geteuid() == 0:
             os.fchown(self.fd, 0, 0)
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+async def receive(fetch: Callable[[], AsyncIterable[pb.ArtifactChunk]], art: pb.TemplateArtifact,
+                  dest: Path) -> int:
+    """The file ``art`` describes, streamed by ``fetch()`` into the new file ``dest`` and checked
+    against its size and digest (PullError when it does not match; ``dest`` is then the caller's to
+    remove). Returns the bytes received. What a template's and a paused sandbox's pulls share."""
+    incoming = await off_loop(_Incoming, dest, art)
+    try:
+        async for chunk in fetch():
+            await off_loop(incoming.write, chunk.offset, chunk.data)
+        await off_loop(incoming.finish)
+    finally:
+        await off_loop(incoming.close)
+    return incoming.data_bytes
+
+
+def check_artifacts(what: str, artifacts: Iterable[pb.TemplateArtifact], names: Iterable[str]) -> None:
+    """The manifest of ``what`` lists exactly ``names``, each with a well-formed digest."""
+    listed = sorted(a.name for a in artifacts)
+    if listed != sorted(names):
+        raise PullError("UNAVAILABLE", f"the manifest of {what} is unusable: its artifacts are {listed}, "
+                                       f"not {sorted(names)}")
+    for a in artifacts:
+        if not SHA256_RE.fullmatch(a.sha256):
+            raise PullError("UNAVAILABLE", f"the manifest of {what} is unusable: {a.name}: {a.sha256!r} is not "
+                                           "a sha256 digest")
 
 
 def _check_manifest(template_id: str, m: pb.TemplateManifest) -> None:
@@ -194,16 +222,11 @@ def _check_manifest(template_id: str, m: pb.TemplateManifest) -> None:
 
     if m.template_id != template_id:
         raise bad(f"it describes template {m.template_id!r}")
-    if not _BUILD_KEY.fullmatch(m.build_key):
+    if not BUILD_KEY_RE.fullmatch(m.build_key):
         raise bad(f"build key {m.build_key!r} is not hex")
-    names = [a.name for a in m.artifacts]
-    if sorted(names) != sorted(ARTIFACTS):
-        raise bad(f"its artifacts are {sorted(names)}, not {sorted(ARTIFACTS)}")
-    for a in m.artifacts:
-        if not _SHA256.fullmatch(a.sha256):
-            raise bad(f"{a.name}: {a.sha256!r} is not a sha256 digest")
+    check_artifacts(f"template {template_id}", m.artifacts, ARTIFACTS)
     meta = next(a for a in m.artifacts if a.name == "snapshot.json")
-    if meta.size > _MAX_META:
+    if meta.size > MAX_META:
         raise bad(f"snapshot.json is {meta.size} bytes")
 
 
@@ -237,7 +260,7 @@ def _relocate_snapshot(staging: Path, final: Path) -> str:
         Snapshot.load(snap_dir)  # the checks a clone makes first (device state, memory size)
     except VmmError as e:
         raise PullError("UNAVAILABLE", str(e)) from e
-    return template_manifest.sha256_of(snap.meta)
+    return sha256_of(snap.meta)
 
 
 class TemplatePuller:
@@ -301,7 +324,7 @@ class TemplatePuller:
             # Outside the deadline: a commit is a rename and a small file, never left half-way.
             tpl = await self._commit(template_id, m, staging)
         finally:
-            await _off_loop(shutil.rmtree, staging, True)  # gone already once committed
+            await off_loop(shutil.rmtree, staging, True)  # gone already once committed
         log.info("template pulled", extra={
             "template_id": template_id, "build_key": m.build_key, "peer": peer.node_id,
             "seconds": round(time.monotonic() - t0, 2), "bytes_received": stats.received,
@@ -339,29 +362,29 @@ class TemplatePuller:
         stub = cubelet_pb2_grpc.CubeletStub(channel)
         try:
             m = await stub.GetTemplateManifest(pb.GetTemplateManifestRequest(template_id=template_id),
-                                               timeout=_MANIFEST_TIMEOUT_S)
+                                               timeout=MANIFEST_TIMEOUT_S)
             _check_manifest(template_id, m)
-            known = await _off_loop(template_manifest.known_files, self.store.list())
+            known = await off_loop(template_manifest.known_files, self.store.list())
             linkable = {a.name: known[a.sha256] for a in m.artifacts
                         if a.sha256 in known and a.name != "snapshot.json"  # rewritten below: never shared
-                        and known[a.sha256].size == a.size and known[a.sha256].mode == _file_mode(a.mode)}
+                        and known[a.sha256].size == a.size and known[a.sha256].mode == file_mode(a.mode)}
             self._check_room(template_id, sum(a.size for a in m.artifacts if a.name not in linkable))
-            await _off_loop(self._make_staging, staging)
+            await off_loop(self._make_staging, staging)
             stats = PullStats()
             digests: dict[str, tuple[Path, str]] = {}
             for art in m.artifacts:
                 dest = staging / ARTIFACTS[art.name]
                 source = linkable.get(art.name)
-                if source is not None and await _off_loop(_link, source.path, dest):
+                if source is not None and await off_loop(_link, source.path, dest):
                     stats.linked += art.size
                 else:
                     stats.received += await self._fetch(stub, m, art, dest)
                 stats.total += art.size
                 digests[art.name] = (dest, art.sha256)
             final = self.settings.templates_dir / template_id / "builds" / m.build_key
-            meta_digest = await _off_loop(_relocate_snapshot, staging, final)
+            meta_digest = await off_loop(_relocate_snapshot, staging, final)
             digests["snapshot.json"] = (staging / ARTIFACTS["snapshot.json"], meta_digest)
-            await _off_loop(template_manifest.write_cache, staging, digests)
+            await off_loop(write_cache, staging, digests)
             return m, stats
         except grpc.aio.AioRpcError as e:
             raise PullError("UNAVAILABLE", f"{e.code().name}: {e.details()}") from e
@@ -373,9 +396,9 @@ class TemplatePuller:
     @staticmethod
     def _make_staging(staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)  # what an attempt on another holder left
-        _private_dir(staging)
+        private_dir(staging)
         for sub in {str(Path(rel).parent) for rel in ARTIFACTS.values()} - {"."}:
-            _private_dir(staging / sub)
+            private_dir(staging / sub)
 
     def _check_room(self, template_id: str, need: int) -> None:
         free, watermark = disk_free(self.settings), self.settings.min_free_disk_mb << 20
@@ -387,23 +410,15 @@ class TemplatePuller:
     async def _fetch(self, stub: cubelet_pb2_grpc.CubeletStub, m: pb.TemplateManifest, art: pb.TemplateArtifact,
                      dest: Path) -> int:
         """One artifact streamed into ``dest`` and checked. Returns the bytes received."""
-        incoming = await _off_loop(_Incoming, dest, art)
-        try:
-            call = stub.FetchTemplateArtifact(pb.FetchArtifactRequest(
-                template_id=m.template_id, build_key=m.build_key, name=art.name))
-            async for chunk in call:
-                await _off_loop(incoming.write, chunk.offset, chunk.data)
-            await _off_loop(incoming.finish)
-        finally:
-            await _off_loop(incoming.close)
-        return incoming.data_bytes
+        return await receive(lambda: stub.FetchTemplateArtifact(pb.FetchArtifactRequest(
+            template_id=m.template_id, build_key=m.build_key, name=art.name)), art, dest)
 
     async def _commit(self, template_id: str, m: pb.TemplateManifest, staging: Path) -> Template:
         async with self.store.lock(template_id):
             existing = self.store.get(template_id)
             if existing is not None:  # built here, or pulled by an earlier pull, meanwhile
                 return existing
-            await _off_loop(self._place, template_id, m, staging)
+            await off_loop(self._place, template_id, m, staging)
         self.store.changed()  # the node registration publishes it now
         tpl = self.store.get(template_id)
         if tpl is None:
@@ -415,10 +430,10 @@ class TemplatePuller:
         tdir = self.settings.templates_dir / template_id
         created = not tdir.exists()
         if created:
-            _private_dir(tdir)
+            private_dir(tdir)
         builds = tdir / "builds"
         if not builds.exists():
-            _private_dir(builds)
+            private_dir(builds)
         final = builds / m.build_key
         # No info.json names it: what a crashed build or pull of the same key left.
         shutil.rmtree(final, ignore_errors=True)

@@ -4,6 +4,12 @@
 (`<sandboxes_dir>/<id>.json`) written before anything is started and removed last, so that a
 cubelet killed at any point can tell, on restart, what it was doing: a record whose VM still runs
 is re-adopted, one whose VM is gone is cleaned up, and a VM or network without a record is removed.
+
+A sandbox paused on another node arrives here when a resume names that node
+(``ResumeSandboxRequest.source``): its saved state is pulled into the paused dir first
+(paused_pull.py), then its record is written as a pause here would have left it (PAUSED, with the
+id of the save it came from), and the resume goes on as for any paused sandbox. The record is the
+commit point: a saved dir no record names is removed at start-up, as ever.
 """
 from __future__ import annotations
 
@@ -17,9 +23,10 @@ import re
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import httpx
@@ -44,11 +51,15 @@ from vmm_core import (
 
 from . import gc
 from .guest_client import GuestAgentError, GuestEndpoint, init_identity
+from .keyed_locks import KeyedLocks
 from .settings import CubeletSettings
 from .steps import Steps
 from .templates import Template, TemplateStore
 from .vs_client import VsClient
 from .warm_pool import PoolEntry, WarmPool
+
+if TYPE_CHECKING:  # paused_pull imports this module
+    from .paused_pull import PausedStatePuller
 
 log = logging.getLogger("cubelet.sandboxes")
 _SANDBOX_ID = re.compile(r"[a-z0-9]{1,64}")
@@ -91,6 +102,10 @@ class SandboxRecord:
     host_address: str = ""
     proxy_address: str = ""
     from_pool: bool = False
+    # Paused here after arriving from another node: the id of the save it was pulled from
+    # (paused_manifest.py), which tells a later pull of the same save from a stale copy. Empty for
+    # a sandbox paused here.
+    save_id: str = ""
 
     def dump(self, path: Path) -> None:
         d = asdict(self)
@@ -157,6 +172,10 @@ class SandboxManager:
         # Brings a template this node lacks from a node that has it (pull.py's TemplatePuller.pull,
         # set at start-up; it raises SandboxErrors). None: a missing template is NOT_FOUND.
         self.pull_template: Callable[[str], Awaitable[Template]] | None = None
+        # Brings a sandbox paused on another node here (paused_pull.py, set at start-up). None: a
+        # resume of a sandbox this node does not hold is NOT_FOUND.
+        self.arrivals: PausedStatePuller | None = None
+        self._arriving = KeyedLocks()  # one arrival of a sandbox at a time; a second resume waits for it
         settings.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         settings.paused_dir.mkdir(parents=True, exist_ok=True)
 
@@ -180,12 +199,7 @@ class SandboxManager:
         if not _SANDBOX_ID.fullmatch(sid):
             raise SandboxError("INVALID_ARGUMENT", f"invalid sandbox id {sid!r}")
         self._admit(sid)
-        tpl = self.templates.get(req.template_id)
-        if tpl is None:
-            if self.pull_template is None:
-                raise SandboxError("NOT_FOUND", f"template {req.template_id!r} is not built on this node")
-            tpl = await self.pull_template(req.template_id)
-            self._admit(sid)  # the pull took time and disk: what held before it may not now
+        tpl = await self._template(req.template_id, sid)
         policy = network_pb2.NetworkPolicy()
         policy.CopyFrom(req.network)
         policy.expose_all_ports = True  # E2B: every guest port is reachable through the proxy
@@ -220,6 +234,17 @@ class SandboxManager:
         log.info("sandbox running", extra={"sandbox_id": sid, "from_pool": rec.from_pool,
                                            "steps_ms": steps.ms()})
         return rec.status(self.settings.node_id)
+
+    async def _template(self, template_id: str, sid: str) -> Template:
+        """The template, pulled first when this node lacks it (then admitted again: the pull took
+        time and disk, and what held before it may not now)."""
+        tpl = self.templates.get(template_id)
+        if tpl is None:
+            if self.pull_template is None:
+                raise SandboxError("NOT_FOUND", f"template {template_id!r} is not built on this node")
+            tpl = await self.pull_template(template_id)
+            self._admit(sid)
+        return tpl
 
     def _admit(self, sid: str) -> None:
         """Refuse a new sandbox that exists already, or that this node has no room for."""
@@ -367,6 +392,7 @@ class SandboxManager:
             await self.vs.release(rec.vs_id)
             rec.state, rec.host_address, rec.proxy_address = State.PAUSED, "", ""
             rec.vs_id = rec.vm_id = sandbox_id
+            rec.save_id = ""  # a save of this node's
             self._save_record(rec)
             live.last_cpu = None
         log.info("sandbox paused", extra={"sandbox_id": sandbox_id})
@@ -377,12 +403,82 @@ class SandboxManager:
         if why:
             raise SandboxError("RESOURCE_EXHAUSTED", why)
 
+    def paused_state(self, sandbox_id: str) -> tuple[SandboxRecord, Path]:
+        """A sandbox paused here: a copy of its record and its saved dir (what transfer.py serves).
+        NOT_FOUND when this node holds no such sandbox, FAILED_PRECONDITION when it is not paused."""
+        if not _SANDBOX_ID.fullmatch(sandbox_id):
+            raise SandboxError("INVALID_ARGUMENT", f"invalid sandbox id {sandbox_id!r}")
+        rec = self._get(sandbox_id).record
+        if rec.state is not State.PAUSED:
+            raise SandboxError("FAILED_PRECONDITION", f"sandbox {sandbox_id} is {rec.state.value}, not paused")
+        return replace(rec, env_vars=dict(rec.env_vars), metadata=dict(rec.metadata)), self._saved_dir(sandbox_id)
+
+    async def _arrive(self, req: pb.ResumeSandboxRequest) -> _Live:
+        """The sandbox paused on the node ``req.source`` names, made this node's paused sandbox (its
+        saved state pulled: paused_pull.py). A copy that arrived before from the very same save is
+        taken as it is; any other paused copy here is stale (a move that never finished, the sandbox
+        resumed and paused again on its node since) and is replaced."""
+        sid, src = req.sandbox_id, req.source
+        if not _SANDBOX_ID.fullmatch(sid):
+            raise SandboxError("INVALID_ARGUMENT", f"invalid sandbox id {sid!r}")
+        if self.arrivals is None or not src.address:
+            raise SandboxError("NOT_FOUND", f"sandbox {sid} is not on this node")
+        async with self._arriving.hold(sid):
+            live = self._live.get(sid)
+            if live is not None and live.record.state is not State.PAUSED:
+                return live  # resuming or running here already: resume() answers that
+            m = await self.arrivals.manifest(src, sid)
+            if live is not None:
+                if live.record.save_id == m.save_id:
+                    return live
+                async with live.lock:
+                    if live.record.state is not State.PAUSED:
+                        return live  # resumed here meanwhile: resume() answers that
+                    log.warning("stale paused copy replaced", extra={
+                        "sandbox_id": sid, "peer": src.node_id, "save_id": live.record.save_id or "local"})
+                    await self._teardown(live)
+            await asyncio.to_thread(shutil.rmtree, self._saved_dir(sid), True)  # what no record names
+            self._admit(sid)
+            tpl = await self._template(m.template_id, sid)
+            if tpl.build_key != m.build_key:
+                raise SandboxError("FAILED_PRECONDITION", f"sandbox {sid} was paused on build {m.build_key} of "
+                                                          f"template {m.template_id}; node {self.settings.node_id} "
+                                                          f"has build {tpl.build_key}")
+            pulled = await self.arrivals.pull(src, m, tpl)
+            live = _Live(self._arrived_record(m, tpl))
+            self._live[sid] = live
+            self._save_record(live.record)
+            log.info("paused sandbox arrived", extra={"sandbox_id": sid, "peer": src.node_id,
+                                                      "bytes_received": pulled.received,
+                                                      "seconds": round(pulled.seconds, 2)})
+            return live
+
+    @staticmethod
+    def _arrived_record(m: pb.PausedManifest, tpl: Template) -> SandboxRecord:
+        """The record a pause here would have left, from what the holder said of the sandbox."""
+        st = m.sandbox
+        return SandboxRecord(
+            sandbox_id=m.sandbox_id, template_id=tpl.template_id, state=State.PAUSED, vm_id=m.sandbox_id,
+            vs_id=m.sandbox_id, access_token=m.envd_access_token, env_vars=dict(m.env_vars),
+            metadata=dict(st.metadata), policy=json_format.MessageToDict(st.network), vcpus=st.vcpus or tpl.info.vcpus,
+            memory_mb=st.memory_mb or tpl.info.memory_mb, disk_mb=st.disk_size_mb or tpl.info.writable_layer_mb,
+            envd_version=st.envd_version or tpl.info.envd_version,
+            started_at=st.started_at.ToNanoseconds() / 1e9 if st.HasField("started_at") else time.time(),
+            from_pool=st.from_warm_pool, save_id=m.save_id)
+
     async def resume(self, req: pb.ResumeSandboxRequest) -> pb.SandboxStatus:
-        live = self._get(req.sandbox_id)
+        if req.HasField("source") and req.source.node_id != self.settings.node_id:
+            live = await self._arrive(req)
+        else:
+            live = self._get(req.sandbox_id)
         async with live.lock:
             rec = live.record
             if rec.state is not State.PAUSED:
                 raise SandboxError("FAILED_PRECONDITION", f"sandbox {rec.sandbox_id} is {rec.state.value}, not paused")
+            running = sum(1 for other in self._live.values() if other.record.state is not State.PAUSED)
+            if running >= self.settings.max_sandboxes:  # a resumed sandbox takes a VM slot again
+                raise SandboxError("RESOURCE_EXHAUSTED", f"node {self.settings.node_id} is full "
+                                                         f"({self.settings.max_sandboxes} sandboxes running)")
             old_token = rec.access_token
             if req.envd_access_token:
                 rec.access_token = req.envd_access_token

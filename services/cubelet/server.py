@@ -1,8 +1,8 @@
 """The Cubelet gRPC service (cube.v1.Cubelet): translates calls to the node's managers.
 
 Who may call (under mutual TLS, by certificate role): masters and operators (deploy's bootstrap
-builds the first template here) call the node; other nodes' cubelets only fetch templates
-(``PEER_METHODS``, transfer.py), and nothing else."""
+builds the first template here) call the node; other nodes' cubelets only fetch templates and
+paused sandboxes' saved state (``PEER_METHODS``, transfer.py), and nothing else."""
 from __future__ import annotations
 
 import logging
@@ -17,12 +17,13 @@ from . import registration
 from .sandboxes import SandboxError, SandboxManager, disk_free, disk_refusal
 from .settings import CubeletSettings
 from .templates import TemplateError, TemplateStore, operator_build
-from .transfer import ArtifactSource, TransferError
+from .transfer import ArtifactSource, PausedSource, TransferError
 
 log = logging.getLogger("cubelet.server")
 
 CALLERS = (Role.MASTER, Role.OPERATOR)
-PEER_METHODS = {"GetTemplateManifest": (Role.CUBELET,), "FetchTemplateArtifact": (Role.CUBELET,)}
+PEER_METHODS = dict.fromkeys(("GetTemplateManifest", "FetchTemplateArtifact", "GetPausedManifest",
+                              "FetchPausedArtifact"), (Role.CUBELET,))
 
 
 async def _abort(context: grpc.aio.ServicerContext, e: Exception) -> None:
@@ -38,6 +39,7 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
         self.templates = templates
         self.accel_name = accel_name
         self.artifacts = ArtifactSource(templates)
+        self.paused = PausedSource(sandboxes)
 
     async def RunSandbox(self, request, context):
         try:
@@ -123,6 +125,19 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
     async def FetchTemplateArtifact(self, request, context):
         try:
             async for chunk in self.artifacts.chunks(request, peer=_peer(context)):
+                yield chunk
+        except TransferError as e:
+            await _abort(context, e)
+
+    async def GetPausedManifest(self, request, context):
+        try:
+            return await self.paused.manifest(request.sandbox_id, peer=_peer(context))
+        except TransferError as e:
+            await _abort(context, e)
+
+    async def FetchPausedArtifact(self, request, context):
+        try:
+            async for chunk in self.paused.chunks(request, peer=_peer(context)):
                 yield chunk
         except TransferError as e:
             await _abort(context, e)

@@ -34,7 +34,8 @@ class CubeletSettings(Settings):
     max_sandboxes: int = setting(64, "most sandboxes this node runs")
     metrics_interval_s: float = setting(5.0, "how often sandbox metrics are sampled")
     metrics_history: int = setting(120, "metric samples kept per sandbox")
-    node_lease_ttl_s: int = setting(10, "the node record's lease: a dead cubelet's record goes after this")
+    node_lease_ttl_s: int = setting(8, "the node record's lease: a dead or cut-off node's record goes after this "
+                                    "(and the master reports its sandboxes lost within a second more)")
     create_timeout_s: float = setting(60.0, "how long a sandbox may take to come up before the create fails")
     max_concurrent_builds: int = setting(2, "template builds run at once")
     probe_timeout_s: float = setting(180.0, "how long a template's own service may take to answer its probe "
@@ -55,6 +56,10 @@ class CubeletSettings(Settings):
     # on this node then finds the template (services/cubelet/pull.py).
     template_pull_timeout_s: float = setting(600.0, "how long pulling a template this node lacks from another "
                                              "node may take")
+    # A resume of a sandbox paused on another node pulls its saved state first (paused_pull.py):
+    # its RAM and disk overlay, within the master's resume deadline as well.
+    paused_pull_timeout_s: float = setting(300.0, "how long pulling a paused sandbox's saved state from the node "
+                                           "that holds it may take")
     template_prefetch_s: float = setting(10.0, "how often the node looks for templates other nodes hold and it "
                                          "does not, and pulls them ahead of any create (0: only on a create)")
     mtls_dir: Path | None = shared.mtls_dir()
@@ -88,7 +93,8 @@ class CubeletSettings(Settings):
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
         if not self.node_id or "/" in self.node_id:
             raise SettingsError("node_id must be non-empty and contain no '/'")
-        for name in ("image_max_mb", "layer_max_mb", "image_max_entries", "layer_cache_mb", "template_pull_timeout_s"):
+        for name in ("image_max_mb", "layer_max_mb", "image_max_entries", "layer_cache_mb", "template_pull_timeout_s",
+                     "paused_pull_timeout_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
         from .oci.egress import parse_allowlist  # the one parser of allowlist entries

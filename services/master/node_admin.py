@@ -7,8 +7,9 @@ in its own record, <prefix>/node-admin/<id> (NodeAdmin), written only here.
 Invariants:
 - A node is draining exactly while its NodeAdmin record says so. The scheduler never places a new
   sandbox there (create reads the records with the nodes), nor does a template build choosing its
-  node by itself. Nothing already there is touched: its sandboxes keep running and its paused ones
-  resume there (their state is on its disk).
+  node by itself. Nothing already there is touched: its sandboxes keep running, and its paused ones
+  stay there until they resume, which moves them to another node that pulls their state
+  (sandboxes.py; there again only when no other node can take them).
 - A node is known when it is registered, has a NodeAdmin record, or sandbox records name it;
   any other id is NOT_FOUND (a typo must not silently drain nothing). A malformed id is
   INVALID_ARGUMENT before anything is read.

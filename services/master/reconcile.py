@@ -3,11 +3,15 @@
 * A record left in a transitional phase past its deadline (its master died, or etcd went away
   between the two writes) is resolved by asking its node: CREATING and KILLING are undone (VM
   killed, record and route deleted: the client never got an answer), PAUSING and RESUMING settle
-  on whatever the node reports.
+  on whatever the node reports. A RESUMING record moving to another node (``resume_node_id``)
+  settles RUNNING there when that node runs it (the old node then drops its copy), else on its
+  old node, which still holds the state (the other node drops what it pulled).
 * A RUNNING record whose VM its node no longer has (and confirms NOT_FOUND) is removed.
 * A route without a sandbox record is deleted.
 * A VM a node runs that etcd does not know is killed once it is older than the orphan grace, so
-  a create in flight (record written before the VM starts) is never raced.
+  a create in flight (record written before the VM starts) is never raced; so is a paused copy a
+  node keeps of a sandbox that moved to another node. A node a sandbox is moving to is its node
+  too until the move settles.
 * Templates the nodes report and etcd lacks are registered.
 * Template builds whose master went away (heartbeat too old) are failed ("master restarted"),
   BUILDING template records without a running build are removed, and finished build jobs are
@@ -53,7 +57,7 @@ class Reconciler:
             r = v.value
             if r.phase in TRANSITIONAL and secs(r.phase_deadline) + self.grace_s <= now:
                 try:
-                    await self._resolve(v, nodes.get(r.node_id))
+                    await self._resolve(v, nodes.get(r.node_id), nodes.get(r.resume_node_id))
                     stats["resolved"] += 1
                 except (errors.MasterError, Conflict) as e:
                     log.warning("could not resolve", extra={"sandbox_id": r.sandbox_id, "error": str(e)})
@@ -72,8 +76,10 @@ class Reconciler:
                 continue
             on_node = {s.sandbox_id: s for s in listed.sandboxes}
             for sid, st in on_node.items():
-                known = records.get(sid) or await self.store.get_sandbox(sid)
-                if known is not None and known.value.node_id == node.node_id:
+                known = records.get(sid)
+                if known is None or node.node_id not in (known.value.node_id, known.value.resume_node_id):
+                    known = await self.store.get_sandbox(sid)  # read again: created or moved since the pass began
+                if known is not None and node.node_id in (known.value.node_id, known.value.resume_node_id):
                     self._orphans_seen.pop(sid, None)
                     continue
                 if self._old_enough(sid, st, now):
@@ -132,9 +138,14 @@ class Reconciler:
         except errors.MasterError:
             return None
 
-    async def _resolve(self, v, node) -> None:
+    async def _resolve(self, v, node, target=None) -> None:
+        """Finish or undo a transitional record: ``node`` is its node's registration, ``target`` the
+        one a resume moves it to (None: not registered, or not moving)."""
         r = v.value
         sid = r.sandbox_id
+        if r.phase == P.SANDBOX_PHASE_RESUMING and r.resume_node_id:
+            if await self._settle_move(v, node, target):
+                return
         if r.phase in (P.SANDBOX_PHASE_CREATING, P.SANDBOX_PHASE_KILLING):
             if node is not None:
                 try:
@@ -158,6 +169,33 @@ class Reconciler:
         out = await self.sb._settle(r, v.mod_revision, phase, node, st)
         log.info("stale record settled", extra={"sandbox_id": sid, "phase": P.SandboxPhase.Name(phase),
                                                 "ok": out is not None})
+
+
+    async def _settle_move(self, v, holder, target) -> bool:
+        """A move whose master went away: True when the node it went to runs the sandbox (settled
+        there, the holder's copy dropped); else that node drops what it has and False (the holder's
+        state stands: settled as for any resume)."""
+        r = v.value
+        sid = r.sandbox_id
+        st = None
+        if target is not None:
+            try:
+                st = await self.nodes.call(target, "GetSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
+            except errors.NotFound:
+                st = None
+        if st is not None and st.state == cubelet_pb2.SANDBOX_STATE_RUNNING:
+            moved = P.Sandbox()
+            moved.CopyFrom(r)
+            moved.node_id = target.node_id
+            out = await self.sb._settle(moved, v.mod_revision, P.SANDBOX_PHASE_RUNNING, target, st)
+            if out is not None and holder is not None:
+                await self.sb._drop_on(holder, sid)
+            log.info("stale move settled", extra={"sandbox_id": sid, "node_id": target.node_id,
+                                                  "moved_from": r.node_id, "ok": out is not None})
+            return True
+        if target is not None and not await self.sb._drop_on(target, sid):
+            raise errors.Unavailable(f"node '{target.node_id}' could not drop its copy of sandbox '{sid}'")
+        return False
 
 
 async def run(reconciler: Reconciler, interval_s: float) -> None:

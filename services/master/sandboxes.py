@@ -5,6 +5,8 @@ Every change is a small state machine over the record at <prefix>/sandboxes/<id>
     create:  (none) -> CREATING -> [node RunSandbox] -> RUNNING + route
     pause:   RUNNING -> PAUSING -> [node PauseSandbox] -> PAUSED + route(paused)
     resume:  PAUSED -> RESUMING -> [node ResumeSandbox] -> RUNNING + route(running)
+    move:    PAUSED -> RESUMING(resume_node_id=T) -> [T ResumeSandbox from node_id] -> RUNNING on T + route
+             -> [old node KillSandbox: its copy]
     kill:    any -> KILLING (route deleted) -> [node KillSandbox] -> (none)
     lost:    RUNNING -> LOST (route deleted) -> RUNNING/PAUSED + route, or (none)   (lost.py)
 
@@ -26,6 +28,17 @@ RESOURCE_EXHAUSTED when it would exceed it. A sandbox an operator created is exe
 Lost sandboxes (their node's registration lapsed; lost.py): get, list and kill see them; any other
 call on one answers UNAVAILABLE with the reason, never acts on it. A paused sandbox whose node is
 not registered answers UNAVAILABLE to a resume before anything is written.
+
+Where a paused sandbox resumes: on the node that holds its state while that node is registered,
+not draining and has room. When it is draining, answers RESOURCE_EXHAUSTED, or an operator names
+another node, the resume moves it: a node is chosen as for a create (``rank``, the holder left out;
+or the one named), written into the RESUMING record (``resume_node_id``) before it is asked, and
+told where the state is; it pulls the state from the holder and resumes it. Only then does the
+record name it (node_id, route); the holder is told to drop its copy, and a holder that cannot be
+told keeps a copy no record names, which the reconciler kills as an orphan. While the record is
+RESUMING the holder's copy is the sandbox: a move that fails or times out settles it PAUSED on the
+holder (the target told to drop what it pulled), and the reconciler settles a move whose master
+died by what the target reports.
 """
 
 from __future__ import annotations
@@ -39,7 +52,7 @@ import string
 import time
 
 from cube_common.etcd import EtcdUnavailable
-from cube_common.teams import Caller
+from cube_common.teams import OPERATOR, Caller
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2, network_pb2
 from services.master import errors
 from services.master.clock import secs, ts
@@ -177,17 +190,25 @@ class Sandboxes:
                 raise errors.InvalidArgument(f"invalid environment variable name '{k}'")
 
     async def _kill_on_node(self, rec: P.Sandbox) -> bool:
-        """Kill the VM wherever the record says it is. False when the node could not be asked
-        (the reconciler retries); True when it is gone (or its node is)."""
-        node = await self._node(rec.node_id) if rec.node_id else None
-        if node is None:
-            return True
+        """Kill the VM wherever the record says it is (and what a node it is moving to has of it).
+        False when a node could not be asked (the reconciler retries); True when it is gone (or its
+        node is)."""
+        done = True
+        for node_id in dict.fromkeys(n for n in (rec.node_id, rec.resume_node_id) if n):
+            node = await self._node(node_id)
+            if node is not None:
+                done = await self._drop_on(node, rec.sandbox_id) and done
+        return done
+
+    async def _drop_on(self, node: cubelet_pb2.NodeStatus, sid: str) -> bool:
+        """Ask ``node`` to kill what it has of the sandbox (a VM, or a paused copy only). False when it
+        could not be asked."""
         try:
-            await self.nodes.call(node, "KillSandbox", cubelet_pb2.SandboxRef(sandbox_id=rec.sandbox_id))
+            await self.nodes.call(node, "KillSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
         except errors.NotFound:
             pass
         except errors.MasterError as e:
-            log.warning("kill on node failed", extra=_extra(rec, node_id=rec.node_id, error=str(e)))
+            log.warning("kill on node failed", extra=_extra(sid, node_id=node.node_id, error=str(e)))
             return False
         return True
 
@@ -485,6 +506,7 @@ class Sandboxes:
         done = _copy(rec)
         done.phase = phase
         done.ClearField("phase_deadline")
+        done.ClearField("resume_node_id")  # a resume, wherever it went, is over
         done.updated_at.CopyFrom(ts())
         if status is not None:
             done.host_address = status.host_address or done.host_address
@@ -508,9 +530,13 @@ class Sandboxes:
 
     # ---- connect / resume ---------------------------------------------------------------------
 
-    async def connect(self, sid: str, caller: Caller, timeout_s: int) -> tuple[P.Sandbox, bool]:
+    async def connect(self, sid: str, caller: Caller, timeout_s: int, node_id: str = "") -> tuple[P.Sandbox, bool]:
+        """Resume the sandbox if it is paused (on ``node_id`` when an operator names one), else
+        extend its end time."""
         timeout_s = timeout_s or self.settings.default_timeout_s
         self._check_timeout(timeout_s)
+        if node_id and caller != OPERATOR:
+            raise errors.PermissionDenied("only an operator may name the node a sandbox resumes on")
         deadline = time.monotonic() + self.settings.node_op_timeout_s
         while True:
             v = await self._record(sid, caller)
@@ -518,7 +544,7 @@ class Sandboxes:
             if phase == P.SANDBOX_PHASE_RUNNING:
                 return await self.set_timeout(sid, caller, timeout_s, extend_only=True), False
             if phase == P.SANDBOX_PHASE_PAUSED:
-                resumed = await self._resume(v, timeout_s)
+                resumed = await self._resume(v, timeout_s, node_id)
                 if resumed is not None:
                     return resumed, True
                 continue
@@ -527,13 +553,16 @@ class Sandboxes:
                 raise errors.Unavailable(f"sandbox '{sid}' is still {phase_name(phase)}; try again")
             await asyncio.sleep(0.1)
 
-    async def _resume(self, v: Versioned[P.Sandbox], timeout_s: int) -> P.Sandbox | None:
-        """Resume a paused sandbox, admitted against its team's quota. None when another caller
-        changed it, or another master admitted a change of its team, first (look again)."""
+    async def _resume(self, v: Versioned[P.Sandbox], timeout_s: int, want: str = "") -> P.Sandbox | None:
+        """Resume a paused sandbox, admitted against its team's quota: where its state is, or
+        elsewhere (``want``: the node an operator named; see the module docstring). None when another
+        caller changed it, or another master admitted a change of its team, first (look again)."""
         sid = v.value.sandbox_id
+        holder, draining = await asyncio.gather(self._node(v.value.node_id), self.store.draining_nodes())
         # Its state is on its node's disk: with the node away (lost), nothing to write or admit.
-        if await self._node(v.value.node_id) is None:
+        if holder is None:
             raise errors.Unavailable(_node_away(v.value))
+        move = holder.node_id in draining or bool(want and want != holder.node_id)
         rec = _copy(v.value)
         rec.phase = P.SANDBOX_PHASE_RESUMING
         rec.timeout_s = timeout_s
@@ -547,31 +576,149 @@ class Sandboxes:
         if node is None:  # it went just now
             await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, None)
             raise errors.Unavailable(_node_away(rec))
-        req = cubelet_pb2.ResumeSandboxRequest(sandbox_id=sid, env_vars=dict(rec.env_vars),
-                                               envd_access_token=rec.envd_access_token)
-        if rec.HasField("network"):
-            req.network.CopyFrom(rec.network)
-        try:
-            status = await self.nodes.call(node, "ResumeSandbox", req, timeout=self.settings.node_op_timeout_s * 0.8)
-        except errors.FailedPrecondition:
-            # Already running on the node (an earlier resume whose answer was lost).
-            status = await self.nodes.call(node, "GetSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
-        except errors.NotFound as e:
-            await self._forget(rec, rev, "saved state gone at resume")
-            raise errors.NotFound(f"sandbox '{sid}' not found") from e
-        except errors.MasterError:
-            await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, node)
-            raise
+        holder = node
+        status = None if move else await self._resume_on(rec, rev, node)
+        if status is None:  # draining, full, or asked elsewhere: the state goes to another node
+            moved = await self._move(rec, rev, holder, want, stay_if_alone=not want and holder.node_id in draining)
+            if moved is None:  # only draining, and no other node takes it: better there than nowhere
+                status = await self._resume_on(rec, rev, holder)
+                if status is None:
+                    await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, holder)
+                    raise errors.Exhausted("no node has room for another sandbox")
+            else:
+                node, status, rec, rev = moved
         now = time.time()
+        rec.node_id = node.node_id
         rec.started_at.CopyFrom(ts(now))
         rec.end_at.CopyFrom(ts(now + timeout_s))
         out = await self._settle(rec, rev, P.SANDBOX_PHASE_RUNNING, node, status)
         if out is None:
             raise errors.NotFound(f"sandbox '{sid}' was killed while it was being resumed")
         done, new_rev = out
+        if holder.node_id != node.node_id and not await self._drop_on(holder, sid):
+            log.warning("moved; the old copy is left to the reconciler", extra=_extra(done, node_id=holder.node_id))
         await wait_applied(self.store, new_rev, self.settings.route_ack_timeout_s, sid)
-        log.info("resumed", extra=_extra(done, node_id=node.node_id))
+        log.info("resumed", extra=_extra(done, node_id=node.node_id, moved_from=holder.node_id
+                                         if holder.node_id != node.node_id else ""))
         return done
+
+    def _resume_request(self, rec: P.Sandbox) -> cubelet_pb2.ResumeSandboxRequest:
+        req = cubelet_pb2.ResumeSandboxRequest(sandbox_id=rec.sandbox_id, env_vars=dict(rec.env_vars),
+                                               envd_access_token=rec.envd_access_token)
+        if rec.HasField("network"):
+            req.network.CopyFrom(rec.network)
+        return req
+
+    async def _resume_on(self, rec: P.Sandbox, rev: int,
+                         node: cubelet_pb2.NodeStatus) -> cubelet_pb2.SandboxStatus | None:
+        """Resume on the node that holds the state. None when it is full (the caller moves it)."""
+        sid = rec.sandbox_id
+        try:
+            return await self.nodes.call(node, "ResumeSandbox", self._resume_request(rec),
+                                         timeout=self.settings.node_op_timeout_s * 0.8)
+        except errors.FailedPrecondition:
+            # Already running on the node (an earlier resume whose answer was lost).
+            return await self.nodes.call(node, "GetSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
+        except errors.Exhausted as e:
+            log.info("holder full; moving", extra=_extra(rec, node_id=node.node_id, error=str(e)))
+            return None
+        except errors.NotFound as e:
+            await self._forget(rec, rev, "saved state gone at resume")
+            raise errors.NotFound(f"sandbox '{sid}' not found") from e
+        except errors.MasterError:
+            await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, node)
+            raise
+
+    async def _move(self, rec: P.Sandbox, rev: int, holder: cubelet_pb2.NodeStatus, want: str,
+                    stay_if_alone: bool = False
+                    ) -> tuple[cubelet_pb2.NodeStatus, cubelet_pb2.SandboxStatus, P.Sandbox, int] | None:
+        """Resume ``rec`` (RESUMING at ``rev``, its state on ``holder``) on another node: the one
+        named (``want``) or the best that takes it, moving on from one that refuses within the
+        resume's deadline. Returns that node, its status, and the record with its revision; None
+        when ``stay_if_alone`` and no other node could take it (nothing was written). On failure
+        the record is settled PAUSED on ``holder`` and the error raised."""
+        sid = rec.sandbox_id
+        nodes, records, draining = await asyncio.gather(self.store.list_nodes(), self.store.list_sandboxes(),
+                                                        self.store.draining_nodes())
+        load = load_by_node([x.value for x in records])
+        deadline = time.monotonic() + self.settings.node_op_timeout_s
+        tried = {holder.node_id}
+        last: errors.MasterError | None = None
+        while len(tried) <= self.settings.placement_attempts and time.monotonic() < deadline:
+            try:
+                node = self._move_target(nodes, rec, load, tried, draining, want)
+            except errors.MasterError as e:
+                if stay_if_alone and last is None:
+                    return None
+                last = last or e
+                break
+            tried.add(node.node_id)
+            # Named in the record before it pulls anything: the reconciler takes its copy for this
+            # sandbox's, not an orphan, and settles by it if this master dies.
+            target = _copy(rec)
+            target.resume_node_id = node.node_id
+            self._deadline(target, self.settings.node_op_timeout_s)
+            try:
+                rev = await self.store.update_sandbox(target, rev)
+            except Conflict as e:  # killed meanwhile: the kill dropped the holder's copy
+                raise errors.NotFound(f"sandbox '{sid}' was killed while it was being resumed") from e
+            rec = target
+            req = self._resume_request(rec)
+            req.source.CopyFrom(cubelet_pb2.PausedSource(node_id=holder.node_id, address=holder.address))
+            budget = max(1.0, min(self.settings.node_op_timeout_s * 0.8, deadline - time.monotonic()))
+            log.info("moving", extra=_extra(rec, node_id=node.node_id, moved_from=holder.node_id))
+            try:
+                return node, await self.nodes.call(node, "ResumeSandbox", req, timeout=budget), rec, rev
+            except (errors.FailedPrecondition, errors.Exhausted, errors.NotFound, errors.NodeUnreachable) as e:
+                # Another build of its template there, full, no such template anywhere, or away:
+                # the next node may do. (FAILED_PRECONDITION is also what an earlier attempt that
+                # resumed it there answers.)
+                if isinstance(e, errors.FailedPrecondition) and (st := await self._running_on(node, sid)):
+                    return node, st, rec, rev
+                last = e
+                log.warning("node refused the move", extra=_extra(rec, node_id=node.node_id, error=str(e)))
+                if isinstance(e, errors.NotFound) and await self._gone_from(holder, sid):
+                    await self._forget(rec, rev, "saved state gone at resume")
+                    raise errors.NotFound(f"sandbox '{sid}' not found") from e
+                await self._drop_on(node, sid)
+                if want:
+                    break
+            except errors.MasterError as e:
+                last = e
+                await self._drop_on(node, sid)
+                break
+        await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, holder)
+        assert last is not None
+        raise last
+
+    def _move_target(self, nodes: builtins.list[cubelet_pb2.NodeStatus], rec: P.Sandbox, load,
+                     tried: set[str], draining: frozenset[str], want: str) -> cubelet_pb2.NodeStatus:
+        """The node a move goes to next: the one named (registered, not the holder), else the best
+        ``rank`` offers (it holds or prefetches the template; the holder left out)."""
+        if want:
+            named = next((n for n in nodes if n.node_id == want and n.address), None)
+            if named is None or want in tried:
+                raise errors.FailedPrecondition(f"node '{want}' is not registered, or holds the sandbox already")
+            return named
+        return rank(nodes, rec.template_id, rec.memory_mb or 512, load, exclude=tried,
+                    overcommit_ratio=self.settings.memory_overcommit_ratio, draining=draining)[0].node
+
+    async def _running_on(self, node: cubelet_pb2.NodeStatus, sid: str) -> cubelet_pb2.SandboxStatus | None:
+        try:
+            st = await self.nodes.call(node, "GetSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
+        except errors.MasterError:
+            return None
+        return st if st.state == cubelet_pb2.SANDBOX_STATE_RUNNING else None
+
+    async def _gone_from(self, holder: cubelet_pb2.NodeStatus, sid: str) -> bool:
+        """The holder's own word that it has no such sandbox (not merely that it cannot be asked)."""
+        try:
+            await self.nodes.call(holder, "GetSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
+        except errors.NotFound:
+            return True
+        except errors.MasterError:
+            return False
+        return False
 
     # ---- metrics, logs, network ---------------------------------------------------------------
 

@@ -10,9 +10,10 @@ Invariants:
   watermark, too little available memory for the pages a clone dirties, or (the operator's cap)
   guest memory committed beyond ``overcommit_ratio`` times its RAM. Committed memory counts every
   sandbox holding a VM there, whether running or on its way, by its full guest size.
-- A draining node (an operator's drain: node_admin.py) is never offered a sandbox. A resume never
-  comes here (it goes back to the node that holds its state), so a draining node's paused
-  sandboxes still resume there.
+- A draining node (an operator's drain: node_admin.py) is never offered a sandbox. A resume comes
+  here only when it cannot stay on the node that holds its state (draining, full, or an operator
+  named another node): then it goes to a node ranked as for a create, which pulls the state
+  (sandboxes.py).
 - When no node can take it, the caller gets ``Exhausted`` and the log says why for each node, so
   an operator can act; node names and capacity never reach a tenant.
 """
@@ -57,7 +58,8 @@ class Candidate:
 def load_by_node(records: list[master_pb2.Sandbox]) -> dict[str, NodeLoad]:
     out: dict[str, NodeLoad] = {}
     for r in records:
-        load = out.setdefault(r.node_id, NodeLoad())
+        # A resume moving to another node loads that node (the one it is moving from gets it back).
+        load = out.setdefault(r.resume_node_id or r.node_id, NodeLoad())
         if r.phase in _ACTIVE:
             load.active += 1
             load.committed_memory_mb += r.memory_mb

@@ -116,7 +116,7 @@ class MasterService(master_pb2_grpc.MasterServicer):
 
     @_rpc
     async def ConnectSandbox(self, request, caller):
-        rec, resumed = await self.sb.connect(request.sandbox_id, caller, request.timeout_s)
+        rec, resumed = await self.sb.connect(request.sandbox_id, caller, request.timeout_s, request.node_id)
         return P.ConnectSandboxResponse(sandbox=rec, resumed=resumed)
 
     @_rpc

@@ -5,19 +5,10 @@ h1's namespace, where names under ``.localhost`` reach h1's edge, so the package
 for this machine's port 443 with a node the operator runs."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
 import pytest
 
-from deploy import cluster as cluster_mod, local_key
+from deploy import cluster as cluster_mod
 from deploy.cluster import ClusterSettings
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class Cluster:
@@ -27,13 +18,7 @@ class Cluster:
     def sdk(self, script: str, timeout: float = 600) -> dict:
         """Run ``script`` with the unmodified E2B SDK as a client on h1 (only E2B_API_URL,
         E2B_API_KEY and SSL_CERT_FILE set); it prints one JSON object last, which is returned."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("E2B_", "CUBE_"))}
-        env.update({"E2B_API_URL": self.s.api_url, "E2B_API_KEY": local_key.read(self.s.host_dir("h1")) or "",
-                    "SSL_CERT_FILE": str(self.s.host_dir("h1") / "tls" / "ca.pem"), "PYTHONPATH": str(REPO)})
-        r = subprocess.run(["nsenter", f"--net=/run/netns/{self.s.netns('h1')}", "--", sys.executable, "-c",
-                            textwrap.dedent(script)], env=env, capture_output=True, text=True, timeout=timeout)
-        assert r.returncode == 0, f"client failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
-        return json.loads(r.stdout.strip().splitlines()[-1])
+        return cluster_mod.run_client(self.s, script, timeout=timeout)
 
     def log(self, program: str) -> str:
         return (self.s.logs / f"{program}.log").read_text(errors="replace")

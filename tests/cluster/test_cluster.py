@@ -182,3 +182,91 @@ def test_a_host_cut_off_is_lost_and_comes_back(cluster):
             assert time.monotonic() < deadline, "not restored 90 s after h3 came back"
             time.sleep(0.5)
     assert cluster.sdk(CONNECT_AND_RUN.format(sid=sid))["out"].strip() == "back"
+
+
+def test_losing_etcd_quorum_answers_503_and_recovers(cluster):
+    import httpx
+
+    from deploy import local_key
+
+    s = cluster.s
+    api = httpx.Client(base_url=s.api_url, headers={"X-API-KEY": local_key.read(s.host_dir("h1")) or ""},
+                       timeout=60)
+    assert api.get("/sandboxes").status_code == 200
+    stopped = [etcd_pid(cluster, h) for h in ("h2", "h3")]
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)  # two of three members unresponsive: no quorum
+    try:
+        t0 = time.monotonic()
+        r = api.get("/sandboxes")
+        print(f"\nno etcd quorum: {r.status_code} after {time.monotonic() - t0:.1f}s: {r.text[:200]}")
+        assert r.status_code == 503 and r.json()["code"] == 503, r.text
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+    deadline = time.monotonic() + 60
+    while (r := api.get("/sandboxes")).status_code != 200:
+        assert time.monotonic() < deadline, f"not recovered 60 s after quorum came back: {r.status_code} {r.text}"
+        time.sleep(0.5)
+    api.close()
+
+
+PAUSE_WITH_STATE = """
+    import json, time
+    from e2b import Sandbox
+    sbx = Sandbox.create(timeout=600)
+    sbx.files.write("/home/user/moved.txt", "written on h2")
+    sbx.commands.run("bash -c 'i=0; while true; do i=$((i+1)); echo $$ $i > /tmp/counter; sleep 0.2; done'",
+                     background=True)
+    deadline = time.time() + 60
+    while not sbx.files.exists("/tmp/counter"):
+        assert time.time() < deadline, "the counter did not start"
+        time.sleep(0.2)
+    time.sleep(1)
+    pid, count = sbx.files.read("/tmp/counter").split()
+    assert sbx.pause() is True
+    print(json.dumps({"id": sbx.sandbox_id, "pid": pid, "count": int(count)}))
+"""
+
+RESUME_AND_LOOK = """
+    import json, time
+    from e2b import Sandbox
+    t0 = time.monotonic()
+    sbx = Sandbox.connect("{sid}")
+    took = time.monotonic() - t0
+    first = sbx.files.read("/tmp/counter").split()
+    time.sleep(1.5)
+    later = sbx.files.read("/tmp/counter").split()
+    print(json.dumps({{"file": sbx.files.read("/home/user/moved.txt"), "first": first, "later": later,
+                      "seconds": round(took, 1)}}))
+"""
+
+
+def test_a_sandbox_paused_on_a_draining_host_resumes_on_another(cluster):
+    """Paused on h2, h2 drained: connect resumes it on another host, which pulls its saved state
+    from h2; its file and its background process (memory) go on there, and h2 drops its copy."""
+    s = cluster.s
+    with CubeClient(s.master_target, tls_dir=s.operator_dir) as c:
+        for h in ("h1", "h3"):
+            c.drain_node(h, reason="test: place on h2")
+        try:
+            before = cluster.sdk(PAUSE_WITH_STATE)
+        finally:
+            for h in ("h1", "h3"):
+                c.undrain_node(h)
+        sid = before["id"]
+        assert c.get_sandbox(sid).node_id == "h2"
+        assert (s.host_dir("h2") / "cubelet" / "paused" / sid).is_dir()
+        c.drain_node("h2", reason="test: move its paused sandbox")
+        try:
+            after = cluster.sdk(RESUME_AND_LOOK.format(sid=sid))
+            rec = c.get_sandbox(sid)
+        finally:
+            c.undrain_node("h2")
+        print(f"\npaused on h2, resumed on {rec.node_id} after {after['seconds']}s (state pulled from h2)")
+        assert rec.node_id in ("h1", "h3") and rec.phase == master_pb2.SANDBOX_PHASE_RUNNING
+        assert after["file"] == "written on h2"
+        assert after["first"][0] == after["later"][0] == before["pid"]  # the same process, from memory
+        assert before["count"] <= int(after["first"][1]) < int(after["later"][1])
+        assert not (s.host_dir("h2") / "cubelet" / "paused" / sid).exists()  # h2 was told to drop it
+        assert c.kill_sandbox(sid)

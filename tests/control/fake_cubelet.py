@@ -3,6 +3,9 @@
 It runs no VM. It keeps sandboxes in a dict, answers with the status codes cubelet.proto
 promises, registers its NodeStatus in etcd the way a cubelet does (<prefix>/nodes/<node_id>,
 proto3 JSON), and lets a test slow down or fail calls and read what was asked of it.
+A resume naming another node as the source of a paused sandbox "pulls" it from the fake serving at
+that address in this process (its entry is copied; the holder keeps its own until told to kill
+it), as a cubelet pulls the saved state from its peer.
 The end-to-end tests use the real cubelet.
 """
 
@@ -19,6 +22,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sdk.gen.cube.v1 import cubelet_pb2 as C, cubelet_pb2_grpc
 from tests.control.etcd_http import EtcdHttp
+
+# Every fake serving in this process, by address: where a resume with a source "pulls" from.
+_SERVING: dict[str, FakeCubelet] = {}
 
 
 def _now() -> Timestamp:
@@ -40,6 +46,10 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
     sandboxes: dict[str, C.SandboxStatus] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     envd_version: str = "0.6.13"
+    # Templates whose build here differs from every other node's: a sandbox paused elsewhere
+    # cannot resume here (FAILED_PRECONDITION, as a cubelet answers).
+    other_builds: tuple[str, ...] = ()
+    arrivals: list[tuple[str, str]] = field(default_factory=list)  # (sandbox id, node it came from)
     address: str = ""
     proxy_address: str = "127.0.0.1:1"
     # BuildTemplate script (see BuildTemplate): pause between events, a phase to fail in (with
@@ -69,9 +79,11 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
         port = self._server.add_insecure_port("127.0.0.1:0")
         self._server.start()
         self.address = f"127.0.0.1:{port}"
+        _SERVING[self.address] = self
         return self
 
     def stop(self) -> None:
+        _SERVING.pop(self.address, None)
         if self._server is not None:
             self._server.stop(0).wait()
             self._server = None
@@ -147,12 +159,42 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
 
     def ResumeSandbox(self, request, context):
         self._enter(context, "ResumeSandbox", request.sandbox_id)
+        if request.HasField("source") and request.source.node_id != self.node_id:
+            self._arrive(request, context)
         with self._lock:
             s = self._get(context, request.sandbox_id)
             if s.state == C.SANDBOX_STATE_RUNNING:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "already running")
             s.state = C.SANDBOX_STATE_RUNNING
             return s
+
+    def _arrive(self, request, context) -> None:
+        """The paused sandbox the request's source holds becomes this node's (a copy of its entry)."""
+        sid = request.sandbox_id
+        with self._lock:
+            if sid in self.sandboxes and self.sandboxes[sid].state == C.SANDBOX_STATE_RUNNING:
+                return  # resumed here already: ResumeSandbox answers FAILED_PRECONDITION
+        holder = _SERVING.get(request.source.address)
+        if holder is None:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"node {request.source.node_id} unreachable")
+        assert holder is not None  # (abort raised)
+        with holder._lock:
+            held = holder.sandboxes.get(sid)
+            st = C.SandboxStatus()
+            if held is not None:
+                st.CopyFrom(held)
+        if held is None or st.state != C.SANDBOX_STATE_PAUSED:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"node {request.source.node_id} holds no paused sandbox {sid}")
+        if st.template_id not in self.templates:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"template {st.template_id} is on no node")
+        if st.template_id in self.other_builds:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"another build of template {st.template_id}")
+        with self._lock:
+            self._n += 1
+            st.node_id = self.node_id
+            st.host_address = f"198.19.1.{self._n % 250 + 2}"
+            self.sandboxes[sid] = st
+            self.arrivals.append((sid, request.source.node_id))
 
     def GetSandbox(self, request, context):
         self._enter(context, "GetSandbox", request.sandbox_id)

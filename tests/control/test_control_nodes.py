@@ -108,11 +108,12 @@ def test_a_draining_node_gets_no_new_sandboxes_and_keeps_its_own(own_cluster):
     made = create(own_cluster, 8)
     assert {s.node_id for s in made} == {"node-b"} and not set(a.calls_of("RunSandbox")) - {running.sandbox_id,
                                                                                               paused.sandbox_id}
-    # What was there stays: running, and the paused one resumes where its state is.
+    # What runs there stays; the paused one resumes on another node, which pulls its state
+    # (test_control_moves.py has the details).
     assert phase(own_cluster, running.sandbox_id) == "SANDBOX_PHASE_RUNNING"
     resumed = rpc(own_cluster, "ConnectSandbox", P.ConnectSandboxRequest(sandbox_id=paused.sandbox_id))
-    assert resumed.resumed and resumed.sandbox.node_id == "node-a"
-    assert a.sandboxes[paused.sandbox_id].state == C.SANDBOX_STATE_RUNNING
+    assert resumed.resumed and resumed.sandbox.node_id == "node-b"
+    assert b.sandboxes[paused.sandbox_id].state == C.SANDBOX_STATE_RUNNING and paused.sandbox_id not in a.ids()
 
     # Draining again is no error and changes nothing but the reason.
     cubemastercli(m, "node", "drain", "node-a")
@@ -128,7 +129,7 @@ def test_a_draining_node_gets_no_new_sandboxes_and_keeps_its_own(own_cluster):
     assert own_cluster.etcd.get(f"{own_cluster.prefix}/node-admin/node-a") is None
     assert {s.node_id for s in create(own_cluster, 3)} == {"node-a"}
     cubemastercli(m, "node", "undrain", "node-a")  # idempotent too
-    assert b.ids() == {s.sandbox_id for s in made}
+    assert b.ids() == {s.sandbox_id for s in made} | {paused.sandbox_id}
 
 
 def test_template_builds_avoid_a_draining_node_unless_named(own_cluster):

@@ -40,12 +40,13 @@ from cube_common.keys import Keys
 from cube_common.mtls import Role, TlsFiles
 from deploy.pki import node_dirs
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, cubelet_pb2_grpc
+from services.cubelet.artifact_files import CACHE, data_ranges
 from services.cubelet.guest_agent import cube_agent
 from services.cubelet.pull import EtcdPeers, PullError, TemplatePuller, _Incoming
 from services.cubelet.sandboxes import SandboxError, SandboxManager
 from services.cubelet.server import CubeletService, grpc_server
 from services.cubelet.settings import CubeletSettings
-from services.cubelet.template_manifest import ARTIFACTS, CACHE, data_ranges
+from services.cubelet.template_manifest import ARTIFACTS
 from services.cubelet.templates import Template, TemplateStore
 from testkit import netlab, probe_root
 from testkit.etcd import EtcdServer
@@ -55,7 +56,7 @@ from vmm_core.disks import ext4_from_dir, writable_layer
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, taps, the VMM jail)"),
-    pytest.mark.vm, pytest.mark.asyncio(loop_scope="session"), pytest.mark.timeout(600),
+    pytest.mark.vm, pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(600),
 ]
 
 MEMORY_MB = 256
@@ -171,7 +172,7 @@ def flip_a_byte(path: Path) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def node_a(workdir, vmm, pki, etcd_server) -> AsyncIterator[NodeA]:
     """Node A: the probe template, a copy of it whose memory rots on disk ("rotten"), a hard-linked
     copy ("probe-twin"); its gRPC server under mutual TLS; its registration in etcd."""

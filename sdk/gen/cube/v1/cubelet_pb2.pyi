@@ -78,7 +78,7 @@ class RunSandboxRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ResumeSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id", "env_vars", "envd_access_token", "network")
+    __slots__ = ("sandbox_id", "env_vars", "envd_access_token", "network", "source")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -90,11 +90,21 @@ class ResumeSandboxRequest(_message.Message):
     ENV_VARS_FIELD_NUMBER: _ClassVar[int]
     ENVD_ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     env_vars: _containers.ScalarMap[str, str]
     envd_access_token: str
     network: _network_pb2.NetworkPolicy
-    def __init__(self, sandbox_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ...) -> None: ...
+    source: PausedSource
+    def __init__(self, sandbox_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., source: _Optional[_Union[PausedSource, _Mapping]] = ...) -> None: ...
+
+class PausedSource(_message.Message):
+    __slots__ = ("node_id", "address")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class SandboxStatus(_message.Message):
     __slots__ = ("sandbox_id", "template_id", "node_id", "state", "host_address", "proxy_source_address", "started_at", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "network", "metadata", "from_warm_pool")
@@ -433,3 +443,40 @@ class ArtifactChunk(_message.Message):
     offset: int
     data: bytes
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PausedManifest(_message.Message):
+    __slots__ = ("sandbox_id", "template_id", "build_key", "save_id", "sandbox", "envd_access_token", "env_vars", "artifacts")
+    class EnvVarsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    BUILD_KEY_FIELD_NUMBER: _ClassVar[int]
+    SAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    ENVD_ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ENV_VARS_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    template_id: str
+    build_key: str
+    save_id: str
+    sandbox: SandboxStatus
+    envd_access_token: str
+    env_vars: _containers.ScalarMap[str, str]
+    artifacts: _containers.RepeatedCompositeFieldContainer[TemplateArtifact]
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., build_key: _Optional[str] = ..., save_id: _Optional[str] = ..., sandbox: _Optional[_Union[SandboxStatus, _Mapping]] = ..., envd_access_token: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., artifacts: _Optional[_Iterable[_Union[TemplateArtifact, _Mapping]]] = ...) -> None: ...
+
+class FetchPausedArtifactRequest(_message.Message):
+    __slots__ = ("sandbox_id", "save_id", "name")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    SAVE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    save_id: str
+    name: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., save_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...

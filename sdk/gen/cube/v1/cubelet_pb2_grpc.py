@@ -114,6 +114,16 @@ class CubeletStub(object):
                 request_serializer=cube_dot_v1_dot_cubelet__pb2.FetchArtifactRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_cubelet__pb2.ArtifactChunk.FromString,
                 _registered_method=True)
+        self.GetPausedManifest = channel.unary_unary(
+                '/cube.v1.Cubelet/GetPausedManifest',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.SandboxRef.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.PausedManifest.FromString,
+                _registered_method=True)
+        self.FetchPausedArtifact = channel.unary_stream(
+                '/cube.v1.Cubelet/FetchPausedArtifact',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.FetchPausedArtifactRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
 
 
 class CubeletServicer(object):
@@ -145,6 +155,11 @@ class CubeletServicer(object):
 
     def ResumeSandbox(self, request, context):
         """Restore a paused sandbox; hands the guest its identity again (clock, entropy, token, env).
+        With a `source`, a sandbox paused on another node: its saved state is pulled from there
+        first (GetPausedManifest, FetchPausedArtifact), then resumed here. FAILED_PRECONDITION when
+        this node's build of the sandbox's template is not the one it was paused from;
+        RESOURCE_EXHAUSTED when this node has no slot or disk for it; NOT_FOUND when the source holds
+        no such paused sandbox; UNAVAILABLE when the transfer failed (nothing of it is left here).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -219,6 +234,24 @@ class CubeletServicer(object):
     def FetchTemplateArtifact(self, request, context):
         """One file of the manifest, in chunks of at most 1 MiB. NOT_FOUND for a name that is not in the
         manifest; FAILED_PRECONDITION when the template was rebuilt since (another build_key).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPausedManifest(self, request, context):
+        """A paused sandbox's saved state, for the node asked to resume it elsewhere (services/cubelet/
+        paused_manifest.py, paused_pull.py); the same callers, names and streaming as the two above.
+        NOT_FOUND when this node holds no such sandbox paused; FAILED_PRECONDITION while it is being
+        paused or resumed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchPausedArtifact(self, request, context):
+        """NOT_FOUND for a name that is not in the manifest; FAILED_PRECONDITION when the sandbox was
+        resumed (and maybe paused again) since: another save_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -300,6 +333,16 @@ def add_CubeletServicer_to_server(servicer, server):
             'FetchTemplateArtifact': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchTemplateArtifact,
                     request_deserializer=cube_dot_v1_dot_cubelet__pb2.FetchArtifactRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.ArtifactChunk.SerializeToString,
+            ),
+            'GetPausedManifest': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPausedManifest,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.SandboxRef.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.PausedManifest.SerializeToString,
+            ),
+            'FetchPausedArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchPausedArtifact,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.FetchPausedArtifactRequest.FromString,
                     response_serializer=cube_dot_v1_dot_cubelet__pb2.ArtifactChunk.SerializeToString,
             ),
     }
@@ -712,6 +755,60 @@ class Cubelet(object):
             target,
             '/cube.v1.Cubelet/FetchTemplateArtifact',
             cube_dot_v1_dot_cubelet__pb2.FetchArtifactRequest.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.ArtifactChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPausedManifest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Cubelet/GetPausedManifest',
+            cube_dot_v1_dot_cubelet__pb2.SandboxRef.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.PausedManifest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchPausedArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cube.v1.Cubelet/FetchPausedArtifact',
+            cube_dot_v1_dot_cubelet__pb2.FetchPausedArtifactRequest.SerializeToString,
             cube_dot_v1_dot_cubelet__pb2.ArtifactChunk.FromString,
             options,
             channel_credentials,

@@ -63,7 +63,7 @@ API_KEY_ROLE_USER: ApiKeyRole
 API_KEY_ROLE_ADMIN: ApiKeyRole
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id", "quota_exempt", "lost_reason", "lost_at")
+    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id", "quota_exempt", "lost_reason", "lost_at", "resume_node_id")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -108,6 +108,7 @@ class Sandbox(_message.Message):
     QUOTA_EXEMPT_FIELD_NUMBER: _ClassVar[int]
     LOST_REASON_FIELD_NUMBER: _ClassVar[int]
     LOST_AT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     alias: str
@@ -138,7 +139,8 @@ class Sandbox(_message.Message):
     quota_exempt: bool
     lost_reason: str
     lost_at: _timestamp_pb2.Timestamp
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ..., quota_exempt: bool = ..., lost_reason: _Optional[str] = ..., lost_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    resume_node_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ..., quota_exempt: bool = ..., lost_reason: _Optional[str] = ..., lost_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_node_id: _Optional[str] = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
     __slots__ = ("template", "timeout_s", "metadata", "env_vars", "auto_pause", "auto_resume", "network", "client_id")
@@ -242,12 +244,14 @@ class PauseSandboxRecordRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
 
 class ConnectSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id", "timeout_s")
+    __slots__ = ("sandbox_id", "timeout_s", "node_id")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     timeout_s: int
-    def __init__(self, sandbox_id: _Optional[str] = ..., timeout_s: _Optional[int] = ...) -> None: ...
+    node_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., timeout_s: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class ConnectSandboxResponse(_message.Message):
     __slots__ = ("sandbox", "resumed")

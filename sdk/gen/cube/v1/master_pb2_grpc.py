@@ -282,8 +282,11 @@ class MasterServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ConnectSandbox(self, request, context):
-        """Running: only extends the end time. Paused: resumes on the node that holds its state
-        (RESOURCE_EXHAUSTED when that would exceed the owning team's running, vCPU or memory quota).
+        """Running: only extends the end time. Paused: resumes on the node that holds its state, or, when
+        that node is draining, answers RESOURCE_EXHAUSTED or an operator names another node, on
+        another node (chosen as for a create), which pulls the state first; the holder then drops its
+        copy. UNAVAILABLE while the holder is not registered (its state is on its disk).
+        RESOURCE_EXHAUSTED when that would exceed the owning team's running, vCPU or memory quota.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -398,7 +401,8 @@ class MasterServicer(object):
 
     def DrainNode(self, request, context):
         """Stop placing new sandboxes (and template builds) on a node; what runs there keeps running,
-        and its paused sandboxes may still resume there (their state is on its disk). Idempotent.
+        and its paused sandboxes resume on other nodes, which pull their state (there only when no
+        other node can take them). Idempotent.
         NOT_FOUND for a node the master does not know; INVALID_ARGUMENT for a malformed id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -179,6 +179,17 @@ class ResumeSandboxRequest(betterproto.Message):
     )
     envd_access_token: str = betterproto.string_field(3)
     network: "NetworkPolicy" = betterproto.message_field(4)
+    source: "PausedSource" = betterproto.message_field(5)
+    """
+    Set when the sandbox is paused on another node: where its saved state is (that node's
+     NodeStatus). Unset: the state is on this node.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class PausedSource(betterproto.Message):
+    node_id: str = betterproto.string_field(1)
+    address: str = betterproto.string_field(2)
 
 
 @dataclass(eq=False, repr=False)
@@ -408,6 +419,10 @@ class GetTemplateManifestRequest(betterproto.Message):
 
 @dataclass(eq=False, repr=False)
 class TemplateArtifact(betterproto.Message):
+    """
+    One file of a template (TemplateManifest) or of a paused sandbox's saved state (PausedManifest).
+    """
+
     name: str = betterproto.string_field(1)
     """
     One of a fixed set of names ("memory", "state", "image.ext4", ...), never a path: each side
@@ -450,6 +465,45 @@ class ArtifactChunk(betterproto.Message):
     """
 
     data: bytes = betterproto.bytes_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class PausedManifest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    template_id: str = betterproto.string_field(2)
+    build_key: str = betterproto.string_field(3)
+    """
+    The template build the sandbox was cloned from: its disk overlay reads through that build's
+     disk and its memory holds pages of that build's images, so it resumes only on that build.
+    """
+
+    save_id: str = betterproto.string_field(4)
+    """
+    This save (hex SHA-256 of its snapshot.json): a fetch names it, so the files of a sandbox
+     resumed and paused again meanwhile are never mixed.
+    """
+
+    sandbox: "SandboxStatus" = betterproto.message_field(5)
+    """
+    The sandbox as the holding node knows it (template, sizes, policy, metadata, started_at).
+    """
+
+    envd_access_token: str = betterproto.string_field(6)
+    """
+    The token and environment the guest holds now: the next /init must present the token.
+    """
+
+    env_vars: Dict[str, str] = betterproto.map_field(
+        7, betterproto.TYPE_STRING, betterproto.TYPE_STRING
+    )
+    artifacts: List["TemplateArtifact"] = betterproto.message_field(8)
+
+
+@dataclass(eq=False, repr=False)
+class FetchPausedArtifactRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    save_id: str = betterproto.string_field(2)
+    name: str = betterproto.string_field(3)
 
 
 @dataclass(eq=False, repr=False)
@@ -511,6 +565,11 @@ class Sandbox(betterproto.Message):
     """LOST: why and since when (what was known: which node, how it went)."""
 
     lost_at: datetime = betterproto.message_field(30)
+    resume_node_id: str = betterproto.string_field(31)
+    """
+    RESUMING on another node than node_id (which holds the paused state until the resume is
+     settled): that node, which pulls the state. Empty in every other phase.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -588,6 +647,11 @@ class PauseSandboxRecordRequest(betterproto.Message):
 class ConnectSandboxRequest(betterproto.Message):
     sandbox_id: str = betterproto.string_field(1)
     timeout_s: int = betterproto.uint32_field(2)
+    node_id: str = betterproto.string_field(3)
+    """
+    Operators only (PERMISSION_DENIED for a team's caller): resume a paused sandbox on this node,
+     its state moved there. Ignored for a running sandbox.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -1443,6 +1507,41 @@ class CubeletStub(betterproto.ServiceStub):
         ):
             yield response
 
+    async def get_paused_manifest(
+        self,
+        sandbox_ref: "SandboxRef",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "PausedManifest":
+        return await self._unary_unary(
+            "/cube.v1.Cubelet/GetPausedManifest",
+            sandbox_ref,
+            PausedManifest,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def fetch_paused_artifact(
+        self,
+        fetch_paused_artifact_request: "FetchPausedArtifactRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[ArtifactChunk]:
+        async for response in self._unary_stream(
+            "/cube.v1.Cubelet/FetchPausedArtifact",
+            fetch_paused_artifact_request,
+            ArtifactChunk,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 class MasterStub(betterproto.ServiceStub):
     async def create_sandbox(
@@ -2200,6 +2299,15 @@ class CubeletBase(ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ArtifactChunk()
 
+    async def get_paused_manifest(self, sandbox_ref: "SandboxRef") -> "PausedManifest":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def fetch_paused_artifact(
+        self, fetch_paused_artifact_request: "FetchPausedArtifactRequest"
+    ) -> AsyncIterator[ArtifactChunk]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield ArtifactChunk()
+
     async def __rpc_run_sandbox(
         self, stream: "grpclib.server.Stream[RunSandboxRequest, SandboxStatus]"
     ) -> None:
@@ -2315,6 +2423,23 @@ class CubeletBase(ServiceBase):
             request,
         )
 
+    async def __rpc_get_paused_manifest(
+        self, stream: "grpclib.server.Stream[SandboxRef, PausedManifest]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_paused_manifest(request)
+        await stream.send_message(response)
+
+    async def __rpc_fetch_paused_artifact(
+        self, stream: "grpclib.server.Stream[FetchPausedArtifactRequest, ArtifactChunk]"
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.fetch_paused_artifact,
+            stream,
+            request,
+        )
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/cube.v1.Cubelet/RunSandbox": grpclib.const.Handler(
@@ -2405,6 +2530,18 @@ class CubeletBase(ServiceBase):
                 self.__rpc_fetch_template_artifact,
                 grpclib.const.Cardinality.UNARY_STREAM,
                 FetchArtifactRequest,
+                ArtifactChunk,
+            ),
+            "/cube.v1.Cubelet/GetPausedManifest": grpclib.const.Handler(
+                self.__rpc_get_paused_manifest,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SandboxRef,
+                PausedManifest,
+            ),
+            "/cube.v1.Cubelet/FetchPausedArtifact": grpclib.const.Handler(
+                self.__rpc_fetch_paused_artifact,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                FetchPausedArtifactRequest,
                 ArtifactChunk,
             ),
         }
