@@ -34,7 +34,6 @@ import json
 import os
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -363,22 +362,15 @@ def run(s: ClusterSettings) -> None:
     s.pidfile.write_text(str(os.getpid()))
     sup = Supervisor(s.node_config(), programs(s), logs=s.logs)
 
-    def on_signal(signum, frame):
-        sup.stopping = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        sup.start_all()
-        (s.run_dir / "ready").write_text(str(time.time()))
-        sup.watch()
-    finally:
-        (s.run_dir / "ready").unlink(missing_ok=True)
-        sup.stop_all()
+    def cleanup() -> None:
         for h in s.host_names():
             subprocess.run(_in(s, h, [PY, "-m", "deploy.cleanup"]), cwd=REPO, env=_env(s, h),
                            stdout=subprocess.DEVNULL, check=False)
         sup.say("cluster cleaned up")
+
+    try:
+        sup.serve(s.run_dir / "ready", cleanup)
+    finally:
         s.pidfile.unlink(missing_ok=True)
 
 

@@ -235,6 +235,23 @@ class Supervisor:
                     self._start(p)
             time.sleep(0.2)
 
+    def serve(self, ready: Path, cleanup: Callable[[], None]) -> None:
+        """Start every program, then mark ``ready`` and keep them running until SIGTERM or SIGINT;
+        then stop them all and run ``cleanup``, whatever happened."""
+        def on_signal(signum, frame):
+            self.stopping = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        try:
+            self.start_all()
+            ready.write_text(str(time.time()))
+            self.watch()
+        finally:
+            ready.unlink(missing_ok=True)
+            self.stop_all()
+            cleanup()
+
     def stop_all(self) -> None:
         self.stopping = True
         for p in reversed(self.programs):
@@ -255,20 +272,9 @@ def run(cfg: NodeConfig) -> None:
     cfg.pidfile.write_text(str(os.getpid()))
     Pki(cfg.pki).node(socket.gethostname())  # idempotent: keeps what is still good
     sup = Supervisor(cfg)
-
-    def on_signal(signum, frame):
-        sup.stopping = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     try:
-        sup.start_all()
-        (cfg.run / "ready").write_text(str(time.time()))
-        sup.watch()
+        sup.serve(cfg.run / "ready", lambda: cleanup_node(cfg, sup))
     finally:
-        (cfg.run / "ready").unlink(missing_ok=True)
-        sup.stop_all()
-        cleanup_node(cfg, sup)
         cfg.pidfile.unlink(missing_ok=True)
 
 

@@ -211,6 +211,22 @@ class Cluster:
         shutil.rmtree(self.workdir, ignore_errors=True)  # the processes' logs; failures quote them first
 
 
+def rpc(c: Cluster, method: str, request, metadata=()):
+    """One call to the cluster's first master (operator certificate when the cluster has TLS)."""
+    ch, stub = c.master_stub()
+    with ch:
+        return getattr(stub, method)(request, metadata=metadata, timeout=30)
+
+
+def code_of(call) -> grpc.StatusCode:
+    """The status code ``call()`` ends with (OK when it returns)."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        return e.code()
+    return grpc.StatusCode.OK
+
+
 @contextmanager
 def one_node_cluster(etcd_endpoint: str, **api_env: str) -> Iterator[Cluster]:
     """One master, one API (started with ``api_env``), one fake node ``node-a``; stopped on exit."""

@@ -25,24 +25,10 @@ import pytest
 
 from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
 from services.master.scheduler import load_by_node
-from tests.control.cluster import Cluster, wait_until
+from tests.control.cluster import Cluster, code_of, rpc, wait_until
 from tests.control.teams_support import as_caller
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def rpc(c: Cluster, method: str, request, metadata=()):
-    ch, stub = c.master_stub()
-    with ch:
-        return getattr(stub, method)(request, metadata=metadata, timeout=30)
-
-
-def code_of(call) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as e:
-        return e.code()
-    return grpc.StatusCode.OK
 
 
 def paused_on_a(c: Cluster) -> P.Sandbox:

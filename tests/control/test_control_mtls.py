@@ -14,7 +14,7 @@ from deploy.pki import node_dirs
 from sdk.client import CubeClient, CubeError, Status
 from sdk.gen.cube.v1 import master_pb2 as P, master_pb2_grpc
 from testkit.etcd import EtcdServer
-from tests.control.cluster import Cluster
+from tests.control.cluster import Cluster, code_of
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +34,6 @@ def stub(c: Cluster, pki, role: Role | None) -> tuple[grpc.Channel, master_pb2_g
     tls = TlsFiles(node_dirs(pki)[role]) if role else None
     ch = sync_channel(c.masters[0].address, tls, Role.MASTER)
     return ch, master_pb2_grpc.MasterStub(ch)
-
-
-def code_of(call) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as e:
-        return e.code()
-    return grpc.StatusCode.OK
 
 
 def test_a_peer_without_a_certificate_is_not_served(secure, pki):

@@ -25,7 +25,7 @@ from services.master.node_admin import check_node_id, node_views
 from services.master.scheduler import rank
 from testkit.etcd import EtcdServer
 from tests.control.cli import cubemastercli
-from tests.control.cluster import Cluster, wait_until
+from tests.control.cluster import Cluster, code_of, rpc, wait_until
 from tests.control.teams_support import as_caller
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,20 +39,6 @@ def create(c: Cluster, n: int = 1, metadata=()) -> list[P.Sandbox]:
     with ch:
         return [stub.CreateSandbox(P.CreateSandboxRequest(template="tiny"), metadata=metadata, timeout=30)
                 for _ in range(n)]
-
-
-def rpc(c: Cluster, method: str, request, metadata=()):
-    ch, stub = c.master_stub()
-    with ch:
-        return getattr(stub, method)(request, metadata=metadata, timeout=30)
-
-
-def code_of(call) -> grpc.StatusCode:
-    try:
-        call()
-    except grpc.RpcError as e:
-        return e.code()
-    return grpc.StatusCode.OK
 
 
 def nodes_json(c: Cluster) -> dict[str, dict]:
