@@ -128,8 +128,7 @@ def leadership(s: ClusterSettings) -> tuple[str, int]:
 def failover(s: ClusterSettings) -> float:
     before = leadership(s)
     host = before[0].removeprefix("master-")
-    want = f"CUBE_MASTER_MASTER_ID={before[0]}".encode()
-    pid = next(int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _environ_has(d, want))
+    pid = cluster_mod.pid_of(s, host, "services.master")
     t0 = time.monotonic()
     os.kill(pid, signal.SIGKILL)
     while True:
@@ -142,13 +141,6 @@ def failover(s: ClusterSettings) -> float:
         if time.monotonic() - t0 > 60:
             raise SystemExit(f"bench: no new leader 60 s after killing {before[0]} on {host}")
         time.sleep(0.05)
-
-
-def _environ_has(d: Path, item: bytes) -> bool:
-    try:
-        return item in (d / "environ").read_bytes().split(b"\0") and b"services.master" in (d / "cmdline").read_bytes()
-    except OSError:
-        return False
 
 
 def main() -> None:

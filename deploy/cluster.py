@@ -218,6 +218,22 @@ def network_down(s: ClusterSettings) -> None:
     _ip("link", "del", s.bridge, check=False)
 
 
+def pid_of(s: ClusterSettings, host: str, program: str) -> int:
+    """The pid of ``host``'s ``program`` (a word of its command line: ``etcd``, ``services.master``),
+    found by the state dir every program of that host has in its environment. LookupError if none."""
+    mine = f"CUBE_STATE_DIR={s.host_dir(host)}".encode()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            if program.encode() in (d / "cmdline").read_bytes().split(b"\0") and \
+                    mine in (d / "environ").read_bytes().split(b"\0"):
+                return int(d.name)
+        except OSError:
+            continue  # it ended while we looked
+    raise LookupError(f"no {program} of {host} runs")
+
+
 def cut(s: ClusterSettings, host: str, off: bool = True) -> None:
     """Cut ``host`` off the bridge (a network partition of that host), or put it back."""
     _ip("link", "set", s.veth(host), "down" if off else "up")

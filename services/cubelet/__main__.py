@@ -10,7 +10,7 @@ from vmm_core import VmmSettings, accel
 
 from .paused_pull import PausedStatePuller
 from .prefetch import Prefetcher
-from .pull import TemplatePuller
+from .pull import EtcdPeers, TemplatePuller
 from .registration import NodeRegistration
 from .sandboxes import SandboxManager
 from .server import CubeletService, grpc_server
@@ -27,9 +27,10 @@ async def serve(settings: CubeletSettings) -> None:
     vs = VsClient(settings.vs_address, tls)
     templates = TemplateStore(settings, vmm, vs)
     sandboxes = SandboxManager(settings, vmm, vs, templates)
-    puller = TemplatePuller(settings, templates, tls)
+    peers = EtcdPeers(settings, tls)
+    puller = TemplatePuller(settings, templates, tls, peers=peers)
     sandboxes.pull_template = puller.pull  # a create for a template this node lacks pulls it first
-    prefetcher = Prefetcher(settings, templates, puller, tls)  # ... and every template comes ahead of creates
+    prefetcher = Prefetcher(settings, templates, puller, peers)  # ... and every template comes ahead of creates
     sandboxes.arrivals = PausedStatePuller(settings, vmm, tls)  # a resume of a sandbox paused elsewhere pulls it
     await sandboxes.start()
     service = CubeletService(settings, sandboxes, templates, accel.resolve(vmm.accel).value)

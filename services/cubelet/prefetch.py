@@ -21,12 +21,10 @@ import time
 
 from google.protobuf import json_format
 
-from cube_common.etcd import EtcdClient, EtcdUnavailable
-from cube_common.keys import Keys
-from cube_common.mtls import TlsFiles
-from sdk.gen.cube.v1 import cubelet_pb2 as pb, master_pb2
+from cube_common.etcd import EtcdUnavailable
+from sdk.gen.cube.v1 import master_pb2
 
-from .pull import TemplatePuller
+from .pull import EtcdPeers, TemplatePuller
 from .sandboxes import SandboxError
 from .settings import CubeletSettings
 from .templates import TemplateStore
@@ -37,12 +35,11 @@ MAX_BACKOFF_S = 600.0
 
 class Prefetcher:
     def __init__(self, settings: CubeletSettings, store: TemplateStore, puller: TemplatePuller,
-                 tls: TlsFiles | None) -> None:
+                 peers: EtcdPeers) -> None:
         self.settings = settings
         self.store = store
         self.puller = puller
-        self.keys = Keys(settings.etcd_prefix)
-        self.etcd = EtcdClient(settings.etcd_endpoints, timeout_s=5.0, tls=tls)
+        self.peers = peers  # the puller's: one etcd client and one reading of the nodes for both (it closes it)
         self._task: asyncio.Task | None = None
         self._retry_at: dict[str, tuple[float, float]] = {}  # template id -> (when, current backoff)
 
@@ -57,24 +54,15 @@ class Prefetcher:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        await self.etcd.close()
 
     async def wanted(self) -> list[str]:
         """Ready templates of the cluster that another node holds and this one does not."""
-        nodes = await self.etcd.get_prefix(self.keys.nodes())
-        held: set[str] = set()
-        for kv in nodes.kvs:
-            try:
-                node = json_format.Parse(kv.value, pb.NodeStatus(), ignore_unknown_fields=True)
-            except json_format.ParseError:
-                continue
-            if node.node_id != self.settings.node_id:
-                held.update(node.templates)
+        held = {tid for node in await self.peers.others() for tid in node.templates}
         out = []
         for tid in sorted(held):
             if self.store.get(tid) is not None:
                 continue
-            rec = await self.etcd.get(self.keys.template(tid))
+            rec = await self.peers.etcd.get(self.peers.keys.template(tid))
             if rec is None:
                 continue
             try:

@@ -100,17 +100,21 @@ class EtcdPeers:
         self.keys = Keys(settings.etcd_prefix)
         self.etcd = EtcdClient(settings.etcd_endpoints, timeout_s=5.0, tls=tls)
 
-    async def holders(self, template_id: str) -> list[Peer]:
-        prefix = self.keys.nodes()
-        rows = await self.etcd.get_prefix(prefix)
-        found: list[pb.NodeStatus] = []
+    async def others(self) -> list[pb.NodeStatus]:
+        """Every other registered node, as its registration says (unparsable ones left out)."""
+        rows = await self.etcd.get_prefix(self.keys.nodes())
+        out: list[pb.NodeStatus] = []
         for kv in rows.kvs:
             try:
                 node = json_format.Parse(kv.value, pb.NodeStatus(), ignore_unknown_fields=True)
             except json_format.ParseError:
                 continue
-            if node.node_id != self.node_id and node.address and template_id in node.templates:
-                found.append(node)
+            if node.node_id != self.node_id:
+                out.append(node)
+        return out
+
+    async def holders(self, template_id: str) -> list[Peer]:
+        found = [n for n in await self.others() if n.address and template_id in n.templates]
         random.shuffle(found)  # spread the pulls of many nodes over the holders ...
         found.sort(key=lambda n: n.sandboxes_running)  # ... the least busy first
         return [Peer(n.node_id, n.address) for n in found]

@@ -68,10 +68,19 @@ def load_by_node(records: list[master_pb2.Sandbox]) -> dict[str, NodeLoad]:
     return out
 
 
+def _active(n: cubelet_pb2.NodeStatus, ld: NodeLoad) -> int:
+    """Sandboxes holding a VM on ``n``: what it reported, or what our records say if more."""
+    return max(ld.active, n.sandboxes_running)
+
+
+def _available_bytes(n: cubelet_pb2.NodeStatus, ld: NodeLoad) -> float:
+    """Memory ``n`` has for clones, less what creates in flight there will dirty."""
+    return n.memory_available_bytes - ld.pending_memory_mb * MiB * MEMORY_FRACTION_REQUIRED
+
+
 def refusal(n: cubelet_pb2.NodeStatus, memory_mb: int, ld: NodeLoad, overcommit_ratio: float) -> str | None:
     """Why node ``n`` cannot take a sandbox of ``memory_mb`` now, or None."""
-    active = max(ld.active, n.sandboxes_running)
-    if n.max_sandboxes and active >= n.max_sandboxes:
+    if n.max_sandboxes and _active(n, ld) >= n.max_sandboxes:
         return f"all {n.max_sandboxes} sandbox slots taken"
     if n.disk_watermark_bytes and n.disk_free_bytes < n.disk_watermark_bytes:
         return (f"{n.disk_free_bytes >> 20} MiB disk free, under its watermark of "
@@ -82,7 +91,7 @@ def refusal(n: cubelet_pb2.NodeStatus, memory_mb: int, ld: NodeLoad, overcommit_
             if ld.committed_memory_mb + memory_mb > cap_mb:
                 return (f"{ld.committed_memory_mb} MiB of guest memory committed; {memory_mb} MiB more would pass "
                         f"{overcommit_ratio:g}x its {n.memory_total_bytes >> 20} MiB")
-        avail = n.memory_available_bytes - ld.pending_memory_mb * MiB * MEMORY_FRACTION_REQUIRED
+        avail = _available_bytes(n, ld)
         if avail < memory_mb * MiB * MEMORY_FRACTION_REQUIRED:
             return f"{max(0, int(avail)) >> 20} MiB memory available"
     return None
@@ -109,12 +118,8 @@ def rank(nodes: list[cubelet_pb2.NodeStatus], template_id: str, memory_mb: int,
         if reason is not None:
             why.append(f"{n.node_id}: {reason}")
             continue
-        active = max(ld.active, n.sandboxes_running)
-        slot_free = 1.0 - active / n.max_sandboxes if n.max_sandboxes else 1.0
-        mem_free = 1.0
-        if n.memory_total_bytes:
-            avail = n.memory_available_bytes - ld.pending_memory_mb * MiB * MEMORY_FRACTION_REQUIRED
-            mem_free = max(0.0, avail / n.memory_total_bytes)
+        slot_free = 1.0 - _active(n, ld) / n.max_sandboxes if n.max_sandboxes else 1.0
+        mem_free = max(0.0, _available_bytes(n, ld) / n.memory_total_bytes) if n.memory_total_bytes else 1.0
         local = template_id in n.templates
         # A little noise spreads equal nodes instead of piling onto the first one.
         score = (LOCALITY_WEIGHT if local else 0.0) + slot_free + mem_free + random.uniform(0, 0.01)

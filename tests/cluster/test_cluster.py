@@ -8,7 +8,6 @@ import os
 import signal
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
@@ -46,21 +45,6 @@ def leader(cluster, host: str = "h1") -> tuple[str, int]:
     if not kvs:
         return "", 0
     return json.loads(base64.b64decode(kvs[0]["value"])).get("masterId", ""), int(kvs[0]["create_revision"])
-
-
-def pid_of(cluster, host: str, module: str) -> int:
-    """The pid of ``python -m <module>`` running for ``host`` of this cluster."""
-    want = f"CUBE_STATE_DIR={cluster.s.host_dir(host)}".encode()
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().split(b"\0")
-            if module.encode() in cmd and want in (d / "environ").read_bytes().split(b"\0"):
-                return int(d.name)
-        except OSError:
-            continue
-    raise AssertionError(f"no {module} for {host}")
 
 
 def records(cluster) -> list[master_pb2.Sandbox]:
@@ -105,7 +89,7 @@ def test_killing_the_leader_master_hands_over(cluster):
     assert before in ("master-h1", "master-h2")
     host = before.removeprefix("master-")
     t0 = time.monotonic()
-    os.kill(pid_of(cluster, host, "services.master"), signal.SIGKILL)
+    os.kill(cluster_mod.pid_of(cluster.s, host, "services.master"), signal.SIGKILL)
     # A new leadership: the standby, or the killed master restarted by the supervisor (same id).
     deadline = t0 + 30
     while (now := leader(cluster, "h3"))[1] in (0, since) and time.monotonic() < deadline:
@@ -118,21 +102,8 @@ def test_killing_the_leader_master_hands_over(cluster):
     assert got[0]["out"].strip().endswith("ok")
 
 
-def etcd_pid(cluster, host: str) -> int:
-    data = str(cluster.s.host_dir(host) / "etcd").encode()
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                cmd = (d / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if cmd[:1] == [b"etcd"] and data in cmd:
-                return int(d.name)
-    raise AssertionError(f"no etcd member for {host}")
-
-
 def test_one_etcd_member_down_changes_nothing(cluster):
-    pid = etcd_pid(cluster, "h3")
+    pid = cluster_mod.pid_of(cluster.s, "h3", "etcd")
     os.kill(pid, signal.SIGSTOP)  # unresponsive, as a member on a hung host
     try:
         got = cluster.sdk(CREATE_AND_RUN.format(n=2))["sandboxes"]
@@ -193,7 +164,7 @@ def test_losing_etcd_quorum_answers_503_and_recovers(cluster):
     api = httpx.Client(base_url=s.api_url, headers={"X-API-KEY": local_key.read(s.host_dir("h1")) or ""},
                        timeout=60)
     assert api.get("/sandboxes").status_code == 200
-    stopped = [etcd_pid(cluster, h) for h in ("h2", "h3")]
+    stopped = [cluster_mod.pid_of(cluster.s, h, "etcd") for h in ("h2", "h3")]
     for pid in stopped:
         os.kill(pid, signal.SIGSTOP)  # two of three members unresponsive: no quorum
     try:

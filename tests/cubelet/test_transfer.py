@@ -476,7 +476,8 @@ async def test_ready_templates_are_prefetched_and_no_others(node_a, workdir, vmm
     await put_template_record(etcd_server, node_a.keys, TEMPLATE, master_pb2.TEMPLATE_STATUS_BUILDING)
     c = node_settings(workdir, "prefetching", etcd_server, node_a.keys.root)
     puller = puller_for(c, pki, vmm)
-    prefetcher = Prefetcher(c, puller.store, puller, None)
+    assert isinstance(puller.peers, EtcdPeers)
+    prefetcher = Prefetcher(c, puller.store, puller, puller.peers)
     try:
         assert await prefetcher.wanted() == ["probe-twin"]
         assert await prefetcher.run_once() == ["probe-twin"]
