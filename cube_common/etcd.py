@@ -242,6 +242,32 @@ class EtcdClient:
     async def revoke_lease(self, lease_id: int) -> Any:
         return await self.call(lambda c: c.revoke_lease(lease_id), retry=True)
 
+    async def wait_change(self, key: bytes, after_revision: int, timeout: float) -> bool:
+        """Wait until ``key`` changes after ``after_revision`` (an etcd watch): True when it did,
+        False when ``timeout`` passed first. A watch that cannot be opened or breaks leaves the
+        caller to read again, after a pause (a quarter of ``timeout``) so that it does not spin."""
+        deadline = time.monotonic() + timeout
+        try:
+            async with self.using() as client:
+                watch = await asyncio.wait_for(client.watch(key, start_revision=after_revision + 1), self.attempt_s)
+                try:
+                    async def first() -> None:
+                        async for _ in watch:
+                            return
+
+                    await asyncio.wait_for(first(), max(0.0, deadline - time.monotonic()))
+                    return True
+                except TimeoutError:
+                    return False
+                finally:
+                    try:
+                        await asyncio.wait_for(watch.cancel(), 2)
+                    except Exception:  # noqa: BLE001 - best effort on a channel that may be failing
+                        pass
+        except (EtcdUnavailable, TimeoutError):
+            await asyncio.sleep(max(0.0, min(timeout / 4, deadline - time.monotonic())))
+            return False
+
     async def call(self, make: Callable[[aetcd.Client], Awaitable[T]], retry: bool = False) -> T:
         """Run ``make(client)`` (a coroutine factory) with the deadline, failover and error mapping.
 

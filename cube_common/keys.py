@@ -88,6 +88,10 @@ class Keys:
     def leader(self) -> bytes:
         return self.key("leader")
 
+    def master(self, master_id: str) -> bytes:
+        """A live master's identity, under its lease (gone a TTL after the process is)."""
+        return self.key("masters", master_id)
+
     # ---- collections -----------------------------------------------------------------------
 
     def sandboxes(self) -> bytes:
@@ -124,6 +128,9 @@ class Keys:
 
     def node_admins(self) -> bytes:
         return self.collection("node-admin")
+
+    def masters(self) -> bytes:
+        return self.collection("masters")
 
     # ---- the proxies' route acknowledgements ------------------------------------------------
 

@@ -173,8 +173,10 @@ def validate_spec(spec: MachineSpec) -> None:
     for disk in spec.disks:
         if not disk.path.is_file():
             raise InvalidSpecError(f"disk {disk.serial} image {disk.path} does not exist")
-    if spec.network is not None and not _tap_exists(spec.network.netns, spec.network.tap):
+    if spec.network is not None and _tap_exists(spec.network.netns, spec.network.tap) == spec.network.detached:
         where = f" in namespace {spec.network.netns}" if spec.network.netns else ""
+        if spec.network.detached:  # QEMU would attach to it rather than make its own
+            raise InvalidSpecError(f"tap device {spec.network.tap!r} exists{where}; a detached NIC needs a new name")
         raise InvalidSpecError(f"tap device {spec.network.tap!r} does not exist{where}")
 
 
@@ -215,12 +217,15 @@ class Machine:
     @classmethod
     async def launch(cls, settings: VmmSettings, vm_id: str, spec: MachineSpec, *, incoming: bool = False,
                      share_memory: bool = True, labels: dict[str, str] | None = None,
-                     prepare=None, rollback=None) -> Machine:
+                     prepare=None, rollback=None, memory_fd: int | None = None) -> Machine:
         """Start QEMU for `spec` in a fresh runtime dir and connect QMP. Used by boot and clones.
 
         `prepare(paths)` runs after the runtime dir exists and before QEMU starts (e.g. to create
         the copy-on-write overlay); `rollback(paths)` undoes it on failure, before the runtime dir
         is removed. On any failure nothing is left behind.
+
+        `memory_fd`: the guest RAM is this descriptor's (a memfd the caller owns and keeps open),
+        instead of `spec.memory_file`'s, which must still be set (it names the backend).
         """
         check_accel(settings, spec)
         if prepare is None:
@@ -235,11 +240,12 @@ class Machine:
             if prepare is not None:
                 spec = prepare(paths) or spec
                 validate_spec(spec)
-            memfd = None
+            memfd = memory_fd
             if settings.jail:
                 jail = Jail.for_launch(settings, vm_id, paths)
                 jail.setup(settings, spec)
-                if spec.memory_file is not None and not share_memory and spec.memory_file.parent != paths.dir:
+                if (memfd is None and spec.memory_file is not None and not share_memory
+                        and spec.memory_file.parent != paths.dir):
                     # A template's memory, mapped privately: QEMU gets it write-sealed.
                     memfd = await asyncio.to_thread(sealed_fd, spec.memory_file)
             argv = build_argv(settings, spec, paths, share_memory=share_memory, incoming=incoming, jail=jail,

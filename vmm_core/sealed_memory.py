@@ -60,6 +60,45 @@ def sealed_fd(path: Path) -> int:
         return fd
 
 
+def adopt(path: Path, fd: int) -> None:
+    """Take ``fd``, a memfd holding exactly what the file at ``path`` was just written from (a
+    checkpoint's RAM, vmm_core.checkpoint), as that file's sealed memfd: the first clone then needs no
+    copy of the file. The fd becomes this module's (never close it); on failure it is closed.
+    Blocking."""
+    try:
+        st = os.stat(path)
+        if os.fstat(fd).st_size != st.st_size:
+            raise ValueError(f"memfd of {os.fstat(fd).st_size} bytes for {path} of {st.st_size}")
+        os.posix_fallocate(fd, 0, st.st_size)  # no holes (see _fill)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    with _lock:
+        _sweep()
+        old = _memfds.pop(path, None)
+        if old is not None:
+            os.close(old[1])
+        _memfds[path] = (_Key(path, st.st_ino, st.st_mtime_ns), fd)
+
+
+def write_file(fd: int, path: Path, size: int) -> None:
+    """Write a memfd's data to a new file at ``path`` (0600), its holes left holes. Blocking."""
+    out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(out, size)
+        for start, end in _data_extents(fd, size):
+            pos = start
+            while pos < end:
+                data = os.pread(fd, min(CHUNK, end - pos), pos)
+                if not data:
+                    break
+                os.pwrite(out, data, pos)
+                pos += len(data)
+    finally:
+        os.close(out)
+
+
 def _sweep() -> None:
     for path, (key, fd) in list(_memfds.items()):
         try:

@@ -28,6 +28,7 @@ from enum import Enum
 from pathlib import Path
 from typing import NoReturn
 
+from . import sealed_memory
 from .disks import cow_overlay, qcow2_header, rebase_overlay
 from .errors import BootError, InvalidSpecError, MachineGoneError, SnapshotError, VmmError
 from .machine import Machine, pid_alive
@@ -62,7 +63,12 @@ class Snapshot:
 
     @property
     def disk(self) -> Path:
-        return self.dir / ("disk.img" if self.kind is SnapshotKind.TEMPLATE else "disk.qcow2")
+        """The writable layer's file: a saved machine's overlay; a built template's raw layer, or
+        a checkpoint's overlay (its own writes, on the template it was cloned from)."""
+        if self.kind is SnapshotKind.SAVED:
+            return self.dir / "disk.qcow2"
+        fmt = next((d.format for d in self.spec.disks if not d.readonly), DiskFormat.RAW)
+        return self.dir / ("disk.qcow2" if fmt is DiskFormat.QCOW2 else "disk.img")
 
     @property
     def pristine_overlay(self) -> Path:
@@ -195,8 +201,12 @@ async def _migrate_to_file(machine: Machine, path: Path) -> None:
     await machine.execute("migrate", {"uri": "fd:migration-out"})
 
 
-async def snapshot(machine: Machine, dest: Path) -> Snapshot:
-    """Take a TEMPLATE snapshot of a machine booted with a shared memory file. Consumes it."""
+async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory_fd: int | None = None) -> Snapshot:
+    """Take a TEMPLATE snapshot of a machine booted with a shared memory file. Consumes it.
+    ``sync_fs=False`` skips asking the guest to write back its page cache first. ``memory_fd``: the
+    machine's RAM is that memfd's (``Machine.launch``), written out to the snapshot's memory file
+    here; the fd is then the snapshot's sealed memory (``sealed_memory.adopt``) on a jailed host,
+    else closed. The caller gives it up either way."""
     spec = machine.spec
     rw = machine.writable_disk()
     if spec.memory_file is None:
@@ -207,24 +217,30 @@ async def snapshot(machine: Machine, dest: Path) -> Snapshot:
     try:
         # Let the guest write back dirty pages first: they would be consistent either way (RAM and
         # disk are captured at the same instant), but a clean page cache is cheaper in every clone.
-        try:
-            await machine.control.call("sync_fs", timeout=30)
-        except VmmError as e:
-            log.warning("guest sync before snapshot failed: %s", e)
+        if sync_fs:
+            try:
+                await machine.control.call("sync_fs", timeout=30)
+            except VmmError as e:
+                log.warning("guest sync before snapshot failed: %s", e)
         await machine.execute("stop")
         await _set_ignore_shared(machine, True)
         await _migrate_to_file(machine, tmp / "state")
         await _wait_migration(machine)
         await machine.quit()
-        os.rename(spec.memory_file, tmp / "memory")
-        os.rename(rw, tmp / "disk.img")
+        # A built template's layer is raw; a checkpoint's is a qcow2 overlay (on its template's).
+        fmt = next(d.format for d in spec.disks if not d.readonly)
+        disk = "disk.qcow2" if fmt is DiskFormat.QCOW2 else "disk.img"
+        if memory_fd is None:
+            os.rename(spec.memory_file, tmp / "memory")
+        else:
+            await asyncio.to_thread(sealed_memory.write_file, memory_fd, tmp / "memory", spec.memory_mb << 20)
+        os.rename(rw, tmp / disk)
         # The snapshot's files are now the shared, read-only base of every clone: root's, whoever
         # (which jail uid) wrote them.
-        for f in ("memory", "disk.img", "state"):
+        for f in ("memory", disk, "state"):
             os.chown(tmp / f, 0, 0)
             os.chmod(tmp / f, 0o444)
-        disks = tuple(replace(d, path=dest / "disk.img", format=DiskFormat.RAW) if not d.readonly else d
-                      for d in spec.disks)
+        disks = tuple(replace(d, path=dest / disk, format=fmt) if not d.readonly else d for d in spec.disks)
         snap = Snapshot(dest, SnapshotKind.TEMPLATE,
                         replace(spec, memory_file=dest / "memory", disks=disks, network=None), time.time())
         Snapshot(tmp, snap.kind, snap.spec, snap.created_at).write_meta()
@@ -232,11 +248,20 @@ async def snapshot(machine: Machine, dest: Path) -> Snapshot:
         await machine.kill()  # removes the runtime dir
         cow_overlay(snap.disk, snap.pristine_overlay, machine.settings.qemu_img)
         os.chmod(snap.pristine_overlay, 0o444)
+        if memory_fd is not None:
+            fd, memory_fd = memory_fd, None
+            if machine.settings.jail:  # clones map sealed memfds only when jailed
+                await asyncio.to_thread(sealed_memory.adopt, snap.memory, fd)
+            else:
+                os.close(fd)
         return snap
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         await machine.kill()
         raise
+    finally:
+        if memory_fd is not None:
+            os.close(memory_fd)
 
 
 def _with_writable(spec: MachineSpec, path: Path, fmt: DiskFormat) -> MachineSpec:
@@ -244,11 +269,12 @@ def _with_writable(spec: MachineSpec, path: Path, fmt: DiskFormat) -> MachineSpe
 
 
 async def _launch_incoming(settings: VmmSettings, snap: Snapshot, vm_id: str, spec: MachineSpec, prepare,
-                           *, ignore_shared: bool, labels: dict[str, str] | None, rollback=None) -> Machine:
+                           *, ignore_shared: bool, labels: dict[str, str] | None, rollback=None,
+                           share_memory: bool = False, memory_fd: int | None = None) -> Machine:
     """QEMU started for ``spec``, waiting for the snapshot's device state (``-incoming defer``)."""
     try:
-        machine = await Machine.launch(settings, vm_id, spec, incoming=True, share_memory=False, prepare=prepare,
-                                       labels=labels, rollback=rollback)
+        machine = await Machine.launch(settings, vm_id, spec, incoming=True, share_memory=share_memory,
+                                       prepare=prepare, labels=labels, rollback=rollback, memory_fd=memory_fd)
     except BootError as e:  # QEMU died before the restore began: still a failed restore to callers
         raise SnapshotError(f"restoring {snap.dir.name} into {vm_id} failed: {e}",
                             console_tail=e.console_tail) from e
@@ -408,6 +434,95 @@ async def save(machine: Machine, dest: Path) -> Snapshot:
     os.rename(tmp, dest)
     await machine.kill()
     return snap
+
+
+def _checkpoint_dir(dest: Path) -> Path:
+    """checkpoint()'s private work dir beside ``dest`` (which must not exist), empty."""
+    if dest.exists():
+        raise InvalidSpecError(f"snapshot destination {dest} already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    work = dest.parent / f".{dest.name}.checkpoint"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(mode=0o700)
+    return work
+
+
+async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | None = None) -> Snapshot:
+    """A TEMPLATE snapshot of a running machine that goes on running: clones of it start where the
+    machine was (its processes, memory and disk), copy-on-write like clones of a built template.
+
+    Two steps. (1) The machine is stopped for as long as writing its full state (RAM included) to
+    a stream and copying its disk overlay take, then runs on: its run is interrupted, not ended,
+    and it gets the current time back. (2) A second QEMU, on a NIC connected to nothing, loads that
+    stream into RAM backed by a new shared file and is snapshotted like a template build (that file
+    becomes the snapshot's memory, the copied overlay its disk, reading through the machine's own
+    backing chain). The stream is deleted. On any failure nothing of the snapshot is left, and the
+    machine runs on."""
+    rw = machine.writable_disk()
+    if rw is None or rw.suffix != ".qcow2":
+        raise InvalidSpecError("checkpoint() needs a machine whose writable disk is a qcow2 overlay (a clone)")
+    work = _checkpoint_dir(dest)
+    try:
+        # A saved machine's layout, so that the restore helpers find the stream (``state``).
+        src = machine.spec
+        mac = src.network.mac if src.network is not None else NetworkAttachment.unplugged().mac
+        saved = Snapshot(work, SnapshotKind.SAVED, replace(
+            _with_writable(src, work / "disk.qcow2", DiskFormat.QCOW2),
+            network=NetworkAttachment.unplugged(mac), memory_file=None), time.time())
+        t0 = time.monotonic()
+        laps: dict[str, float] = {}
+        await machine.execute("stop")
+        try:
+            await _set_ignore_shared(machine, False)
+            await machine.execute("migrate-set-parameters", {"max-bandwidth": _MAX_BANDWIDTH})
+            await _migrate_to_file(machine, saved.state)
+            await _wait_migration(machine)
+            laps["stream"] = time.monotonic() - t0
+            # Flushed and consistent with the stream: migration ends with the images inactive.
+            await asyncio.to_thread(subprocess.run, ["cp", "--sparse=always", "--reflink=auto", str(rw),
+                                                     str(saved.disk)], check=True, capture_output=True)
+        finally:
+            if pid_alive(machine.pid):
+                await machine.execute("cont")  # after a completed migration this re-activates the images
+            laps["stopped"] = time.monotonic() - t0
+        try:
+            await machine.control.sync_identity()
+        except VmmError as e:
+            log.warning("time hand-over after checkpoint failed on %s: %s", machine.vm_id, e)
+
+        # The RAM is loaded into a memfd, not the snapshot's file: page faults of a shared mapping
+        # of a file on ext4 cost several times shmem's (a 408 MB stream took 2.5 s to load into a
+        # file, against MB/s of plain writes); snapshot() then writes its data out in one pass.
+        vm_id = f"{machine.vm_id}-ckpt"
+        t1 = time.monotonic()
+        memfd = os.memfd_create(f"cube-ckpt:{dest.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        try:
+            os.ftruncate(memfd, src.memory_mb << 20)
+            spec = replace(saved.spec, memory_file=work / "memory")  # names the backend; the RAM is the memfd's
+            staged = await _launch_incoming(machine.settings, saved, vm_id, spec, None, ignore_shared=False,
+                                            labels=labels, share_memory=True, memory_fd=memfd)
+        except BaseException:
+            os.close(memfd)
+            raise
+        laps["launch"] = time.monotonic() - t1
+        try:
+            # No round trip with its guest (each costs a scheduling of a vCPU under TCG): it runs
+            # only between the load and the stop that snapshot() begins with. Clones get the clock.
+            staged = await _load_state(staged, saved, vm_id, sync=False)
+        except BaseException:
+            os.close(memfd)
+            raise
+        laps["load"] = time.monotonic() - t1 - laps["launch"]
+        t2 = time.monotonic()
+        snap = await snapshot(staged, dest, sync_fs=False, memory_fd=memfd)
+        laps["snapshot"] = time.monotonic() - t2
+        log.info("checkpoint of %s: %s; stream %d MB", machine.vm_id,
+                 ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in laps.items()), saved.state.stat().st_size >> 20)
+        return snap
+    except subprocess.CalledProcessError as e:
+        raise SnapshotError(f"copying the disk of {machine.vm_id}: {e.stderr.decode(errors='replace')}") from e
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 async def restore(settings: VmmSettings, snap: Snapshot, vm_id: str, network: NetworkAttachment | None, *,

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
@@ -24,9 +25,17 @@ class Disk:
 
 @dataclass(frozen=True)
 class NetworkAttachment:
-    tap: str  # an existing tap device in `netns` (or in QEMU's own namespace)
+    tap: str  # an existing tap device in `netns` (or in QEMU's own namespace); see `detached`
     mac: str = "02:fc:00:00:00:15"
     netns: str | None = None  # a named namespace (/run/netns/<name>) QEMU is started in
+    # QEMU creates `tap` itself (it must not exist): a tap with no address, never up, attached to
+    # nothing, gone with QEMU. For a machine that needs the NIC (the state it restores names one,
+    # with the tap's virtio header) but must reach no network.
+    detached: bool = False
+
+    @classmethod
+    def unplugged(cls, mac: str = "02:fc:00:00:00:15") -> NetworkAttachment:
+        return cls(tap=f"cubex{secrets.token_hex(5)}", mac=mac, detached=True)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,12 @@ _STATUS = {
 }
 
 
+def http_status(code_name: str) -> int:
+    """The HTTP status of a gRPC status code given by name (a fork's per-sandbox error)."""
+    code = getattr(grpc.StatusCode, code_name, None)
+    return _STATUS.get(code, 500) if code is not None else 500
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, headers: dict | None = None):
         super().__init__(message)

@@ -69,6 +69,17 @@ def opt_bool(body: dict, key: str) -> bool | None:
     return v
 
 
+def opt_str(body: dict, key: str, pattern: re.Pattern[str] | None = None) -> str | None:
+    v = body.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise bad_request(f"'{key}' must be a string")
+    if pattern is not None and not pattern.fullmatch(v):
+        raise bad_request(f"invalid '{key}' {v[:100]!r}")
+    return v
+
+
 def str_map(body: dict, key: str) -> dict[str, str]:
     v = body.get(key)
     if v is None:
@@ -96,10 +107,10 @@ def env_names(env: dict[str, str]) -> dict[str, str]:
 
 def query_int(args, key: str, lo: int = 0, hi: int = 2**63 - 1) -> int | None:
     v = args.get(key)
-    if v is None or v == "":
+    if v is None:
         return None
     try:
-        n = int(v)
+        n = int(v)  # an empty value is no integer either
     except ValueError:
         raise bad_request(f"query parameter '{key}' must be an integer") from None
     if n < lo or n > hi:

@@ -132,6 +132,19 @@ SCHEMAS = {
     "SandboxPauseRequest": {"type": "object", "properties": {
         "memory": {**OPT_BOOL, "description": "ignored: a pause always keeps memory"},
         "requireHealthyGuest": {**OPT_BOOL, "description": "ignored"}}},
+    "SandboxSnapshotRequest": {"type": "object", "properties": {
+        "name": {**_null({"type": "string", "pattern": NAME_PATTERN}),
+                 "description": "an alias of the snapshot in the caller's team (moved from an older snapshot of "
+                                "the team that had it)"},
+        "memory": {"enum": [None, True], "description": "only full snapshots (memory and filesystem): false is "
+                                                        "refused (400)"}}},
+    "SandboxForkRequest": {"type": "object", "properties": {
+        "count": _null({"type": "integer", "minimum": 1, "maximum": 20}),
+        "timeout": _null({"type": "integer", "minimum": 0, "maximum": MAX_TIMEOUT_S})}},
+    "SandboxForkResult": {"type": "object", "properties": {
+        "sandbox": _ref("Sandbox"), "error": _ref("Error")}},
+    "SnapshotInfo": {"type": "object", "required": ["snapshotID", "names"], "properties": {
+        "snapshotID": STR, "names": _arr(STR)}},
     "SandboxNetworkUpdate": {"type": "object", "properties": {**NETWORK_OPTIONS, "allow_internet_access": OPT_BOOL}},
     "SandboxMetric": {"type": "object", "required": [
         "timestamp", "timestampUnix", "cpuCount", "cpuUsedPct", "memUsed", "memTotal", "memCache", "diskUsed",
@@ -309,6 +322,19 @@ OPERATIONS = [
      [SID, _q("cursor", UNIX_MS, "unix ms"), LOG_LIMIT,
       _q("direction", {"type": "string", "enum": ["forward", "backward"]})],
      None, {**_ok(200, _ref("SandboxLogsV2")), **_errors(400, 401, 404, 500, 503)}),
+    ("post", "/sandboxes/{sandboxID}/snapshots", "Snapshot a running sandbox (it runs on); the snapshot is a "
+                                                 "template sandboxes are created from", [SID],
+     _body("SandboxSnapshotRequest", False),
+     {**_ok(201, _ref("SnapshotInfo")), **_errors(400, 401, 404, 409, 500, 503)}),
+    ("post", "/sandboxes/{sandboxID}/fork", "Fork a running sandbox: count new sandboxes from one snapshot of it "
+                                            "(it runs on); one result per fork, a sandbox or its error", [SID],
+     _body("SandboxForkRequest", False),
+     {**_ok(201, _arr(_ref("SandboxForkResult"))), **_errors(400, 401, 404, 409, 500, 503)}),
+    ("get", "/snapshots", "List the team's snapshots, newest first (paged)",
+     [_q("sandboxID", STR, "only the snapshots of this sandbox"), _q("name", STR, "only the snapshot of this name"),
+      _q("limit", {"type": "integer", "minimum": 1, "maximum": 100}),
+      _q("nextToken", STR, "the X-Next-Token of the previous page, as it came; any other value is refused (400)")],
+     None, {**_ok(200, _arr(_ref("SnapshotInfo")), NEXT), **_errors(400, 401, 500, 503)}),
     ("put", "/sandboxes/{sandboxID}/network", "Update the egress policy", [SID], _body("SandboxNetworkUpdate"),
      {**_ok(204), **_errors(400, 401, 404, 500, 503)}),
     ("get", "/templates", "List templates", [], None, {**_ok(200, _arr(_ref("Template"))), **_errors(401, 500, 503)}),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vmm_core import VmmSettings
 
-from .references import record_texts, sandbox_records
+from .references import sandbox_records, template_records
 from .settings import CubeletSettings
 
 log = logging.getLogger("cubelet.gc")
@@ -23,8 +23,7 @@ KEEP_NEWEST = 2
 
 def prune_artifacts(settings: CubeletSettings, vmm: VmmSettings, keep_newest: int = KEEP_NEWEST) -> list[Path]:
     """Remove unreferenced artifacts beyond the newest `keep_newest` of each kind."""
-    refs = sandbox_records(settings, vmm) + record_texts(
-        (settings.templates_dir, "*/builds/*/snapshot/snapshot.json"))
+    refs = sandbox_records(settings, vmm) + template_records(settings)
     removed: list[Path] = []
     root = vmm.artifacts_dir
     if not root.is_dir():

@@ -6,7 +6,6 @@ the master stops scheduling here. The record is rewritten with fresh capacity on
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 from collections.abc import Callable
 
@@ -15,11 +14,10 @@ from google.protobuf import json_format
 from cube_common import mtls
 from cube_common.etcd import EtcdClient
 from cube_common.keys import Keys
+from cube_common.leased_key import LeasedKey
 from sdk.gen.cube.v1 import cubelet_pb2 as pb
 
 from .settings import CubeletSettings
-
-log = logging.getLogger("cubelet.registration")
 
 
 def host_memory() -> tuple[int, int]:
@@ -36,14 +34,21 @@ class NodeRegistration:
         self.settings = settings
         self.status = status
         self._task: asyncio.Task | None = None
-        self._poked = asyncio.Event()
+        self._key: LeasedKey | None = None
 
     def poke(self) -> None:
         """Publish the node's status now (templates changed), not at the next heartbeat."""
-        self._poked.set()
+        if self._key is not None:
+            self._key.poke()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run())
+        # One client for the cubelet's life: a failed call moves it to the next endpoint.
+        tls = mtls.files(self.settings.mtls_dir, mtls.Role.CUBELET)
+        etcd = EtcdClient(self.settings.etcd_endpoints, timeout_s=5.0, tls=tls)
+        self._key = LeasedKey(etcd, Keys(self.settings.etcd_prefix).node(self.settings.node_id),
+                              lambda: json_format.MessageToJson(self.status(), indent=None).encode(),
+                              self.settings.node_lease_ttl_s)
+        self._task = asyncio.create_task(self._run(self._key))
 
     async def stop(self) -> None:
         if self._task:
@@ -53,32 +58,15 @@ class NodeRegistration:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    async def _run(self) -> None:
-        ttl = self.settings.node_lease_ttl_s
-        # One client for the cubelet's life: a failed call moves it to the next endpoint.
-        tls = mtls.files(self.settings.mtls_dir, mtls.Role.CUBELET)
-        etcd = EtcdClient(self.settings.etcd_endpoints, timeout_s=5.0, tls=tls)
-        key = Keys(self.settings.etcd_prefix).node(self.settings.node_id)
-        while True:
-            try:
-                lease = await etcd.lease(ttl)
-                while True:
-                    value = json_format.MessageToJson(self.status(), indent=None).encode()
-                    await etcd.put(key, value, lease=lease)
-                    await etcd.refresh_lease(lease.id)
-                    self._poked.clear()
-                    try:
-                        await asyncio.wait_for(self._poked.wait(), max(1.0, ttl / 3))
-                    except TimeoutError:
-                        pass
-            except asyncio.CancelledError:
-                await etcd.close()
-                raise
-            except Exception as e:  # noqa: BLE001 - etcd away: keep trying; the lease lapses meanwhile, by design
-                log.warning("node registration failed; retrying", extra={"error": str(e), "etcd": etcd.endpoint})
-                await asyncio.sleep(1.0)
+    @staticmethod
+    async def _run(key: LeasedKey) -> None:
+        # A stopped cubelet's record lapses with its lease rather than going at once: a restart
+        # within the TTL (an upgrade) is never seen as a lost node.
+        try:
+            await key.run()
+        finally:
+            await key.etcd.close()
 
 
-# ``EtcdClient.call`` operations bound to one beat's value and lease (not to the loop's variables).
 def vcpus() -> int:
     return os.cpu_count() or 1

@@ -54,7 +54,7 @@ from .guest_client import GuestAgentError, GuestEndpoint, init_identity
 from .keyed_locks import KeyedLocks
 from .settings import CubeletSettings
 from .steps import Steps
-from .templates import Template, TemplateStore
+from .templates import Template, TemplateError, TemplateExists, TemplateStore
 from .vs_client import VsClient
 from .warm_pool import PoolEntry, WarmPool
 
@@ -274,7 +274,8 @@ class SandboxManager:
                                        labels={"sandbox_id": rec.sandbox_id, "role": "sandbox"}, sync=True,
                                        share_memory=not tpl.info.no_memory_sharing)
             steps.done("clone")
-            await self._hand_identity(live, steps=steps)
+            # A snapshot of a sandbox holds its source's token: the agent asks for it first.
+            await self._hand_identity(live, current_token=tpl.guest_token, steps=steps)
             steps.done("identity")
         self.pool.request_refill(tpl.template_id)
 
@@ -397,6 +398,30 @@ class SandboxManager:
             live.last_cpu = None
         log.info("sandbox paused", extra={"sandbox_id": sandbox_id})
         return rec.status(self.settings.node_id)
+
+    async def snapshot(self, sandbox_id: str, template_id: str) -> pb.TemplateInfo:
+        """A new template from the running sandbox, which runs on (templates.snapshot_sandbox)."""
+        live = self._get(sandbox_id)
+        async with live.lock:
+            rec = live.record
+            if rec.state is not State.RUNNING or live.machine is None:
+                raise SandboxError("FAILED_PRECONDITION", f"sandbox {sandbox_id} is {rec.state.value}, not running")
+            base = self.templates.get(rec.template_id)
+            if base is None:
+                raise SandboxError("FAILED_PRECONDITION", f"the template of sandbox {sandbox_id} "
+                                                          f"({rec.template_id}) is gone from this node")
+            self._check_disk("snapshots")
+            try:
+                t = await self.templates.snapshot_sandbox(template_id, live.machine, base, sandbox_id=sandbox_id,
+                                                          guest_token=rec.access_token)
+            except TemplateError as e:
+                raise SandboxError("ALREADY_EXISTS" if isinstance(e, TemplateExists) else "INVALID_ARGUMENT",
+                                   str(e)) from e
+            except VmmError as e:
+                raise SandboxError("INTERNAL", f"snapshot of {sandbox_id} failed: {e}") from e
+        log.info("sandbox snapshotted", extra={"sandbox_id": sandbox_id, "template_id": template_id,
+                                               "ms": t.info.phase_ms.get("SNAPSHOTTING", 0)})
+        return t.info
 
     def _check_disk(self, what: str) -> None:
         why = disk_refusal(self.settings, what)

@@ -91,6 +91,12 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
         except SandboxError as e:
             await _abort(context, e)
 
+    async def SnapshotSandbox(self, request, context):
+        try:
+            return await self.sandboxes.snapshot(request.sandbox_id, request.template_id)
+        except SandboxError as e:
+            await _abort(context, e)
+
     async def BuildTemplate(self, request, context):
         why = disk_refusal(self.settings, "template builds")
         if why:
@@ -112,9 +118,17 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"template {request.template_id} is used by {len(users)} sandbox(es): "
                                 f"{', '.join(users[:5])}; use force to kill them and delete it")
+        if snaps := self.templates.snapshots_of(request.template_id):
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"template {request.template_id} has {len(snaps)} snapshot(s) that depend on it: "
+                                f"{', '.join(snaps[:5])}; delete them first")
         for sid in users:
             await self.sandboxes.kill(sid)
-        return pb.DeleteTemplateResponse(deleted=self.templates.delete(request.template_id))
+        try:
+            deleted = self.templates.delete(request.template_id)
+        except TemplateError as e:  # a snapshot of it appeared meanwhile
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+        return pb.DeleteTemplateResponse(deleted=deleted)
 
     async def GetTemplateManifest(self, request, context):
         try:

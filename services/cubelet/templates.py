@@ -35,12 +35,14 @@ from vmm_core import (
     GuestArtifacts,
     GuestConfig,
     GuestService,
+    Machine,
     NetworkAttachment,
     ServiceRoot,
     Snapshot,
     VmmError,
     VmmSettings,
     boot,
+    checkpoint,
     ensure_guest_artifacts,
     ext4_from_dir,
     input_key,
@@ -50,7 +52,7 @@ from vmm_core import (
 
 from . import gc, guest_agent, oci
 from .guest_client import GuestAgentError, GuestEndpoint, wait_healthy, wait_http, wait_tcp
-from .references import sandbox_records
+from .references import sandbox_records, template_records
 from .settings import CubeletSettings
 from .vs_client import VsClient
 
@@ -76,6 +78,14 @@ class TemplateError(Exception):
     pass
 
 
+class TemplateExists(TemplateError):
+    pass
+
+
+class TemplateInUse(TemplateError):
+    """Other templates (snapshots of its sandboxes) read through it."""
+
+
 def valid_template_id(template_id: str) -> bool:
     """1-64 letters, digits, '-' or '_': a template id is a directory name under templates_dir."""
     return bool(template_id) and len(template_id) <= 64 and all(c.isalnum() or c in "-_" for c in template_id)
@@ -88,6 +98,9 @@ class Template:
     info: pb.TemplateInfo
     build_key: str
     env: dict[str, str] = field(default_factory=dict)
+    # A snapshot of a sandbox: the access token its guest agent holds (its source's), which the
+    # agent asks for before it takes the identity of a sandbox created from it.
+    guest_token: str = ""
 
     @property
     def build_dir(self) -> Path:
@@ -252,13 +265,20 @@ class TemplateStore:
         """The template's lock: a build holds it from start to end, a pull (pull.py) while it commits."""
         return self._locks.setdefault(template_id, asyncio.Lock())
 
-    def write_info(self, template_id: str, info: pb.TemplateInfo, build_key: str, env: dict[str, str]) -> None:
+    def write_info(self, template_id: str, info: pb.TemplateInfo, build_key: str, env: dict[str, str],
+                   guest_token: str = "") -> None:
         """Make ``builds/<build_key>`` the template's current build: info.json replaced atomically, the
-        one commit point of a build or a pull (everything it names must be in place before)."""
+        one commit point of a build or a pull (everything it names must be in place before). It is
+        the owner's alone (0600): a snapshot's names its guest's access token."""
         tdir = self.settings.templates_dir / template_id
         tmp = tdir / "info.json.tmp"
-        tmp.write_text(json.dumps({"info": json_format.MessageToDict(info), "build_key": build_key,
-                                   "env": env}, indent=1))
+        body = {"info": json_format.MessageToDict(info), "build_key": build_key, "env": env}
+        if guest_token:
+            body["guest_token"] = guest_token
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o600)
+            f.write(json.dumps(body, indent=1))
         os.replace(tmp, tdir / "info.json")
 
     async def guest(self) -> GuestArtifacts:
@@ -275,7 +295,8 @@ class TemplateStore:
         except (OSError, ValueError):
             return None
         info = json_format.ParseDict(raw["info"], pb.TemplateInfo(), ignore_unknown_fields=True)
-        return Template(template_id, d, info, raw.get("build_key", ""), dict(raw.get("env", {})))
+        return Template(template_id, d, info, raw.get("build_key", ""), dict(raw.get("env", {})),
+                        str(raw.get("guest_token", "")))
 
     def list(self) -> list[Template]:
         out = []
@@ -286,10 +307,19 @@ class TemplateStore:
                     out.append(t)
         return out
 
+    def snapshots_of(self, template_id: str) -> builtins.list[str]:
+        """The templates here that are snapshots of sandboxes of ``template_id``."""
+        return [t.template_id for t in self.list() if t.info.base_template_id == template_id]
+
     def delete(self, template_id: str) -> bool:
+        """Remove a template. TemplateError while snapshots of its sandboxes exist here (they read
+        through its files): those go first."""
         d = self.settings.templates_dir / template_id
         if not d.exists():
             return False
+        if snaps := self.snapshots_of(template_id):
+            raise TemplateInUse(f"template {template_id} has {len(snaps)} snapshot(s) that depend on it: "
+                                f"{', '.join(snaps[:5])}; delete them first")
         # Rename first so a half-deleted template never looks valid.
         trash = d.with_name(f".deleting-{template_id}-{os.getpid()}")
         os.rename(d, trash)
@@ -307,13 +337,49 @@ class TemplateStore:
         builds = t.dir / "builds"
         if not builds.is_dir():
             return []
-        in_use = sandbox_records(self.settings, self.vmm)
+        # Snapshots of sandboxes made from an old build read through it: kept as long as they are.
+        in_use = sandbox_records(self.settings, self.vmm) + template_records(self.settings, but=t.dir)
         removed = []
         for b in builds.iterdir():
             if b.name != t.build_key and not any(str(b) in ref for ref in in_use):
                 shutil.rmtree(b, ignore_errors=True)
                 removed.append(b.name)
         return removed
+
+    # ---- snapshots of sandboxes ---------------------------------------------------------------
+
+    async def snapshot_sandbox(self, template_id: str, machine: Machine, base: Template, *, sandbox_id: str,
+                               guest_token: str) -> Template:
+        """A new template from a running sandbox's machine (``vmm_core.checkpoint``; the machine
+        runs on). Its disk and memory read through ``base``'s current build. TemplateError when the
+        id is invalid or taken; nothing of it is left when it fails."""
+        if not valid_template_id(template_id):
+            raise TemplateError(f"invalid template id {template_id!r}: use 1-64 letters, digits, '-' or '_'")
+        tdir = self.settings.templates_dir / template_id
+        async with self.lock(template_id):
+            if tdir.exists():
+                raise TemplateExists(f"template {template_id} already exists")
+            key = f"snapshot-{int(time.time())}"
+            t0 = time.monotonic()
+            try:
+                _private_dir(tdir)
+                await checkpoint(machine, tdir / "builds" / key / "snapshot", labels={"template_build": template_id})
+                info = pb.TemplateInfo()
+                info.CopyFrom(base.info)
+                info.template_id, info.base_template_id = template_id, base.template_id
+                info.source_sandbox_id = sandbox_id
+                info.created_at.GetCurrentTime()
+                info.snapshot_bytes = _dir_bytes(tdir)
+                info.phase_ms.clear()
+                info.phase_ms["SNAPSHOTTING"] = int((time.monotonic() - t0) * 1000)
+                self.write_info(template_id, info, key, dict(base.env), guest_token=guest_token)
+            except BaseException:
+                shutil.rmtree(tdir, ignore_errors=True)
+                raise
+        self.changed()
+        t = self.get(template_id)
+        assert t is not None, "written just above"
+        return t
 
     # ---- build -----------------------------------------------------------------------------
 

@@ -65,6 +65,10 @@ class ArtifactSource:
 
     async def manifest(self, template_id: str, peer: str = "") -> pb.TemplateManifest:
         tpl = self._template(template_id)
+        if tpl.info.base_template_id:
+            # Its disk and memory read through its base's build by this node's paths; it stays here.
+            raise TransferError("FAILED_PRECONDITION", f"template {template_id} is a snapshot of a sandbox; "
+                                                       "it is only on the node that took it")
         lock = self._hashing.setdefault((tpl.template_id, tpl.build_key), asyncio.Lock())
         async with lock:  # the second asker finds the first one's digests in the cache
             try:

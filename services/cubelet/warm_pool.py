@@ -143,7 +143,9 @@ class WarmPool:
             self._wake.clear()
             await self._discard_stale()
             await self._check_idle()
-            for tpl in self.templates.list():
+            # Snapshots of sandboxes are created from at clone speed without a pool: one per
+            # snapshot would hold idle VMs for every snapshot a team keeps.
+            for tpl in (t for t in self.templates.list() if not t.info.base_template_id):
                 while self.size(tpl.template_id) < self.settings.warm_pool_size:
                     try:
                         entry = await self._make(tpl.template_id)

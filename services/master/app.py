@@ -4,17 +4,20 @@ leader's duties (default aliases and the local team, reconciler, timeouts, lost 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import signal
 
 import grpc
 
 from cube_common import mtls
 from cube_common.etcd import EtcdUnavailable
+from cube_common.leased_key import LeasedKey
 from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
 from services.master import lost, reconcile, timeouts
 from services.master.apikeys import ApiKeys
 from services.master.builds import Builds
 from services.master.caller import Policy
+from services.master.clock import ts
 from services.master.leader import Election
 from services.master.log import get_logger
 from services.master.lost import LostSandboxes
@@ -25,7 +28,8 @@ from services.master.reconcile import Reconciler
 from services.master.sandboxes import Sandboxes
 from services.master.server import MasterService
 from services.master.settings import Settings
-from services.master.store import Store
+from services.master.snapshots import Snapshots
+from services.master.store import Store, to_json
 from services.master.teams import Teams
 from services.master.templates import Templates
 
@@ -41,18 +45,27 @@ class Master:
         self.nodes = NodeClients(s.node_rpc_timeout_s, self.tls)
         self.templates = Templates(self.store, self.nodes, s)
         self.quotas = Quotas(self.store)
-        self.sandboxes = Sandboxes(self.store, self.nodes, self.templates, s, self.quotas)
+        # This process, as other masters see it: what it leaves half-done in etcd names it, and
+        # its presence key lapses a lease TTL after it is gone (then that work is undone at once).
+        self.identity = master_pb2.MasterIdentity(master_id=s.master_id, address=s.advertised,
+                                                  incarnation=f"{s.master_id}/{secrets.token_hex(8)}")
+        self.sandboxes = Sandboxes(self.store, self.nodes, self.templates, s, self.quotas,
+                                   incarnation=self.identity.incarnation)
         self.teams = Teams(self.store)
         self.apikeys = ApiKeys(self.store, self.teams)
         self.builds = Builds(self.store, self.nodes, self.templates, s)
-        self.reconciler = Reconciler(self.sandboxes, s.reconcile_grace_s, s.orphan_grace_s, self.builds)
+        self.snapshots = Snapshots(self.sandboxes, self.templates)
+        self.reconciler = Reconciler(self.sandboxes, s.reconcile_grace_s, s.orphan_grace_s, self.builds,
+                                     self.snapshots)
         # Between the cheap passes that only read the nodes, a full one every reconcile interval.
         self.lost = LostSandboxes(self.sandboxes, s.lost_retention_s, full_every_s=s.reconcile_interval_s)
         self.node_admin = NodeAdministration(self.store)
-        identity = master_pb2.MasterIdentity(master_id=s.master_id, address=s.advertised)
-        self.election = Election(self.store, identity, s.leader_ttl_s, self._duties)
+        self.election = Election(self.store, self.identity, s.leader_ttl_s, self._duties)
+        self.presence = LeasedKey(self.store.etcd, self.store.keys.master(s.master_id),
+                                  lambda: to_json(self.identity), s.leader_ttl_s)
         self.server: grpc.aio.Server | None = None
         self._election_task: asyncio.Task | None = None
+        self._presence_task: asyncio.Task | None = None
 
     def _duties(self):
         return [self._defaults_then_reconcile(), timeouts.run(self.sandboxes, self.settings.timeout_tick_s),
@@ -72,11 +85,16 @@ class Master:
         self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         master_pb2_grpc.add_MasterServicer_to_server(
             MasterService(self.sandboxes, self.templates, self.apikeys, self.election, self.builds, self.teams,
-                          self.quotas, Policy(secure=self.tls is not None), self.node_admin),
+                          self.quotas, Policy(secure=self.tls is not None), self.node_admin, self.snapshots),
             self.server)
         port = mtls.add_port(self.server, self.settings.listen, self.tls)
         if port == 0:
             raise RuntimeError(f"cannot listen on {self.settings.listen}")
+        self.identity.since.CopyFrom(ts())
+        self._presence_task = asyncio.ensure_future(self.presence.run())
+        # Present before serving, so that nothing this process writes can look ownerless; with
+        # etcd away it serves anyway (every write fails until etcd is back, and so does presence).
+        await self.presence.written(self.settings.etcd_timeout_s)
         await self.server.start()
         self._election_task = asyncio.ensure_future(self.election.run())
         log.info("listening", extra={"listen": self.settings.listen, "master_id": self.settings.master_id,
@@ -85,17 +103,25 @@ class Master:
         return port
 
     async def stop(self) -> None:
-        if self._election_task is not None:
-            self._election_task.cancel()
-            try:
-                await self._election_task
-            except BaseException:
-                pass
+        await self._cancel(self._election_task)
         if self.server is not None:
             await self.server.stop(grace=3)
+        # Present until the last call it served has ended; then gone at once, not a TTL later.
+        await self._cancel(self._presence_task)
+        await self.presence.close()
         await self.builds.stop()
         await self.nodes.close()
         await self.store.close()
+
+
+    @staticmethod
+    async def _cancel(task: asyncio.Task | None) -> None:
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except BaseException:
+                pass
 
 
 async def serve(settings: Settings) -> None:

@@ -3,7 +3,8 @@
 Every master serves reads and writes (all state is in etcd); only the leader runs the timers and
 the reconciler, so an expired sandbox is acted on once. A leader that cannot refresh its lease
 for a TTL steps down (its tasks are cancelled) before any standby can have taken over: the
-standby needs the key gone, which takes the lease's full TTL.
+standby needs the key gone, which takes the lease's full TTL. A standby watches the key, so a
+dead leader is replaced as soon as etcd expires its lease (at most a TTL after its last renewal).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class Election:
                     if await self._campaign():
                         await self._lead()
                     else:
-                        await asyncio.sleep(max(0.2, self.ttl_s / 4))
+                        await self._await_vacancy()
                 except EtcdUnavailable:
                     await asyncio.sleep(1)
                 except Exception as e:  # noqa: BLE001 - the loop must outlive any one failure
@@ -78,6 +79,14 @@ class Election:
         log.info("elected leader", extra={"master_id": self.identity.master_id})
         self._tasks = [asyncio.ensure_future(d) for d in self.duties()]
         return True
+
+    async def _await_vacancy(self) -> None:
+        """A standby waits on an etcd watch of the leader key, so that it campaigns the moment the
+        key goes (a dead leader's lease lapsing, or a clean hand-over), not at its next poll; it
+        reads again at least every TTL."""
+        r = await self.store.etcd.get(self.key)
+        if r is not None:
+            await self.store.etcd.wait_change(self.key, r.mod_revision, self.ttl_s)
 
     async def _lead(self) -> None:
         lease_id = self._lease_id

@@ -71,6 +71,7 @@ async def mark_lost(store: Store, v: Versioned[P.Sandbox], reason: str) -> int:
     rec.lost_at.CopyFrom(ts())
     rec.updated_at.CopyFrom(ts())
     rec.ClearField("phase_deadline")
+    rec.ClearField("transition_owner")
     rev = await store.update_sandbox(rec, v.mod_revision, delete_route=True)
     log.warning("sandbox lost", extra={"sandbox_id": rec.sandbox_id, "node_id": rec.node_id, "reason": reason,
                                        "was": P.SandboxPhase.Name(v.value.phase)})

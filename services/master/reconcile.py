@@ -1,7 +1,9 @@
 """The reconciler (leader only, at election and periodically): makes etcd and the nodes agree.
 
 * A record left in a transitional phase past its deadline (its master died, or etcd went away
-  between the two writes) is resolved by asking its node: CREATING and KILLING are undone (VM
+  between the two writes), or whose master process is gone (``transition_owner`` names an
+  incarnation without a presence key: no need to wait for the deadline), is resolved by asking
+  its node: CREATING and KILLING are undone (VM
   killed, record and route deleted: the client never got an answer), PAUSING and RESUMING settle
   on whatever the node reports. A RESUMING record moving to another node (``resume_node_id``)
   settles RUNNING there when that node runs it (the old node then drops its copy), else on its
@@ -12,7 +14,9 @@
   a create in flight (record written before the VM starts) is never raced; so is a paused copy a
   node keeps of a sandbox that moved to another node. A node a sandbox is moving to is its node
   too until the move settles.
-* Templates the nodes report and etcd lacks are registered.
+* Templates the nodes report and etcd lacks are registered (never a snapshot of a sandbox, which
+  is its team's: snapshots.py).
+* A fork's snapshot that no sandbox record names, past the orphan grace, is deleted.
 * Template builds whose master went away (heartbeat too old) are failed ("master restarted"),
   BUILDING template records without a running build are removed, and finished build jobs are
   dropped after their retention.
@@ -37,9 +41,10 @@ TRANSITIONAL = (P.SANDBOX_PHASE_CREATING, P.SANDBOX_PHASE_KILLING, P.SANDBOX_PHA
 
 
 class Reconciler:
-    def __init__(self, sandboxes: Sandboxes, grace_s: float, orphan_grace_s: float, builds=None):
+    def __init__(self, sandboxes: Sandboxes, grace_s: float, orphan_grace_s: float, builds=None, snapshots=None):
         self.sb = sandboxes
         self.builds = builds
+        self.snapshots = snapshots
         self.store = sandboxes.store
         self.nodes = sandboxes.nodes
         self.grace_s = grace_s
@@ -48,14 +53,15 @@ class Reconciler:
         self._orphans_seen: dict[str, float] = {}
 
     async def run_once(self) -> dict[str, int]:
-        stats = {"resolved": 0, "vanished": 0, "routes": 0, "orphans": 0, "templates": 0, "builds": 0}
+        stats = {"resolved": 0, "vanished": 0, "routes": 0, "orphans": 0, "templates": 0, "builds": 0, "forks": 0}
         now = time.time()
         records = {v.value.sandbox_id: v for v in await self.store.list_sandboxes()}
         nodes = {n.node_id: n for n in await self.store.list_nodes()}
+        live = {m.incarnation for m in await self.store.list_masters()}
 
         for v in records.values():
             r = v.value
-            if r.phase in TRANSITIONAL and secs(r.phase_deadline) + self.grace_s <= now:
+            if r.phase in TRANSITIONAL and (secs(r.phase_deadline) + self.grace_s <= now or self._orphaned(r, live)):
                 try:
                     await self._resolve(v, nodes.get(r.node_id), nodes.get(r.resume_node_id))
                     stats["resolved"] += 1
@@ -104,6 +110,11 @@ class Reconciler:
                 stats["builds"] = await self.builds.reconcile()
             except (errors.MasterError, Conflict) as e:
                 log.warning("could not reconcile builds", extra={"error": str(e)})
+        if self.snapshots is not None:
+            try:
+                stats["forks"] = await self.snapshots.unused_fork_bases(self.orphan_grace_s)
+            except (errors.MasterError, Conflict) as e:
+                log.warning("could not delete unused fork snapshots", extra={"error": str(e)})
         try:
             stats["templates"] = await self.sb.templates.sync_from_nodes()
         except errors.MasterError:
@@ -111,6 +122,14 @@ class Reconciler:
         if any(stats.values()):
             log.info("reconciled", extra=stats)
         return stats
+
+    def _orphaned(self, r: P.Sandbox, live: set[str]) -> bool:
+        """The master process that started ``r``'s transition is gone: nobody will finish it."""
+        if not r.transition_owner or r.transition_owner in live:
+            return False
+        log.info("transition of a master that is gone", extra={"sandbox_id": r.sandbox_id, "owner": r.transition_owner,
+                                                              "phase": P.SandboxPhase.Name(r.phase)})
+        return True
 
     def _old_enough(self, sid: str, st: cubelet_pb2.SandboxStatus, now: float) -> bool:
         first = self._orphans_seen.setdefault(sid, time.monotonic())

@@ -136,8 +136,10 @@ def decode_page_token(token: str) -> tuple[int, str]:
 
 class Sandboxes:
     def __init__(self, store: Store, nodes: NodeClients, templates: Templates, settings: Settings,
-                 quotas: Quotas):
+                 quotas: Quotas, incarnation: str = ""):
         self.store = store
+        # Written into every transitional phase this process starts (``transition_owner``).
+        self.incarnation = incarnation
         self.nodes = nodes
         self.templates = templates
         self.settings = settings
@@ -165,7 +167,9 @@ class Sandboxes:
         return await self.store.get_node(node_id)
 
     def _deadline(self, rec: P.Sandbox, seconds: float) -> None:
+        """Enter a transitional phase: this process carries it until ``seconds`` from now."""
         rec.phase_deadline.CopyFrom(ts(time.time() + seconds))
+        rec.transition_owner = self.incarnation
         rec.updated_at.CopyFrom(ts())
 
     def _check_timeout(self, timeout_s: int) -> None:
@@ -237,7 +241,8 @@ class Sandboxes:
         while len(tried) < self.settings.placement_attempts and time.monotonic() < deadline:
             try:
                 node = rank(nodes, tpl.template_id, tpl.memory_mb or 512, load, exclude=tried,
-                            overcommit_ratio=self.settings.memory_overcommit_ratio, draining=draining)[0].node
+                            overcommit_ratio=self.settings.memory_overcommit_ratio, draining=draining,
+                            only_on={tpl.home_node_id} if tpl.base_template_id else None)[0].node
             except errors.MasterError:
                 if last is not None:
                     break
@@ -314,6 +319,7 @@ class Sandboxes:
         now = time.time()
         done.phase = P.SANDBOX_PHASE_RUNNING
         done.ClearField("phase_deadline")
+        done.ClearField("transition_owner")
         done.started_at.CopyFrom(ts(now))
         done.end_at.CopyFrom(ts(now + rec.timeout_s))
         done.updated_at.CopyFrom(ts(now))
@@ -506,6 +512,7 @@ class Sandboxes:
         done = _copy(rec)
         done.phase = phase
         done.ClearField("phase_deadline")
+        done.ClearField("transition_owner")
         done.ClearField("resume_node_id")  # a resume, wherever it went, is over
         done.updated_at.CopyFrom(ts())
         if status is not None:

@@ -99,10 +99,12 @@ def refusal(n: cubelet_pb2.NodeStatus, memory_mb: int, ld: NodeLoad, overcommit_
 
 def rank(nodes: list[cubelet_pb2.NodeStatus], template_id: str, memory_mb: int,
          load: dict[str, NodeLoad], exclude: AbstractSet[str] = frozenset(),
-         overcommit_ratio: float = 0.0, draining: AbstractSet[str] = frozenset()) -> list[Candidate]:
+         overcommit_ratio: float = 0.0, draining: AbstractSet[str] = frozenset(),
+         only_on: AbstractSet[str] | None = None) -> list[Candidate]:
     """Nodes with room for the sandbox, best first, never one in ``draining``. Raises Unavailable
     when there are no nodes at all and Exhausted when none has room. ``overcommit_ratio`` 0 means no
-    cap on committed guest memory."""
+    cap on committed guest memory. ``only_on``: only these nodes (those that hold a snapshot of a
+    sandbox, which no node can pull)."""
     if not nodes:
         raise Unavailable("no nodes are registered")
     out = []
@@ -112,6 +114,9 @@ def rank(nodes: list[cubelet_pb2.NodeStatus], template_id: str, memory_mb: int,
             continue
         if n.node_id in draining:
             why.append(f"{n.node_id}: draining")
+            continue
+        if only_on is not None and n.node_id not in only_on:
+            why.append(f"{n.node_id}: lacks the template")
             continue
         ld = load.get(n.node_id, NodeLoad())
         reason = refusal(n, memory_mb, ld, overcommit_ratio)

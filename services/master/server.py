@@ -7,6 +7,7 @@ metadata, once, in ``_rpc``) instead of the servicer context, and hands it to th
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 import grpc
@@ -23,6 +24,7 @@ from services.master.log import get_logger
 from services.master.node_admin import NodeAdministration
 from services.master.quotas import Quotas
 from services.master.sandboxes import Sandboxes
+from services.master.snapshots import Snapshots
 from services.master.store import Conflict
 from services.master.teams import Teams
 from services.master.templates import Templates
@@ -43,11 +45,17 @@ _CODES = (
 )
 
 
-async def _abort(context: grpc.aio.ServicerContext, e: Exception, rpc: str) -> None:
+def status_of(e: Exception) -> tuple[grpc.StatusCode, str] | None:
+    """The gRPC status and message a domain error answers with; None for an unexpected error."""
     for cls, code in _CODES:
         if isinstance(e, cls):
-            msg = str(e) if not isinstance(e, EtcdUnavailable) else f"cluster state unavailable: {e}"
-            await context.abort(code, msg)
+            return code, str(e) if not isinstance(e, EtcdUnavailable) else f"cluster state unavailable: {e}"
+    return None
+
+
+async def _abort(context: grpc.aio.ServicerContext, e: Exception, rpc: str) -> None:
+    if (status := status_of(e)) is not None:
+        await context.abort(*status)
     log.exception("internal error", extra={"rpc": rpc})
     await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
 
@@ -77,7 +85,7 @@ def _stream(fn):
 class MasterService(master_pb2_grpc.MasterServicer):
     def __init__(self, sandboxes: Sandboxes, templates: Templates, apikeys: ApiKeys, election: Election,
                  builds: Builds, teams: Teams, quotas: Quotas, callers: Policy,
-                 node_admin: NodeAdministration | None = None):
+                 node_admin: NodeAdministration | None = None, snapshots: Snapshots | None = None):
         self.callers = callers
         self.sb = sandboxes
         self.tpl = templates
@@ -88,6 +96,7 @@ class MasterService(master_pb2_grpc.MasterServicer):
         self.election = election
         self.store = sandboxes.store
         self.node_admin = node_admin or NodeAdministration(self.store)
+        self.snapshots = snapshots or Snapshots(sandboxes, templates)
 
     # ---- sandboxes ----
     @_rpc
@@ -113,6 +122,21 @@ class MasterService(master_pb2_grpc.MasterServicer):
     @_rpc
     async def PauseSandboxRecord(self, request, caller):
         return await self.sb.pause(request.sandbox_id, caller)
+
+    @_rpc
+    async def SnapshotSandbox(self, request, caller):
+        return await self.snapshots.create(request.sandbox_id, caller, request.name)
+
+    @_rpc
+    async def ForkSandbox(self, request, caller):
+        results = []
+        for r in await self.snapshots.fork(request.sandbox_id, caller, request.count, request.timeout_s):
+            if isinstance(r, P.Sandbox):
+                results.append(P.ForkResult(sandbox=r))
+                continue
+            code, message = status_of(r) or (grpc.StatusCode.INTERNAL, f"internal error: {type(r).__name__}")
+            results.append(P.ForkResult(error_code=code.name, error_message=message))
+        return P.ForkSandboxResponse(results=results)
 
     @_rpc
     async def ConnectSandbox(self, request, caller):
@@ -245,5 +269,6 @@ class MasterService(master_pb2_grpc.MasterServicer):
     # ---- cluster ----
     @_rpc
     async def GetClusterStatus(self, request, caller):
-        leader = await self.election.current()
-        return P.ClusterStatus(leader=leader, self=self.election.identity, is_leader=self.election.is_leader)
+        leader, masters = await asyncio.gather(self.election.current(), self.store.list_masters())
+        return P.ClusterStatus(leader=leader, self=self.election.identity, is_leader=self.election.is_leader,
+                               masters=masters)

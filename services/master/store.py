@@ -365,6 +365,11 @@ class Store:
 
     # ---- nodes (written by the cubelets) --------------------------------------------------
 
+    async def list_masters(self) -> list[master_pb2.MasterIdentity]:
+        """The live masters: each one's presence key (``cube_common.leased_key``)."""
+        return sorted((v.value for v in await self._list(self.keys.masters(), master_pb2.MasterIdentity)),
+                      key=lambda m: m.master_id)
+
     async def list_nodes(self) -> list[cubelet_pb2.NodeStatus]:
         return [v.value for v in await self._list(self.keys.nodes(), cubelet_pb2.NodeStatus)]
 

@@ -102,6 +102,9 @@ class Templates:
     async def resolve(self, ref: str, caller: Caller) -> tuple[master_pb2.Template, str]:
         """Template record for an id or alias the caller may use, and the alias used ("" for an
         id); the order is the module docstring's."""
+        # E2B names carry a tag (`name:tag`, a snapshot's id `id:default`); Cube keeps one build per
+        # template, its `default` tag.
+        ref = ref.removesuffix(":default") if ref else ref
         if not ref or not NAME_RE.match(ref):
             raise errors.NotFound(f"template '{ref}' not found")
         # One round trip for the three places the name may be.
@@ -132,7 +135,7 @@ class Templates:
             except errors.MasterError:
                 continue
             for info in resp.templates:
-                if info.template_id == tid:
+                if info.template_id == tid and not info.base_template_id:
                     tpl = from_info(info, self.settings.envd_version)
                     await self.store.put_template(tpl)
                     log.info("template registered from node", extra={"template_id": tid, "node_id": node.node_id})
@@ -152,6 +155,8 @@ class Templates:
             except errors.MasterError:
                 continue
             for info in resp.templates:
+                if info.base_template_id:
+                    continue  # a snapshot of a team's sandbox is registered by its taker only (snapshots.py)
                 if info.template_id in missing and info.template_id not in known and NAME_RE.match(info.template_id):
                     await self.store.put_template(from_info(info, self.settings.envd_version))
                     known.add(info.template_id)

@@ -27,7 +27,7 @@ def etcd_call(cluster, host: str, path: str, body: dict) -> dict:
     data = json.dumps(body).encode()
     with socket.create_connection((s.address(host), 2379), timeout=5) as raw, \
             ctx.wrap_socket(raw, server_hostname=server_name(Role.ETCD)) as sock:
-        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: etcd\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"POST {path} HTTP/1.0\r\nHost: etcd\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
         reply = b""
         while chunk := sock.recv(65536):
@@ -100,6 +100,97 @@ def test_killing_the_leader_master_hands_over(cluster):
     # Clients go on through whichever master answers.
     got = cluster.sdk(CREATE_AND_RUN.format(n=1))["sandboxes"]
     assert got[0]["out"].strip().endswith("ok")
+
+
+CREATE_UNTIL = """
+    import json, os, threading
+    from e2b import Sandbox
+    ok, failed, lock = [], [], threading.Lock()
+    def worker():
+        # Create until the master has been killed (the test leaves {flag}), then once more.
+        for _ in range(8):
+            last = os.path.exists("{flag}")
+            try:
+                sbx = Sandbox.create(timeout=300)
+                out = sbx.commands.run("echo ok").stdout
+                with lock:
+                    ok.append({{"id": sbx.sandbox_id, "out": out}})
+            except Exception as e:
+                with lock:
+                    failed.append(type(e).__name__ + ": " + str(e)[:300])
+            if last:
+                break
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    print(json.dumps({{"ok": ok, "failed": failed}}))
+"""
+
+
+def etcd_keys(cluster, prefix: bytes) -> set[str]:
+    import base64
+    end = prefix[:-1] + bytes([prefix[-1] + 1])
+    kvs = etcd_call(cluster, "h1", "/v3/kv/range", {"key": base64.b64encode(prefix).decode(),
+                                                     "range_end": base64.b64encode(end).decode(),
+                                                     "keys_only": True}).get("kvs", [])
+    return {base64.b64decode(kv["key"]).decode().rsplit("/", 1)[-1] for kv in kvs}
+
+
+def test_creates_in_flight_when_the_api_s_master_dies_complete_or_fail_cleanly(cluster, tmp_path):
+    """The master the API talks to (h1's, the leader when it can be) is killed while creates run
+    through it: each create then either answers with a sandbox that runs, or fails with an error;
+    once the survivors have settled, etcd's records and routes and the VMs on the hosts are the
+    same set of running sandboxes (no half-made record, route or VM is left)."""
+    import threading
+    s = cluster.s
+    for _ in range(4):  # make h1's master the leader: kill h2's (restarted, it may win again)
+        lead, since = leader(cluster)
+        if lead == "master-h1":
+            break
+        os.kill(cluster_mod.pid_of(s, "h2", "services.master"), signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while leader(cluster)[1] in (0, since):
+            assert time.monotonic() < deadline, "no master took over"
+            time.sleep(0.2)
+    was_leader = leader(cluster)[0] == "master-h1"
+    before = {r.sandbox_id for r in records(cluster)}
+    flag = tmp_path / "killed"
+    got: dict = {}
+    client = threading.Thread(target=lambda: got.update(cluster.sdk(CREATE_UNTIL.format(flag=flag))))
+    client.start()
+    time.sleep(3)  # creates under way on every host
+    os.kill(cluster_mod.pid_of(s, "h1", "services.master"), signal.SIGKILL)
+    flag.touch()
+    client.join(600)
+    assert not client.is_alive()
+    print(f"\nh1's master killed ({'the leader' if was_leader else 'a standby'}): {len(got['ok'])} creates "
+          f"answered, {len(got['failed'])} failed: {got['failed'][:3]}")
+    assert got["ok"], got
+    assert all(x["out"].strip() == "ok" for x in got["ok"]), got["ok"]
+    # Every failure is an error the SDK raised, within the script's bounds (no hang).
+    assert all(f.split(":")[0].endswith(("Exception", "Error")) for f in got["failed"]), got["failed"]
+
+    deadline = time.monotonic() + 90
+    while any(r.phase != master_pb2.SANDBOX_PHASE_RUNNING for r in records(cluster)):
+        assert time.monotonic() < deadline, [(r.sandbox_id, r.phase) for r in records(cluster)]
+        time.sleep(0.5)
+    running = {r.sandbox_id for r in records(cluster)}
+    assert {x["id"] for x in got["ok"]} <= running
+    # A create whose answer was lost with its master may have completed: then it is whole.
+    routes = etcd_keys(cluster, b"/cube/routes/")
+    vms: set[str] = set()
+    deadline = time.monotonic() + 90
+    while True:
+        vms = {p.stem for h in s.host_names() for p in (s.host_dir(h) / "cubelet" / "sandboxes").glob("*.json")}
+        if vms == running or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert routes == running and vms == running, (running - before, routes ^ running, vms ^ running)
+    with CubeClient(s.master_target, tls_dir=s.operator_dir) as c:
+        for sid in running - before:
+            c.kill_sandbox(sid)
 
 
 def test_one_etcd_member_down_changes_nothing(cluster):

@@ -85,3 +85,34 @@ async def test_every_endpoint_down_is_unavailable_never_a_hang():
             assert time.monotonic() - t0 < 4
     finally:
         await etcd.close()
+
+
+async def test_wait_change_sees_a_write_or_a_delete_and_times_out_otherwise(etcd_server):
+    etcd = EtcdClient([etcd_server.endpoint], timeout_s=2.0)
+    key = f"/t-etcd-{uuid.uuid4().hex[:8]}/leader".encode()
+    try:
+        await etcd.put(key, b"a")
+        rev = (await etcd.get(key)).mod_revision
+        assert await etcd.wait_change(key, rev, timeout=0.3) is False  # nothing changed
+        # A change made before the wait began counts (the watch starts after `rev`).
+        await etcd.put(key, b"b")
+        assert await asyncio.wait_for(etcd.wait_change(key, rev, timeout=30), 10) is True
+        rev = (await etcd.get(key)).mod_revision
+
+        async def delete_soon() -> None:
+            await asyncio.sleep(0.2)
+            await etcd.delete(key)
+        deleting = asyncio.ensure_future(delete_soon())
+        assert await asyncio.wait_for(etcd.wait_change(key, rev, timeout=30), 10) is True
+        await deleting
+        assert await etcd.get(key) is None
+    finally:
+        await etcd.close()
+
+
+async def test_wait_change_with_etcd_gone_returns_false_without_spinning():
+    etcd = EtcdClient([f"127.0.0.1:{free_port()}"], timeout_s=0.5)
+    try:
+        assert await asyncio.wait_for(etcd.wait_change(b"/x", 1, timeout=2.0), 10) is False
+    finally:
+        await etcd.close()

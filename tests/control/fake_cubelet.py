@@ -61,6 +61,7 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
     build_hold_at: int | None = None
     build_requests: list[C.BuildTemplateRequest] = field(default_factory=list)
     build_cancelled: list[str] = field(default_factory=list)
+    snapshot_bases: dict[str, str] = field(default_factory=dict)  # snapshot template id -> its base
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -303,6 +304,26 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
             self.register(*self._etcd)
         yield ev(C.READY, "ready", template=info)
 
+    def SnapshotSandbox(self, request, context):
+        """As a cubelet answers (services/cubelet/sandboxes.py: snapshot): a running sandbox only;
+        the new template is then this node's (and reported in its status)."""
+        self._enter(context, "SnapshotSandbox", request.sandbox_id)
+        s = self._get(context, request.sandbox_id)
+        if s.state != C.SANDBOX_STATE_RUNNING:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"sandbox {request.sandbox_id} is not running")
+        if request.template_id in self.templates:
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f"template {request.template_id} already exists")
+        self.templates = self.templates + (request.template_id,)
+        self.snapshot_bases[request.template_id] = s.template_id
+        if self._etcd is not None:
+            self.register(*self._etcd)
+        ts = Timestamp()
+        ts.GetCurrentTime()
+        return C.TemplateInfo(template_id=request.template_id, vcpus=1, memory_mb=512, writable_layer_mb=1024,
+                              envd_version=self.envd_version, created_at=ts, source="default", node_id=self.node_id,
+                              snapshot_bytes=1 << 20, base_template_id=s.template_id,
+                              source_sandbox_id=request.sandbox_id, phase_ms={"SNAPSHOTTING": 100})
+
     def ListTemplates(self, request, context):
         self._enter(context, "ListTemplates")
         ts = Timestamp()
@@ -311,7 +332,8 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
             C.TemplateInfo(template_id=t, vcpus=1, memory_mb=512, writable_layer_mb=1024,
                            envd_version=self.envd_version, created_at=ts,
                            source="default" if t == "code-interpreter" else f"oci:{t}",
-                           node_id=self.node_id, snapshot_bytes=1 << 20)
+                           node_id=self.node_id, snapshot_bytes=1 << 20,
+                           base_template_id=self.snapshot_bases.get(t, ""))
             for t in self.templates])
 
     def DeleteTemplate(self, request, context):

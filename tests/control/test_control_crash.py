@@ -68,6 +68,38 @@ def test_master_killed_mid_create(own_cluster):
     assert _consistent(c)
 
 
+def test_a_dead_masters_create_is_undone_without_waiting_for_its_deadline(own_cluster):
+    """The master carrying a create dies (a standby: the leader stays); its presence lapses with
+    its lease, and the leader's reconciler undoes the create at once, not at the create's
+    deadline (a minute here), so nothing half-made holds a VM or a quota slot meanwhile."""
+    import json
+
+    from tests.control.cli import cubemastercli
+    c = own_cluster
+    node = c.add_cubelet("node-a", run_delay_s=1.5)
+    leader = c.start_master("m-lead", CUBE_MASTER_NODE_OP_TIMEOUT_S="60")
+    standby = c.start_master("m-standby", wait_leader=False, CUBE_MASTER_NODE_OP_TIMEOUT_S="60")
+    st = json.loads(cubemastercli(leader.address, "--json", "status").stdout)
+    assert [m["masterId"] for m in st["masters"]] == ["m-lead", "m-standby"]
+    assert all(m["incarnation"].startswith(m["masterId"] + "/") for m in st["masters"])
+    c.start_api(CUBE_MASTER_ADDR=standby.address)
+    t, result = _create_in_background(c)
+    assert node.run_started.wait(10)
+    (sid,) = wait_until(lambda: c.sandbox_ids(), what="CREATING record")
+    rec = c.record(sid)
+    assert rec["phase"] == "SANDBOX_PHASE_CREATING"
+    owner = next(m["incarnation"] for m in st["masters"] if m["masterId"] == "m-standby")
+    assert rec["transitionOwner"] == owner
+    standby.kill9()
+    t.join(30)
+    assert result["r"].status_code == 503
+    # Well inside the create's 60 s deadline: the lease (2 s here) and a reconcile pass.
+    wait_until(lambda: _nothing_left(c), timeout=20, what="the leader undoing the dead master's create")
+    assert sid in node.calls_of("KillSandbox")
+    st = json.loads(cubemastercli(leader.address, "--json", "status").stdout)
+    assert [m["masterId"] for m in st["masters"]] == ["m-lead"] and st["isLeader"] is True
+
+
 def test_cubelet_killed_mid_create(own_cluster):
     c = own_cluster
     node = c.add_cubelet("node-a", run_delay_s=1.0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote
+
 import grpc
 
 from services.api.errors import from_grpc
@@ -13,6 +15,12 @@ async def master_call(request, method: str, req, slow: bool = False):
         return await request.app.ctx.master.call(method, req, request.ctx.caller, slow)
     except grpc.RpcError as e:
         raise from_grpc(e) from None
+
+
+def template_ref(raw: str) -> str:
+    """A template id or name from a path: the SDKs percent-encode it as one segment (a snapshot's id
+    carries its tag, `id:default` → `id%3Adefault`), which the router leaves as it came."""
+    return unquote(raw)
 
 
 def sandbox_id(raw: str) -> str:

@@ -8,7 +8,7 @@ from sanic import Blueprint, response
 
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2 as P, network_pb2
 from services.api import models as M
-from services.api.errors import ApiError, bad_request
+from services.api.errors import ApiError, bad_request, http_status
 from services.api.routes import master_call, sandbox_id
 
 bp = Blueprint("sandboxes")
@@ -248,3 +248,69 @@ async def update_network(request, raw_id: str):
     await master_call(request, "UpdateSandboxNetwork", cubelet_pb2.UpdateNetworkRequest(
         sandbox_id=sandbox_id(raw_id), network=policy))
     return response.empty(status=204)
+
+
+# ---- snapshots --------------------------------------------------------------------------------
+
+def snapshot_body(t: P.Template) -> dict:
+    """E2B's SnapshotInfo: the id with its tag (Cube keeps one build per template, `default`), and
+    the names, which are the team's aliases of it."""
+    return {"snapshotID": f"{t.template_id}:default", "names": [f"{a}:default" for a in t.aliases]}
+
+
+@bp.post("/sandboxes/<raw_id>/snapshots")
+async def create_snapshot(request, raw_id: str):
+    body = M.parse_body(request.body, required=False)
+    name = M.opt_str(body, "name", M.NAME_RE) or ""
+    if M.opt_bool(body, "memory") is False:
+        raise bad_request("filesystem-only snapshots are not supported by this server; take a full one")
+    t = await master_call(request, "SnapshotSandbox", P.SnapshotSandboxRecordRequest(
+        sandbox_id=sandbox_id(raw_id), name=name), slow=True)
+    return response.json(snapshot_body(t), status=201)
+
+
+SNAPSHOT_QUERY = frozenset({"sandboxID", "name", "limit", "nextToken"})
+
+
+@bp.get("/snapshots")
+async def list_snapshots(request):
+    args = request.get_args(keep_blank_values=True)  # `limit=` is no number: refused, not ignored
+    if unknown := sorted(set(args) - SNAPSHOT_QUERY):
+        raise bad_request(f"unknown query parameter '{unknown[0]}' (want {', '.join(sorted(SNAPSHOT_QUERY))})")
+    limit = M.query_int(args, "limit", 1, MAX_LIST_LIMIT) or MAX_LIST_LIMIT
+    source = args.get("sandboxID") or ""
+    name = (args.get("name") or "").removesuffix(":default")
+    resp = await master_call(request, "ListTemplateRecords", P.ListTemplateRecordsRequest())
+    snaps = sorted((t for t in resp.templates if t.base_template_id and not t.fork_base
+                    and t.status == P.TEMPLATE_STATUS_READY
+                    and (not source or t.source_sandbox_id == source) and (not name or name in t.aliases)),
+                   key=lambda t: (-t.created_at.ToNanoseconds(), t.template_id))
+    token = args.get("nextToken") or ""
+    start = 0
+    if token:
+        ids = [t.template_id for t in snaps]
+        if token not in ids:
+            raise bad_request(f"invalid page token '{token[:100]}'")
+        start = ids.index(token)
+    page = snaps[start:start + limit]
+    more = snaps[start + limit:start + limit + 1]
+    headers = {"X-Next-Token": more[0].template_id} if more else {}
+    return response.json([snapshot_body(t) for t in page], headers=headers)
+
+
+@bp.post("/sandboxes/<raw_id>/fork")
+async def fork(request, raw_id: str):
+    """E2B's fork: 201 with one entry per fork, a sandbox or the error its create met."""
+    body = M.parse_body(request.body, required=False)
+    count = M.opt_int(body, "count", 1, 20)
+    timeout = M.opt_int(body, "timeout", 0, M.MAX_UINT32)
+    resp = await master_call(request, "ForkSandbox", P.ForkSandboxRequest(
+        sandbox_id=sandbox_id(raw_id), count=count or 1, timeout_s=timeout or 0), slow=True)
+    domain = request.app.ctx.settings.domain
+    out = []
+    for r in resp.results:
+        if r.HasField("sandbox"):
+            out.append({"sandbox": M.sandbox_body(r.sandbox, domain)})
+        else:
+            out.append({"error": {"code": http_status(r.error_code), "message": r.error_message}})
+    return response.json(out, status=201)

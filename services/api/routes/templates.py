@@ -8,7 +8,7 @@ from sanic import Blueprint, response
 from sdk.gen.cube.v1 import master_pb2 as P
 from services.api import models as M
 from services.api.errors import ApiError, bad_request
-from services.api.routes import master_call
+from services.api.routes import master_call, template_ref
 
 bp = Blueprint("templates")
 
@@ -29,12 +29,14 @@ async def create_template(request):
 
 @bp.get("/templates/aliases/<alias>")
 async def get_alias(request, alias: str):
+    alias = template_ref(alias)
     a = await master_call(request, "ResolveTemplateAlias", P.ResolveTemplateAliasRequest(alias=alias))
     return response.json({"templateID": a.template_id, "public": not a.team_id})
 
 
 @bp.get("/templates/<template_id>")
 async def get_template(request, template_id: str):
+    template_id = template_ref(template_id)
     t = await master_call(request, "GetTemplate", P.GetTemplateRequest(template=template_id))
     job = None
     if M.is_job_id(t.build_id):
@@ -48,6 +50,7 @@ async def get_template(request, template_id: str):
 
 @bp.get("/templates/<template_id>/builds/<build_id>/status")
 async def build_status(request, template_id: str, build_id: str):
+    template_id = template_ref(template_id)
     offset = M.query_int(request.args, "logsOffset", 0, 1 << 31) or 0
     job = await master_call(request, "GetTemplateBuild", P.GetTemplateBuildRequest(job_id=build_id))
     if template_id != job.template_id:
@@ -63,9 +66,10 @@ async def build_status(request, template_id: str, build_id: str):
 
 @bp.delete("/templates/<template_id>")
 async def delete_template(request, template_id: str):
-    force = (request.args.get("force") or "false").lower()
-    if force not in ("true", "false", "1", "0"):
+    template_id = template_ref(template_id)
+    force = (request.get_args(keep_blank_values=True).get("force", "false")).lower()
+    if force not in ("true", "false"):
         raise bad_request("query parameter 'force' must be true or false")
     await master_call(request, "DeleteTemplateRecord",
-                      P.DeleteTemplateRecordRequest(template=template_id, force=force in ("true", "1")), slow=True)
+                      P.DeleteTemplateRecordRequest(template=template_id, force=force == "true"), slow=True)
     return response.empty(status=204)

@@ -295,7 +295,7 @@ class TemplateBuildEvent(_message.Message):
     def __init__(self, phase: _Optional[_Union[TemplateBuildPhase, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., template: _Optional[_Union[TemplateInfo, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class TemplateInfo(_message.Message):
-    __slots__ = ("template_id", "vcpus", "memory_mb", "writable_layer_mb", "envd_version", "created_at", "snapshot_bytes", "expose_ports", "source", "node_id", "phase_ms", "no_memory_sharing")
+    __slots__ = ("template_id", "vcpus", "memory_mb", "writable_layer_mb", "envd_version", "created_at", "snapshot_bytes", "expose_ports", "source", "node_id", "phase_ms", "no_memory_sharing", "base_template_id", "source_sandbox_id")
     class PhaseMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -315,6 +315,8 @@ class TemplateInfo(_message.Message):
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     PHASE_MS_FIELD_NUMBER: _ClassVar[int]
     NO_MEMORY_SHARING_FIELD_NUMBER: _ClassVar[int]
+    BASE_TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     template_id: str
     vcpus: int
     memory_mb: int
@@ -327,7 +329,17 @@ class TemplateInfo(_message.Message):
     node_id: str
     phase_ms: _containers.ScalarMap[str, int]
     no_memory_sharing: bool
-    def __init__(self, template_id: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., writable_layer_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., expose_ports: _Optional[_Iterable[int]] = ..., source: _Optional[str] = ..., node_id: _Optional[str] = ..., phase_ms: _Optional[_Mapping[str, int]] = ..., no_memory_sharing: bool = ...) -> None: ...
+    base_template_id: str
+    source_sandbox_id: str
+    def __init__(self, template_id: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., writable_layer_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., expose_ports: _Optional[_Iterable[int]] = ..., source: _Optional[str] = ..., node_id: _Optional[str] = ..., phase_ms: _Optional[_Mapping[str, int]] = ..., no_memory_sharing: bool = ..., base_template_id: _Optional[str] = ..., source_sandbox_id: _Optional[str] = ...) -> None: ...
+
+class SnapshotSandboxRequest(_message.Message):
+    __slots__ = ("sandbox_id", "template_id")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    template_id: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ...) -> None: ...
 
 class ListTemplatesRequest(_message.Message):
     __slots__ = ()

@@ -84,6 +84,11 @@ class CubeletStub(object):
                 request_serializer=cube_dot_v1_dot_cubelet__pb2.SandboxLogsRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_cubelet__pb2.SandboxLogsResponse.FromString,
                 _registered_method=True)
+        self.SnapshotSandbox = channel.unary_unary(
+                '/cube.v1.Cubelet/SnapshotSandbox',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.SnapshotSandboxRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.TemplateInfo.FromString,
+                _registered_method=True)
         self.BuildTemplate = channel.unary_stream(
                 '/cube.v1.Cubelet/BuildTemplate',
                 request_serializer=cube_dot_v1_dot_cubelet__pb2.BuildTemplateRequest.SerializeToString,
@@ -191,6 +196,15 @@ class CubeletServicer(object):
 
     def SandboxLogs(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SnapshotSandbox(self, request, context):
+        """A new template on this node from a running sandbox, which runs on (vmm_core.checkpoint):
+        sandboxes created from it start where the sandbox was. FAILED_PRECONDITION when the sandbox
+        is not running, ALREADY_EXISTS when the template does.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -304,6 +318,11 @@ def add_CubeletServicer_to_server(servicer, server):
                     servicer.SandboxLogs,
                     request_deserializer=cube_dot_v1_dot_cubelet__pb2.SandboxLogsRequest.FromString,
                     response_serializer=cube_dot_v1_dot_cubelet__pb2.SandboxLogsResponse.SerializeToString,
+            ),
+            'SnapshotSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotSandbox,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.SnapshotSandboxRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.TemplateInfo.SerializeToString,
             ),
             'BuildTemplate': grpc.unary_stream_rpc_method_handler(
                     servicer.BuildTemplate,
@@ -594,6 +613,33 @@ class Cubelet(object):
             '/cube.v1.Cubelet/SandboxLogs',
             cube_dot_v1_dot_cubelet__pb2.SandboxLogsRequest.SerializeToString,
             cube_dot_v1_dot_cubelet__pb2.SandboxLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Cubelet/SnapshotSandbox',
+            cube_dot_v1_dot_cubelet__pb2.SnapshotSandboxRequest.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.TemplateInfo.FromString,
             options,
             channel_credentials,
             insecure,

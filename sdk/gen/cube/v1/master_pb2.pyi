@@ -63,7 +63,7 @@ API_KEY_ROLE_USER: ApiKeyRole
 API_KEY_ROLE_ADMIN: ApiKeyRole
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id", "quota_exempt", "lost_reason", "lost_at", "resume_node_id")
+    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id", "quota_exempt", "lost_reason", "lost_at", "resume_node_id", "transition_owner")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +109,7 @@ class Sandbox(_message.Message):
     LOST_REASON_FIELD_NUMBER: _ClassVar[int]
     LOST_AT_FIELD_NUMBER: _ClassVar[int]
     RESUME_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    TRANSITION_OWNER_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     alias: str
@@ -140,7 +141,8 @@ class Sandbox(_message.Message):
     lost_reason: str
     lost_at: _timestamp_pb2.Timestamp
     resume_node_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ..., quota_exempt: bool = ..., lost_reason: _Optional[str] = ..., lost_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_node_id: _Optional[str] = ...) -> None: ...
+    transition_owner: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ..., quota_exempt: bool = ..., lost_reason: _Optional[str] = ..., lost_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_node_id: _Optional[str] = ..., transition_owner: _Optional[str] = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
     __slots__ = ("template", "timeout_s", "metadata", "env_vars", "auto_pause", "auto_resume", "network", "client_id")
@@ -243,6 +245,40 @@ class PauseSandboxRecordRequest(_message.Message):
     sandbox_id: str
     def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
 
+class SnapshotSandboxRecordRequest(_message.Message):
+    __slots__ = ("sandbox_id", "name")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    name: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ForkSandboxRequest(_message.Message):
+    __slots__ = ("sandbox_id", "count", "timeout_s")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    count: int
+    timeout_s: int
+    def __init__(self, sandbox_id: _Optional[str] = ..., count: _Optional[int] = ..., timeout_s: _Optional[int] = ...) -> None: ...
+
+class ForkResult(_message.Message):
+    __slots__ = ("sandbox", "error_code", "error_message")
+    SANDBOX_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    sandbox: Sandbox
+    error_code: str
+    error_message: str
+    def __init__(self, sandbox: _Optional[_Union[Sandbox, _Mapping]] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class ForkSandboxResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ForkResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[ForkResult, _Mapping]]] = ...) -> None: ...
+
 class ConnectSandboxRequest(_message.Message):
     __slots__ = ("sandbox_id", "timeout_s", "node_id")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
@@ -272,7 +308,7 @@ class GetSandboxMetricsRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Template(_message.Message):
-    __slots__ = ("template_id", "aliases", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "created_at", "updated_at", "source", "status", "spawn_count", "last_spawned_at", "snapshot_bytes", "no_memory_sharing", "expose_ports", "node_ids", "build_id", "team_id")
+    __slots__ = ("template_id", "aliases", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "created_at", "updated_at", "source", "status", "spawn_count", "last_spawned_at", "snapshot_bytes", "no_memory_sharing", "expose_ports", "node_ids", "build_id", "team_id", "base_template_id", "source_sandbox_id", "fork_base", "home_node_id")
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     VCPUS_FIELD_NUMBER: _ClassVar[int]
@@ -291,6 +327,10 @@ class Template(_message.Message):
     NODE_IDS_FIELD_NUMBER: _ClassVar[int]
     BUILD_ID_FIELD_NUMBER: _ClassVar[int]
     TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    BASE_TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    FORK_BASE_FIELD_NUMBER: _ClassVar[int]
+    HOME_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     template_id: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
     vcpus: int
@@ -309,7 +349,11 @@ class Template(_message.Message):
     node_ids: _containers.RepeatedScalarFieldContainer[str]
     build_id: str
     team_id: str
-    def __init__(self, template_id: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., status: _Optional[_Union[TemplateStatus, str]] = ..., spawn_count: _Optional[int] = ..., last_spawned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., no_memory_sharing: bool = ..., expose_ports: _Optional[_Iterable[int]] = ..., node_ids: _Optional[_Iterable[str]] = ..., build_id: _Optional[str] = ..., team_id: _Optional[str] = ...) -> None: ...
+    base_template_id: str
+    source_sandbox_id: str
+    fork_base: bool
+    home_node_id: str
+    def __init__(self, template_id: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., status: _Optional[_Union[TemplateStatus, str]] = ..., spawn_count: _Optional[int] = ..., last_spawned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., no_memory_sharing: bool = ..., expose_ports: _Optional[_Iterable[int]] = ..., node_ids: _Optional[_Iterable[str]] = ..., build_id: _Optional[str] = ..., team_id: _Optional[str] = ..., base_template_id: _Optional[str] = ..., source_sandbox_id: _Optional[str] = ..., fork_base: bool = ..., home_node_id: _Optional[str] = ...) -> None: ...
 
 class TemplateAlias(_message.Message):
     __slots__ = ("alias", "template_id", "team_id")
@@ -666,21 +710,25 @@ class GetClusterStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class MasterIdentity(_message.Message):
-    __slots__ = ("master_id", "address", "since")
+    __slots__ = ("master_id", "address", "since", "incarnation")
     MASTER_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
+    INCARNATION_FIELD_NUMBER: _ClassVar[int]
     master_id: str
     address: str
     since: _timestamp_pb2.Timestamp
-    def __init__(self, master_id: _Optional[str] = ..., address: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    incarnation: str
+    def __init__(self, master_id: _Optional[str] = ..., address: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., incarnation: _Optional[str] = ...) -> None: ...
 
 class ClusterStatus(_message.Message):
-    __slots__ = ("leader", "self", "is_leader")
+    __slots__ = ("leader", "self", "is_leader", "masters")
     LEADER_FIELD_NUMBER: _ClassVar[int]
     SELF_FIELD_NUMBER: _ClassVar[int]
     IS_LEADER_FIELD_NUMBER: _ClassVar[int]
+    MASTERS_FIELD_NUMBER: _ClassVar[int]
     leader: MasterIdentity
     self: MasterIdentity
     is_leader: bool
-    def __init__(self_, leader: _Optional[_Union[MasterIdentity, _Mapping]] = ..., self: _Optional[_Union[MasterIdentity, _Mapping]] = ..., is_leader: bool = ...) -> None: ...
+    masters: _containers.RepeatedCompositeFieldContainer[MasterIdentity]
+    def __init__(self_, leader: _Optional[_Union[MasterIdentity, _Mapping]] = ..., self: _Optional[_Union[MasterIdentity, _Mapping]] = ..., is_leader: bool = ..., masters: _Optional[_Iterable[_Union[MasterIdentity, _Mapping]]] = ...) -> None: ...

@@ -104,6 +104,16 @@ class MasterStub(object):
                 request_serializer=cube_dot_v1_dot_cubelet__pb2.UpdateNetworkRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_master__pb2.Sandbox.FromString,
                 _registered_method=True)
+        self.SnapshotSandbox = channel.unary_unary(
+                '/cube.v1.Master/SnapshotSandbox',
+                request_serializer=cube_dot_v1_dot_master__pb2.SnapshotSandboxRecordRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.Template.FromString,
+                _registered_method=True)
+        self.ForkSandbox = channel.unary_unary(
+                '/cube.v1.Master/ForkSandbox',
+                request_serializer=cube_dot_v1_dot_master__pb2.ForkSandboxRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.ForkSandboxResponse.FromString,
+                _registered_method=True)
         self.ListTemplateRecords = channel.unary_unary(
                 '/cube.v1.Master/ListTemplateRecords',
                 request_serializer=cube_dot_v1_dot_master__pb2.ListTemplateRecordsRequest.SerializeToString,
@@ -306,6 +316,26 @@ class MasterServicer(object):
 
     def UpdateSandboxNetwork(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SnapshotSandbox(self, request, context):
+        """A new template of the caller's team from a running sandbox, which runs on; it is on the
+        sandbox's node only, and sandboxes created from it go there. With a name, the team's alias of
+        that name points at it (moved from an older snapshot; ALREADY_EXISTS when the name is another
+        kind of template's). FAILED_PRECONDITION when the sandbox is not running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForkSandbox(self, request, context):
+        """`count` new sandboxes of the source's team from a snapshot of a running sandbox (taken once,
+        the source runs on), with the source's metadata and env vars; each succeeds or fails on its
+        own (its result's error). The snapshot is not listed and goes once no sandbox uses it.
+        INVALID_ARGUMENT for a count outside 1..20; FAILED_PRECONDITION when the source is not running.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -538,6 +568,16 @@ def add_MasterServicer_to_server(servicer, server):
                     servicer.UpdateSandboxNetwork,
                     request_deserializer=cube_dot_v1_dot_cubelet__pb2.UpdateNetworkRequest.FromString,
                     response_serializer=cube_dot_v1_dot_master__pb2.Sandbox.SerializeToString,
+            ),
+            'SnapshotSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.SnapshotSandbox,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.SnapshotSandboxRecordRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.Template.SerializeToString,
+            ),
+            'ForkSandbox': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForkSandbox,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.ForkSandboxRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.ForkSandboxResponse.SerializeToString,
             ),
             'ListTemplateRecords': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTemplateRecords,
@@ -939,6 +979,60 @@ class Master(object):
             '/cube.v1.Master/UpdateSandboxNetwork',
             cube_dot_v1_dot_cubelet__pb2.UpdateNetworkRequest.SerializeToString,
             cube_dot_v1_dot_master__pb2.Sandbox.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SnapshotSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/SnapshotSandbox',
+            cube_dot_v1_dot_master__pb2.SnapshotSandboxRecordRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.Template.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForkSandbox(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/ForkSandbox',
+            cube_dot_v1_dot_master__pb2.ForkSandboxRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.ForkSandboxResponse.FromString,
             options,
             channel_credentials,
             insecure,

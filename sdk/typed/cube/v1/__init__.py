@@ -361,6 +361,19 @@ class TemplateInfo(betterproto.Message):
     """
 
     no_memory_sharing: bool = betterproto.bool_field(12)
+    base_template_id: str = betterproto.string_field(13)
+    """
+    A snapshot of a sandbox: the template it was created from (its disk and memory read through
+     that template's build, which is kept while this one exists), and the sandbox.
+    """
+
+    source_sandbox_id: str = betterproto.string_field(14)
+
+
+@dataclass(eq=False, repr=False)
+class SnapshotSandboxRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    template_id: str = betterproto.string_field(2)
 
 
 @dataclass(eq=False, repr=False)
@@ -571,6 +584,13 @@ class Sandbox(betterproto.Message):
      settled): that node, which pulls the state. Empty in every other phase.
     """
 
+    transition_owner: str = betterproto.string_field(32)
+    """
+    The master process (its incarnation, see MasterIdentity) that wrote the transitional phase.
+     When that process is gone (its presence key lapsed) the reconciler resolves the record at
+     once rather than at phase_deadline. Empty outside transitional phases.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class CreateSandboxRequest(betterproto.Message):
@@ -644,6 +664,31 @@ class PauseSandboxRecordRequest(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class SnapshotSandboxRecordRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    name: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class ForkSandboxRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    count: int = betterproto.uint32_field(2)
+    timeout_s: int = betterproto.uint32_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class ForkResult(betterproto.Message):
+    sandbox: "Sandbox" = betterproto.message_field(1)
+    error_code: str = betterproto.string_field(2)
+    error_message: str = betterproto.string_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class ForkSandboxResponse(betterproto.Message):
+    results: List["ForkResult"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class ConnectSandboxRequest(betterproto.Message):
     sandbox_id: str = betterproto.string_field(1)
     timeout_s: int = betterproto.uint32_field(2)
@@ -696,6 +741,24 @@ class Template(betterproto.Message):
     """
     The team that owns it; empty = public: usable by every team, changed only by admins (the
      default template, what operators build, and records written before teams existed).
+    """
+
+    base_template_id: str = betterproto.string_field(19)
+    """
+    A snapshot of a sandbox (SnapshotSandbox): the template that sandbox was created from (the
+     snapshot reads through it) and the sandbox. Never pulled to another node.
+    """
+
+    source_sandbox_id: str = betterproto.string_field(20)
+    fork_base: bool = betterproto.bool_field(21)
+    """
+    The snapshot a fork took: not listed among the snapshots, and deleted by the leader once no
+     sandbox uses it.
+    """
+
+    home_node_id: str = betterproto.string_field(22)
+    """
+    A snapshot's node: creates from it go there (its NodeStatus may not list it yet).
     """
 
 
@@ -1065,6 +1128,11 @@ class MasterIdentity(betterproto.Message):
     master_id: str = betterproto.string_field(1)
     address: str = betterproto.string_field(2)
     since: datetime = betterproto.message_field(3)
+    incarnation: str = betterproto.string_field(4)
+    """
+    Unique per process start: a master restarted under the same id is another incarnation, and
+     what the previous one left half-done is no longer its own.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -1072,6 +1140,7 @@ class ClusterStatus(betterproto.Message):
     leader: "MasterIdentity" = betterproto.message_field(1)
     self: "MasterIdentity" = betterproto.message_field(2)
     is_leader: bool = betterproto.bool_field(3)
+    masters: List["MasterIdentity"] = betterproto.message_field(4)
 
 
 @dataclass(eq=False, repr=False)
@@ -1403,6 +1472,23 @@ class CubeletStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def snapshot_sandbox(
+        self,
+        snapshot_sandbox_request: "SnapshotSandboxRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "TemplateInfo":
+        return await self._unary_unary(
+            "/cube.v1.Cubelet/SnapshotSandbox",
+            snapshot_sandbox_request,
+            TemplateInfo,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def build_template(
         self,
         build_template_request: "BuildTemplateRequest",
@@ -1709,6 +1795,40 @@ class MasterStub(betterproto.ServiceStub):
             "/cube.v1.Master/UpdateSandboxNetwork",
             update_network_request,
             Sandbox,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def snapshot_sandbox(
+        self,
+        snapshot_sandbox_record_request: "SnapshotSandboxRecordRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Template":
+        return await self._unary_unary(
+            "/cube.v1.Master/SnapshotSandbox",
+            snapshot_sandbox_record_request,
+            Template,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def fork_sandbox(
+        self,
+        fork_sandbox_request: "ForkSandboxRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ForkSandboxResponse":
+        return await self._unary_unary(
+            "/cube.v1.Master/ForkSandbox",
+            fork_sandbox_request,
+            ForkSandboxResponse,
             timeout=timeout,
             deadline=deadline,
             metadata=metadata,
@@ -2269,6 +2389,11 @@ class CubeletBase(ServiceBase):
     ) -> "SandboxLogsResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def snapshot_sandbox(
+        self, snapshot_sandbox_request: "SnapshotSandboxRequest"
+    ) -> "TemplateInfo":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def build_template(
         self, build_template_request: "BuildTemplateRequest"
     ) -> AsyncIterator[TemplateBuildEvent]:
@@ -2370,6 +2495,13 @@ class CubeletBase(ServiceBase):
     ) -> None:
         request = await stream.recv_message()
         response = await self.sandbox_logs(request)
+        await stream.send_message(response)
+
+    async def __rpc_snapshot_sandbox(
+        self, stream: "grpclib.server.Stream[SnapshotSandboxRequest, TemplateInfo]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.snapshot_sandbox(request)
         await stream.send_message(response)
 
     async def __rpc_build_template(
@@ -2496,6 +2628,12 @@ class CubeletBase(ServiceBase):
                 SandboxLogsRequest,
                 SandboxLogsResponse,
             ),
+            "/cube.v1.Cubelet/SnapshotSandbox": grpclib.const.Handler(
+                self.__rpc_snapshot_sandbox,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SnapshotSandboxRequest,
+                TemplateInfo,
+            ),
             "/cube.v1.Cubelet/BuildTemplate": grpclib.const.Handler(
                 self.__rpc_build_template,
                 grpclib.const.Cardinality.UNARY_STREAM,
@@ -2595,6 +2733,16 @@ class MasterBase(ServiceBase):
     async def update_sandbox_network(
         self, update_network_request: "UpdateNetworkRequest"
     ) -> "Sandbox":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def snapshot_sandbox(
+        self, snapshot_sandbox_record_request: "SnapshotSandboxRecordRequest"
+    ) -> "Template":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def fork_sandbox(
+        self, fork_sandbox_request: "ForkSandboxRequest"
+    ) -> "ForkSandboxResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def list_template_records(
@@ -2774,6 +2922,20 @@ class MasterBase(ServiceBase):
     ) -> None:
         request = await stream.recv_message()
         response = await self.update_sandbox_network(request)
+        await stream.send_message(response)
+
+    async def __rpc_snapshot_sandbox(
+        self, stream: "grpclib.server.Stream[SnapshotSandboxRecordRequest, Template]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.snapshot_sandbox(request)
+        await stream.send_message(response)
+
+    async def __rpc_fork_sandbox(
+        self, stream: "grpclib.server.Stream[ForkSandboxRequest, ForkSandboxResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.fork_sandbox(request)
         await stream.send_message(response)
 
     async def __rpc_list_template_records(
@@ -2999,6 +3161,18 @@ class MasterBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 UpdateNetworkRequest,
                 Sandbox,
+            ),
+            "/cube.v1.Master/SnapshotSandbox": grpclib.const.Handler(
+                self.__rpc_snapshot_sandbox,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                SnapshotSandboxRecordRequest,
+                Template,
+            ),
+            "/cube.v1.Master/ForkSandbox": grpclib.const.Handler(
+                self.__rpc_fork_sandbox,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ForkSandboxRequest,
+                ForkSandboxResponse,
             ),
             "/cube.v1.Master/ListTemplateRecords": grpclib.const.Handler(
                 self.__rpc_list_template_records,
