@@ -147,6 +147,11 @@ def _configure(root: Path, minor: int) -> None:
     # Sandboxes are throwaway machines: let `pip install` work as it does in E2B (PEP 668 marker).
     for marker in (root / "usr/lib").glob("python3.*/EXTERNALLY-MANAGED"):
         marker.unlink()
+    # `python` as well as `python3`, as in E2B's templates (built on the python:3 images) and as
+    # code written for them assumes; Debian's python-is-python3 package is just this link.
+    python = root / "usr/bin/python"
+    if not python.exists() and not python.is_symlink():
+        python.symlink_to("python3")
 
     # matplotlib: a non-interactive backend for scripts (kernels use the inline backend through
     # MPLBACKEND, set by the agent), and font caches built now rather than in every sandbox.
@@ -185,9 +190,12 @@ def _configure(root: Path, minor: int) -> None:
         f"c.InteractiveShellApp.exec_lines = [{preload!r}]\n")
     compile((ipy / "ipython_kernel_config.py").read_text(), "ipython_kernel_config.py", "exec")
     compile(preload, "preload", "exec")
-    # Smoke test as the sandbox user: every library imports with the template's own python3.
+    # Smoke test as the sandbox user: every library imports with the template's own python3, and
+    # `python` on PATH is that interpreter.
     _chroot(root, ["/usr/bin/python3", "-c", "import ipykernel, bash_kernel, numpy, pandas, matplotlib.pyplot, "
                    "requests"], user=f"{USER_UID}:{USER_UID}", env={"HOME": f"/home/{USER}"})
+    _chroot(root, ["python", "-c", "import sys; assert sys.version_info[0] == 3"],
+            user=f"{USER_UID}:{USER_UID}", env={"HOME": f"/home/{USER}"})
 
     # Caches and logs of the build are no part of the template.
     for d in ("var/cache/apt", "var/lib/apt/lists", "root/.cache/pip", "var/log"):

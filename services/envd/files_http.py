@@ -1,5 +1,14 @@
 """Plain-HTTP envd endpoints: `GET/POST /files` (streamed both ways), `GET /health`,
-`POST /init`, `GET /envs`. Errors are JSON `{"code": <http status>, "message": ...}`."""
+`POST /init`, `GET /envs`. Errors are JSON `{"code": <http status>, "message": ...}`.
+
+An upload does what upstream's envd does, in its order, because watchers see every step (the
+SDK's own tests count the events of a create-then-write): missing parents are made and chowned
+to the user one by one; a new file is created, then chowned (CREATE, CHMOD); an existing one is
+chowned, then truncated (CHMOD, WRITE); then the data (WRITE) and the file's metadata set, which
+replaces the previous upload's (`X-Metadata-*`, stored as `user.e2b.*` xattrs). Unlike upstream,
+whose envd runs everything as root, every step runs as the user, so the kernel's permission
+checks apply and a chown the user may not make is skipped.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +28,15 @@ from aiohttp.multipart import BodyPartReader, MultipartReader
 from . import users
 from .auth import resolve_user
 from .connect import ConnectError
-from .entries import resolve_path, write_metadata
-from .identity import Identity, InitError, InitRequest
+from .entries import (
+    ensure_dirs,
+    read_metadata,
+    replace_metadata,
+    resolve_path,
+    take_ownership,
+    validate_metadata,
+)
+from .identity import Identity, InitError, InitRequest, SignatureRejected
 from .users import User, run_as
 
 log = logging.getLogger("envd.files")
@@ -65,13 +81,29 @@ def _open_for_read(path: str) -> tuple[int, int]:
     return fd, st.st_size
 
 
-def _open_for_write(path: str) -> int:
-    parent = posixpath.dirname(path)
-    if parent and not os.path.isdir(parent):
-        os.makedirs(parent, exist_ok=True)
+def _open_for_write(path: str, user: User) -> int:
+    """The upload's file, created or emptied, owned by the user where the kernel allows it (see
+    the module docstring for the order of the steps). Runs as the user."""
+    ensure_dirs(posixpath.dirname(path), user)
     if os.path.isdir(path):
         raise IsADirectoryError(errno.EISDIR, "is a directory", path)
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+    try:
+        fd, existed = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666), False
+    except FileExistsError:
+        try:
+            fd, existed = os.open(path, os.O_WRONLY | os.O_CLOEXEC), True
+        except FileNotFoundError:  # a dangling link (the file is created through it), or just removed
+            fd, existed = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666), False
+    try:
+        take_ownership(fd, user)
+        # After the chown, as upstream's O_TRUNC comes after its chown; O_TRUNC ignores what is no
+        # regular file (/dev/null), ftruncate would refuse it.
+        if existed and stat.S_ISREG(os.fstat(fd).st_mode):
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -94,16 +126,22 @@ class FilesHttp:
     # -- auth ---------------------------------------------------------------------------------
 
     def _authorize_files(self, request: web.Request, operation: str) -> User:
+        """The header token or a signed URL, checked as upstream does: a header that is present
+        must match (a signature does not make up for a wrong one), and a signature is checked
+        before its expiry, each failure with upstream's own 401 message."""
         q = request.query
         username = q.get("username") or None
-        if not self.identity.token_ok(request.headers.get("X-Access-Token")):
-            if not self.identity.signature_ok(
-                q.get("path", ""), operation, username, q.get("signature"),
-                q.get("signature_expiration"),
-            ):
-                if q.get("signature"):
-                    raise HttpError(401, "invalid or expired signature")
-                raise HttpError(401, "missing or invalid access token")
+        if self.identity.token_required():
+            header = request.headers.get("X-Access-Token")
+            if header:
+                if not self.identity.token_ok(header):
+                    raise HttpError(401, "access token present in header but does not match")
+            else:
+                try:
+                    self.identity.check_signature(q.get("path", ""), operation, username, q.get("signature"),
+                                                  q.get("signature_expiration"))
+                except SignatureRejected as e:
+                    raise HttpError(e.status, e.message) from None
         try:
             return resolve_user(self.identity, username)
         except users.UnknownUser as e:
@@ -174,11 +212,9 @@ class FilesHttp:
     async def upload(self, request: web.Request) -> web.Response:
         try:
             user = self._authorize_files(request, "write")
-            metadata = {
-                k[len(METADATA_HEADER_PREFIX):].lower(): v
-                for k, v in request.headers.items()
-                if k.lower().startswith(METADATA_HEADER_PREFIX) and len(k) > len(METADATA_HEADER_PREFIX)
-            }
+            metadata = _metadata_headers(request)
+            if (problem := validate_metadata(metadata)) is not None:
+                raise HttpError(400, f"invalid metadata: {problem}")
             path_param = request.query.get("path") or None
             written = []
             if request.content_type.startswith("multipart/"):
@@ -188,14 +224,14 @@ class FilesHttp:
                     if not raw:
                         raise HttpError(400, "a file part needs a filename or the 'path' parameter")
                     path = self._path(raw, user)
-                    await self._write(user, path, _part_chunks(part), metadata)
-                    written.append(self._written(path, metadata))
+                    persisted = await self._write(user, path, _part_chunks(part), metadata)
+                    written.append(self._written(path, persisted))
             else:
                 if not path_param:
                     raise HttpError(400, "query parameter 'path' is required for a raw upload")
                 path = self._path(path_param, user)
-                await self._write(user, path, request.content.iter_chunked(CHUNK), metadata)
-                written.append(self._written(path, metadata))
+                persisted = await self._write(user, path, request.content.iter_chunked(CHUNK), metadata)
+                written.append(self._written(path, persisted))
             if not written:
                 raise HttpError(400, "no file in the upload")
             return web.json_response(written)
@@ -211,22 +247,41 @@ class FilesHttp:
             out["metadata"] = metadata
         return out
 
-    async def _write(self, user: User, path: str, chunks, metadata: dict[str, str]) -> None:
+    async def _write(self, user: User, path: str, chunks, metadata: dict[str, str]) -> dict[str, str]:
+        """Writes one file; returns the metadata it has now (read back, as upstream answers)."""
         loop = asyncio.get_running_loop()
         try:
-            fd = await run_as(user, _open_for_write, path)
+            fd = await run_as(user, _open_for_write, path, user)
         except OSError as e:
             raise _http_from_os(e, path) from e
         try:
             async for chunk in chunks:
                 if chunk:
                     await loop.run_in_executor(users.FS_POOL, _write_all, fd, chunk)
-            if metadata:
-                await loop.run_in_executor(users.FS_POOL, write_metadata, path, metadata)
+            try:
+                await loop.run_in_executor(users.FS_POOL, replace_metadata, fd, metadata)
+            except OSError as e:
+                if e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                # Virtual filesystems (/proc, /sys) have no xattrs: there is nothing to clear, and
+                # metadata asked for is lost while the data is written (upstream does the same).
+                if metadata:
+                    log.warning("no xattrs on this filesystem; metadata not kept", extra={"path": path})
+            return await loop.run_in_executor(users.FS_POOL, read_metadata, fd)
         except OSError as e:
             raise _http_from_os(e, path) from e
         finally:
             os.close(fd)
+
+
+def _metadata_headers(request: web.Request) -> dict[str, str]:
+    """`X-Metadata-<key>: <value>` headers as upstream reads them: keys lower-cased, the first
+    value of a repeated header."""
+    out: dict[str, str] = {}
+    for name, value in request.headers.items():
+        if name.lower().startswith(METADATA_HEADER_PREFIX) and len(name) > len(METADATA_HEADER_PREFIX):
+            out.setdefault(name[len(METADATA_HEADER_PREFIX):].lower(), value)
+    return out
 
 
 async def _file_parts(reader: MultipartReader):

@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 
 from .auth import rpc_user
 from .connect import CallContext, Code, ConnectError, ConnectRouter
-from .entries import entry_info, list_dir, os_error, resolve_path
+from .entries import ensure_dirs, entry_info, list_dir, os_error, resolve_path
 from .gen import filesystem_pb2 as pb
 from .identity import Identity
 from .users import User, run_as
@@ -28,9 +28,11 @@ def _stat_entry(path: str) -> pb.EntryInfo:
 
 
 def _make_dir(path: str, user: User) -> pb.EntryInfo:
+    if os.path.isdir(path):
+        raise ConnectError(Code.ALREADY_EXISTS, f"directory '{path}' already exists")
     if os.path.lexists(path):
-        raise ConnectError(Code.ALREADY_EXISTS, f"path '{path}' already exists")
-    os.makedirs(path, exist_ok=False)
+        raise ConnectError(Code.INVALID_ARGUMENT, f"path '{path}' already exists but it is not a directory")
+    ensure_dirs(path, user)  # each new directory chowned to the user, as upstream does
     return entry_info(path)
 
 

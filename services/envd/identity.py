@@ -39,6 +39,15 @@ class InitError(ValueError):
     pass
 
 
+class SignatureRejected(Exception):
+    """Why a signed `/files` URL is refused, with upstream envd's status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
 @dataclass(frozen=True)
 class InitRequest:
     access_token: str | None = None
@@ -159,24 +168,32 @@ class Identity:
             return False
         return hmac.compare_digest(presented.encode(), self.access_token.encode())
 
-    def signature_ok(
+    def check_signature(
         self, path: str, operation: str, username: str | None, signature: str | None,
         expiration: str | None,
-    ) -> bool:
-        """A v1 signed-URL signature: base64(sha256("path:op:user:token[:exp]")) unpadded."""
-        if not self.access_token or not signature or not signature.startswith("v1_"):
-            return False
-        raw = f"{path}:{operation}:{username or ''}:{self.access_token}"
+    ) -> None:
+        """A v1 signed-URL signature: `v1_` + base64(sha256("path:op:user:token[:exp]")) unpadded.
+        Raises SignatureRejected in upstream's order: a malformed expiry (its parameter parser
+        answers 400 before any handler), no signature, a wrong signature, then an expired one, so
+        an expired URL says so only when it was genuine. Only meaningful while a token is set."""
+        exp: int | None = None
         if expiration:
             try:
                 exp = int(expiration)
             except ValueError:
-                return False
-            if exp < time.time():
-                return False
+                raise SignatureRejected(
+                    400, f"Invalid format for parameter signature_expiration: {expiration!r} is not an integer",
+                ) from None
+        if not signature:
+            raise SignatureRejected(401, "missing signature query parameter")
+        raw = f"{path}:{operation}:{username or ''}:{self.access_token or ''}"
+        if exp is not None:
             raw += f":{exp}"
-        want = base64.b64encode(hashlib.sha256(raw.encode()).digest()).rstrip(b"=").decode()
-        return hmac.compare_digest(signature[3:].encode(), want.encode())
+        want = "v1_" + base64.b64encode(hashlib.sha256(raw.encode()).digest()).rstrip(b"=").decode()
+        if not self.access_token or not hmac.compare_digest(signature.encode(), want.encode()):
+            raise SignatureRejected(401, "invalid signature")
+        if exp is not None and exp < time.time():
+            raise SignatureRejected(401, "signature is already expired")
 
     # -- /init --------------------------------------------------------------------------------
 

@@ -1,7 +1,10 @@
 """Directory watches on inotify (through libc, no extra package), optionally recursive.
 
-Events are named relative to the watched directory and typed like fsnotify's (which upstream
-envd uses): a file moved in is a CREATE, moved out a RENAME, metadata changes a CHMOD.
+Events are named relative to the watched directory (the directory itself is ".") and typed like
+fsnotify's, which upstream envd uses: a file moved in is a CREATE, moved out a RENAME, metadata
+changes (chmod, chown, xattrs) a CHMOD; one inotify event carrying several of these becomes one
+event per type, in upstream's order. How many events a file operation makes is therefore the
+kernel's answer to the syscalls the operation makes (see files_http.py for an upload's).
 """
 
 from __future__ import annotations
@@ -51,18 +54,18 @@ class FsEvent:
     path: str  # absolute
 
 
-def _type_of(mask: int) -> pb.EventType | None:
-    if mask & (IN_CREATE | IN_MOVED_TO):
-        return pb.EVENT_TYPE_CREATE
-    if mask & IN_MODIFY:
-        return pb.EVENT_TYPE_WRITE
-    if mask & (IN_DELETE | IN_DELETE_SELF):
-        return pb.EVENT_TYPE_REMOVE
-    if mask & (IN_MOVED_FROM | IN_MOVE_SELF):
-        return pb.EVENT_TYPE_RENAME
-    if mask & IN_ATTRIB:
-        return pb.EVENT_TYPE_CHMOD
-    return None
+# Upstream's order for an event with several operations.
+_TYPES = (
+    (IN_CREATE | IN_MOVED_TO, pb.EVENT_TYPE_CREATE),
+    (IN_MOVED_FROM | IN_MOVE_SELF, pb.EVENT_TYPE_RENAME),
+    (IN_ATTRIB, pb.EVENT_TYPE_CHMOD),
+    (IN_MODIFY, pb.EVENT_TYPE_WRITE),
+    (IN_DELETE | IN_DELETE_SELF, pb.EVENT_TYPE_REMOVE),
+)
+
+
+def _types_of(mask: int) -> list[pb.EventType]:
+    return [etype for bits, etype in _TYPES if mask & bits]
 
 
 class DirectoryWatcher:
@@ -103,14 +106,18 @@ class DirectoryWatcher:
         asyncio.get_running_loop().add_reader(self._fd, self._on_readable)
 
     def _on_readable(self) -> None:
+        self._read_once()
+
+    def _read_once(self) -> bool:
+        """Handles one read's worth of the kernel's queue; False once it is empty (or broken)."""
         try:
             buf = os.read(self._fd, 64 * 1024)
         except BlockingIOError:
-            return
+            return False
         except OSError as e:
             log.warning("inotify read failed", extra={"error": str(e)})
             self.close()
-            return
+            return False
         off = 0
         while off + _EVENT.size <= len(buf):
             wd, mask, _cookie, length = _EVENT.unpack_from(buf, off)
@@ -118,6 +125,7 @@ class DirectoryWatcher:
             off += _EVENT.size + length
             name = raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             self._handle(wd, mask, name)
+        return True
 
     def _handle(self, wd: int, mask: int, name: str) -> None:
         if mask & IN_Q_OVERFLOW:
@@ -132,9 +140,8 @@ class DirectoryWatcher:
         path = posixpath.join(d, name) if name else d
         if mask & (IN_DELETE_SELF | IN_MOVE_SELF) and path != self.root:
             return  # the parent's watch already reported it by name
-        etype = _type_of(mask)
-        if etype is not None:
-            rel = posixpath.relpath(path, self.root) if path != self.root else ""
+        rel = posixpath.relpath(path, self.root)
+        for etype in _types_of(mask):
             self._put(FsEvent(rel, etype, path))
         if self.recursive and mask & IN_ISDIR and mask & (IN_CREATE | IN_MOVED_TO):
             self._add(path)
@@ -154,6 +161,11 @@ class DirectoryWatcher:
             self.overflowed = True
 
     def drain(self) -> list[FsEvent]:
+        """Everything that happened up to now. The kernel's queue is read first: an operation
+        that has answered made its events already, and a poll right after it (the SDK's polling
+        watcher) must see them rather than depend on the event loop having woken up for them."""
+        while not self._closed and self._read_once():
+            pass
         out = []
         while not self.queue.empty():
             ev = self.queue.get_nowait()

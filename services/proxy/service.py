@@ -1,5 +1,7 @@
 """CubeProxy as one process: etcd route watch → xDS resources → ADS → the Envoy child, plus the
-applied-revision publisher that lets the master wait for routes (cube_common.route_ack).
+applied-revision publisher that lets the master wait for routes (cube_common.route_ack), and the
+closing of Envoy's connections to guests whose routes are gone once Envoy serves that
+(severance.py).
 
 Internal mutual TLS is all or nothing: with ``mtls_dir`` the ADS server, the master client and the
 etcd client all use the proxy's certificate, and Envoy presents ``envoy_mtls_dir``'s. Both
@@ -24,6 +26,7 @@ from .envoy import EnvoyProcess
 from .resume import Resumer
 from .routes import RouteTable, RouteWatcher
 from .settings import Endpoint, ProxySettings
+from .severance import GoneGuest, Severance, abort_connections
 from .tls import TlsFiles, ensure_certificates
 
 log = logging.getLogger("cube.proxy")
@@ -54,6 +57,9 @@ class ProxyService:
         self.resumer: Resumer | None = None
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self.severance = Severance()
+        self._severing: set[asyncio.Task] = set()
+        self._sever_refused = False
         self._https: list[Endpoint] = []
         self._http: list[Endpoint] = []
 
@@ -79,7 +85,7 @@ class ProxyService:
             self.tls = ensure_certificates(s.tls_dir, s.domain)
         self.etcd = EtcdClient(s.etcd_endpoints, timeout_s=10.0, tls=self.mtls)
         self.publisher = AppliedRevisionPublisher(self.etcd, s.keys, s.proxy_id, s.lease_ttl)
-        self.ads = AdsServer(on_routes_applied=self.publisher.applied, on_streams_changed=self._streams_changed)
+        self.ads = AdsServer(on_routes_applied=self._routes_applied, on_streams_changed=self._streams_changed)
         sock = s.runtime_dir / "ads.sock"
         sock.unlink(missing_ok=True)
         await self.ads.start(f"unix:{sock}", self.mtls)
@@ -102,7 +108,36 @@ class ProxyService:
             self.publisher.withdraw()
 
     def _on_routes(self, table: RouteTable) -> None:
+        self.severance.routes_changed(table)
         self._changed.set()
+
+    def _routes_applied(self, revision: int) -> None:
+        """Envoy ACKed the routes of `revision`: publish it, then close the connections to the
+        guests those routes dropped (severance.py; not before, or a client's health probe could
+        still reach the old route)."""
+        if self.publisher is not None:
+            self.publisher.applied(revision)
+        gone = self.severance.due(revision)
+        proc = self.envoy.proc if self.envoy is not None else None
+        if gone and proc is not None and proc.returncode is None:
+            task = asyncio.ensure_future(self._sever(gone, proc.pid))
+            self._severing.add(task)
+            task.add_done_callback(self._severing.discard)
+
+    async def _sever(self, gone: list[GoneGuest], envoy_pid: int) -> None:
+        for g in gone:
+            try:
+                closed = await asyncio.to_thread(abort_connections, g.address, envoy_pid)
+            except OSError as e:
+                if not self._sever_refused:
+                    self._sever_refused = True
+                    log.warning("cannot close connections to gone sandboxes (needs CAP_NET_ADMIN and "
+                                "CONFIG_INET_DIAG_DESTROY); their streams end at the idle timeout",
+                                extra={"sandbox_id": g.sandbox_id, "error": str(e)})
+                return
+            if closed:
+                log.info("closed connections to a gone sandbox", extra={
+                    "sandbox_id": g.sandbox_id, "address": g.address, "connections": closed})
 
     async def _push_loop(self) -> None:
         watcher, ads = self.watcher, self.ads
@@ -127,6 +162,8 @@ class ProxyService:
                 raise exc
 
     async def stop(self) -> None:
+        for t in self._severing:
+            t.cancel()
         if self.envoy is not None:
             await self.envoy.stop()
         for t in self._tasks:

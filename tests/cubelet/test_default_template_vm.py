@@ -378,6 +378,11 @@ def test_agent_in_a_clone(make_clone):
     r = sbx.commands.run("id -un; echo $HOME; echo $CUBE_SECRET; python3 -c 'import matplotlib; "
                          "print(matplotlib.get_backend())'")
     assert r.exit_code == 0 and r.stdout.lower().split() == ["user", "/home/user", "from-init", "agg"], r.stdout
+    # `python` as well as `python3` on PATH (E2B's templates have both; code written for them
+    # runs `python script.py`), for the user and for root.
+    r = sbx.commands.run("python -c 'import sys; print(sys.version_info[0])'; readlink -f \"$(command -v python)\"")
+    assert r.exit_code == 0 and r.stdout.split()[0] == "3" and r.stdout.split()[1].startswith("/usr/bin/python3")
+    assert sbx.commands.run("python --version", user="root").stdout.startswith("Python 3")
     r = sbx.commands.run("id -u; cat /proc/sys/kernel/hostname", user="root")
     assert r.exit_code == 0 and r.stdout.split() == ["0", "cube"], r.stdout
     r = sbx.commands.run("sudo -n id -u")

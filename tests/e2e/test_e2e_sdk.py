@@ -356,6 +356,78 @@ def test_killed_sandbox_traffic_fails_cleanly(sandboxes):
     assert time.monotonic() - t0 < 30
 
 
+def test_command_running_when_its_sandbox_is_killed(sandboxes):
+    """A foreground command streaming when its sandbox is killed ends at once with the SDK's
+    "killed or reached its end of life" SandboxNotRunningException, not a client timeout: the
+    proxy closes its connection to the gone guest once its routes drop the sandbox, Envoy resets
+    the stream, and the SDK's health probe meets "was not found"."""
+    import threading
+
+    from e2b.exceptions import SandboxNotRunningException
+
+    sbx = sandboxes.create({"case": "kill-mid-command"})
+    started = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = sbx.commands.run("echo started; sleep 120", timeout=300,
+                                                 on_stdout=lambda _: started.set())
+        except Exception as e:  # noqa: BLE001 - inspected below
+            outcome["error"] = e
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    assert started.wait(60), outcome
+    t0 = time.monotonic()
+    assert Sandbox.kill(sbx.sandbox_id) is True
+    worker.join(60)
+    assert not worker.is_alive(), "the command's stream outlived its sandbox"
+    err = outcome.get("error")
+    assert isinstance(err, SandboxNotRunningException), outcome
+    assert "killed or reached its end of life" in str(err), err
+    print(f"stream ended {time.monotonic() - t0:.2f}s after the kill call")
+    assert_gone(sbx.sandbox_id)
+
+
+def test_envd_details_as_e2b(sandboxes):
+    """The guest's envd through the proxy behaves as E2B's does where the SDK's own tests look:
+    a create-then-write makes three watch events, a symlink reports its target's type and
+    resolved path, an overwrite without metadata clears the old metadata, and an expired signed
+    URL says so."""
+    import httpx
+    from e2b import FileType
+    from e2b.sandbox.filesystem.watch_handle import FilesystemEventType as Ev
+
+    sbx = sandboxes.create({"case": "envd-details"})
+    sbx.files.make_dir("/home/user/w")
+    handle = sbx.files.watch_dir("/home/user/w")
+    sbx.files.write("/home/user/w/f.txt", "content")
+    assert [(e.name, e.type) for e in handle.get_new_events()] == [
+        ("f.txt", Ev.CREATE), ("f.txt", Ev.CHMOD), ("f.txt", Ev.WRITE)]
+    handle.stop()
+
+    sbx.commands.run("ln -s f.txt link", cwd="/home/user/w")
+    info = sbx.files.get_info("w/link")
+    assert (info.type, info.symlink_target) == (FileType.FILE, "/home/user/w/f.txt")
+
+    sbx.files.write("/home/user/w/f.txt", "1", metadata={"k": "v"})
+    assert sbx.files.write("/home/user/w/f.txt", "2").metadata is None
+    assert sbx.files.get_info("/home/user/w/f.txt").metadata is None
+
+    url = sbx.download_url("/home/user/w/f.txt", use_signature_expiration=-10)
+    r = httpx.get(url, timeout=30)  # SSL_CERT_FILE from `make env` trusts the proxy
+    assert (r.status_code, r.json()) == (401, {"code": 401, "message": "signature is already expired"}), r.text
+    r = httpx.get(sbx.download_url("/home/user/w/f.txt", use_signature_expiration=60), timeout=30)
+    assert (r.status_code, r.text) == (200, "2")
+
+
+def test_python_and_python3_are_on_path(sandboxes):
+    sbx = sandboxes.create({"case": "python-on-path"})
+    r = sbx.commands.run("python -c 'import sys; print(sys.version_info[0])' && python3 --version")
+    assert r.stdout.split()[0] == "3" and r.stdout.split()[1] == "Python", r.stdout
+
+
 def test_warm_pool_serves_a_create_after_a_quiet_period(sandboxes):
     """The cubelet keeps restored clones of each template ready; a create that comes once the pool
     has had time to refill is served from it (the master logs `from_warm_pool`)."""

@@ -157,7 +157,7 @@ def test_access_token_is_enforced(token, agent):
     expired = get_signature("/etc/hostname", "read", None, token, -10)
     r = httpx.get(ENVD + "/files", params={"path": "/etc/hostname", "signature": expired["signature"],
                                           "signature_expiration": expired["expiration"]})
-    assert r.status_code == 401
+    assert r.status_code == 401  # the messages: test_signed_urls_fail_with_upstreams_messages
     wsig = get_signature("/home/user/signed.txt", "write", "root", token)
     r = httpx.post(ENVD + "/files", params={"path": "/home/user/signed.txt", "username": "root",
                                            "signature": wsig["signature"]},
@@ -166,6 +166,56 @@ def test_access_token_is_enforced(token, agent):
     # /init needs the current token to change it.
     assert init({"accessToken": "stolen"}).status_code == 401
     # The code-interpreter port checks it on every endpoint: test_interpreter_access.py.
+
+
+def _secured_sdk_sandbox(token: str) -> Sandbox:
+    """The SDK's sandbox object as Sandbox.connect builds it for a secured sandbox (debug mode
+    makes no API call and so knows no token): what download_url()/upload_url() sign with."""
+    from e2b.connection_config import ConnectionConfig
+    from packaging.version import Version
+
+    return Sandbox(sandbox_id="debug_sandbox_id", sandbox_domain=None, envd_version=Version("0.6.13"),
+                   envd_access_token=token, traffic_access_token=None,
+                   connection_config=ConnectionConfig(extra_sandbox_headers={"X-Access-Token": token}))
+
+
+def test_signed_urls_fail_with_upstreams_messages(token, agent):
+    """Upstream envd's answers for signed /files URLs: 401 JSON {code, message}, the signature
+    checked before its expiry, a header that is present checked instead of the signature."""
+    sbx = _secured_sdk_sandbox(token)
+    sbx.files.write("/home/user/signed/f.txt", "signed")
+    assert httpx.get(sbx.download_url("/home/user/signed/f.txt", use_signature_expiration=60)).text == "signed"
+
+    def expect(r: httpx.Response, status: int, message: str) -> None:
+        assert (r.status_code, r.json()) == (status, {"code": status, "message": message}), r.text
+        assert r.headers["content-type"].startswith("application/json")
+
+    expect(httpx.get(sbx.download_url("/home/user/signed/f.txt", use_signature_expiration=-10)),
+           401, "signature is already expired")
+    expect(httpx.post(sbx.upload_url("/home/user/signed/f.txt", use_signature_expiration=-10),
+                      files={"file": ("f.txt", b"late")}), 401, "signature is already expired")
+    assert sbx.files.read("/home/user/signed/f.txt") == "signed"  # the late upload wrote nothing
+    # A forged signature is invalid whatever its expiry says.
+    forged = get_signature("/home/user/signed/f.txt", "read", None, "not-the-token", -10)
+    expect(httpx.get(ENVD + "/files", params={"path": "/home/user/signed/f.txt", "signature": forged["signature"],
+                                              "signature_expiration": forged["expiration"]}),
+           401, "invalid signature")
+    # The signature covers the operation: a read URL does not upload.
+    read_sig = get_signature("/home/user/signed/f.txt", "read", None, token, 60)
+    expect(httpx.post(ENVD + "/files", params={"path": "/home/user/signed/f.txt", "signature": read_sig["signature"],
+                                               "signature_expiration": read_sig["expiration"]},
+                      files={"file": ("f.txt", b"x")}), 401, "invalid signature")
+    expect(httpx.get(ENVD + "/files", params={"path": "/home/user/signed/f.txt"}),
+           401, "missing signature query parameter")
+    expect(httpx.get(sbx.download_url("/home/user/signed/f.txt", use_signature_expiration=60),
+                     headers={"X-Access-Token": "wrong"}), 401, "access token present in header but does not match")
+    r = httpx.get(ENVD + "/files", params={"path": "/home/user/signed/f.txt", "signature": read_sig["signature"],
+                                          "signature_expiration": "soon"})
+    assert r.status_code == 400 and "signature_expiration" in r.json()["message"], r.text
+    # The SDK turns the 401 into AuthenticationException carrying that message.
+    from e2b.envd.api import format_envd_api_exception
+    err = format_envd_api_exception(401, "signature is already expired")
+    assert isinstance(err, AuthenticationException) and "signature is already expired" in str(err)
 
 
 def test_init_env_vars_reach_processes_and_kernels(sandbox, agent):

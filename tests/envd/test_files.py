@@ -36,6 +36,14 @@ def test_relative_paths_and_ownership(sandbox, root_path):
     assert sandbox.files.read("/root/r.txt", user="root") == "y"
 
 
+def test_writing_to_a_device_or_through_a_dangling_link(sandbox):
+    sandbox.files.write("/dev/null", "discarded", user="root")  # O_TRUNC-like: ignored on a device
+    sandbox.commands.run("mkdir -p /home/user/dl && ln -sfn made.txt /home/user/dl/link")
+    sandbox.files.write("/home/user/dl/link", "through the link")
+    assert sandbox.files.read("/home/user/dl/made.txt") == "through the link"
+    assert sandbox.files.get_info("/home/user/dl/link").type == FileType.FILE
+
+
 def test_user_cannot_write_where_it_has_no_permission(sandbox):
     from e2b import SandboxException
 
@@ -82,15 +90,76 @@ def test_list_depth_exists_get_info(sandbox):
         sandbox.files.list("/home/user/nope")
 
 
-def test_symlinks_are_reported(sandbox):
+def test_symlinks_report_their_target_like_upstream(sandbox):
+    """Upstream envd reports a link as what it points to (the SDK's own test_file_symlink expects
+    FileType.FILE), with the fully resolved target; a link it cannot resolve has no type (so
+    files.list leaves it out) and names itself as target."""
     sandbox.files.write("/home/user/ln/target.txt", "t")
-    sandbox.commands.run("ln -sfn target.txt /home/user/ln/link && ln -sfn /home/user/ln /home/user/ln/dirlink")
+    sandbox.commands.run("chmod 640 target.txt && ln -sfn target.txt link && ln -sfn link chain"
+                         " && ln -sfn /home/user/ln dirlink && ln -sfn nowhere dangling", cwd="/home/user/ln")
     info = sandbox.files.get_info("/home/user/ln/link")
-    assert info.type == FileType.SYMLINK
+    assert info.type == FileType.FILE
     assert info.symlink_target == "/home/user/ln/target.txt"
+    assert info.name == "link" and info.path == "/home/user/ln/link"
+    assert info.permissions == "Lrwxrwxrwx"  # Go's FileMode string of the link itself
+    assert info.mode == 0o640  # the target's permission bits
+    assert sandbox.files.get_info("/home/user/ln/chain").symlink_target == "/home/user/ln/target.txt"
+    # Relative paths resolve from the home directory, as in the SDK's own test.
+    assert sandbox.files.get_info("ln/link").symlink_target == "/home/user/ln/target.txt"
+    dangling = sandbox.files.get_info("/home/user/ln/dangling")
+    assert dangling.type is None and dangling.symlink_target == "/home/user/ln/dangling"
     listed = {e.name: e for e in sandbox.files.list("/home/user/ln")}
-    assert listed["dirlink"].type == FileType.SYMLINK
-    assert listed["target.txt"].symlink_target is None
+    assert listed["dirlink"].type == FileType.DIR
+    assert listed["dirlink"].symlink_target == "/home/user/ln"
+    assert listed["link"].type == FileType.FILE
+    assert "dangling" not in listed
+    assert listed["target.txt"].symlink_target is None and listed["target.txt"].permissions == "-rw-r-----"
+    # A link into a directory is listed through, under the path asked for.
+    assert {e.path for e in sandbox.files.list("/home/user/ln/dirlink")} >= {"/home/user/ln/dirlink/target.txt"}
+
+
+def test_permissions_are_gos_file_mode_strings(sandbox):
+    tmp = sandbox.files.get_info("/tmp")
+    assert (tmp.type, tmp.permissions, tmp.mode) == (FileType.DIR, "dtrwxrwxrwx", 0o777)
+    null = sandbox.files.get_info("/dev/null")
+    assert null.permissions == "Dcrw-rw-rw-"
+
+
+def test_overwrite_replaces_metadata(sandbox):
+    """Upstream rewrites a file's whole metadata set on every upload: an overwrite without
+    metadata clears what the previous upload stored (O_TRUNC keeps the inode's xattrs)."""
+    path = "/home/user/md/f.txt"
+    assert sandbox.files.write(path, "1", metadata={"a": "1", "b": "2"}).metadata == {"a": "1", "b": "2"}
+    assert sandbox.files.get_info(path).metadata == {"a": "1", "b": "2"}
+    info = sandbox.files.write(path, "2", metadata={"b": "3"})
+    assert info.metadata == {"b": "3"}
+    assert sandbox.files.get_info(path).metadata == {"b": "3"}
+    info = sandbox.files.write(path, "3")
+    assert info.metadata is None
+    assert sandbox.files.get_info(path).metadata is None
+    assert sandbox.files.read(path) == "3"
+    # Octet-stream uploads (gzip, streams) follow the same rule.
+    sandbox.files.write(path, b"4", gzip=True, metadata={"c": "4"})
+    sandbox.files.write(path, io.BytesIO(b"5"))
+    assert sandbox.files.get_info(path).metadata is None
+    # Other tools' xattrs are none of envd's business and stay.
+    sandbox.commands.run(f"python3 -c \"import os; os.setxattr('{path}', 'user.other', b'x')\"")
+    sandbox.files.write(path, "6", metadata={"d": "5"})
+    r = sandbox.commands.run(f"python3 -c \"import os; print(sorted(os.listxattr('{path}')))\"")
+    assert r.stdout.strip() == "['user.e2b.d', 'user.other']"
+
+
+def test_bad_metadata_is_refused_like_upstream(agent):
+    r = httpx.post(ENVD + "/files", params={"path": "/home/user/md/bad.txt"}, content=b"x",
+                   headers={b"Content-Type": b"application/octet-stream", b"X-Metadata-K": "caf\u00e9".encode()})
+    assert r.status_code == 400 and r.json()["message"].startswith("invalid metadata:"), r.text
+    r = httpx.post(ENVD + "/files", params={"path": "/home/user/md/bad.txt"}, content=b"x",
+                   headers={"Content-Type": "application/octet-stream", "X-Metadata-" + "k" * 247: "v"})
+    assert r.status_code == 400 and "exceeds 246 bytes" in r.json()["message"], r.text
+    r = httpx.post(ENVD + "/files", params={"path": "/home/user/md/bad.txt"}, content=b"x",
+                   headers={"Content-Type": "application/octet-stream",
+                            **{f"X-Metadata-K{i}": "v" * 400 for i in range(10)}})
+    assert r.status_code == 400 and "total metadata size" in r.json()["message"], r.text
 
 
 def test_rename_remove_make_dir(sandbox):
@@ -169,6 +238,62 @@ def test_watch_dir_polling(sandbox):
         handle.stop()
 
 
+def _events(handle, want: int, timeout: float = 10) -> list[tuple[str, FilesystemEventType]]:
+    """Polls until `want` events arrived, then once more to catch any extra one."""
+    events: list = []
+    deadline = time.monotonic() + timeout
+    while len(events) < want and time.monotonic() < deadline:
+        events += handle.get_new_events()
+        time.sleep(0.05)
+    time.sleep(0.3)
+    events += handle.get_new_events()
+    return [(e.name, e.type) for e in events]
+
+
+def test_watch_create_then_write_makes_upstreams_three_events(sandbox):
+    """The SDK's own test_watch_iterated expects exactly three events for files.write of a new
+    file, with no wait between the write and the poll: upstream creates it (CREATE), chowns it
+    to the user (CHMOD) and writes it (WRITE)."""
+    sandbox.files.make_dir("/home/user/w3")
+    handle = sandbox.files.watch_dir("/home/user/w3")
+    try:
+        sandbox.files.write("/home/user/w3/f.txt", "content")
+        immediate = handle.get_new_events()  # no sleep: what the SDK's test does
+        assert [(e.name, e.type) for e in immediate] == [
+            ("f.txt", FilesystemEventType.CREATE), ("f.txt", FilesystemEventType.CHMOD),
+            ("f.txt", FilesystemEventType.WRITE)]
+        # An overwrite: chown (CHMOD), truncate and write (WRITE; the kernel may merge the two).
+        sandbox.files.write("/home/user/w3/f.txt", "new content")
+        events = _events(handle, 2)
+        assert events[0] == ("f.txt", FilesystemEventType.CHMOD)
+        assert set(events[1:]) == {("f.txt", FilesystemEventType.WRITE)}
+        # Metadata is an xattr: one more CHMOD at the end, as upstream's.
+        sandbox.files.write("/home/user/w3/g.txt", "g", metadata={"k": "v"})
+        assert _events(handle, 4) == [
+            ("g.txt", FilesystemEventType.CREATE), ("g.txt", FilesystemEventType.CHMOD),
+            ("g.txt", FilesystemEventType.WRITE), ("g.txt", FilesystemEventType.CHMOD)]
+    finally:
+        handle.stop()
+
+
+def test_watch_recursive_create_then_write(sandbox):
+    """The SDK's test_watch_recursive_directory_changes: three events, the first a CREATE named
+    relative to the watched directory; and a directory made by make_dir is made and chowned."""
+    sandbox.files.make_dir("/home/user/wr/nested")
+    handle = sandbox.files.watch_dir("/home/user/wr", recursive=True)
+    try:
+        sandbox.files.write("/home/user/wr/nested/f.txt", "content")
+        events = [(e.name, e.type) for e in handle.get_new_events()]
+        assert len(events) == 3 and events[0] == ("nested/f.txt", FilesystemEventType.CREATE), events
+        assert sandbox.files.make_dir("/home/user/wr/new") is True
+        sandbox.files.write("/home/user/wr/new/g.txt", "g")
+        events = _events(handle, 5)
+        assert events[:2] == [("new", FilesystemEventType.CREATE), ("new", FilesystemEventType.CHMOD)]
+        assert ("new/g.txt", FilesystemEventType.WRITE) in events
+    finally:
+        handle.stop()
+
+
 async def test_watch_dir_stream(agent):
     import asyncio
 
@@ -181,15 +306,21 @@ async def test_watch_dir_stream(agent):
 
     def on_event(ev):
         got.append(ev)
-        if ev.name == "f.txt" and ev.type == FilesystemEventType.CREATE:
+        if ev.name == "f.txt" and ev.type == FilesystemEventType.WRITE:
             seen.set()
 
     handle = await sbx.files.watch_dir("/home/user/aw", on_event, include_entry=True)
     try:
         await sbx.files.write("/home/user/aw/f.txt", "hi")
         await asyncio.wait_for(seen.wait(), 10)
-        created = next(e for e in got if e.name == "f.txt" and e.type == FilesystemEventType.CREATE)
-        assert created.entry is not None and created.entry.path == "/home/user/aw/f.txt"
+        assert [(e.name, e.type) for e in got] == [
+            ("f.txt", FilesystemEventType.CREATE), ("f.txt", FilesystemEventType.CHMOD),
+            ("f.txt", FilesystemEventType.WRITE)]
+        assert all(e.entry is not None and e.entry.path == "/home/user/aw/f.txt" for e in got)
+        await sbx.files.remove("/home/user/aw/f.txt")
+        await asyncio.sleep(0.3)
+        removed = got[-1]
+        assert (removed.name, removed.type, removed.entry) == ("f.txt", FilesystemEventType.REMOVE, None)
     finally:
         await handle.stop()
 

@@ -3,6 +3,7 @@ cube-proxy), stand-in guests on 127.0.0.2/127.0.0.3, all on loopback."""
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import uuid
@@ -79,6 +80,18 @@ class Routes:
     async def delete(self, sid: str, wait: bool = True) -> int:
         res = await self.etcd.delete(self.key(sid))
         return await self._wait(res.header.revision if res is not None else 0, wait)
+
+    async def delete_all_to(self, host: str) -> None:
+        """Deletes every route to `host`: tests share one real envd, and the proxy keeps the
+        connections to an address while any running route still names it."""
+        prefix = self.keys.routes()
+        for kv in await self.etcd.get_prefix(prefix):
+            try:
+                record = json.loads(kv.value)
+            except ValueError:
+                continue  # the malformed records of other tests
+            if isinstance(record, dict) and record.get("hostAddress") == host:
+                await self.delete(kv.key[len(prefix):].decode())
 
 
 @pytest.fixture

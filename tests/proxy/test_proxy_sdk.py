@@ -6,6 +6,7 @@ create and kill; the test writes the route the way the master does and waits for
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from typing import TypedDict
 
@@ -105,3 +106,70 @@ async def test_sdk_sees_not_running_after_delete(proxy, routes, envd_agent, fake
         await asyncio.to_thread(sbx.commands.run, "true")
     with pytest.raises(SandboxNotRunningException):
         await asyncio.to_thread(sbx.files.read, "/etc/hostname")
+
+
+@pytest.mark.parametrize("transport", ["http1", "h2"])
+async def test_command_in_flight_when_killed_ends_with_sandbox_not_running(proxy, routes, envd_agent, fake_api,
+                                                                         sdk_env, monkeypatch, transport):
+    """A foreground command streaming when its sandbox is killed: the route goes, the proxy
+    closes Envoy's connection to the guest once Envoy serves that, Envoy resets the client's
+    stream, the SDK probes /health, meets the proxy's "was not found" and raises its "killed or
+    reached its end of life" SandboxNotRunningException. Before, the stream hung until the
+    command's own timeout (here the command would end normally after 60 s: envd on this host
+    outlives the route). Over the plain listener (HTTP/1.1: Envoy closes the connection) and
+    over TLS (h2, as the SDK talks to https://49983-<id>.<domain>: Envoy resets the stream)."""
+    import time
+
+    if transport == "h2":
+        # *.cube.localhost resolves to loopback where the node's setup put myhostname in NSS.
+        try:
+            socket.getaddrinfo("sbx.cube.localhost", proxy.https_port)
+        except socket.gaierror:
+            pytest.skip("*.cube.localhost does not resolve here (scripts/local_dns.sh)")
+        monkeypatch.setenv("E2B_SANDBOX_URL", f"https://sbx.cube.localhost:{proxy.https_port}")
+        monkeypatch.setenv("SSL_CERT_FILE", proxy.ca)
+        # The SDK keeps its connection pools for the process, built with the CAs of the moment:
+        # start this test from empty caches so its pool trusts the test proxy's CA.
+        from e2b.api import client_sync
+        for cache in ("_transports", "_pools", "_httpx_transports"):
+            monkeypatch.setattr(client_sync, cache, {})
+
+    from e2b import Sandbox
+    from e2b.exceptions import SandboxNotRunningException
+
+    await routes.delete_all_to(ENVD_HOST)  # other tests' sandboxes on the same envd
+    sid = new_id()
+    await routes.put(sid, host=ENVD_HOST)
+    fake_api["ids"].append(sid)
+    sbx = await asyncio.to_thread(Sandbox.create)
+    started = threading.Event()
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        t0 = time.monotonic()
+        try:
+            outcome["result"] = sbx.commands.run("echo started; sleep 60; echo done", timeout=120,
+                                                 on_stdout=lambda _: started.set())
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = e
+        outcome["seconds"] = time.monotonic() - t0
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    assert await asyncio.to_thread(started.wait, 30), outcome
+    killed_at = time.monotonic()
+    await routes.delete(sid)  # killed: the master deletes the route (then kills the VM)
+    await asyncio.to_thread(worker.join, 30)
+    assert not worker.is_alive(), f"the command's stream did not end after the kill:\n{proxy.log_tail()}"
+    err = outcome.get("error")
+    assert isinstance(err, SandboxNotRunningException), outcome
+    assert "killed or reached its end of life" in str(err), err
+    assert time.monotonic() - killed_at < 15
+    # The guest itself was not harmed by the reset (a kill takes it down, not the proxy): a
+    # sandbox routed to it again gets answers.
+    sid2 = new_id()
+    await routes.put(sid2, host=ENVD_HOST)
+    fake_api["ids"].append(sid2)
+    again = await asyncio.to_thread(Sandbox.create)
+    assert (await asyncio.to_thread(again.commands.run, "echo ok")).stdout == "ok\n"
+    await routes.delete(sid2)
