@@ -10,7 +10,9 @@
      kill_ms              kill() wall time
 2. Concurrent: k `AsyncSandbox.create()` at once, for each k in --concurrency: create_ms p50/p99 and
    failures (creates that raised), then all of them are killed.
-3. Cold-boot baseline, same run: the API cannot cold-boot a sandbox (every create is a clone), so
+3. Snapshots (--snapshots rounds): snapshot_ms, create_from_snapshot_ms against create_ms of the
+   default template in the same rounds, fork_ms (fork of one), fork_10_ms (one fork of 10).
+4. Cold-boot baseline, same run: the API cannot cold-boot a sandbox (every create is a clone), so
    the default image is booted the way a template build boots it (vmm_core, 1 vCPU, 1024 MB, a
    tap in a network namespace of its own): create_ms = boot until the agent answers /health on 49983 and
    49999, first_run_code_ms = boot until print(1) has run, kill_ms = machine kill.
@@ -107,6 +109,59 @@ def sequential(n: int) -> dict:
             progress(f"sequential {i + 1}/{n}: create p50 so far {sorted(create)[len(create) // 2]:.0f} ms")
     return {"create_ms": summary(create), "first_run_code_ms": summary(first), "run_code_call_ms": summary(call),
             "kill_ms": summary(kill), "from_warm_pool": from_pool_share(ids, off)}
+
+
+# ---- snapshots and forks ------------------------------------------------------------------------
+
+def snapshots(n: int) -> dict:
+    """n rounds of: a source with state in its kernel, `create_snapshot()` (snapshot_ms), a create
+    from the snapshot (create_from_snapshot_ms, checked to hold the source's state) next to a create
+    from the default template (create_ms, the same run's baseline), `fork()` of one (fork_ms); then
+    one fork of 10 at once. Everything made is killed and deleted."""
+    from e2b_code_interpreter import Sandbox
+
+    snap_ms, from_snap, from_tpl, fork1, fork10 = [], [], [], [], []
+    failures = 0
+    for i in range(n):
+        src = Sandbox.create(metadata=TAG)
+        made: list = [src]
+        snap = None
+        try:
+            src.run_code(f"state = {i}")
+            t0 = time.monotonic()
+            snap = src.create_snapshot()
+            snap_ms.append(ms(t0))
+            t0 = time.monotonic()
+            child = Sandbox.create(snap.snapshot_id, metadata=TAG)
+            from_snap.append(ms(t0))
+            made.append(child)
+            if child.run_code("state").text != str(i):
+                raise RuntimeError("a sandbox from the snapshot lost the source's state")
+            t0 = time.monotonic()
+            made.append(Sandbox.create(metadata=TAG))
+            from_tpl.append(ms(t0))
+            t0 = time.monotonic()
+            forks = src.fork(count=1)
+            fork1.append(ms(t0))
+            made += [f for f in forks if isinstance(f, Sandbox)]
+            failures += sum(1 for f in forks if not isinstance(f, Sandbox))
+            if i == n - 1:
+                t0 = time.monotonic()
+                forks = src.fork(count=10)
+                fork10.append(ms(t0))
+                made += [f for f in forks if isinstance(f, Sandbox)]
+                failures += sum(1 for f in forks if not isinstance(f, Sandbox))
+        finally:
+            for s in made:
+                s.kill()
+            if snap is not None:
+                Sandbox.delete_snapshot(snap.snapshot_id)
+        progress(f"snapshots {i + 1}/{n}: snapshot {snap_ms[-1]:.0f} ms, from it {from_snap[-1]:.0f} ms, "
+                 f"fork {fork1[-1]:.0f} ms")
+    p50 = summary(from_snap)["p50"] / summary(from_tpl)["p50"]
+    return {"snapshot_ms": summary(snap_ms), "create_from_snapshot_ms": summary(from_snap),
+            "create_ms": summary(from_tpl), "create_from_snapshot_vs_template_p50": round(p50, 2),
+            "fork_ms": summary(fork1), "fork_10_ms": fork10[0] if fork10 else None, "fork_failures": failures}
 
 
 # ---- 2. concurrent ---------------------------------------------------------------------------
@@ -275,6 +330,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--concurrency", default="10,50")
     ap.add_argument("--cold", type=int, default=3)
+    ap.add_argument("--snapshots", type=int, default=10, help="rounds of snapshot, create from it, fork")
     args = ap.parse_args()
     for var in ("E2B_DEBUG", "E2B_SANDBOX_URL", "E2B_DOMAIN"):
         os.environ.pop(var, None)
@@ -291,6 +347,10 @@ def main() -> None:
         result[f"concurrent_{k}"] = asyncio.run(concurrent(k))
         asyncio.run(wait_drained())
         progress(f"concurrent {k}: {result[f'concurrent_{k}']}")
+    if args.snapshots:
+        progress(f"snapshots: {args.snapshots} x snapshot + create from it + fork, then a fork of 10")
+        result["snapshots"] = snapshots(args.snapshots)
+        asyncio.run(wait_drained())
     if args.cold:
         progress(f"cold boot baseline: {args.cold} boots of the default image (about a minute each under TCG)")
         result["cold_boot"] = asyncio.run(cold_boots(args.cold))

@@ -134,7 +134,7 @@ def parse_network(body: dict, net: object) -> network_pb2.NetworkPolicy | None:
         p.allow_out.extend(str_list(net, "allowOut"))
         p.deny_out.extend(str_list(net, "denyOut"))
         if opt_bool(net, "allowPublicTraffic") is False:
-            raise bad_request("'allowPublicTraffic': false is not supported by this server")
+            p.require_traffic_token = True
         if net.get("egressProxy") is not None:
             raise bad_request("'egressProxy' is not supported by this server")
     p.expose_all_ports = True  # E2B exposes every guest port through its proxy

@@ -78,7 +78,9 @@ ADDRESSES = _null({"type": "array", "items": {
                                      "anything else, and more than 128 entries (400)"}})
 NETWORK_OPTIONS = {
     "allowOut": ADDRESSES, "denyOut": ADDRESSES,
-    "allowPublicTraffic": {"enum": [True, None], "description": "false is not supported by this server (400)"},
+    "allowPublicTraffic": {**OPT_BOOL, "description": "false: the create answers a trafficAccessToken, which "
+                                                     "requests to the sandbox's ports (all but envd's) must carry "
+                                                     "in e2b-traffic-access-token"},
     "egressProxy": {"type": "null", "description": "not supported by this server: refused (400) unless null"}}
 METADATA = {"type": ["object", "null"], "additionalProperties": STR, "maxProperties": MAX_METADATA_ENTRIES,
             "propertyNames": {"minLength": 1},

@@ -265,6 +265,7 @@ class Sandboxes:
             node_id=node.node_id, phase=P.SANDBOX_PHASE_CREATING, metadata=dict(req.metadata),
             env_vars=dict(req.env_vars), envd_access_token=secrets.token_hex(16),
             envd_version=tpl.envd_version or self.settings.envd_version, vcpus=tpl.vcpus or 1,
+            traffic_access_token=secrets.token_hex(16) if req.network.require_traffic_token else "",
             memory_mb=tpl.memory_mb or 512, disk_size_mb=tpl.disk_size_mb or 1024, auto_pause=req.auto_pause,
             auto_resume=req.auto_resume, timeout_s=timeout, team_id=owner(caller.team_id),
             quota_exempt=not caller.team_id)
@@ -758,6 +759,8 @@ class Sandboxes:
         for _ in range(CAS_RETRIES):
             v = await self._record(sid, caller)
             rec = _copy(v.value)
+            # Whether its ports need its traffic token is fixed at create (the token is minted then).
+            policy.require_traffic_token = rec.network.require_traffic_token
             if rec.phase == P.SANDBOX_PHASE_RUNNING:
                 node = await self._node(rec.node_id)
                 if node is None:

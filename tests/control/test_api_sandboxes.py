@@ -174,6 +174,26 @@ def test_update_network(fresh):
     assert detail["network"]["denyOut"] == ["8.8.8.8/32"] and detail["allowInternetAccess"] is True
 
 
+def test_private_traffic_mints_a_token_the_route_carries(fresh):
+    """allowPublicTraffic false: the create answers a trafficAccessToken and the route the proxies
+    read carries it (the proxy's check is tested with real Envoy in tests/proxy); a network
+    update cannot drop the rule; public sandboxes have no token."""
+    body = {"templateID": "base", "network": {"allowPublicTraffic": False}}
+    r = api(fresh, "POST", "/v2/sandboxes", json=body)
+    assert r.status_code == 201, r.text
+    sid, token = r.json()["sandboxID"], r.json()["trafficAccessToken"]
+    assert token and len(token) == 32
+    route = fresh.etcd.get_json(f"{fresh.prefix}/routes/{sid}")
+    assert route["trafficAccessToken"] == token
+    r = api(fresh, "PUT", f"/sandboxes/{sid}/network", json={"allowPublicTraffic": True, "denyOut": ["8.8.8.8/32"]})
+    assert r.status_code == 204, r.text
+    assert fresh.record(sid)["network"]["requireTrafficToken"] is True
+    assert fresh.etcd.get_json(f"{fresh.prefix}/routes/{sid}")["trafficAccessToken"] == token
+    other = api(fresh, "POST", "/v2/sandboxes", json={"templateID": "base"}).json()
+    assert other["trafficAccessToken"] is None
+    assert "trafficAccessToken" not in fresh.etcd.get_json(f"{fresh.prefix}/routes/{other['sandboxID']}")
+
+
 def test_auto_pause_lifecycle_reported(sdk_env, fresh):
     sbx = Sandbox.create(lifecycle={"on_timeout": "pause"})
     info = sbx.get_info()

@@ -98,3 +98,39 @@ def test_bad_network_options_are_refused(api):
     assert r.status_code == 400, r.text
     body = r.json()
     assert (body["code"] == 400 and "cidr" in body["message"].lower()) or "not-a-cidr" in body["message"]
+
+
+def test_private_traffic_needs_the_sandbox_s_token(sandboxes):
+    """`network={"allow_public_traffic": False}`: the create answers a traffic access token, the
+    SDK sends it on its own calls (run_code goes to port 49999), and the proxy asks every other
+    client for it on every port but envd's: none → 401, another → 403. A fork keeps the rule with a
+    token of its own."""
+    sbx = sandboxes.create({"case": "private-traffic"}, network={"allow_public_traffic": False})
+    token = sbx.traffic_access_token
+    assert token and len(token) >= 32
+    assert sbx.run_code("6 * 7").text == "42"  # the code interpreter's port, with the SDK's header
+    assert sbx.commands.run("echo envd").stdout.strip() == "envd"  # envd's port needs no traffic token
+    sbx.commands.run("python3 -m http.server 8000 --bind 0.0.0.0", background=True)
+    url = f"https://{sbx.get_host(8000)}/"
+    tls = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            r = httpx.get(url, verify=tls, timeout=5, headers={"e2b-traffic-access-token": token})
+            if r.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the server in the sandbox never answered"
+        time.sleep(0.5)
+    r = httpx.get(url, verify=tls, timeout=5)
+    assert r.status_code == 401 and "missing E2B-Traffic-Access-Token" in r.text, r.text
+    r = httpx.get(url, verify=tls, timeout=5, headers={"e2b-traffic-access-token": "0" * 32})
+    assert r.status_code == 403, r.text
+    # Connecting again hands the same token to another client.
+    from e2b_code_interpreter import Sandbox
+    assert Sandbox.connect(sbx.sandbox_id).traffic_access_token == token
+    (fork,) = sbx.fork(count=1)
+    sandboxes.track(fork.sandbox_id)
+    assert fork.traffic_access_token and fork.traffic_access_token != token
+    assert fork.run_code("6 * 7").text == "42"

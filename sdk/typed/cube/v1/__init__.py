@@ -133,6 +133,13 @@ class NetworkPolicy(betterproto.Message):
     Every guest port is reachable by the proxy (E2B exposes any port through its proxy).
     """
 
+    require_traffic_token: bool = betterproto.bool_field(6)
+    """
+    E2B `network.allowPublicTraffic: false`: the sandbox gets a traffic access token (its record's
+     traffic_access_token, minted at create), which the proxy then requires on every port but
+     envd's. Not the datapath's: CubeVS ignores it.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class GuestNetwork(betterproto.Message):
