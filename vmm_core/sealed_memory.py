@@ -87,16 +87,21 @@ def write_file(fd: int, path: Path, size: int) -> None:
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.ftruncate(out, size)
-        for start, end in _data_extents(fd, size):
-            pos = start
-            while pos < end:
-                data = os.pread(fd, min(CHUNK, end - pos), pos)
-                if not data:
-                    break
-                os.pwrite(out, data, pos)
-                pos += len(data)
+        _copy_data(fd, out, size)
     finally:
         os.close(out)
+
+
+def _copy_data(src: int, dst: int, size: int) -> None:
+    """Copy ``src``'s data extents into ``dst`` at the same offsets (holes stay holes)."""
+    for start, end in _data_extents(src, size):
+        pos = start
+        while pos < end:
+            data = os.pread(src, min(CHUNK, end - pos), pos)
+            if not data:
+                break
+            os.pwrite(dst, data, pos)
+            pos += len(data)
 
 
 def _sweep() -> None:
@@ -117,14 +122,7 @@ def _fill(path: Path, size: int) -> int:
         os.ftruncate(fd, size)
         src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            for start, end in _data_extents(src, size):
-                pos = start
-                while pos < end:
-                    data = os.pread(src, min(CHUNK, end - pos), pos)
-                    if not data:
-                        break
-                    os.pwrite(fd, data, pos)
-                    pos += len(data)
+            _copy_data(src, fd, size)
             os.posix_fadvise(src, 0, 0, os.POSIX_FADV_DONTNEED)  # the memfd holds it now
         finally:
             os.close(src)

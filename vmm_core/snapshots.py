@@ -174,13 +174,14 @@ async def _set_ignore_shared(machine: Machine, on: bool) -> None:
                           {"capabilities": [{"capability": "x-ignore-shared", "state": on}]})
 
 
-def _staging(dest: Path) -> Path:
+def _staging(dest: Path, purpose: str = "partial", mode: int = 0o777) -> Path:
+    """An empty dir beside ``dest`` (which must not exist) named for ``purpose``."""
     if dest.exists():
         raise InvalidSpecError(f"snapshot destination {dest} already exists")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.partial"
+    tmp = dest.parent / f".{dest.name}.{purpose}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp.mkdir(mode=mode)
     return tmp
 
 
@@ -436,17 +437,6 @@ async def save(machine: Machine, dest: Path) -> Snapshot:
     return snap
 
 
-def _checkpoint_dir(dest: Path) -> Path:
-    """checkpoint()'s private work dir beside ``dest`` (which must not exist), empty."""
-    if dest.exists():
-        raise InvalidSpecError(f"snapshot destination {dest} already exists")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    work = dest.parent / f".{dest.name}.checkpoint"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(mode=0o700)
-    return work
-
-
 async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | None = None) -> Snapshot:
     """A TEMPLATE snapshot of a running machine that goes on running: clones of it start where the
     machine was (its processes, memory and disk), copy-on-write like clones of a built template.
@@ -461,7 +451,7 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
     rw = machine.writable_disk()
     if rw is None or rw.suffix != ".qcow2":
         raise InvalidSpecError("checkpoint() needs a machine whose writable disk is a qcow2 overlay (a clone)")
-    work = _checkpoint_dir(dest)
+    work = _staging(dest, "checkpoint", 0o700)
     try:
         # A saved machine's layout, so that the restore helpers find the stream (``state``).
         src = machine.spec
