@@ -2,10 +2,11 @@
 
 Invariants:
 * The etcd record comes first (BUILDING, with its team), then the node takes the snapshot, then
-  the record turns READY. A failure deletes the record, and the node leaves nothing of it; a
-  master that dies in between leaves a BUILDING record the node may or may not back, never a
-  template etcd does not know of the team: the leader's sync never registers a snapshot a node
-  reports without a record (templates.sync_from_nodes), as it would be public.
+  the record turns READY. A failure (or an answer lost) deletes it from the node, then the record;
+  a master that dies in between leaves a BUILDING record without a build (the leader's build
+  reconcile removes those), never a template etcd does not know of the team: the leader's sync
+  never registers a snapshot a node reports without a record (templates.sync_from_nodes), as it
+  would be public.
 * A snapshot stays on the node that took it (it reads through its base template's build there):
   creates from it are placed on that node only (``Template.base_template_id`` set), and nodes
   never pull it.
@@ -109,7 +110,7 @@ class Snapshots:
             req = cubelet_pb2.SnapshotSandboxRequest(sandbox_id=sid, template_id=tpl.template_id)
             info = await self.sb.nodes.call(node, "SnapshotSandbox", req, timeout=self.sb.settings.node_op_timeout_s)
         except BaseException:
-            await asyncio.shield(self.store.delete_template(tpl.template_id, []))
+            await asyncio.shield(self._undo(node, tpl.template_id))
             raise
         done = from_info(info, self.sb.settings.envd_version)
         done.team_id, done.source = tpl.team_id, tpl.source
@@ -123,6 +124,19 @@ class Snapshots:
         log.info("snapshot taken", extra={"sandbox_id": sid, "template_id": done.template_id, "node_id": node.node_id,
                                           "ms": info.phase_ms.get("SNAPSHOTTING", 0)})
         return await self.templates.get(done.template_id, caller)
+
+    async def _undo(self, node: cubelet_pb2.NodeStatus, tid: str) -> None:
+        """A snapshot that failed, or whose answer was lost: off its node (if it got there), then
+        its record. A node that cannot be asked keeps a template etcd no longer names (logged)."""
+        try:
+            req = cubelet_pb2.DeleteTemplateRequest(template_id=tid, force=True)
+            await self.sb.nodes.call(node, "DeleteTemplate", req)
+        except errors.NotFound:
+            pass
+        except errors.MasterError as e:
+            log.warning("failed snapshot left on its node", extra={"template_id": tid, "node_id": node.node_id,
+                                                                  "error": str(e)})
+        await self.store.delete_template(tid, [])
 
     async def _check_name(self, name: str, caller: Caller) -> None:
         """A name free, or held by one of the team's snapshots (it moves), else ALREADY_EXISTS."""
