@@ -32,7 +32,6 @@ import dataclasses
 import ipaddress
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -528,8 +527,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"deploy.cluster: {e}", file=sys.stderr)
         return 2
     if a.command == "env":
-        for k, v in shell_env(s).items():
-            print(f"export {k}={shlex.quote(v)}")
+        from deploy.env import exports
+
+        print("\n".join(exports(shell_env(s))))
     elif a.command == "status":
         status(s)
     elif a.command == "run":

@@ -1,4 +1,5 @@
-"""`make env`: the variables the unmodified E2B SDKs need to use this node."""
+"""`make env`: the variables the unmodified E2B SDKs need to use this node, and the project's
+commands (`cubemastercli`) on PATH."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,10 @@ from pathlib import Path
 
 from cube_common.mtls import Role
 from deploy import local_key
-from deploy.supervisor import NodeConfig
+from deploy.supervisor import REPO, NodeConfig
+
+# Where setup.sh installs the project's commands (`cubemastercli`, what the README runs).
+TOOLS = REPO / ".venv" / "bin"
 
 DEFAULT_TEMPLATE = "code-interpreter"
 # The key `make up` issued (the local team's admin key, deploy/local_key.py) when there is one;
@@ -36,6 +40,15 @@ def shell_env(cfg: NodeConfig) -> dict[str, str]:
             "CUBE_TLS_DIR": str(cfg.tls(Role.OPERATOR).dir)}
 
 
+def exports(env: dict[str, str]) -> list[str]:
+    """The shell lines that export ``env``, and put the project's commands on PATH when they are
+    not yet (so evaluating them twice changes nothing)."""
+    lines = [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    if str(TOOLS) not in os.environ.get("PATH", "").split(os.pathsep):
+        lines.append(f'export PATH={shlex.quote(str(TOOLS))}:"$PATH"')
+    return lines
+
+
 def main() -> None:
     cfg = NodeConfig.from_env()
     env = shell_env(cfg)
@@ -46,8 +59,7 @@ def main() -> None:
         settings = cluster.ClusterSettings.from_env()
         if _running(settings.pidfile):
             env = cluster.shell_env(settings)
-    for k, v in env.items():
-        print(f"export {k}={shlex.quote(v)}")
+    print("\n".join(exports(env)))
 
 
 def _running(pidfile: Path) -> bool:

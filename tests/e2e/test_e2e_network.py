@@ -134,3 +134,23 @@ def test_private_traffic_needs_the_sandbox_s_token(sandboxes):
     sandboxes.track(fork.sandbox_id)
     assert fork.traffic_access_token and fork.traffic_access_token != token
     assert fork.run_code("6 * 7").text == "42"
+
+
+def test_update_network_changes_the_running_sandbox_s_policy(sandboxes):
+    """`sbx.update_network(...)` (PUT /sandboxes/{id}/network) replaces the egress policy of a
+    running sandbox in CubeVS's maps (what its datapath enforces: tests/vs), without a restart:
+    the same VM answers before and after."""
+    sbx = sandboxes.create({"case": "update-network"})
+    vm_before = next(v for v in cluster.vms().values() if v.sandbox_id == sbx.sandbox_id)
+    sbx.update_network({"deny_out": ["10.9.9.0/24"], "allow_out": ["10.9.9.9/32"]})
+    alloc = cluster.vs_allocations()[cluster.cubelet_records()[sbx.sandbox_id]["vs_id"]]
+    assert alloc["policy"]["deny_out"] == ["10.9.9.0/24"] and alloc["policy"]["allow_out"] == ["10.9.9.9/32"]
+    info = sbx.get_info()
+    assert info.network == {"allow_out": ["10.9.9.9/32"], "deny_out": ["10.9.9.0/24"]}
+    sbx.update_network({"allow_internet_access": False})
+    alloc = cluster.vs_allocations()[cluster.cubelet_records()[sbx.sandbox_id]["vs_id"]]
+    assert alloc["policy"]["allow_internet_access"] is False and alloc["policy"]["deny_out"] == []
+    assert sbx.get_info().allow_internet_access is False
+    vm_after = next(v for v in cluster.vms().values() if v.sandbox_id == sbx.sandbox_id)
+    assert vm_after.pid == vm_before.pid  # no restart
+    assert sbx.commands.run("echo still here").stdout.strip() == "still here"
