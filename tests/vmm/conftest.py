@@ -45,6 +45,12 @@ def probe_image(workdir) -> Path:
     return ext4_from_dir(probe_root.build(workdir / "probe-root"), workdir / "probe.ext4")
 
 
+def counter(n) -> tuple[int, int]:
+    """The probe guest's in-memory counter process: (pid, count)."""
+    pid, count = n.http_get("/cgi-bin/counter").split()
+    return int(pid), int(count)
+
+
 def probe_config(counter: bool = True) -> GuestConfig:
     services = [GuestService("http", ("/bin/httpd", "-f", "-p", str(probe_root.HTTP_PORT), "-h", "/www"))]
     if counter:

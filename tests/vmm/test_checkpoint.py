@@ -7,15 +7,10 @@ import asyncio
 
 import pytest
 
-from tests.vmm.conftest import MEMORY_MB
+from tests.vmm.conftest import MEMORY_MB, counter
 from vmm_core import InvalidSpecError, checkpoint, clone
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
-
-
-def counter(n) -> tuple[int, int]:
-    pid, count = n.http_get("/cgi-bin/counter").split()
-    return int(pid), int(count)
 
 
 async def test_clones_of_a_checkpoint_start_where_the_source_was(settings, template_snapshot, net, workdir):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vmm.conftest import MEMORY_MB, probe_config
+from tests.vmm.conftest import MEMORY_MB, counter, probe_config
 from vmm_core import InvalidSpecError, Machine, boot, clone, prepare_clone, restore, save
 from vmm_core.disks import writable_layer
 
@@ -21,11 +21,6 @@ def sha256(path) -> str:
         while chunk := f.read(1 << 20):
             h.update(chunk)
     return h.hexdigest()
-
-
-def counter(n) -> tuple[int, int]:
-    pid, count = n.http_get("/cgi-bin/counter").split()
-    return int(pid), int(count)
 
 
 async def test_cold_boot_and_probe(settings, guest, probe_image, workdir, net):
