@@ -124,20 +124,6 @@ def node_loss(s: ClusterSettings) -> float:
     return round(took, 2)
 
 
-def leadership(s: ClusterSettings) -> tuple[str, int]:
-    """The leader key's master id and create revision, read from etcd itself: asking a master
-    would time the masters' start-up too (a restarted one may accept a connection and not answer
-    yet)."""
-    async def read() -> tuple[str, int]:
-        etcd = EtcdClient(s.etcd_endpoints.split(","), timeout_s=2.0, tls=TlsFiles(s.operator_dir))
-        try:
-            r = await etcd.get(Keys(defaults.ETCD_PREFIX).leader())
-        finally:
-            await etcd.close()
-        return (json.loads(r.value).get("masterId", ""), r.create_revision) if r is not None else ("", 0)
-    return asyncio.run(read())
-
-
 def both_masters(s: ClusterSettings, timeout: float = 120) -> None:
     """Wait until the killed master is back (its presence key): a failover is timed against a
     standby that runs, not one the supervisor is still restarting."""
@@ -155,21 +141,33 @@ def both_masters(s: ClusterSettings, timeout: float = 120) -> None:
 
 
 def failover(s: ClusterSettings) -> float:
-    before = leadership(s)
-    host = before[0].removeprefix("master-")
-    pid = cluster_mod.pid_of(s, host, "services.master")
-    t0 = time.monotonic()
-    os.kill(pid, signal.SIGKILL)
-    while True:
+    """Kill the leading master; seconds until another leadership is in etcd. Read from etcd itself,
+    on a watch of the leader key: asking a master would time the masters' start-up too (a
+    restarted one may accept a connection and not answer yet)."""
+    async def run() -> float:
+        etcd = EtcdClient(s.etcd_endpoints.split(","), timeout_s=2.0, tls=TlsFiles(s.operator_dir))
+        key = Keys(defaults.ETCD_PREFIX).leader()
         try:
-            now = leadership(s)
-            if now[0] and now != before:
-                return round(time.monotonic() - t0, 2)
-        except Exception:  # noqa: BLE001 - the killed master may be the one asked: ask again
-            pass
-        if time.monotonic() - t0 > 60:
-            raise SystemExit(f"bench: no new leader 60 s after killing {before[0]} on {host}")
-        time.sleep(0.05)
+            r = await etcd.get(key)
+            if r is None:
+                raise SystemExit("bench: no master leads")
+            leader, leadership = json.loads(r.value).get("masterId", ""), r.create_revision
+            host = leader.removeprefix("master-")
+            pid = cluster_mod.pid_of(s, host, "services.master")
+            t0 = time.monotonic()
+            os.kill(pid, signal.SIGKILL)
+            while time.monotonic() - t0 < 60:
+                cur = await etcd.get(key)
+                if cur is not None and cur.create_revision != leadership:
+                    return round(time.monotonic() - t0, 2)
+                if cur is None:
+                    await asyncio.sleep(0.01)  # deleted, not yet taken: the watch would replay the delete
+                else:
+                    await etcd.wait_change(key, cur.mod_revision, timeout=1.0)
+            raise SystemExit(f"bench: no new leader 60 s after killing {leader} on {host}")
+        finally:
+            await etcd.close()
+    return asyncio.run(run())
 
 
 def main() -> None:
