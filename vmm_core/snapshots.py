@@ -228,9 +228,9 @@ async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory
         await _migrate_to_file(machine, tmp / "state")
         await _wait_migration(machine)
         await machine.quit()
-        # A built template's layer is raw; a checkpoint's is a qcow2 overlay (on its template's).
-        fmt = next(d.format for d in spec.disks if not d.readonly)
-        disk = "disk.qcow2" if fmt is DiskFormat.QCOW2 else "disk.img"
+        # The layer's file name follows its format (Snapshot.disk): a built template's is raw, a
+        # checkpoint's a qcow2 overlay on its template's.
+        disk = Snapshot(dest, SnapshotKind.TEMPLATE, spec, 0.0).disk.name
         if memory_fd is None:
             os.rename(spec.memory_file, tmp / "memory")
         else:
@@ -241,7 +241,7 @@ async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory
         for f in ("memory", disk, "state"):
             os.chown(tmp / f, 0, 0)
             os.chmod(tmp / f, 0o444)
-        disks = tuple(replace(d, path=dest / disk, format=fmt) if not d.readonly else d for d in spec.disks)
+        disks = tuple(replace(d, path=dest / disk) if not d.readonly else d for d in spec.disks)
         snap = Snapshot(dest, SnapshotKind.TEMPLATE,
                         replace(spec, memory_file=dest / "memory", disks=disks, network=None), time.time())
         Snapshot(tmp, snap.kind, snap.spec, snap.created_at).write_meta()

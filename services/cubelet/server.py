@@ -118,10 +118,10 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
                                 f"template {request.template_id} is used by {len(users)} sandbox(es): "
                                 f"{', '.join(users[:5])}; use force to kill them and delete it")
-        if snaps := self.templates.snapshots_of(request.template_id):
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
-                                f"template {request.template_id} has {len(snaps)} snapshot(s) that depend on it: "
-                                f"{', '.join(snaps[:5])}; delete them first")
+        try:
+            self.templates.check_no_snapshots(request.template_id)  # before its sandboxes are killed
+        except TemplateError as e:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
         for sid in users:
             await self.sandboxes.kill(sid)
         try:

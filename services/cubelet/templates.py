@@ -307,9 +307,13 @@ class TemplateStore:
                     out.append(t)
         return out
 
-    def snapshots_of(self, template_id: str) -> builtins.list[str]:
-        """The templates here that are snapshots of sandboxes of ``template_id``."""
-        return [t.template_id for t in self.list() if t.info.base_template_id == template_id]
+    def check_no_snapshots(self, template_id: str) -> None:
+        """TemplateInUse while templates here are snapshots of sandboxes of ``template_id`` (they
+        read through its files)."""
+        snaps = [t.template_id for t in self.list() if t.info.base_template_id == template_id]
+        if snaps:
+            raise TemplateInUse(f"template {template_id} has {len(snaps)} snapshot(s) that depend on it: "
+                                f"{', '.join(snaps[:5])}; delete them first")
 
     def delete(self, template_id: str) -> bool:
         """Remove a template. TemplateError while snapshots of its sandboxes exist here (they read
@@ -317,9 +321,7 @@ class TemplateStore:
         d = self.settings.templates_dir / template_id
         if not d.exists():
             return False
-        if snaps := self.snapshots_of(template_id):
-            raise TemplateInUse(f"template {template_id} has {len(snaps)} snapshot(s) that depend on it: "
-                                f"{', '.join(snaps[:5])}; delete them first")
+        self.check_no_snapshots(template_id)
         # Rename first so a half-deleted template never looks valid.
         trash = d.with_name(f".deleting-{template_id}-{os.getpid()}")
         os.rename(d, trash)
