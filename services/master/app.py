@@ -113,7 +113,6 @@ class Master:
         await self.nodes.close()
         await self.store.close()
 
-
     @staticmethod
     async def _cancel(task: asyncio.Task | None) -> None:
         if task is not None:

@@ -3,8 +3,8 @@
 * A record left in a transitional phase past its deadline (its master died, or etcd went away
   between the two writes), or whose master process is gone (``transition_owner`` names an
   incarnation without a presence key: no need to wait for the deadline), is resolved by asking
-  its node: CREATING and KILLING are undone (VM
-  killed, record and route deleted: the client never got an answer), PAUSING and RESUMING settle
+  its node: CREATING and KILLING are undone (VM killed, record and route deleted: the client
+  never got an answer), PAUSING and RESUMING settle
   on whatever the node reports. A RESUMING record moving to another node (``resume_node_id``)
   settles RUNNING there when that node runs it (the old node then drops its copy), else on its
   old node, which still holds the state (the other node drops what it pulled).

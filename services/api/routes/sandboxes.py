@@ -288,10 +288,10 @@ async def list_snapshots(request):
     token = args.get("nextToken") or ""
     start = 0
     if token:
-        ids = [t.template_id for t in snaps]
-        if token not in ids:
-            raise bad_request(f"invalid page token '{token[:100]}'")
-        start = ids.index(token)
+        try:
+            start = [t.template_id for t in snaps].index(token)
+        except ValueError:
+            raise bad_request(f"invalid page token '{token[:100]}'") from None
     page = snaps[start:start + limit]
     more = snaps[start + limit:start + limit + 1]
     headers = {"X-Next-Token": more[0].template_id} if more else {}
@@ -304,8 +304,9 @@ async def fork(request, raw_id: str):
     body = M.parse_body(request.body, required=False)
     count = M.opt_int(body, "count", 1, 20)
     timeout = M.opt_int(body, "timeout", 0, M.MAX_UINT32)
+    # Absent is 0 for both: the master's defaults (one fork; its default timeout).
     resp = await master_call(request, "ForkSandbox", P.ForkSandboxRequest(
-        sandbox_id=sandbox_id(raw_id), count=count or 1, timeout_s=timeout or 0), slow=True)
+        sandbox_id=sandbox_id(raw_id), count=count or 0, timeout_s=timeout or 0), slow=True)
     domain = request.app.ctx.settings.domain
     out = []
     for r in resp.results:
