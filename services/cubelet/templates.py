@@ -91,6 +91,12 @@ def valid_template_id(template_id: str) -> bool:
     return bool(template_id) and len(template_id) <= 64 and all(c.isalnum() or c in "-_" for c in template_id)
 
 
+def check_template_id(template_id: str) -> None:
+    """TemplateError, saying what is allowed, for an id ``valid_template_id`` refuses."""
+    if not valid_template_id(template_id):
+        raise TemplateError(f"invalid template id {template_id!r}: use 1-64 letters, digits, '-' or '_'")
+
+
 @dataclass(frozen=True)
 class Template:
     template_id: str
@@ -355,8 +361,7 @@ class TemplateStore:
         """A new template from a running sandbox's machine (``vmm_core.checkpoint``; the machine
         runs on). Its disk and memory read through ``base``'s current build. TemplateError when the
         id is invalid or taken; nothing of it is left when it fails."""
-        if not valid_template_id(template_id):
-            raise TemplateError(f"invalid template id {template_id!r}: use 1-64 letters, digits, '-' or '_'")
+        check_template_id(template_id)
         tdir = self.settings.templates_dir / template_id
         async with self.lock(template_id):
             if tdir.exists():
@@ -392,8 +397,7 @@ class TemplateStore:
         registry address; a team's build (what the API asks for) only from registries whose
         addresses are public, or allowlisted by the `registry_allowlist` setting."""
         tid = req.template_id
-        if not valid_template_id(tid):
-            raise TemplateError(f"invalid template id {tid!r}: use 1-64 letters, digits, '-' or '_'")
+        check_template_id(tid)
         async with self.lock(tid):
             if self._builds.locked():
                 yield _event(Phase.TEMPLATE_BUILD_PHASE_UNSPECIFIED, "queued behind other builds on this node")
