@@ -9,6 +9,7 @@ cluster), except the proxies' applied revisions, which are decimal text:
     <prefix>/template-aliases/<alias>                TemplateAlias     (master; a public alias)
     <prefix>/team-aliases/<team_id>/<alias>          TemplateAlias     (master; a team's own alias)
     <prefix>/template-tombstones/<name>              TemplateTombstone (master; a deleted template's id or public alias)
+    <prefix>/template-tags/<template_id>/<tag>       TemplateTag       (master; deleted with its template)
     <prefix>/template-builds/<job_id>                TemplateBuild     (master; never any registry credentials)
     <prefix>/apikeys/<key_id>                        ApiKey            (master; only a SHA-256 of the key)
     <prefix>/teams/<team_id>                         Team              (master; its quota; the team's admission guard)
@@ -69,6 +70,10 @@ class Keys:
         """What is left of a deleted template's id or public alias (services/master/tombstones.py)."""
         return self.key("template-tombstones", name)
 
+    def template_tag(self, template_id: str, tag: str) -> bytes:
+        """A tag of a template (E2B's `name:tag`; services/master/tags.py)."""
+        return self.key("template-tags", template_id, tag)
+
     def build(self, job_id: str) -> bytes:
         return self.key("template-builds", job_id)
 
@@ -113,6 +118,10 @@ class Keys:
 
     def tombstones(self) -> bytes:
         return self.collection("template-tombstones")
+
+    def template_tags(self, template_id: str) -> bytes:
+        """The tags of one template."""
+        return self.key("template-tags", template_id) + b"/"
 
     def builds(self) -> bytes:
         return self.collection("template-builds")

@@ -8,6 +8,7 @@
         [--arg X ...] [--template-id ID] [--alias A ...] [--registry-username U --registry-password P]
         [--insecure-registry] [--no-memory-sharing] [--node NODE] [--wait]
     tpl watch --job-id J | tpl builds [--template T]
+    tpl tags TEMPLATE | tpl tag TARGET TAG... | tpl untag TEMPLATE TAG...     (TARGET: name or name:tag)
     sandbox list [--state running,paused,lost] [--metadata k=v ...] [--template T]
     sandbox info ID | sandbox kill ID...
     node list | node drain NODE [--reason TEXT] | node undrain NODE | node remove NODE [--force]
@@ -154,6 +155,32 @@ def _build_line(c: CubeClient, t) -> str:
 def tpl_delete(c: CubeClient, a) -> None:
     ok = c.delete_template(a.template, force=a.force)
     print_json({"deleted": ok}) if a.json else print(f"deleted template {a.template}")
+
+
+# ---- template tags ----------------------------------------------------------------------------
+
+def tpl_tags(c: CubeClient, a) -> None:
+    tags = c.list_template_tags(a.template)
+    if a.json:
+        return print_json(tags)
+    # BUILD: the build job's id, for a template built through a job (others have none to show).
+    print_table(["TAG", "BUILD", "BUILT", "STATE", "ASSIGNED"],
+                [[t.tag, t.build_id if t.build_id not in ("", t.template_id) else "-", when(t.build_created_at),
+                  "current" if t.current else "replaced", when(t.assigned_at)] for t in tags])
+
+
+def tpl_tag(c: CubeClient, a) -> None:
+    tags = c.assign_template_tags(a.target, a.tags)
+    if a.json:
+        return print_json(tags)
+    print(f"tagged {tags[0].template_id} ({a.target}): {', '.join(t.tag for t in tags)}")
+
+
+def tpl_untag(c: CubeClient, a) -> None:
+    removed = c.remove_template_tags(a.template, a.tags)
+    if a.json:
+        return print_json({"removed": removed})
+    print(f"removed from {a.template}: {', '.join(removed) or 'nothing (it had none of them)'}")
 
 
 # ---- template builds --------------------------------------------------------------------------
@@ -594,6 +621,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--job-id", required=True, metavar="J")
     p = cmd(tpl, "builds", tpl_builds, "list template builds")
     p.add_argument("--template", metavar="ID")
+    cmd(tpl, "tags", tpl_tags, "list a template's tags").add_argument("template", help="template id or alias")
+    p = cmd(tpl, "tag", tpl_tag, "point tags at a template's build")
+    p.add_argument("target", help="template id or alias (its current build), or name:tag (the build that tag names)")
+    p.add_argument("tags", nargs="+", metavar="TAG")
+    p = cmd(tpl, "untag", tpl_untag, "remove tags from a template")
+    p.add_argument("template", help="template id or alias")
+    p.add_argument("tags", nargs="+", metavar="TAG")
 
     sb = groups.add_parser("sandbox", help="sandboxes").add_subparsers(dest="cmd", required=True)
     p = cmd(sb, "list", sandbox_list, "list sandboxes")

@@ -271,6 +271,25 @@ class AsyncCubeClient:
     async def set_template_alias(self, alias: str, template_id: str) -> pb.TemplateAlias:
         return await self._call(self._stub.set_template_alias, pb.TemplateAlias(alias=alias, template_id=template_id))
 
+    # ---- template tags (E2B's `name:tag`) ----
+
+    async def assign_template_tags(self, target: str, tags: list[str]) -> list[pb.TemplateTag]:
+        """Point ``tags`` at the build ``target`` names: `name` (or `name:default`) is the
+        template's current build, `name:tag` the build that tag names."""
+        req = pb.AssignTemplateTagsRequest(target=target, tags=tags)
+        return (await self._call(self._stub.assign_template_tags, req)).tags
+
+    async def remove_template_tags(self, name: str, tags: list[str]) -> list[str]:
+        """Remove tags from a template (``default`` stays); returns those it had."""
+        req = pb.RemoveTemplateTagsRequest(name=name, tags=tags)
+        return (await self._call(self._stub.remove_template_tags, req)).removed
+
+    async def list_template_tags(self, template: str) -> list[pb.TemplateTag]:
+        """A template's tags: ``default`` (its current build) first, then by name; ``current``
+        is false for a tag whose build a rebuild replaced."""
+        req = pb.ListTemplateTagsRequest(template=template)
+        return (await self._call(self._stub.list_template_tags, req)).tags
+
     # ---- template builds ----
 
     async def create_template_build(self, build: pb.BuildTemplateRequest, aliases: list[str] | None = None,
@@ -475,6 +494,9 @@ class CubeClient:
     get_template = _blocking(AsyncCubeClient.get_template)
     delete_template = _blocking(AsyncCubeClient.delete_template)
     set_template_alias = _blocking(AsyncCubeClient.set_template_alias)
+    assign_template_tags = _blocking(AsyncCubeClient.assign_template_tags)
+    remove_template_tags = _blocking(AsyncCubeClient.remove_template_tags)
+    list_template_tags = _blocking(AsyncCubeClient.list_template_tags)
     create_template_build = _blocking(AsyncCubeClient.create_template_build)
     get_template_build = _blocking(AsyncCubeClient.get_template_build)
     list_template_builds = _blocking(AsyncCubeClient.list_template_builds)

@@ -17,6 +17,12 @@ HTTP_PORT = 8080
 _CGI = {
     # GET /cgi-bin/put?NAME=VALUE  -> writes /data/NAME
     "put": 'k="${QUERY_STRING%%=*}"; v="${QUERY_STRING#*=}"; mkdir -p /data; echo "$v" > "/data/$k"; sync; echo ok',
+    # GET /cgi-bin/keep?NAME=VALUE -> writes /data/NAME, left in the guest's page cache (no sync)
+    "keep": 'k="${QUERY_STRING%%=*}"; v="${QUERY_STRING#*=}"; mkdir -p /data; echo "$v" > "/data/$k"; echo ok',
+    # GET /cgi-bin/memo?NAME=VALUE -> keeps VALUE in guest memory only (tmpfs)
+    "memo": 'k="${QUERY_STRING%%=*}"; v="${QUERY_STRING#*=}"; echo "$v" > "/dev/shm/memo-$k"; echo ok',
+    # GET /cgi-bin/recall?NAME      -> what memo kept
+    "recall": 'cat "/dev/shm/memo-$QUERY_STRING" 2>/dev/null || echo MISSING',
     # GET /cgi-bin/get?NAME        -> contents of /data/NAME
     "get": 'cat "/data/$QUERY_STRING" 2>/dev/null || echo MISSING',
     # GET /cgi-bin/counter         -> "<pid> <count>" of the in-memory counter process

@@ -187,8 +187,10 @@ class Proxy:
 
 
 def route_json(sandbox_id: str, host: str = "", state: route_pb2.RouteState = route_pb2.ROUTE_STATE_RUNNING,
-               token: str = "", node_id: str = "", node_proxy_address: str = "", source: str = "") -> bytes:
+               token: str = "", node_id: str = "", node_proxy_address: str = "", source: str = "",
+               mask: str = "") -> bytes:
     msg = route_pb2.SandboxRoute(sandbox_id=sandbox_id, host_address=host, state=state,
                                  traffic_access_token=token, node_id=node_id,
-                                 node_proxy_address=node_proxy_address, proxy_source_address=source)
+                                 node_proxy_address=node_proxy_address, proxy_source_address=source,
+                                 mask_request_host=mask)
     return json_format.MessageToJson(msg).encode()

@@ -14,6 +14,7 @@ public surface:
     c = await clone(settings, snap, "sbx1", NetworkAttachment("tap7"))
     p = await prepare_clone(settings, snap, "sbx2", net2); c2 = await p.start()   # QEMU started ahead
     saved = await save(c, dest2); c3 = await restore(settings, saved, "sbx1", net)
+    disk = await save_disk(c3, dest3); c4 = await cold_boot(settings, disk, "sbx1", net)  # filesystem only
     await c3.kill()                                     # QEMU, runtime dir, cgroup and jail uid gone
     if not c.alive(): print(c.exit_cause().message)     # why its QEMU ended (out of memory, seccomp, ...)
     forget(settings, "sbx9")                            # the same for one whose QEMU died on its own
@@ -25,6 +26,7 @@ Debian roots from this host's apt sources (`mmdebstrap`, `apt_sources_fingerprin
 from . import accel
 from .artifacts import GuestArtifacts, ensure_guest_artifacts
 from .cache import cached_dir, input_key
+from .cold_boots import cold_boot, disk_checkpoint, save_disk
 from .disks import ext4_from_dir, writable_layer
 from .errors import (
     ArtifactError,
@@ -34,6 +36,7 @@ from .errors import (
     MachineGoneError,
     SnapshotError,
     VmmError,
+    WriteBackError,
 )
 from .exits import ExitCause, MachineExit
 from .guest.agent import AgentPackage, GuestAgent
@@ -83,14 +86,17 @@ __all__ = [
     "SnapshotKind",
     "VmmError",
     "VmmSettings",
+    "WriteBackError",
     "accel",
     "apt_sources_fingerprint",
     "boot",
     "cached_dir",
     "checkpoint",
     "clone",
+    "cold_boot",
     "console_tail",
     "debian_suite",
+    "disk_checkpoint",
     "ensure_guest_artifacts",
     "ext4_from_dir",
     "forget",
@@ -100,6 +106,7 @@ __all__ = [
     "prepare_clone",
     "restore",
     "save",
+    "save_disk",
     "snapshot",
     "writable_layer",
 ]

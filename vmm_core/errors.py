@@ -32,6 +32,11 @@ class SnapshotError(VmmError):
     """Taking, cloning or restoring a snapshot failed."""
 
 
+class WriteBackError(SnapshotError):
+    """The guest did not write back its page cache for a filesystem-only capture (it does not
+    answer): nothing was captured, and the machine runs on."""
+
+
 class MachineGoneError(VmmError):
     """The VMM process is no longer running (killed, crashed, or never adopted)."""
 

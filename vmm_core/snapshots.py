@@ -10,6 +10,8 @@ Two kinds of snapshot:
 * SAVED: a full migration stream (RAM included) plus the machine's own disk overlay; `restore()`
   brings back exactly that one machine, any number of save/restore cycles later. A saved clone
   copied to another host runs there on that host's copy of its template (`rehome_saved()`).
+* DISK: a disk overlay and the machine's shape, no memory and no device state: machines start
+  from it by booting afresh (cold_boots.py).
 
 Every clone starts with the snapshot's clock and RNG state, so clone() and restore() hand the guest
 the current time and fresh entropy over the control channel before returning.
@@ -44,6 +46,7 @@ _MAX_BANDWIDTH = 8 << 30
 class SnapshotKind(str, Enum):
     TEMPLATE = "template"
     SAVED = "saved"
+    DISK = "disk"
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,7 @@ class Snapshot:
     def disk(self) -> Path:
         """The writable layer's file: a saved machine's overlay; a built template's raw layer, or
         a checkpoint's overlay (its own writes, on the template it was cloned from)."""
-        if self.kind is SnapshotKind.SAVED:
+        if self.kind is not SnapshotKind.TEMPLATE:
             return self.dir / "disk.qcow2"
         fmt = next((d.format for d in self.spec.disks if not d.readonly), DiskFormat.RAW)
         return self.dir / ("disk.qcow2" if fmt is DiskFormat.QCOW2 else "disk.img")
@@ -103,7 +106,7 @@ class Snapshot:
 
     def verify(self) -> None:
         """Cheap integrity checks before spending a QEMU process on the snapshot."""
-        if not self.state.is_file() or self.state.stat().st_size == 0:
+        if self.kind is not SnapshotKind.DISK and (not self.state.is_file() or self.state.stat().st_size == 0):
             raise SnapshotError(f"snapshot {self.dir} has no device state")
         if not self.disk.is_file():
             raise SnapshotError(f"snapshot {self.dir} has no disk image")

@@ -11,7 +11,7 @@ from sanic import Sanic
 from services.api import auth, errors
 from services.api.log import get_logger
 from services.api.master_client import MasterClient
-from services.api.routes import meta, sandboxes, templates
+from services.api.routes import meta, sandboxes, tags, templates
 from services.api.settings import Settings
 
 log = get_logger("app")
@@ -30,6 +30,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app.ctx.settings = settings
     app.blueprint(sandboxes.bp)
     app.blueprint(templates.bp)
+    app.blueprint(tags.bp)
     app.blueprint(meta.bp)
     app.error_handler.add(Exception, errors.handle_exception)
 

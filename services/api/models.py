@@ -12,6 +12,7 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cube_common import host_mask
 from cube_common.sizes import parse_size_mb
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2 as P, network_pb2
 from services.api.errors import bad_request
@@ -135,6 +136,12 @@ def parse_network(body: dict, net: object) -> network_pb2.NetworkPolicy | None:
         p.deny_out.extend(str_list(net, "denyOut"))
         if opt_bool(net, "allowPublicTraffic") is False:
             p.require_traffic_token = True
+        mask = opt_str(net, "maskRequestHost")
+        if mask:  # "" is no mask, as on E2B
+            try:
+                p.mask_request_host = host_mask.check(mask)
+            except host_mask.InvalidHostMask as e:
+                raise bad_request(str(e)) from None
         if net.get("egressProxy") is not None:
             raise bad_request("'egressProxy' is not supported by this server")
     p.expose_all_ports = True  # E2B exposes every guest port through its proxy
@@ -151,6 +158,8 @@ class NewSandbox:
     auto_pause: bool = False
     auto_resume: bool = False
     network: network_pb2.NetworkPolicy | None = None
+    # autoPause with autoPauseMemory false: the timeout's pause keeps the filesystem only.
+    auto_pause_filesystem_only: bool = False
 
     @classmethod
     def parse(cls, body: dict) -> NewSandbox:
@@ -164,15 +173,18 @@ class NewSandbox:
         if ar is not None and not (isinstance(ar, dict) and isinstance(ar.get("enabled", False), bool)):
             raise bad_request("'autoResume' must be an object {\"enabled\": bool}")
         opt_bool(body, "secure")  # ignored (every sandbox has a token), but typed like the rest
+        auto_pause = bool(opt_bool(body, "autoPause"))
         return cls(template_id=tid, timeout=opt_int(body, "timeout"), metadata=str_map(body, "metadata"),
-                   env_vars=env_names(str_map(body, "envVars")), auto_pause=bool(opt_bool(body, "autoPause")),
+                   env_vars=env_names(str_map(body, "envVars")), auto_pause=auto_pause,
                    auto_resume=bool((ar or {}).get("enabled", False)),
-                   network=parse_network(body, body.get("network")))
+                   network=parse_network(body, body.get("network")),
+                   auto_pause_filesystem_only=auto_pause and opt_bool(body, "autoPauseMemory") is False)
 
     def to_proto(self, client_id: str) -> P.CreateSandboxRequest:
         req = P.CreateSandboxRequest(template=self.template_id, timeout_s=self.timeout or 0, metadata=self.metadata,
                                      env_vars=self.env_vars, auto_pause=self.auto_pause,
-                                     auto_resume=self.auto_resume, client_id=client_id)
+                                     auto_resume=self.auto_resume, client_id=client_id,
+                                     auto_pause_filesystem_only=self.auto_pause_filesystem_only)
         if self.network is not None:
             req.network.CopyFrom(self.network)
         return req
@@ -219,10 +231,16 @@ def detail_body(rec: P.Sandbox, domain: str) -> dict:
     out = listed_body(rec)
     out.update({"domain": domain, "envdAccessToken": rec.envd_access_token,
                 "lifecycle": {"autoResume": rec.auto_resume, "onTimeout": "pause" if rec.auto_pause else "kill"}})
+    if rec.phase == P.SANDBOX_PHASE_PAUSED:  # E2B: what its pause saved, once the pause is over
+        out["pauseMode"] = "filesystem" if rec.paused_filesystem_only else "full"
     if rec.HasField("network"):
         n = rec.network
         out["allowInternetAccess"] = n.allow_internet_access if n.HasField("allow_internet_access") else True
         out["network"] = {"allowOut": list(n.allow_out), "denyOut": list(n.deny_out)}
+        if n.mask_request_host:
+            out["network"]["maskRequestHost"] = n.mask_request_host
+        if n.require_traffic_token:  # E2B's default, true, goes unsaid like the other defaults
+            out["network"]["allowPublicTraffic"] = False
     else:
         out["allowInternetAccess"] = True
     return out
@@ -242,10 +260,14 @@ def log_bodies(resp: cubelet_pb2.SandboxLogsResponse) -> tuple[list[dict], list[
     return logs, entries
 
 
-def build_id(template_id: str) -> str:
-    # E2B build ids are UUIDs. A template built through POST /templates has its build job's id;
-    # any other (the default template, one found on a node) a stable one derived from its id.
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cube-template:{template_id}"))
+def build_uuid(template_id: str, build_id: str, built_at: Timestamp) -> str:
+    """E2B's id of a template's build (a UUID): a build through POST /templates has its build
+    job's id; any other (the default template, one found on a node, a snapshot) one derived from
+    its template id and when it was built, so a rebuild under the same id has another one. A
+    tag's build (TemplateTag) is named the same way."""
+    if is_job_id(build_id):
+        return build_id
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"cube-template:{template_id}@{built_at.ToJsonString()}"))
 
 
 def is_job_id(value: str) -> bool:
@@ -256,7 +278,7 @@ def is_job_id(value: str) -> bool:
 
 
 def template_build_id(t: P.Template) -> str:
-    return t.build_id if is_job_id(t.build_id) else build_id(t.template_id)
+    return build_uuid(t.template_id, t.build_id, t.created_at)
 
 
 @dataclass

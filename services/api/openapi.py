@@ -11,6 +11,7 @@ several fields, sizes inside strings, fields that go together) is said in descri
 
 from __future__ import annotations
 
+from cube_common import host_mask
 from cube_common.envd import ENVD_VERSION
 
 
@@ -56,6 +57,11 @@ MAX_ENV_BYTES = 65536
 # Template ids and aliases as the master accepts them (services/master/templates.py, builds.py).
 NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
 BUILD_TEMPLATE_ID_PATTERN = "^([A-Za-z0-9][A-Za-z0-9_-]{0,63})?$"
+# Template tags as the master accepts them (services/master/tags.py): case-insensitive, never a
+# UUID (E2B reads `name:<uuid>` as a build id), `default` neither assigned nor removed.
+TAG_PATTERN = "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_UUID_TAG = "[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}|[0-9a-fA-F]{32}"
+MAX_TAGS = 100
 ENV_NAME_PATTERN = "^[A-Za-z_][A-Za-z0-9_]*$"
 # The last second a timestamp holds (9999-12-31T23:59:59Z).
 MAX_UNIX_S = 253402300799
@@ -71,6 +77,17 @@ _META_PAIR = f"{_META_KEY}(?:=|%3[dD]){_META_VALUE}"
 METADATA_FILTER_PATTERN = f"^(?:{_META_PAIR})?(?:(?:&|%26)(?:{_META_PAIR})?)*$"
 
 OPT_BOOL = _null(BOOL)
+TAG = {"type": "string", "pattern": TAG_PATTERN, "not": {"pattern": f"^({_UUID_TAG})$"},
+       "description": "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit; case-insensitive "
+                      "(stored lower-case); not a UUID"}
+TAGS = {"type": "array", "minItems": 1, "maxItems": MAX_TAGS,
+        "items": {**TAG, "not": {"pattern": f"^({_UUID_TAG}|[dD][eE][fF][aA][uU][lL][tT])$"},
+                  "description": f"{TAG['description']}; not `default`, which always names the latest build"},
+        "description": f"repeats count once; a template has at most {MAX_TAGS} tags besides `default` (409 beyond)"}
+TAG_ASSIGNMENT = {"type": "object", "required": ["assignmentId", "buildId", "assignedAt", "buildCreatedAt",
+                                                  "buildFinishedAt"], "properties": {
+    "assignmentId": {"type": "string", "format": "uuid"}, "buildId": {"type": "string", "format": "uuid"},
+    "assignedAt": TIME, "buildCreatedAt": TIME, "buildFinishedAt": {"type": ["string", "null"], "format": "date-time"}}}
 TIMEOUT = {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_TIMEOUT_S,
            "description": "seconds from now; 0 or absent: 300"}
 ADDRESSES = _null({"type": "array", "items": {
@@ -81,7 +98,14 @@ NETWORK_OPTIONS = {
     "allowPublicTraffic": {**OPT_BOOL, "description": "false: the create answers a trafficAccessToken, which "
                                                      "requests to the sandbox's ports (all but envd's) must carry "
                                                      "in e2b-traffic-access-token"},
-    "egressProxy": {"type": "null", "description": "not supported by this server: refused (400) unless null"}}
+    "egressProxy": {"type": "null", "description": "not supported by this server: refused (400) unless null"},
+    "maskRequestHost": {
+        "type": ["string", "null"], "maxLength": host_mask.MAX_LEN, "pattern": host_mask.PATTERN,
+        "examples": ["localhost:${PORT}"],
+        "description": "the Host header requests to the sandbox's ports (all but envd's) reach it with, ${PORT} "
+                       "replaced by the port the request targets; the client's Host goes in X-Forwarded-Host. A "
+                       "host name (IPv6 literals are not accepted) with an optional :port. Empty: none. Set at "
+                       "create only"}}
 METADATA = {"type": ["object", "null"], "additionalProperties": STR, "maxProperties": MAX_METADATA_ENTRIES,
             "propertyNames": {"minLength": 1},
             "description": f"at most {MAX_METADATA_ENTRIES} entries and {MAX_METADATA_BYTES} bytes of keys and "
@@ -147,7 +171,9 @@ SCHEMAS = {
         "sandbox": _ref("Sandbox"), "error": _ref("Error")}},
     "SnapshotInfo": {"type": "object", "required": ["snapshotID", "names"], "properties": {
         "snapshotID": STR, "names": _arr(STR)}},
-    "SandboxNetworkUpdate": {"type": "object", "properties": {**NETWORK_OPTIONS, "allow_internet_access": OPT_BOOL}},
+    "SandboxNetworkUpdate": {"type": "object", "properties": {
+        **NETWORK_OPTIONS, "allow_internet_access": OPT_BOOL,
+        "maskRequestHost": _refused("maskRequestHost (set at create)")}},
     "SandboxMetric": {"type": "object", "required": [
         "timestamp", "timestampUnix", "cpuCount", "cpuUsedPct", "memUsed", "memTotal", "memCache", "diskUsed",
         "diskTotal"], "properties": {
@@ -171,6 +197,31 @@ SCHEMAS = {
     "TemplateWithBuilds": {"allOf": [_ref("Template"), {"type": "object", "properties": {
         "builds": _arr({"type": "object"})}}]},
     "TemplateAliasResponse": {"type": "object", "properties": {"templateID": STR, "public": BOOL}},
+    "AssignTemplateTagsRequest": {"type": "object", "required": ["target", "tags"], "properties": {
+        "target": {"type": "string", "pattern": NAME_PATTERN,
+                   "description": "the build to tag: `name` (or `name:default`), the template's current build, or "
+                                  "`name:tag`, the build that tag names (404 when a rebuild replaced it)"},
+        "tags": TAGS}},
+    "AssignedTemplateTags": {"type": "object", "required": ["tags", "buildID"], "properties": {
+        "tags": _arr(STR), "buildID": {"type": "string", "format": "uuid"}}},
+    "DeleteTemplateTagsRequest": {"type": "object", "required": ["name", "tags"], "properties": {
+        "name": {"type": "string", "pattern": NAME_PATTERN,
+                 "description": "the template's id or alias, without a tag (400 with one)"},
+        "tags": {**TAGS, "description": "tags the template does not have are no error"}}},
+    "TemplateTag": {"type": "object", "required": ["tag", "buildID", "createdAt"], "properties": {
+        "tag": STR, "buildID": {"type": "string", "format": "uuid"},
+        "createdAt": {**TIME, "description": "when the tag was assigned"}}},
+    "TemplateTagsCount": {"type": "object", "required": ["total"], "properties": {
+        "total": {**INT, "description": "tags naming the template's current build, `default` included"}}},
+    "TemplateTagExists": {"type": "object", "required": ["exists", "normalizedTag"], "properties": {
+        "exists": BOOL, "normalizedTag": STR}},
+    "TemplateTagAssignment": TAG_ASSIGNMENT,
+    "TemplateTagGroups": {"type": "object", "required": ["tags", "nextCursor"], "properties": {
+        "tags": _arr({"type": "object", "required": ["tag", "assignments", "hasMore"], "properties": {
+            "tag": STR, "assignments": _arr(_ref("TemplateTagAssignment")), "hasMore": BOOL}}),
+        "nextCursor": {"type": ["string", "null"]}}},
+    "TemplateTagAssignments": {"type": "object", "required": ["data", "nextCursor"], "properties": {
+        "data": _arr(_ref("TemplateTagAssignment")), "nextCursor": {"type": ["string", "null"]}}},
     "NewTemplateBuild": {
         "type": "object", "required": ["image"],
         "description": "A template from a container image: the node pulls and unpacks it, builds the root filesystem "
@@ -358,6 +409,36 @@ OPERATIONS = [
     ("get", "/templates/aliases/{alias}", "Resolve a template alias",
      [{"name": "alias", "in": "path", "required": True, "schema": SEGMENT}], None,
      {**_ok(200, _ref("TemplateAliasResponse")), **_errors(400, 401, 404, 500, 503)}),
+    ("post", "/templates/tags", "Assign tags to the build a name or `name:tag` names (E2B's template tags); 403 "
+                                "for a public template unless the key is an admin's; 409 while it is being built",
+     [], _body("AssignTemplateTagsRequest"),
+     {**_ok(201, _ref("AssignedTemplateTags")), **_errors(400, 401, 403, 404, 409, 500, 503)}),
+    ("delete", "/templates/tags", "Remove tags from a template (`default` stays)", [],
+     _body("DeleteTemplateTagsRequest"), {**_ok(204), **_errors(400, 401, 403, 404, 409, 500, 503)}),
+    ("get", "/templates/{templateID}/tags", "A template's tags, `default` (its latest build) first; a tag whose "
+                                            "build a rebuild replaced is listed with that build", [TID], None,
+     {**_ok(200, _arr(_ref("TemplateTag"))), **_errors(401, 404, 500, 503)}),
+    ("get", "/templates/{templateID}/tags/count", "How many of a template's tags name its current build", [TID],
+     None, {**_ok(200, _ref("TemplateTagsCount")), **_errors(401, 404, 500, 503)}),
+    ("get", "/templates/{templateID}/tags/exists", "Whether a tag names the template's current build",
+     [TID, {"name": "tag", "in": "query", "required": True, "schema": TAG}], None,
+     {**_ok(200, _ref("TemplateTagExists")), **_errors(400, 401, 404, 500, 503)}),
+    ("get", "/templates/{templateID}/tags/groups", "A template's tags naming its current build, each with its "
+                                                   "assignment (paged)",
+     [TID, _q("assignmentLimit", {"type": "integer", "minimum": 1, "maximum": 25}, "absent: 6"),
+      _q("tagsLimit", {"type": "integer", "minimum": 1, "maximum": 100}, "absent: 25"),
+      _q("tagsCursor", STR, "the nextCursor of the previous page (with the same sort), as it came; any other "
+                            "value is refused (400)"),
+      _q("search", {"type": "string", "pattern": "^[A-Za-z0-9._-]{0,64}$"}, "only tags containing it"),
+      _q("sort", {"type": "string", "enum": ["latest_desc", "latest_asc", "name_asc", "name_desc"]},
+         "absent: latest_desc")], None,
+     {**_ok(200, _ref("TemplateTagGroups")), **_errors(400, 401, 404, 500, 503)}),
+    ("get", "/templates/{templateID}/tags/{tag}/assignments", "A tag's assignment, while it names the template's "
+                                                             "current build (Cube keeps one build)",
+     [TID, {"name": "tag", "in": "path", "required": True, "schema": TAG},
+      _q("cursor", STR, "the nextCursor of the previous page, as it came; any other value is refused (400)"),
+      _q("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "absent: 50")], None,
+     {**_ok(200, _ref("TemplateTagAssignments")), **_errors(400, 401, 404, 500, 503)}),
     ("get", "/health", "Liveness of the API process (no auth)", [], None, _ok(200, {"type": "object"})),
     ("get", "/openapi.json", "This document (no auth)", [], None, _ok(200, {"type": "object"})),
 ]

@@ -33,24 +33,29 @@ import httpx
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cube_common.envd import ENVD_PORT
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, network_pb2
 from vmm_core import (
     Machine,
     MachineGoneError,
     NetworkAttachment,
     Snapshot,
+    SnapshotKind,
     VmmError,
     VmmSettings,
+    WriteBackError,
     clone,
+    cold_boot,
     console_tail,
     forget,
     list_machines,
     restore,
     save,
+    save_disk,
 )
 
 from . import gc
-from .guest_client import GuestAgentError, GuestEndpoint, init_identity
+from .guest_client import GuestAgentError, GuestEndpoint, init_identity, wait_healthy
 from .keyed_locks import KeyedLocks
 from .settings import CubeletSettings
 from .steps import Steps
@@ -65,6 +70,8 @@ log = logging.getLogger("cubelet.sandboxes")
 _SANDBOX_ID = re.compile(r"[a-z0-9]{1,64}")
 # How many sandboxes whose VM ended on its own the node remembers the reason of (for NOT_FOUND).
 ENDED_KEPT = 1024
+# How long a pause that needs a healthy guest agent waits for it to answer.
+AGENT_CHECK_S = 5.0
 
 
 class SandboxError(Exception):
@@ -106,6 +113,8 @@ class SandboxRecord:
     # (paused_manifest.py), which tells a later pull of the same save from a stale copy. Empty for
     # a sandbox paused here.
     save_id: str = ""
+    # Paused without its memory (a filesystem-only pause): its resume cold-boots it.
+    filesystem_only: bool = False
 
     def dump(self, path: Path) -> None:
         d = asdict(self)
@@ -131,7 +140,8 @@ class SandboxRecord:
             state=pb.SANDBOX_STATE_PAUSED if self.state in (State.PAUSED, State.PAUSING) else pb.SANDBOX_STATE_RUNNING,
             host_address=self.host_address, proxy_source_address=self.proxy_address, started_at=ts,
             vcpus=self.vcpus, memory_mb=self.memory_mb, disk_size_mb=self.disk_mb, envd_version=self.envd_version,
-            network=self.network_policy(), metadata=self.metadata, from_warm_pool=self.from_pool)
+            network=self.network_policy(), metadata=self.metadata, from_warm_pool=self.from_pool,
+            filesystem_only=self.filesystem_only and self.state in (State.PAUSED, State.PAUSING))
 
 
 @dataclass
@@ -266,14 +276,21 @@ class SandboxManager:
             rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
             self._save_record(rec)
             steps.done("network")
-            live.machine = await clone(self.vmm, tpl.load_snapshot(), rec.vm_id,
-                                       NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
-                                       # The clock and entropy at once: until its clock is set a
-                                       # restored guest runs flat out (100% of a core for 20+ s
-                                       # here), which starved everything at 50 concurrent creates.
-                                       labels={"sandbox_id": rec.sandbox_id, "role": "sandbox"}, sync=True,
-                                       share_memory=not tpl.info.no_memory_sharing)
-            steps.done("clone")
+            attachment = NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15")
+            labels = {"sandbox_id": rec.sandbox_id, "role": "sandbox"}
+            snap = tpl.load_snapshot()
+            if snap.kind is SnapshotKind.DISK:  # a filesystem-only snapshot: sandboxes boot on it
+                live.machine = await cold_boot(self.vmm, snap, rec.vm_id, attachment, shared=True, labels=labels)
+                await wait_healthy(GuestEndpoint(rec.host_address, rec.proxy_address), tpl.ready_ports,
+                                   timeout=self.settings.create_timeout_s)
+                steps.done("boot")
+            else:
+                # The clock and entropy at once: until its clock is set a restored guest runs flat
+                # out (100% of a core for 20+ s here), which starved everything at 50 concurrent
+                # creates.
+                live.machine = await clone(self.vmm, snap, rec.vm_id, attachment, labels=labels, sync=True,
+                                           share_memory=not tpl.info.no_memory_sharing)
+                steps.done("clone")
             # A snapshot of a sandbox holds its source's token: the agent asks for it first.
             await self._hand_identity(live, current_token=tpl.guest_token, steps=steps)
             steps.done("identity")
@@ -374,19 +391,36 @@ class SandboxManager:
         log.info("sandbox killed", extra={"sandbox_id": sandbox_id})
         return True
 
-    async def pause(self, sandbox_id: str) -> pb.SandboxStatus:
+    async def pause(self, sandbox_id: str, filesystem_only: bool = False,
+                    require_healthy_guest: bool = False) -> pb.SandboxStatus:
+        """Save the sandbox and free its VM and tap. ``filesystem_only``: its disk alone, written
+        back by the guest first (vmm_core.save_disk). UNAVAILABLE, and the sandbox runs on, when
+        its agent does not answer and either is asked (what the guest had not written back would
+        be lost; a memory restore would bring the stuck agent back)."""
         live = self._get(sandbox_id)
         async with live.lock:
             rec = live.record
             if rec.state is not State.RUNNING or live.machine is None:
                 raise SandboxError("FAILED_PRECONDITION", f"sandbox {sandbox_id} is {rec.state.value}, not running")
+            if filesystem_only or require_healthy_guest:
+                try:
+                    await wait_healthy(GuestEndpoint(rec.host_address, rec.proxy_address), (ENVD_PORT,),
+                                       timeout=AGENT_CHECK_S)
+                except GuestAgentError as e:
+                    raise SandboxError("UNAVAILABLE", f"the agent of sandbox {sandbox_id} does not answer, so "
+                                                      f"it was not paused: {e}") from e
             rec.state = State.PAUSING
             self._save_record(rec)
             try:
-                await save(live.machine, self._saved_dir(sandbox_id))
+                if filesystem_only:
+                    await save_disk(live.machine, self._saved_dir(sandbox_id))
+                else:
+                    await save(live.machine, self._saved_dir(sandbox_id))
             except VmmError as e:
                 rec.state = State.RUNNING
                 self._save_record(rec)
+                if isinstance(e, WriteBackError):
+                    raise SandboxError("UNAVAILABLE", f"pausing {sandbox_id} without its memory failed: {e}") from e
                 raise SandboxError("INTERNAL", f"pausing {sandbox_id} failed: {e}") from e
             live.machine = None
             # The tap goes back to CubeVS: a paused sandbox costs disk, not node resources.
@@ -394,12 +428,13 @@ class SandboxManager:
             rec.state, rec.host_address, rec.proxy_address = State.PAUSED, "", ""
             rec.vs_id = rec.vm_id = sandbox_id
             rec.save_id = ""  # a save of this node's
+            rec.filesystem_only = filesystem_only
             self._save_record(rec)
             live.last_cpu = None
-        log.info("sandbox paused", extra={"sandbox_id": sandbox_id})
+        log.info("sandbox paused", extra={"sandbox_id": sandbox_id, "filesystem_only": filesystem_only})
         return rec.status(self.settings.node_id)
 
-    async def snapshot(self, sandbox_id: str, template_id: str) -> pb.TemplateInfo:
+    async def snapshot(self, sandbox_id: str, template_id: str, filesystem_only: bool = False) -> pb.TemplateInfo:
         """A new template from the running sandbox, which runs on (templates.snapshot_sandbox)."""
         live = self._get(sandbox_id)
         async with live.lock:
@@ -413,11 +448,14 @@ class SandboxManager:
             self._check_disk("snapshots")
             try:
                 t = await self.templates.snapshot_sandbox(template_id, live.machine, base, sandbox_id=sandbox_id,
-                                                          guest_token=rec.access_token)
+                                                          guest_token=rec.access_token,
+                                                          filesystem_only=filesystem_only)
             except TemplateError as e:
                 raise SandboxError("ALREADY_EXISTS" if isinstance(e, TemplateExists) else "INVALID_ARGUMENT",
                                    str(e)) from e
             except VmmError as e:
+                if isinstance(e, WriteBackError):
+                    raise SandboxError("UNAVAILABLE", f"snapshot of {sandbox_id} failed: {e}") from e
                 raise SandboxError("INTERNAL", f"snapshot of {sandbox_id} failed: {e}") from e
         log.info("sandbox snapshotted", extra={"sandbox_id": sandbox_id, "template_id": template_id,
                                                "ms": t.info.phase_ms.get("SNAPSHOTTING", 0)})
@@ -516,24 +554,40 @@ class SandboxManager:
                 rec.policy = json_format.MessageToDict(policy)
             rec.state = State.RESUMING
             self._save_record(rec)
+            rebooted = req.reboot
             try:
                 net = await self.vs.allocate(rec.vs_id, rec.network_policy())
                 rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
                 self._save_record(rec)
                 saved = Snapshot.load(self._saved_dir(rec.sandbox_id))
-                live.machine = await restore(self.vmm, saved, rec.vm_id,
-                                             NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
-                                             labels={"sandbox_id": rec.sandbox_id, "role": "sandbox"})
+                attachment = NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15")
+                labels = {"sandbox_id": rec.sandbox_id, "role": "sandbox"}
                 ep = GuestEndpoint(rec.host_address, rec.proxy_address)
+                rebooted = rebooted or saved.kind is SnapshotKind.DISK
+                if rebooted:
+                    # A fresh boot on its disk: the agent starts with no token, and the template's
+                    # services must come up first (seconds under TCG, not a restore's milliseconds).
+                    live.machine = await cold_boot(self.vmm, saved, rec.vm_id, attachment, labels=labels)
+                    tpl = self.templates.get(rec.template_id)
+                    await wait_healthy(ep, tpl.ready_ports if tpl is not None else (ENVD_PORT,),
+                                       timeout=self.settings.create_timeout_s)
+                else:
+                    live.machine = await restore(self.vmm, saved, rec.vm_id, attachment, labels=labels)
                 await init_identity(ep, sandbox_id=rec.sandbox_id, access_token=rec.access_token,
-                                    env_vars=rec.env_vars, current_token=old_token)
+                                    env_vars=rec.env_vars, current_token="" if rebooted else old_token)
             except BaseException as e:
-                # The saved state is intact (restore() gives the disk back on failure): stay paused.
+                # The saved state is intact (restore() and cold_boot() give the disk back on
+                # failure): stay paused.
                 if live.machine is not None:
-                    # The VM came back (restore consumed the saved state) but the agent did not
-                    # take its identity: save it again so nothing written is lost.
+                    # The VM came back (which consumed the saved state) but the agent did not take
+                    # its identity: save it again so nothing written is lost (a booted one's disk
+                    # alone: it has no memory worth keeping).
                     try:
-                        await save(live.machine, self._saved_dir(rec.sandbox_id))
+                        if rebooted:
+                            await save_disk(live.machine, self._saved_dir(rec.sandbox_id))
+                            rec.filesystem_only = True
+                        else:
+                            await save(live.machine, self._saved_dir(rec.sandbox_id))
                     except VmmError as save_error:
                         log.error("sandbox state lost: re-saving after a failed resume failed",
                                   extra={"sandbox_id": rec.sandbox_id, "error": str(save_error)})
@@ -547,9 +601,9 @@ class SandboxManager:
                 if isinstance(e, grpc.aio.AioRpcError):
                     raise SandboxError(e.code().name, e.details() or str(e)) from e
                 raise
-            rec.state = State.RUNNING
+            rec.state, rec.filesystem_only = State.RUNNING, False
             self._save_record(rec)
-        log.info("sandbox resumed", extra={"sandbox_id": rec.sandbox_id})
+        log.info("sandbox resumed", extra={"sandbox_id": rec.sandbox_id, "rebooted": rebooted})
         return rec.status(self.settings.node_id)
 
     async def update_network(self, sandbox_id: str, policy: network_pb2.NetworkPolicy) -> pb.SandboxStatus:

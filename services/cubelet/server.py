@@ -52,7 +52,8 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
 
     async def PauseSandbox(self, request, context):
         try:
-            return await self.sandboxes.pause(request.sandbox_id)
+            return await self.sandboxes.pause(request.sandbox_id, filesystem_only=request.filesystem_only,
+                                              require_healthy_guest=request.require_healthy_guest)
         except SandboxError as e:
             await _abort(context, e)
 
@@ -93,7 +94,8 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
 
     async def SnapshotSandbox(self, request, context):
         try:
-            return await self.sandboxes.snapshot(request.sandbox_id, request.template_id)
+            return await self.sandboxes.snapshot(request.sandbox_id, request.template_id,
+                                                 filesystem_only=request.filesystem_only)
         except SandboxError as e:
             await _abort(context, e)
 

@@ -43,6 +43,7 @@ from vmm_core import (
     VmmSettings,
     boot,
     checkpoint,
+    disk_checkpoint,
     ensure_guest_artifacts,
     ext4_from_dir,
     input_key,
@@ -122,6 +123,12 @@ class Template:
 
     def load_snapshot(self) -> Snapshot:
         return Snapshot.load(self.snapshot_dir)
+
+    @property
+    def ready_ports(self) -> tuple[int, ...]:
+        """The guest ports that answer /health once a sandbox of it is up. Only the default image
+        runs the agent's code interpreter; an image template may not."""
+        return (ENVD_PORT, INTERPRETER_PORT) if self.info.source == "default" else (ENVD_PORT,)
 
 
 @dataclass(frozen=True)
@@ -357,10 +364,12 @@ class TemplateStore:
     # ---- snapshots of sandboxes ---------------------------------------------------------------
 
     async def snapshot_sandbox(self, template_id: str, machine: Machine, base: Template, *, sandbox_id: str,
-                               guest_token: str) -> Template:
+                               guest_token: str, filesystem_only: bool = False) -> Template:
         """A new template from a running sandbox's machine (``vmm_core.checkpoint``; the machine
-        runs on). Its disk and memory read through ``base``'s current build. TemplateError when the
-        id is invalid or taken; nothing of it is left when it fails."""
+        runs on). Its disk and memory read through ``base``'s current build. ``filesystem_only``:
+        its disk alone (``vmm_core.disk_checkpoint``), and its sandboxes boot on it, their agent
+        with no token yet. TemplateError when the id is invalid or taken; nothing of it is left
+        when it fails."""
         check_template_id(template_id)
         tdir = self.settings.templates_dir / template_id
         async with self.lock(template_id):
@@ -370,11 +379,16 @@ class TemplateStore:
             t0 = time.monotonic()
             try:
                 _private_dir(tdir)
-                await checkpoint(machine, tdir / "builds" / key / "snapshot", labels={"template_build": template_id})
+                dest = tdir / "builds" / key / "snapshot"
+                if filesystem_only:
+                    await disk_checkpoint(machine, dest)
+                    guest_token = ""
+                else:
+                    await checkpoint(machine, dest, labels={"template_build": template_id})
                 info = pb.TemplateInfo()
                 info.CopyFrom(base.info)
                 info.template_id, info.base_template_id = template_id, base.template_id
-                info.source_sandbox_id = sandbox_id
+                info.source_sandbox_id, info.filesystem_only = sandbox_id, filesystem_only
                 info.created_at.GetCurrentTime()
                 info.snapshot_bytes = _dir_bytes(tdir)
                 info.phase_ms.clear()

@@ -17,7 +17,10 @@ def build_route(rec: master_pb2.Sandbox, node: cubelet_pb2.NodeStatus, paused: b
         sandbox_id=rec.sandbox_id, node_id=rec.node_id, node_proxy_address=node.proxy_address,
         host_address=rec.host_address, proxy_source_address=rec.proxy_source_address,
         state=route_pb2.ROUTE_STATE_PAUSED if paused else route_pb2.ROUTE_STATE_RUNNING,
-        traffic_access_token=rec.traffic_access_token, auto_resume=paused and rec.auto_resume)
+        traffic_access_token=rec.traffic_access_token,
+        # A filesystem-only pause cold-boots on resume: never on the say-so of stray traffic.
+        auto_resume=paused and rec.auto_resume and not rec.paused_filesystem_only,
+        mask_request_host=rec.network.mask_request_host)
 
 
 async def wait_applied(store, revision: int, timeout_s: float, sandbox_id: str = "") -> None:

@@ -51,6 +51,7 @@ import secrets
 import string
 import time
 
+from cube_common import host_mask
 from cube_common.etcd import EtcdUnavailable
 from cube_common.teams import OPERATOR, Caller
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2, network_pb2
@@ -224,6 +225,14 @@ class Sandboxes:
         if timeout < 1:
             raise errors.InvalidArgument("timeout must be at least 1 second")
         self._check_maps(req.metadata, req.env_vars)
+        if req.auto_pause_filesystem_only and req.auto_resume:
+            raise errors.InvalidArgument("autoResume cannot be combined with a filesystem-only auto-pause "
+                                         "(autoPauseMemory: false): such a sandbox cold-boots and must be "
+                                         "resumed explicitly")
+        try:
+            host_mask.check(req.network.mask_request_host)
+        except host_mask.InvalidHostMask as e:
+            raise errors.InvalidArgument(str(e)) from None
         t0 = time.monotonic()
         # Independent reads: one round trip's wait instead of four.
         (tpl, alias), sandboxes, nodes, draining = await asyncio.gather(
@@ -268,7 +277,7 @@ class Sandboxes:
             traffic_access_token=secrets.token_hex(16) if req.network.require_traffic_token else "",
             memory_mb=tpl.memory_mb or 512, disk_size_mb=tpl.disk_size_mb or 1024, auto_pause=req.auto_pause,
             auto_resume=req.auto_resume, timeout_s=timeout, team_id=owner(caller.team_id),
-            quota_exempt=not caller.team_id)
+            quota_exempt=not caller.team_id, auto_pause_filesystem_only=req.auto_pause_filesystem_only)
         if req.HasField("network"):
             rec.network.CopyFrom(req.network)
         rec.created_at.CopyFrom(ts(now))
@@ -463,17 +472,28 @@ class Sandboxes:
 
     # ---- pause --------------------------------------------------------------------------------
 
-    async def pause(self, sid: str, caller: Caller, reason: str = "request") -> P.Sandbox:
+    async def pause(self, sid: str, caller: Caller, reason: str = "request", filesystem_only: bool = False,
+                    require_healthy_guest: bool = False) -> P.Sandbox:
+        """Pause with its memory, or (``filesystem_only``) its disk alone: then its resume cold-boots
+        it and traffic never resumes it (its route has no auto-resume)."""
         rec, rev = await self._admit_pause(sid, caller)
         node = await self._node(rec.node_id)
         if node is None:
             await self._settle(rec, rev, P.SANDBOX_PHASE_RUNNING, None)
             raise errors.Unavailable(f"node '{rec.node_id}' of sandbox '{sid}' is not registered")
         try:
-            await self.nodes.call(node, "PauseSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid),
-                                  timeout=self.settings.node_op_timeout_s * 0.8)
+            status = await self.nodes.call(node, "PauseSandbox", cubelet_pb2.PauseSandboxRequest(
+                sandbox_id=sid, filesystem_only=filesystem_only, require_healthy_guest=require_healthy_guest),
+                timeout=self.settings.node_op_timeout_s * 0.8)
+            rec.paused_filesystem_only = status.filesystem_only
         except errors.FailedPrecondition:
-            pass  # the node has it paused already: settle as paused
+            # The node has it paused already (an earlier pause whose answer was lost): settle as
+            # paused, as that pause left it.
+            try:
+                status = await self.nodes.call(node, "GetSandbox", cubelet_pb2.SandboxRef(sandbox_id=sid))
+                rec.paused_filesystem_only = status.filesystem_only
+            except errors.MasterError:
+                rec.paused_filesystem_only = filesystem_only
         except errors.NotFound as e:
             await self._forget(rec, rev, "vm gone at pause")
             raise errors.NotFound(f"sandbox '{sid}' not found") from e
@@ -521,6 +541,8 @@ class Sandboxes:
             done.proxy_source_address = status.proxy_source_address or done.proxy_source_address
         if phase == P.SANDBOX_PHASE_PAUSED:
             done.paused_at.CopyFrom(ts())
+        else:
+            done.ClearField("paused_filesystem_only")
         route = build_route(done, node, paused=phase == P.SANDBOX_PHASE_PAUSED) if node is not None else None
         try:
             new_rev = await self.store.update_sandbox(done, rev, route=route)
@@ -538,9 +560,10 @@ class Sandboxes:
 
     # ---- connect / resume ---------------------------------------------------------------------
 
-    async def connect(self, sid: str, caller: Caller, timeout_s: int, node_id: str = "") -> tuple[P.Sandbox, bool]:
-        """Resume the sandbox if it is paused (on ``node_id`` when an operator names one), else
-        extend its end time."""
+    async def connect(self, sid: str, caller: Caller, timeout_s: int, node_id: str = "",
+                      reboot: bool = False) -> tuple[P.Sandbox, bool]:
+        """Resume the sandbox if it is paused (on ``node_id`` when an operator names one; cold-booted
+        on its disk, its saved memory ignored, with ``reboot``), else extend its end time."""
         timeout_s = timeout_s or self.settings.default_timeout_s
         self._check_timeout(timeout_s)
         if node_id and caller != OPERATOR:
@@ -552,7 +575,7 @@ class Sandboxes:
             if phase == P.SANDBOX_PHASE_RUNNING:
                 return await self.set_timeout(sid, caller, timeout_s, extend_only=True), False
             if phase == P.SANDBOX_PHASE_PAUSED:
-                resumed = await self._resume(v, timeout_s, node_id)
+                resumed = await self._resume(v, timeout_s, node_id, reboot)
                 if resumed is not None:
                     return resumed, True
                 continue
@@ -561,7 +584,8 @@ class Sandboxes:
                 raise errors.Unavailable(f"sandbox '{sid}' is still {phase_name(phase)}; try again")
             await asyncio.sleep(0.1)
 
-    async def _resume(self, v: Versioned[P.Sandbox], timeout_s: int, want: str = "") -> P.Sandbox | None:
+    async def _resume(self, v: Versioned[P.Sandbox], timeout_s: int, want: str = "",
+                      reboot: bool = False) -> P.Sandbox | None:
         """Resume a paused sandbox, admitted against its team's quota: where its state is, or
         elsewhere (``want``: the node an operator named; see the module docstring). None when another
         caller changed it, or another master admitted a change of its team, first (look again)."""
@@ -574,6 +598,7 @@ class Sandboxes:
         rec = _copy(v.value)
         rec.phase = P.SANDBOX_PHASE_RESUMING
         rec.timeout_s = timeout_s
+        reboot = reboot or rec.paused_filesystem_only
         self._deadline(rec, self.settings.node_op_timeout_s)
         try:
             async with self.quotas.admission(rec, running_one(rec)) as guard:
@@ -585,11 +610,12 @@ class Sandboxes:
             await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, None)
             raise errors.Unavailable(_node_away(rec))
         holder = node
-        status = None if move else await self._resume_on(rec, rev, node)
+        status = None if move else await self._resume_on(rec, rev, node, reboot)
         if status is None:  # draining, full, or asked elsewhere: the state goes to another node
-            moved = await self._move(rec, rev, holder, want, stay_if_alone=not want and holder.node_id in draining)
+            moved = await self._move(rec, rev, holder, want, reboot,
+                                     stay_if_alone=not want and holder.node_id in draining)
             if moved is None:  # only draining, and no other node takes it: better there than nowhere
-                status = await self._resume_on(rec, rev, holder)
+                status = await self._resume_on(rec, rev, holder, reboot)
                 if status is None:
                     await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, holder)
                     raise errors.Exhausted("no node has room for another sandbox")
@@ -610,19 +636,19 @@ class Sandboxes:
                                          if holder.node_id != node.node_id else ""))
         return done
 
-    def _resume_request(self, rec: P.Sandbox) -> cubelet_pb2.ResumeSandboxRequest:
+    def _resume_request(self, rec: P.Sandbox, reboot: bool) -> cubelet_pb2.ResumeSandboxRequest:
         req = cubelet_pb2.ResumeSandboxRequest(sandbox_id=rec.sandbox_id, env_vars=dict(rec.env_vars),
-                                               envd_access_token=rec.envd_access_token)
+                                               envd_access_token=rec.envd_access_token, reboot=reboot)
         if rec.HasField("network"):
             req.network.CopyFrom(rec.network)
         return req
 
-    async def _resume_on(self, rec: P.Sandbox, rev: int,
-                         node: cubelet_pb2.NodeStatus) -> cubelet_pb2.SandboxStatus | None:
+    async def _resume_on(self, rec: P.Sandbox, rev: int, node: cubelet_pb2.NodeStatus,
+                         reboot: bool) -> cubelet_pb2.SandboxStatus | None:
         """Resume on the node that holds the state. None when it is full (the caller moves it)."""
         sid = rec.sandbox_id
         try:
-            return await self.nodes.call(node, "ResumeSandbox", self._resume_request(rec),
+            return await self.nodes.call(node, "ResumeSandbox", self._resume_request(rec, reboot),
                                          timeout=self.settings.node_op_timeout_s * 0.8)
         except errors.FailedPrecondition:
             # Already running on the node (an earlier resume whose answer was lost).
@@ -637,7 +663,7 @@ class Sandboxes:
             await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, node)
             raise
 
-    async def _move(self, rec: P.Sandbox, rev: int, holder: cubelet_pb2.NodeStatus, want: str,
+    async def _move(self, rec: P.Sandbox, rev: int, holder: cubelet_pb2.NodeStatus, want: str, reboot: bool,
                     stay_if_alone: bool = False
                     ) -> tuple[cubelet_pb2.NodeStatus, cubelet_pb2.SandboxStatus, P.Sandbox, int] | None:
         """Resume ``rec`` (RESUMING at ``rev``, its state on ``holder``) on another node: the one
@@ -671,7 +697,7 @@ class Sandboxes:
             except Conflict as e:  # killed meanwhile: the kill dropped the holder's copy
                 raise errors.NotFound(f"sandbox '{sid}' was killed while it was being resumed") from e
             rec = target
-            req = self._resume_request(rec)
+            req = self._resume_request(rec, reboot)
             req.source.CopyFrom(cubelet_pb2.PausedSource(node_id=holder.node_id, address=holder.address))
             budget = max(1.0, min(self.settings.node_op_timeout_s * 0.8, deadline - time.monotonic()))
             log.info("moving", extra=_extra(rec, node_id=node.node_id, moved_from=holder.node_id))
@@ -759,8 +785,10 @@ class Sandboxes:
         for _ in range(CAS_RETRIES):
             v = await self._record(sid, caller)
             rec = _copy(v.value)
-            # Whether its ports need its traffic token is fixed at create (the token is minted then).
+            # Whether its ports need its traffic token is fixed at create (the token is minted then),
+            # and so is the Host its ports see (its route carries it): an update keeps both.
             policy.require_traffic_token = rec.network.require_traffic_token
+            policy.mask_request_host = rec.network.mask_request_host
             if rec.phase == P.SANDBOX_PHASE_RUNNING:
                 node = await self._node(rec.node_id)
                 if node is None:

@@ -26,6 +26,7 @@ from services.master.quotas import Quotas
 from services.master.sandboxes import Sandboxes
 from services.master.snapshots import Snapshots
 from services.master.store import Conflict
+from services.master.tags import Tags
 from services.master.teams import Teams
 from services.master.templates import Templates
 
@@ -85,7 +86,8 @@ def _stream(fn):
 class MasterService(master_pb2_grpc.MasterServicer):
     def __init__(self, sandboxes: Sandboxes, templates: Templates, apikeys: ApiKeys, election: Election,
                  builds: Builds, teams: Teams, quotas: Quotas, callers: Policy,
-                 node_admin: NodeAdministration | None = None, snapshots: Snapshots | None = None):
+                 node_admin: NodeAdministration | None = None, snapshots: Snapshots | None = None,
+                 tags: Tags | None = None):
         self.callers = callers
         self.sb = sandboxes
         self.tpl = templates
@@ -97,6 +99,7 @@ class MasterService(master_pb2_grpc.MasterServicer):
         self.store = sandboxes.store
         self.node_admin = node_admin or NodeAdministration(self.store)
         self.snapshots = snapshots or Snapshots(sandboxes, templates)
+        self.tags = tags or Tags(self.store, templates)
 
     # ---- sandboxes ----
     @_rpc
@@ -121,11 +124,13 @@ class MasterService(master_pb2_grpc.MasterServicer):
 
     @_rpc
     async def PauseSandboxRecord(self, request, caller):
-        return await self.sb.pause(request.sandbox_id, caller)
+        return await self.sb.pause(request.sandbox_id, caller, filesystem_only=request.filesystem_only,
+                                   require_healthy_guest=request.require_healthy_guest)
 
     @_rpc
     async def SnapshotSandbox(self, request, caller):
-        return await self.snapshots.create(request.sandbox_id, caller, request.name)
+        return await self.snapshots.create(request.sandbox_id, caller, request.name,
+                                           filesystem_only=request.filesystem_only)
 
     @_rpc
     async def ForkSandbox(self, request, caller):
@@ -140,7 +145,8 @@ class MasterService(master_pb2_grpc.MasterServicer):
 
     @_rpc
     async def ConnectSandbox(self, request, caller):
-        rec, resumed = await self.sb.connect(request.sandbox_id, caller, request.timeout_s, request.node_id)
+        rec, resumed = await self.sb.connect(request.sandbox_id, caller, request.timeout_s, request.node_id,
+                                             reboot=request.reboot)
         return P.ConnectSandboxResponse(sandbox=rec, resumed=resumed)
 
     @_rpc
@@ -187,6 +193,20 @@ class MasterService(master_pb2_grpc.MasterServicer):
     @_rpc
     async def ResolveTemplateAlias(self, request, caller):
         return await self.tpl.resolve_alias(request.alias, caller)
+
+    # ---- template tags ----
+    @_rpc
+    async def AssignTemplateTags(self, request, caller):
+        return P.AssignTemplateTagsResponse(tags=await self.tags.assign(request.target, list(request.tags), caller))
+
+    @_rpc
+    async def RemoveTemplateTags(self, request, caller):
+        return P.RemoveTemplateTagsResponse(removed=await self.tags.remove(request.name, list(request.tags), caller))
+
+    @_rpc
+    async def ListTemplateTags(self, request, caller):
+        tpl, tags = await self.tags.list(request.template, caller)
+        return P.ListTemplateTagsResponse(template_id=tpl.template_id, tags=tags)
 
     # ---- template builds ----
     @_rpc

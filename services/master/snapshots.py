@@ -87,7 +87,10 @@ class Snapshots:
                 deleted += 1
         return deleted
 
-    async def create(self, sid: str, caller: Caller, name: str = "", fork: bool = False) -> P.Template:
+    async def create(self, sid: str, caller: Caller, name: str = "", fork: bool = False,
+                     filesystem_only: bool = False) -> P.Template:
+        """A snapshot of a running sandbox, a template in its team (``filesystem_only``: its disk
+        alone; sandboxes created from it cold-boot)."""
         if name and not NAME_RE.match(name):
             raise errors.InvalidArgument(f"invalid snapshot name '{name}'")
         v = await self.sb._record(sid, caller)
@@ -107,7 +110,8 @@ class Snapshots:
         tpl.updated_at.CopyFrom(tpl.created_at)
         await self.store.put_template(tpl)
         try:
-            req = cubelet_pb2.SnapshotSandboxRequest(sandbox_id=sid, template_id=tpl.template_id)
+            req = cubelet_pb2.SnapshotSandboxRequest(sandbox_id=sid, template_id=tpl.template_id,
+                                                     filesystem_only=filesystem_only)
             info = await self.sb.nodes.call(node, "SnapshotSandbox", req, timeout=self.sb.settings.node_op_timeout_s)
         except BaseException:
             await asyncio.shield(self._undo(node, tpl.template_id))
@@ -115,7 +119,7 @@ class Snapshots:
         done = from_info(info, self.sb.settings.envd_version)
         done.team_id, done.source = tpl.team_id, tpl.source
         done.base_template_id, done.source_sandbox_id = tpl.base_template_id, tpl.source_sandbox_id
-        done.fork_base, done.home_node_id = fork, node.node_id
+        done.fork_base, done.home_node_id, done.filesystem_only = fork, node.node_id, info.filesystem_only
         done.created_at.CopyFrom(tpl.created_at)
         done.updated_at.CopyFrom(ts())
         await self.store.put_template(done)

@@ -7,9 +7,10 @@ cluster.
 Writes that change a sandbox compare its mod revision (optimistic concurrency), so two masters
 (or a master and the reconciler) never overwrite each other; a sandbox and its route change in
 one transaction, and so does the team's admission guard when a quota applies (``TeamGuard``,
-services/master/quotas.py). A deleted template leaves its tombstones in the transaction that
-deletes it, and a claim of a tombstoned name compares the tombstone in the transaction that
-claims it (``NameClaim``, services/master/tombstones.py).
+services/master/quotas.py). A deleted template leaves its tombstones, and loses its tags, in the
+transaction that deletes it; tags are written comparing (and rewriting) their template's record
+(services/master/tags.py). A claim of a tombstoned name compares the tombstone in the transaction
+that claims it (``NameClaim``, services/master/tombstones.py).
 
 Any etcd failure surfaces as ``EtcdUnavailable`` within the configured deadline, never as a hang
 (``cube_common.etcd``, which also fails over between endpoints).
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from aetcd.utils import prefix_range_end
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
@@ -226,13 +228,38 @@ class Store:
 
     async def delete_template(self, tid: str, aliases: list[master_pb2.TemplateAlias],
                               tombstones: Sequence[master_pb2.TemplateTombstone] = ()) -> bool:
-        """Delete a template's record and its aliases, leaving the tombstones of its names, in
-        one transaction; False when the record is already gone."""
+        """Delete a template's record, its aliases and its tags, leaving the tombstones of its
+        names, in one transaction; False when the record is already gone."""
         t = self.t
         k = self.keys.template(tid)
-        ops = [t.delete(k)] + [t.delete(self._alias_key(a)) for a in aliases]
+        tags = self.keys.template_tags(tid)
+        ops = [t.delete(k), t.delete(tags, range_end=prefix_range_end(tags))]
+        ops += [t.delete(self._alias_key(a)) for a in aliases]
         ops += [t.put(self.keys.tombstone(tomb.name), to_json(tomb)) for tomb in tombstones]
         ok, _ = await self.txn([t.create(k) > 0], ops)
+        return ok
+
+    # ---- template tags (services/master/tags.py) -------------------------------------------
+
+    async def get_tag(self, tid: str, tag: str) -> Versioned[master_pb2.TemplateTag] | None:
+        return await self._get(self.keys.template_tag(tid, tag), master_pb2.TemplateTag)
+
+    async def list_tags(self, tid: str) -> list[Versioned[master_pb2.TemplateTag]]:
+        return await self._list(self.keys.template_tags(tid), master_pb2.TemplateTag)
+
+    async def write_tags(self, template: Versioned[master_pb2.Template], put: Sequence[master_pb2.TemplateTag] = (),
+                         delete: Sequence[str] = ()) -> bool:
+        """Write and delete tags of a template in one transaction, only if its record is still at
+        ``template.mod_revision``: a template deleted (or rebuilt) meanwhile keeps no tag written
+        for what it was. The record is rewritten unchanged, so that tag writes of one template
+        serialize (each one counts the others'). False when the record changed or is gone."""
+        t = self.t
+        tid = template.value.template_id
+        k = self.keys.template(tid)
+        ops = [t.put(k, to_json(template.value))]
+        ops += [t.put(self.keys.template_tag(tid, tag.tag), to_json(tag)) for tag in put]
+        ops += [t.delete(self.keys.template_tag(tid, name)) for name in delete]
+        ok, _ = await self.txn([t.mod(k) == template.mod_revision], ops)
         return ok
 
     async def get_tombstone(self, name: str) -> Versioned[master_pb2.TemplateTombstone] | None:

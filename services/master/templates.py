@@ -17,7 +17,9 @@ Names: template ids are one namespace for the whole cluster (they name snapshots
 aliases are per team. A name is resolved as the caller's team's alias, then a public alias, then
 a template id the caller may use. A team cannot claim a public alias (that needs an admin), and
 its aliases never hide another team's, which live in their own namespace. A deleted template's id
-and public aliases stay its team's (tombstones.py).
+and public aliases stay its team's (tombstones.py). A name may carry E2B's tag, `name:tag`: the
+template's build that tag names, which must be its current one (tags.py; `name:default` is the
+current build); a name is looked up whole first, so an alias holding a ':' still resolves.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import re
 from cube_common.etcd import EtcdUnavailable
 from cube_common.teams import Caller
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2
-from services.master import errors
+from services.master import errors, tags
 from services.master.clock import ts
 from services.master.log import get_logger
 from services.master.nodes import NodeClients
@@ -100,13 +102,35 @@ class Templates:
         return rec.value if rec is not None else await self.discover(tid)
 
     async def resolve(self, ref: str, caller: Caller) -> tuple[master_pb2.Template, str]:
-        """Template record for an id or alias the caller may use, and the alias used ("" for an
+        """Template record for an id or alias the caller may use, optionally with a tag
+        (`name:tag`, which must name its current build: tags.py), and the alias used ("" for an
         id); the order is the module docstring's."""
-        # E2B names carry a tag (`name:tag`, a snapshot's id `id:default`); Cube keeps one build per
-        # template, its `default` tag.
+        tpl, alias, tag = await self.resolve_tagged(ref, caller)
+        if tag:
+            await tags.check_pinned(self.store, tpl, alias or tpl.template_id, tag)
+        return tpl, alias
+
+    async def resolve_tagged(self, ref: str, caller: Caller) -> tuple[master_pb2.Template, str, str]:
+        """``resolve`` less the tag's check: the record, the alias used, and the tag the name
+        carries, lower-cased ("" for none and for `default`, which names the current build). A
+        name is first looked up whole (aliases may hold a ':'), then as `name:tag`."""
+        # E2B names carry a tag (`name:tag`; a snapshot's id is `id:default`).
         ref = ref.removesuffix(":default") if ref else ref
         if not ref or not NAME_RE.match(ref):
             raise errors.NotFound(f"template '{ref}' not found")
+        try:
+            tpl, alias = await self._named(ref, caller)
+            return tpl, alias, ""
+        except errors.NotFound:
+            name, sep, tag = ref.rpartition(":")
+            if not (sep and name and tag):
+                raise
+        tpl, alias = await self._named(name, caller)
+        tag = tag.lower()
+        return tpl, alias, "" if tag == tags.DEFAULT else tag
+
+    async def _named(self, ref: str, caller: Caller) -> tuple[master_pb2.Template, str]:
+        """The record a name without a tag resolves to, and the alias used."""
         # One round trip for the three places the name may be.
         mine, public, direct = await asyncio.gather(
             self.store.get_alias(ref, caller.team_id) if caller.team_id else _none(),
@@ -121,9 +145,14 @@ class Templates:
     async def managed(self, ref: str, caller: Caller) -> master_pb2.Template:
         """The template ``ref`` names if the caller may change it (see the module docstring)."""
         tpl, _ = await self.resolve(ref, caller)
+        self.may_change(tpl, caller)
+        return tpl
+
+    @staticmethod
+    def may_change(tpl: master_pb2.Template, caller: Caller) -> None:
+        """PermissionDenied unless the caller, who may use ``tpl``, may also change it."""
         if not tpl.team_id and not caller.admin:
             raise errors.PermissionDenied(f"template '{tpl.template_id}' is public; only an admin can change it")
-        return tpl
 
     async def discover(self, tid: str) -> master_pb2.Template | None:
         """Register a template a node reports having (NodeStatus.templates) but etcd lacks."""

@@ -41,7 +41,8 @@ async def expire_once(sandboxes: Sandboxes, now: float | None = None) -> list[st
                     await sandboxes.kill(rec.sandbox_id, OPERATOR, reason="paused retention ended")
                 elif rec.auto_pause:
                     try:
-                        await sandboxes.pause(rec.sandbox_id, OPERATOR, reason="timeout")
+                        await sandboxes.pause(rec.sandbox_id, OPERATOR, reason="timeout",
+                                              filesystem_only=rec.auto_pause_filesystem_only)
                     except errors.Exhausted as e:
                         log.warning("paused quota reached at timeout; killing instead",
                                     extra={"sandbox_id": rec.sandbox_id, "error": str(e)})

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import json_format
 
+from cube_common import host_mask
 from cube_common.etcd import EtcdClient
 from cube_common.keys import Keys
 from sdk.gen.cube.v1 import route_pb2
@@ -57,6 +58,8 @@ class Route:
     node_id: str = ""
     traffic_access_token: str = ""
     auto_resume: bool = False  # paused, and traffic should resume it (route.proto)
+    # The Host its ports but envd's get, `${PORT}` still in it (cube_common/host_mask.py); "": none.
+    mask_request_host: str = ""
     # Not part of a route's identity: an identical put at a newer revision is the same route.
     mod_revision: int = field(default=0, compare=False)
 
@@ -93,8 +96,13 @@ def parse_route(key: str, value: bytes, prefix: str, local_node_id: str, mod_rev
     token = msg.traffic_access_token
     if token and not TOKEN_RE.match(token):
         raise MalformedRoute("traffic access token has characters that cannot travel in a header")
+    try:
+        mask = host_mask.check(msg.mask_request_host)
+    except host_mask.InvalidHostMask as e:
+        raise MalformedRoute(str(e)) from None
     route = functools.partial(Route, sandbox_id=sid, state=state, node_id=msg.node_id, traffic_access_token=token,
-                              auto_resume=state is RouteState.PAUSED and msg.auto_resume, mod_revision=mod_revision)
+                              auto_resume=state is RouteState.PAUSED and msg.auto_resume,
+                              mask_request_host=mask, mod_revision=mod_revision)
     if not msg.node_id or msg.node_id == local_node_id:
         if not msg.host_address:
             if state is RouteState.PAUSED:

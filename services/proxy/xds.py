@@ -22,6 +22,13 @@ Routing scheme (why it looks like this):
   STATIC (or DNS) cluster per remote node proxy.
 * Errors: no map entry = Envoy's "no route" (NR) and a connect failure or reset by the guest
   (UF/UC) become the SDK's 502 bodies through local-reply mappers (errors.py).
+* Host masks (E2B's maskRequestHost, cube_common/host_mask.py): a masked sandbox's forward route
+  for ports other than 49983 sets the internal header `x-cube-host` to the mask with `${PORT}`
+  made the request's port (dynamic metadata, as for `x-cube-upstream`) and has Envoy rewrite the
+  Host from it (`host_rewrite_header`; Envoy cannot set Host as a plain header, nor format a
+  `host_rewrite_literal`), the client's Host going to `X-Forwarded-Host`. Route headers are
+  applied before the rewrite reads them, so `x-cube-host` cannot be removed and reaches the guest,
+  equal to its Host. Only the owning node masks: a hop to another node's proxy keeps the Host.
 
 Only RDS changes per sandbox. Envoy's state-of-the-world RDS resends the whole route
 configuration on a change; the control plane coalesces bursts (ads.py), so this stays cheap
@@ -51,6 +58,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from xds.type.matcher.v3 import matcher_pb2
 
+from cube_common import host_mask
 from cube_common.envd import ENVD_PORT
 
 from . import errors
@@ -66,6 +74,7 @@ ROUTE_CONFIG_NAME = "cube_sandboxes"
 SANDBOX_HEADER = "x-cube-sandbox"
 PORT_HEADER = "x-cube-port"
 UPSTREAM_HEADER = "x-cube-upstream"
+HOST_HEADER = "x-cube-host"  # a masked sandbox's Host, for host_rewrite_header
 TOKEN_HEADER = "e2b-traffic-access-token"
 RESUMER_CLUSTER = "cube_resumer"
 # envd routes only the orchestrator may call (upstream E2B blocks the same list at its proxy).
@@ -114,6 +123,7 @@ function envoy_on_request(h)
   hd:remove("%(sandbox)s")
   hd:remove("%(port)s")
   hd:remove("%(upstream)s")
+  hd:remove("%(host)s")
   local id = hd:get("e2b-sandbox-id")
   local port = hd:get("e2b-sandbox-port")
   if id == nil or port == nil then
@@ -140,7 +150,7 @@ function envoy_on_request(h)
 end
 """ % {  # noqa: UP031 - Lua is full of braces; %-substitution keeps it readable
     "blocked": ", ".join(f'"{p}"' for p in BLOCKED_ENVD_PATHS), "envd_port": ENVD_PORT,
-    "sandbox": SANDBOX_HEADER, "port": PORT_HEADER, "upstream": UPSTREAM_HEADER,
+    "sandbox": SANDBOX_HEADER, "port": PORT_HEADER, "upstream": UPSTREAM_HEADER, "host": HOST_HEADER,
 }
 
 
@@ -297,7 +307,14 @@ def _set(key: str, value: str) -> dict:
 _INTERNAL = [SANDBOX_HEADER, PORT_HEADER]
 
 
-def _forward(r: Route) -> dict:
+def _envoy_host(mask: str) -> str:
+    """A host mask as an Envoy header-value format: `${PORT}` becomes the request's port. A mask
+    has no '%' (host_mask.check); doubling any anyway keeps it literal."""
+    return mask.replace("%", "%%").replace(host_mask.PORT_PLACEHOLDER, errors.ENVOY_PORT)
+
+
+def _forward(r: Route, masked: bool = False) -> dict:
+    """Where a running sandbox's requests go; `masked`: with its Host mask (local routes only)."""
     if r.remote is not None:
         # The owning node's proxy routes by header; the Host (and so the guest's view) is kept.
         return {"match": {"prefix": "/"},
@@ -306,9 +323,14 @@ def _forward(r: Route) -> dict:
                                            _set("e2b-sandbox-port", errors.ENVOY_PORT)],
                 "request_headers_to_remove": _INTERNAL}
     host = f"[{r.host_address}]" if ":" in r.host_address else r.host_address
-    return {"match": {"prefix": "/"},
-            "route": {"cluster": local_cluster_name(r.proxy_source_address), "timeout": "0s"},
-            "request_headers_to_add": [_set(UPSTREAM_HEADER, f"{host}:{errors.ENVOY_PORT}")],
+    route: dict = {"cluster": local_cluster_name(r.proxy_source_address), "timeout": "0s"}
+    headers = [_set(UPSTREAM_HEADER, f"{host}:{errors.ENVOY_PORT}")]
+    if masked:
+        # Route headers are applied before the rewrite: X-Forwarded-Host gets the client's Host.
+        route["host_rewrite_header"] = HOST_HEADER
+        headers += [_set(HOST_HEADER, _envoy_host(r.mask_request_host)),
+                    _set("x-forwarded-host", "%REQ(:AUTHORITY)%")]
+    return {"match": {"prefix": "/"}, "route": route, "request_headers_to_add": headers,
             "request_headers_to_remove": _INTERNAL}
 
 
@@ -334,17 +356,33 @@ def _header_input(name: str) -> dict:
 
 
 def _on_match(r: Route, s: ProxySettings | None = None) -> dict:
-    """A sandbox's map entry. `s` is None when auto-resume is off (no master to ask)."""
+    """A sandbox's map entry. `s` is None when auto-resume is off (no master to ask).
+
+    envd's port (49983) gets `envd`; every other port `user`, the same unless the sandbox has a
+    Host mask (envd's requests keep their Host, as on E2B) and behind the traffic token check."""
     if r.state is RouteState.PAUSED:
         if not (r.auto_resume and s is not None and s.master_addr):
             return _action(_direct(502, errors.paused(r.sandbox_id)))
-        forward = _action(_resume(s))  # guarded like the running sandbox's traffic would be
+        # Guarded like the running sandbox's traffic would be; the mask applies once the
+        # resumed request is routed again, to the running sandbox.
+        envd = user = _action(_resume(s))
     else:
-        forward = _action(_forward(r))
-    if not r.traffic_access_token:
-        return forward
-    # Ports other than envd's need E2B-Traffic-Access-Token: missing → 401, wrong → 403.
-    token_check = {
+        envd = _action(_forward(r))
+        user = _action(_forward(r, masked=True)) if r.mask_request_host and r.is_local else envd
+    if not r.traffic_access_token and user is envd:
+        return envd
+    if r.traffic_access_token:
+        user = {"matcher": _token_check(r, user)}
+    return {"matcher": {
+        "matcher_tree": {"input": _header_input(PORT_HEADER),
+                         "exact_match_map": {"map": {str(ENVD_PORT): envd}}},
+        "on_no_match": user,
+    }}
+
+
+def _token_check(r: Route, forward: dict) -> dict:
+    """Ports other than envd's need E2B-Traffic-Access-Token: missing → 401, wrong → 403."""
+    return {
         "matcher_list": {"matchers": [
             {"predicate": {"single_predicate": {"input": _header_input(TOKEN_HEADER),
                                                 "value_match": {"exact": r.traffic_access_token}}},
@@ -357,11 +395,6 @@ def _on_match(r: Route, s: ProxySettings | None = None) -> dict:
         "on_no_match": _action(_direct(401, errors.client_error(
             401, "missing E2B-Traffic-Access-Token", r.sandbox_id))),
     }
-    return {"matcher": {
-        "matcher_tree": {"input": _header_input(PORT_HEADER),
-                         "exact_match_map": {"map": {str(ENVD_PORT): forward}}},
-        "on_no_match": {"matcher": token_check},
-    }}
 
 
 def _vhost_base() -> dict:

@@ -50,6 +50,8 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
     # cannot resume here (FAILED_PRECONDITION, as a cubelet answers).
     other_builds: tuple[str, ...] = ()
     arrivals: list[tuple[str, str]] = field(default_factory=list)  # (sandbox id, node it came from)
+    pauses: list[C.PauseSandboxRequest] = field(default_factory=list)  # as asked, in order
+    resumes: list[C.ResumeSandboxRequest] = field(default_factory=list)
     address: str = ""
     proxy_address: str = "127.0.0.1:1"
     # BuildTemplate script (see BuildTemplate): pause between events, a phase to fail in (with
@@ -155,7 +157,8 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
             s = self._get(context, request.sandbox_id)
             if s.state == C.SANDBOX_STATE_PAUSED:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "already paused")
-            s.state = C.SANDBOX_STATE_PAUSED
+            s.state, s.filesystem_only = C.SANDBOX_STATE_PAUSED, request.filesystem_only
+            self.pauses.append(request)
             return s
 
     def ResumeSandbox(self, request, context):
@@ -166,7 +169,8 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
             s = self._get(context, request.sandbox_id)
             if s.state == C.SANDBOX_STATE_RUNNING:
                 context.abort(grpc.StatusCode.FAILED_PRECONDITION, "already running")
-            s.state = C.SANDBOX_STATE_RUNNING
+            s.state, s.filesystem_only = C.SANDBOX_STATE_RUNNING, False
+            self.resumes.append(request)
             return s
 
     def _arrive(self, request, context) -> None:
@@ -319,7 +323,8 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
             self.register(*self._etcd)
         ts = Timestamp()
         ts.GetCurrentTime()
-        return C.TemplateInfo(template_id=request.template_id, vcpus=1, memory_mb=512, writable_layer_mb=1024,
+        return C.TemplateInfo(template_id=request.template_id, filesystem_only=request.filesystem_only,
+                              vcpus=1, memory_mb=512, writable_layer_mb=1024,
                               envd_version=self.envd_version, created_at=ts, source="default", node_id=self.node_id,
                               snapshot_bytes=1 << 20, base_template_id=s.template_id,
                               source_sandbox_id=request.sandbox_id, phase_ms={"SNAPSHOTTING": 100})

@@ -9,6 +9,9 @@ import pytest
 from e2b import Sandbox
 from e2b.exceptions import SandboxException
 
+from sdk.gen.cube.v1 import master_pb2 as P, network_pb2
+from tests.control.cluster import code_of, rpc
+
 pytestmark = pytest.mark.timeout(60)
 H = {"X-API-KEY": "e2b_" + "0" * 40}
 
@@ -97,6 +100,33 @@ def test_kill_twice_and_pause_paused(fresh):
     assert call(fresh, "DELETE", f"/sandboxes/{sid}").status_code == 204
     assert_error(call(fresh, "DELETE", f"/sandboxes/{sid}"), 404)
     assert_nothing_left(fresh)
+
+
+@pytest.mark.parametrize("mask", [
+    "localhost:${PORT}\r\nX-Injected: 1", "a b", "host:0", "host:65536", "host:${PORT}0", "${HOST}:80",
+    "[::1]:${PORT}", "user@host", "hé.example", "a..b", "x" * 256, 8080, ["localhost"],
+])
+def test_bad_mask_request_host_is_400(fresh, mask):
+    """network.maskRequestHost: a host[:port] (${PORT} for the port), bounded, header-safe."""
+    body = assert_error(call(fresh, "POST", "/v2/sandboxes",
+                             json={"templateID": "base", "network": {"maskRequestHost": mask}}), 400)
+    assert "maskRequestHost" in body["message"]
+    assert_nothing_left(fresh)
+
+
+def test_master_refuses_a_bad_mask_request_host(fresh):
+    """The master checks it too: gRPC callers do not pass through the API."""
+    req = P.CreateSandboxRequest(template="base", network=network_pb2.NetworkPolicy(mask_request_host="a\r\nb"))
+    assert code_of(lambda: rpc(fresh, "CreateSandbox", req)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert_nothing_left(fresh)
+
+
+def test_mask_request_host_cannot_be_updated(fresh):
+    sid = call(fresh, "POST", "/v2/sandboxes", json={"templateID": "base"}).json()["sandboxID"]
+    body = assert_error(call(fresh, "PUT", f"/sandboxes/{sid}/network",
+                             json={"maskRequestHost": "localhost:${PORT}"}), 400)
+    assert "maskRequestHost" in body["message"]
+    assert "maskRequestHost" not in call(fresh, "GET", f"/sandboxes/{sid}").json().get("network", {})
 
 
 def test_bad_timeout_bodies(fresh):

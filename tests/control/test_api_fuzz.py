@@ -48,6 +48,7 @@ MAX_EXAMPLES_INVALID = 8
 REQUEST_TIMEOUT_S = 20
 
 PUBLIC_PATHS = {"/health", "/openapi.json"}
+TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")  # openapi.NAME_PATTERN
 DEFAULT_TEMPLATE_NAMES = {"code-interpreter", "base", "code-interpreter-v1"}
 # Node calls that change something (the leader's periodic reads are not).
 NODE_WRITES = {"RunSandbox", "KillSandbox", "PauseSandbox", "ResumeSandbox", "UpdateNetwork", "BuildTemplate",
@@ -66,6 +67,7 @@ PROSE_CONSTRAINTS = (
     "cmd and args: at most",  # cmd and args together
     "writable layer must be at most", "'writableLayerSize' must be more than 0",  # sizes in strings
     "is the template id itself", "go together",  # fields that depend on each other
+    "invalid cursor",  # tagsCursor, cursor (template tags)
 )
 
 
@@ -161,6 +163,9 @@ class Fuzz:
             return ids + ([{"templateID": "base"}] if method == "GET" else [])  # public: read, never delete
         if path == "/templates/aliases/{alias}":
             return [{"alias": self.alias}, {"alias": "base"}]
+        if path.startswith("/templates/{templateID}/tags"):
+            ids = [{"templateID": self.template_id}, {"templateID": self.alias}, {"templateID": "base"}]
+            return [{**i, "tag": "default"} for i in ids] if "{tag}" in path else ids
         return []
 
     # ---- what a refused request must leave unchanged ----
@@ -238,9 +243,19 @@ def valid_schema(fuzz):
     def before_generate_body(ctx, strategy):
         # A generated template name is never one that exists (the coverage phase tries those):
         # schema-valid creates name the default template, so the rest of the body (timeouts,
-        # metadata, env, network) reaches a 201.
-        if (ctx.operation.method.upper(), ctx.operation.path) not in (("POST", "/v2/sandboxes"),
-                                                                       ("POST", "/sandboxes")):
+        # metadata, env, network) reaches a 201; tag writes name the team's template (a valid
+        # name only: a violating one is the point of such a case).
+        op = (ctx.operation.method.upper(), ctx.operation.path)
+        if op in (("POST", "/templates/tags"), ("DELETE", "/templates/tags")):
+            key = "target" if op[0] == "POST" else "name"
+
+            def name_ours(body):
+                if isinstance(body, dict) and isinstance(body.get(key), str) and TEMPLATE_NAME.match(body[key]):
+                    return {**body, key: fuzz.alias}
+                return body
+
+            return strategy.map(name_ours)
+        if op not in (("POST", "/v2/sandboxes"), ("POST", "/sandboxes")):
             return strategy
 
         def name_default(body):

@@ -194,6 +194,30 @@ def test_private_traffic_mints_a_token_the_route_carries(fresh):
     assert "trafficAccessToken" not in fresh.etcd.get_json(f"{fresh.prefix}/routes/{other['sandboxID']}")
 
 
+def test_mask_request_host_travels_to_the_route_and_stays(sdk_env, fresh):
+    """network.maskRequestHost from the unmodified SDK: on the record, on the route the proxies
+    read (the proxy's rewrite is tested with real Envoy in tests/proxy), on GET; a network update,
+    a pause and a resume keep it; an empty one is none."""
+    sbx = Sandbox.create(network={"mask_request_host": "localhost:${PORT}"})
+    sid = sbx.sandbox_id
+    route = lambda: fresh.etcd.get_json(f"{fresh.prefix}/routes/{sid}")  # noqa: E731
+    assert fresh.record(sid)["network"]["maskRequestHost"] == "localhost:${PORT}"
+    assert route()["maskRequestHost"] == "localhost:${PORT}"
+    assert (sbx.get_info().network or {}).get("mask_request_host") == "localhost:${PORT}"
+    sbx.update_network({"deny_out": ["8.8.8.8/32"]})  # E2B's update replaces every egress rule
+    assert fresh.record(sid)["network"]["maskRequestHost"] == "localhost:${PORT}"
+    assert route()["maskRequestHost"] == "localhost:${PORT}"
+    assert sbx.pause() is True
+    assert route()["state"] == "ROUTE_STATE_PAUSED" and route()["maskRequestHost"] == "localhost:${PORT}"
+    Sandbox.connect(sid)
+    assert route()["state"] == "ROUTE_STATE_RUNNING" and route()["maskRequestHost"] == "localhost:${PORT}"
+    assert (Sandbox.get_info(sid).network or {}).get("mask_request_host") == "localhost:${PORT}"
+    sbx.kill()
+    other = api(fresh, "POST", "/v2/sandboxes", json={"templateID": "base", "network": {"maskRequestHost": ""}})
+    assert other.status_code == 201, other.text
+    assert "maskRequestHost" not in fresh.etcd.get_json(f"{fresh.prefix}/routes/{other.json()['sandboxID']}")
+
+
 def test_auto_pause_lifecycle_reported(sdk_env, fresh):
     sbx = Sandbox.create(lifecycle={"on_timeout": "pause"})
     info = sbx.get_info()

@@ -98,7 +98,7 @@ def test_refusals_leave_nothing(teams):
     node = t.c.cubelets[0]
     sid = create(t, t.a)
     before = template_ids(t, t.admin)
-    for body, status in (({"memory": False}, 400), ({"name": "bad name!"}, 400), ({"name": 7}, 400)):
+    for body, status in (({"memory": "no"}, 400), ({"name": "bad name!"}, 400), ({"name": 7}, 400)):
         r = snapshot(t, t.a, sid, **body)
         assert r.status_code == status and r.json()["code"] == status, r.text
     assert snapshot(t, t.b, sid).status_code == 404  # another team's sandbox

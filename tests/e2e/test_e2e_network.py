@@ -154,3 +154,53 @@ def test_update_network_changes_the_running_sandbox_s_policy(sandboxes):
     vm_after = next(v for v in cluster.vms().values() if v.sandbox_id == sbx.sandbox_id)
     assert vm_after.pid == vm_before.pid  # no restart
     assert sbx.commands.run("echo still here").stdout.strip() == "still here"
+
+
+HOST_ECHO = """
+import http.server, json
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"host": self.headers.get("Host"), "xfh": self.headers.get("X-Forwarded-Host")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+http.server.ThreadingHTTPServer(("0.0.0.0", 8000), H).serve_forever()
+"""
+
+
+def _get_when_up(url: str, tls: ssl.SSLContext) -> httpx.Response:
+    deadline = time.monotonic() + 60
+    last = ""
+    while True:
+        try:
+            r = httpx.get(url, verify=tls, timeout=5)
+            if r.status_code == 200:
+                return r
+            last = f"{r.status_code} {r.text[:200]}"
+        except httpx.HTTPError as e:
+            last = repr(e)
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server in the sandbox never answered: {last}")
+        time.sleep(0.5)
+
+
+def test_mask_request_host_is_the_host_the_guest_sees(sandboxes):
+    """`network={"mask_request_host": "localhost:${PORT}"}`: a server in the sandbox gets the mask as
+    its Host, `${PORT}` being the port it serves, and the public name in X-Forwarded-Host; envd's
+    port keeps its Host (the SDK's own calls work), and so does a pause and a resume."""
+    sbx = sandboxes.create({"case": "mask-request-host"}, network={"mask_request_host": "localhost:${PORT}"})
+    sbx.files.write("/tmp/host_echo.py", HOST_ECHO)
+    sbx.commands.run("python3 /tmp/host_echo.py", background=True)
+    url = f"https://{sbx.get_host(8000)}/"
+    tls = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    assert _get_when_up(url, tls).json() == {"host": "localhost:8000", "xfh": sbx.get_host(8000)}
+    assert (sbx.get_info().network or {}).get("mask_request_host") == "localhost:${PORT}"
+    assert sbx.pause() is True
+    from e2b_code_interpreter import Sandbox
+    resumed = Sandbox.connect(sbx.sandbox_id)
+    assert _get_when_up(url, tls).json()["host"] == "localhost:8000"
+    assert resumed.commands.run("echo envd").stdout.strip() == "envd"

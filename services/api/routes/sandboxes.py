@@ -69,9 +69,10 @@ async def create_v1(request):
 async def _connect(request, raw_id: str):
     body = M.parse_body(request.body, required=False)
     timeout = M.opt_int(body, "timeout")
-    M.opt_bool(body, "memory")  # a resume always restores memory; typed all the same
-    resp = await master_call(request, "ConnectSandbox",
-                             P.ConnectSandboxRequest(sandbox_id=sandbox_id(raw_id), timeout_s=timeout or 0), slow=True)
+    # memory: false cold-boots a paused sandbox on its disk (what a filesystem-only pause always does).
+    reboot = M.opt_bool(body, "memory") is False
+    resp = await master_call(request, "ConnectSandbox", P.ConnectSandboxRequest(
+        sandbox_id=sandbox_id(raw_id), timeout_s=timeout or 0, reboot=reboot), slow=True)
     return response.json(M.sandbox_body(resp.sandbox, request.app.ctx.settings.domain),
                          status=201 if resp.resumed else 200)
 
@@ -172,11 +173,9 @@ async def refresh(request, raw_id: str):
 @bp.post("/sandboxes/<raw_id>/pause")
 async def pause(request, raw_id: str):
     body = M.parse_body(request.body, required=False)
-    # Both are ignored (a pause always keeps memory and needs no healthy guest), but typed.
-    M.opt_bool(body, "memory")
-    M.opt_bool(body, "requireHealthyGuest")
-    await master_call(request, "PauseSandboxRecord", P.PauseSandboxRecordRequest(sandbox_id=sandbox_id(raw_id)),
-                      slow=True)
+    await master_call(request, "PauseSandboxRecord", P.PauseSandboxRecordRequest(
+        sandbox_id=sandbox_id(raw_id), filesystem_only=M.opt_bool(body, "memory") is False,
+        require_healthy_guest=bool(M.opt_bool(body, "requireHealthyGuest"))), slow=True)
     return response.empty(status=204)
 
 
@@ -244,6 +243,10 @@ async def logs_v2(request, raw_id: str):
 @bp.put("/sandboxes/<raw_id>/network")
 async def update_network(request, raw_id: str):
     body = M.parse_body(request.body)
+    if "maskRequestHost" in body:
+        # Fixed at create, like allowPublicTraffic's token (the master keeps it on an update);
+        # refused rather than ignored, so no caller believes it changed.
+        raise bad_request("'maskRequestHost' is set when the sandbox is created and cannot be updated")
     policy = M.parse_network(body, body) or network_pb2.NetworkPolicy(expose_all_ports=True)
     await master_call(request, "UpdateSandboxNetwork", cubelet_pb2.UpdateNetworkRequest(
         sandbox_id=sandbox_id(raw_id), network=policy))
@@ -262,10 +265,8 @@ def snapshot_body(t: P.Template) -> dict:
 async def create_snapshot(request, raw_id: str):
     body = M.parse_body(request.body, required=False)
     name = M.opt_str(body, "name", M.NAME_RE) or ""
-    if M.opt_bool(body, "memory") is False:
-        raise bad_request("filesystem-only snapshots are not supported by this server; take a full one")
     t = await master_call(request, "SnapshotSandbox", P.SnapshotSandboxRecordRequest(
-        sandbox_id=sandbox_id(raw_id), name=name), slow=True)
+        sandbox_id=sandbox_id(raw_id), name=name, filesystem_only=M.opt_bool(body, "memory") is False), slow=True)
     return response.json(snapshot_body(t), status=201)
 
 

@@ -47,6 +47,16 @@ class SandboxRef(_message.Message):
     sandbox_id: str
     def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
 
+class PauseSandboxRequest(_message.Message):
+    __slots__ = ("sandbox_id", "filesystem_only", "require_healthy_guest")
+    SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_HEALTHY_GUEST_FIELD_NUMBER: _ClassVar[int]
+    sandbox_id: str
+    filesystem_only: bool
+    require_healthy_guest: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., filesystem_only: bool = ..., require_healthy_guest: bool = ...) -> None: ...
+
 class RunSandboxRequest(_message.Message):
     __slots__ = ("sandbox_id", "template_id", "env_vars", "envd_access_token", "network", "metadata")
     class EnvVarsEntry(_message.Message):
@@ -78,7 +88,7 @@ class RunSandboxRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class ResumeSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id", "env_vars", "envd_access_token", "network", "source")
+    __slots__ = ("sandbox_id", "env_vars", "envd_access_token", "network", "source", "reboot")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -91,12 +101,14 @@ class ResumeSandboxRequest(_message.Message):
     ENVD_ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REBOOT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     env_vars: _containers.ScalarMap[str, str]
     envd_access_token: str
     network: _network_pb2.NetworkPolicy
     source: PausedSource
-    def __init__(self, sandbox_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., source: _Optional[_Union[PausedSource, _Mapping]] = ...) -> None: ...
+    reboot: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., source: _Optional[_Union[PausedSource, _Mapping]] = ..., reboot: bool = ...) -> None: ...
 
 class PausedSource(_message.Message):
     __slots__ = ("node_id", "address")
@@ -107,7 +119,7 @@ class PausedSource(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class SandboxStatus(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "node_id", "state", "host_address", "proxy_source_address", "started_at", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "network", "metadata", "from_warm_pool")
+    __slots__ = ("sandbox_id", "template_id", "node_id", "state", "host_address", "proxy_source_address", "started_at", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "network", "metadata", "from_warm_pool", "filesystem_only")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +141,7 @@ class SandboxStatus(_message.Message):
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     FROM_WARM_POOL_FIELD_NUMBER: _ClassVar[int]
+    FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     node_id: str
@@ -143,7 +156,8 @@ class SandboxStatus(_message.Message):
     network: _network_pb2.NetworkPolicy
     metadata: _containers.ScalarMap[str, str]
     from_warm_pool: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[SandboxState, str]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., from_warm_pool: bool = ...) -> None: ...
+    filesystem_only: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[SandboxState, str]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., from_warm_pool: bool = ..., filesystem_only: bool = ...) -> None: ...
 
 class KillSandboxResponse(_message.Message):
     __slots__ = ("killed",)
@@ -295,7 +309,7 @@ class TemplateBuildEvent(_message.Message):
     def __init__(self, phase: _Optional[_Union[TemplateBuildPhase, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., template: _Optional[_Union[TemplateInfo, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
 
 class TemplateInfo(_message.Message):
-    __slots__ = ("template_id", "vcpus", "memory_mb", "writable_layer_mb", "envd_version", "created_at", "snapshot_bytes", "expose_ports", "source", "node_id", "phase_ms", "no_memory_sharing", "base_template_id", "source_sandbox_id")
+    __slots__ = ("template_id", "vcpus", "memory_mb", "writable_layer_mb", "envd_version", "created_at", "snapshot_bytes", "expose_ports", "source", "node_id", "phase_ms", "no_memory_sharing", "base_template_id", "source_sandbox_id", "filesystem_only")
     class PhaseMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -317,6 +331,7 @@ class TemplateInfo(_message.Message):
     NO_MEMORY_SHARING_FIELD_NUMBER: _ClassVar[int]
     BASE_TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
     template_id: str
     vcpus: int
     memory_mb: int
@@ -331,15 +346,18 @@ class TemplateInfo(_message.Message):
     no_memory_sharing: bool
     base_template_id: str
     source_sandbox_id: str
-    def __init__(self, template_id: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., writable_layer_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., expose_ports: _Optional[_Iterable[int]] = ..., source: _Optional[str] = ..., node_id: _Optional[str] = ..., phase_ms: _Optional[_Mapping[str, int]] = ..., no_memory_sharing: bool = ..., base_template_id: _Optional[str] = ..., source_sandbox_id: _Optional[str] = ...) -> None: ...
+    filesystem_only: bool
+    def __init__(self, template_id: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., writable_layer_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., expose_ports: _Optional[_Iterable[int]] = ..., source: _Optional[str] = ..., node_id: _Optional[str] = ..., phase_ms: _Optional[_Mapping[str, int]] = ..., no_memory_sharing: bool = ..., base_template_id: _Optional[str] = ..., source_sandbox_id: _Optional[str] = ..., filesystem_only: bool = ...) -> None: ...
 
 class SnapshotSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id", "template_id")
+    __slots__ = ("sandbox_id", "template_id", "filesystem_only")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ...) -> None: ...
+    filesystem_only: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., filesystem_only: bool = ...) -> None: ...
 
 class ListTemplatesRequest(_message.Message):
     __slots__ = ()

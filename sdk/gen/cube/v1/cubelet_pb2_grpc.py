@@ -51,7 +51,7 @@ class CubeletStub(object):
                 _registered_method=True)
         self.PauseSandbox = channel.unary_unary(
                 '/cube.v1.Cubelet/PauseSandbox',
-                request_serializer=cube_dot_v1_dot_cubelet__pb2.SandboxRef.SerializeToString,
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.PauseSandboxRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_cubelet__pb2.SandboxStatus.FromString,
                 _registered_method=True)
         self.ResumeSandbox = channel.unary_unary(
@@ -152,7 +152,10 @@ class CubeletServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def PauseSandbox(self, request, context):
-        """Save memory, devices and disk to this node's disk and free the VM.
+        """Save memory, devices and disk to this node's disk and free the VM; or, filesystem_only, the
+        disk alone (the guest writes back its page cache first; a resume cold-boots it).
+        UNAVAILABLE for a filesystem-only pause whose guest does not answer (its page cache would be
+        lost); the sandbox runs on.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -286,7 +289,7 @@ def add_CubeletServicer_to_server(servicer, server):
             ),
             'PauseSandbox': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseSandbox,
-                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.SandboxRef.FromString,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.PauseSandboxRequest.FromString,
                     response_serializer=cube_dot_v1_dot_cubelet__pb2.SandboxStatus.SerializeToString,
             ),
             'ResumeSandbox': grpc.unary_unary_rpc_method_handler(
@@ -449,7 +452,7 @@ class Cubelet(object):
             request,
             target,
             '/cube.v1.Cubelet/PauseSandbox',
-            cube_dot_v1_dot_cubelet__pb2.SandboxRef.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.PauseSandboxRequest.SerializeToString,
             cube_dot_v1_dot_cubelet__pb2.SandboxStatus.FromString,
             options,
             channel_credentials,

@@ -63,7 +63,7 @@ API_KEY_ROLE_USER: ApiKeyRole
 API_KEY_ROLE_ADMIN: ApiKeyRole
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id", "quota_exempt", "lost_reason", "lost_at", "resume_node_id", "transition_owner")
+    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id", "quota_exempt", "lost_reason", "lost_at", "resume_node_id", "transition_owner", "auto_pause_filesystem_only", "paused_filesystem_only")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,8 @@ class Sandbox(_message.Message):
     LOST_AT_FIELD_NUMBER: _ClassVar[int]
     RESUME_NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TRANSITION_OWNER_FIELD_NUMBER: _ClassVar[int]
+    AUTO_PAUSE_FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     alias: str
@@ -142,10 +144,12 @@ class Sandbox(_message.Message):
     lost_at: _timestamp_pb2.Timestamp
     resume_node_id: str
     transition_owner: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ..., quota_exempt: bool = ..., lost_reason: _Optional[str] = ..., lost_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_node_id: _Optional[str] = ..., transition_owner: _Optional[str] = ...) -> None: ...
+    auto_pause_filesystem_only: bool
+    paused_filesystem_only: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ..., quota_exempt: bool = ..., lost_reason: _Optional[str] = ..., lost_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_node_id: _Optional[str] = ..., transition_owner: _Optional[str] = ..., auto_pause_filesystem_only: bool = ..., paused_filesystem_only: bool = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
-    __slots__ = ("template", "timeout_s", "metadata", "env_vars", "auto_pause", "auto_resume", "network", "client_id")
+    __slots__ = ("template", "timeout_s", "metadata", "env_vars", "auto_pause", "auto_resume", "network", "client_id", "auto_pause_filesystem_only")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -168,6 +172,7 @@ class CreateSandboxRequest(_message.Message):
     AUTO_RESUME_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AUTO_PAUSE_FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
     template: str
     timeout_s: int
     metadata: _containers.ScalarMap[str, str]
@@ -176,7 +181,8 @@ class CreateSandboxRequest(_message.Message):
     auto_resume: bool
     network: _network_pb2.NetworkPolicy
     client_id: str
-    def __init__(self, template: _Optional[str] = ..., timeout_s: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., client_id: _Optional[str] = ...) -> None: ...
+    auto_pause_filesystem_only: bool
+    def __init__(self, template: _Optional[str] = ..., timeout_s: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., client_id: _Optional[str] = ..., auto_pause_filesystem_only: bool = ...) -> None: ...
 
 class GetSandboxRequest(_message.Message):
     __slots__ = ("sandbox_id",)
@@ -240,18 +246,24 @@ class SetSandboxTimeoutRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., timeout_s: _Optional[int] = ..., extend_only: bool = ...) -> None: ...
 
 class PauseSandboxRecordRequest(_message.Message):
-    __slots__ = ("sandbox_id",)
+    __slots__ = ("sandbox_id", "filesystem_only", "require_healthy_guest")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
+    FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
+    REQUIRE_HEALTHY_GUEST_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ...) -> None: ...
+    filesystem_only: bool
+    require_healthy_guest: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., filesystem_only: bool = ..., require_healthy_guest: bool = ...) -> None: ...
 
 class SnapshotSandboxRecordRequest(_message.Message):
-    __slots__ = ("sandbox_id", "name")
+    __slots__ = ("sandbox_id", "name", "filesystem_only")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     name: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    filesystem_only: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., name: _Optional[str] = ..., filesystem_only: bool = ...) -> None: ...
 
 class ForkSandboxRequest(_message.Message):
     __slots__ = ("sandbox_id", "count", "timeout_s")
@@ -280,14 +292,16 @@ class ForkSandboxResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ForkResult, _Mapping]]] = ...) -> None: ...
 
 class ConnectSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id", "timeout_s", "node_id")
+    __slots__ = ("sandbox_id", "timeout_s", "node_id", "reboot")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    REBOOT_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     timeout_s: int
     node_id: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., timeout_s: _Optional[int] = ..., node_id: _Optional[str] = ...) -> None: ...
+    reboot: bool
+    def __init__(self, sandbox_id: _Optional[str] = ..., timeout_s: _Optional[int] = ..., node_id: _Optional[str] = ..., reboot: bool = ...) -> None: ...
 
 class ConnectSandboxResponse(_message.Message):
     __slots__ = ("sandbox", "resumed")
@@ -308,7 +322,7 @@ class GetSandboxMetricsRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., start: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Template(_message.Message):
-    __slots__ = ("template_id", "aliases", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "created_at", "updated_at", "source", "status", "spawn_count", "last_spawned_at", "snapshot_bytes", "no_memory_sharing", "expose_ports", "node_ids", "build_id", "team_id", "base_template_id", "source_sandbox_id", "fork_base", "home_node_id")
+    __slots__ = ("template_id", "aliases", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "created_at", "updated_at", "source", "status", "spawn_count", "last_spawned_at", "snapshot_bytes", "no_memory_sharing", "expose_ports", "node_ids", "build_id", "team_id", "base_template_id", "source_sandbox_id", "fork_base", "home_node_id", "filesystem_only")
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     VCPUS_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +345,7 @@ class Template(_message.Message):
     SOURCE_SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     FORK_BASE_FIELD_NUMBER: _ClassVar[int]
     HOME_NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
     template_id: str
     aliases: _containers.RepeatedScalarFieldContainer[str]
     vcpus: int
@@ -353,7 +368,8 @@ class Template(_message.Message):
     source_sandbox_id: str
     fork_base: bool
     home_node_id: str
-    def __init__(self, template_id: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., status: _Optional[_Union[TemplateStatus, str]] = ..., spawn_count: _Optional[int] = ..., last_spawned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., no_memory_sharing: bool = ..., expose_ports: _Optional[_Iterable[int]] = ..., node_ids: _Optional[_Iterable[str]] = ..., build_id: _Optional[str] = ..., team_id: _Optional[str] = ..., base_template_id: _Optional[str] = ..., source_sandbox_id: _Optional[str] = ..., fork_base: bool = ..., home_node_id: _Optional[str] = ...) -> None: ...
+    filesystem_only: bool
+    def __init__(self, template_id: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., source: _Optional[str] = ..., status: _Optional[_Union[TemplateStatus, str]] = ..., spawn_count: _Optional[int] = ..., last_spawned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., no_memory_sharing: bool = ..., expose_ports: _Optional[_Iterable[int]] = ..., node_ids: _Optional[_Iterable[str]] = ..., build_id: _Optional[str] = ..., team_id: _Optional[str] = ..., base_template_id: _Optional[str] = ..., source_sandbox_id: _Optional[str] = ..., fork_base: bool = ..., home_node_id: _Optional[str] = ..., filesystem_only: bool = ...) -> None: ...
 
 class TemplateAlias(_message.Message):
     __slots__ = ("alias", "template_id", "team_id")
@@ -418,6 +434,66 @@ class TemplateTombstone(_message.Message):
     team_id: str
     deleted_at: _timestamp_pb2.Timestamp
     def __init__(self, name: _Optional[str] = ..., template_id: _Optional[str] = ..., team_id: _Optional[str] = ..., deleted_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class TemplateTag(_message.Message):
+    __slots__ = ("tag", "template_id", "build_id", "build_created_at", "assigned_at", "assignment_id", "current")
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    BUILD_ID_FIELD_NUMBER: _ClassVar[int]
+    BUILD_CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNED_AT_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    tag: str
+    template_id: str
+    build_id: str
+    build_created_at: _timestamp_pb2.Timestamp
+    assigned_at: _timestamp_pb2.Timestamp
+    assignment_id: str
+    current: bool
+    def __init__(self, tag: _Optional[str] = ..., template_id: _Optional[str] = ..., build_id: _Optional[str] = ..., build_created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assigned_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., assignment_id: _Optional[str] = ..., current: bool = ...) -> None: ...
+
+class AssignTemplateTagsRequest(_message.Message):
+    __slots__ = ("target", "tags")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, target: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class AssignTemplateTagsResponse(_message.Message):
+    __slots__ = ("tags",)
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    tags: _containers.RepeatedCompositeFieldContainer[TemplateTag]
+    def __init__(self, tags: _Optional[_Iterable[_Union[TemplateTag, _Mapping]]] = ...) -> None: ...
+
+class RemoveTemplateTagsRequest(_message.Message):
+    __slots__ = ("name", "tags")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RemoveTemplateTagsResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListTemplateTagsRequest(_message.Message):
+    __slots__ = ("template",)
+    TEMPLATE_FIELD_NUMBER: _ClassVar[int]
+    template: str
+    def __init__(self, template: _Optional[str] = ...) -> None: ...
+
+class ListTemplateTagsResponse(_message.Message):
+    __slots__ = ("template_id", "tags")
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    tags: _containers.RepeatedCompositeFieldContainer[TemplateTag]
+    def __init__(self, template_id: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[TemplateTag, _Mapping]]] = ...) -> None: ...
 
 class CreateTemplateBuildRequest(_message.Message):
     __slots__ = ("build", "aliases", "node_id")

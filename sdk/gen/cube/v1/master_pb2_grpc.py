@@ -29,9 +29,9 @@ if _version_not_supported:
 class MasterStub(object):
     """The cluster brain. The API facade (cube-api) and operators (cubemastercli, sdk.client) call it;
     it keeps every piece of cluster state in etcd under /cube/ as proto3 JSON of the messages below
-    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateBuild, ApiKey, Team, NodeAdmin;
-    NodeStatus is written by the cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
-    timers and the reconciler.
+    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateTag, TemplateBuild, ApiKey, Team,
+    NodeAdmin; NodeStatus is written by the cubelets) and calls the cubelets. Any master serves
+    every call; only the elected leader runs timers and the reconciler.
 
     The caller: cube-api names the team it acts for in the metadata of every call (`cube-team`,
     `cube-role`: `user` or `admin`); a call without them comes from an operator and acts as admin
@@ -144,6 +144,21 @@ class MasterStub(object):
                 request_serializer=cube_dot_v1_dot_master__pb2.ResolveTemplateAliasRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_master__pb2.TemplateAlias.FromString,
                 _registered_method=True)
+        self.AssignTemplateTags = channel.unary_unary(
+                '/cube.v1.Master/AssignTemplateTags',
+                request_serializer=cube_dot_v1_dot_master__pb2.AssignTemplateTagsRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.AssignTemplateTagsResponse.FromString,
+                _registered_method=True)
+        self.RemoveTemplateTags = channel.unary_unary(
+                '/cube.v1.Master/RemoveTemplateTags',
+                request_serializer=cube_dot_v1_dot_master__pb2.RemoveTemplateTagsRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.RemoveTemplateTagsResponse.FromString,
+                _registered_method=True)
+        self.ListTemplateTags = channel.unary_unary(
+                '/cube.v1.Master/ListTemplateTags',
+                request_serializer=cube_dot_v1_dot_master__pb2.ListTemplateTagsRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.ListTemplateTagsResponse.FromString,
+                _registered_method=True)
         self.CreateTemplateBuild = channel.unary_unary(
                 '/cube.v1.Master/CreateTemplateBuild',
                 request_serializer=cube_dot_v1_dot_master__pb2.CreateTemplateBuildRequest.SerializeToString,
@@ -229,9 +244,9 @@ class MasterStub(object):
 class MasterServicer(object):
     """The cluster brain. The API facade (cube-api) and operators (cubemastercli, sdk.client) call it;
     it keeps every piece of cluster state in etcd under /cube/ as proto3 JSON of the messages below
-    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateBuild, ApiKey, Team, NodeAdmin;
-    NodeStatus is written by the cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
-    timers and the reconciler.
+    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateTag, TemplateBuild, ApiKey, Team,
+    NodeAdmin; NodeStatus is written by the cubelets) and calls the cubelets. Any master serves
+    every call; only the elected leader runs timers and the reconciler.
 
     The caller: cube-api names the team it acts for in the metadata of every call (`cube-team`,
     `cube-role`: `user` or `admin`); a call without them comes from an operator and acts as admin
@@ -381,6 +396,35 @@ class MasterServicer(object):
 
     def ResolveTemplateAlias(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AssignTemplateTags(self, request, context):
+        """---- template tags (E2B's `name:tag`; services/master/tags.py) ----
+        Point tags at the build `target` names: `name` or `name:default` is the template's current
+        build, `name:tag` the build that tag names. Changing tags is changing the template: another
+        team's is NOT_FOUND, a public one's PERMISSION_DENIED unless the caller is an admin.
+        INVALID_ARGUMENT for a malformed tag or `default` (it always names the current build);
+        NOT_FOUND for an unknown template or tag, or a tag whose build a rebuild replaced;
+        FAILED_PRECONDITION while the template is not ready, or when it would have more tags than the
+        bound.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveTemplateTags(self, request, context):
+        """Tags the template does not have are no error. INVALID_ARGUMENT for a malformed tag, for
+        `default`, and for a name that carries a tag. Who may: as AssignTemplateTags.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTemplateTags(self, request, context):
+        """The tags of a template the caller may use, `default` (its current build) among them.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -609,6 +653,21 @@ def add_MasterServicer_to_server(servicer, server):
                     request_deserializer=cube_dot_v1_dot_master__pb2.ResolveTemplateAliasRequest.FromString,
                     response_serializer=cube_dot_v1_dot_master__pb2.TemplateAlias.SerializeToString,
             ),
+            'AssignTemplateTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignTemplateTags,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.AssignTemplateTagsRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.AssignTemplateTagsResponse.SerializeToString,
+            ),
+            'RemoveTemplateTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveTemplateTags,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.RemoveTemplateTagsRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.RemoveTemplateTagsResponse.SerializeToString,
+            ),
+            'ListTemplateTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplateTags,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.ListTemplateTagsRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.ListTemplateTagsResponse.SerializeToString,
+            ),
             'CreateTemplateBuild': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateTemplateBuild,
                     request_deserializer=cube_dot_v1_dot_master__pb2.CreateTemplateBuildRequest.FromString,
@@ -700,9 +759,9 @@ def add_MasterServicer_to_server(servicer, server):
 class Master(object):
     """The cluster brain. The API facade (cube-api) and operators (cubemastercli, sdk.client) call it;
     it keeps every piece of cluster state in etcd under /cube/ as proto3 JSON of the messages below
-    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateBuild, ApiKey, Team, NodeAdmin;
-    NodeStatus is written by the cubelets) and calls the cubelets. Any master serves every call; only the elected leader runs
-    timers and the reconciler.
+    (Sandbox, Template, TemplateAlias, TemplateTombstone, TemplateTag, TemplateBuild, ApiKey, Team,
+    NodeAdmin; NodeStatus is written by the cubelets) and calls the cubelets. Any master serves
+    every call; only the elected leader runs timers and the reconciler.
 
     The caller: cube-api names the team it acts for in the metadata of every call (`cube-team`,
     `cube-role`: `user` or `admin`); a call without them comes from an operator and acts as admin
@@ -1195,6 +1254,87 @@ class Master(object):
             '/cube.v1.Master/ResolveTemplateAlias',
             cube_dot_v1_dot_master__pb2.ResolveTemplateAliasRequest.SerializeToString,
             cube_dot_v1_dot_master__pb2.TemplateAlias.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignTemplateTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/AssignTemplateTags',
+            cube_dot_v1_dot_master__pb2.AssignTemplateTagsRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.AssignTemplateTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveTemplateTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/RemoveTemplateTags',
+            cube_dot_v1_dot_master__pb2.RemoveTemplateTagsRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.RemoveTemplateTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplateTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/ListTemplateTags',
+            cube_dot_v1_dot_master__pb2.ListTemplateTagsRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.ListTemplateTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -15,7 +15,7 @@ ROUTE_STATE_RUNNING: RouteState
 ROUTE_STATE_PAUSED: RouteState
 
 class SandboxRoute(_message.Message):
-    __slots__ = ("sandbox_id", "node_id", "node_proxy_address", "host_address", "proxy_source_address", "state", "traffic_access_token", "auto_resume")
+    __slots__ = ("sandbox_id", "node_id", "node_proxy_address", "host_address", "proxy_source_address", "state", "traffic_access_token", "auto_resume", "mask_request_host")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_PROXY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class SandboxRoute(_message.Message):
     STATE_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     AUTO_RESUME_FIELD_NUMBER: _ClassVar[int]
+    MASK_REQUEST_HOST_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     node_id: str
     node_proxy_address: str
@@ -32,4 +33,5 @@ class SandboxRoute(_message.Message):
     state: RouteState
     traffic_access_token: str
     auto_resume: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., node_id: _Optional[str] = ..., node_proxy_address: _Optional[str] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., state: _Optional[_Union[RouteState, str]] = ..., traffic_access_token: _Optional[str] = ..., auto_resume: bool = ...) -> None: ...
+    mask_request_host: str
+    def __init__(self, sandbox_id: _Optional[str] = ..., node_id: _Optional[str] = ..., node_proxy_address: _Optional[str] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., state: _Optional[_Union[RouteState, str]] = ..., traffic_access_token: _Optional[str] = ..., auto_resume: bool = ..., mask_request_host: _Optional[str] = ...) -> None: ...

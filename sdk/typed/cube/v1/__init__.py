@@ -140,6 +140,14 @@ class NetworkPolicy(betterproto.Message):
      envd's. Not the datapath's: CubeVS ignores it.
     """
 
+    mask_request_host: str = betterproto.string_field(7)
+    """
+    E2B `network.maskRequestHost`: the Host the proxy sends to the sandbox's ports (all but
+     envd's), `${PORT}` replaced by the port the request targets; empty: the client's Host.
+     Validated as cube_common/host_mask.py says. Fixed at create, like require_traffic_token (an
+     update keeps it); the proxy reads it from the route. Not the datapath's: CubeVS ignores it.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class GuestNetwork(betterproto.Message):
@@ -158,6 +166,17 @@ class GuestNetwork(betterproto.Message):
 @dataclass(eq=False, repr=False)
 class SandboxRef(betterproto.Message):
     sandbox_id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class PauseSandboxRequest(betterproto.Message):
+    sandbox_id: str = betterproto.string_field(1)
+    filesystem_only: bool = betterproto.bool_field(2)
+    require_healthy_guest: bool = betterproto.bool_field(3)
+    """
+    Refuse (UNAVAILABLE, the sandbox runs on) while the guest agent does not answer its health
+     check; a filesystem-only pause always is refused then.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -192,6 +211,12 @@ class ResumeSandboxRequest(betterproto.Message):
      NodeStatus). Unset: the state is on this node.
     """
 
+    reboot: bool = betterproto.bool_field(6)
+    """
+    Cold-boot the guest on its saved disk, ignoring the saved memory (dropped once it runs). What
+     a filesystem-only pause always does. Crash-recovery semantics for writes not yet written back.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class PausedSource(betterproto.Message):
@@ -224,6 +249,11 @@ class SandboxStatus(betterproto.Message):
     from_warm_pool: bool = betterproto.bool_field(14)
     """
     True when the VM came from the node's warm pool (diagnostics and benchmarks).
+    """
+
+    filesystem_only: bool = betterproto.bool_field(15)
+    """
+    Paused without its memory (a filesystem-only pause): its resume cold-boots it.
     """
 
 
@@ -375,12 +405,21 @@ class TemplateInfo(betterproto.Message):
     """
 
     source_sandbox_id: str = betterproto.string_field(14)
+    filesystem_only: bool = betterproto.bool_field(15)
+    """
+    A filesystem-only snapshot: its sandboxes cold-boot on its disk (no memory in it).
+    """
 
 
 @dataclass(eq=False, repr=False)
 class SnapshotSandboxRequest(betterproto.Message):
     sandbox_id: str = betterproto.string_field(1)
     template_id: str = betterproto.string_field(2)
+    filesystem_only: bool = betterproto.bool_field(3)
+    """
+    The disk alone (written back and copied while the guest is stopped, a fraction of a second):
+     sandboxes created from it cold-boot on a copy-on-write overlay of that disk.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -598,6 +637,17 @@ class Sandbox(betterproto.Message):
      once rather than at phase_deadline. Empty outside transitional phases.
     """
 
+    auto_pause_filesystem_only: bool = betterproto.bool_field(33)
+    """
+    Pause at end_at (auto_pause) without the memory: a filesystem-only pause.
+    """
+
+    paused_filesystem_only: bool = betterproto.bool_field(34)
+    """
+    PAUSED (or RESUMING) from a filesystem-only pause: the resume cold-boots it, and traffic
+     never resumes it (auto_resume does not apply).
+    """
+
 
 @dataclass(eq=False, repr=False)
 class CreateSandboxRequest(betterproto.Message):
@@ -613,6 +663,7 @@ class CreateSandboxRequest(betterproto.Message):
     auto_resume: bool = betterproto.bool_field(6)
     network: "NetworkPolicy" = betterproto.message_field(7)
     client_id: str = betterproto.string_field(8)
+    auto_pause_filesystem_only: bool = betterproto.bool_field(9)
 
 
 @dataclass(eq=False, repr=False)
@@ -668,12 +719,23 @@ class SetSandboxTimeoutRequest(betterproto.Message):
 @dataclass(eq=False, repr=False)
 class PauseSandboxRecordRequest(betterproto.Message):
     sandbox_id: str = betterproto.string_field(1)
+    filesystem_only: bool = betterproto.bool_field(2)
+    """
+    The disk alone: the resume cold-boots the sandbox (E2B `memory: false`).
+    """
+
+    require_healthy_guest: bool = betterproto.bool_field(3)
+    """
+    UNAVAILABLE, and the sandbox runs on, while its guest agent does not answer (E2B
+     `requireHealthyGuest`).
+    """
 
 
 @dataclass(eq=False, repr=False)
 class SnapshotSandboxRecordRequest(betterproto.Message):
     sandbox_id: str = betterproto.string_field(1)
     name: str = betterproto.string_field(2)
+    filesystem_only: bool = betterproto.bool_field(3)
 
 
 @dataclass(eq=False, repr=False)
@@ -703,6 +765,11 @@ class ConnectSandboxRequest(betterproto.Message):
     """
     Operators only (PERMISSION_DENIED for a team's caller): resume a paused sandbox on this node,
      its state moved there. Ignored for a running sandbox.
+    """
+
+    reboot: bool = betterproto.bool_field(4)
+    """
+    A paused sandbox cold-boots on its disk, its saved memory ignored (E2B `memory: false`).
     """
 
 
@@ -768,6 +835,11 @@ class Template(betterproto.Message):
     A snapshot's node: creates from it go there (its NodeStatus may not list it yet).
     """
 
+    filesystem_only: bool = betterproto.bool_field(23)
+    """
+    A filesystem-only snapshot: sandboxes created from it cold-boot on its disk.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class TemplateAlias(betterproto.Message):
@@ -830,6 +902,65 @@ class TemplateTombstone(betterproto.Message):
     template_id: str = betterproto.string_field(2)
     team_id: str = betterproto.string_field(3)
     deleted_at: datetime = betterproto.message_field(4)
+
+
+@dataclass(eq=False, repr=False)
+class TemplateTag(betterproto.Message):
+    """
+    A tag of a template (E2B's `name:tag`): the value at /cube/template-tags/<template_id>/<tag>. It
+     names the build the template had when it was assigned. `default` is never stored: it always
+     names the template's current build (ListTemplateTags shows it all the same).
+    """
+
+    tag: str = betterproto.string_field(1)
+    template_id: str = betterproto.string_field(2)
+    build_id: str = betterproto.string_field(3)
+    """
+    The build it names: the template record's build_id and created_at when it was assigned.
+    """
+
+    build_created_at: datetime = betterproto.message_field(4)
+    assigned_at: datetime = betterproto.message_field(5)
+    assignment_id: str = betterproto.string_field(6)
+    current: bool = betterproto.bool_field(7)
+    """
+    Filled on reads, never stored: whether the build it names is the template's current one. Cube
+     keeps one build of a template, so a tag whose build a rebuild replaced resolves to nothing
+     (NOT_FOUND, saying so) until it is assigned again.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class AssignTemplateTagsRequest(betterproto.Message):
+    target: str = betterproto.string_field(1)
+    tags: List[str] = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class AssignTemplateTagsResponse(betterproto.Message):
+    tags: List["TemplateTag"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class RemoveTemplateTagsRequest(betterproto.Message):
+    name: str = betterproto.string_field(1)
+    tags: List[str] = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class RemoveTemplateTagsResponse(betterproto.Message):
+    removed: List[str] = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class ListTemplateTagsRequest(betterproto.Message):
+    template: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class ListTemplateTagsResponse(betterproto.Message):
+    template_id: str = betterproto.string_field(1)
+    tags: List["TemplateTag"] = betterproto.message_field(2)
 
 
 @dataclass(eq=False, repr=False)
@@ -1186,6 +1317,13 @@ class SandboxRoute(betterproto.Message):
      the master) and then serves the request, instead of answering 502 "... is paused".
     """
 
+    mask_request_host: str = betterproto.string_field(9)
+    """
+    When set (the sandbox's NetworkPolicy.mask_request_host), the owning node's proxy sends
+     requests to any port other than envd (49983) with this Host, `${PORT}` replaced by the port,
+     and the client's Host in X-Forwarded-Host (E2B's maskRequestHost).
+    """
+
 
 @dataclass(eq=False, repr=False)
 class SandboxNetwork(betterproto.Message):
@@ -1362,7 +1500,7 @@ class CubeletStub(betterproto.ServiceStub):
 
     async def pause_sandbox(
         self,
-        sandbox_ref: "SandboxRef",
+        pause_sandbox_request: "PauseSandboxRequest",
         *,
         timeout: Optional[float] = None,
         deadline: Optional["Deadline"] = None,
@@ -1370,7 +1508,7 @@ class CubeletStub(betterproto.ServiceStub):
     ) -> "SandboxStatus":
         return await self._unary_unary(
             "/cube.v1.Cubelet/PauseSandbox",
-            sandbox_ref,
+            pause_sandbox_request,
             SandboxStatus,
             timeout=timeout,
             deadline=deadline,
@@ -1943,6 +2081,57 @@ class MasterStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def assign_template_tags(
+        self,
+        assign_template_tags_request: "AssignTemplateTagsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "AssignTemplateTagsResponse":
+        return await self._unary_unary(
+            "/cube.v1.Master/AssignTemplateTags",
+            assign_template_tags_request,
+            AssignTemplateTagsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def remove_template_tags(
+        self,
+        remove_template_tags_request: "RemoveTemplateTagsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "RemoveTemplateTagsResponse":
+        return await self._unary_unary(
+            "/cube.v1.Master/RemoveTemplateTags",
+            remove_template_tags_request,
+            RemoveTemplateTagsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_template_tags(
+        self,
+        list_template_tags_request: "ListTemplateTagsRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListTemplateTagsResponse":
+        return await self._unary_unary(
+            "/cube.v1.Master/ListTemplateTags",
+            list_template_tags_request,
+            ListTemplateTagsResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def create_template_build(
         self,
         create_template_build_request: "CreateTemplateBuildRequest",
@@ -2365,7 +2554,9 @@ class CubeletBase(ServiceBase):
     async def kill_sandbox(self, sandbox_ref: "SandboxRef") -> "KillSandboxResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
-    async def pause_sandbox(self, sandbox_ref: "SandboxRef") -> "SandboxStatus":
+    async def pause_sandbox(
+        self, pause_sandbox_request: "PauseSandboxRequest"
+    ) -> "SandboxStatus":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def resume_sandbox(
@@ -2455,7 +2646,7 @@ class CubeletBase(ServiceBase):
         await stream.send_message(response)
 
     async def __rpc_pause_sandbox(
-        self, stream: "grpclib.server.Stream[SandboxRef, SandboxStatus]"
+        self, stream: "grpclib.server.Stream[PauseSandboxRequest, SandboxStatus]"
     ) -> None:
         request = await stream.recv_message()
         response = await self.pause_sandbox(request)
@@ -2596,7 +2787,7 @@ class CubeletBase(ServiceBase):
             "/cube.v1.Cubelet/PauseSandbox": grpclib.const.Handler(
                 self.__rpc_pause_sandbox,
                 grpclib.const.Cardinality.UNARY_UNARY,
-                SandboxRef,
+                PauseSandboxRequest,
                 SandboxStatus,
             ),
             "/cube.v1.Cubelet/ResumeSandbox": grpclib.const.Handler(
@@ -2780,6 +2971,21 @@ class MasterBase(ServiceBase):
     async def resolve_template_alias(
         self, resolve_template_alias_request: "ResolveTemplateAliasRequest"
     ) -> "TemplateAlias":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def assign_template_tags(
+        self, assign_template_tags_request: "AssignTemplateTagsRequest"
+    ) -> "AssignTemplateTagsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def remove_template_tags(
+        self, remove_template_tags_request: "RemoveTemplateTagsRequest"
+    ) -> "RemoveTemplateTagsResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_template_tags(
+        self, list_template_tags_request: "ListTemplateTagsRequest"
+    ) -> "ListTemplateTagsResponse":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def create_template_build(
@@ -2988,6 +3194,30 @@ class MasterBase(ServiceBase):
     ) -> None:
         request = await stream.recv_message()
         response = await self.resolve_template_alias(request)
+        await stream.send_message(response)
+
+    async def __rpc_assign_template_tags(
+        self,
+        stream: "grpclib.server.Stream[AssignTemplateTagsRequest, AssignTemplateTagsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.assign_template_tags(request)
+        await stream.send_message(response)
+
+    async def __rpc_remove_template_tags(
+        self,
+        stream: "grpclib.server.Stream[RemoveTemplateTagsRequest, RemoveTemplateTagsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.remove_template_tags(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_template_tags(
+        self,
+        stream: "grpclib.server.Stream[ListTemplateTagsRequest, ListTemplateTagsResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_template_tags(request)
         await stream.send_message(response)
 
     async def __rpc_create_template_build(
@@ -3216,6 +3446,24 @@ class MasterBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ResolveTemplateAliasRequest,
                 TemplateAlias,
+            ),
+            "/cube.v1.Master/AssignTemplateTags": grpclib.const.Handler(
+                self.__rpc_assign_template_tags,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                AssignTemplateTagsRequest,
+                AssignTemplateTagsResponse,
+            ),
+            "/cube.v1.Master/RemoveTemplateTags": grpclib.const.Handler(
+                self.__rpc_remove_template_tags,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                RemoveTemplateTagsRequest,
+                RemoveTemplateTagsResponse,
+            ),
+            "/cube.v1.Master/ListTemplateTags": grpclib.const.Handler(
+                self.__rpc_list_template_tags,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListTemplateTagsRequest,
+                ListTemplateTagsResponse,
             ),
             "/cube.v1.Master/CreateTemplateBuild": grpclib.const.Handler(
                 self.__rpc_create_template_build,
