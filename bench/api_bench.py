@@ -10,8 +10,11 @@
      kill_ms              kill() wall time
 2. Concurrent: k `AsyncSandbox.create()` at once, for each k in --concurrency: create_ms p50/p99 and
    failures (creates that raised), then all of them are killed.
-3. Snapshots (--snapshots rounds): snapshot_ms, create_from_snapshot_ms against create_ms of the
-   default template in the same rounds, fork_ms (fork of one), fork_10_ms (one fork of 10).
+3. Snapshots (--snapshots rounds): snapshot_ms; first_create_from_snapshot_ms (the first create
+   from a new snapshot); create_from_snapshot_ms (a stream of STREAM creates from each, one after
+   the other, each checked to hold the source's state and killed, as an RL rollout creates from
+   one snapshot) against create_ms of the default template measured the same way in the same
+   rounds; fork_ms (fork of one), fork_10_ms (one fork of 10); filesystem_snapshot_ms.
 4. Cold-boot baseline, same run: the API cannot cold-boot a sandbox (every create is a clone), so
    the default image is booted the way a template build boots it (vmm_core, 1 vCPU, 1024 MB, a
    tap in a network namespace of its own): create_ms = boot until the agent answers /health on 49983 and
@@ -113,33 +116,52 @@ def sequential(n: int) -> dict:
 
 # ---- snapshots and forks ------------------------------------------------------------------------
 
+# Creates from one snapshot (and from the default template, the baseline) per round.
+STREAM = 6
+
+
 def snapshots(n: int) -> dict:
-    """n rounds of: a source with state in its kernel, `create_snapshot()` (snapshot_ms), a create
-    from the snapshot (create_from_snapshot_ms, checked to hold the source's state) next to a create
-    from the default template (create_ms, the same run's baseline), `fork()` of one (fork_ms); then
-    one fork of 10 at once. Everything made is killed and deleted."""
+    """n rounds of: a source with state in its kernel, `create_snapshot()` (snapshot_ms), STREAM
+    creates from the snapshot one after the other (the first is first_create_from_snapshot_ms; all
+    are create_from_snapshot_ms; each checked to hold the source's state, then killed) and as many
+    from the default template (create_ms, the same run's baseline), `fork()` of one (fork_ms), a
+    filesystem-only snapshot (filesystem_snapshot_ms); then one fork of 10 at once. Everything made
+    is killed and deleted."""
     from e2b_code_interpreter import Sandbox
 
-    snap_ms, from_snap, from_tpl, fork1, fork10 = [], [], [], [], []
+    snap_ms, first, from_snap, from_tpl, fork1, fork10, fs_ms = [], [], [], [], [], [], []
     failures = 0
     for i in range(n):
         src = Sandbox.create(metadata=TAG)
         made: list = [src]
-        snap = None
+        snaps = []
         try:
             src.run_code(f"state = {i}")
             t0 = time.monotonic()
             snap = src.create_snapshot()
             snap_ms.append(ms(t0))
+            snaps.append(snap)
+            for k in range(STREAM):
+                t0 = time.monotonic()
+                child = Sandbox.create(snap.snapshot_id, metadata=TAG)
+                from_snap.append(ms(t0))
+                if k == 0:
+                    first.append(from_snap[-1])
+                try:
+                    if child.run_code("state").text != str(i):
+                        raise RuntimeError("a sandbox from the snapshot lost the source's state")
+                finally:
+                    child.kill()
+                t0 = time.monotonic()
+                base = Sandbox.create(metadata=TAG)
+                from_tpl.append(ms(t0))
+                try:
+                    base.run_code("1")
+                finally:
+                    base.kill()
             t0 = time.monotonic()
-            child = Sandbox.create(snap.snapshot_id, metadata=TAG)
-            from_snap.append(ms(t0))
-            made.append(child)
-            if child.run_code("state").text != str(i):
-                raise RuntimeError("a sandbox from the snapshot lost the source's state")
-            t0 = time.monotonic()
-            made.append(Sandbox.create(metadata=TAG))
-            from_tpl.append(ms(t0))
+            snaps.append(src.create_snapshot(mode="filesystem"))
+            fs_ms.append(ms(t0))
             t0 = time.monotonic()
             forks = src.fork(count=1)
             fork1.append(ms(t0))
@@ -154,14 +176,17 @@ def snapshots(n: int) -> dict:
         finally:
             for s in made:
                 s.kill()
-            if snap is not None:
+            for snap in snaps:
                 Sandbox.delete_snapshot(snap.snapshot_id)
-        progress(f"snapshots {i + 1}/{n}: snapshot {snap_ms[-1]:.0f} ms, from it {from_snap[-1]:.0f} ms, "
-                 f"fork {fork1[-1]:.0f} ms")
+        progress(f"snapshots {i + 1}/{n}: snapshot {snap_ms[-1]:.0f} ms, first from it {first[-1]:.0f} ms, "
+                 f"from it p50 {summary(from_snap[-STREAM:])['p50']:.0f} ms, fork {fork1[-1]:.0f} ms, "
+                 f"filesystem snapshot {fs_ms[-1]:.0f} ms")
     p50 = summary(from_snap)["p50"] / summary(from_tpl)["p50"]
-    return {"snapshot_ms": summary(snap_ms), "create_from_snapshot_ms": summary(from_snap),
-            "create_ms": summary(from_tpl), "create_from_snapshot_vs_template_p50": round(p50, 2),
-            "fork_ms": summary(fork1), "fork_10_ms": fork10[0] if fork10 else None, "fork_failures": failures}
+    return {"snapshot_ms": summary(snap_ms), "first_create_from_snapshot_ms": summary(first),
+            "create_from_snapshot_ms": summary(from_snap), "create_ms": summary(from_tpl),
+            "create_from_snapshot_vs_template_p50": round(p50, 2), "fork_ms": summary(fork1),
+            "fork_10_ms": fork10[0] if fork10 else None, "fork_failures": failures,
+            "filesystem_snapshot_ms": summary(fs_ms)}
 
 
 # ---- 2. concurrent ---------------------------------------------------------------------------

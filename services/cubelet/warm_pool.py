@@ -5,6 +5,14 @@ first requests (hundreds of ms); a pooled clone has paid both. It has no identit
 hands it the sandbox's network policy, clock, entropy (forcing a reseed) and agent token, exactly
 as a fresh clone gets them, so nothing distinguishes the two once created. Until claimed a pooled
 clone has no internet access and runs no user code.
+
+Built templates are pooled always. A snapshot of a sandbox (memory and all) is pooled only while
+it is in demand: from a second create from it within SNAPSHOT_DEMAND_S of the one before, until
+SNAPSHOT_DEMAND_S without one, after which its entries are discarded. A team may keep many
+snapshots; only those being created from hold idle VMs, and a stream of creates from one (an RL
+rollout's) meets clones restored ahead. One create is no demand: a fork of one, or a sandbox
+created from a snapshot once, would only leave idle VMs behind. Filesystem-only snapshots are
+never pooled (their sandboxes boot; a pooled boot would run the template's services for nobody).
 """
 from __future__ import annotations
 
@@ -24,7 +32,7 @@ from vmm_core import Machine, NetworkAttachment, VmmError, VmmSettings, clone
 from .guest_client import GuestAgentError, GuestEndpoint, init_identity, wait_healthy, warm_interpreter
 from .settings import CubeletSettings
 from .steps import Steps
-from .templates import TemplateStore
+from .templates import Template, TemplateStore
 from .vs_client import VsClient
 
 log = logging.getLogger("cubelet.warm_pool")
@@ -33,6 +41,8 @@ log = logging.getLogger("cubelet.warm_pool")
 # How long a pooled clone may sit without a health check. Under the agent's keep-alive timeout
 # (aiohttp's 75 s), so the connection a claim will use stays open.
 CHECK_IDLE_S = 30.0
+# How long after the last create from a snapshot its pooled clones are kept.
+SNAPSHOT_DEMAND_S = 120.0
 
 
 @dataclass(eq=False)  # entries are compared by identity
@@ -67,6 +77,10 @@ class WarmPool:
         self._stale: list[PoolEntry] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        # Template id -> when a sandbox was last created from it (time.monotonic()), and the
+        # snapshots among them created from twice within SNAPSHOT_DEMAND_S (in demand).
+        self._created: dict[str, float] = {}
+        self._demand: set[str] = set()
 
     def claim(self, template_id: str, build_key: str) -> PoolEntry | None:
         """A ready clone of this build of the template, if one is pooled. Clones of an earlier
@@ -84,7 +98,21 @@ class WarmPool:
         return len(self._ready.get(template_id, ()))
 
     def request_refill(self, template_id: str | None = None) -> None:
+        """A sandbox was just created from ``template_id`` (or the pool may have room): fill."""
+        if template_id is not None:
+            now = time.monotonic()
+            if now - self._created.get(template_id, -SNAPSHOT_DEMAND_S) < SNAPSHOT_DEMAND_S:
+                self._demand.add(template_id)
+            self._created[template_id] = now
         self._wake.set()
+
+    def _pooled(self, tpl: Template) -> bool:
+        """Whether ``tpl`` is pooled now (see the module docstring)."""
+        if not tpl.info.base_template_id:
+            return True
+        if tpl.info.filesystem_only:
+            return False
+        return tpl.template_id in self._demand
 
     async def start(self) -> None:
         if self.settings.warm_pool_size > 0:
@@ -103,10 +131,15 @@ class WarmPool:
         await self._discard_stale()
 
     async def _discard_stale(self) -> None:
-        """Entries of deleted templates, and of template builds that have been replaced."""
+        """Entries of deleted templates, of template builds that have been replaced, and of
+        snapshots no longer in demand."""
+        now = time.monotonic()
+        for tid in [t for t, at in self._created.items() if now - at >= SNAPSHOT_DEMAND_S]:
+            del self._created[tid]
+            self._demand.discard(tid)
         for tid, q in self._ready.items():
             tpl = self.templates.get(tid)
-            current = tpl.build_key if tpl is not None else None
+            current = tpl.build_key if tpl is not None and self._pooled(tpl) else None
             for entry in list(q):
                 if entry.build_key != current:
                     q.remove(entry)
@@ -143,9 +176,7 @@ class WarmPool:
             self._wake.clear()
             await self._discard_stale()
             await self._check_idle()
-            # Snapshots of sandboxes are created from at clone speed without a pool: one per
-            # snapshot would hold idle VMs for every snapshot a team keeps.
-            for tpl in (t for t in self.templates.list() if not t.info.base_template_id):
+            for tpl in (t for t in self.templates.list() if self._pooled(t)):
                 while self.size(tpl.template_id) < self.settings.warm_pool_size:
                     try:
                         entry = await self._make(tpl.template_id)
@@ -184,17 +215,16 @@ class WarmPool:
             # clone(sync=True) already had the guest answer on the control channel; a claim uses
             # only the agent, whose paths are exercised below so their translation is done then.
             ep = GuestEndpoint(net.host_address, net.proxy_address)
-            # Only the default image runs the agent's code interpreter; an image template may not.
-            interpreter = tpl.info.source == "default"
-            ports = (ENVD_PORT, INTERPRETER_PORT) if interpreter else (ENVD_PORT,)
-            await wait_healthy(ep, ports, timeout=120)
+            await wait_healthy(ep, tpl.ready_ports, timeout=120)
             steps.done("healthy")
-            # An /init with no token (the agent has none yet, so the real one later is accepted):
-            # the exact path a claim takes, now translated, on the connection the claim will use.
+            # An /init with no token (the agent then has none, so the real one later is accepted;
+            # a snapshot's agent holds its source's, which it asks for first): the exact path a
+            # claim takes, now translated, on the connection the claim will use.
             agent = ep.client(30.0)
-            await init_identity(ep, sandbox_id="", access_token="", env_vars={}, client=agent)
+            await init_identity(ep, sandbox_id="", access_token="", env_vars={}, client=agent,
+                                current_token=tpl.guest_token)
             steps.done("init")
-            if interpreter:
+            if INTERPRETER_PORT in tpl.ready_ports:
                 # And a first cell's: without this a sandbox's first run_code pays ~1 s of translation.
                 await warm_interpreter(ep, timeout=120)
                 steps.done("warmup")

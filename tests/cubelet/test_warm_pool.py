@@ -1,5 +1,6 @@
 """The warm pool's bookkeeping: a clone is handed out only for the template build it was cloned
-from. (Filling the pool with real clones is covered end to end in tests/e2e.)
+from, and snapshots are pooled only while in demand. (Filling the pool with real clones is covered
+end to end in tests/e2e.)
 
 A template is rebuilt in place when its inputs change (`make up` after an upgrade rebuilds the
 default one while the cubelet runs); clones of the old build still in the pool must never become
@@ -13,8 +14,10 @@ from typing import cast
 
 import httpx
 
-from sdk.gen.cube.v1 import vs_pb2
+from sdk.gen.cube.v1 import cubelet_pb2, vs_pb2
+from services.cubelet import warm_pool
 from services.cubelet.settings import CubeletSettings
+from services.cubelet.templates import Template
 from services.cubelet.warm_pool import PoolEntry, WarmPool
 from vmm_core import Machine
 
@@ -40,6 +43,7 @@ class _Vs:
 class _Template:
     template_id: str
     build_key: str
+    info: cubelet_pb2.TemplateInfo = field(default_factory=cubelet_pb2.TemplateInfo)
 
 
 @dataclass
@@ -129,3 +133,35 @@ def test_idle_clones_are_health_checked_and_dead_ones_replaced():
     assert _killed(dead) and vs.released == [dead.vs_id] and dead.agent is None
     assert not _killed(healthy) and healthy.checked_at > long_ago
     assert pool.size("t") == 2
+
+
+def test_a_snapshot_is_pooled_from_its_second_create_until_creates_stop(monkeypatch):
+    # The pool reads only these fields of a template.
+    snap = cast(Template, _Template("snap", "k", cubelet_pb2.TemplateInfo(base_template_id="base")))
+    disk_only = cast(Template, _Template("fs", "k", cubelet_pb2.TemplateInfo(base_template_id="base",
+                                                                            filesystem_only=True)))
+    templates = _Templates({"base": _Template("base", "b"), "snap": cast(_Template, snap),
+                            "fs": cast(_Template, disk_only)})
+    vs = _Vs()
+    pool = _pool(templates, vs)
+    assert pool._pooled(cast(Template, templates.current["base"]))  # a built template always is
+    pool.request_refill("snap")
+    assert not pool._pooled(snap), "one create (a fork of one, say) is no demand"
+    pool.request_refill("snap")
+    assert pool._pooled(snap)
+    for _ in range(2):
+        pool.request_refill("fs")
+    assert not pool._pooled(disk_only), "filesystem-only snapshots boot: never pooled"
+
+    entry = _entry("snap", "k", 0)
+    pool._ready["snap"].append(entry)
+    asyncio.run(pool._discard_stale())
+    assert not _killed(entry) and pool.size("snap") == 1  # still in demand
+
+    # No create for SNAPSHOT_DEMAND_S: its clones go, and one create later is no demand again.
+    now = time.monotonic()
+    monkeypatch.setattr(warm_pool.time, "monotonic", lambda: now + warm_pool.SNAPSHOT_DEMAND_S + 1)
+    asyncio.run(pool._discard_stale())
+    assert _killed(entry) and pool.size("snap") == 0 and vs.released == [entry.vs_id]
+    pool.request_refill("snap")
+    assert not pool._pooled(snap)
