@@ -17,11 +17,18 @@ Invariants:
   touched, and could reclaim it.
 - An entry whose file is gone or replaced is dropped at the next lookup: a deleted template's
   memory lives on only in the clones still running from it.
+- A checkpoint's memfd may be adopted before its file exists (``adopt_writing``): the file is
+  then written from it in the background, under a temporary name renamed into place once whole,
+  so a file at the path is always complete. Until then the entry is *pending*: it is found by path
+  alone, never swept, and ``pending(path)`` is true. If the write fails (the snapshot was deleted
+  meanwhile, the disk is full) the entry is dropped: no clone ever maps a memory that no file
+  backs, beyond the ones already running.
 - Linux only (memfd_create, F_ADD_SEALS); standard library only.
 """
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -40,11 +47,18 @@ class _Key:
 
 _memfds: dict[Path, tuple[_Key, int]] = {}
 _lock = threading.Lock()
+# The key of an entry whose file is being written (adopt_writing).
+_PENDING = -1
+log = logging.getLogger("vmm_core.sealed_memory")
 
 
 def sealed_fd(path: Path) -> int:
     """A sealed memfd holding ``path``'s content (made on first use; owned by this module: never
     close it). Blocking: call it off the event loop."""
+    with _lock:
+        found = _memfds.get(path)
+        if found is not None and found[0].inode == _PENDING:
+            return found[1]
     st = os.stat(path)
     key = _Key(path, st.st_ino, st.st_mtime_ns)
     with _lock:
@@ -82,6 +96,69 @@ def adopt(path: Path, fd: int) -> None:
         _memfds[path] = (_Key(path, st.st_ino, st.st_mtime_ns), fd)
 
 
+def forget(path: Path) -> None:
+    """Drop ``path``'s memfd (its clones keep their own copies of the descriptor); the next
+    ``sealed_fd`` reads the file again."""
+    with _lock:
+        found = _memfds.pop(path, None)
+        if found is not None:
+            os.close(found[1])
+
+
+def pending(path: Path) -> bool:
+    """Whether ``path`` is a memory file still being written from its adopted memfd."""
+    with _lock:
+        found = _memfds.get(path)
+        return found is not None and found[0].inode == _PENDING
+
+
+def adopt_writing(path: Path, fd: int, size: int) -> threading.Thread:
+    """``adopt`` for a file not written yet: ``fd`` (a memfd of ``size`` bytes) is sealed and
+    becomes ``path``'s sealed memory now, and a thread writes the file from it (read-only, root's),
+    renaming it into place once whole. The fd becomes this module's; on failure it is closed.
+    Blocking (the sealing; the write is the thread's, which is returned for tests to join)."""
+    try:
+        if os.fstat(fd).st_size != size:
+            raise ValueError(f"memfd of {os.fstat(fd).st_size} bytes for {path} of {size}")
+        os.posix_fallocate(fd, 0, size)  # no holes (see _fill)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+    except BaseException:
+        os.close(fd)
+        raise
+    key = _Key(path, _PENDING, _PENDING)
+    with _lock:
+        old = _memfds.pop(path, None)
+        if old is not None:
+            os.close(old[1])
+        _memfds[path] = (key, fd)
+    writer = threading.Thread(target=_write_pending, args=(path, fd, size, key), daemon=True,
+                              name=f"memory-file:{path.parent.name}")
+    writer.start()
+    return writer
+
+
+def _write_pending(path: Path, fd: int, size: int, key: _Key) -> None:
+    partial = path.with_name(f".{path.name}.writing")
+    try:
+        write_file(fd, partial, size)
+        os.chmod(partial, 0o444)
+        os.rename(partial, path)
+        st = os.stat(path)
+    except OSError as e:
+        log.warning("writing memory file %s failed: %s", path, e)
+        try:
+            os.unlink(partial)
+        except OSError:
+            pass
+        with _lock:
+            if _memfds.get(path, (None, -1))[0] is key:
+                os.close(_memfds.pop(path)[1])
+        return
+    with _lock:
+        if _memfds.get(path, (None, -1))[0] is key:
+            _memfds[path] = (_Key(path, st.st_ino, st.st_mtime_ns), fd)
+
+
 def write_file(fd: int, path: Path, size: int) -> None:
     """Write a memfd's data to a new file at ``path`` (0600), its holes left holes. Blocking."""
     out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -106,6 +183,8 @@ def _copy_data(src: int, dst: int, size: int) -> None:
 
 def _sweep() -> None:
     for path, (key, fd) in list(_memfds.items()):
+        if key.inode == _PENDING:
+            continue  # its writer settles it
         try:
             st = os.stat(path)
             alive = (st.st_ino, st.st_mtime_ns) == (key.inode, key.mtime_ns)

@@ -110,7 +110,7 @@ class Snapshot:
             raise SnapshotError(f"snapshot {self.dir} has no device state")
         if not self.disk.is_file():
             raise SnapshotError(f"snapshot {self.dir} has no disk image")
-        if self.kind is SnapshotKind.TEMPLATE:
+        if self.kind is SnapshotKind.TEMPLATE and not sealed_memory.pending(self.memory):
             want = self.spec.memory_mb << 20
             if not self.memory.is_file() or self.memory.stat().st_size != want:
                 have = self.memory.stat().st_size if self.memory.exists() else 0
@@ -205,12 +205,17 @@ async def _migrate_to_file(machine: Machine, path: Path) -> None:
     await machine.execute("migrate", {"uri": "fd:migration-out"})
 
 
-async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory_fd: int | None = None) -> Snapshot:
+async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory_fd: int | None = None,
+                   write_memory_later: bool = False) -> Snapshot:
     """Take a TEMPLATE snapshot of a machine booted with a shared memory file. Consumes it.
     ``sync_fs=False`` skips asking the guest to write back its page cache first. ``memory_fd``: the
     machine's RAM is that memfd's (``Machine.launch``), written out to the snapshot's memory file
     here; the fd is then the snapshot's sealed memory (``sealed_memory.adopt``) on a jailed host,
-    else closed. The caller gives it up either way."""
+    else closed. The caller gives it up either way. ``write_memory_later`` (with ``memory_fd``, on
+    a jailed host, whose clones map the sealed memfd rather than the file): the snapshot is
+    returned at once and its memory file written in the background (``sealed_memory.adopt_writing``;
+    ``sealed_memory.pending`` says when it is whole)."""
+    later = write_memory_later and memory_fd is not None and machine.settings.jail
     spec = machine.spec
     rw = machine.writable_disk()
     if spec.memory_file is None:
@@ -236,12 +241,12 @@ async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory
         disk = Snapshot(dest, SnapshotKind.TEMPLATE, spec, 0.0).disk.name
         if memory_fd is None:
             os.rename(spec.memory_file, tmp / "memory")
-        else:
+        elif not later:
             await asyncio.to_thread(sealed_memory.write_file, memory_fd, tmp / "memory", spec.memory_mb << 20)
         os.rename(rw, tmp / disk)
         # The snapshot's files are now the shared, read-only base of every clone: root's, whoever
         # (which jail uid) wrote them.
-        for f in ("memory", disk, "state"):
+        for f in ((disk, "state") if later else ("memory", disk, "state")):
             os.chown(tmp / f, 0, 0)
             os.chmod(tmp / f, 0o444)
         disks = tuple(replace(d, path=dest / disk) if not d.readonly else d for d in spec.disks)
@@ -254,7 +259,9 @@ async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory
         os.chmod(snap.pristine_overlay, 0o444)
         if memory_fd is not None:
             fd, memory_fd = memory_fd, None
-            if machine.settings.jail:  # clones map sealed memfds only when jailed
+            if later:
+                await asyncio.to_thread(sealed_memory.adopt_writing, snap.memory, fd, spec.memory_mb << 20)
+            elif machine.settings.jail:  # clones map sealed memfds only when jailed
                 await asyncio.to_thread(sealed_memory.adopt, snap.memory, fd)
             else:
                 os.close(fd)
@@ -440,7 +447,8 @@ async def save(machine: Machine, dest: Path) -> Snapshot:
     return snap
 
 
-async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | None = None) -> Snapshot:
+async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | None = None,
+                     write_memory_later: bool = False) -> Snapshot:
     """A TEMPLATE snapshot of a running machine that goes on running: clones of it start where the
     machine was (its processes, memory and disk), copy-on-write like clones of a built template.
 
@@ -450,7 +458,8 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
     stream into RAM backed by a new shared file and is snapshotted like a template build (that file
     becomes the snapshot's memory, the copied overlay its disk, reading through the machine's own
     backing chain). The stream is deleted. On any failure nothing of the snapshot is left, and the
-    machine runs on."""
+    machine runs on. ``write_memory_later``: see ``snapshot()`` (clones that map the memory file
+    itself, unjailed or with no memory sharing, need it written first)."""
     rw = machine.writable_disk()
     if rw is None or rw.suffix != ".qcow2":
         raise InvalidSpecError("checkpoint() needs a machine whose writable disk is a qcow2 overlay (a clone)")
@@ -507,7 +516,7 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
             raise
         laps["load"] = time.monotonic() - t1 - laps["launch"]
         t2 = time.monotonic()
-        snap = await snapshot(staged, dest, sync_fs=False, memory_fd=memfd)
+        snap = await snapshot(staged, dest, sync_fs=False, memory_fd=memfd, write_memory_later=write_memory_later)
         laps["snapshot"] = time.monotonic() - t2
         log.info("checkpoint of %s: %s; stream %d MB", machine.vm_id,
                  ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in laps.items()), saved.state.stat().st_size >> 20)

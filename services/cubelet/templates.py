@@ -384,13 +384,17 @@ class TemplateStore:
                     await disk_checkpoint(machine, dest)
                     guest_token = ""
                 else:
-                    await checkpoint(machine, dest, labels={"template_build": template_id})
+                    # Its memory file is written after the answer: clones map the sealed memfd
+                    # (those that copy the file, with no memory sharing, need it first).
+                    await checkpoint(machine, dest, labels={"template_build": template_id},
+                                     write_memory_later=not base.info.no_memory_sharing)
                 info = pb.TemplateInfo()
                 info.CopyFrom(base.info)
                 info.template_id, info.base_template_id = template_id, base.template_id
                 info.source_sandbox_id, info.filesystem_only = sandbox_id, filesystem_only
                 info.created_at.GetCurrentTime()
-                info.snapshot_bytes = _dir_bytes(tdir)
+                info.snapshot_bytes = _dir_bytes(tdir) + (
+                    0 if filesystem_only or (dest / "memory").exists() else base.info.memory_mb << 20)
                 info.phase_ms.clear()
                 info.phase_ms["SNAPSHOTTING"] = int((time.monotonic() - t0) * 1000)
                 self.write_info(template_id, info, key, dict(base.env), guest_token=guest_token)

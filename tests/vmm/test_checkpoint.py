@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from tests.vmm.conftest import MEMORY_MB, counter
-from vmm_core import InvalidSpecError, checkpoint, clone
+from vmm_core import InvalidSpecError, Snapshot, checkpoint, clone, sealed_memory
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -76,3 +76,38 @@ async def test_a_refused_checkpoint_leaves_nothing_and_the_source_runs(settings,
         assert pid > 0
     finally:
         await m.kill()
+
+
+async def test_a_checkpoint_s_memory_file_may_be_written_after_it_serves_clones(settings, template_snapshot, net,
+                                                                               workdir):
+    """write_memory_later: the snapshot answers before its memory file exists; clones map the
+    sealed memfd meanwhile, and the file, once renamed into place, is whole (a later clone from
+    the file alone, after the memfd is forgotten, starts where the source was)."""
+    assert settings.jail, "clones map the sealed memfd only when jailed"
+    src_net, a_net, b_net = net(), net(), net()
+    src = await clone(settings, template_snapshot, "ckpt-later-src", src_net.attachment)
+    machines = [src]
+    try:
+        await src_net.wait_http("/cgi-bin/counter")
+        assert src_net.http_get("/cgi-bin/memo?note=kept") == "ok"
+        snap = await checkpoint(src, workdir / "checkpoints" / "later", write_memory_later=True)
+        a = await clone(settings, snap, "ckpt-later-a", a_net.attachment)  # written or not: it runs
+        machines.append(a)
+        await a_net.wait_http("/cgi-bin/counter")
+        assert a_net.http_get("/cgi-bin/recall?note") == "kept"
+
+        for _ in range(600):
+            if not sealed_memory.pending(snap.memory):
+                break
+            await asyncio.sleep(0.1)
+        assert not sealed_memory.pending(snap.memory)
+        assert snap.memory.stat().st_size == MEMORY_MB << 20 and (snap.memory.stat().st_mode & 0o777) == 0o444
+        assert not (snap.dir / ".memory.writing").exists()
+        sealed_memory.forget(snap.memory)  # as a restarted cubelet: only the file is left
+        b = await clone(settings, Snapshot.load(snap.dir), "ckpt-later-b", b_net.attachment)
+        machines.append(b)
+        await b_net.wait_http("/cgi-bin/counter")
+        assert b_net.http_get("/cgi-bin/recall?note") == "kept"
+    finally:
+        for m in machines:
+            await m.kill()
