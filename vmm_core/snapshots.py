@@ -566,10 +566,11 @@ async def restore(settings: VmmSettings, snap: Snapshot, vm_id: str, network: Ne
 
 def rehome_saved(path: Path, template: Snapshot, *, private_memory: Path | None = None,
                  qemu_img: str = "qemu-img") -> Snapshot:
-    """Make the SAVED snapshot in ``path``, a clone of ``template`` saved on another host and copied
-    here, run on this host's copy of that template: its kernel, initramfs and read-only disks become
-    the template's, its memory file the template's memory (or ``private_memory``: a clone that had
-    its own copy, which a restore creates afresh), and its overlay reads through the template's disk.
+    """Make the SAVED (or DISK: a filesystem-only save, no memory) snapshot in ``path``, a clone of
+    ``template`` saved on another host and copied here, run on this host's copy of that template:
+    its kernel, initramfs and read-only disks become the template's, its memory file the template's
+    memory (or ``private_memory``: a clone that had its own copy, which a restore creates afresh),
+    and its overlay reads through the template's disk.
 
     The copy's metadata comes from the other host: no path in it is kept or followed (the overlay's
     backing file name is replaced, and an overlay that names an external data file is refused). The
@@ -581,7 +582,7 @@ def rehome_saved(path: Path, template: Snapshot, *, private_memory: Path | None 
         saved = Snapshot(path, SnapshotKind(d["kind"]), MachineSpec.from_dict(d["spec"]), float(d["created_at"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise SnapshotError(f"{path} is not a usable snapshot: {e}") from e
-    if saved.kind is not SnapshotKind.SAVED or template.kind is not SnapshotKind.TEMPLATE:
+    if saved.kind not in (SnapshotKind.SAVED, SnapshotKind.DISK) or template.kind is not SnapshotKind.TEMPLATE:
         raise SnapshotError(f"{path} is a {saved.kind.value} snapshot, not a saved clone")
     own = {disk.serial: disk for disk in template.spec.disks}
     if ([(x.serial, x.readonly) for x in saved.spec.disks] != [(x.serial, x.readonly) for x in template.spec.disks]
@@ -599,9 +600,11 @@ def rehome_saved(path: Path, template: Snapshot, *, private_memory: Path | None 
         raise SnapshotError(f"{path}: {e}") from e
     disks = tuple(replace(own[x.serial], readonly=True) if x.readonly
                   else replace(x, path=saved.disk, format=DiskFormat.QCOW2) for x in saved.spec.disks)
+    # A filesystem-only save (DISK) has no memory to map: it boots afresh (cold_boots.py).
+    memory = None if saved.kind is SnapshotKind.DISK else private_memory or template.memory
     spec = replace(saved.spec, kernel=template.spec.kernel, initramfs=template.spec.initramfs, disks=disks,
-                   memory_file=private_memory or template.memory, network=None)
+                   memory_file=memory, network=None)
     mode = os.stat(saved.meta).st_mode
-    Snapshot(path, SnapshotKind.SAVED, spec, saved.created_at).write_meta()
+    Snapshot(path, saved.kind, spec, saved.created_at).write_meta()
     os.chmod(saved.meta, mode)
     return Snapshot.load(path)

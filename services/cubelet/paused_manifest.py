@@ -4,7 +4,8 @@ A pause (SandboxManager.pause) leaves a vmm_core SAVED snapshot in ``<paused_dir
 ``snapshot.json`` (the machine, naming this node's template files), ``state`` (RAM and devices)
 and ``disk.qcow2`` (the sandbox's writable overlay, reading through its template's disk). These
 three files travel under the names of ``ARTIFACTS``; the rest of what the machine needs is its
-template's, which the receiving node has (or pulls: pull.py) in the same build.
+template's, which the receiving node has (or pulls: pull.py) in the same build. A filesystem-only
+pause leaves a DISK snapshot: the same without ``state`` (``DISK_ARTIFACTS``).
 
 Invariants:
 - A name is only ever one of ``ARTIFACTS``, each a file name in the sandbox's own saved dir; a peer
@@ -32,6 +33,7 @@ from .template_manifest import DISK_SERIALS
 from .templates import valid_template_id
 
 ARTIFACTS = ("snapshot.json", "state", "disk.qcow2")
+DISK_ARTIFACTS = ("snapshot.json", "disk.qcow2")  # a filesystem-only pause's
 _TEMPLATE_IMAGE = "image.ext4"
 
 
@@ -64,11 +66,12 @@ def describe_paused(saved: Path, templates_dir: Path, sandbox_id: str) -> Paused
         snap = Snapshot.load(saved)
     except VmmError as e:
         raise PausedStateError(str(e)) from e
-    if snap.kind is not SnapshotKind.SAVED:
+    if snap.kind not in (SnapshotKind.SAVED, SnapshotKind.DISK):
         raise PausedStateError(f"{saved} is a {snap.kind.value} snapshot, not a saved sandbox")
     template_id, build_key = paused_from(snap, templates_dir)
+    names = ARTIFACTS if snap.kind is SnapshotKind.SAVED else DISK_ARTIFACTS
     try:
-        files = describe({name: saved / name for name in ARTIFACTS}, saved, {"sandbox_id": sandbox_id})
+        files = describe({name: saved / name for name in names}, saved, {"sandbox_id": sandbox_id})
     except UnreadableFile as e:
         raise PausedStateError(f"sandbox {sandbox_id}: {e}") from e
     meta = next(f for f in files if f.name == "snapshot.json")

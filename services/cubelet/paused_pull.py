@@ -82,7 +82,10 @@ def _check_manifest(sandbox_id: str, m: pb.PausedManifest) -> None:
         raise bad(f"invalid template id {m.template_id!r}")
     if not BUILD_KEY_RE.fullmatch(m.build_key):
         raise bad(f"build key {m.build_key!r} is not hex")
-    check_artifacts(f"paused sandbox {sandbox_id}", m.artifacts, paused_manifest.ARTIFACTS)
+    # A full pause's three files, or a filesystem-only pause's two.
+    names = paused_manifest.ARTIFACTS if any(a.name == "state" for a in m.artifacts) else \
+        paused_manifest.DISK_ARTIFACTS
+    check_artifacts(f"paused sandbox {sandbox_id}", m.artifacts, names)
     meta = next(a for a in m.artifacts if a.name == "snapshot.json")
     if meta.size > MAX_META:
         raise bad(f"snapshot.json is {meta.size} bytes")

@@ -118,9 +118,13 @@ async def world(workdir, pki, etcd_server) -> AsyncIterator[World]:
     async def init_identity(ep, **kw) -> None:
         inits.append(kw)
 
+    async def wait_healthy(ep, ports, timeout) -> None:
+        pass  # the probe guest runs no agent: its disk's httpd is what the tests ask
+
     mp = pytest.MonkeyPatch()
     mp.setattr(sandboxes_mod, "NetworkAttachment", attachment)
     mp.setattr(sandboxes_mod, "init_identity", init_identity)
+    mp.setattr(sandboxes_mod, "wait_healthy", wait_healthy)
     keys = Keys(f"/paused-test-{os.getpid()}")
     settings = replace(node_settings(workdir, "a", etcd_server, keys.root), warm_pool_size=0)
     store = TemplateStore(settings, vmm, vs=None)  # type: ignore[arg-type]  # no build runs here
@@ -165,15 +169,15 @@ def leftovers(settings: CubeletSettings) -> list[str]:
     return sorted(p.name for d in (settings.paused_dir, settings.sandboxes_dir) if d.is_dir() for p in d.iterdir())
 
 
-async def run_and_pause(world: World, sid: str, write: str) -> tuple[str, int]:
-    """Run ``sid`` on A, write a file in the guest, read its counter, pause it. Returns the
-    counter's (pid, count) before the pause."""
+async def run_and_pause(world: World, sid: str, write: str, filesystem_only: bool = False) -> tuple[str, int]:
+    """Run ``sid`` on A, write a file in the guest, read its counter, pause it (its disk alone with
+    ``filesystem_only``). Returns the counter's (pid, count) before the pause."""
     a = world.a
     await a.sandboxes.run(pb.RunSandboxRequest(sandbox_id=sid, template_id=TEMPLATE, envd_access_token="tok-a",
                                                env_vars={"WHERE": "a"}, metadata={"owner": "test"}))
     assert await asyncio.to_thread(a.vs.guest, sid, f"/cgi-bin/put?moved={write}") == "ok"
     pid, count = (await asyncio.to_thread(a.vs.guest, sid, "/cgi-bin/counter")).split()
-    await a.sandboxes.pause(sid)
+    await a.sandboxes.pause(sid, filesystem_only=filesystem_only)
     return pid, int(count)
 
 
@@ -219,6 +223,33 @@ async def test_a_sandbox_paused_on_a_resumes_on_b_with_its_memory_and_files(worl
         assert await world.a.sandboxes.kill("moved1")
         assert "moved1" not in leftovers(world.a.settings) and "moved1.json" not in leftovers(world.a.settings)
         assert b.sandboxes.get("moved1").state == pb.SANDBOX_STATE_RUNNING
+    finally:
+        await close(b)
+
+
+async def test_a_filesystem_only_pause_moves_and_boots_on_b_with_its_files(world, pki):
+    """A filesystem-only pause (vmm_core DISK save: no memory, no device state) travels as its two
+    files and cold-boots on B on B's copy of the template: the file is there, the memory is not."""
+    await world.a.sandboxes.run(pb.RunSandboxRequest(sandbox_id="fsmoved", template_id=TEMPLATE,
+                                                     envd_access_token="tok-a"))
+    a = world.a
+    assert await asyncio.to_thread(a.vs.guest, "fsmoved", "/cgi-bin/memo?note=memory") == "ok"
+    assert await asyncio.to_thread(a.vs.guest, "fsmoved", "/cgi-bin/keep?moved=unsynced") == "ok"
+    st = await a.sandboxes.pause("fsmoved", filesystem_only=True)
+    assert st.filesystem_only and sorted(p.name for p in (a.settings.paused_dir / "fsmoved").iterdir()) \
+        == ["disk.qcow2", "snapshot.json"]
+    b = node_b(world, pki, "b-fs")
+    try:
+        st = await b.sandboxes.resume(resume_from_a(world, "fsmoved"))
+        assert (st.node_id, st.state, st.filesystem_only) == ("b-fs", pb.SANDBOX_STATE_RUNNING, False)
+        await b.vs.nets["fsmoved"].wait_http("/cgi-bin/counter")
+        assert await asyncio.to_thread(b.vs.guest, "fsmoved", "/cgi-bin/get?moved") == "unsynced"
+        assert await asyncio.to_thread(b.vs.guest, "fsmoved", "/cgi-bin/recall?note") == "MISSING"
+        spec = b.sandboxes._live["fsmoved"].machine.spec  # type: ignore[union-attr]
+        assert spec.memory_file is None and spec.kernel.is_relative_to(b.settings.templates_dir)
+        # A fresh boot's agent holds no token: the identity goes without one.
+        assert (world.inits[-1]["sandbox_id"], world.inits[-1]["current_token"]) == ("fsmoved", "")
+        assert await world.a.sandboxes.kill("fsmoved")
     finally:
         await close(b)
 
