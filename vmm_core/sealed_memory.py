@@ -36,6 +36,9 @@ from pathlib import Path
 
 SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_SEAL
 CHUNK = 4 << 20
+# Zero blocks of this size are left unwritten (holes) when copying: a guest's free RAM is zeros.
+ZERO_BLOCK = 64 << 10
+_ZEROS = bytes(ZERO_BLOCK)
 
 
 @dataclass(frozen=True)
@@ -170,14 +173,25 @@ def write_file(fd: int, path: Path, size: int) -> None:
 
 
 def _copy_data(src: int, dst: int, size: int) -> None:
-    """Copy ``src``'s data extents into ``dst`` at the same offsets (holes stay holes)."""
+    """Copy ``src``'s data extents into ``dst`` at the same offsets; holes, and blocks of zeros
+    within the data (a memfd allocated whole is all data), are not written: ``dst`` must read as
+    zeros there (a new file, a new memfd)."""
     for start, end in _data_extents(src, size):
         pos = start
         while pos < end:
             data = os.pread(src, min(CHUNK, end - pos), pos)
             if not data:
                 break
-            os.pwrite(dst, data, pos)
+            view = memoryview(data)
+            run = -1  # where the current run of non-zero blocks began, or -1
+            for off in range(0, len(data) + ZERO_BLOCK, ZERO_BLOCK):
+                block = view[off:off + ZERO_BLOCK]
+                zero = not block or block == _ZEROS[:len(block)]
+                if zero and run >= 0:
+                    os.pwrite(dst, view[run:off], pos + run)  # one write per run of data
+                    run = -1
+                elif not zero and run < 0:
+                    run = off
             pos += len(data)
 
 

@@ -473,6 +473,8 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
     # The stream is a memfd, not a file on the disk: it is read once, right away, and its ~0.5 GB
     # would only load the disk's writeback (which made the stop time vary 0.25-0.7 s).
     stream = os.memfd_create(f"cube-ckpt-stream:{dest.name}", os.MFD_CLOEXEC)
+    memfd: int | None = None
+    allocated: asyncio.Future | None = None
     try:
         # A saved machine's layout, so that the restore helpers find the disk.
         src = machine.spec
@@ -480,6 +482,13 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
         saved = Snapshot(work, SnapshotKind.SAVED, replace(
             _with_writable(src, work / "disk.qcow2", DiskFormat.QCOW2),
             network=NetworkAttachment.unplugged(mac), memory_file=None), time.time())
+        # The RAM of the second QEMU (below), allocated whole meanwhile (the source's QEMU streams
+        # on one core, this on the other): the load then copies into pages that exist instead of
+        # faulting each one in (0.2 s less for 400 MB), and the snapshot's sealing finds no hole
+        # to fill (sealed_memory.adopt: clones must not allocate pages of it).
+        memfd = os.memfd_create(f"cube-ckpt:{dest.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(memfd, src.memory_mb << 20)
+        allocated = asyncio.ensure_future(asyncio.to_thread(os.posix_fallocate, memfd, 0, src.memory_mb << 20))
         t0 = time.monotonic()
         laps: dict[str, float] = {}
         await machine.execute("stop")
@@ -506,26 +515,18 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
         # file, against MB/s of plain writes); snapshot() then writes its data out in one pass.
         vm_id = f"{machine.vm_id}-ckpt"
         t1 = time.monotonic()
-        memfd = os.memfd_create(f"cube-ckpt:{dest.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            os.ftruncate(memfd, src.memory_mb << 20)
-            spec = replace(saved.spec, memory_file=work / "memory")  # names the backend; the RAM is the memfd's
-            staged = await _launch_incoming(machine.settings, saved, vm_id, spec, None, ignore_shared=False,
-                                            labels=labels, share_memory=True, memory_fd=memfd)
-        except BaseException:
-            os.close(memfd)
-            raise
+        await allocated  # the memfd's pages exist: the load below only copies into them
+        spec = replace(saved.spec, memory_file=work / "memory")  # names the backend; the RAM is the memfd's
+        staged = await _launch_incoming(machine.settings, saved, vm_id, spec, None, ignore_shared=False,
+                                        labels=labels, share_memory=True, memory_fd=memfd)
         laps["launch"] = time.monotonic() - t1
-        try:
-            # No round trip with its guest (each costs a scheduling of a vCPU under TCG): it runs
-            # only between the load and the stop that snapshot() begins with. Clones get the clock.
-            staged = await _load_state(staged, saved, vm_id, sync=False, state_fd=stream)
-        except BaseException:
-            os.close(memfd)
-            raise
+        # No round trip with its guest (each costs a scheduling of a vCPU under TCG): it runs only
+        # between the load and the stop that snapshot() begins with. Clones get the clock.
+        staged = await _load_state(staged, saved, vm_id, sync=False, state_fd=stream)
         laps["load"] = time.monotonic() - t1 - laps["launch"]
         t2 = time.monotonic()
-        snap = await snapshot(staged, dest, sync_fs=False, memory_fd=memfd, write_memory_later=write_memory_later)
+        fd, memfd = memfd, None  # snapshot() takes it, whatever happens
+        snap = await snapshot(staged, dest, sync_fs=False, memory_fd=fd, write_memory_later=write_memory_later)
         laps["snapshot"] = time.monotonic() - t2
         log.info("checkpoint of %s: %s; stream %d MB", machine.vm_id,
                  ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in laps.items()), os.fstat(stream).st_size >> 20)
@@ -534,6 +535,10 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
         raise SnapshotError(f"copying the disk of {machine.vm_id}: {e.stderr.decode(errors='replace')}") from e
     finally:
         os.close(stream)
+        if memfd is not None:
+            if allocated is not None:
+                await asyncio.gather(allocated, return_exceptions=True)  # its thread still uses the fd
+            os.close(memfd)
         shutil.rmtree(work, ignore_errors=True)
 
 
