@@ -482,13 +482,6 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
         saved = Snapshot(work, SnapshotKind.SAVED, replace(
             _with_writable(src, work / "disk.qcow2", DiskFormat.QCOW2),
             network=NetworkAttachment.unplugged(mac), memory_file=None), time.time())
-        # The RAM of the second QEMU (below), allocated whole meanwhile (the source's QEMU streams
-        # on one core, this on the other): the load then copies into pages that exist instead of
-        # faulting each one in (0.2 s less for 400 MB), and the snapshot's sealing finds no hole
-        # to fill (sealed_memory.adopt: clones must not allocate pages of it).
-        memfd = os.memfd_create(f"cube-ckpt:{dest.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        os.ftruncate(memfd, src.memory_mb << 20)
-        allocated = asyncio.ensure_future(asyncio.to_thread(os.posix_fallocate, memfd, 0, src.memory_mb << 20))
         t0 = time.monotonic()
         laps: dict[str, float] = {}
         await machine.execute("stop")
@@ -505,6 +498,13 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
             if pid_alive(machine.pid):
                 await machine.execute("cont")  # after a completed migration this re-activates the images
             laps["stopped"] = time.monotonic() - t0
+        # The RAM of the second QEMU (below), allocated whole once the source runs again (not
+        # while it is stopped: on two cores that slowed its stream): the load then copies into
+        # pages that exist instead of faulting each one in, and the snapshot's sealing finds no
+        # hole to fill (sealed_memory.adopt: clones must not allocate pages of it).
+        memfd = os.memfd_create(f"cube-ckpt:{dest.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(memfd, src.memory_mb << 20)
+        allocated = asyncio.ensure_future(asyncio.to_thread(os.posix_fallocate, memfd, 0, src.memory_mb << 20))
         try:
             await machine.control.sync_identity()
         except VmmError as e:
