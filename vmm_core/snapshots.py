@@ -474,7 +474,6 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
     # would only load the disk's writeback (which made the stop time vary 0.25-0.7 s).
     stream = os.memfd_create(f"cube-ckpt-stream:{dest.name}", os.MFD_CLOEXEC)
     memfd: int | None = None
-    allocated: asyncio.Future | None = None
     try:
         # A saved machine's layout, so that the restore helpers find the disk.
         src = machine.spec
@@ -498,13 +497,6 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
             if pid_alive(machine.pid):
                 await machine.execute("cont")  # after a completed migration this re-activates the images
             laps["stopped"] = time.monotonic() - t0
-        # The RAM of the second QEMU (below), allocated whole once the source runs again (not
-        # while it is stopped: on two cores that slowed its stream): the load then copies into
-        # pages that exist instead of faulting each one in, and the snapshot's sealing finds no
-        # hole to fill (sealed_memory.adopt: clones must not allocate pages of it).
-        memfd = os.memfd_create(f"cube-ckpt:{dest.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        os.ftruncate(memfd, src.memory_mb << 20)
-        allocated = asyncio.ensure_future(asyncio.to_thread(os.posix_fallocate, memfd, 0, src.memory_mb << 20))
         try:
             await machine.control.sync_identity()
         except VmmError as e:
@@ -515,7 +507,10 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
         # file, against MB/s of plain writes); snapshot() then writes its data out in one pass.
         vm_id = f"{machine.vm_id}-ckpt"
         t1 = time.monotonic()
-        await allocated  # the memfd's pages exist: the load below only copies into them
+        # (Allocating the memfd whole before the load was measured: what the load saves in page
+        # faults the allocation costs, and done while the source streams it slowed the stream.)
+        memfd = os.memfd_create(f"cube-ckpt:{dest.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        os.ftruncate(memfd, src.memory_mb << 20)
         spec = replace(saved.spec, memory_file=work / "memory")  # names the backend; the RAM is the memfd's
         staged = await _launch_incoming(machine.settings, saved, vm_id, spec, None, ignore_shared=False,
                                         labels=labels, share_memory=True, memory_fd=memfd)
@@ -536,8 +531,6 @@ async def checkpoint(machine: Machine, dest: Path, *, labels: dict[str, str] | N
     finally:
         os.close(stream)
         if memfd is not None:
-            if allocated is not None:
-                await asyncio.gather(allocated, return_exceptions=True)  # its thread still uses the fd
             os.close(memfd)
         shutil.rmtree(work, ignore_errors=True)
 
