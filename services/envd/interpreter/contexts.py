@@ -35,7 +35,8 @@ class Context:
     env_generation: int = -1
     # The identity's reseed_generation this kernel's RNGs are known fresh for (execute.py).
     seed_generation: int = -1
-    # A Python kernel applies the identity itself before each cell once this is set (identity_hook.py).
+    # Set once a Python kernel's one-time set-up ran (execute.catch_up): from then on it applies the
+    # identity itself before each cell (identity_hook.py) and has E2B's result formats (e2b_formats.py).
     identity_hook: bool = False
     is_default: bool = False
 

@@ -16,7 +16,7 @@ import secrets
 import shlex
 from queue import Empty
 
-from . import identity_hook, messages as out
+from . import e2b_formats, identity_hook, messages as out
 from .contexts import Context, ContextRegistry
 from .kernels import Kernel, KernelStartError, Language
 
@@ -27,6 +27,9 @@ POLL_S = 0.5
 INTERRUPT_GRACE_S = 5.0
 SILENT_TIMEOUT_S = 30.0
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Python kernels' e2b/chart and e2b/data formats (e2b_formats.py), installed with their one-time
+# set-up. Made at import, while the agent still sees its own files: it enters the root later.
+_E2B_FORMATS_CODE = e2b_formats.install_code()
 
 
 # -- env var snippets, per language -------------------------------------------------------------
@@ -159,8 +162,9 @@ async def _run_silent(kernel: Kernel, code: str) -> None:
 async def catch_up(registry: ContextRegistry, ctx: Context, kernel: Kernel) -> None:
     """/init came after this kernel started: give it the sandbox env vars and, for a new clone,
     fresh RNG state. Python kernels get a hook that does this by itself before every cell
-    (identity_hook.py), installed here with one silent execution the first time. Other kernels
-    get one silent execution whenever the identity changed. Called with ``ctx.lock`` held."""
+    (identity_hook.py), installed here with one silent execution the first time, which also
+    installs E2B's result formats (e2b_formats.py). Other kernels get one silent execution
+    whenever the identity changed. Called with ``ctx.lock`` held, before every cell."""
     identity = registry.identity
     env_generation, seed_generation = identity.generation, identity.reseed_generation
     setup = ""
@@ -171,6 +175,7 @@ async def catch_up(registry: ContextRegistry, ctx: Context, kernel: Kernel) -> N
             setup += _reseed_code(ctx.language) or ""
         if ctx.language is Language.PYTHON:
             setup += identity_hook.install_code(registry.launch.runtime_dir, _PYTHON_RESEED)
+            setup += _E2B_FORMATS_CODE
     if setup:
         await _run_silent(kernel, setup)
     if ctx.language is Language.PYTHON:

@@ -65,7 +65,11 @@ _MIME_KEYS = {
 
 
 def _unquote(text: str) -> str:
-    # A str value's repr is quoted; the SDK's users expect the string itself.
+    # A str value's repr is quoted; the SDK's users expect the string itself. E2B's server strips
+    # one pair of matching quotes from every text/plain the same way (its Result model), so there
+    # too run_code("'a'").text is "a", not IPython's "'a'". Unlike it, a multi-line text is kept
+    # whole: a str's repr is one line, and a multi-line text between quotes is another repr, such
+    # as node's util.inspect of a long string ("'a\n' +\n  'b'"), which stripping would mangle.
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" and "\n" not in text:
         return text[1:-1]
     return text
