@@ -14,6 +14,16 @@ PROXY_HTTP_PORT = 3002
 PROXY_HTTPS_PORT = 443
 PROXY_RESUMER_PORT = 3003
 ENVOY_ADMIN_PORT = 9901
+# Prometheus /metrics of each service (cube_common/metrics.py), one port each so that the services
+# of one node never collide; Envoy's own stats are served with the proxy's.
+API_METRICS_PORT = 9470
+MASTER_METRICS_PORT = 9471
+CUBELET_METRICS_PORT = 9472
+VS_METRICS_PORT = 9473
+PROXY_METRICS_PORT = 9474
+# The same, by the services' variable prefix: CUBE_<SERVICE>_METRICS_LISTEN.
+METRICS_PORTS = {"API": API_METRICS_PORT, "MASTER": MASTER_METRICS_PORT, "CUBELET": CUBELET_METRICS_PORT,
+                 "VS": VS_METRICS_PORT, "PROXY": PROXY_METRICS_PORT}
 
 LOOPBACK = "127.0.0.1"
 

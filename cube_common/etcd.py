@@ -21,6 +21,10 @@ Invariants:
   proving ``etcd.cube.internal``, whatever address it dials; there is no fall-back to plaintext. A
   refused handshake is a failure like any other (``EtcdUnavailable``, within the deadline). The
   files are read once, when the client is made: a missing or unsafe key fails at start-up.
+- Every ``call`` (so every single-key operation) is timed and its failure counted, by operation,
+  in the process's Prometheus figures (cube_common/metrics.py):
+  ``cube_etcd_request_duration_seconds{op}`` and ``cube_etcd_request_errors_total{op}``; a retired
+  channel counts in ``cube_etcd_failovers_total``. Here, once, for every component.
 """
 
 from __future__ import annotations
@@ -37,9 +41,11 @@ import aetcd.exceptions
 import aetcd.rpc
 import aetcd.watcher
 import grpc
+from prometheus_client import Counter, Histogram
 
 from cube_common import mtls
 from cube_common.addresses import split_host_port
+from cube_common.metrics import CALL_BUCKETS
 
 log = logging.getLogger("cube.etcd")
 
@@ -55,6 +61,14 @@ FAILURES: tuple[type[BaseException], ...] = (aetcd.exceptions.ClientError, grpc.
 
 # Between tries of a retried call: an etcd leader election takes about a second.
 RETRY_PAUSE_S = 0.2
+
+# `op` is the operation's name (get, put, txn, ...): a handful per component, never a key.
+CALL_SECONDS = Histogram("cube_etcd_request_duration_seconds", "etcd calls through EtcdClient.call, retries "
+                         "included, whatever their outcome", ["op"], buckets=CALL_BUCKETS)
+CALL_ERRORS = Counter("cube_etcd_request_errors_total", "etcd calls that failed (EtcdUnavailable: refused, "
+                      "timed out, channel gone)", ["op"])
+FAILOVERS = Counter("cube_etcd_failovers_total", "etcd channels retired after a failure (the next call goes to "
+                    "the next endpoint)")
 
 
 class EtcdUnavailable(Exception):
@@ -174,6 +188,7 @@ class EtcdClient:
         there are several). The old channel is closed when its last call has finished."""
         if self._client is not client:
             return  # another failing call replaced it already
+        FAILOVERS.inc()
         self._ep += 1
         self._client = None
         self._retired[id(client)] = client
@@ -222,25 +237,25 @@ class EtcdClient:
     # These may run twice without harm (a put of the same value, a second lease that lapses), so they
     # ride over a lost member or an etcd leader election (``call``'s ``retry``).
     async def get(self, key: bytes) -> Any:
-        return await self.call(lambda c: c.get(key), retry=True)
+        return await self.call(lambda c: c.get(key), retry=True, op="get")
 
     async def get_prefix(self, prefix: bytes, **kw: Any) -> Any:
-        return await self.call(lambda c: c.get_prefix(prefix, **kw), retry=True)
+        return await self.call(lambda c: c.get_prefix(prefix, **kw), retry=True, op="get_prefix")
 
     async def put(self, key: bytes, value: bytes, lease: aetcd.Lease | None = None) -> Any:
-        return await self.call(lambda c: c.put(key, value, lease=lease), retry=True)
+        return await self.call(lambda c: c.put(key, value, lease=lease), retry=True, op="put")
 
     async def delete(self, key: bytes) -> Any:
-        return await self.call(lambda c: c.delete(key), retry=True)
+        return await self.call(lambda c: c.delete(key), retry=True, op="delete")
 
     async def lease(self, ttl: int) -> aetcd.Lease:
-        return await self.call(lambda c: c.lease(ttl), retry=True)
+        return await self.call(lambda c: c.lease(ttl), retry=True, op="lease")
 
     async def refresh_lease(self, lease_id: int) -> Any:
-        return await self.call(lambda c: c.refresh_lease(lease_id), retry=True)
+        return await self.call(lambda c: c.refresh_lease(lease_id), retry=True, op="refresh_lease")
 
     async def revoke_lease(self, lease_id: int) -> Any:
-        return await self.call(lambda c: c.revoke_lease(lease_id), retry=True)
+        return await self.call(lambda c: c.revoke_lease(lease_id), retry=True, op="revoke_lease")
 
     async def wait_change(self, key: bytes, after_revision: int, timeout: float) -> bool:
         """Wait until ``key`` changes after ``after_revision`` (an etcd watch): True when it did,
@@ -268,14 +283,25 @@ class EtcdClient:
             await asyncio.sleep(max(0.0, min(timeout / 4, deadline - time.monotonic())))
             return False
 
-    async def call(self, make: Callable[[aetcd.Client], Awaitable[T]], retry: bool = False) -> T:
-        """Run ``make(client)`` (a coroutine factory) with the deadline, failover and error mapping.
+    async def call(self, make: Callable[[aetcd.Client], Awaitable[T]], retry: bool = False, op: str = "call") -> T:
+        """Run ``make(client)`` (a coroutine factory) with the deadline, failover and error mapping,
+        timed and counted as operation ``op`` (module docstring).
 
         A failed call retires its channel, so the next call goes to the next endpoint. With ``retry``
         (for operations that may run twice: reads, puts, deletes, leases) the call itself goes on
         to the next endpoints until ``timeout_s`` has passed: a member that is gone or an etcd leader
         election (about a second) then costs time, not an error. A transaction is never retried
         here: after "leader changed" it may have been applied; its caller's compare decides."""
+        t0 = time.monotonic()
+        try:
+            return await self._call(make, retry)
+        except EtcdUnavailable:
+            CALL_ERRORS.labels(op).inc()
+            raise
+        finally:
+            CALL_SECONDS.labels(op).observe(time.monotonic() - t0)
+
+    async def _call(self, make: Callable[[aetcd.Client], Awaitable[T]], retry: bool) -> T:
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:

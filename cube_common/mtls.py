@@ -238,7 +238,7 @@ class RoleGate(_Rules, grpc.aio.ServerInterceptor):
                     await out
             return call
 
-        return _rewrap(handler, unary, streaming)
+        return rewrap_handler(handler, unary, streaming)
 
 
 class SyncRoleGate(_Rules, grpc.ServerInterceptor):
@@ -268,13 +268,13 @@ class SyncRoleGate(_Rules, grpc.ServerInterceptor):
                 yield from fn(request, context)
             return call
 
-        return _rewrap(handler, unary, streaming)
+        return rewrap_handler(handler, unary, streaming)
 
 
-def _rewrap(handler: grpc.RpcMethodHandler, unary: Callable[[Callable[..., Any]], Callable[..., Any]],
-            streaming: Callable[[Callable[..., Any]], Callable[..., Any]]) -> grpc.RpcMethodHandler:
+def rewrap_handler(handler: grpc.RpcMethodHandler, unary: Callable[[Callable[..., Any]], Callable[..., Any]],
+                   streaming: Callable[[Callable[..., Any]], Callable[..., Any]]) -> grpc.RpcMethodHandler:
     """``handler`` with its behaviour wrapped: by ``unary`` when it returns one message, else by
-    ``streaming``; the (de)serializers kept."""
+    ``streaming``; the (de)serializers kept. (The server interceptors here and in metrics.py.)"""
     for kind, wrap in (("unary_unary", unary), ("stream_unary", unary), ("unary_stream", streaming),
                        ("stream_stream", streaming)):
         fn = getattr(handler, kind)

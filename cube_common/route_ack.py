@@ -55,7 +55,7 @@ async def wait_routes_applied(etcd: EtcdClient, keys: Keys, revision: int, timeo
     """
     deadline = time.monotonic() + timeout
     pp = keys.proxies()
-    rng = await etcd.call(lambda c: c.get_prefix(pp))
+    rng = await etcd.call(lambda c: c.get_prefix(pp), op="get_prefix")
     applied: dict[str, int] = {}
     for kv in rng:
         pid = keys.proxy_of_applied(kv.key)

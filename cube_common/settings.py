@@ -124,6 +124,14 @@ class shared:
                        "ports and to its peers and etcd. Unset: plaintext, loopback only")
 
     @staticmethod
+    def metrics_listen(port: int) -> Any:
+        # Each service has its own default port (defaults.*_METRICS_PORT) and no shared alias: one
+        # variable for all would put every service of a node on one port.
+        return setting(f"{defaults.LOOPBACK}:{port}", "Prometheus /metrics listen address (host:port; '' for "
+                       "none). It serves read-only figures to whoever reaches it, without a credential: keep it "
+                       "on loopback or on a network only your monitoring reaches (cube_common/metrics.py)")
+
+    @staticmethod
     def log_level(flag: str = "", env: tuple[str, ...] = (), help: str = "") -> Any:
         return shared._field("INFO", "log level (DEBUG, INFO, WARNING, ERROR)", "CUBE_LOG_LEVEL", flag, env, help)
 
@@ -202,6 +210,12 @@ class Settings:
         except SettingsError as e:
             p.error(str(e))
             raise  # unreachable: error() exits
+
+
+def check_listen(name: str, value: str) -> None:
+    """An optional listen address: empty (none) or ``host:port``; raise SettingsError naming it."""
+    if value:
+        check_host_ports(name, (value,))
 
 
 def check_host_ports(name: str, values: Sequence[str]) -> None:

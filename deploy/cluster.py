@@ -20,6 +20,10 @@ State lives under ``dir``: ``pki/`` (the cluster CA, etcd's peer CA, the operato
 shared with the one-node service's cache, which is keyed by their inputs), ``logs/`` (one file per
 host and program) and ``run/`` (the supervisor's pid and readiness).
 
+Each program serves its Prometheus /metrics on its host's address, on the one-node ports
+(``defaults.*_METRICS_PORT``: one per service, so a host's programs never collide), where a
+Prometheus on this machine scrapes them through the bridge, as it would scrape several machines.
+
 Invariants:
 - ``up`` is idempotent and refuses while the one-node service (`make up`) holds loopback's 443;
   ``down`` removes every namespace, link, VM and process ``up`` made, and keeps the state dir
@@ -309,6 +313,7 @@ def _env(s: ClusterSettings, host: str) -> dict[str, str]:
         "CUBE_API_HOST": addr,
         "CUBE_API_PORT": str(API_PORT),
         "CUBE_API_AUTH": "true",
+        **{f"CUBE_{svc}_METRICS_LISTEN": f"{addr}:{port}" for svc, port in defaults.METRICS_PORTS.items()},
     })
     for svc, role in (("API", Role.API), ("MASTER", Role.MASTER), ("CUBELET", Role.CUBELET), ("VS", Role.VS),
                       ("PROXY", Role.PROXY)):

@@ -54,6 +54,13 @@ class NodeConfig(Settings):
     vs_socket: str = setting(defaults.VS_SOCKET, "CubeVS's unix socket")
     proxy_http_port: int = setting(defaults.PROXY_HTTP_PORT, "the proxy's plain HTTP port")
     domain: str = shared.domain()
+    # One port per service (loopback): a node's services never share one, and Prometheus on this
+    # machine scrapes each (README, "Metrics").
+    api_metrics_port: int = setting(defaults.API_METRICS_PORT, "cube-api's /metrics port")
+    master_metrics_port: int = setting(defaults.MASTER_METRICS_PORT, "cube-master's /metrics port")
+    cubelet_metrics_port: int = setting(defaults.CUBELET_METRICS_PORT, "the cubelet's /metrics port")
+    vs_metrics_port: int = setting(defaults.VS_METRICS_PORT, "CubeVS's /metrics port")
+    proxy_metrics_port: int = setting(defaults.PROXY_METRICS_PORT, "the proxy's /metrics port (with Envoy's stats)")
 
     @property
     def logs(self) -> Path:
@@ -79,6 +86,12 @@ class NodeConfig(Settings):
         """The TLS directory of this node's component ``role`` (deploy/pki.py makes them)."""
         return TlsFiles(node_dirs(self.pki)[role])
 
+    def metrics_listen(self) -> dict[str, str]:
+        """Each service's ``metrics_listen`` variable on this node (all on loopback)."""
+        ports = {"API": self.api_metrics_port, "MASTER": self.master_metrics_port,
+                 "CUBELET": self.cubelet_metrics_port, "VS": self.vs_metrics_port, "PROXY": self.proxy_metrics_port}
+        return {f"CUBE_{svc}_METRICS_LISTEN": f"{defaults.LOOPBACK}:{port}" for svc, port in ports.items()}
+
     def operator_tls(self) -> TlsFiles | None:
         """What a tool acting as this node's operator presents: the operator certificate the
         supervisor issued, or None (plaintext) for a node with no PKI (services run by hand, as
@@ -100,6 +113,7 @@ class NodeConfig(Settings):
             "CUBE_CUBELET_VS_ADDRESS": f"unix://{self.vs_socket}",
             "CUBE_CUBELET_PROXY_ADDRESS": f"127.0.0.1:{self.proxy_http_port}",
             "CUBE_API_PORT": str(self.api_port),
+            **self.metrics_listen(),
             # Each service reads only its own; each presents its own certificate.
             **{f"CUBE_{svc}_MTLS_DIR": str(self.tls(role).dir) for svc, role in _SERVICE_ROLES.items()},
             "CUBE_PROXY_ENVOY_MTLS_DIR": str(self.tls(Role.ENVOY).dir),

@@ -76,6 +76,7 @@ class Proxy:
     http_port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     resumer_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     master: str = ""  # auto-resume off unless a test gives it a master to ask
     pki: Path | None = None  # internal mutual TLS from this deploy.pki root (see the docstring)
     extra: list[str] = field(default_factory=list)
@@ -95,6 +96,10 @@ class Proxy:
         return f"http://127.0.0.1:{self.http_port}"
 
     @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    @property
     def ads_socket(self) -> Path:
         return self.state_dir / "proxy" / self.proxy_id / "ads.sock"
 
@@ -112,7 +117,7 @@ class Proxy:
                "--etcd", self.etcd_endpoint, "--etcd-prefix", self.prefix, "--node-id", self.node_id,
                "--proxy-id", self.proxy_id, "--state-dir", str(self.state_dir), "--lease-ttl", "5",
                "--concurrency", "2", "--access-log", "all", "--resumer", f"127.0.0.1:{self.resumer_port}",
-               "--master", self.master, *self.extra]
+               "--master", self.master, "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *self.extra]
         if self.pki is not None:
             # deploy.pki.node_dirs's layout; testkit does not import deploy (docs/architecture.md).
             cmd += ["--mtls-dir", str(self.pki / Role.PROXY.value),

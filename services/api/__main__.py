@@ -11,6 +11,7 @@ refuses any other address unless given --insecure-public (cube_common/listen.py)
 
 from __future__ import annotations
 
+from cube_common import metrics
 from services.api import log as alog
 from services.api.app import create_app
 from services.api.settings import Settings
@@ -20,6 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.load(argv)
     alog.setup(settings.log_level)
     app = create_app(settings, name="cube_api")
+    # Its figures are counters updated from Sanic's loop: the listener's thread reads them as they are.
+    metrics.serve(settings.metrics_listen)
     app.run(host=settings.host, port=settings.port, single_process=True, access_log=False, motd=False)
 
 

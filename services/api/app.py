@@ -8,7 +8,7 @@ import time
 
 from sanic import Sanic
 
-from services.api import auth, errors
+from services.api import auth, errors, metrics
 from services.api.log import get_logger
 from services.api.master_client import MasterClient
 from services.api.routes import meta, sandboxes, tags, templates
@@ -50,8 +50,10 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     @app.on_response
     async def _log(request, response):
         sid = (request.match_info or {}).get("raw_id")
+        t0 = getattr(request.ctx, "t0", time.monotonic())
+        metrics.observe(request, response, t0)
         extra = {"method": request.method, "path": request.path, "status": response.status,
-                 "ms": round((time.monotonic() - getattr(request.ctx, "t0", time.monotonic())) * 1000, 1)}
+                 "ms": round((time.monotonic() - t0) * 1000, 1)}
         if sid:
             extra["sandbox_id"] = sid.split("-", 1)[0]
         log.info("request", extra=extra)

@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from cube_common import defaults
 from cube_common.listen import refuse_public
-from cube_common.settings import Settings as _Base, SettingsError, setting, shared
+from cube_common.settings import Settings as _Base, SettingsError, check_listen, setting, shared
 
 E2B_DOMAINS = {"e2b.app", "e2b.dev", "e2b.pro", "e2b-staging.dev", "e2b-tango.dev", "e2b-juliett.dev"}
 
@@ -40,12 +40,15 @@ class Settings(_Base):
     insecure_public: bool = shared.insecure_public("listen off loopback with auth off: anyone who reaches "
                                                    "the port may then create sandboxes with any key")
     log_level: str = shared.log_level()
+    # Its own listener, not the API port: a scrape carries no X-API-KEY.
+    metrics_listen: str = shared.metrics_listen(defaults.API_METRICS_PORT)
 
     def validate(self) -> Settings:
         if not self.auth:
             refuse_public(self, "host", "auth is off: anyone who reaches it could run code on this node "
                           "with any key", fix="turn auth on (--auth true, keys from `cubemastercli apikey "
                           "create`)")
+        check_listen("metrics_listen", self.metrics_listen)
         if not self.domain or self.domain.strip(".") != self.domain:
             raise SettingsError(f"bad domain {self.domain!r}")
         if any(self.domain == d or self.domain.endswith("." + d) for d in E2B_DOMAINS):

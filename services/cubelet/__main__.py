@@ -5,9 +5,10 @@ import asyncio
 import logging
 import signal
 
-from cube_common import jsonlog, mtls
+from cube_common import jsonlog, metrics, mtls
 from vmm_core import VmmSettings, accel
 
+from .metrics import CubeletMetrics
 from .paused_pull import PausedStatePuller
 from .prefetch import Prefetcher
 from .pull import EtcdPeers, TemplatePuller
@@ -34,8 +35,10 @@ async def serve(settings: CubeletSettings) -> None:
     sandboxes.arrivals = PausedStatePuller(settings, vmm, tls)  # a resume of a sandbox paused elsewhere pulls it
     await sandboxes.start()
     service = CubeletService(settings, sandboxes, templates, accel.resolve(vmm.accel).value)
+    figures = CubeletMetrics(service).register()
     try:
         server = grpc_server(service, settings.listen, tls)
+        listener = metrics.serve(settings.metrics_listen, loop=asyncio.get_running_loop())
     except OSError as e:
         raise SystemExit(str(e)) from None
     await server.start()
@@ -54,6 +57,9 @@ async def serve(settings: CubeletSettings) -> None:
     await prefetcher.stop()
     await registration.stop()
     await server.stop(grace=5)
+    if listener is not None:
+        listener.close()
+    figures.unregister()
     await puller.close()
     await sandboxes.stop()
     await vs.close()

@@ -57,6 +57,7 @@ from vmm_core import (
 from . import gc
 from .guest_client import GuestAgentError, GuestEndpoint, init_identity, wait_healthy
 from .keyed_locks import KeyedLocks
+from .metrics import pool_claimed, sandbox_created, sandbox_resumed
 from .settings import CubeletSettings
 from .steps import Steps
 from .templates import Template, TemplateError, TemplateExists, TemplateStore
@@ -243,6 +244,7 @@ class SandboxManager:
             raise
         log.info("sandbox running", extra={"sandbox_id": sid, "from_pool": rec.from_pool,
                                            "steps_ms": steps.ms()})
+        sandbox_created(rec.from_pool, steps)
         return rec.status(self.settings.node_id)
 
     async def _template(self, template_id: str, sid: str) -> Template:
@@ -268,6 +270,7 @@ class SandboxManager:
     async def _start(self, live: _Live, tpl, policy: network_pb2.NetworkPolicy, steps: Steps) -> None:
         rec = live.record
         entry: PoolEntry | None = self.pool.claim(tpl.template_id, tpl.build_key)
+        pool_claimed(tpl.template_id, hit=entry is not None)
         if entry is not None:
             await self._adopt(live, entry, policy, steps)
             steps.done("network+identity")
@@ -555,6 +558,7 @@ class SandboxManager:
             rec.state = State.RESUMING
             self._save_record(rec)
             rebooted = req.reboot
+            started = time.monotonic()
             try:
                 net = await self.vs.allocate(rec.vs_id, rec.network_policy())
                 rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
@@ -604,6 +608,7 @@ class SandboxManager:
             rec.state, rec.filesystem_only = State.RUNNING, False
             self._save_record(rec)
         log.info("sandbox resumed", extra={"sandbox_id": rec.sandbox_id, "rebooted": rebooted})
+        sandbox_resumed(rebooted, time.monotonic() - started)
         return rec.status(self.settings.node_id)
 
     async def update_network(self, sandbox_id: str, policy: network_pb2.NetworkPolicy) -> pb.SandboxStatus:
@@ -635,6 +640,15 @@ class SandboxManager:
         running = sum(1 for live in self._live.values() if live.record.state is State.RUNNING)
         paused = sum(1 for live in self._live.values() if live.record.state is State.PAUSED)
         return running, paused
+
+    def states(self) -> collections.Counter[State]:
+        """How many sandboxes this node holds in each state (for /metrics)."""
+        return collections.Counter(live.record.state for live in list(self._live.values()))
+
+    def network_ids(self) -> dict[str, str]:
+        """CubeVS's id of each running sandbox's network -> the sandbox's id (for /metrics: a
+        sandbox that began as a pooled clone keeps the network named for the pool entry)."""
+        return {live.record.vs_id: sid for sid, live in list(self._live.items()) if live.record.state is State.RUNNING}
 
     # From here on `list` in an annotation of this class would name the method above: builtins.list.
     def metrics(self, sandbox_id: str) -> builtins.list[pb.SandboxMetric]:

@@ -9,7 +9,7 @@ import logging
 
 import grpc
 
-from cube_common import mtls
+from cube_common import metrics, mtls
 from cube_common.mtls import Role, peer_identity
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, cubelet_pb2_grpc
 
@@ -183,7 +183,9 @@ def grpc_server(service: CubeletService, listen: str, tls: mtls.TlsFiles | None)
     """The node's gRPC server for ``service`` on ``listen`` (not started): mutual TLS with the role
     rules above when there is ``tls``, else plaintext (loopback only: settings.validate)."""
     gates = [mtls.RoleGate(CALLERS, methods=PEER_METHODS)] if tls is not None else []
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 << 20)], interceptors=gates)
+    # Figures first, so that the calls a gate refuses count too.
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 32 << 20)],
+                             interceptors=[metrics.GrpcServerMetrics(), *gates])
     cubelet_pb2_grpc.add_CubeletServicer_to_server(service, server)
     if mtls.add_port(server, listen, tls) == 0:
         raise OSError(f"cannot listen on {listen}")

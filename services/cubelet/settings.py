@@ -9,7 +9,7 @@ from typing import ClassVar
 
 from cube_common import defaults
 from cube_common.listen import MTLS_FIX, UNAUTHENTICATED_GRPC, refuse_public
-from cube_common.settings import Settings, SettingsError, check_host_ports, setting, shared
+from cube_common.settings import Settings, SettingsError, check_host_ports, check_listen, setting, shared
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class CubeletSettings(Settings):
     mtls_dir: Path | None = shared.mtls_dir()
     insecure_public: bool = shared.insecure_public()
     log_level: str = shared.log_level()
+    metrics_listen: str = shared.metrics_listen(defaults.CUBELET_METRICS_PORT)
 
     @property
     def cubelet_dir(self) -> Path:
@@ -91,6 +92,7 @@ class CubeletSettings(Settings):
             refuse_public(self, "listen", f"{UNAUTHENTICATED_GRPC} this node (its VMs, their tokens and files)",
                           MTLS_FIX)
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
+        check_listen("metrics_listen", self.metrics_listen)
         if not self.node_id or "/" in self.node_id:
             raise SettingsError("node_id must be non-empty and contain no '/'")
         for name in ("image_max_mb", "layer_max_mb", "image_max_entries", "layer_cache_mb", "template_pull_timeout_s",

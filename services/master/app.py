@@ -9,7 +9,7 @@ import signal
 
 import grpc
 
-from cube_common import mtls
+from cube_common import metrics as cube_metrics, mtls
 from cube_common.etcd import EtcdUnavailable
 from cube_common.leased_key import LeasedKey
 from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
@@ -21,6 +21,7 @@ from services.master.clock import ts
 from services.master.leader import Election
 from services.master.log import get_logger
 from services.master.lost import LostSandboxes
+from services.master.metrics import MasterMetrics
 from services.master.node_admin import NodeAdministration
 from services.master.nodes import NodeClients
 from services.master.quotas import Quotas
@@ -61,6 +62,7 @@ class Master:
         self.lost = LostSandboxes(self.sandboxes, s.lost_retention_s, full_every_s=s.reconcile_interval_s)
         self.node_admin = NodeAdministration(self.store)
         self.election = Election(self.store, self.identity, s.leader_ttl_s, self._duties)
+        self.metrics = MasterMetrics(self.store, self.election, s.metrics_refresh_s)
         self.presence = LeasedKey(self.store.etcd, self.store.keys.master(s.master_id),
                                   lambda: to_json(self.identity), s.leader_ttl_s)
         self.server: grpc.aio.Server | None = None
@@ -69,7 +71,7 @@ class Master:
 
     def _duties(self):
         return [self._defaults_then_reconcile(), timeouts.run(self.sandboxes, self.settings.timeout_tick_s),
-                lost.run(self.lost, self.settings.lost_check_interval_s)]
+                lost.run(self.lost, self.settings.lost_check_interval_s), self.metrics.count_loop()]
 
     async def _defaults_then_reconcile(self):
         while True:
@@ -82,7 +84,8 @@ class Master:
         await reconcile.run(self.reconciler, self.settings.reconcile_interval_s)
 
     async def start(self) -> int:
-        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self.server = grpc.aio.server(options=[("grpc.so_reuseport", 0)],
+                                      interceptors=[cube_metrics.GrpcServerMetrics()])
         master_pb2_grpc.add_MasterServicer_to_server(
             MasterService(self.sandboxes, self.templates, self.apikeys, self.election, self.builds, self.teams,
                           self.quotas, Policy(secure=self.tls is not None), self.node_admin, self.snapshots),
@@ -91,6 +94,7 @@ class Master:
         if port == 0:
             raise RuntimeError(f"cannot listen on {self.settings.listen}")
         self.identity.since.CopyFrom(ts())
+        self.metrics.register()
         self._presence_task = asyncio.ensure_future(self.presence.run())
         # Present before serving, so that nothing this process writes can look ownerless; with
         # etcd away it serves anyway (every write fails until etcd is back, and so does presence).
@@ -103,6 +107,7 @@ class Master:
         return port
 
     async def stop(self) -> None:
+        self.metrics.unregister()
         await self._cancel(self._election_task)
         if self.server is not None:
             await self.server.stop(grace=3)
@@ -125,6 +130,7 @@ class Master:
 
 async def serve(settings: Settings) -> None:
     master = Master(settings)
+    listener = cube_metrics.serve(settings.metrics_listen, loop=asyncio.get_running_loop())
     await master.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -133,3 +139,5 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("stopping")
     await master.stop()
+    if listener is not None:
+        listener.close()

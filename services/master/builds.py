@@ -47,7 +47,7 @@ import grpc
 from cube_common.etcd import EtcdUnavailable
 from cube_common.teams import BUILD_ORIGIN_METADATA, BUILD_ORIGIN_OPERATOR, Caller
 from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P
-from services.master import errors
+from services.master import errors, metrics
 from services.master.clock import secs, ts
 from services.master.log import get_logger
 from services.master.nodes import NodeClients, node_error
@@ -481,6 +481,7 @@ class Builds:
         log.info("template build ready", extra=_extra(job, node_id=run.node.node_id,
                                                        snapshot_bytes=info.snapshot_bytes,
                                                        phase_ms=dict(info.phase_ms)))
+        metrics.build_finished(job, "ready", time.time() - secs(job.created_at))
 
     async def _failed(self, run: _Running, error: str, event: C.TemplateBuildEvent | None = None,
                       cleanup_node: C.NodeStatus | None = None, retry_s: float = STORE_RETRY_S) -> None:
@@ -498,6 +499,7 @@ class Builds:
         log.warning("template build failed", extra=_extra(job, node_id=job.node_id,
                                                            failed_phase=phase_name(job.failed_phase),
                                                            error=error[-2000:]))
+        metrics.build_finished(job, "failed", time.time() - secs(job.created_at))
 
     def _fail_record(self, job: P.TemplateBuild, error: str, event: C.TemplateBuildEvent | None = None) -> None:
         ev = C.TemplateBuildEvent()

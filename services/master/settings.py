@@ -16,7 +16,7 @@ from typing import ClassVar
 from cube_common import defaults
 from cube_common.envd import ENVD_VERSION
 from cube_common.listen import MTLS_FIX, UNAUTHENTICATED_GRPC, refuse_public
-from cube_common.settings import Settings as _Base, SettingsError, check_host_ports, setting, shared
+from cube_common.settings import Settings as _Base, SettingsError, check_host_ports, check_listen, setting, shared
 
 
 def _master_id() -> str:
@@ -82,6 +82,9 @@ class Settings(_Base):
     mtls_dir: Path | None = shared.mtls_dir()
     insecure_public: bool = shared.insecure_public()
     log_level: str = shared.log_level()
+    metrics_listen: str = shared.metrics_listen(defaults.MASTER_METRICS_PORT)
+    metrics_refresh_s: float = setting(5.0, "how often the leader counts sandboxes and template builds by state "
+                                       "from etcd for /metrics")
 
     @property
     def prefix(self) -> str:
@@ -96,6 +99,9 @@ class Settings(_Base):
             refuse_public(self, "listen", f"{UNAUTHENTICATED_GRPC} the cluster (API keys, sandboxes, templates)",
                           MTLS_FIX)
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
+        check_listen("metrics_listen", self.metrics_listen)
+        if self.metrics_refresh_s <= 0:
+            raise SettingsError("metrics_refresh_s must be > 0")
         if not (0 < self.default_timeout_s <= self.max_timeout_s):
             raise SettingsError("need 0 < default_timeout_s <= max_timeout_s")
         if not (1 <= self.max_template_vcpus <= 64 and 128 <= self.max_template_memory_mb

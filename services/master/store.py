@@ -93,9 +93,10 @@ class Store:
         """The etcd channel held for a block (watches, the route-ack wait); see EtcdClient."""
         return self.etcd.using()
 
-    async def call(self, make):
-        """Run ``make(client)`` (a coroutine factory) with the deadline, failover and error mapping."""
-        return await self.etcd.call(make)
+    async def call(self, make, op: str = "call"):
+        """Run ``make(client)`` (a coroutine factory) with the deadline, failover and error mapping
+        (timed and counted as the etcd operation ``op``)."""
+        return await self.etcd.call(make, op=op)
 
     async def _get(self, key: bytes, cls: type[M]) -> Versioned[M] | None:
         r = await self.etcd.get(key)
@@ -122,7 +123,7 @@ class Store:
     async def txn(self, compare, success, failure=()) -> tuple[bool, int]:
         """One transaction; returns (succeeded, revision of the write or 0)."""
         ok, responses = await self.call(lambda c: c.transaction(compare=list(compare), success=list(success),
-                                                                failure=list(failure)))
+                                                                failure=list(failure)), op="txn")
         rev = 0
         for r in responses:
             if hasattr(r, "response_put") and r.HasField("response_put"):
@@ -414,7 +415,8 @@ class Store:
         if not leases:
             return {}
         ids = sorted(set(leases.values()))
-        infos = await asyncio.gather(*(self.call(lambda c, i=i: c.get_lease_info(i, keys=False)) for i in ids))
+        infos = await asyncio.gather(*(self.call(lambda c, i=i: c.get_lease_info(i, keys=False), op="lease_info")
+                                       for i in ids))
         now = time.time()
         renewed = {i: now - (info.grantedTTL - info.TTL) for i, info in zip(ids, infos, strict=True) if info.TTL > 0}
         return {node: renewed[lease] for node, lease in leases.items() if lease in renewed}

@@ -10,6 +10,7 @@ import sys
 # Spawning Envoy forks while gRPC threads run; gRPC's fork handlers are not wanted (exec follows).
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
+from cube_common import metrics
 from cube_common.mtls import TlsError
 
 from . import log as proxy_log
@@ -21,6 +22,8 @@ async def _run(settings: ProxySettings) -> int:
     service = ProxyService(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Envoy's stats are read in the listener's thread, not in this loop: a slow admin holds no route.
+    listener = metrics.serve(settings.metrics_listen, loop=loop, extra=service.metrics.envoy_stats)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
@@ -36,6 +39,8 @@ async def _run(settings: ProxySettings) -> int:
         return code
     finally:
         await service.stop()
+        if listener is not None:
+            listener.close()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ from cube_common.route_ack import AppliedRevisionPublisher
 from . import xds
 from .ads import AdsServer
 from .envoy import EnvoyProcess
+from .metrics import ProxyMetrics
 from .resume import Resumer
 from .routes import RouteTable, RouteWatcher
 from .settings import Endpoint, ProxySettings
@@ -62,6 +63,7 @@ class ProxyService:
         self._sever_refused = False
         self._https: list[Endpoint] = []
         self._http: list[Endpoint] = []
+        self.metrics = ProxyMetrics(settings)
 
     def _usable(self, eps) -> list[Endpoint]:
         out = []
@@ -97,6 +99,7 @@ class ProxyService:
         self._builder = xds.ResourceBuilder(s, self.tls, self._https, self._http)
         for coro in (self.watcher.run(), self._push_loop(), self.publisher.run(), self.envoy.run()):
             self._tasks.append(asyncio.ensure_future(coro))
+        self.metrics.register()
         log.info("CubeProxy started", extra={
             "proxy_id": s.proxy_id, "node_id": s.node_id, "domain": s.domain,
             "https": [str(e) for e in self._https], "http": [str(e) for e in self._http],
@@ -104,10 +107,12 @@ class ProxyService:
             "mtls": str(self.mtls.identity()) if self.mtls else None})
 
     def _streams_changed(self, n: int) -> None:
+        self.metrics.streams_changed(n)
         if n == 0 and self.publisher is not None:
             self.publisher.withdraw()
 
     def _on_routes(self, table: RouteTable) -> None:
+        self.metrics.routes_read(table)
         self.severance.routes_changed(table)
         self._changed.set()
 
@@ -115,6 +120,7 @@ class ProxyService:
         """Envoy ACKed the routes of `revision`: publish it, then close the connections to the
         guests those routes dropped (severance.py; not before, or a client's health probe could
         still reach the old route)."""
+        self.metrics.routes_applied(revision)
         if self.publisher is not None:
             self.publisher.applied(revision)
         gone = self.severance.due(revision)
@@ -162,6 +168,7 @@ class ProxyService:
                 raise exc
 
     async def stop(self) -> None:
+        self.metrics.unregister()
         for t in self._severing:
             t.cancel()
         if self.envoy is not None:

@@ -25,7 +25,7 @@ from cube_common import defaults
 from cube_common.addresses import split_host_port
 from cube_common.keys import Keys, normalize_prefix
 from cube_common.listen import refuse_public
-from cube_common.settings import Settings, SettingsError, check_host_ports, setting, shared
+from cube_common.settings import Settings, SettingsError, check_host_ports, check_listen, setting, shared
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,9 @@ class ProxySettings(Settings):
     envoy_mtls_dir: Path | None = setting(
         None, "Envoy's cluster TLS directory (role envoy): the client certificate Envoy presents to "
         "the proxy's ADS server; required with mtls_dir")
+    # The proxy's figures and, after them, Envoy's own (its admin's /stats/prometheus, read at each
+    # scrape), so that the admin port itself stays on loopback.
+    metrics_listen: str = shared.metrics_listen(defaults.PROXY_METRICS_PORT)
 
     def __post_init__(self) -> None:
         if not self.proxy_id:
@@ -122,6 +125,7 @@ class ProxySettings(Settings):
         refuse_public(self, "resumer", "the resumer authenticates no one: a caller could resume any paused "
                       "sandbox")
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
+        check_listen("metrics_listen", self.metrics_listen)
         if (self.mtls_dir is None) != (self.envoy_mtls_dir is None):
             # With only the proxy's, Envoy could not connect to its ADS server; with only Envoy's,
             # Envoy would expect TLS that the ADS server does not speak.

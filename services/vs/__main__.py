@@ -14,8 +14,8 @@ import argparse
 import signal
 import threading
 
-from cube_common import mtls
-from services.vs import log as vslog
+from cube_common import metrics, mtls
+from services.vs import log as vslog, metrics as vs_metrics
 from services.vs.network import NodeNetwork
 from services.vs.server import serve
 from services.vs.settings import Settings
@@ -37,12 +37,17 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     server = serve(node, settings.listen, tls=mtls.files(settings.mtls_dir, mtls.Role.VS))
+    # No event loop here: the figures read the network under its own lock, from the listener's thread.
+    vs_metrics.register(node)
+    listener = metrics.serve(settings.metrics_listen)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     log.info("stopping; the datapath stays for the next start")
     server.stop(grace=5).wait()
+    if listener is not None:
+        listener.close()
     node.stop()
 
 

@@ -8,7 +8,7 @@ from concurrent import futures
 
 import grpc
 
-from cube_common import mtls
+from cube_common import metrics, mtls
 from sdk.gen.cube.v1 import network_pb2, vs_pb2, vs_pb2_grpc
 from services.vs.counters import SandboxCounters
 from services.vs.guest import GuestNetwork
@@ -142,8 +142,9 @@ def serve(node: NodeNetwork, listen: str, max_workers: int = 8, tls: mtls.TlsFil
     """Start a gRPC server for ``node`` on ``listen`` (e.g. "unix:///run/cube/vs.sock"): with mutual
     TLS and only ``CALLERS`` served when there is ``tls``, else plaintext."""
     gates: list[grpc.ServerInterceptor] = [mtls.SyncRoleGate(CALLERS)] if tls is not None else []
+    # Figures first, so that the calls a gate refuses count too.
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vs-rpc"),
-                         interceptors=gates)
+                         interceptors=[metrics.SyncGrpcServerMetrics(), *gates])
     vs_pb2_grpc.add_CubeVSServicer_to_server(CubeVSServicer(node), server)
     if listen.startswith("unix://"):
         import os

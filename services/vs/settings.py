@@ -10,7 +10,7 @@ from typing import ClassVar
 
 from cube_common import defaults
 from cube_common.listen import MTLS_FIX, UNAUTHENTICATED_GRPC, refuse_public
-from cube_common.settings import Settings as _Base, SettingsError, setting, shared
+from cube_common.settings import Settings as _Base, SettingsError, check_listen, setting, shared
 
 # The sandbox address pool. 198.18.0.0/15 is reserved for benchmarking (RFC 2544), so it is
 # neither routed on the internet nor used by operators' LANs; its upper half is used because
@@ -62,6 +62,8 @@ class Settings(_Base):
     mtls_dir: Path | None = shared.mtls_dir()
     insecure_public: bool = shared.insecure_public()
     log_level: str = shared.log_level()
+    # Per-sandbox drop counters among its figures: the sandbox ids of this node (no tokens).
+    metrics_listen: str = shared.metrics_listen(defaults.VS_METRICS_PORT)
 
     @property
     def pin_dir(self) -> Path:
@@ -79,6 +81,7 @@ class Settings(_Base):
         if self.mtls_dir is None:
             refuse_public(self, "listen", f"{UNAUTHENTICATED_GRPC} this node's sandbox network (taps, egress "
                           "policy)", MTLS_FIX)
+        check_listen("metrics_listen", self.metrics_listen)
         pool = self.pool
         if pool.prefixlen > 30:
             raise SettingsError(f"pool_cidr {self.pool_cidr} is too small")

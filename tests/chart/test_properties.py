@@ -18,7 +18,8 @@ Invariants checked (on the defaults and the scenarios of render.SCENARIOS):
   a named port whose listener is configured on 0.0.0.0; probes use the ports the services listen on.
 - Operability: every container has CPU and memory requests (and a memory limit, but the
   cubelet's, which would cap all sandboxes together); standard labels everywhere; selectors match
-  their pods; Prometheus annotations only when asked; images, nodeSelectors, tolerations and
+  their pods; Prometheus annotations only when asked (a pod's own annotation wins), every Cube
+  service's /metrics on a named container port of its own; images, nodeSelectors, tolerations and
   replicas from values.
 """
 
@@ -529,17 +530,58 @@ def test_standard_labels_and_selectors(name: str) -> None:
     assert len(components) == len({o["metadata"]["name"] for o in objs if pod_spec(o)})
 
 
+def _scrape_annotations(objs: list[Obj]) -> dict[str, dict[str, str]]:
+    return {o["metadata"]["name"]: {k: v for k, v in (pod_metadata(o).get("annotations") or {}).items()
+                                    if k.startswith("prometheus.io/")}
+            for o in objs if pod_spec(o) is not None}
+
+
+def _scrape(port: int) -> dict[str, str]:
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
 def test_prometheus_annotations_only_when_asked() -> None:
-    def annotated(objs: list[Obj]) -> dict[str, dict[str, str]]:
-        return {o["metadata"]["name"]: {k: v for k, v in (pod_metadata(o).get("annotations") or {}).items()
-                                        if k.startswith("prometheus.io/")}
-                for o in objs if pod_spec(o) is not None}
-    assert not any(annotated(scenario("default")).values())
-    got = {k: v for k, v in annotated(scenario("custom")).items() if v}
-    assert got == {"sbx-etcd": {"prometheus.io/scrape": "true", "prometheus.io/port": "2381",
-                                "prometheus.io/path": "/metrics"}}
+    assert not any(_scrape_annotations(scenario("default")).values())
+    got = {k: v for k, v in _scrape_annotations(scenario("custom")).items() if v}
+    # The node pod's annotation names its cubelet; CubeVS and the node proxy serve on named ports.
+    assert got == {"sbx-etcd": _scrape(2381), "sbx-api": _scrape(9470), "sbx-master": _scrape(9471),
+                   "sbx-proxy": _scrape(9474), "sbx-node": _scrape(9472)}
     flags = one(scenario("custom"), "StatefulSet", "sbx-etcd")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--listen-metrics-urls=http://0.0.0.0:2381" in flags
+    # An annotation a pod sets itself wins over the chart's.
+    objs = render({"metrics": {"prometheusAnnotations": True},
+                   "api": {"podAnnotations": {"prometheus.io/scrape": "false", "team": "sandboxes"}}})
+    api = pod_metadata(one(objs, "Deployment", "cube-api"))["annotations"]
+    assert api["prometheus.io/scrape"] == "false" and api["team"] == "sandboxes"
+    assert api["prometheus.io/port"] == "9470" and "checksum/settings" in api
+
+
+CUBE_METRICS_VARIABLES = {"cube-api": "CUBE_API_METRICS_LISTEN", "cube-master": "CUBE_MASTER_METRICS_LISTEN",
+                          "cube-cubelet": "CUBE_CUBELET_METRICS_LISTEN", "cube-vs": "CUBE_VS_METRICS_LISTEN",
+                          "cube-proxy": "CUBE_PROXY_METRICS_LISTEN"}
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_every_cube_service_serves_metrics_on_a_named_port(name: str) -> None:
+    """Each Cube container listens for /metrics on every address of its pod, on a container port
+    whose name ends in "metrics"; the ports of one pod differ; an annotated port is one of them."""
+    objs = scenario(name)
+    by_pod: dict[str, list[int]] = {}
+    for c in containers(objs, init=False):
+        if c.program not in CUBE_METRICS_VARIABLES:
+            continue
+        named = {p["name"]: p["containerPort"] for p in c.spec.get("ports") or [] if p["name"].endswith("metrics")}
+        assert len(named) == 1, c.where
+        (port,) = named.values()
+        assert container_env(objs, c)[CUBE_METRICS_VARIABLES[c.program]] == f"0.0.0.0:{port}", c.where
+        by_pod.setdefault(c.owner["metadata"]["name"], []).append(port)
+    assert {len(v) for k, v in by_pod.items() if k.endswith("-node")} == {3}
+    for pod, ports in by_pod.items():
+        assert len(set(ports)) == len(ports), pod
+    if name == "custom":
+        for pod, ann in _scrape_annotations(objs).items():
+            if pod in by_pod:
+                assert int(ann["prometheus.io/port"]) in by_pod[pod], pod
 
 
 def test_settings_changes_roll_the_pods() -> None:

@@ -5,8 +5,9 @@ With ``pki`` (a root ``deploy.pki.Pki(root).node(...)`` made), masters and the A
 mutual TLS from it, and the harness reaches the masters as an operator and etcd with the operator's
 certificate: etcd must then be one that requires them (``EtcdServer(pki=root)``).
 
-Every process gets its own etcd prefix, log file and ports; ``stop()`` ends exactly the
-processes this harness started (by their pid) and removes the prefix.
+Every process gets its own etcd prefix, log file and ports (its /metrics port too: ``Proc.metrics_url``,
+never a node's default); ``stop()`` ends exactly the processes this harness started (by their pid) and
+removes the prefix.
 """
 
 from __future__ import annotations
@@ -55,10 +56,15 @@ class Proc:
     popen: subprocess.Popen
     log: Path
     port: int
+    metrics_port: int = 0
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -102,11 +108,14 @@ class Cluster:
 
     def _spawn(self, name: str, module: str, env: dict, port: int) -> Proc:
         log = self.workdir / f"{name}.log"
-        full = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **env}
+        service = module.rsplit(".", 1)[1].upper()  # services.master -> CUBE_MASTER_METRICS_LISTEN
+        metrics_port = free_port()
+        full = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+                f"CUBE_{service}_METRICS_LISTEN": f"127.0.0.1:{metrics_port}", **env}
         with open(log, "ab") as out:  # the child keeps its own descriptor
             popen = subprocess.Popen([sys.executable, "-m", module], cwd=REPO, env=full,
                                      stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        p = Proc(name, popen, log, port)
+        p = Proc(name, popen, log, port, metrics_port)
         self.procs.append(p)
         return p
 

@@ -16,6 +16,9 @@ recorder: the probe guest runs no agent.
   FAILED_PRECONDITION before any transfer.
 - A peer gets only the table's names of a sandbox paused there, only for the save it was
   described, and only with a cubelet certificate.
+- The node's Prometheus figures (services/cubelet/metrics.py), scraped from a metrics listener in
+  this loop and read with Prometheus' parser, move with a create through A's gRPC server (a fresh
+  clone, a pool miss), its pause and resume (a memory restore).
 """
 from __future__ import annotations
 
@@ -31,11 +34,12 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from cube_common import mtls
+from cube_common import metrics, mtls
 from cube_common.keys import Keys
 from cube_common.mtls import Role
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, cubelet_pb2_grpc, network_pb2, vs_pb2
 from services.cubelet import sandboxes as sandboxes_mod
+from services.cubelet.metrics import CubeletMetrics
 from services.cubelet.paused_pull import PausedStatePuller
 from services.cubelet.pull import EtcdPeers, TemplatePuller
 from services.cubelet.sandboxes import SandboxError, SandboxManager, State
@@ -45,6 +49,7 @@ from services.cubelet.templates import TemplateStore
 from testkit import netlab
 from testkit.ports import free_port
 from tests.cubelet.test_transfer import build_probe, flip_a_byte, node_settings, register, tls
+from tests.support.prometheus import ascrape
 from vmm_core import NetworkAttachment, VmmSettings
 from vmm_core.disks import qcow2_header
 
@@ -79,6 +84,9 @@ class FakeVs:
 
     def guest(self, vs_id: str, path: str) -> str:
         return self.nets[vs_id].http_get(path)
+
+    async def stats(self, vs_ids: list[str]) -> dict[str, vs_pb2.SandboxStats]:
+        return {}  # no datapath here, so no drop counters (tests/vs/test_vs_metrics.py has them)
 
 
 def attachment(tap: str, mac: str = netlab.GUEST.mac) -> NetworkAttachment:
@@ -323,3 +331,55 @@ def replace_name(req: pb.FetchPausedArtifactRequest, name: str) -> pb.FetchPause
     out.CopyFrom(req)
     out.name = name
     return out
+
+
+async def test_the_node_reports_creates_resumes_and_capacity_on_metrics(world, pki):
+    a = world.a
+    figures = CubeletMetrics(CubeletService(a.settings, a.sandboxes, a.sandboxes.templates, "tcg")).register()
+    listener = metrics.serve(f"127.0.0.1:{free_port()}", loop=asyncio.get_running_loop())
+    assert listener is not None
+    url = f"http://127.0.0.1:{listener.port}/metrics"
+
+    def started(page, op: str, path: str) -> float:
+        return page.value("cube_cubelet_sandbox_start_seconds_count", op=op, path=path)
+
+    def handled(page, method: str, code: str = "OK") -> float:
+        return page.value("cube_grpc_server_handled_total", service="cube.v1.Cubelet", method=method, code=code)
+
+    try:
+        before = await ascrape(url)
+        async with mtls.aio_channel(world.address, tls(pki, Role.MASTER), Role.CUBELET) as ch:
+            stub = cubelet_pb2_grpc.CubeletStub(ch)
+            await stub.RunSandbox(pb.RunSandboxRequest(sandbox_id="metered1", template_id=TEMPLATE,
+                                                       envd_access_token="tok"), timeout=120)
+            created = await ascrape(url)
+            await stub.PauseSandbox(pb.PauseSandboxRequest(sandbox_id="metered1"), timeout=120)
+            paused = await ascrape(url)
+            await stub.ResumeSandbox(pb.ResumeSandboxRequest(sandbox_id="metered1"), timeout=120)
+            with pytest.raises(grpc.aio.AioRpcError):
+                await stub.GetSandbox(pb.SandboxRef(sandbox_id="nosuchsandbox"), timeout=10)
+        after = await ascrape(url)
+
+        # The create was a fresh clone of the probe's snapshot (no pool here): a miss, and its steps.
+        assert started(created, "create", "clone") == started(before, "create", "clone") + 1
+        assert created.value("cube_cubelet_warm_pool_claims_total", template=TEMPLATE, result="miss") == \
+            before.value("cube_cubelet_warm_pool_claims_total", template=TEMPLATE, result="miss") + 1
+        assert created.value("cube_cubelet_sandbox_create_step_seconds_count", step="clone") >= 1
+        assert created.value("cube_cubelet_sandboxes", state="running") >= 1
+        assert created.value("cube_cubelet_warm_pool_ready", template=TEMPLATE) == 0
+        assert paused.value("cube_cubelet_sandboxes", state="paused") >= 1
+        # Its resume restored its memory; every call is counted by method and status code.
+        assert started(after, "resume", "restore") == started(before, "resume", "restore") + 1
+        assert after.value("cube_cubelet_sandbox_start_seconds_bucket", op="resume", path="restore", le="+Inf") >= 1
+        for method in ("RunSandbox", "PauseSandbox", "ResumeSandbox"):
+            assert handled(after, method) == handled(before, method) + 1, method
+        assert handled(after, "GetSandbox", "NOT_FOUND") == handled(before, "GetSandbox", "NOT_FOUND") + 1
+        # The node's capacity, as its NodeStatus tells the masters.
+        assert after.value("cube_node_info", node="a", accel="tcg") == 1
+        assert after.value("cube_node_vcpus") >= 1 and after.value("cube_node_memory_bytes") > 0
+        assert after.value("cube_node_disk_free_bytes") > after.value("cube_node_disk_watermark_bytes") > 0
+        assert after.value("cube_node_templates") >= 1
+    finally:
+        listener.close()
+        figures.unregister()
+        await a.sandboxes.kill("metered1")

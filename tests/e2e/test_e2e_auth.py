@@ -33,7 +33,7 @@ def auth_api(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("auth-api") / "api.log"
     env = {**CFG.env(), "CUBE_AUTH": "on", "CUBE_API_PORT": str(port), "CUBE_MASTER_ADDR": CFG.master_addr,
-           "CUBE_API_HOST": "127.0.0.1"}
+           "CUBE_API_HOST": "127.0.0.1", "CUBE_API_METRICS_LISTEN": f"127.0.0.1:{free_port()}"}
     with open(log, "wb") as f:
         proc = subprocess.Popen([sys.executable, "-m", "services.api"], cwd=REPO, env=env, stdout=f,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -58,8 +58,8 @@ def test_create_from_a_snapshot_starts_where_the_source_was(sandboxes):
 
 def test_snapshot_refusals(sandboxes, api):
     sbx = sandboxes.create({"case": "snapshot-refusals"})
-    r = api.post(f"/sandboxes/{sbx.sandbox_id}/snapshots", json={"memory": False})
-    assert r.status_code == 400 and r.json()["code"] == 400
+    r = api.post(f"/sandboxes/{sbx.sandbox_id}/snapshots", json={"memory": "no"})
+    assert r.status_code == 400 and r.json()["code"] == 400 and "memory" in r.json()["message"]
     before = {p.name for p in TEMPLATES.iterdir()}
     sbx.pause()
     with pytest.raises(SandboxException):

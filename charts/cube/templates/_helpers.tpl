@@ -61,6 +61,19 @@ app.kubernetes.io/managed-by: {{ .root.Release.Service }}
 {{- end }}
 {{- end -}}
 
+{{/*
+A pod's annotations: its component's own, then global.podAnnotations, then (with
+metrics.prometheusAnnotations) Prometheus' scrape annotations for its metrics port; a key set
+earlier wins. dict "root" $ "own" .Values.api.podAnnotations "metricsPort" .Values.metrics.ports.api
+*/}}
+{{- define "cube.podAnnotations" -}}
+{{- $ann := merge (deepCopy .own) .root.Values.global.podAnnotations -}}
+{{- if .root.Values.metrics.prometheusAnnotations -}}
+{{- $ann = merge $ann (dict "prometheus.io/scrape" "true" "prometheus.io/port" (toString (int .metricsPort)) "prometheus.io/path" "/metrics") -}}
+{{- end -}}
+{{- with $ann }}{{ toYaml . }}{{ end -}}
+{{- end -}}
+
 {{- define "cube.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create -}}
 {{- default (include "cube.fullname" .) .Values.serviceAccount.name -}}
