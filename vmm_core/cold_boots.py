@@ -39,7 +39,7 @@ from .disks import cow_overlay
 from .errors import BootError, InvalidSpecError, SnapshotError, VmmError, WriteBackError
 from .machine import Machine, pid_alive
 from .settings import VmmSettings
-from .snapshots import Snapshot, SnapshotKind, _staging, _with_writable
+from .snapshots import Snapshot, SnapshotKind, _staging, _undo_stopped_save, _with_writable
 from .spec import DiskFormat, MachinePaths, MachineSpec, NetworkAttachment
 
 log = logging.getLogger("vmm_core.cold_boots")
@@ -78,12 +78,7 @@ async def save_disk(machine: Machine, dest: Path) -> Snapshot:
         await _write_back(machine)
         await machine.execute("stop")
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if pid_alive(machine.pid):
-            try:
-                await machine.execute("cont")
-            except VmmError:
-                pass
+        await _undo_stopped_save(machine, tmp)
         raise
     await machine.quit()  # QEMU flushes its block layer on the way out
     os.rename(rw, tmp / _DISK)

@@ -420,6 +420,17 @@ async def prepare_clone(settings: VmmSettings, snap: Snapshot, vm_id: str, netwo
     return PreparedClone(machine, snap)
 
 
+async def _undo_stopped_save(machine: Machine, staging: Path) -> None:
+    """A save that failed before its machine ended: nothing of it is kept, and the machine (which
+    may have been stopped for it) runs on."""
+    shutil.rmtree(staging, ignore_errors=True)
+    if pid_alive(machine.pid):
+        try:
+            await machine.execute("cont")
+        except VmmError:
+            pass
+
+
 async def save(machine: Machine, dest: Path) -> Snapshot:
     """Write the machine's full state (RAM, devices) and keep its disk overlay; the machine is gone
     afterwards. If saving fails the machine keeps running."""
@@ -434,12 +445,7 @@ async def save(machine: Machine, dest: Path) -> Snapshot:
         await _migrate_to_file(machine, tmp / "state")
         await _wait_migration(machine)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if pid_alive(machine.pid):
-            try:
-                await machine.execute("cont")
-            except VmmError:
-                pass
+        await _undo_stopped_save(machine, tmp)
         raise
     await machine.quit()
     os.rename(rw, tmp / "disk.qcow2")
