@@ -436,7 +436,9 @@ cases['fs-autopause'] = async () => {
     return s === 'paused' ? s : null
   }, 180_000)
   out.autoPausedAfterMs = Date.now() - t0
-  out.autoPauseMode = await pauseMode(sbx.sandboxId)
+  // getInfo says paused while the pause is still being taken (E2B's listing does too); pauseMode
+  // is reported once it is over.
+  out.autoPauseMode = await waitFor('the pause to finish', () => pauseMode(sbx.sandboxId), 60_000)
 
   const c = 'fs-autoresume'
   out.sdkRefusal = await failure(Sandbox.create({ metadata: tag(c), lifecycle: { ...lifecycle, autoResume: true } })
