@@ -16,6 +16,7 @@ APT_PACKAGES=(
   libnss-myhostname                  # *.localhost resolves to loopback
   ca-certificates openssl
   docker-registry skopeo umoci apache2-utils   # OCI image tests: registry, image building, htpasswd
+  chromium                           # the web console's browser test (tests/control/test_control_console.py)
 )
 
 missing=()

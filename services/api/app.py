@@ -1,4 +1,5 @@
-"""The Sanic application: settings, the master client, auth, error shape, routes."""
+"""The Sanic application: settings, the master client, auth, error shape, routes (the REST API and
+the web console's page, routes/console.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sanic import Sanic
 from services.api import auth, errors, metrics
 from services.api.log import get_logger
 from services.api.master_client import MasterClient
-from services.api.routes import meta, sandboxes, tags, templates
+from services.api.routes import console, meta, nodes, sandboxes, tags, templates
 from services.api.settings import Settings
 
 log = get_logger("app")
@@ -32,6 +33,8 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app.blueprint(templates.bp)
     app.blueprint(tags.bp)
     app.blueprint(meta.bp)
+    app.blueprint(nodes.bp)
+    app.blueprint(console.bp)
     app.error_handler.add(Exception, errors.handle_exception)
 
     @app.before_server_start

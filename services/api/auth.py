@@ -4,7 +4,8 @@ Off (default): any non-empty key is accepted, as local users expect, and every r
 the local team as its admin (cube_common.teams.LOCAL_ADMIN). On: the key must be one issued by
 ``cubemastercli apikey create`` and not revoked; the master checks it against the SHA-256 it
 stored and answers with the key's team and role, which the request then acts for. Either way a
-missing key is 401 with an E2B error body.
+missing key is 401 with an E2B error body. The web console's page and assets (routes/console.py)
+need no key: they hold no data, and the page's own calls carry the key.
 
 Sets ``request.ctx.caller`` (a ``Caller``, which routes hand to the master client) and
 ``request.ctx.client_id`` (E2B's ``clientID``: the key id, "local" with auth off).
@@ -17,13 +18,14 @@ import grpc
 from cube_common.teams import LOCAL_ADMIN, Caller
 from sdk.gen.cube.v1 import master_pb2 as P
 from services.api.errors import ApiError, from_grpc
+from services.api.routes.console import is_public as console_path
 
 PUBLIC_PATHS = {"/health", "/openapi.json"}
 
 
 async def authenticate(request) -> None:
     """Sanic request middleware: sets ``request.ctx.caller`` and ``client_id`` or raises 401."""
-    if request.path in PUBLIC_PATHS or request.method == "OPTIONS":
+    if request.path in PUBLIC_PATHS or console_path(request.path) or request.method == "OPTIONS":
         return
     key = (request.headers.get("x-api-key") or "").strip()
     if not key:

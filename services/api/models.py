@@ -220,6 +220,8 @@ def listed_body(rec: P.Sandbox) -> dict:
            "envdVersion": rec.envd_version, "metadata": dict(rec.metadata)}
     if rec.alias:
         out["alias"] = rec.alias
+    if rec.node_id:  # Not E2B's (its SDKs keep unknown keys aside): where it runs or its state is kept
+        out["nodeID"] = rec.node_id
     if rec.phase == P.SANDBOX_PHASE_LOST:
         # Keys E2B does not define (its SDKs keep unknown keys aside): unreachable, and why.
         out.update({"lost": True, "lostAt": rfc3339(rec.lost_at), "lostReason": rec.lost_reason})

@@ -1,7 +1,8 @@
 """The OpenAPI 3.1 document of cube-api (served at /openapi.json).
 
 Schemas follow E2B's spec for the parts the SDKs use; a test checks that every route the app
-serves is described here, and nothing else. The document states every constraint the server
+serves is described here, and nothing else, but the web console's page and assets (routes/console.py:
+HTML for a browser, no data, not an API). The document states every constraint the server
 enforces on a request and every status it answers with: tests/control/test_api_fuzz.py fuzzes the
 API from it (schemathesis) and fails on a refusal or a status it does not state. 3.1 rather than
 3.0 for its JSON Schema: `propertyNames` (environment variable names) and `null` types (the
@@ -136,6 +137,7 @@ SCHEMAS = {
         "templateID": STR, "sandboxID": STR, "clientID": STR, "alias": STR, "startedAt": TIME, "endAt": TIME,
         "cpuCount": INT, "memoryMB": INT, "diskSizeMB": INT, "state": {"type": "string", "enum": ["running", "paused"]},
         "envdVersion": STR, "metadata": STRMAP,
+        "nodeID": {"type": "string", "description": "not E2B's: the node it runs on, or that keeps its paused state"},
         # Not E2B's: present only while the sandbox's node is lost (state says running, as E2B knows
         # no other); it is back when its node comes back, or deleted after the retention.
         "lost": {"type": "boolean", "description": "its node is lost: unreachable, no traffic reaches it"},
@@ -272,6 +274,18 @@ SCHEMAS = {
                for k in ("dockerfile", "fromImage", "fromTemplate", "steps", "startCmd", "readyCmd")}}},
     "TemplateBuildCreated": {"type": "object", "required": ["templateID", "buildID"],
                              "properties": {"templateID": STR, "buildID": STR}},
+    "Node": {"type": "object", "required": ["nodeID", "state", "cpuCount", "memoryTotalBytes", "memoryAvailableBytes",
+                                            "sandboxesRunning", "sandboxesPaused"], "properties": {
+        "nodeID": STR,
+        "state": {"type": "string", "enum": ["ready", "draining", "lost", "unknown"],
+                  "description": "lost: its registration lapsed; its figures are the last it reported, or none"},
+        "draining": BOOL, "drainReason": STR, "accel": {"type": "string", "description": "kvm or tcg"},
+        "cpuCount": INT, "memoryTotalBytes": INT, "memoryAvailableBytes": INT, "diskFreeBytes": INT,
+        "diskWatermarkBytes": {"type": "integer", "description": "below this much free disk it takes no new sandboxes"},
+        "maxSandboxes": {"type": "integer", "description": "0: no bound but memory"},
+        "sandboxesRunning": INT, "sandboxesPaused": INT, "sandboxesLost": INT,
+        "templates": {**_arr(STR), "description": "template ids with a ready snapshot on the node"},
+        "heartbeatAt": {"type": ["string", "null"], "format": "date-time"}}},
     "BuildLogEntry": {"type": "object", "required": ["timestamp", "level", "message"], "properties": {
         "timestamp": TIME, "level": {"type": "string", "enum": ["debug", "info", "warn", "error"]}, "message": STR,
         "step": STR}},
@@ -439,6 +453,9 @@ OPERATIONS = [
       _q("cursor", STR, "the nextCursor of the previous page, as it came; any other value is refused (400)"),
       _q("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "absent: 50")], None,
      {**_ok(200, _ref("TemplateTagAssignments")), **_errors(400, 401, 404, 500, 503)}),
+    ("get", "/nodes", "The cluster's nodes with their capacity and sandboxes (Cube's own; admin keys only: 403 "
+                      "for a team's key)", [], None,
+     {**_ok(200, _arr(_ref("Node"))), **_errors(401, 403, 500, 503)}),
     ("get", "/health", "Liveness of the API process (no auth)", [], None, _ok(200, {"type": "object"})),
     ("get", "/openapi.json", "This document (no auth)", [], None, _ok(200, {"type": "object"})),
 ]

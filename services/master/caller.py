@@ -13,7 +13,8 @@ decides what the metadata may claim (``Policy.resolve``):
   validate keys (``API_AS_ITSELF``). It never reaches the operator-only calls (``OPERATOR_ONLY``:
   teams, keys, nodes (listing, draining, removing), registering a template), whatever role it
   claims: minting keys or teams, or taking nodes out, takes an operator's certificate, not a
-  compromised front end.
+  compromised front end. One exception, a read that changes nothing: listing nodes, for an admin
+  caller only (``API_ADMIN_READS``: ``GET /nodes``, the web console's capacity view).
 - ``proxy``: only the calls that wake a paused sandbox for a request to it (``PROXY_CALLS``), as
   the cluster, with no caller named.
 - any other role (cubelet, vs, envoy, etcd, master): refused.
@@ -43,6 +44,8 @@ OPERATOR_ONLY = frozenset({"CreateTeam", "ListTeams", "SetTeamQuota", "CreateApi
                            "RevokeApiKey", "ListNodes", "DrainNode", "UndrainNode", "RemoveNode", "PutTemplate",
                            "GetClusterStatus"})
 PROXY_CALLS = frozenset({"GetSandbox", "ConnectSandbox"})
+# Operator-only calls the API may make for an admin caller: reads that change nothing.
+API_ADMIN_READS = frozenset({"ListNodes"})
 
 
 def parse(metadata: Iterable[tuple[str, str | bytes]] | None) -> Caller:
@@ -81,6 +84,8 @@ class Policy:
         if role is Role.OPERATOR:
             return named
         if role is Role.API and rpc not in OPERATOR_ONLY and (named is not OPERATOR or rpc in API_AS_ITSELF):
+            return named
+        if role is Role.API and rpc in API_ADMIN_READS and named is not OPERATOR and named.admin:
             return named
         if role is Role.PROXY and rpc in PROXY_CALLS and named is OPERATOR:
             return named

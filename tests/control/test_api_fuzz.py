@@ -13,7 +13,8 @@ requests; about 90 s together on a 2-core machine:
   the document declares for that operation; schema-valid requests are never refused as invalid
   (400), so the document states every constraint the server enforces; schema-violating ones are
   refused, so it states none the server does not; and a request that succeeds fails without the
-  key (ignored_auth).
+  key (ignored_auth). The admin-only operations (``ADMIN_ONLY``) answer that key 403; an admin
+  key's answer to them is checked against the document on its own.
 
 Path ids are generated or, two times in three, one this module made (a running and a paused
 sandbox, a template of its team, its build and alias), so every operation also succeeds and its
@@ -50,6 +51,9 @@ REQUEST_TIMEOUT_S = 20
 PUBLIC_PATHS = {"/health", "/openapi.json"}
 TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")  # openapi.NAME_PATTERN
 DEFAULT_TEMPLATE_NAMES = {"code-interpreter", "base", "code-interpreter-v1"}
+# Operations only an admin key may call: the fuzzing team's key gets 403 (a state status), and
+# test_admin_only_operations_answer_an_admin_key checks an admin key's answer.
+ADMIN_ONLY = {"GET /nodes"}
 # Node calls that change something (the leader's periodic reads are not).
 NODE_WRITES = {"RunSandbox", "KillSandbox", "PauseSandbox", "ResumeSandbox", "UpdateNetwork", "BuildTemplate",
                "DeleteTemplate"}
@@ -79,6 +83,7 @@ class Fuzz:
         self.master = c.masters[0].address
         cubemastercli(self.master, "team", "create", "fuzz")
         self.key = self._key("fuzzer")
+        self.admin_key = self._key("fuzz-admin", "--admin")
         self.revoked = self._key("revoked")
         cubemastercli(self.master, "apikey", "revoke", self._key_id("revoked"))
         self.http = httpx.Client(base_url=c.api_url, headers={"X-API-KEY": self.key}, timeout=30)
@@ -89,9 +94,9 @@ class Fuzz:
         self.statuses: dict[str, Counter[int]] = defaultdict(Counter)  # of the valid key's requests
         self.replenish()
 
-    def _key(self, name: str) -> str:
+    def _key(self, name: str, *flags: str) -> str:
         out = json.loads(cubemastercli(self.master, "--json", "apikey", "create", "--name", name,
-                                       "--team", "fuzz").stdout)
+                                       "--team", "fuzz", *flags).stdout)
         return out["key"]
 
     def _key_id(self, name: str) -> str:
@@ -378,5 +383,19 @@ def test_every_operation_was_fuzzed(fuzz):
     assert fuzz.exercised["invalid"] == labels
     assert fuzz.exercised["valid"] == labels
     print("\n".join(f"{op}: {dict(sorted(n.items()))}" for op, n in sorted(fuzz.statuses.items())))
-    # And every one also succeeded, so its success body was checked against the document too.
-    assert {op for op, n in fuzz.statuses.items() if any(200 <= code < 300 for code in n)} == labels
+    # And every one also succeeded, so its success body was checked against the document too
+    # (the admin-only ones: test_admin_only_operations_answer_an_admin_key).
+    assert {op for op, n in fuzz.statuses.items() if any(200 <= code < 300 for code in n)} == labels - ADMIN_ONLY
+    assert all(set(fuzz.statuses[op]) <= {401, 403, 405} and fuzz.statuses[op][403] for op in ADMIN_ONLY)
+
+
+def test_admin_only_operations_answer_an_admin_key(fuzz):
+    doc = fuzz.http.get("/openapi.json").json()
+    for label in sorted(ADMIN_ONLY):
+        method, path = label.split(" ", 1)
+        r = fuzz.http.request(method, path, headers={"X-API-KEY": fuzz.admin_key})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("application/json"), (label, r.text)
+        schema = doc["paths"][path][method.lower()]["responses"]["200"]["content"]["application/json"]["schema"]
+        validator = jsonschema_rs.validator_for({**schema, "components": doc["components"]})
+        assert validator.is_valid(r.json()) and r.json(), (label, r.json())
+        assert fuzz.http.request(method, path).status_code == 403  # the team's key

@@ -57,6 +57,7 @@ def test_the_operator_certificate_is_admin(secure, pki):
 
 
 API_AS_TEAM = ((TEAM_METADATA, "acme"), (ROLE_METADATA, "admin"))
+API_AS_USER = ((TEAM_METADATA, "acme"), (ROLE_METADATA, "user"))
 
 
 @pytest.mark.parametrize("role,metadata,rpc,want", [
@@ -64,6 +65,11 @@ API_AS_TEAM = ((TEAM_METADATA, "acme"), (ROLE_METADATA, "admin"))
     (Role.API, API_AS_TEAM, "ListSandboxRecords", grpc.StatusCode.OK),
     (Role.API, API_AS_TEAM, "ListTeams", grpc.StatusCode.PERMISSION_DENIED),
     (Role.API, API_AS_TEAM, "CreateApiKey", grpc.StatusCode.PERMISSION_DENIED),
+    # Its one operator read (GET /nodes, the web console), for an admin caller only.
+    (Role.API, API_AS_TEAM, "ListNodes", grpc.StatusCode.OK),
+    (Role.API, API_AS_USER, "ListNodes", grpc.StatusCode.PERMISSION_DENIED),
+    (Role.API, (), "ListNodes", grpc.StatusCode.PERMISSION_DENIED),
+    (Role.PROXY, (), "ListNodes", grpc.StatusCode.PERMISSION_DENIED),
     # Without naming a team it may only validate keys.
     (Role.API, (), "ValidateApiKey", grpc.StatusCode.UNAUTHENTICATED),  # reached the check: bad key
     (Role.API, (), "ListSandboxRecords", grpc.StatusCode.PERMISSION_DENIED),
@@ -80,7 +86,8 @@ def test_what_each_certificate_may_do(secure, pki, role, metadata, rpc, want):
     requests = {"ListSandboxRecords": P.ListSandboxRecordsRequest(), "ListTeams": P.ListTeamsRequest(),
                 "CreateApiKey": P.CreateApiKeyRequest(name="x", team_id="acme"),
                 "ValidateApiKey": P.ValidateApiKeyRequest(key="e2b_" + "1" * 40),
-                "GetSandbox": P.GetSandboxRequest(sandbox_id="inohere0000000000000")}
+                "GetSandbox": P.GetSandboxRequest(sandbox_id="inohere0000000000000"),
+                "ListNodes": P.ListNodesRequest()}
     ch, m = stub(secure, pki, role)
     with ch:
         got = code_of(lambda: getattr(m, rpc)(requests[rpc], metadata=metadata, timeout=10))
@@ -95,3 +102,15 @@ def test_the_api_reaches_the_master_with_its_certificate(secure, pki):
     assert r.status_code == 200 and r.json() == []
     r = httpx.get(f"{secure.api_url}/sandboxes", headers={"X-API-KEY": "e2b_" + "2" * 40}, timeout=30)
     assert r.status_code == 401 and set(r.json()) == {"code", "message"}
+
+
+def test_the_api_lists_nodes_for_admin_keys_only(secure, pki):
+    """GET /nodes reaches the master's ListNodes with the API's certificate for an admin key."""
+    with CubeClient(secure.masters[0].address, tls_dir=node_dirs(pki)[Role.OPERATOR]) as cube:
+        cube.create_team("gamma")
+        _key, user = cube.create_api_key("user", team="gamma")
+        _key, admin = cube.create_api_key("ops", team="gamma", admin=True)
+    r = httpx.get(f"{secure.api_url}/nodes", headers={"X-API-KEY": admin}, timeout=30)
+    assert r.status_code == 200 and r.json() == []  # this cluster has no node
+    r = httpx.get(f"{secure.api_url}/nodes", headers={"X-API-KEY": user}, timeout=30)
+    assert r.status_code == 403 and set(r.json()) == {"code", "message"}
