@@ -7,10 +7,8 @@ NODE_EXTRA_CA_CERTS.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 import uuid
 
@@ -20,6 +18,7 @@ from deploy.env import sdk_env
 from tests.e2e import cluster
 from tests.e2e.cluster import CFG
 from tests.e2e.run import CREATED, RUN_ID, TAG
+from tests.support.npm import npm_ci
 
 JS = cluster.REPO / "tests" / "e2e" / "js"
 
@@ -27,18 +26,7 @@ JS = cluster.REPO / "tests" / "e2e" / "js"
 @pytest.fixture(scope="module")
 def node_modules():
     """`npm ci` into js/node_modules, once per lockfile (a stamp holds the lockfile's hash)."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        pytest.fail("node and npm are needed for the JS SDK test (Debian: apt-get install nodejs npm)")
-    lock = (JS / "package-lock.json").read_bytes()
-    want = hashlib.sha256(lock + (JS / "package.json").read_bytes()).hexdigest()
-    stamp = JS / "node_modules" / ".cube-lock-sha256"
-    if not (stamp.exists() and stamp.read_text() == want):
-        r = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS, capture_output=True,
-                           text=True, timeout=600)
-        assert r.returncode == 0, f"npm ci failed:\n{r.stdout}\n{r.stderr}"
-        stamp.write_text(want)
-    return node
+    return npm_ci(JS, "the JS SDK test")
 
 
 def js_env(with_ca: bool = True) -> dict[str, str]:

@@ -5,15 +5,15 @@ screenshot holds a rendered page."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
+
+from tests.support.npm import npm_ci
 
 JS = Path(__file__).resolve().parents[1] / "control" / "console"
 CHROMIUM = "/usr/bin/chromium"
@@ -22,19 +22,9 @@ CHROMIUM = "/usr/bin/chromium"
 def node_with_playwright() -> str:
     """The `node` binary, once console/node_modules matches the lockfile; fails the test when node,
     npm or Chromium is missing."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        pytest.fail("node and npm are needed for the console's browser test (Debian: apt-get install nodejs npm)")
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: `make setup` installs Debian's chromium")
-    want = hashlib.sha256((JS / "package-lock.json").read_bytes() + (JS / "package.json").read_bytes()).hexdigest()
-    stamp = JS / "node_modules" / ".cube-lock-sha256"
-    if not (stamp.exists() and stamp.read_text() == want):
-        r = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=JS, capture_output=True,
-                           text=True, timeout=300)
-        assert r.returncode == 0, f"npm ci failed:\n{r.stdout}\n{r.stderr}"
-        stamp.write_text(want)
-    return node
+    return npm_ci(JS, "the console's browser test", timeout=300)
 
 
 def drive(node: str, timeout: float = 100, **env: str) -> dict:
