@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -368,4 +369,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Exit without the interpreter's finalization: in about one run in ten of the test suite's, the
+    # SDK's HTTP transport (pyqwest, native threads) aborted the process there (SIGABRT, nothing on
+    # stderr) after every sandbox was killed and the result printed. Nothing is left to clean up.
+    os._exit(code)
