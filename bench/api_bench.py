@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import emit, machine, progress, summary  # noqa: E402
+from bench.common import emit, machine, point_sdk_at_node, progress, summary  # noqa: E402
 from deploy.env import sdk_env  # noqa: E402
 from deploy.supervisor import NodeConfig  # noqa: E402
 
@@ -357,11 +357,7 @@ def main() -> None:
     ap.add_argument("--cold", type=int, default=3)
     ap.add_argument("--snapshots", type=int, default=10, help="rounds of snapshot, create from it, fork")
     args = ap.parse_args()
-    for var in ("E2B_DEBUG", "E2B_SANDBOX_URL", "E2B_DOMAIN"):
-        os.environ.pop(var, None)
-    os.environ.update(sdk_env(CFG))
-    if not (CFG.run / "ready").exists():
-        raise SystemExit("the node is not up: run `make up` first")
+    point_sdk_at_node(CFG)
 
     result: dict = {"bench": "api", "machine": machine(), "targets": TARGETS,
                     "template": sdk_env(CFG)["CUBE_TEMPLATE_ID"]}

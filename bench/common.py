@@ -42,3 +42,15 @@ def progress(msg: str) -> None:
 def emit(result: dict) -> None:
     """The benchmark's machine-readable result: always the last line on stdout."""
     print(json.dumps(result, sort_keys=True), flush=True)
+
+
+def point_sdk_at_node(cfg) -> None:
+    """Point the unmodified E2B SDK at the running node ``cfg`` (a deploy.supervisor.NodeConfig)
+    through the environment alone, as `make env` does; exit when the node is not up."""
+    from deploy.env import sdk_env
+
+    for var in ("E2B_DEBUG", "E2B_SANDBOX_URL", "E2B_DOMAIN"):
+        os.environ.pop(var, None)
+    os.environ.update(sdk_env(cfg))
+    if not (cfg.run / "ready").exists():
+        raise SystemExit("the node is not up: run `make up` first")

@@ -32,9 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.common import emit, machine, progress  # noqa: E402
+from bench.common import emit, machine, point_sdk_at_node, progress  # noqa: E402
 from cube_common.mtls import Role  # noqa: E402
-from deploy.env import sdk_env  # noqa: E402
 from deploy.supervisor import NodeConfig  # noqa: E402
 from examples.rl import driver  # noqa: E402
 
@@ -81,11 +80,7 @@ def main() -> None:
     ap.add_argument("--min-tasks", type=int, default=20, help="at least this many tasks per level")
     ap.add_argument("--level-timeout", type=float, default=480.0, help="seconds before a level is cut")
     args = ap.parse_args()
-    for var in ("E2B_DEBUG", "E2B_SANDBOX_URL", "E2B_DOMAIN"):
-        os.environ.pop(var, None)
-    os.environ.update(sdk_env(CFG))
-    if not (CFG.run / "ready").exists():
-        raise SystemExit("the node is not up: run `make up` first")
+    point_sdk_at_node(CFG)
 
     result: dict = {"bench": "rl", "machine": machine(), "template": "base", "nodes": node_capacity(),
                     "rounds": args.rounds, "level_timeout_s": args.level_timeout}
