@@ -13,7 +13,7 @@ import pytest
 
 from cube_common.mtls import Role, TlsFiles, client_ssl_context, server_name, sync_channel
 from deploy import cluster as cluster_mod
-from sdk.client import CubeClient
+from sdk.client import CubeClient, CubeError, Status
 from sdk.gen.cube.v1 import master_pb2, master_pb2_grpc
 
 pytestmark = pytest.mark.timeout(1800)
@@ -239,8 +239,17 @@ def test_a_host_cut_off_is_lost_and_comes_back(cluster):
         finally:
             cluster_mod.cut(s, "h3", off=False)
         # h3 is back: its cubelet still runs the VM, so the sandbox is restored and answers.
+        # h3's etcd member rejoining may start a leader election that outlasts the master's
+        # per-call etcd deadline: the master then answers UNAVAILABLE, which a client retries.
         deadline = time.monotonic() + 90
-        while c.get_sandbox(sid).phase != master_pb2.SANDBOX_PHASE_RUNNING:
+        while True:
+            try:
+                if c.get_sandbox(sid).phase == master_pb2.SANDBOX_PHASE_RUNNING:
+                    break
+            except CubeError as e:
+                if e.code is not Status.UNAVAILABLE:
+                    raise
+                print(f"\nwhile h3 rejoins: {e}")
             assert time.monotonic() < deadline, "not restored 90 s after h3 came back"
             time.sleep(0.5)
     assert cluster.sdk(CONNECT_AND_RUN.format(sid=sid))["out"].strip() == "back"
