@@ -30,6 +30,9 @@ Routing scheme (why it looks like this):
   applied before the rewrite reads them, so `x-cube-host` cannot be removed and reaches the guest,
   equal to its Host. Only the owning node masks: a hop to another node's proxy keeps the Host.
 
+* WebSockets (HTTP/1.1 upgrades, HTTP/2 extended CONNECT) take the same routes, token check and
+  mask as any request; the Lua filter gives an HTTP/2 one the Sec-WebSocket-Key guests expect.
+
 Only RDS changes per sandbox. Envoy's state-of-the-world RDS resends the whole route
 configuration on a change; the control plane coalesces bursts (ads.py), so this stays cheap
 (Envoy rebuilds a hash map) up to thousands of sandboxes per node.
@@ -76,6 +79,7 @@ PORT_HEADER = "x-cube-port"
 UPSTREAM_HEADER = "x-cube-upstream"
 HOST_HEADER = "x-cube-host"  # a masked sandbox's Host, for host_rewrite_header
 TOKEN_HEADER = "e2b-traffic-access-token"
+WS_KEY = "Y3ViZS1wcm94eS1rZXkhIQ=="  # base64 of 16 bytes, as RFC 6455 wants (see the Lua filter)
 RESUMER_CLUSTER = "cube_resumer"
 # envd routes only the orchestrator may call (upstream E2B blocks the same list at its proxy).
 BLOCKED_ENVD_PATHS = ("/init", "/freeze", "/unfreeze", "/fsfreeze", "/fsthaw", "/collapse", "/upgrade")
@@ -144,6 +148,12 @@ function envoy_on_request(h)
   if p == ENVD_PORT and BLOCKED[canonical_path(hd:get(":path") or "/")] then
     return reply(h, 403, "this envd route is internal to Cube", id)
   end
+  -- A WebSocket over HTTP/2 (RFC 8441 extended CONNECT) has no Sec-WebSocket-Key: Envoy makes
+  -- it an HTTP/1.1 upgrade without one, which guests' servers refuse (400). Any valid key does:
+  -- Envoy answers the HTTP/2 client itself, and that client checks no Sec-WebSocket-Accept.
+  if (hd:get("upgrade") or ""):lower() == "websocket" and hd:get("sec-websocket-key") == nil then
+    hd:add("sec-websocket-key", "%(ws_key)s")
+  end
   hd:replace("%(sandbox)s", id)
   hd:replace("%(port)s", p)
   h:clearRouteCache()
@@ -151,6 +161,7 @@ end
 """ % {  # noqa: UP031 - Lua is full of braces; %-substitution keeps it readable
     "blocked": ", ".join(f'"{p}"' for p in BLOCKED_ENVD_PATHS), "envd_port": ENVD_PORT,
     "sandbox": SANDBOX_HEADER, "port": PORT_HEADER, "upstream": UPSTREAM_HEADER, "host": HOST_HEADER,
+    "ws_key": WS_KEY,
 }
 
 
@@ -338,7 +349,8 @@ def _resume(s: ProxySettings) -> dict:
     """A paused autoResume sandbox: the resumer (resume.py) wakes it and answers 307 to the same
     URL, which Envoy follows itself (internal redirect): it routes again, now to the running
     sandbox, and replays the buffered request. Bodies over the buffer limit (1 MiB) cannot be
-    replayed; their client gets the 307."""
+    replayed; their client gets the 307. So does a WebSocket upgrade (its body is the socket,
+    never complete): the sandbox is resumed, and the client's retry connects."""
     # No header mutation here: the resumer reads the sandbox from x-cube-sandbox (set by the Lua
     # filter). A header this route added was seen to reach the guest with a corrupted name after
     # the redirect, the route having been replaced (paused -> running) meanwhile.
@@ -522,9 +534,14 @@ def _hcm(stat_prefix: str, s: ProxySettings) -> dict:
         "request_timeout": "0s",
         "request_headers_timeout": "60s",
         "common_http_protocol_options": {"idle_timeout": "3600s"},
+        # WebSockets to sandbox ports (Jupyter, Chrome DevTools on 9222, ...), as E2B's proxy
+        # carries them; said explicitly rather than left to Envoy's default.
+        # allow_connect lets HTTP/2 clients use extended CONNECT (RFC 8441), which Envoy turns
+        # into an HTTP/1.1 upgrade toward the guests (every cluster here is HTTP/1.1).
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
         "http2_protocol_options": {"initial_stream_window_size": 4 * 1024 * 1024,
                                    "initial_connection_window_size": 16 * 1024 * 1024,
-                                   "max_concurrent_streams": 1024},
+                                   "max_concurrent_streams": 1024, "allow_connect": True},
         "local_reply_config": _local_reply_config(),
         "access_log": _access_log(s.access_log),
     }
