@@ -8,7 +8,7 @@ ifeq ($(shell grep -qwE 'vmx|svm' /proc/cpuinfo || echo novirt),novirt)
 export CUBE_ALLOW_TCG ?= 1
 endif
 
-.PHONY: setup lint test up down env cluster-up cluster-down cluster-env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template bench-rl bench-cluster envd-dev
+.PHONY: setup lint test up down env cluster-up cluster-down cluster-env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template bench-rl bench-cluster envd-dev template-browser
 
 setup:
 	@bash scripts/setup.sh
@@ -81,6 +81,11 @@ bench-api: setup
 
 bench-template: setup
 	$(PY) bench/template_bench.py
+
+# The `browser` template (examples/browser: Debian's Chromium and Playwright) on the running node;
+# needs the node up (`make up`). Builds only when its image changed.
+template-browser: setup
+	$(PY) -m examples.browser.template
 
 # RL / SWE-bench style rollouts (examples/rl) at 10, 50 and 100 concurrent; needs the node up (`make up`).
 bench-rl: setup

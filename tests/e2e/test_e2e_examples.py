@@ -6,6 +6,13 @@ earns (right, half right, wrong, not valid Python), every task in a sandbox of i
 of the run left. Then, in-process, a task timeout shorter than any task: every task fails with it,
 and its sandboxes (whose creates may have been cut short before their ids came back) are killed all
 the same. Every sandbox carries this run's metadata, so the package's leftover check covers them.
+
+examples/browser: the `browser` template is built by its module (`make template-browser`: the image
+from Debian's Chromium and PyPI Playwright, then `cubemastercli tpl create-from-image`), or found up
+to date, and the example runs as a script: a web sandbox serves a page, a private browser sandbox's
+Chromium is driven over CDP through the proxy by Playwright on this host and screenshots it, and
+Playwright inside the browser sandbox does the same on loopback. The example checks what it saw;
+this test checks the report and the PNG again, and that no sandbox is left.
 """
 from __future__ import annotations
 
@@ -14,9 +21,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 from e2b import Sandbox, SandboxQuery
+from PIL import Image
 
 from examples.rl import driver
+from sdk.client import CubeClient
 from tests.e2e.cluster import REPO
 from tests.e2e.run import CREATED, RUN_ID, TAG, tag
 
@@ -71,3 +81,40 @@ async def test_rl_task_timeout_kills_every_sandbox():
     assert all(e.startswith("task timeout (0.5s)") for e in out["errors"]), out["errors"]
     assert out["leftover"] == 0
     assert listed({TAG: RUN_ID, "case": "rl-timeout"}) == []
+
+
+@pytest.mark.timeout(2400)  # a first build: Debian packages, the image's unpack, Chromium's start under TCG
+def test_browser_example_screenshots_a_page_served_by_another_sandbox(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "examples.browser.template"], cwd=REPO, env=os.environ.copy(),
+                       capture_output=True, text=True, timeout=2300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    template_id = r.stdout.strip().splitlines()[-1]
+    assert template_id.startswith("browser-"), r.stdout
+    # The alias the example uses names that template.
+    with CubeClient() as c:
+        assert c.get_template("browser").template_id == template_id
+
+    png_path = tmp_path / "page.png"
+    r = subprocess.run([sys.executable, "examples/browser/screenshot.py", "--out", str(png_path), "--inside",
+                        "--metadata", f"{TAG}={RUN_ID}", "--metadata", "case=browser-example"],
+                       cwd=REPO, env=os.environ.copy(), capture_output=True, text=True, timeout=900)
+    assert r.stdout.strip(), f"no output (rc {r.returncode}): {r.stderr[-3000:]}"
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    CREATED.update({out["web_sandbox"], out["browser_sandbox"]})
+    print(f"\nbrowser example: {out['ms']} ({out['browser']})")
+    assert out["checks"] == {"title": True, "background": True, "subresources_from_web_sandbox": True,
+                             "cdp_refused_without_token": True, "inside": True}, out
+    assert out["ok"] and r.returncode == 0, r.stderr[-2000:]
+    assert out["title"].startswith("Cube page ") and out["title"] == out["expected_title"]
+    assert "HeadlessChrome" in out["user_agent"] and out["browser"].startswith("Chrome/")
+    png = png_path.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) == out["screenshot_bytes"]
+    with Image.open(png_path) as im:
+        assert im.size == (800, 450)
+        # The stylesheet's background fills the page; the orange dot (from the web sandbox's SVG) is drawn.
+        colours = {tuple(c) for _, c in im.convert("RGB").getcolors(maxcolors=1 << 20) or []
+                   if isinstance(c, tuple)}
+    assert (18, 52, 86) in colours, sorted(colours)[:20]
+    assert any(c[0] > 200 and 100 < c[1] < 200 and c[2] < 60 for c in colours), sorted(colours)[:20]
+    assert out["inside"]["size"] == [640, 360] and out["inside"]["title"].startswith("Inside ")
+    assert listed({TAG: RUN_ID, "case": "browser-example"}) == []
