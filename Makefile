@@ -8,7 +8,7 @@ ifeq ($(shell grep -qwE 'vmx|svm' /proc/cpuinfo || echo novirt),novirt)
 export CUBE_ALLOW_TCG ?= 1
 endif
 
-.PHONY: setup lint test up down env cluster-up cluster-down cluster-env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template bench-rl bench-cluster envd-dev template-browser
+.PHONY: setup lint test up down env cluster-up cluster-down cluster-env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template bench-rl bench-cluster bench-density envd-dev template-browser
 
 setup:
 	@bash scripts/setup.sh
@@ -90,6 +90,11 @@ template-browser: setup
 # RL / SWE-bench style rollouts (examples/rl) at 10, 50 and 100 concurrent; needs the node up (`make up`).
 bench-rl: setup
 	$(PY) bench/rl_bench.py
+
+# Idle code interpreters created until the node refuses or memory runs low: count, host memory and
+# idle CPU per sandbox; needs the node up (`make up`).
+bench-density: setup
+	$(PY) bench/density_bench.py
 
 envd-dev: setup
 	bash scripts/envd_dev.sh

@@ -440,13 +440,14 @@ def node_list(c: CubeClient, a) -> None:
     def capacity(n: pb.Node) -> list[object]:
         st = n.status
         if n.state == pb.NodeState.LOST:
-            return ["-"] * 5
+            return ["-"] * 6
         memory = f"{gib(st.memory_available_bytes)}/{gib(st.memory_total_bytes)}"
         disk = gib(st.disk_free_bytes) if st.disk_free_bytes else "-"
-        return [st.max_sandboxes or "-", st.vcpus_total, memory, disk, len(st.templates)]
+        can_take = "-" if st.sandboxes_can_take is None else st.sandboxes_can_take
+        return [can_take, st.max_sandboxes or "-", st.vcpus_total, memory, disk, len(st.templates)]
 
-    print_table(["NODE", "STATE", "ADDRESS", "ACCEL", "RUNNING", "PAUSED", "LOST", "MAX", "VCPUS", "MEMORY", "DISK",
-                 "TEMPLATES", "HEARTBEAT"],
+    print_table(["NODE", "STATE", "ADDRESS", "ACCEL", "RUNNING", "PAUSED", "LOST", "CAN-TAKE", "MAX", "VCPUS",
+                 "MEMORY", "DISK", "TEMPLATES", "HEARTBEAT"],
                 [[n.status.node_id, node_state(n), n.status.address or "-", n.status.accel or "-", n.sandboxes_running,
                   n.sandboxes_paused, n.sandboxes_lost, *capacity(n), age(n.heartbeat_at)] for n in nodes])
 

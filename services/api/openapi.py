@@ -282,7 +282,11 @@ SCHEMAS = {
         "draining": BOOL, "drainReason": STR, "accel": {"type": "string", "description": "kvm or tcg"},
         "cpuCount": INT, "memoryTotalBytes": INT, "memoryAvailableBytes": INT, "diskFreeBytes": INT,
         "diskWatermarkBytes": {"type": "integer", "description": "below this much free disk it takes no new sandboxes"},
-        "maxSandboxes": {"type": "integer", "description": "0: no bound but memory"},
+        "maxSandboxes": {"type": "integer", "description": "the operator's cap; 0: none"},
+        "canTake": {"type": ["integer", "null"], "description": "more sandboxes the node can take now, from "
+                    "its measured memory and CPU headroom and its cap; null from a node that does not say"},
+        "sandboxMemoryEstimateBytes": {"type": "integer", "description": "what one more sandbox is taken "
+                                       "to cost in host memory"},
         "sandboxesRunning": INT, "sandboxesPaused": INT, "sandboxesLost": INT,
         "templates": {**_arr(STR), "description": "template ids with a ready snapshot on the node"},
         "heartbeatAt": {"type": ["string", "null"], "format": "date-time"}}},

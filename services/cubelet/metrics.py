@@ -162,7 +162,12 @@ def node_families(service: CubeletService) -> Iterable[Metric]:
             ("cube_node_disk_free_bytes", "Free space under the node's state dir", st.disk_free_bytes),
             ("cube_node_disk_watermark_bytes", "Below this much free space the node takes no new sandbox or build",
              st.disk_watermark_bytes),
-            ("cube_node_max_sandboxes", "Most sandboxes this node runs (max_sandboxes)", st.max_sandboxes),
+            ("cube_node_max_sandboxes", "The operator's cap on sandboxes running here (max_sandboxes; 0: none)",
+             st.max_sandboxes),
+            ("cube_node_sandboxes_can_take", "More sandboxes this node can take now, from its measured memory and "
+             "CPU headroom and its cap", st.sandboxes_can_take),
+            ("cube_node_sandbox_memory_estimate_bytes", "What one more sandbox is taken to cost in host memory "
+             "(the running ones' median PSS once measured)", st.sandbox_memory_estimate_bytes),
             ("cube_node_templates", "Templates (and snapshots) this node holds", len(st.templates))):
         g = GaugeMetricFamily(name, doc)
         g.add_metric([], float(value))

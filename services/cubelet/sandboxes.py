@@ -54,10 +54,11 @@ from vmm_core import (
     save_disk,
 )
 
-from . import gc
+from . import capacity, gc
 from .guest_client import GuestAgentError, GuestEndpoint, init_identity, wait_healthy
 from .keyed_locks import KeyedLocks
 from .metrics import pool_claimed, sandbox_created, sandbox_resumed
+from .registration import host_memory
 from .settings import CubeletSettings
 from .steps import Steps
 from .templates import Template, TemplateError, TemplateExists, TemplateStore
@@ -262,9 +263,7 @@ class SandboxManager:
         """Refuse a new sandbox that exists already, or that this node has no room for."""
         if sid in self._live or self._record_path(sid).exists():
             raise SandboxError("ALREADY_EXISTS", f"sandbox {sid} already exists on this node")
-        if len(self._live) >= self.settings.max_sandboxes:
-            raise SandboxError("RESOURCE_EXHAUSTED", f"node {self.settings.node_id} is full "
-                                                     f"({self.settings.max_sandboxes} sandboxes)")
+        self._check_room()
         self._check_disk("new sandboxes")
 
     async def _start(self, live: _Live, tpl, policy: network_pb2.NetworkPolicy, steps: Steps) -> None:
@@ -541,10 +540,7 @@ class SandboxManager:
             rec = live.record
             if rec.state is not State.PAUSED:
                 raise SandboxError("FAILED_PRECONDITION", f"sandbox {rec.sandbox_id} is {rec.state.value}, not paused")
-            running = sum(1 for other in self._live.values() if other.record.state is not State.PAUSED)
-            if running >= self.settings.max_sandboxes:  # a resumed sandbox takes a VM slot again
-                raise SandboxError("RESOURCE_EXHAUSTED", f"node {self.settings.node_id} is full "
-                                                         f"({self.settings.max_sandboxes} sandboxes running)")
+            self._check_room()  # a resumed sandbox holds a VM again
             old_token = rec.access_token
             if req.envd_access_token:
                 rec.access_token = req.envd_access_token
@@ -635,6 +631,27 @@ class SandboxManager:
     def list(self) -> list[pb.SandboxStatus]:
         return [live.record.status(self.settings.node_id) for live in self._live.values()
                 if live.record.state is not State.STARTING]
+
+    def headroom(self) -> capacity.Headroom:
+        """How many more sandboxes this node can take now (capacity.py)."""
+        total, available = host_memory()
+        host = capacity.Host(total, available, os.cpu_count() or 1)
+        running = [live for live in list(self._live.values()) if live.record.state is not State.PAUSED]
+        samples = []
+        for live in running:
+            if live.record.state is State.RUNNING and live.metrics:
+                m = live.metrics[-1]
+                # A sandbox's first sample has no CPU rate (it needs two readings).
+                cpu = m.cpu_used_pct / 100.0 * max(1, m.cpu_count) if len(live.metrics) > 1 else None
+                samples.append(capacity.Sample(m.mem_used_bytes, cpu))
+        s = self.settings
+        limits = capacity.Limits(s.max_sandboxes, s.memory_reserve_mb, s.sandbox_memory_estimate_mb, s.cpu_target_pct)
+        return capacity.headroom(host, len(running), samples, limits)
+
+    def _check_room(self) -> None:
+        room = self.headroom()
+        if room.can_take <= 0:
+            raise SandboxError("RESOURCE_EXHAUSTED", f"node {self.settings.node_id} is full: {room.reason}")
 
     def counts(self) -> tuple[int, int]:
         running = sum(1 for live in self._live.values() if live.record.state is State.RUNNING)

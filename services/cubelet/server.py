@@ -164,12 +164,14 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
     def node_status(self) -> pb.NodeStatus:
         total, available = registration.host_memory()
         running, paused = self.sandboxes.counts()
+        room = self.sandboxes.headroom()
         return pb.NodeStatus(
             node_id=self.settings.node_id, address=self.settings.advertise_address,
             proxy_address=self.settings.proxy_address, vcpus_total=registration.vcpus(),
             memory_total_bytes=total, memory_available_bytes=available, sandboxes_running=running,
             sandboxes_paused=paused, templates=[t.template_id for t in self.templates.list()],
             accel=self.accel_name, max_sandboxes=self.settings.max_sandboxes,
+            sandboxes_can_take=room.can_take, sandbox_memory_estimate_bytes=room.memory_per_sandbox,
             disk_free_bytes=disk_free(self.settings), disk_watermark_bytes=self.settings.min_free_disk_mb << 20)
 
 

@@ -31,7 +31,14 @@ class CubeletSettings(Settings):
     state_dir: Path = shared.state_dir()
     # Each costs an idle VM, and saves its restore and the emulator's warm-up from the create path.
     warm_pool_size: int = setting(2, "pre-restored clones kept ready per template")
-    max_sandboxes: int = setting(64, "most sandboxes this node runs")
+    # Admission is by measured headroom (capacity.py); these are its knobs.
+    max_sandboxes: int = setting(0, "the operator's cap on sandboxes running on this node (0: none; the node admits "
+                                 "while its measured memory and CPU headroom allow)")
+    memory_reserve_mb: int = setting(0, "host memory kept free of sandboxes (0: the larger of 1 GiB and 5 % of the "
+                                     "host's memory)")
+    sandbox_memory_estimate_mb: int = setting(256, "what one more sandbox is taken to cost in host memory until "
+                                              "enough run to measure it")
+    cpu_target_pct: float = setting(80.0, "the share of the host's cores idle sandboxes may use together")
     metrics_interval_s: float = setting(5.0, "how often sandbox metrics are sampled")
     metrics_history: int = setting(120, "metric samples kept per sandbox")
     node_lease_ttl_s: int = setting(8, "the node record's lease: a dead or cut-off node's record goes after this "
@@ -99,6 +106,13 @@ class CubeletSettings(Settings):
                      "paused_pull_timeout_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
+        for name in ("max_sandboxes", "memory_reserve_mb"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be 0 or more")
+        if self.sandbox_memory_estimate_mb <= 0:
+            raise SettingsError("sandbox_memory_estimate_mb must be positive")
+        if not (0 < self.cpu_target_pct <= 100):
+            raise SettingsError("cpu_target_pct must be in (0, 100]")
         from .oci.egress import parse_allowlist  # the one parser of allowlist entries
 
         try:

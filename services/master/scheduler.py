@@ -6,9 +6,11 @@ outweighs load: a restore from a local snapshot takes milliseconds, anything els
 or a copy first.
 
 Invariants:
-- A node is never offered a sandbox it would refuse for capacity: full slots, free disk under its
-  watermark, too little available memory for the pages a clone dirties, or (the operator's cap)
-  guest memory committed beyond ``overcommit_ratio`` times its RAM. Committed memory counts every
+- A node is never offered a sandbox it would refuse for capacity: no room by its own measure
+  (``sandboxes_can_take``, from its memory and CPU headroom, less the creates placed there since it
+  reported), its operator's cap reached, free disk under its watermark, too little available
+  memory for the pages a clone dirties, or (the operator's cap) guest memory committed beyond
+  ``overcommit_ratio`` times its RAM. Committed memory counts every
   sandbox holding a VM there, whether running or on its way, by its full guest size.
 - A draining node (an operator's drain: node_admin.py) is never offered a sandbox. A resume comes
   here only when it cannot stay on the node that holds its state (draining, full, or an operator
@@ -73,6 +75,14 @@ def _active(n: cubelet_pb2.NodeStatus, ld: NodeLoad) -> int:
     return max(ld.active, n.sandboxes_running)
 
 
+def _can_take(n: cubelet_pb2.NodeStatus, ld: NodeLoad) -> int | None:
+    """What ``n`` said it can still take (capacity.py), less the creates placed there since it
+    said so that it did not count yet; None from a node that does not say."""
+    if not n.HasField("sandboxes_can_take"):
+        return None
+    return max(0, n.sandboxes_can_take - max(0, ld.active - n.sandboxes_running))
+
+
 def _available_bytes(n: cubelet_pb2.NodeStatus, ld: NodeLoad) -> float:
     """Memory ``n`` has for clones, less what creates in flight there will dirty."""
     return n.memory_available_bytes - ld.pending_memory_mb * MiB * MEMORY_FRACTION_REQUIRED
@@ -82,6 +92,8 @@ def refusal(n: cubelet_pb2.NodeStatus, memory_mb: int, ld: NodeLoad, overcommit_
     """Why node ``n`` cannot take a sandbox of ``memory_mb`` now, or None."""
     if n.max_sandboxes and _active(n, ld) >= n.max_sandboxes:
         return f"all {n.max_sandboxes} sandbox slots taken"
+    if _can_take(n, ld) == 0:
+        return "no headroom for another sandbox (its measured memory or CPU)"
     if n.disk_watermark_bytes and n.disk_free_bytes < n.disk_watermark_bytes:
         return (f"{n.disk_free_bytes >> 20} MiB disk free, under its watermark of "
                 f"{n.disk_watermark_bytes >> 20} MiB")
@@ -123,7 +135,11 @@ def rank(nodes: list[cubelet_pb2.NodeStatus], template_id: str, memory_mb: int,
         if reason is not None:
             why.append(f"{n.node_id}: {reason}")
             continue
-        slot_free = 1.0 - _active(n, ld) / n.max_sandboxes if n.max_sandboxes else 1.0
+        can_take = _can_take(n, ld)
+        if can_take is not None:  # the share of its room still free
+            slot_free = can_take / (can_take + _active(n, ld)) if can_take + _active(n, ld) else 0.0
+        else:
+            slot_free = 1.0 - _active(n, ld) / n.max_sandboxes if n.max_sandboxes else 1.0
         mem_free = max(0.0, _available_bytes(n, ld) / n.memory_total_bytes) if n.memory_total_bytes else 1.0
         local = template_id in n.templates
         # A little noise spreads equal nodes instead of piling onto the first one.

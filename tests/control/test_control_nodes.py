@@ -329,6 +329,7 @@ def test_node_list_shows_the_last_heartbeat(own_cluster):
     assert table["node-a"]["HEARTBEAT"] == "-" and table["node-b"]["HEARTBEAT"].endswith("s")
     assert int(table["node-b"]["HEARTBEAT"][:-1]) < 30
     assert table["node-b"]["MEMORY"] == "6.0G/8.0G" and table["node-b"]["MAX"] == "-"
+    assert table["node-b"]["CAN-TAKE"] == "-"  # a node that does not say (the fake reports no headroom)
 
 
 # ---- who may call ------------------------------------------------------------------------------

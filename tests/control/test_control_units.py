@@ -46,6 +46,23 @@ def test_rank_counts_creates_in_flight_and_capacity():
         rank([], "t", 512, {})
 
 
+def test_rank_follows_what_nodes_say_they_can_take():
+    """A node's own measure (NodeStatus.sandboxes_can_take) less the creates placed there since it
+    reported: 0 is refused, more room ranks higher; a node that does not say falls back to its cap."""
+    full, roomy = node("full", ["t"], running=3), node("roomy", ["t"], running=3)
+    silent = node("silent", ["t"], max_sb=10)
+    full.sandboxes_can_take, roomy.sandboxes_can_take = 0, 40
+    assert [c.node.node_id for c in rank([full, roomy], "t", 512, {})] == ["roomy"]
+    assert rank([roomy, silent], "t", 512, {"silent": NodeLoad(active=9)})[0].node.node_id == "roomy"
+    two = node("two", ["t"], running=1)
+    two.sandboxes_can_take = 2
+    assert rank([two], "t", 512, {"two": NodeLoad(active=2)})  # one placed since: one more fits
+    with pytest.raises(errors.Exhausted):
+        rank([two], "t", 512, {"two": NodeLoad(active=3)})  # two placed since it said 2
+    with pytest.raises(errors.Exhausted):
+        rank([full], "t", 512, {})
+
+
 def test_rank_skips_nodes_under_their_disk_watermark():
     low = node("low", ["t"])
     low.disk_free_bytes, low.disk_watermark_bytes = 1 << 30, 2 << 30

@@ -328,7 +328,7 @@
         el('td', { cls: 'id', text: n.nodeID }), stateCell(n.state, n.draining ? n.drainReason || '' : ''),
         el('td', { text: n.accel || '-' }), el('td', { text: n.cpuCount }), mem,
         el('td', { text: bytes(n.diskFreeBytes) }),
-        el('td', { text: `${n.sandboxesRunning} / ${n.sandboxesPaused} / ${n.maxSandboxes || '-'}` }),
+        el('td', { text: `${n.sandboxesRunning} / ${n.sandboxesPaused} / ${n.canTake ?? '-'}` }),
         el('td', { text: n.heartbeatAt ? `${age(n.heartbeatAt)} ago` : '-' }));
     }));
     $('node-count').textContent = `(${list.length})`;

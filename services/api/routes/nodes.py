@@ -29,6 +29,9 @@ def node_body(n: P.Node) -> dict:
         "memoryTotalBytes": s.memory_total_bytes, "memoryAvailableBytes": s.memory_available_bytes,
         "diskFreeBytes": s.disk_free_bytes, "diskWatermarkBytes": s.disk_watermark_bytes,
         "maxSandboxes": s.max_sandboxes, "sandboxesRunning": n.sandboxes_running,
+        # How many more it can take now (measured headroom); null from a node that does not say.
+        "canTake": s.sandboxes_can_take if s.HasField("sandboxes_can_take") else None,
+        "sandboxMemoryEstimateBytes": s.sandbox_memory_estimate_bytes,
         "sandboxesPaused": n.sandboxes_paused, "sandboxesLost": n.sandboxes_lost,
         "templates": sorted(s.templates),
         "heartbeatAt": rfc3339(n.heartbeat_at) if n.HasField("heartbeat_at") else None,

@@ -388,7 +388,7 @@ class GetNodeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "address", "proxy_address", "vcpus_total", "memory_total_bytes", "memory_available_bytes", "sandboxes_running", "sandboxes_paused", "templates", "accel", "max_sandboxes", "disk_free_bytes", "disk_watermark_bytes")
+    __slots__ = ("node_id", "address", "proxy_address", "vcpus_total", "memory_total_bytes", "memory_available_bytes", "sandboxes_running", "sandboxes_paused", "templates", "accel", "max_sandboxes", "disk_free_bytes", "disk_watermark_bytes", "sandboxes_can_take", "sandbox_memory_estimate_bytes")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     PROXY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -402,6 +402,8 @@ class NodeStatus(_message.Message):
     MAX_SANDBOXES_FIELD_NUMBER: _ClassVar[int]
     DISK_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DISK_WATERMARK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SANDBOXES_CAN_TAKE_FIELD_NUMBER: _ClassVar[int]
+    SANDBOX_MEMORY_ESTIMATE_BYTES_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     proxy_address: str
@@ -415,7 +417,9 @@ class NodeStatus(_message.Message):
     max_sandboxes: int
     disk_free_bytes: int
     disk_watermark_bytes: int
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., proxy_address: _Optional[str] = ..., vcpus_total: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., sandboxes_running: _Optional[int] = ..., sandboxes_paused: _Optional[int] = ..., templates: _Optional[_Iterable[str]] = ..., accel: _Optional[str] = ..., max_sandboxes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., disk_watermark_bytes: _Optional[int] = ...) -> None: ...
+    sandboxes_can_take: int
+    sandbox_memory_estimate_bytes: int
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., proxy_address: _Optional[str] = ..., vcpus_total: _Optional[int] = ..., memory_total_bytes: _Optional[int] = ..., memory_available_bytes: _Optional[int] = ..., sandboxes_running: _Optional[int] = ..., sandboxes_paused: _Optional[int] = ..., templates: _Optional[_Iterable[str]] = ..., accel: _Optional[str] = ..., max_sandboxes: _Optional[int] = ..., disk_free_bytes: _Optional[int] = ..., disk_watermark_bytes: _Optional[int] = ..., sandboxes_can_take: _Optional[int] = ..., sandbox_memory_estimate_bytes: _Optional[int] = ...) -> None: ...
 
 class GetTemplateManifestRequest(_message.Message):
     __slots__ = ("template_id",)

@@ -469,6 +469,14 @@ class NodeStatus(betterproto.Message):
     """
 
     disk_watermark_bytes: int = betterproto.uint64_field(13)
+    sandboxes_can_take: Optional[int] = betterproto.uint32_field(14, optional=True)
+    """
+    How many more sandboxes the node can take now, from its measured memory and CPU headroom and
+     its operator's cap (services/cubelet/capacity.py); 0: it refuses creates and resumes. Absent
+     from nodes older than the field. max_sandboxes above is that operator cap (0: none).
+    """
+
+    sandbox_memory_estimate_bytes: int = betterproto.uint64_field(15)
 
 
 @dataclass(eq=False, repr=False)
