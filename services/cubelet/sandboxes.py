@@ -38,6 +38,7 @@ from sdk.gen.cube.v1 import cubelet_pb2 as pb, network_pb2
 from vmm_core import (
     Machine,
     MachineGoneError,
+    MachineStats,
     NetworkAttachment,
     Snapshot,
     SnapshotKind,
@@ -685,14 +686,29 @@ class SandboxManager:
         ts.FromNanoseconds(int(mtime * 1e9))
         return [pb.LogLine(timestamp=ts, line=line) for line in lines]
 
-    def _sample(self, live: _Live) -> None:
-        m = live.machine
-        if m is None or live.record.state is not State.RUNNING:
-            return
-        try:
-            s = m.stats()
-        except (OSError, MachineGoneError):
-            return
+    async def _sample_all(self) -> None:
+        """One metrics sample of every running sandbox. Reading a VMM's smaps_rollup walks its page
+        tables (~10 ms each under TCG): with hundreds of sandboxes that would hold the event loop
+        for seconds, and the node's lease renewal with it. So the reads run in a thread, and only
+        the samples are recorded here."""
+        lives = [live for live in list(self._live.values())
+                 if live.machine is not None and live.record.state is State.RUNNING]
+        machines = [live.machine for live in lives]
+
+        def read() -> list[MachineStats | None]:
+            out: list[MachineStats | None] = []
+            for m in machines:
+                try:
+                    out.append(m.stats() if m is not None else None)
+                except (OSError, MachineGoneError):
+                    out.append(None)
+            return out
+
+        for live, s in zip(lives, await asyncio.to_thread(read), strict=True):
+            if s is not None and live.record.state is State.RUNNING:
+                self._sample(live, s)
+
+    def _sample(self, live: _Live, s: MachineStats) -> None:
         now = time.monotonic()
         pct = 0.0
         if live.last_cpu is not None:
@@ -713,8 +729,8 @@ class SandboxManager:
                 await self.reap_ended()
             except Exception:  # noqa: BLE001 - the loop also bounds consoles: it must go on
                 log.exception("looking for ended sandboxes failed")
+            await self._sample_all()
             for live in list(self._live.values()):
-                self._sample(live)
                 if live.machine is not None:
                     # The console is a bounded ring on the host: a guest printing without end
                     # fills at most console_max_kb (and its QEMU's file-size limit, the jail's).
