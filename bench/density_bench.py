@@ -1,13 +1,15 @@
 """Density benchmark: how many idle code interpreters one node holds, and what each one costs the host.
 
     .venv/bin/python bench/density_bench.py [--parallel 4] [--max 0] [--min-available-mb 2048]
-                                            [--idle-s 60] [--window-s 20] [--seed 0]
+                                            [--idle-s 60] [--window-s 20] [--settle-s 20]
+                                            [--settle-tries 8] [--seed 0]
 
 Against a running node (`make up`), with the unmodified SDK (`e2b_code_interpreter.AsyncSandbox`):
 1. Fill: default-template sandboxes are created --parallel at a time (metadata {"bench": "density",
    "run": <uuid>}, timeout 1800 s) until the node refuses one (429, or 503 / a SandboxException: the
-   message is kept as stop_reason), host MemAvailable (/proc/meminfo) falls under --min-available-mb,
-   or --max are alive (0: no limit).
+   message is kept as stop_reason; a refusal is retried after --settle-s until --settle-tries come
+   in a row, since a node busy starting sandboxes measures less room than it has once they idle),
+   host MemAvailable (/proc/meminfo) falls under --min-available-mb, or --max are alive (0: none).
      alive               sandboxes created and still running at the end
      create_ms           each create's wall time (p50, p99); fill_s: wall time to create them all
 2. Idle: nothing runs in them for --idle-s, then over --window-s each sandbox's QEMU (found from the
@@ -132,6 +134,8 @@ class Fill:
         self.errors: list[str] = []
         self.started = 0
         self.stop_reason: str | None = None
+        self.refusals = 0        # every refusal, settled or not
+        self.refused_in_row = 0  # refusals since the last create that went through
 
     def _should_stop(self) -> bool:
         if self.stop_reason:
@@ -148,14 +152,23 @@ class Fill:
             t0 = time.monotonic()
             try:
                 sbx = await AsyncSandbox.create(metadata=self.meta, timeout=SANDBOX_TIMEOUT_S)
-            except Exception as e:  # noqa: BLE001 - a refusal ends the fill, anything else is counted
+            except Exception as e:  # noqa: BLE001 - refusals end the fill once settled, the rest are counted
                 if refusal(e):
-                    self.stop_reason = self.stop_reason or f"refused: {type(e).__name__}: {e}"
-                    return
+                    # A node measures its room: while it is busy starting sandboxes their CPU looks
+                    # high. Let it settle, and stop only when it still refuses afterwards.
+                    self.refusals += 1
+                    self.refused_in_row += 1
+                    if self.refused_in_row > self.args.settle_tries:
+                        self.stop_reason = self.stop_reason or f"refused: {type(e).__name__}: {e}"
+                        return
+                    self.started -= 1
+                    await asyncio.sleep(self.args.settle_s)
+                    continue
                 self.errors.append(f"{type(e).__name__}: {e}"[:300])
                 if len(self.errors) >= 5:  # a node that fails every create is not filling up
                     self.stop_reason = self.stop_reason or f"{len(self.errors)} failed creates"
                 continue
+            self.refused_in_row = 0
             self.create_ms.append((time.monotonic() - t0) * 1000)
             self.made.append(sbx)
             if len(self.made) % 10 == 0:
@@ -265,7 +278,7 @@ async def run(args: argparse.Namespace, result: dict) -> None:
         fill_s = await fill.run()
         n = len(fill.made)
         progress(f"{n} created in {fill_s:.1f} s; stop: {fill.stop_reason}")
-        result.update(created=n, fill_s=round(fill_s, 1), stop_reason=fill.stop_reason,
+        result.update(created=n, fill_s=round(fill_s, 1), stop_reason=fill.stop_reason, refusals=fill.refusals,
                       create_ms=summary(fill.create_ms, 1), create_errors=fill.errors[:5],
                       machines_after=len(list_machines(vms)))
         pids = {s.sandbox_id: p for s in fill.made if (p := qemu_pid(s.sandbox_id, vms)) is not None}
@@ -319,6 +332,9 @@ def main() -> None:
     ap.add_argument("--min-available-mb", type=int, default=2048, help="stop when host MemAvailable falls under this")
     ap.add_argument("--idle-s", type=float, default=60.0, help="idle time before measuring")
     ap.add_argument("--window-s", type=float, default=20.0, help="CPU measurement window")
+    ap.add_argument("--settle-s", type=float, default=20.0, help="wait after a refusal before trying again")
+    ap.add_argument("--settle-tries", type=int, default=8,
+                    help="refusals in a row (all workers) after which the node counts as full")
     ap.add_argument("--seed", type=int, default=0, help="seed of the 10 %% run_code sample")
     args = ap.parse_args()
     point_sdk_at_node(CFG)

@@ -47,9 +47,11 @@ class Settings(_Base):
     max_template_vcpus: int = setting(16, "most vCPUs a template (and so each of its sandboxes) may have")
     max_template_memory_mb: int = setting(32768, "most guest memory a template may have, MiB")
     max_template_disk_mb: int = setting(102400, "largest writable layer a template may have, MiB")
-    memory_overcommit_ratio: float = setting(4.0, "a node takes sandboxes while the guest memory of those it "
-                                             "holds stays within this many times its RAM (clones share "
-                                             "their template's pages; 0: no cap)")
+    # Off by default: nodes admit by their measured headroom (services/cubelet/capacity.py), since a
+    # clone costs the pages it dirties (~140 MB of a 1 GiB guest), not its size.
+    memory_overcommit_ratio: float = setting(0.0, "an operator's hard bound: a node takes sandboxes while the guest "
+                                             "memory of those it holds stays within this many times its RAM "
+                                             "(0: no bound)")
     placement_attempts: int = setting(3, "how many nodes a create tries, best first, when a node refuses it "
                                       "(full, lacks the template, unreachable)")
     default_timeout_s: int = setting(300, "sandbox lifetime when the client gives none")
