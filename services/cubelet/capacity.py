@@ -9,19 +9,22 @@ Inputs, all measured:
   its VMM's PSS, shared pages divided among their sharers, and its CPU use.
 
 The estimate of one more sandbox:
-- memory: the median PSS of the sampled sandboxes once there are ``MIN_SAMPLES``, else
-  ``sandbox_memory_estimate_mb`` (a first guess, in the settings). Sandboxes not sampled yet
-  (creates in flight, just started) have dirtied little of what they will: each is charged the
-  estimate against MemAvailable;
+- memory: what a settled sandbox costs, the 90th percentile PSS of those that have run
+  ``SETTLED_S`` (a fresh clone keeps dirtying pages for its first minute: its kernels, timers and
+  agent settle) once there are ``MIN_SAMPLES`` of them, else ``sandbox_memory_estimate_mb`` (a first
+  guess, in the settings). A sandbox that has not settled yet is charged against MemAvailable what
+  it has still to grow by that estimate (all of it when not sampled yet, e.g. a create in flight);
+  admitting on young sandboxes' figures alone once let a fill of 140 take the host down to 112 MB;
 - CPU: the lower quartile of the sandboxes' CPU use, once ``MIN_CPU_SAMPLES`` have a rate (two
   samples). A low quantile because it stands for an idle sandbox: busy ones (a user's loop, a
   create's first seconds) must not make the node look full. It limits only once many sandboxes
   run: a few busy ones on a small node are load, not a lack of room.
 
 ``can_take`` is the least of:
-- (MemAvailable - reserve - the unsampled sandboxes' charge) / memory per sandbox, the reserve being
-  ``memory_reserve_mb`` or, at 0, max(1 GiB, 5 % of MemTotal): the host's own services and page
-  cache, template builds and pauses need room too;
+- (MemAvailable - reserve - what unsettled sandboxes have still to grow by) / memory per sandbox,
+  the reserve being ``memory_reserve_mb`` or, at 0, max(2 GiB, 10 % of MemTotal): the host's own
+  services and page cache, template builds, pauses and sandboxes growing past their estimate need
+  room too;
 - (cores x ``cpu_target_pct`` - running x CPU per sandbox) / CPU per sandbox;
 - ``max_sandboxes`` - running, the operator's cap, when set (0: none).
 
@@ -35,6 +38,7 @@ import statistics
 from dataclasses import dataclass
 
 MIN_SAMPLES = 4
+SETTLED_S = 60.0
 MIN_CPU_SAMPLES = 16
 GiB = 1 << 30
 MiB = 1 << 20
@@ -52,6 +56,7 @@ class Sample:
     """The latest measurement of one running sandbox's VMM."""
 
     pss: int           # bytes
+    age_s: float       # how long it has been sampled (~ how long it has run)
     cpu_cores: float | None  # CPU use in cores (0.01 = 10 ms of CPU per second); None: no rate yet
 
 
@@ -77,7 +82,7 @@ class Headroom:
 def reserve_bytes(host: Host, limits: Limits) -> int:
     if limits.memory_reserve_mb > 0:
         return limits.memory_reserve_mb * MiB
-    return max(GiB, host.memory_total // 20)
+    return max(2 * GiB, host.memory_total // 10)
 
 
 def headroom(host: Host, running: int, samples: list[Sample], limits: Limits) -> Headroom:
@@ -85,14 +90,16 @@ def headroom(host: Host, running: int, samples: list[Sample], limits: Limits) ->
     ``samples``: the latest sample of those that have one."""
     unsampled = max(0, running - len(samples))
     mem_each = limits.sandbox_memory_estimate_mb * MiB
-    if len(samples) >= MIN_SAMPLES:
-        mem_each = max(MiB, int(statistics.median(s.pss for s in samples)))
+    settled = [s.pss for s in samples if s.age_s >= SETTLED_S]
+    if len(settled) >= MIN_SAMPLES:
+        mem_each = max(MiB, int(statistics.quantiles(settled, n=10, method="inclusive")[-1]))
+    growth = unsampled * mem_each + sum(max(0, mem_each - s.pss) for s in samples if s.age_s < SETTLED_S)
     rates = [s.cpu_cores for s in samples if s.cpu_cores is not None]
     cpu_each = 0.0
     if len(rates) >= MIN_CPU_SAMPLES:
         cpu_each = statistics.quantiles(rates, n=4, method="inclusive")[0]
     reserve = reserve_bytes(host, limits)
-    free = host.memory_available - reserve - unsampled * mem_each
+    free = host.memory_available - reserve - growth
     by = {"memory": max(0, free // mem_each)}
     if cpu_each > 0:
         budget = host.cores * limits.cpu_target_pct / 100.0
@@ -105,8 +112,8 @@ def headroom(host: Host, running: int, samples: list[Sample], limits: Limits) ->
     if can_take == 0:
         if limited_by == "memory":
             reason = (f"{max(0, host.memory_available) >> 20} MiB of memory available, less a reserve of "
-                      f"{reserve >> 20} MiB and {unsampled} sandbox(es) starting, leaves no room for another "
-                      f"(~{mem_each >> 20} MiB each)")
+                      f"{reserve >> 20} MiB and {growth >> 20} MiB that new sandboxes have still to grow by, "
+                      f"leaves no room for another (~{mem_each >> 20} MiB each)")
         elif limited_by == "cpu":
             reason = (f"{running} sandboxes use ~{cpu_each * 1000:.0f} ms of CPU per second each when idle; "
                       f"another would pass {limits.cpu_target_pct:g} % of {host.cores} cores")

@@ -644,7 +644,8 @@ class SandboxManager:
                 m = live.metrics[-1]
                 # A sandbox's first sample has no CPU rate (it needs two readings).
                 cpu = m.cpu_used_pct / 100.0 * max(1, m.cpu_count) if len(live.metrics) > 1 else None
-                samples.append(capacity.Sample(m.mem_used_bytes, cpu))
+                age = len(live.metrics) * self.settings.metrics_interval_s  # one sample per interval
+                samples.append(capacity.Sample(m.mem_used_bytes, age, cpu))
         s = self.settings
         limits = capacity.Limits(s.max_sandboxes, s.memory_reserve_mb, s.sandbox_memory_estimate_mb, s.cpu_target_pct)
         return capacity.headroom(host, len(running), samples, limits)

@@ -34,7 +34,7 @@ class CubeletSettings(Settings):
     # Admission is by measured headroom (capacity.py); these are its knobs.
     max_sandboxes: int = setting(0, "the operator's cap on sandboxes running on this node (0: none; the node admits "
                                  "while its measured memory and CPU headroom allow)")
-    memory_reserve_mb: int = setting(0, "host memory kept free of sandboxes (0: the larger of 1 GiB and 5 % of the "
+    memory_reserve_mb: int = setting(0, "host memory kept free of sandboxes (0: the larger of 2 GiB and 10 % of the "
                                      "host's memory)")
     sandbox_memory_estimate_mb: int = setting(256, "what one more sandbox is taken to cost in host memory until "
                                               "enough run to measure it")
