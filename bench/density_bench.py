@@ -52,6 +52,7 @@ from e2b_code_interpreter import AsyncSandbox  # noqa: E402
 
 from bench.common import emit, machine, percentile, point_sdk_at_node, progress, summary  # noqa: E402
 from deploy.supervisor import NodeConfig  # noqa: E402
+from services.cubelet.registration import host_memory  # noqa: E402
 from vmm_core.accounting import process_cpu_seconds, process_memory  # noqa: E402
 from vmm_core.machine import list_machines  # noqa: E402
 from vmm_core.settings import VmmSettings  # noqa: E402
@@ -65,13 +66,9 @@ MB = 2**20
 
 
 def meminfo() -> dict[str, int]:
-    """/proc/meminfo in bytes."""
-    out = {}
-    with open("/proc/meminfo") as f:
-        for line in f:
-            key, rest = line.split(":", 1)
-            out[key] = int(rest.split()[0]) * 1024
-    return out
+    """MemTotal and MemAvailable in bytes (the cubelet's own reading of /proc/meminfo)."""
+    total, available = host_memory()
+    return {"MemTotal": total, "MemAvailable": available}
 
 
 def cpu_times() -> tuple[int, int]:
