@@ -38,7 +38,11 @@ from .spec import MachinePaths, MachineRecord, MachineSpec
 
 log = logging.getLogger("vmm_core.machine")
 
-BASE_CMDLINE = "console=ttyS0 panic=-1 reboot=t cube.root_serial=cube-base"
+# transparent_hugepage=never: with THP on (Debian's default, "always"), khugepaged in every clone
+# collapses its processes' pages into fresh 2 MiB pages after the restore, writing copies of memory
+# the clones would otherwise share with their snapshot: measured, ~50 MB more dirtied per idle
+# code-interpreter sandbox within two minutes (95 MB against 42 MB with THP off).
+BASE_CMDLINE = "console=ttyS0 panic=-1 reboot=t cube.root_serial=cube-base transparent_hugepage=never"
 CTL_PORT_NAME = "cube.ctl"
 
 

@@ -59,7 +59,9 @@ from .vs_client import VsClient
 
 log = logging.getLogger("cubelet.templates")
 # Part of every build key: bump it when the build procedure itself changes (not its inputs).
-BUILD_PROCEDURE = 2
+# 3: guests boot with transparent_hugepage=never (vmm_core.machine.BASE_CMDLINE), which a snapshot
+# keeps: templates snapshotted before it are rebuilt.
+BUILD_PROCEDURE = 3
 Phase = pb.TemplateBuildPhase
 _MAX_ID = (1 << 32) - 2
 def operator_build(metadata, peer_role: Role | None) -> bool:
