@@ -1,6 +1,6 @@
 """How many more sandboxes this node can take: from measurement, not a constant.
 
-    room = headroom(host, sandboxes, settings)
+    room = headroom(Host(total, available, cores), running, samples, Limits(...))
     room.can_take        # 0: refuse, with room.reason
 
 Inputs, all measured:
