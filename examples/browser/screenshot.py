@@ -113,19 +113,18 @@ def _wait_http(url: str, headers: dict[str, str], timeout: float) -> httpx.Respo
     raise RuntimeError(f"{url} did not answer 200 within {timeout:g}s: {last}")
 
 
-def _background_of(png: bytes) -> tuple[int, int, int]:
+def _background_and_size(png: bytes) -> tuple[tuple[int, int, int], tuple[int, int]]:
+    """The colour near the bottom-left corner (the page's background) and the image's size."""
     with Image.open(io.BytesIO(png)) as im:
         pixel = im.convert("RGB").getpixel((2, im.height - 3))
+        size = im.size
     assert isinstance(pixel, tuple), pixel  # an RGB image's pixel is a triple
-    return (int(pixel[0]), int(pixel[1]), int(pixel[2]))
+    return (int(pixel[0]), int(pixel[1]), int(pixel[2])), size
 
 
 def start_web(template: str | None, timeout: int, metadata: dict[str, str]) -> tuple[Sandbox, str, str]:
     """The web sandbox (its server is started later); returns it, its page URL and the page's title."""
-    if template:
-        web = Sandbox.create(template, timeout=timeout, metadata=metadata)
-    else:
-        web = Sandbox.create(timeout=timeout, metadata=metadata)
+    web = Sandbox.create(template, timeout=timeout, metadata=metadata)  # None: the SDK's default
     return web, f"https://{web.get_host(WEB_PORT)}/", f"Cube page {secrets.token_hex(4)}"
 
 
@@ -177,9 +176,7 @@ def run(args: argparse.Namespace) -> dict:
             context.close()
             browser.close()  # over CDP this disconnects; the sandbox's Chromium runs on
 
-        background = _background_of(png)
-        with Image.open(io.BytesIO(png)) as im:
-            size = im.size
+        background, size = _background_and_size(png)
         report = {
             "title": rendered_title, "expected_title": title, "screenshot": str(Path(args.out).resolve()),
             "screenshot_bytes": len(png), "size": list(size), "background": list(background),

@@ -167,7 +167,7 @@ def node_families(service: CubeletService) -> Iterable[Metric]:
             ("cube_node_sandboxes_can_take", "More sandboxes this node can take now, from its measured memory and "
              "CPU headroom and its cap", st.sandboxes_can_take),
             ("cube_node_sandbox_memory_estimate_bytes", "What one more sandbox is taken to cost in host memory "
-             "(the running ones' median PSS once measured)", st.sandbox_memory_estimate_bytes),
+             "(settled sandboxes' 90th percentile PSS once measured)", st.sandbox_memory_estimate_bytes),
             ("cube_node_templates", "Templates (and snapshots) this node holds", len(st.templates))):
         g = GaugeMetricFamily(name, doc)
         g.add_metric([], float(value))

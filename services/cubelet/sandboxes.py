@@ -59,7 +59,7 @@ from . import capacity, gc
 from .guest_client import GuestAgentError, GuestEndpoint, init_identity, wait_healthy
 from .keyed_locks import KeyedLocks
 from .metrics import pool_claimed, sandbox_created, sandbox_resumed
-from .registration import host_memory
+from .registration import host_memory, vcpus
 from .settings import CubeletSettings
 from .steps import Steps
 from .templates import Template, TemplateError, TemplateExists, TemplateStore
@@ -633,10 +633,10 @@ class SandboxManager:
         return [live.record.status(self.settings.node_id) for live in self._live.values()
                 if live.record.state is not State.STARTING]
 
-    def headroom(self) -> capacity.Headroom:
-        """How many more sandboxes this node can take now (capacity.py)."""
-        total, available = host_memory()
-        host = capacity.Host(total, available, os.cpu_count() or 1)
+    def headroom(self, host: capacity.Host | None = None) -> capacity.Headroom:
+        """How many more sandboxes this node can take now (capacity.py); ``host``: the host's
+        figures when the caller has just read them."""
+        host = host or capacity.Host(*host_memory(), vcpus())
         running = [live for live in list(self._live.values()) if live.record.state is not State.PAUSED]
         samples = []
         for live in running:

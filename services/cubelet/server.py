@@ -13,7 +13,7 @@ from cube_common import metrics, mtls
 from cube_common.mtls import Role, peer_identity
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, cubelet_pb2_grpc
 
-from . import registration
+from . import capacity, registration
 from .sandboxes import SandboxError, SandboxManager, disk_free, disk_refusal
 from .settings import CubeletSettings
 from .templates import TemplateError, TemplateStore, operator_build
@@ -162,13 +162,14 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
         return self.node_status()
 
     def node_status(self) -> pb.NodeStatus:
-        total, available = registration.host_memory()
+        host = capacity.Host(*registration.host_memory(), registration.vcpus())
         running, paused = self.sandboxes.counts()
-        room = self.sandboxes.headroom()
+        room = self.sandboxes.headroom(host)
         return pb.NodeStatus(
             node_id=self.settings.node_id, address=self.settings.advertise_address,
-            proxy_address=self.settings.proxy_address, vcpus_total=registration.vcpus(),
-            memory_total_bytes=total, memory_available_bytes=available, sandboxes_running=running,
+            proxy_address=self.settings.proxy_address, vcpus_total=host.cores,
+            memory_total_bytes=host.memory_total, memory_available_bytes=host.memory_available,
+            sandboxes_running=running,
             sandboxes_paused=paused, templates=[t.template_id for t in self.templates.list()],
             accel=self.accel_name, max_sandboxes=self.settings.max_sandboxes,
             sandboxes_can_take=room.can_take, sandbox_memory_estimate_bytes=room.memory_per_sandbox,

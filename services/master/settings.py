@@ -48,7 +48,7 @@ class Settings(_Base):
     max_template_memory_mb: int = setting(32768, "most guest memory a template may have, MiB")
     max_template_disk_mb: int = setting(102400, "largest writable layer a template may have, MiB")
     # Off by default: nodes admit by their measured headroom (services/cubelet/capacity.py), since a
-    # clone costs the pages it dirties (~140 MB of a 1 GiB guest), not its size.
+    # clone costs the pages it dirties (~64 MB of a 1 GiB guest in make bench-density), not its size.
     memory_overcommit_ratio: float = setting(0.0, "an operator's hard bound: a node takes sandboxes while the guest "
                                              "memory of those it holds stays within this many times its RAM "
                                              "(0: no bound)")
