@@ -50,6 +50,9 @@ from cube_common.addresses import split_host_port
 
 S = TypeVar("S", bound="Settings")
 
+# Under the state dir, the default home of uploaded build files (shared.build_files_dir).
+BUILD_FILES_SUBDIR = "build-files"
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -94,6 +97,19 @@ class shared:
     def state_dir(flag: str = "", env: tuple[str, ...] = (), help: str = "") -> Any:
         return shared._field(Path(defaults.STATE_DIR), "where this node keeps artifacts, VMs and state",
                              "CUBE_STATE_DIR", flag, env, help)
+
+    @staticmethod
+    def build_files_dir(flag: str = "", env: tuple[str, ...] = (), help: str = "") -> Any:
+        # Unset (None) means ``<state_dir>/build-files`` (``build_files_path``): the API writes the
+        # archives of E2B COPY steps there and the cubelet reads them, so both resolve it alike.
+        return shared._field(None, "where uploaded build files (the archives of template COPY steps) are "
+                             "kept, one directory per team; the API writes them, the node's builds read them "
+                             "(default: <state_dir>/build-files)", "CUBE_BUILD_FILES_DIR", flag, env, help)
+
+    @staticmethod
+    def build_files_path(state_dir: Path, build_files_dir: Path | None) -> Path:
+        """The build files directory a service with these two settings uses."""
+        return build_files_dir if build_files_dir is not None else Path(state_dir) / BUILD_FILES_SUBDIR
 
     @staticmethod
     def master_addr(flag: str = "", env: tuple[str, ...] = (), help: str = "") -> Any:

@@ -50,6 +50,7 @@ from sdk.protojson import to_dict as _dict
 from sdk.typed.cube import v1 as pb
 
 READY, FAILED = pb.TemplateBuildPhase.READY, pb.TemplateBuildPhase.FAILED
+STEPS = pb.TemplateBuildPhase.RUNNING_STEPS
 
 
 # ---- output -----------------------------------------------------------------------------------
@@ -297,7 +298,16 @@ class BuildRenderer:
                 detail = f"snapshot {mib(t.snapshot_bytes)} MiB on {t.node_id}" if t.node_id else ev.message
             else:
                 detail = f"in {build_phase(self.phase) if self.phase is not None else 'QUEUED'}"
+                if ev.step:
+                    detail += f", step {ev.step}"
             self.out.write(f"{name:<14}  {detail}\n")
+            self.out.flush()
+            return
+        if ev.phase == STEPS:
+            # A template step's output: every line stays on screen, as a build log does.
+            self.close()
+            self.out.write(f"{'STEP ' + (ev.step or '-'):<14}  {ev.message}\n")
+            self.phase = ev.phase
             self.out.flush()
             return
         if self.tty:

@@ -208,7 +208,7 @@ async def _migrate_to_file(machine: Machine, path: Path | int) -> None:
 
 
 async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory_fd: int | None = None,
-                   write_memory_later: bool = False) -> Snapshot:
+                   write_memory_later: bool = False, flatten_disk: bool = False) -> Snapshot:
     """Take a TEMPLATE snapshot of a machine booted with a shared memory file. Consumes it.
     ``sync_fs=False`` skips asking the guest to write back its page cache first. ``memory_fd``: the
     machine's RAM is that memfd's (``Machine.launch``), written out to the snapshot's memory file
@@ -216,7 +216,9 @@ async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory
     else closed. The caller gives it up either way. ``write_memory_later`` (with ``memory_fd``, on
     a jailed host, whose clones map the sealed memfd rather than the file): the snapshot is
     returned at once and its memory file written in the background (``sealed_memory.adopt_writing``;
-    ``sealed_memory.pending`` says when it is whole)."""
+    ``sealed_memory.pending`` says when it is whole). ``flatten_disk``: the writable layer is a qcow2
+    overlay reading through files the snapshot must not depend on (a template build's step layers);
+    the snapshot's disk is then that whole chain as one raw layer, as a built template's is."""
     later = write_memory_later and memory_fd is not None and machine.settings.jail
     spec = machine.spec
     rw = machine.writable_disk()
@@ -240,12 +242,19 @@ async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory
         await machine.quit()
         # The layer's file name follows its format (Snapshot.disk): a built template's is raw, a
         # checkpoint's a qcow2 overlay on its template's.
+        memory_file = spec.memory_file
+        if flatten_disk:
+            spec = _with_writable(spec, rw, DiskFormat.RAW)
         disk = Snapshot(dest, SnapshotKind.TEMPLATE, spec, 0.0).disk.name
         if memory_fd is None:
-            os.rename(spec.memory_file, tmp / "memory")
+            os.rename(memory_file, tmp / "memory")
         elif not later:
             await asyncio.to_thread(sealed_memory.write_file, memory_fd, tmp / "memory", spec.memory_mb << 20)
-        os.rename(rw, tmp / disk)
+        if flatten_disk:
+            await asyncio.to_thread(_flatten, rw, tmp / disk, machine.settings.qemu_img)
+            os.unlink(rw)
+        else:
+            os.rename(rw, tmp / disk)
         # The snapshot's files are now the shared, read-only base of every clone: root's, whoever
         # (which jail uid) wrote them.
         for f in ((disk, "state") if later else ("memory", disk, "state")):
@@ -275,6 +284,13 @@ async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory
     finally:
         if memory_fd is not None:
             os.close(memory_fd)
+
+
+def _flatten(src: Path, dest: Path, qemu_img: str) -> None:
+    """``src`` and its backing chain as one sparse raw image at ``dest``."""
+    r = subprocess.run([qemu_img, "convert", "-q", "-O", "raw", str(src), str(dest)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SnapshotError(f"flattening {src.name}: {(r.stderr or r.stdout).strip()[-500:]}")
 
 
 def _with_writable(spec: MachineSpec, path: Path, fmt: DiskFormat) -> MachineSpec:

@@ -12,7 +12,7 @@ from sanic import Sanic
 from services.api import auth, errors, metrics
 from services.api.log import get_logger
 from services.api.master_client import MasterClient
-from services.api.routes import console, meta, nodes, sandboxes, tags, templates
+from services.api.routes import build_files, console, meta, nodes, sandboxes, tags, templates
 from services.api.settings import Settings
 
 log = get_logger("app")
@@ -31,6 +31,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app.ctx.settings = settings
     app.blueprint(sandboxes.bp)
     app.blueprint(templates.bp)
+    app.blueprint(build_files.bp)
     app.blueprint(tags.bp)
     app.blueprint(meta.bp)
     app.blueprint(nodes.bp)

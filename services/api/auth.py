@@ -5,7 +5,9 @@ the local team as its admin (cube_common.teams.LOCAL_ADMIN). On: the key must be
 ``cubemastercli apikey create`` and not revoked; the master checks it against the SHA-256 it
 stored and answers with the key's team and role, which the request then acts for. Either way a
 missing key is 401 with an E2B error body. The web console's page and assets (routes/console.py)
-need no key: they hold no data, and the page's own calls carry the key.
+need no key: they hold no data, and the page's own calls carry the key. Nor do uploads of build
+files (routes/build_files.py): the E2B SDK PUTs them to a presigned URL, whose signature the route
+checks.
 
 Sets ``request.ctx.caller`` (a ``Caller``, which routes hand to the master client) and
 ``request.ctx.client_id`` (E2B's ``clientID``: the key id, "local" with auth off).
@@ -18,6 +20,7 @@ import grpc
 from cube_common.teams import LOCAL_ADMIN, Caller
 from sdk.gen.cube.v1 import master_pb2 as P
 from services.api.errors import ApiError, from_grpc
+from services.api.routes.build_files import is_public as signed_upload
 from services.api.routes.console import is_public as console_path
 
 PUBLIC_PATHS = {"/health", "/openapi.json"}
@@ -27,6 +30,8 @@ async def authenticate(request) -> None:
     """Sanic request middleware: sets ``request.ctx.caller`` and ``client_id`` or raises 401."""
     if request.path in PUBLIC_PATHS or console_path(request.path) or request.method == "OPTIONS":
         return
+    if signed_upload(request.method, request.path):
+        return  # its URL's signature authorises it (routes/build_files.py); the SDK sends no key
     key = (request.headers.get("x-api-key") or "").strip()
     if not key:
         raise ApiError(401, "missing API key: set the X-API-KEY header (E2B_API_KEY)")

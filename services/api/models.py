@@ -295,8 +295,9 @@ class NewTemplateBuild:
     def parse(cls, body: dict) -> NewTemplateBuild:
         for e2b in ("dockerfile", "fromImage", "fromTemplate", "steps", "startCmd", "readyCmd"):
             if e2b in body:
-                raise bad_request(f"'{e2b}': E2B's template build API is not supported by this server; "
-                                  "give a container image reference in 'image'")
+                raise bad_request(f"'{e2b}': E2B template definitions go to POST /v3/templates and then "
+                                  "POST /v2/templates/{templateID}/builds/{buildID} (the SDK's Template.build); "
+                                  "this endpoint takes a container image reference in 'image'")
         image = body.get("image")
         if not isinstance(image, str) or not image.strip():
             raise bad_request("'image' is required (a container image reference)")
@@ -393,9 +394,14 @@ def build_log_entries(job: P.TemplateBuild) -> list[dict]:
     for ev in job.events:
         step = phase_label(ev.phase)
         if ev.phase == cubelet_pb2.FAILED:
-            step = phase_label(job.failed_phase) if job.failed_phase else last_step or step
+            step = job.failed_step or ev.step or (phase_label(job.failed_phase) if job.failed_phase else
+                                                  last_step or step)
             text = f"build failed: {ev.error or ev.message}"
             level = "error"
+        elif ev.phase == cubelet_pb2.RUNNING_STEPS:
+            # A template step's own output, line by line, under E2B's step label ("1".."N", "finalize").
+            step, text, level = ev.step or "finalize", ev.message, "info"
+            last_step = step
         else:
             text = f"{step.upper()}: {ev.message}{_progress_text(ev)}"
             level = "info"
@@ -413,14 +419,16 @@ def build_status_body(job: P.TemplateBuild, logs_offset: int = 0) -> dict:
     """GET /templates/{id}/builds/{buildID}/status: E2B's `TemplateBuildInfo` plus the phase,
     progress and times."""
     entries = build_log_entries(job)[logs_offset:]
+    image = job.spec.oci_image.reference or (f"template:{job.spec.from_template.template_id}"
+                                             if job.spec.HasField("from_template") else "default")
     out = {"templateID": job.template_id, "buildID": job.job_id, "status": build_status(job.phase),
            "phase": phase_label(job.phase), "message": job.message, "progress": build_progress(job),
-           "nodeID": job.node_id, "image": job.spec.oci_image.reference or "default",
+           "nodeID": job.node_id, "image": image,
            "createdAt": rfc3339(job.created_at), "updatedAt": rfc3339(job.updated_at),
            "finishedAt": rfc3339(job.finished_at) if job.HasField("finished_at") else None,
            "logs": [f"{e['timestamp']} {e['message']}" for e in entries], "logEntries": entries}
     if job.phase == cubelet_pb2.FAILED:
-        out["reason"] = {"message": job.error, "step": phase_label(job.failed_phase),
+        out["reason"] = {"message": job.error, "step": job.failed_step or phase_label(job.failed_phase),
                          "logEntries": [e for e in entries if e["level"] == "error"]}
     return out
 

@@ -227,9 +227,10 @@ SCHEMAS = {
     "NewTemplateBuild": {
         "type": "object", "required": ["image"],
         "description": "A template from a container image: the node pulls and unpacks it, builds the root filesystem "
-                       "and a writable layer, boots it, waits for the probe and snapshots it. This is Cube's own API: "
-                       "E2B's template-build API (v2/v3 builds from a Dockerfile or build steps with file uploads) "
-                       "is not supported, and bodies with its keys (dockerfile, fromImage, steps, ...) are refused.",
+                       "and a writable layer, boots it, waits for the probe and snapshots it. This is Cube's own API; "
+                       "E2B's template definitions (the SDK's Template.build: steps, file uploads) go to "
+                       "POST /v3/templates and POST /v2/templates/{templateID}/builds/{buildID}, and bodies with "
+                       "their keys (dockerfile, fromImage, steps, ...) are refused here.",
         "properties": {
             "image": {"type": "string", "pattern": f"^{WS}*{NOT_WS}{{1,1024}}{WS}*$",
                       "description": "registry image reference: registry/repo:tag or repo@sha256:... "
@@ -272,6 +273,53 @@ SCHEMAS = {
             "nodeID": {"type": ["string", "null"], "description": "build on this node (default: the least loaded)"},
             **{k: _refused(f"{k}: E2B's template-build API")
                for k in ("dockerfile", "fromImage", "fromTemplate", "steps", "startCmd", "readyCmd")}}},
+    "TemplateBuildFileUpload": {"type": "object", "required": ["present", "url"], "properties": {
+        "present": {"type": "boolean", "description": "the team already has the archive of this hash: no upload "
+                                                      "needed"},
+        "url": {"type": "string", "description": "where to PUT the archive (tar, gzip or not): this API as the "
+                                                 "request reached it, with a signature valid for an hour"},
+        "headers": STRMAP}},
+    "TemplateBuildRequestV3": {
+        "type": "object", "required": ["name"],
+        "description": "Reserve a template of the caller's team under a name (E2B's Template.build, first call); a "
+                       "name the team uses moves to the new template once its build is ready. cpuCount and "
+                       "memoryMB are capped by the operator's maximums too (400 naming them)",
+        "properties": {"name": {"type": "string",
+                                "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(:[A-Za-z0-9][A-Za-z0-9._-]{0,63})?$",
+                                "description": "name or name:tag (lower-cased)"},
+                       "alias": {"type": "string", "description": "older SDKs' name for it"},
+                       "tags": _null(_arr({"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+                                           "description": "more tags for this build; 'default' always names "
+                                                          "the latest build"})),
+                       "cpuCount": {"type": ["integer", "null"], "minimum": 1, "maximum": 64},
+                       "memoryMB": {"type": ["integer", "null"], "minimum": 128, "maximum": 1 << 20},
+                       "minFreeDiskMb": {"type": ["integer", "null"], "minimum": 0, "maximum": 1 << 22,
+                                         "description": "accepted, not applied: the writable layer is the "
+                                                        "template's size"},
+                       "teamID": {"type": "string", "description": "ignored: the API key names the team"}}},
+    "TemplateRequestResponseV3": {
+        "type": "object", "required": ["templateID", "buildID", "public", "names", "tags", "aliases"],
+        "properties": {"templateID": STR, "buildID": STR, "public": BOOL, "names": _arr(STR), "tags": _arr(STR),
+                       "aliases": _arr(STR)}},
+    "TemplateStep": {
+        "type": "object", "required": ["type"],
+        "description": "args by type, as the SDK sends them: RUN [command, user?], COPY [src, dest, user?, mode?] "
+                       "with filesHash, ENV [name, value, ...], WORKDIR [path], USER [name]; 400 naming the step "
+                       "otherwise",
+        "properties": {"type": {"type": "string", "enum": ["RUN", "COPY", "ENV", "WORKDIR", "USER"]},
+                       "args": _arr(STR), "filesHash": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                       "force": BOOL}},
+    "TemplateBuildStartV2": {
+        "type": "object", "description": "A template definition (E2B's Template.build, last call): its base, "
+                                         "steps run in order in a build VM (each step's result cached by its "
+                                         "inputs), the start command (running in the snapshot) and the ready "
+                                         "command (polled until it exits 0 before the snapshot). Exactly one "
+                                         "of fromImage and fromTemplate (400 otherwise)",
+        "properties": {"fromImage": STR, "fromTemplate": STR,
+                       "fromImageRegistry": {"type": "object", "properties": {
+                           "type": {"type": "string", "enum": ["registry"]}, "username": STR, "password": STR}},
+                       "force": BOOL, "steps": {"type": "array", "maxItems": 256, "items": _ref("TemplateStep")},
+                       "startCmd": STR, "readyCmd": STR}},
     "TemplateBuildCreated": {"type": "object", "required": ["templateID", "buildID"],
                              "properties": {"templateID": STR, "buildID": STR}},
     "Node": {"type": "object", "required": ["nodeID", "state", "cpuCount", "memoryTotalBytes", "memoryAvailableBytes",
@@ -337,6 +385,15 @@ TID = {"name": "templateID", "in": "path", "required": True, "schema": SEGMENT}
 
 def _q(name: str, schema: dict, desc: str = "") -> dict:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": desc}
+
+
+# Build files (services/api/build_files.py): the SDK's sha256 of a COPY step, and a team's directory.
+FILES_HASH_PATTERN = "^[0-9a-f]{64}$"
+TEAM_DIR_PATTERN = "^[A-Za-z0-9_-]{1,64}$"
+FILES_HASH = {"name": "hash", "in": "path", "required": True,
+              "schema": {"type": "string", "pattern": FILES_HASH_PATTERN}}
+# Paths no API key opens: their URL's signature does (they call no master either).
+SIGNED_PATHS = {"/build-files/{team}/{hash}"}
 
 
 UNIX_S = {"type": "integer", "minimum": 0, "maximum": MAX_UNIX_S}
@@ -413,6 +470,13 @@ OPERATIONS = [
                            "202 at once, then follow the build status; 403 when a non-admin key names a public "
                            "template", [], _body("NewTemplateBuild"),
      {**_ok(202, _ref("TemplateBuildCreated")), **_errors(400, 401, 403, 404, 409, 500, 503)}),
+    ("post", "/v3/templates", "Reserve a template and a build for a template definition (E2B's Template.build); "
+                              "the build waits for its definition", [], _body("TemplateBuildRequestV3"),
+     {**_ok(202, _ref("TemplateRequestResponseV3")), **_errors(400, 401, 409, 500, 503)}),
+    ("post", "/v2/templates/{templateID}/builds/{buildID}", "Start a reserved build with its definition; follow it "
+                                                            "with the build status",
+     [TID, {"name": "buildID", "in": "path", "required": True, "schema": SEGMENT}], _body("TemplateBuildStartV2"),
+     {**_ok(202), **_errors(400, 401, 404, 409, 500, 503)}),
     ("get", "/templates/{templateID}", "Get a template (id or alias); with its build while it is being built", [TID],
      None, {**_ok(200, _ref("TemplateWithBuilds")), **_errors(401, 404, 500, 503)}),
     ("get", "/templates/{templateID}/builds/{buildID}/status", "Status, progress and logs of a template build",
@@ -457,6 +521,23 @@ OPERATIONS = [
       _q("cursor", STR, "the nextCursor of the previous page, as it came; any other value is refused (400)"),
       _q("limit", {"type": "integer", "minimum": 1, "maximum": 100}, "absent: 50")], None,
      {**_ok(200, _ref("TemplateTagAssignments")), **_errors(400, 401, 404, 500, 503)}),
+    ("get", "/templates/{templateID}/files/{hash}", "Whether the team has a template build file (a COPY step's "
+                                                    "archive, by the SDK's files hash) and a signed URL to upload "
+                                                    "it to (E2B's file upload link)",
+     [TID, FILES_HASH], None, {**_ok(201, _ref("TemplateBuildFileUpload")), **_errors(400, 401, 404, 500, 503)}),
+    ("put", "/build-files/{team}/{hash}", "Upload a template build file to the URL the file upload link gave "
+                                          "(no API key: its signature authorises it; 403 when it is wrong or "
+                                          "expired)",
+     [{"name": "team", "in": "path", "required": True, "schema": {"type": "string", "pattern": TEAM_DIR_PATTERN}},
+      FILES_HASH, {**_q("template", SEGMENT, "the template the link was made for"), "required": True},
+      {**_q("expires", {"type": "string", "pattern": "^[0-9]{1,12}$"}, "unix seconds"), "required": True},
+      {**_q("sig", {"type": "string", "pattern": FILES_HASH_PATTERN}, "HMAC-SHA256, hex"), "required": True}],
+     {"required": True, "content": {"application/octet-stream": {"schema": {
+         "type": "string", "format": "binary",
+         "description": "a tar archive, gzip-compressed or not, of regular files, directories and symlinks with "
+                        "relative names and no '..' (400 otherwise); at most the server's build_file_max_bytes "
+                        "sent and unpacked (413)"}}}},
+     {**_ok(201), **_errors(400, 403, 500)}),
     ("get", "/nodes", "The cluster's nodes with their capacity and sandboxes (Cube's own; admin keys only: 403 "
                       "for a team's key)", [], None,
      {**_ok(200, _arr(_ref("Node"))), **_errors(401, 403, 500, 503)}),
@@ -472,7 +553,7 @@ def document(settings=None) -> dict:
         op: dict = {"summary": summary, "operationId": op_id, "parameters": params, "responses": responses}
         if body is not None:
             op["requestBody"] = body
-        if path not in ("/health", "/openapi.json"):
+        if path not in ("/health", "/openapi.json") and path not in SIGNED_PATHS:
             op["security"] = [{"ApiKeyAuth": []}]
             # Every call the API makes to the master has a deadline (call_timeout_s, create_timeout_s).
             op["responses"] = {**_errors(504), **responses}
@@ -487,9 +568,9 @@ def document(settings=None) -> dict:
         "info": {"title": "Cube API (E2B-compatible)", "version": "1.0.0",
                  "description": f"E2B control plane for self-hosted sandboxes; sandbox traffic goes to "
                                 f"https://<port>-<sandboxID>.{domain}. Errors are {{code, message}}. Templates are "
-                                f"built from container images with POST /templates (Cube's own body); E2B's "
-                                f"template-build API (v2/v3: Dockerfile or build steps with file uploads) is out of "
-                                f"scope."},
+                                f"built from container images with POST /templates (Cube's own body), or from E2B "
+                                f"template definitions (the SDK's Template.build: POST /v3/templates, the COPY "
+                                f"steps' file uploads, POST /v2/templates/{{templateID}}/builds/{{buildID}})."},
         "paths": paths,
         "components": {"schemas": SCHEMAS,
                        "securitySchemes": {"ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-KEY"}}},

@@ -1,5 +1,6 @@
 """cube-api settings: one typed object from the shared loader (``CUBE_API_*`` plus the shared
-``CUBE_MASTER_ADDR``, ``CUBE_DOMAIN``, ``CUBE_AUTH``, and flags)."""
+``CUBE_MASTER_ADDR``, ``CUBE_DOMAIN``, ``CUBE_AUTH``, ``CUBE_STATE_DIR``, ``CUBE_BUILD_FILES_DIR``, and
+flags)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,15 @@ class Settings(_Base):
                                             "plaintext, to a master on loopback")
     insecure_public: bool = shared.insecure_public("listen off loopback with auth off: anyone who reaches "
                                                    "the port may then create sandboxes with any key")
+    # Build files: the archives the E2B SDK uploads for a template's COPY steps (build_files.py).
+    state_dir: Path = shared.state_dir()
+    build_files_dir: Path | None = shared.build_files_dir()
+    build_file_max_bytes: int = setting(1 << 30, "largest build file (one COPY step's archive) an upload may "
+                                        "send or unpack to")
+    build_files_team_max_bytes: int = setting(5 << 30, "most bytes of build files one team may keep")
+    build_files_ttl_s: float = setting(7 * 86400.0, "a build file neither uploaded nor used for this long is "
+                                       "deleted")
+    build_file_url_ttl_s: float = setting(3600.0, "how long a signed upload URL stays valid")
     log_level: str = shared.log_level()
     # Its own listener, not the API port: a scrape carries no X-API-KEY.
     metrics_listen: str = shared.metrics_listen(defaults.API_METRICS_PORT)
@@ -53,4 +63,12 @@ class Settings(_Base):
             raise SettingsError(f"bad domain {self.domain!r}")
         if any(self.domain == d or self.domain.endswith("." + d) for d in E2B_DOMAINS):
             raise SettingsError(f"domain {self.domain!r} is one of E2B's own: the SDK would send traffic there")
+        for name in ("build_file_max_bytes", "build_files_team_max_bytes", "build_files_ttl_s",
+                     "build_file_url_ttl_s"):
+            if getattr(self, name) <= 0:
+                raise SettingsError(f"{name} must be positive")
         return self
+
+    @property
+    def build_files_path(self) -> Path:
+        return shared.build_files_path(self.state_dir, self.build_files_dir)

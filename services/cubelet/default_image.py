@@ -45,9 +45,10 @@ LOCK = REPO / "requirements.lock"
 
 # Debian's python3 runs the kernels; nodejs is the JavaScript kernel's runtime. `requests` comes
 # from Debian because requirements.lock does not pin it (nor urllib3/idna/charset-normalizer).
+# iproute2 brings `ss`, which the E2B SDK's `wait_for_port` ready command runs.
 DEBIAN_PACKAGES = [
     "python3", "python3-pip", "python3-requests", "nodejs",
-    "bash", "coreutils", "procps", "ca-certificates", "curl", "git", "sudo", "less", "tzdata",
+    "bash", "coreutils", "procps", "iproute2", "ca-certificates", "curl", "git", "sudo", "less", "tzdata",
 ]
 # Versions come from requirements.lock (used as constraints). e2b-charts is what the kernels' `e2b/chart`
 # format runs on (services/envd/interpreter/e2b_formats.py); it brings pydantic.

@@ -47,6 +47,12 @@ class CubeletSettings(Settings):
     max_concurrent_builds: int = setting(2, "template builds run at once")
     probe_timeout_s: float = setting(180.0, "how long a template's own service may take to answer its probe "
                                      "before the build fails")
+    # E2B template definitions (services/cubelet/build_steps.py).
+    build_files_dir: Path | None = shared.build_files_dir()
+    step_cache_mb: int = setting(20480, "the template step layer cache's size: least recently used step layers "
+                                 "beyond it are evicted, MiB")
+    step_timeout_s: float = setting(1800.0, "how long one template build step (RUN, COPY) may run")
+    ready_timeout_s: float = setting(300.0, "how long a template's ready command may take to succeed")
     # Template builds from container images (services/cubelet/oci: egress.py, limits.py, cache.py).
     registry_allowlist: tuple[str, ...] = setting(
         (), "registry hosts ('host' or 'host:port', comma-separated) a team's build may pull from although "
@@ -81,6 +87,14 @@ class CubeletSettings(Settings):
     @property
     def templates_dir(self) -> Path:
         return self.cubelet_dir / "templates"
+
+    @property
+    def build_files(self) -> Path:
+        return shared.build_files_path(self.state_dir, self.build_files_dir)
+
+    @property
+    def step_layers_dir(self) -> Path:
+        return self.cubelet_dir / "step-layers"
 
     @property
     def sandboxes_dir(self) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
 import json
 import logging
 import os
@@ -50,8 +51,10 @@ from vmm_core import (
     snapshot,
     writable_layer,
 )
+from vmm_core.disks import cow_overlay
 
-from . import gc, guest_agent, oci
+from . import build_steps, gc, guest_agent, oci
+from .build_steps import StepFailed
 from .guest_client import GuestAgentError, GuestEndpoint, wait_healthy, wait_http, wait_tcp
 from .references import sandbox_records, template_records
 from .settings import CubeletSettings
@@ -227,9 +230,10 @@ def _resolve_user(passwd: bytes | None, group: bytes | None, user: str) -> tuple
 
 def image_guest_config(config: oci.ImageConfig, tree: oci.ImageTree, req: pb.BuildTemplateRequest) -> GuestConfig:
     """The guest services of an image template: the agent, and the image's own command (if any),
-    chrooted into the sandbox root with the image's env, user and working directory."""
+    chrooted into the sandbox root with the image's env, user and working directory. A template
+    definition (steps, start or ready command) runs its start command instead, as E2B does."""
     services = [guest_agent.agent_service(interpreter=False)]
-    argv = config.argv(list(req.cmd) or None, list(req.args) or None)
+    argv = [] if is_definition(req) else config.argv(list(req.cmd) or None, list(req.args) or None)
     if argv:
         uid, gid = _resolve_user(tree.user_db("passwd"), tree.user_db("group"), config.user)
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **config.env_map(),
@@ -237,6 +241,37 @@ def image_guest_config(config: oci.ImageConfig, tree: oci.ImageTree, req: pb.Bui
         services.append(GuestService("app", tuple(argv), ServiceRoot.TEMPLATE, env=env,
                                      cwd=config.working_dir or "/", uid=uid, gid=gid))
     return GuestConfig(services=tuple(services))
+
+
+async def _pumped(fn, label: str) -> AsyncIterator[pb.TemplateBuildEvent]:
+    """Run ``fn(emit)`` and yield each line it emits as a RUNNING_STEPS event of step ``label``
+    as it comes; ``fn``'s exception is raised after its last line."""
+    lines: asyncio.Queue[pb.TemplateBuildEvent] = asyncio.Queue()
+
+    async def emit(line: str, stderr: bool) -> None:
+        lines.put_nowait(_event(Phase.RUNNING_STEPS, line, step=label, stderr=stderr))
+
+    task = asyncio.ensure_future(fn(emit))
+    try:
+        while not task.done() or not lines.empty():
+            if not lines.empty():
+                yield lines.get_nowait()
+                continue
+            getter = asyncio.ensure_future(lines.get())
+            finished, _ = await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+            if getter in finished:
+                yield getter.result()
+            else:
+                getter.cancel()
+        task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+
+
+def is_definition(req: pb.BuildTemplateRequest) -> bool:
+    """An E2B template definition (the SDK's `Template()` builder), not a plain image build."""
+    return bool(req.steps or req.start_cmd or req.ready_cmd)
 
 
 def _private_dir(path: Path) -> None:
@@ -430,10 +465,26 @@ class TemplateStore:
     async def _build_locked(self, req: pb.BuildTemplateRequest,
                             operator: bool) -> AsyncIterator[pb.TemplateBuildEvent]:
         tid = req.template_id
-        vcpus = req.vcpus or 1
+        source = req.WhichOneof("source")
+        base: Template | None = None
+        if source == "from_template":
+            base = self.get(req.from_template.template_id)
+            if base is None or base.info.base_template_id or base.info.filesystem_only:
+                yield _event(Phase.FAILED, step="base", error=f"template '{req.from_template.template_id}' is not "
+                             "a built template on this node (snapshots cannot be built on)")
+                return
+        vcpus = req.vcpus or (base.info.vcpus if base else 1)
         # The default image runs Python kernels with numpy/pandas loaded; an image needs less.
-        memory_mb = req.memory_mb or (1024 if req.WhichOneof("source") == "default_image" else 512)
-        rw_mb = req.writable_layer_mb or 1024
+        memory_mb = req.memory_mb or (base.info.memory_mb if base else
+                                      1024 if source == "default_image" else 512)
+        rw_mb = req.writable_layer_mb or (base.info.writable_layer_mb if base else 1024)
+        definition = is_definition(req)
+        if definition:
+            try:
+                build_steps.check_steps(req.steps)
+            except ValueError as e:
+                yield _event(Phase.FAILED, error=str(e))
+                return
         phase_ms: dict[str, int] = {}
         t_phase = time.monotonic()
 
@@ -443,13 +494,12 @@ class TemplateStore:
             phase_ms[phase] = phase_ms.get(phase, 0) + int((now - t_phase) * 1000)
             t_phase = now
 
-        source = req.WhichOneof("source")
         tdir = self.settings.templates_dir / tid
         staging = tdir / f".staging-{os.getpid()}-{int(time.time() * 1000)}"
         try:
             guest = await self.guest()
             if source == "default_image":
-                yield _event(Phase.BUILDING_IMAGE, "building the default code-interpreter image")
+                yield _event(Phase.BUILDING_IMAGE, "building the default code-interpreter image", step="base")
                 prepared = await self._prepare_default()
             elif source == "oci_image":
                 from_oci: PreparedImage | None = None
@@ -457,26 +507,37 @@ class TemplateStore:
                     if isinstance(item, PreparedImage):
                         from_oci = item
                     else:
+                        item.step = "base"
                         yield item
                 assert from_oci is not None  # _prepare_oci ends with it or raises
                 prepared = from_oci
+            elif base is not None:
+                prepared = PreparedImage(base.image, GuestConfig(), base.ready_ports, base.info.source,
+                                         fingerprint=f"{base.template_id}/{base.build_key}", env=dict(base.env))
             else:
                 yield _event(Phase.FAILED, error="the build request names no image source")
                 return
             lap("BUILDING_IMAGE")
         except (oci.OciError, OSError, TemplateError, VmmError) as e:
             self._discard_staging(tdir, staging)
-            yield _event(Phase.FAILED, error=str(e))
+            yield _event(Phase.FAILED, step="base", error=str(e))
             return
         except BaseException:  # cancelled (the caller went away) or a bug: leave nothing behind
             self._discard_staging(tdir, staging)
             raise
-        key = input_key(BUILD_PROCEDURE, guest.key, prepared.fingerprint or
-                        (prepared.image.stat().st_size, prepared.image.stat().st_mtime_ns),
-                        prepared.guest_config.to_json(), vcpus, memory_mb, rw_mb, list(req.expose_ports),
-                        req.probe_port, req.probe_path, req.no_memory_sharing)
+        fixed = input_key(BUILD_PROCEDURE, guest.key, prepared.fingerprint or
+                          (prepared.image.stat().st_size, prepared.image.stat().st_mtime_ns),
+                          prepared.guest_config.to_json(), vcpus, memory_mb, rw_mb)
+        key = input_key(fixed, list(req.expose_ports), req.probe_port, req.probe_path, req.no_memory_sharing,
+                        [[s.type, list(s.args), s.files_hash] for s in req.steps], req.start_cmd, req.ready_cmd,
+                        req.steps_internet) if definition else \
+            input_key(BUILD_PROCEDURE, guest.key, prepared.fingerprint or
+                      (prepared.image.stat().st_size, prepared.image.stat().st_mtime_ns),
+                      prepared.guest_config.to_json(), vcpus, memory_mb, rw_mb, list(req.expose_ports),
+                      req.probe_port, req.probe_path, req.no_memory_sharing)
         existing = self.get(tid)
-        if existing is not None and existing.build_key == key and existing.snapshot_dir.is_dir():
+        forced = any(s.force for s in req.steps)
+        if existing is not None and existing.build_key == key and existing.snapshot_dir.is_dir() and not forced:
             shutil.rmtree(staging, ignore_errors=True)
             yield _event(Phase.READY, "template is up to date", template=existing.info)
             return
@@ -487,21 +548,47 @@ class TemplateStore:
         done = False
         vs_id = f"build{tid}".replace("-", "").replace("_", "")[:40]
         machine = None
+        env = dict(prepared.env)
+        cache: build_steps.LayerCache | None = None
+        keep: set[str] = set()
         try:
             os.link(prepared.image, work / "image.ext4")
             shutil.rmtree(staging, ignore_errors=True)
-            rw = writable_layer(work / "rw.img", rw_mb, prepared.guest_config)
-            net = await self.vs.allocate(vs_id, network_pb2.NetworkPolicy(expose_all_ports=True))
+            if definition:
+                cache = build_steps.LayerCache(self.settings.step_layers_dir, self.settings.step_cache_mb << 20)
+                start_entry = await asyncio.to_thread(self._base_layer, cache, fixed, prepared, base, rw_mb)
+                the_plan = build_steps.plan(cache, start_entry, req.steps)
+                the_plan = await asyncio.to_thread(self._shallow_start, cache, the_plan)
+                keep = set(the_plan.start.chain)
+                rw = work / "rw.qcow2"
+                await asyncio.to_thread(cow_overlay, cache.path(the_plan.start.layer), rw, self.vmm.qemu_img)
+            else:
+                rw = writable_layer(work / "rw.img", rw_mb, prepared.guest_config)
+            policy = network_pb2.NetworkPolicy(expose_all_ports=True)
+            if definition and not req.steps_internet:
+                policy.allow_internet_access = False
+            net = await self.vs.allocate(vs_id, policy)
             ep = GuestEndpoint(net.host_address, net.proxy_address)
             spec = guest.machine_spec(work / "image.ext4", rw, vcpus=vcpus, memory_mb=memory_mb,
                                       network=NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
                                       memory_file=work / "memory")
-            yield _event(Phase.BOOTING, f"booting ({vcpus} vCPU, {memory_mb} MB)")
+            yield _event(Phase.BOOTING, f"booting ({vcpus} vCPU, {memory_mb} MB)", step="base")
             machine = await boot(self.vmm, f"tplbuild-{tid}", spec, labels={"template_build": tid})
             await machine.wait_guest(300)
             lap("BOOTING")
-            yield _event(Phase.PROBING, f"waiting for ports {', '.join(map(str, prepared.probe_ports))}")
+            yield _event(Phase.PROBING, f"waiting for ports {', '.join(map(str, prepared.probe_ports))}", step="base")
             await wait_healthy(ep, prepared.probe_ports, timeout=600)
+            if definition:
+                assert cache is not None
+                lap("PROBING")
+                state = build_steps.StepState()
+                async for item in self._run_definition(req, machine, ep, cache, the_plan, rw):
+                    if isinstance(item, build_steps.StepState):
+                        state = item
+                    else:
+                        yield item
+                env.update(state.env)
+                lap("RUNNING_STEPS")
             if req.probe_port and req.probe_port not in prepared.probe_ports:
                 if req.probe_path:
                     probe = wait_http(ep, req.probe_port, req.probe_path, timeout=self.settings.probe_timeout_s)
@@ -511,10 +598,10 @@ class TemplateStore:
             if INTERPRETER_PORT in prepared.probe_ports:
                 await self._settle(ep)
             lap("PROBING")
-            yield _event(Phase.SNAPSHOTTING, "taking the snapshot")
+            yield _event(Phase.SNAPSHOTTING, "taking the snapshot", step="finalize" if definition else "")
             snap_dir = work / "snapshot"
             m, machine = machine, None
-            await snapshot(m, snap_dir)
+            await snapshot(m, snap_dir, flatten_disk=definition)
             lap("SNAPSHOTTING")
             (work / "rw.img").unlink(missing_ok=True)
             created = Timestamp()
@@ -524,12 +611,16 @@ class TemplateStore:
                 envd_version=ENVD_VERSION, created_at=created, snapshot_bytes=_dir_bytes(work),
                 expose_ports=list(req.expose_ports), source=prepared.source, node_id=self.settings.node_id,
                 phase_ms=phase_ms, no_memory_sharing=req.no_memory_sharing)
-            self.write_info(tid, info, key, prepared.env)
+            self.write_info(tid, info, key, env)
             done = True
             self.prune(tid)
             await asyncio.to_thread(gc.prune_artifacts, self.settings, self.vmm)
             await self.vs.release(vs_id)
             final = _event(Phase.READY, "ready", template=info)
+        except StepFailed as e:
+            log.warning("template build step failed", extra={"template_id": tid, "step": e.step, "error": str(e)})
+            final = _event(Phase.FAILED, step=e.step, error=f"step {e.step} failed: {e}" if e.step != "finalize"
+                           else str(e))
         except (VmmError, GuestAgentError, guest_agent.AgentNotReady, OSError, TemplateError) as e:
             tail = getattr(e, "console_tail", "") or (machine.console_tail(60) if machine else "")
             log.warning("template build failed", extra={"template_id": tid, "error": str(e)})
@@ -538,7 +629,104 @@ class TemplateStore:
             # Clean up before the last event goes out: a caller that has what it wanted closes
             # the stream, and this generator is then cancelled wherever it is.
             await asyncio.shield(self._finish_build(machine, vs_id, staging, work, tdir, done))
+            if cache is not None:
+                await asyncio.to_thread(cache.evict, keep)
         yield final
+
+    def _base_layer(self, cache: build_steps.LayerCache, fixed: str, prepared: PreparedImage,
+                    base: Template | None, rw_mb: int) -> build_steps.Entry:
+        """The cache entry the steps start from: a fresh writable layer with the guest config (an
+        image), or the disk the base template's build left, flattened (so the base may go)."""
+        cache.ensure()
+        key = f"base-{fixed}"
+        hit = cache.get(key)
+        if hit is not None:
+            return hit
+        name = f"{key}.img"
+        target = cache.path(name)
+        if base is not None:
+            build_steps.qemu_img_convert(base.load_snapshot().disk, target, "raw")
+        else:
+            tmp = cache.path(f".{name}.tmp")
+            writable_layer(tmp, rw_mb, prepared.guest_config)
+            os.replace(tmp, target)
+        entry = build_steps.Entry(key, name, build_steps.StepState(), (name,))
+        cache.put(entry)
+        return entry
+
+    @staticmethod
+    def _shallow_start(cache: build_steps.LayerCache, the_plan: build_steps.Plan) -> build_steps.Plan:
+        """The plan, its start layer flattened into the cache first when its chain is as deep as a
+        build may stack (each rebuild from a cached step adds one overlay)."""
+        start = the_plan.start
+        if len(start.chain) < build_steps.MAX_CHAIN:
+            return the_plan
+        name = f"flat-{start.key}.qcow2"
+        build_steps.qemu_img_convert(cache.path(start.layer), cache.path(name), "qcow2")
+        flat = build_steps.Entry(start.key, name, start.state, (name,))
+        cache.put(flat)
+        return dataclasses.replace(the_plan, start=flat)
+
+    async def _run_definition(self, req: pb.BuildTemplateRequest, machine: Machine, ep: GuestEndpoint,
+                              cache: build_steps.LayerCache, the_plan: build_steps.Plan,
+                              rw: Path) -> AsyncIterator[pb.TemplateBuildEvent | build_steps.StepState]:
+        """Run the steps the plan did not find cached, cut a cached layer after each that may change
+        the disk, then start the start command and wait for the ready command. Yields the events
+        (a line of output each), then the final StepState. StepFailed names the failing step."""
+        total = len(req.steps)
+        start = the_plan.start
+
+        async def cut(name: str) -> None:
+            try:
+                await machine.control.call("sync_fs", timeout=60)
+            except VmmError as e:
+                log.warning("guest sync before a step layer failed: %s", e)
+            await machine.execute("stop")  # QEMU flushes its images: the overlay file is whole
+            try:
+                await asyncio.to_thread(build_steps.copy_sparse, rw, cache.path(name))
+            finally:
+                await machine.execute("cont")
+
+        runner = build_steps.Runner(ep, cache, self.settings.build_files, req.files_team, cut,
+                                    step_timeout_s=self.settings.step_timeout_s)
+        await runner.detect_shell()
+        for i in range(the_plan.first):
+            yield _event(Phase.RUNNING_STEPS, f"CACHED [{i + 1}/{total}] {build_steps.describe(req.steps[i])}",
+                         step=build_steps.step_label(i))
+        state, layer, chain = start.state, start.layer, tuple(start.chain)
+        for i in range(the_plan.first, total):
+            step, label = req.steps[i], build_steps.step_label(i)
+            yield _event(Phase.RUNNING_STEPS, f"[{i + 1}/{total}] {build_steps.describe(step)}", step=label)
+            t0 = time.monotonic()
+            result: list[build_steps.StepState] = []
+
+            async def one(emit, i=i, step=step, state=state, result=result) -> None:
+                result.append(await runner.run_step(i, step, state, emit))
+
+            async for ev in _pumped(one, label):
+                yield ev
+            state = result[0]
+            if step.type in build_steps.DISK_STEPS:
+                layer = f"{the_plan.keys[i]}.qcow2"
+                await cut(layer)
+                # A cut is the whole overlay since boot: it reads through the start layer only.
+                chain = (*start.chain, layer)
+            entry = build_steps.Entry(the_plan.keys[i], layer, state, chain)
+            if all(cache.path(f).is_file() for f in chain):
+                cache.put(entry)
+            yield _event(Phase.RUNNING_STEPS, f"step {label} done in {time.monotonic() - t0:.1f}s", step=label)
+        if req.start_cmd:
+            yield _event(Phase.RUNNING_STEPS, f"starting: {req.start_cmd}", step="finalize")
+            await runner.start(req.start_cmd, state)
+        if req.ready_cmd:
+            yield _event(Phase.RUNNING_STEPS, f"waiting for the ready command: {req.ready_cmd}", step="finalize")
+
+            async def ready(emit) -> None:
+                await runner.wait_ready(req.ready_cmd, state, self.settings.ready_timeout_s, emit)
+
+            async for ev in _pumped(ready, "finalize"):
+                yield ev
+        yield state
 
     async def _finish_build(self, machine, vs_id: str, staging: Path, work: Path, tdir: Path, done: bool) -> None:
         if machine is not None:

@@ -3,17 +3,30 @@
     create:  validate -> id free? -> pick a node -> one transaction: job (phase UNSPECIFIED, i.e.
              queued) + the template's BUILDING record (claims the id: it fails if a template or an
              alias has the name) -> answer the caller; the build goes on in a task of this master:
+    deferred create (E2B's POST /v3/templates): the same claim of the id and the aliases, but no
+             node and no task: the job waits (``deferred``, no node) for
+    start:   (E2B's POST /v2/templates/{id}/builds/{buildID}) the definition (source, steps, start
+             and ready command) is validated, a node picked (for a build on a template: one that has
+             it), the job rewritten at the revision it was read at (deferred -> started, so a job
+             is started once), then run as a create's build is
     run:     Cubelet.BuildTemplate stream on the node; every event is mirrored into the job (phase
              and message changes at once, progress at most every build_progress_write_s), and the
              job's heartbeat is refreshed every build_heartbeat_s
     READY:   the template record (READY, from the event's TemplateInfo), its aliases and the job in
-             one transaction
+             one transaction (aliases the team's other templates hold move to it: ``move_aliases``)
     FAILED:  (a FAILED event, the stream breaking, the deadline) the BUILDING record is deleted,
-             then the job says FAILED with the reason; nothing else is left in etcd
+             then the job says FAILED with the reason (and the E2B step that failed); nothing else
+             is left in etcd, and moved aliases stay where they were
+
+Events: progress events of one phase and message replace each other; RUNNING_STEPS events are the
+steps' output lines and are all kept (up to build_log_events_kept, and a bound on their text, so
+the job stays a small etcd value), written at most every build_progress_write_s.
 
 The registry credentials live only in the running task (and are handed to the node); the job
 keeps the image reference. A master that stops cancels its builds and fails their jobs; one that
 dies leaves jobs whose heartbeat stops: the leader's reconciler fails them ("master restarted").
+A deferred job has no master running it and no heartbeat: the reconciler fails it only once it was
+not started within build_start_timeout_s of its creation (and removes its BUILDING record).
 Either way the node's BuildTemplate stream is cancelled, and the cubelet removes what it built.
 Every job write compares the job's revision, so the running master and the reconciler never
 overwrite each other: a running build whose job was failed meanwhile stops.
@@ -29,7 +42,11 @@ Ownership: a build, its template and its aliases belong to the caller's team (an
 build makes a public template with public aliases). A job is seen by its team and by admins
 (templates.py has the rules for templates); another team's job answers NOT_FOUND. A non-admin
 cannot name a public template or public alias as the id to build (PERMISSION_DENIED), and no
-team can claim a name another team's deleted template left (ALREADY_EXISTS; tombstones.py).
+team can claim a name another team's deleted template left (ALREADY_EXISTS; tombstones.py). With
+``move_aliases`` an alias the caller's team holds on its own template is not "taken": it moves at
+READY (public aliases, other teams' and tombstoned names are refused as ever). A build on a template
+(``from_template``) names one the caller may use, READY and not a snapshot; a team's COPY steps read
+only that team's uploaded files (``files_team`` is the job's team, whoever starts it).
 """
 
 from __future__ import annotations
@@ -72,6 +89,20 @@ STORE_RETRY_S = 30.0
 # Image references naming files on the node rather than a registry (containers-transports(5)).
 LOCAL_IMAGE_TRANSPORTS = ("oci:", "oci-archive:", "docker-archive:")
 OPERATOR_BUILD = ((BUILD_ORIGIN_METADATA, BUILD_ORIGIN_OPERATOR),)
+# E2B template definitions (StartTemplateBuild): the SDK's instruction types, as it spells them.
+STEP_TYPES = ("RUN", "COPY", "ENV", "WORKDIR", "USER")
+MAX_STEPS = 256
+MAX_STEP_ARG_BYTES = 65536
+MAX_COMMAND_BYTES = 65536
+MAX_DEFINITION_BYTES = 1 << 20
+FILES_HASH_RE = re.compile(r"^[0-9a-f]{64}\Z")
+USER_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+MODE_RE = re.compile(r"^[0-7]{1,4}\Z")
+# A job is one etcd value (etcd refuses requests over 1.5 MiB by default) that is rewritten on
+# every flush: a step's output line is clipped, and the kept lines' text is bounded as a whole.
+MAX_EVENT_MESSAGE_BYTES = 4096
+MAX_EVENTS_TEXT = 256 * 1024
+CLIPPED = " [... truncated]"
 
 
 def is_operator(caller: Caller) -> bool:
@@ -87,8 +118,88 @@ def phase_name(phase: int) -> str:
     return "QUEUED" if phase == C.TEMPLATE_BUILD_PHASE_UNSPECIFIED else C.TemplateBuildPhase.Name(phase)
 
 
+def source_label(spec: C.BuildTemplateRequest) -> str:
+    """What a template record says it was built from."""
+    source = spec.WhichOneof("source")
+    if source == "oci_image":
+        return spec.oci_image.reference
+    if source == "from_template":
+        return f"template:{spec.from_template.template_id}"
+    return "default" if source == "default_image" else ""   # "": a deferred build's, not known yet
+
+
+def has_definition(spec: C.BuildTemplateRequest) -> bool:
+    """An E2B template definition: its build runs steps, whose output lines are its events."""
+    return bool(spec.steps or spec.start_cmd or spec.ready_cmd)
+
+
+def clip(text: str, limit: int = MAX_EVENT_MESSAGE_BYTES) -> str:
+    """``text`` cut to ``limit`` UTF-8 bytes, marker included, when it is longer."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[:limit - len(CLIPPED)].decode(errors="ignore") + CLIPPED
+
+
+def _event_text(ev: C.TemplateBuildEvent) -> int:
+    # An estimate of an event's share of the job's size: its strings plus the fixed fields.
+    return len(ev.message) + len(ev.error) + len(ev.step) + 96
+
+
 def _extra(job: P.TemplateBuild, **kw) -> dict:
     return {"job_id": job.job_id, "template_id": job.template_id, **kw}
+
+
+def _check_step(n: int, step: C.BuildStep) -> None:
+    """One instruction of an E2B template definition, step ``n`` (1-based); InvalidArgument if bad."""
+    def bad(why: str) -> errors.InvalidArgument:
+        return errors.InvalidArgument(f"step {n} ({step.type or 'no type'}): {why}")
+
+    if step.type not in STEP_TYPES:
+        raise errors.InvalidArgument(f"step {n}: unknown instruction type {step.type!r} "
+                                     f"(want {', '.join(STEP_TYPES[:-1])} or {STEP_TYPES[-1]})")
+    args = list(step.args)
+    for a in args:
+        if len(a.encode()) > MAX_STEP_ARG_BYTES:
+            raise bad(f"an argument is {len(a.encode())} bytes; at most {MAX_STEP_ARG_BYTES}")
+        if "\0" in a:
+            raise bad("an argument contains a NUL character")
+
+    def user(name: str) -> None:
+        # "" is the SDK's "no user given" (COPY always sends the slot): the current user.
+        if name and not USER_RE.match(name):
+            raise bad(f"invalid user name {name!r}")
+
+    if step.type == "RUN":
+        if not 1 <= len(args) <= 2:
+            raise bad(f"want a command and optionally a user, got {len(args)} arguments")
+        if not args[0].strip():
+            raise bad("the command is empty")
+        if len(args) == 2:
+            user(args[1])
+    elif step.type == "COPY":
+        if not 2 <= len(args) <= 4:
+            raise bad(f"want a source, a destination and optionally a user and a mode, got {len(args)} arguments")
+        if not args[0] or not args[1]:
+            raise bad("the source and the destination are required")
+        if len(args) >= 3:
+            user(args[2])
+        if len(args) == 4 and args[3] and not MODE_RE.match(args[3]):
+            raise bad(f"invalid mode {args[3]!r} (want octal, such as 0755)")
+        if not FILES_HASH_RE.match(step.files_hash):
+            raise bad(f"the files hash must be 64 lowercase hex digits (the hash of the uploaded files), "
+                      f"got {step.files_hash!r}")
+    elif step.type == "ENV":
+        if not args or len(args) % 2:
+            raise bad(f"want name and value pairs, got {len(args)} arguments")
+        for name in args[::2]:
+            if not ENV_NAME_RE.match(name):
+                raise bad(f"invalid environment variable name {name!r}")
+    else:  # WORKDIR, USER
+        if len(args) != 1 or not args[0]:
+            raise bad(f"want exactly one non-empty argument, got {len(args)}")
+        if step.type == "USER" and not USER_RE.match(args[0]):
+            raise bad(f"invalid user name {args[0]!r}")
 
 
 class _Interrupted(Exception):
@@ -121,10 +232,12 @@ class Builds:
 
     # ---- validation ---------------------------------------------------------------------------
 
-    def _validate(self, spec: C.BuildTemplateRequest, aliases, caller: Caller | None = None) -> None:
+    def _validate(self, spec: C.BuildTemplateRequest, aliases, caller: Caller | None = None,
+                  deferred: bool = False) -> None:
+        """The build's settings; ``deferred``: a deferred create's, whose source may come with its start."""
         bad = errors.InvalidArgument
         source = spec.WhichOneof("source")
-        if source is None:
+        if source is None and not deferred:
             raise bad("an image reference is required")
         if source == "oci_image":
             img = spec.oci_image
@@ -201,9 +314,10 @@ class Builds:
         if (tpl is not None and not tpl.team_id) or alias is not None:
             raise errors.PermissionDenied(f"template '{tid}' is public; only an admin can rebuild it")
 
-    async def _check_aliases(self, tid: str, aliases, caller: Caller) -> None:
+    async def _check_aliases(self, tid: str, aliases, caller: Caller, move: bool = False) -> None:
         """The aliases must be free in the team's namespace, no team may claim a public one, and no
-        team a name another team's deleted template left."""
+        team a name another team's deleted template left. With ``move``, an alias the team holds
+        on one of its own templates counts as free: it moves to this template at READY."""
         team_id = caller.team_id
         for a in aliases:
             if a == tid:
@@ -211,12 +325,22 @@ class Builds:
             cur = await self.store.get_alias(a)
             if cur is None and team_id:
                 cur = await self.store.get_alias(a, team_id)
-            if cur is not None:
+            if cur is not None and not (move and await self._movable(cur.value, team_id)):
                 raise errors.AlreadyExists(f"alias '{a}' is already taken (template '{cur.value.template_id}')")
             if await self.store.get_template(a) is not None:
                 raise errors.AlreadyExists(f"alias '{a}' is the id of another template")
             if await claim(self.store, a, caller) is None:
                 raise errors.AlreadyExists(f"alias '{a}' is already taken")
+
+    async def _movable(self, alias: P.TemplateAlias, team_id: str) -> bool:
+        """May a build of ``team_id`` take ``alias`` over (``move_aliases``)? Only a team's own
+        alias (its namespace) on the team's own template: a public alias is refused for a team
+        even when it names the team's template, and one in the team's namespace that names a
+        public template was the team's choice to point elsewhere, not a template it rebuilds."""
+        if not team_id or alias.team_id != team_id:
+            return False
+        rec = await self.store.get_template(alias.template_id)
+        return rec is None or rec.value.team_id == team_id
 
     async def _pick_node(self, node_id: str) -> C.NodeStatus:
         nodes = [n for n in await self.store.list_nodes() if n.address]
@@ -232,13 +356,27 @@ class Builds:
         nodes = [n for n in nodes if n.node_id not in draining]
         if not nodes:
             raise errors.Unavailable("every registered node is draining")
+        return await self._least_loaded(nodes)
+
+    async def _least_loaded(self, nodes: list[C.NodeStatus]) -> C.NodeStatus:
         building: dict[str, int] = {}
         for b in await self.store.list_builds():
-            if b.value.phase not in TERMINAL:
+            if b.value.phase not in TERMINAL and b.value.node_id:
                 building[b.value.node_id] = building.get(b.value.node_id, 0) + 1
         # Least loaded: fewest builds in progress, then fewest sandboxes, then most free memory.
         return min(nodes, key=lambda n: (building.get(n.node_id, 0), n.sandboxes_running + n.sandboxes_paused,
                                          -n.memory_available_bytes, n.node_id))
+
+    async def _node_with(self, base: str) -> C.NodeStatus:
+        """The least loaded node that can build on template ``base``: a build on a template starts
+        from that template's disk, which only the nodes that have it hold."""
+        draining = await self.store.draining_nodes()
+        nodes = [n for n in await self.store.list_nodes()
+                 if n.address and base in n.templates and n.node_id not in draining]
+        if not nodes:
+            raise errors.FailedPrecondition(f"base template '{base}' is on no node that takes builds "
+                                            "(its nodes are gone or draining)")
+        return await self._least_loaded(nodes)
 
     # ---- create -------------------------------------------------------------------------------
 
@@ -246,7 +384,21 @@ class Builds:
         spec = C.BuildTemplateRequest()
         spec.CopyFrom(req.build)
         aliases = list(req.aliases)
-        self._validate(spec, aliases, caller)
+        self._validate(spec, aliases, caller, deferred=req.deferred)
+        if req.deferred:
+            # The definition comes with the start, which replaces whatever steps came here.
+            del spec.steps[:]
+        else:
+            self._validate_definition(spec, req.ByteSize())
+        spec.files_team = caller.team_id  # COPY steps read the caller's team's uploads only
+        if req.deferred and req.node_id:
+            # The node is picked when the definition is known (a build on a template needs one
+            # that has it); nothing would keep a node named an hour earlier fit for it.
+            raise errors.InvalidArgument("a deferred build cannot name a node: it is picked when the build starts")
+        if req.deferred and (spec.oci_image.username or spec.oci_image.password):
+            # Credentials live only in a running build's task, never in etcd, so a job that waits
+            # could not keep them: they come with the start.
+            raise errors.InvalidArgument("registry credentials of a deferred build go with its start")
         if spec.template_id:
             await self._check_public(spec.template_id, caller)
         else:
@@ -256,36 +408,170 @@ class Builds:
         name = await claim(self.store, tid, caller)
         if why or name is None:
             raise errors.AlreadyExists(why or f"template '{tid}' already exists")
-        await self._check_aliases(tid, aliases, caller)
-        node = await self._pick_node(req.node_id)
+        await self._check_aliases(tid, aliases, caller, move=req.move_aliases)
+        node = None if req.deferred else await self._pick_node(req.node_id)
 
         now = ts()
-        job = P.TemplateBuild(job_id=str(uuid.uuid4()), template_id=tid, node_id=node.node_id,
+        job = P.TemplateBuild(job_id=str(uuid.uuid4()), template_id=tid, node_id=node.node_id if node else "",
                               master_id=self.settings.master_id, aliases=aliases, created_at=now, updated_at=now,
-                              heartbeat_at=now, team_id=caller.team_id)
-        job.spec.CopyFrom(spec)
-        if spec.WhichOneof("source") == "oci_image":
-            job.registry_auth = bool(spec.oci_image.username or spec.oci_image.password)
-            job.spec.oci_image.ClearField("username")
-            job.spec.oci_image.ClearField("password")
-        source = spec.oci_image.reference if spec.WhichOneof("source") == "oci_image" else "default"
+                              heartbeat_at=now, team_id=caller.team_id, deferred=req.deferred,
+                              move_aliases=req.move_aliases)
+        self._set_spec(job, spec)
         building = P.Template(
             template_id=tid, vcpus=spec.vcpus or 1, memory_mb=spec.memory_mb or 512,
-            disk_size_mb=spec.writable_layer_mb or 1024, envd_version=self.settings.envd_version, source=source,
-            status=P.TEMPLATE_STATUS_BUILDING, no_memory_sharing=spec.no_memory_sharing,
+            disk_size_mb=spec.writable_layer_mb or 1024, envd_version=self.settings.envd_version,
+            source=source_label(spec), status=P.TEMPLATE_STATUS_BUILDING, no_memory_sharing=spec.no_memory_sharing,
             expose_ports=list(spec.expose_ports), build_id=job.job_id, created_at=now, updated_at=now,
             team_id=caller.team_id)
         ok, rev = await self.store.create_build(job, building, name)
         if not ok:
             raise errors.AlreadyExists(await self._taken(tid, caller) or f"template '{tid}' already exists")
-        run = _Running(job=job, rev=rev, template_rev=rev, node=node)
-        self._running[job.job_id] = run
-        run.task = asyncio.get_running_loop().create_task(self._run(run, spec))
-        log.info("template build started", extra=_extra(job, node_id=node.node_id, source=source,
-                                                         registry_auth=job.registry_auth))
+        if node is None:
+            log.info("template build reserved; waiting for its start", extra=_extra(job, aliases=aliases))
+            return self._copy(job)
+        return self._launch(job, rev, rev, node, spec)
+
+    @staticmethod
+    def _copy(job: P.TemplateBuild) -> P.TemplateBuild:
         out = P.TemplateBuild()
         out.CopyFrom(job)
         return out
+
+    @staticmethod
+    def _set_spec(job: P.TemplateBuild, spec: C.BuildTemplateRequest) -> None:
+        """The job keeps the spec without the registry credentials (they live in the running task only)."""
+        job.spec.CopyFrom(spec)
+        if spec.WhichOneof("source") == "oci_image":
+            job.registry_auth = bool(spec.oci_image.username or spec.oci_image.password)
+            job.spec.oci_image.ClearField("username")
+            job.spec.oci_image.ClearField("password")
+
+    def _launch(self, job: P.TemplateBuild, rev: int, template_rev: int, node: C.NodeStatus,
+                spec: C.BuildTemplateRequest) -> P.TemplateBuild:
+        """Run the build whose job was just written at ``rev`` (its BUILDING record at
+        ``template_rev``) in a task of this master; the answer to the caller. No await here: the
+        job is in ``_running`` before this master's reconciler can look at it again."""
+        run = _Running(job=job, rev=rev, template_rev=template_rev, node=node)
+        self._running[job.job_id] = run
+        run.task = asyncio.get_running_loop().create_task(self._run(run, spec))
+        log.info("template build started", extra=_extra(job, node_id=node.node_id, source=source_label(spec),
+                                                         registry_auth=job.registry_auth, steps=len(spec.steps)))
+        return self._copy(job)
+
+    # ---- start (a deferred build) -------------------------------------------------------------
+
+    async def start(self, req: P.StartTemplateBuildRequest, caller: Caller) -> P.TemplateBuild:
+        """Start a deferred build with its definition (see the module docstring)."""
+        v = await self._job(req.job_id, caller)
+        job = self._copy(v.value)
+        self._check_startable(job)
+        spec = self._definition(job, req.build)
+        if spec.WhichOneof("source") is None:
+            raise errors.InvalidArgument("the template has no base: give an image (fromImage) or a "
+                                         "template (fromTemplate)")
+        self._validate(spec, [], caller)  # the aliases were checked (and are kept) by the create
+        self._validate_definition(spec, req.ByteSize())
+        if spec.WhichOneof("source") == "from_template":
+            base = await self._base_template(spec.from_template.template_id, job, caller)
+            spec.from_template.template_id = base.template_id
+            node = await self._node_with(base.template_id)
+        else:
+            node = await self._pick_node("")
+        rec = await self.store.get_template(job.template_id)
+        if rec is None or rec.value.status != P.TEMPLATE_STATUS_BUILDING or rec.value.build_id != job.job_id:
+            raise errors.FailedPrecondition(f"template build '{job.job_id}' no longer holds template "
+                                            f"'{job.template_id}'; create the build again")
+        now = ts()
+        job.deferred = False
+        job.node_id = node.node_id
+        job.master_id = self.settings.master_id  # this master runs it (and heartbeats it) from now on
+        self._set_spec(job, spec)
+        job.updated_at.CopyFrom(now)
+        job.heartbeat_at.CopyFrom(now)
+        try:
+            rev = await self.store.update_build(job, v.mod_revision)
+        except Conflict:
+            # Started by another call meanwhile, or failed by the reconciler: say which.
+            cur = await self.store.get_build(job.job_id)
+            if cur is None:
+                raise errors.NotFound(f"template build '{job.job_id}' not found") from None
+            self._check_startable(cur.value)
+            raise errors.FailedPrecondition(f"template build '{job.job_id}' changed while it was being "
+                                            "started; try again") from None
+        return self._launch(job, rev, rec.mod_revision, node, spec)
+
+    @staticmethod
+    def _check_startable(job: P.TemplateBuild) -> None:
+        if job.phase in TERMINAL:
+            raise errors.FailedPrecondition(f"template build '{job.job_id}' has already finished "
+                                            f"({phase_name(job.phase)})")
+        if not job.deferred:
+            raise errors.FailedPrecondition(f"template build '{job.job_id}' was already started")
+
+    @staticmethod
+    def _definition(job: P.TemplateBuild, build: C.BuildTemplateRequest) -> C.BuildTemplateRequest:
+        """The spec a started build runs: the create's (template id and resources), with the
+        definition the start brings (source, steps, commands, env merged over the create's,
+        ports and probe when given)."""
+        spec = C.BuildTemplateRequest()
+        spec.CopyFrom(job.spec)
+        source = build.WhichOneof("source")
+        if source is not None:
+            part = getattr(spec, source)
+            part.CopyFrom(getattr(build, source))
+            part.SetInParent()  # an empty message (default_image) selects the oneof too
+        del spec.steps[:]
+        spec.steps.extend(build.steps)
+        spec.start_cmd = build.start_cmd
+        spec.ready_cmd = build.ready_cmd
+        spec.env.update(build.env)
+        spec.steps_internet = build.steps_internet
+        if build.expose_ports:
+            del spec.expose_ports[:]
+            spec.expose_ports.extend(build.expose_ports)
+        if build.probe_port:
+            spec.probe_port = build.probe_port
+        if build.probe_path:
+            spec.probe_path = build.probe_path
+        # COPY steps read the files the job's team uploaded, never those of whoever starts it.
+        spec.files_team = job.team_id
+        return spec
+
+    @staticmethod
+    def _validate_definition(spec: C.BuildTemplateRequest, size: int) -> None:
+        """E2B's template definition: the steps and the commands (INVALID_ARGUMENT naming the step
+        by its 1-based number, as the SDK counts them); ``size``: the request's, in bytes."""
+        bad = errors.InvalidArgument
+        if size > MAX_DEFINITION_BYTES:
+            raise bad(f"the template definition is {size} bytes; at most {MAX_DEFINITION_BYTES}")
+        if len(spec.steps) > MAX_STEPS:
+            raise bad(f"the template has {len(spec.steps)} steps; at most {MAX_STEPS}")
+        for n, step in enumerate(spec.steps, 1):
+            _check_step(n, step)
+        for what, cmd in (("start command", spec.start_cmd), ("ready command", spec.ready_cmd)):
+            if len(cmd.encode()) > MAX_COMMAND_BYTES:
+                raise bad(f"the {what} is {len(cmd.encode())} bytes; at most {MAX_COMMAND_BYTES}")
+            if "\0" in cmd:
+                raise bad(f"the {what} contains a NUL character")
+
+    async def _base_template(self, name: str, job: P.TemplateBuild, caller: Caller) -> P.Template:
+        """The template a build on a template starts from: one the caller may use, READY, not a
+        snapshot (a snapshot reads through its own base and lives on one node), not itself."""
+        if not name:
+            raise errors.InvalidArgument("fromTemplate: the template to build on is required")
+        try:
+            base, _ = await self.templates.resolve(name, caller)
+        except errors.NotFound:
+            raise errors.NotFound(f"base template '{name}' not found") from None
+        if base.template_id == job.template_id:
+            raise errors.InvalidArgument(f"template '{job.template_id}' cannot be built on itself")
+        if base.base_template_id:
+            raise errors.InvalidArgument(f"base template '{name}' is a snapshot of a sandbox: "
+                                         "cannot build on a snapshot")
+        if base.status != P.TEMPLATE_STATUS_READY:
+            raise errors.FailedPrecondition(f"base template '{name}' is not ready "
+                                            f"({P.TemplateStatus.Name(base.status).removeprefix('TEMPLATE_STATUS_')})")
+        return base
 
     # ---- running a build ----------------------------------------------------------------------
 
@@ -349,14 +635,22 @@ class Builds:
 
     def _record_event(self, job: P.TemplateBuild, ev: C.TemplateBuildEvent) -> None:
         """Append ``ev`` to the job's history: a progress event of the same phase and message
-        replaces the previous one; the oldest are dropped beyond the limit."""
+        replaces the previous one (a step's output line never does: two equal lines are two
+        lines); the oldest are dropped beyond the limit (more are kept for a build with a
+        definition, whose events are its log) or beyond the bound on their text."""
+        ev.message = clip(ev.message)
         last = job.events[-1] if job.events else None
         if (last is not None and last.phase == ev.phase and last.message == ev.message
-                and ev.phase not in TERMINAL and not ev.error):
+                and ev.phase not in TERMINAL and ev.phase != C.RUNNING_STEPS and not ev.error):
             last.CopyFrom(ev)
         else:
             job.events.append(ev)
-        extra = len(job.events) - self.settings.build_events_kept
+        kept = self.settings.build_log_events_kept if has_definition(job.spec) else self.settings.build_events_kept
+        extra = max(len(job.events) - kept, 0)
+        text = sum(_event_text(e) for e in job.events[extra:])
+        while text > MAX_EVENTS_TEXT and extra < len(job.events) - 1:
+            text -= _event_text(job.events[extra])
+            extra += 1
         if extra > 0:
             del job.events[:extra]
             job.events_dropped += extra
@@ -365,11 +659,18 @@ class Builds:
         job = run.job
         if not ev.HasField("timestamp"):
             ev.timestamp.CopyFrom(ts())
-        urgent = ev.phase != job.phase or ev.message != job.message
+        if ev.phase == C.RUNNING_STEPS:
+            # Output lines: a new step is written at once, the lines of one step at most every
+            # build_progress_write_s (the heartbeat task flushes the rest within a tick), so a
+            # chatty step costs a few writes a second, not one per line.
+            last = job.events[-1] if job.events else None
+            urgent = ev.phase != job.phase or last is None or last.step != ev.step
+        else:
+            urgent = ev.phase != job.phase or clip(ev.message) != job.message
         if ev.phase != job.phase:
-            log.info("template build phase", extra=_extra(job, phase=phase_name(ev.phase), detail=ev.message))
+            log.info("template build phase", extra=_extra(job, phase=phase_name(ev.phase), detail=clip(ev.message)))
         job.phase = ev.phase
-        job.message = ev.message
+        job.message = clip(ev.message)
         job.bytes_done, job.bytes_total = ev.bytes_done, ev.bytes_total
         job.layers_done, job.layers_total = ev.layers_done, ev.layers_total
         self._record_event(job, ev)
@@ -450,7 +751,7 @@ class Builds:
         info.template_id = job.template_id
         info.node_id = info.node_id or run.node.node_id
         if not info.source:
-            info.source = spec.oci_image.reference if spec.WhichOneof("source") == "oci_image" else "default"
+            info.source = source_label(spec) or "default"
         tpl = from_info(info, self.settings.envd_version)
         tpl.build_id = job.job_id
         tpl.team_id = job.team_id
@@ -465,7 +766,11 @@ class Builds:
         job.finished_at.CopyFrom(now)
         job.updated_at.CopyFrom(now)
         job.heartbeat_at.CopyFrom(now)
+        # The READY transaction writes each alias in the team's namespace whatever it named
+        # before: with move_aliases, those the team's other templates held (accepted by the
+        # create's check) are re-pointed here, so a create by that name gets this build.
         aliases = list(job.aliases)
+        replaced = await self._held_elsewhere(job) if job.move_aliases else set()
         try:
             done = await self._cas_final(run, lambda rev: self.store.finish_build(job, rev, tpl, aliases))
         except EtcdUnavailable as e:
@@ -482,6 +787,37 @@ class Builds:
                                                        snapshot_bytes=info.snapshot_bytes,
                                                        phase_ms=dict(info.phase_ms)))
         metrics.build_finished(job, "ready", time.time() - secs(job.created_at))
+        for old in replaced:
+            await self._retire(old, job)
+
+    async def _held_elsewhere(self, job: P.TemplateBuild) -> set[str]:
+        """The team's other templates that hold the job's aliases now (a rebuild by name)."""
+        held = set()
+        for a in job.aliases:
+            cur = await self.store.get_alias(a, job.team_id) if job.team_id else None
+            if cur is not None and cur.value.template_id != job.template_id:
+                held.add(cur.value.template_id)
+        return held
+
+    async def _retire(self, tid: str, job: P.TemplateBuild) -> None:
+        """A template whose name a rebuild took: deleted once nothing needs it, as E2B drops a
+        replaced build. One that sandboxes use, or that snapshots read through, stays (by its id)
+        until it is deleted like any template."""
+        try:
+            rec = await self.store.get_template(tid)
+            if rec is None or rec.value.team_id != job.team_id or rec.value.status != P.TEMPLATE_STATUS_READY:
+                return
+            users = [v.value.sandbox_id for v in await self.store.list_sandboxes() if v.value.template_id == tid]
+            bases = [v.value.template_id for v in await self.store.list_templates()
+                     if v.value.base_template_id == tid]
+            if users or bases:
+                log.info("replaced template kept while in use", extra=_extra(job, replaced=tid, sandboxes=users[:5],
+                                                                              snapshots=bases[:5]))
+                return
+            await self.templates.delete(rec.value, [], kill=None)
+            log.info("replaced template deleted", extra=_extra(job, replaced=tid))
+        except (errors.MasterError, EtcdUnavailable) as e:
+            log.warning("replaced template not deleted", extra=_extra(job, replaced=tid, error=str(e)))
 
     async def _failed(self, run: _Running, error: str, event: C.TemplateBuildEvent | None = None,
                       cleanup_node: C.NodeStatus | None = None, retry_s: float = STORE_RETRY_S) -> None:
@@ -510,7 +846,10 @@ class Builds:
         if not ev.HasField("timestamp"):
             ev.timestamp.CopyFrom(ts())
         job.failed_phase = job.phase if job.phase not in TERMINAL else job.failed_phase
+        if ev.step:
+            job.failed_step = ev.step
         job.phase = C.FAILED
+        job.deferred = False  # a deferred job failed unstarted waits for nothing any more
         job.error = error
         job.message = ev.message or "failed"
         self._record_event(job, ev)
@@ -612,6 +951,11 @@ class Builds:
             if j.phase not in TERMINAL:
                 if j.job_id in self._running:
                     continue
+                if j.deferred:
+                    # No master runs it and nothing heartbeats it: only its start is awaited.
+                    if secs(j.created_at) + s.build_start_timeout_s <= now and await self._fail_unstarted(v):
+                        changed += 1
+                    continue
                 stale = secs(j.heartbeat_at) + s.build_stale_s <= now
                 mine = j.master_id == s.master_id  # restarted under the same id: it has no such task
                 if stale or mine:
@@ -650,6 +994,24 @@ class Builds:
             log.warning("abandoned template build failed", extra=_extra(job, master_id=job.master_id))
         except Conflict:
             pass
+
+    async def _fail_unstarted(self, v: Versioned[P.TemplateBuild]) -> bool:
+        """Fail a deferred job nobody started in time, then remove its BUILDING record. The job is
+        written first, at the revision it was read at: a start that won the race keeps its build
+        (and its record); one that comes later finds the job failed. Its aliases were never
+        written (they are at READY), so the record was its only claim."""
+        job = self._copy(v.value)
+        self._fail_record(job, f"the build was not started within {self.settings.build_start_timeout_s:g}s")
+        try:
+            await self.store.update_build(job, v.mod_revision)
+        except Conflict:
+            return False
+        rec = await self.store.get_template(job.template_id)
+        if rec is not None and rec.value.status == P.TEMPLATE_STATUS_BUILDING and rec.value.build_id == job.job_id:
+            # Should this fail (etcd gone), the leftover-BUILDING sweep above removes it later.
+            await self.store.delete_template_at(job.template_id, rec.mod_revision)
+        log.warning("template build never started; failed", extra=_extra(job))
+        return True
 
     # ---- stop ---------------------------------------------------------------------------------
 

@@ -18,8 +18,9 @@
   is its team's: snapshots.py).
 * A fork's snapshot that no sandbox record names, past the orphan grace, is deleted.
 * Template builds whose master went away (heartbeat too old) are failed ("master restarted"),
-  BUILDING template records without a running build are removed, and finished build jobs are
-  dropped after their retention.
+  deferred ones (reserved, never started: no heartbeat) once build_start_timeout_s passed since
+  their creation, BUILDING template records without a running or deferred build are removed, and
+  finished build jobs are dropped after their retention.
 """
 
 from __future__ import annotations

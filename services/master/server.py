@@ -214,6 +214,10 @@ class MasterService(master_pb2_grpc.MasterServicer):
         return await self.builds.create(request, caller)
 
     @_rpc
+    async def StartTemplateBuild(self, request, caller):
+        return await self.builds.start(request, caller)
+
+    @_rpc
     async def GetTemplateBuild(self, request, caller):
         return await self.builds.get(request.job_id, caller)
 

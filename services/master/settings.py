@@ -79,6 +79,10 @@ class Settings(_Base):
     build_progress_write_s: float = setting(0.25, "at most how often a build's progress is written")
     build_stale_s: float = setting(20.0, "the leader fails a build whose heartbeat stopped this long ago")
     build_events_kept: int = setting(200, "how many events a build job keeps")
+    build_log_events_kept: int = setting(1000, "how many events a build job with an E2B template definition "
+                                         "(steps, start or ready command) keeps: its steps' output lines")
+    build_start_timeout_s: float = setting(3600.0, "a deferred build (E2B's two-phase template build) not "
+                                           "started within this long of its creation is failed")
     build_retention_s: float = setting(7 * 86400.0, "how long finished build jobs are kept")
     envd_version: str = setting(ENVD_VERSION, "envd version reported for templates that do not say theirs")
     mtls_dir: Path | None = shared.mtls_dir()
@@ -124,6 +128,8 @@ class Settings(_Base):
             raise SettingsError("leader_ttl_s must be >= 2")
         if self.build_stale_s <= self.build_heartbeat_s:
             raise SettingsError("need build_stale_s > build_heartbeat_s")
-        if self.build_events_kept < 10:
-            raise SettingsError("build_events_kept must be >= 10")
+        if self.build_events_kept < 10 or self.build_log_events_kept < 10:
+            raise SettingsError("build_events_kept and build_log_events_kept must be >= 10")
+        if self.build_start_timeout_s <= 0:
+            raise SettingsError("build_start_timeout_s must be > 0")
         return self

@@ -136,7 +136,8 @@ class Cluster:
         port = free_port()
         master = self.masters[0].address if self.masters else "127.0.0.1:1"
         e = {"CUBE_API_HOST": "127.0.0.1", "CUBE_API_PORT": str(port), "CUBE_MASTER_ADDR": master,
-             "CUBE_DOMAIN": "cube.localhost", **self._mtls_env("API", Role.API), **self.api_env, **env}
+             "CUBE_DOMAIN": "cube.localhost", "CUBE_BUILD_FILES_DIR": str(self.workdir / "build-files"),
+             **self._mtls_env("API", Role.API), **self.api_env, **env}
         p = self._spawn("api", "services.api", e, port)
         self.api = p
         self._wait(lambda: self._http_ready(p), "api serving", p)

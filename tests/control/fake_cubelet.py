@@ -251,16 +251,25 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
     def BuildTemplate(self, request, context):
         """A scripted build: PULLING with progress over 3 layers (many small progress events),
         UNPACKING, BUILDING_IMAGE, BOOTING, PROBING, SNAPSHOTTING, READY with a TemplateInfo; the
-        template is then listed in NodeStatus. Knobs: build_fail=(phase, error) sends FAILED right
+        template is then listed in NodeStatus. A build on a template (from_template, which must be
+        listed here) skips PULLING and UNPACKING. Knobs: build_fail=(phase, error) sends FAILED right
         after that phase's first event; build_cut_at aborts the stream there with UNAVAILABLE; build_hold_at
         waits there until build_gate is set (or the master goes away: recorded in
-        build_cancelled)."""
+        build_cancelled). A definition (steps, start or ready command) runs after BUILDING_IMAGE as
+        RUNNING_STEPS events (see _steps_script)."""
         self._enter(context, "BuildTemplate", request.template_id)
         self.build_requests.append(request)
         tid = request.template_id
         if tid in self.templates:
             context.abort(grpc.StatusCode.ALREADY_EXISTS, f"template {tid} exists")
-        ref = request.oci_image.reference if request.WhichOneof("source") == "oci_image" else "default"
+        source = request.WhichOneof("source")
+        if source == "from_template":
+            base = request.from_template.template_id
+            if base not in self.templates:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"base template {base} is not on this node")
+            ref = f"template:{base}"
+        else:
+            ref = request.oci_image.reference if source == "oci_image" else "default"
         gone = threading.Event()
         context.add_callback(gone.set)
         mib = 1 << 20
@@ -268,17 +277,23 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
         def ev(phase, message, **kw):
             return C.TemplateBuildEvent(phase=phase, message=message, timestamp=_now(), **kw)
 
-        script = [ev(C.PULLING, f"pulling {ref}", layers_total=3, bytes_total=30 * mib)]
-        for i in range(1, 31):
-            script.append(ev(C.PULLING, f"pulling {ref}", layers_done=i // 10, layers_total=3, bytes_done=i * mib,
-                             bytes_total=30 * mib))
-        script += [ev(C.UNPACKING, "unpacking layers", layers_done=3, layers_total=3),
-                   ev(C.BUILDING_IMAGE,
-                      f"building the root filesystem ({request.writable_layer_mb or 1024} MiB layer)"),
-                   ev(C.BOOTING, "booting"),
+        script = []
+        if source != "from_template":
+            script.append(ev(C.PULLING, f"pulling {ref}", layers_total=3, bytes_total=30 * mib))
+            for i in range(1, 31):
+                script.append(ev(C.PULLING, f"pulling {ref}", layers_done=i // 10, layers_total=3,
+                                 bytes_done=i * mib, bytes_total=30 * mib))
+            script.append(ev(C.UNPACKING, "unpacking layers", layers_done=3, layers_total=3))
+        script.append(ev(C.BUILDING_IMAGE,
+                         f"building the root filesystem ({request.writable_layer_mb or 1024} MiB layer)"))
+        script += self._steps_script(request, ref, ev)
+        script += [ev(C.BOOTING, "booting"),
                    ev(C.PROBING, f"waiting for :{request.probe_port or 49983}{request.probe_path}"),
                    ev(C.SNAPSHOTTING, "taking the snapshot")]
         for e in script:
+            if e.phase == C.FAILED:  # a step of the definition failed (_steps_script)
+                yield e
+                return
             if self.build_hold_at == e.phase and not self.build_gate.is_set():
                 self.build_waiting.set()
                 while not self.build_gate.wait(0.05):
@@ -307,6 +322,35 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
         if self._etcd is not None:
             self.register(*self._etcd)
         yield ev(C.READY, "ready", template=info)
+
+    @staticmethod
+    def _steps_script(request: C.BuildTemplateRequest, ref: str, ev) -> list[C.TemplateBuildEvent]:
+        """The RUNNING_STEPS events of a definition, labelled as E2B labels them: "base", each
+        step's 1-based number, "finalize" (start and ready command). Each step logs itself; a RUN
+        step's command is "run": `echo X` prints X, `seq N` prints 1..N, `exit N` (N > 0) prints
+        a line to stderr and fails the build at that step (the last event is then FAILED)."""
+        if not (request.steps or request.start_cmd or request.ready_cmd):
+            return []
+        out = [ev(C.RUNNING_STEPS, f"FROM {ref}", step="base")]
+        for n, step in enumerate(request.steps, 1):
+            label = str(n)
+            out.append(ev(C.RUNNING_STEPS, f"{step.type} {' '.join(step.args)}".rstrip(), step=label))
+            if step.type != "RUN":
+                continue
+            cmd = step.args[0].strip()
+            if cmd.startswith("echo "):
+                out.append(ev(C.RUNNING_STEPS, cmd[5:], step=label))
+            elif cmd.startswith("seq "):
+                out += [ev(C.RUNNING_STEPS, str(i), step=label) for i in range(1, int(cmd[4:]) + 1)]
+            elif cmd.startswith("exit ") and cmd[5:] != "0":
+                out.append(ev(C.RUNNING_STEPS, f"sh: {cmd}: failing on purpose", step=label, stderr=True))
+                out.append(ev(C.FAILED, "", step=label,
+                              error=f"step {n} (RUN {cmd}) failed: the command exited with status {cmd[5:]}"))
+                return out
+        for what, cmd in (("start", request.start_cmd), ("ready", request.ready_cmd)):
+            if cmd:
+                out.append(ev(C.RUNNING_STEPS, f"{what} command: {cmd}", step="finalize"))
+        return out
 
     def SnapshotSandbox(self, request, context):
         """As a cubelet answers (services/cubelet/sandboxes.py: snapshot): a running sandbox only;

@@ -84,3 +84,31 @@ def reset(cluster) -> None:
     time.sleep(0.15)
     for c in cluster.cubelets:
         c.build_gate.clear()
+
+
+# ---- E2B's two-phase builds (test_control_templates_deferred.py) ----
+
+FILES_HASH = "ab" * 32
+
+
+def step(kind: str, *args: str, files_hash: str = "") -> C.BuildStep:
+    """One instruction of a template definition, as the SDK sends it (COPY gets a hash by default)."""
+    if kind == "COPY" and not files_hash:
+        files_hash = FILES_HASH
+    return C.BuildStep(type=kind, args=list(args), files_hash=files_hash)
+
+
+def reserve(stub, template_id: str = "", aliases=(), move_aliases: bool = False, metadata=(),
+            **build) -> P.TemplateBuild:
+    """A deferred create (E2B's POST /v3/templates): the id, the aliases and the job, no build yet."""
+    req = P.CreateTemplateBuildRequest(build=C.BuildTemplateRequest(template_id=template_id, **build),
+                                       aliases=list(aliases), deferred=True, move_aliases=move_aliases)
+    return stub.CreateTemplateBuild(req, metadata=metadata, timeout=10)
+
+
+def start_deferred(stub, job_id: str, build: C.BuildTemplateRequest | None = None, metadata=()) -> P.TemplateBuild:
+    """StartTemplateBuild (E2B's POST /v2/templates/{id}/builds/{buildID}); by default an image and two steps."""
+    if build is None:
+        build = oci(steps=[step("RUN", "echo hello"), step("COPY", "app.py", "/app/")])
+    return stub.StartTemplateBuild(P.StartTemplateBuildRequest(job_id=job_id, build=build), metadata=metadata,
+                                   timeout=10)

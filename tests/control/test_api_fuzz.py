@@ -54,6 +54,11 @@ DEFAULT_TEMPLATE_NAMES = {"code-interpreter", "base", "code-interpreter-v1"}
 # Operations only an admin key may call: the fuzzing team's key gets 403 (a state status), and
 # test_admin_only_operations_answer_an_admin_key checks an admin key's answer.
 ADMIN_ONLY = {"GET /nodes"}
+# Operations a URL's signature authorises, not a key (build file uploads, routes/build_files.py):
+# a request without the signature the API made for it is refused (403), whatever its key; a
+# successful upload is tested in test_api_build_files.py.
+SIGNED = {"PUT /build-files/{team}/{hash}"}
+SIGNED_PATHS = {label.split(" ", 1)[1] for label in SIGNED}
 # Node calls that change something (the leader's periodic reads are not).
 NODE_WRITES = {"RunSandbox", "KillSandbox", "PauseSandbox", "ResumeSandbox", "UpdateNetwork", "BuildTemplate",
                "DeleteTemplate"}
@@ -72,6 +77,10 @@ PROSE_CONSTRAINTS = (
     "writable layer must be at most", "'writableLayerSize' must be more than 0",  # sizes in strings
     "is the template id itself", "go together",  # fields that depend on each other
     "invalid cursor",  # tagsCursor, cursor (template tags)
+    "memory must be between", "cpu must be between",  # the operator's maximums (master settings)
+    "give exactly one of 'fromImage' and 'fromTemplate'",  # a template definition's base
+    # A template step's arguments, by its type (the master's checks name the step).
+    " (RUN): ", " (COPY): ", " (ENV): ", " (WORKDIR): ", " (USER): ", "unknown instruction type",
 )
 
 
@@ -168,6 +177,16 @@ class Fuzz:
             return ids + ([{"templateID": "base"}] if method == "GET" else [])  # public: read, never delete
         if path == "/templates/aliases/{alias}":
             return [{"alias": self.alias}, {"alias": "base"}]
+        if path == "/v2/templates/{templateID}/builds/{buildID}":
+            # A build reserved for this case (a start consumes it).
+            r = self.http.post("/v3/templates", json={"name": f"fuzz-def-{len(self.exercised['valid'])}-"
+                                                              f"{self._builds}"})
+            self._builds += 1
+            if r.status_code != 202:
+                return []
+            return [{"templateID": r.json()["templateID"], "buildID": r.json()["buildID"]}]
+        if path == "/templates/{templateID}/files/{hash}":
+            return [{"templateID": self.template_id, "hash": "0" * 64}, {"templateID": self.alias, "hash": "1" * 64}]
         if path.startswith("/templates/{templateID}/tags"):
             ids = [{"templateID": self.template_id}, {"templateID": self.alias}, {"templateID": "base"}]
             return [{**i, "tag": "default"} for i in ids] if "{tag}" in path else ids
@@ -260,6 +279,14 @@ def valid_schema(fuzz):
                 return body
 
             return strategy.map(name_ours)
+        if op == ("POST", "/v2/templates/{templateID}/builds/{buildID}"):
+            # A schema-valid definition builds on the team's view of the public base template.
+            def on_base(body):
+                if isinstance(body, dict) and ("fromTemplate" in body or "fromImage" in body):
+                    return {**{k: v for k, v in body.items() if k != "fromImage"}, "fromTemplate": "base"}
+                return body
+
+            return strategy.map(on_base)
         if op not in (("POST", "/v2/sandboxes"), ("POST", "/sandboxes")):
             return strategy
 
@@ -279,7 +306,7 @@ def _body_allowed(case) -> bool:
     (x-schemathesis-additional), whatever propertyNames says."""
     doc = case.operation.schema.raw_schema
     body = doc["paths"][case.operation.path][case.method.lower()].get("requestBody")
-    if body is None or case.body is NOT_SET:
+    if body is None or case.body is NOT_SET or "application/json" not in body["content"]:
         return True
     schema = {**body["content"]["application/json"]["schema"], "components": doc["components"]}
     return jsonschema_rs.validator_for(schema).is_valid(case.body)
@@ -349,6 +376,10 @@ def test_invalid_credentials_change_nothing(case, fuzz):
         if case.path in PUBLIC_PATHS:
             assert r.status_code == 200, (what, r.status_code, r.text[:300])
             continue
+        if case.path in SIGNED_PATHS:
+            assert r.status_code in (400, 403), (what, r.status_code, r.text[:300])
+            case.validate_response(r, headers=headers)
+            continue
         try:
             _e2b_401(r)
         except AssertionError as e:
@@ -385,7 +416,9 @@ def test_every_operation_was_fuzzed(fuzz):
     print("\n".join(f"{op}: {dict(sorted(n.items()))}" for op, n in sorted(fuzz.statuses.items())))
     # And every one also succeeded, so its success body was checked against the document too
     # (the admin-only ones: test_admin_only_operations_answer_an_admin_key).
-    assert {op for op, n in fuzz.statuses.items() if any(200 <= code < 300 for code in n)} == labels - ADMIN_ONLY
+    assert {op for op, n in fuzz.statuses.items() if any(200 <= code < 300 for code in n)} == (
+        labels - ADMIN_ONLY - SIGNED)
+    assert all(set(fuzz.statuses[op]) <= {400, 403, 405, 413} and fuzz.statuses[op][403] for op in SIGNED)
     assert all(set(fuzz.statuses[op]) <= {401, 403, 405} and fuzz.statuses[op][403] for op in ADMIN_ONLY)
 
 

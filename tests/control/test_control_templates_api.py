@@ -121,8 +121,8 @@ def test_failed_build_status_has_the_reason(ta):
     ({}, "'image' is required"),
     ({"image": 7}, "'image' is required"),
     ({"image": "  "}, "'image' is required"),
-    ({"dockerfile": "FROM python:3"}, "E2B's template build API is not supported"),
-    ({"image": "a:1", "fromImage": "b"}, "not supported"),
+    ({"dockerfile": "FROM python:3"}, "E2B template definitions go to POST /v3/templates"),
+    ({"image": "a:1", "fromImage": "b"}, "takes a container image reference"),
     ({"image": "a:1", "writableLayerSize": "lots"}, "writableLayerSize"),
     ({"image": "a:1", "writableLayerSize": True}, "writableLayerSize"),
     ({"image": "a:1", "exposePorts": "80"}, "exposePorts"),
@@ -187,11 +187,12 @@ def test_delete_409_names_sandboxes_then_force(ta):
 
 def test_openapi_documents_template_builds(cluster):
     doc = httpx.get(cluster.api_url + "/openapi.json").json()
-    assert "out of scope" in doc["info"]["description"]
+    assert "/v3/templates" in doc["info"]["description"]
+    assert {"/v3/templates", "/v2/templates/{templateID}/builds/{buildID}"} <= set(doc["paths"])
     post = doc["paths"]["/templates"]["post"]
     assert "202" in post["responses"] and "409" in post["responses"]
     schema = doc["components"]["schemas"]["NewTemplateBuild"]
-    assert "Dockerfile" in schema["description"] and {"image", "writableLayerSize", "exposePorts", "probePort",
-                                                       "registryPassword"} <= set(schema["properties"])
+    assert "template definitions" in schema["description"]
+    assert {"image", "writableLayerSize", "exposePorts", "probePort", "registryPassword"} <= set(schema["properties"])
     assert "/templates/{templateID}/builds/{buildID}/status" in doc["paths"]
     assert any(p["name"] == "force" for p in doc["paths"]["/templates/{templateID}"]["delete"]["parameters"])

@@ -7,6 +7,7 @@ from sanic import Blueprint, response
 
 from sdk.gen.cube.v1 import master_pb2 as P
 from services.api import models as M
+from services.api.definitions import NewTemplate, parse_definition
 from services.api.errors import ApiError, bad_request
 from services.api.routes import master_call, template_ref
 
@@ -25,6 +26,30 @@ async def create_template(request):
     new = M.NewTemplateBuild.parse(M.parse_body(request.body))
     job = await master_call(request, "CreateTemplateBuild", new.to_proto())
     return response.json({"templateID": job.template_id, "buildID": job.job_id}, status=202)
+
+
+@bp.post("/v3/templates")
+async def reserve_template(request):
+    """E2B's `Template.build()`, first call: a template id and a build id for the caller's team under
+    a name; the build starts when its definition arrives (POST /v2/templates/{id}/builds/{buildID}).
+    A name the team already uses moves to the new template once its build is ready."""
+    new = NewTemplate.parse(M.parse_body(request.body))
+    job = await master_call(request, "CreateTemplateBuild", new.to_proto())
+    return response.json({"templateID": job.template_id, "buildID": job.job_id, "public": False,
+                          "names": [new.name], "aliases": [new.name], "tags": new.tags}, status=202)
+
+
+@bp.post("/v2/templates/<template_id>/builds/<build_id>")
+async def start_build(request, template_id: str, build_id: str):
+    """E2B's `Template.build()`, last call: the definition (base, steps, start and ready command)."""
+    template_id = template_ref(template_id)
+    req = parse_definition(M.parse_body(request.body))
+    req.job_id = build_id
+    job = await master_call(request, "GetTemplateBuild", P.GetTemplateBuildRequest(job_id=build_id))
+    if job.template_id != template_id:
+        raise ApiError(404, f"build '{build_id}' of template '{template_id}' not found")
+    await master_call(request, "StartTemplateBuild", req)
+    return response.empty(status=202)
 
 
 @bp.get("/templates/aliases/<alias>")

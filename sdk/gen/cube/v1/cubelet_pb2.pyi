@@ -28,6 +28,7 @@ class TemplateBuildPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SNAPSHOTTING: _ClassVar[TemplateBuildPhase]
     READY: _ClassVar[TemplateBuildPhase]
     FAILED: _ClassVar[TemplateBuildPhase]
+    RUNNING_STEPS: _ClassVar[TemplateBuildPhase]
 SANDBOX_STATE_UNSPECIFIED: SandboxState
 SANDBOX_STATE_RUNNING: SandboxState
 SANDBOX_STATE_PAUSED: SandboxState
@@ -40,6 +41,7 @@ PROBING: TemplateBuildPhase
 SNAPSHOTTING: TemplateBuildPhase
 READY: TemplateBuildPhase
 FAILED: TemplateBuildPhase
+RUNNING_STEPS: TemplateBuildPhase
 
 class SandboxRef(_message.Message):
     __slots__ = ("sandbox_id",)
@@ -249,8 +251,26 @@ class DefaultImageSource(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class TemplateSource(_message.Message):
+    __slots__ = ("template_id",)
+    TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    template_id: str
+    def __init__(self, template_id: _Optional[str] = ...) -> None: ...
+
+class BuildStep(_message.Message):
+    __slots__ = ("type", "args", "files_hash", "force")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ARGS_FIELD_NUMBER: _ClassVar[int]
+    FILES_HASH_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    args: _containers.RepeatedScalarFieldContainer[str]
+    files_hash: str
+    force: bool
+    def __init__(self, type: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., files_hash: _Optional[str] = ..., force: bool = ...) -> None: ...
+
 class BuildTemplateRequest(_message.Message):
-    __slots__ = ("template_id", "default_image", "oci_image", "vcpus", "memory_mb", "writable_layer_mb", "expose_ports", "probe_port", "probe_path", "env", "cmd", "args", "no_memory_sharing")
+    __slots__ = ("template_id", "default_image", "oci_image", "from_template", "vcpus", "memory_mb", "writable_layer_mb", "expose_ports", "probe_port", "probe_path", "env", "cmd", "args", "no_memory_sharing", "steps", "start_cmd", "ready_cmd", "files_team", "steps_internet")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -261,6 +281,7 @@ class BuildTemplateRequest(_message.Message):
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_IMAGE_FIELD_NUMBER: _ClassVar[int]
     OCI_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FROM_TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     VCPUS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
     WRITABLE_LAYER_MB_FIELD_NUMBER: _ClassVar[int]
@@ -271,9 +292,15 @@ class BuildTemplateRequest(_message.Message):
     CMD_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     NO_MEMORY_SHARING_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    START_CMD_FIELD_NUMBER: _ClassVar[int]
+    READY_CMD_FIELD_NUMBER: _ClassVar[int]
+    FILES_TEAM_FIELD_NUMBER: _ClassVar[int]
+    STEPS_INTERNET_FIELD_NUMBER: _ClassVar[int]
     template_id: str
     default_image: DefaultImageSource
     oci_image: OciImageSource
+    from_template: TemplateSource
     vcpus: int
     memory_mb: int
     writable_layer_mb: int
@@ -284,10 +311,15 @@ class BuildTemplateRequest(_message.Message):
     cmd: _containers.RepeatedScalarFieldContainer[str]
     args: _containers.RepeatedScalarFieldContainer[str]
     no_memory_sharing: bool
-    def __init__(self, template_id: _Optional[str] = ..., default_image: _Optional[_Union[DefaultImageSource, _Mapping]] = ..., oci_image: _Optional[_Union[OciImageSource, _Mapping]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., writable_layer_mb: _Optional[int] = ..., expose_ports: _Optional[_Iterable[int]] = ..., probe_port: _Optional[int] = ..., probe_path: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cmd: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., no_memory_sharing: bool = ...) -> None: ...
+    steps: _containers.RepeatedCompositeFieldContainer[BuildStep]
+    start_cmd: str
+    ready_cmd: str
+    files_team: str
+    steps_internet: bool
+    def __init__(self, template_id: _Optional[str] = ..., default_image: _Optional[_Union[DefaultImageSource, _Mapping]] = ..., oci_image: _Optional[_Union[OciImageSource, _Mapping]] = ..., from_template: _Optional[_Union[TemplateSource, _Mapping]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., writable_layer_mb: _Optional[int] = ..., expose_ports: _Optional[_Iterable[int]] = ..., probe_port: _Optional[int] = ..., probe_path: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cmd: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., no_memory_sharing: bool = ..., steps: _Optional[_Iterable[_Union[BuildStep, _Mapping]]] = ..., start_cmd: _Optional[str] = ..., ready_cmd: _Optional[str] = ..., files_team: _Optional[str] = ..., steps_internet: bool = ...) -> None: ...
 
 class TemplateBuildEvent(_message.Message):
-    __slots__ = ("phase", "message", "bytes_done", "bytes_total", "layers_done", "layers_total", "timestamp", "template", "error")
+    __slots__ = ("phase", "message", "bytes_done", "bytes_total", "layers_done", "layers_total", "timestamp", "template", "error", "step", "stderr")
     PHASE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
@@ -297,6 +329,8 @@ class TemplateBuildEvent(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    STDERR_FIELD_NUMBER: _ClassVar[int]
     phase: TemplateBuildPhase
     message: str
     bytes_done: int
@@ -306,7 +340,9 @@ class TemplateBuildEvent(_message.Message):
     timestamp: _timestamp_pb2.Timestamp
     template: TemplateInfo
     error: str
-    def __init__(self, phase: _Optional[_Union[TemplateBuildPhase, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., template: _Optional[_Union[TemplateInfo, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    step: str
+    stderr: bool
+    def __init__(self, phase: _Optional[_Union[TemplateBuildPhase, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., template: _Optional[_Union[TemplateInfo, _Mapping]] = ..., error: _Optional[str] = ..., step: _Optional[str] = ..., stderr: bool = ...) -> None: ...
 
 class TemplateInfo(_message.Message):
     __slots__ = ("template_id", "vcpus", "memory_mb", "writable_layer_mb", "envd_version", "created_at", "snapshot_bytes", "expose_ports", "source", "node_id", "phase_ms", "no_memory_sharing", "base_template_id", "source_sandbox_id", "filesystem_only")

@@ -169,6 +169,11 @@ class MasterStub(object):
                 request_serializer=cube_dot_v1_dot_master__pb2.GetTemplateBuildRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_master__pb2.TemplateBuild.FromString,
                 _registered_method=True)
+        self.StartTemplateBuild = channel.unary_unary(
+                '/cube.v1.Master/StartTemplateBuild',
+                request_serializer=cube_dot_v1_dot_master__pb2.StartTemplateBuildRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.TemplateBuild.FromString,
+                _registered_method=True)
         self.ListTemplateBuilds = channel.unary_unary(
                 '/cube.v1.Master/ListTemplateBuilds',
                 request_serializer=cube_dot_v1_dot_master__pb2.ListTemplateBuildsRequest.SerializeToString,
@@ -449,6 +454,14 @@ class MasterServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartTemplateBuild(self, request, context):
+        """Start a build created with `deferred` (E2B's POST /v2/templates/{id}/builds/{buildID}): its
+        definition (steps, start and ready command) arrives after the files were uploaded.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListTemplateBuilds(self, request, context):
         """The caller's team's builds (admins: every build), newest first.
         """
@@ -676,6 +689,11 @@ def add_MasterServicer_to_server(servicer, server):
             'GetTemplateBuild': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTemplateBuild,
                     request_deserializer=cube_dot_v1_dot_master__pb2.GetTemplateBuildRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.TemplateBuild.SerializeToString,
+            ),
+            'StartTemplateBuild': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTemplateBuild,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.StartTemplateBuildRequest.FromString,
                     response_serializer=cube_dot_v1_dot_master__pb2.TemplateBuild.SerializeToString,
             ),
             'ListTemplateBuilds': grpc.unary_unary_rpc_method_handler(
@@ -1388,6 +1406,33 @@ class Master(object):
             target,
             '/cube.v1.Master/GetTemplateBuild',
             cube_dot_v1_dot_master__pb2.GetTemplateBuildRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.TemplateBuild.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartTemplateBuild(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/StartTemplateBuild',
+            cube_dot_v1_dot_master__pb2.StartTemplateBuildRequest.SerializeToString,
             cube_dot_v1_dot_master__pb2.TemplateBuild.FromString,
             options,
             channel_credentials,

@@ -39,6 +39,7 @@ class TemplateBuildPhase(betterproto.Enum):
     SNAPSHOTTING = 6
     READY = 7
     FAILED = 8
+    RUNNING_STEPS = 9
 
 
 class SandboxPhase(betterproto.Enum):
@@ -343,10 +344,35 @@ class DefaultImageSource(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class TemplateSource(betterproto.Message):
+    """
+    A template on the building node (a built one, not a snapshot): the new template starts from its
+     image and its disk as that template's build left it.
+    """
+
+    template_id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class BuildStep(betterproto.Message):
+    """
+    One instruction of an E2B template definition (the SDK's `Template()` builder), run in order in
+     the build VM. Types: RUN [command, user?], COPY [src, dest, user?, mode?] with files_hash,
+     ENV [k1, v1, k2, v2, ...], WORKDIR [path], USER [name].
+    """
+
+    type: str = betterproto.string_field(1)
+    args: List[str] = betterproto.string_field(2)
+    files_hash: str = betterproto.string_field(3)
+    force: bool = betterproto.bool_field(4)
+
+
+@dataclass(eq=False, repr=False)
 class BuildTemplateRequest(betterproto.Message):
     template_id: str = betterproto.string_field(1)
     default_image: "DefaultImageSource" = betterproto.message_field(2, group="source")
     oci_image: "OciImageSource" = betterproto.message_field(3, group="source")
+    from_template: "TemplateSource" = betterproto.message_field(14, group="source")
     vcpus: int = betterproto.uint32_field(4)
     memory_mb: int = betterproto.uint32_field(5)
     writable_layer_mb: int = betterproto.uint32_field(6)
@@ -364,6 +390,23 @@ class BuildTemplateRequest(betterproto.Message):
      each sandbox then gets a private copy of the snapshot's memory.
     """
 
+    steps: List["BuildStep"] = betterproto.message_field(15)
+    """
+    E2B template definitions (POST /v2/templates/{id}/builds/{buildID}). With steps, a start or a
+     ready command the image's own entrypoint is not run: the steps run in a build VM (each step's
+     disk cached by its inputs), then start_cmd is started and ready_cmd polled until it exits 0
+     before the snapshot.
+    """
+
+    start_cmd: str = betterproto.string_field(16)
+    ready_cmd: str = betterproto.string_field(17)
+    files_team: str = betterproto.string_field(18)
+    """
+    Whose build files COPY steps read: the directory of that team in the build files store.
+    """
+
+    steps_internet: bool = betterproto.bool_field(19)
+
 
 @dataclass(eq=False, repr=False)
 class TemplateBuildEvent(betterproto.Message):
@@ -376,6 +419,13 @@ class TemplateBuildEvent(betterproto.Message):
     timestamp: datetime = betterproto.message_field(7)
     template: "TemplateInfo" = betterproto.message_field(8)
     error: str = betterproto.string_field(9)
+    step: str = betterproto.string_field(10)
+    """
+    E2B's step label of the event: "base", "1".."N" (the template's instructions), "finalize"
+     (start and ready command); with FAILED, the step that failed.
+    """
+
+    stderr: bool = betterproto.bool_field(11)
 
 
 @dataclass(eq=False, repr=False)
@@ -987,6 +1037,27 @@ class CreateTemplateBuildRequest(betterproto.Message):
     """
 
     node_id: str = betterproto.string_field(3)
+    deferred: bool = betterproto.bool_field(4)
+    """
+    Only reserve the template id, the aliases and the job (E2B's POST /v3/templates): the build
+     waits for StartTemplateBuild; one not started within the master's build_start_timeout_s fails.
+    """
+
+    move_aliases: bool = betterproto.bool_field(5)
+    """
+    Aliases the caller's team holds on other templates move to this one when it is READY (E2B's
+     rebuild of a template by name); a build that fails leaves them where they were.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class StartTemplateBuildRequest(betterproto.Message):
+    job_id: str = betterproto.string_field(1)
+    build: "BuildTemplateRequest" = betterproto.message_field(2)
+    """
+    The definition: its source and steps. template_id, vcpus, memory_mb, writable_layer_mb are
+     the job's (what the deferred create asked for).
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -1037,6 +1108,10 @@ class TemplateBuild(betterproto.Message):
     The team the template is built for (the caller's); empty: an operator's build of a public
      template. Seen by that team and admins (an empty one: by the local team and admins).
     """
+
+    deferred: bool = betterproto.bool_field(24)
+    move_aliases: bool = betterproto.bool_field(25)
+    failed_step: str = betterproto.string_field(26)
 
 
 @dataclass(eq=False, repr=False)
@@ -2174,6 +2249,23 @@ class MasterStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def start_template_build(
+        self,
+        start_template_build_request: "StartTemplateBuildRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "TemplateBuild":
+        return await self._unary_unary(
+            "/cube.v1.Master/StartTemplateBuild",
+            start_template_build_request,
+            TemplateBuild,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def list_template_builds(
         self,
         list_template_builds_request: "ListTemplateBuildsRequest",
@@ -3006,6 +3098,11 @@ class MasterBase(ServiceBase):
     ) -> "TemplateBuild":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
+    async def start_template_build(
+        self, start_template_build_request: "StartTemplateBuildRequest"
+    ) -> "TemplateBuild":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def list_template_builds(
         self, list_template_builds_request: "ListTemplateBuildsRequest"
     ) -> "ListTemplateBuildsResponse":
@@ -3240,6 +3337,13 @@ class MasterBase(ServiceBase):
     ) -> None:
         request = await stream.recv_message()
         response = await self.get_template_build(request)
+        await stream.send_message(response)
+
+    async def __rpc_start_template_build(
+        self, stream: "grpclib.server.Stream[StartTemplateBuildRequest, TemplateBuild]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.start_template_build(request)
         await stream.send_message(response)
 
     async def __rpc_list_template_builds(
@@ -3483,6 +3587,12 @@ class MasterBase(ServiceBase):
                 self.__rpc_get_template_build,
                 grpclib.const.Cardinality.UNARY_UNARY,
                 GetTemplateBuildRequest,
+                TemplateBuild,
+            ),
+            "/cube.v1.Master/StartTemplateBuild": grpclib.const.Handler(
+                self.__rpc_start_template_build,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                StartTemplateBuildRequest,
                 TemplateBuild,
             ),
             "/cube.v1.Master/ListTemplateBuilds": grpclib.const.Handler(
