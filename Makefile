@@ -25,7 +25,7 @@ lint: setup
 # The whole test suite: lint, then unit, integration (real QEMU/TCG, etcd, Envoy, eBPF) and end-to-end.
 test: setup lint
 	@$(PY) -m services.cubelet.artifacts >/dev/null
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
 
 # Bring the whole service up on this node with the default template (first run builds it).
 up: setup

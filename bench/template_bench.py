@@ -7,6 +7,10 @@
 2. Image A: the default template's root filesystem packed as an OCI image (umoci), pushed to a
    registry on loopback (Debian's docker-registry) and built as a template: a cold layer cache.
 3. Image B: A plus one small layer. Its build fetches only what A did not have.
+4. An E2B template definition through the unmodified SDK's `Template.build()` on the
+   code-interpreter template (testkit/template_defs.py: two COPY uploads, an offline pip install,
+   env vars, a RUN step, a start command with wait_for_port): cold (its file uploads and every
+   step), the same definition again (every step cached), and with its last step changed.
 Phases come from the cubelet's TemplateInfo.phase_ms. Progress goes to stderr; the last stdout
 line is one JSON object.
 """
@@ -64,6 +68,39 @@ async def build(stub, req: pb.BuildTemplateRequest) -> dict:
             "snapshot_mb": round(last.template.snapshot_bytes / 2**20, 1)}
 
 
+def sdk_definition_builds(work: Path) -> dict:
+    """Section 4: three builds of one name through the E2B SDK, each timed whole and by phase."""
+    from e2b import Template
+
+    from bench.common import point_sdk_at_node
+    from sdk.client import CubeClient
+    from testkit.template_defs import definition, make_context
+
+    point_sdk_at_node(CFG)
+    name = f"bench-sdk-{int(time.time())}"
+    ctx = make_context(work, name)
+    out: dict = {}
+    logs: list[str] = []
+    with CubeClient() as c:
+        try:
+            for label, last in (("sdk_cold", "echo one"), ("sdk_all_cached", "echo one"),
+                                ("sdk_last_step_changed", "echo two")):
+                progress(f"{label}: Template.build({name!r})")
+                logs.clear()
+                t0 = time.monotonic()
+                info = Template.build(definition(ctx, last), name, on_build_logs=lambda e: logs.append(e.message))
+                cached = [m for m in logs if m.startswith("CACHED [")]
+                wall = (time.monotonic() - t0) * 1000
+                job = c.get_template_build(info.build_id)
+                out[label] = {"total_ms": round(wall), "phases_ms": dict(job.template.phase_ms),
+                              "steps_cached": len(cached), "snapshot_mb": round(job.template.snapshot_bytes / 2**20, 1)}
+        finally:
+            for t in c.list_templates():
+                if name in t.aliases:
+                    c.delete_template(t.template_id, force=True)
+    return out
+
+
 def make_images(work: Path, root: Path, registry: Registry) -> tuple[str, str]:
     """Push image A (the default root as one layer) and image B (A + one layer)."""
     layout = work / "layout"
@@ -115,6 +152,8 @@ async def main() -> dict:
                 results[name]["blobs_fetched"] = len(blobs)
             for tid in ids:
                 await stub.DeleteTemplate(pb.DeleteTemplateRequest(template_id=tid, force=True))
+        progress("E2B template definition (the SDK's Template.build)")
+        results.update(await asyncio.to_thread(sdk_definition_builds, work))
         return {"default_template": default, **results, "machine": machine()}
     finally:
         registry.stop()

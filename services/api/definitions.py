@@ -61,7 +61,8 @@ class NewTemplate:
 
     def to_proto(self) -> P.CreateTemplateBuildRequest:
         build = cubelet_pb2.BuildTemplateRequest(vcpus=self.vcpus, memory_mb=self.memory_mb)
-        return P.CreateTemplateBuildRequest(build=build, aliases=[self.name], deferred=True, move_aliases=True)
+        return P.CreateTemplateBuildRequest(build=build, aliases=[self.name], deferred=True, move_aliases=True,
+                                            tags=self.tags)
 
 
 def _str(body: dict, key: str) -> str:

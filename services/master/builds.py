@@ -70,6 +70,7 @@ from services.master.log import get_logger
 from services.master.nodes import NodeClients, node_error
 from services.master.settings import Settings
 from services.master.store import Conflict, Store, Versioned
+from services.master.tags import Tags, tag_names
 from services.master.teams import owner
 from services.master.templates import NAME_RE, Templates, from_info
 from services.master.tombstones import claim
@@ -385,6 +386,7 @@ class Builds:
         spec.CopyFrom(req.build)
         aliases = list(req.aliases)
         self._validate(spec, aliases, caller, deferred=req.deferred)
+        tags = tag_names(req.tags, "assigned") if req.tags else []
         if req.deferred:
             # The definition comes with the start, which replaces whatever steps came here.
             del spec.steps[:]
@@ -415,7 +417,8 @@ class Builds:
         job = P.TemplateBuild(job_id=str(uuid.uuid4()), template_id=tid, node_id=node.node_id if node else "",
                               master_id=self.settings.master_id, aliases=aliases, created_at=now, updated_at=now,
                               heartbeat_at=now, team_id=caller.team_id, deferred=req.deferred,
-                              move_aliases=req.move_aliases)
+                              move_aliases=req.move_aliases,
+                              tags=tags)
         self._set_spec(job, spec)
         building = P.Template(
             template_id=tid, vcpus=spec.vcpus or 1, memory_mb=spec.memory_mb or 512,
@@ -787,8 +790,19 @@ class Builds:
                                                        snapshot_bytes=info.snapshot_bytes,
                                                        phase_ms=dict(info.phase_ms)))
         metrics.build_finished(job, "ready", time.time() - secs(job.created_at))
+        if job.tags:
+            await self._tag(job)
         for old in replaced:
             await self._retire(old, job)
+
+    async def _tag(self, job: P.TemplateBuild) -> None:
+        """The build's tags (E2B's `name:tag` of Template.build) on the template now READY. A
+        failure is logged: the template stands, untagged, and the tags can be assigned again."""
+        try:
+            await Tags(self.store, self.templates).assign(job.template_id, list(job.tags),
+                                                          Caller(team_id=job.team_id, admin=not job.team_id))
+        except (errors.MasterError, EtcdUnavailable) as e:
+            log.warning("build tags not assigned", extra=_extra(job, tags=list(job.tags), error=str(e)))
 
     async def _held_elsewhere(self, job: P.TemplateBuild) -> set[str]:
         """The team's other templates that hold the job's aliases now (a rebuild by name)."""

@@ -98,11 +98,12 @@ def step(kind: str, *args: str, files_hash: str = "") -> C.BuildStep:
     return C.BuildStep(type=kind, args=list(args), files_hash=files_hash)
 
 
-def reserve(stub, template_id: str = "", aliases=(), move_aliases: bool = False, metadata=(),
+def reserve(stub, template_id: str = "", aliases=(), move_aliases: bool = False, metadata=(), tags=(),
             **build) -> P.TemplateBuild:
     """A deferred create (E2B's POST /v3/templates): the id, the aliases and the job, no build yet."""
     req = P.CreateTemplateBuildRequest(build=C.BuildTemplateRequest(template_id=template_id, **build),
-                                       aliases=list(aliases), deferred=True, move_aliases=move_aliases)
+                                       aliases=list(aliases), deferred=True, move_aliases=move_aliases,
+                                       tags=list(tags))
     return stub.CreateTemplateBuild(req, metadata=metadata, timeout=10)
 
 

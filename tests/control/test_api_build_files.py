@@ -306,3 +306,25 @@ def test_bad_archives_are_refused_and_leave_nothing(bf, body, text):
     assert_error(r, 400, text)
     assert f"{h}.tar" not in team_dir_left(bf)
     assert not any(n.startswith(".upload-") for n in team_dir_left(bf))
+
+
+def test_a_copy_whose_files_do_not_match_their_hash_is_refused_at_start(bf, tmp_path):
+    # A single file: an archive with directories is not checked (the JS SDK hashes their sizes).
+    ctx = tmp_path / "one"
+    (ctx / "app").mkdir(parents=True)
+    (ctx / "app" / "main.py").write_text("print('hi')\n")
+    src = "app/main.py"
+    h = calculate_files_hash(src, "/srv/app", str(ctx), [], False, None)
+    reserved = bf.api(bf.a, "POST", "/v3/templates", json={"name": "hash-check"})
+    assert reserved.status_code == 202, reserved.text
+    tid, bid = reserved.json()["templateID"], reserved.json()["buildID"]
+    r = link(bf, bf.a, tid, h)
+    assert r.status_code == 201 and httpx.put(r.json()["url"], content=sdk_archive(ctx, src), timeout=30).is_success
+    definition = {"fromTemplate": bf.tid, "steps": [{"type": "COPY", "args": [src, "/elsewhere"], "filesHash": h}]}
+    assert_error(bf.api(bf.a, "POST", f"/v2/templates/{tid}/builds/{bid}", json=definition), 400,
+                 "step 1 (COPY app/main.py): the uploaded files do not match their hash")
+    # Nothing started: the build still waits, and the files as hashed start it.
+    assert bf.api(bf.a, "GET", f"/templates/{tid}/builds/{bid}/status").json()["status"] == "waiting"
+    definition["steps"][0]["args"] = [src, "/srv/app"]
+    r = bf.api(bf.a, "POST", f"/v2/templates/{tid}/builds/{bid}", json=definition)
+    assert r.status_code == 202, r.text

@@ -341,3 +341,16 @@ def test_step_output_events_kept_apart_and_bounded():
     for i in range(20):
         b._record_event(job, C.TemplateBuildEvent(phase=C.UNPACKING, message=f"layer {i}"))
     assert len(job.events) == 10
+
+
+def test_build_tags_are_assigned_when_ready(tb):
+    _, stub, _ = tb
+    job = reserve(stub, "tagged-1", aliases=["tagged"], move_aliases=True, tags=["V1", "stable"], metadata=A)
+    assert list(job.tags) == ["stable", "v1"]
+    start_deferred(stub, job.job_id, metadata=A)
+    assert wait_job(stub, job.job_id).phase == C.READY
+    tags = stub.ListTemplateTags(P.ListTemplateTagsRequest(template="tagged"), metadata=A)
+    assert [t.tag for t in tags.tags] == ["default", "stable", "v1"]
+    assert stub.GetTemplate(P.GetTemplateRequest(template="tagged:v1"), metadata=A).template_id == "tagged-1"
+    e = rpc_error(reserve, stub, "tagged-2", aliases=["tagged"], move_aliases=True, tags=["default"], metadata=A)
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -7,10 +7,12 @@ starts a web server with E2B's `wait_for_port` as the ready command. Sandboxes f
 have all of it, the server already running (it is in the snapshot). The same definition built
 again takes every step from the cache; with its last step changed, only that step runs again. A
 failing step fails the build with the SDK's BuildException naming the step and carrying its output,
-and leaves nothing behind; a COPY whose files were never uploaded fails at that step.
+and leaves nothing behind; a COPY whose files were never uploaded fails at that step. The JS SDK's
+Template.build runs the same flow (tests/e2e/js/template_build.mjs).
 """
 from __future__ import annotations
 
+import json
 import os
 import ssl
 import subprocess
@@ -23,6 +25,9 @@ from e2b import BuildException, Template
 from e2b.template.main import TemplateClass
 
 from testkit.template_defs import PORT, STEPS, definition, make_context
+from tests.e2e.run import CREATED
+from tests.e2e.test_e2e_js import JS, js_env
+from tests.support.npm import npm_ci
 
 pytestmark = pytest.mark.timeout(1500)
 
@@ -55,13 +60,14 @@ def test_sdk_template_build_with_cache_and_a_one_step_rebuild(tmp_path, sandboxe
     names.append(name)
     ctx = make_context(tmp_path, value)
 
-    cold_s, logs = _build(definition(ctx, "echo first-build-marker"), name)
+    cold_s, logs = _build(definition(ctx, "echo first-build-marker"), f"{name}:v1")
     print(f"cold build {cold_s:.1f}s")
     assert any("first-build-marker" in line for line in logs), logs[-40:]
     assert any("Uploaded 'app'" in line for line in logs), logs[:20]
     assert Template.exists(name)
+    assert "v1" in [t.tag for t in Template.get_tags(name)]
 
-    sbx = sandboxes.create(template=name)
+    sbx = sandboxes.create(template=f"{name}:v1")
     assert sbx.run_code("import cubedemo; cubedemo.VALUE").text.strip("'") == value
     out = sbx.commands.run("echo $CUBE_DEMO/$CUBE_DEMO_WORDS; /opt/app/run.sh; stat -c '%U %a' /opt/app/run.sh")
     assert out.stdout.splitlines() == ["on/two words", "run.sh says hi", "user 755"], out.stdout
@@ -105,10 +111,22 @@ def test_a_failing_step_fails_the_build_naming_it_and_leaves_nothing(tmp_path):
     _no_build_vm_left()
 
 
-def test_a_copy_whose_files_never_arrived_fails_at_its_step(api):
-    r = api.post("/v3/templates", json={"name": f"sdk-nofiles-{uuid.uuid4().hex[:8]}"})
-    assert r.status_code == 202, r.text
+def test_bad_definitions_get_e2b_errors(api):
+    r = api.post("/v3/templates", json={"name": f"sdk-bad-{uuid.uuid4().hex[:8]}"})
     tid, bid = r.json()["templateID"], r.json()["buildID"]
+    for body, words in [
+        ({"steps": []}, "fromImage"),
+        ({"fromTemplate": "code-interpreter", "steps": [{"type": "FROB", "args": []}]}, "FROB"),
+        ({"fromTemplate": "code-interpreter", "steps": [{"type": "COPY", "args": ["a", "/a"]}]}, "step 1"),
+        ({"fromTemplate": "code-interpreter", "steps": [{"type": "ENV", "args": ["A"]}]}, "step 1"),
+        ({"fromTemplate": "no-such-template-here"}, "no-such-template-here"),
+    ]:
+        bad = api.post(f"/v2/templates/{tid}/builds/{bid}", json=body)
+        assert 400 <= bad.status_code < 500 and words in bad.json()["message"], (body, bad.text)
+        assert set(bad.json()) == {"code", "message"}
+    assert api.post("/v3/templates", json={"name": "Bad Name!"}).status_code == 400
+    # The refused definitions left the build waiting. A COPY whose files never came fails it at
+    # that step (after a step that passed), and frees its id.
     assert api.get(f"/templates/{tid}/builds/{bid}/status").json()["status"] == "waiting"
     missing = "0" * 64
     r = api.post(f"/v2/templates/{tid}/builds/{bid}", json={
@@ -124,29 +142,23 @@ def test_a_copy_whose_files_never_arrived_fails_at_its_step(api):
     # A second start of the same build is refused in E2B's error shape.
     again = api.post(f"/v2/templates/{tid}/builds/{bid}", json={"fromTemplate": "code-interpreter"})
     assert again.status_code in (400, 409) and set(again.json()) == {"code", "message"}
+    assert api.get(f"/templates/{tid}").status_code == 404
     _no_build_vm_left()
 
 
-def test_bad_definitions_get_e2b_errors(api):
-    r = api.post("/v3/templates", json={"name": f"sdk-bad-{uuid.uuid4().hex[:8]}"})
-    tid, bid = r.json()["templateID"], r.json()["buildID"]
-    for body, words in [
-        ({"steps": []}, "fromImage"),
-        ({"fromTemplate": "code-interpreter", "steps": [{"type": "FROB", "args": []}]}, "FROB"),
-        ({"fromTemplate": "code-interpreter", "steps": [{"type": "COPY", "args": ["a", "/a"]}]}, "step 1"),
-        ({"fromTemplate": "code-interpreter", "steps": [{"type": "ENV", "args": ["A"]}]}, "step 1"),
-        ({"fromTemplate": "no-such-template-here"}, "no-such-template-here"),
-    ]:
-        bad = api.post(f"/v2/templates/{tid}/builds/{bid}", json=body)
-        assert 400 <= bad.status_code < 500 and words in bad.json()["message"], (body, bad.text)
-        assert set(bad.json()) == {"code", "message"}
-    assert api.post("/v3/templates", json={"name": "Bad Name!"}).status_code == 400
-    # The refused definitions left the build waiting; one that fails ends it and frees its id.
-    ok = api.post(f"/v2/templates/{tid}/builds/{bid}",
-                  json={"fromTemplate": "code-interpreter", "steps": [{"type": "RUN", "args": ["exit 1"]}]})
-    assert ok.status_code == 202, ok.text
-    deadline = time.monotonic() + 600
-    while api.get(f"/templates/{tid}/builds/{bid}/status").json()["status"] not in ("ready", "error"):
-        assert time.monotonic() < deadline
-        time.sleep(1)
-    assert api.get(f"/templates/{tid}").status_code == 404
+def test_js_sdk_template_build(names):
+    """The same flow with the unmodified JS SDK (tests/e2e/js/template_build.mjs)."""
+    node = npm_ci(JS, "the JS SDK test")
+    marker = uuid.uuid4().hex[:10]
+    name = f"sdk-js-{marker}"
+    names.append(name)
+    r = subprocess.run([node, "template_build.mjs", name, marker], cwd=JS, env=js_env(), capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    CREATED.add(out["sandboxId"])
+    print(f"JS build {out['buildMs'] / 1000:.1f}s")
+    assert out["stepOutput"] and out["uploaded"], out
+    assert out["env"] == marker and out["page"] == {"status": 200, "body": f"<p>{marker}</p>"}, out
+    assert out["killed"] is True
+    _no_build_vm_left()

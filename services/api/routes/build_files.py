@@ -43,7 +43,7 @@ def is_public(method: str, path: str) -> bool:
     return method == "PUT" and path.startswith(UPLOAD_PREFIX)
 
 
-def _store(app) -> BuildFiles:
+def files_store(app) -> BuildFiles:
     # One store per app, made on first use: the directory is created only when files come.
     store = getattr(app.ctx, "build_files", None)
     if store is None:
@@ -61,7 +61,7 @@ async def upload_link(request, template_id: str, files_hash: str):
         raise bad_request("the request's Host header cannot name this API in an upload URL")
     # The caller must see the template (its own, a public one, or one a deferred build reserved).
     t = await master_call(request, "GetTemplate", P.GetTemplateRequest(template=template_id))
-    store = _store(request.app)
+    store = files_store(request.app)
     team = request.ctx.caller.team_id
     try:
         team_name = team_dir(team)
@@ -79,7 +79,7 @@ async def upload_link(request, template_id: str, files_hash: str):
 async def upload(request, team: str, files_hash: str):
     if not TEAM_DIR_RE.match(team) or not HASH_RE.match(files_hash):
         raise bad_request("not an upload URL this API made")
-    store = _store(request.app)
+    store = files_store(request.app)
     args = request.args
     try:
         store.verify(team, args.get("template", ""), files_hash, args.get("expires", ""), args.get("sig", ""))

@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import tarfile
+
 from sanic import Blueprint, response
 
+from cube_common.build_files import HASH_RE
 from sdk.gen.cube.v1 import master_pb2 as P
 from services.api import models as M
+from services.api.build_files import files_hash
 from services.api.definitions import NewTemplate, parse_definition
 from services.api.errors import ApiError, bad_request
 from services.api.routes import master_call, template_ref
+from services.api.routes.build_files import files_store
 
 bp = Blueprint("templates")
 
@@ -48,8 +54,28 @@ async def start_build(request, template_id: str, build_id: str):
     job = await master_call(request, "GetTemplateBuild", P.GetTemplateBuildRequest(job_id=build_id))
     if job.template_id != template_id:
         raise ApiError(404, f"build '{build_id}' of template '{template_id}' not found")
+    await _check_copied_files(request, job.team_id, req)
     await master_call(request, "StartTemplateBuild", req)
     return response.empty(status=202)
+
+
+async def _check_copied_files(request, team_id: str, req: P.StartTemplateBuildRequest) -> None:
+    """Each COPY step's uploaded archive must hold what its hash says (the SDK's hash of the step's
+    src and dest and the files): a mismatch is refused before any build VM starts. An archive not
+    uploaded is the build's error, at its step (as E2B reports it). Archives holding directories
+    are not checked: the JS SDK's hash counts a directory's size on the client's filesystem, which
+    no archive carries (the Python SDK's leaves it out)."""
+    store = files_store(request.app)
+    for i, step in enumerate(req.build.steps):
+        if step.type != "COPY" or len(step.args) < 2 or not HASH_RE.match(step.files_hash):
+            continue  # the master's checks name what is wrong with it
+        path = await asyncio.to_thread(store.path, team_id, step.files_hash)
+        if path is None:
+            continue
+        actual = await asyncio.to_thread(files_hash, path, step.args[0], step.args[1])
+        if actual != step.files_hash and not await asyncio.to_thread(_holds_directories, path):
+            raise bad_request(f"step {i + 1} (COPY {step.args[0]}): the uploaded files do not match their hash "
+                              f"{step.files_hash}; upload them again (force_upload)")
 
 
 @bp.get("/templates/aliases/<alias>")
@@ -98,3 +124,8 @@ async def delete_template(request, template_id: str):
     await master_call(request, "DeleteTemplateRecord",
                       P.DeleteTemplateRecordRequest(template=template_id, force=force == "true"), slow=True)
     return response.empty(status=204)
+
+
+def _holds_directories(path) -> bool:
+    with tarfile.open(path, "r:") as tf:
+        return any(m.isdir() for m in tf)

@@ -496,18 +496,20 @@ class ListTemplateTagsResponse(_message.Message):
     def __init__(self, template_id: _Optional[str] = ..., tags: _Optional[_Iterable[_Union[TemplateTag, _Mapping]]] = ...) -> None: ...
 
 class CreateTemplateBuildRequest(_message.Message):
-    __slots__ = ("build", "aliases", "node_id", "deferred", "move_aliases")
+    __slots__ = ("build", "aliases", "node_id", "deferred", "move_aliases", "tags")
     BUILD_FIELD_NUMBER: _ClassVar[int]
     ALIASES_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     DEFERRED_FIELD_NUMBER: _ClassVar[int]
     MOVE_ALIASES_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     build: _cubelet_pb2.BuildTemplateRequest
     aliases: _containers.RepeatedScalarFieldContainer[str]
     node_id: str
     deferred: bool
     move_aliases: bool
-    def __init__(self, build: _Optional[_Union[_cubelet_pb2.BuildTemplateRequest, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., node_id: _Optional[str] = ..., deferred: bool = ..., move_aliases: bool = ...) -> None: ...
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, build: _Optional[_Union[_cubelet_pb2.BuildTemplateRequest, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., node_id: _Optional[str] = ..., deferred: bool = ..., move_aliases: bool = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StartTemplateBuildRequest(_message.Message):
     __slots__ = ("job_id", "build")
@@ -518,7 +520,7 @@ class StartTemplateBuildRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., build: _Optional[_Union[_cubelet_pb2.BuildTemplateRequest, _Mapping]] = ...) -> None: ...
 
 class TemplateBuild(_message.Message):
-    __slots__ = ("job_id", "template_id", "node_id", "phase", "message", "bytes_done", "bytes_total", "layers_done", "layers_total", "error", "failed_phase", "created_at", "updated_at", "finished_at", "heartbeat_at", "master_id", "spec", "aliases", "registry_auth", "events", "events_dropped", "template", "team_id", "deferred", "move_aliases", "failed_step")
+    __slots__ = ("job_id", "template_id", "node_id", "phase", "message", "bytes_done", "bytes_total", "layers_done", "layers_total", "error", "failed_phase", "created_at", "updated_at", "finished_at", "heartbeat_at", "master_id", "spec", "aliases", "registry_auth", "events", "events_dropped", "template", "team_id", "deferred", "move_aliases", "failed_step", "tags")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -545,6 +547,7 @@ class TemplateBuild(_message.Message):
     DEFERRED_FIELD_NUMBER: _ClassVar[int]
     MOVE_ALIASES_FIELD_NUMBER: _ClassVar[int]
     FAILED_STEP_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     template_id: str
     node_id: str
@@ -571,7 +574,8 @@ class TemplateBuild(_message.Message):
     deferred: bool
     move_aliases: bool
     failed_step: str
-    def __init__(self, job_id: _Optional[str] = ..., template_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[_cubelet_pb2.TemplateBuildPhase, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., error: _Optional[str] = ..., failed_phase: _Optional[_Union[_cubelet_pb2.TemplateBuildPhase, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., master_id: _Optional[str] = ..., spec: _Optional[_Union[_cubelet_pb2.BuildTemplateRequest, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., registry_auth: bool = ..., events: _Optional[_Iterable[_Union[_cubelet_pb2.TemplateBuildEvent, _Mapping]]] = ..., events_dropped: _Optional[int] = ..., template: _Optional[_Union[_cubelet_pb2.TemplateInfo, _Mapping]] = ..., team_id: _Optional[str] = ..., deferred: bool = ..., move_aliases: bool = ..., failed_step: _Optional[str] = ...) -> None: ...
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., template_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[_cubelet_pb2.TemplateBuildPhase, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., error: _Optional[str] = ..., failed_phase: _Optional[_Union[_cubelet_pb2.TemplateBuildPhase, str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., heartbeat_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., master_id: _Optional[str] = ..., spec: _Optional[_Union[_cubelet_pb2.BuildTemplateRequest, _Mapping]] = ..., aliases: _Optional[_Iterable[str]] = ..., registry_auth: bool = ..., events: _Optional[_Iterable[_Union[_cubelet_pb2.TemplateBuildEvent, _Mapping]]] = ..., events_dropped: _Optional[int] = ..., template: _Optional[_Union[_cubelet_pb2.TemplateInfo, _Mapping]] = ..., team_id: _Optional[str] = ..., deferred: bool = ..., move_aliases: bool = ..., failed_step: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetTemplateBuildRequest(_message.Message):
     __slots__ = ("job_id",)

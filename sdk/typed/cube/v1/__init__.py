@@ -1049,6 +1049,11 @@ class CreateTemplateBuildRequest(betterproto.Message):
      rebuild of a template by name); a build that fails leaves them where they were.
     """
 
+    tags: List[str] = betterproto.string_field(6)
+    """
+    Tags (E2B's `name:tag`) assigned to the template when it is READY (E2B's build tags).
+    """
+
 
 @dataclass(eq=False, repr=False)
 class StartTemplateBuildRequest(betterproto.Message):
@@ -1112,6 +1117,7 @@ class TemplateBuild(betterproto.Message):
     deferred: bool = betterproto.bool_field(24)
     move_aliases: bool = betterproto.bool_field(25)
     failed_step: str = betterproto.string_field(26)
+    tags: List[str] = betterproto.string_field(27)
 
 
 @dataclass(eq=False, repr=False)
