@@ -248,13 +248,11 @@ Emit = Callable[[str, bool], Awaitable[None]]   # (line, is_stderr)
 
 @dataclass
 class Runner:
-    """Runs a definition's steps in one build VM. ``cut_layer(name)`` stops the VM, copies its
-    overlay into the cache as ``name`` and lets it run on (the owner of the VM provides it)."""
+    """Runs a definition's steps, one at a time, in a build VM through its agent (``ep``); COPY
+    reads the team's archives under ``files_dir``. Cutting layers is the VM owner's (templates.py)."""
     ep: GuestEndpoint
-    cache: LayerCache
     files_dir: Path | None
     files_team: str
-    cut_layer: Callable[[str], Awaitable[None]]
     step_timeout_s: float = 1800.0
     shell: tuple[str, ...] = ("/bin/sh", "-c")
 

@@ -687,7 +687,7 @@ class TemplateStore:
             finally:
                 await machine.execute("cont")
 
-        runner = build_steps.Runner(ep, cache, self.settings.build_files, req.files_team, cut,
+        runner = build_steps.Runner(ep, self.settings.build_files, req.files_team,
                                     step_timeout_s=self.settings.step_timeout_s)
         await runner.detect_shell()
         for i in range(the_plan.first):
