@@ -127,3 +127,9 @@ def allocated_bytes(path: Path) -> int:
 
 def copy_sparse(src: Path, dst: Path) -> None:
     _run(["cp", "--sparse=always", "--reflink=auto", str(src), str(dst)], f"copy {src.name}")
+
+
+def flatten(src: Path, dest: Path, fmt: str = "raw", qemu_img: str = "qemu-img") -> Path:
+    """``src`` with its whole backing chain as one standalone sparse image of ``fmt`` at ``dest``."""
+    _run([qemu_img, "convert", "-q", "-O", fmt, str(src), str(dest)], f"qemu-img convert {src.name}")
+    return dest

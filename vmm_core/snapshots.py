@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from . import sealed_memory
-from .disks import cow_overlay, qcow2_header, rebase_overlay
+from .disks import cow_overlay, flatten, qcow2_header, rebase_overlay
 from .errors import BootError, InvalidSpecError, MachineGoneError, SnapshotError, VmmError
 from .machine import Machine, pid_alive
 from .settings import VmmSettings
@@ -251,7 +251,7 @@ async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory
         elif not later:
             await asyncio.to_thread(sealed_memory.write_file, memory_fd, tmp / "memory", spec.memory_mb << 20)
         if flatten_disk:
-            await asyncio.to_thread(_flatten, rw, tmp / disk, machine.settings.qemu_img)
+            await asyncio.to_thread(flatten, rw, tmp / disk, "raw", machine.settings.qemu_img)
             os.unlink(rw)
         else:
             os.rename(rw, tmp / disk)
@@ -284,13 +284,6 @@ async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory
     finally:
         if memory_fd is not None:
             os.close(memory_fd)
-
-
-def _flatten(src: Path, dest: Path, qemu_img: str) -> None:
-    """``src`` and its backing chain as one sparse raw image at ``dest``."""
-    r = subprocess.run([qemu_img, "convert", "-q", "-O", "raw", str(src), str(dest)], capture_output=True, text=True)
-    if r.returncode != 0:
-        raise SnapshotError(f"flattening {src.name}: {(r.stderr or r.stdout).strip()[-500:]}")
 
 
 def _with_writable(spec: MachineSpec, path: Path, fmt: DiskFormat) -> MachineSpec:

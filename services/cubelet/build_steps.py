@@ -27,7 +27,6 @@ import json
 import os
 import posixpath
 import re
-import subprocess
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -35,6 +34,9 @@ from pathlib import Path
 
 from cube_common.build_files import archive_path
 from sdk.gen.cube.v1 import cubelet_pb2 as pb
+from vmm_core import disks
+from vmm_core.disks import flatten
+from vmm_core.errors import ArtifactError
 
 from . import guest_exec
 from .guest_client import GuestAgentError, GuestEndpoint
@@ -144,10 +146,8 @@ class LayerCache:
 
     def get(self, key: str) -> Entry | None:
         meta = self.root / f"{key}.json"
-        try:
-            d = json.loads(meta.read_text())
-            entry = Entry(key, d["layer"], StepState.from_json(d["state"]), tuple(d["chain"]))
-        except (OSError, ValueError, KeyError, TypeError):
+        entry = self.get_quiet(meta)
+        if entry is None:
             return None
         if not all((self.root / f).is_file() for f in entry.chain):
             return None
@@ -232,12 +232,13 @@ def plan(cache: LayerCache, base: Entry, steps) -> Plan:
 
 
 def qemu_img_convert(src: Path, dest: Path, fmt: str) -> None:
-    """``src`` with its whole backing chain, as one standalone (sparse) image."""
+    """``src`` with its whole backing chain as one standalone image at ``dest``, whole or not at all."""
     tmp = dest.with_name(f".{dest.name}.tmp")
-    r = subprocess.run(["qemu-img", "convert", "-q", "-O", fmt, str(src), str(tmp)], capture_output=True, text=True)
-    if r.returncode != 0:
+    try:
+        flatten(src, tmp, fmt)
+    except ArtifactError as e:
         tmp.unlink(missing_ok=True)
-        raise OSError(f"qemu-img convert {src.name}: {(r.stderr or r.stdout).strip()[-500:]}")
+        raise OSError(str(e)) from e
     os.replace(tmp, dest)
 
 
@@ -399,8 +400,9 @@ done
 def copy_sparse(src: Path, dest: Path) -> None:
     """A sparse copy of ``src`` at ``dest``, whole or not at all."""
     tmp = dest.with_name(f".{dest.name}.tmp")
-    r = subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(src), str(tmp)], capture_output=True, text=True)
-    if r.returncode != 0:
+    try:
+        disks.copy_sparse(src, tmp)
+    except ArtifactError as e:
         tmp.unlink(missing_ok=True)
-        raise OSError(f"copying {src.name}: {r.stderr.strip()[-500:]}")
+        raise OSError(str(e)) from e
     os.replace(tmp, dest)
