@@ -8,7 +8,7 @@ ifeq ($(shell grep -qwE 'vmx|svm' /proc/cpuinfo || echo novirt),novirt)
 export CUBE_ALLOW_TCG ?= 1
 endif
 
-.PHONY: setup lint test up down env cluster-up cluster-down cluster-env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template bench-rl bench-cluster bench-density envd-dev template-browser
+.PHONY: setup lint test up down env cluster-up cluster-down cluster-env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template bench-volume bench-rl bench-cluster bench-density envd-dev template-browser
 
 setup:
 	@bash scripts/setup.sh
@@ -81,6 +81,9 @@ bench-api: setup
 
 bench-template: setup
 	$(PY) bench/template_bench.py
+
+bench-volume: setup
+	$(PY) bench/volume_bench.py
 
 # The `browser` template (examples/browser: Debian's Chromium and Playwright) on the running node;
 # needs the node up (`make up`). Builds only when its image changed.

@@ -15,6 +15,8 @@ cluster), except the proxies' applied revisions, which are decimal text:
     <prefix>/teams/<team_id>                         Team              (master; its quota; the team's admission guard)
     <prefix>/nodes/<node_id>                         NodeStatus        (each cubelet, under its lease)
     <prefix>/node-admin/<node_id>                    NodeAdmin         (master, for operators: draining)
+    <prefix>/volumes/<volume_id>                     Volume            (master; services/master/volumes.py)
+    <prefix>/volume-names/<team_id>/<name>           Volume            (master; the name index: id, name, team only)
     <prefix>/leader                                  MasterIdentity    (the leader, under its lease)
     <prefix>/proxy/<proxy_id>/applied_revision       "<revision>"      (each proxy, under its lease; see route_ack)
 
@@ -90,6 +92,13 @@ class Keys:
         """An operator's record of a node (drain); never written by the cubelet."""
         return self.key("node-admin", node_id)
 
+    def volume(self, volume_id: str) -> bytes:
+        return self.key("volumes", volume_id)
+
+    def volume_name(self, team_id: str, name: str) -> bytes:
+        """A team's volume name, pointing at its id (names are unique within a team)."""
+        return self.key("volume-names", team_id, name)
+
     def leader(self) -> bytes:
         return self.key("leader")
 
@@ -140,6 +149,12 @@ class Keys:
 
     def masters(self) -> bytes:
         return self.collection("masters")
+
+    def volumes(self) -> bytes:
+        return self.collection("volumes")
+
+    def volume_names(self) -> bytes:
+        return self.collection("volume-names")
 
     # ---- the proxies' route acknowledgements ------------------------------------------------
 

@@ -12,7 +12,10 @@ Invariants:
   zombie): it exited within the grace period or was killed and waited for. The one exception is a
   ``reap_timeout`` that runs out, which raises ``subprocess.TimeoutExpired`` as ``Popen.wait`` does.
 - ``stop_pid`` is for a process that is not our child: it cannot be reaped, so a killed one has
-  been sent SIGKILL and is gone as soon as the kernel delivers it.
+  been sent SIGKILL and is gone as soon as the kernel delivers it. A zombie counts as gone: it has
+  exited, and only its parent can collect its status (which may be this very process, when it
+  started the child and then let go of it, as ``deploy.cluster.up`` does: polling with signal 0
+  alone would find such a child "there" until the grace ran out).
 - Standard library only, like the rest of what the guest agent may import from ``cube_common``.
 """
 from __future__ import annotations
@@ -82,10 +85,17 @@ def stop_pid(pid: int, grace: float, *, poll: float = 0.2) -> Stopped:
 
 
 def _exists(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not exited: signal 0 reaches it and it is no zombie."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process: it exists
+    except PermissionError:  # someone else's process: it exists (zombie or not, see below)
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            # "pid (comm) state ...": comm may hold spaces and parentheses, the state follows the last ")".
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):  # unreadable: trust the signal (a vanished one fails it next poll)
         return True
-    return True
+    return state not in (b"Z", b"X")

@@ -309,6 +309,8 @@ def _env(s: ClusterSettings, host: str) -> dict[str, str]:
         # The edge also on the host's loopback: SDK clients inside the host resolve *.localhost there.
         "CUBE_PROXY_HTTPS": f"{addr}:{EDGE_PORT},127.0.0.1:{EDGE_PORT}" if host == "h1" else "",
         "CUBE_PROXY_MASTER": s.master_target,
+        # api.<domain>/volumecontent/... at the edge goes on to the API (on the first host).
+        "CUBE_PROXY_API_UPSTREAM": f"{s.address('h1')}:{API_PORT}",
         "CUBE_PROXY_ENVOY_MTLS_DIR": str(s.host_tls(host, Role.ENVOY)),
         "CUBE_API_HOST": addr,
         "CUBE_API_PORT": str(API_PORT),

@@ -92,6 +92,12 @@ class NodeConfig(Settings):
                  "CUBELET": self.cubelet_metrics_port, "VS": self.vs_metrics_port, "PROXY": self.proxy_metrics_port}
         return {f"CUBE_{svc}_METRICS_LISTEN": f"{defaults.LOOPBACK}:{port}" for svc, port in ports.items()}
 
+    @property
+    def api_upstream(self) -> str:
+        """Where this node's proxy reaches cube-api: its address, loopback for a wildcard one."""
+        host = {"": defaults.LOOPBACK, "0.0.0.0": defaults.LOOPBACK, "::": "::1"}.get(self.api_host, self.api_host)
+        return f"[{host}]:{self.api_port}" if ":" in host else f"{host}:{self.api_port}"
+
     def operator_tls(self) -> TlsFiles | None:
         """What a tool acting as this node's operator presents: the operator certificate the
         supervisor issued, or None (plaintext) for a node with no PKI (services run by hand, as
@@ -113,6 +119,8 @@ class NodeConfig(Settings):
             "CUBE_CUBELET_VS_ADDRESS": f"unix://{self.vs_socket}",
             "CUBE_CUBELET_PROXY_ADDRESS": f"127.0.0.1:{self.proxy_http_port}",
             "CUBE_API_PORT": str(self.api_port),
+            # The proxy sends api.<domain>/volumecontent/... (E2B's volume content calls) to the API.
+            "CUBE_PROXY_API_UPSTREAM": self.api_upstream,
             **self.metrics_listen(),
             # Each service reads only its own; each presents its own certificate.
             **{f"CUBE_{svc}_MTLS_DIR": str(self.tls(role).dir) for svc, role in _SERVICE_ROLES.items()},

@@ -78,6 +78,9 @@ class Proxy:
     resumer_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     master: str = ""  # auto-resume off unless a test gives it a master to ask
+    # cube-api for api.<domain>/volumecontent/...; off (404) unless a test gives it a stand-in, so a
+    # test never reaches an API that happens to run on this machine's default port.
+    api_upstream: str = ""
     pki: Path | None = None  # internal mutual TLS from this deploy.pki root (see the docstring)
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
@@ -117,7 +120,8 @@ class Proxy:
                "--etcd", self.etcd_endpoint, "--etcd-prefix", self.prefix, "--node-id", self.node_id,
                "--proxy-id", self.proxy_id, "--state-dir", str(self.state_dir), "--lease-ttl", "5",
                "--concurrency", "2", "--access-log", "all", "--resumer", f"127.0.0.1:{self.resumer_port}",
-               "--master", self.master, "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *self.extra]
+               "--master", self.master, "--api-upstream", self.api_upstream,
+               "--metrics-listen", f"127.0.0.1:{self.metrics_port}", *self.extra]
         if self.pki is not None:
             # deploy.pki.node_dirs's layout; testkit does not import deploy (docs/architecture.md).
             cmd += ["--mtls-dir", str(self.pki / Role.PROXY.value),

@@ -23,7 +23,7 @@ For building images of its own the same way (template roots, say): the content-k
 (`input_key`, `cached_dir`), ext4 images and writable layers (`ext4_from_dir`, `writable_layer`) and
 Debian roots from this host's apt sources (`mmdebstrap`, `apt_sources_fingerprint`, `debian_suite`).
 """
-from . import accel
+from . import accel, volumes
 from .artifacts import GuestArtifacts, ensure_guest_artifacts
 from .cache import cached_dir, input_key
 from .cold_boots import cold_boot, disk_checkpoint, save_disk
@@ -36,6 +36,7 @@ from .errors import (
     MachineGoneError,
     SnapshotError,
     VmmError,
+    VolumeError,
     WriteBackError,
 )
 from .exits import ExitCause, MachineExit
@@ -57,7 +58,8 @@ from .snapshots import (
 )
 from .spec import Disk, DiskFormat, MachineSpec, NetworkAttachment
 
-# `accel` is the module: `accel.resolve(settings.accel)` names the accelerator a machine would use.
+# `accel` is the module: `accel.resolve(settings.accel)` names the accelerator a machine would use;
+# `volumes` too: `volumes.mount(machine, ...)` after a clone with volume images.
 __all__ = [
     "Accel",
     "AgentPackage",
@@ -86,6 +88,7 @@ __all__ = [
     "SnapshotKind",
     "VmmError",
     "VmmSettings",
+    "VolumeError",
     "WriteBackError",
     "accel",
     "apt_sources_fingerprint",
@@ -108,5 +111,6 @@ __all__ = [
     "save",
     "save_disk",
     "snapshot",
+    "volumes",
     "writable_layer",
 ]

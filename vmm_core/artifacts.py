@@ -16,6 +16,7 @@ from .guest.initramfs import Initramfs, ensure_initramfs
 from .guest.kernel import Kernel, ensure_kernel
 from .settings import VmmSettings
 from .spec import Disk, DiskFormat, MachineSpec, NetworkAttachment
+from .volumes import VOLUME_SLOTS
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class GuestArtifacts:
             memory_mb=memory_mb,
             network=network,
             memory_file=memory_file,
+            volume_slots=(None,) * VOLUME_SLOTS,
         )
 
 

@@ -43,3 +43,7 @@ class MachineGoneError(VmmError):
 
 class GuestTimeoutError(VmmError):
     """The guest did not answer in time (probe, control channel)."""
+
+
+class VolumeError(VmmError):
+    """A volume image could not be attached to the machine or mounted by its guest."""

@@ -27,7 +27,7 @@ from qemu.qmp.error import QMPError
 
 from cube_common import netns
 
-from . import accel as accel_mod, exits
+from . import accel as accel_mod, exits, volumes
 from .cgroups import MachineCgroup
 from .control import ControlChannel
 from .errors import BootError, GuestTimeoutError, InvalidSpecError, MachineGoneError, VmmError
@@ -156,6 +156,7 @@ def build_argv(settings: VmmSettings, spec: MachineSpec, paths: MachinePaths, *,
     if spec.network is not None:
         argv += ["-netdev", f"tap,id=net0,ifname={spec.network.tap},script=no,downscript=no",
                  "-device", f"virtio-net-device,netdev=net0,mac={spec.network.mac}"]
+    argv += volumes.slot_args(spec)
     if incoming:
         argv += ["-incoming", "defer"]
     if jail is not None:
@@ -177,6 +178,9 @@ def validate_spec(spec: MachineSpec) -> None:
     for disk in spec.disks:
         if not disk.path.is_file():
             raise InvalidSpecError(f"disk {disk.serial} image {disk.path} does not exist")
+    for image in volumes.images(spec):
+        if not image.is_file():
+            raise InvalidSpecError(f"volume image {image} does not exist")
     if spec.network is not None and _tap_exists(spec.network.netns, spec.network.tap) == spec.network.detached:
         where = f" in namespace {spec.network.netns}" if spec.network.netns else ""
         if spec.network.detached:  # QEMU would attach to it rather than make its own

@@ -25,12 +25,13 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import NoReturn
 
-from . import sealed_memory
+from . import sealed_memory, volumes
 from .disks import cow_overlay, flatten, qcow2_header, rebase_overlay
 from .errors import BootError, InvalidSpecError, MachineGoneError, SnapshotError, VmmError
 from .machine import Machine, pid_alive
@@ -262,7 +263,8 @@ async def snapshot(machine: Machine, dest: Path, *, sync_fs: bool = True, memory
             os.chmod(tmp / f, 0o444)
         disks = tuple(replace(d, path=dest / disk) if not d.readonly else d for d in spec.disks)
         snap = Snapshot(dest, SnapshotKind.TEMPLATE,
-                        replace(spec, memory_file=dest / "memory", disks=disks, network=None), time.time())
+                        replace(volumes.emptied(spec), memory_file=dest / "memory", disks=disks, network=None),
+                        time.time())
         Snapshot(tmp, snap.kind, snap.spec, snap.created_at).write_meta()
         os.rename(tmp, dest)
         await machine.kill()  # removes the runtime dir
@@ -376,14 +378,14 @@ class PreparedClone:
 
 
 def _clone_spec(settings: VmmSettings, snap: Snapshot, network: NetworkAttachment | None,
-                memory_mb: int | None, share_memory: bool):
+                memory_mb: int | None, share_memory: bool, volume_images: Sequence[Path] = ()):
     if snap.kind is not SnapshotKind.TEMPLATE:
         raise InvalidSpecError("clone() takes a template snapshot; use restore() for a saved one")
     if memory_mb is not None and memory_mb != snap.spec.memory_mb:
         raise InvalidSpecError(f"snapshot {snap.dir.name} needs exactly {snap.spec.memory_mb} MB of memory, "
                                f"not {memory_mb} MB")
     snap.verify()
-    spec = snap.spec.with_network(network)
+    spec = volumes.attach(snap.spec.with_network(network), volume_images)
 
     def prepare(paths: MachinePaths) -> MachineSpec:
         overlay = paths.dir / "rw.qcow2"
@@ -404,8 +406,11 @@ def _clone_spec(settings: VmmSettings, snap: Snapshot, network: NetworkAttachmen
 
 async def clone(settings: VmmSettings, snap: Snapshot, vm_id: str, network: NetworkAttachment | None, *,
                 memory_mb: int | None = None, labels: dict[str, str] | None = None, sync: bool = True,
-                share_memory: bool = True) -> Machine:
+                share_memory: bool = True, volume_images: Sequence[Path] = ()) -> Machine:
     """A new machine running from a TEMPLATE snapshot, copy-on-write in memory and on disk.
+
+    ``volume_images`` go into its volume slots (vmm_core/volumes.py); ``volumes.mount()`` then has
+    the guest mount them.
 
     `share_memory=False` gives the clone its own copy of the snapshot's memory file instead of a
     private mapping of the shared one: no page is ever shared with another tenant (a defence
@@ -415,7 +420,7 @@ async def clone(settings: VmmSettings, snap: Snapshot, vm_id: str, network: Netw
     channel as soon as it runs. Skip it only to hand them over yourself right away: until its clock
     is set, a restored guest of the default template was measured running a core flat out for 20 s
     and more under TCG."""
-    spec, prepare = _clone_spec(settings, snap, network, memory_mb, share_memory)
+    spec, prepare = _clone_spec(settings, snap, network, memory_mb, share_memory, volume_images)
     return await _restore_into(settings, snap, vm_id, spec, prepare, ignore_shared=True, labels=labels, sync=sync)
 
 
@@ -597,6 +602,8 @@ def rehome_saved(path: Path, template: Snapshot, *, private_memory: Path | None 
         raise SnapshotError(f"{path} is not a usable snapshot: {e}") from e
     if saved.kind not in (SnapshotKind.SAVED, SnapshotKind.DISK) or template.kind is not SnapshotKind.TEMPLATE:
         raise SnapshotError(f"{path} is a {saved.kind.value} snapshot, not a saved clone")
+    if volumes.images(saved.spec):
+        raise SnapshotError(f"{path} saved a machine with volumes: they stay on the host that has them")
     own = {disk.serial: disk for disk in template.spec.disks}
     if ([(x.serial, x.readonly) for x in saved.spec.disks] != [(x.serial, x.readonly) for x in template.spec.disks]
             or saved.spec.memory_mb != template.spec.memory_mb):

@@ -56,6 +56,10 @@ class MachineSpec:
     # heap (~14 MB per clone, ~10 ms of its start-up). The ROM is a RAM block the device state names,
     # so a restore must match its source: snapshots recorded before this field exist keep it on.
     option_roms: bool = False
+    # Spare virtio-blk devices for volumes (vmm_core/volumes.py), after every other device: None is
+    # an empty slot (a zero-sized null device), a path a raw ext4 image the guest may mount. A
+    # template has them all empty; its clones fill some. A restore must have the same count.
+    volume_slots: tuple[Path | None, ...] = ()
 
     def __post_init__(self) -> None:
         if self.vcpus < 1 or self.vcpus > 64:
@@ -96,6 +100,7 @@ class MachineSpec:
             cmdline=d.get("cmdline", ""),
             memory_file=Path(d["memory_file"]) if d.get("memory_file") else None,
             option_roms=d.get("option_roms", True),
+            volume_slots=tuple(Path(v) if v else None for v in d.get("volume_slots", ())),
         )
 
 

@@ -12,7 +12,7 @@ from sanic import Sanic
 from services.api import auth, errors, metrics
 from services.api.log import get_logger
 from services.api.master_client import MasterClient
-from services.api.routes import build_files, console, meta, nodes, sandboxes, tags, templates
+from services.api.routes import build_files, console, meta, nodes, sandboxes, tags, templates, volumes
 from services.api.settings import Settings
 
 log = get_logger("app")
@@ -36,6 +36,7 @@ def create_app(settings: Settings, name: str | None = None) -> Sanic:
     app.blueprint(meta.bp)
     app.blueprint(nodes.bp)
     app.blueprint(console.bp)
+    app.blueprint(volumes.bp)
     app.error_handler.add(Exception, errors.handle_exception)
 
     @app.before_server_start

@@ -7,7 +7,9 @@ stored and answers with the key's team and role, which the request then acts for
 missing key is 401 with an E2B error body. The web console's page and assets (routes/console.py)
 need no key: they hold no data, and the page's own calls carry the key. Nor do uploads of build
 files (routes/build_files.py): the E2B SDK PUTs them to a presigned URL, whose signature the route
-checks.
+checks. Volume content calls (``/volumecontent/...``, routes/volumes.py) take no key either, and no
+key opens them: they carry ``Authorization: Bearer <volume token>``, which the master checks; here
+a missing or malformed one is 401, and the token goes to ``request.ctx.volume_token``.
 
 Sets ``request.ctx.caller`` (a ``Caller``, which routes hand to the master client) and
 ``request.ctx.client_id`` (E2B's ``clientID``: the key id, "local" with auth off).
@@ -22,6 +24,7 @@ from sdk.gen.cube.v1 import master_pb2 as P
 from services.api.errors import ApiError, from_grpc
 from services.api.routes.build_files import is_public as signed_upload
 from services.api.routes.console import is_public as console_path
+from services.api.routes.volumes import MAX_TOKEN, is_content as volume_content
 
 PUBLIC_PATHS = {"/health", "/openapi.json"}
 
@@ -32,6 +35,11 @@ async def authenticate(request) -> None:
         return
     if signed_upload(request.method, request.path):
         return  # its URL's signature authorises it (routes/build_files.py); the SDK sends no key
+    if volume_content(request.path):
+        request.ctx.volume_token = _bearer(request)
+        request.ctx.client_id = ""
+        request.ctx.caller = None  # the API calls the master as itself; the token authorises
+        return
     key = (request.headers.get("x-api-key") or "").strip()
     if not key:
         raise ApiError(401, "missing API key: set the X-API-KEY header (E2B_API_KEY)")
@@ -54,3 +62,14 @@ async def authenticate(request) -> None:
         raise err from e
     request.ctx.client_id = rec.key_id
     request.ctx.caller = Caller(team_id=rec.team_id, admin=rec.role == P.API_KEY_ROLE_ADMIN)
+
+
+def _bearer(request) -> str:
+    """The volume token of a content call (E2B's ``Authorization: Bearer <token>``)."""
+    scheme, _, token = (request.headers.get("authorization") or "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(401, "missing volume token: set Authorization: Bearer <the volume's token>")
+    if len(token) > MAX_TOKEN or not token.isascii() or not token.isprintable():
+        raise ApiError(401, "invalid volume token")
+    return token

@@ -36,5 +36,14 @@ class MasterClient:
         return await fn(request, timeout=self.settings.create_timeout_s if slow else self.settings.call_timeout_s,
                         metadata=caller_metadata(caller))
 
+    def stream(self, method: str, caller: Caller | None, timeout: float, request=None):
+        """A streaming call, not awaited: a server stream (``request`` given; ``read()`` it) or a
+        client stream (no ``request``; ``write()`` then ``done_writing()``, then await it). The
+        caller drives it and must cancel it when it gives up."""
+        fn = getattr(self.stub, method)
+        if request is None:
+            return fn(timeout=timeout, metadata=caller_metadata(caller))
+        return fn(request, timeout=timeout, metadata=caller_metadata(caller))
+
     async def close(self) -> None:
         await self.channel.close(grace=None)  # the stub lacks the default (None: cancel calls at once)

@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cube_common import host_mask
 from cube_common.sizes import parse_size_mb
+from cube_common.volumes import VolumeRuleError, check_mounts, normalize_path
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2 as P, network_pb2
 from services.api.errors import bad_request
 
@@ -22,6 +23,7 @@ MAX_UINT32 = 2**32 - 1
 # trailing newline through (Python's `$`), which would put it in a guest's environment or a key.
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+VOLUME_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # cube_common.volumes.NAME_RE
 BUILD_TEMPLATE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # writableLayerSize as the document states it (openapi.py); whitespace is Python's (str.isspace).
 _WS = "[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
@@ -160,13 +162,15 @@ class NewSandbox:
     network: network_pb2.NetworkPolicy | None = None
     # autoPause with autoPauseMemory false: the timeout's pause keeps the filesystem only.
     auto_pause_filesystem_only: bool = False
+    # E2B's volumeMounts: (volume name, normalized guest path) pairs.
+    volume_mounts: list[tuple[str, str]] = field(default_factory=list)
 
     @classmethod
     def parse(cls, body: dict) -> NewSandbox:
         tid = body.get("templateID")
         if not isinstance(tid, str) or not tid:
             raise bad_request("'templateID' is required (a string)")
-        for unsupported in ("mcp", "volumeMounts", "iam"):
+        for unsupported in ("mcp", "iam"):
             if body.get(unsupported):
                 raise bad_request(f"'{unsupported}' is not supported by this server")
         ar = body.get("autoResume")
@@ -178,7 +182,8 @@ class NewSandbox:
                    env_vars=env_names(str_map(body, "envVars")), auto_pause=auto_pause,
                    auto_resume=bool((ar or {}).get("enabled", False)),
                    network=parse_network(body, body.get("network")),
-                   auto_pause_filesystem_only=auto_pause and opt_bool(body, "autoPauseMemory") is False)
+                   auto_pause_filesystem_only=auto_pause and opt_bool(body, "autoPauseMemory") is False,
+                   volume_mounts=parse_volume_mounts(body))
 
     def to_proto(self, client_id: str) -> P.CreateSandboxRequest:
         req = P.CreateSandboxRequest(template=self.template_id, timeout_s=self.timeout or 0, metadata=self.metadata,
@@ -187,7 +192,49 @@ class NewSandbox:
                                      auto_pause_filesystem_only=self.auto_pause_filesystem_only)
         if self.network is not None:
             req.network.CopyFrom(self.network)
+        req.volume_mounts.extend(P.SandboxVolumeMount(name=n, path=p) for n, p in self.volume_mounts)
         return req
+
+
+def volume_name(name: object) -> str:
+    """A volume name (or id) by cube_common.volumes' rule, matched whole (its `$` would let a
+    trailing newline through)."""
+    if isinstance(name, str) and VOLUME_NAME_RE.fullmatch(name):
+        return name
+    raise bad_request(f"volume name {str(name)[:100]!r} must be 1-63 letters, digits, '_', '.' or '-', starting "
+                      "with a letter or digit")
+
+
+def volume_path(raw: str, what: str = "path") -> str:
+    """A path within a volume (or a mount path), normalized by cube_common.volumes; a newline or
+    carriage return is refused too (the node's filesystem tools cannot name such entries)."""
+    if "\n" in raw or "\r" in raw:
+        raise bad_request(f"{what} contains a newline or carriage return")
+    try:
+        return normalize_path(raw, what=what)
+    except VolumeRuleError as e:
+        raise bad_request(str(e)) from None
+
+
+def parse_volume_mounts(body: dict) -> list[tuple[str, str]]:
+    """`volumeMounts`: [{name, path}], checked by the shared rules (cube_common.volumes)."""
+    raw = body.get("volumeMounts")
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise bad_request("'volumeMounts' must be an array of {\"name\", \"path\"} objects")
+    pairs = []
+    for m in raw:
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not isinstance(m.get("path"), str):
+            raise bad_request("each of 'volumeMounts' must be an object {\"name\": string, \"path\": string}")
+        pairs.append((m["name"], m["path"]))
+    for name, path in pairs:
+        volume_name(name)
+        volume_path(path, "mount path")
+    try:
+        return check_mounts(pairs)
+    except VolumeRuleError as e:
+        raise bad_request(str(e)) from None
 
 
 # ---- responses --------------------------------------------------------------------------------
@@ -217,7 +264,8 @@ def listed_body(rec: P.Sandbox) -> dict:
     out = {"templateID": rec.template_id, "sandboxID": rec.sandbox_id, "clientID": rec.client_id or "local",
            "startedAt": rfc3339(rec.started_at), "endAt": rfc3339(rec.end_at), "cpuCount": rec.vcpus,
            "memoryMB": rec.memory_mb, "diskSizeMB": rec.disk_size_mb, "state": e2b_state(rec.phase),
-           "envdVersion": rec.envd_version, "metadata": dict(rec.metadata)}
+           "envdVersion": rec.envd_version, "metadata": dict(rec.metadata),
+           "volumeMounts": [{"name": m.name, "path": m.path} for m in rec.volume_mounts]}
     if rec.alias:
         out["alias"] = rec.alias
     if rec.node_id:  # Not E2B's (its SDKs keep unknown keys aside): where it runs or its state is kept

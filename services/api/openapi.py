@@ -12,7 +12,7 @@ several fields, sizes inside strings, fields that go together) is said in descri
 
 from __future__ import annotations
 
-from cube_common import host_mask
+from cube_common import host_mask, volumes as volume_rules
 from cube_common.envd import ENVD_VERSION
 
 
@@ -77,6 +77,16 @@ _META_VALUE = "(?:[^&%]|%(?!26))*"
 _META_PAIR = f"{_META_KEY}(?:=|%3[dD]){_META_VALUE}"
 METADATA_FILTER_PATTERN = f"^(?:{_META_PAIR})?(?:(?:&|%26)(?:{_META_PAIR})?)*$"
 
+# Volumes (cube_common/volumes.py): names, and paths within a volume or the guest.
+VOLUME_NAME_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+VOLUME_PATH = {"type": "string", "minLength": 1, "maxLength": volume_rules.MAX_PATH, "pattern": "^[^\\x00\\n\\r]*$",
+               "allOf": [{"not": {"pattern": "(^|/)\\.\\.(/|$)"}}, {"not": {"pattern": "[^/]{256}"}}],
+               "description": "absolute (a missing leading '/' is added), no '..' component, no NUL, newline or "
+                              "carriage return, no component over 255 bytes (UTF-8); '.' and repeated slashes "
+                              "are dropped"}
+MAX_VOLUME_MOUNTS = 2
+VOLUME_RESERVED = "/proc, /sys, /dev, /run, /tmp, /boot"
+
 OPT_BOOL = _null(BOOL)
 TAG = {"type": "string", "pattern": TAG_PATTERN, "not": {"pattern": f"^({_UUID_TAG})$"},
        "description": "1-64 letters, digits, '.', '_' or '-', starting with a letter or digit; case-insensitive "
@@ -125,8 +135,16 @@ SCHEMAS = {
         "allow_internet_access": OPT_BOOL, "network": _null(_ref("NetworkConfig")), "metadata": METADATA,
         "envVars": ENV_VARS,
         "secure": {**OPT_BOOL, "description": "ignored: every sandbox has an envd access token"},
-        "mcp": _unsupported("MCP gateways"), "volumeMounts": _unsupported("volumes"),
+        "mcp": _unsupported("MCP gateways"),
+        "volumeMounts": _null({"type": "array", "maxItems": MAX_VOLUME_MOUNTS, "items": _ref("SandboxVolumeMount"),
+                               "description": "the team's volumes (by name or id) to mount read-write; each volume "
+                                              "once, at paths that do not overlap; 404 for an unknown volume, 409 "
+                                              "for one another sandbox mounts"}),
         "iam": _unsupported("IAM tokens")}},
+    "SandboxVolumeMount": {"type": "object", "required": ["name", "path"], "properties": {
+        "name": {"type": "string", "pattern": VOLUME_NAME_PATTERN, "description": "a volume name or id"},
+        "path": {**VOLUME_PATH, "description": f"where the guest sees it: {VOLUME_PATH['description']}; not / and "
+                                               f"not in {VOLUME_RESERVED}"}}},
     "Sandbox": {"type": "object", "required": ["templateID", "sandboxID", "clientID", "envdVersion"], "properties": {
         "templateID": STR, "sandboxID": STR, "clientID": STR, "alias": STR,
         "envdVersion": {"type": "string", "examples": [ENVD_VERSION]}, "envdAccessToken": STR,
@@ -136,7 +154,7 @@ SCHEMAS = {
         "envdVersion"], "properties": {
         "templateID": STR, "sandboxID": STR, "clientID": STR, "alias": STR, "startedAt": TIME, "endAt": TIME,
         "cpuCount": INT, "memoryMB": INT, "diskSizeMB": INT, "state": {"type": "string", "enum": ["running", "paused"]},
-        "envdVersion": STR, "metadata": STRMAP,
+        "envdVersion": STR, "metadata": STRMAP, "volumeMounts": _arr(_ref("SandboxVolumeMount")),
         "nodeID": {"type": "string", "description": "not E2B's: the node it runs on, or that keeps its paused state"},
         # Not E2B's: present only while the sandbox's node is lost (state says running, as E2B knows
         # no other); it is back when its node comes back, or deleted after the retention.
@@ -357,6 +375,25 @@ SCHEMAS = {
                                                          "service's output where the node has them"},
             "step": {"type": "string", "description": "the phase the build failed in"},
             "logEntries": _arr(_ref("BuildLogEntry"))}}}},
+    "NewVolume": {"type": "object", "required": ["name"], "properties": {
+        "name": {"type": "string", "pattern": VOLUME_NAME_PATTERN, "description": "unique within the team"}}},
+    "VolumeAndToken": {"type": "object", "required": ["volumeID", "name", "token", "domain"], "properties": {
+        "volumeID": STR, "name": STR,
+        "token": {"type": "string", "description": "the bearer token of the volume's content calls"},
+        "domain": {"type": "string", "description": "the SDK sends content calls to https://api.<domain>"}}},
+    "Volume": {"type": "object", "required": ["volumeID", "name"], "properties": {"volumeID": STR, "name": STR}},
+    "VolumeEntryStat": {"type": "object", "required": [
+        "name", "type", "path", "size", "mode", "uid", "gid", "atime", "mtime", "ctime"], "properties": {
+        "name": STR, "type": {"type": "string", "enum": ["file", "directory", "symlink", "unknown"]},
+        "path": STR, "size": {"type": "integer", "minimum": 0},
+        "mode": {"type": "integer", "minimum": 0, "maximum": 0o7777, "description": "permission bits"},
+        "uid": {"type": "integer", "minimum": 0}, "gid": {"type": "integer", "minimum": 0},
+        "atime": TIME, "mtime": TIME, "ctime": TIME,
+        "target": {"type": "string", "description": "a symlink's target"}}},
+    "VolumeMetadataUpdate": {"type": "object", "properties": {
+        "uid": _null({"type": "integer", "minimum": 0, "maximum": 2**32 - 2}),
+        "gid": _null({"type": "integer", "minimum": 0, "maximum": 2**32 - 2}),
+        "mode": _null({"type": "integer", "minimum": 0, "maximum": 0o7777, "description": "permission bits"})}},
 }
 
 
@@ -396,6 +433,15 @@ FILES_HASH = {"name": "hash", "in": "path", "required": True,
 SIGNED_PATHS = {"/build-files/{team}/{hash}"}
 
 
+# Volume content calls (routes/volumes.py): their bearer token opens them, not an API key.
+CONTENT_PREFIX = "/volumecontent/"
+VID = {"name": "volumeID", "in": "path", "required": True, "schema": SEGMENT}
+VPATH = {**_q("path", VOLUME_PATH, "the entry's path within the volume"), "required": True}
+OWNER_ID = {"type": "integer", "minimum": 0, "maximum": 2**32 - 2}
+OWNER_PARAMS = [_q("uid", OWNER_ID), _q("gid", OWNER_ID),
+                _q("mode", {"type": "integer", "minimum": 0, "maximum": 0o7777}, "permission bits")]
+FORCE = _q("force", BOOL)
+CONTENT_ERRORS = (400, 401, 404, 409, 429, 500, 503)
 UNIX_S = {"type": "integer", "minimum": 0, "maximum": MAX_UNIX_S}
 UNIX_MS = {"type": "integer", "minimum": 0, "maximum": MAX_UNIX_S * 1000 + 999}
 LOG_LIMIT = _q("limit", {"type": "integer", "minimum": 0, "maximum": 10000}, "0 or absent: 1000")
@@ -538,6 +584,38 @@ OPERATIONS = [
                         "relative names and no '..' (400 otherwise); at most the server's build_file_max_bytes "
                         "sent and unpacked (413)"}}}},
      {**_ok(201), **_errors(400, 403, 500)}),
+    ("post", "/volumes", "Create a volume (an ext4 filesystem a sandbox mounts); 409 when the team has one of "
+                         "that name, 429 beyond the team's volume limits", [], _body("NewVolume"),
+     {**_ok(201, _ref("VolumeAndToken")), **_errors(400, 401, 409, 429, 500, 503)}),
+    ("get", "/volumes", "List the team's volumes", [], None,
+     {**_ok(200, _arr(_ref("Volume"))), **_errors(401, 500, 503)}),
+    ("get", "/volumes/{volumeID}", "Get a volume (id or name) with its content token", [VID], None,
+     {**_ok(200, _ref("VolumeAndToken")), **_errors(401, 404, 500, 503)}),
+    ("delete", "/volumes/{volumeID}", "Delete a volume and its files (409 while a sandbox mounts it)", [VID], None,
+     {**_ok(204), **_errors(401, 404, 409, 500, 503)}),
+    ("get", "/volumecontent/{volumeID}/dir", "List a directory of a volume no sandbox mounts (409 while one does)",
+     [VID, VPATH, _q("depth", {"type": "integer", "minimum": 1, "maximum": 16}, "levels down; absent: 1")], None,
+     {**_ok(200, _arr(_ref("VolumeEntryStat"))), **_errors(*CONTENT_ERRORS)}),
+    ("post", "/volumecontent/{volumeID}/dir", "Make a directory (force: its parents too, and an existing one is "
+                                              "no error)",
+     [VID, VPATH, *OWNER_PARAMS, {**FORCE, "description": "make missing parents; an existing directory is no error"}],
+     None, {**_ok(201, _ref("VolumeEntryStat")), **_errors(*CONTENT_ERRORS)}),
+    ("get", "/volumecontent/{volumeID}/path", "Stat an entry of a volume", [VID, VPATH], None,
+     {**_ok(200, _ref("VolumeEntryStat")), **_errors(*CONTENT_ERRORS)}),
+    ("patch", "/volumecontent/{volumeID}/path", "Change an entry's owner or mode (those given)", [VID, VPATH],
+     _body("VolumeMetadataUpdate", False), {**_ok(200, _ref("VolumeEntryStat")), **_errors(*CONTENT_ERRORS)}),
+    ("delete", "/volumecontent/{volumeID}/path", "Remove a file, link or directory (recursively); not the root",
+     [VID, VPATH], None, {**_ok(204), **_errors(*CONTENT_ERRORS)}),
+    ("get", "/volumecontent/{volumeID}/file", "Read a file's bytes", [VID, VPATH], None,
+     {"200": {"description": "the file's bytes", "content": {"application/octet-stream": {
+         "schema": {"type": "string", "format": "binary"}}}}, **_errors(*CONTENT_ERRORS)}),
+    ("put", "/volumecontent/{volumeID}/file", "Write a file (created or replaced) from the raw body",
+     [VID, VPATH, *OWNER_PARAMS, {**FORCE, "description": "make missing parent directories"}],
+     {"required": False, "content": {"application/octet-stream": {"schema": {
+         "type": "string", "format": "binary",
+         "description": "the file's bytes: at most the server's volume_file_max_bytes (413) and what the volume "
+                        "has room for (429)"}}}},
+     {**_ok(201, _ref("VolumeEntryStat")), **_errors(*CONTENT_ERRORS, 413)}),
     ("get", "/nodes", "The cluster's nodes with their capacity and sandboxes (Cube's own; admin keys only: 403 "
                       "for a team's key)", [], None,
      {**_ok(200, _arr(_ref("Node"))), **_errors(401, 403, 500, 503)}),
@@ -553,7 +631,10 @@ def document(settings=None) -> dict:
         op: dict = {"summary": summary, "operationId": op_id, "parameters": params, "responses": responses}
         if body is not None:
             op["requestBody"] = body
-        if path not in ("/health", "/openapi.json") and path not in SIGNED_PATHS:
+        if path.startswith(CONTENT_PREFIX):
+            op["security"] = [{"VolumeToken": []}]
+            op["responses"] = {**_errors(504), **responses}
+        elif path not in ("/health", "/openapi.json") and path not in SIGNED_PATHS:
             op["security"] = [{"ApiKeyAuth": []}]
             # Every call the API makes to the master has a deadline (call_timeout_s, create_timeout_s).
             op["responses"] = {**_errors(504), **responses}
@@ -573,5 +654,9 @@ def document(settings=None) -> dict:
                                 f"steps' file uploads, POST /v2/templates/{{templateID}}/builds/{{buildID}})."},
         "paths": paths,
         "components": {"schemas": SCHEMAS,
-                       "securitySchemes": {"ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-KEY"}}},
+                       "securitySchemes": {
+                           "ApiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-KEY"},
+                           "VolumeToken": {"type": "http", "scheme": "bearer",
+                                           "description": "a volume's token (VolumeAndToken.token); only the "
+                                                          "/volumecontent routes take it"}}},
     }

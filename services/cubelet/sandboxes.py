@@ -34,6 +34,7 @@ from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from cube_common.envd import ENVD_PORT
+from cube_common.volumes import VolumeRuleError, check_mounts
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, network_pb2
 from vmm_core import (
     Machine,
@@ -53,6 +54,7 @@ from vmm_core import (
     restore,
     save,
     save_disk,
+    volumes as vm_volumes,
 )
 
 from . import capacity, gc
@@ -63,6 +65,7 @@ from .registration import host_memory, vcpus
 from .settings import CubeletSettings
 from .steps import Steps
 from .templates import Template, TemplateError, TemplateExists, TemplateStore
+from .volumes import VolumeError, VolumeStore
 from .vs_client import VsClient
 from .warm_pool import PoolEntry, WarmPool
 
@@ -118,6 +121,9 @@ class SandboxRecord:
     save_id: str = ""
     # Paused without its memory (a filesystem-only pause): its resume cold-boots it.
     filesystem_only: bool = False
+    # Volumes it mounts, slot by slot ({volume_id, team_id, path, name}): held from its create to
+    # its end, paused or not (volumes.py asks mounted_by()).
+    volumes: list[dict[str, str]] = field(default_factory=list)
 
     def dump(self, path: Path) -> None:
         d = asdict(self)
@@ -144,7 +150,8 @@ class SandboxRecord:
             host_address=self.host_address, proxy_source_address=self.proxy_address, started_at=ts,
             vcpus=self.vcpus, memory_mb=self.memory_mb, disk_size_mb=self.disk_mb, envd_version=self.envd_version,
             network=self.network_policy(), metadata=self.metadata, from_warm_pool=self.from_pool,
-            filesystem_only=self.filesystem_only and self.state in (State.PAUSED, State.PAUSING))
+            filesystem_only=self.filesystem_only and self.state in (State.PAUSED, State.PAUSING),
+            volumes=[pb.VolumeMount(**v) for v in self.volumes])
 
 
 @dataclass
@@ -189,6 +196,7 @@ class SandboxManager:
         # resume of a sandbox this node does not hold is NOT_FOUND.
         self.arrivals: PausedStatePuller | None = None
         self._arriving = KeyedLocks()  # one arrival of a sandbox at a time; a second resume waits for it
+        self.volumes = VolumeStore(settings, self.mounted_by)
         settings.sandboxes_dir.mkdir(parents=True, exist_ok=True)
         settings.paused_dir.mkdir(parents=True, exist_ok=True)
 
@@ -213,25 +221,17 @@ class SandboxManager:
             raise SandboxError("INVALID_ARGUMENT", f"invalid sandbox id {sid!r}")
         self._admit(sid)
         tpl = await self._template(req.template_id, sid)
-        policy = network_pb2.NetworkPolicy()
-        policy.CopyFrom(req.network)
-        policy.expose_all_ports = True  # E2B: every guest port is reachable through the proxy
-        rec = SandboxRecord(
-            sandbox_id=sid, template_id=tpl.template_id, state=State.STARTING, vm_id=sid, vs_id=sid,
-            # The template's environment (an image's ENV), then the sandbox's own variables on top.
-            access_token=req.envd_access_token, env_vars={**tpl.env, **dict(req.env_vars)},
-            metadata=dict(req.metadata),
-            policy=json_format.MessageToDict(policy), vcpus=tpl.info.vcpus, memory_mb=tpl.info.memory_mb,
-            disk_mb=tpl.info.writable_layer_mb, envd_version=tpl.info.envd_version, started_at=time.time())
-        live = _Live(rec)
-        self._live[sid] = live
-        self._save_record(rec)
+        mounts = self._check_mounts(req, tpl)
+        async with self.volumes.hold([m.volume_id for m in mounts]):
+            images = self._claimable(mounts)  # held from here: the record below names them
+            live = self._new_record(req, tpl, mounts)
         steps = Steps()
         try:
             async with live.lock:
-                await asyncio.wait_for(self._start(live, tpl, policy, steps), self.settings.create_timeout_s)
-                rec.state = State.RUNNING
-                self._save_record(rec)
+                await asyncio.wait_for(self._start(live, tpl, live.record.network_policy(), steps, images),
+                                       self.settings.create_timeout_s)
+                live.record.state = State.RUNNING
+                self._save_record(live.record)
         except BaseException as e:
             await self._teardown(live)
             if isinstance(e, SandboxError):
@@ -244,10 +244,67 @@ class SandboxManager:
             if isinstance(e, grpc.aio.AioRpcError):  # CubeVS refused (bad CIDR, too many rules, full)
                 raise SandboxError(e.code().name, e.details() or str(e)) from e
             raise
+        rec = live.record
         log.info("sandbox running", extra={"sandbox_id": sid, "from_pool": rec.from_pool,
                                            "steps_ms": steps.ms()})
         sandbox_created(rec.from_pool, steps)
         return rec.status(self.settings.node_id)
+
+    def _check_mounts(self, req: pb.RunSandboxRequest, tpl: Template) -> list[pb.VolumeMount]:
+        mounts = list(req.volumes)
+        if not mounts:
+            return mounts
+        try:
+            paths = [path for _, path in check_mounts([(m.volume_id, m.path) for m in mounts])]
+        except VolumeRuleError as e:
+            raise SandboxError("INVALID_ARGUMENT", str(e)) from None
+        mounts = [pb.VolumeMount(volume_id=m.volume_id, team_id=m.team_id, name=m.name, path=path)
+                  for m, path in zip(mounts, paths, strict=True)]
+        snap = tpl.load_snapshot()
+        if snap.kind is SnapshotKind.DISK or len(snap.spec.volume_slots) < len(mounts):
+            raise SandboxError("FAILED_PRECONDITION", f"template {tpl.template_id} was built before volumes "
+                                                      "existed (or without memory): build it again to mount volumes")
+        return mounts
+
+    def _claimable(self, mounts: list[pb.VolumeMount]) -> list[Path]:
+        """The images of ``mounts``, each refused when missing or mounted by another sandbox.
+        Called with their locks held; the caller's record claims them before it lets go."""
+        images = []
+        for m in mounts:
+            try:
+                images.append(self.volumes.existing(m.team_id, m.volume_id))
+            except VolumeError as e:
+                raise SandboxError(e.code, str(e)) from None
+            if (holder := self.mounted_by(m.volume_id)) is not None:
+                raise SandboxError("FAILED_PRECONDITION", f"volume {m.name or m.volume_id} is mounted by sandbox "
+                                                          f"{holder}: a volume is mounted by one sandbox at a time")
+        return images
+
+    def mounted_by(self, volume_id: str) -> str | None:
+        """The sandbox on this node (running, paused, or on its way) that mounts the volume."""
+        for live in self._live.values():
+            if any(v["volume_id"] == volume_id for v in live.record.volumes):
+                return live.record.sandbox_id
+        return None
+
+    def _new_record(self, req: pb.RunSandboxRequest, tpl: Template, mounts: list[pb.VolumeMount]) -> _Live:
+        sid = req.sandbox_id
+        policy = network_pb2.NetworkPolicy()
+        policy.CopyFrom(req.network)
+        policy.expose_all_ports = True  # E2B: every guest port is reachable through the proxy
+        rec = SandboxRecord(
+            sandbox_id=sid, template_id=tpl.template_id, state=State.STARTING, vm_id=sid, vs_id=sid,
+            # The template's environment (an image's ENV), then the sandbox's own variables on top.
+            access_token=req.envd_access_token, env_vars={**tpl.env, **dict(req.env_vars)},
+            metadata=dict(req.metadata),
+            policy=json_format.MessageToDict(policy), vcpus=tpl.info.vcpus, memory_mb=tpl.info.memory_mb,
+            disk_mb=tpl.info.writable_layer_mb, envd_version=tpl.info.envd_version, started_at=time.time(),
+            volumes=[{"volume_id": m.volume_id, "team_id": m.team_id, "path": m.path, "name": m.name}
+                     for m in mounts])
+        live = _Live(rec)
+        self._live[sid] = live
+        self._save_record(rec)
+        return live
 
     async def _template(self, template_id: str, sid: str) -> Template:
         """The template, pulled first when this node lacks it (then admitted again: the pull took
@@ -267,9 +324,12 @@ class SandboxManager:
         self._check_room()
         self._check_disk("new sandboxes")
 
-    async def _start(self, live: _Live, tpl, policy: network_pb2.NetworkPolicy, steps: Steps) -> None:
+    async def _start(self, live: _Live, tpl, policy: network_pb2.NetworkPolicy, steps: Steps,
+                     volume_images: list[Path]) -> None:
         rec = live.record
-        entry: PoolEntry | None = self.pool.claim(tpl.template_id, tpl.build_key)
+        # A pooled clone was restored with its volume slots empty: a sandbox with volumes is cloned
+        # with its images in them.
+        entry: PoolEntry | None = None if volume_images else self.pool.claim(tpl.template_id, tpl.build_key)
         pool_claimed(tpl.template_id, hit=entry is not None)
         if entry is not None:
             await self._adopt(live, entry, policy, steps)
@@ -292,8 +352,12 @@ class SandboxManager:
                 # out (100% of a core for 20+ s here), which starved everything at 50 concurrent
                 # creates.
                 live.machine = await clone(self.vmm, snap, rec.vm_id, attachment, labels=labels, sync=True,
-                                           share_memory=not tpl.info.no_memory_sharing)
+                                           share_memory=not tpl.info.no_memory_sharing,
+                                           volume_images=volume_images)
                 steps.done("clone")
+                if rec.volumes:
+                    await vm_volumes.mount(live.machine, [v["path"] for v in rec.volumes])
+                    steps.done("volumes")
             # A snapshot of a sandbox holds its source's token: the agent asks for it first.
             await self._hand_identity(live, current_token=tpl.guest_token, steps=steps)
             steps.done("identity")
@@ -342,6 +406,9 @@ class SandboxManager:
     async def _teardown(self, live: _Live) -> None:
         rec = live.record
         if live.machine is not None:
+            if rec.volumes and live.machine.alive() and not await vm_volumes.write_back(live.machine):
+                log.warning("the guest did not write back before its kill: its volumes keep what ext4's "
+                            "journal committed", extra={"sandbox_id": rec.sandbox_id})
             await live.machine.kill()
             live.machine = None
         await self.vs.release(rec.vs_id)
@@ -444,6 +511,9 @@ class SandboxManager:
             rec = live.record
             if rec.state is not State.RUNNING or live.machine is None:
                 raise SandboxError("FAILED_PRECONDITION", f"sandbox {sandbox_id} is {rec.state.value}, not running")
+            if rec.volumes:
+                raise SandboxError("FAILED_PRECONDITION", f"sandbox {sandbox_id} mounts volumes, which are not part "
+                                                          "of a snapshot: it cannot be snapshotted or forked")
             base = self.templates.get(rec.template_id)
             if base is None:
                 raise SandboxError("FAILED_PRECONDITION", f"the template of sandbox {sandbox_id} "
@@ -572,6 +642,8 @@ class SandboxManager:
                     tpl = self.templates.get(rec.template_id)
                     await wait_healthy(ep, tpl.ready_ports if tpl is not None else (ENVD_PORT,),
                                        timeout=self.settings.create_timeout_s)
+                    if rec.volumes:  # a fresh guest: its init mounts them again
+                        await vm_volumes.mount(live.machine, [v["path"] for v in rec.volumes])
                 else:
                     live.machine = await restore(self.vmm, saved, rec.vm_id, attachment, labels=labels)
                 await init_identity(ep, sandbox_id=rec.sandbox_id, access_token=rec.access_token,

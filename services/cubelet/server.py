@@ -18,6 +18,7 @@ from .sandboxes import SandboxError, SandboxManager, disk_free, disk_refusal
 from .settings import CubeletSettings
 from .templates import TemplateError, TemplateStore, operator_build
 from .transfer import ArtifactSource, PausedSource, TransferError
+from .volumes import VolumeError
 
 log = logging.getLogger("cubelet.server")
 
@@ -160,6 +161,57 @@ class CubeletService(cubelet_pb2_grpc.CubeletServicer):
 
     async def GetNode(self, request, context):
         return self.node_status()
+
+    # ---- volumes (volumes.py) -----------------------------------------------------------------
+
+    async def CreateVolume(self, request, context):
+        try:
+            return await self.sandboxes.volumes.create(request)
+        except VolumeError as e:
+            await _abort(context, e)
+
+    async def DeleteVolume(self, request, context):
+        try:
+            return pb.DeleteVolumeResponse(deleted=await self.sandboxes.volumes.delete(request))
+        except VolumeError as e:
+            await _abort(context, e)
+
+    async def VolumeContent(self, request, context):
+        try:
+            return await self.sandboxes.volumes.content(request)
+        except VolumeError as e:
+            await _abort(context, e)
+
+    async def ReadVolumeFile(self, request, context):
+        try:
+            async for chunk in self.sandboxes.volumes.read_file(request):
+                yield chunk
+        except VolumeError as e:
+            await _abort(context, e)
+
+    async def WriteVolumeFile(self, request_iterator, context):
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("request"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry the request")
+            return None
+
+        async def data():
+            eof = first.eof
+            if first.data:
+                yield first.data
+            async for msg in request_iterator:
+                if eof:
+                    raise VolumeError("INVALID_ARGUMENT", "a volume file write goes on after its last message")
+                if msg.data:
+                    yield msg.data
+                eof = msg.eof
+            if not eof:  # the uploader went away: a cut file is never written
+                raise VolumeError("CANCELLED", "the upload ended before its last message: nothing was written")
+
+        try:
+            return await self.sandboxes.volumes.write_file(first.request, data())
+        except VolumeError as e:
+            await _abort(context, e)
 
     def node_status(self) -> pb.NodeStatus:
         host = capacity.Host(*registration.host_memory(), registration.vcpus())

@@ -21,7 +21,7 @@ MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_BIND = 0x1000
 MS_REC = 0x4000
-MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -98,8 +98,9 @@ def enter_root(root: str, tmpfs_tmp: bool = False) -> None:
     if not os.path.isdir(root):
         raise OSError(f"root {root!r} is not a directory")
     _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    # Nothing mounted from here on may propagate back to the caller's namespace.
-    mount("none", "/", None, MS_REC | MS_PRIVATE)
+    # Nothing mounted from here on may propagate back to the caller's namespace; what the guest
+    # init mounts under the root later (volumes) propagates in, where the root is shared.
+    mount("none", "/", None, MS_REC | MS_SLAVE)
     _mount_kernel_fs(root, tmpfs_tmp)
     os.chroot(root)
     os.chdir("/")

@@ -10,7 +10,8 @@ decides what the metadata may claim (``Policy.resolve``):
 - ``operator`` (cubemastercli, sdk.client, deploy): admin of the cluster; it may also name a
   team in the metadata to act as that team's caller.
 - ``api``: acts for the team it names, with the role the key has. Without a caller it may only
-  validate keys (``API_AS_ITSELF``). It never reaches the operator-only calls (``OPERATOR_ONLY``:
+  validate keys and make the volume content calls, which the volume's token authorises
+  (``API_AS_ITSELF``). It never reaches the operator-only calls (``OPERATOR_ONLY``:
   teams, keys, nodes (listing, draining, removing), registering a template), whatever role it
   claims: minting keys or teams, or taking nodes out, takes an operator's certificate, not a
   compromised front end. One exception, a read that changes nothing: listing nodes, for an admin
@@ -39,7 +40,9 @@ from cube_common.teams import OPERATOR, ROLE_ADMIN, ROLE_METADATA, ROLE_USER, TE
 from services.master import errors
 
 # The master's methods each role may call under TLS (by short name; see the module docstring).
-API_AS_ITSELF = frozenset({"ValidateApiKey"})
+# Calls a volume's token authorises (volumes.py), whoever asks: E2B sends no API key with them.
+VOLUME_TOKEN_CALLS = frozenset({"VolumeContent", "ReadVolumeFile", "WriteVolumeFile"})
+API_AS_ITSELF = frozenset({"ValidateApiKey"}) | VOLUME_TOKEN_CALLS
 OPERATOR_ONLY = frozenset({"CreateTeam", "ListTeams", "SetTeamQuota", "CreateApiKey", "ListApiKeys",
                            "RevokeApiKey", "ListNodes", "DrainNode", "UndrainNode", "RemoveNode", "PutTemplate",
                            "GetClusterStatus"})

@@ -39,3 +39,12 @@ class Unauthenticated(MasterError):
 
 class PermissionDenied(MasterError):
     """An admin-only call, or a change to a public template, by a caller that is not an admin."""
+
+
+class NodeAnswered(MasterError):
+    """A node's own answer, relayed to the client unchanged: its status code (a grpc.StatusCode)
+    and its message (the volume content calls, services/master/volumes.py)."""
+
+    def __init__(self, code, message: str):
+        super().__init__(message)
+        self.code = code

@@ -17,6 +17,9 @@
 * Templates the nodes report and etcd lacks are registered (never a snapshot of a sandbox, which
   is its team's: snapshots.py).
 * A fork's snapshot that no sandbox record names, past the orphan grace, is deleted.
+* A volume's reservation whose create was abandoned (its master died before the node answered,
+  or the undo could not reach the node) is removed: the node's image first, then the record
+  (volumes.py).
 * Template builds whose master went away (heartbeat too old) are failed ("master restarted"),
   deferred ones (reserved, never started: no heartbeat) once build_start_timeout_s passed since
   their creation, BUILDING template records without a running or deferred build are removed, and
@@ -54,7 +57,8 @@ class Reconciler:
         self._orphans_seen: dict[str, float] = {}
 
     async def run_once(self) -> dict[str, int]:
-        stats = {"resolved": 0, "vanished": 0, "routes": 0, "orphans": 0, "templates": 0, "builds": 0, "forks": 0}
+        stats = {"resolved": 0, "vanished": 0, "routes": 0, "orphans": 0, "templates": 0, "builds": 0, "forks": 0,
+                 "volumes": 0}
         now = time.time()
         records = {v.value.sandbox_id: v for v in await self.store.list_sandboxes()}
         nodes = {n.node_id: n for n in await self.store.list_nodes()}
@@ -116,6 +120,10 @@ class Reconciler:
                 stats["forks"] = await self.snapshots.unused_fork_bases(self.orphan_grace_s)
             except (errors.MasterError, Conflict) as e:
                 log.warning("could not delete unused fork snapshots", extra={"error": str(e)})
+        try:
+            stats["volumes"] = await self.sb.volumes.clean_abandoned()
+        except (errors.MasterError, Conflict) as e:
+            log.warning("could not clean abandoned volume reservations", extra={"error": str(e)})
         try:
             stats["templates"] = await self.sb.templates.sync_from_nodes()
         except errors.MasterError:

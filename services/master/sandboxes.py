@@ -39,6 +39,12 @@ told keeps a copy no record names, which the reconciler kills as an orphan. Whil
 RESUMING the holder's copy is the sandbox: a move that fails or times out settles it PAUSED on the
 holder (the target told to drop what it pulled), and the reconciler settles a move whose master
 died by what the target reports.
+
+Volumes (volumes.py): a sandbox that mounts volumes runs on their node (all on one), is created
+there or not at all, and resumes only there (never moved). Its record claims each volume
+(``mounted_by``) in the transaction that creates it, before the node is asked, and the claims go
+with the record whenever it is deleted (store.delete_sandbox); a pause keeps them. It cannot be
+snapshotted or forked (snapshots.py): the volume is not part of the snapshot.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ import re
 import secrets
 import string
 import time
+from collections.abc import Sequence
 
 from cube_common import host_mask
 from cube_common.etcd import EtcdUnavailable
@@ -66,6 +73,7 @@ from services.master.settings import Settings
 from services.master.store import Conflict, Store, Versioned
 from services.master.teams import owner
 from services.master.templates import Templates
+from services.master.volumes import Volumes
 
 log = get_logger("sandboxes")
 
@@ -145,6 +153,7 @@ class Sandboxes:
         self.templates = templates
         self.settings = settings
         self.quotas = quotas
+        self.volumes = Volumes(store, nodes, settings)
 
     # ---- helpers ------------------------------------------------------------------------------
 
@@ -234,6 +243,7 @@ class Sandboxes:
         except host_mask.InvalidHostMask as e:
             raise errors.InvalidArgument(str(e)) from None
         t0 = time.monotonic()
+        mounts = await self.volumes.resolve_mounts(req.volume_mounts, caller) if req.volume_mounts else []
         # Independent reads: one round trip's wait instead of four.
         (tpl, alias), sandboxes, nodes, draining = await asyncio.gather(
             self.templates.resolve(req.template, caller), self.store.list_sandboxes(), self.store.list_nodes(),
@@ -241,6 +251,9 @@ class Sandboxes:
         if tpl.status not in (P.TEMPLATE_STATUS_READY, P.TEMPLATE_STATUS_UNSPECIFIED):
             raise errors.FailedPrecondition(f"template '{tpl.template_id}' is not ready")
         load = load_by_node([v.value for v in sandboxes])
+        only_on = {tpl.home_node_id} if tpl.base_template_id else None
+        if mounts:
+            only_on = await self._volume_node(mounts, tpl, only_on, nodes, draining)
         # A node that refuses (full since it last reported, lacks the template, unreachable) is
         # left for the next best one, within the create's deadline: each attempt is a whole create
         # of its own (fresh id and record, undone before the next), so nothing of it lingers.
@@ -251,13 +264,16 @@ class Sandboxes:
             try:
                 node = rank(nodes, tpl.template_id, tpl.memory_mb or 512, load, exclude=tried,
                             overcommit_ratio=self.settings.memory_overcommit_ratio, draining=draining,
-                            only_on={tpl.home_node_id} if tpl.base_template_id else None)[0].node
-            except errors.MasterError:
+                            only_on=only_on)[0].node
+            except errors.MasterError as e:
                 if last is not None:
                     break
+                if mounts and isinstance(e, errors.Exhausted):
+                    raise errors.Exhausted("the node that holds the sandbox's volumes has no room for another "
+                                           "sandbox now; try again later") from e
                 raise
             try:
-                return await self._create_on(node, req, caller, tpl, alias, timeout, t0, deadline)
+                return await self._create_on(node, req, caller, tpl, alias, timeout, t0, deadline, mounts)
             except _NodeRefused as e:
                 tried.add(node.node_id)
                 last = e.error
@@ -266,8 +282,27 @@ class Sandboxes:
         assert last is not None
         raise last
 
+    async def _volume_node(self, mounts: builtins.list[cubelet_pb2.VolumeMount], tpl: P.Template,
+                           only_on: set[str] | None, nodes: builtins.list[cubelet_pb2.NodeStatus],
+                           draining: frozenset[str]) -> set[str]:
+        """The one node a sandbox mounting ``mounts`` may run on: their node, which must be
+        registered, not draining, and (for a snapshot's sandbox) the snapshot's node too."""
+        node_id = await self.volumes.node_of(mounts)
+        names = ", ".join(repr(m.name) for m in mounts)
+        if only_on is not None and node_id not in only_on:
+            raise errors.FailedPrecondition(f"volume {names} and template '{tpl.template_id}' are on different "
+                                            "nodes; a sandbox can mount a volume only on the volume's node")
+        if not any(n.node_id == node_id and n.address for n in nodes):
+            raise errors.FailedPrecondition(f"the node that holds volume {names} is not registered now; try again "
+                                            "when it is back")
+        if node_id in draining:
+            raise errors.FailedPrecondition(f"the node that holds volume {names} is draining and takes no new "
+                                            "sandboxes")
+        return {node_id}
+
     async def _create_on(self, node: cubelet_pb2.NodeStatus, req: P.CreateSandboxRequest, caller: Caller,
-                         tpl: P.Template, alias: str, timeout: int, t0: float, deadline: float) -> P.Sandbox:
+                         tpl: P.Template, alias: str, timeout: int, t0: float, deadline: float,
+                         mounts: Sequence[cubelet_pb2.VolumeMount] = ()) -> P.Sandbox:
         now = time.time()
         rec = P.Sandbox(
             sandbox_id=new_sandbox_id(), template_id=tpl.template_id, alias=alias, client_id=req.client_id,
@@ -277,7 +312,8 @@ class Sandboxes:
             traffic_access_token=secrets.token_hex(16) if req.network.require_traffic_token else "",
             memory_mb=tpl.memory_mb or 512, disk_size_mb=tpl.disk_size_mb or 1024, auto_pause=req.auto_pause,
             auto_resume=req.auto_resume, timeout_s=timeout, team_id=owner(caller.team_id),
-            quota_exempt=not caller.team_id, auto_pause_filesystem_only=req.auto_pause_filesystem_only)
+            quota_exempt=not caller.team_id, auto_pause_filesystem_only=req.auto_pause_filesystem_only,
+            volume_mounts=mounts)
         if req.HasField("network"):
             rec.network.CopyFrom(req.network)
         rec.created_at.CopyFrom(ts(now))
@@ -300,20 +336,22 @@ class Sandboxes:
             raise
 
     async def _admit_create(self, rec: P.Sandbox) -> int:
-        """Write the CREATING record, admitted against its team's quota. Returns its revision."""
+        """Write the CREATING record, admitted against its team's quota, claiming its volumes.
+        Returns its revision."""
         for _ in range(CAS_RETRIES):
+            claims = await self.volumes.claimable(rec.sandbox_id, rec.volume_mounts) if rec.volume_mounts else []
             async with self.quotas.admission(rec, running_one(rec)) as guard:
                 try:
-                    return await self.store.create_sandbox(rec, guard)
+                    return await self.store.create_sandbox(rec, guard, claims)
                 except Conflict:
-                    continue  # another master admitted a change of the team first: count again
+                    continue  # another master admitted a change of the team, or a volume changed: again
         raise errors.Unavailable(f"team '{rec.team_id}' is changing too fast; try again")
 
     async def _finish_create(self, rec: P.Sandbox, rev: int, node: cubelet_pb2.NodeStatus,
                              steps: dict[str, float], deadline: float) -> P.Sandbox:
         run = cubelet_pb2.RunSandboxRequest(
             sandbox_id=rec.sandbox_id, template_id=rec.template_id, env_vars=dict(rec.env_vars),
-            envd_access_token=rec.envd_access_token, metadata=dict(rec.metadata))
+            envd_access_token=rec.envd_access_token, metadata=dict(rec.metadata), volumes=rec.volume_mounts)
         if rec.HasField("network"):
             run.network.CopyFrom(rec.network)
         t0 = time.monotonic()
@@ -594,7 +632,11 @@ class Sandboxes:
         # Its state is on its node's disk: with the node away (lost), nothing to write or admit.
         if holder is None:
             raise errors.Unavailable(_node_away(v.value))
-        move = holder.node_id in draining or bool(want and want != holder.node_id)
+        pinned = bool(v.value.volume_mounts)  # its volumes are on its node: it resumes there or not at all
+        if pinned and want and want != holder.node_id:
+            raise errors.FailedPrecondition(f"sandbox '{sid}' mounts volumes, which stay on their node: it resumes "
+                                            "only there")
+        move = not pinned and (holder.node_id in draining or bool(want and want != holder.node_id))
         rec = _copy(v.value)
         rec.phase = P.SANDBOX_PHASE_RESUMING
         rec.timeout_s = timeout_s
@@ -611,6 +653,10 @@ class Sandboxes:
             raise errors.Unavailable(_node_away(rec))
         holder = node
         status = None if move else await self._resume_on(rec, rev, node, reboot)
+        if status is None and pinned:
+            await self._settle(rec, rev, P.SANDBOX_PHASE_PAUSED, holder)
+            raise errors.Exhausted(f"the node that holds sandbox '{sid}' and its volumes has no room for it now; "
+                                   "try again later")
         if status is None:  # draining, full, or asked elsewhere: the state goes to another node
             moved = await self._move(rec, rev, holder, want, reboot,
                                      stay_if_alone=not want and holder.node_id in draining)

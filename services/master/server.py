@@ -14,7 +14,7 @@ import grpc
 
 from cube_common.etcd import EtcdUnavailable
 from cube_common.teams import OPERATOR
-from sdk.gen.cube.v1 import master_pb2 as P, master_pb2_grpc
+from sdk.gen.cube.v1 import cubelet_pb2 as C, master_pb2 as P, master_pb2_grpc
 from services.master import errors
 from services.master.apikeys import ApiKeys
 from services.master.builds import Builds
@@ -48,6 +48,8 @@ _CODES = (
 
 def status_of(e: Exception) -> tuple[grpc.StatusCode, str] | None:
     """The gRPC status and message a domain error answers with; None for an unexpected error."""
+    if isinstance(e, errors.NodeAnswered):
+        return e.code, str(e)
     for cls, code in _CODES:
         if isinstance(e, cls):
             return code, str(e) if not isinstance(e, EtcdUnavailable) else f"cluster state unavailable: {e}"
@@ -289,6 +291,38 @@ class MasterService(master_pb2_grpc.MasterServicer):
         # cube-api asks as itself (no caller); a team's caller has no business probing keys.
         require_admin(caller, "validating an API key")
         return await self.keys.validate(request.key)
+
+    # ---- volumes ----
+    @_rpc
+    async def CreateVolume(self, request, caller):
+        return await self.sb.volumes.create(request.name, caller)
+
+    @_rpc
+    async def GetVolume(self, request, caller):
+        return await self.sb.volumes.get(request.volume_id, caller)
+
+    @_rpc
+    async def ListVolumes(self, request, caller):
+        return P.ListVolumesResponse(volumes=await self.sb.volumes.list(caller))
+
+    @_rpc
+    async def DeleteVolume(self, request, caller):
+        return C.DeleteVolumeResponse(deleted=await self.sb.volumes.delete(request.volume_id, caller))
+
+    # Content calls: the volume's token authorises them, whoever the caller is (caller.py lets the
+    # API make them as itself).
+    @_rpc
+    async def VolumeContent(self, request, caller):
+        return await self.sb.volumes.content(request)
+
+    @_stream
+    async def ReadVolumeFile(self, request, caller):
+        async for chunk in self.sb.volumes.read_file(request):
+            yield chunk
+
+    @_rpc
+    async def WriteVolumeFile(self, request_iterator, caller):
+        return await self.sb.volumes.write_file(request_iterator)
 
     # ---- cluster ----
     @_rpc

@@ -84,6 +84,11 @@ class Settings(_Base):
     build_start_timeout_s: float = setting(3600.0, "a deferred build (E2B's two-phase template build) not "
                                            "started within this long of its creation is failed")
     build_retention_s: float = setting(7 * 86400.0, "how long finished build jobs are kept")
+    volumes_per_team: int = setting(16, "most volumes a team may have (0: no limit)")
+    volume_team_mb: int = setting(16384, "most MiB of volume filesystems a team may have in all (0: no limit)")
+    volume_size_mb: int = setting(1024, "filesystem size of each new volume, MiB (its image is sparse)")
+    volume_transfer_timeout_s: float = setting(3600.0, "deadline of one volume file read or write "
+                                               "relayed to its node")
     envd_version: str = setting(ENVD_VERSION, "envd version reported for templates that do not say theirs")
     mtls_dir: Path | None = shared.mtls_dir()
     insecure_public: bool = shared.insecure_public()
@@ -130,6 +135,12 @@ class Settings(_Base):
             raise SettingsError("need build_stale_s > build_heartbeat_s")
         if self.build_events_kept < 10 or self.build_log_events_kept < 10:
             raise SettingsError("build_events_kept and build_log_events_kept must be >= 10")
+        if self.volumes_per_team < 0 or self.volume_team_mb < 0:
+            raise SettingsError("volumes_per_team and volume_team_mb must be >= 0")
+        if self.volume_size_mb < 16:
+            raise SettingsError("volume_size_mb must be >= 16 (ext4 needs room for its metadata)")
+        if self.volume_transfer_timeout_s <= 0:
+            raise SettingsError("volume_transfer_timeout_s must be > 0")
         if self.build_start_timeout_s <= 0:
             raise SettingsError("build_start_timeout_s must be > 0")
         return self

@@ -17,6 +17,8 @@ Invariants:
 * A name is an alias in the caller's team. Taking a snapshot under a name that an older snapshot
   of the team holds moves the alias to the new one (the older stays, by id); a name that another
   kind of template holds is refused.
+* A sandbox that mounts volumes is never snapshotted nor forked (FAILED_PRECONDITION): its
+  volumes are not part of the snapshot.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ def new_snapshot_id() -> str:
     return "snap-" + "".join(secrets.choice(_ALPHABET) for _ in range(16))
 
 
+def _refuse_volumes(rec: P.Sandbox) -> None:
+    """A sandbox's volumes live outside its snapshot: a snapshot or fork of it would lose them."""
+    if rec.volume_mounts:
+        raise errors.FailedPrecondition("sandboxes with volumes cannot be snapshotted or forked: the volume is not "
+                                        "part of the snapshot")
+
+
 class Snapshots:
     def __init__(self, sandboxes: Sandboxes, templates: Templates):
         self.sb = sandboxes
@@ -56,6 +65,7 @@ class Snapshots:
             raise errors.InvalidArgument(f"count must be between 1 and {MAX_FORKS}, got {count}")
         self.sb._check_timeout(timeout_s)
         src = (await self.sb._record(sid, caller)).value
+        _refuse_volumes(src)
         base = await self.create(sid, caller, fork=True)
 
         req = P.CreateSandboxRequest(template=base.template_id, timeout_s=timeout_s, metadata=dict(src.metadata),
@@ -95,6 +105,7 @@ class Snapshots:
             raise errors.InvalidArgument(f"invalid snapshot name '{name}'")
         v = await self.sb._record(sid, caller)
         rec = v.value
+        _refuse_volumes(rec)
         if rec.phase not in RUNNING_PHASES:
             raise errors.FailedPrecondition(f"sandbox '{sid}' is not running; resume it before taking a snapshot")
         node = await self.store.get_node(rec.node_id)

@@ -10,7 +10,10 @@ one transaction, and so does the team's admission guard when a quota applies (``
 services/master/quotas.py). A deleted template leaves its tombstones, and loses its tags, in the
 transaction that deletes it; tags are written comparing (and rewriting) their template's record
 (services/master/tags.py). A claim of a tombstoned name compares the tombstone in the transaction
-that claims it (``NameClaim``, services/master/tombstones.py).
+that claims it (``NameClaim``, services/master/tombstones.py). A volume and its per-team name index change
+together; a sandbox's claims of its volumes (``Volume.mounted_by``) are written in the transaction
+that creates its record, comparing each volume's revision, and cleared in the one that deletes it
+(services/master/volumes.py).
 
 Any etcd failure surfaces as ``EtcdUnavailable`` within the configured deadline, never as a hang
 (``cube_common.etcd``, which also fails over between endpoints).
@@ -37,6 +40,7 @@ from services.master.log import get_logger
 log = get_logger("store")
 
 M = TypeVar("M", bound=Message)
+CAS_RETRIES = 8
 
 
 class Conflict(Exception):
@@ -160,13 +164,23 @@ class Store:
             compare.append(self.t.mod(k) == guard.mod_revision)
             ops.append(self.t.put(k, to_json(guard.team)))
 
-    async def create_sandbox(self, rec: master_pb2.Sandbox, guard: TeamGuard | None = None) -> int:
-        """Write a new record (with its team's admission guard, when a quota applies). Conflict
-        when the id exists or another admission of the team committed first."""
+    async def create_sandbox(self, rec: master_pb2.Sandbox, guard: TeamGuard | None = None,
+                             claims: Sequence[Versioned[master_pb2.Volume]] = ()) -> int:
+        """Write a new record (with its team's admission guard, when a quota applies), claiming
+        the volumes it mounts (``claims``: each as read, written back naming the sandbox in
+        ``mounted_by``). Conflict when the id exists, another admission of the team committed
+        first, or a claimed volume changed since it was read."""
         t = self.t
         k = self.sandbox_key(rec.sandbox_id)
         compare, ops = [t.create(k) == 0], [t.put(k, to_json(rec))]
         self._guarded(compare, ops, guard)
+        for v in claims:
+            claimed = master_pb2.Volume()
+            claimed.CopyFrom(v.value)
+            claimed.mounted_by = rec.sandbox_id
+            vk = self.keys.volume(claimed.volume_id)
+            compare.append(t.mod(vk) == v.mod_revision)
+            ops.append(t.put(vk, to_json(claimed)))
         ok, rev = await self.txn(compare, ops)
         if not ok:
             raise Conflict(f"sandbox {rec.sandbox_id} exists, or its team admitted another change")
@@ -193,14 +207,43 @@ class Store:
         return rev
 
     async def delete_sandbox(self, sid: str, expect_rev: int | None = None) -> int:
-        """Delete the record and its route together."""
+        """Delete the record and its route together, and release the volumes it mounts (their
+        ``mounted_by`` naming it is cleared in the same transaction): every way a sandbox record
+        goes (kill, undone create, the reconciler, lost retention) comes through here."""
         t = self.t
         k = self.sandbox_key(sid)
-        cmp = [t.mod(k) == expect_rev] if expect_rev is not None else []
-        ok, rev = await self.txn(cmp, [t.delete(k), t.delete(self.route_key(sid))])
-        if not ok:
-            raise Conflict(f"sandbox {sid} changed")
-        return rev
+        for _ in range(CAS_RETRIES):
+            cur = await self.get_sandbox(sid)
+            if cur is None or not cur.value.volume_mounts:
+                cmp = [t.mod(k) == expect_rev] if expect_rev is not None else []
+                ops = [t.delete(k), t.delete(self.route_key(sid))]
+                if cur is not None and expect_rev is None:
+                    cmp = [t.mod(k) == cur.mod_revision]  # it must not gain volumes meanwhile
+                ok, rev = await self.txn(cmp, ops)
+                if ok:
+                    return rev
+                if expect_rev is not None:
+                    raise Conflict(f"sandbox {sid} changed")
+                continue
+            if expect_rev is not None and cur.mod_revision != expect_rev:
+                raise Conflict(f"sandbox {sid} changed")
+            cmp = [t.mod(k) == cur.mod_revision]
+            ops = [t.delete(k), t.delete(self.route_key(sid))]
+            for m in dict.fromkeys(m.volume_id for m in cur.value.volume_mounts):
+                vol = await self.get_volume(m)
+                if vol is None or vol.value.mounted_by != sid:
+                    continue
+                released = master_pb2.Volume()
+                released.CopyFrom(vol.value)
+                released.mounted_by = ""
+                vk = self.keys.volume(m)
+                cmp.append(t.mod(vk) == vol.mod_revision)
+                ops.append(t.put(vk, to_json(released)))
+            ok, rev = await self.txn(cmp, ops)
+            if ok:
+                return rev
+            # The record or one of its volumes changed meanwhile: read both again.
+        raise Conflict(f"sandbox {sid} or its volumes are changing too fast")
 
     async def list_routes(self) -> list[Versioned[route_pb2.SandboxRoute]]:
         return await self._list(self.keys.routes(), route_pb2.SandboxRoute)
@@ -210,6 +253,46 @@ class Store:
         t = self.t
         ok, _ = await self.txn([t.mod(self.route_key(sid)) == route_rev, t.create(self.sandbox_key(sid)) == 0],
                                [t.delete(self.route_key(sid))])
+        return ok
+
+    # ---- volumes (services/master/volumes.py) ---------------------------------------------
+
+    async def get_volume(self, volume_id: str) -> Versioned[master_pb2.Volume] | None:
+        return await self._get(self.keys.volume(volume_id), master_pb2.Volume)
+
+    async def get_volume_name(self, team_id: str, name: str) -> Versioned[master_pb2.Volume] | None:
+        """A team's name index entry (its volume's id, name and team)."""
+        return await self._get(self.keys.volume_name(team_id, name), master_pb2.Volume)
+
+    async def list_volumes(self) -> list[Versioned[master_pb2.Volume]]:
+        return await self._list(self.keys.volumes(), master_pb2.Volume)
+
+    async def create_volume(self, vol: master_pb2.Volume, guard: TeamGuard | None = None) -> bool:
+        """Write a new volume and its name index entry, only if neither exists (and the team's
+        guard holds, when given); False otherwise."""
+        t = self.t
+        k, nk = self.keys.volume(vol.volume_id), self.keys.volume_name(vol.team_id, vol.name)
+        index = master_pb2.Volume(volume_id=vol.volume_id, name=vol.name, team_id=vol.team_id)
+        compare, ops = [t.create(k) == 0, t.create(nk) == 0], [t.put(k, to_json(vol)), t.put(nk, to_json(index))]
+        self._guarded(compare, ops, guard)
+        ok, _ = await self.txn(compare, ops)
+        return ok
+
+    async def update_volume(self, vol: master_pb2.Volume, expect_rev: int) -> int:
+        t = self.t
+        k = self.keys.volume(vol.volume_id)
+        ok, rev = await self.txn([t.mod(k) == expect_rev], [t.put(k, to_json(vol))])
+        if not ok:
+            raise Conflict(f"volume {vol.volume_id} changed")
+        return rev
+
+    async def delete_volume(self, vol: Versioned[master_pb2.Volume]) -> bool:
+        """Delete a volume and its name index entry, only if the volume is still at its revision."""
+        t = self.t
+        v = vol.value
+        ok, _ = await self.txn([t.mod(self.keys.volume(v.volume_id)) == vol.mod_revision],
+                               [t.delete(self.keys.volume(v.volume_id)),
+                                t.delete(self.keys.volume_name(v.team_id, v.name))])
         return ok
 
     # ---- templates and aliases ------------------------------------------------------------

@@ -14,6 +14,9 @@ import json
 NOT_FOUND = "The sandbox was not found"
 PORT_NOT_OPEN = "The sandbox is running but port is not open"
 UNREACHABLE = "The sandbox is unreachable"
+# api.<domain> (E2B's API host) carries only the volume content calls through the proxy.
+API_NOT_FOUND = "Not found: this host serves only /volumecontent/ through the Cube proxy"
+API_UNREACHABLE = "The Cube API is unreachable"
 
 # Envoy substitution commands for values the request-normalising Lua filter stores as dynamic
 # metadata (namespace "cube"); they were validated there ([A-Za-z0-9_-] and digits only), so
@@ -56,3 +59,5 @@ ENVOY_PORT_NOT_OPEN = ('{"sandboxId":"' + ENVOY_SANDBOX_ID + '","message":"' + P
                        + '","port":' + ENVOY_PORT + ',"code":502}')
 ENVOY_UNREACHABLE = ('{"sandboxId":"' + ENVOY_SANDBOX_ID + '","message":"' + UNREACHABLE
                      + '","code":502}')
+# cube-api refused, reset or unresolvable on the volume content route.
+ENVOY_API_UNREACHABLE = dumps({"code": 502, "message": API_UNREACHABLE})

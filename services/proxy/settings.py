@@ -89,6 +89,10 @@ class ProxySettings(Settings):
     master_addr: str = shared.master_addr(flag="--master", env=("CUBE_PROXY_MASTER",),
                                           help="master gRPC address, for auto-resume ('' turns it off)")
     resume_timeout: float = setting(60.0, "how long the resumer waits for a resume")
+    # E2B's volume content calls (https://api.<domain>/volumecontent/...) go on to cube-api, plain
+    # HTTP; other paths on api.<domain> get 404. Empty: api.<domain> answers 404 to everything.
+    api_upstream: str = setting(defaults.API_ADDR, "cube-api's address (host:port; a name is resolved by DNS) "
+                                "for the volume content calls to api.<domain> ('' turns that route off)")
     # Only for the admin and resumer listeners: the HTTPS/HTTP sandbox listeners are meant to be
     # exposed (every sandbox request there is routed by id and guarded by the sandbox's tokens).
     insecure_public: bool = shared.insecure_public("let --admin and --resumer listen off loopback "
@@ -126,12 +130,19 @@ class ProxySettings(Settings):
                       "sandbox")
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
         check_listen("metrics_listen", self.metrics_listen)
+        if self.api_upstream:
+            check_host_ports("api_upstream", (self.api_upstream,))
         if (self.mtls_dir is None) != (self.envoy_mtls_dir is None):
             # With only the proxy's, Envoy could not connect to its ADS server; with only Envoy's,
             # Envoy would expect TLS that the ADS server does not speak.
             raise SettingsError("mtls_dir and envoy_mtls_dir go together: set both (mutual TLS between "
                                 "the proxy and its Envoy) or neither")
         return self
+
+    @property
+    def api_endpoint(self) -> Endpoint | None:
+        """cube-api's address for the volume content route, or None when that route is off."""
+        return Endpoint.parse(self.api_upstream) if self.api_upstream else None
 
     @property
     def keys(self) -> Keys:

@@ -32,6 +32,18 @@ Routing scheme (why it looks like this):
 
 * WebSockets (HTTP/1.1 upgrades, HTTP/2 extended CONNECT) take the same routes, token check and
   mask as any request; the Lua filter gives an HTTP/2 one the Sec-WebSocket-Key guests expect.
+* api.<domain> (E2B's API host: the SDKs send volume content calls, /volumecontent/{volumeID}/...
+  with the volume's bearer token, there): when the request has no sandbox headers and its Host,
+  without a port and in any case, is exactly api.<domain>, the Lua filter answers 404
+  (`{"code":404,"message":...}`) unless the path starts with /volumecontent/ (after the same
+  decoding as envd's block list, and without dot segments) and the route is on (`api_upstream`);
+  otherwise it sets `x-cube-sandbox` to API_ROUTE_KEY, which no sandbox id can be, and the map
+  entry of that key sends the request to the cube-api cluster (STATIC or DNS, from the settings
+  only, so it never churns) with Host, path, query, Authorization and bodies as they came: no
+  buffering, no route timeout, an idle timeout between bytes. The sandbox headers win over this
+  Host as over any other: a request carrying both E2b-Sandbox-Id and E2b-Sandbox-Port is sandbox
+  traffic whatever its Host. cube-api failing (refused, reset, unresolved) is a 502 of its own,
+  not a sandbox's (a local-reply mapper keyed on the Lua filter's `cube:api` metadata).
 
 Only RDS changes per sandbox. Envoy's state-of-the-world RDS resends the whole route
 configuration on a change; the control plane coalesces bursts (ads.py), so this stays cheap
@@ -81,6 +93,16 @@ HOST_HEADER = "x-cube-host"  # a masked sandbox's Host, for host_rewrite_header
 TOKEN_HEADER = "e2b-traffic-access-token"
 WS_KEY = "Y3ViZS1wcm94eS1rZXkhIQ=="  # base64 of 16 bytes, as RFC 6455 wants (see the Lua filter)
 RESUMER_CLUSTER = "cube_resumer"
+API_CLUSTER = "cube_api"
+# The Lua filter's x-cube-sandbox value for a volume content call to api.<domain>: its map entry
+# routes to cube-api. No sandbox id can take it (routes.SANDBOX_ID_RE: letters, digits, '_', '-').
+API_ROUTE_KEY = "@api"
+API_PATH_PREFIX = "/volumecontent/"
+# Volume transfers may be large: no overall timeout on that route, only this one between bytes.
+API_IDLE_TIMEOUT_S = 300
+# Below cube-api's keep-alive (Sanic KEEP_ALIVE_TIMEOUT 75 s), so Envoy never reuses a connection
+# the API is closing.
+API_UPSTREAM_IDLE_TIMEOUT_S = 60
 # envd routes only the orchestrator may call (upstream E2B blocks the same list at its proxy).
 BLOCKED_ENVD_PATHS = ("/init", "/freeze", "/unfreeze", "/fsfreeze", "/fsthaw", "/collapse", "/upgrade")
 
@@ -89,11 +111,14 @@ HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 HEADER_INPUT = "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput"
 ROUTE_ACTION = "type.googleapis.com/envoy.config.route.v3.Route"
 
-LUA_SOURCE = r"""
+LUA_TEMPLATE = r"""
 -- CubeProxy request normaliser: which sandbox and port does this request want?
 local ENVD_PORT = "%(envd_port)d"
 local BLOCKED = {}
 for _, p in ipairs({%(blocked)s}) do BLOCKED[p] = true end
+local API_HOST = %(api_host)s  -- api.<domain>: E2B's volume content calls
+local API_ON = %(api_on)s
+local API_PREFIX = "%(api_prefix)s"
 
 local function reply(h, status, message, sandbox_id)
   local body = '{"code":' .. status .. ',"message":"' .. message .. '"'
@@ -122,6 +147,18 @@ local function canonical_path(p)
   return p
 end
 
+-- api.<domain> (any port): /volumecontent/... goes to cube-api (its map entry), the rest is 404.
+-- Dot segments are refused, so the path cannot climb out of /volumecontent/ at the API.
+local function api_request(h, hd)
+  local p = canonical_path(hd:get(":path") or "/")
+  if not API_ON or p:sub(1, #API_PREFIX) ~= API_PREFIX or (p .. "/"):find("/%%.%%.?/") ~= nil then
+    return reply(h, 404, "%(api_not_found)s")
+  end
+  h:streamInfo():dynamicMetadata():set("cube", "api", "1")  -- for the API's own 502 body
+  hd:replace("%(sandbox)s", "%(api_key)s")
+  h:clearRouteCache()
+end
+
 function envoy_on_request(h)
   local hd = h:headers()
   hd:remove("%(sandbox)s")
@@ -131,7 +168,9 @@ function envoy_on_request(h)
   local id = hd:get("e2b-sandbox-id")
   local port = hd:get("e2b-sandbox-port")
   if id == nil or port == nil then
-    local label = (hd:get(":authority") or ""):match("^[^.:]+")
+    local authority = (hd:get(":authority") or ""):lower()
+    if (authority:match("^(.-):%%d+$") or authority) == API_HOST then return api_request(h, hd) end
+    local label = authority:match("^[^.:]+")
     if label ~= nil then port, id = label:match("^(%%d+)%%-(.+)$") end
     if id == nil then
       return reply(h, 400, "no sandbox in the request: use the host <port>-<sandboxID>.<domain> or the "
@@ -158,11 +197,25 @@ function envoy_on_request(h)
   hd:replace("%(port)s", p)
   h:clearRouteCache()
 end
-""" % {  # noqa: UP031 - Lua is full of braces; %-substitution keeps it readable
-    "blocked": ", ".join(f'"{p}"' for p in BLOCKED_ENVD_PATHS), "envd_port": ENVD_PORT,
-    "sandbox": SANDBOX_HEADER, "port": PORT_HEADER, "upstream": UPSTREAM_HEADER, "host": HOST_HEADER,
-    "ws_key": WS_KEY,
-}
+"""
+
+
+def _lua_string(text: str) -> str:
+    """A Lua string literal of `text`."""
+    plain = lambda b: (b < 128 and chr(b).isalnum()) or b in b".-_:"  # noqa: E731
+    return '"' + "".join(chr(b) if plain(b) else f"\\{b:03d}" for b in text.encode()) + '"'
+
+
+def lua_source(s: ProxySettings) -> str:
+    """The request normaliser; it knows api.<domain> and whether its route is on."""
+    # Lua is full of braces: %-substitution keeps it readable.
+    return LUA_TEMPLATE % {
+        "blocked": ", ".join(f'"{p}"' for p in BLOCKED_ENVD_PATHS), "envd_port": ENVD_PORT,
+        "sandbox": SANDBOX_HEADER, "port": PORT_HEADER, "upstream": UPSTREAM_HEADER, "host": HOST_HEADER,
+        "ws_key": WS_KEY, "api_host": _lua_string(f"api.{s.domain}"),
+        "api_on": "true" if s.api_endpoint is not None else "false", "api_prefix": API_PATH_PREFIX,
+        "api_key": API_ROUTE_KEY, "api_not_found": errors.API_NOT_FOUND,
+    }
 
 
 @dataclass(frozen=True)
@@ -207,11 +260,11 @@ _UNLIMITED = {"thresholds": [{"priority": "DEFAULT", "max_connections": 1000000,
                               "max_requests": 1000000, "max_retries": 1000}]}
 
 
-def _http1_upstream() -> dict:
+def _http1_upstream(idle_timeout_s: int = 3600) -> dict:
     # Guests (envd, the code interpreter, user servers) speak HTTP/1.1. Idle upstream
     # connections are kept an hour; no per-request timeout (streams may be silent for minutes).
     return {HTTP_OPTIONS: {"@type": "type.googleapis.com/" + HTTP_OPTIONS,
-                           "common_http_protocol_options": {"idle_timeout": "3600s"},
+                           "common_http_protocol_options": {"idle_timeout": f"{idle_timeout_s}s"},
                            "explicit_http_config": {"http_protocol_options": {}}}}
 
 
@@ -260,6 +313,12 @@ def _resumer_cluster(s: ProxySettings) -> cluster_pb2.Cluster:
     return _endpoint_cluster(RESUMER_CLUSTER, s.resumer, 2.0)
 
 
+def _api_cluster(api: Endpoint, s: ProxySettings) -> cluster_pb2.Cluster:
+    # A Service name may resolve to IPv4 or IPv6 only: prefer v4, take v6 when that is all there is.
+    return _endpoint_cluster(API_CLUSTER, api, s.upstream_connect_timeout, dns_lookup_family="V4_PREFERRED",
+                             typed_extension_protocol_options=_http1_upstream(API_UPSTREAM_IDLE_TIMEOUT_S))
+
+
 def build_clusters(table: RouteTable, s: ProxySettings, cache: dict | None = None) -> dict[str, Message]:
     """Clusters by name; `cache` (name → message) avoids re-parsing unchanged clusters."""
     cache = {} if cache is None else cache
@@ -272,6 +331,9 @@ def build_clusters(table: RouteTable, s: ProxySettings, cache: dict | None = Non
     clusters = {"cube_local": get("cube_local", lambda: _local_cluster("", s))}
     if s.master_addr:
         clusters[RESUMER_CLUSTER] = get(RESUMER_CLUSTER, lambda: _resumer_cluster(s))
+    api = s.api_endpoint
+    if api is not None:  # depends on the settings only: built once, never churns
+        clusters[API_CLUSTER] = get(API_CLUSTER, lambda: _api_cluster(api, s))
     for r in table.routes.values():
         if r.state is not RouteState.RUNNING:
             continue
@@ -359,6 +421,15 @@ def _resume(s: ProxySettings) -> dict:
                       "internal_redirect_policy": {"max_internal_redirects": 1, "redirect_response_codes": [307]}}}
 
 
+def _api() -> dict:
+    """A volume content call to api.<domain>: on to cube-api, bodies streamed both ways (no
+    buffering filter; the API caps uploads). No route timeout, which would cut a large transfer:
+    only an idle timeout between bytes. The Host (api.<domain>) is kept."""
+    return {"match": {"prefix": "/"},
+            "route": {"cluster": API_CLUSTER, "timeout": "0s", "idle_timeout": f"{API_IDLE_TIMEOUT_S}s"},
+            "request_headers_to_remove": _INTERNAL}
+
+
 def _action(route: dict) -> dict:
     return {"action": {"name": "route", "typed_config": {"@type": ROUTE_ACTION, **route}}}
 
@@ -413,15 +484,19 @@ def _vhost_base() -> dict:
     return {"name": "sandboxes", "domains": ["*"]}  # internal headers: see _forward
 
 
-def build_route_config(table: RouteTable) -> route_pb2.RouteConfiguration:
-    """The one RouteConfiguration, from scratch (ResourceBuilder keeps one up to date instead)."""
+def build_route_config(table: RouteTable, s: ProxySettings | None = None) -> route_pb2.RouteConfiguration:
+    """The one RouteConfiguration, from scratch (ResourceBuilder keeps one up to date instead).
+    With settings whose api_upstream is set, the map also has the volume content entry."""
     rc = _parse({"name": ROUTE_CONFIG_NAME, "virtual_hosts": [_vhost_base()]}, route_pb2.RouteConfiguration)
-    if not table.routes:
+    api = s is not None and s.api_endpoint is not None
+    if not table.routes and not api:
         return rc  # no entry → no route (NR) → the "was not found" 502 from the local-reply mapper
     tree = rc.virtual_hosts[0].matcher.matcher_tree
     json_format.ParseDict(_header_input(SANDBOX_HEADER), tree.input)
+    if api:
+        tree.exact_match_map.map[API_ROUTE_KEY].CopyFrom(_parse(_action(_api()), matcher_pb2.Matcher.OnMatch))
     for sid, r in sorted(table.routes.items()):
-        tree.exact_match_map.map[sid].CopyFrom(_parse(_on_match(r), matcher_pb2.Matcher.OnMatch))
+        tree.exact_match_map.map[sid].CopyFrom(_parse(_on_match(r, s), matcher_pb2.Matcher.OnMatch))
     return rc
 
 
@@ -434,18 +509,18 @@ class ResourceBuilder:
     def __init__(self, settings: ProxySettings, tls: TlsFiles | None, https: list[Endpoint], http: list[Endpoint]):
         self._settings = settings
         self._listeners = build_listeners(settings, tls, https, http)  # depend on settings only
-        self._rc = build_route_config(RouteTable())
+        self._rc = build_route_config(RouteTable(), settings)
         self._clusters: dict[str, Message] = {}
         self._current: dict[str, Route] = {}  # sandbox id → route, as in _rc
 
     def _routes(self, table: RouteTable) -> route_pb2.RouteConfiguration:
         wanted = table.routes
         if not wanted:
-            self._rc = build_route_config(RouteTable())
+            self._rc = build_route_config(RouteTable(), self._settings)
             self._current = {}
             return self._rc
         vhost = self._rc.virtual_hosts[0]
-        if not self._current:
+        if not vhost.matcher.matcher_tree.HasField("input"):
             json_format.ParseDict(_header_input(SANDBOX_HEADER), vhost.matcher.matcher_tree.input)
         entries = vhost.matcher.matcher_tree.exact_match_map.map
         for sid in [sid for sid in self._current if sid not in wanted]:
@@ -469,7 +544,15 @@ def _local_reply_config() -> dict:
         return {"filter": {"response_flag_filter": {"flags": flags}}, "status_code": 502,
                 "body_format_override": {"text_format_source": {"inline_string": text},
                                          "content_type": "application/json"}}
+    # The volume content route's upstream is cube-api, not a sandbox (the Lua filter marks it).
+    api = mapper(["UF", "UC", "URX", "UH", "NC", "UO"], errors.ENVOY_API_UNREACHABLE)
+    api["filter"] = {"and_filter": {"filters": [
+        {"metadata_filter": {"matcher": {"filter": "cube", "path": [{"key": "api"}],
+                                         "value": {"present_match": True}},
+                             "match_if_key_not_found": False}},
+        api["filter"]]}}
     return {"mappers": [
+        api,
         mapper(["NR"], errors.ENVOY_NOT_FOUND),
         # Refused or reset by the guest (or the connect timed out): the sandbox is there, the
         # port is not serving.
@@ -519,7 +602,7 @@ def _hcm(stat_prefix: str, s: ProxySettings) -> dict:
         "http_filters": [
             {"name": "envoy.filters.http.lua", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": LUA_SOURCE}}},
+                "default_source_code": {"inline_string": lua_source(s)}}},
             {"name": "envoy.filters.http.router", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
                 "suppress_envoy_headers": True}},
@@ -584,5 +667,5 @@ def build_resources(table: RouteTable, s: ProxySettings, tls: TlsFiles | None,
     return Resources(
         listeners=build_listeners(s, tls, https, http),
         clusters=build_clusters(table, s),
-        routes={ROUTE_CONFIG_NAME: build_route_config(table)},
+        routes={ROUTE_CONFIG_NAME: build_route_config(table, s)},
     )

@@ -424,6 +424,22 @@ def test_loadbalancer_serves_https_from_the_proxy() -> None:
     assert mount_for(c, env["CUBE_PROXY_STATE_DIR"] + "/tls")[1]["name"] == "state"
 
 
+@pytest.mark.parametrize("name,fullname,namespace_domain", [("default", "cube", "cluster.local"),
+                                                             ("loadbalancer", "cube", "cluster.local"),
+                                                             ("custom", "sbx", "k8s.example.internal")])
+def test_edge_proxies_send_volume_content_to_the_api_service(name: str, fullname: str, namespace_domain: str) -> None:
+    """api.<domain>/volumecontent/... reaching an edge proxy goes on to the API's Service (its
+    cluster DNS name and port); node proxies, reached only by the edge's hops, have no such route."""
+    objs = scenario(name)
+    svc = one(objs, "Service", f"{fullname}-api")
+    port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
+    edge = container_env(objs, container(objs, "Deployment", f"{fullname}-proxy", "proxy"))
+    assert edge["CUBE_PROXY_API_UPSTREAM"] == f"{fullname}-api.{NAMESPACE}.svc.{namespace_domain}:{port}"
+    node = next(c for c in containers(objs, init=False)
+                if c.program == "cube-proxy" and c.owner["kind"] == "DaemonSet")
+    assert container_env(objs, node)["CUBE_PROXY_API_UPSTREAM"] == ""
+
+
 def test_loadbalancer_needs_one_public_ca() -> None:
     with pytest.raises(helm_python.HelmError, match=r"publicTls\.secretName"):
         render({"proxy": {"expose": {"type": "loadBalancer"}}})

@@ -72,6 +72,27 @@ def test_stop_pid_of_a_process_that_is_not_waited_for():
                 p.kill()
 
 
+def test_stop_pid_of_a_child_of_ours_that_nobody_waits_for():
+    # A child this process started and let go of, as deploy.cluster.up does with the cluster's
+    # supervisor: once it exits it is a zombie, which signal 0 still reaches, until it is reaped.
+    # It exited, so stop_pid says so at once, not after the whole grace (180 s for the cluster).
+    obeys, ignores = _start(), _start(ignore_term=True)
+    try:
+        started = time.monotonic()
+        assert stop_pid(obeys.pid, 30, poll=0.02) is Stopped.EXITED
+        assert time.monotonic() - started < 10
+        assert obeys.wait(10) == -15
+        # A live child that ignores SIGTERM is still there after the grace, and is killed.
+        started = time.monotonic()
+        assert stop_pid(ignores.pid, 0.3, poll=0.02) is Stopped.KILLED
+        assert time.monotonic() - started >= 0.3
+        assert ignores.wait(10) == -9
+    finally:
+        for p in (obeys, ignores):
+            if p.poll() is None:
+                p.kill()
+
+
 def test_stop_pid_of_no_such_process():
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()  # reaped: the pid is free (and not reused this soon)

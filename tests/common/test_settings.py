@@ -97,6 +97,9 @@ def test_one_default_per_shared_fact():
         assert cls().etcd_endpoints == (defaults.ETCD_ENDPOINT,)
         assert cls.from_env({"CUBE_ETCD_ENDPOINTS": "h1:1,h2:2"}).etcd_endpoints == ("h1:1", "h2:2")
     assert CubeletSettings().vs_address == VsSettings().listen == defaults.VS_ADDR
+    # The proxy's volume content route goes where the API listens (make up passes the same).
+    api = ApiSettings()
+    assert ProxySettings().api_upstream == NodeConfig().api_upstream == f"{api.host}:{api.port}" == defaults.API_ADDR
 
 
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.__module__)

@@ -6,11 +6,15 @@ proto3 JSON), and lets a test slow down or fail calls and read what was asked of
 A resume naming another node as the source of a paused sandbox "pulls" it from the fake serving at
 that address in this process (its entry is copied; the holder keeps its own until told to kill
 it), as a cubelet pulls the saved state from its peer.
+Volumes are in-memory trees (``FakeVolume``), one per volume id, with the semantics cubelet.proto
+gives each VolumeOp; a sandbox run with volumes records them (SandboxStatus.volumes), and the
+content calls and DeleteVolume refuse a volume a sandbox here (running or paused) mounts.
 The end-to-end tests use the real cubelet.
 """
 
 from __future__ import annotations
 
+import posixpath
 import threading
 import time
 from concurrent import futures
@@ -20,6 +24,7 @@ import grpc
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from cube_common import volumes as volume_rules
 from sdk.gen.cube.v1 import cubelet_pb2 as C, cubelet_pb2_grpc
 from tests.control.etcd_http import EtcdHttp
 
@@ -33,11 +38,131 @@ def _now() -> Timestamp:
     return t
 
 
+CHUNK = 64 << 10  # ReadVolumeFile's chunk size
+
+
+@dataclass
+class _Node:
+    """One entry of a fake volume: a directory or a regular file."""
+
+    is_dir: bool
+    mode: int
+    uid: int = 0
+    gid: int = 0
+    data: bytes = b""
+    atime: Timestamp = field(default_factory=_now)
+    mtime: Timestamp = field(default_factory=_now)
+    ctime: Timestamp = field(default_factory=_now)
+
+
+class VolumeError(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class FakeVolume:
+    """A volume's filesystem as a dict of absolute path -> entry; "/" always exists."""
+
+    volume_id: str
+    team_id: str
+    size_bytes: int
+    tree: dict[str, _Node] = field(default_factory=lambda: {"/": _Node(True, 0o755)})
+
+    @staticmethod
+    def norm(path: str) -> str:
+        try:
+            return volume_rules.normalize_path(path or "/")
+        except volume_rules.VolumeRuleError as e:
+            raise VolumeError(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+
+    def entry(self, path: str) -> C.VolumeEntry:
+        n = self.tree[path]
+        return C.VolumeEntry(name=posixpath.basename(path) or "/", path=path, size=0 if n.is_dir else len(n.data),
+                             type=C.VOLUME_ENTRY_TYPE_DIRECTORY if n.is_dir else C.VOLUME_ENTRY_TYPE_FILE,
+                             mode=n.mode, uid=n.uid, gid=n.gid, atime=n.atime, mtime=n.mtime, ctime=n.ctime)
+
+    def get(self, path: str) -> _Node:
+        n = self.tree.get(path)
+        if n is None:
+            raise VolumeError(grpc.StatusCode.NOT_FOUND, f"{path} does not exist")
+        return n
+
+    def _parent(self, path: str, force: bool) -> None:
+        parent = posixpath.dirname(path)
+        p = self.tree.get(parent)
+        if p is None:
+            if not force:
+                raise VolumeError(grpc.StatusCode.NOT_FOUND, f"parent directory {parent} does not exist")
+            self.make_dir(parent, force=True)
+        elif not p.is_dir:
+            raise VolumeError(grpc.StatusCode.INVALID_ARGUMENT, f"{parent} is not a directory")
+
+    def used(self) -> int:
+        return sum(len(n.data) for n in self.tree.values())
+
+    def stat(self, path: str) -> C.VolumeEntry:
+        self.get(path)
+        return self.entry(path)
+
+    def list(self, path: str, depth: int) -> list[C.VolumeEntry]:
+        if not self.get(path).is_dir:
+            raise VolumeError(grpc.StatusCode.INVALID_ARGUMENT, f"{path} is not a directory")
+        base = path.rstrip("/") + "/"
+        out = []
+        for p in sorted(self.tree):
+            if p != path and p.startswith(base) and p[len(base):].count("/") < max(depth, 1):
+                out.append(self.entry(p))
+        return out
+
+    def make_dir(self, path: str, force: bool) -> C.VolumeEntry:
+        n = self.tree.get(path)
+        if n is not None:
+            if n.is_dir and force:
+                return self.entry(path)
+            raise VolumeError(grpc.StatusCode.ALREADY_EXISTS,
+                              f"{path} already exists" + ("" if n.is_dir else " and is not a directory"))
+        self._parent(path, force)
+        self.tree[path] = _Node(True, 0o755)
+        return self.entry(path)
+
+    def update(self, path: str, req: C.VolumeContentRequest) -> C.VolumeEntry:
+        n = self.get(path)
+        if req.HasField("uid"):
+            n.uid = req.uid
+        if req.HasField("gid"):
+            n.gid = req.gid
+        if req.HasField("mode"):
+            if req.mode & ~0o7777:
+                raise VolumeError(grpc.StatusCode.INVALID_ARGUMENT, f"mode {req.mode:#o} is not permission bits")
+            n.mode = req.mode
+        n.ctime = _now()
+        return self.entry(path)
+
+    def remove(self, path: str) -> None:
+        if path == "/":
+            raise VolumeError(grpc.StatusCode.INVALID_ARGUMENT, "the volume's root directory cannot be removed")
+        self.get(path)
+        for p in [p for p in self.tree if p == path or p.startswith(path + "/")]:
+            del self.tree[p]
+
+    def write(self, path: str, data: bytes, force: bool) -> C.VolumeEntry:
+        if path == "/" or (path in self.tree and self.tree[path].is_dir):
+            raise VolumeError(grpc.StatusCode.INVALID_ARGUMENT, f"{path} is a directory")
+        self._parent(path, force)
+        old = self.tree.get(path)
+        self.tree[path] = _Node(False, old.mode if old else 0o644, old.uid if old else 0, old.gid if old else 0,
+                                data)
+        return self.entry(path)
+
+
 @dataclass
 class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
     node_id: str = "node-a"
     templates: tuple[str, ...] = ("code-interpreter", "tiny")
     max_sandboxes: int = 0
+    disk_free_bytes: int = 0  # reported in NodeStatus (volumes go to the node with the most)
     # Knobs a test may turn while it runs.
     run_delay_s: float = 0.0
     fail_run: grpc.StatusCode | None = None
@@ -64,6 +189,7 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
     build_requests: list[C.BuildTemplateRequest] = field(default_factory=list)
     build_cancelled: list[str] = field(default_factory=list)
     snapshot_bases: dict[str, str] = field(default_factory=dict)  # snapshot template id -> its base
+    volumes: dict[str, FakeVolume] = field(default_factory=dict)  # volume id -> its tree
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -98,7 +224,7 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
         return C.NodeStatus(node_id=self.node_id, address=self.address, proxy_address=self.proxy_address,
                             vcpus_total=2, memory_total_bytes=8 << 30, memory_available_bytes=6 << 30,
                             sandboxes_running=running, sandboxes_paused=paused, templates=list(self.templates),
-                            accel="tcg", max_sandboxes=self.max_sandboxes)
+                            accel="tcg", max_sandboxes=self.max_sandboxes, disk_free_bytes=self.disk_free_bytes)
 
     def register(self, etcd: EtcdHttp, prefix: str) -> None:
         self._etcd = (etcd, prefix)
@@ -137,12 +263,19 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
         with self._lock:
             if request.sandbox_id in self.sandboxes:
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "exists")
+            for m in request.volumes:
+                vol = self.volumes.get(m.volume_id)
+                if vol is None or vol.team_id != m.team_id:
+                    context.abort(grpc.StatusCode.NOT_FOUND, f"volume {m.volume_id} not found")
+                if (by := self._mounter(m.volume_id)) is not None:
+                    context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                  f"volume {m.volume_id} is mounted by sandbox {by}")
             self._n += 1
             st = C.SandboxStatus(sandbox_id=request.sandbox_id, template_id=request.template_id, node_id=self.node_id,
                                  state=C.SANDBOX_STATE_RUNNING, host_address=f"198.19.0.{self._n % 250 + 2}",
                                  proxy_source_address="198.19.0.1", started_at=_now(), vcpus=1, memory_mb=512,
                                  disk_size_mb=1024, envd_version=self.envd_version, network=request.network,
-                                 metadata=dict(request.metadata))
+                                 metadata=dict(request.metadata), volumes=list(request.volumes))
             self.sandboxes[request.sandbox_id] = st
         return st
 
@@ -396,3 +529,106 @@ class FakeCubelet(cubelet_pb2_grpc.CubeletServicer):
 
     def GetNode(self, request, context):
         return self.node_status()
+
+    # ---- volumes ----
+
+    def _mounter(self, volume_id: str) -> str | None:
+        """The sandbox here (running or paused) that mounts the volume (call with the lock held)."""
+        return next((sid for sid, st in self.sandboxes.items() if any(m.volume_id == volume_id for m in st.volumes)),
+                    None)
+
+    def mounted_volumes(self, sandbox_id: str) -> list[str]:
+        with self._lock:
+            st = self.sandboxes.get(sandbox_id)
+            return [m.volume_id for m in st.volumes] if st is not None else []
+
+    def CreateVolume(self, request, context):
+        self._enter(context, "CreateVolume", request.volume_id)
+        with self._lock:
+            if request.volume_id in self.volumes:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"volume {request.volume_id} exists")
+            self.volumes[request.volume_id] = FakeVolume(request.volume_id, request.team_id, request.size_bytes)
+        return C.NodeVolume(volume_id=request.volume_id, size_bytes=request.size_bytes, used_bytes=0)
+
+    def DeleteVolume(self, request, context):
+        self._enter(context, "DeleteVolume", request.volume_id)
+        with self._lock:
+            vol = self.volumes.get(request.volume_id)
+            if vol is None or vol.team_id != request.team_id:
+                return C.DeleteVolumeResponse(deleted=False)
+            if (by := self._mounter(request.volume_id)) is not None:
+                context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"volume {request.volume_id} is mounted by "
+                              f"sandbox {by}")
+            del self.volumes[request.volume_id]
+        return C.DeleteVolumeResponse(deleted=True)
+
+    def _volume(self, context, req: C.VolumeContentRequest) -> FakeVolume:
+        """The unmounted volume a content call is about (call with the lock held)."""
+        vol = self.volumes.get(req.volume_id)
+        if vol is None or vol.team_id != req.team_id:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"volume {req.volume_id} not found")
+        assert vol is not None
+        if req.token:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a node never gets a volume token")
+        if (by := self._mounter(req.volume_id)) is not None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"volume {req.volume_id} is mounted by sandbox {by}")
+        return vol
+
+    def VolumeContent(self, request, context):
+        self._enter(context, "VolumeContent", request.volume_id)
+        with self._lock:
+            vol = self._volume(context, request)
+            try:
+                path = vol.norm(request.path)
+                op = request.op
+                if op == C.VOLUME_OP_STAT:
+                    return C.VolumeContentResponse(entries=[vol.stat(path)])
+                if op == C.VOLUME_OP_LIST:
+                    return C.VolumeContentResponse(entries=vol.list(path, request.depth))
+                if op == C.VOLUME_OP_MAKE_DIR:
+                    return C.VolumeContentResponse(entries=[vol.make_dir(path, request.force)])
+                if op == C.VOLUME_OP_UPDATE_METADATA:
+                    return C.VolumeContentResponse(entries=[vol.update(path, request)])
+                if op == C.VOLUME_OP_REMOVE:
+                    vol.remove(path)
+                    return C.VolumeContentResponse()
+                raise VolumeError(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"op {C.VolumeOp.Name(op)} is not a VolumeContent operation")
+            except VolumeError as e:
+                context.abort(e.code, str(e))
+
+    def ReadVolumeFile(self, request, context):
+        self._enter(context, "ReadVolumeFile", request.volume_id)
+        with self._lock:
+            vol = self._volume(context, request)
+            try:
+                path = vol.norm(request.path)
+                n = vol.get(path)
+                if n.is_dir:
+                    raise VolumeError(grpc.StatusCode.INVALID_ARGUMENT, f"{path} is a directory")
+            except VolumeError as e:
+                context.abort(e.code, str(e))
+            entry, data = vol.entry(path), n.data
+        yield C.VolumeFileChunk(entry=entry, data=data[:CHUNK])
+        for i in range(CHUNK, len(data), CHUNK):
+            yield C.VolumeFileChunk(data=data[i:i + CHUNK])
+
+    def WriteVolumeFile(self, request_iterator, context):
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("request"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message carries the request")
+        assert first is not None
+        req = first.request
+        self._enter(context, "WriteVolumeFile", req.volume_id)
+        with self._lock:
+            self._volume(context, req)
+        msgs = [first, *request_iterator]
+        if not msgs[-1].eof:  # as the real node: a cut upload writes nothing
+            context.abort(grpc.StatusCode.CANCELLED, "the upload ended before its last message: nothing was written")
+        parts = [m.data for m in msgs]
+        with self._lock:
+            vol = self._volume(context, req)
+            try:
+                return vol.write(vol.norm(req.path), b"".join(parts), req.force)
+            except VolumeError as e:
+                context.abort(e.code, str(e))

@@ -53,7 +53,8 @@ def test_invalid_json_body(fresh, body):
     {"templateID": "base", "envVars": {"BAD NAME": "x"}},
     {"templateID": "base", "envVars": ["A=1"]},
     {"templateID": "base", "autoPause": "yes"},
-    {"templateID": "base", "volumeMounts": [{"name": "v", "path": "/data"}]},
+    {"templateID": "base", "volumeMounts": [{"name": "v", "path": "/proc/data"}]},   # a system path
+    {"templateID": "base", "volumeMounts": {"/data": "v"}},
     {"templateID": "base", "network": {"allowOut": "1.2.3.4"}},
 ])
 def test_bad_create_input_is_400(fresh, body):

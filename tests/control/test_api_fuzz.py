@@ -40,7 +40,8 @@ from schemathesis.specs.openapi.definitions import OPENAPI_31_VALIDATOR
 from tests.control.cli import cubemastercli
 from tests.control.cluster import Cluster, one_node_cluster, wait_until
 
-pytestmark = pytest.mark.timeout(300)
+# Each pass is one test over every operation (39 with the volume routes): room for a loaded machine.
+pytestmark = pytest.mark.timeout(600)
 
 # Bounds: examples per operation (the coverage phase's boundary cases come on top), one seed.
 SEED = 11
@@ -51,6 +52,10 @@ REQUEST_TIMEOUT_S = 20
 PUBLIC_PATHS = {"/health", "/openapi.json"}
 TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}\Z")  # openapi.NAME_PATTERN
 DEFAULT_TEMPLATE_NAMES = {"code-interpreter", "base", "code-interpreter-v1"}
+# What the fuzzing team's volume holds (Fuzz._replenish_volume).
+KNOWN_DIR = "/fuzz"
+KNOWN_FILE = "/fuzz/file.txt"
+KNOWN_PATHS = (KNOWN_DIR, KNOWN_FILE)
 # Operations only an admin key may call: the fuzzing team's key gets 403 (a state status), and
 # test_admin_only_operations_answer_an_admin_key checks an admin key's answer.
 ADMIN_ONLY = {"GET /nodes"}
@@ -59,6 +64,11 @@ ADMIN_ONLY = {"GET /nodes"}
 # successful upload is tested in test_api_build_files.py.
 SIGNED = {"PUT /build-files/{team}/{hash}"}
 SIGNED_PATHS = {label.split(" ", 1)[1] for label in SIGNED}
+# Volume content calls (routes/volumes.py): a volume's bearer token opens them, not a key. The
+# valid pass sends the fuzzing team's volume's token; without a bearer they answer 401; with a key
+# as the bearer 401, or 400 for bad input (checked before the master checks the token) or 404 for
+# a volume id that is no volume (nothing to authorise).
+CONTENT_PREFIX = "/volumecontent/"
 # Node calls that change something (the leader's periodic reads are not).
 NODE_WRITES = {"RunSandbox", "KillSandbox", "PauseSandbox", "ResumeSandbox", "UpdateNetwork", "BuildTemplate",
                "DeleteTemplate"}
@@ -81,6 +91,11 @@ PROSE_CONSTRAINTS = (
     "give exactly one of 'fromImage' and 'fromTemplate'",  # a template definition's base
     # A template step's arguments, by its type (the master's checks name the step).
     " (RUN): ", " (COPY): ", " (ENV): ", " (WORKDIR): ", " (USER): ", "unknown instruction type",
+    # Volume paths once normalized (cube_common.volumes), and mounts taken together.
+    "has a component longer than", "cannot be mounted at /", "which the guest's system owns", "overlap",
+    "is mounted twice", "root directory cannot be removed", "root directory is not a file",
+    # An entry of another type than the call needs (the node's answers: state, not shape).
+    "is not a directory", "is a directory", "is not a regular file",
 )
 
 
@@ -98,6 +113,8 @@ class Fuzz:
         self.http = httpx.Client(base_url=c.api_url, headers={"X-API-KEY": self.key}, timeout=30)
         self.running = self.paused = ""
         self.template_id = self.build_id = self.alias = ""
+        self.volume_id = self.volume_token = ""
+        self._volumes = 0
         self._builds = 0
         self.exercised: dict[str, set[str]] = {"invalid": set(), "valid": set()}
         self.statuses: dict[str, Counter[int]] = defaultdict(Counter)  # of the valid key's requests
@@ -164,9 +181,35 @@ class Fuzz:
             wait_until(lambda: self.http.get(f"/templates/aliases/{alias}").status_code == 200, timeout=10,
                        what=f"alias {alias}")
             self.template_id, self.build_id, self.alias = tid, build, alias
+        self._replenish_volume()
+
+    def _content(self, method: str, route: str, path: str, **kw) -> httpx.Response:
+        return self.http.request(method, f"/volumecontent/{self.volume_id}/{route}", params={"path": path},
+                                 headers={"Authorization": f"Bearer {self.volume_token}"}, **kw)
+
+    def _replenish_volume(self) -> None:
+        """A volume of the team's holding KNOWN_PATHS, again after the fuzzer deleted it or them."""
+        ok = self.volume_id and self.http.get(f"/volumes/{self.volume_id}").status_code == 200
+        if not ok:
+            self._volumes += 1
+            r = self.http.post("/volumes", json={"name": f"fuzz-volume-{self._volumes}"})
+            if r.status_code == 429:  # the team's volume limit, filled by the fuzzer's creates
+                for v in self.http.get("/volumes").json():
+                    self.http.delete(f"/volumes/{v['volumeID']}")
+                r = self.http.post("/volumes", json={"name": f"fuzz-volume-{self._volumes}"})
+            assert r.status_code == 201, r.text
+            self.volume_id, self.volume_token = r.json()["volumeID"], r.json()["token"]
+        if self._content("GET", "path", KNOWN_FILE).status_code != 200:
+            r = self.http.post(f"/volumecontent/{self.volume_id}/dir", params={"path": KNOWN_DIR, "force": "true"},
+                               headers={"Authorization": f"Bearer {self.volume_token}"})
+            assert r.status_code == 201, r.text
+            r = self._content("PUT", "file", KNOWN_FILE, content=b"fuzz")
+            assert r.status_code == 201, r.text
 
     def known_ids(self, method: str, path: str) -> list[dict[str, str]]:
         """Path parameters naming things that exist, for the operation at method + path."""
+        if "{volumeID}" in path:
+            return [{"volumeID": self.volume_id}]
         if "{sandboxID}" in path:
             return [{"sandboxID": self.running}, {"sandboxID": self.paused}]
         if path == "/templates/{templateID}/builds/{buildID}/status":
@@ -260,6 +303,24 @@ def valid_schema(fuzz):
             if not pick or not known or not isinstance(params, dict):
                 return params
             return {**params, **known[(pick - 1) % len(known)]}
+
+        return st.tuples(strategy, st.integers(0, 2)).map(swap)
+
+    @schema.hook
+    def before_generate_query(ctx, strategy):
+        # Two times in three, a content call names an entry that exists (KNOWN_PATHS: the file for
+        # file calls, the directory for directory calls, either for the rest); schema-valid
+        # queries only, as for path parameters.
+        if not ctx.operation.path.startswith(CONTENT_PREFIX):
+            return strategy
+        route = ctx.operation.path.rsplit("/", 1)[1]
+        known = {"file": [KNOWN_FILE], "dir": [KNOWN_DIR]}.get(route, list(KNOWN_PATHS))
+
+        def swap(drawn):
+            query, pick = drawn
+            if not pick or not isinstance(query, dict) or not isinstance(query.get("path"), str):
+                return query
+            return {**query, "path": known[(pick - 1) % len(known)]}
 
         return st.tuples(strategy, st.integers(0, 2)).map(swap)
 
@@ -380,6 +441,14 @@ def test_invalid_credentials_change_nothing(case, fuzz):
             assert r.status_code in (400, 403), (what, r.status_code, r.text[:300])
             case.validate_response(r, headers=headers)
             continue
+        if case.path.startswith(CONTENT_PREFIX) and "Authorization" in headers and r.status_code in (400, 404):
+            # A bearer that is no volume's token: the master, which checks it, is asked only with
+            # valid input (400 before, saying nothing of the volume), and a volume id that is no
+            # volume has nothing to authorise (404).
+            assert r.json()["code"] == r.status_code, (what, r.text[:300])
+            if r.status_code == 404:
+                case.validate_response(r, headers=headers)
+            continue
         try:
             _e2b_401(r)
         except AssertionError as e:
@@ -394,7 +463,9 @@ def test_valid_key_requests_follow_the_document(case, fuzz):
             and case.path_parameters.get("templateID") in DEFAULT_TEMPLATE_NAMES):
         return  # refused (403) for this team anyway; other modules' tests rely on it
     fuzz.exercised["valid"].add(case.operation.label)
-    r = case.call_and_validate(additional_checks=[valid_requests_are_accepted], timeout=REQUEST_TIMEOUT_S)
+    headers = {"Authorization": f"Bearer {fuzz.volume_token}"} if case.path.startswith(CONTENT_PREFIX) else None
+    r = case.call_and_validate(headers=headers, additional_checks=[valid_requests_are_accepted],
+                               timeout=REQUEST_TIMEOUT_S)
     fuzz.statuses[case.operation.label][r.status_code] += 1
     fuzz.replenish()
 

@@ -64,6 +64,12 @@ def test_settings_from_args_and_env():
     d = ProxySettings.load([], env={})
     assert d.domain == "cube.localhost" and [e.port for e in d.https_listeners] == [443, 443]
     assert d.http_listeners == (Endpoint("127.0.0.1", 3002),)
+    assert d.api_upstream == "127.0.0.1:3000" and d.api_endpoint == Endpoint("127.0.0.1", 3000)
+    assert ProxySettings.load([], env={"CUBE_PROXY_API_UPSTREAM": "cube-api.ns.svc:3000"}).api_endpoint \
+        == Endpoint("cube-api.ns.svc", 3000)
+    assert ProxySettings.load(["--api-upstream", ""], env={}).api_endpoint is None  # the route off
+    with pytest.raises(ValueError):
+        ProxySettings.from_env({"CUBE_PROXY_API_UPSTREAM": "cube-api"})  # no port
     with pytest.raises(ValueError):
         ProxySettings(access_log="sometimes")
 
@@ -146,7 +152,8 @@ def test_cluster_set_does_not_grow_with_sandboxes(tmp_path):
     routes = {f"s{i}": Route(f"s{i}", RouteState.RUNNING, host_address=f"198.19.0.{i}",
                              proxy_source_address="198.19.255.254") for i in range(1, 200)}
     clusters = xds.build_clusters(RouteTable(routes, 1), s)
-    assert sorted(clusters) == sorted(["cube_local", xds.RESUMER_CLUSTER, xds.local_cluster_name("198.19.255.254")])
+    assert sorted(clusters) == sorted(["cube_local", xds.RESUMER_CLUSTER, xds.API_CLUSTER,
+                                       xds.local_cluster_name("198.19.255.254")])
     rc = xds.build_route_config(RouteTable(routes, 1))
     assert rc.ByteSize() / len(routes) < 400  # bytes of route config per sandbox
 
@@ -216,3 +223,59 @@ def test_the_local_source_cluster_outlives_its_last_running_sandbox():
     remote_name = xds.remote_cluster_name(endpoint)
     assert remote_name in xds.build_clusters(RouteTable(remote, 3), s, cache)
     assert remote_name not in xds.build_clusters(RouteTable({}, 4), s, cache)  # other nodes' go
+
+
+def test_the_api_route_and_cluster():
+    """api.<domain>'s volume content calls: one cluster from the settings (STATIC for an IP, DNS
+    for a name), one map entry no sandbox id can take, no route timeout; both stay as sandboxes
+    come and go, and neither exists with the setting empty."""
+    from google.protobuf import json_format
+
+    from services.proxy.routes import SANDBOX_ID_RE, Route
+    assert not SANDBOX_ID_RE.match(xds.API_ROUTE_KEY)
+    ip, name, off = (ProxySettings(api_upstream=a)
+                     for a in ("127.0.0.1:3000", "cube-api.ns.svc.cluster.local:3000", ""))
+
+    def api_cluster(s: ProxySettings) -> xds.cluster_pb2.Cluster:
+        cluster = xds.build_clusters(RouteTable({}, 1), s)[xds.API_CLUSTER]
+        assert isinstance(cluster, xds.cluster_pb2.Cluster)
+        return cluster
+
+    assert api_cluster(ip).type == xds.cluster_pb2.Cluster.STATIC
+    dns = api_cluster(name)
+    assert dns.type == xds.cluster_pb2.Cluster.STRICT_DNS
+    assert dns.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address.socket_address.address \
+        == "cube-api.ns.svc.cluster.local"
+    assert xds.API_CLUSTER not in xds.build_clusters(RouteTable({}, 1), off)
+
+    def api_entry(builder: xds.ResourceBuilder, table: RouteTable) -> dict | None:
+        rc = builder.build(table).routes[xds.ROUTE_CONFIG_NAME]
+        assert isinstance(rc, xds.route_pb2.RouteConfiguration)
+        entries = rc.virtual_hosts[0].matcher.matcher_tree.exact_match_map.map
+        if xds.API_ROUTE_KEY not in entries:
+            return None
+        return json_format.MessageToDict(entries[xds.API_ROUTE_KEY])["action"]["typedConfig"]
+
+    b = xds.ResourceBuilder(ip, None, [], [])
+    entry = api_entry(b, RouteTable({}, 1))
+    assert entry is not None
+    assert entry["route"] == {"cluster": xds.API_CLUSTER, "timeout": "0s", "idleTimeout": f"{xds.API_IDLE_TIMEOUT_S}s"}
+    assert entry["requestHeadersToRemove"] == [xds.SANDBOX_HEADER, xds.PORT_HEADER]
+    cluster = b.build(RouteTable({}, 1)).clusters[xds.API_CLUSTER]
+    running = {"a": Route("a", RouteState.RUNNING, host_address="198.19.0.2")}
+    for table in (RouteTable(running, 2), RouteTable({}, 3), RouteTable(running, 4)):
+        assert api_entry(b, table) == entry
+        assert b.build(table).clusters[xds.API_CLUSTER] is cluster  # built once: CDS never churns
+    b = xds.ResourceBuilder(off, None, [], [])
+    assert api_entry(b, RouteTable(running, 1)) is None
+    rc = b.build(RouteTable({}, 2)).routes[xds.ROUTE_CONFIG_NAME]
+    assert isinstance(rc, xds.route_pb2.RouteConfiguration) and not rc.virtual_hosts[0].HasField("matcher")
+
+
+def test_the_lua_filter_knows_the_api_host():
+    on = xds.lua_source(ProxySettings(domain="Sbx.Example.COM."))
+    assert 'local API_HOST = "api.sbx.example.com"' in on and "local API_ON = true" in on
+    assert "local API_ON = false" in xds.lua_source(ProxySettings(api_upstream=""))
+    assert f'"{xds.API_ROUTE_KEY}"' in on and xds.API_PATH_PREFIX in on
+    # Whatever the domain, it stays one Lua string.
+    assert xds._lua_string('a"b\\c\né') == '"a\\034b\\092c\\010\\195\\169"'

@@ -14,12 +14,19 @@ Standard library only: it is the first thing the guest runs and everything else 
    virtio-serial port named `cube.ctl`: one JSON object per line each way. After every snapshot
    restore the host sends the wall clock and fresh entropy there, because all clones wake up with
    the snapshot's clock and RNG state. cube-ctl answers those in native code (a Python answer cost
-   every clone ~150 ms of translation under TCG) and forwards the rest (`status`) to this process.
+   every clone ~150 ms of translation under TCG) and forwards the rest (`status`, `mount_volume`)
+   to this process.
+4. Mounts volumes on request (`mount_volume`): the disk with the given serial (a volume slot the
+   host has just filled, vmm_core/volumes.py) at a path inside the sandbox root. The root is a
+   shared mount and the agent's namespace a slave of it (services/envd/rootfs.py), so the mount
+   reaches the agent and everything it starts. The path is walked without following symlinks: the
+   root's content is the template's and the sandbox's, never trusted.
 """
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
 import select
@@ -53,6 +60,8 @@ def mount(source: str, target: str, fstype: str, flags: int = 0, data: str = "")
 
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC = 1, 2, 4, 8, 4096, 16384
+MS_SHARED = 1 << 20
+BLKFLSBUF = 0x1261  # _IO(0x12, 97): drop the block device's buffer cache
 
 
 def disk_by_serial(serial: str, wait_s: float = 5.0) -> str | None:
@@ -96,6 +105,9 @@ def mount_layers() -> bool:
         os.makedirs(d, exist_ok=True)
     mount("overlay", ROOT, "overlay", 0,
           "lowerdir=/run/cube/lower,upperdir=/run/cube/rw/upper,workdir=/run/cube/rw/work")
+    # Shared, so that volumes mounted under it later reach the agent's (slave) namespace.
+    if libc.mount(b"none", ROOT.encode(), None, MS_SHARED, None) != 0:
+        log(f"making {ROOT} shared: {os.strerror(ctypes.get_errno())}")
     # Kernel filesystems inside the sandbox root, shared by the agent and the template's service.
     for src, sub, fstype, flags, data in (
         ("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
@@ -112,6 +124,59 @@ def mount_layers() -> bool:
         except OSError as e:
             log(f"{e}")
     return True
+
+
+def _dir_beneath(root: str, path: str) -> int:
+    """An fd of directory ``path`` under ``root``, made (0755) where missing; never follows a link."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for part in path.split("/"):
+            if part in ("", "."):
+                continue
+            if part == ".." or len(part) > 255:
+                raise OSError(errno.EINVAL, f"bad mount path {path!r}")
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+            try:
+                nfd = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                os.mkdir(part, 0o755, dir_fd=fd)
+                nfd = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def mount_volume(serial: str, target: str) -> None:
+    dev = disk_by_serial(serial, wait_s=2.0)
+    if dev is None:
+        raise OSError(errno.ENODEV, f"no disk with serial {serial}")
+    size_file = f"/sys/block/{os.path.basename(dev)}/size"
+    deadline = time.monotonic() + 5.0
+    # The new capacity arrives by a config-change interrupt that a kernel worker applies.
+    while True:
+        with open(size_file) as f:
+            if int(f.read().strip() or 0) > 0:
+                break
+        if time.monotonic() > deadline:
+            raise OSError(errno.EIO, f"{dev} still shows no capacity")
+        time.sleep(0.01)
+    fd = os.open(dev, os.O_RDONLY)
+    try:  # whatever the 0-sized device left cached must not shadow the real superblock
+        fcntl.ioctl(fd, BLKFLSBUF)
+    finally:
+        os.close(fd)
+    dirfd = _dir_beneath(ROOT, target)
+    try:
+        point = f"/proc/self/fd/{dirfd}"
+        if libc.mount(dev.encode(), point.encode(), b"ext4", MS_NOSUID | MS_NODEV, None) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"mount {dev} on {target}: {os.strerror(e)}")
+    finally:
+        os.close(dirfd)
+    log(f"volume {serial} mounted at {target}")
 
 
 def configure_network(net: dict) -> None:
@@ -243,6 +308,12 @@ class ControlAgent:
             seq = msg.get("seq")
             if op == "status":
                 return {"seq": seq, "ok": True, "services": [s.status() for s in self.services]}
+            if op == "mount_volume":
+                try:
+                    mount_volume(str(msg["serial"]), str(msg["target"]))
+                except OSError as e:
+                    return {"seq": seq, "ok": False, "error": str(e)}
+                return {"seq": seq, "ok": True}
             return {"seq": seq, "ok": False, "error": f"unknown op {op!r}"}
         except Exception as e:  # a bad message must never take PID 1 down
             return {"ok": False, "error": f"{type(e).__name__}: {e}"}

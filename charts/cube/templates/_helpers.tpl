@@ -169,6 +169,11 @@ dict "where" "master.settings" "prefix" "CUBE_MASTER_" "managed" (dict ...) "set
 {{- printf "%s.%s.svc.%s:%d" (include "cube.componentName" (dict "root" . "component" "master")) .Release.Namespace .Values.clusterDomain (int .Values.master.port) -}}
 {{- end -}}
 
+{{/* cube-api's Service (plain HTTP): where the edge proxies send api.<domain>/volumecontent/... */}}
+{{- define "cube.apiAddr" -}}
+{{- printf "%s.%s.svc.%s:%d" (include "cube.componentName" (dict "root" . "component" "api")) .Release.Namespace .Values.clusterDomain (int .Values.api.service.port) -}}
+{{- end -}}
+
 {{- define "cube.apiHost" -}}
 {{- default (printf "api.%s" .Values.domain) .Values.api.ingress.host -}}
 {{- end -}}

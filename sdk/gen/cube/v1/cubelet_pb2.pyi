@@ -29,6 +29,24 @@ class TemplateBuildPhase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     READY: _ClassVar[TemplateBuildPhase]
     FAILED: _ClassVar[TemplateBuildPhase]
     RUNNING_STEPS: _ClassVar[TemplateBuildPhase]
+
+class VolumeOp(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VOLUME_OP_UNSPECIFIED: _ClassVar[VolumeOp]
+    VOLUME_OP_STAT: _ClassVar[VolumeOp]
+    VOLUME_OP_LIST: _ClassVar[VolumeOp]
+    VOLUME_OP_MAKE_DIR: _ClassVar[VolumeOp]
+    VOLUME_OP_UPDATE_METADATA: _ClassVar[VolumeOp]
+    VOLUME_OP_REMOVE: _ClassVar[VolumeOp]
+    VOLUME_OP_READ_FILE: _ClassVar[VolumeOp]
+    VOLUME_OP_WRITE_FILE: _ClassVar[VolumeOp]
+
+class VolumeEntryType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VOLUME_ENTRY_TYPE_UNSPECIFIED: _ClassVar[VolumeEntryType]
+    VOLUME_ENTRY_TYPE_FILE: _ClassVar[VolumeEntryType]
+    VOLUME_ENTRY_TYPE_DIRECTORY: _ClassVar[VolumeEntryType]
+    VOLUME_ENTRY_TYPE_SYMLINK: _ClassVar[VolumeEntryType]
 SANDBOX_STATE_UNSPECIFIED: SandboxState
 SANDBOX_STATE_RUNNING: SandboxState
 SANDBOX_STATE_PAUSED: SandboxState
@@ -42,6 +60,18 @@ SNAPSHOTTING: TemplateBuildPhase
 READY: TemplateBuildPhase
 FAILED: TemplateBuildPhase
 RUNNING_STEPS: TemplateBuildPhase
+VOLUME_OP_UNSPECIFIED: VolumeOp
+VOLUME_OP_STAT: VolumeOp
+VOLUME_OP_LIST: VolumeOp
+VOLUME_OP_MAKE_DIR: VolumeOp
+VOLUME_OP_UPDATE_METADATA: VolumeOp
+VOLUME_OP_REMOVE: VolumeOp
+VOLUME_OP_READ_FILE: VolumeOp
+VOLUME_OP_WRITE_FILE: VolumeOp
+VOLUME_ENTRY_TYPE_UNSPECIFIED: VolumeEntryType
+VOLUME_ENTRY_TYPE_FILE: VolumeEntryType
+VOLUME_ENTRY_TYPE_DIRECTORY: VolumeEntryType
+VOLUME_ENTRY_TYPE_SYMLINK: VolumeEntryType
 
 class SandboxRef(_message.Message):
     __slots__ = ("sandbox_id",)
@@ -60,7 +90,7 @@ class PauseSandboxRequest(_message.Message):
     def __init__(self, sandbox_id: _Optional[str] = ..., filesystem_only: bool = ..., require_healthy_guest: bool = ...) -> None: ...
 
 class RunSandboxRequest(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "env_vars", "envd_access_token", "network", "metadata")
+    __slots__ = ("sandbox_id", "template_id", "env_vars", "envd_access_token", "network", "metadata", "volumes")
     class EnvVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -81,13 +111,27 @@ class RunSandboxRequest(_message.Message):
     ENVD_ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     env_vars: _containers.ScalarMap[str, str]
     envd_access_token: str
     network: _network_pb2.NetworkPolicy
     metadata: _containers.ScalarMap[str, str]
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    volumes: _containers.RepeatedCompositeFieldContainer[VolumeMount]
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ...) -> None: ...
+
+class VolumeMount(_message.Message):
+    __slots__ = ("volume_id", "team_id", "path", "name")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    team_id: str
+    path: str
+    name: str
+    def __init__(self, volume_id: _Optional[str] = ..., team_id: _Optional[str] = ..., path: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class ResumeSandboxRequest(_message.Message):
     __slots__ = ("sandbox_id", "env_vars", "envd_access_token", "network", "source", "reboot")
@@ -121,7 +165,7 @@ class PausedSource(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class SandboxStatus(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "node_id", "state", "host_address", "proxy_source_address", "started_at", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "network", "metadata", "from_warm_pool", "filesystem_only")
+    __slots__ = ("sandbox_id", "template_id", "node_id", "state", "host_address", "proxy_source_address", "started_at", "vcpus", "memory_mb", "disk_size_mb", "envd_version", "network", "metadata", "from_warm_pool", "filesystem_only", "volumes")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +188,7 @@ class SandboxStatus(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     FROM_WARM_POOL_FIELD_NUMBER: _ClassVar[int]
     FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     node_id: str
@@ -159,7 +204,8 @@ class SandboxStatus(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     from_warm_pool: bool
     filesystem_only: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[SandboxState, str]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., from_warm_pool: bool = ..., filesystem_only: bool = ...) -> None: ...
+    volumes: _containers.RepeatedCompositeFieldContainer[VolumeMount]
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., node_id: _Optional[str] = ..., state: _Optional[_Union[SandboxState, str]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., from_warm_pool: bool = ..., filesystem_only: bool = ..., volumes: _Optional[_Iterable[_Union[VolumeMount, _Mapping]]] = ...) -> None: ...
 
 class KillSandboxResponse(_message.Message):
     __slots__ = ("killed",)
@@ -550,3 +596,97 @@ class FetchPausedArtifactRequest(_message.Message):
     save_id: str
     name: str
     def __init__(self, sandbox_id: _Optional[str] = ..., save_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class NodeVolumeRequest(_message.Message):
+    __slots__ = ("volume_id", "team_id", "size_bytes")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    team_id: str
+    size_bytes: int
+    def __init__(self, volume_id: _Optional[str] = ..., team_id: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
+
+class NodeVolume(_message.Message):
+    __slots__ = ("volume_id", "size_bytes", "used_bytes")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    size_bytes: int
+    used_bytes: int
+    def __init__(self, volume_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., used_bytes: _Optional[int] = ...) -> None: ...
+
+class DeleteVolumeResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: bool = ...) -> None: ...
+
+class VolumeContentRequest(_message.Message):
+    __slots__ = ("volume_id", "token", "op", "path", "depth", "uid", "gid", "mode", "force", "team_id")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OP_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    token: str
+    op: VolumeOp
+    path: str
+    depth: int
+    uid: int
+    gid: int
+    mode: int
+    force: bool
+    team_id: str
+    def __init__(self, volume_id: _Optional[str] = ..., token: _Optional[str] = ..., op: _Optional[_Union[VolumeOp, str]] = ..., path: _Optional[str] = ..., depth: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mode: _Optional[int] = ..., force: bool = ..., team_id: _Optional[str] = ...) -> None: ...
+
+class VolumeEntry(_message.Message):
+    __slots__ = ("name", "type", "path", "size", "mode", "uid", "gid", "atime", "mtime", "ctime", "target")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    ATIME_FIELD_NUMBER: _ClassVar[int]
+    MTIME_FIELD_NUMBER: _ClassVar[int]
+    CTIME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: VolumeEntryType
+    path: str
+    size: int
+    mode: int
+    uid: int
+    gid: int
+    atime: _timestamp_pb2.Timestamp
+    mtime: _timestamp_pb2.Timestamp
+    ctime: _timestamp_pb2.Timestamp
+    target: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[VolumeEntryType, str]] = ..., path: _Optional[str] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., atime: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mtime: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., ctime: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., target: _Optional[str] = ...) -> None: ...
+
+class VolumeContentResponse(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[VolumeEntry]
+    def __init__(self, entries: _Optional[_Iterable[_Union[VolumeEntry, _Mapping]]] = ...) -> None: ...
+
+class VolumeFileChunk(_message.Message):
+    __slots__ = ("request", "entry", "data", "eof")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    EOF_FIELD_NUMBER: _ClassVar[int]
+    request: VolumeContentRequest
+    entry: VolumeEntry
+    data: bytes
+    eof: bool
+    def __init__(self, request: _Optional[_Union[VolumeContentRequest, _Mapping]] = ..., entry: _Optional[_Union[VolumeEntry, _Mapping]] = ..., data: _Optional[bytes] = ..., eof: bool = ...) -> None: ...

@@ -129,6 +129,31 @@ class CubeletStub(object):
                 request_serializer=cube_dot_v1_dot_cubelet__pb2.FetchPausedArtifactRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_cubelet__pb2.ArtifactChunk.FromString,
                 _registered_method=True)
+        self.CreateVolume = channel.unary_unary(
+                '/cube.v1.Cubelet/CreateVolume',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.NodeVolumeRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.NodeVolume.FromString,
+                _registered_method=True)
+        self.DeleteVolume = channel.unary_unary(
+                '/cube.v1.Cubelet/DeleteVolume',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.NodeVolumeRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.DeleteVolumeResponse.FromString,
+                _registered_method=True)
+        self.VolumeContent = channel.unary_unary(
+                '/cube.v1.Cubelet/VolumeContent',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.VolumeContentRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.VolumeContentResponse.FromString,
+                _registered_method=True)
+        self.ReadVolumeFile = channel.unary_stream(
+                '/cube.v1.Cubelet/ReadVolumeFile',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.VolumeContentRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.VolumeFileChunk.FromString,
+                _registered_method=True)
+        self.WriteVolumeFile = channel.stream_unary(
+                '/cube.v1.Cubelet/WriteVolumeFile',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.VolumeFileChunk.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.VolumeEntry.FromString,
+                _registered_method=True)
 
 
 class CubeletServicer(object):
@@ -274,6 +299,44 @@ class CubeletServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateVolume(self, request, context):
+        """---- volumes: ext4 images on this node, mounted into sandboxes (RunSandboxRequest.volumes) ----
+        ALREADY_EXISTS when the volume's image exists; RESOURCE_EXHAUSTED when the node's disk is short.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVolume(self, request, context):
+        """FAILED_PRECONDITION while a sandbox on this node (running or paused) mounts it; a missing
+        volume answers deleted = false.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VolumeContent(self, request, context):
+        """Content of a volume no sandbox mounts (FAILED_PRECONDITION otherwise: the guest's kernel owns
+        the filesystem then). NOT_FOUND for a missing volume or path.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadVolumeFile(self, request, context):
+        """The file's bytes in order; the first chunk carries entry.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteVolumeFile(self, request_iterator, context):
+        """The first message carries request (op WRITE_FILE); every message may carry data.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CubeletServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -366,6 +429,31 @@ def add_CubeletServicer_to_server(servicer, server):
                     servicer.FetchPausedArtifact,
                     request_deserializer=cube_dot_v1_dot_cubelet__pb2.FetchPausedArtifactRequest.FromString,
                     response_serializer=cube_dot_v1_dot_cubelet__pb2.ArtifactChunk.SerializeToString,
+            ),
+            'CreateVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVolume,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.NodeVolumeRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.NodeVolume.SerializeToString,
+            ),
+            'DeleteVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVolume,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.NodeVolumeRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.DeleteVolumeResponse.SerializeToString,
+            ),
+            'VolumeContent': grpc.unary_unary_rpc_method_handler(
+                    servicer.VolumeContent,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.VolumeContentRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.VolumeContentResponse.SerializeToString,
+            ),
+            'ReadVolumeFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadVolumeFile,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.VolumeContentRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.VolumeFileChunk.SerializeToString,
+            ),
+            'WriteVolumeFile': grpc.stream_unary_rpc_method_handler(
+                    servicer.WriteVolumeFile,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.VolumeFileChunk.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.VolumeEntry.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -859,6 +947,141 @@ class Cubelet(object):
             '/cube.v1.Cubelet/FetchPausedArtifact',
             cube_dot_v1_dot_cubelet__pb2.FetchPausedArtifactRequest.SerializeToString,
             cube_dot_v1_dot_cubelet__pb2.ArtifactChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Cubelet/CreateVolume',
+            cube_dot_v1_dot_cubelet__pb2.NodeVolumeRequest.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.NodeVolume.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Cubelet/DeleteVolume',
+            cube_dot_v1_dot_cubelet__pb2.NodeVolumeRequest.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.DeleteVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VolumeContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Cubelet/VolumeContent',
+            cube_dot_v1_dot_cubelet__pb2.VolumeContentRequest.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.VolumeContentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadVolumeFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cube.v1.Cubelet/ReadVolumeFile',
+            cube_dot_v1_dot_cubelet__pb2.VolumeContentRequest.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.VolumeFileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteVolumeFile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/cube.v1.Cubelet/WriteVolumeFile',
+            cube_dot_v1_dot_cubelet__pb2.VolumeFileChunk.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.VolumeEntry.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,7 +63,7 @@ API_KEY_ROLE_USER: ApiKeyRole
 API_KEY_ROLE_ADMIN: ApiKeyRole
 
 class Sandbox(_message.Message):
-    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id", "quota_exempt", "lost_reason", "lost_at", "resume_node_id", "transition_owner", "auto_pause_filesystem_only", "paused_filesystem_only")
+    __slots__ = ("sandbox_id", "template_id", "alias", "client_id", "node_id", "phase", "started_at", "end_at", "metadata", "env_vars", "envd_access_token", "envd_version", "vcpus", "memory_mb", "disk_size_mb", "auto_pause", "auto_resume", "network", "host_address", "proxy_source_address", "traffic_access_token", "phase_deadline", "updated_at", "created_at", "paused_at", "timeout_s", "team_id", "quota_exempt", "lost_reason", "lost_at", "resume_node_id", "transition_owner", "auto_pause_filesystem_only", "paused_filesystem_only", "volume_mounts")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class Sandbox(_message.Message):
     TRANSITION_OWNER_FIELD_NUMBER: _ClassVar[int]
     AUTO_PAUSE_FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
     PAUSED_FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_MOUNTS_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     template_id: str
     alias: str
@@ -146,10 +147,11 @@ class Sandbox(_message.Message):
     transition_owner: str
     auto_pause_filesystem_only: bool
     paused_filesystem_only: bool
-    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ..., quota_exempt: bool = ..., lost_reason: _Optional[str] = ..., lost_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_node_id: _Optional[str] = ..., transition_owner: _Optional[str] = ..., auto_pause_filesystem_only: bool = ..., paused_filesystem_only: bool = ...) -> None: ...
+    volume_mounts: _containers.RepeatedCompositeFieldContainer[_cubelet_pb2.VolumeMount]
+    def __init__(self, sandbox_id: _Optional[str] = ..., template_id: _Optional[str] = ..., alias: _Optional[str] = ..., client_id: _Optional[str] = ..., node_id: _Optional[str] = ..., phase: _Optional[_Union[SandboxPhase, str]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., end_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., envd_access_token: _Optional[str] = ..., envd_version: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., disk_size_mb: _Optional[int] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., traffic_access_token: _Optional[str] = ..., phase_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., paused_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., timeout_s: _Optional[int] = ..., team_id: _Optional[str] = ..., quota_exempt: bool = ..., lost_reason: _Optional[str] = ..., lost_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., resume_node_id: _Optional[str] = ..., transition_owner: _Optional[str] = ..., auto_pause_filesystem_only: bool = ..., paused_filesystem_only: bool = ..., volume_mounts: _Optional[_Iterable[_Union[_cubelet_pb2.VolumeMount, _Mapping]]] = ...) -> None: ...
 
 class CreateSandboxRequest(_message.Message):
-    __slots__ = ("template", "timeout_s", "metadata", "env_vars", "auto_pause", "auto_resume", "network", "client_id", "auto_pause_filesystem_only")
+    __slots__ = ("template", "timeout_s", "metadata", "env_vars", "auto_pause", "auto_resume", "network", "client_id", "auto_pause_filesystem_only", "volume_mounts")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -173,6 +175,7 @@ class CreateSandboxRequest(_message.Message):
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     AUTO_PAUSE_FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_MOUNTS_FIELD_NUMBER: _ClassVar[int]
     template: str
     timeout_s: int
     metadata: _containers.ScalarMap[str, str]
@@ -182,7 +185,16 @@ class CreateSandboxRequest(_message.Message):
     network: _network_pb2.NetworkPolicy
     client_id: str
     auto_pause_filesystem_only: bool
-    def __init__(self, template: _Optional[str] = ..., timeout_s: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., client_id: _Optional[str] = ..., auto_pause_filesystem_only: bool = ...) -> None: ...
+    volume_mounts: _containers.RepeatedCompositeFieldContainer[SandboxVolumeMount]
+    def __init__(self, template: _Optional[str] = ..., timeout_s: _Optional[int] = ..., metadata: _Optional[_Mapping[str, str]] = ..., env_vars: _Optional[_Mapping[str, str]] = ..., auto_pause: bool = ..., auto_resume: bool = ..., network: _Optional[_Union[_network_pb2.NetworkPolicy, _Mapping]] = ..., client_id: _Optional[str] = ..., auto_pause_filesystem_only: bool = ..., volume_mounts: _Optional[_Iterable[_Union[SandboxVolumeMount, _Mapping]]] = ...) -> None: ...
+
+class SandboxVolumeMount(_message.Message):
+    __slots__ = ("name", "path")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    path: str
+    def __init__(self, name: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class GetSandboxRequest(_message.Message):
     __slots__ = ("sandbox_id",)
@@ -830,3 +842,51 @@ class ClusterStatus(_message.Message):
     is_leader: bool
     masters: _containers.RepeatedCompositeFieldContainer[MasterIdentity]
     def __init__(self_, leader: _Optional[_Union[MasterIdentity, _Mapping]] = ..., self: _Optional[_Union[MasterIdentity, _Mapping]] = ..., is_leader: bool = ..., masters: _Optional[_Iterable[_Union[MasterIdentity, _Mapping]]] = ...) -> None: ...
+
+class Volume(_message.Message):
+    __slots__ = ("volume_id", "name", "team_id", "node_id", "size_bytes", "token", "created_at", "mounted_by")
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TEAM_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MOUNTED_BY_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    name: str
+    team_id: str
+    node_id: str
+    size_bytes: int
+    token: str
+    created_at: _timestamp_pb2.Timestamp
+    mounted_by: str
+    def __init__(self, volume_id: _Optional[str] = ..., name: _Optional[str] = ..., team_id: _Optional[str] = ..., node_id: _Optional[str] = ..., size_bytes: _Optional[int] = ..., token: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., mounted_by: _Optional[str] = ...) -> None: ...
+
+class CreateVolumeRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetVolumeRequest(_message.Message):
+    __slots__ = ("volume_id",)
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    def __init__(self, volume_id: _Optional[str] = ...) -> None: ...
+
+class ListVolumesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListVolumesResponse(_message.Message):
+    __slots__ = ("volumes",)
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    volumes: _containers.RepeatedCompositeFieldContainer[Volume]
+    def __init__(self, volumes: _Optional[_Iterable[_Union[Volume, _Mapping]]] = ...) -> None: ...
+
+class DeleteVolumeRequest(_message.Message):
+    __slots__ = ("volume_id",)
+    VOLUME_ID_FIELD_NUMBER: _ClassVar[int]
+    volume_id: str
+    def __init__(self, volume_id: _Optional[str] = ...) -> None: ...

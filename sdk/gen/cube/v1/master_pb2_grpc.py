@@ -239,6 +239,41 @@ class MasterStub(object):
                 request_serializer=cube_dot_v1_dot_master__pb2.ValidateApiKeyRequest.SerializeToString,
                 response_deserializer=cube_dot_v1_dot_master__pb2.ApiKey.FromString,
                 _registered_method=True)
+        self.CreateVolume = channel.unary_unary(
+                '/cube.v1.Master/CreateVolume',
+                request_serializer=cube_dot_v1_dot_master__pb2.CreateVolumeRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.Volume.FromString,
+                _registered_method=True)
+        self.GetVolume = channel.unary_unary(
+                '/cube.v1.Master/GetVolume',
+                request_serializer=cube_dot_v1_dot_master__pb2.GetVolumeRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.Volume.FromString,
+                _registered_method=True)
+        self.ListVolumes = channel.unary_unary(
+                '/cube.v1.Master/ListVolumes',
+                request_serializer=cube_dot_v1_dot_master__pb2.ListVolumesRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_master__pb2.ListVolumesResponse.FromString,
+                _registered_method=True)
+        self.DeleteVolume = channel.unary_unary(
+                '/cube.v1.Master/DeleteVolume',
+                request_serializer=cube_dot_v1_dot_master__pb2.DeleteVolumeRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.DeleteVolumeResponse.FromString,
+                _registered_method=True)
+        self.VolumeContent = channel.unary_unary(
+                '/cube.v1.Master/VolumeContent',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.VolumeContentRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.VolumeContentResponse.FromString,
+                _registered_method=True)
+        self.ReadVolumeFile = channel.unary_stream(
+                '/cube.v1.Master/ReadVolumeFile',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.VolumeContentRequest.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.VolumeFileChunk.FromString,
+                _registered_method=True)
+        self.WriteVolumeFile = channel.stream_unary(
+                '/cube.v1.Master/WriteVolumeFile',
+                request_serializer=cube_dot_v1_dot_cubelet__pb2.VolumeFileChunk.SerializeToString,
+                response_deserializer=cube_dot_v1_dot_cubelet__pb2.VolumeEntry.FromString,
+                _registered_method=True)
         self.GetClusterStatus = channel.unary_unary(
                 '/cube.v1.Master/GetClusterStatus',
                 request_serializer=cube_dot_v1_dot_master__pb2.GetClusterStatusRequest.SerializeToString,
@@ -566,6 +601,57 @@ class MasterServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateVolume(self, request, context):
+        """---- volumes (E2B's persistent storage) ----
+        A volume is an ext4 filesystem image on one node, owned by the caller's team; a sandbox that
+        mounts it runs on that node. One sandbox (running or paused) mounts a volume at a time.
+        INVALID_ARGUMENT for a bad name; ALREADY_EXISTS when the team has a volume of that name;
+        RESOURCE_EXHAUSTED when the team's volume count or bytes would pass the master's limits.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVolume(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListVolumes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteVolume(self, request, context):
+        """FAILED_PRECONDITION while a sandbox mounts it (Volume.mounted_by).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def VolumeContent(self, request, context):
+        """Content calls: authorised by VolumeContentRequest.token (the volume's), not by the caller's
+        team (E2B sends the volume token, no API key). UNAUTHENTICATED for a wrong token; NOT_FOUND for
+        an unknown volume or path; FAILED_PRECONDITION while a sandbox mounts the volume.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadVolumeFile(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WriteVolumeFile(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetClusterStatus(self, request, context):
         """---- cluster ----
         """
@@ -760,6 +846,41 @@ def add_MasterServicer_to_server(servicer, server):
                     servicer.ValidateApiKey,
                     request_deserializer=cube_dot_v1_dot_master__pb2.ValidateApiKeyRequest.FromString,
                     response_serializer=cube_dot_v1_dot_master__pb2.ApiKey.SerializeToString,
+            ),
+            'CreateVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVolume,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.CreateVolumeRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.Volume.SerializeToString,
+            ),
+            'GetVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVolume,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.GetVolumeRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.Volume.SerializeToString,
+            ),
+            'ListVolumes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListVolumes,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.ListVolumesRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_master__pb2.ListVolumesResponse.SerializeToString,
+            ),
+            'DeleteVolume': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteVolume,
+                    request_deserializer=cube_dot_v1_dot_master__pb2.DeleteVolumeRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.DeleteVolumeResponse.SerializeToString,
+            ),
+            'VolumeContent': grpc.unary_unary_rpc_method_handler(
+                    servicer.VolumeContent,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.VolumeContentRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.VolumeContentResponse.SerializeToString,
+            ),
+            'ReadVolumeFile': grpc.unary_stream_rpc_method_handler(
+                    servicer.ReadVolumeFile,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.VolumeContentRequest.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.VolumeFileChunk.SerializeToString,
+            ),
+            'WriteVolumeFile': grpc.stream_unary_rpc_method_handler(
+                    servicer.WriteVolumeFile,
+                    request_deserializer=cube_dot_v1_dot_cubelet__pb2.VolumeFileChunk.FromString,
+                    response_serializer=cube_dot_v1_dot_cubelet__pb2.VolumeEntry.SerializeToString,
             ),
             'GetClusterStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetClusterStatus,
@@ -1785,6 +1906,195 @@ class Master(object):
             '/cube.v1.Master/ValidateApiKey',
             cube_dot_v1_dot_master__pb2.ValidateApiKeyRequest.SerializeToString,
             cube_dot_v1_dot_master__pb2.ApiKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/CreateVolume',
+            cube_dot_v1_dot_master__pb2.CreateVolumeRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.Volume.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/GetVolume',
+            cube_dot_v1_dot_master__pb2.GetVolumeRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.Volume.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListVolumes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/ListVolumes',
+            cube_dot_v1_dot_master__pb2.ListVolumesRequest.SerializeToString,
+            cube_dot_v1_dot_master__pb2.ListVolumesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteVolume(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/DeleteVolume',
+            cube_dot_v1_dot_master__pb2.DeleteVolumeRequest.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.DeleteVolumeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def VolumeContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cube.v1.Master/VolumeContent',
+            cube_dot_v1_dot_cubelet__pb2.VolumeContentRequest.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.VolumeContentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadVolumeFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/cube.v1.Master/ReadVolumeFile',
+            cube_dot_v1_dot_cubelet__pb2.VolumeContentRequest.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.VolumeFileChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WriteVolumeFile(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/cube.v1.Master/WriteVolumeFile',
+            cube_dot_v1_dot_cubelet__pb2.VolumeFileChunk.SerializeToString,
+            cube_dot_v1_dot_cubelet__pb2.VolumeEntry.FromString,
             options,
             channel_credentials,
             insecure,

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import (
     TYPE_CHECKING,
+    AsyncIterable,
     AsyncIterator,
     Dict,
+    Iterable,
     List,
     Optional,
+    Union,
 )
 
 import betterproto
@@ -40,6 +43,24 @@ class TemplateBuildPhase(betterproto.Enum):
     READY = 7
     FAILED = 8
     RUNNING_STEPS = 9
+
+
+class VolumeOp(betterproto.Enum):
+    UNSPECIFIED = 0
+    STAT = 1
+    LIST = 2
+    MAKE_DIR = 3
+    UPDATE_METADATA = 4
+    REMOVE = 5
+    READ_FILE = 6
+    WRITE_FILE = 7
+
+
+class VolumeEntryType(betterproto.Enum):
+    UNSPECIFIED = 0
+    FILE = 1
+    DIRECTORY = 2
+    SYMLINK = 3
 
 
 class SandboxPhase(betterproto.Enum):
@@ -196,6 +217,19 @@ class RunSandboxRequest(betterproto.Message):
     metadata: Dict[str, str] = betterproto.map_field(
         6, betterproto.TYPE_STRING, betterproto.TYPE_STRING
     )
+    volumes: List["VolumeMount"] = betterproto.message_field(7)
+    """
+    Volumes to mount read-write (at most vmm_core's slot count; each volume once, in no other
+     sandbox). FAILED_PRECONDITION when the template was built before volume slots existed.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class VolumeMount(betterproto.Message):
+    volume_id: str = betterproto.string_field(1)
+    team_id: str = betterproto.string_field(2)
+    path: str = betterproto.string_field(3)
+    name: str = betterproto.string_field(4)
 
 
 @dataclass(eq=False, repr=False)
@@ -256,6 +290,8 @@ class SandboxStatus(betterproto.Message):
     """
     Paused without its memory (a filesystem-only pause): its resume cold-boots it.
     """
+
+    volumes: List["VolumeMount"] = betterproto.message_field(16)
 
 
 @dataclass(eq=False, repr=False)
@@ -624,6 +660,79 @@ class FetchPausedArtifactRequest(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class NodeVolumeRequest(betterproto.Message):
+    volume_id: str = betterproto.string_field(1)
+    team_id: str = betterproto.string_field(2)
+    size_bytes: int = betterproto.uint64_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class NodeVolume(betterproto.Message):
+    volume_id: str = betterproto.string_field(1)
+    size_bytes: int = betterproto.uint64_field(2)
+    used_bytes: int = betterproto.uint64_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteVolumeResponse(betterproto.Message):
+    deleted: bool = betterproto.bool_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class VolumeContentRequest(betterproto.Message):
+    volume_id: str = betterproto.string_field(1)
+    token: str = betterproto.string_field(2)
+    """
+    Master: the volume's token (E2B's `Authorization: Bearer`), which authorises the call instead
+     of the caller's team. Never sent on to the node.
+    """
+
+    op: "VolumeOp" = betterproto.enum_field(3)
+    path: str = betterproto.string_field(4)
+    depth: int = betterproto.uint32_field(5)
+    uid: Optional[int] = betterproto.uint32_field(6, optional=True)
+    gid: Optional[int] = betterproto.uint32_field(7, optional=True)
+    mode: Optional[int] = betterproto.uint32_field(8, optional=True)
+    force: bool = betterproto.bool_field(9)
+    team_id: str = betterproto.string_field(10)
+
+
+@dataclass(eq=False, repr=False)
+class VolumeEntry(betterproto.Message):
+    name: str = betterproto.string_field(1)
+    type: "VolumeEntryType" = betterproto.enum_field(2)
+    path: str = betterproto.string_field(3)
+    size: int = betterproto.uint64_field(4)
+    mode: int = betterproto.uint32_field(5)
+    uid: int = betterproto.uint32_field(6)
+    gid: int = betterproto.uint32_field(7)
+    atime: datetime = betterproto.message_field(8)
+    mtime: datetime = betterproto.message_field(9)
+    ctime: datetime = betterproto.message_field(10)
+    target: str = betterproto.string_field(11)
+
+
+@dataclass(eq=False, repr=False)
+class VolumeContentResponse(betterproto.Message):
+    entries: List["VolumeEntry"] = betterproto.message_field(1)
+    """
+    STAT, MAKE_DIR, UPDATE_METADATA: one entry; LIST: every entry found; REMOVE: none.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class VolumeFileChunk(betterproto.Message):
+    request: "VolumeContentRequest" = betterproto.message_field(1)
+    entry: "VolumeEntry" = betterproto.message_field(2)
+    data: bytes = betterproto.bytes_field(3)
+    eof: bool = betterproto.bool_field(4)
+    """
+    WriteVolumeFile: set on the last message. A stream that ends without it (a client gone, a cap
+     hit: gRPC ends a cancelled request stream as if it were complete) writes nothing.
+    """
+
+
+@dataclass(eq=False, repr=False)
 class Sandbox(betterproto.Message):
     """One sandbox: the value at /cube/sandboxes/<sandbox_id>."""
 
@@ -706,6 +815,12 @@ class Sandbox(betterproto.Message):
      never resumes it (auto_resume does not apply).
     """
 
+    volume_mounts: List["VolumeMount"] = betterproto.message_field(35)
+    """
+    Volumes it mounts (ids resolved at create). Each names this sandbox in Volume.mounted_by
+     until the sandbox is killed.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class CreateSandboxRequest(betterproto.Message):
@@ -722,6 +837,17 @@ class CreateSandboxRequest(betterproto.Message):
     network: "NetworkPolicy" = betterproto.message_field(7)
     client_id: str = betterproto.string_field(8)
     auto_pause_filesystem_only: bool = betterproto.bool_field(9)
+    volume_mounts: List["SandboxVolumeMount"] = betterproto.message_field(10)
+    """
+    E2B's volumeMounts: the team's volumes by name (or id), each at an absolute guest path.
+     NOT_FOUND for an unknown volume; FAILED_PRECONDITION when one is mounted by another sandbox.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class SandboxVolumeMount(betterproto.Message):
+    name: str = betterproto.string_field(1)
+    path: str = betterproto.string_field(2)
 
 
 @dataclass(eq=False, repr=False)
@@ -1371,6 +1497,47 @@ class ClusterStatus(betterproto.Message):
 
 
 @dataclass(eq=False, repr=False)
+class Volume(betterproto.Message):
+    volume_id: str = betterproto.string_field(1)
+    name: str = betterproto.string_field(2)
+    team_id: str = betterproto.string_field(3)
+    node_id: str = betterproto.string_field(4)
+    size_bytes: int = betterproto.uint64_field(5)
+    token: str = betterproto.string_field(6)
+    """
+    Bearer token of the content calls (E2B's volume token); returned with every Volume.
+    """
+
+    created_at: datetime = betterproto.message_field(7)
+    mounted_by: str = betterproto.string_field(8)
+
+
+@dataclass(eq=False, repr=False)
+class CreateVolumeRequest(betterproto.Message):
+    name: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class GetVolumeRequest(betterproto.Message):
+    volume_id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class ListVolumesRequest(betterproto.Message):
+    pass
+
+
+@dataclass(eq=False, repr=False)
+class ListVolumesResponse(betterproto.Message):
+    volumes: List["Volume"] = betterproto.message_field(1)
+
+
+@dataclass(eq=False, repr=False)
+class DeleteVolumeRequest(betterproto.Message):
+    volume_id: str = betterproto.string_field(1)
+
+
+@dataclass(eq=False, repr=False)
 class SandboxRoute(betterproto.Message):
     """
     How the proxy reaches one sandbox. The master writes one per sandbox at
@@ -1861,6 +2028,95 @@ class CubeletStub(betterproto.ServiceStub):
             metadata=metadata,
         ):
             yield response
+
+    async def create_volume(
+        self,
+        node_volume_request: "NodeVolumeRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "NodeVolume":
+        return await self._unary_unary(
+            "/cube.v1.Cubelet/CreateVolume",
+            node_volume_request,
+            NodeVolume,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_volume(
+        self,
+        node_volume_request: "NodeVolumeRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "DeleteVolumeResponse":
+        return await self._unary_unary(
+            "/cube.v1.Cubelet/DeleteVolume",
+            node_volume_request,
+            DeleteVolumeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def volume_content(
+        self,
+        volume_content_request: "VolumeContentRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "VolumeContentResponse":
+        return await self._unary_unary(
+            "/cube.v1.Cubelet/VolumeContent",
+            volume_content_request,
+            VolumeContentResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def read_volume_file(
+        self,
+        volume_content_request: "VolumeContentRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[VolumeFileChunk]:
+        async for response in self._unary_stream(
+            "/cube.v1.Cubelet/ReadVolumeFile",
+            volume_content_request,
+            VolumeFileChunk,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def write_volume_file(
+        self,
+        volume_file_chunk_iterator: Union[
+            AsyncIterable[VolumeFileChunk], Iterable[VolumeFileChunk]
+        ],
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "VolumeEntry":
+        return await self._stream_unary(
+            "/cube.v1.Cubelet/WriteVolumeFile",
+            volume_file_chunk_iterator,
+            VolumeFileChunk,
+            VolumeEntry,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
 
 
 class MasterStub(betterproto.ServiceStub):
@@ -2494,6 +2750,129 @@ class MasterStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def create_volume(
+        self,
+        create_volume_request: "CreateVolumeRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Volume":
+        return await self._unary_unary(
+            "/cube.v1.Master/CreateVolume",
+            create_volume_request,
+            Volume,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def get_volume(
+        self,
+        get_volume_request: "GetVolumeRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "Volume":
+        return await self._unary_unary(
+            "/cube.v1.Master/GetVolume",
+            get_volume_request,
+            Volume,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def list_volumes(
+        self,
+        list_volumes_request: "ListVolumesRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListVolumesResponse":
+        return await self._unary_unary(
+            "/cube.v1.Master/ListVolumes",
+            list_volumes_request,
+            ListVolumesResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def delete_volume(
+        self,
+        delete_volume_request: "DeleteVolumeRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "DeleteVolumeResponse":
+        return await self._unary_unary(
+            "/cube.v1.Master/DeleteVolume",
+            delete_volume_request,
+            DeleteVolumeResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def volume_content(
+        self,
+        volume_content_request: "VolumeContentRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "VolumeContentResponse":
+        return await self._unary_unary(
+            "/cube.v1.Master/VolumeContent",
+            volume_content_request,
+            VolumeContentResponse,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
+    async def read_volume_file(
+        self,
+        volume_content_request: "VolumeContentRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[VolumeFileChunk]:
+        async for response in self._unary_stream(
+            "/cube.v1.Master/ReadVolumeFile",
+            volume_content_request,
+            VolumeFileChunk,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
+    async def write_volume_file(
+        self,
+        volume_file_chunk_iterator: Union[
+            AsyncIterable[VolumeFileChunk], Iterable[VolumeFileChunk]
+        ],
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "VolumeEntry":
+        return await self._stream_unary(
+            "/cube.v1.Master/WriteVolumeFile",
+            volume_file_chunk_iterator,
+            VolumeFileChunk,
+            VolumeEntry,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
     async def get_cluster_status(
         self,
         get_cluster_status_request: "GetClusterStatusRequest",
@@ -2737,6 +3116,32 @@ class CubeletBase(ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ArtifactChunk()
 
+    async def create_volume(
+        self, node_volume_request: "NodeVolumeRequest"
+    ) -> "NodeVolume":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_volume(
+        self, node_volume_request: "NodeVolumeRequest"
+    ) -> "DeleteVolumeResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def volume_content(
+        self, volume_content_request: "VolumeContentRequest"
+    ) -> "VolumeContentResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def read_volume_file(
+        self, volume_content_request: "VolumeContentRequest"
+    ) -> AsyncIterator[VolumeFileChunk]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield VolumeFileChunk()
+
+    async def write_volume_file(
+        self, volume_file_chunk_iterator: AsyncIterator[VolumeFileChunk]
+    ) -> "VolumeEntry":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
     async def __rpc_run_sandbox(
         self, stream: "grpclib.server.Stream[RunSandboxRequest, SandboxStatus]"
     ) -> None:
@@ -2876,6 +3281,45 @@ class CubeletBase(ServiceBase):
             request,
         )
 
+    async def __rpc_create_volume(
+        self, stream: "grpclib.server.Stream[NodeVolumeRequest, NodeVolume]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.create_volume(request)
+        await stream.send_message(response)
+
+    async def __rpc_delete_volume(
+        self, stream: "grpclib.server.Stream[NodeVolumeRequest, DeleteVolumeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.delete_volume(request)
+        await stream.send_message(response)
+
+    async def __rpc_volume_content(
+        self,
+        stream: "grpclib.server.Stream[VolumeContentRequest, VolumeContentResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.volume_content(request)
+        await stream.send_message(response)
+
+    async def __rpc_read_volume_file(
+        self, stream: "grpclib.server.Stream[VolumeContentRequest, VolumeFileChunk]"
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.read_volume_file,
+            stream,
+            request,
+        )
+
+    async def __rpc_write_volume_file(
+        self, stream: "grpclib.server.Stream[VolumeFileChunk, VolumeEntry]"
+    ) -> None:
+        request = stream.__aiter__()
+        response = await self.write_volume_file(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/cube.v1.Cubelet/RunSandbox": grpclib.const.Handler(
@@ -2985,6 +3429,36 @@ class CubeletBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_STREAM,
                 FetchPausedArtifactRequest,
                 ArtifactChunk,
+            ),
+            "/cube.v1.Cubelet/CreateVolume": grpclib.const.Handler(
+                self.__rpc_create_volume,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                NodeVolumeRequest,
+                NodeVolume,
+            ),
+            "/cube.v1.Cubelet/DeleteVolume": grpclib.const.Handler(
+                self.__rpc_delete_volume,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                NodeVolumeRequest,
+                DeleteVolumeResponse,
+            ),
+            "/cube.v1.Cubelet/VolumeContent": grpclib.const.Handler(
+                self.__rpc_volume_content,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                VolumeContentRequest,
+                VolumeContentResponse,
+            ),
+            "/cube.v1.Cubelet/ReadVolumeFile": grpclib.const.Handler(
+                self.__rpc_read_volume_file,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                VolumeContentRequest,
+                VolumeFileChunk,
+            ),
+            "/cube.v1.Cubelet/WriteVolumeFile": grpclib.const.Handler(
+                self.__rpc_write_volume_file,
+                grpclib.const.Cardinality.STREAM_UNARY,
+                VolumeFileChunk,
+                VolumeEntry,
             ),
         }
 
@@ -3167,6 +3641,40 @@ class MasterBase(ServiceBase):
     async def validate_api_key(
         self, validate_api_key_request: "ValidateApiKeyRequest"
     ) -> "ApiKey":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def create_volume(
+        self, create_volume_request: "CreateVolumeRequest"
+    ) -> "Volume":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def get_volume(self, get_volume_request: "GetVolumeRequest") -> "Volume":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_volumes(
+        self, list_volumes_request: "ListVolumesRequest"
+    ) -> "ListVolumesResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def delete_volume(
+        self, delete_volume_request: "DeleteVolumeRequest"
+    ) -> "DeleteVolumeResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def volume_content(
+        self, volume_content_request: "VolumeContentRequest"
+    ) -> "VolumeContentResponse":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def read_volume_file(
+        self, volume_content_request: "VolumeContentRequest"
+    ) -> AsyncIterator[VolumeFileChunk]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield VolumeFileChunk()
+
+    async def write_volume_file(
+        self, volume_file_chunk_iterator: AsyncIterator[VolumeFileChunk]
+    ) -> "VolumeEntry":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def get_cluster_status(
@@ -3448,6 +3956,59 @@ class MasterBase(ServiceBase):
         response = await self.validate_api_key(request)
         await stream.send_message(response)
 
+    async def __rpc_create_volume(
+        self, stream: "grpclib.server.Stream[CreateVolumeRequest, Volume]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.create_volume(request)
+        await stream.send_message(response)
+
+    async def __rpc_get_volume(
+        self, stream: "grpclib.server.Stream[GetVolumeRequest, Volume]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.get_volume(request)
+        await stream.send_message(response)
+
+    async def __rpc_list_volumes(
+        self, stream: "grpclib.server.Stream[ListVolumesRequest, ListVolumesResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_volumes(request)
+        await stream.send_message(response)
+
+    async def __rpc_delete_volume(
+        self, stream: "grpclib.server.Stream[DeleteVolumeRequest, DeleteVolumeResponse]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.delete_volume(request)
+        await stream.send_message(response)
+
+    async def __rpc_volume_content(
+        self,
+        stream: "grpclib.server.Stream[VolumeContentRequest, VolumeContentResponse]",
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.volume_content(request)
+        await stream.send_message(response)
+
+    async def __rpc_read_volume_file(
+        self, stream: "grpclib.server.Stream[VolumeContentRequest, VolumeFileChunk]"
+    ) -> None:
+        request = await stream.recv_message()
+        await self._call_rpc_handler_server_stream(
+            self.read_volume_file,
+            stream,
+            request,
+        )
+
+    async def __rpc_write_volume_file(
+        self, stream: "grpclib.server.Stream[VolumeFileChunk, VolumeEntry]"
+    ) -> None:
+        request = stream.__aiter__()
+        response = await self.write_volume_file(request)
+        await stream.send_message(response)
+
     async def __rpc_get_cluster_status(
         self, stream: "grpclib.server.Stream[GetClusterStatusRequest, ClusterStatus]"
     ) -> None:
@@ -3678,6 +4239,48 @@ class MasterBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ValidateApiKeyRequest,
                 ApiKey,
+            ),
+            "/cube.v1.Master/CreateVolume": grpclib.const.Handler(
+                self.__rpc_create_volume,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                CreateVolumeRequest,
+                Volume,
+            ),
+            "/cube.v1.Master/GetVolume": grpclib.const.Handler(
+                self.__rpc_get_volume,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                GetVolumeRequest,
+                Volume,
+            ),
+            "/cube.v1.Master/ListVolumes": grpclib.const.Handler(
+                self.__rpc_list_volumes,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListVolumesRequest,
+                ListVolumesResponse,
+            ),
+            "/cube.v1.Master/DeleteVolume": grpclib.const.Handler(
+                self.__rpc_delete_volume,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                DeleteVolumeRequest,
+                DeleteVolumeResponse,
+            ),
+            "/cube.v1.Master/VolumeContent": grpclib.const.Handler(
+                self.__rpc_volume_content,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                VolumeContentRequest,
+                VolumeContentResponse,
+            ),
+            "/cube.v1.Master/ReadVolumeFile": grpclib.const.Handler(
+                self.__rpc_read_volume_file,
+                grpclib.const.Cardinality.UNARY_STREAM,
+                VolumeContentRequest,
+                VolumeFileChunk,
+            ),
+            "/cube.v1.Master/WriteVolumeFile": grpclib.const.Handler(
+                self.__rpc_write_volume_file,
+                grpclib.const.Cardinality.STREAM_UNARY,
+                VolumeFileChunk,
+                VolumeEntry,
             ),
             "/cube.v1.Master/GetClusterStatus": grpclib.const.Handler(
                 self.__rpc_get_cluster_status,
