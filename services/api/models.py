@@ -108,6 +108,17 @@ def env_names(env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def content_length(request) -> int | None:
+    """The request's declared body size (None: chunked); 400 when it is not a number."""
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise bad_request("bad Content-Length") from None
+
+
 def query_int(args, key: str, lo: int = 0, hi: int = 2**63 - 1) -> int | None:
     v = args.get(key)
     if v is None:

@@ -25,6 +25,7 @@ from sanic import Blueprint, response
 
 from cube_common.build_files import HASH_RE, TEAM_DIR_RE, team_dir
 from sdk.gen.cube.v1 import master_pb2 as P
+from services.api import models as M
 from services.api.build_files import BuildFileError, BuildFiles
 from services.api.errors import ApiError, bad_request
 from services.api.routes import master_call, template_ref
@@ -83,7 +84,7 @@ async def upload(request, team: str, files_hash: str):
     args = request.args
     try:
         store.verify(team, args.get("template", ""), files_hash, args.get("expires", ""), args.get("sig", ""))
-        declared = _content_length(request)
+        declared = M.content_length(request)
         up = await asyncio.to_thread(store.begin, team, files_hash, declared)
     except BuildFileError as e:
         raise ApiError(e.status, e.message) from None
@@ -105,13 +106,3 @@ async def upload(request, team: str, files_hash: str):
         up.abort()
         raise
     return response.empty(status=201)
-
-
-def _content_length(request) -> int | None:
-    raw = request.headers.get("content-length")
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise BuildFileError(400, "bad Content-Length") from None

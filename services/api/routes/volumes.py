@@ -250,7 +250,7 @@ async def write_file(request, volume_id: str):
         raise bad_request("the volume's root directory is not a file")
     settings = request.app.ctx.settings
     cap = settings.volume_file_max_bytes
-    declared = _content_length(request)
+    declared = M.content_length(request)
     if declared is not None and declared > cap:
         raise ApiError(413, f"the file is {declared} bytes; at most {cap} are accepted")
     # The token, the volume and that no sandbox mounts it, checked before any byte goes: a stream
@@ -295,13 +295,3 @@ async def _write(call, msg: C.VolumeFileChunk) -> None:
         # The master answered while this message was on its way; gRPC keeps no status then.
         raise ApiError(500, "the master ended the upload early: the volume may be full, or now mounted by a "
                             "sandbox") from None
-
-
-def _content_length(request) -> int | None:
-    raw = request.headers.get("content-length")
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise bad_request("bad Content-Length") from None
