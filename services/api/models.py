@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from cube_common import host_mask
 from cube_common.sizes import parse_size_mb
-from cube_common.volumes import VolumeRuleError, check_mounts, normalize_path
+from cube_common.volumes import VolumeRuleError, check_mounts, check_name, normalize_path
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2 as P, network_pb2
 from services.api.errors import bad_request
 
@@ -23,7 +23,6 @@ MAX_UINT32 = 2**32 - 1
 # trailing newline through (Python's `$`), which would put it in a guest's environment or a key.
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-VOLUME_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")  # cube_common.volumes.NAME_RE
 BUILD_TEMPLATE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 # writableLayerSize as the document states it (openapi.py); whitespace is Python's (str.isspace).
 _WS = "[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
@@ -208,12 +207,11 @@ class NewSandbox:
 
 
 def volume_name(name: object) -> str:
-    """A volume name (or id) by cube_common.volumes' rule, matched whole (its `$` would let a
-    trailing newline through)."""
-    if isinstance(name, str) and VOLUME_NAME_RE.fullmatch(name):
-        return name
-    raise bad_request(f"volume name {str(name)[:100]!r} must be 1-63 letters, digits, '_', '.' or '-', starting "
-                      "with a letter or digit")
+    """A volume name (or id) by cube_common.volumes' rule."""
+    try:
+        return check_name(name)  # type: ignore[arg-type]  # it checks the type itself
+    except VolumeRuleError as e:
+        raise bad_request(str(e)[:300]) from None
 
 
 def volume_path(raw: str, what: str = "path") -> str:

@@ -99,7 +99,7 @@ class Volumes:
             v = await self.store.get_volume(ref)
             if v is not None and not pending(v.value) and self._visible(v.value, caller):
                 return v
-        if ref and rules.NAME_RE.match(ref):
+        if ref and rules.NAME_RE.fullmatch(ref):
             idx = await self.store.get_volume_name(owner(caller.team_id), ref)
             if idx is not None:
                 v = await self.store.get_volume(idx.value.volume_id)
