@@ -41,3 +41,20 @@ def test_prune_keeps_newest_and_everything_still_named(tmp_path):
 
     assert removed == [kernels[2]]
     assert [k.exists() for k in kernels] == [True, True, False, True, True, True]
+
+
+def test_a_cache_borrowed_from_another_state_dir_is_never_pruned(tmp_path):
+    """A test cluster's hosts link the node's cache into their own state dirs: they cannot see the
+    node's templates, so pruning there removed artifacts a template of the node still used."""
+    owner = VmmSettings(state_dir=tmp_path / "node")
+    kernels = [_artifact(owner.artifacts_dir, "kernel", f"k{i}", age_s=100 * i) for i in range(4)]
+    host = tmp_path / "h1"
+    host.mkdir()
+    (host / "artifacts").symlink_to(owner.artifacts_dir)
+    assert prune_artifacts(CubeletSettings(state_dir=host), VmmSettings(state_dir=host), keep_newest=1) == []
+    # Nor by a cubelet whose vmm settings name a cache outside its state dir.
+    elsewhere = CubeletSettings(state_dir=tmp_path / "other")
+    assert prune_artifacts(elsewhere, owner, keep_newest=1) == []
+    assert all(k.exists() for k in kernels)
+    # The owner prunes its own.
+    assert prune_artifacts(CubeletSettings(state_dir=tmp_path / "node"), owner, keep_newest=1) == kernels[1:]

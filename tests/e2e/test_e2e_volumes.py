@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import uuid
 
+import httpx
 import pytest
 from e2b import AuthenticationException, NotFoundException, SandboxException, Volume, VolumeException
 from e2b.volume.types import VolumeFileType
 
-from tests.e2e.cluster import CFG
+from testkit.ports import free_port
+from tests.control.cli import cubemastercli
+from tests.e2e.cluster import CFG, REPO, wait_until
 from tests.e2e.run import CREATED, RUN_ID
 from tests.e2e.test_e2e_js import JS, js_env
 from tests.support.npm import npm_ci
@@ -95,6 +99,73 @@ def test_a_volume_s_token_opens_that_volume_only(volume):
     assert Volume.destroy(other.volume_id) is False
     with pytest.raises(NotFoundException):
         Volume.get_info(other.volume_id)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def teams_api():
+    """A second cube-api on this node with auth on (the node's own runs with auth off: every key
+    acts for the local team), on the node's master, and two teams' keys issued with cubemastercli
+    as an operator would. Yields (url, key of team A, key of team B)."""
+    port, metrics = free_port(), free_port()
+    env = {**CFG.env(), "CUBE_API_PORT": str(port), "CUBE_API_AUTH": "true",
+           "CUBE_API_METRICS_LISTEN": f"127.0.0.1:{metrics}"}
+    keys = []
+    for team in ("e2e-vol-a", "e2e-vol-b"):
+        cubemastercli(CFG.master_addr, "team", "create", team, check=False)  # ALREADY_EXISTS on a rerun
+        out = json.loads(cubemastercli(CFG.master_addr, "--json", "apikey", "create", "--name", "e2e-volumes",
+                                       "--team", team).stdout)
+        keys.append((out["key"], out["apiKey"]["keyId"]))
+    proc = subprocess.Popen([sys.executable, "-m", "services.api"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), timeout=60, what="the auth-on cube-api")
+        yield f"http://127.0.0.1:{port}", keys[0][0], keys[1][0]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        for _, key_id in keys:
+            cubemastercli(CFG.master_addr, "apikey", "revoke", key_id, check=False)
+
+
+def test_another_team_sees_nothing_of_a_volume(sandboxes, teams_api):
+    """Real VMs, the real API with auth on: team B cannot list, read, mount or delete team A's
+    volume, and a name is per team."""
+    url, key_a, key_b = teams_api
+    a, b = {"api_key": key_a, "api_url": url}, {"api_key": key_b, "api_url": url}
+    name = f"e2e-teams-{uuid.uuid4().hex[:6]}"
+    vol = Volume.create(name, **a)
+    try:
+        vol.write_file("/secret.txt", "team a's")
+        assert vol.volume_id not in {v.volume_id for v in Volume.list(**b)}
+        with pytest.raises(NotFoundException):
+            Volume.get_info(vol.volume_id, **b)
+        assert Volume.destroy(vol.volume_id, **b) is False
+        with pytest.raises(SandboxException, match="not found"):
+            sandboxes.create({"case": "volume-other-team"}, volume_mounts={"/mnt": name}, **b)
+        with pytest.raises(SandboxException, match="not found"):
+            sandboxes.create({"case": "volume-other-team"}, volume_mounts={"/mnt": vol.volume_id}, **b)
+        # Team B's volume of the same name is another volume, empty.
+        theirs = Volume.create(name, **b)
+        try:
+            assert theirs.volume_id != vol.volume_id and not theirs.exists("/secret.txt")
+            sbx = sandboxes.create({"case": "volume-team-b"}, volume_mounts={"/mnt/v": name}, **b)
+            assert sbx.commands.run("ls /mnt/v").stdout.split() == ["lost+found"]
+            sbx.kill()
+        finally:
+            Volume.destroy(theirs.volume_id, **b)
+        # Team A's own sandbox sees its file.
+        mine = sandboxes.create({"case": "volume-team-a"}, volume_mounts={"/mnt/v": name}, **a)
+        assert mine.files.read("/mnt/v/secret.txt") == "team a's"
+        mine.kill()
+    finally:
+        Volume.destroy(vol.volume_id, **a)
 
 
 def test_bad_mounts_are_refused_in_e2b_shape(sandboxes, volume):
