@@ -51,6 +51,8 @@ def normalize_path(path: str, *, what: str = "path") -> str:
         raise VolumeRuleError(f"{what} is longer than {MAX_PATH} bytes")
     if "\x00" in path:
         raise VolumeRuleError(f"{what} contains a NUL byte")
+    if "\n" in path or "\r" in path:  # no tool of the node's can name such an entry (volume_fs.py)
+        raise VolumeRuleError(f"{what} contains a newline or carriage return")
     if not path.startswith("/"):
         path = "/" + path
     parts = [p for p in path.split("/") if p not in ("", ".")]

@@ -58,6 +58,7 @@ from .disks import qcow2_header
 from .errors import VmmError
 from .settings import Accel, VmmSettings
 from .spec import DiskFormat, MachinePaths, MachineSpec
+from .volumes import images as volume_images
 
 # What QEMU's seccomp filter denies (see the module docstring for elevateprivileges).
 SANDBOX = "on,obsolete=deny,spawn=deny,resourcecontrol=deny"
@@ -211,9 +212,8 @@ class Jail:
                     # The machine's to write; QEMU may reopen it by path after dropping to the jail's uid.
                     # A template build's layer goes back to root in snapshot().
                     os.chown(d.path, self.uid, self.uid)
-            for image in spec.volume_slots:
-                if image is not None:  # a volume: this machine's alone while it runs (volumes.py)
-                    os.chown(image, self.uid, self.uid)
+            for image in volume_images(spec):  # a volume: this machine's alone while it runs
+                os.chown(image, self.uid, self.uid)
             if spec.memory_file is not None and spec.memory_file.parent == self.paths.dir:
                 # A template build's own RAM file (QEMU creates it if missing: then root's, 0600).
                 if spec.memory_file.exists():
@@ -312,9 +312,8 @@ def disk_files(spec: MachineSpec) -> list[tuple[Path, bool]]:
                 raise ValueError(f"{d.path}: backing chain deeper than {MAX_BACKING_DEPTH}")
             out.setdefault(backing, False)
             path = backing
-    for image in spec.volume_slots:
-        if image is not None:
-            out[image] = True
+    for image in volume_images(spec):
+        out[image] = True
     for path in out:
         if not path.is_absolute():
             raise ValueError(f"disk path {path} is not absolute")
@@ -338,7 +337,7 @@ def _largest_write(spec: MachineSpec) -> int:
     for d in spec.disks:
         if not d.readonly:
             sizes.append(_virtual_size(d.path, d.format))
-    sizes += [_virtual_size(image, DiskFormat.RAW) for image in spec.volume_slots if image is not None]
+    sizes += [_virtual_size(image, DiskFormat.RAW) for image in volume_images(spec)]
     return max(sizes) + FSIZE_MARGIN
 
 

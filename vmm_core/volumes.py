@@ -75,9 +75,9 @@ def attach(spec: MachineSpec, images: Sequence[Path]) -> MachineSpec:
         raise InvalidSpecError(f"{len(images)} volumes, but the machine has {len(spec.volume_slots)} slots")
     if len(set(images)) != len(images):
         raise InvalidSpecError("the same volume image twice")
-    for image in images:
-        if not image.is_absolute() or not image.is_file():
-            raise InvalidSpecError(f"volume image {image} does not exist")
+    for image in images:  # whether it exists is checked with every other disk (machine.validate_spec)
+        if not image.is_absolute():
+            raise InvalidSpecError(f"volume image {image} is not an absolute path")
     slots = list(spec.volume_slots)
     for i, image in enumerate(images):
         slots[i] = image

@@ -35,7 +35,6 @@ from pathlib import Path
 from cube_common.build_files import archive_path
 from sdk.gen.cube.v1 import cubelet_pb2 as pb
 from vmm_core import disks
-from vmm_core.disks import flatten
 from vmm_core.errors import ArtifactError
 
 from . import guest_exec
@@ -233,9 +232,15 @@ def plan(cache: LayerCache, base: Entry, steps) -> Plan:
 
 def qemu_img_convert(src: Path, dest: Path, fmt: str) -> None:
     """``src`` with its whole backing chain as one standalone image at ``dest``, whole or not at all."""
+    _whole_or_nothing(dest, lambda tmp: disks.flatten(src, tmp, fmt))
+
+
+def _whole_or_nothing(dest: Path, make: Callable[[Path], object]) -> None:
+    """``make(tmp)`` writes a file next to ``dest``, renamed onto it once whole; a failure leaves
+    neither (OSError, with what vmm_core's disk helper said)."""
     tmp = dest.with_name(f".{dest.name}.tmp")
     try:
-        flatten(src, tmp, fmt)
+        make(tmp)
     except ArtifactError as e:
         tmp.unlink(missing_ok=True)
         raise OSError(str(e)) from e
@@ -399,10 +404,4 @@ done
 
 def copy_sparse(src: Path, dest: Path) -> None:
     """A sparse copy of ``src`` at ``dest``, whole or not at all."""
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    try:
-        disks.copy_sparse(src, tmp)
-    except ArtifactError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(str(e)) from e
-    os.replace(tmp, dest)
+    _whole_or_nothing(dest, lambda tmp: disks.copy_sparse(src, tmp))

@@ -80,8 +80,9 @@ class VolumeStore:
     @asynccontextmanager
     async def hold(self, volume_ids: list[str]) -> AsyncIterator[None]:
         """The locks of these volumes, taken in one order so two holders never deadlock."""
-        ids = sorted(set(volume_ids))
-        async with _hold_all(self.locks, ids):
+        async with contextlib.AsyncExitStack() as held:
+            for vid in sorted(set(volume_ids)):
+                await held.enter_async_context(self.locks.hold(vid))
             yield
 
     def _refuse_mounted(self, volume_id: str) -> None:
@@ -227,11 +228,3 @@ class VolumeStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
 
-
-@asynccontextmanager
-async def _hold_all(locks: KeyedLocks, ids: list[str]) -> AsyncIterator[None]:
-    if not ids:
-        yield
-        return
-    async with locks.hold(ids[0]), _hold_all(locks, ids[1:]):
-        yield

@@ -34,7 +34,7 @@ from services.master.clock import ts
 from services.master.log import get_logger
 from services.master.lost import mark_lost, removed_reason
 from services.master.sandboxes import phase_name
-from services.master.store import Conflict, Store, Versioned
+from services.master.store import CAS_RETRIES, Conflict, Store, Versioned
 
 log = get_logger("node_admin")
 
@@ -42,7 +42,6 @@ log = get_logger("node_admin")
 # host name has and no terminal shows faithfully.
 NODE_ID_RE = re.compile(r"^[^/\x00-\x1f\x7f]{1,253}\Z")
 MAX_REASON_BYTES = 256
-CAS_RETRIES = 8
 # Records that hold nothing on the node any more.
 _GOING = (P.SANDBOX_PHASE_KILLING,)
 # What a forced remove marks LOST: the records no master is working on.

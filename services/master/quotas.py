@@ -39,11 +39,10 @@ from sdk.gen.cube.v1 import master_pb2 as P
 from services.master import errors
 from services.master.clock import ts
 from services.master.log import get_logger
-from services.master.store import Store, TeamGuard
+from services.master.store import CAS_RETRIES, Store, TeamGuard
 from services.master.teams import owner
 
 log = get_logger("quotas")
-CAS_RETRIES = 8
 
 # A transitional sandbox holds the slots of both phases it may end in, so that whichever it ends
 # in was admitted: a failed pause goes back to running, a failed resume back to paused.

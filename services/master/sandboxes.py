@@ -70,7 +70,7 @@ from services.master.quotas import PAUSED_ONE, Quotas, running_one
 from services.master.routes import build_route, wait_applied
 from services.master.scheduler import load_by_node, rank
 from services.master.settings import Settings
-from services.master.store import Conflict, Store, Versioned
+from services.master.store import CAS_RETRIES, Conflict, Store, Versioned
 from services.master.teams import owner
 from services.master.templates import Templates
 from services.master.volumes import Volumes
@@ -94,7 +94,6 @@ PAUSED_PHASES = (P.SANDBOX_PHASE_PAUSED, P.SANDBOX_PHASE_PAUSING, P.SANDBOX_PHAS
 VISIBLE_PHASES = RUNNING_PHASES + PAUSED_PHASES
 LOST_PHASES = (P.SANDBOX_PHASE_LOST,)
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
-CAS_RETRIES = 8
 
 
 def new_sandbox_id() -> str:

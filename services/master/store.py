@@ -40,6 +40,7 @@ from services.master.log import get_logger
 log = get_logger("store")
 
 M = TypeVar("M", bound=Message)
+# How often a compare-and-swap is tried again after losing to another writer (every module's).
 CAS_RETRIES = 8
 
 

@@ -46,13 +46,12 @@ from services.master.clock import secs, ts
 from services.master.log import get_logger
 from services.master.nodes import NodeClients
 from services.master.settings import Settings
-from services.master.store import Conflict, Store, TeamGuard, Versioned
+from services.master.store import CAS_RETRIES, Conflict, Store, TeamGuard, Versioned
 from services.master.teams import owner
 
 log = get_logger("volumes")
 
 MiB = 1 << 20
-CAS_RETRIES = 8
 ID_ALPHABET = string.ascii_lowercase + string.digits
 
 
