@@ -1,8 +1,10 @@
 """Where the archives of E2B template COPY steps live: ``<build files dir>/<team dir>/<hash>.tar``.
 
 The API writes them (services/api/build_files.py owns the directory: uploads, checks, pruning);
-a node's template builds only read them (services/cubelet/build_steps.py). Both name a team's
-directory and an archive with the functions here, so they agree on the layout.
+a node's template builds only read them (services/cubelet/build_steps.py), from this directory when
+the node shares it with the API (one machine), else through the signed read URL each COPY step of a
+build carries (services/cubelet/build_file_fetch.py). Both name a team's directory and an archive
+with the functions here, so they agree on the layout.
 """
 from __future__ import annotations
 

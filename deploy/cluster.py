@@ -84,13 +84,19 @@ class ClusterSettings(Settings):
                                  "clients in the first host's namespace reach it on that host's loopback)")
     artifacts: Path = setting(Path(defaults.STATE_DIR) / "artifacts", "guest artifacts cache shared by the hosts "
                               "(the one-node service's, keyed by inputs)")
+    # Passed to every host's cubelet (services/cubelet/settings.py has their meaning).
+    registry_allowlist: tuple[str, ...] = setting((), "registries teams' template builds may pull from although "
+                                                  "their addresses are private or loopback (host or host:port)")
+    plain_http_registries: tuple[str, ...] = setting((), "registries every template build reaches over plain "
+                                                     "HTTP (host or host:port; trusted networks only)")
 
     def to_env(self) -> dict[str, str]:
         """These settings as the environment `deploy.cluster run` reads them from."""
         out = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[self.env_names(f)[0]] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+            out[self.env_names(f)[0]] = (("true" if value else "false") if isinstance(value, bool)
+                                         else ",".join(value) if isinstance(value, tuple) else str(value))
         return out
 
     def validate(self) -> ClusterSettings:
@@ -311,10 +317,14 @@ def _env(s: ClusterSettings, host: str) -> dict[str, str]:
         "CUBE_PROXY_MASTER": s.master_target,
         # api.<domain>/volumecontent/... at the edge goes on to the API (on the first host).
         "CUBE_PROXY_API_UPSTREAM": f"{s.address('h1')}:{API_PORT}",
+        # A build's COPY archives are on the API's disk (h1's): the other hosts fetch them from it.
+        "CUBE_CUBELET_API_URL": f"http://{s.address('h1')}:{API_PORT}",
         "CUBE_PROXY_ENVOY_MTLS_DIR": str(s.host_tls(host, Role.ENVOY)),
         "CUBE_API_HOST": addr,
         "CUBE_API_PORT": str(API_PORT),
         "CUBE_API_AUTH": "true",
+        "CUBE_CUBELET_REGISTRY_ALLOWLIST": ",".join(s.registry_allowlist),
+        "CUBE_CUBELET_PLAIN_HTTP_REGISTRIES": ",".join(s.plain_http_registries),
         **{f"CUBE_{svc}_METRICS_LISTEN": f"{addr}:{port}" for svc, port in defaults.METRICS_PORTS.items()},
     })
     for svc, role in (("API", Role.API), ("MASTER", Role.MASTER), ("CUBELET", Role.CUBELET), ("VS", Role.VS),
@@ -366,8 +376,11 @@ def programs(s: ClusterSettings) -> list[Program]:
         addr = s.address(h)
         out.append(Program(f"{h}-proxy", _in(s, h, [PY, "-m", "services.proxy"]),
                            partial(tcp_open, addr, PROXY_HTTP_PORT), env=_env(s, h)))
+    # The API keeps build files on a disk of its own, as where it runs apart from the nodes
+    # (Kubernetes): every host's cubelet, h1's too, fetches a build's COPY archives from it.
+    api_env = {**_env(s, "h1"), "CUBE_BUILD_FILES_DIR": str(s.dir / "api" / "build-files")}
     out.append(Program("h1-api", _in(s, "h1", [PY, "-m", "services.api"]),
-                       lambda: tcp_open(first, API_PORT), env=_env(s, "h1")))
+                       lambda: tcp_open(first, API_PORT), env=api_env))
     if not s.edge_forward:
         return out
     out.append(Program("edge-forward", [PY, "-m", "deploy.forward", "--listen", f"127.0.0.1:{EDGE_PORT}",

@@ -121,6 +121,8 @@ class NodeConfig(Settings):
             "CUBE_API_PORT": str(self.api_port),
             # The proxy sends api.<domain>/volumecontent/... (E2B's volume content calls) to the API.
             "CUBE_PROXY_API_UPSTREAM": self.api_upstream,
+            # Where the cubelet fetches a build's COPY archives when it does not share the API's disk.
+            "CUBE_CUBELET_API_URL": f"http://{self.api_upstream}",
             **self.metrics_listen(),
             # Each service reads only its own; each presents its own certificate.
             **{f"CUBE_{svc}_MTLS_DIR": str(self.tls(role).dir) for svc, role in _SERVICE_ROLES.items()},

@@ -1,10 +1,12 @@
-"""OCI registries on loopback for the image-layer tests and the template benchmark.
+"""OCI registries on this machine for the image-layer tests, the template tests and the template
+benchmark.
 
-`Registry` runs Debian's `docker-registry` (distribution 2.8) with filesystem storage on 127.0.0.1 and
-a free port: anonymous, htpasswd basic auth, or token auth from a `TokenServer` (the bearer token
-service of the Docker registry auth spec, made here, also on 127.0.0.1). Its access log tells a test
-which requests a pull made. The caller owns the work and storage directories; `stop()` ends the
-process and `TokenServer.stop()` closes its listening socket.
+`Registry` runs Debian's `docker-registry` (distribution 2.8) with filesystem storage on 127.0.0.1
+(or another local address the caller names, such as a test cluster's bridge) and a free port:
+anonymous, htpasswd basic auth, or token auth from a `TokenServer` (the bearer token service of the
+Docker registry auth spec, made here, on 127.0.0.1). Its access log tells a test which requests a
+pull made. The caller owns the work and storage directories; `stop()` ends the process and
+`TokenServer.stop()` closes its listening socket.
 """
 from __future__ import annotations
 
@@ -37,12 +39,13 @@ _ACCESS_RE = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP/[\d.]+" (
 class Registry:
     """Debian's docker-registry (distribution 2.8) with filesystem storage, on 127.0.0.1."""
 
-    def __init__(self, workdir: Path, storage: Path, auth: dict | None = None) -> None:
+    def __init__(self, workdir: Path, storage: Path, auth: dict | None = None, *, address: str = "127.0.0.1",
+                 port: int | None = None) -> None:
         self.workdir = workdir
         self.storage = storage
         self.auth = auth
-        self.port = free_port()
-        self.host = f"127.0.0.1:{self.port}"
+        self.port = port or free_port()
+        self.host = f"{address}:{self.port}"
         self.log_path = workdir / "registry.log"
         self._proc: subprocess.Popen | None = None
 

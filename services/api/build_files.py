@@ -3,7 +3,8 @@
 ``Template.build()`` asks ``GET /templates/{id}/files/{hash}`` whether the archive of a COPY step
 is already here and, if not, PUTs a tar (gzip by default) to the signed URL it got back
 (routes/build_files.py). This module is the one owner of what lands on disk; the routes and the
-node's builds only go through it (the cubelet reads the same directory: ``shared.build_files_dir``).
+node's builds only go through it (a cubelet on the same machine reads the same directory,
+``shared.build_files_dir``; one elsewhere fetches an archive through a signed read URL).
 
 Layout (``root`` is the ``build_files_dir`` setting, default ``<state_dir>/build-files``)::
 
@@ -31,7 +32,9 @@ Invariants:
   (``path``) for ``ttl_s`` are deleted by ``prune``, which uploads run now and then.
 - Upload URLs carry an HMAC-SHA256 of (team, template id, hash, expiry) under the key in
   ``.signing-key``, made once (atomically) by whichever API replica needs it first and read by the
-  others through the shared directory.
+  others through the shared directory. Read URLs (``sign(read=True)``: what a node that does not
+  share this directory fetches a COPY step's archive from, handed to it with the build) sign the
+  same fields under another domain, so neither kind of URL serves as the other.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ _INFLATE_STEP = 1 << 20
 _READ_STEP = 1 << 20
 _GZIP_MAGIC = b"\x1f\x8b"
 _SIGN_DOMAIN = "cube-build-file-upload-v1"
+# Read URLs (a node fetching a COPY step's archive) sign under their own domain: an upload URL
+# never reads, a read URL never writes.
+_READ_DOMAIN = "cube-build-file-read-v1"
 
 
 class BuildFileError(Exception):
@@ -91,12 +97,13 @@ class BuildFiles:
     """The store under ``root``; one per API process, safe to share between its threads."""
 
     def __init__(self, root: Path, *, file_max_bytes: int = 1 << 30, team_max_bytes: int = 5 << 30,
-                 ttl_s: float = 7 * 86400.0, url_ttl_s: float = 3600.0):
+                 ttl_s: float = 7 * 86400.0, url_ttl_s: float = 3600.0, read_url_ttl_s: float = 86400.0):
         self.root = Path(root)
         self.file_max_bytes = file_max_bytes
         self.team_max_bytes = team_max_bytes
         self.ttl_s = ttl_s
         self.url_ttl_s = url_ttl_s
+        self.read_url_ttl_s = read_url_ttl_s
         self._key: bytes | None = None
         self._lock = threading.Lock()
         self._last_prune = 0.0
@@ -105,7 +112,7 @@ class BuildFiles:
     def from_settings(cls, settings) -> BuildFiles:
         return cls(settings.build_files_path, file_max_bytes=settings.build_file_max_bytes,
                    team_max_bytes=settings.build_files_team_max_bytes, ttl_s=settings.build_files_ttl_s,
-                   url_ttl_s=settings.build_file_url_ttl_s)
+                   url_ttl_s=settings.build_file_url_ttl_s, read_url_ttl_s=settings.build_file_read_ttl_s)
 
     # ---- directories ----
 
@@ -241,27 +248,36 @@ class BuildFiles:
         return key
 
     @staticmethod
-    def _mac(key: bytes, team: str, template_id: str, files_hash: str, expires: int) -> str:
+    def _mac(key: bytes, team: str, template_id: str, files_hash: str, expires: int,
+             domain: str = _SIGN_DOMAIN) -> str:
         # JSON of a list: no choice of fields can make two different tuples sign the same bytes.
-        msg = json.dumps([_SIGN_DOMAIN, team, template_id, files_hash, expires]).encode()
+        msg = json.dumps([domain, team, template_id, files_hash, expires]).encode()
         return hmac.new(key, msg, hashlib.sha256).hexdigest()
 
-    def sign(self, team_id: str, template_id: str, files_hash: str, now: float | None = None) -> tuple[int, str]:
-        """(expires, signature) of an upload URL for the team's ``files_hash`` of ``template_id``."""
-        expires = int((time.time() if now is None else now) + self.url_ttl_s)
+    def sign(self, team_id: str, template_id: str, files_hash: str, now: float | None = None, *,
+             read: bool = False) -> tuple[int, str]:
+        """(expires, signature) of an upload URL for the team's ``files_hash`` of ``template_id``,
+        or with ``read`` of a read URL (a node fetching it for that template's build), which lives
+        ``read_url_ttl_s``."""
+        ttl = self.read_url_ttl_s if read else self.url_ttl_s
+        expires = int((time.time() if now is None else now) + ttl)
         key = self._signing_key()
         assert key is not None
-        return expires, self._mac(key, team_dir(team_id), template_id, _check_hash(files_hash), expires)
+        return expires, self._mac(key, team_dir(team_id), template_id, _check_hash(files_hash), expires,
+                                  _READ_DOMAIN if read else _SIGN_DOMAIN)
 
     def verify(self, team: str, template_id: str, files_hash: str, expires: str, sig: str,
-               now: float | None = None) -> None:
-        """Raise BuildFileError(403) unless ``sig`` signs these values and ``expires`` has not
-        passed; ``team`` is the directory name from the URL."""
+               now: float | None = None, *, read: bool = False) -> None:
+        """Raise BuildFileError(403) unless ``sig`` signs these values (as an upload URL, or with
+        ``read`` as a read URL) and ``expires`` has not passed; ``team`` is the directory name
+        from the URL."""
         if not (TEAM_DIR_RE.match(team) and HASH_RE.match(files_hash) and re.fullmatch(r"[0-9]{1,12}", expires)
                 and re.fullmatch(r"[0-9a-f]{64}", sig)):
             raise BuildFileError(403, "invalid signature")
         key = self._signing_key(create=False)
-        if key is None or not hmac.compare_digest(self._mac(key, team, template_id, files_hash, int(expires)), sig):
+        domain = _READ_DOMAIN if read else _SIGN_DOMAIN
+        if key is None or not hmac.compare_digest(self._mac(key, team, template_id, files_hash, int(expires), domain),
+                                                  sig):
             raise BuildFileError(403, "invalid signature")
         if int(expires) < (time.time() if now is None else now):
             raise BuildFileError(403, "signature is already expired")

@@ -49,6 +49,8 @@ class Settings(_Base):
     build_files_ttl_s: float = setting(7 * 86400.0, "a build file neither uploaded nor used for this long is "
                                        "deleted")
     build_file_url_ttl_s: float = setting(3600.0, "how long a signed upload URL stays valid")
+    build_file_read_ttl_s: float = setting(86400.0, "how long a node may fetch a COPY step's files after its "
+                                           "build started (the URL the build carries)")
     # Volumes' content calls (routes/volumes.py): a PUT of a file streams to the master.
     # A volume's size is the master's (volume_size_mb, 1 GiB by default) and the token does not let
     # the API read it: no file is larger than its filesystem, so this defaults to that size.
@@ -71,7 +73,8 @@ class Settings(_Base):
         if any(self.domain == d or self.domain.endswith("." + d) for d in E2B_DOMAINS):
             raise SettingsError(f"domain {self.domain!r} is one of E2B's own: the SDK would send traffic there")
         for name in ("build_file_max_bytes", "build_files_team_max_bytes", "build_files_ttl_s",
-                     "build_file_url_ttl_s", "volume_file_max_bytes", "volume_file_timeout_s"):
+                     "build_file_url_ttl_s", "build_file_read_ttl_s", "volume_file_max_bytes",
+                     "volume_file_timeout_s"):
             if getattr(self, name) <= 0:
                 raise SettingsError(f"{name} must be positive")
         return self

@@ -37,7 +37,7 @@ from sdk.gen.cube.v1 import cubelet_pb2 as pb
 from vmm_core import disks
 from vmm_core.errors import ArtifactError
 
-from . import guest_exec
+from . import build_file_fetch, guest_exec
 from .guest_client import GuestAgentError, GuestEndpoint
 
 STEP_TYPES = ("RUN", "COPY", "ENV", "WORKDIR", "USER")
@@ -255,12 +255,17 @@ Emit = Callable[[str, bool], Awaitable[None]]   # (line, is_stderr)
 @dataclass
 class Runner:
     """Runs a definition's steps, one at a time, in a build VM through its agent (``ep``); COPY
-    reads the team's archives under ``files_dir``. Cutting layers is the VM owner's (templates.py)."""
+    reads the team's archives under ``files_dir``. Cutting layers is the VM owner's (templates.py).
+    Commands see ``base_env`` (the image's ENV, or the base template's), then the steps' ENV, as
+    Docker's RUN sees the image's; the base is the image's, which the first step key covers."""
     ep: GuestEndpoint
     files_dir: Path | None
     files_team: str
     step_timeout_s: float = 1800.0
     shell: tuple[str, ...] = ("/bin/sh", "-c")
+    base_env: dict[str, str] = field(default_factory=dict)
+    # Where a COPY archive missing from files_dir comes from (build_file_fetch.py).
+    fetcher: build_file_fetch.Fetcher | None = None
 
     async def detect_shell(self) -> None:
         """bash (as E2B runs commands) when the image has it, else sh."""
@@ -269,7 +274,7 @@ class Runner:
         self.shell = ("/bin/bash", "-l", "-c") if done.exit_code == 0 else ("/bin/sh", "-c")
 
     def _env(self, state: StepState) -> dict[str, str]:
-        return {"PATH": PATH, **state.env}
+        return {"PATH": PATH, **self.base_env, **state.env}
 
     async def _sh(self, label: str, script: str, *, user: str, state: StepState, emit: Emit,
                   env: dict[str, str] | None = None, cwd: str | None = None) -> None:
@@ -320,12 +325,23 @@ class Runner:
         args = list(step.args) + ["", ""]
         src, dest, owner, mode = args[0], args[1], args[2], args[3]
         archive = archive_path(self.files_dir, self.files_team, step.files_hash) if self.files_dir else None
+        fetched = False
         if archive is None or not archive.is_file():
-            raise StepFailed(label, f"the files of COPY {src} (hash {step.files_hash}) were never uploaded")
+            if not step.files_url or self.fetcher is None:
+                raise StepFailed(label, f"the files of COPY {src} (hash {step.files_hash}) were never uploaded")
+            try:
+                archive = await self.fetcher.fetch(step.files_url, step.files_hash)
+            except build_file_fetch.FetchError as e:
+                raise StepFailed(label, f"the files of COPY {src} (hash {step.files_hash}): {e}") from e
+            fetched = True
         if not dest.startswith("/"):
             dest = guest_path(state.workdir, dest) + ("/" if dest.endswith("/") else "")
         staged = f"/tmp/.cube-copy-{step.files_hash[:16]}.tar"
-        await guest_exec.upload(self.ep, archive, staged, user="root")
+        try:
+            await guest_exec.upload(self.ep, archive, staged, user="root")
+        finally:
+            if fetched:
+                archive.unlink(missing_ok=True)
         await self._sh(label, _COPY_SCRIPT, user="root", state=state, emit=emit, cwd="/",
                        env={"CUBE_TAR": staged, "CUBE_SRC": src, "CUBE_DEST": dest,
                             "CUBE_OWNER": owner or state.user, "CUBE_MODE": mode})

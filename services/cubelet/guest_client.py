@@ -35,9 +35,10 @@ class GuestEndpoint:
 
 
 async def init_identity(ep: GuestEndpoint, *, sandbox_id: str, access_token: str, env_vars: dict[str, str],
-                        current_token: str = "", timeout: float = 30.0,
-                        client: httpx.AsyncClient | None = None) -> None:
-    """POST /init: token, env vars, clock and entropy for the agent of a freshly restored sandbox.
+                        current_token: str = "", timeout: float = 30.0, default_user: str = "",
+                        default_workdir: str = "", client: httpx.AsyncClient | None = None) -> None:
+    """POST /init: token, env vars, clock and entropy for the agent of a freshly restored sandbox,
+    and the template's default user and working directory when it has them.
 
     `client` is a connection already open to the agent (a pooled clone's): it spares the claim a
     TCP handshake with the guest and a client set-up (~9 ms together). If that connection turns out
@@ -49,6 +50,10 @@ async def init_identity(ep: GuestEndpoint, *, sandbox_id: str, access_token: str
         "timestamp": time.time(),
         "entropy": base64.b64encode(os.urandom(64)).decode(),
     }
+    if default_user:
+        body["defaultUser"] = default_user
+    if default_workdir:
+        body["defaultWorkdir"] = default_workdir
     headers = {"X-Access-Token": current_token} if current_token else {}
     r = None
     if client is not None:

@@ -124,6 +124,10 @@ class SandboxRecord:
     # Volumes it mounts, slot by slot ({volume_id, team_id, path, name}): held from its create to
     # its end, paused or not (volumes.py asks mounted_by()).
     volumes: list[dict[str, str]] = field(default_factory=list)
+    # The template's default user and working directory for commands (TemplateInfo), told to the
+    # agent at every /init; empty: the agent's own.
+    default_user: str = ""
+    default_workdir: str = ""
 
     def dump(self, path: Path) -> None:
         d = asdict(self)
@@ -300,7 +304,8 @@ class SandboxManager:
             policy=json_format.MessageToDict(policy), vcpus=tpl.info.vcpus, memory_mb=tpl.info.memory_mb,
             disk_mb=tpl.info.writable_layer_mb, envd_version=tpl.info.envd_version, started_at=time.time(),
             volumes=[{"volume_id": m.volume_id, "team_id": m.team_id, "path": m.path, "name": m.name}
-                     for m in mounts])
+                     for m in mounts],
+            default_user=tpl.info.default_user, default_workdir=tpl.info.default_workdir)
         live = _Live(rec)
         self._live[sid] = live
         self._save_record(rec)
@@ -399,7 +404,8 @@ class SandboxManager:
         assert live.machine is not None
         t0 = time.monotonic()
         await init_identity(ep, sandbox_id=rec.sandbox_id, access_token=rec.access_token, env_vars=rec.env_vars,
-                            current_token=current_token, client=client)
+                            current_token=current_token, default_user=rec.default_user,
+                            default_workdir=rec.default_workdir, client=client)
         if steps is not None:
             steps.add("identity.agent_init", time.monotonic() - t0)
 
@@ -600,7 +606,8 @@ class SandboxManager:
             memory_mb=st.memory_mb or tpl.info.memory_mb, disk_mb=st.disk_size_mb or tpl.info.writable_layer_mb,
             envd_version=st.envd_version or tpl.info.envd_version,
             started_at=st.started_at.ToNanoseconds() / 1e9 if st.HasField("started_at") else time.time(),
-            from_pool=st.from_warm_pool, save_id=m.save_id)
+            from_pool=st.from_warm_pool, save_id=m.save_id, default_user=tpl.info.default_user,
+            default_workdir=tpl.info.default_workdir)
 
     async def resume(self, req: pb.ResumeSandboxRequest) -> pb.SandboxStatus:
         if req.HasField("source") and req.source.node_id != self.settings.node_id:
@@ -647,7 +654,8 @@ class SandboxManager:
                 else:
                     live.machine = await restore(self.vmm, saved, rec.vm_id, attachment, labels=labels)
                 await init_identity(ep, sandbox_id=rec.sandbox_id, access_token=rec.access_token,
-                                    env_vars=rec.env_vars, current_token="" if rebooted else old_token)
+                                    env_vars=rec.env_vars, current_token="" if rebooted else old_token,
+                                    default_user=rec.default_user, default_workdir=rec.default_workdir)
             except BaseException as e:
                 # The saved state is intact (restore() and cold_boot() give the disk back on
                 # failure): stay paused.

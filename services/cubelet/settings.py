@@ -49,6 +49,11 @@ class CubeletSettings(Settings):
                                      "before the build fails")
     # E2B template definitions (services/cubelet/build_steps.py).
     build_files_dir: Path | None = shared.build_files_dir()
+    api_url: str = setting(f"http://{defaults.LOOPBACK}:{defaults.API_PORT}",
+                           "where this node reaches cube-api for a build's COPY files when its build files "
+                           "directory is not the API's (another machine)")
+    build_file_max_mb: int = setting(1024, "largest COPY archive this node fetches from the API, MiB (keep it at "
+                                     "the API's build_file_max_bytes)")
     step_cache_mb: int = setting(20480, "the template step layer cache's size: least recently used step layers "
                                  "beyond it are evicted, MiB")
     step_timeout_s: float = setting(1800.0, "how long one template build step (RUN, COPY) may run")
@@ -58,6 +63,9 @@ class CubeletSettings(Settings):
         (), "registry hosts ('host' or 'host:port', comma-separated) a team's build may pull from although "
         "they resolve to loopback, private, link-local or metadata addresses (an operator's build may pull "
         "from any)")
+    plain_http_registries: tuple[str, ...] = setting(
+        (), "registry hosts ('host' or 'host:port', comma-separated) every build reaches over plain HTTP "
+        "instead of HTTPS (Docker's insecure registries: only registries on networks you trust)")
     image_max_mb: int = setting(16384, "most an image's layers may expand to on disk, MiB")
     layer_max_mb: int = setting(8192, "most one image layer may expand to on disk, MiB")
     image_max_entries: int = setting(1_000_000, "most files (tar entries) an image's layers may hold")
@@ -114,6 +122,8 @@ class CubeletSettings(Settings):
                           MTLS_FIX)
         check_host_ports("etcd_endpoints", self.etcd_endpoints)
         check_listen("metrics_listen", self.metrics_listen)
+        if not self.api_url.startswith(("http://", "https://")):
+            raise SettingsError(f"api_url must be an http:// or https:// URL, not {self.api_url!r}")
         if not self.node_id or "/" in self.node_id:
             raise SettingsError("node_id must be non-empty and contain no '/'")
         for name in ("image_max_mb", "layer_max_mb", "image_max_entries", "layer_cache_mb", "template_pull_timeout_s",
@@ -133,4 +143,8 @@ class CubeletSettings(Settings):
             parse_allowlist(self.registry_allowlist)
         except ValueError as e:
             raise SettingsError(f"registry_allowlist: {e}") from None
+        try:
+            parse_allowlist(self.plain_http_registries)
+        except ValueError as e:
+            raise SettingsError(f"plain_http_registries: {e}") from None
         return self

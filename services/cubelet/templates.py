@@ -53,7 +53,7 @@ from vmm_core import (
 )
 from vmm_core.disks import cow_overlay
 
-from . import build_steps, gc, guest_agent, oci
+from . import build_file_fetch, build_steps, gc, guest_agent, oci
 from .build_steps import StepFailed
 from .guest_client import GuestAgentError, GuestEndpoint, wait_healthy, wait_http, wait_tcp
 from .references import sandbox_records, template_records
@@ -64,7 +64,9 @@ log = logging.getLogger("cubelet.templates")
 # Part of every build key: bump it when the build procedure itself changes (not its inputs).
 # 3: guests boot with transparent_hugepage=never (vmm_core.machine.BASE_CMDLINE), which a snapshot
 # keeps: templates snapshotted before it are rebuilt.
-BUILD_PROCEDURE = 3
+# 4: a definition's steps see the image's (or base template's) ENV, and the template records the
+# last USER and WORKDIR as its sandboxes' defaults: cached step layers made before are not reused.
+BUILD_PROCEDURE = 4
 Phase = pb.TemplateBuildPhase
 _MAX_ID = (1 << 32) - 2
 def operator_build(metadata, peer_role: Role | None) -> bool:
@@ -549,6 +551,7 @@ class TemplateStore:
         vs_id = f"build{tid}".replace("-", "").replace("_", "")[:40]
         machine = None
         env = dict(prepared.env)
+        state: build_steps.StepState | None = None
         cache: build_steps.LayerCache | None = None
         keep: set[str] = set()
         try:
@@ -582,7 +585,7 @@ class TemplateStore:
                 assert cache is not None
                 lap("PROBING")
                 state = build_steps.StepState()
-                async for item in self._run_definition(req, machine, ep, cache, the_plan, rw):
+                async for item in self._run_definition(req, machine, ep, cache, the_plan, rw, dict(prepared.env)):
                     if isinstance(item, build_steps.StepState):
                         state = item
                     else:
@@ -611,6 +614,8 @@ class TemplateStore:
                 envd_version=ENVD_VERSION, created_at=created, snapshot_bytes=_dir_bytes(work),
                 expose_ports=list(req.expose_ports), source=prepared.source, node_id=self.settings.node_id,
                 phase_ms=phase_ms, no_memory_sharing=req.no_memory_sharing)
+            if state is not None:  # E2B: the last USER and WORKDIR are the sandboxes' defaults
+                info.default_user, info.default_workdir = state.user, state.workdir
             self.write_info(tid, info, key, env)
             done = True
             self.prune(tid)
@@ -668,8 +673,8 @@ class TemplateStore:
         return dataclasses.replace(the_plan, start=flat)
 
     async def _run_definition(self, req: pb.BuildTemplateRequest, machine: Machine, ep: GuestEndpoint,
-                              cache: build_steps.LayerCache, the_plan: build_steps.Plan,
-                              rw: Path) -> AsyncIterator[pb.TemplateBuildEvent | build_steps.StepState]:
+                              cache: build_steps.LayerCache, the_plan: build_steps.Plan, rw: Path,
+                              base_env: dict[str, str]) -> AsyncIterator[pb.TemplateBuildEvent | build_steps.StepState]:
         """Run the steps the plan did not find cached, cut a cached layer after each that may change
         the disk, then start the start command and wait for the ready command. Yields the events
         (a line of output each), then the final StepState. StepFailed names the failing step."""
@@ -687,8 +692,11 @@ class TemplateStore:
             finally:
                 await machine.execute("cont")
 
+        # COPY archives this node does not share with the API land in the build's work dir (private).
+        fetcher = build_file_fetch.Fetcher(self.settings.api_url, rw.parent / "copy-files",
+                                           max_bytes=self.settings.build_file_max_mb << 20)
         runner = build_steps.Runner(ep, self.settings.build_files, req.files_team,
-                                    step_timeout_s=self.settings.step_timeout_s)
+                                    step_timeout_s=self.settings.step_timeout_s, base_env=base_env, fetcher=fetcher)
         await runner.detect_shell()
         for i in range(the_plan.first):
             yield _event(Phase.RUNNING_STEPS, f"CACHED [{i + 1}/{total}] {build_steps.describe(req.steps[i])}",
@@ -733,6 +741,7 @@ class TemplateStore:
             await machine.kill()
         await self.vs.release(vs_id)
         shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(work / "copy-files", ignore_errors=True)  # fetched COPY archives (build_file_fetch.py)
         if not done:
             shutil.rmtree(work, ignore_errors=True)
             if not (tdir / "info.json").exists():
@@ -772,6 +781,8 @@ class TemplateStore:
         from its layers' /etc/passwd and /etc/group entries, not from the tree."""
         src = req.oci_image
         ref = oci.ImageRef.parse(src.reference, insecure=src.insecure_registry)
+        if not ref.is_local and oci.registry_listed(self.settings.plain_http_registries, ref.registry):
+            ref = dataclasses.replace(ref, insecure=True)
         if ref.is_local and not operator:
             raise TemplateError(f"{src.reference!r}: local image paths are for operators (cubemastercli); "
                                 "give a registry reference")

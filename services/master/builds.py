@@ -7,7 +7,8 @@
              node and no task: the job waits (``deferred``, no node) for
     start:   (E2B's POST /v2/templates/{id}/builds/{buildID}) the definition (source, steps, start
              and ready command) is validated, a node picked (for a build on a template: one that has
-             it), the job rewritten at the revision it was read at (deferred -> started, so a job
+             it; the node that built the name's current template first, where its cached step
+             layers are), the job rewritten at the revision it was read at (deferred -> started, so a job
              is started once), then run as a create's build is
     run:     Cubelet.BuildTemplate stream on the node; every event is mirrored into the job (phase
              and message changes at once, progress at most every build_progress_write_s), and the
@@ -343,7 +344,23 @@ class Builds:
         rec = await self.store.get_template(alias.template_id)
         return rec is None or rec.value.team_id == team_id
 
-    async def _pick_node(self, node_id: str) -> C.NodeStatus:
+    async def _previous_build_node(self, job: P.TemplateBuild) -> str:
+        """The node that built the template the job's name (its team's alias) names now, while that
+        build's job is kept: a definition's cached step layers are on the node that ran its steps,
+        so the next build of the same name goes there when it can ("" when there is none)."""
+        for name in job.aliases:
+            alias = await self.store.get_alias(name, job.team_id)
+            if alias is None or alias.value.team_id != job.team_id:
+                continue
+            tpl = await self.store.get_template(alias.value.template_id)
+            if tpl is None or tpl.value.team_id != job.team_id or not JOB_ID_RE.match(tpl.value.build_id):
+                continue
+            built = await self.store.get_build(tpl.value.build_id)
+            if built is not None and built.value.node_id:
+                return built.value.node_id
+        return ""
+
+    async def _pick_node(self, node_id: str, *, prefer: str = "") -> C.NodeStatus:
         nodes = [n for n in await self.store.list_nodes() if n.address]
         if node_id:
             for n in nodes:
@@ -357,9 +374,13 @@ class Builds:
         nodes = [n for n in nodes if n.node_id not in draining]
         if not nodes:
             raise errors.Unavailable("every registered node is draining")
-        return await self._least_loaded(nodes)
+        return await self._least_loaded(nodes, prefer)
 
-    async def _least_loaded(self, nodes: list[C.NodeStatus]) -> C.NodeStatus:
+    async def _least_loaded(self, nodes: list[C.NodeStatus], prefer: str = "") -> C.NodeStatus:
+        """``prefer`` (a node with the build's cache) when it is among ``nodes``, else the least loaded."""
+        for n in nodes:
+            if prefer and n.node_id == prefer:
+                return n
         building: dict[str, int] = {}
         for b in await self.store.list_builds():
             if b.value.phase not in TERMINAL and b.value.node_id:
@@ -368,7 +389,7 @@ class Builds:
         return min(nodes, key=lambda n: (building.get(n.node_id, 0), n.sandboxes_running + n.sandboxes_paused,
                                          -n.memory_available_bytes, n.node_id))
 
-    async def _node_with(self, base: str) -> C.NodeStatus:
+    async def _node_with(self, base: str, *, prefer: str = "") -> C.NodeStatus:
         """The least loaded node that can build on template ``base``: a build on a template starts
         from that template's disk, which only the nodes that have it hold."""
         draining = await self.store.draining_nodes()
@@ -377,7 +398,7 @@ class Builds:
         if not nodes:
             raise errors.FailedPrecondition(f"base template '{base}' is on no node that takes builds "
                                             "(its nodes are gone or draining)")
-        return await self._least_loaded(nodes)
+        return await self._least_loaded(nodes, prefer)
 
     # ---- create -------------------------------------------------------------------------------
 
@@ -442,8 +463,11 @@ class Builds:
 
     @staticmethod
     def _set_spec(job: P.TemplateBuild, spec: C.BuildTemplateRequest) -> None:
-        """The job keeps the spec without the registry credentials (they live in the running task only)."""
+        """The job keeps the spec without the registry credentials and the COPY steps' signed file
+        URLs (they live in the running task only)."""
         job.spec.CopyFrom(spec)
+        for step in job.spec.steps:
+            step.ClearField("files_url")
         if spec.WhichOneof("source") == "oci_image":
             job.registry_auth = bool(spec.oci_image.username or spec.oci_image.password)
             job.spec.oci_image.ClearField("username")
@@ -474,12 +498,13 @@ class Builds:
                                          "template (fromTemplate)")
         self._validate(spec, [], caller)  # the aliases were checked (and are kept) by the create
         self._validate_definition(spec, req.ByteSize())
+        previous = await self._previous_build_node(job)
         if spec.WhichOneof("source") == "from_template":
             base = await self._base_template(spec.from_template.template_id, job, caller)
             spec.from_template.template_id = base.template_id
-            node = await self._node_with(base.template_id)
+            node = await self._node_with(base.template_id, prefer=previous)
         else:
-            node = await self._pick_node("")
+            node = await self._pick_node("", prefer=previous)
         rec = await self.store.get_template(job.template_id)
         if rec is None or rec.value.status != P.TEMPLATE_STATUS_BUILDING or rec.value.build_id != job.job_id:
             raise errors.FailedPrecondition(f"template build '{job.job_id}' no longer holds template "

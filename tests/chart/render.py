@@ -53,6 +53,10 @@ SCENARIOS: dict[str, Obj | None] = {
                              "loadBalancerSourceRanges": ["203.0.113.0/24"]},
         },
     },
+    # One API replica keeping its build files in an emptyDir (no shared storage at hand).
+    "one-api": {
+        "api": {"replicas": 1, "buildFiles": {"persistence": {"enabled": False}}},
+    },
     "custom": {
         "fullnameOverride": "sbx",
         "clusterDomain": "k8s.example.internal",
@@ -63,6 +67,8 @@ SCENARIOS: dict[str, Obj | None] = {
         "metrics": {"prometheusAnnotations": True},
         "tls": {"secrets": {"master": "prod-master-cert", "operator": "ops-cert"}},
         "api": {"replicas": 3, "settings": {"create_timeout_s": 200, "max_body_bytes": 2097152},
+                "buildFiles": {"persistence": {"storageClassName": "nfs-rwx", "size": "100Gi",
+                                               "annotations": {"helm.sh/resource-policy": "keep"}}},
                 "resources": {"requests": {"cpu": "250m", "memory": "300Mi"},
                               "limits": {"cpu": "2", "memory": "700Mi"}}},
         "master": {"replicas": 3, "image": {"tag": "1.2.4"},

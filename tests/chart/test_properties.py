@@ -427,9 +427,10 @@ def test_loadbalancer_serves_https_from_the_proxy() -> None:
 @pytest.mark.parametrize("name,fullname,namespace_domain", [("default", "cube", "cluster.local"),
                                                              ("loadbalancer", "cube", "cluster.local"),
                                                              ("custom", "sbx", "k8s.example.internal")])
-def test_edge_proxies_send_volume_content_to_the_api_service(name: str, fullname: str, namespace_domain: str) -> None:
+def test_edge_proxies_and_cubelets_reach_the_api_service(name: str, fullname: str, namespace_domain: str) -> None:
     """api.<domain>/volumecontent/... reaching an edge proxy goes on to the API's Service (its
-    cluster DNS name and port); node proxies, reached only by the edge's hops, have no such route."""
+    cluster DNS name and port); node proxies, reached only by the edge's hops, have no such route.
+    Cubelets reach the same Service for a build's COPY files."""
     objs = scenario(name)
     svc = one(objs, "Service", f"{fullname}-api")
     port = next(p["port"] for p in svc["spec"]["ports"] if p["name"] == "http")
@@ -438,6 +439,11 @@ def test_edge_proxies_send_volume_content_to_the_api_service(name: str, fullname
     node = next(c for c in containers(objs, init=False)
                 if c.program == "cube-proxy" and c.owner["kind"] == "DaemonSet")
     assert container_env(objs, node)["CUBE_PROXY_API_UPSTREAM"] == ""
+    # Cubelets fetch a build's COPY archives from the API's Service (they share no disk with it).
+    cubelet = next(c for c in containers(objs, init=False)
+                   if c.program == "cube-cubelet" and c.owner["kind"] == "DaemonSet")
+    assert container_env(objs, cubelet)["CUBE_CUBELET_API_URL"] == \
+        f"http://{fullname}-api.{NAMESPACE}.svc.{namespace_domain}:{port}"
 
 
 def test_loadbalancer_needs_one_public_ca() -> None:

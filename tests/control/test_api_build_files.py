@@ -5,6 +5,7 @@ ask for the link and upload (e2b.template_sync.build_api)."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import os
@@ -20,6 +21,8 @@ from e2b.connection_config import ConnectionConfig
 from e2b.template.utils import calculate_files_hash, tar_file_stream
 
 from services.api.build_files import BuildFiles, files_hash, validate_archive
+from services.api.routes.build_files import read_url
+from services.cubelet.build_file_fetch import Fetcher, FetchError
 from tests.control.cluster import one_node_cluster
 from tests.control.teams_support import Teams, build
 
@@ -328,3 +331,58 @@ def test_a_copy_whose_files_do_not_match_their_hash_is_refused_at_start(bf, tmp_
     definition["steps"][0]["args"] = [src, "/srv/app"]
     r = bf.api(bf.a, "POST", f"/v2/templates/{tid}/builds/{bid}", json=definition)
     assert r.status_code == 202, r.text
+
+
+def fetch(fetcher: Fetcher, url: str, h: str) -> Path:
+    return asyncio.run(fetcher.fetch(url, h))
+
+
+def test_a_node_fetches_a_build_s_files_through_a_read_url(bf, tmp_path):
+    """A node that does not share the API's disk fetches a COPY archive (the cubelet's Fetcher)
+    through the read URL the build carries: the stored tar, whole. Upload and read URLs are not
+    each other's; tampered, expired and foreign URLs are refused; a cap or a bad URL leaves no file."""
+    from e2b.api.client_sync import get_api_client
+    from e2b.template_sync.build_api import upload_file
+
+    ctx = make_context(tmp_path)
+    h = calculate_files_hash("app", "/srv/read", str(ctx), [], False, None)
+    client = get_api_client(ConnectionConfig(api_key=bf.a, api_url=bf.c.api_url))
+    upload_file(client, "app", str(ctx), fresh_url(bf, h), [], False, True, None)
+    stored = root_of(bf) / "team-a" / f"{h}.tar"
+    store = BuildFiles(root_of(bf))
+    url = read_url(store, "team-a", bf.tid, h)
+    assert url.startswith(f"/build-files/team-a/{h}?") and url.endswith("&read=1")
+
+    dl = tmp_path / "dl"
+    got = fetch(Fetcher(bf.c.api_url, dl, max_bytes=CAP), url, h)
+    assert got.read_bytes() == stored.read_bytes() and stat.S_IMODE(got.stat().st_mode) == 0o600
+    r = httpx.get(bf.c.api_url + url, timeout=30)
+    assert r.status_code == 200 and r.headers["content-length"] == str(stored.stat().st_size)
+
+    parts = urlsplit(url)
+    q = {k: v[0] for k, v in parse_qs(parts.query).items()}
+
+    def get(path: str = parts.path, **query) -> httpx.Response:
+        return httpx.get(bf.c.api_url + path, params={**q, **query}, timeout=30)
+
+    up = {k: v[0] for k, v in parse_qs(urlsplit(fresh_url(bf, h)).query).items()}
+    assert_error(get(**up), 403, "invalid signature")                 # an upload URL does not read
+    assert_error(httpx.put(bf.c.api_url + url, content=tar_of(reg("a.txt")), timeout=30), 403)  # nor a read URL write
+    assert_error(get(template="other"), 403, "invalid signature")
+    assert_error(get(f"/build-files/team-b/{h}"), 403, "invalid signature")
+    expires, sig = store.sign("team-a", bf.tid, h, now=time.time() - 2 * 86400, read=True)
+    assert_error(get(expires=str(expires), sig=sig), 403, "signature is already expired")
+    assert_error(httpx.get(bf.c.api_url + parts.path, timeout=30), 404)  # not a read URL at all
+    missing = "9" * 64
+    with pytest.raises(FetchError, match=r"404: build file .* is no longer stored"):
+        fetch(Fetcher(bf.c.api_url, dl, max_bytes=CAP), read_url(store, "team-a", bf.tid, missing), missing)
+    with pytest.raises(FetchError, match="larger than this node takes"):
+        fetch(Fetcher(bf.c.api_url, dl, max_bytes=100), url, h)
+    for bad in (f"http://127.0.0.1:1/build-files/team-a/{h}?x=1", f"//evil/build-files/team-a/{h}?x=1",
+                f"/templates/team-a/{h}?x=1", f"/build-files/team-a/{'8' * 64}?{parts.query}",
+                f"/build-files/../team-a/{h}?x=1", url + " "):
+        with pytest.raises(FetchError, match="no valid URL"):
+            fetch(Fetcher(bf.c.api_url, dl, max_bytes=CAP), bad, h)
+    with pytest.raises(FetchError, match="unreachable"):
+        fetch(Fetcher("http://127.0.0.1:9", dl, max_bytes=CAP), url, h)
+    assert sorted(p.name for p in dl.iterdir()) == [got.name]  # nothing partial left

@@ -4,7 +4,7 @@ schemathesis against a real master and API (and the fake node) on a cluster of t
 Two passes over every operation the document lists, with data generated from the document
 (schema-valid and schema-violating, boundary values, methods it does not list), bounded in
 examples per operation (and each test in time), seeded and derandomized so CI replays the same
-requests; about 90 s together on a 2-core machine:
+requests; about 3 minutes together on a 2-core machine:
 
 - invalid credentials (none, empty, malformed, unknown, revoked, not UTF-8, the valid key altered
   or in another header): every operation but the public two answers 401 with E2B's error body,
@@ -44,8 +44,9 @@ from tests.control.cluster import Cluster, one_node_cluster, wait_until
 pytestmark = pytest.mark.timeout(600)
 
 # Bounds: examples per operation (the coverage phase's boundary cases come on top), one seed.
+# 20 valid examples over the 60-odd operations are ~2 minutes here; 30 were ~3 (CI's budget).
 SEED = 11
-MAX_EXAMPLES_VALID = 30
+MAX_EXAMPLES_VALID = 20
 MAX_EXAMPLES_INVALID = 8
 REQUEST_TIMEOUT_S = 20
 

@@ -354,3 +354,38 @@ def test_build_tags_are_assigned_when_ready(tb):
     assert stub.GetTemplate(P.GetTemplateRequest(template="tagged:v1"), metadata=A).template_id == "tagged-1"
     e = rpc_error(reserve, stub, "tagged-2", aliases=["tagged"], move_aliases=True, tags=["default"], metadata=A)
     assert e.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_name_is_rebuilt_on_the_node_that_built_it(own_cluster):
+    """A definition's cached step layers are on the node that ran its steps: the next build of the
+    same name goes there, even when another node is less loaded; a new name goes to the least loaded."""
+    c = own_cluster
+    node_a, node_b = c.add_cubelet("node-a"), c.add_cubelet("node-b")
+    c.start_master("m1")
+
+    def load(node, n: int) -> None:
+        node.sandboxes = {f"busy-{i}": C.SandboxStatus(sandbox_id=f"busy-{i}", state=C.SANDBOX_STATE_RUNNING)
+                          for i in range(n)}
+        node.register(c.etcd, c.prefix)
+
+    def build_on(name: str) -> str:
+        job = reserve(stub, aliases=[name], move_aliases=True, metadata=A)
+        start_deferred(stub, job.job_id, C.BuildTemplateRequest(oci_image=C.OciImageSource(reference="r.test/a:1"),
+                                                                steps=[step("RUN", "echo hi")]), metadata=A)
+        done = wait_job(stub, job.job_id)
+        assert done.phase == C.READY, done.error
+        return done.node_id
+
+    ch, stub = c.master_stub()
+    with ch:
+        load(node_a, 3)
+        assert build_on("cached-name") == "node-b"
+        load(node_a, 0)
+        load(node_b, 3)
+        assert build_on("cached-name") == "node-b"  # where its layers are, though node-a is idle
+        assert build_on("other-name") == "node-a"
+        # Another team's name of the same spelling says nothing about this team's builds.
+        job = reserve(stub, aliases=["cached-name"], move_aliases=True, metadata=B)
+        start_deferred(stub, job.job_id, C.BuildTemplateRequest(oci_image=C.OciImageSource(reference="r.test/a:1"),
+                                                                steps=[step("RUN", "echo hi")]), metadata=B)
+        assert wait_job(stub, job.job_id).node_id == "node-a"

@@ -21,7 +21,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import ssl
 import stat
 import subprocess
@@ -35,6 +34,7 @@ import httpx
 import pytest
 
 from deploy.supervisor import NodeConfig
+from testkit.images import WEB, busybox_image, sh
 from testkit.registry import Registry
 from tests.e2e import cluster
 from tests.oci.support import Entry, LayoutWriter, ext4_tree, host_tree_is_inert, make_tar
@@ -42,46 +42,9 @@ from tests.oci.support import Entry, LayoutWriter, ext4_tree, host_tree_is_inert
 REPO = Path(__file__).resolve().parents[2]
 CLI = str(REPO / ".venv/bin/cubemastercli")
 CFG = NodeConfig.from_env()
-APPLETS = ("sh", "httpd", "dd", "sleep", "false", "cat", "echo", "ls", "id", "df", "mkdir", "rm")
-WEB = ["/bin/httpd", "-f", "-p", "8080", "-h", "/www"]
-
-
-def sh(*argv: str, timeout: float = 300) -> str:
-    r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"{' '.join(argv)}: {r.stderr[-2000:]}"
-    return r.stdout
-
-
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([CLI, *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "CUBE_MASTER_ADDR": CFG.master_addr})
-
-
-def build_image(work: Path, name: str, cmd: list[str], *, arch: str = "amd64", salt: bool = False) -> Path:
-    """An OCI layout with one image: a static busybox root serving /www, with the given command."""
-    layout = work / f"layout-{name}"
-    sh("umoci", "init", "--layout", str(layout))
-    sh("umoci", "new", "--image", f"{layout}:{name}")
-    bundle = work / f"bundle-{name}"
-    sh("umoci", "unpack", "--image", f"{layout}:{name}", str(bundle))
-    root = bundle / "rootfs"
-    (root / "bin").mkdir(exist_ok=True)
-    shutil.copy2("/bin/busybox", root / "bin/busybox")
-    for applet in APPLETS:
-        os.symlink("busybox", root / "bin" / applet)
-    (root / "www").mkdir()
-    (root / "www/index.html").write_text(f"served by image {name}\n")
-    if salt:  # a layer no other image (and no layer cache) has
-        (root / "www/salt").write_bytes(os.urandom(4096))
-    (root / "etc").mkdir(exist_ok=True)
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\nweb:x:100:100::/www:/bin/sh\n")
-    sh("umoci", "repack", "--image", f"{layout}:{name}", str(bundle))
-    args = ["umoci", "config", "--image", f"{layout}:{name}", "--config.user", "web", "--config.workingdir", "/www",
-            "--config.env", "GREETING=hello", "--config.exposedports", "8080/tcp", "--architecture", arch]
-    for c in cmd:
-        args += ["--config.cmd", c]
-    sh(*args)
-    return layout
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +56,12 @@ def registry(tmp_path_factory):
         "crash": ["/bin/false"],
     }
     for name, cmd in images.items():
-        layout = build_image(work, name, cmd)
+        layout = busybox_image(work, name, cmd)
         sh("skopeo", "copy", "--dest-tls-verify=false", f"oci:{layout}:{name}", f"docker://{reg.host}/e2e/{name}:1")
-    arm = build_image(work, "arm", images["web"], arch="arm64")
+    arm = busybox_image(work, "arm", images["web"], arch="arm64")
     sh("skopeo", "copy", "--dest-tls-verify=false", f"oci:{arm}:arm", f"docker://{reg.host}/e2e/arm:1")
     # An image of its own whose layer blob the test tampers with in the registry's storage.
-    corrupt = build_image(work, "corrupt", images["web"], salt=True)
+    corrupt = busybox_image(work, "corrupt", images["web"], salt=True)
     sh("skopeo", "copy", "--dest-tls-verify=false", f"oci:{corrupt}:corrupt", f"docker://{reg.host}/e2e/corrupt:1")
     manifest = json.loads(sh("skopeo", "inspect", "--tls-verify=false", "--raw", f"docker://{reg.host}/e2e/corrupt:1"))
     yield reg, manifest["layers"][0]["digest"]
@@ -257,7 +220,7 @@ def hostile_images(registry, tmp_path_factory):
     user `web`, its httpd command) with the hostile layers on top."""
     reg, _ = registry
     work = tmp_path_factory.mktemp("e2e-hostile")
-    w = LayoutWriter(build_image(work, "base", WEB))
+    w = LayoutWriter(busybox_image(work, "base", WEB))
     base, config = image_parts(w, "base")
     assert config.get("User") == "web" and config.get("Cmd") == WEB, config
     for name, layers in hostile_layers().items():

@@ -23,6 +23,7 @@ import grpc
 import pytest
 
 from cube_common.mtls import Role
+from cube_common.settings import SettingsError
 from cube_common.teams import OPERATOR, Caller
 from sdk.gen.cube.v1 import cubelet_pb2 as pb, master_pb2
 from services.cubelet import oci
@@ -69,8 +70,9 @@ def images(oci_env, tmp_path_factory) -> dict[str, str]:
     return refs
 
 
-def store_for(tmp_path: Path, allowlist: tuple[str, ...] = ()) -> TemplateStore:
-    settings = CubeletSettings(state_dir=tmp_path / "state", registry_allowlist=allowlist)
+def store_for(tmp_path: Path, allowlist: tuple[str, ...] = (), plain_http: tuple[str, ...] = ()) -> TemplateStore:
+    settings = CubeletSettings(state_dir=tmp_path / "state", registry_allowlist=allowlist,
+                               plain_http_registries=plain_http)
     return TemplateStore(settings, VmmSettings(state_dir=tmp_path / "state"), vs=None)  # type: ignore[arg-type]
 
 
@@ -152,6 +154,41 @@ async def test_team_builds_pull_only_from_allowed_registries(oci_env, tmp_path):
     # The operator allowlisted it for teams, or the build is an operator's.
     await prepare(store_for(tmp_path / "b", allowlist=(oci_env.anon.host,)), reference)
     await prepare(store_for(tmp_path / "c"), reference, operator=True)
+
+
+async def test_plain_http_registries_are_the_operator_s_word(oci_env, tmp_path):
+    """The E2B SDK's builds carry no insecure flag: a plain-HTTP registry is reached over HTTP only
+    when the operator lists it (plain_http_registries), by host or host:port; otherwise over HTTPS,
+    which the test registry does not speak."""
+    host = oci_env.anon.host
+    reference = f"{host}/bb:1"
+    with pytest.raises(oci.RegistryError):
+        await prepare(store_for(tmp_path / "a", allowlist=(host,)), reference, insecure=False)
+    with pytest.raises(oci.RegistryError):  # another port of the same address is not listed
+        await prepare(store_for(tmp_path / "b", allowlist=(host,), plain_http=(f"127.0.0.1:{oci_env.anon.port + 1}",)),
+                      reference, insecure=False)
+    for i, listed in enumerate((host, "127.0.0.1")):
+        prepared = await prepare(store_for(tmp_path / f"c{i}", allowlist=(host,), plain_http=(listed,)), reference,
+                                 insecure=False)
+        assert app_ids(prepared) == (1000, 1000)
+    # Listing a registry as plain HTTP does not allowlist its address.
+    with pytest.raises(oci.RegistryNotAllowed, match="loopback"):
+        await prepare(store_for(tmp_path / "d", plain_http=(host,)), reference, insecure=False)
+
+
+def test_registry_entries_match_host_and_port():
+    assert oci.registry_listed(("10.0.0.5:5000",), "10.0.0.5:5000")
+    assert not oci.registry_listed(("10.0.0.5:5000",), "10.0.0.5:5001")
+    assert not oci.registry_listed(("10.0.0.5:5000",), "10.0.0.5")  # no port named: not that entry
+    assert oci.registry_listed(("Registry.LAN",), "registry.lan:443") and oci.registry_listed(("registry.lan",),
+                                                                                              "registry.lan")
+    assert oci.registry_listed(("[::1]:5000",), "[::1]:5000") and not oci.registry_listed(("[::1]:5000",), "[::2]:5000")
+    assert not oci.registry_listed((), "registry.lan")
+
+
+def test_plain_http_setting_is_checked():
+    with pytest.raises(SettingsError, match="plain_http_registries"):
+        CubeletSettings(plain_http_registries=("registry.lan:http",)).validate()
 
 
 async def test_local_paths_are_for_operators(oci_env, tmp_path):

@@ -113,7 +113,6 @@ def mount_layers() -> bool:
         ("proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
         ("sysfs", "sys", "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, ""),
         ("/dev", "dev", "", MS_BIND | MS_REC, ""),
-        ("tmpfs", "tmp", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777"),
         ("tmpfs", "run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755"),
     ):
         target = f"{ROOT}/{sub}"
@@ -123,6 +122,16 @@ def mount_layers() -> bool:
             mount(src, target, fstype, flags, data)
         except OSError as e:
             log(f"{e}")
+    # /tmp is the root's own directory, on the writable layer (as in the image, in Docker and in
+    # E2B): what a template step writes there is on the disk its cached layer keeps, so a build
+    # from cached steps and a build that ran them agree. An image without one gets it, 1777.
+    tmp = f"{ROOT}/tmp"
+    if not os.path.lexists(tmp):
+        try:
+            os.mkdir(tmp)
+            os.chmod(tmp, 0o1777)
+        except OSError as e:
+            log(f"making {tmp}: {e}")
     return True
 
 

@@ -8,6 +8,10 @@
 - ``PUT /build-files/{team}/{hash}?template=&expires=&sig=``: the archive (tar, gzip or not). No
   API key (the SDK sends none to a presigned URL): the signature is the authorisation, and it
   names the team, template, hash and expiry the GET granted.
+- ``GET /build-files/{team}/{hash}?template=&expires=&sig=&read=1``: the stored archive (a plain
+  tar), for the node that runs a build and does not share this API's build files directory. The
+  URL is made when the build starts (``read_url``, a read signature: an upload URL does not read)
+  and reaches the node with the build's steps only.
 
 The archives themselves belong to services/api/build_files.py. Uploads are streamed (Sanic
 ``stream=True``): Sanic lifts REQUEST_MAX_SIZE (max_body_bytes) for streaming handlers, so the
@@ -40,8 +44,17 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9._~%!$&'()*+,;=:\[\]-]{1,255}\Z")
 
 
 def is_public(method: str, path: str) -> bool:
-    """An upload to a signed URL: it carries no API key (auth.py lets it through)."""
-    return method == "PUT" and path.startswith(UPLOAD_PREFIX)
+    """An upload to, or a node's read of, a signed URL: it carries no API key (auth.py lets it
+    through; the signature is checked here)."""
+    return method in ("PUT", "GET") and path.startswith(UPLOAD_PREFIX)
+
+
+def read_url(store: BuildFiles, team_id: str, template_id: str, files_hash: str) -> str:
+    """The path and query a node reads the team's archive ``files_hash`` from, for a build of
+    ``template_id`` (relative: each node knows where it reaches the API)."""
+    expires, sig = store.sign(team_id, template_id, files_hash, read=True)
+    return (f"{UPLOAD_PREFIX}{team_dir(team_id)}/{files_hash}"
+            f"?template={quote(template_id, safe='')}&expires={expires}&sig={sig}&read=1")
 
 
 def files_store(app) -> BuildFiles:
@@ -74,6 +87,24 @@ async def upload_link(request, template_id: str, files_hash: str):
            f"?template={quote(t.template_id, safe='')}&expires={expires}&sig={sig}")
     # 201, not 200: E2B's spec says so, and the SDK parses no other success.
     return response.json({"present": present, "url": url}, status=201)
+
+
+@bp.get("/build-files/<team>/<files_hash>")
+async def read(request, team: str, files_hash: str):
+    if not TEAM_DIR_RE.match(team) or not HASH_RE.match(files_hash) or request.args.get("read") != "1":
+        raise ApiError(404, "not a build file URL this API made")
+    store = files_store(request.app)
+    args = request.args
+    try:
+        store.verify(team, args.get("template", ""), files_hash, args.get("expires", ""), args.get("sig", ""),
+                     read=True)
+    except BuildFileError as e:
+        raise ApiError(e.status, e.message) from None
+    path = await asyncio.to_thread(store.path, team, files_hash)  # team_dir of a directory name is itself
+    if path is None:
+        raise ApiError(404, f"build file {files_hash} is no longer stored; upload it again")
+    return await response.file_stream(path, mime_type="application/x-tar", headers={
+        "Content-Length": str(path.stat().st_size)})
 
 
 @bp.put("/build-files/<team>/<files_hash>", stream=True)

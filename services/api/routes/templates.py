@@ -15,7 +15,7 @@ from services.api.build_files import files_hash
 from services.api.definitions import NewTemplate, parse_definition
 from services.api.errors import ApiError, bad_request
 from services.api.routes import master_call, template_ref
-from services.api.routes.build_files import files_store
+from services.api.routes.build_files import files_store, read_url
 
 bp = Blueprint("templates")
 
@@ -54,17 +54,18 @@ async def start_build(request, template_id: str, build_id: str):
     job = await master_call(request, "GetTemplateBuild", P.GetTemplateBuildRequest(job_id=build_id))
     if job.template_id != template_id:
         raise ApiError(404, f"build '{build_id}' of template '{template_id}' not found")
-    await _check_copied_files(request, job.team_id, req)
+    await _check_copied_files(request, job.team_id, job.template_id, req)
     await master_call(request, "StartTemplateBuild", req)
     return response.empty(status=202)
 
 
-async def _check_copied_files(request, team_id: str, req: P.StartTemplateBuildRequest) -> None:
+async def _check_copied_files(request, team_id: str, template_id: str, req: P.StartTemplateBuildRequest) -> None:
     """Each COPY step's uploaded archive must hold what its hash says (the SDK's hash of the step's
     src and dest and the files): a mismatch is refused before any build VM starts. An archive not
     uploaded is the build's error, at its step (as E2B reports it). Archives holding directories
     are not checked: the JS SDK's hash counts a directory's size on the client's filesystem, which
-    no archive carries (the Python SDK's leaves it out)."""
+    no archive carries (the Python SDK's leaves it out). A checked step carries a signed read URL
+    of its archive (`files_url`): the node that runs the build may not share this API's disk."""
     store = files_store(request.app)
     for i, step in enumerate(req.build.steps):
         if step.type != "COPY" or len(step.args) < 2 or not HASH_RE.match(step.files_hash):
@@ -76,6 +77,7 @@ async def _check_copied_files(request, team_id: str, req: P.StartTemplateBuildRe
         if actual != step.files_hash and not await asyncio.to_thread(_holds_directories, path):
             raise bad_request(f"step {i + 1} (COPY {step.args[0]}): the uploaded files do not match their hash "
                               f"{step.files_hash}; upload them again (force_upload)")
+        step.files_url = await asyncio.to_thread(read_url, store, team_id, template_id, step.files_hash)
 
 
 @bp.get("/templates/aliases/<alias>")

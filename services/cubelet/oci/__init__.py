@@ -5,7 +5,7 @@ limits every image is held to (limits.py). The public surface is what this modul
 from .auth import Credentials
 from .cache import LayerCache
 from .config import ImageConfig
-from .egress import RegistryAccess, parse_allowlist
+from .egress import RegistryAccess, parse_allowlist, registry_listed
 from .errors import (
     AuthFailed,
     DigestMismatch,
@@ -32,5 +32,5 @@ __all__ = [
     "LayerCache", "LayerStats", "Limits", "Meta", "OciError", "Phase", "Progress",
     "ProgressCallback", "RegistryAccess", "RegistryError", "RegistryNotAllowed", "Transport",
     "UnpackedImage", "UnsafeLayer", "WrongArchitecture", "apply_metadata", "fetch_image",
-    "parse_allowlist", "pull_image", "unpack_layer",
+    "parse_allowlist", "pull_image", "registry_listed", "unpack_layer",
 ]

@@ -21,6 +21,11 @@ fc00::/7, fe80::/10, multicast, and everything else Python's `ipaddress` does no
 - `allow_private`: skip the check entirely. The cubelet sets it for an operator's build
   (cubemastercli, deploy): operators may build from a registry on loopback or their LAN. A build
   a team asked for through the API never gets it.
+
+Plain HTTP: a reference is fetched over HTTPS unless its build says otherwise (`insecureRegistry`,
+an operator's `--insecure-registry`) or its registry is one the operator lists in the cubelet's
+`plain_http_registries` (Docker's "insecure registries": a registry on a trusted network without a
+certificate; the E2B SDK's builds have no flag for it). `registry_listed` matches those entries.
 """
 from __future__ import annotations
 
@@ -99,12 +104,25 @@ class RegistryAccess:
 
     def allows_host(self, host: str, port: int) -> bool:
         """Whether `host` (a name or an IP literal, as in the URL) is allowlisted for `port`."""
-        host = host.strip("[]").lower().rstrip(".")
-        for entry in self.allowlist:
-            h, p = _split_host_port(entry)
-            if h == host and (p is None or p == port):
-                return True
-        return False
+        return listed(self.allowlist, host, port)
+
+
+def listed(entries: Iterable[str], host: str, port: int | None) -> bool:
+    """Whether `host` (a name or an IP literal, as in a URL) on `port` matches one of `entries`
+    (`host` for any port, `host:port` for one; a `port` of None, a registry named without
+    one, matches only port-less entries)."""
+    host = host.strip("[]").lower().rstrip(".")
+    for entry in entries:
+        h, p = _split_host_port(entry)
+        if h == host and (p is None or p == port):
+            return True
+    return False
+
+
+def registry_listed(entries: Iterable[str], registry: str) -> bool:
+    """Whether an image reference's registry (`host`, `host:port`, `[v6]:port`) matches `entries`."""
+    host, port = _split_host_port(registry)
+    return listed(entries, host, port)
 
 
 def parse_allowlist(entries: Iterable[str]) -> tuple[str, ...]:

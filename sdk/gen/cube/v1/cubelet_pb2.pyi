@@ -304,16 +304,18 @@ class TemplateSource(_message.Message):
     def __init__(self, template_id: _Optional[str] = ...) -> None: ...
 
 class BuildStep(_message.Message):
-    __slots__ = ("type", "args", "files_hash", "force")
+    __slots__ = ("type", "args", "files_hash", "force", "files_url")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ARGS_FIELD_NUMBER: _ClassVar[int]
     FILES_HASH_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
+    FILES_URL_FIELD_NUMBER: _ClassVar[int]
     type: str
     args: _containers.RepeatedScalarFieldContainer[str]
     files_hash: str
     force: bool
-    def __init__(self, type: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., files_hash: _Optional[str] = ..., force: bool = ...) -> None: ...
+    files_url: str
+    def __init__(self, type: _Optional[str] = ..., args: _Optional[_Iterable[str]] = ..., files_hash: _Optional[str] = ..., force: bool = ..., files_url: _Optional[str] = ...) -> None: ...
 
 class BuildTemplateRequest(_message.Message):
     __slots__ = ("template_id", "default_image", "oci_image", "from_template", "vcpus", "memory_mb", "writable_layer_mb", "expose_ports", "probe_port", "probe_path", "env", "cmd", "args", "no_memory_sharing", "steps", "start_cmd", "ready_cmd", "files_team", "steps_internet")
@@ -391,7 +393,7 @@ class TemplateBuildEvent(_message.Message):
     def __init__(self, phase: _Optional[_Union[TemplateBuildPhase, str]] = ..., message: _Optional[str] = ..., bytes_done: _Optional[int] = ..., bytes_total: _Optional[int] = ..., layers_done: _Optional[int] = ..., layers_total: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., template: _Optional[_Union[TemplateInfo, _Mapping]] = ..., error: _Optional[str] = ..., step: _Optional[str] = ..., stderr: bool = ...) -> None: ...
 
 class TemplateInfo(_message.Message):
-    __slots__ = ("template_id", "vcpus", "memory_mb", "writable_layer_mb", "envd_version", "created_at", "snapshot_bytes", "expose_ports", "source", "node_id", "phase_ms", "no_memory_sharing", "base_template_id", "source_sandbox_id", "filesystem_only")
+    __slots__ = ("template_id", "vcpus", "memory_mb", "writable_layer_mb", "envd_version", "created_at", "snapshot_bytes", "expose_ports", "source", "node_id", "phase_ms", "no_memory_sharing", "base_template_id", "source_sandbox_id", "filesystem_only", "default_user", "default_workdir")
     class PhaseMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -414,6 +416,8 @@ class TemplateInfo(_message.Message):
     BASE_TEMPLATE_ID_FIELD_NUMBER: _ClassVar[int]
     SOURCE_SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     FILESYSTEM_ONLY_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_USER_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_WORKDIR_FIELD_NUMBER: _ClassVar[int]
     template_id: str
     vcpus: int
     memory_mb: int
@@ -429,7 +433,9 @@ class TemplateInfo(_message.Message):
     base_template_id: str
     source_sandbox_id: str
     filesystem_only: bool
-    def __init__(self, template_id: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., writable_layer_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., expose_ports: _Optional[_Iterable[int]] = ..., source: _Optional[str] = ..., node_id: _Optional[str] = ..., phase_ms: _Optional[_Mapping[str, int]] = ..., no_memory_sharing: bool = ..., base_template_id: _Optional[str] = ..., source_sandbox_id: _Optional[str] = ..., filesystem_only: bool = ...) -> None: ...
+    default_user: str
+    default_workdir: str
+    def __init__(self, template_id: _Optional[str] = ..., vcpus: _Optional[int] = ..., memory_mb: _Optional[int] = ..., writable_layer_mb: _Optional[int] = ..., envd_version: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., snapshot_bytes: _Optional[int] = ..., expose_ports: _Optional[_Iterable[int]] = ..., source: _Optional[str] = ..., node_id: _Optional[str] = ..., phase_ms: _Optional[_Mapping[str, int]] = ..., no_memory_sharing: bool = ..., base_template_id: _Optional[str] = ..., source_sandbox_id: _Optional[str] = ..., filesystem_only: bool = ..., default_user: _Optional[str] = ..., default_workdir: _Optional[str] = ...) -> None: ...
 
 class SnapshotSandboxRequest(_message.Message):
     __slots__ = ("sandbox_id", "template_id", "filesystem_only")

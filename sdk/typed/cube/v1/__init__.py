@@ -401,6 +401,12 @@ class BuildStep(betterproto.Message):
     args: List[str] = betterproto.string_field(2)
     files_hash: str = betterproto.string_field(3)
     force: bool = betterproto.bool_field(4)
+    files_url: str = betterproto.string_field(5)
+    """
+    COPY: where a node whose build files directory lacks the archive fetches it: a path on the API
+     (`/build-files/<team>/<hash>?...`) carrying a read signature the API made when the build
+     started. Relative: the node prefixes its own `api_url`. Not kept in the build's job record.
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -495,6 +501,15 @@ class TemplateInfo(betterproto.Message):
     """
     A filesystem-only snapshot: its sandboxes cold-boot on its disk (no memory in it).
     """
+
+    default_user: str = betterproto.string_field(16)
+    """
+    A template built from a definition: the user and working directory its last steps left (E2B
+     persists them as its sandboxes' defaults for commands and files). Empty: the agent's own
+     (user, /home/user).
+    """
+
+    default_workdir: str = betterproto.string_field(17)
 
 
 @dataclass(eq=False, repr=False)
