@@ -584,6 +584,18 @@ OPERATIONS = [
                         "relative names and no '..' (400 otherwise); at most the server's build_file_max_bytes "
                         "sent and unpacked (413)"}}}},
      {**_ok(201), **_errors(400, 403, 500)}),
+    ("get", "/build-files/{team}/{hash}", "Read a template build file, for the node running a build that "
+                                          "does not share the API's build files directory (no API key: the read "
+                                          "URL each COPY step of a started build carries authorises it; 403 when "
+                                          "it is wrong or expired, 404 when the file is gone)",
+     [{"name": "team", "in": "path", "required": True, "schema": {"type": "string", "pattern": TEAM_DIR_PATTERN}},
+      FILES_HASH, {**_q("template", SEGMENT, "the template whose build the URL was made for"), "required": True},
+      {**_q("expires", {"type": "string", "pattern": "^[0-9]{1,12}$"}, "unix seconds"), "required": True},
+      {**_q("sig", {"type": "string", "pattern": FILES_HASH_PATTERN}, "HMAC-SHA256, hex"), "required": True},
+      {**_q("read", {"type": "string", "enum": ["1"]}, "a read URL (an upload URL does not read)"),
+       "required": True}], None,
+     {"200": {"description": "the archive, a plain tar", "content": {"application/x-tar": {
+         "schema": {"type": "string", "format": "binary"}}}}, **_errors(400, 403, 404, 500)}),
     ("post", "/volumes", "Create a volume (an ext4 filesystem a sandbox mounts); 409 when the team has one of "
                          "that name, 429 beyond the team's volume limits", [], _body("NewVolume"),
      {**_ok(201, _ref("VolumeAndToken")), **_errors(400, 401, 409, 429, 500, 503)}),

@@ -372,7 +372,7 @@ def test_a_node_fetches_a_build_s_files_through_a_read_url(bf, tmp_path):
     assert_error(get(f"/build-files/team-b/{h}"), 403, "invalid signature")
     expires, sig = store.sign("team-a", bf.tid, h, now=time.time() - 2 * 86400, read=True)
     assert_error(get(expires=str(expires), sig=sig), 403, "signature is already expired")
-    assert_error(httpx.get(bf.c.api_url + parts.path, timeout=30), 404)  # not a read URL at all
+    assert_error(httpx.get(bf.c.api_url + parts.path, timeout=30), 400, "read URL")  # not a read URL at all
     missing = "9" * 64
     with pytest.raises(FetchError, match=r"404: build file .* is no longer stored"):
         fetch(Fetcher(bf.c.api_url, dl, max_bytes=CAP), read_url(store, "team-a", bf.tid, missing), missing)

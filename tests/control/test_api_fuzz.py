@@ -60,10 +60,10 @@ KNOWN_PATHS = (KNOWN_DIR, KNOWN_FILE)
 # Operations only an admin key may call: the fuzzing team's key gets 403 (a state status), and
 # test_admin_only_operations_answer_an_admin_key checks an admin key's answer.
 ADMIN_ONLY = {"GET /nodes"}
-# Operations a URL's signature authorises, not a key (build file uploads, routes/build_files.py):
-# a request without the signature the API made for it is refused (403), whatever its key; a
-# successful upload is tested in test_api_build_files.py.
-SIGNED = {"PUT /build-files/{team}/{hash}"}
+# Operations a URL's signature authorises, not a key (build file uploads and nodes' reads,
+# routes/build_files.py): a request without the signature the API made for it is refused (403),
+# whatever its key; successful ones are tested in test_api_build_files.py.
+SIGNED = {"PUT /build-files/{team}/{hash}", "GET /build-files/{team}/{hash}"}
 SIGNED_PATHS = {label.split(" ", 1)[1] for label in SIGNED}
 # Volume content calls (routes/volumes.py): a volume's bearer token opens them, not a key. The
 # valid pass sends the fuzzing team's volume's token; without a bearer they answer 401; with a key

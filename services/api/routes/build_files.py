@@ -92,7 +92,7 @@ async def upload_link(request, template_id: str, files_hash: str):
 @bp.get("/build-files/<team>/<files_hash>")
 async def read(request, team: str, files_hash: str):
     if not TEAM_DIR_RE.match(team) or not HASH_RE.match(files_hash) or request.args.get("read") != "1":
-        raise ApiError(404, "not a build file URL this API made")
+        raise bad_request("not a build file read URL this API made")
     store = files_store(request.app)
     args = request.args
     try:
