@@ -11,20 +11,32 @@ plain HTTP), steps run in a real build VM on whichever host the master picks.
 - A registry the operator did not allowlist (a private address) and an image the registry does not
   have fail the build with the SDK's BuildException naming why, and leave no template and no
   build VM.
+- The JS SDK's `Template.build()` of the same Dockerfile (it parses it itself) makes the same
+  template (tests/e2e/js/image_build.mjs).
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import textwrap
+from pathlib import Path
 
 import pytest
 
+from deploy import cluster as cluster_mod
 from testkit.images import WEB, busybox_image, push
+from tests.support.npm import npm_ci
 
 pytestmark = pytest.mark.timeout(900)
 
 IMAGE = "team/web:1"
+# What a sandbox of the built template is asked (commands run as its default user, in its default
+# working directory), and what it answers.
+PROBE = "cat /opt/tool/stamp; cat note.txt; echo $TOOL_HOME/$GREETING; id -un; pwd; stat -c '%U' /tmp/web-was-here"
+EXPECTED = ["staged-in-tmp", "hello from root", "copied from the context", "/opt/tool/hello", "web", "/opt/app",
+            "web"]
+JS = Path(__file__).resolve().parents[1] / "e2e" / "js"
 
 CLIENT = """
 import json, time
@@ -44,9 +56,7 @@ def build(template, name):
 def probe(name):
     sbx = Sandbox.create(name, timeout=120)
     try:
-        r = sbx.commands.run("cat /opt/tool/stamp; cat note.txt; echo $TOOL_HOME/$GREETING; id -un; pwd; "
-                             "stat -c '%U' /tmp/web-was-here")
-        return r.stdout.splitlines()
+        return sbx.commands.run(P["probe"]).stdout.splitlines()
     finally:
         sbx.kill()
 
@@ -95,18 +105,16 @@ def test_a_team_builds_from_a_dockerfile_on_an_allowlisted_registry(cluster, ima
         """))
     ctx.chmod(0o755)
     gateway, _, port = cluster.registry.host.partition(":")
-    params = {"ctx": str(ctx), "private": f"{gateway}:{int(port) + 1}/{IMAGE}",
+    params = {"ctx": str(ctx), "probe": PROBE, "private": f"{gateway}:{int(port) + 1}/{IMAGE}",
               "unknown": f"{cluster.registry.host}/team/web:nope"}
     out = cluster.sdk(CLIENT.replace("PARAMS", repr(json.dumps(params))), timeout=840)
     print(f"\ncold build {out['cold_s']}s, cached {out['cached_s']}s")
 
     # USER root, WORKDIR / (the SDK's Docker defaults), then the Dockerfile's eight instructions.
     assert len(out["cold_steps"]) == 10, out["cold_steps"]
-    expected = ["staged-in-tmp", "hello from root", "copied from the context", "/opt/tool/hello", "web",
-                "/opt/app", "web"]
-    assert out["cold"] == expected, out["cold"]
+    assert out["cold"] == EXPECTED, out["cold"]
     assert len(out["cached_steps"]) == 10, out["cached_steps"]
-    assert out["cached"] == expected, out["cached"]
+    assert out["cached"] == EXPECTED, out["cached"]
 
     refused = out["refused"]
     assert "registry_allowlist" in refused["img-private"] and "private" in refused["img-private"], refused
@@ -114,3 +122,16 @@ def test_a_team_builds_from_a_dockerfile_on_an_allowlisted_registry(cluster, ima
     assert refused["img-private-exists"] is False and refused["img-unknown-exists"] is False, refused
     left = subprocess.run(["pgrep", "-af", "tplbuild-"], capture_output=True, text=True).stdout
     assert "qemu" not in left, left
+
+    # The JS SDK parses the same Dockerfile itself: the same template, under another name.
+    node = npm_ci(JS, "the JS SDK's Template.build")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("E2B_", "CUBE_")) and k != "SSL_CERT_FILE"}
+    sdk = cluster_mod.sdk_env(cluster.s)
+    env.update({"E2B_API_URL": sdk["E2B_API_URL"], "E2B_API_KEY": sdk["E2B_API_KEY"],
+                "NODE_EXTRA_CA_CERTS": sdk["SSL_CERT_FILE"]})
+    r = subprocess.run(["nsenter", f"--net=/run/netns/{cluster.s.netns('h1')}", "--", node, "image_build.mjs",
+                        str(ctx), str(ctx / "Dockerfile"), "img-js", PROBE], cwd=JS, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    js = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(js["steps"]) == 10 and js["probe"] == EXPECTED, js
