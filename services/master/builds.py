@@ -71,7 +71,7 @@ from services.master.log import get_logger
 from services.master.nodes import NodeClients, node_error
 from services.master.settings import Settings
 from services.master.store import Conflict, Store, Versioned
-from services.master.tags import Tags, tag_names
+from services.master.tags import MAX_TAGS, tag_names
 from services.master.teams import owner
 from services.master.templates import NAME_RE, Templates, from_info
 from services.master.tombstones import claim
@@ -408,6 +408,8 @@ class Builds:
         aliases = list(req.aliases)
         self._validate(spec, aliases, caller, deferred=req.deferred)
         tags = tag_names(req.tags, "assigned") if req.tags else []
+        if len(tags) > MAX_TAGS:
+            raise errors.InvalidArgument(f"at most {MAX_TAGS} tags on a template")
         if req.deferred:
             # The definition comes with the start, which replaces whatever steps came here.
             del spec.steps[:]
@@ -799,8 +801,13 @@ class Builds:
         # create's check) are re-pointed here, so a create by that name gets this build.
         aliases = list(job.aliases)
         replaced = await self._held_elsewhere(job) if job.move_aliases else set()
+        # The build's tags (E2B's `name:tag` of Template.build, checked at the create) go in the same
+        # transaction: a client that sees the build ready creates from `name:tag` at once.
+        tags = [P.TemplateTag(tag=name, template_id=tpl.template_id, build_id=tpl.build_id,
+                              build_created_at=tpl.created_at, assigned_at=now, assignment_id=str(uuid.uuid4()))
+                for name in job.tags]
         try:
-            done = await self._cas_final(run, lambda rev: self.store.finish_build(job, rev, tpl, aliases))
+            done = await self._cas_final(run, lambda rev: self.store.finish_build(job, rev, tpl, aliases, tags))
         except EtcdUnavailable as e:
             # The job stays running without a heartbeat: the reconciler fails it (and deletes the
             # node's template) once it is stale.
@@ -815,19 +822,10 @@ class Builds:
                                                        snapshot_bytes=info.snapshot_bytes,
                                                        phase_ms=dict(info.phase_ms)))
         metrics.build_finished(job, "ready", time.time() - secs(job.created_at))
-        if job.tags:
-            await self._tag(job)
+        if tags:
+            log.info("template tags assigned", extra=_extra(job, tags=list(job.tags)))
         for old in replaced:
             await self._retire(old, job)
-
-    async def _tag(self, job: P.TemplateBuild) -> None:
-        """The build's tags (E2B's `name:tag` of Template.build) on the template now READY. A
-        failure is logged: the template stands, untagged, and the tags can be assigned again."""
-        try:
-            await Tags(self.store, self.templates).assign(job.template_id, list(job.tags),
-                                                          Caller(team_id=job.team_id, admin=not job.team_id))
-        except (errors.MasterError, EtcdUnavailable) as e:
-            log.warning("build tags not assigned", extra=_extra(job, tags=list(job.tags), error=str(e)))
 
     async def _held_elsewhere(self, job: P.TemplateBuild) -> set[str]:
         """The team's other templates that hold the job's aliases now (a rebuild by name)."""

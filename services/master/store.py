@@ -417,15 +417,17 @@ class Store:
         return rev
 
     async def finish_build(self, job: master_pb2.TemplateBuild, expect_rev: int,
-                           template: master_pb2.Template, aliases: list[str]) -> int:
-        """A READY build: the job, its template's record and its aliases (in the template's team's
-        namespace) in one transaction."""
+                           template: master_pb2.Template, aliases: list[str],
+                           tags: Sequence[master_pb2.TemplateTag] = ()) -> int:
+        """A READY build: the job, its template's record, its aliases (in the template's team's
+        namespace) and its tags in one transaction: whoever sees the job ready finds them all."""
         t = self.t
         k = self.build_key(job.job_id)
         ops = [t.put(k, to_json(job)), t.put(self.keys.template(template.template_id), to_json(template))]
         for a in aliases:
             rec = master_pb2.TemplateAlias(alias=a, template_id=template.template_id, team_id=template.team_id)
             ops.append(t.put(self._alias_key(rec), to_json(rec)))
+        ops += [t.put(self.keys.template_tag(template.template_id, tag.tag), to_json(tag)) for tag in tags]
         ok, rev = await self.txn([t.mod(k) == expect_rev], ops)
         if not ok:
             raise Conflict(f"template build {job.job_id} changed")

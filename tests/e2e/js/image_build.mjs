@@ -12,7 +12,8 @@ const out = { name }
 const template = Template({ fileContextPath: ctx }).fromDockerfile(fs.readFileSync(dockerfile, 'utf8'))
 const logs = []
 await Template.build(template, name, { onBuildLogs: (e) => logs.push(e.message) })
-out.steps = logs.filter((l) => l.startsWith('['))
+// Every step, run or taken from the cache (the Python build of the same steps may have left them).
+out.steps = logs.filter((l) => /^(CACHED )?\[\d+\/\d+\] /.test(l))
 const sbx = await Sandbox.create(name)
 try {
   out.probe = (await sbx.commands.run(probe)).stdout.split('\n').filter((l) => l !== '')
