@@ -248,10 +248,9 @@ class BuildFiles:
         return key
 
     @staticmethod
-    def _mac(key: bytes, team: str, template_id: str, files_hash: str, expires: int,
-             domain: str = _SIGN_DOMAIN) -> str:
+    def _mac(key: bytes, team: str, template_id: str, files_hash: str, expires: int, read: bool) -> str:
         # JSON of a list: no choice of fields can make two different tuples sign the same bytes.
-        msg = json.dumps([domain, team, template_id, files_hash, expires]).encode()
+        msg = json.dumps([_READ_DOMAIN if read else _SIGN_DOMAIN, team, template_id, files_hash, expires]).encode()
         return hmac.new(key, msg, hashlib.sha256).hexdigest()
 
     def sign(self, team_id: str, template_id: str, files_hash: str, now: float | None = None, *,
@@ -263,8 +262,7 @@ class BuildFiles:
         expires = int((time.time() if now is None else now) + ttl)
         key = self._signing_key()
         assert key is not None
-        return expires, self._mac(key, team_dir(team_id), template_id, _check_hash(files_hash), expires,
-                                  _READ_DOMAIN if read else _SIGN_DOMAIN)
+        return expires, self._mac(key, team_dir(team_id), template_id, _check_hash(files_hash), expires, read)
 
     def verify(self, team: str, template_id: str, files_hash: str, expires: str, sig: str,
                now: float | None = None, *, read: bool = False) -> None:
@@ -275,8 +273,7 @@ class BuildFiles:
                 and re.fullmatch(r"[0-9a-f]{64}", sig)):
             raise BuildFileError(403, "invalid signature")
         key = self._signing_key(create=False)
-        domain = _READ_DOMAIN if read else _SIGN_DOMAIN
-        if key is None or not hmac.compare_digest(self._mac(key, team, template_id, files_hash, int(expires), domain),
+        if key is None or not hmac.compare_digest(self._mac(key, team, template_id, files_hash, int(expires), read),
                                                   sig):
             raise BuildFileError(403, "invalid signature")
         if int(expires) < (time.time() if now is None else now):

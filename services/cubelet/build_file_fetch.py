@@ -25,7 +25,6 @@ import httpx
 
 from cube_common.build_files import HASH_RE
 
-PATH_PREFIX = "/build-files/"
 _URL_RE = re.compile(r"/build-files/[A-Za-z0-9_-]{1,64}/[0-9a-f]{64}\?[A-Za-z0-9._~%&=-]{1,1024}\Z")
 _CHUNK = 1 << 20
 

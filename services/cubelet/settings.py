@@ -139,12 +139,9 @@ class CubeletSettings(Settings):
             raise SettingsError("cpu_target_pct must be in (0, 100]")
         from .oci.egress import parse_allowlist  # the one parser of allowlist entries
 
-        try:
-            parse_allowlist(self.registry_allowlist)
-        except ValueError as e:
-            raise SettingsError(f"registry_allowlist: {e}") from None
-        try:
-            parse_allowlist(self.plain_http_registries)
-        except ValueError as e:
-            raise SettingsError(f"plain_http_registries: {e}") from None
+        for name in ("registry_allowlist", "plain_http_registries"):
+            try:
+                parse_allowlist(getattr(self, name))
+            except ValueError as e:
+                raise SettingsError(f"{name}: {e}") from None
         return self

@@ -71,7 +71,7 @@ from services.master.log import get_logger
 from services.master.nodes import NodeClients, node_error
 from services.master.settings import Settings
 from services.master.store import Conflict, Store, Versioned
-from services.master.tags import MAX_TAGS, tag_names
+from services.master.tags import MAX_TAGS, tag_names, tag_records
 from services.master.teams import owner
 from services.master.templates import NAME_RE, Templates, from_info
 from services.master.tombstones import claim
@@ -803,9 +803,7 @@ class Builds:
         replaced = await self._held_elsewhere(job) if job.move_aliases else set()
         # The build's tags (E2B's `name:tag` of Template.build, checked at the create) go in the same
         # transaction: a client that sees the build ready creates from `name:tag` at once.
-        tags = [P.TemplateTag(tag=name, template_id=tpl.template_id, build_id=tpl.build_id,
-                              build_created_at=tpl.created_at, assigned_at=now, assignment_id=str(uuid.uuid4()))
-                for name in job.tags]
+        tags = tag_records(tpl, job.tags)
         try:
             done = await self._cas_final(run, lambda rev: self.store.finish_build(job, rev, tpl, aliases, tags))
         except EtcdUnavailable as e:

@@ -86,6 +86,13 @@ def tag_names(tags: Iterable[str], verb: str) -> list[str]:
     return out
 
 
+def tag_records(tpl: P.Template, names: Iterable[str]) -> list[P.TemplateTag]:
+    """New assignments of ``names`` to ``tpl``'s current build (its id and its time), now."""
+    now = ts()
+    return [P.TemplateTag(tag=n, template_id=tpl.template_id, build_id=tpl.build_id, build_created_at=tpl.created_at,
+                          assigned_at=now, assignment_id=str(uuid.uuid4())) for n in names]
+
+
 def same_build(tag: P.TemplateTag, tpl: P.Template) -> bool:
     """Whether ``tag`` names ``tpl``'s current build. A template registered from its node has its
     id as build id and one re-registered by an operator none: only a build job's id counts, with
@@ -153,10 +160,7 @@ class Tags:
                 raise errors.FailedPrecondition(
                     f"template '{cur.template_id}' would have {len(have | set(names))} tags; at most "
                     f"{self.max_tags} (remove some first)")
-            now = ts()
-            recs = [P.TemplateTag(tag=n, template_id=cur.template_id, build_id=cur.build_id,
-                                  build_created_at=cur.created_at, assigned_at=now, assignment_id=str(uuid.uuid4()))
-                    for n in names]
+            recs = tag_records(cur, names)
             if await self.store.write_tags(v, put=recs):
                 log.info("template tags assigned", extra={"template_id": cur.template_id, "team_id": cur.team_id,
                                                           "tags": names, "target": target, "build_id": cur.build_id})
