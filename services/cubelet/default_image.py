@@ -1,5 +1,6 @@
 """The default code-interpreter template: Debian + python3 (ipykernel, numpy, pandas, matplotlib,
-e2b-charts, requests, bash_kernel) + nodejs, built by the project from Debian packages and PyPI (no
+e2b-charts, requests, bash_kernel), Deno (the javascript and typescript kernel), R with IRkernel,
+Java with the JJava kernel, and nodejs, built by the project from Debian packages and PyPI (no
 registry).
 
 What `e2b.Sandbox.create()` (`base`) and `e2b_code_interpreter.Sandbox.create()`
@@ -43,16 +44,22 @@ from .guest_agent import agent_service
 REPO = Path(__file__).resolve().parents[2]
 LOCK = REPO / "requirements.lock"
 
-# Debian's python3 runs the kernels; nodejs is the JavaScript kernel's runtime. `requests` comes
-# from Debian because requirements.lock does not pin it (nor urllib3/idna/charset-normalizer).
+# Debian's python3 runs the python and bash kernels; R with IRkernel the r kernel (without
+# Recommends: no compilers or recommended R packages, ~95 MB); Debian's JRE the java kernel (it has
+# the jdk.jshell and jdk.compiler modules JShell needs; the JDK would add 76 MB of jmods). nodejs is
+# for users' own `node` (E2B's templates have it); the javascript kernel is Deno's. `requests`
+# comes from Debian because requirements.lock does not pin it (nor urllib3/idna/charset-normalizer).
 # iproute2 brings `ss`, which the E2B SDK's `wait_for_port` ready command runs.
 DEBIAN_PACKAGES = [
-    "python3", "python3-pip", "python3-requests", "nodejs",
+    "python3", "python3-pip", "python3-requests", "nodejs", "r-base-core", "r-cran-irkernel",
+    "default-jre-headless",
     "bash", "coreutils", "procps", "iproute2", "ca-certificates", "curl", "git", "sudo", "less", "tzdata",
 ]
 # Versions come from requirements.lock (used as constraints). e2b-charts is what the kernels' `e2b/chart`
-# format runs on (services/envd/interpreter/e2b_formats.py); it brings pydantic.
-PYPI_PACKAGES = ["ipykernel", "numpy", "pandas", "matplotlib", "bash_kernel", "e2b-charts"]
+# format runs on (services/envd/interpreter/e2b_formats.py); it brings pydantic. deno's wheel is
+# the Deno binary (/usr/local/bin/deno: the javascript and typescript kernel); jjava's carries the
+# java kernel's jar (/usr/local/share/jupyter/kernels/java).
+PYPI_PACKAGES = ["ipykernel", "numpy", "pandas", "matplotlib", "bash_kernel", "e2b-charts", "deno", "jjava"]
 # Imported (not bound to any name) when a python kernel starts, so the default kernel that lives in
 # the snapshot already has them loaded: a clone's first `import pandas` costs nothing. New
 # contexts pay the import once (well under a second with KVM, a few seconds under TCG). The user

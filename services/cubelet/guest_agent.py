@@ -22,9 +22,8 @@ from vmm_core import AgentPackage, GuestAgent, GuestService, ServiceRoot
 SANDBOX_ROOT = "/run/cube/root"  # where the guest init mounts template + writable layer
 BASE_PYTHON = "/usr/bin/python3"  # the base image's interpreter
 BASE_PYTHONPATH = "/opt/cube/app:/opt/cube/site"
-# The contexts the agent starts at boot (its --no-default-contexts is off); a template snapshot
-# should be taken once they run, so that clones do not each start them.
-DEFAULT_LANGUAGES = ("python", "javascript")
+# Every language of the default template's code interpreter (what its snapshot has running).
+ALL_LANGUAGES = ("python", "javascript", "typescript", "r", "java", "bash")
 
 
 def cube_agent() -> GuestAgent:
@@ -66,16 +65,22 @@ class AgentNotReady(RuntimeError):
 
 
 async def wait_default_kernels(client: httpx.AsyncClient, interpreter_url: str, *, timeout: float = 300.0,
-                               languages: tuple[str, ...] = DEFAULT_LANGUAGES,
-                               access_token: str | None = None) -> None:
-    """Until the default context of each language executes a cell.
+                               languages: tuple[str, ...] | None = None,
+                               access_token: str | None = None) -> tuple[str, ...]:
+    """Until the default context of each language executes a cell; returns the languages.
 
     `interpreter_url` is the agent's code-interpreter base URL (port 49999), reachable through
-    `client`. The agent starts its default kernels in the background, so /health answers long
-    before they run; an empty cell waits for the kernel without running anything and without
-    counting as an execution (IPython skips empty cells)."""
+    `client`. The agent starts its default kernels (python and javascript, where the root has
+    them; its --no-default-contexts is off) before its port opens, so its first context list
+    names them all; `languages` (instead) may name others, whose empty cell starts them. Kernels
+    start in the background, so /health answers long before they run; an empty cell waits for
+    the kernel without running anything and without counting as an execution (IPython skips
+    empty cells). A template snapshot is taken once they all run, so that clones do not each
+    start them."""
     deadline = time.monotonic() + timeout
     headers = {"X-Access-Token": access_token} if access_token else {}
+    if languages is None:
+        languages = await _default_languages(client, interpreter_url, headers, deadline, timeout)
     for language in languages:
         while True:
             try:
@@ -87,12 +92,30 @@ async def wait_default_kernels(client: httpx.AsyncClient, interpreter_url: str, 
                     raise AgentNotReady(f"the default {language} kernel did not come up within {timeout:.0f}s: "
                                         f"{e!r}") from e
                 await asyncio.sleep(0.5)
+    return languages
+
+
+async def _default_languages(client: httpx.AsyncClient, base: str, headers: dict[str, str], deadline: float,
+                             timeout: float) -> tuple[str, ...]:
+    while True:
+        try:
+            r = await client.get(f"{base.rstrip('/')}/contexts", headers=headers, timeout=10.0)
+            if r.status_code == 200:
+                return tuple(dict.fromkeys(str(c["language"]) for c in r.json()))
+            err = f"HTTP {r.status_code}"
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as e:
+            err = repr(e)
+        if time.monotonic() > deadline:
+            raise AgentNotReady(f"the agent did not list its contexts within {timeout:.0f}s: {err}")
+        await asyncio.sleep(0.5)
 
 
 async def _run_empty_cell(client: httpx.AsyncClient, base: str, language: str, headers: dict[str, str],
                           timeout: float) -> None:
     async with client.stream("POST", f"{base.rstrip('/')}/execute", json={"code": "", "language": language},
                              headers=headers, timeout=timeout) as r:
+        if r.status_code == 400:  # an unknown language, or one the root cannot run: waiting will not help
+            raise RuntimeError(f"the agent refused {language}: {(await r.aread()).decode(errors='replace')[:300]}")
         if r.status_code != 200:
             raise AgentNotReady(f"HTTP {r.status_code}: {(await r.aread()).decode(errors='replace')[:300]}")
         async for line in r.aiter_lines():

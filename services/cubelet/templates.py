@@ -599,7 +599,7 @@ class TemplateStore:
                     probe = wait_tcp(ep, req.probe_port, timeout=self.settings.probe_timeout_s)
                 await _probe_or_crash(machine, probe)
             if INTERPRETER_PORT in prepared.probe_ports:
-                await self._settle(ep)
+                await self._settle(ep, source == "default_image")
             lap("PROBING")
             yield _event(Phase.SNAPSHOTTING, "taking the snapshot", step="finalize" if definition else "")
             snap_dir = work / "snapshot"
@@ -831,9 +831,15 @@ class TemplateStore:
                             fingerprint=config.manifest_digest or config.digest,
                             env={**config.env_map(), **dict(req.env)})
 
-    async def _settle(self, ep: GuestEndpoint) -> None:
+    async def _settle(self, ep: GuestEndpoint, every_language: bool) -> None:
         """Wait until the agent's default kernels really run (an empty cell each) before memory is
-        frozen: a snapshot taken earlier would leave every clone finishing their start-up."""
+        frozen: a snapshot taken earlier would leave every clone finishing their start-up. The
+        default template's snapshot also gets the languages the agent keeps in reserve (started
+        by their empty cell, then stopped until a sandbox uses them); templates built on it or on
+        an image start those on first use, so that their builds do not wait for a JVM and R
+        under TCG."""
+        languages = guest_agent.ALL_LANGUAGES if every_language else None
         async with ep.client(600.0) as c:
-            await guest_agent.wait_default_kernels(c, ep.url(INTERPRETER_PORT, ""), timeout=900.0)
+            await guest_agent.wait_default_kernels(c, ep.url(INTERPRETER_PORT, ""), timeout=900.0,
+                                                   languages=languages)
         await asyncio.sleep(1.0)

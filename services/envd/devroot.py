@@ -57,6 +57,9 @@ class DevRoot:
     envd_port: int = ENVD_PORT
     interpreter_port: int = INTERPRETER_PORT
     kernel_python: str = os.path.join(REPO, ".venv", "bin", "python")
+    # The venv's Deno and JJava (requirements.lock); R and Java come from the host, if it has them.
+    deno: str = os.path.join(REPO, ".venv", "bin", "deno")
+    java_kernel_jar: str = os.path.join(REPO, ".venv", "share", "jupyter", "kernels", "java", "jjava.jar")
     extra_args: list[str] = field(default_factory=list)
     log_path: str | None = None
     tmp: str = ""
@@ -100,7 +103,8 @@ class DevRoot:
         cmd = [
             sys.executable, "-m", "services.envd", "--root", self.root, "--host", "127.0.0.1,::1",
             "--envd-port", str(self.envd_port), "--interpreter-port", str(self.interpreter_port),
-            "--kernel-python", self.kernel_python, *([] if under_tmp else ["--tmpfs-tmp"]), *self.extra_args,
+            "--kernel-python", self.kernel_python, "--deno", self.deno, "--java-kernel-jar", self.java_kernel_jar,
+            *([] if under_tmp else ["--tmpfs-tmp"]), *self.extra_args,
         ]
         out = open(self.log_path, "ab") if self.log_path else None
         env = dict(os.environ, PYTHONPATH=REPO)

@@ -8,7 +8,6 @@ fail or, worse, come from the template. So load it all here, while it is still r
 from __future__ import annotations
 
 import importlib
-import os
 
 # Modules that the standard library, aiohttp, protobuf, zmq and jupyter_client import lazily
 # (inside functions) on paths the agent uses.
@@ -111,11 +110,3 @@ def _warm_messages() -> None:
 
     signal.strsignal(signal.SIGKILL)
     stat.filemode(0o100644)
-
-
-def js_kernel_source() -> str:
-    """The JavaScript kernel's source, copied into the template root at startup."""
-    # Found by path, not imported: the agent itself never needs ipykernel.
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "interpreter", "js_kernel.py")
-    with open(path, encoding="utf-8") as f:
-        return f.read()

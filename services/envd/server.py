@@ -20,8 +20,9 @@ from .identity import Identity
 from .interpreter import identity_hook
 from .interpreter.api import InterpreterApi
 from .interpreter.contexts import ContextRegistry
-from .interpreter.execute import prime_contexts, valid_env
-from .interpreter.kernels import KernelLaunch, Language
+from .interpreter.execute import prime_contexts
+from .interpreter.kernels import BOOT_LANGUAGES, KernelLaunch
+from .interpreter.snippets import valid_env
 from .process_service import ProcessService
 from .processes import ProcessTable
 from .settings import Settings
@@ -59,7 +60,7 @@ def bind(hosts: tuple[str, ...], port: int) -> list[socket.socket]:
 
 
 class Agent:
-    def __init__(self, settings: Settings, js_kernel_source: str) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.identity = Identity(default_user=settings.default_user)
         self.processes = ProcessTable()
@@ -68,7 +69,6 @@ class Agent:
         ProcessService(self.identity, self.processes).register(self.router)
         self.filesystem.register(self.router)
         self.files = FilesHttp(self.identity)
-        self._js_kernel_source = js_kernel_source
         self.registry: ContextRegistry | None = None
         self._runners: list[web.AppRunner] = []
         self._background: set[asyncio.Task] = set()
@@ -117,11 +117,8 @@ class Agent:
         users.ensure_user(s.default_user)
         os.makedirs(s.runtime_dir, mode=0o755, exist_ok=True)
         os.makedirs(os.path.join(s.runtime_dir, "kernels"), mode=0o755, exist_ok=True)
-        js_path = os.path.join(s.runtime_dir, "js_kernel.py")
-        with open(js_path, "w", encoding="utf-8") as f:
-            f.write(self._js_kernel_source)
-        os.chmod(js_path, 0o644)
-        return KernelLaunch(kernel_python=s.kernel_python, runtime_dir=s.runtime_dir, js_kernel_path=js_path)
+        return KernelLaunch(kernel_python=s.kernel_python, runtime_dir=s.runtime_dir, deno=s.deno, r=s.r_binary,
+                            java=s.java, java_kernel_jar=s.java_kernel_jar)
 
     async def serve(self, envd_socks: list[socket.socket], interp_socks: list[socket.socket]) -> None:
         launch = self._prepare_root()
@@ -142,10 +139,15 @@ class Agent:
                                     shutdown_timeout=SHUTDOWN_GRACE_S)
             await irunner.setup()
             self._runners.append(irunner)
+            if self.settings.default_contexts:
+                # E2B's two (where the root can run them): a template snapshot is taken once they
+                # answer, so that no clone pays their start (guest_agent.wait_default_kernels,
+                # which starts the other languages' for the default template). Before the port
+                # opens, so that its first GET /contexts lists them.
+                self.registry.start_defaults([lang for lang in self.registry.available_languages()
+                                              if lang in BOOT_LANGUAGES])
             for s in interp_socks:
                 await web.SockSite(irunner, s).start()
-            if self.settings.default_contexts:
-                self.registry.start_defaults([Language.PYTHON, Language.JAVASCRIPT])
         log.info("envd serving", extra={
             "version": ENVD_VERSION, "envd_port": self.settings.envd_port,
             "interpreter_port": self.settings.interpreter_port if self.settings.interpreter else None,
@@ -172,9 +174,8 @@ class Agent:
 
 def run(settings: Settings) -> None:
     preload.load_everything()
-    js_source = preload.js_kernel_source()
     envd_socks = bind(settings.hosts, settings.envd_port)
     interp_socks = bind(settings.hosts, settings.interpreter_port) if settings.interpreter else []
     rootfs.enter_root(settings.root, tmpfs_tmp=settings.tmpfs_tmp)
-    agent = Agent(settings, js_source)
+    agent = Agent(settings)
     asyncio.run(agent.serve(envd_socks, interp_socks))

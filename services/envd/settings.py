@@ -26,6 +26,12 @@ class Settings(_Base):
     interpreter: bool = setting(True, "serve the code-interpreter port (--no-interpreter: do not)")
     kernel_python: str = setting("python3", "python (inside the root) that has ipykernel; bare names use "
                                  "the root's PATH")
+    deno: str = setting("deno", "Deno (inside the root), the javascript and typescript kernel; bare names use "
+                        "the root's PATH")
+    r_binary: str = setting("R", "R (inside the root) with IRkernel, the r kernel", flag="--r", env="CUBE_ENVD_R")
+    java: str = setting("java", "java (inside the root), the java kernel's JVM (a JDK: JShell compiles cells)")
+    java_kernel_jar: str = setting("/usr/local/share/jupyter/kernels/java/jjava.jar",
+                                   "the JJava kernel's jar inside the root")
     default_user: str = setting("user", "user that commands run as unless the call names one")
     default_contexts: bool = setting(True, "start the python and javascript kernels at startup "
                                      "(--no-default-contexts: do not)")

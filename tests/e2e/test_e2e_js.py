@@ -73,3 +73,20 @@ def test_js_sdk_needs_node_extra_ca_certs(node_modules):
     listed = httpx.get(f"{cluster.API_URL}/v2/sandboxes", params={"metadata": f"{TAG}={RUN_ID}&lang=js"},
                        headers={"X-API-KEY": sdk_env(CFG)["E2B_API_KEY"]}, timeout=30).json()
     assert listed == []
+
+
+def test_js_sdk_every_language(node_modules):
+    """The JS SDK's runCode in each language of the default template, ES modules and top-level
+    await in JavaScript (what E2B's own JS SDK tests check), env vars of the sandbox and a call."""
+    r = subprocess.run([node_modules, "languages.mjs"], cwd=JS, env=js_env(), capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    CREATED.add(out["sandboxId"])
+    expected = {lang: {"stdout": ["Hello, World!\n"], "error": None} for lang in ("js", "ts", "python", "java", "bash")}
+    expected["r"] = {"stdout": ['[1] "Hello, World!"\n'], "error": None}
+    assert out["hello"] == expected
+    assert out["esm"] == ["function\n"] and out["tla"] == "Hello World!"
+    assert out["env"] == {"ts": "from-create", "java": "call", "r": ['[1] "call"']}
+    assert out["tsError"] == {"name": "TypeError", "value": "boom"}
+    assert out["killed"] is True

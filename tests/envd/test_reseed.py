@@ -103,18 +103,6 @@ def test_bash_random_reseeded(sandbox):
         sandbox.remove_code_context(ctx)
 
 
-def test_javascript_context_unaffected(sandbox):
-    ctx = sandbox.create_code_context(language="javascript")
-    try:
-        ex = sandbox.run_code("let n = 1; n", context=ctx)
-        count = ex.execution_count
-        new_clone()
-        ex = sandbox.run_code("n + 1", context=ctx)
-        assert ex.text == "2" and ex.execution_count == count + 1 and ex.error is None
-    finally:
-        sandbox.remove_code_context(ctx)
-
-
 def test_which_init_calls_reseed():
     ident = Identity()
     ident.apply(InitRequest(env_vars={"A": "1"}))

@@ -38,6 +38,9 @@ def mmdebstrap(target: Path, packages: list[str], *, variant: str = "minbase") -
     cmd = ["mmdebstrap", "--quiet", f"--variant={variant}", "--mode=root", "--format=directory",
            f"--include={','.join(packages)}"]
     cmd += [f"--dpkgopt=path-exclude={p}" for p in _EXCLUDES]
+    # Packages that register manual pages as alternatives (OpenJDK's postinst) fail when the
+    # directory the excluded pages would be in does not exist.
+    cmd += ["--essential-hook=mkdir -p \"$1\"/usr/share/man/man1"]
     cmd += ["--customize-hook=rm -rf \"$1\"/var/cache/apt/* \"$1\"/var/lib/apt/lists/*"]
     cmd += [suite(), str(target)] + [str(p) for p in apt_source_files()]
     r = subprocess.run(cmd, capture_output=True, text=True)

@@ -13,7 +13,7 @@ from . import messages as out
 from .access import require_token
 from .contexts import ContextNotFound, ContextRegistry
 from .execute import Execution, prime_contexts
-from .kernels import KernelStartError, Language, UnsupportedLanguage
+from .kernels import KernelStartError, Language, LanguageUnavailable, UnsupportedLanguage
 
 log = logging.getLogger("envd.interpreter")
 
@@ -79,6 +79,8 @@ class InterpreterApi:
             return _text(400, "cwd must be a string")
         try:
             ctx = await self.registry.create(language, cwd)
+        except LanguageUnavailable as e:
+            return _text(400, str(e))
         except KernelStartError as e:
             return _text(500, f"failed to start the kernel: {e}")
         return web.json_response(ctx.to_json())
@@ -124,6 +126,8 @@ class InterpreterApi:
             return _text(404, f"Context {context_id} not found")
         except UnsupportedLanguage as e:
             return _text(400, f"unsupported language '{e}'")
+        except LanguageUnavailable as e:
+            return _text(400, str(e))
 
         execution = Execution(self.registry, ctx, code, env_vars)
         execution.start()
@@ -149,8 +153,11 @@ class InterpreterApi:
                     break
                 await resp.write(line.encode())
                 last_write = loop.time()
-            await resp.write_eof()
         except (ConnectionError, asyncio.CancelledError):
             execution.interrupt()
             raise
+        try:
+            await resp.write_eof()
+        except ConnectionError:
+            pass  # the client read end_of_execution and went: nothing is lost
         return resp

@@ -3,8 +3,17 @@
 Kernels are launched here rather than through jupyter_client's KernelManager: the manager finds
 kernelspecs and provisioners through entry points and data directories of the agent's own Python,
 which the agent can no longer see once it is inside the template root. Messaging is still
-jupyter_client's (`AsyncKernelClient`), over IPC sockets in a per-kernel directory owned by the
-kernel's user, so there are no TCP port races between kernels.
+jupyter_client's (`AsyncKernelClient`).
+
+One kernel per language family, each a real Jupyter kernel: ipykernel (python), bash_kernel,
+Deno's own (`deno jupyter`: javascript and typescript, as E2B serves both, with ES modules and
+top-level await), IRkernel (r) and JJava (java, JShell in the kernel's JVM). Python and bash talk
+over IPC sockets in the kernel's directory (owned by its user); Deno and JJava only speak TCP, so
+those kernels (and R, for one code path) get five free ports on the guest's loopback, which nobody
+outside the guest can reach; the kernel's HMAC key is in its 0600 connection file either way.
+
+A language whose runtime the root lacks (a template without Java, say) is refused when a context
+asks for it, with a message naming what is missing, never by a kernel that fails to start.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -33,21 +43,41 @@ KERNEL_READY_TIMEOUT_S = 120.0
 class Language(enum.Enum):
     PYTHON = "python"
     JAVASCRIPT = "javascript"
+    TYPESCRIPT = "typescript"
+    R = "r"
+    JAVA = "java"
     BASH = "bash"
 
     @classmethod
     def parse(cls, raw: str | None) -> Language:
         name = (raw or "python").strip().lower()
-        name = {"js": "javascript", "node": "javascript", "python3": "python", "py": "python",
-                "sh": "bash", "shell": "bash"}.get(name, name)
+        name = _ALIASES.get(name, name)
         try:
             return cls(name)
         except ValueError as e:
             raise UnsupportedLanguage(raw or "") from e
 
 
+_ALIASES = {"js": "javascript", "node": "javascript", "deno": "typescript", "ts": "typescript",
+            "python3": "python", "py": "python", "sh": "bash", "shell": "bash", "ir": "r"}
+# The default contexts the agent starts at boot, as E2B's interpreter does; the host starts the
+# others' for the default template's snapshot (cubelet templates._settle).
+BOOT_LANGUAGES = (Language.PYTHON, Language.JAVASCRIPT)
+# Deno's kernel is the runtime of both (E2B, too, serves typescript with its javascript kernel).
+DENO_LANGUAGES = (Language.JAVASCRIPT, Language.TYPESCRIPT)
+# Kernels that only bind TCP (Deno's and JJava's ZeroMQ); R takes either, and TCP keeps one path.
+TCP_LANGUAGES = (Language.JAVASCRIPT, Language.TYPESCRIPT, Language.R, Language.JAVA)
+# Kernels whose runtime ends on SIGINT (Deno) or ignores it (the JVM): they are interrupted with
+# Jupyter's interrupt_request on the control channel (their kernelspecs' interrupt_mode "message").
+MESSAGE_INTERRUPT = (Language.JAVASCRIPT, Language.TYPESCRIPT, Language.JAVA)
+
+
 class UnsupportedLanguage(ValueError):
     pass
+
+
+class LanguageUnavailable(ValueError):
+    """A language Cube serves whose runtime this template's root does not have."""
 
 
 class KernelStartError(RuntimeError):
@@ -56,11 +86,42 @@ class KernelStartError(RuntimeError):
 
 @dataclass(frozen=True)
 class KernelLaunch:
-    """How to start kernels inside the root."""
+    """How to start kernels inside the root: each runtime's path there (a bare name is looked up
+    on the root's PATH)."""
 
     kernel_python: str
     runtime_dir: str
-    js_kernel_path: str
+    deno: str = "deno"
+    r: str = "R"
+    java: str = "java"
+    java_kernel_jar: str = "/usr/local/share/jupyter/kernels/java/jjava.jar"
+    # JJava evaluates cells with JShell inside its own JVM, which needs jdk.jshell opened to it (its
+    # launcher jar would add that by starting a second JVM); java.lang is opened for the reseed of
+    # Math.random (snippets.py). The JVM is sized for an idle sandbox: one compiler tier and
+    # thread, the serial collector, no perf-data file (a periodic writer), and a heap ceiling
+    # well inside a sandbox's memory.
+    java_options: tuple[str, ...] = ("--add-opens", "jdk.jshell/jdk.jshell=ALL-UNNAMED",
+                                     "--add-opens", "java.base/java.lang=ALL-UNNAMED",
+                                     "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-XX:CICompilerCount=1",
+                                     "-XX:-UsePerfData", "-Xss1m", "-XX:MaxRAMPercentage=50")
+
+    def executable(self, language: Language) -> str:
+        if language is Language.PYTHON or language is Language.BASH:
+            return self.kernel_python
+        if language in DENO_LANGUAGES:
+            return self.deno
+        return self.r if language is Language.R else self.java
+
+    def missing(self, language: Language) -> str | None:
+        """What the root lacks to run this language's kernel, or None. Looked up where the kernel
+        will run, so call it once the agent is inside the root."""
+        for path in (self.executable(language),) + ((self.java_kernel_jar,) if language is Language.JAVA else ()):
+            if os.sep in path:
+                if not os.access(path, os.X_OK if path != self.java_kernel_jar else os.R_OK):
+                    return path
+            elif shutil.which(path) is None:
+                return path
+        return None
 
     def argv(self, language: Language, connection_file: str) -> list[str]:
         py = self.kernel_python
@@ -71,7 +132,25 @@ class KernelLaunch:
             return [py, "-m", "ipykernel_launcher", "-f", connection_file, "--HistoryManager.enabled=False"]
         if language is Language.BASH:
             return [py, "-m", "bash_kernel", "-f", connection_file]
-        return [py, self.js_kernel_path, "-f", connection_file]
+        if language in DENO_LANGUAGES:
+            return [self.deno, "jupyter", "--kernel", "--conn", connection_file]
+        if language is Language.R:
+            return [self.r, "--slave", "-e", "IRkernel::main()", "--args", connection_file]
+        return [self.java, *self.java_options, "-jar", self.java_kernel_jar, connection_file]
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on 127.0.0.1 (bound and released: the kernel binds them next)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 class Kernel:
@@ -86,19 +165,22 @@ class Kernel:
         self.dir = os.path.join(launch.runtime_dir, "kernels", self.id)
         self.proc: subprocess.Popen | None = None
         self.client: AsyncKernelClient | None = None
+        self.frozen = False
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def exit_status(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
     def _connection_info(self) -> dict:
-        return {
-            "transport": "ipc",
-            "ip": os.path.join(self.dir, "k"),
-            "shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5,
-            "key": uuid.uuid4().hex,
-            "signature_scheme": "hmac-sha256",
-            "kernel_name": self.language.value,
-        }
+        names = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+        if self.language in TCP_LANGUAGES:
+            where = {"transport": "tcp", "ip": "127.0.0.1", **dict(zip(names, _free_ports(5), strict=True))}
+        else:
+            where = {"transport": "ipc", "ip": os.path.join(self.dir, "k"), **{n: i + 1 for i, n in enumerate(names)}}
+        return {**where, "key": uuid.uuid4().hex, "signature_scheme": "hmac-sha256",
+                "kernel_name": self.language.value}
 
     def _spawn(self) -> dict:
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
@@ -189,13 +271,38 @@ class Kernel:
             except Empty:
                 return
 
-    def interrupt(self) -> None:
-        if self.alive():
+    def freeze(self) -> None:
+        """Stop the kernel's processes (SIGSTOP): an idle kernel nobody has used yet then costs no
+        CPU at all, where JJava alone polls its sockets ~45 times a second. Its sockets keep
+        what arrives meanwhile; `thaw` resumes it."""
+        if self.alive() and not self.frozen:
             assert self.proc is not None
             try:
-                os.killpg(self.proc.pid, signal.SIGINT)
+                os.killpg(self.proc.pid, signal.SIGSTOP)
+                self.frozen = True
             except (ProcessLookupError, PermissionError):
                 pass
+
+    def thaw(self) -> None:
+        if self.frozen and self.proc is not None:
+            self.frozen = False
+            try:
+                os.killpg(self.proc.pid, signal.SIGCONT)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def interrupt(self) -> None:
+        if not self.alive():
+            return
+        assert self.proc is not None
+        if self.language in MESSAGE_INTERRUPT:
+            if self.client is not None:
+                self.client.control_channel.send(self.client.session.msg("interrupt_request", {}))
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGINT)
+        except (ProcessLookupError, PermissionError):
+            pass
 
     async def stop(self) -> None:
         if self.client is not None:
