@@ -37,10 +37,12 @@ ALIASES = ("base", "code-interpreter-v1")
 async def build_default(cfg: NodeConfig) -> cpb.TemplateInfo:
     async with aio_channel(cfg.cubelet_addr, cfg.operator_tls(), Role.CUBELET) as ch:
         stub = cubelet_pb2_grpc.CubeletStub(ch)
-        # 2 GiB: its six idle kernels (python, two Deno, R, Java, bash) take ~750 MB of the guest,
-        # and users' code keeps more than a GiB. A sandbox costs the host only what it dirties.
+        # 1 GiB: a node keeps each template's whole guest RAM in memory (vmm_core/sealed_memory.py),
+        # and templates built on this one inherit its size. Its six kernels (python, two Deno, R,
+        # Java, bash) leave users' code ~220 MB plus the page cache; templates built on it may ask
+        # for more (`memory_mb` of Template.build, `memoryMB` of the API).
         req = cpb.BuildTemplateRequest(template_id=DEFAULT_TEMPLATE, default_image=cpb.DefaultImageSource(),
-                                       vcpus=1, memory_mb=2048, writable_layer_mb=1024)
+                                       vcpus=1, memory_mb=1024, writable_layer_mb=1024)
         last = None
         async for ev in stub.BuildTemplate(req, timeout=3600):
             name = cpb.TemplateBuildPhase.Name(ev.phase)

@@ -39,7 +39,7 @@ from vmm_core.machine import boot
 
 os.environ.setdefault("E2B_API_KEY", "e2b_0000")
 
-MEMORY_MB = 2048
+MEMORY_MB = 1024
 RW_MB = 1024
 ENVD = f"http://127.0.0.1:{ENVD_PORT}"
 INTERP = f"http://127.0.0.1:{INTERPRETER_PORT}"

@@ -64,6 +64,17 @@ def root_path(agent):
     return lambda p: os.path.join(agent.root, p.lstrip("/"))
 
 
+def text_after_interrupt(sandbox, context, code: str, expected: str, within_s: float = 30.0) -> str | None:
+    """What `code` shows in `context` once the kernel is back from an interrupt (a client timeout):
+    the first call may still meet the interrupted cell's end, so it retries until `expected` or
+    `within_s`. Returns the last text."""
+    deadline = time.monotonic() + within_s
+    while True:
+        text = sandbox.run_code(code, context=context, timeout=30).text
+        if text == expected or time.monotonic() > deadline:
+            return text
+
+
 def rss_kb(pid: int, field: str = "VmRSS") -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:

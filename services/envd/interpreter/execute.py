@@ -304,6 +304,12 @@ async def prime_contexts(registry: ContextRegistry, warm: bool) -> None:
     """Catch every running kernel up with the identity now (``warm``: also run a throwaway cell in
     each default one). Failures are logged, never raised: priming only saves time."""
     contexts = [c for c in registry.list() if (c.is_default or not warm) and not c.in_reserve]
+    if not warm:
+        # After an /init only Python's catch-up is free (its hook applies the identity itself);
+        # another kernel's is a silent cell, which would share the vCPU with the create's first
+        # cell (JavaScript's reseed took ~100 ms of it under TCG): those catch up before their
+        # own next cell instead.
+        contexts = [c for c in contexts if c.language is Language.PYTHON]
     results = await asyncio.gather(*(prime_context(registry, c, warm) for c in contexts), return_exceptions=True)
     for ctx, r in zip(contexts, results, strict=True):
         if isinstance(r, Exception):
