@@ -199,8 +199,7 @@ class Execution:
             if mtype == "execute_input":
                 self._emit(out.number_of_executions(int(content.get("execution_count") or 0)))
             elif mtype == "stream":
-                text = content.get("text", "")
-                self._emit(out.stderr(text) if content.get("name") == "stderr" else out.stdout(text))
+                self._emit_stream(content.get("name", "stdout"), content.get("text", ""))
             elif mtype in ("execute_result", "display_data", "error"):
                 saw_error = saw_error or mtype == "error"
                 self._emit_output(mtype, content)
@@ -224,6 +223,9 @@ class Execution:
             break
         if self.ctx.language in DENO_LANGUAGES and kernel.alive():
             await self._fence(kernel, msg_id)
+
+    def _emit_stream(self, name: str, text: str) -> None:
+        self._emit(out.stderr(text) if name == "stderr" else out.stdout(text))
 
     def _emit_output(self, mtype: str, content: dict) -> None:
         if mtype == "error":
@@ -267,7 +269,7 @@ class Execution:
                 pending.discard(name)
                 text = text.replace(marker + "\n", "").replace(marker, "")
             if text:
-                self._emit(out.stderr(text) if name == "stderr" else out.stdout(text))
+                self._emit_stream(name, text)
 
 
 # -- priming ------------------------------------------------------------------------------------

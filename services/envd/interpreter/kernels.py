@@ -115,12 +115,11 @@ class KernelLaunch:
     def missing(self, language: Language) -> str | None:
         """What the root lacks to run this language's kernel, or None. Looked up where the kernel
         will run, so call it once the agent is inside the root."""
-        for path in (self.executable(language),) + ((self.java_kernel_jar,) if language is Language.JAVA else ()):
-            if os.sep in path:
-                if not os.access(path, os.X_OK if path != self.java_kernel_jar else os.R_OK):
-                    return path
-            elif shutil.which(path) is None:
-                return path
+        exe = self.executable(language)
+        if not (os.access(exe, os.X_OK) if os.sep in exe else shutil.which(exe)):
+            return exe
+        if language is Language.JAVA and not os.access(self.java_kernel_jar, os.R_OK):
+            return self.java_kernel_jar
         return None
 
     def argv(self, language: Language, connection_file: str) -> list[str]:
