@@ -23,9 +23,12 @@ lint: setup
 	exit $$rc
 
 # The whole test suite: lint, then unit, integration (real QEMU/TCG, etcd, Envoy, eBPF) and end-to-end.
+# What the suite needs from the network is fetched first (testkit/prepare.py); the suite then runs
+# in a network namespace and state dir of its own, apart from a node `make up` runs (testkit/isolated.py),
+# as two pytest runs side by side: the control plane's packages and the rest (testkit/suite.py).
 test: setup lint
-	@$(PY) -m services.cubelet.artifacts >/dev/null
-	$(PY) -m pytest -q -p no:cacheprovider --durations=25 tests
+	@$(PY) -m testkit.prepare
+	$(PY) -m testkit.isolated $(PY) -m testkit.suite
 
 # Bring the whole service up on this node with the default template (first run builds it).
 up: setup

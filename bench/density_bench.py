@@ -22,6 +22,8 @@ Against a running node (`make up`), with the unmodified SDK (`e2b_code_interpret
      pss_mb, private_dirty_mb   per QEMU (p50, p90), and pss total
      host_used_delta_mb_per_sandbox   (MemTotal - MemAvailable) after minus before, divided by alive
                          (includes what the node itself grows by, e.g. refilling its warm pool)
+     ksm                 whether the host's KSM runs and what it saves (host-wide); guests' RAM takes
+                         part only on a node started with CUBE_MEM_MERGE=1
 4. Responsiveness: a seeded random 10 % (at least one) run `run_code("1 + 1")` one after the other;
    each latency, and whether it answered "2" within 1 s.
 Every sandbox created is killed at the end (also on Ctrl-C or an error); then the run's metadata is
@@ -53,7 +55,7 @@ from e2b_code_interpreter import AsyncSandbox  # noqa: E402
 from bench.common import emit, machine, percentile, point_sdk_at_node, progress, summary  # noqa: E402
 from deploy.supervisor import NodeConfig  # noqa: E402
 from services.cubelet.registration import host_memory  # noqa: E402
-from vmm_core.accounting import process_cpu_seconds, process_memory  # noqa: E402
+from vmm_core.accounting import ksm_state, process_cpu_seconds, process_memory  # noqa: E402
 from vmm_core.machine import list_machines  # noqa: E402
 from vmm_core.settings import VmmSettings  # noqa: E402
 from vmm_core.spec import MachinePaths, MachineRecord  # noqa: E402
@@ -289,6 +291,9 @@ async def run(args: argparse.Namespace, result: dict) -> None:
         mem.update(host_used_before_mb=used0 // MB, host_used_after_mb=used1 // MB,
                    host_mem_available_after_mb=mem1["MemAvailable"] // MB,
                    host_used_delta_mb_per_sandbox=round((used1 - used0) / MB / n, 1) if n else None)
+        ksm = ksm_state()
+        if ksm is not None:  # what the host's page merging saves (the node offers RAM to it with CUBE_MEM_MERGE)
+            mem["ksm"] = {"running": ksm.running, "saved_mb": ksm.saved_bytes // MB}
         result["memory"] = mem
         progress(f"sampling run_code on 10 % of {n}")
         result["sample"] = await sample(fill.made, args.seed)

@@ -118,7 +118,8 @@ def build_argv(settings: VmmSettings, spec: MachineSpec, paths: MachinePaths, *,
     """QEMU's command line. ``memory_path``: where QEMU finds ``spec.memory_file``'s content when
     that is not the file itself (a sealed memfd: vmm_core/sealed_memory.py)."""
     acc = accel_mod.resolve(spec.accel)
-    mem = f"size={spec.memory_mb}M"
+    # QEMU would mark guest RAM mergeable for KSM unless told not to: only the operator decides.
+    mem = f"size={spec.memory_mb}M,merge={'on' if settings.mem_merge else 'off'}"
     if spec.memory_file is not None:
         share = "on" if share_memory else "off"
         backend = f"memory-backend-file,id=mem,{mem},mem-path={memory_path or spec.memory_file},share={share}"

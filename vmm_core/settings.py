@@ -49,6 +49,11 @@ class VmmSettings(Settings):
     # (heap, device state, page tables, libraries), with room to spare.
     vmm_overhead_mb: int = setting(256, "memory a machine's cgroup allows beyond guest RAM (and TCG's "
                                    "translation cache)")
+    # Off by default: a page KSM merged between two sandboxes tells either, by how long a write to
+    # it takes (the copy-on-write fault that splits it), whether the other holds the same content.
+    mem_merge: bool = setting(False, "let the host's KSM merge identical guest pages across machines (QEMU's "
+                              "merge=on; KSM itself is the host's: /sys/kernel/mm/ksm/run); merged pages "
+                              "leak across sandboxes through write timing", env="CUBE_MEM_MERGE")
     cpu_quota: bool = setting(False, "cap each machine at its vCPUs' worth of CPU time (default: weight only)")
     allow_tcg: bool = setting(False, "run guests under TCG, QEMU's emulator, which QEMU does not treat as a "
                               "security boundary; needed where the CPU has no VT-x/AMD-V (make up sets it "

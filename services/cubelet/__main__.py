@@ -6,7 +6,7 @@ import logging
 import signal
 
 from cube_common import jsonlog, metrics, mtls
-from vmm_core import VmmSettings, accel
+from vmm_core import VmmSettings, accel, accounting
 
 from .metrics import CubeletMetrics
 from .paused_pull import PausedStatePuller
@@ -47,7 +47,11 @@ async def serve(settings: CubeletSettings) -> None:
     await registration.start()
     await prefetcher.start()
     log.info("cubelet serving", extra={"listen": settings.listen, "node_id": settings.node_id,
-                                       "mtls": str(tls.dir) if tls else None})
+                                       "mtls": str(tls.dir) if tls else None, "mem_merge": vmm.mem_merge})
+    ksm = accounting.ksm_state()
+    if vmm.mem_merge and not (ksm and ksm.running):
+        log.warning("CUBE_MEM_MERGE is on but the host's KSM is not running: nothing is merged "
+                    "(echo 1 > /sys/kernel/mm/ksm/run)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

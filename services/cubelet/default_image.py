@@ -5,7 +5,8 @@ registry).
 
 What `e2b.Sandbox.create()` (`base`) and `e2b_code_interpreter.Sandbox.create()`
 (`code-interpreter-v1`) get when they name no template. Built in cached steps under
-`$CUBE_STATE_DIR/artifacts/`, so editing this module does not re-run mmdebstrap or pip:
+`$CUBE_STATE_DIR/artifacts/` (by a node's first template build, or by
+`python -m services.cubelet.default_image`), so editing this module does not re-run mmdebstrap or pip:
 
   default-debian/<key>   mmdebstrap of DEBIAN_PACKAGES          (key: packages, apt sources, suite)
   default-site/<key>     the PyPI packages, host pip --target     (key: requirements.lock, list, python)
@@ -262,3 +263,8 @@ def image_stats(image: Path) -> dict[str, int]:
     """Apparent and allocated size of an image, for reports."""
     st = os.stat(image)
     return {"bytes": st.st_size, "allocated_bytes": st.st_blocks * 512}
+
+
+if __name__ == "__main__":
+    # `python -m services.cubelet.default_image`: build (or find cached) the image; prints its path.
+    print(ensure_default_image(VmmSettings.from_env()))

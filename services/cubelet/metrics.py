@@ -11,7 +11,7 @@ sandbox metrics, CPU and memory per sandbox, that sandboxes.py samples for the A
   of the ``sandbox running`` log line).
 - ``cube_cubelet_warm_pool_claims_total{template, result}``: creates that found a pooled clone of
   their template (``hit``) or not (``miss``); ``cube_cubelet_warm_pool_ready{template}``: clones
-  pooled now; ``cube_cubelet_warm_pool_target``: the pool size per pooled template.
+  pooled now; ``cube_cubelet_warm_pool_target{template}``: how many it keeps now (warm_pool.py).
 - ``cube_cubelet_sandboxes{state}``: the sandboxes this node holds, by state.
 - ``cube_cubelet_sandbox_dropped_packets_total{sandbox_id, reason}``: packets CubeVS's eBPF
   datapath dropped for a running sandbox, by reason (services/vs/counters.py: ``policy`` is the
@@ -21,7 +21,8 @@ sandbox metrics, CPU and memory per sandbox, that sandboxes.py samples for the A
   the sandboxes running then, and reported here because only the cubelet knows which sandbox
   holds a network (a sandbox that began as a pooled clone has the pool entry's). Only reasons
   that dropped something appear; a sandbox's series end when it stops running here.
-- ``cube_node_*``: the node's capacity as its NodeStatus reports it to the masters.
+- ``cube_node_*``: the node's capacity as its NodeStatus reports it to the masters, and
+  ``cube_node_ksm_saved_bytes``: what the host's page merging saves (vmm_core.accounting.ksm_state).
 
 Invariant: ``template`` labels name templates this node holds at the scrape, ``sandbox_id`` ones
 sandboxes running here at the scrape. Both are computed when scraped, so a template's series end
@@ -39,6 +40,7 @@ from prometheus_client.metrics_core import Metric
 
 from cube_common import metrics
 from sdk.gen.cube.v1 import vs_pb2
+from vmm_core import accounting
 
 from .steps import Steps
 
@@ -120,9 +122,10 @@ class CubeletMetrics:
         for tid in held:
             ready.add_metric([tid], float(sandboxes.pool.size(tid)))
         yield ready
-        target = GaugeMetricFamily("cube_cubelet_warm_pool_target", "Clones the pool keeps per pooled template "
-                                   "(warm_pool_size)")
-        target.add_metric([], float(self.service.settings.warm_pool_size))
+        target = GaugeMetricFamily("cube_cubelet_warm_pool_target", "Clones the pool keeps now, per template this "
+                                   "node holds (warm_pool_size, more while creates come fast)", labels=["template"])
+        for tpl in templates.list():
+            target.add_metric([tpl.template_id], float(sandboxes.pool.kept(tpl)))
         yield target
         claims = CounterMetricFamily("cube_cubelet_warm_pool_claims", "Creates that found a pooled clone of their "
                                      "template (hit) or had to make one (miss)", labels=["template", "result"])
@@ -171,4 +174,10 @@ def node_families(service: CubeletService) -> Iterable[Metric]:
             ("cube_node_templates", "Templates (and snapshots) this node holds", len(st.templates))):
         g = GaugeMetricFamily(name, doc)
         g.add_metric([], float(value))
+        yield g
+    ksm = accounting.ksm_state()
+    if ksm is not None:
+        g = GaugeMetricFamily("cube_node_ksm_saved_bytes", "Memory the host's KSM saves now by merging identical "
+                              "pages (host-wide; guests' RAM takes part only with CUBE_MEM_MERGE)")
+        g.add_metric([], float(ksm.saved_bytes))
         yield g

@@ -188,7 +188,7 @@ class SandboxManager:
         self.vmm = vmm
         self.vs = vs
         self.templates = templates
-        self.pool = WarmPool(settings, vmm, vs, templates)
+        self.pool = WarmPool(settings, vmm, vs, templates, room=lambda: self.headroom().can_take)
         self._live: dict[str, _Live] = {}
         # Sandboxes whose VM ended on its own, oldest first: sandbox id -> why (MachineExit.message).
         self._ended: collections.OrderedDict[str, str] = collections.OrderedDict()

@@ -31,6 +31,11 @@ class CubeletSettings(Settings):
     state_dir: Path = shared.state_dir()
     # Each costs an idle VM, and saves its restore and the emulator's warm-up from the create path.
     warm_pool_size: int = setting(2, "pre-restored clones kept ready per template")
+    # The pool grows past warm_pool_size with demand (warm_pool.py): a burst of creates finds it
+    # deeper, and a quiet template costs warm_pool_size idle VMs again a demand window later.
+    warm_pool_max: int = setting(8, "most pre-restored clones kept per template while creates from it come fast")
+    warm_pool_grow_idle_pct: float = setting(50.0, "the pool grows past warm_pool_size only while at least this "
+                                             "share of the host's CPU is idle (its fills would slow what runs)")
     # Admission is by measured headroom (capacity.py); these are its knobs.
     max_sandboxes: int = setting(0, "the operator's cap on sandboxes running on this node (0: none; the node admits "
                                  "while its measured memory and CPU headroom allow)")

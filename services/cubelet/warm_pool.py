@@ -13,6 +13,13 @@ snapshots; only those being created from hold idle VMs, and a stream of creates 
 rollout's) meets clones restored ahead. One create is no demand: a fork of one, or a sandbox
 created from a snapshot once, would only leave idle VMs behind. Filesystem-only snapshots are
 never pooled (their sandboxes boot; a pooled boot would run the template's services for nobody).
+
+How deep: a pooled template keeps ``warm_pool_size`` clones, and while creates from it come fast, as
+many as were created from it in the last DEMAND_WINDOW_S, up to ``warm_pool_max``, so the next burst
+finds more ready. Growing past ``warm_pool_size`` must not slow what runs: a fill beyond it starts
+only while the host's CPU was at least ``warm_pool_grow_idle_pct`` idle over the GROW_SAMPLE_S just
+before, and the node could still take more sandboxes than the extra clones (capacity.py); once the
+template's creates are a window old the extra clones go (the oldest first).
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ import collections
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
@@ -28,6 +36,7 @@ import httpx
 from cube_common.envd import ENVD_PORT, INTERPRETER_PORT
 from sdk.gen.cube.v1 import network_pb2, vs_pb2
 from vmm_core import Machine, NetworkAttachment, VmmError, VmmSettings, clone
+from vmm_core.accounting import host_cpu_times
 
 from .guest_client import GuestAgentError, GuestEndpoint, init_identity, wait_healthy, warm_interpreter
 from .settings import CubeletSettings
@@ -43,6 +52,10 @@ log = logging.getLogger("cubelet.warm_pool")
 CHECK_IDLE_S = 30.0
 # How long after the last create from a snapshot its pooled clones are kept.
 SNAPSHOT_DEMAND_S = 120.0
+# The creates that size a template's pool past warm_pool_size are those of this last window.
+DEMAND_WINDOW_S = 30.0
+# How long the host's idle CPU is sampled before a fill past warm_pool_size.
+GROW_SAMPLE_S = 0.5
 
 
 @dataclass(eq=False)  # entries are compared by identity
@@ -68,11 +81,16 @@ class PoolEntry:
 
 
 class WarmPool:
-    def __init__(self, settings: CubeletSettings, vmm: VmmSettings, vs: VsClient, templates: TemplateStore) -> None:
+    def __init__(self, settings: CubeletSettings, vmm: VmmSettings, vs: VsClient, templates: TemplateStore,
+                 room: Callable[[], int] | None = None) -> None:
         self.settings = settings
         self.vmm = vmm
         self.vs = vs
         self.templates = templates
+        # How many more sandboxes the node can take now (SandboxManager.headroom); None: no limit.
+        self.room = room
+        # Template id -> when each create from it in the last DEMAND_WINDOW_S came.
+        self._recent: dict[str, collections.deque[float]] = collections.defaultdict(collections.deque)
         self._ready: dict[str, collections.deque[PoolEntry]] = collections.defaultdict(collections.deque)
         self._stale: list[PoolEntry] = []
         self._wake = asyncio.Event()
@@ -97,6 +115,30 @@ class WarmPool:
     def size(self, template_id: str) -> int:
         return len(self._ready.get(template_id, ()))
 
+    def target(self, template_id: str) -> int:
+        """How many clones of this template the pool keeps now (see the module docstring)."""
+        recent = self._recent.get(template_id)
+        if recent:
+            horizon = time.monotonic() - DEMAND_WINDOW_S
+            while recent and recent[0] < horizon:
+                recent.popleft()
+        demand = min(len(recent or ()), self.settings.warm_pool_max)
+        return max(self.settings.warm_pool_size, demand)
+
+    def kept(self, tpl: Template) -> int:
+        """How many clones of ``tpl`` the pool keeps now: its target, or none when not pooled."""
+        return self.target(tpl.template_id) if self._pooled(tpl) else 0
+
+    async def _may_grow(self, extra: int) -> bool:
+        """Whether a fill that takes a template's pool to ``extra`` clones past warm_pool_size may
+        start now: the node has room beyond them, and the host's CPU is idle enough."""
+        if self.room is not None and self.room() <= extra:
+            return False
+        idle0, total0 = host_cpu_times()
+        await asyncio.sleep(GROW_SAMPLE_S)
+        idle1, total1 = host_cpu_times()
+        return 100.0 * (idle1 - idle0) / max(1, total1 - total0) >= self.settings.warm_pool_grow_idle_pct
+
     def request_refill(self, template_id: str | None = None) -> None:
         """A sandbox was just created from ``template_id`` (or the pool may have room): fill."""
         if template_id is not None:
@@ -104,6 +146,7 @@ class WarmPool:
             if now - self._created.get(template_id, -SNAPSHOT_DEMAND_S) < SNAPSHOT_DEMAND_S:
                 self._demand.add(template_id)
             self._created[template_id] = now
+            self._recent[template_id].append(now)
         self._wake.set()
 
     def _pooled(self, tpl: Template) -> bool:
@@ -144,6 +187,8 @@ class WarmPool:
                 if entry.build_key != current:
                     q.remove(entry)
                     self._stale.append(entry)
+            while len(q) > self.target(tid):  # grown for demand that has passed
+                self._stale.append(q.popleft())
         while self._stale:
             await self._discard(self._stale.pop())
 
@@ -177,7 +222,10 @@ class WarmPool:
             await self._discard_stale()
             await self._check_idle()
             for tpl in (t for t in self.templates.list() if self._pooled(t)):
-                while self.size(tpl.template_id) < self.settings.warm_pool_size:
+                while (have := self.size(tpl.template_id)) < self.target(tpl.template_id):
+                    extra = have + 1 - self.settings.warm_pool_size
+                    if extra > 0 and not await self._may_grow(extra):
+                        break  # tried again at the next round (a create, or 5 s)
                     try:
                         entry = await self._make(tpl.template_id)
                     except (VmmError, GuestAgentError, OSError, Exception) as e:  # retried on the next round

@@ -165,3 +165,54 @@ def test_a_snapshot_is_pooled_from_its_second_create_until_creates_stop(monkeypa
     assert _killed(entry) and pool.size("snap") == 0 and vs.released == [entry.vs_id]
     pool.request_refill("snap")
     assert not pool._pooled(snap)
+
+
+def test_the_pool_deepens_with_recent_creates_and_shrinks_when_they_pass(monkeypatch):
+    templates = _Templates({"t": _Template("t", "k")})
+    vs = _Vs()
+    settings = CubeletSettings().with_overrides(warm_pool_size=2, warm_pool_max=5)
+    pool = WarmPool(settings, None, vs, templates)  # type: ignore[arg-type]
+    assert pool.target("t") == 2  # no creates: the floor
+    for _ in range(4):
+        pool.request_refill("t")
+    assert pool.target("t") == 4  # as many as were created in the window
+    for _ in range(10):
+        pool.request_refill("t")
+    assert pool.target("t") == 5  # at most warm_pool_max
+    assert pool.kept(cast(Template, templates.current["t"])) == 5
+
+    entries = [_entry("t", "k", i) for i in range(5)]
+    pool._ready["t"].extend(entries)
+    asyncio.run(pool._discard_stale())
+    assert pool.size("t") == 5 and not any(_killed(e) for e in entries)  # still in demand
+
+    now = time.monotonic()
+    monkeypatch.setattr(warm_pool.time, "monotonic", lambda: now + warm_pool.DEMAND_WINDOW_S + 1)
+    assert pool.target("t") == 2
+    asyncio.run(pool._discard_stale())
+    # The oldest go; the two newest stay for the next create.
+    assert [_killed(e) for e in entries] == [True, True, True, False, False]
+    assert sorted(vs.released) == sorted(e.vs_id for e in entries[:3])
+    assert pool.claim("t", "k") is entries[3]
+
+
+def test_growing_past_the_floor_waits_for_room_and_idle_cpu(monkeypatch):
+    templates = _Templates({"t": _Template("t", "k")})
+    room = {"can_take": 10}
+    pool = WarmPool(CubeletSettings().with_overrides(warm_pool_grow_idle_pct=50.0), None, _Vs(), templates,  # type: ignore[arg-type]
+                    room=lambda: room["can_take"])
+    monkeypatch.setattr(warm_pool, "GROW_SAMPLE_S", 0.0)
+
+    def cpu(idle_share: float):
+        readings = iter([(0, 0), (int(1000 * idle_share), 1000)])  # (idle, total) ticks, before and after
+        monkeypatch.setattr(warm_pool, "host_cpu_times", lambda: next(readings))
+
+    cpu(0.8)
+    assert asyncio.run(pool._may_grow(1))
+    cpu(0.2)  # the host is busy: the fill would slow what runs
+    assert not asyncio.run(pool._may_grow(1))
+    cpu(0.9)
+    room["can_take"] = 3  # the node could not take the extra clones and more sandboxes besides
+    assert not asyncio.run(pool._may_grow(3))
+    cpu(0.9)
+    assert asyncio.run(pool._may_grow(2))

@@ -1,5 +1,8 @@
 """End-to-end fixtures: a real Cube node (`make up`) driven by the unmodified E2B SDKs.
 
+The node is the test run's own: `make test` runs the suite in a network namespace and state dir of
+its own (testkit/isolated.py), never on a node the operator runs; run elsewhere, the package refuses.
+
 * `node` (package scope, autouse): makes sure the node is up. If it is not (no ready file, or the
   API does not answer), it runs `scripts/node_up.sh` (what `make up` runs; idempotent; a clean
   machine builds everything first) and, because it started the node, stops it again
@@ -22,6 +25,7 @@ import pytest
 
 from cube_common.mtls import Role
 from deploy.env import sdk_env
+from testkit.isolated import in_isolation
 from tests.e2e import cluster
 from tests.e2e.cluster import API_URL, CFG, REPO
 from tests.e2e.run import CREATED, RUN_ID, TAG, tag
@@ -94,6 +98,9 @@ def leftovers_of_run(ids: set[str]) -> list[str]:
 
 @pytest.fixture(scope="package", autouse=True)
 def node():
+    if not in_isolation():
+        pytest.exit("the end-to-end tests run only apart from the operator's node: `make test`, or "
+                    "`.venv/bin/python -m testkit.isolated .venv/bin/python -m pytest tests/e2e/...`", returncode=4)
     started_here = False
     if not node_ready():
         if cluster.supervisor_pid() is not None:

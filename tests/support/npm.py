@@ -1,29 +1,18 @@
-"""npm packages for tests that drive node scripts: `npm ci` into a directory's node_modules once per
-lockfile (a stamp in node_modules holds the hash of package.json and package-lock.json), so a run
-after the first costs nothing and a changed lockfile is installed again."""
+"""npm packages for tests that drive node scripts (testkit/npm.py): a test that needs them fails,
+naming what needs them, when they cannot be installed."""
 
 from __future__ import annotations
 
-import hashlib
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from testkit.npm import NpmError, node_modules
+
 
 def npm_ci(directory: Path, what: str, timeout: float = 600) -> str:
-    """The `node` binary, once ``directory``'s node_modules matches its lockfile; fails the test
-    (naming ``what`` needs them) when node or npm is missing or `npm ci` fails."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if not node or not npm:
-        pytest.fail(f"node and npm are needed for {what} (Debian: apt-get install nodejs npm)")
-    want = hashlib.sha256((directory / "package-lock.json").read_bytes()
-                          + (directory / "package.json").read_bytes()).hexdigest()
-    stamp = directory / "node_modules" / ".cube-lock-sha256"
-    if not (stamp.exists() and stamp.read_text() == want):
-        r = subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=directory,
-                           capture_output=True, text=True, timeout=timeout)
-        assert r.returncode == 0, f"npm ci failed:\n{r.stdout}\n{r.stderr}"
-        stamp.write_text(want)
-    return node
+    """The `node` binary, once ``directory``'s node_modules matches its lockfile."""
+    try:
+        return node_modules(directory, what, timeout)
+    except NpmError as e:
+        pytest.fail(str(e))

@@ -43,3 +43,12 @@ def test_snapshots_recorded_before_option_roms_keep_the_rom_and_the_kernel():
     assert "x-option-roms=on" in restore[restore.index("-M") + 1]
     assert "-kernel" in restore and "-initrd" in restore
     assert MachineSpec.from_dict(_spec().to_dict()).option_roms is False  # round trip of a new one
+
+
+def test_guest_ram_is_mergeable_only_when_the_operator_says_so():
+    def backend(settings: VmmSettings) -> str:
+        argv = build_argv(settings, _spec(), MachinePaths(Path("/run/vm")), share_memory=True, incoming=True)
+        return next(a for a in argv if a.startswith("memory-backend-"))
+
+    assert ",merge=off" in backend(VmmSettings())  # QEMU's own default would be on
+    assert ",merge=on" in backend(VmmSettings().with_overrides(mem_merge=True))

@@ -155,6 +155,32 @@ async def test_clone_accounting(settings, template_snapshot, net):
         await m.kill()
 
 
+def _ram_vm_flags(pid: int, memory_mb: int) -> list[str]:
+    """The VmFlags of the process's mapping of the guest's RAM (the one mapping of its size)."""
+    flags, size = [], None
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if line.startswith("Size:"):
+            size = int(line.split()[1])
+        elif line.startswith("VmFlags:") and size == memory_mb << 10:
+            flags.append(line.split()[1:])
+    assert len(flags) == 1, flags
+    return flags[0]
+
+
+async def test_guest_ram_is_offered_to_ksm_only_when_allowed(settings, template_snapshot, net):
+    """KSM merges only pages madvised MERGEABLE ("mg" in smaps): never a clone's RAM by default."""
+    n1, n2 = net(), net()
+    plain = await clone(settings, template_snapshot, "unmerged", n1.attachment)
+    merged = await clone(settings.with_overrides(mem_merge=True), template_snapshot, "merged", n2.attachment)
+    try:
+        assert "mg" not in await asyncio.to_thread(_ram_vm_flags, plain.pid, MEMORY_MB)
+        assert "mg" in await asyncio.to_thread(_ram_vm_flags, merged.pid, MEMORY_MB)
+        await n2.wait_http("/cgi-bin/counter")  # and it runs as any clone
+    finally:
+        await plain.kill()
+        await merged.kill()
+
+
 async def test_clone_without_memory_sharing(settings, template_snapshot, net):
     """A clone with its own memory copy maps nothing of the snapshot's memory file."""
     n = net()
