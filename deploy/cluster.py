@@ -307,7 +307,8 @@ def _env(s: ClusterSettings, host: str) -> dict[str, str]:
         "CUBE_DOMAIN": s.domain,
         "CUBE_MASTER_ADDR": s.master_target,
         "CUBE_VS_LISTEN": f"unix://{vs_sock}",
-        "CUBE_VS_PIN_SUBDIR": f"cube/cluster-{host}",
+        # bpffs is machine-wide: a cluster's name keeps its pins apart from another cluster's.
+        "CUBE_VS_PIN_SUBDIR": f"cube/cluster-{s.name}-{host}",
         "CUBE_CUBELET_LISTEN": f"{addr}:{CUBELET_PORT}",
         "CUBE_CUBELET_VS_ADDRESS": f"unix://{vs_sock}",
         "CUBE_CUBELET_PROXY_ADDRESS": f"{addr}:{PROXY_HTTP_PORT}",

@@ -15,6 +15,7 @@ down: after `make down` nothing of Cube is left running.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import signal
@@ -51,7 +52,7 @@ class NodeConfig(Settings):
     api_port: int = setting(defaults.API_PORT, "cube-api's port")
     master_addr: str = shared.master_addr()
     cubelet_addr: str = setting(defaults.CUBELET_ADDR, "the cubelet's gRPC address", env="CUBE_CUBELET_LISTEN")
-    vs_socket: str = setting(defaults.VS_SOCKET, "CubeVS's unix socket")
+    vs_socket: str = setting("", "CubeVS's unix socket (default: <state_dir>/run/vs.sock)")
     proxy_http_port: int = setting(defaults.PROXY_HTTP_PORT, "the proxy's plain HTTP port")
     domain: str = shared.domain()
     # One port per service (loopback): a node's services never share one, and Prometheus on this
@@ -73,6 +74,25 @@ class NodeConfig(Settings):
     @property
     def pidfile(self) -> Path:
         return self.run / "supervisor.pid"
+
+    @property
+    def vs_socket_path(self) -> str:
+        """CubeVS's socket: in this node's state dir, so two nodes on one machine (the operator's
+        and `make test`'s, say) never bind the same path."""
+        return self.vs_socket or str(self.run / "vs.sock")
+
+    @property
+    def machine_wide(self) -> dict[str, str]:
+        """The names this node takes in what the machine shares whatever the network namespace
+        (bpffs, where CubeVS pins its maps; the cgroup tree, where each VM gets a cgroup): the
+        services' defaults for the default state dir, names of its own for any other, so the
+        operator's node and `make test`'s never meet there. An operator's own setting wins."""
+        if self.state_dir.resolve() == Path(defaults.STATE_DIR).resolve():
+            names = {"CUBE_VS_PIN_SUBDIR": "cube/vs", "CUBE_VMM_CGROUP_PARENT": "cube-vms"}
+        else:
+            scope = f"node-{hashlib.sha256(str(self.state_dir.resolve()).encode()).hexdigest()[:12]}"
+            names = {"CUBE_VS_PIN_SUBDIR": f"cube/{scope}/vs", "CUBE_VMM_CGROUP_PARENT": f"cube-vms-{scope}"}
+        return {k: os.environ.get(k) or v for k, v in names.items()}
 
     @property
     def etcd_endpoint(self) -> str:
@@ -114,9 +134,10 @@ class NodeConfig(Settings):
             "CUBE_MASTER_ADDR": self.master_addr,
             "CUBE_DOMAIN": self.domain,
             "CUBE_NODE_ID": socket.gethostname(),
-            "CUBE_VS_LISTEN": f"unix://{self.vs_socket}",
+            "CUBE_VS_LISTEN": f"unix://{self.vs_socket_path}",
+            **self.machine_wide,
             "CUBE_CUBELET_LISTEN": self.cubelet_addr,
-            "CUBE_CUBELET_VS_ADDRESS": f"unix://{self.vs_socket}",
+            "CUBE_CUBELET_VS_ADDRESS": f"unix://{self.vs_socket_path}",
             "CUBE_CUBELET_PROXY_ADDRESS": f"127.0.0.1:{self.proxy_http_port}",
             "CUBE_API_PORT": str(self.api_port),
             # The proxy sends api.<domain>/volumecontent/... (E2B's volume content calls) to the API.
@@ -198,7 +219,7 @@ def programs(cfg: NodeConfig) -> list[Program]:
                          "--initial-advertise-peer-urls", f"http://127.0.0.1:{cfg.etcd_peer_port}",
                          "--initial-cluster", f"cube=http://127.0.0.1:{cfg.etcd_peer_port}"],
                 lambda: etcd_healthy(cfg.etcd_endpoint, cfg.tls(Role.OPERATOR))),
-        Program("vs", [PY, "-m", "services.vs"], lambda: unix_open(cfg.vs_socket)),
+        Program("vs", [PY, "-m", "services.vs"], lambda: unix_open(cfg.vs_socket_path)),
         Program("cubelet", [PY, "-m", "services.cubelet"], lambda: tcp_open(chost, cport)),
         Program("master", [PY, "-m", "services.master"], lambda: tcp_open(host, port)),
         Program("proxy", [PY, "-m", "services.proxy"], lambda: tcp_open("127.0.0.1", cfg.proxy_http_port)),
@@ -286,7 +307,7 @@ class Supervisor:
 def run(cfg: NodeConfig) -> None:
     cfg.logs.mkdir(parents=True, exist_ok=True)
     cfg.run.mkdir(parents=True, exist_ok=True)
-    Path(cfg.vs_socket).parent.mkdir(parents=True, exist_ok=True)
+    Path(cfg.vs_socket_path).parent.mkdir(parents=True, exist_ok=True)
     if cfg.pidfile.exists():
         try:
             os.kill(int(cfg.pidfile.read_text()), 0)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,12 +79,36 @@ def test_the_two_lanes_run_every_test_package_once(tmp_path):
 
     cmds = suite.lane_commands([], tmp_path)
     packages = {p.parent.relative_to(REPO).as_posix() for p in (REPO / "tests").glob("*/__init__.py")}
-    control = set(suite.CONTROL_LANE)
-    assert control <= packages  # each names a test package that exists
-    assert set(cmds["control"][-len(control):]) == control
-    machines = cmds["machines"]
-    assert machines[-1] == "tests" and {a.removeprefix("--ignore=") for a in machines if a.startswith("--ignore=")} \
-        == control
+    parts = set(suite.PARTS_LANE)
+    assert parts <= packages  # each names a test package that exists
+    assert set(cmds["parts"][-len(parts):]) == parts
+    nodes = cmds["nodes"]
+    assert nodes[-1] == "tests" and {a.removeprefix("--ignore=") for a in nodes if a.startswith("--ignore=")} == parts
+    assert {"tests/e2e", "tests/cluster"} <= packages - parts  # the nodes lane keeps what needs a whole node
     # Each lane's pytest keeps its temporary files apart.
-    assert f"--basetemp={tmp_path / 'control'}" in cmds["control"]
-    assert f"--basetemp={tmp_path / 'machines'}" in machines
+    assert f"--basetemp={tmp_path / 'parts'}" in cmds["parts"]
+    assert f"--basetemp={tmp_path / 'nodes'}" in nodes
+
+
+def test_two_nodes_on_one_machine_share_no_machine_wide_path(tmp_path):
+    """Network namespaces do not part unix socket paths or bpffs: the operator's node and the test
+    node (another state dir) must not meet there, nor two clusters of different names."""
+    from cube_common import defaults
+    from deploy import cluster
+    from deploy.supervisor import NodeConfig
+
+    operator = NodeConfig(state_dir=Path(defaults.STATE_DIR))
+    test = NodeConfig(state_dir=tmp_path / "cube-test")
+    # The services' own defaults, kept for make up's node.
+    assert operator.machine_wide == {"CUBE_VS_PIN_SUBDIR": "cube/vs", "CUBE_VMM_CGROUP_PARENT": "cube-vms"}
+    for name, value in test.machine_wide.items():
+        assert value != operator.machine_wide[name] and value.startswith("cube")
+    assert test.machine_wide == NodeConfig(state_dir=tmp_path / "cube-test").machine_wide  # stable
+    assert test.vs_socket_path == str(tmp_path / "cube-test" / "run" / "vs.sock")
+    assert operator.vs_socket_path != test.vs_socket_path
+    env = test.env()
+    assert {k: env[k] for k in test.machine_wide} == test.machine_wide
+    assert env["CUBE_VS_LISTEN"] == f"unix://{test.vs_socket_path}"
+    pins = {cluster._env(cluster.ClusterSettings(dir=tmp_path / n, name=n), "h1")["CUBE_VS_PIN_SUBDIR"]
+            for n in ("cube", "cubet")}
+    assert len(pins) == 2

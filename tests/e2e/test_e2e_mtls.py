@@ -51,7 +51,7 @@ def vs_call(ch):
     vs_pb2_grpc.CubeVSStub(ch).Status(vs_pb2.StatusRequest(), timeout=10)
 
 
-VS = f"unix://{CFG.vs_socket}"
+VS = f"unix://{CFG.vs_socket_path}"
 
 
 def test_the_node_keeps_its_certificates_private():
