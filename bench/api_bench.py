@@ -1,6 +1,6 @@
 """API benchmark: the unmodified E2B Python SDK against a running node (`make up`).
 
-    .venv/bin/python bench/api_bench.py [--n 50] [--concurrency 10,50] [--cold 3]
+    .venv/bin/python bench/api_bench.py [--n 50] [--concurrency 10,50] [--cold 3] [--bursts 0 --burst 8 --gap 20]
 
 1. Sequential (n): `Sandbox.create()` of the default template (code-interpreter SDK), the first
    `run_code("print(1)")`, `kill()`, one sandbox after the other.
@@ -8,6 +8,10 @@
      first_run_code_ms    from the start of create() to the result of the first print(1)
                           (what a user waits for; the run_code call alone is run_code_call_ms)
      kill_ms              kill() wall time
+1b. Bursts (--bursts B, --burst K, --gap G s): B bursts of K creates as in 1, one after the other,
+   with G s of quiet between bursts (how agents and RL rollouts create: in bursts). create_ms over
+   all of them and from_warm_pool, the share of creates the node's warm pool served; a pool that
+   deepens with demand serves more of the later bursts.
 2. Concurrent: k `AsyncSandbox.create()` at once, for each k in --concurrency: create_ms p50/p99 and
    failures (creates that raised), then all of them are killed.
 3. Snapshots (--snapshots rounds): snapshot_ms; first_create_from_snapshot_ms (the first create
@@ -85,33 +89,65 @@ def log_offset() -> int:
 
 # ---- 1. sequential ---------------------------------------------------------------------------
 
-def sequential(n: int) -> dict:
-    from e2b_code_interpreter import Sandbox
+class Rounds:
+    """Create + first print(1) + kill, one sandbox after the other; what each step took."""
 
-    create, first, call, kill = [], [], [], []
-    ids: set[str] = set()
-    off = log_offset()
-    Sandbox.create(metadata=TAG).kill()  # warm the SDK's connection pools and the proxy's
-    for i in range(n):
+    def __init__(self) -> None:
+        self.create: list[float] = []
+        self.first: list[float] = []
+        self.call: list[float] = []
+        self.kill: list[float] = []
+        self.ids: set[str] = set()
+
+    def one(self) -> None:
+        from e2b_code_interpreter import Sandbox
+
         t0 = time.monotonic()
         sbx = Sandbox.create(metadata=TAG)
-        create.append(ms(t0))
-        ids.add(sbx.sandbox_id)
+        self.create.append(ms(t0))
+        self.ids.add(sbx.sandbox_id)
         try:
             t1 = time.monotonic()
             ex = sbx.run_code("print(1)")
-            call.append(ms(t1))
-            first.append(ms(t0))
+            self.call.append(ms(t1))
+            self.first.append(ms(t0))
             if "".join(ex.logs.stdout) != "1\n":
                 raise RuntimeError(f"print(1) gave {ex.logs.stdout!r} {ex.error!r}")
         finally:
             t2 = time.monotonic()
             sbx.kill()
-            kill.append(ms(t2))
+            self.kill.append(ms(t2))
+
+    def create_p50(self) -> float:
+        return sorted(self.create)[len(self.create) // 2]
+
+
+def sequential(n: int) -> dict:
+    from e2b_code_interpreter import Sandbox
+
+    rounds = Rounds()
+    off = log_offset()
+    Sandbox.create(metadata=TAG).kill()  # warm the SDK's connection pools and the proxy's
+    for i in range(n):
+        rounds.one()
         if (i + 1) % 10 == 0:
-            progress(f"sequential {i + 1}/{n}: create p50 so far {sorted(create)[len(create) // 2]:.0f} ms")
-    return {"create_ms": summary(create), "first_run_code_ms": summary(first), "run_code_call_ms": summary(call),
-            "kill_ms": summary(kill), "from_warm_pool": from_pool_share(ids, off)}
+            progress(f"sequential {i + 1}/{n}: create p50 so far {rounds.create_p50():.0f} ms")
+    return {"create_ms": summary(rounds.create), "first_run_code_ms": summary(rounds.first),
+            "run_code_call_ms": summary(rounds.call), "kill_ms": summary(rounds.kill),
+            "from_warm_pool": from_pool_share(rounds.ids, off)}
+
+
+def bursts(count: int, size: int, gap_s: float) -> dict:
+    rounds = Rounds()
+    off = log_offset()
+    for b in range(count):
+        if b:
+            time.sleep(gap_s)
+        for _ in range(size):
+            rounds.one()
+        progress(f"burst {b + 1}/{count}: create p50 so far {rounds.create_p50():.0f} ms")
+    return {"bursts": count, "burst": size, "gap_s": gap_s, "create_ms": summary(rounds.create),
+            "first_run_code_ms": summary(rounds.first), "from_warm_pool": from_pool_share(rounds.ids, off)}
 
 
 # ---- snapshots and forks ------------------------------------------------------------------------
@@ -355,6 +391,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=50)
     ap.add_argument("--concurrency", default="10,50")
     ap.add_argument("--cold", type=int, default=3)
+    ap.add_argument("--bursts", type=int, default=0, help="bursts of --burst sequential creates, --gap s apart")
+    ap.add_argument("--burst", type=int, default=8)
+    ap.add_argument("--gap", type=float, default=20.0)
     ap.add_argument("--snapshots", type=int, default=10, help="rounds of snapshot, create from it, fork")
     args = ap.parse_args()
     point_sdk_at_node(CFG)
@@ -363,6 +402,9 @@ def main() -> None:
                     "template": sdk_env(CFG)["CUBE_TEMPLATE_ID"]}
     progress(f"sequential: {args.n} x create + print(1) + kill")
     result["sequential"] = sequential(args.n)
+    if args.bursts:
+        progress(f"bursts: {args.bursts} x {args.burst} creates, {args.gap} s apart")
+        result["bursts"] = bursts(args.bursts, args.burst, args.gap)
     for k in [int(x) for x in args.concurrency.split(",") if x]:
         progress(f"concurrent: {k} creates at once")
         result[f"concurrent_{k}"] = asyncio.run(concurrent(k))

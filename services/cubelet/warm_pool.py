@@ -147,6 +147,7 @@ class WarmPool:
                 self._demand.add(template_id)
             self._created[template_id] = now
             self._recent[template_id].append(now)
+            self.target(template_id)  # drops what has left the window, pooled template or not
         self._wake.set()
 
     def _pooled(self, tpl: Template) -> bool:
