@@ -25,7 +25,7 @@ lint: setup
 # The whole test suite: lint, then unit, integration (real QEMU/TCG, etcd, Envoy, eBPF) and end-to-end.
 # What the suite needs from the network is fetched first (testkit/prepare.py); the suite then runs
 # in a network namespace and state dir of its own, apart from a node `make up` runs (testkit/isolated.py),
-# as two pytest runs side by side: the control plane's packages and the rest (testkit/suite.py).
+# as two pytest runs side by side: tests of parts and tests of whole nodes (testkit/suite.py).
 test: setup lint
 	@$(PY) -m testkit.prepare
 	$(PY) -m testkit.isolated $(PY) -m testkit.suite

@@ -55,7 +55,7 @@ from e2b_code_interpreter import AsyncSandbox  # noqa: E402
 from bench.common import emit, machine, percentile, point_sdk_at_node, progress, summary  # noqa: E402
 from deploy.supervisor import NodeConfig  # noqa: E402
 from services.cubelet.registration import host_memory  # noqa: E402
-from vmm_core.accounting import ksm_state, process_cpu_seconds, process_memory  # noqa: E402
+from vmm_core.accounting import host_cpu_times, ksm_state, process_cpu_seconds, process_memory  # noqa: E402
 from vmm_core.machine import list_machines  # noqa: E402
 from vmm_core.settings import VmmSettings  # noqa: E402
 from vmm_core.spec import MachinePaths, MachineRecord  # noqa: E402
@@ -71,14 +71,6 @@ def meminfo() -> dict[str, int]:
     """MemTotal and MemAvailable in bytes (the cubelet's own reading of /proc/meminfo)."""
     total, available = host_memory()
     return {"MemTotal": total, "MemAvailable": available}
-
-
-def cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of the whole host, from /proc/stat's first line."""
-    with open("/proc/stat") as f:
-        vals = [int(x) for x in f.readline().split()[1:]]
-    idle = vals[3] + vals[4]  # idle + iowait
-    return sum(vals[:8]) - idle, sum(vals[:8])  # guest time is already counted in user: leave it out
 
 
 def qemu_pid(sandbox_id: str, vms: VmmSettings) -> int | None:
@@ -182,7 +174,7 @@ class Fill:
 def idle_cpu(pids: dict[str, int], window_s: float) -> dict:
     """Each QEMU's CPU use, and the host's, over the same window."""
     before = {s: process_cpu_seconds(p) for s, p in pids.items()}
-    busy0, total0 = cpu_times()
+    idle0, total0 = host_cpu_times()
     t0 = time.monotonic()
     time.sleep(window_s)
     after: dict[str, float] = {}
@@ -192,13 +184,13 @@ def idle_cpu(pids: dict[str, int], window_s: float) -> dict:
         except OSError:  # it died during the window: no figure for it
             pass
     wall = time.monotonic() - t0
-    busy1, total1 = cpu_times()
+    idle1, total1 = host_cpu_times()
     per = [(after[s] - before[s]) * 1000 / wall for s in after]
     cores = os.cpu_count() or 1
     return {"window_s": round(wall, 1), "measured": len(per),
             "idle_cpu_ms_per_s": {"p50": round(percentile(per, 50), 2), "p90": round(percentile(per, 90), 2),
                                   "sum_pct_of_host": round(sum(per) / 1000 / cores * 100, 1)},
-            "host_busy_pct": round((busy1 - busy0) / max(1, total1 - total0) * 100, 1)}
+            "host_busy_pct": round((1 - (idle1 - idle0) / max(1, total1 - total0)) * 100, 1)}
 
 
 def memory(pids: dict[str, int]) -> dict:

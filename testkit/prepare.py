@@ -38,8 +38,9 @@ def main() -> None:
         r = subprocess.run([sys.executable, "-m", module], cwd=REPO, stdout=subprocess.DEVNULL)
         if r.returncode != 0:
             raise SystemExit(f"prepare: the {what} failed to build (python -m {module}, exit {r.returncode})")
-        if time.monotonic() - t0 > 5:  # quiet when everything was cached
-            print(f"prepare: {what} ready in {time.monotonic() - t0:.0f} s", flush=True)
+        took = time.monotonic() - t0
+        if took > 5:  # quiet when everything was cached
+            print(f"prepare: {what} ready in {took:.0f} s", flush=True)
     for d in NPM_DIRS:
         try:
             npm.node_modules(d, f"the tests in {d.relative_to(REPO)}")

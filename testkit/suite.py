@@ -38,7 +38,7 @@ def lane_commands(extra: list[str], temp: Path) -> dict[str, list[str]]:
     ignore = [f"--ignore={p}" for p in PARTS_LANE]
     return {
         "parts": ["unshare", "--net", "--", "sh", "-c", INSIDE, "sh", *PYTEST,
-                    f"--basetemp={temp / 'parts'}", *extra, *PARTS_LANE],
+                  f"--basetemp={temp / 'parts'}", *extra, *PARTS_LANE],
         "nodes": [*PYTEST, f"--basetemp={temp / 'nodes'}", *ignore, *extra, "tests"],
     }
 
@@ -56,8 +56,8 @@ def main(extra: list[str]) -> int:
     try:
         with open(log, "wb") as out:
             procs["parts"] = subprocess.Popen(cmds["parts"], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL,
-                                                env={**os.environ, "CUBE_STATE_DIR": str(parts_state)})
+                                              stdin=subprocess.DEVNULL,
+                                              env={**os.environ, "CUBE_STATE_DIR": str(parts_state)})
         procs["nodes"] = subprocess.Popen(cmds["nodes"], cwd=REPO, stdin=subprocess.DEVNULL)
         codes = {name: p.wait() for name, p in procs.items()}
         print(f"\n==== the parts lane ({' '.join(PARTS_LANE)}) ====", flush=True)
