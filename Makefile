@@ -8,7 +8,7 @@ ifeq ($(shell grep -qwE 'vmx|svm' /proc/cpuinfo || echo novirt),novirt)
 export CUBE_ALLOW_TCG ?= 1
 endif
 
-.PHONY: setup lint test up down env cluster-up cluster-down cluster-env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template bench-volume bench-rl bench-cluster bench-density envd-dev template-browser
+.PHONY: setup lint test up down env cluster-up cluster-down cluster-env artifacts protos bench-vmm bench-envd bench-vs bench-proxy bench-api bench-template bench-volume bench-rl bench-cluster bench-density bench-idle envd-dev template-browser
 
 setup:
 	@bash scripts/setup.sh
@@ -101,6 +101,11 @@ bench-rl: setup
 # idle CPU per sandbox; needs the node up (`make up`).
 bench-density: setup
 	$(PY) bench/density_bench.py
+
+# What an idle code interpreter costs its host (QEMU's main loop and vCPU) and what wakes its guest,
+# source by source (the guest kernel's trace); needs the node up (`make up`).
+bench-idle: setup
+	$(PY) bench/idle_bench.py
 
 envd-dev: setup
 	bash scripts/envd_dev.sh

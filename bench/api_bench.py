@@ -8,6 +8,9 @@
      first_run_code_ms    from the start of create() to the result of the first print(1)
                           (what a user waits for; the run_code call alone is run_code_call_ms)
      kill_ms              kill() wall time
+     node_create_by_path  the node's own count and mean time of these creates by how each came up
+                          (the cubelet's cube_cubelet_sandbox_start_seconds: warm_pool, standby
+                          (a miss restored into a QEMU started ahead), clone)
 1b. Bursts (--bursts B, --burst K, --gap G s): B bursts of K creates as in 1, one after the other,
    with G s of quiet between bursts (how agents and RL rollouts create: in bursts). create_ms over
    all of them and from_warm_pool, the share of creates the node's warm pool served; a pool that
@@ -40,6 +43,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+import httpx  # noqa: E402
 
 from bench.common import emit, machine, point_sdk_at_node, progress, summary  # noqa: E402
 from deploy.env import sdk_env  # noqa: E402
@@ -78,6 +83,37 @@ def from_pool_share(ids: set[str], offset: int) -> float | None:
     except OSError:
         return None
     return round(hits / total, 3) if total else None
+
+
+def node_creates() -> dict[str, tuple[float, float]]:
+    """The cubelet's (count, seconds) of creates so far, by path (its /metrics histogram)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, tuple[float, float]] = {}
+    try:
+        text = httpx.get(f"http://127.0.0.1:{CFG.cubelet_metrics_port}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return out
+    for family in text_string_to_metric_families(text):
+        if family.name != "cube_cubelet_sandbox_start_seconds":
+            continue
+        for sample in family.samples:
+            if sample.labels.get("op") != "create" or sample.name.endswith(("_bucket", "_created")):
+                continue
+            n, total = out.get(sample.labels["path"], (0.0, 0.0))
+            out[sample.labels["path"]] = (n + sample.value, total) if sample.name.endswith("_count") \
+                else (n, total + sample.value)
+    return out
+
+
+def by_path(before: dict[str, tuple[float, float]]) -> dict:
+    """Creates since ``before`` by path: how many, and their mean time on the node."""
+    out = {}
+    for path, (n, total) in node_creates().items():
+        n0, total0 = before.get(path, (0.0, 0.0))
+        if n > n0:
+            out[path] = {"n": int(n - n0), "mean_ms": round((total - total0) / (n - n0) * 1000, 1)}
+    return out
 
 
 def log_offset() -> int:
@@ -128,18 +164,20 @@ def sequential(n: int) -> dict:
     rounds = Rounds()
     off = log_offset()
     Sandbox.create(metadata=TAG).kill()  # warm the SDK's connection pools and the proxy's
+    paths = node_creates()
     for i in range(n):
         rounds.one()
         if (i + 1) % 10 == 0:
             progress(f"sequential {i + 1}/{n}: create p50 so far {rounds.create_p50():.0f} ms")
     return {"create_ms": summary(rounds.create), "first_run_code_ms": summary(rounds.first),
             "run_code_call_ms": summary(rounds.call), "kill_ms": summary(rounds.kill),
-            "from_warm_pool": from_pool_share(rounds.ids, off)}
+            "from_warm_pool": from_pool_share(rounds.ids, off), "node_create_by_path": by_path(paths)}
 
 
 def bursts(count: int, size: int, gap_s: float) -> dict:
     rounds = Rounds()
     off = log_offset()
+    paths = node_creates()
     for b in range(count):
         if b:
             time.sleep(gap_s)
@@ -147,7 +185,8 @@ def bursts(count: int, size: int, gap_s: float) -> dict:
             rounds.one()
         progress(f"burst {b + 1}/{count}: create p50 so far {rounds.create_p50():.0f} ms")
     return {"bursts": count, "burst": size, "gap_s": gap_s, "create_ms": summary(rounds.create),
-            "first_run_code_ms": summary(rounds.first), "from_warm_pool": from_pool_share(rounds.ids, off)}
+            "first_run_code_ms": summary(rounds.first), "from_warm_pool": from_pool_share(rounds.ids, off),
+            "node_create_by_path": by_path(paths)}
 
 
 # ---- snapshots and forks ------------------------------------------------------------------------

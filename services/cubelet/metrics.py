@@ -5,13 +5,15 @@ sandbox metrics, CPU and memory per sandbox, that sandboxes.py samples for the A
 - ``cube_cubelet_sandbox_start_seconds{op, path}``: how long a sandbox took to come up here, from
   the moment its template was at hand to running with its identity. ``op`` is ``create`` or
   ``resume``; ``path`` is how: ``warm_pool`` (a pooled clone claimed), ``clone`` (a fresh
-  copy-on-write clone of the template's snapshot), ``cold_boot`` (booted: a filesystem-only
+  copy-on-write clone of the template's snapshot), ``standby`` (such a clone restored into the
+  QEMU the pool started ahead), ``cold_boot`` (booted: a filesystem-only
   snapshot, or a resume without memory), ``restore`` (a paused sandbox's memory restored).
 - ``cube_cubelet_sandbox_create_step_seconds{step}``: the steps of those creates (the ``steps_ms``
   of the ``sandbox running`` log line).
 - ``cube_cubelet_warm_pool_claims_total{template, result}``: creates that found a pooled clone of
   their template (``hit``) or not (``miss``); ``cube_cubelet_warm_pool_ready{template}``: clones
-  pooled now; ``cube_cubelet_warm_pool_target{template}``: how many it keeps now (warm_pool.py).
+  pooled now; ``cube_cubelet_warm_pool_target{template}``: how many it keeps now;
+  ``cube_cubelet_warm_pool_standby{template}``: 1 while a QEMU waits for a miss (warm_pool.py).
 - ``cube_cubelet_sandboxes{state}``: the sandboxes this node holds, by state.
 - ``cube_cubelet_sandbox_dropped_packets_total{sandbox_id, reason}``: packets CubeVS's eBPF
   datapath dropped for a running sandbox, by reason (services/vs/counters.py: ``policy`` is the
@@ -48,7 +50,7 @@ if TYPE_CHECKING:  # server.py imports sandboxes.py, which imports this module
     from .server import CubeletService
 
 START_SECONDS = Histogram("cube_cubelet_sandbox_start_seconds", "How long sandboxes took to come up on this node, "
-                          "by operation (create, resume) and path (warm_pool, clone, cold_boot, restore)",
+                          "by operation (create, resume) and path (warm_pool, clone, standby, cold_boot, restore)",
                           ["op", "path"], buckets=metrics.START_BUCKETS)
 CREATE_STEP_SECONDS = Histogram("cube_cubelet_sandbox_create_step_seconds", "How long each step of a create took "
                                 "(network, clone, boot, identity, ...; steps_ms in the logs)", ["step"],
@@ -68,7 +70,8 @@ def create_path(from_pool: bool, steps: Steps) -> str:
     """Which way a create came up: sandboxes.py's ``_start`` names its steps by it."""
     if from_pool:
         return "warm_pool"
-    return "cold_boot" if "boot" in steps.ms() else "clone"
+    ms = steps.ms()
+    return "cold_boot" if "boot" in ms else "standby" if "clone.standby" in ms else "clone"
 
 
 def sandbox_created(from_pool: bool, steps: Steps) -> None:
@@ -127,6 +130,11 @@ class CubeletMetrics:
         for tpl in templates.list():
             target.add_metric([tpl.template_id], float(sandboxes.pool.kept(tpl)))
         yield target
+        standby = GaugeMetricFamily("cube_cubelet_warm_pool_standby", "QEMUs started ahead for a create that finds "
+                                    "no pooled clone, per template this node holds (0 or 1)", labels=["template"])
+        for tid in held:
+            standby.add_metric([tid], float(sandboxes.pool.standby_ready(tid)))
+        yield standby
         claims = CounterMetricFamily("cube_cubelet_warm_pool_claims", "Creates that found a pooled clone of their "
                                      "template (hit) or had to make one (miss)", labels=["template", "result"])
         here = set(held)

@@ -340,12 +340,22 @@ class SandboxManager:
             await self._adopt(live, entry, policy, steps)
             steps.done("network+identity")
         else:
-            net = await self.vs.allocate(rec.vs_id, policy)
+            labels = {"sandbox_id": rec.sandbox_id, "role": "sandbox"}
+            # A QEMU the pool started ahead for this template (no volumes: its slots are empty).
+            standby = None if volume_images else self.pool.claim_standby(tpl.template_id, tpl.build_key)
+            if standby is not None:
+                rec.vm_id, rec.vs_id = standby.prepared.vm_id, standby.vs_id
+                live.machine = standby.prepared.machine  # from here a failure tears it down with the sandbox
+                live.machine.record.labels.update(labels)
+                live.machine.record.dump(live.machine.paths.record)
+                net = standby.network
+                await self.vs.update_policy(standby.vs_id, policy)  # it had the pool's (no internet)
+            else:
+                net = await self.vs.allocate(rec.vs_id, policy)
             rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
             self._save_record(rec)
             steps.done("network")
             attachment = NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15")
-            labels = {"sandbox_id": rec.sandbox_id, "role": "sandbox"}
             snap = tpl.load_snapshot()
             if snap.kind is SnapshotKind.DISK:  # a filesystem-only snapshot: sandboxes boot on it
                 live.machine = await cold_boot(self.vmm, snap, rec.vm_id, attachment, shared=True, labels=labels)
@@ -356,10 +366,14 @@ class SandboxManager:
                 # The clock and entropy at once: until its clock is set a restored guest runs flat
                 # out (100% of a core for 20+ s here), which starved everything at 50 concurrent
                 # creates.
-                live.machine = await clone(self.vmm, snap, rec.vm_id, attachment, labels=labels, sync=True,
-                                           share_memory=not tpl.info.no_memory_sharing,
-                                           volume_images=volume_images)
-                steps.done("clone")
+                if standby is not None:
+                    live.machine = await standby.prepared.start(sync=True)
+                    steps.done("clone.standby")
+                else:
+                    live.machine = await clone(self.vmm, snap, rec.vm_id, attachment, labels=labels, sync=True,
+                                               share_memory=not tpl.info.no_memory_sharing,
+                                               volume_images=volume_images)
+                    steps.done("clone")
                 if rec.volumes:
                     await vm_volumes.mount(live.machine, [v["path"] for v in rec.volumes])
                     steps.done("volumes")

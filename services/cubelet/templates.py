@@ -66,7 +66,9 @@ log = logging.getLogger("cubelet.templates")
 # keeps: templates snapshotted before it are rebuilt.
 # 4: a definition's steps see the image's (or base template's) ENV, and the template records the
 # last USER and WORKDIR as its sandboxes' defaults: cached step layers made before are not reused.
-BUILD_PROCEDURE = 4
+# 5: machines have no PIT and guests boot with fewer timers (vmm_core.machine.BASE_CMDLINE): the
+# idle wake-ups of templates snapshotted before stay in their clones until they are rebuilt.
+BUILD_PROCEDURE = 5
 Phase = pb.TemplateBuildPhase
 _MAX_ID = (1 << 32) - 2
 def operator_build(metadata, peer_role: Role | None) -> bool:

@@ -18,17 +18,21 @@ from sdk.gen.cube.v1 import cubelet_pb2, vs_pb2
 from services.cubelet import warm_pool
 from services.cubelet.settings import CubeletSettings
 from services.cubelet.templates import Template
-from services.cubelet.warm_pool import PoolEntry, WarmPool
-from vmm_core import Machine
+from services.cubelet.warm_pool import PoolEntry, Standby, WarmPool
+from vmm_core import Machine, PreparedClone
 
 
 @dataclass
 class _Machine:
     vm_id: str
     killed: bool = False
+    died: bool = False  # its QEMU ended by itself
 
     async def kill(self) -> None:
         self.killed = True
+
+    def alive(self) -> bool:
+        return not (self.killed or self.died)
 
 
 @dataclass
@@ -61,6 +65,12 @@ def _entry(template_id: str, build_key: str, n: int, agent: httpx.AsyncClient | 
     machine = cast(Machine, _Machine(f"pool-{build_key}-{n}"))  # the pool only calls kill() on it
     return PoolEntry(template_id, build_key, f"pool-{build_key}-{n}", machine,
                      vs_pb2.SandboxNetwork(host_address="198.19.0.2", proxy_address="198.18.0.1"), agent)
+
+
+def _standby(template_id: str, build_key: str) -> Standby:
+    machine = cast(Machine, _Machine(f"standby-{build_key}"))  # the pool calls kill() and alive() on it
+    return Standby(template_id, build_key, f"standby-{build_key}", PreparedClone(machine, None),  # type: ignore[arg-type]
+                   vs_pb2.SandboxNetwork(host_address="198.19.0.6", proxy_address="198.18.0.5"))
 
 
 def _killed(e: PoolEntry) -> bool:
@@ -216,3 +226,38 @@ def test_growing_past_the_floor_waits_for_room_and_idle_cpu(monkeypatch):
     assert not asyncio.run(pool._may_grow(3))
     cpu(0.9)
     assert asyncio.run(pool._may_grow(2))
+
+
+def test_a_standby_qemu_serves_one_miss_of_its_build_and_stale_or_dead_ones_go():
+    """A miss takes the template's standby QEMU only for the build it was started for, and only
+    alive; the fill loop kills and releases what no create may take."""
+    templates = _Templates({"t": _Template("t", "new"), "u": _Template("u", "k"), "v": _Template("v", "k")})
+    vs = _Vs()
+    pool = _pool(templates, vs)
+    current, old, dead = _standby("t", "new"), _standby("u", "old"), _standby("v", "k")
+    pool._standby.update({"t": current, "u": old, "v": dead})
+    cast(_Machine, dead.prepared.machine).died = True
+
+    assert pool.standby_ready("t")
+    assert pool.claim_standby("t", "other") is None  # a create for another build of it
+    assert pool.claim_standby("t", "new") is current
+    assert pool.claim_standby("t", "new") is None and not pool.standby_ready("t")  # one miss each
+    assert pool.claim_standby("u", "k") is None  # started for the build before the rebuild
+    assert pool.claim_standby("v", "k") is None  # its QEMU died while it waited
+    assert pool.claim_standby("w", "k") is None  # no such template
+
+    asyncio.run(pool._discard_stale_standbys())
+    assert cast(_Machine, old.prepared.machine).killed and cast(_Machine, dead.prepared.machine).killed
+    assert sorted(vs.released) == sorted([old.vs_id, dead.vs_id])
+    assert not cast(_Machine, current.prepared.machine).killed  # taken: the create owns it now
+    assert not pool._standby
+
+
+def test_stopping_the_pool_kills_its_standby_qemus():
+    templates = _Templates({"t": _Template("t", "k")})
+    vs = _Vs()
+    pool = _pool(templates, vs)
+    waiting = _standby("t", "k")
+    pool._standby["t"] = waiting
+    asyncio.run(pool.stop())
+    assert cast(_Machine, waiting.prepared.machine).killed and vs.released == [waiting.vs_id]

@@ -14,7 +14,7 @@ import pytest
 from tests.e2e.cluster import CFG
 from tests.support.prometheus import Page, scrape
 
-PATHS = ("warm_pool", "clone", "cold_boot")
+PATHS = ("warm_pool", "clone", "standby", "cold_boot")
 
 
 def _page(port: int) -> Page:

@@ -14,6 +14,7 @@ from e2b_code_interpreter import AsyncSandbox, Sandbox
 
 from tests.e2e import cluster
 from tests.e2e.run import RUN_ID, tag
+from tests.support.prometheus import scrape
 
 
 def assert_gone(sid: str, timeout: float = 30.0) -> None:
@@ -426,6 +427,40 @@ def test_python_and_python3_are_on_path(sandboxes):
     sbx = sandboxes.create({"case": "python-on-path"})
     r = sbx.commands.run("python -c 'import sys; print(sys.version_info[0])' && python3 --version")
     assert r.stdout.split()[0] == "3" and r.stdout.split()[1] == "Python", r.stdout
+
+
+def test_a_create_that_finds_the_pool_empty_restores_into_a_qemu_started_ahead(sandboxes):
+    """Beside its clones the pool keeps one QEMU started and waiting per template: a create that
+    finds no pooled clone restores into it (step `clone.standby`, path `standby`) instead of
+    starting QEMU, and is a sandbox like any other; the pool then starts another."""
+    metrics = f"http://127.0.0.1:{cluster.CFG.cubelet_metrics_port}/metrics"
+
+    def pool() -> tuple[int, int, int]:
+        page = scrape(metrics)
+        return (int(page.value("cube_cubelet_warm_pool_ready", template="code-interpreter")),
+                int(page.value("cube_cubelet_warm_pool_target", template="code-interpreter")),
+                int(page.value("cube_cubelet_warm_pool_standby", template="code-interpreter")))
+
+    cluster.wait_until(lambda: (p := pool())[0] >= p[1] and p[2] == 1, timeout=180, what="a full pool and a standby")
+    ready = pool()[0]
+    offset = cluster.log_offset("cubelet")
+
+    async def burst() -> list[AsyncSandbox]:  # two more than the pool holds, at once (a refill may land)
+        return await asyncio.gather(*(sandboxes.acreate({"case": f"standby-{i}"}, envs={"WHO": f"create-{i}"})
+                                      for i in range(ready + 2)))
+
+    made = asyncio.run(burst())
+    ids = {s.sandbox_id for s in made}
+    who = {s.sandbox_id: f"create-{i}" for i, s in enumerate(made)}
+    running = {e["sandbox_id"]: e for e in cluster.json_lines(cluster.log_since("cubelet", offset))
+               if e.get("msg") == "sandbox running" and e.get("sandbox_id") in ids}
+    assert set(running) == ids, running
+    restored = [sid for sid, e in running.items() if "clone.standby" in e.get("steps_ms", {})]
+    assert len(restored) >= 1, {sid: e.get("steps_ms") for sid, e in running.items()}
+    sbx = Sandbox.connect(restored[0])
+    assert sbx.run_code("import os; print(os.environ['WHO'])").logs.stdout == [f"{who[restored[0]]}\n"]
+    assert sbx.commands.run("echo ok").stdout == "ok\n"
+    cluster.wait_until(lambda: pool()[2] == 1, timeout=60, what="the pool's next standby")
 
 
 def test_warm_pool_serves_a_create_after_a_quiet_period(sandboxes):

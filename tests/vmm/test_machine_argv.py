@@ -2,7 +2,8 @@
 
 Restoring needs the same RAM blocks as the source: machines now boot without microvm's option ROM
 and restore without a kernel, while snapshots recorded before `option_roms` existed (their
-snapshot.json lacks it) keep the ROM and the kernel, or their device state would not load.
+snapshot.json lacks it) keep the ROM and the kernel, or their device state would not load. The
+same holds for the legacy PIT, which machines now lack.
 """
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ def test_new_machines_boot_without_the_option_rom_and_restore_without_a_kernel()
     spec = _spec()
     boot = _argv(spec, incoming=False)
     assert "x-option-roms=off" in boot[boot.index("-M") + 1]
+    assert "pit=off" in boot[boot.index("-M") + 1]  # no 8254 waking QEMU 36 times a second
     assert "-kernel" in boot and "-initrd" in boot
     restore = _argv(spec, incoming=True)
-    assert "x-option-roms=off" in restore[restore.index("-M") + 1]
+    assert "x-option-roms=off,pit=off" in restore[restore.index("-M") + 1]
     assert "-kernel" not in restore and "-initrd" not in restore and "-append" not in restore
     assert restore[-2:] == ["-incoming", "defer"]
     assert "migration.store-global-state=off" in restore
@@ -43,6 +45,16 @@ def test_snapshots_recorded_before_option_roms_keep_the_rom_and_the_kernel():
     assert "x-option-roms=on" in restore[restore.index("-M") + 1]
     assert "-kernel" in restore and "-initrd" in restore
     assert MachineSpec.from_dict(_spec().to_dict()).option_roms is False  # round trip of a new one
+
+
+def test_snapshots_recorded_with_a_pit_are_restored_with_one():
+    d = _spec().to_dict()
+    del d["pit"]  # a snapshot.json written before machines lost their PIT: its device state has one
+    legacy = MachineSpec.from_dict(d)
+    assert legacy.pit is True
+    restore = _argv(legacy, incoming=True)
+    assert "pit=on" in restore[restore.index("-M") + 1]
+    assert MachineSpec.from_dict(_spec().to_dict()).pit is False
 
 
 def test_guest_ram_is_mergeable_only_when_the_operator_says_so():

@@ -181,6 +181,20 @@ async def test_guest_ram_is_offered_to_ksm_only_when_allowed(settings, template_
         await merged.kill()
 
 
+async def test_machines_have_no_pit(settings, template_snapshot, net):
+    """No legacy 8254 timer in a template's clones: left counting by the firmware, it woke QEMU's
+    main loop 36 times a second for a guest that never reads it (vmm_core/spec.py)."""
+    n = net()
+    m = await clone(settings, template_snapshot, "nopit", n.attachment)
+    try:
+        await n.wait_http("/cgi-bin/counter")  # the guest runs (its timer is the local APIC's)
+        tree = str(await m.execute("human-monitor-command", {"command-line": "info qtree"}))
+        assert "dev: mc146818rtc" in tree  # the ISA devices are listed...
+        assert "isa-pit" not in tree and "kvm-pit" not in tree  # ...and no PIT among them
+    finally:
+        await m.kill()
+
+
 async def test_clone_without_memory_sharing(settings, template_snapshot, net):
     """A clone with its own memory copy maps nothing of the snapshot's memory file."""
     n = net()
