@@ -27,7 +27,7 @@ no guest running in it. A create that finds the pool empty restores into it inst
 QEMU first (the start is about half of a fresh clone's restore under TCG), then goes on as a fresh
 clone does (identity, no warm-up). It costs the node a waiting QEMU process (~18 MB of its own
 memory, no CPU). Standbys have a loop of their own, so one taken is replaced at once (a QEMU start
-costs ~50 ms of a core) even while the clones' loop spends its ~0.7 s on a fill.
+costs ~50 ms of a core) even while the clones' loop spends a second or more on a fill.
 """
 from __future__ import annotations
 
@@ -98,10 +98,6 @@ class Standby:
     prepared: PreparedClone
     network: vs_pb2.SandboxNetwork
 
-    @property
-    def attachment(self) -> NetworkAttachment:
-        return _attachment(self.network)
-
 
 async def _nap(wake: asyncio.Event) -> None:
     """Until ``wake`` is set, or 5 s: each loop's next round."""
@@ -154,7 +150,7 @@ class WarmPool:
         """The template's standby QEMU for this build, if one is waiting (and still alive)."""
         standby = self._standby.get(template_id)
         if standby is None or standby.build_key != build_key or not standby.prepared.machine.alive():
-            return None  # a stale or dead one is the fill loop's to discard
+            return None  # a stale or dead one is the standby loop's to discard
         del self._standby[template_id]
         self._standby_wake.set()
         return standby
