@@ -23,8 +23,15 @@ class Cluster:
 
     def sdk(self, script: str, timeout: float = 600) -> dict:
         """Run ``script`` with the unmodified E2B SDK as a client on h1 (only E2B_API_URL,
-        E2B_API_KEY and SSL_CERT_FILE set); it prints one JSON object last, which is returned."""
-        return cluster_mod.run_client(self.s, script, timeout=timeout)
+        E2B_API_KEY and SSL_CERT_FILE set); it prints one JSON object last, which is returned.
+        A failure carries the masters' reasons for any refusal to place (logged, never sent to
+        clients), so a 429 says which node lacked what."""
+        try:
+            return cluster_mod.run_client(self.s, script, timeout=timeout)
+        except RuntimeError as e:
+            reasons = [line for path in sorted(self.s.logs.glob("*-master.log"))
+                       for line in path.read_text(errors="replace").splitlines() if "no node has room" in line]
+            raise RuntimeError(f"{e}\nmasters' placement refusals:\n" + "\n".join(reasons[-5:])) from None
 
     def log(self, program: str) -> str:
         return (self.s.logs / f"{program}.log").read_text(errors="replace")
