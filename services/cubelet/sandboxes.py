@@ -40,7 +40,6 @@ from vmm_core import (
     Machine,
     MachineGoneError,
     MachineStats,
-    NetworkAttachment,
     Snapshot,
     SnapshotKind,
     VmmError,
@@ -66,7 +65,7 @@ from .settings import CubeletSettings
 from .steps import Steps
 from .templates import Template, TemplateError, TemplateExists, TemplateStore
 from .volumes import VolumeError, VolumeStore
-from .vs_client import VsClient
+from .vs_client import VsClient, vm_attachment
 from .warm_pool import PoolEntry, WarmPool
 
 if TYPE_CHECKING:  # paused_pull imports this module
@@ -344,10 +343,7 @@ class SandboxManager:
             # A QEMU the pool started ahead for this template (no volumes: its slots are empty).
             standby = None if volume_images else self.pool.claim_standby(tpl.template_id, tpl.build_key)
             if standby is not None:
-                rec.vm_id, rec.vs_id = standby.prepared.vm_id, standby.vs_id
-                live.machine = standby.prepared.machine  # from here a failure tears it down with the sandbox
-                live.machine.record.labels.update(labels)
-                live.machine.record.dump(live.machine.paths.record)
+                self._take(live, standby.prepared.machine, standby.vs_id)
                 net = standby.network
                 await self.vs.update_policy(standby.vs_id, policy)  # it had the pool's (no internet)
             else:
@@ -355,7 +351,7 @@ class SandboxManager:
             rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
             self._save_record(rec)
             steps.done("network")
-            attachment = NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15")
+            attachment = vm_attachment(net)
             snap = tpl.load_snapshot()
             if snap.kind is SnapshotKind.DISK:  # a filesystem-only snapshot: sandboxes boot on it
                 live.machine = await cold_boot(self.vmm, snap, rec.vm_id, attachment, shared=True, labels=labels)
@@ -382,17 +378,24 @@ class SandboxManager:
             steps.done("identity")
         self.pool.request_refill(tpl.template_id)
 
+    def _take(self, live: _Live, machine: Machine, vs_id: str) -> None:
+        """A machine the pool made (a warmed clone, or a QEMU started ahead) becomes this sandbox's:
+        its record names the machine and its network, so a failure from here tears them down with
+        the sandbox, and the machine's own record says whose it is."""
+        live.record.vm_id, live.record.vs_id = machine.vm_id, vs_id
+        live.machine = machine
+        machine.record.labels.update({"sandbox_id": live.record.sandbox_id, "role": "sandbox"})
+        machine.record.dump(machine.paths.record)
+
     async def _adopt(self, live: _Live, entry: PoolEntry, policy: network_pb2.NetworkPolicy,
                      steps: Steps) -> None:
         """Make a pooled clone (restored and warmed ahead of time) this sandbox: its VM and
         network become the sandbox's, with the sandbox's policy and identity."""
         rec = live.record
-        rec.vm_id, rec.vs_id, rec.from_pool = entry.machine.vm_id, entry.vs_id, True
+        self._take(live, entry.machine, entry.vs_id)
+        rec.from_pool = True
         rec.host_address, rec.proxy_address = entry.network.host_address, entry.network.proxy_address
         self._save_record(rec)
-        live.machine = entry.machine
-        entry.machine.record.labels.update({"sandbox_id": rec.sandbox_id, "role": "sandbox"})
-        entry.machine.record.dump(entry.machine.paths.record)
         try:
             # The network policy and the identity are independent: both at once (~4 ms saved).
             # (A policy update keeps the addresses the pool's allocation gave, saved above.)
@@ -652,7 +655,7 @@ class SandboxManager:
                 rec.host_address, rec.proxy_address = net.host_address, net.proxy_address
                 self._save_record(rec)
                 saved = Snapshot.load(self._saved_dir(rec.sandbox_id))
-                attachment = NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15")
+                attachment = vm_attachment(net)
                 labels = {"sandbox_id": rec.sandbox_id, "role": "sandbox"}
                 ep = GuestEndpoint(rec.host_address, rec.proxy_address)
                 rebooted = rebooted or saved.kind is SnapshotKind.DISK

@@ -37,7 +37,6 @@ from vmm_core import (
     GuestConfig,
     GuestService,
     Machine,
-    NetworkAttachment,
     ServiceRoot,
     Snapshot,
     VmmError,
@@ -58,7 +57,7 @@ from .build_steps import StepFailed
 from .guest_client import GuestAgentError, GuestEndpoint, wait_healthy, wait_http, wait_tcp
 from .references import sandbox_records, template_records
 from .settings import CubeletSettings
-from .vs_client import VsClient
+from .vs_client import VsClient, vm_attachment
 
 log = logging.getLogger("cubelet.templates")
 # Part of every build key: bump it when the build procedure itself changes (not its inputs).
@@ -575,7 +574,7 @@ class TemplateStore:
             net = await self.vs.allocate(vs_id, policy)
             ep = GuestEndpoint(net.host_address, net.proxy_address)
             spec = guest.machine_spec(work / "image.ext4", rw, vcpus=vcpus, memory_mb=memory_mb,
-                                      network=NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15"),
+                                      network=vm_attachment(net),
                                       memory_file=work / "memory")
             yield _event(Phase.BOOTING, f"booting ({vcpus} vCPU, {memory_mb} MB)", step="base")
             machine = await boot(self.vmm, f"tplbuild-{tid}", spec, labels={"template_build": tid})

@@ -16,6 +16,13 @@ import grpc
 
 from cube_common import mtls
 from sdk.gen.cube.v1 import network_pb2, vs_pb2, vs_pb2_grpc
+from vmm_core import NetworkAttachment
+
+
+def vm_attachment(net: vs_pb2.SandboxNetwork) -> NetworkAttachment:
+    """The VM's side of a CubeVS allocation: its tap, and the guest MAC CubeVS expects (vmm_core's
+    default when CubeVS names none)."""
+    return NetworkAttachment(net.tap, net.guest.mac or NetworkAttachment.mac)
 
 
 class VsClient:

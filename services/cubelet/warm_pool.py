@@ -43,14 +43,14 @@ import httpx
 
 from cube_common.envd import ENVD_PORT, INTERPRETER_PORT
 from sdk.gen.cube.v1 import network_pb2, vs_pb2
-from vmm_core import Machine, NetworkAttachment, PreparedClone, VmmError, VmmSettings, clone, prepare_clone
+from vmm_core import Machine, PreparedClone, VmmError, VmmSettings, clone, prepare_clone
 from vmm_core.accounting import host_cpu_times
 
 from .guest_client import GuestAgentError, GuestEndpoint, init_identity, wait_healthy, warm_interpreter
 from .settings import CubeletSettings
 from .steps import Steps
 from .templates import Template, TemplateStore
-from .vs_client import VsClient
+from .vs_client import VsClient, vm_attachment
 
 log = logging.getLogger("cubelet.warm_pool")
 
@@ -105,10 +105,6 @@ async def _nap(wake: asyncio.Event) -> None:
         await asyncio.wait_for(wake.wait(), timeout=5.0)
     except TimeoutError:
         pass
-
-
-def _attachment(net: vs_pb2.SandboxNetwork) -> NetworkAttachment:
-    return NetworkAttachment(net.tap, net.guest.mac or "02:fc:00:00:00:15")
 
 
 class WarmPool:
@@ -300,7 +296,7 @@ class WarmPool:
         machine = None
         agent: httpx.AsyncClient | None = None
         try:
-            machine = await clone(self.vmm, tpl.load_snapshot(), vs_id, _attachment(net),
+            machine = await clone(self.vmm, tpl.load_snapshot(), vs_id, vm_attachment(net),
                                   # Clock and entropy at once (see sandboxes.py: an unsynced
                                   # restored guest spins).
                                   labels={"role": "pool", "template_id": template_id}, sync=True,
@@ -373,7 +369,7 @@ class WarmPool:
         policy = network_pb2.NetworkPolicy(allow_internet_access=False, expose_all_ports=True)
         net = await self.vs.allocate(vs_id, policy)
         try:
-            prepared = await prepare_clone(self.vmm, tpl.load_snapshot(), vs_id, _attachment(net),
+            prepared = await prepare_clone(self.vmm, tpl.load_snapshot(), vs_id, vm_attachment(net),
                                            labels={"role": "standby", "template_id": tpl.template_id},
                                            share_memory=not tpl.info.no_memory_sharing)
         except BaseException:
