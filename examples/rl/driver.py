@@ -32,6 +32,7 @@ import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -277,13 +278,15 @@ def percentile(values: list[float], p: float) -> float | None:
     return s[max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))]
 
 
-async def run(n: int, cfg: DriverConfig, deadline_s: float | None = None) -> dict:
-    """n tasks with cfg: the run's summary (what the CLI prints). Tasks not done `deadline_s` after
-    the start are cancelled (their sandboxes killed) and count as failures."""
+async def run(n: int, cfg: DriverConfig, deadline_s: float | None = None,
+              tasks: Sequence[Task] | None = None) -> dict:
+    """n tasks with cfg (the first n of `tasks`, repeated; the task set by default): the run's
+    summary (what the CLI prints). Tasks not done `deadline_s` after the start are cancelled
+    (their sandboxes killed) and count as failures."""
     run_id = uuid.uuid4().hex[:12]
     metadata = {**cfg.metadata, RUN_TAG: run_id}
     slots = asyncio.Semaphore(cfg.concurrency)
-    tasks = task_set(n)
+    tasks = task_set(n, tasks)
     results = [TaskResult(task_id=f"{i:03d}-{t.name}", task=t.name, expected_reward=t.expected_reward)
                for i, t in enumerate(tasks)]
     t0 = time.monotonic()

@@ -12,6 +12,7 @@ has a known `expected_reward` the example and its test check.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from textwrap import dedent
 
@@ -346,6 +347,8 @@ LRU = Task(
 TASKS: tuple[Task, ...] = (MERGE, SEARCH, DURATION, ROMAN, SLUG, LRU)
 
 
-def task_set(n: int) -> list[Task]:
-    """n tasks: the task set repeated (an RL batch samples the same problems many times)."""
-    return [TASKS[i % len(TASKS)] for i in range(n)]
+def task_set(n: int, tasks: Sequence[Task] | None = None) -> list[Task]:
+    """n tasks: the task set (TASKS unless given) repeated, as an RL batch samples the same
+    problems many times."""
+    pool = tuple(tasks) if tasks else TASKS
+    return [pool[i % len(pool)] for i in range(n)]

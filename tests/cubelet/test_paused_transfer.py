@@ -89,9 +89,9 @@ class FakeVs:
         return {}  # no datapath here, so no drop counters (tests/vs/test_vs_metrics.py has them)
 
 
-def attachment(tap: str, mac: str = netlab.GUEST.mac) -> NetworkAttachment:
+def attachment(net: vs_pb2.SandboxNetwork) -> NetworkAttachment:
     """What SandboxManager attaches QEMU to: FakeVs's "tap" names the namespace holding tap0."""
-    return NetworkAttachment("tap0", mac, tap)
+    return NetworkAttachment("tap0", netlab.GUEST.mac, net.tap)
 
 
 @dataclass
@@ -130,7 +130,7 @@ async def world(workdir, pki, etcd_server) -> AsyncIterator[World]:
         pass  # the probe guest runs no agent: its disk's httpd is what the tests ask
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(sandboxes_mod, "NetworkAttachment", attachment)
+    mp.setattr(sandboxes_mod, "vm_attachment", attachment)
     mp.setattr(sandboxes_mod, "init_identity", init_identity)
     mp.setattr(sandboxes_mod, "wait_healthy", wait_healthy)
     keys = Keys(f"/paused-test-{os.getpid()}")

@@ -3,9 +3,10 @@
 examples/rl: the RL / SWE-bench style driver (the unmodified `e2b` SDK) runs as a user runs it, as a
 script, with 4 tasks at most 2 at a time: each task's reward must be the one its candidate patch
 earns (right, half right, wrong, not valid Python), every task in a sandbox of its own, and nothing
-of the run left. Then, in-process, a task timeout shorter than any task: every task fails with it,
-and its sandboxes (whose creates may have been cut short before their ids came back) are killed all
-the same. Every sandbox carries this run's metadata, so the package's leftover check covers them.
+of the run left. Then, in-process, a task timeout far shorter than a task whose test sleeps a
+minute: every task fails with it, and its sandboxes (whose creates may have been cut short before
+their ids came back) are killed all the same. Every sandbox carries this run's metadata, so the
+package's leftover check covers them.
 
 examples/browser: the `browser` template is built by its module (`make template-browser`: the image
 from Debian's Chromium and PyPI Playwright, then `cubemastercli tpl create-from-image`), or found up
@@ -26,6 +27,7 @@ from e2b import Sandbox, SandboxQuery
 from PIL import Image
 
 from examples.rl import driver
+from examples.rl.tasks import Task
 from sdk.client import CubeClient
 from tests.e2e.cluster import REPO
 from tests.e2e.run import CREATED, RUN_ID, TAG, tag
@@ -70,9 +72,16 @@ def test_rl_example_rewards_and_nothing_left():
     assert listed({TAG: RUN_ID, "case": "rl-example"}) == []
 
 
+# A task no deadline under a minute lets finish: its one test sleeps. (With the default tasks a
+# 0.5 s deadline was once beaten by a task served from the warm pool.)
+ENDLESS = Task(name="endless", statement="the test never ends in time",
+               files={"tests/__init__.py": "", "tests/test_wait.py": "import time\nimport unittest\n\n\n"
+                      "class WaitTest(unittest.TestCase):\n    def test_wait(self):\n        time.sleep(60)\n"})
+
+
 async def test_rl_task_timeout_kills_every_sandbox():
     cfg = driver.DriverConfig(concurrency=2, task_timeout_s=0.5, max_attempts=1, metadata=tag({"case": "rl-timeout"}))
-    out = await driver.run(2, cfg)
+    out = await driver.run(2, cfg, tasks=[ENDLESS])
     for res in out["results"]:
         CREATED.update(res["sandbox_ids"])
     CREATED.update(out["swept_ids"])
