@@ -13,6 +13,8 @@ same PKI: `testkit.etcd.EtcdServer(pki=...)`) and Envoy's `<pki>/envoy`.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import ipaddress
 import json
 import os
 import shutil
@@ -26,6 +28,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from google.protobuf import json_format
 
 from cube_common.mtls import Role
@@ -45,17 +51,40 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and its key (PEM files in ``directory``) for a name no client would
+    check, as a sandbox's own HTTPS server has."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "guest.invalid")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("192.0.2.1"))]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "guest.pem", directory / "guest.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(0o600)
+    return cert_path, key_path
+
+
 @dataclass
 class Upstream:
     host: str
     port: int = field(default_factory=lambda: 0)
     proc: subprocess.Popen | None = None
+    tls: tuple[Path, Path] | None = None  # (certificate, key), PEM: serve HTTPS
 
     def start(self) -> Upstream:
         if not self.port:
             self.port = free_port(self.host)
-        self.proc = subprocess.Popen([sys.executable, "-m", "testkit.upstream", self.host, str(self.port)],
-                                     cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cmd = [sys.executable, "-m", "testkit.upstream", self.host, str(self.port)]
+        if self.tls is not None:
+            cmd += [str(self.tls[0]), str(self.tls[1])]
+        self.proc = subprocess.Popen(cmd, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.host, self.port, proc=self.proc)
         return self
 
@@ -197,9 +226,9 @@ class Proxy:
 
 def route_json(sandbox_id: str, host: str = "", state: route_pb2.RouteState = route_pb2.ROUTE_STATE_RUNNING,
                token: str = "", node_id: str = "", node_proxy_address: str = "", source: str = "",
-               mask: str = "") -> bytes:
+               mask: str = "", https_ports: tuple[int, ...] = ()) -> bytes:
     msg = route_pb2.SandboxRoute(sandbox_id=sandbox_id, host_address=host, state=state,
                                  traffic_access_token=token, node_id=node_id,
                                  node_proxy_address=node_proxy_address, proxy_source_address=source,
-                                 mask_request_host=mask)
+                                 mask_request_host=mask, https_ports=https_ports)
     return json_format.MessageToJson(msg).encode()

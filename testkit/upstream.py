@@ -1,10 +1,12 @@
 """A stand-in guest server for proxy tests and the benchmark (aiohttp, HTTP/1.1).
 
-    python -m testkit.upstream HOST PORT
+    python -m testkit.upstream HOST PORT [CERT KEY]
 
-It listens on the one address it is given (the harness gives it loopback ones) and keeps no state.
+It listens on the one address it is given (the harness gives it loopback ones) and keeps no state;
+with CERT and KEY (PEM files) it serves HTTPS instead of HTTP.
 
-GET  /echo           JSON: method, path (with query), host, headers, the address it listens on
+GET  /echo           JSON: method, path (with query), host, headers, the address it listens on,
+                     whether the request came over TLS
 POST /upload         reads the body as it streams; JSON: bytes, sha256, whether it came chunked
 GET  /download?mb=N  N MiB of a fixed pattern, streamed in 1 MiB writes (Content-Length set)
 GET  /ndjson?n=&gap= n NDJSON lines, `gap` seconds apart (the response starts at once)
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import ssl
 import sys
 
 from aiohttp import web
@@ -27,7 +30,7 @@ async def echo(request: web.Request) -> web.Response:
     return web.json_response({
         "method": request.method, "path": request.path_qs, "host": request.host,
         "headers": {k.lower(): v for k, v in request.headers.items()},
-        "me": request.app["me"],
+        "me": request.app["me"], "secure": request.secure,
     })
 
 
@@ -85,7 +88,11 @@ def make_app(me: str) -> web.Application:
 
 def main() -> None:
     host, port = sys.argv[1], int(sys.argv[2])
-    web.run_app(make_app(f"{host}:{port}"), host=host, port=port, print=None, access_log=None)
+    tls = None
+    if len(sys.argv) == 5:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(sys.argv[3], sys.argv[4])
+    web.run_app(make_app(f"{host}:{port}"), host=host, port=port, ssl_context=tls, print=None, access_log=None)
 
 
 if __name__ == "__main__":

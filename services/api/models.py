@@ -4,6 +4,7 @@ protos. JSON keys follow the E2B OpenAPI spec exactly (camelCase, except the cre
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import uuid
@@ -12,7 +13,7 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from cube_common import host_mask
+from cube_common import host_mask, https_ports as https_port_rules
 from cube_common.sizes import parse_size_mb
 from cube_common.volumes import VolumeRuleError, check_mounts, check_name, normalize_path
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2 as P, network_pb2
@@ -100,6 +101,35 @@ def str_list(body: dict, key: str) -> list[str]:
     return v
 
 
+def https_ports(net: dict) -> list[int]:
+    """`network.httpsPorts`: sorted and unique, as cube_common.https_ports checks them."""
+    v = net.get("httpsPorts")
+    if not isinstance(v, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+        raise bad_request("'httpsPorts' must be an array of integers")
+    try:
+        return https_port_rules.check(v)
+    except https_port_rules.InvalidHttpsPorts as e:
+        raise bad_request(str(e)) from None
+
+
+MAX_DNS_SERVERS = 10
+
+
+def dns_servers(net: dict) -> list[str]:
+    """`network.dnsServers`, checked as E2B does (IPv4 addresses, at most 10). On E2B they are the
+    resolvers a sandbox may reach when `allowOut` names a domain; this server refuses domains in
+    `allowOut`, so the list never changes what a sandbox reaches and is not kept."""
+    v = str_list(net, "dnsServers")
+    if len(v) > MAX_DNS_SERVERS:
+        raise bad_request(f"'dnsServers' lists more than {MAX_DNS_SERVERS} servers")
+    for x in v:
+        try:
+            ipaddress.IPv4Address(x)
+        except ValueError:
+            raise bad_request(f"'dnsServers' entry {x[:100]!r} is not an IPv4 address") from None
+    return v
+
+
 def env_names(env: dict[str, str]) -> dict[str, str]:
     for k in env:
         if not ENV_NAME_RE.fullmatch(k):
@@ -156,6 +186,16 @@ def parse_network(body: dict, net: object) -> network_pb2.NetworkPolicy | None:
                 raise bad_request(str(e)) from None
         if net.get("egressProxy") is not None:
             raise bad_request("'egressProxy' is not supported by this server")
+        rules = net.get("rules")
+        if rules is not None and not isinstance(rules, dict):
+            raise bad_request("'rules' must be an object")
+        if rules:
+            # Refused, not ignored: a caller counting on a header (a credential) being added to its
+            # sandbox's outbound HTTPS must learn that it is not.
+            raise bad_request("'rules' (transforms of outbound HTTPS requests) are not supported by this server")
+        dns_servers(net)
+        if net.get("httpsPorts") is not None:
+            p.https_ports.extend(https_ports(net))
     p.expose_all_ports = True  # E2B exposes every guest port through its proxy
     return p
 
@@ -295,6 +335,8 @@ def detail_body(rec: P.Sandbox, domain: str) -> dict:
         out["network"] = {"allowOut": list(n.allow_out), "denyOut": list(n.deny_out)}
         if n.mask_request_host:
             out["network"]["maskRequestHost"] = n.mask_request_host
+        if n.https_ports:
+            out["network"]["httpsPorts"] = list(n.https_ports)
         if n.require_traffic_token:  # E2B's default, true, goes unsaid like the other defaults
             out["network"]["allowPublicTraffic"] = False
     else:

@@ -12,8 +12,8 @@ several fields, sizes inside strings, fields that go together) is said in descri
 
 from __future__ import annotations
 
-from cube_common import host_mask, volumes as volume_rules
-from cube_common.envd import ENVD_VERSION
+from cube_common import host_mask, https_ports, volumes as volume_rules
+from cube_common.envd import ENVD_PORT, ENVD_VERSION
 
 
 def _ref(name: str) -> dict:
@@ -104,6 +104,8 @@ TIMEOUT = {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_TIMEOUT_S,
 ADDRESSES = _null({"type": "array", "items": {
     "type": "string", "description": "an IPv4 or IPv6 address or CIDR block: the node refuses domain names and "
                                      "anything else, and more than 128 entries (400)"}})
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_IPV4 = f"^{_OCTET}(?:\\.{_OCTET}){{3}}$"  # what ipaddress.IPv4Address accepts: no leading zeros
 NETWORK_OPTIONS = {
     "allowOut": ADDRESSES, "denyOut": ADDRESSES,
     "allowPublicTraffic": {**OPT_BOOL, "description": "false: the create answers a trafficAccessToken, which "
@@ -116,7 +118,18 @@ NETWORK_OPTIONS = {
         "description": "the Host header requests to the sandbox's ports (all but envd's) reach it with, ${PORT} "
                        "replaced by the port the request targets; the client's Host goes in X-Forwarded-Host. A "
                        "host name (IPv6 literals are not accepted) with an optional :port. Empty: none. Set at "
-                       "create only"}}
+                       "create only"},
+    "httpsPorts": _null({"type": "array", "maxItems": https_ports.MAX_PORTS, "items": {
+        "type": "integer", "minimum": 1, "maximum": 65535, "not": {"const": ENVD_PORT}},
+        "description": "guest ports whose servers speak HTTPS themselves: the proxy reaches them over TLS without "
+                       "checking their certificate (the client's URL is HTTPS either way). Not envd's port. Set at "
+                       "create only"}),
+    "dnsServers": _null({"type": "array", "maxItems": 10, "items": {"type": "string", "pattern": _IPV4},
+                         "description": "checked (IPv4, at most 10) and not kept: on E2B the resolvers a sandbox "
+                                        "may reach when allowOut names a domain, which this server refuses"}),
+    "rules": {"type": ["object", "null"], "maxProperties": 0,
+              "description": "per-domain transforms of outbound HTTPS requests: not supported by this server, "
+                             "refused (400) unless empty"}}
 METADATA = {"type": ["object", "null"], "additionalProperties": STR, "maxProperties": MAX_METADATA_ENTRIES,
             "propertyNames": {"minLength": 1},
             "description": f"at most {MAX_METADATA_ENTRIES} entries and {MAX_METADATA_BYTES} bytes of keys and "
@@ -193,7 +206,8 @@ SCHEMAS = {
         "snapshotID": STR, "names": _arr(STR)}},
     "SandboxNetworkUpdate": {"type": "object", "properties": {
         **NETWORK_OPTIONS, "allow_internet_access": OPT_BOOL,
-        "maskRequestHost": _refused("maskRequestHost (set at create)")}},
+        "maskRequestHost": _refused("maskRequestHost (set at create)"),
+        "httpsPorts": _refused("httpsPorts (set at create)")}},
     "SandboxMetric": {"type": "object", "required": [
         "timestamp", "timestampUnix", "cpuCount", "cpuUsedPct", "memUsed", "memTotal", "memCache", "diskUsed",
         "diskTotal"], "properties": {

@@ -23,7 +23,7 @@ def build_route(rec: master_pb2.Sandbox, node: cubelet_pb2.NodeStatus, paused: b
         traffic_access_token=rec.traffic_access_token,
         # A filesystem-only pause cold-boots on resume: never on the say-so of stray traffic.
         auto_resume=paused and rec.auto_resume and not rec.paused_filesystem_only,
-        mask_request_host=rec.network.mask_request_host)
+        mask_request_host=rec.network.mask_request_host, https_ports=rec.network.https_ports)
 
 
 async def wait_applied(store, revision: int, timeout_s: float, sandbox_id: str = "") -> None:

@@ -58,7 +58,7 @@ import string
 import time
 from collections.abc import Sequence
 
-from cube_common import host_mask
+from cube_common import host_mask, https_ports
 from cube_common.etcd import EtcdUnavailable
 from cube_common.teams import OPERATOR, Caller
 from sdk.gen.cube.v1 import cubelet_pb2, master_pb2, network_pb2
@@ -239,7 +239,8 @@ class Sandboxes:
                                          "resumed explicitly")
         try:
             host_mask.check(req.network.mask_request_host)
-        except host_mask.InvalidHostMask as e:
+            req.network.https_ports[:] = https_ports.check(req.network.https_ports)
+        except (host_mask.InvalidHostMask, https_ports.InvalidHttpsPorts) as e:
             raise errors.InvalidArgument(str(e)) from None
         t0 = time.monotonic()
         mounts = await self.volumes.resolve_mounts(req.volume_mounts, caller) if req.volume_mounts else []
@@ -831,9 +832,11 @@ class Sandboxes:
             v = await self._record(sid, caller)
             rec = _copy(v.value)
             # Whether its ports need its traffic token is fixed at create (the token is minted then),
-            # and so is the Host its ports see (its route carries it): an update keeps both.
+            # and so are the Host its ports see and which of them speak TLS (its route carries
+            # both): an update keeps all three.
             policy.require_traffic_token = rec.network.require_traffic_token
             policy.mask_request_host = rec.network.mask_request_host
+            policy.https_ports[:] = rec.network.https_ports
             if rec.phase == P.SANDBOX_PHASE_RUNNING:
                 node = await self._node(rec.node_id)
                 if node is None:

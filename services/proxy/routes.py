@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from google.protobuf import json_format
 
-from cube_common import host_mask
+from cube_common import host_mask, https_ports
 from cube_common.etcd import EtcdClient
 from cube_common.keys import Keys
 from sdk.gen.cube.v1 import route_pb2
@@ -60,6 +60,8 @@ class Route:
     auto_resume: bool = False  # paused, and traffic should resume it (route.proto)
     # The Host its ports but envd's get, `${PORT}` still in it (cube_common/host_mask.py); "": none.
     mask_request_host: str = ""
+    # Guest ports reached over TLS, sorted (cube_common/https_ports.py); the owning node's only.
+    https_ports: tuple[int, ...] = ()
     # Not part of a route's identity: an identical put at a newer revision is the same route.
     mod_revision: int = field(default=0, compare=False)
 
@@ -100,9 +102,13 @@ def parse_route(key: str, value: bytes, prefix: str, local_node_id: str, mod_rev
         mask = host_mask.check(msg.mask_request_host)
     except host_mask.InvalidHostMask as e:
         raise MalformedRoute(str(e)) from None
+    try:
+        tls_ports = tuple(https_ports.check(msg.https_ports))
+    except https_ports.InvalidHttpsPorts as e:
+        raise MalformedRoute(str(e)) from None
     route = functools.partial(Route, sandbox_id=sid, state=state, node_id=msg.node_id, traffic_access_token=token,
                               auto_resume=state is RouteState.PAUSED and msg.auto_resume,
-                              mask_request_host=mask, mod_revision=mod_revision)
+                              mask_request_host=mask, https_ports=tls_ports, mod_revision=mod_revision)
     if not msg.node_id or msg.node_id == local_node_id:
         if not msg.host_address:
             if state is RouteState.PAUSED:

@@ -29,6 +29,10 @@ Routing scheme (why it looks like this):
   `host_rewrite_literal`), the client's Host going to `X-Forwarded-Host`. Route headers are
   applied before the rewrite reads them, so `x-cube-host` cannot be removed and reaches the guest,
   equal to its Host. Only the owning node masks: a hop to another node's proxy keeps the Host.
+* httpsPorts (E2B's, cube_common/https_ports.py): a local sandbox's map entry sends requests to
+  those ports to the TLS twin of its source-address cluster (same ORIGINAL_DST, TLS to the guest
+  without certificate checks), with the same token check and Host mask as its other ports. Each
+  local cluster has its twin from the start, so no route ever waits for a cluster.
 
 * WebSockets (HTTP/1.1 upgrades, HTTP/2 extended CONNECT) take the same routes, token check and
   mask as any request; the Lua filter gives an HTTP/2 one the Sec-WebSocket-Key guests expect.
@@ -248,8 +252,10 @@ def _safe(text: str) -> str:
 LOCAL_CLUSTER_PREFIX = "cube_local_src_"
 
 
-def local_cluster_name(source_address: str) -> str:
-    return "cube_local" if not source_address else LOCAL_CLUSTER_PREFIX + _safe(source_address)
+def local_cluster_name(source_address: str, tls: bool = False) -> str:
+    """This node's guests, reached binding ``source_address``; ``tls``: over TLS (httpsPorts)."""
+    name = "cube_local" if not source_address else LOCAL_CLUSTER_PREFIX + _safe(source_address)
+    return name + "_tls" if tls else name
 
 
 def remote_cluster_name(remote: Endpoint) -> str:
@@ -268,9 +274,9 @@ def _http1_upstream(idle_timeout_s: int = 3600) -> dict:
                            "explicit_http_config": {"http_protocol_options": {}}}}
 
 
-def _local_cluster(source_address: str, s: ProxySettings) -> cluster_pb2.Cluster:
+def _local_cluster(source_address: str, s: ProxySettings, tls: bool = False) -> cluster_pb2.Cluster:
     d = {
-        "name": local_cluster_name(source_address),
+        "name": local_cluster_name(source_address, tls),
         "type": "ORIGINAL_DST",
         "lb_policy": "CLUSTER_PROVIDED",
         "original_dst_lb_config": {"use_http_header": True, "http_header_name": UPSTREAM_HEADER},
@@ -283,6 +289,12 @@ def _local_cluster(source_address: str, s: ProxySettings) -> cluster_pb2.Cluster
     if source_address:
         # CubeVS admits only this source into the sandbox network.
         d["upstream_bind_config"] = {"source_address": {"address": source_address, "port_value": 0}}
+    if tls:
+        # A guest server's certificate is its own (self-signed, for any name): E2B's httpsPorts
+        # does not check it, so no validation context. The hop never leaves the node.
+        d["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {"alpn_protocols": ["http/1.1"]}}}
     return _parse(d, cluster_pb2.Cluster)
 
 
@@ -328,7 +340,10 @@ def build_clusters(table: RouteTable, s: ProxySettings, cache: dict | None = Non
             cache[name] = make()
         return cache[name]
 
-    clusters = {"cube_local": get("cube_local", lambda: _local_cluster("", s))}
+    # Every local cluster has a TLS twin for httpsPorts, made with it and kept as long: a route
+    # switching to it never waits for a cluster (see the source-address clusters below).
+    clusters = {name: get(name, functools.partial(_local_cluster, "", s, tls))
+                for tls in (False, True) for name in [local_cluster_name("", tls)]}
     if s.master_addr:
         clusters[RESUMER_CLUSTER] = get(RESUMER_CLUSTER, lambda: _resumer_cluster(s))
     api = s.api_endpoint
@@ -342,9 +357,10 @@ def build_clusters(table: RouteTable, s: ProxySettings, cache: dict | None = Non
             if name not in clusters:
                 clusters[name] = get(name, functools.partial(_remote_cluster, r.remote, s))
         elif r.proxy_source_address:
-            name = local_cluster_name(r.proxy_source_address)
-            if name not in clusters:
-                clusters[name] = get(name, functools.partial(_local_cluster, r.proxy_source_address, s))
+            for tls in (False, True):
+                name = local_cluster_name(r.proxy_source_address, tls)
+                if name not in clusters:
+                    clusters[name] = get(name, functools.partial(_local_cluster, r.proxy_source_address, s, tls))
     for name in [n for n in cache if n not in clusters]:
         if name.startswith(LOCAL_CLUSTER_PREFIX):
             # This node's source-address cluster stays when its last sandbox pauses: Envoy may
@@ -386,8 +402,9 @@ def _envoy_host(mask: str) -> str:
     return mask.replace("%", "%%").replace(host_mask.PORT_PLACEHOLDER, errors.ENVOY_PORT)
 
 
-def _forward(r: Route, masked: bool = False) -> dict:
-    """Where a running sandbox's requests go; `masked`: with its Host mask (local routes only)."""
+def _forward(r: Route, masked: bool = False, tls: bool = False) -> dict:
+    """Where a running sandbox's requests go; `masked`: with its Host mask, `tls`: over TLS (its
+    httpsPorts) (both local routes only)."""
     if r.remote is not None:
         # The owning node's proxy routes by header; the Host (and so the guest's view) is kept.
         return {"match": {"prefix": "/"},
@@ -396,7 +413,7 @@ def _forward(r: Route, masked: bool = False) -> dict:
                                            _set("e2b-sandbox-port", errors.ENVOY_PORT)],
                 "request_headers_to_remove": _INTERNAL}
     host = f"[{r.host_address}]" if ":" in r.host_address else r.host_address
-    route: dict = {"cluster": local_cluster_name(r.proxy_source_address), "timeout": "0s"}
+    route: dict = {"cluster": local_cluster_name(r.proxy_source_address, tls), "timeout": "0s"}
     headers = [_set(UPSTREAM_HEADER, f"{host}:{errors.ENVOY_PORT}")]
     if masked:
         # Route headers are applied before the rewrite: X-Forwarded-Host gets the client's Host.
@@ -452,13 +469,19 @@ def _on_match(r: Route, s: ProxySettings | None = None) -> dict:
     else:
         envd = _action(_forward(r))
         user = _action(_forward(r, masked=True)) if r.mask_request_host and r.is_local else envd
-    if not r.traffic_access_token and user is envd:
+    # httpsPorts: the same as `user` but over TLS, one map entry per port (the owning node's only:
+    # another node's proxy sends them on to that node's, which does the TLS).
+    tls_ports = r.https_ports if r.state is RouteState.RUNNING and r.is_local else ()
+    if not r.traffic_access_token and user is envd and not tls_ports:
         return envd
+    tls_user = _action(_forward(r, masked=bool(r.mask_request_host), tls=True)) if tls_ports else None
     if r.traffic_access_token:
         user = {"matcher": _token_check(r, user)}
+        if tls_user is not None:
+            tls_user = {"matcher": _token_check(r, tls_user)}
+    ports = {str(ENVD_PORT): envd, **{str(p): tls_user for p in tls_ports}}
     return {"matcher": {
-        "matcher_tree": {"input": _header_input(PORT_HEADER),
-                         "exact_match_map": {"map": {str(ENVD_PORT): envd}}},
+        "matcher_tree": {"input": _header_input(PORT_HEADER), "exact_match_map": {"map": ports}},
         "on_no_match": user,
     }}
 

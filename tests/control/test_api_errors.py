@@ -130,6 +130,51 @@ def test_mask_request_host_cannot_be_updated(fresh):
     assert "maskRequestHost" not in call(fresh, "GET", f"/sandboxes/{sid}").json().get("network", {})
 
 
+@pytest.mark.parametrize("ports", [
+    [49983], [0], [65536], [-1], list(range(1, 66)), ["443"], [True], [1.5], 443, {"443": True},
+])
+def test_bad_https_ports_are_400(fresh, ports):
+    """network.httpsPorts: at most 64 ports, each 1-65535 and not envd's."""
+    body = assert_error(call(fresh, "POST", "/v2/sandboxes",
+                             json={"templateID": "base", "network": {"httpsPorts": ports}}), 400)
+    assert "httpsPorts" in body["message"]
+    assert_nothing_left(fresh)
+
+
+def test_master_refuses_bad_https_ports(fresh):
+    """The master checks them too: gRPC callers do not pass through the API."""
+    req = P.CreateSandboxRequest(template="base", network=network_pb2.NetworkPolicy(https_ports=[49983]))
+    assert code_of(lambda: rpc(fresh, "CreateSandbox", req)) == grpc.StatusCode.INVALID_ARGUMENT
+    assert_nothing_left(fresh)
+
+
+def test_https_ports_cannot_be_updated(fresh):
+    sid = call(fresh, "POST", "/v2/sandboxes", json={"templateID": "base"}).json()["sandboxID"]
+    body = assert_error(call(fresh, "PUT", f"/sandboxes/{sid}/network", json={"httpsPorts": [8443]}), 400)
+    assert "httpsPorts" in body["message"]
+    assert "httpsPorts" not in call(fresh, "GET", f"/sandboxes/{sid}").json().get("network", {})
+
+
+@pytest.mark.parametrize("network,word", [
+    ({"rules": {"api.example.com": [{"transform": {"headers": {"Authorization": "Bearer x"}}}]}}, "rules"),
+    ({"rules": ["api.example.com"]}, "rules"),
+    ({"dnsServers": ["1.1.1.1"] * 11}, "dnsServers"),
+    ({"dnsServers": ["2001:db8::1"]}, "dnsServers"),
+    ({"dnsServers": ["01.1.1.1"]}, "dnsServers"),
+    ({"dnsServers": "1.1.1.1"}, "dnsServers"),
+])
+def test_egress_rules_and_bad_dns_servers_are_400(fresh, network, word):
+    """Per-domain transforms of outbound HTTPS are refused, never silently dropped (a caller
+    counting on a credential being added must learn it is not); dnsServers are IPv4, at most 10.
+    On create and on a network update alike."""
+    body = assert_error(call(fresh, "POST", "/v2/sandboxes", json={"templateID": "base", "network": network}), 400)
+    assert word in body["message"]
+    assert_nothing_left(fresh)
+    sid = call(fresh, "POST", "/v2/sandboxes", json={"templateID": "base"}).json()["sandboxID"]
+    body = assert_error(call(fresh, "PUT", f"/sandboxes/{sid}/network", json=network), 400)
+    assert word in body["message"]
+
+
 def test_bad_timeout_bodies(fresh):
     sid = call(fresh, "POST", "/v2/sandboxes", json={"templateID": "base"}).json()["sandboxID"]
     for body in ({}, {"timeout": -5}, {"timeout": 10**6}, {"timeout": "x"}):

@@ -218,6 +218,38 @@ def test_mask_request_host_travels_to_the_route_and_stays(sdk_env, fresh):
     assert "maskRequestHost" not in fresh.etcd.get_json(f"{fresh.prefix}/routes/{other.json()['sandboxID']}")
 
 
+def test_https_ports_travel_to_the_route_and_stay(sdk_env, fresh):
+    """network.httpsPorts from the unmodified SDK: sorted and unique on the record and on the route
+    the proxies read (the TLS hop is tested with real Envoy in tests/proxy), on GET; a network
+    update, a pause and a resume keep them; none is no key."""
+    sbx = Sandbox.create(network={"https_ports": [8443, 3000, 8443]})
+    sid = sbx.sandbox_id
+    route = lambda: fresh.etcd.get_json(f"{fresh.prefix}/routes/{sid}")  # noqa: E731
+    assert fresh.record(sid)["network"]["httpsPorts"] == [3000, 8443]
+    assert route()["httpsPorts"] == [3000, 8443]
+    assert (sbx.get_info().network or {}).get("https_ports") == [3000, 8443]
+    sbx.update_network({"deny_out": ["8.8.8.8/32"]})
+    assert fresh.record(sid)["network"]["httpsPorts"] == [3000, 8443]
+    assert sbx.pause() is True
+    assert route()["state"] == "ROUTE_STATE_PAUSED" and route()["httpsPorts"] == [3000, 8443]
+    Sandbox.connect(sid)
+    assert route()["state"] == "ROUTE_STATE_RUNNING" and route()["httpsPorts"] == [3000, 8443]
+    sbx.kill()
+    other = api(fresh, "POST", "/v2/sandboxes", json={"templateID": "base", "network": {"httpsPorts": []}})
+    assert other.status_code == 201, other.text
+    assert "httpsPorts" not in fresh.etcd.get_json(f"{fresh.prefix}/routes/{other.json()['sandboxID']}")
+    assert "httpsPorts" not in api(fresh, "GET", f"/sandboxes/{other.json()['sandboxID']}").json()["network"]
+
+
+def test_dns_servers_are_checked_and_empty_rules_are_none(sdk_env, fresh):
+    """network.dnsServers as the SDK sends them: accepted (they only matter with domains in
+    allowOut, which this server refuses); an empty `rules` object is no rule."""
+    sbx = Sandbox.create(network={"dns_servers": ["1.1.1.1", "9.9.9.9"], "rules": {}})
+    sbx.update_network({"dns_servers": [], "deny_out": ["8.8.8.8/32"]})
+    assert fresh.record(sbx.sandbox_id)["network"]["denyOut"] == ["8.8.8.8/32"]
+    sbx.kill()
+
+
 def test_auto_pause_lifecycle_reported(sdk_env, fresh):
     sbx = Sandbox.create(lifecycle={"on_timeout": "pause"})
     info = sbx.get_info()

@@ -204,3 +204,53 @@ def test_mask_request_host_is_the_host_the_guest_sees(sandboxes):
     resumed = Sandbox.connect(sbx.sandbox_id)
     assert _get_when_up(url, tls).json()["host"] == "localhost:8000"
     assert resumed.commands.run("echo envd").stdout.strip() == "envd"
+
+
+TLS_SERVER = """
+import http.server, json, ssl, sys, threading
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"port": self.server.server_address[1], "host": self.headers.get("Host")}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+tls.load_cert_chain("/tmp/tls/guest.pem", "/tmp/tls/guest.key")
+def serve(port):
+    srv = http.server.ThreadingHTTPServer(("0.0.0.0", port), H)
+    srv.socket = tls.wrap_socket(srv.socket, server_side=True)
+    srv.serve_forever()
+threading.Thread(target=serve, args=(8444,), daemon=True).start()
+serve(8443)
+"""
+
+
+def test_https_ports_reach_a_tls_server_in_the_sandbox(sandboxes, tmp_path):
+    """`network={"https_ports": [8443]}`: a server in the sandbox that speaks HTTPS itself, with a
+    self-signed certificate, answers through the sandbox's public URL on 8443; the same server on
+    8444, not listed, gets the proxy's plain HTTP and the client a 502. A pause and a resume keep
+    the setting."""
+    from testkit.proxy import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)
+    sbx = sandboxes.create({"case": "https-ports"}, network={"https_ports": [8443]})
+    sbx.files.write("/tmp/tls/guest.pem", cert.read_text())
+    sbx.files.write("/tmp/tls/guest.key", key.read_text())
+    sbx.files.write("/tmp/tls_server.py", TLS_SERVER)
+    sbx.commands.run("python3 /tmp/tls_server.py", background=True)
+    tls = ssl.create_default_context(cafile=os.environ["SSL_CERT_FILE"])
+    url = f"https://{sbx.get_host(8443)}/"
+    assert _get_when_up(url, tls).json() == {"port": 8443, "host": sbx.get_host(8443)}
+    assert (sbx.get_info().network or {}).get("https_ports") == [8443]
+    # Up on 8444 too (the TLS hop would work), but not listed: the proxy speaks plain HTTP to it.
+    probe = sbx.commands.run("python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8444), 5)\"")
+    assert probe.exit_code == 0
+    r = httpx.get(f"https://{sbx.get_host(8444)}/", verify=tls, timeout=30)
+    assert r.status_code == 502, r.text
+    assert sbx.pause() is True
+    from e2b_code_interpreter import Sandbox
+    Sandbox.connect(sbx.sandbox_id)
+    assert _get_when_up(url, tls).json()["port"] == 8443

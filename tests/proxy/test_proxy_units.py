@@ -152,8 +152,10 @@ def test_cluster_set_does_not_grow_with_sandboxes(tmp_path):
     routes = {f"s{i}": Route(f"s{i}", RouteState.RUNNING, host_address=f"198.19.0.{i}",
                              proxy_source_address="198.19.255.254") for i in range(1, 200)}
     clusters = xds.build_clusters(RouteTable(routes, 1), s)
-    assert sorted(clusters) == sorted(["cube_local", xds.RESUMER_CLUSTER, xds.API_CLUSTER,
-                                       xds.local_cluster_name("198.19.255.254")])
+    # Each local cluster and its TLS twin (httpsPorts), whatever the number of sandboxes.
+    assert sorted(clusters) == sorted(["cube_local", "cube_local_tls", xds.RESUMER_CLUSTER, xds.API_CLUSTER,
+                                       xds.local_cluster_name("198.19.255.254"),
+                                       xds.local_cluster_name("198.19.255.254", tls=True)])
     rc = xds.build_route_config(RouteTable(routes, 1))
     assert rc.ByteSize() / len(routes) < 400  # bytes of route config per sandbox
 

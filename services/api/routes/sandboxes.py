@@ -243,10 +243,11 @@ async def logs_v2(request, raw_id: str):
 @bp.put("/sandboxes/<raw_id>/network")
 async def update_network(request, raw_id: str):
     body = M.parse_body(request.body)
-    if "maskRequestHost" in body:
-        # Fixed at create, like allowPublicTraffic's token (the master keeps it on an update);
-        # refused rather than ignored, so no caller believes it changed.
-        raise bad_request("'maskRequestHost' is set when the sandbox is created and cannot be updated")
+    for fixed in ("maskRequestHost", "httpsPorts"):
+        if fixed in body:
+            # Fixed at create, like allowPublicTraffic's token (the master keeps them on an
+            # update); refused rather than ignored, so no caller believes it changed.
+            raise bad_request(f"'{fixed}' is set when the sandbox is created and cannot be updated")
     policy = M.parse_network(body, body) or network_pb2.NetworkPolicy(expose_all_ports=True)
     await master_call(request, "UpdateSandboxNetwork", cubelet_pb2.UpdateNetworkRequest(
         sandbox_id=sandbox_id(raw_id), network=policy))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63ube/v1/network.proto\x12\x07\x63ube.v1\"\xdd\x01\n\rNetworkPolicy\x12\"\n\x15\x61llow_internet_access\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x11\n\tallow_out\x18\x02 \x03(\t\x12\x10\n\x08\x64\x65ny_out\x18\x03 \x03(\t\x12\x15\n\rexposed_ports\x18\x04 \x03(\r\x12\x18\n\x10\x65xpose_all_ports\x18\x05 \x01(\x08\x12\x1d\n\x15require_traffic_token\x18\x06 \x01(\x08\x12\x19\n\x11mask_request_host\x18\x07 \x01(\tB\x18\n\x16_allow_internet_access\"d\n\x0cGuestNetwork\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x12\n\nprefix_len\x18\x02 \x01(\r\x12\x12\n\ngateway_ip\x18\x03 \x01(\t\x12\x0b\n\x03mac\x18\x04 \x01(\t\x12\x13\n\x0bgateway_mac\x18\x05 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x63ube/v1/network.proto\x12\x07\x63ube.v1\"\xf2\x01\n\rNetworkPolicy\x12\"\n\x15\x61llow_internet_access\x18\x01 \x01(\x08H\x00\x88\x01\x01\x12\x11\n\tallow_out\x18\x02 \x03(\t\x12\x10\n\x08\x64\x65ny_out\x18\x03 \x03(\t\x12\x15\n\rexposed_ports\x18\x04 \x03(\r\x12\x18\n\x10\x65xpose_all_ports\x18\x05 \x01(\x08\x12\x1d\n\x15require_traffic_token\x18\x06 \x01(\x08\x12\x19\n\x11mask_request_host\x18\x07 \x01(\t\x12\x13\n\x0bhttps_ports\x18\x08 \x03(\rB\x18\n\x16_allow_internet_access\"d\n\x0cGuestNetwork\x12\n\n\x02ip\x18\x01 \x01(\t\x12\x12\n\nprefix_len\x18\x02 \x01(\r\x12\x12\n\ngateway_ip\x18\x03 \x01(\t\x12\x0b\n\x03mac\x18\x04 \x01(\t\x12\x13\n\x0bgateway_mac\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,7 +32,7 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cube.v1.network_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NETWORKPOLICY']._serialized_start=35
-  _globals['_NETWORKPOLICY']._serialized_end=256
-  _globals['_GUESTNETWORK']._serialized_start=258
-  _globals['_GUESTNETWORK']._serialized_end=358
+  _globals['_NETWORKPOLICY']._serialized_end=277
+  _globals['_GUESTNETWORK']._serialized_start=279
+  _globals['_GUESTNETWORK']._serialized_end=379
 # @@protoc_insertion_point(module_scope)

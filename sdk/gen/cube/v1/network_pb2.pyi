@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class NetworkPolicy(_message.Message):
-    __slots__ = ("allow_internet_access", "allow_out", "deny_out", "exposed_ports", "expose_all_ports", "require_traffic_token", "mask_request_host")
+    __slots__ = ("allow_internet_access", "allow_out", "deny_out", "exposed_ports", "expose_all_ports", "require_traffic_token", "mask_request_host", "https_ports")
     ALLOW_INTERNET_ACCESS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_OUT_FIELD_NUMBER: _ClassVar[int]
     DENY_OUT_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class NetworkPolicy(_message.Message):
     EXPOSE_ALL_PORTS_FIELD_NUMBER: _ClassVar[int]
     REQUIRE_TRAFFIC_TOKEN_FIELD_NUMBER: _ClassVar[int]
     MASK_REQUEST_HOST_FIELD_NUMBER: _ClassVar[int]
+    HTTPS_PORTS_FIELD_NUMBER: _ClassVar[int]
     allow_internet_access: bool
     allow_out: _containers.RepeatedScalarFieldContainer[str]
     deny_out: _containers.RepeatedScalarFieldContainer[str]
@@ -22,7 +23,8 @@ class NetworkPolicy(_message.Message):
     expose_all_ports: bool
     require_traffic_token: bool
     mask_request_host: str
-    def __init__(self, allow_internet_access: bool = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ..., exposed_ports: _Optional[_Iterable[int]] = ..., expose_all_ports: bool = ..., require_traffic_token: bool = ..., mask_request_host: _Optional[str] = ...) -> None: ...
+    https_ports: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, allow_internet_access: bool = ..., allow_out: _Optional[_Iterable[str]] = ..., deny_out: _Optional[_Iterable[str]] = ..., exposed_ports: _Optional[_Iterable[int]] = ..., expose_all_ports: bool = ..., require_traffic_token: bool = ..., mask_request_host: _Optional[str] = ..., https_ports: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GuestNetwork(_message.Message):
     __slots__ = ("ip", "prefix_len", "gateway_ip", "mac", "gateway_mac")

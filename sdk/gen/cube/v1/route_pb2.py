@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63ube/v1/route.proto\x12\x07\x63ube.v1\"\xf5\x01\n\x0cSandboxRoute\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x1a\n\x12node_proxy_address\x18\x03 \x01(\t\x12\x14\n\x0chost_address\x18\x04 \x01(\t\x12\x1c\n\x14proxy_source_address\x18\x05 \x01(\t\x12\"\n\x05state\x18\x06 \x01(\x0e\x32\x13.cube.v1.RouteState\x12\x1c\n\x14traffic_access_token\x18\x07 \x01(\t\x12\x13\n\x0b\x61uto_resume\x18\x08 \x01(\x08\x12\x19\n\x11mask_request_host\x18\t \x01(\t*Z\n\nRouteState\x12\x1b\n\x17ROUTE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUTE_STATE_RUNNING\x10\x01\x12\x16\n\x12ROUTE_STATE_PAUSED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63ube/v1/route.proto\x12\x07\x63ube.v1\"\x8a\x02\n\x0cSandboxRoute\x12\x12\n\nsandbox_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x1a\n\x12node_proxy_address\x18\x03 \x01(\t\x12\x14\n\x0chost_address\x18\x04 \x01(\t\x12\x1c\n\x14proxy_source_address\x18\x05 \x01(\t\x12\"\n\x05state\x18\x06 \x01(\x0e\x32\x13.cube.v1.RouteState\x12\x1c\n\x14traffic_access_token\x18\x07 \x01(\t\x12\x13\n\x0b\x61uto_resume\x18\x08 \x01(\x08\x12\x19\n\x11mask_request_host\x18\t \x01(\t\x12\x13\n\x0bhttps_ports\x18\n \x03(\r*Z\n\nRouteState\x12\x1b\n\x17ROUTE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13ROUTE_STATE_RUNNING\x10\x01\x12\x16\n\x12ROUTE_STATE_PAUSED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'cube.v1.route_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROUTESTATE']._serialized_start=280
-  _globals['_ROUTESTATE']._serialized_end=370
+  _globals['_ROUTESTATE']._serialized_start=301
+  _globals['_ROUTESTATE']._serialized_end=391
   _globals['_SANDBOXROUTE']._serialized_start=33
-  _globals['_SANDBOXROUTE']._serialized_end=278
+  _globals['_SANDBOXROUTE']._serialized_end=299
 # @@protoc_insertion_point(module_scope)

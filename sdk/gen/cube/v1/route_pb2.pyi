@@ -1,6 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -15,7 +17,7 @@ ROUTE_STATE_RUNNING: RouteState
 ROUTE_STATE_PAUSED: RouteState
 
 class SandboxRoute(_message.Message):
-    __slots__ = ("sandbox_id", "node_id", "node_proxy_address", "host_address", "proxy_source_address", "state", "traffic_access_token", "auto_resume", "mask_request_host")
+    __slots__ = ("sandbox_id", "node_id", "node_proxy_address", "host_address", "proxy_source_address", "state", "traffic_access_token", "auto_resume", "mask_request_host", "https_ports")
     SANDBOX_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_PROXY_ADDRESS_FIELD_NUMBER: _ClassVar[int]
@@ -25,6 +27,7 @@ class SandboxRoute(_message.Message):
     TRAFFIC_ACCESS_TOKEN_FIELD_NUMBER: _ClassVar[int]
     AUTO_RESUME_FIELD_NUMBER: _ClassVar[int]
     MASK_REQUEST_HOST_FIELD_NUMBER: _ClassVar[int]
+    HTTPS_PORTS_FIELD_NUMBER: _ClassVar[int]
     sandbox_id: str
     node_id: str
     node_proxy_address: str
@@ -34,4 +37,5 @@ class SandboxRoute(_message.Message):
     traffic_access_token: str
     auto_resume: bool
     mask_request_host: str
-    def __init__(self, sandbox_id: _Optional[str] = ..., node_id: _Optional[str] = ..., node_proxy_address: _Optional[str] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., state: _Optional[_Union[RouteState, str]] = ..., traffic_access_token: _Optional[str] = ..., auto_resume: bool = ..., mask_request_host: _Optional[str] = ...) -> None: ...
+    https_ports: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, sandbox_id: _Optional[str] = ..., node_id: _Optional[str] = ..., node_proxy_address: _Optional[str] = ..., host_address: _Optional[str] = ..., proxy_source_address: _Optional[str] = ..., state: _Optional[_Union[RouteState, str]] = ..., traffic_access_token: _Optional[str] = ..., auto_resume: bool = ..., mask_request_host: _Optional[str] = ..., https_ports: _Optional[_Iterable[int]] = ...) -> None: ...

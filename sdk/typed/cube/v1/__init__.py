@@ -170,6 +170,15 @@ class NetworkPolicy(betterproto.Message):
      update keeps it); the proxy reads it from the route. Not the datapath's: CubeVS ignores it.
     """
 
+    https_ports: List[int] = betterproto.uint32_field(8)
+    """
+    E2B `network.httpsPorts`: guest ports that serve HTTPS themselves. The owning node's proxy
+     reaches them over TLS without checking the guest's certificate (self-signed ones work), the
+     client's URL being HTTPS either way. Never envd's port (49983); sorted, unique. Fixed at create
+     like mask_request_host (an update keeps it); the proxy reads it from the route. Not the
+     datapath's: CubeVS ignores it.
+    """
+
 
 @dataclass(eq=False, repr=False)
 class GuestNetwork(betterproto.Message):
@@ -1593,6 +1602,12 @@ class SandboxRoute(betterproto.Message):
     When set (the sandbox's NetworkPolicy.mask_request_host), the owning node's proxy sends
      requests to any port other than envd (49983) with this Host, `${PORT}` replaced by the port,
      and the client's Host in X-Forwarded-Host (E2B's maskRequestHost).
+    """
+
+    https_ports: List[int] = betterproto.uint32_field(10)
+    """
+    The sandbox's NetworkPolicy.https_ports: the owning node's proxy reaches these guest ports
+     over TLS, without checking the certificate (E2B's httpsPorts).
     """
 
 
