@@ -2,7 +2,7 @@
 the newest on npm; pinned in js/package.json and js/package-lock.json): snapshots, fork, live
 network update, private traffic with its access token, the v2 create/connect endpoints,
 `Template.exists`, the envd details, filesystem-only pause and snapshots with reboot on resume,
-`maskRequestHost`, and template tags. The JS side of test_e2e_snapshots.py, test_e2e_network.py,
+`maskRequestHost`, `httpsPorts`, and template tags. The JS side of test_e2e_snapshots.py, test_e2e_network.py,
 test_e2e_sdk.py, test_e2e_pause_modes.py and test_e2e_template_tags.py.
 
 Each test runs one case of js/sdk_parity.mjs, which prints what it saw as JSON; the assertions
@@ -412,6 +412,20 @@ def test_js_mask_request_host(node_modules):  # noqa: F811
     assert out["seenAfterResume"] == {"host": "localhost:8000", "xfh": out["hosts"]["8000"]}
     assert out["envdAfterResume"] == "envd"
     assert out["infoAfterResume"]["maskRequestHost"] == "localhost:${PORT}"
+
+
+# ---- httpsPorts ---------------------------------------------------------------------------------
+
+def test_js_https_ports(node_modules, tmp_path):  # noqa: F811
+    """`network: {httpsPorts: [8443]}`: a server in the sandbox that speaks HTTPS itself, with a
+    self-signed certificate, is fetched at `https://` + `getHost(8443)` (the proxy's TLS hop to it
+    accepts the certificate); `getInfo().network.httpsPorts` lists the port."""
+    from testkit.proxy import self_signed_cert
+
+    cert, key = self_signed_cert(tmp_path)
+    out = run_case(node_modules, "https", {"CUBE_E2E_TLS_CERT": str(cert), "CUBE_E2E_TLS_KEY": str(key)})
+    assert out["seen"] == {"host": out["host"], "tls": True}, out
+    assert out["info"]["httpsPorts"] == [8443]
 
 
 # ---- template tags -------------------------------------------------------------------------------

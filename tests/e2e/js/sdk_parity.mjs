@@ -1,7 +1,7 @@
 // The calls of E2B's 2026 SDK releases (issue 14), made by the unmodified JS SDKs against a Cube
 // node: snapshots, fork, live network update, private traffic, the v2 create/connect endpoints,
 // Template.exists, the envd details, filesystem-only pause and snapshots with reboot on resume,
-// maskRequestHost, and template tags. `node sdk_parity.mjs <case>` runs one case.
+// maskRequestHost, httpsPorts, and template tags. `node sdk_parity.mjs <case>` runs one case.
 //
 // Configuration comes from the environment as a user would set it (E2B_API_URL, E2B_API_KEY,
 // NODE_EXTRA_CA_CERTS) plus CUBE_E2E_RUN, the e2e run's id that every sandbox carries as metadata
@@ -491,6 +491,39 @@ cases.mask = async () => {
   out.seenAfterResume = await seen(8000)
   out.envdAfterResume = (await resumed.commands.run('echo envd')).stdout.trim()
   out.infoAfterResume = (await resumed.getInfo()).network ?? null
+}
+
+// network: {httpsPorts}: a server in the sandbox that speaks HTTPS itself (the certificate and key
+// the test made, in CUBE_E2E_TLS_CERT and CUBE_E2E_TLS_KEY) answers at https:// + getHost(port).
+cases.https = async () => {
+  const sbx = await create('https-ports', { network: { httpsPorts: [8443] } })
+  await sbx.files.write('/tmp/tls/guest.pem', fs.readFileSync(process.env.CUBE_E2E_TLS_CERT, 'utf8'))
+  await sbx.files.write('/tmp/tls/guest.key', fs.readFileSync(process.env.CUBE_E2E_TLS_KEY, 'utf8'))
+  await sbx.files.write('/tmp/tls_echo.py', [
+    'import http.server, json, ssl',
+    'class H(http.server.BaseHTTPRequestHandler):',
+    '    def do_GET(self):',
+    '        body = json.dumps({"host": self.headers.get("Host"), "tls": True}).encode()',
+    '        self.send_response(200)',
+    '        self.send_header("Content-Type", "application/json")',
+    '        self.send_header("Content-Length", str(len(body)))',
+    '        self.end_headers()',
+    '        self.wfile.write(body)',
+    '    def log_message(self, *args):',
+    '        pass',
+    'tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)',
+    'tls.load_cert_chain("/tmp/tls/guest.pem", "/tmp/tls/guest.key")',
+    'srv = http.server.ThreadingHTTPServer(("0.0.0.0", 8443), H)',
+    'srv.socket = tls.wrap_socket(srv.socket, server_side=True)',
+    'srv.serve_forever()',
+  ].join('\n'))
+  await sbx.commands.run('python3 /tmp/tls_echo.py', { background: true })
+  out.host = sbx.getHost(8443)
+  out.seen = await waitFor('the HTTPS server on 8443', async () => {
+    const r = await fetch(`https://${sbx.getHost(8443)}/`, { signal: AbortSignal.timeout(10_000) })
+    return r.status === 200 ? await r.json() : null
+  })
+  out.info = (await sbx.getInfo()).network ?? null
 }
 
 // ---- template tags ------------------------------------------------------------------------------
