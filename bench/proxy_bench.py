@@ -11,6 +11,8 @@ loopback ports. Progress goes to stderr; the LAST stdout line is one JSON object
   samples of each, on an empty table and again with `--preload` other routes present.
 * latency: small GET (2-byte body), keep-alive HTTP/1.1 client; direct vs proxy (plain HTTP,
   header routing) vs proxy (HTTPS, host routing); batches interleaved.
+* httpsPorts: the same small GET through the proxy (HTTPS) to a guest port it reaches over TLS,
+  against its plain hop and against that TLS server reached directly.
 * throughput: a streamed download with curl, direct vs proxy (plain HTTP and HTTPS).
 """
 
@@ -19,11 +21,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -35,7 +40,7 @@ from cube_common.etcd import EtcdClient  # noqa: E402
 from cube_common.keys import Keys  # noqa: E402
 from cube_common.route_ack import wait_routes_applied  # noqa: E402
 from testkit.etcd import EtcdServer  # noqa: E402
-from testkit.proxy import Proxy, Upstream, route_json  # noqa: E402
+from testkit.proxy import Proxy, Upstream, route_json, self_signed_cert  # noqa: E402
 
 DOMAIN = "cube.localhost"
 
@@ -76,9 +81,27 @@ def latency(proxy: Proxy, up: Upstream, sid: str, n: int) -> dict:
     name = f"{up.port}-{sid}.{DOMAIN}"
     via_https = httpx.Client(base_url=f"https://127.0.0.1:{proxy.https_port}", timeout=10,
                              verify=ssl.create_default_context(cafile=proxy.ca), headers={"Host": name})
-    series: dict[str, list[float]] = {"direct": [], "proxy_http": [], "proxy_https": []}
-    clients = {"direct": (direct, {}), "proxy_http": (via_http, {}),
-               "proxy_https": (via_https, {"sni_hostname": name})}
+    return _measure({"direct": (direct, {}), "proxy_http": (via_http, {}),
+                     "proxy_https": (via_https, {"sni_hostname": name})}, n)
+
+
+def tls_hop(proxy: Proxy, up: Upstream, sid: str, tls_up: Upstream, tls_sid: str, n: int) -> dict:
+    """httpsPorts: the proxy's TLS hop to a guest server that speaks HTTPS itself, against the same
+    proxy's plain hop and the TLS server reached directly (keep-alive throughout)."""
+    def via(port: int, s: str) -> tuple[httpx.Client, dict]:
+        name = f"{port}-{s}.{DOMAIN}"
+        c = httpx.Client(base_url=f"https://127.0.0.1:{proxy.https_port}", timeout=10,
+                         verify=ssl.create_default_context(cafile=proxy.ca), headers={"Host": name})
+        return c, {"sni_hostname": name}
+
+    direct = httpx.Client(base_url=f"https://{tls_up.host}:{tls_up.port}", timeout=10, verify=False)
+    return _measure({"direct_tls": (direct, {}), "proxy_https_plain_hop": via(up.port, sid),
+                     "proxy_https_tls_hop": via(tls_up.port, tls_sid)}, n)
+
+
+def _measure(clients: dict[str, tuple[httpx.Client, dict]], n: int) -> dict:
+    """Small GETs through each client, in interleaved batches of 50: a summary per client."""
+    series: dict[str, list[float]] = {k: [] for k in clients}
     try:
         for c, ext in clients.values():  # connect and warm up
             for _ in range(20):
@@ -130,6 +153,8 @@ def main() -> None:
     a = ap.parse_args()
     etcd = EtcdServer().start()
     up = Upstream("127.0.0.2").start()
+    cert_dir = Path(tempfile.mkdtemp(prefix="cube-proxy-bench-"))
+    tls_up = Upstream("127.0.0.2", tls=self_signed_cert(cert_dir)).start()  # a guest serving HTTPS
     proxy = Proxy(etcd.endpoint, prefix=f"/bench-{uuid.uuid4().hex[:6]}", node_id="bench",
                   extra=["--access-log", "errors", "--log-level", "WARNING"])
     try:
@@ -147,6 +172,10 @@ def main() -> None:
         asyncio.run(_put(etcd.client_port, proxy, sid, up))
         progress(f"latency: {a.requests} requests per path")
         lat = latency(proxy, up, sid, a.requests)
+        tls_sid = "benchtls"
+        asyncio.run(_put(etcd.client_port, proxy, tls_sid, tls_up, https_ports=(tls_up.port,)))
+        progress(f"httpsPorts: {a.requests} requests per path")
+        hop = tls_hop(proxy, up, sid, tls_up, tls_sid, a.requests)
         progress(f"throughput: {a.mb} MB downloads")
         thr = throughput(proxy, up, sid, a.mb)
         result = {
@@ -159,6 +188,9 @@ def main() -> None:
             "latency_overhead_p50_ms": {
                 "proxy_http": round(lat["proxy_http"]["p50"] - lat["direct"]["p50"], 3),
                 "proxy_https": round(lat["proxy_https"]["p50"] - lat["direct"]["p50"], 3)},
+            "https_ports_small_get_ms": hop,
+            "https_ports_tls_hop_over_plain_hop_p50": round(
+                hop["proxy_https_tls_hop"]["p50"] / hop["proxy_https_plain_hop"]["p50"], 2),
             "throughput_download_MBps": thr,
             "throughput_ratio_proxy_http_to_direct": round(thr["proxy_http"] / thr["direct"], 2),
             "machine": machine(),
@@ -166,7 +198,9 @@ def main() -> None:
         emit(result)
     finally:
         proxy.destroy()
+        tls_up.stop()
         up.stop()
+        shutil.rmtree(cert_dir, ignore_errors=True)
         etcd.destroy()
 
 
@@ -184,11 +218,11 @@ async def preload(port: int, proxy: Proxy, up: Upstream, n: int) -> None:
         await c.close()
 
 
-async def _put(port: int, proxy: Proxy, sid: str, up: Upstream) -> None:
+async def _put(port: int, proxy: Proxy, sid: str, up: Upstream, https_ports: tuple[int, ...] = ()) -> None:
     c = EtcdClient([f"127.0.0.1:{port}"], timeout_s=10)
     keys = Keys(proxy.prefix)
     try:
-        rev = (await c.put(keys.route(sid), route_json(sid, host=up.host))).header.revision
+        rev = (await c.put(keys.route(sid), route_json(sid, host=up.host, https_ports=https_ports))).header.revision
         await wait_routes_applied(c, keys, rev, timeout=10)
     finally:
         await c.close()
