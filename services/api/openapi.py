@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from cube_common import host_mask, https_ports, volumes as volume_rules
 from cube_common.envd import ENVD_PORT, ENVD_VERSION
+from services.api.models import MAX_DNS_SERVERS
 
 
 def _ref(name: str) -> dict:
@@ -124,7 +125,7 @@ NETWORK_OPTIONS = {
         "description": "guest ports whose servers speak HTTPS themselves: the proxy reaches them over TLS without "
                        "checking their certificate (the client's URL is HTTPS either way). Not envd's port. Set at "
                        "create only"}),
-    "dnsServers": _null({"type": "array", "maxItems": 10, "items": {"type": "string", "pattern": _IPV4},
+    "dnsServers": _null({"type": "array", "maxItems": MAX_DNS_SERVERS, "items": {"type": "string", "pattern": _IPV4},
                          "description": "checked (IPv4, at most 10) and not kept: on E2B the resolvers a sandbox "
                                         "may reach when allowOut names a domain, which this server refuses"}),
     "rules": {"type": ["object", "null"], "maxProperties": 0,
