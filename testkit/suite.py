@@ -2,9 +2,9 @@
 once.
 
 The machine has two cores, and half the suite's time goes to tests of whole nodes (end to end, the
-cluster), which wait on their guests under TCG as much as they compute; the other half tests parts
-(the control plane on fake nodes, the guest agent, vmm_core's microVMs, the datapath, the proxy,
-the cubelet's template VMs). So the two run side by side, in about the time the nodes take alone:
+cluster, the cubelet's template VMs), which wait on their guests under TCG as much as they compute;
+the other half tests parts (the control plane on fake nodes, the guest agent, vmm_core's microVMs,
+the datapath, the proxy). So the two run side by side, in about the time the nodes take alone:
 
 - ``parts``: the packages in PARTS_LANE, in a network namespace and state dir of their own
   (nested in what testkit/isolated.py made), so no port or file of theirs meets the test node's;
@@ -29,10 +29,8 @@ from pathlib import Path
 from testkit import REPO
 from testkit.isolated import INSIDE, prepare_state_dir
 
-# tests/cubelet (its own template VMs and transfers, no node) rides here: the nodes lane was the
-# longer by ten minutes.
 PARTS_LANE = ("tests/control", "tests/envd", "tests/vmm", "tests/vs", "tests/common", "tests/chart", "tests/sdk",
-              "tests/proxy", "tests/oci", "tests/cubelet")
+              "tests/proxy", "tests/oci")
 PYTEST = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--durations=25"]
 
 
